@@ -1,0 +1,163 @@
+"""Code-signing checks shared by the server (before it ships) and the agent (before it
+activates): threat N2, mis-signed update.
+
+A signature is ECDSA P-256 (or RSA PKCS#1 v1.5) over SHA-256 of the whole file, DER,
+base64 in the job document. A signer certificate is accepted only if it chains to a
+trusted code-signing root, is inside its validity period at `now`, has the
+digitalSignature key usage and the codeSigning extended key usage, and is not on the
+revocation list. Each failure names its check in `VerificationFailed.code`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from overair.core.errors import DecodeError, VerificationFailed
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def sign_digest(key: PrivateKey, digest: bytes) -> bytes:
+    """Sign a SHA-256 digest; returns a DER ECDSA signature or an RSA PKCS#1 one."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    return key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+
+
+def verify_digest(cert: x509.Certificate, digest: bytes, signature: bytes) -> None:
+    public_key = cert.public_key()
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        else:
+            raise VerificationFailed("signer key type is not supported", code="BadSignerKey")
+    except InvalidSignature as exc:
+        raise VerificationFailed("signature does not match the file", code="BadSignature") from exc
+
+
+def load_pem_certificates(pem: bytes) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise DecodeError(f"not a PEM certificate: {exc}", code="BadCertificate") from exc
+    return certs
+
+
+def _require_code_signing_eku(
+    _policy: verification.Policy, _cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None
+) -> None:
+    if ext is None or ExtendedKeyUsageOID.CODE_SIGNING not in ext:
+        raise ValueError("certificate lacks the codeSigning extended key usage")
+
+
+def _require_digital_signature(
+    _policy: verification.Policy, _cert: x509.Certificate, ext: x509.KeyUsage | None
+) -> None:
+    if ext is None or not ext.digital_signature:
+        raise ValueError("certificate lacks the digitalSignature key usage")
+
+
+def check_signer_usages(cert: x509.Certificate) -> None:
+    """The leaf checks on their own, each with its own code (used on import too)."""
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if ku is None or not ku.digital_signature:
+        raise VerificationFailed("signer certificate lacks the digitalSignature key usage",
+                                 code="MissingDigitalSignature")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+        raise VerificationFailed("signer certificate lacks the codeSigning extended key usage",
+                                 code="MissingCodeSigningUsage")
+
+
+def check_validity(cert: x509.Certificate, now: dt.datetime) -> None:
+    if now < cert.not_valid_before_utc:
+        raise VerificationFailed("signer certificate is not yet valid", code="CertificateNotYetValid")
+    if now > cert.not_valid_after_utc:
+        raise VerificationFailed("signer certificate has expired", code="CertificateExpired")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """What a verifier trusts: code-signing roots and revoked signer serials."""
+
+    roots: tuple[x509.Certificate, ...]
+    revoked_serials: frozenset[int] = frozenset()
+
+
+def verify_signer_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    trust: TrustPolicy,
+    now: dt.datetime,
+) -> list[x509.Certificate]:
+    """Check leaf usages, validity, revocation and the chain to a trusted root."""
+    check_signer_usages(leaf)
+    check_validity(leaf, now)
+    if leaf.serial_number in trust.revoked_serials:
+        raise VerificationFailed("signer certificate is revoked", code="CertificateRevoked")
+    if not trust.roots:
+        raise VerificationFailed("no trusted code-signing root is configured", code="UntrustedChain")
+    ee_policy = (
+        verification.ExtensionPolicy.permit_all()
+        .require_present(x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC,
+                         _require_code_signing_eku)
+        .require_present(x509.KeyUsage, verification.Criticality.AGNOSTIC,
+                         _require_digital_signature)
+    )
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(trust.roots)))
+        .time(now)
+        .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                            ee_policy=ee_policy)
+        .build_client_verifier()
+    )
+    try:
+        chain = verifier.verify(leaf, list(intermediates)).chain
+    except verification.VerificationError as exc:
+        raise VerificationFailed(f"signer certificate does not chain to a trusted root: {exc}",
+                                 code="UntrustedChain") from exc
+    for cert in chain[1:]:
+        if cert.serial_number in trust.revoked_serials and cert not in trust.roots:
+            raise VerificationFailed("a certificate in the signer chain is revoked",
+                                     code="CertificateRevoked")
+    return chain
+
+
+def verify_file_signature(
+    digest: bytes,
+    signature: bytes,
+    chain: Iterable[x509.Certificate],
+    trust: TrustPolicy,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """Full N2 check: chain first (who signed), then the signature (what was signed)."""
+    certs = list(chain)
+    if not certs:
+        raise VerificationFailed("no signer certificate", code="UntrustedChain")
+    verify_signer_chain(certs[0], certs[1:], trust, now)
+    verify_digest(certs[0], digest, signature)
+    return certs[0]

@@ -1,0 +1,129 @@
+"""MQTT topics of the AWS IoT Jobs and file-delivery APIs (device-protocol.md §1, §3).
+
+Parsing returns a typed value or None; a topic we do not serve is not an error here,
+the caller decides whether it is worth a reply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+# AWS thing names: 1-128 of [a-zA-Z0-9:_-]. '.' is not allowed, which is why the
+# service's own MQTT identity contains one: no thing can ever be named like it.
+THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+STREAM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+NEXT = "$next"
+
+
+class JobsRequest(Enum):
+    GET_PENDING = "get"
+    START_NEXT = "start-next"
+    DESCRIBE = "describe"  # $aws/things/T/jobs/J/get (J may be $next)
+    UPDATE = "update"
+
+
+class StreamsRequest(Enum):
+    GET = "get"
+    DESCRIBE = "describe"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsTopic:
+    thing_name: str
+    request: JobsRequest
+    job_id: str | None  # for DESCRIBE and UPDATE
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsTopic:
+    thing_name: str
+    stream_id: str
+    request: StreamsRequest
+    fmt: str  # "cbor" or "json"
+
+
+def jobs_prefix(thing: str) -> str:
+    return f"$aws/things/{thing}/jobs"
+
+
+def notify_next_topic(thing: str) -> str:
+    return f"{jobs_prefix(thing)}/notify-next"
+
+
+def notify_topic(thing: str) -> str:
+    return f"{jobs_prefix(thing)}/notify"
+
+
+def jobs_reply_topic(request_topic: str, accepted: bool) -> str:
+    return f"{request_topic}/{'accepted' if accepted else 'rejected'}"
+
+
+def stream_data_topic(thing: str, stream_id: str, fmt: str) -> str:
+    return f"$aws/things/{thing}/streams/{stream_id}/data/{fmt}"
+
+
+def stream_description_topic(thing: str, stream_id: str, fmt: str) -> str:
+    return f"$aws/things/{thing}/streams/{stream_id}/description/{fmt}"
+
+
+def stream_rejected_topic(thing: str, stream_id: str, fmt: str) -> str:
+    return f"$aws/things/{thing}/streams/{stream_id}/rejected/{fmt}"
+
+
+def stream_get_topic(thing: str, stream_id: str, fmt: str) -> str:
+    return f"$aws/things/{thing}/streams/{stream_id}/get/{fmt}"
+
+
+# The subscriptions the service needs. A generic broker never matches `$` topics with
+# a leading wildcard, so each is spelled out, and none of them matches our own replies
+# (accepted/rejected/notify), which would otherwise loop back to us.
+SERVICE_SUBSCRIPTIONS = (
+    "$aws/things/+/jobs/get",
+    "$aws/things/+/jobs/start-next",
+    "$aws/things/+/jobs/+/get",
+    "$aws/things/+/jobs/+/update",
+    "$aws/things/+/streams/+/get/cbor",
+    "$aws/things/+/streams/+/get/json",
+    "$aws/things/+/streams/+/describe/cbor",
+    "$aws/things/+/streams/+/describe/json",
+)
+
+
+def parse_request_topic(topic: str) -> JobsTopic | StreamsTopic | None:
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "$aws" or parts[1] != "things":
+        return None
+    thing = parts[2]
+    if not THING_NAME_RE.match(thing):
+        return None
+    rest = parts[3:]
+    if rest[0] == "jobs":
+        return _parse_jobs(thing, rest[1:])
+    if rest[0] == "streams" and len(rest) == 4:
+        stream_id, verb, fmt = rest[1], rest[2], rest[3]
+        if fmt not in ("cbor", "json") or not STREAM_ID_RE.match(stream_id):
+            return None
+        if verb == "get":
+            return StreamsTopic(thing, stream_id, StreamsRequest.GET, fmt)
+        if verb == "describe":
+            return StreamsTopic(thing, stream_id, StreamsRequest.DESCRIBE, fmt)
+    return None
+
+
+def _parse_jobs(thing: str, rest: list[str]) -> JobsTopic | None:
+    if rest == ["get"]:
+        return JobsTopic(thing, JobsRequest.GET_PENDING, None)
+    if rest == ["start-next"]:
+        return JobsTopic(thing, JobsRequest.START_NEXT, None)
+    if len(rest) == 2:
+        job_id, verb = rest
+        if job_id != NEXT and not JOB_ID_RE.match(job_id):
+            return None
+        if verb == "get":
+            return JobsTopic(thing, JobsRequest.DESCRIBE, job_id)
+        if verb == "update" and job_id != NEXT:
+            return JobsTopic(thing, JobsRequest.UPDATE, job_id)
+    return None

@@ -1,0 +1,1 @@
+"""The overair server: operator API, device service, scheduler and storage."""

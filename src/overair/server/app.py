@@ -1,0 +1,221 @@
+"""The composition root: builds every service from one `Settings` and runs them in one
+process (HTTP API, device service, the Mosquitto child, background work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import uvicorn
+from cryptography import x509
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from overair.core import codesign
+from overair.server import pki
+from overair.server.api.contract import OperationTable
+from overair.server.api.edge import build_api_app
+from overair.server.audit.log import AuditLog
+from overair.server.clock import Clock, system_clock
+from overair.server.files import write_atomic
+from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
+from overair.server.gateway.device_service import DeviceService
+from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.iam.identity import IdentityStore
+from overair.server.jobs import api as jobs_api
+from overair.server.jobs.service import JobService
+from overair.server.ota import api as ota_api
+from overair.server.ota.manager import OtaManager
+from overair.server.registry import api as registry_api
+from overair.server.registry.service import Registry
+from overair.server.sealing import Sealer
+from overair.server.settings import Settings
+from overair.server.signing.service import SigningService
+from overair.server.storage.db import Database, migrate
+from overair.server.storage.objects import ObjectStore
+from overair.server.streams import api as streams_api
+from overair.server.streams.service import StreamService
+
+log = logging.getLogger("overair.server")
+ACCESS_FLUSH_SECONDS = 0.2
+
+
+def client_ssl_context(ca_file: str, cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class Server:
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+        self.settings = settings
+        paths = settings.paths
+        self.clock = clock
+        self.db = Database(settings.db_url)
+        migrate(self.db.engine)
+        self.sealer = Sealer.from_file(paths.master_key)
+        self.fleet_ca = pki.load_issued(paths.fleet_ca_cert.read_bytes(), paths.fleet_ca_key.read_bytes())
+        self.audit = AuditLog(self.db, clock)
+        self.identity = IdentityStore(self.db, self.sealer, settings, clock)
+        self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
+        self.objects = ObjectStore(self.db, paths.objects)
+        self.signing = SigningService(self.db, settings, self.sealer, self.objects, clock)
+        self.streams = StreamService(self.db, settings, self.objects, clock)
+        self.jobs = JobService(self.db, settings, self.registry, clock)
+        self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
+                              self._code_signing_roots, clock, self._notify_threadsafe)
+        self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
+        self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
+        self.table = OperationTable()
+        registry_api.register(self.table, self.registry, (settings.hostnames[0], settings.mqtt_port))
+        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe)
+        streams_api.register(self.table, self.streams)
+        ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
+        self.broker: Broker | None = None
+        self.connection: ServiceConnection | None = None
+        self._access_dirty = threading.Event()
+        self.ready = threading.Event()
+
+    # Wiring callbacks ----------------------------------------------------------------
+    def _code_signing_roots(self) -> list[x509.Certificate]:
+        return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
+
+    def _notify_threadsafe(self, things: list[str]) -> None:
+        if self.connection is not None:
+            self.connection.notify_next_threadsafe(things)
+
+    def _schedule_ota(self, ota_id: str) -> None:
+        self.background.submit(self.ota.process, ota_id)
+
+    def _access_changed(self) -> None:
+        self._access_dirty.set()
+
+    def write_broker_access(self) -> None:
+        """Regenerate the broker ACL and CRL from the registry."""
+        paths = self.settings.paths
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
+        write_atomic(paths.broker / "acl", render_acl(self.registry.access_entries()).encode(), mode=0o640)
+
+    async def _flush_access(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_SECONDS)
+            if self._access_dirty.is_set():
+                self._access_dirty.clear()
+                await asyncio.to_thread(self.write_broker_access)
+                self.devices.forget_access()
+                if self.broker is not None:
+                    self.broker.reload()
+
+    def _health(self, _request: Request) -> JSONResponse:
+        broker_up = self.broker is None or (self.broker.process is not None
+                                            and self.broker.process.returncode is None)
+        status = "ok" if broker_up and self.ready.is_set() else "degraded"
+        return JSONResponse({"status": status, "broker": "up" if broker_up else "down"},
+                            status_code=200 if status == "ok" else 503)
+
+    # Running -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        paths = settings.paths
+        check_port_free(settings.http_host, settings.http_port)
+        service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
+                                         str(paths.service_key))
+        mqtt_host, mqtt_port = settings.mqtt_host, settings.mqtt_port
+        if settings.broker_url is None:
+            self.broker = Broker(paths.broker, settings.mosquitto_binary, settings.mqtt_host,
+                                 settings.mqtt_port)
+            self.write_broker_access()
+            self.broker.write(render_config(host=settings.mqtt_host, port=settings.mqtt_port,
+                                            ca=paths.fleet_ca_cert, cert=paths.broker_cert,
+                                            key=paths.broker_key, crl=paths.crl,
+                                            acl=paths.broker / "acl", run_as_root=os.geteuid() == 0),
+                              render_acl(self.registry.access_entries()))
+            await self.broker.start(service_tls)
+        else:
+            url = urlsplit(settings.broker_url)
+            mqtt_host, mqtt_port = url.hostname or "127.0.0.1", url.port or 8883
+        tasks: list[asyncio.Task[object]] = []
+        http: uvicorn.Server | None = None
+        try:
+            self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
+            await self.connection.start()
+            app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
+                                max_body_bytes=settings.limits.max_api_body_bytes,
+                                extra_routes=[Route("/health", self._health)], now=self.clock)
+            tls_cert, tls_key = settings.http_tls_cert, settings.http_tls_key
+            config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                    log_level="warning", lifespan="off",
+                                    ssl_certfile=str(tls_cert) if tls_cert else None,
+                                    ssl_keyfile=str(tls_key) if tls_key else None)
+            http = uvicorn.Server(config)
+            http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            tasks.append(asyncio.create_task(http.serve()))
+            tasks.append(asyncio.create_task(self._flush_access()))
+            while not http.started:
+                if tasks[0].done():
+                    await tasks[0]
+                await asyncio.sleep(0.02)
+            for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
+                self._schedule_ota(ota_id)
+            self.ready.set()
+            log.info("overair ready: API http%s://%s:%s, MQTT mqtts://%s:%s",
+                     "s" if settings.http_tls_cert else "", settings.http_host, settings.http_port,
+                     mqtt_host, mqtt_port)
+            await stop.wait()
+        finally:
+            self.ready.clear()
+            if http is not None:
+                http.should_exit = True
+            for task in tasks[1:]:
+                task.cancel()
+            if tasks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(tasks[0], 10)
+            if self.connection is not None:
+                await self.connection.stop()
+            if self.broker is not None:
+                await self.broker.stop()
+            self.background.shutdown(wait=True, cancel_futures=True)
+            self.db.close()
+            log.info("overair stopped")
+
+
+class ServerThread:
+    """Runs a Server on its own event loop in a thread (the demo and tests use it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server = Server(settings)
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="overair-server", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self._loop.run_until_complete(self.server.run(self._stop))
+        except BaseException as exc:
+            self._error = exc
+            self.server.ready.set()
+
+    def start(self, timeout: float = 30) -> None:
+        self._thread.start()
+        if not self.server.ready.wait(timeout):
+            raise TimeoutError("the server did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)

@@ -1,0 +1,1 @@
+"""Who did what, allowed or denied, from where."""

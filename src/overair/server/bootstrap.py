@@ -1,0 +1,94 @@
+"""`overair init`: a new data directory with everything a server and its fleet need.
+
+Creates the fleet root CA (device identities), the broker's server certificate, the
+service's client certificate, an empty CRL, a development code-signing root and signer
+(labelled development-only; the root's private key is discarded once the signer is
+issued, so it cannot sign anything else), the master key that seals secrets, the
+database, and a first administrator access key in AWS shared-credentials format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from overair.core.errors import MisuseError
+from overair.server import pki
+from overair.server.files import write_atomic, write_private
+from overair.server.iam.identity import IdentityStore
+from overair.server.sealing import Sealer, create_master_key
+from overair.server.settings import DataDir, Settings, dump_settings
+from overair.server.signing.service import DEFAULT_PLATFORM, SigningService
+from overair.server.storage.db import Database, migrate
+from overair.server.storage.objects import ObjectStore
+
+ADMIN_USER = "admin"
+DEV_PROFILE = "overair-dev"
+DEV_CERT_PATH_ON_DEVICE = "/certs/overair-dev-code-signing.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    settings: Settings
+    access_key_id: str
+    secret_access_key: str
+
+
+def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: int = 8080,
+               mqtt_port: int = 8883, database_url: str = "", force: bool = False,
+               now: dt.datetime | None = None) -> InitResult:
+    paths = DataDir(data_dir)
+    if paths.config.exists():
+        if not force:
+            raise MisuseError(f"{data_dir} is already initialised; use --force to start over "
+                              "(this destroys its keys, certificates and database)")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    now = now or dt.datetime.now(dt.UTC)
+    names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *hostnames)))
+    settings = Settings(data_dir=data_dir, account_id=f"{secrets.randbelow(10**12):012d}",
+                        hostnames=names, http_port=http_port, mqtt_port=mqtt_port,
+                        database_url=database_url)
+
+    create_master_key(paths.master_key)
+    fleet_ca = pki.make_root_ca("overair fleet root CA", now)
+    _write_pair(paths.fleet_ca_cert, paths.fleet_ca_key, fleet_ca)
+    _write_pair(paths.broker_cert, paths.broker_key, pki.issue_server_cert(fleet_ca, names, now))
+    _write_pair(paths.service_cert, paths.service_key,
+                pki.issue_client_cert(fleet_ca, pki.SERVICE_IDENTITY, now))
+    write_atomic(paths.crl, pki.make_crl(fleet_ca, [], now))
+
+    dev_root = pki.make_root_ca("overair DEVELOPMENT ONLY code-signing root", now,
+                                org="overair development (not for production)")
+    dev_signer = pki.issue_code_signing_cert(dev_root, "overair DEVELOPMENT ONLY signer", now)
+    write_atomic(paths.code_signing_root, dev_root.cert_pem)
+
+    db = Database(settings.db_url)
+    try:
+        migrate(db.engine)
+        sealer = Sealer.from_file(paths.master_key)
+        objects = ObjectStore(db, paths.objects)
+        signing = SigningService(db, settings, sealer, objects, now.timestamp)
+        cert_arn = signing.import_certificate(dev_signer.cert_pem, dev_signer.key_pem,
+                                              development_only=True)
+        signing.put_profile(DEV_PROFILE, DEFAULT_PLATFORM, cert_arn, DEV_CERT_PATH_ON_DEVICE)
+        identity = IdentityStore(db, sealer, settings, now.timestamp)
+        identity.create_user(ADMIN_USER)
+        key_id, secret = identity.create_access_key(ADMIN_USER)
+    finally:
+        db.close()
+    write_private(paths.credentials, (
+        "# overair administrator credentials: keep them secret.\n"
+        f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+        f"region = {settings.region}\n").encode())
+    write_atomic(paths.config, dump_settings(settings).encode())
+    return InitResult(settings, key_id, secret)
+
+
+def _write_pair(cert_path: Path, key_path: Path, issued: pki.Issued) -> None:
+    write_private(key_path, issued.key_pem)
+    write_atomic(cert_path, issued.cert_pem)

@@ -1,0 +1,1 @@
+"""The device gateway: the Mosquitto broker we run, and the service's MQTT side."""

@@ -1,0 +1,104 @@
+"""The service's own MQTT connection (gmqtt, asyncio) around `DeviceService`.
+
+Each incoming message is handled in a worker thread picked by the thing name, so one
+device's requests are answered in the order it sent them while different devices are
+served in parallel. Replies are published from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gmqtt import Client as GmqttClient
+from gmqtt import Subscription
+from gmqtt.mqtt.constants import MQTTv311
+
+from overair.core import topics
+from overair.core.errors import UnavailableError
+from overair.server.gateway.device_service import DeviceService, Outgoing
+from overair.server.pki import SERVICE_IDENTITY
+
+log = logging.getLogger("overair.devices")
+
+
+class ServiceConnection:
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext, service: DeviceService,
+                 workers: int = 4) -> None:
+        self._host = host
+        self._port = port
+        self._ssl = ssl_context
+        self._service = service
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"devices-{i}")
+                           for i in range(workers)]
+        self._client = GmqttClient(SERVICE_IDENTITY)
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        try:
+            await self._client.connect(self._host, self._port, ssl=self._ssl, version=MQTTv311,
+                                       keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            raise UnavailableError(f"cannot connect to the broker at {self._host}:{self._port}: "
+                                   f"{exc}") from exc
+
+    def _on_connect(self, client: Any, _flags: Any, _rc: Any, _properties: Any) -> None:
+        # Subscribing here also restores the subscriptions after a reconnect.
+        client.subscribe([Subscription(t, qos=1) for t in topics.SERVICE_SUBSCRIPTIONS])
+        log.info("service connected to the broker and subscribed")
+
+    def _executor_for(self, topic: str) -> ThreadPoolExecutor:
+        thing = topic.split("/", 3)[2] if topic.count("/") >= 3 else ""
+        return self._executors[zlib.crc32(thing.encode()) % len(self._executors)]
+
+    def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> int:
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._executor_for(topic), self._service.handle,
+                                            topic, bytes(payload))
+        self._tasks.add(future)
+        future.add_done_callback(self._published)
+        return 0
+
+    def _published(self, future: asyncio.Future[list[Outgoing]]) -> None:
+        self._tasks.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("device message handler failed: %s", exc)
+            return
+        self.publish(future.result())
+
+    def publish(self, messages: Iterable[Outgoing]) -> None:
+        for message in messages:
+            self._client.publish(message.topic, message.payload, qos=message.qos)
+
+    async def notify_next(self, things: Iterable[str]) -> None:
+        """Push notify-next to things whose next job changed (after a job is created)."""
+        assert self._loop is not None
+        for thing in things:
+            messages = await self._loop.run_in_executor(
+                self._executor_for(f"$aws/things/{thing}/"), self._service.notify_next, thing)
+            self.publish(messages)
+
+    def notify_next_threadsafe(self, things: list[str]) -> None:
+        if self._loop is not None and things:
+            asyncio.run_coroutine_threadsafe(self.notify_next(things), self._loop)
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self._client.disconnect(), 5)
+        except (TimeoutError, OSError):
+            log.warning("broker did not acknowledge the disconnect")
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Operator identities: users and access keys (policies come with the IAM layer)."""

@@ -1,0 +1,1 @@
+"""Jobs and per-device executions (AWS IoT Jobs semantics)."""

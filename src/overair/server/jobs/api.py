@@ -1,0 +1,129 @@
+"""iot operations on jobs and job executions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from overair.core.jobstates import ExecStatus
+from overair.server.api.contract import ApiRequest, OperationTable, invalid
+from overair.server.api.paging import page_out, paginate
+from overair.server.jobs.service import JobService
+from overair.server.storage.schema import Job, JobExecution
+
+COUNT_KEYS = {
+    ExecStatus.QUEUED: "numberOfQueuedThings", ExecStatus.IN_PROGRESS: "numberOfInProgressThings",
+    ExecStatus.SUCCEEDED: "numberOfSucceededThings", ExecStatus.FAILED: "numberOfFailedThings",
+    ExecStatus.REJECTED: "numberOfRejectedThings", ExecStatus.CANCELED: "numberOfCanceledThings",
+    ExecStatus.TIMED_OUT: "numberOfTimedOutThings", ExecStatus.REMOVED: "numberOfRemovedThings",
+}
+
+
+def _summary(row: JobExecution) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": row.status, "queuedAt": row.queued_at,
+                           "lastUpdatedAt": row.last_updated_at, "executionNumber": row.execution_number}
+    if row.started_at is not None:
+        out["startedAt"] = row.started_at
+    return out
+
+
+def _job_view(job: Job, counts: dict[str, int]) -> dict[str, Any]:
+    details = {key: counts.get(status.value, 0) for status, key in COUNT_KEYS.items()}
+    view: dict[str, Any] = {
+        "jobArn": job.arn, "jobId": job.job_id, "targetSelection": job.target_selection,
+        "status": job.status, "forceCanceled": job.force_canceled, "targets": job.targets,
+        "description": job.description, "createdAt": job.created_at,
+        "lastUpdatedAt": job.last_updated_at, "jobProcessDetails": details,
+    }
+    if job.completed_at is not None:
+        view["completedAt"] = job.completed_at
+    if job.comment:
+        view["comment"] = job.comment
+    if job.reason_code:
+        view["reasonCode"] = job.reason_code
+    for key in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig"):
+        if key in job.config:
+            view[key] = job.config[key]
+    return view
+
+
+def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
+             notify: Callable[[list[str]], None]) -> None:
+    def create_job(r: ApiRequest) -> dict[str, Any]:
+        text = r.params.get("document")
+        if not isinstance(text, str):
+            raise invalid("document is required (documentSource is not supported yet)")
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise invalid(f"document is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise invalid("document must be a JSON object")
+        config = {k: r.params[k] for k in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig",
+                                           "presignedUrlConfig") if k in r.params}
+        job, things = jobs.create_job(r.params["jobId"], r.params["targets"], document,
+                                      description=r.params.get("description", ""),
+                                      target_selection=r.params.get("targetSelection", "SNAPSHOT"),
+                                      config=config)
+        notify(things)
+        return {"jobArn": job.arn, "jobId": job.job_id, "description": job.description}
+
+    def describe_job(r: ApiRequest) -> dict[str, Any]:
+        job, counts = jobs.describe_job(r.params["jobId"])
+        return {"job": _job_view(job, counts)}
+
+    def list_jobs(r: ApiRequest) -> dict[str, Any]:
+        items = [{"jobArn": j.arn, "jobId": j.job_id, "targetSelection": j.target_selection,
+                  "status": j.status, "createdAt": j.created_at, "lastUpdatedAt": j.last_updated_at,
+                  **({"completedAt": j.completed_at} if j.completed_at is not None else {})}
+                 for j in jobs.list_jobs(r.params.get("status"))]
+        page, token = paginate(items, r.params)
+        return page_out("jobs", page, token)
+
+    def get_job_document(r: ApiRequest) -> dict[str, Any]:
+        return {"document": json.dumps(jobs.get_document(r.params["jobId"]), separators=(",", ":"))}
+
+    def cancel_job(r: ApiRequest) -> dict[str, Any]:
+        things = jobs.cancel_job(r.params["jobId"], force=bool(r.params.get("force", False)),
+                                 comment=r.params.get("comment", ""),
+                                 reason_code=r.params.get("reasonCode", ""))
+        notify(things)
+        job, _ = jobs.describe_job(r.params["jobId"])
+        return {"jobArn": job.arn, "jobId": job.job_id, "description": job.description}
+
+    def delete_job(r: ApiRequest) -> dict[str, Any]:
+        jobs.delete_job(r.params["jobId"], force=bool(r.params.get("force", False)))
+        return {}
+
+    def executions_for_job(r: ApiRequest) -> dict[str, Any]:
+        items = [{"thingArn": thing_arn(row.thing_name), "jobExecutionSummary": _summary(row)}
+                 for row in jobs.executions_for_job(r.params["jobId"], r.params.get("status"))]
+        page, token = paginate(items, r.params)
+        return page_out("executionSummaries", page, token)
+
+    def executions_for_thing(r: ApiRequest) -> dict[str, Any]:
+        items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)}
+                 for row in jobs.executions_for_thing(r.params["thingName"], r.params.get("status"))]
+        page, token = paginate(items, r.params)
+        return page_out("executionSummaries", page, token)
+
+    def describe_execution(r: ApiRequest) -> dict[str, Any]:
+        row = jobs.describe_execution(r.params["jobId"], r.params["thingName"])
+        execution = {"jobId": row.job_id, "status": row.status, "thingArn": thing_arn(row.thing_name),
+                     "statusDetails": {"detailsMap": dict(row.status_details)},
+                     "queuedAt": row.queued_at, "lastUpdatedAt": row.last_updated_at,
+                     "executionNumber": row.execution_number, "versionNumber": row.version_number,
+                     "forceCanceled": False}
+        if row.started_at is not None:
+            execution["startedAt"] = row.started_at
+        return {"execution": execution}
+
+    for name, handler in {
+        "CreateJob": create_job, "DescribeJob": describe_job, "ListJobs": list_jobs,
+        "GetJobDocument": get_job_document, "CancelJob": cancel_job, "DeleteJob": delete_job,
+        "ListJobExecutionsForJob": executions_for_job,
+        "ListJobExecutionsForThing": executions_for_thing,
+        "DescribeJobExecution": describe_execution,
+    }.items():
+        table.register("iot", name, handler)

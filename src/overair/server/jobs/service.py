@@ -1,0 +1,345 @@
+"""Jobs and their per-device executions.
+
+Which job is `$next` for a thing: the oldest IN_PROGRESS execution, else the oldest
+QUEUED one. Every operation that can change it returns the things whose next job
+changed, so the device service pushes `notify-next` exactly then and at no other time
+(a FreeRTOS agent restarts its download on any unexpected job message).
+
+Status updates follow `core.jobstates`: terminal states are final, `expectedVersion`
+is honoured when given, `statusDetails` is replaced as a whole (the FreeRTOS agent
+always sends the full map), and `versionNumber` is bumped on every applied update.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select, update
+
+from overair.core import jobs_wire as wire
+from overair.core.errors import PeerInputError
+from overair.core.jobs_wire import ExecutionView, UpdateRequest
+from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
+from overair.server.api.contract import already_exists, invalid, not_found
+from overair.server.clock import Clock
+from overair.server.registry.service import Registry
+from overair.server.settings import Settings
+from overair.server.storage.db import Database
+from overair.server.storage.schema import Job, JobExecution
+
+JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
+# Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
+DocumentRenderer = Callable[[Job, str], dict[str, Any]]
+
+
+class JobsMqttError(PeerInputError):
+    """A device request the Jobs API rejects; `code` is the Jobs MQTT error code."""
+
+    def __init__(self, code: str, message: str, execution_state: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.execution_state = execution_state
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    execution: ExecutionView
+    next_changed: bool
+
+
+def _ts(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+class JobService:
+    def __init__(self, db: Database, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self._db = db
+        self._settings = settings
+        self._registry = registry
+        self._clock = clock
+        self.render_document: DocumentRenderer = lambda job, _thing: job.document
+
+    def job_arn(self, job_id: str) -> str:
+        return self._settings.arn("iot", f"job/{job_id}")
+
+    # Operator side ----------------------------------------------------------------
+    def create_job(self, job_id: str, targets: list[str], document: dict[str, Any], *,
+                   description: str = "", target_selection: str = "SNAPSHOT",
+                   config: dict[str, Any] | None = None) -> tuple[Job, list[str]]:
+        """Create the job and one QUEUED execution per target thing. Returns the job
+        and the things whose next job changed (to be notified)."""
+        if not JOB_ID_RE.match(job_id):
+            raise invalid("jobId must be 1-64 characters of [a-zA-Z0-9_-]")
+        if not targets:
+            raise invalid("a job needs at least one target")
+        if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
+            raise invalid("targetSelection must be SNAPSHOT or CONTINUOUS")
+        encoded = wire.encode(document)
+        if len(encoded) > self._settings.limits.max_job_document_bytes:
+            raise invalid(f"job document is {len(encoded)} bytes; the limit is "
+                          f"{self._settings.limits.max_job_document_bytes}")
+        things = self._registry.resolve_targets(targets)
+        now = self._clock()
+        with self._db.session() as s:
+            if s.get(Job, job_id) is not None:
+                raise already_exists(f"job {job_id}")
+            job = Job(job_id=job_id, arn=self.job_arn(job_id), status=JobStatus.IN_PROGRESS.value,
+                      document=document, description=description, targets=list(targets),
+                      target_selection=target_selection, config=dict(config or {}),
+                      created_at=now, last_updated_at=now)
+            s.add(job)
+            s.flush()
+            had_next = self._things_with_active(s, things)
+            if things:
+                s.execute(insert(JobExecution), [
+                    {"job_id": job_id, "thing_name": t, "status": ExecStatus.QUEUED.value,
+                     "status_details": {}, "queued_at": now, "last_updated_at": now,
+                     "version_number": 1, "execution_number": 1} for t in things])
+            else:
+                self._maybe_complete(s, job)
+        # A new QUEUED job is only next for a thing that had nothing active before.
+        return job, [t for t in things if t not in had_next]
+
+    def _things_with_active(self, s: Any, things: list[str]) -> set[str]:
+        found: set[str] = set()
+        chunk = 500
+        for i in range(0, len(things), chunk):
+            part = things[i:i + chunk]
+            found.update(s.scalars(select(JobExecution.thing_name)
+                                   .where(JobExecution.thing_name.in_(part),
+                                          JobExecution.status.in_(ACTIVE))))
+        return found
+
+    def describe_job(self, job_id: str) -> tuple[Job, dict[str, int]]:
+        with self._db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise not_found(f"job {job_id}")
+            counts = dict(s.execute(select(JobExecution.status, func.count())
+                                    .where(JobExecution.job_id == job_id)
+                                    .group_by(JobExecution.status)).tuples().all())
+            return job, counts
+
+    def list_jobs(self, status: str | None = None) -> list[Job]:
+        with self._db.session() as s:
+            query = select(Job).order_by(Job.created_at, Job.job_id)
+            if status:
+                query = query.where(Job.status == status)
+            return list(s.scalars(query))
+
+    def get_document(self, job_id: str) -> dict[str, Any]:
+        with self._db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise not_found(f"job {job_id}")
+            return job.document
+
+    def executions_for_job(self, job_id: str, status: str | None = None) -> list[JobExecution]:
+        with self._db.session() as s:
+            if s.get(Job, job_id) is None:
+                raise not_found(f"job {job_id}")
+            query = select(JobExecution).where(JobExecution.job_id == job_id)
+            if status:
+                query = query.where(JobExecution.status == status)
+            return list(s.scalars(query.order_by(JobExecution.thing_name)))
+
+    def executions_for_thing(self, thing: str, status: str | None = None) -> list[JobExecution]:
+        with self._db.session() as s:
+            query = select(JobExecution).where(JobExecution.thing_name == thing)
+            if status:
+                query = query.where(JobExecution.status == status)
+            return list(s.scalars(query.order_by(JobExecution.queued_at)))
+
+    def describe_execution(self, job_id: str, thing: str) -> JobExecution:
+        with self._db.session() as s:
+            row = s.scalar(self._latest(job_id, thing))
+            if row is None:
+                raise not_found(f"execution of job {job_id} on {thing}")
+            return row
+
+    def cancel_job(self, job_id: str, *, force: bool, comment: str = "",
+                   reason_code: str = "") -> list[str]:
+        """Cancel a job: QUEUED executions (and IN_PROGRESS ones with force) become
+        CANCELED. Returns the things whose next job changed."""
+        now = self._clock()
+        with self._db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise not_found(f"job {job_id}")
+            if job.status in (JobStatus.COMPLETED.value,):
+                raise invalid(f"job {job_id} is already completed")
+            statuses = ACTIVE if force else (ExecStatus.QUEUED.value,)
+            things = list(s.scalars(select(JobExecution.thing_name).where(
+                JobExecution.job_id == job_id, JobExecution.status.in_(statuses))))
+            s.execute(update(JobExecution)
+                      .where(JobExecution.job_id == job_id, JobExecution.status.in_(statuses))
+                      .values(status=ExecStatus.CANCELED.value, last_updated_at=now,
+                              version_number=JobExecution.version_number + 1))
+            job.status = JobStatus.CANCELED.value
+            job.force_canceled = force
+            job.comment = comment
+            job.reason_code = reason_code
+            job.last_updated_at = now
+            return things
+
+    def delete_job(self, job_id: str, *, force: bool) -> None:
+        with self._db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise not_found(f"job {job_id}")
+            in_progress = s.scalar(select(func.count()).select_from(JobExecution).where(
+                JobExecution.job_id == job_id, JobExecution.status == ExecStatus.IN_PROGRESS.value))
+            if in_progress and not force:
+                raise invalid(f"job {job_id} has {in_progress} execution(s) in progress; use force")
+            s.delete(job)
+
+    # Device side ------------------------------------------------------------------
+    @staticmethod
+    def _latest(job_id: str, thing: str) -> Select[tuple[JobExecution]]:
+        return (select(JobExecution).where(JobExecution.job_id == job_id,
+                                           JobExecution.thing_name == thing)
+                .order_by(JobExecution.execution_number.desc()).limit(1))
+
+    def _view(self, s: Any, row: JobExecution, with_document: bool = True) -> ExecutionView:
+        document = None
+        if with_document:
+            job = s.get(Job, row.job_id)
+            document = self.render_document(job, row.thing_name) if job is not None else None
+        return ExecutionView(job_id=row.job_id, thing_name=row.thing_name,
+                             status=ExecStatus(row.status), status_details=dict(row.status_details),
+                             queued_at=int(row.queued_at), started_at=_ts(row.started_at),
+                             last_updated_at=int(row.last_updated_at),
+                             version_number=row.version_number,
+                             execution_number=row.execution_number, job_document=document)
+
+    def _next_row(self, s: Any, thing: str) -> JobExecution | None:
+        for status in (ExecStatus.IN_PROGRESS.value, ExecStatus.QUEUED.value):
+            row: JobExecution | None = s.scalar(
+                select(JobExecution).where(JobExecution.thing_name == thing,
+                                           JobExecution.status == status)
+                .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
+            if row is not None:
+                return row
+        return None
+
+    def next_execution(self, thing: str) -> ExecutionView | None:
+        with self._db.session() as s:
+            row = self._next_row(s, thing)
+            return None if row is None else self._view(s, row)
+
+    def next_job_id(self, thing: str) -> str | None:
+        with self._db.session() as s:
+            row = self._next_row(s, thing)
+            return None if row is None else row.job_id
+
+    def execution_for_device(self, thing: str, job_id: str) -> ExecutionView:
+        with self._db.session() as s:
+            row = self._next_row(s, thing) if job_id == "$next" else s.scalar(self._latest(job_id, thing))
+            if row is None:
+                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution of {job_id} for {thing}")
+            return self._view(s, row)
+
+    def pending_for_device(self, thing: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(inProgressJobs, queuedJobs) summaries for `$aws/things/T/jobs/get`."""
+        with self._db.session() as s:
+            rows = s.scalars(select(JobExecution).where(JobExecution.thing_name == thing,
+                                                        JobExecution.status.in_(ACTIVE))
+                             .order_by(JobExecution.queued_at, JobExecution.id)).all()
+        summaries: dict[str, list[dict[str, Any]]] = {status: [] for status in ACTIVE}
+        for row in rows:
+            summary = {"jobId": row.job_id, "queuedAt": int(row.queued_at),
+                       "lastUpdatedAt": int(row.last_updated_at),
+                       "versionNumber": row.version_number, "executionNumber": row.execution_number}
+            if row.started_at is not None:
+                summary["startedAt"] = int(row.started_at)
+            summaries[row.status].append(summary)
+        return summaries[ExecStatus.IN_PROGRESS.value], summaries[ExecStatus.QUEUED.value]
+
+    def start_next(self, thing: str, details: dict[str, str] | None) -> ExecutionView | None:
+        """`start-next`: the next execution, moved to IN_PROGRESS if it was QUEUED."""
+        now = self._clock()
+        with self._db.session() as s:
+            row = self._next_row(s, thing)
+            if row is None:
+                return None
+            if row.status == ExecStatus.QUEUED.value:
+                row.status = ExecStatus.IN_PROGRESS.value
+                row.started_at = now
+                row.last_updated_at = now
+                row.version_number += 1
+                if details is not None:
+                    row.status_details = details
+            return self._view(s, row)
+
+    def update_execution(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome:
+        now = self._clock()
+        with self._db.session() as s:
+            row = s.scalar(self._latest(job_id, thing).with_for_update())
+            if row is None:
+                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution of {job_id} for {thing}")
+            if request.execution_number is not None and request.execution_number != row.execution_number:
+                raise JobsMqttError(wire.RESOURCE_NOT_FOUND,
+                                    f"execution number {request.execution_number} does not exist")
+            current = ExecStatus(row.status)
+            state = {"status": row.status, "statusDetails": dict(row.status_details),
+                     "versionNumber": row.version_number}
+            if request.expected_version is not None and request.expected_version != row.version_number:
+                raise JobsMqttError(wire.VERSION_MISMATCH,
+                                    f"expected version {request.expected_version}, "
+                                    f"current is {row.version_number}", state)
+            if current.terminal:
+                raise JobsMqttError(wire.TERMINAL_STATE_REACHED,
+                                    f"execution is already {current.value}", state)
+            if not can_transition(current, request.status, Actor.DEVICE):
+                raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
+                                    f"cannot go from {current.value} to {request.status.value}", state)
+            before = self._next_row(s, thing)
+            row.status = request.status.value
+            if request.status_details is not None:
+                row.status_details = request.status_details
+            if row.started_at is None and request.status is not ExecStatus.QUEUED:
+                row.started_at = now
+            row.last_updated_at = now
+            row.version_number += 1
+            s.flush()
+            next_changed = False
+            if request.status.terminal:
+                after = self._next_row(s, thing)
+                next_changed = (before.id if before else None) != (after.id if after else None)
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.last_updated_at = now
+                    self._maybe_complete(s, job)
+            return UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
+                                 next_changed)
+
+    def _maybe_complete(self, s: Any, job: Job) -> None:
+        if job.status != JobStatus.IN_PROGRESS.value or job.target_selection == "CONTINUOUS":
+            return
+        active = s.scalar(select(func.count()).select_from(JobExecution).where(
+            JobExecution.job_id == job.job_id, JobExecution.status.in_(ACTIVE)))
+        if not active:
+            job.status = JobStatus.COMPLETED.value
+            job.completed_at = self._clock()
+            job.last_updated_at = job.completed_at
+
+    def live_execution_references(self, thing: str, job_ids: list[str]) -> bool:
+        """True if the thing has a non-terminal execution of one of these jobs."""
+        if not job_ids:
+            return False
+        with self._db.session() as s:
+            count = s.scalar(select(func.count()).select_from(JobExecution).where(
+                JobExecution.thing_name == thing, JobExecution.job_id.in_(job_ids),
+                JobExecution.status.in_(ACTIVE)))
+            return bool(count)
+
+    def jobs_referencing_stream(self, stream_id: str) -> list[str]:
+        """Jobs still running whose OTA document delivers this stream."""
+        with self._db.session() as s:
+            jobs = s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value)).all()
+            return [job.job_id for job in jobs
+                    if isinstance(job.document.get("afr_ota"), dict)
+                    and job.document["afr_ota"].get("streamname") == stream_id]

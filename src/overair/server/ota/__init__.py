@@ -1,0 +1,1 @@
+"""The OTA Update Manager: one request becomes a signed image, a stream and a job."""

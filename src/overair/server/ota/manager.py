@@ -1,0 +1,290 @@
+"""CreateOTAUpdate, end to end.
+
+`create()` validates the request, records it as CREATE_PENDING and returns at once,
+as AWS does; `process()` then signs (or checks the given signature), creates the
+stream and the job `AFR_OTA-<otaUpdateId>`, and ends CREATE_COMPLETE or CREATE_FAILED
+with `errorInfo`. Every step is idempotent (it reuses what an earlier attempt
+created), so an update interrupted by a restart is simply processed again.
+
+Nothing reaches a device unless its signature verifies against the configured trusted
+code-signing roots with a valid, unrevoked signer certificate (threat N2), and the file
+fits the device's block bitmap (a FreeRTOS agent silently ignores files that do not).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from overair.core import codesign
+from overair.core.errors import OverairError
+from overair.core.jobdoc import OtaFile, OtaJobDocument
+from overair.server.api.contract import ApiError, already_exists, invalid, not_found
+from overair.server.clock import Clock
+from overair.server.jobs.service import JobService
+from overair.server.settings import Settings
+from overair.server.signing.service import Signed, SigningService
+from overair.server.storage.db import Database
+from overair.server.storage.objects import ObjectStore
+from overair.server.storage.schema import OtaUpdate
+from overair.server.streams.service import StreamService
+
+log = logging.getLogger("overair.ota")
+OTA_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+JOB_PREFIX = "AFR_OTA-"
+CREATE_PENDING, CREATE_IN_PROGRESS = "CREATE_PENDING", "CREATE_IN_PROGRESS"
+CREATE_COMPLETE, CREATE_FAILED = "CREATE_COMPLETE", "CREATE_FAILED"
+
+
+class OtaFailure(OverairError):
+    """A reason an OTA update cannot be created; becomes `errorInfo`."""
+
+
+def job_id_for(ota_update_id: str) -> str:
+    return (JOB_PREFIX + ota_update_id)[:64]
+
+
+class OtaManager:
+    def __init__(self, db: Database, settings: Settings, objects: ObjectStore, signing: SigningService,
+                 streams: StreamService, jobs: JobService, trust_roots: Callable[[], list[x509.Certificate]],
+                 clock: Clock, on_job_created: Callable[[list[str]], None] = lambda _things: None) -> None:
+        self._db = db
+        self._settings = settings
+        self._objects = objects
+        self._signing = signing
+        self._streams = streams
+        self._jobs = jobs
+        self._trust_roots = trust_roots
+        self._clock = clock
+        self.on_job_created = on_job_created
+
+    def arn(self, ota_update_id: str) -> str:
+        return self._settings.arn("iot", f"otaupdate/{ota_update_id}")
+
+    def create(self, request: dict[str, Any]) -> OtaUpdate:
+        ota_id = request.get("otaUpdateId", "")
+        if not OTA_ID_RE.match(ota_id):
+            raise invalid("otaUpdateId must be 1-128 characters of [a-zA-Z0-9_-]")
+        protocols = request.get("protocols") or ["MQTT"]
+        if not set(protocols) <= {"MQTT", "HTTP"}:
+            raise invalid("protocols must be MQTT and/or HTTP")
+        if "HTTP" in protocols:
+            raise ApiError("InvalidRequestException",
+                           "HTTP delivery is not available yet in this overair version; use MQTT", 400)
+        if not request.get("targets"):
+            raise invalid("targets must name at least one thing or thing group")
+        files = request.get("files") or []
+        if not files:
+            raise invalid("files must contain at least one file")
+        now = self._clock()
+        with self._db.session() as s:
+            if s.get(OtaUpdate, ota_id) is not None:
+                raise already_exists(f"OTA update {ota_id}")
+            row = OtaUpdate(ota_update_id=ota_id, arn=self.arn(ota_id), status=CREATE_PENDING,
+                            request=_jsonable(request), created_at=now, last_modified_at=now)
+            s.add(row)
+            return row
+
+    def get(self, ota_id: str) -> OtaUpdate:
+        with self._db.session() as s:
+            row = s.get(OtaUpdate, ota_id)
+            if row is None:
+                raise not_found(f"OTA update {ota_id}")
+            return row
+
+    def list(self, status: str | None = None) -> list[OtaUpdate]:
+        with self._db.session() as s:
+            query = select(OtaUpdate).order_by(OtaUpdate.created_at)
+            if status:
+                query = query.where(OtaUpdate.status == status)
+            return list(s.scalars(query))
+
+    def pending_ids(self) -> list[str]:
+        return [row.ota_update_id for row in self.list() if row.status in (CREATE_PENDING,
+                                                                          CREATE_IN_PROGRESS)]
+
+    def delete(self, ota_id: str, delete_stream: bool, force_delete_job: bool) -> None:
+        row = self.get(ota_id)
+        if delete_stream and row.stream_id:
+            with contextlib.suppress(ApiError):
+                self._streams.delete_stream(row.stream_id)
+        if row.job_id:
+            try:
+                self._jobs.delete_job(row.job_id, force=force_delete_job)
+            except ApiError as exc:
+                if exc.code != "ResourceNotFoundException":
+                    raise
+        with self._db.session() as s:
+            found = s.get(OtaUpdate, ota_id)
+            if found is not None:
+                s.delete(found)
+
+    # Processing -----------------------------------------------------------------------
+    def process(self, ota_id: str) -> None:
+        self._set(ota_id, status=CREATE_IN_PROGRESS)
+        try:
+            row = self.get(ota_id)
+            things = self._build(row)
+        except (OtaFailure, OverairError) as exc:
+            log.warning("OTA update %s failed: %s %s", ota_id, exc.code, exc.message)
+            self._set(ota_id, status=CREATE_FAILED, error_info={"code": exc.code, "message": exc.message})
+            return
+        except Exception as exc:
+            log.exception("OTA update %s failed unexpectedly", ota_id)
+            self._set(ota_id, status=CREATE_FAILED,
+                      error_info={"code": "InternalError",
+                                  "message": f"internal error: {type(exc).__name__}"})
+            return
+        self._set(ota_id, status=CREATE_COMPLETE)
+        log.info("OTA update %s created: job %s for %d thing(s)", ota_id, job_id_for(ota_id), len(things))
+        self.on_job_created(things)
+
+    def _set(self, ota_id: str, **values: Any) -> None:
+        with self._db.session() as s:
+            row = s.get(OtaUpdate, ota_id)
+            if row is None:
+                return
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.last_modified_at = self._clock()
+
+    def _build(self, row: OtaUpdate) -> list[str]:
+        request = row.request
+        protocols = tuple(request.get("protocols") or ["MQTT"])
+        stream_id = row.stream_id or self._new_stream_id()
+        self._set(row.ota_update_id, stream_id=stream_id)
+        ota_files: list[OtaFile] = []
+        stream_files: list[dict[str, Any]] = []
+        chain: list[x509.Certificate] = []
+        for file_id, spec in enumerate(request["files"]):
+            location = self._location(spec)
+            stored, data = self._objects.get_object(location["bucket"], location["key"],
+                                                    location.get("version"))
+            self._check_size(spec.get("fileName", ""), len(data))
+            signed = self._signature(spec, location, row.ota_update_id)
+            self._verify(data, signed)
+            chain = chain or signed.chain
+            ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
+                                     filesize=len(data), fileid=file_id,
+                                     certfile=signed.certificate_path_on_device,
+                                     signature=signed.signature, signature_key=signed.signature_key,
+                                     file_type=spec.get("fileType", 0)))
+            stream_files.append({"fileId": file_id, "s3Location": {
+                "bucket": location["bucket"], "key": location["key"], "version": stored.version_id}})
+        if "MQTT" in protocols:
+            try:
+                self._streams.describe_stream(stream_id)
+            except ApiError:
+                self._streams.create_stream(stream_id, stream_files,
+                                            f"OTA update {row.ota_update_id}", request.get("roleArn", ""))
+        document = OtaJobDocument(
+            protocols=protocols, files=tuple(ota_files), stream_name=stream_id,
+            signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
+        ).to_json_obj()
+        job_id = job_id_for(row.ota_update_id)
+        self._set(row.ota_update_id, job_id=job_id)
+        try:
+            _, notify = self._jobs.create_job(
+                job_id, list(request["targets"]), document,
+                description=request.get("description", ""),
+                target_selection=request.get("targetSelection", "SNAPSHOT"),
+                config={k: request[k] for k in ("awsJobExecutionsRolloutConfig", "awsJobAbortConfig",
+                                                "awsJobTimeoutConfig", "awsJobPresignedUrlConfig")
+                        if k in request})
+        except ApiError as exc:
+            if exc.code != "ResourceAlreadyExistsException":
+                raise
+            notify = []  # an earlier attempt created it; its devices were notified then
+        return notify
+
+    def _new_stream_id(self) -> str:
+        # Short ids leave room in the device's receive buffer (device-protocol.md §2).
+        return "ota-" + secrets.token_hex(5)
+
+    @staticmethod
+    def _location(spec: dict[str, Any]) -> dict[str, Any]:
+        location = (spec.get("fileLocation") or {}).get("s3Location")
+        if not isinstance(location, dict) or not location.get("bucket") or not location.get("key"):
+            raise OtaFailure("each file needs fileLocation.s3Location with bucket and key",
+                             code="InvalidRequestException")
+        return location
+
+    def _check_size(self, name: str, size: int) -> None:
+        limits = self._settings.limits
+        if size == 0:
+            raise OtaFailure(f"file {name!r} is empty; devices ignore empty files",
+                             code="InvalidRequestException")
+        if size > limits.device_max_file_size:
+            raise OtaFailure(f"file {name!r} is {size} bytes; devices hold at most "
+                             f"{limits.device_max_blocks} blocks of {limits.device_block_size} bytes "
+                             f"({limits.device_max_file_size} bytes)", code="InvalidRequestException")
+
+    def _signature(self, spec: dict[str, Any], location: dict[str, Any], ota_id: str) -> Signed:
+        code_signing = spec.get("codeSigning") or {}
+        if code_signing.get("awsSignerJobId"):
+            return self._signing.signed_by_job(code_signing["awsSignerJobId"])
+        start = code_signing.get("startSigningJobParameter")
+        if start:
+            destination = ((start.get("destination") or {}).get("s3Destination") or {})
+            profile = start.get("signingProfileName")
+            if not profile:
+                raise OtaFailure("startSigningJobParameter needs signingProfileName",
+                                 code="InvalidRequestException")
+            return self._signing.sign_object(profile, location["bucket"], location["key"],
+                                             location.get("version"),
+                                             destination.get("bucket") or location["bucket"],
+                                             destination.get("prefix", "signed/"),
+                                             requested_by=f"ota/{ota_id}")
+        custom = code_signing.get("customCodeSigning")
+        if custom:
+            return self._custom(custom)
+        raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
+                         "customCodeSigning", code="InvalidRequestException")
+
+    @staticmethod
+    def _custom(custom: dict[str, Any]) -> Signed:
+        signature = (custom.get("signature") or {}).get("inlineDocument")
+        chain_spec = custom.get("certificateChain") or {}
+        if not isinstance(signature, bytes | str) or not chain_spec.get("inlineDocument"):
+            raise OtaFailure("customCodeSigning needs signature.inlineDocument and "
+                             "certificateChain.inlineDocument", code="InvalidRequestException")
+        if isinstance(signature, str):
+            signature = base64.b64decode(signature)
+        algorithm = str(custom.get("signatureAlgorithm", "ECDSA")).upper()
+        key = "sig-sha256-rsa" if algorithm == "RSA" else "sig-sha256-ecdsa"
+        chain = codesign.load_pem_certificates(str(chain_spec["inlineDocument"]).encode())
+        return Signed(signature, chain, chain_spec.get("certificateName", "/certs/code-signing.pem"),
+                      key, "")
+
+    def _verify(self, data: bytes, signed: Signed) -> None:
+        trust = codesign.TrustPolicy(tuple(self._trust_roots()), self._signing.revoked_serials())
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        try:
+            codesign.verify_file_signature(codesign.sha256(data), signed.signature, signed.chain,
+                                           trust, now)
+        except OverairError as exc:
+            raise OtaFailure(f"signature check failed ({exc.code}): {exc.message}",
+                             code="SignatureVerificationFailed") from exc
+
+
+def _jsonable(value: Any) -> Any:
+    """The request as stored: blobs as base64 text, datetimes as epoch seconds."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Things, thing groups, device certificates and their attachments."""

@@ -1,0 +1,134 @@
+"""iot operations of the registry: things, thing groups, certificates, endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overair.server.api.contract import ApiRequest, OperationTable
+from overair.server.api.paging import page_out, paginate
+from overair.server.registry.service import Registry, thing_view
+
+# overair extension: the CLI names the thing so the certificate's CN can be the thing
+# name (the device agent checks it); AWS clients that omit it get a unique CN.
+THING_NAME_HEADER = "x-overair-thing-name"
+
+
+def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int]) -> None:
+    def create_thing(r: ApiRequest) -> dict[str, Any]:
+        attributes = (r.params.get("attributePayload") or {}).get("attributes")
+        thing = registry.create_thing(r.params["thingName"], attributes, r.params.get("thingTypeName"))
+        return {"thingName": thing.name, "thingArn": thing.arn, "thingId": thing.thing_id}
+
+    def describe_thing(r: ApiRequest) -> dict[str, Any]:
+        thing = registry.describe_thing(r.params["thingName"])
+        return {**thing_view(thing), "defaultClientId": thing.name}
+
+    def list_things(r: ApiRequest) -> dict[str, Any]:
+        things = [thing_view(t) for t in registry.list_things()]
+        page, token = paginate(things, r.params)
+        return page_out("things", page, token)
+
+    def update_thing(r: ApiRequest) -> dict[str, Any]:
+        payload = r.params.get("attributePayload") or {}
+        registry.update_thing(r.params["thingName"], payload.get("attributes"),
+                              bool(payload.get("merge", False)), r.params.get("expectedVersion"))
+        return {}
+
+    def delete_thing(r: ApiRequest) -> dict[str, Any]:
+        registry.delete_thing(r.params["thingName"], r.params.get("expectedVersion"))
+        return {}
+
+    def create_group(r: ApiRequest) -> dict[str, Any]:
+        props = r.params.get("thingGroupProperties") or {}
+        group = registry.create_group(r.params["thingGroupName"], props.get("thingGroupDescription", ""))
+        return {"thingGroupName": group.name, "thingGroupArn": group.arn, "thingGroupId": group.group_id}
+
+    def describe_group(r: ApiRequest) -> dict[str, Any]:
+        group = registry.describe_group(r.params["thingGroupName"])
+        return {"thingGroupName": group.name, "thingGroupId": group.group_id,
+                "thingGroupArn": group.arn, "version": group.version, "status": "ACTIVE",
+                "thingGroupProperties": {"thingGroupDescription": group.description},
+                "thingGroupMetadata": {"creationDate": group.created_at}}
+
+    def list_groups(r: ApiRequest) -> dict[str, Any]:
+        groups = [{"groupName": g.name, "groupArn": g.arn}
+                  for g in registry.list_groups(r.params.get("namePrefixFilter"))]
+        page, token = paginate(groups, r.params)
+        return page_out("thingGroups", page, token)
+
+    def delete_group(r: ApiRequest) -> dict[str, Any]:
+        registry.delete_group(r.params["thingGroupName"])
+        return {}
+
+    def _group_and_thing(r: ApiRequest) -> tuple[str, str]:
+        group = r.params.get("thingGroupName") or str(r.params.get("thingGroupArn", "")).rpartition("/")[2]
+        thing = r.params.get("thingName") or str(r.params.get("thingArn", "")).rpartition("/")[2]
+        return group, thing
+
+    def add_to_group(r: ApiRequest) -> dict[str, Any]:
+        registry.add_to_group(*_group_and_thing(r))
+        return {}
+
+    def remove_from_group(r: ApiRequest) -> dict[str, Any]:
+        registry.remove_from_group(*_group_and_thing(r))
+        return {}
+
+    def things_in_group(r: ApiRequest) -> dict[str, Any]:
+        page, token = paginate(registry.things_in_group(r.params["thingGroupName"]), r.params)
+        return page_out("things", page, token)
+
+    def create_keys_and_certificate(r: ApiRequest) -> dict[str, Any]:
+        new = registry.create_keys_and_certificate(bool(r.params.get("setAsActive", False)),
+                                                   r.headers.get(THING_NAME_HEADER))
+        return {"certificateArn": new.arn, "certificateId": new.certificate_id,
+                "certificatePem": new.pem,
+                "keyPair": {"PublicKey": new.public_key_pem, "PrivateKey": new.private_key_pem}}
+
+    def describe_certificate(r: ApiRequest) -> dict[str, Any]:
+        cert = registry.describe_certificate(r.params["certificateId"])
+        return {"certificateDescription": {
+            "certificateArn": cert.arn, "certificateId": cert.certificate_id, "status": cert.status,
+            "certificatePem": cert.pem, "creationDate": cert.created_at,
+            "lastModifiedDate": cert.last_modified_at, "certificateMode": "DEFAULT"}}
+
+    def list_certificates(r: ApiRequest) -> dict[str, Any]:
+        certs = [{"certificateArn": c.arn, "certificateId": c.certificate_id, "status": c.status,
+                  "creationDate": c.created_at, "certificateMode": "DEFAULT"}
+                 for c in registry.list_certificates()]
+        page, token = paginate(certs, r.params, limit_key="pageSize", token_key="marker")
+        return page_out("certificates", page, token, token_key="nextMarker")
+
+    def update_certificate(r: ApiRequest) -> dict[str, Any]:
+        registry.update_certificate(r.params["certificateId"], r.params["newStatus"])
+        return {}
+
+    def attach(r: ApiRequest) -> dict[str, Any]:
+        registry.attach_principal(r.params["thingName"], r.params["principal"])
+        return {}
+
+    def detach(r: ApiRequest) -> dict[str, Any]:
+        registry.detach_principal(r.params["thingName"], r.params["principal"])
+        return {}
+
+    def principals(r: ApiRequest) -> dict[str, Any]:
+        page, token = paginate(registry.thing_principals(r.params["thingName"]), r.params)
+        return page_out("principals", page, token)
+
+    def describe_endpoint(_r: ApiRequest) -> dict[str, Any]:
+        host, port = endpoint
+        return {"endpointAddress": host if port == 8883 else f"{host}:{port}"}
+
+    for name, handler in {
+        "CreateThing": create_thing, "DescribeThing": describe_thing, "ListThings": list_things,
+        "UpdateThing": update_thing, "DeleteThing": delete_thing,
+        "CreateThingGroup": create_group, "DescribeThingGroup": describe_group,
+        "ListThingGroups": list_groups, "DeleteThingGroup": delete_group,
+        "AddThingToThingGroup": add_to_group, "RemoveThingFromThingGroup": remove_from_group,
+        "ListThingsInThingGroup": things_in_group,
+        "CreateKeysAndCertificate": create_keys_and_certificate,
+        "DescribeCertificate": describe_certificate, "ListCertificates": list_certificates,
+        "UpdateCertificate": update_certificate, "AttachThingPrincipal": attach,
+        "DetachThingPrincipal": detach, "ListThingPrincipals": principals,
+        "DescribeEndpoint": describe_endpoint,
+    }.items():
+        table.register("iot", name, handler)

@@ -1,0 +1,1 @@
+"""Code signing: the certificate store, signing profiles and signing jobs."""

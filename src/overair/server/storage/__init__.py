@@ -1,0 +1,1 @@
+"""Persistence: SQL metadata (SQLAlchemy, SQLite or PostgreSQL) and versioned objects."""

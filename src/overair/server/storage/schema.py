@@ -1,0 +1,242 @@
+"""The metadata schema: one table per resource, timestamps as epoch seconds (UTC).
+
+Changes go through Alembic migrations (`migrations/`); `overair serve` upgrades the
+database at start-up. JSON columns hold values whose shape the service layer owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class IamUser(Base):
+    __tablename__ = "iam_users"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), unique=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class AccessKey(Base):
+    __tablename__ = "access_keys"
+    access_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_name: Mapped[str] = mapped_column(ForeignKey("iam_users.name", ondelete="CASCADE"))
+    # AES-GCM under the master key; see server/sealing.py.
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="Active")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Thing(Base):
+    __tablename__ = "things"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    thing_id: Mapped[str] = mapped_column(String(64), unique=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    thing_type_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ThingGroup(Base):
+    __tablename__ = "thing_groups"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(64), unique=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ThingGroupMember(Base):
+    __tablename__ = "thing_group_members"
+    group_name: Mapped[str] = mapped_column(
+        ForeignKey("thing_groups.name", ondelete="CASCADE"), primary_key=True)
+    thing_name: Mapped[str] = mapped_column(
+        ForeignKey("things.name", ondelete="CASCADE"), primary_key=True, index=True)
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceCertificate(Base):
+    __tablename__ = "device_certificates"
+    certificate_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    pem: Mapped[str] = mapped_column(Text)
+    serial: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+
+
+class ThingPrincipal(Base):
+    __tablename__ = "thing_principals"
+    thing_name: Mapped[str] = mapped_column(
+        ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
+
+
+class Bucket(Base):
+    __tablename__ = "buckets"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    versioning: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ObjectVersion(Base):
+    __tablename__ = "object_versions"
+    __table_args__ = (
+        UniqueConstraint("bucket", "key", "version_id"),
+        Index("ix_object_versions_bucket_key", "bucket", "key"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(ForeignKey("buckets.name", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(1024))
+    version_id: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(80))
+    content_type: Mapped[str] = mapped_column(String(256), default="binary/octet-stream")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    delete_marker: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SigningCertificate(Base):
+    """A code-signing certificate in the certificate store (the acm service)."""
+
+    __tablename__ = "signing_certificates"
+    arn: Mapped[str] = mapped_column(String(256), primary_key=True)
+    pem: Mapped[str] = mapped_column(Text)
+    chain_pem: Mapped[str] = mapped_column(Text, default="")
+    key_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_backend: Mapped[str] = mapped_column(String(32), default="software")
+    serial: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[float] = mapped_column(Float)
+    not_after: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(32), default="ISSUED")
+    development_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    imported_at: Mapped[float] = mapped_column(Float)
+
+
+class SigningProfile(Base):
+    __tablename__ = "signing_profiles"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    platform_id: Mapped[str] = mapped_column(String(64))
+    certificate_arn: Mapped[str] = mapped_column(ForeignKey("signing_certificates.arn"))
+    certificate_path_on_device: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="Active")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SigningJob(Base):
+    __tablename__ = "signing_jobs"
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile_name: Mapped[str] = mapped_column(String(64))
+    client_request_token: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    source: Mapped[dict[str, Any]] = mapped_column()
+    destination: Mapped[dict[str, Any]] = mapped_column()
+    signed_object: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Stream(Base):
+    __tablename__ = "streams"
+    stream_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # [{"fileId": 0, "s3Location": {"bucket", "key", "version"}}]
+    files: Mapped[list[Any]] = mapped_column()
+    role_arn: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column()
+    description: Mapped[str] = mapped_column(Text, default="")
+    targets: Mapped[list[Any]] = mapped_column()
+    target_selection: Mapped[str] = mapped_column(String(16), default="SNAPSHOT")
+    # AWS config blocks kept as given (rollout, abort, timeout, presigned URL, retry).
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reason_code: Mapped[str] = mapped_column(String(128), default="")
+    force_canceled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_updated_at: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobExecution(Base):
+    __tablename__ = "job_executions"
+    __table_args__ = (
+        UniqueConstraint("job_id", "thing_name", "execution_number"),
+        Index("ix_job_executions_thing_status", "thing_name", "status"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
+    thing_name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    status_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    queued_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_updated_at: Mapped[float] = mapped_column(Float)
+    version_number: Mapped[int] = mapped_column(Integer, default=1)
+    execution_number: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class OtaUpdate(Base):
+    __tablename__ = "ota_updates"
+    ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(32))
+    # The whole CreateOTAUpdate request, so creation can resume after a restart.
+    request: Mapped[dict[str, Any]] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    principal: Mapped[str] = mapped_column(String(256), index=True)
+    action: Mapped[str] = mapped_column(String(128), index=True)
+    resource: Mapped[str] = mapped_column(Text)
+    decision: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

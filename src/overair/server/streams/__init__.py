@@ -1,0 +1,1 @@
+"""Streams: named sets of files delivered to devices over MQTT in blocks."""

@@ -1,0 +1,157 @@
+"""Stream definitions and the file bytes behind them.
+
+A stream file points at an object version; the bytes are verified (SHA-256) by the
+object store when first read and then kept in a bounded in-memory cache, so serving a
+block is a slice, not a disk read: the block server is the hot path of a rollout.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from overair.server.api.contract import already_exists, invalid, not_found
+from overair.server.clock import Clock
+from overair.server.settings import Settings
+from overair.server.storage.db import Database
+from overair.server.storage.schema import Stream
+
+STREAM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+class ObjectReader(Protocol):
+    def get_object(self, bucket: str, key: str, version_id: str | None = None) -> tuple[Any, bytes]: ...
+
+
+class FileCache:
+    """LRU of file bytes bounded by total size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, int, int], data: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self._max and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+    def drop_stream(self, stream_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == stream_id]:
+                self._size -= len(self._items.pop(key))
+
+
+class StreamService:
+    def __init__(self, db: Database, settings: Settings, objects: ObjectReader, clock: Clock,
+                 cache_bytes: int = 256 * 1024 * 1024) -> None:
+        self._db = db
+        self._settings = settings
+        self._objects = objects
+        self._clock = clock
+        self.cache = FileCache(cache_bytes)
+
+    def stream_arn(self, stream_id: str) -> str:
+        return self._settings.arn("iot", f"stream/{stream_id}")
+
+    def create_stream(self, stream_id: str, files: list[dict[str, Any]], description: str = "",
+                      role_arn: str = "") -> Stream:
+        if not STREAM_ID_RE.match(stream_id):
+            raise invalid("streamId must be 1-128 characters of [a-zA-Z0-9_-]")
+        self._check_files(files)
+        now = self._clock()
+        with self._db.session() as s:
+            if s.get(Stream, stream_id) is not None:
+                raise already_exists(f"stream {stream_id}")
+            stream = Stream(stream_id=stream_id, arn=self.stream_arn(stream_id), version=1,
+                            description=description, files=files, role_arn=role_arn,
+                            created_at=now, updated_at=now)
+            s.add(stream)
+            return stream
+
+    def _check_files(self, files: list[dict[str, Any]]) -> None:
+        if not files or len(files) > 50:
+            raise invalid("a stream needs 1-50 files")
+        seen: set[int] = set()
+        for f in files:
+            fid = f.get("fileId")
+            location = f.get("s3Location")
+            if not isinstance(fid, int) or not 0 <= fid <= 255 or fid in seen:
+                raise invalid("each stream file needs a distinct fileId in 0-255")
+            if not isinstance(location, dict) or not location.get("bucket") or not location.get("key"):
+                raise invalid("each stream file needs an s3Location with bucket and key")
+            seen.add(fid)
+            # Resolve now so that a missing object is an error at creation, not on devices.
+            self._objects.get_object(location["bucket"], location["key"], location.get("version"))
+
+    def describe_stream(self, stream_id: str) -> Stream:
+        with self._db.session() as s:
+            stream = s.get(Stream, stream_id)
+            if stream is None:
+                raise not_found(f"stream {stream_id}")
+            return stream
+
+    def list_streams(self) -> list[Stream]:
+        with self._db.session() as s:
+            return list(s.scalars(select(Stream).order_by(Stream.created_at, Stream.stream_id)))
+
+    def update_stream(self, stream_id: str, files: list[dict[str, Any]] | None,
+                      description: str | None, role_arn: str | None) -> Stream:
+        if files is not None:
+            self._check_files(files)
+        with self._db.session() as s:
+            stream = s.get(Stream, stream_id)
+            if stream is None:
+                raise not_found(f"stream {stream_id}")
+            if files is not None:
+                stream.files = files
+            if description is not None:
+                stream.description = description
+            if role_arn is not None:
+                stream.role_arn = role_arn
+            stream.version += 1
+            stream.updated_at = self._clock()
+        self.cache.drop_stream(stream_id)
+        return stream
+
+    def delete_stream(self, stream_id: str) -> None:
+        with self._db.session() as s:
+            stream = s.get(Stream, stream_id)
+            if stream is None:
+                raise not_found(f"stream {stream_id}")
+            s.delete(stream)
+        self.cache.drop_stream(stream_id)
+
+    def file_bytes(self, stream: Stream, file_id: int) -> bytes:
+        key = (stream.stream_id, stream.version, file_id)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        for f in stream.files:
+            if f["fileId"] == file_id:
+                location = f["s3Location"]
+                _, data = self._objects.get_object(location["bucket"], location["key"],
+                                                   location.get("version"))
+                self.cache.put(key, data)
+                return data
+        raise not_found(f"file {file_id} in stream {stream.stream_id}")
+
+    def file_sizes(self, stream: Stream) -> list[tuple[int, int]]:
+        return [(f["fileId"], len(self.file_bytes(stream, f["fileId"]))) for f in stream.files]
