@@ -1,0 +1,134 @@
+"""`overair`: set up, run and operate an overair server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from overair.core.errors import OverairError
+
+app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT fleets.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+thing_app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
+app.add_typer(thing_app, name="thing")
+console = Console(stderr=True)
+
+DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",
+                                             envvar="OVERAIR_DATA_DIR")]
+
+
+def _fail(exc: OverairError) -> None:
+    console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def init(data_dir: DataDirOption,
+         hostname: Annotated[list[str] | None, typer.Option(
+             help="Extra name or address devices use to reach the broker (repeatable).")] = None,
+         http_port: int = 8080, mqtt_port: int = 8883,
+         database_url: Annotated[str, typer.Option(help="PostgreSQL URL; default SQLite.")] = "",
+         force: Annotated[bool, typer.Option(help="Destroy an existing data directory.")] = False) -> None:
+    """Create a data directory: CAs, certificates, keys, database, admin credentials."""
+    from overair.server.bootstrap import initialize
+
+    try:
+        result = initialize(data_dir, hostnames=tuple(hostname or ()), http_port=http_port,
+                            mqtt_port=mqtt_port, database_url=database_url, force=force)
+    except OverairError as exc:
+        _fail(exc)
+        return
+    paths = result.settings.paths
+    console.print(f"[green]initialised[/green] {data_dir}")
+    console.print(f"  administrator credentials: {paths.credentials} (profile default)")
+    console.print(f"  fleet root CA:             {paths.fleet_ca_cert}")
+    console.print(f"  code-signing root:         {paths.code_signing_root} "
+                  "[yellow](DEVELOPMENT ONLY: import your own for production)[/yellow]")
+    console.print(f"  start the server with:     overair serve --data-dir {data_dir}")
+
+
+@app.command()
+def serve(data_dir: DataDirOption,
+          http_port: Annotated[int | None, typer.Option(help="HTTP API port.")] = None,
+          mqtt_port: Annotated[int | None, typer.Option(help="MQTT (mutual TLS) port.")] = None,
+          http_host: Annotated[str | None, typer.Option(help="Address the API binds to.")] = None,
+          broker: Annotated[str | None, typer.Option(
+              help="Use an existing broker (mqtts://host:port) instead of running Mosquitto.")] = None,
+          tls_cert: Annotated[Path | None, typer.Option(help="HTTPS certificate for the API.")] = None,
+          tls_key: Annotated[Path | None, typer.Option(help="HTTPS key for the API.")] = None,
+          database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL.")] = None,
+          verbose: bool = False) -> None:
+    """Run the server: HTTP API, device service and a Mosquitto broker it configures."""
+    from overair.server.app import Server
+    from overair.server.settings import load_settings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host,
+                                 broker_url=broker, http_tls_cert=tls_cert, http_tls_key=tls_key,
+                                 database_url=database_url)
+        server = Server(settings)
+    except OverairError as exc:
+        _fail(exc)
+        return
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.run(stop)
+
+    try:
+        asyncio.run(main())
+    except OverairError as exc:
+        _fail(exc)
+
+
+@thing_app.command("create")
+def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to write the device bundle.")],
+                 data_dir: DataDirOption,
+                 group: Annotated[str | None, typer.Option(help="Add the thing to this group.")] = None,
+                 factory_image: Annotated[Path | None, typer.Option(
+                     help="The image the device runs before its first update.")] = None) -> None:
+    """Register a device and write the bundle its agent starts from."""
+    from overair.cli.client import ApiClients
+    from overair.cli.provisioning import provision_thing
+    from overair.server.settings import DataDir, load_settings
+
+    try:
+        settings = load_settings(data_dir)
+        clients = ApiClients.from_data_dir(data_dir)
+        paths = DataDir(data_dir)
+        config = provision_thing(clients.client("iot"), name, out,
+                                 fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
+                                 code_signing_roots_pem=paths.code_signing_root.read_bytes(),
+                                 mqtt_host=settings.hostnames[0], mqtt_port=settings.mqtt_port,
+                                 group=group, factory_image=factory_image)
+    except OverairError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]created[/green] thing {name}; start its agent with: "
+                  f"overair-agent run --config {config}")
+
+
+@app.command()
+def demo(devices: Annotated[int, typer.Option(help="How many simulated devices.")] = 5,
+         json_output: Annotated[bool, typer.Option("--json", help="End with a JSON summary line.")] = False,
+         timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 120.0) -> None:
+    """A complete signed rollout to a simulated fleet, on a throwaway server."""
+    from overair.cli.demo import run_demo
+
+    if devices < 1:
+        console.print("[red]error[/red]: --devices must be at least 1")
+        raise typer.Exit(2)
+    ok = run_demo(devices, json_output=json_output, timeout=timeout)
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,49 @@
+"""Provision a device: thing, certificate (CN = thing name), attachment, and the bundle
+an agent starts from (`agent.toml` plus the files it names)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from overair.server.files import write_atomic, write_private
+from overair.server.registry.api import THING_NAME_HEADER
+
+
+def _with_thing_name_header(iot: Any, thing_name: str) -> None:
+    def add_header(request: Any, **_kwargs: Any) -> None:
+        request.headers[THING_NAME_HEADER] = thing_name
+
+    iot.meta.events.register_first("before-sign.iot.CreateKeysAndCertificate", add_header)
+
+
+def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
+                    code_signing_roots_pem: bytes, mqtt_host: str, mqtt_port: int,
+                    group: str | None = None, factory_image: Path | None = None) -> Path:
+    """Create the thing in the registry and write its bundle; returns the agent.toml path."""
+    iot.create_thing(thingName=thing_name)
+    _with_thing_name_header(iot, thing_name)
+    cert = iot.create_keys_and_certificate(setAsActive=True)
+    iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])
+    if group:
+        iot.add_thing_to_thing_group(thingGroupName=group, thingName=thing_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(out_dir, 0o700)
+    write_atomic(out_dir / "device.crt", cert["certificatePem"].encode())
+    write_private(out_dir / "device.key", cert["keyPair"]["PrivateKey"].encode())
+    write_atomic(out_dir / "root-ca.pem", fleet_ca_pem)
+    write_atomic(out_dir / "code-signing-root.pem", code_signing_roots_pem)
+    factory = f'factory_image = "{factory_image}"\n' if factory_image else ""
+    config = (
+        f'thing_name = "{thing_name}"\n\n'
+        f'[mqtt]\nhost = "{mqtt_host}"\nport = {mqtt_port}\nclient_cert = "device.crt"\n'
+        'client_key = "device.key"\nca_file = "root-ca.pem"\n\n'
+        '[trust]\ncode_signing_roots = "code-signing-root.pem"\n\n'
+        f'[storage]\ndata_dir = "state"\n{factory}\n'
+        '[self_test]\ndeadline_seconds = 60\ncommand = ""\n\n'
+        '[ota]\nblock_size = 4096\nblocks_per_request = 8\n'
+    )
+    path = out_dir / "agent.toml"
+    write_atomic(path, config.encode())
+    return path
