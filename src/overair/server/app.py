@@ -9,7 +9,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -30,6 +29,7 @@ from overair.server.files import write_atomic
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.device_service import DeviceService
 from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.gateway.tls import client_ssl_context
 from overair.server.iam.identity import IdentityStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs.service import JobService
@@ -47,13 +47,6 @@ from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
 ACCESS_FLUSH_SECONDS = 0.2
-
-
-def client_ssl_context(ca_file: str, cert: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
 
 
 class Server:

@@ -1,0 +1,134 @@
+"""The broker overair configures: mutual TLS only (L1) and per-thing topics (N4)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from overair.server import pki
+from overair.server.gateway.tls import client_ssl_context
+from overair.server.files import write_atomic, write_private
+from overair.server.gateway.broker import Broker, render_acl, render_config
+from overair.server.registry.service import AccessEntry
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokerEnv:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = pki.make_root_ca("test fleet CA", NOW)
+        self.port = _free_port()
+        write_atomic(root / "ca.pem", self.ca.cert_pem)
+        server = pki.issue_server_cert(self.ca, ("localhost", "127.0.0.1"), NOW)
+        write_atomic(root / "server.pem", server.cert_pem)
+        write_private(root / "server.key", server.key_pem)
+        write_atomic(root / "crl.pem", pki.make_crl(self.ca, [], NOW))
+        self.service = self.client_files("service", pki.SERVICE_IDENTITY)
+
+    def client_files(self, name: str, cn: str, ca: pki.Issued | None = None) -> tuple[str, str]:
+        issued = pki.issue_client_cert(ca or self.ca, cn, NOW)
+        cert, key = self.root / f"{name}.pem", self.root / f"{name}.key"
+        write_atomic(cert, issued.cert_pem)
+        write_private(key, issued.key_pem)
+        return str(cert), str(key)
+
+
+@pytest.fixture
+def broker_env(tmp_path: Path) -> Iterator[BrokerEnv]:
+    env = BrokerEnv(tmp_path)
+    acl = render_acl([AccessEntry("thing-a", "thing-a"), AccessEntry("thing-b", "thing-b")])
+    broker = Broker(tmp_path / "broker", "mosquitto", "127.0.0.1", env.port)
+    broker.write(render_config(host="127.0.0.1", port=env.port, ca=tmp_path / "ca.pem",
+                               cert=tmp_path / "server.pem", key=tmp_path / "server.key",
+                               crl=tmp_path / "crl.pem", acl=tmp_path / "broker" / "acl",
+                               run_as_root=os.geteuid() == 0), acl)
+    loop = asyncio.new_event_loop()
+    context = client_ssl_context(str(tmp_path / "ca.pem"), *env.service)
+    loop.run_until_complete(broker.start(context))
+    try:
+        yield env
+    finally:
+        loop.run_until_complete(broker.stop())
+        loop.close()
+
+
+def _client(env: BrokerEnv, cert: tuple[str, str] | None, cn: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cn)
+    client.tls_set(ca_certs=str(env.root / "ca.pem"), certfile=cert[0] if cert else None,
+                   keyfile=cert[1] if cert else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    return client
+
+
+def _connects(client: mqtt.Client, port: int) -> bool:
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
+    try:
+        client.connect("127.0.0.1", port, keepalive=10)
+    except (ssl.SSLError, OSError):
+        return False
+    client.loop_start()
+    ok = connected.wait(3)
+    client.loop_stop()
+    client.disconnect()
+    return ok
+
+
+def test_l1_client_without_certificate_is_refused(broker_env: BrokerEnv) -> None:
+    assert not _connects(_client(broker_env, None, "anon"), broker_env.port)
+
+
+def test_l1_client_from_another_ca_is_refused(broker_env: BrokerEnv) -> None:
+    rogue_ca = pki.make_root_ca("rogue CA", NOW)
+    cert = broker_env.client_files("rogue", "thing-a", ca=rogue_ca)
+    assert not _connects(_client(broker_env, cert, "thing-a"), broker_env.port)
+
+
+def test_l1_no_plaintext_listener(broker_env: BrokerEnv) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain")
+    assert not _connects(client, broker_env.port)
+
+
+def test_n4_device_cannot_read_or_write_another_devices_topics(broker_env: BrokerEnv) -> None:
+    a = _client(broker_env, broker_env.client_files("a", "thing-a"), "thing-a")
+    b = _client(broker_env, broker_env.client_files("b", "thing-b"), "thing-b")
+    received: dict[str, list[str]] = {"a": [], "b": []}
+    a.on_message = lambda c, u, m: received["a"].append(m.topic)
+    b.on_message = lambda c, u, m: received["b"].append(m.topic)
+    for client in (a, b):
+        client.connect("127.0.0.1", broker_env.port)
+        client.loop_start()
+    try:
+        time.sleep(0.3)
+        a.subscribe("$aws/things/thing-a/#", qos=1)
+        b.subscribe("$aws/things/thing-a/#", qos=1)  # not allowed: nothing may arrive
+        b.subscribe("$aws/things/thing-b/#", qos=1)
+        time.sleep(0.3)
+        # B tries to inject into A's stream and A's jobs; A publishes its own message.
+        b.publish("$aws/things/thing-a/streams/s1/data/cbor", b"forged", qos=1).wait_for_publish(2)
+        b.publish("$aws/things/thing-a/jobs/notify-next", b"{}", qos=1).wait_for_publish(2)
+        a.publish("$aws/things/thing-a/jobs/$next/get", b"{}", qos=1).wait_for_publish(2)
+        b.publish("$aws/things/thing-b/jobs/$next/get", b"{}", qos=1).wait_for_publish(2)
+        time.sleep(0.5)
+    finally:
+        for client in (a, b):
+            client.loop_stop()
+            client.disconnect()
+    assert received["a"] == ["$aws/things/thing-a/jobs/$next/get"]
+    assert received["b"] == ["$aws/things/thing-b/jobs/$next/get"]
