@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from overair.server import pki
-from overair.server.gateway.tls import client_ssl_context
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway.broker import Broker, render_acl, render_config
+from overair.server.gateway.tls import client_ssl_context
 from overair.server.registry.service import AccessEntry
 
 NOW = dt.datetime.now(dt.UTC)
