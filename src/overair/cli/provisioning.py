@@ -23,7 +23,6 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
                     group: str | None = None, factory_image: Path | None = None) -> Path:
     """Create the thing in the registry and write its bundle; returns the agent.toml path."""
     iot.create_thing(thingName=thing_name)
-    _with_thing_name_header(iot, thing_name)
     cert = iot.create_keys_and_certificate(setAsActive=True)
     iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])
     if group:

@@ -152,7 +152,6 @@ class Server:
                                     ssl_certfile=str(tls_cert) if tls_cert else None,
                                     ssl_keyfile=str(tls_key) if tls_key else None)
             http = uvicorn.Server(config)
-            http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             tasks.append(asyncio.create_task(http.serve()))
             tasks.append(asyncio.create_task(self._flush_access()))
             while not http.started:

@@ -1,0 +1,6 @@
+"""Platform layer (PAL): slot storage and boot selection behind one small protocol."""
+
+from overair.agent.platform.base import BootInfo, Platform, PlatformError, SlotInfo
+from overair.agent.platform.linux_slots import LinuxSlots
+
+__all__ = ["BootInfo", "LinuxSlots", "Platform", "PlatformError", "SlotInfo"]

@@ -60,8 +60,8 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
             raise invalid(f"document is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise invalid("document must be a JSON object")
-        config = {k: r.params[k] for k in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig",
-                                           "presignedUrlConfig") if k in r.params}
+        keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig")
+        config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
         job, things = jobs.create_job(r.params["jobId"], r.params["targets"], document,
                                       description=r.params.get("description", ""),
                                       target_selection=r.params.get("targetSelection", "SNAPSHOT"),

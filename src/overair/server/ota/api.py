@@ -43,7 +43,8 @@ def register(table: OperationTable, manager: OtaManager, job_arn: Callable[[str]
 
     def list_(r: ApiRequest) -> dict[str, Any]:
         items = [{"otaUpdateId": row.ota_update_id, "otaUpdateArn": row.arn,
-                  "creationDate": row.created_at} for row in manager.list(r.params.get("otaUpdateStatus"))]
+                  "creationDate": row.created_at}
+                 for row in manager.list_updates(r.params.get("otaUpdateStatus"))]
         page, token = paginate(items, r.params)
         return page_out("otaUpdates", page, token)
 

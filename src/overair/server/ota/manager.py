@@ -102,7 +102,7 @@ class OtaManager:
                 raise not_found(f"OTA update {ota_id}")
             return row
 
-    def list(self, status: str | None = None) -> list[OtaUpdate]:
+    def list_updates(self, status: str | None = None) -> list[OtaUpdate]:
         with self._db.session() as s:
             query = select(OtaUpdate).order_by(OtaUpdate.created_at)
             if status:
@@ -110,7 +110,7 @@ class OtaManager:
             return list(s.scalars(query))
 
     def pending_ids(self) -> list[str]:
-        return [row.ota_update_id for row in self.list() if row.status in (CREATE_PENDING,
+        return [row.ota_update_id for row in self.list_updates() if row.status in (CREATE_PENDING,
                                                                           CREATE_IN_PROGRESS)]
 
     def delete(self, ota_id: str, delete_stream: bool, force_delete_job: bool) -> None:

@@ -1,0 +1,265 @@
+"""The device bundle: one TOML file that tells an agent who it is and whom it trusts.
+
+The server writes a bundle directory per device (`agent.toml` plus the files it names);
+every path in the TOML file is relative to the file's own directory, so a bundle can be
+moved as a whole. Loading validates everything up front and fails with one message that
+names the file, the key and what is wrong: a device that starts must be able to run.
+
+```
+thing_name = "dev-1"
+[mqtt]
+host = "127.0.0.1"
+port = 8883
+client_cert = "device.crt"
+client_key = "device.key"
+ca_file = "root-ca.pem"            # fleet root CA that signed the broker's certificate
+keepalive_seconds = 30             # optional
+[trust]
+code_signing_roots = "code-signing-root.pem"
+signer_certs_dir = "."             # optional: where `certfile` of a job is looked up
+revoked_serials = []               # optional: signer serials (int or "0x..") never trusted
+[storage]
+data_dir = "state"
+factory_image = "factory.bin"      # optional: installed when the slot store is empty
+max_boot_attempts = 3              # optional: trial boots of a new image before fallback
+[self_test]
+deadline_seconds = 60
+command = ""                       # optional: must exit 0 for the self-test to pass
+[ota]
+block_size = 4096
+blocks_per_request = 8
+status_every_blocks = 25           # optional: "receive k/N" progress frequency
+request_timeout_seconds = 10       # optional: re-request after this much silence
+max_file_size = 67108864           # optional
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overair.core.errors import MisuseError
+from overair.core.limits import DEFAULT_LIMITS, MIB
+from overair.core.topics import THING_NAME_RE
+
+BUNDLE_CONFIG_NAME = "agent.toml"
+
+
+class ConfigError(MisuseError):
+    """The agent configuration is missing, malformed or names files that do not exist."""
+
+    code = "InvalidAgentConfig"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str
+    port: int
+    client_cert: Path
+    client_key: Path
+    ca_file: Path
+    keepalive_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    code_signing_roots: Path
+    signer_certs_dir: Path
+    revoked_serials: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: Path
+    factory_image: Path | None = None
+    max_boot_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTestConfig:
+    deadline_seconds: float = 60.0
+    command: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OtaConfig:
+    block_size: int = 4096
+    blocks_per_request: int = 8
+    status_every_blocks: int = 25
+    request_timeout_seconds: float = 10.0
+    max_file_size: int = 64 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    thing_name: str
+    mqtt: MqttConfig
+    trust: TrustConfig
+    storage: StorageConfig
+    self_test: SelfTestConfig
+    ota: OtaConfig
+    source: Path  # the TOML file this was loaded from
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent
+
+
+def resolve_config_path(path: Path) -> Path:
+    """A bundle directory means its `agent.toml`; a file is taken as is."""
+    return path / BUNDLE_CONFIG_NAME if path.is_dir() else path
+
+
+def load_config(path: Path, *, check_files: bool = True) -> AgentConfig:
+    """Load and validate an agent configuration (a TOML file or a bundle directory).
+
+    `check_files=False` skips the existence checks of certificates and keys, for tools
+    that only read the device's persisted state.
+    """
+    source = resolve_config_path(Path(path)).absolute()
+    try:
+        doc = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: no such agent configuration file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return _Loader(source, check_files).load(doc)
+
+
+class _Loader:
+    def __init__(self, source: Path, check_files: bool) -> None:
+        self.source = source
+        self.base = source.parent
+        self.check_files = check_files
+
+    def fail(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where} {problem}")
+
+    def section(self, doc: dict[str, Any], name: str, required: bool) -> dict[str, Any]:
+        value = doc.get(name)
+        if value is None:
+            if required:
+                raise self.fail(f"[{name}]", "section is missing")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(f"[{name}]", "must be a table")
+        return value
+
+    def string(self, table: dict[str, Any], where: str, key: str, default: str | None = None) -> str:
+        value = table.get(key, default)
+        if value is None:
+            raise self.fail(f"{where} {key}", "is required")
+        if not isinstance(value, str):
+            raise self.fail(f"{where} {key}", f"must be a string, got {type(value).__name__}")
+        return value
+
+    def integer(self, table: dict[str, Any], where: str, key: str, default: int | None,
+                low: int, high: int) -> int:
+        value = table.get(key, default)
+        if value is None:
+            raise self.fail(f"{where} {key}", "is required")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(f"{where} {key}", f"must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    def number(self, table: dict[str, Any], where: str, key: str, default: float,
+               low: float, high: float) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise self.fail(f"{where} {key}", f"must be a number in [{low}, {high}], got {value!r}")
+        return float(value)
+
+    def path(self, table: dict[str, Any], where: str, key: str, *, must_exist: bool,
+             directory: bool = False) -> Path:
+        text = self.string(table, where, key)
+        if not text.strip():
+            raise self.fail(f"{where} {key}", "must not be empty")
+        resolved = (self.base / text).resolve()
+        if must_exist and self.check_files:
+            if directory and not resolved.is_dir():
+                raise self.fail(f"{where} {key}", f"names {resolved}, which is not a directory")
+            if not directory and not resolved.is_file():
+                raise self.fail(f"{where} {key}", f"names {resolved}, which does not exist")
+        return resolved
+
+    def load(self, doc: dict[str, Any]) -> AgentConfig:
+        thing = self.string(doc, "", "thing_name")
+        if not THING_NAME_RE.match(thing):
+            raise self.fail("thing_name", f"{thing!r} is not a valid thing name ([a-zA-Z0-9:_-], 1-128)")
+        return AgentConfig(
+            thing_name=thing,
+            mqtt=self.mqtt(self.section(doc, "mqtt", True)),
+            trust=self.trust(self.section(doc, "trust", True)),
+            storage=self.storage(self.section(doc, "storage", True)),
+            self_test=self.self_test(self.section(doc, "self_test", False)),
+            ota=self.ota(self.section(doc, "ota", False)),
+            source=self.source,
+        )
+
+    def mqtt(self, t: dict[str, Any]) -> MqttConfig:
+        w = "[mqtt]"
+        host = self.string(t, w, "host")
+        if not host.strip():
+            raise self.fail(f"{w} host", "must not be empty")
+        return MqttConfig(
+            host=host,
+            port=self.integer(t, w, "port", None, 1, 65535),
+            client_cert=self.path(t, w, "client_cert", must_exist=True),
+            client_key=self.path(t, w, "client_key", must_exist=True),
+            ca_file=self.path(t, w, "ca_file", must_exist=True),
+            keepalive_seconds=self.integer(t, w, "keepalive_seconds", 30, 5, 3600),
+        )
+
+    def trust(self, t: dict[str, Any]) -> TrustConfig:
+        w = "[trust]"
+        roots = self.path(t, w, "code_signing_roots", must_exist=True)
+        certs_dir = (self.path(t, w, "signer_certs_dir", must_exist=True, directory=True)
+                     if "signer_certs_dir" in t else roots.parent)
+        raw = t.get("revoked_serials", [])
+        if not isinstance(raw, list):
+            raise self.fail(f"{w} revoked_serials", "must be a list")
+        serials: set[int] = set()
+        for item in raw:
+            try:
+                serial = item if isinstance(item, int) and not isinstance(item, bool) else int(str(item), 0)
+            except ValueError as exc:
+                raise self.fail(f"{w} revoked_serials", f"entry {item!r} is not an integer") from exc
+            serials.add(serial)
+        return TrustConfig(roots, certs_dir, frozenset(serials))
+
+    def storage(self, t: dict[str, Any]) -> StorageConfig:
+        w = "[storage]"
+        factory = self.path(t, w, "factory_image", must_exist=True) if "factory_image" in t else None
+        return StorageConfig(
+            data_dir=self.path(t, w, "data_dir", must_exist=False),
+            factory_image=factory,
+            max_boot_attempts=self.integer(t, w, "max_boot_attempts", 3, 1, 100),
+        )
+
+    def self_test(self, t: dict[str, Any]) -> SelfTestConfig:
+        w = "[self_test]"
+        return SelfTestConfig(
+            deadline_seconds=self.number(t, w, "deadline_seconds", 60.0, 0.1, 24 * 3600.0),
+            command=self.string(t, w, "command", ""),
+        )
+
+    def ota(self, t: dict[str, Any]) -> OtaConfig:
+        w = "[ota]"
+        limits = DEFAULT_LIMITS
+        block_size = self.integer(t, w, "block_size", 4096, limits.min_block_size, limits.max_block_size)
+        if block_size & (block_size - 1):
+            raise self.fail(f"{w} block_size", f"must be a power of two, got {block_size}")
+        # The service serves at most 128 KiB per request (device-protocol.md §3).
+        max_blocks = max(1, limits.max_bytes_per_stream_request // block_size)
+        return OtaConfig(
+            block_size=block_size,
+            blocks_per_request=self.integer(t, w, "blocks_per_request", 8, 1, max_blocks),
+            status_every_blocks=self.integer(t, w, "status_every_blocks", 25, 1, 1 << 20),
+            request_timeout_seconds=self.number(t, w, "request_timeout_seconds", 10.0, 0.1, 3600.0),
+            max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
+        )

@@ -1,0 +1,96 @@
+"""Outputs of the agent state machine: what the runtime must do, in order.
+
+Contract with the runtime (agent/runtime.py): commands of one step run in order; a
+command that fails turns into a `PlatformFailed` event and the rest of that step is
+dropped; commands that produce a result (WriteBlock, VerifyImage, CommitImage,
+RunSelfTest) answer with the matching event. The runtime persists `State.journal`
+whenever a step changed it, before it runs that step's commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overair.agent.machine.state import FileSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topic: str
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateStaging:
+    """Create (or truncate) the staging file for an image of `size` bytes."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBlock:
+    block_id: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AbortStaging:
+    """Discard the staging file (download aborted or image refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyImage:
+    """Close the staging file, then check size, signature, signer chain and header."""
+
+    file: FileSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ActivateAndReboot:
+    """Make the staged image the trial boot image, then reboot."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSelfTest:
+    job_id: str
+    deadline: float  # absolute time by which it must have passed
+
+
+@dataclass(frozen=True, slots=True)
+class CommitImage:
+    """Confirm the running trial image: from now on it is the fallback image."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackAndReboot:
+    """Abandon the running trial image and reboot onto the confirmed one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportProgress:
+    job_id: str
+    received: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # "debug" | "info" | "warning" | "error"
+    message: str
+
+
+Command = (Subscribe | Unsubscribe | Publish | CreateStaging | WriteBlock | AbortStaging | VerifyImage
+           | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot | ReportProgress | Log)

@@ -1,0 +1,78 @@
+"""Inputs of the agent state machine. Each is an immutable value; none carries I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overair.core.versions import Version
+
+
+@dataclass(frozen=True, slots=True)
+class Booted:
+    """The platform selected an image and started it (at power-on or after a reboot)."""
+
+    running: Version
+    slot: str
+    trial: bool  # the running image is new and not committed: it must pass a self-test
+    fell_back: bool = False  # a trial image was abandoned (never committed) at this boot
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The MQTT session is up (mutual TLS handshake done, CONNACK accepted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    """A WriteBlock command completed: the block is in the staging file."""
+
+    block_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the machine checks its timers against `now`."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """Outcome of VerifyImage: signature, signer chain and image header checks."""
+
+    ok: bool
+    version: Version | None = None
+    check: str = ""  # the failing check's code when not ok (reasons.CHECK_CODES)
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTestResult:
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCommitted:
+    """CommitImage completed: the running image is now the confirmed one."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformFailed:
+    """A platform command failed; `operation` names it (create, write, activate, commit)."""
+
+    operation: str
+    message: str
+
+
+Event = (Booted | Connected | Disconnected | MessageReceived | BlockStored | Tick | VerifyResult
+         | SelfTestResult | ImageCommitted | PlatformFailed)

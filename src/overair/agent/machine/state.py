@@ -1,0 +1,224 @@
+"""The agent's state: what survives a reboot (`Journal`) and what does not (`State`).
+
+The journal is the device's trusted memory (threat N3, R2): the job it is working on
+and at which stage, the results of the jobs it finished (so that a replayed or re-sent
+job is never applied twice) and the version floor below which it never goes back (N1).
+It is small, JSON, and rewritten atomically by the runtime whenever it changes.
+
+A download's bitmap is deliberately *not* journaled: after a reset the agent restarts the
+download from block 0, as the FreeRTOS agent does, so no journal entry can ever claim a
+block that a power cut kept from reaching the storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from overair.core.errors import DecodeError
+from overair.core.limits import MIB
+from overair.core.versions import Version
+
+JOURNAL_FORMAT = 1
+NO_VERSION = Version(0, 0, 0)  # before the first boot
+MAX_RESULTS = 64  # finished jobs remembered for replay protection
+
+
+class Phase(StrEnum):
+    BOOTING = "booting"
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    ACTIVATING = "activating"
+    SELF_TEST = "self_test"
+    COMMITTING = "committing"
+    REBOOTING = "rebooting"
+
+
+class JobStage(StrEnum):
+    """How far the current job got; journaled so that it survives a reboot."""
+
+    DOWNLOADING = "downloading"
+    ACTIVATING = "activating"  # self_test ready sent, new image activated, rebooting
+    SELF_TEST = "self_test"  # booted the new image, self_test active sent
+    COMMITTING = "committing"  # self-test passed, commit under way
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the machine needs from the configuration (no paths, no I/O)."""
+
+    thing_name: str
+    block_size: int = 4096
+    blocks_per_request: int = 8
+    status_every_blocks: int = 25
+    request_timeout: float = 10.0
+    max_request_momentum: int = 32
+    self_test_deadline: float = 60.0
+    max_file_size: int = 64 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """The file of an OTA job, as the agent needs it to download and verify."""
+
+    stream: str
+    file_id: int
+    size: int
+    signature: bytes
+    signature_key: str
+    certfile: str
+    signer_chain: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    execution_number: int | None
+    stage: JobStage
+    updated_by: Version | None = None  # the version that ran when the update started
+    new_version: Version | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job_id: str
+    execution_number: int | None
+    status: str
+    details: tuple[tuple[str, str], ...]
+    at: float
+
+    @property
+    def details_dict(self) -> dict[str, str]:
+        return dict(self.details)
+
+    @property
+    def reason(self) -> str:
+        return self.details_dict.get("reason", "")
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "execution_number": self.execution_number,
+                "status": self.status, "details": self.details_dict, "at": self.at}
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    job: JobRecord | None = None
+    results: tuple[JobResult, ...] = ()
+    version_floor: Version | None = None
+
+    @property
+    def last_result(self) -> JobResult | None:
+        return self.results[-1] if self.results else None
+
+    def result_for(self, job_id: str) -> JobResult | None:
+        for result in reversed(self.results):
+            if result.job_id == job_id:
+                return result
+        return None
+
+    def with_result(self, result: JobResult) -> Journal:
+        kept = tuple(r for r in self.results if r.job_id != result.job_id)
+        return replace(self, job=None, results=(*kept, result)[-MAX_RESULTS:])
+
+    def to_json_obj(self) -> dict[str, Any]:
+        job = None
+        if self.job is not None:
+            job = {"job_id": self.job.job_id, "execution_number": self.job.execution_number,
+                   "stage": self.job.stage.value,
+                   "updated_by": _version_text(self.job.updated_by),
+                   "new_version": _version_text(self.job.new_version)}
+        return {"format": JOURNAL_FORMAT, "job": job,
+                "results": [r.to_json_obj() for r in self.results],
+                "version_floor": _version_text(self.version_floor)}
+
+    @classmethod
+    def from_json_obj(cls, obj: Any) -> Journal:
+        """Parse a journal; anything unexpected is a DecodeError (the caller decides)."""
+        try:
+            if not isinstance(obj, dict) or obj.get("format") != JOURNAL_FORMAT:
+                raise DecodeError("unknown journal format")
+            job_obj = obj.get("job")
+            job = None
+            if job_obj is not None:
+                job = JobRecord(
+                    job_id=_text(job_obj["job_id"]),
+                    execution_number=_opt_int(job_obj.get("execution_number")),
+                    stage=JobStage(job_obj["stage"]),
+                    updated_by=_version(job_obj.get("updated_by")),
+                    new_version=_version(job_obj.get("new_version")),
+                )
+            results = tuple(
+                JobResult(
+                    job_id=_text(r["job_id"]),
+                    execution_number=_opt_int(r.get("execution_number")),
+                    status=_text(r["status"]),
+                    details=tuple((_text(k), _text(v)) for k, v in dict(r.get("details", {})).items()),
+                    at=float(r.get("at", 0.0)),
+                )
+                for r in obj.get("results", [])
+            )
+            return cls(job=job, results=results[-MAX_RESULTS:],
+                       version_floor=_version(obj.get("version_floor")))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DecodeError(f"malformed journal: {exc}", code="BadJournal") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """An MQTT stream download in progress (FreeRTOS file context)."""
+
+    job_id: str
+    execution_number: int | None
+    file: FileSpec
+    total_blocks: int
+    needed: bytes  # whole-file bitmap, bit set = still needed (device-protocol.md §3)
+    remaining: int  # blocks not yet received
+    unstored: int = 0  # received, handed to WriteBlock, BlockStored not yet seen
+    awaiting: int = 0  # new blocks still expected for the last request
+    last_activity: float = 0.0  # last request sent or new block received
+    momentum: int = 0  # requests sent since the last new block
+
+    @property
+    def stored(self) -> int:
+        return self.total_blocks - self.remaining - self.unstored
+
+    def is_needed(self, block: int) -> bool:
+        return bool(self.needed[block // 8] & (1 << (block % 8)))
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    settings: Settings
+    journal: Journal = field(default_factory=Journal)
+    phase: Phase = Phase.BOOTING
+    connected: bool = False
+    running: Version = NO_VERSION
+    slot: str = ""
+    trial: bool = False
+    self_test_deadline: float | None = None
+    download: Download | None = None
+    requests_sent: int = 0  # clientToken counter
+
+
+def _version_text(version: Version | None) -> str | None:
+    return None if version is None else str(version)
+
+
+def _version(value: Any) -> Version | None:
+    return None if value is None else Version.parse(_text(value))
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value

@@ -1,0 +1,586 @@
+"""The agent state machine: every transition of the device side of an OTA update.
+
+`handle(state, event, now)` is pure: it reads no clock, file or socket and returns the
+next state and the commands the runtime must run. All transitions are in `TABLE`
+below, keyed by (phase, event type); `None` as the phase means "in any phase not
+listed". Behaviour follows the FreeRTOS OTA agent (device-protocol.md §1-§5), whose
+quirks are the contract:
+
+- On connect: subscribe to `notify-next`, publish `$next/get` with a clientToken. A job
+  message without `execution` means "no job".
+- A job whose document is not `afr_ota` is FAILED with a parser-error reason.
+- Blocks are requested with a CBOR GetStream request carrying the bitmap of the blocks
+  still needed; the next request goes out after `n` new blocks or after 10 s of
+  silence; 32 unanswered requests abort the job. Duplicates are ignored. One
+  undecodable or out-of-range block fails the job.
+- Progress `IN_PROGRESS {"receive": "k/N"}` (QoS 0) after the first block and every
+  `status_every_blocks` blocks.
+- Complete file: verify (signature, signer chain to the device's code-signing roots,
+  usages, revocation; threat N2), refuse anything not newer than the running version
+  (N1: `rejected: 0x0000000f` older, `0x00000010` same), report
+  `self_test: ready` with `updatedBy` = the running version, activate, reboot.
+- After the reboot the execution comes back with `statusDetails.self_test`: the agent
+  compares the running version with `updatedBy` like FreeRTOS, reports
+  `self_test: active`, runs the self-test, commits, reports SUCCEEDED; a failed or
+  late self-test reports FAILED and rolls back (R1).
+- Any job message for another job (or "no job") during a download aborts it and asks
+  `$next/get` again; a repeat of the current job is ignored (no thrash).
+- Finished jobs are remembered in the journal: a replayed job is never applied again;
+  the agent re-sends the result it recorded (N3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from overair.agent.machine import reasons
+from overair.agent.machine.commands import (
+    AbortStaging,
+    ActivateAndReboot,
+    Command,
+    CommitImage,
+    CreateStaging,
+    Log,
+    Publish,
+    ReportProgress,
+    RollbackAndReboot,
+    RunSelfTest,
+    Subscribe,
+    Unsubscribe,
+    VerifyImage,
+    WriteBlock,
+)
+from overair.agent.machine.events import (
+    BlockStored,
+    Booted,
+    Connected,
+    Disconnected,
+    Event,
+    ImageCommitted,
+    MessageReceived,
+    PlatformFailed,
+    SelfTestResult,
+    Tick,
+    VerifyResult,
+)
+from overair.agent.machine.state import Download, FileSpec, JobRecord, JobResult, JobStage, Phase, State
+from overair.core import bitmap
+from overair.core.errors import DecodeError
+from overair.core.jobdoc import parse_job_document
+from overair.core.jobstates import ExecStatus
+from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
+from overair.core.topics import (
+    JOB_ID_RE,
+    STREAM_ID_RE,
+    jobs_prefix,
+    notify_next_topic,
+    stream_data_topic,
+    stream_get_topic,
+)
+from overair.core.versions import Version
+
+# A request's bitmap covers at most this many blocks from its offset (128 bytes, the
+# FreeRTOS default capacity): files up to 1024 blocks are always requested from offset
+# 0 with the whole bitmap, exactly as FreeRTOS does; larger files slide the window.
+WINDOW_BLOCKS = 1024
+MAX_JOB_MESSAGE = 64 * 1024
+CLIENT_TOKEN_MAX = 64
+
+Step = tuple[State, list[Command]]
+
+
+# --- derived events (what a MessageReceived turns out to be) -----------------------------
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    job_id: str
+    execution_number: int | None
+    status_details: dict[str, str]
+    document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    """A job message (notify-next or a `$next/get` reply); `execution` None = no job."""
+
+    execution: Execution | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMessage:
+    payload: bytes
+
+
+# --- entry point --------------------------------------------------------------------------
+
+def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
+    """Apply one event; return the new state and the commands to run, in order."""
+    routed: Event | JobMessage | BlockMessage | None = event
+    if isinstance(event, MessageReceived):
+        routed = _classify(state, event)
+        if routed is None:
+            return state, (Log("debug", f"ignored message on {event.topic}"),)
+    assert routed is not None
+    handler = TABLE.get((state.phase, type(routed))) or TABLE.get((None, type(routed)))
+    if handler is None:
+        return state, (Log("debug", f"ignored {type(routed).__name__} while {state.phase}"),)
+    new_state, commands = handler(state, routed, now)
+    return new_state, tuple(commands)
+
+
+def _classify(state: State, event: MessageReceived) -> JobMessage | BlockMessage | None:
+    thing = state.settings.thing_name
+    if event.topic in (notify_next_topic(thing), f"{next_get_topic(thing)}/accepted"):
+        return _parse_job_message(event.payload)
+    dl = state.download
+    if dl is not None and event.topic == _data_topic(state, dl.file):
+        return BlockMessage(event.payload)
+    return None
+
+
+def _parse_job_message(payload: bytes) -> JobMessage | None:
+    """Lenient where FreeRTOS is (extra keys), strict where a reply could go astray."""
+    if len(payload) > MAX_JOB_MESSAGE:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
+        return None
+    if not isinstance(obj, dict):
+        return None
+    ex = obj.get("execution")
+    if ex is None:
+        return JobMessage(None)
+    if not isinstance(ex, dict):
+        return None
+    job_id = ex.get("jobId")
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        return None  # without a usable job id there is nobody to report to
+    raw_details = ex.get("statusDetails")
+    details = ({k: v for k, v in raw_details.items() if isinstance(k, str) and isinstance(v, str)}
+               if isinstance(raw_details, dict) else {})
+    number = ex.get("executionNumber")
+    execution_number = number if isinstance(number, int) and not isinstance(number, bool) else None
+    return JobMessage(Execution(job_id, execution_number, details, ex.get("jobDocument")))
+
+
+# --- topics and payloads ------------------------------------------------------------------
+
+def next_get_topic(thing: str) -> str:
+    return f"{jobs_prefix(thing)}/$next/get"
+
+
+def update_topic(thing: str, job_id: str) -> str:
+    return f"{jobs_prefix(thing)}/{job_id}/update"
+
+
+def _data_topic(state: State, file: FileSpec) -> str:
+    return stream_data_topic(state.settings.thing_name, file.stream, "cbor")
+
+
+def _status(state: State, job_id: str, status: ExecStatus, details: dict[str, str], qos: int = 1) -> Publish:
+    body = json.dumps({"status": status.value, "statusDetails": details}, separators=(",", ":"))
+    return Publish(update_topic(state.settings.thing_name, job_id), body.encode(), qos)
+
+
+def _ask_next_job(state: State) -> tuple[State, Publish]:
+    seq = state.requests_sent + 1
+    token = f"{seq}:{state.settings.thing_name}"[:CLIENT_TOKEN_MAX]
+    body = json.dumps({"clientToken": token}, separators=(",", ":")).encode()
+    return replace(state, requests_sent=seq), Publish(next_get_topic(state.settings.thing_name), body, 1)
+
+
+def _request_blocks(state: State, dl: Download, now: float) -> tuple[Download, Publish]:
+    total = dl.total_blocks
+    if total <= WINDOW_BLOCKS:
+        offset, span = 0, total
+    else:
+        first = next(i for i in range(total) if dl.is_needed(i))
+        offset = first - first % 8
+        span = min(WINDOW_BLOCKS, total - offset)
+    window = dl.needed[offset // 8:(offset + span + 7) // 8]
+    n = state.settings.blocks_per_request
+    request = GetStreamRequest(client_token="rdy", file_id=dl.file.file_id,
+                               block_size=state.settings.block_size, block_offset=offset, bitmap=window,
+                               number_of_blocks=n, stream_version=None)
+    topic = stream_get_topic(state.settings.thing_name, dl.file.stream, "cbor")
+    dl = replace(dl, awaiting=min(n, dl.remaining), last_activity=now, momentum=dl.momentum + 1)
+    return dl, Publish(topic, encode_get_stream(request), 0)
+
+
+# --- results --------------------------------------------------------------------------------
+
+def _finish(state: State, job_id: str, execution_number: int | None, status: ExecStatus,
+            details: dict[str, str], now: float, *, rollback: bool = False) -> Step:
+    """Record a terminal result in the journal, report it, and go idle (or roll back)."""
+    result = JobResult(job_id, execution_number, status.value, tuple(details.items()), now)
+    level = "info" if status is ExecStatus.SUCCEEDED else "warning"
+    commands: list[Command] = [Log(level, f"job {job_id} {status.value}: {details.get('reason', '')}"),
+                               _status(state, job_id, status, details)]
+    state = replace(state, journal=state.journal.with_result(result), download=None, phase=Phase.IDLE)
+    if rollback:
+        state = replace(state, phase=Phase.REBOOTING)
+        commands.append(RollbackAndReboot())
+    return state, commands
+
+
+def _fail(state: State, job_id: str, execution_number: int | None, reason: str, now: float, *,
+          detail: str = "", check: str = "", rollback: bool = False) -> Step:
+    details = {"reason": reason}
+    if check:
+        details["check"] = check
+    if detail:
+        details["detail"] = reasons.detail(detail)
+    return _finish(state, job_id, execution_number, ExecStatus.FAILED, details, now, rollback=rollback)
+
+
+def _fail_download(state: State, reason: str, now: float, *, detail: str = "", check: str = "") -> Step:
+    dl = state.download
+    assert dl is not None
+    cleanup: list[Command] = [Unsubscribe(_data_topic(state, dl.file)), AbortStaging()]
+    state, commands = _fail(state, dl.job_id, dl.execution_number, reason, now, detail=detail, check=check)
+    return state, cleanup + commands
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+def on_booted(state: State, event: Booted, now: float) -> Step:
+    journal = state.journal
+    commands: list[Command] = [Log("info", f"booted {event.running} from slot {event.slot}"
+                                           + (" (trial: self-test pending)" if event.trial else ""))]
+    if event.fell_back:
+        commands.append(Log("warning", "the new image was never committed: booted the confirmed image"))
+    if journal.job is not None and journal.job.stage is JobStage.DOWNLOADING:
+        # The staging file did not survive as a whole: the download restarts from block 0.
+        journal = replace(journal, job=None)
+    floor = journal.version_floor
+    if not event.trial and (floor is None or event.running > floor):
+        floor = event.running
+    journal = replace(journal, version_floor=floor)
+    deadline = now + state.settings.self_test_deadline if event.trial else None
+    return replace(state, phase=Phase.IDLE, running=event.running, slot=event.slot, trial=event.trial,
+                   journal=journal, self_test_deadline=deadline), commands
+
+
+def on_connected(state: State, _event: Connected, now: float) -> Step:
+    thing = state.settings.thing_name
+    commands: list[Command] = [Subscribe(notify_next_topic(thing), 1)]
+    dl = state.download
+    if dl is not None:
+        commands.append(Subscribe(_data_topic(state, dl.file), 0))
+    state, ask = _ask_next_job(replace(state, connected=True))
+    commands.append(ask)
+    if dl is not None and state.phase is Phase.DOWNLOADING:
+        # Requests sent while offline were lost: ask again at once, momentum reset.
+        dl, request = _request_blocks(state, replace(dl, momentum=0), now)
+        state = replace(state, download=dl)
+        commands.append(request)
+    return state, commands
+
+
+def on_disconnected(state: State, event: Disconnected, _now: float) -> Step:
+    return replace(state, connected=False), [Log("warning", f"disconnected: {event.reason}")]
+
+
+def on_job_idle(state: State, message: JobMessage, now: float) -> Step:
+    ex = message.execution
+    if ex is None:
+        return state, [Log("info", "no pending job")]
+    recorded = state.journal.result_for(ex.job_id)
+    if recorded is not None and _is_replay(recorded, ex):
+        # N3: never apply a finished job twice; repeat its result, which is idempotent.
+        return state, [Log("warning", f"job {ex.job_id} was already finished ({recorded.status}): "
+                                      "not applying it again"),
+                       _status(state, ex.job_id, ExecStatus(recorded.status), recorded.details_dict)]
+    if "self_test" in ex.status_details:
+        return _self_test_job(state, ex, now)
+    if state.trial:
+        # FreeRTOS: the platform is in self-test but the job is not; reset so the
+        # uncommitted image is rolled back.
+        return replace(state, phase=Phase.REBOOTING), [
+            Log("warning", f"job {ex.job_id} is not in self-test while the platform is: rolling back"),
+            RollbackAndReboot()]
+    return _start_job(state, ex, now)
+
+
+def _is_replay(recorded: JobResult, ex: Execution) -> bool:
+    """A new execution of a failed job (a retry) may run; anything else is a replay."""
+    if recorded.status == ExecStatus.SUCCEEDED.value:
+        return True
+    if ex.execution_number is None or recorded.execution_number is None:
+        return True
+    return ex.execution_number <= recorded.execution_number
+
+
+def _start_job(state: State, ex: Execution, now: float) -> Step:
+    try:
+        doc = parse_job_document(ex.document)
+    except DecodeError as exc:
+        return _fail(state, ex.job_id, ex.execution_number,
+                     reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
+                     detail=exc.message)
+    file = doc.files[0]
+    stream = doc.stream_name
+    if "MQTT" not in doc.protocols or stream is None:
+        return _fail(state, ex.job_id, ex.execution_number,
+                     reasons.aborted(reasons.ERR_INVALID_DATA_PROTOCOL), now,
+                     detail="this agent downloads over MQTT only")
+    if not STREAM_ID_RE.match(stream):
+        return _fail(state, ex.job_id, ex.execution_number,
+                     reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
+                     detail=f"invalid stream name {stream[:64]!r}")
+    if file.file_type not in (None, 0):
+        return _fail(state, ex.job_id, ex.execution_number,
+                     reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
+                     detail=f"fileType {file.file_type} is not firmware")
+    if file.filesize > state.settings.max_file_size:
+        return _fail(state, ex.job_id, ex.execution_number, reasons.aborted(reasons.ERR_FILE_SIZE_OVERFLOW),
+                     now, detail=f"file of {file.filesize} bytes exceeds {state.settings.max_file_size}")
+    spec = FileSpec(stream=stream, file_id=file.fileid, size=file.filesize, signature=file.signature,
+                    signature_key=file.signature_key, certfile=file.certfile, signer_chain=doc.signer_chain)
+    total = bitmap.block_count(file.filesize, state.settings.block_size)
+    dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
+                  needed=bitmap.make_bitmap(range(total), 0, total), remaining=total)
+    dl, request = _request_blocks(state, dl, now)
+    journal = replace(state.journal, job=JobRecord(ex.job_id, ex.execution_number, JobStage.DOWNLOADING))
+    state = replace(state, phase=Phase.DOWNLOADING, download=dl, journal=journal)
+    return state, [Log("info", f"job {ex.job_id}: downloading {file.filesize} bytes ({total} blocks) "
+                               f"from stream {stream}"),
+                   CreateStaging(file.filesize), Subscribe(_data_topic(state, spec), 0), request]
+
+
+def on_job_downloading(state: State, message: JobMessage, _now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    ex = message.execution
+    if ex is not None and ex.job_id == dl.job_id:
+        return state, [Log("debug", f"job {ex.job_id} notified again: download continues")]
+    # FreeRTOS jobNotificationHandler: abort the current file and ask for the next job.
+    other = "no job" if ex is None else f"job {ex.job_id}"
+    journal = replace(state.journal, job=None)
+    state = replace(state, phase=Phase.IDLE, download=None, journal=journal)
+    state, ask = _ask_next_job(state)
+    return state, [Log("warning", f"{other} notified during the download of {dl.job_id}: aborting it"),
+                   Unsubscribe(_data_topic(state, dl.file)), AbortStaging(), ask]
+
+
+def on_job_busy(state: State, message: JobMessage, _now: float) -> Step:
+    ex = message.execution
+    name = "no job" if ex is None else f"job {ex.job_id}"
+    return state, [Log("debug", f"{name} notified while {state.phase}: ignored")]
+
+
+def on_block(state: State, message: BlockMessage, now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    try:
+        block = decode_data_block(message.payload)
+    except DecodeError as exc:
+        return _fail_download(state, reasons.with_value(reasons.PAL_UNINITIALIZED, 0), now,
+                              detail=f"undecodable data block: {exc.message}")
+    last = dl.total_blocks - 1
+    expected = dl.file.size - last * state.settings.block_size if block.block_id == last \
+        else state.settings.block_size
+    if block.file_id != dl.file.file_id or block.block_id > last or len(block.payload) != expected:
+        return _fail_download(state, reasons.with_value(reasons.PAL_UNINITIALIZED, 0), now,
+                              detail=f"block {block.block_id} of file {block.file_id} with "
+                                     f"{len(block.payload)} bytes is out of range")
+    if not dl.is_needed(block.block_id):
+        return state, [Log("debug", f"duplicate block {block.block_id} ignored")]
+    needed = bytearray(dl.needed)
+    needed[block.block_id // 8] &= ~(1 << (block.block_id % 8)) & 0xFF
+    dl = replace(dl, needed=bytes(needed), remaining=dl.remaining - 1, unstored=dl.unstored + 1,
+                 last_activity=now, momentum=0)
+    return replace(state, download=dl), [
+        WriteBlock(block.block_id, block.block_id * state.settings.block_size, block.payload)]
+
+
+def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    dl = replace(dl, unstored=dl.unstored - 1, awaiting=dl.awaiting - 1)
+    received = dl.stored
+    commands: list[Command] = [ReportProgress(dl.job_id, received, dl.total_blocks)]
+    if dl.remaining == 0:
+        if dl.unstored == 0:
+            commands += [Log("info", f"job {dl.job_id}: all {dl.total_blocks} blocks received"),
+                         Unsubscribe(_data_topic(state, dl.file)), VerifyImage(dl.file)]
+            return replace(state, download=dl, phase=Phase.VERIFYING), commands
+        return replace(state, download=dl), commands
+    if received == 1 or received % state.settings.status_every_blocks == 0:
+        commands.append(_status(state, dl.job_id, ExecStatus.IN_PROGRESS,
+                                {"receive": f"{received}/{dl.total_blocks}"}, qos=0))
+    if dl.awaiting <= 0:
+        dl, request = _request_blocks(state, dl, now)
+        commands.append(request)
+    return replace(state, download=dl), commands
+
+
+def on_download_platform_failed(state: State, event: PlatformFailed, now: float) -> Step:
+    code = reasons.aborted(reasons.PAL_RX_FILE_CREATE_FAILED) if event.operation == "create" \
+        else reasons.with_value(reasons.PAL_UNINITIALIZED, 0)
+    return _fail_download(state, code, now, detail=f"{event.operation} failed: {event.message}")
+
+
+def on_verified(state: State, event: VerifyResult, now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    job_id, number = dl.job_id, dl.execution_number
+    if not event.ok or event.version is None:
+        check = event.check or "BadImage"
+        state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
+                                check=check, detail=event.message)
+        return state, [AbortStaging(), *commands]
+    reference = max(state.running, state.journal.version_floor or state.running)
+    if event.version <= reference:
+        # N1 anti-rollback: a correctly signed older (or the same) image never runs.
+        code = reasons.ERR_SAME_FIRMWARE_VERSION if event.version == reference \
+            else reasons.ERR_DOWNGRADE_NOT_ALLOWED
+        state, commands = _fail(state, job_id, number, reasons.rejected(code), now,
+                                detail=f"image version {event.version} is not newer than {reference}")
+        return state, [AbortStaging(), *commands]
+    record = JobRecord(job_id, number, JobStage.ACTIVATING, updated_by=state.running,
+                       new_version=event.version)
+    state = replace(state, phase=Phase.ACTIVATING, download=None, journal=replace(state.journal, job=record))
+    return state, [
+        Log("info", f"job {job_id}: image {event.version} verified; activating it"),
+        _status(state, job_id, ExecStatus.IN_PROGRESS,
+                {"self_test": "ready", "updatedBy": state.running.hex()}),
+        ActivateAndReboot()]
+
+
+def on_activate_failed(state: State, event: PlatformFailed, now: float) -> Step:
+    record = state.journal.job
+    assert record is not None
+    return _fail(state, record.job_id, record.execution_number, reasons.aborted(reasons.ERR_ACTIVATE_FAILED),
+                 now, detail=f"{event.operation} failed: {event.message}")
+
+
+def _self_test_job(state: State, ex: Execution, now: float) -> Step:
+    """FreeRTOS handleSelfTestJobDoc + inSelfTestHandler, against the booted image."""
+    record = state.journal.job if state.journal.job and state.journal.job.job_id == ex.job_id else None
+    # The device's own journal is trusted over the network's copy; it also survives a
+    # reset during the self-test, after which the service holds "active" and the new
+    # version in updatedBy.
+    updated_by = record.updated_by if record is not None and record.updated_by is not None \
+        else _parse_version_word(ex.status_details.get("updatedBy"))
+    running = state.running
+
+    def reject(code: int, detail: str) -> Step:
+        return _fail(state, ex.job_id, ex.execution_number, reasons.rejected(code), now,
+                     detail=detail, rollback=state.trial)
+
+    if updated_by is None:
+        return reject(reasons.ERR_IMAGE_STATE_MISMATCH, "self-test job without a usable updatedBy")
+    if running == updated_by:
+        return reject(reasons.ERR_SAME_FIRMWARE_VERSION,
+                      f"still running {running}: the new image did not boot")
+    if running < updated_by:
+        return reject(reasons.ERR_DOWNGRADE_NOT_ALLOWED, f"running {running} is older than {updated_by}")
+    if not state.trial:
+        if record is not None and record.stage is JobStage.COMMITTING and record.new_version == running:
+            # The commit completed before a reset cut the report short: report it now.
+            return _succeed(state, ex.job_id, ex.execution_number, now)
+        return reject(reasons.ERR_IMAGE_STATE_MISMATCH,
+                      "the job is in self-test but the running image is not")
+    deadline = state.self_test_deadline
+    if deadline is None:  # pragma: no cover - set at every trial boot
+        return reject(reasons.ERR_IMAGE_STATE_MISMATCH, "no self-test deadline")
+    record = JobRecord(ex.job_id, ex.execution_number, JobStage.SELF_TEST, updated_by=updated_by,
+                       new_version=running)
+    state = replace(state, phase=Phase.SELF_TEST, journal=replace(state.journal, job=record))
+    # The built-in part of the self-test already passed: this execution arrived over a
+    # mutually authenticated TLS session with the new image running.
+    return state, [Log("info", f"job {ex.job_id}: running the self-test of {running}"),
+                   _status(state, ex.job_id, ExecStatus.IN_PROGRESS,
+                           {"self_test": "active", "updatedBy": running.hex()}),
+                   RunSelfTest(ex.job_id, deadline)]
+
+
+def _parse_version_word(text: str | None) -> Version | None:
+    if text is None:
+        return None
+    try:
+        return Version.from_u32(int(text, 0))
+    except (ValueError, DecodeError):
+        return None
+
+
+def on_self_test_result(state: State, event: SelfTestResult, now: float) -> Step:
+    record = state.journal.job
+    assert record is not None
+    if not event.ok:
+        return _fail(state, record.job_id, record.execution_number, reasons.rejected(reasons.ERR_NONE), now,
+                     detail=f"self-test failed: {event.message}", rollback=True)
+    record = replace(record, stage=JobStage.COMMITTING)
+    return replace(state, phase=Phase.COMMITTING, journal=replace(state.journal, job=record)), [
+        Log("info", f"job {record.job_id}: self-test passed; committing {state.running}"), CommitImage()]
+
+
+def on_committed(state: State, _event: ImageCommitted, now: float) -> Step:
+    record = state.journal.job
+    assert record is not None
+    return _succeed(state, record.job_id, record.execution_number, now)
+
+
+def _succeed(state: State, job_id: str, execution_number: int | None, now: float) -> Step:
+    journal = replace(state.journal, version_floor=state.running)
+    state = replace(state, trial=False, self_test_deadline=None, journal=journal)
+    return _finish(state, job_id, execution_number, ExecStatus.SUCCEEDED,
+                   {"reason": reasons.accepted(state.running)}, now)
+
+
+def on_commit_failed(state: State, event: PlatformFailed, now: float) -> Step:
+    record = state.journal.job
+    assert record is not None
+    return _fail(state, record.job_id, record.execution_number, reasons.rejected(reasons.PAL_COMMIT_FAILED),
+                 now, detail=f"commit failed: {event.message}", rollback=True)
+
+
+def on_tick(state: State, _event: Tick, now: float) -> Step:
+    deadline = state.self_test_deadline
+    if deadline is not None and now >= deadline and state.phase in (Phase.IDLE, Phase.SELF_TEST):
+        record = state.journal.job
+        limit = f"{state.settings.self_test_deadline:g} s"
+        if state.phase is Phase.SELF_TEST and record is not None:
+            return _fail(state, record.job_id, record.execution_number, reasons.rejected(reasons.ERR_NONE),
+                         now, detail=f"self-test did not pass within {limit}", rollback=True)
+        return replace(state, phase=Phase.REBOOTING), [
+            Log("warning", f"no self-test within {limit} of booting the new image: rolling back"),
+            RollbackAndReboot()]
+    dl = state.download
+    if state.phase is Phase.DOWNLOADING and dl is not None \
+            and now - dl.last_activity >= state.settings.request_timeout:
+        if dl.momentum >= state.settings.max_request_momentum:
+            return _fail_download(state, reasons.aborted(reasons.ERR_MOMENTUM_ABORT), now,
+                                  detail=f"{dl.momentum} block requests went unanswered")
+        dl, request = _request_blocks(state, dl, now)
+        silence = f"no block for {state.settings.request_timeout:g} s: requesting again"
+        return replace(state, download=dl), [Log("info", silence), request]
+    return state, []
+
+
+# --- the table ------------------------------------------------------------------------------
+
+Handler = Callable[[State, Any, float], Step]
+
+TABLE: dict[tuple[Phase | None, type], Handler] = {
+    (Phase.BOOTING, Booted): on_booted,
+    (None, Connected): on_connected,
+    (None, Disconnected): on_disconnected,
+    (None, Tick): on_tick,
+    (Phase.IDLE, JobMessage): on_job_idle,
+    (Phase.DOWNLOADING, JobMessage): on_job_downloading,
+    (None, JobMessage): on_job_busy,
+    (Phase.DOWNLOADING, BlockMessage): on_block,
+    (Phase.DOWNLOADING, BlockStored): on_block_stored,
+    (Phase.DOWNLOADING, PlatformFailed): on_download_platform_failed,
+    (Phase.VERIFYING, VerifyResult): on_verified,
+    (Phase.ACTIVATING, PlatformFailed): on_activate_failed,
+    (Phase.SELF_TEST, SelfTestResult): on_self_test_result,
+    (Phase.COMMITTING, ImageCommitted): on_committed,
+    (Phase.COMMITTING, PlatformFailed): on_commit_failed,
+}

@@ -1,0 +1,424 @@
+"""The agent runtime: the thin driver around the sans-IO state machine.
+
+One thread owns the machine. Transport callbacks and the self-test worker only put
+events on a queue; the runtime thread takes them one at a time, calls `handle()`,
+persists the journal if the step changed it (before anything else happens: R2),
+then runs the step's commands in order, feeding results (BlockStored, VerifyResult,
+...) straight back. When nothing arrives it feeds `Tick` so that timers fire.
+
+A reboot is done in-process, like a device reset but in well under a second: flush
+pending reports, disconnect, let the platform pick the boot image, rebuild the
+machine from the journal, reconnect. Events still queued from before the reboot carry
+an older generation number and are dropped, as a real reset would drop them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overair.agent.config import AgentConfig, ConfigError
+from overair.agent.journal import JournalStore
+from overair.agent.machine import commands as cmd
+from overair.agent.machine.events import (
+    BlockStored,
+    Booted,
+    Connected,
+    Disconnected,
+    Event,
+    ImageCommitted,
+    MessageReceived,
+    PlatformFailed,
+    SelfTestResult,
+    Tick,
+    VerifyResult,
+)
+from overair.agent.machine.state import FileSpec, JobResult, Settings, State
+from overair.agent.machine.transitions import handle
+from overair.agent.platform.base import Platform, PlatformError
+from overair.agent.platform.linux_slots import LinuxSlots
+from overair.agent.transport.base import Transport, TransportCallbacks
+from overair.agent.transport.mqtt import MqttTransport, tls_context
+from overair.agent.verify import verify_image
+from overair.core.codesign import TrustPolicy, load_pem_certificates
+from overair.core.errors import DecodeError
+from overair.core.versions import Version
+
+log = logging.getLogger("overair.agent")
+
+ProgressCallback = Callable[[str, int, int], None]  # (job id, blocks received, total)
+SelfTestHook = Callable[[Version], str | None]  # None = passed, else why it failed
+TransportFactory = Callable[[TransportCallbacks], Transport]
+
+FLUSH_BEFORE_REBOOT = 5.0
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """What a UI shows about one device; immutable, safe to read from any thread."""
+
+    thing_name: str
+    alive: bool  # the runtime thread is running
+    connected: bool
+    phase: str
+    version: str | None  # running firmware, MAJOR.MINOR.BUILD
+    slot: str | None
+    trial: bool  # running a new image that is not committed yet
+    job_id: str | None
+    blocks_received: int
+    blocks_total: int
+    last_result: JobResult | None
+    reboots: int  # in-process reboots since start()
+    error: str | None
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "thing_name": self.thing_name, "alive": self.alive, "connected": self.connected,
+            "phase": self.phase, "version": self.version, "slot": self.slot, "trial": self.trial,
+            "job_id": self.job_id, "blocks_received": self.blocks_received,
+            "blocks_total": self.blocks_total,
+            "last_result": None if self.last_result is None else self.last_result.to_json_obj(),
+            "reboots": self.reboots, "error": self.error,
+        }
+
+
+def settings_from_config(config: AgentConfig) -> Settings:
+    return Settings(
+        thing_name=config.thing_name,
+        block_size=config.ota.block_size,
+        blocks_per_request=config.ota.blocks_per_request,
+        status_every_blocks=config.ota.status_every_blocks,
+        request_timeout=config.ota.request_timeout_seconds,
+        self_test_deadline=config.self_test.deadline_seconds,
+        max_file_size=config.ota.max_file_size,
+    )
+
+
+def load_trust(config: AgentConfig) -> TrustPolicy:
+    path = config.trust.code_signing_roots
+    try:
+        roots = load_pem_certificates(path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ConfigError(f"{config.source}: [trust] code_signing_roots {path}: {exc}") from exc
+    if not roots:
+        raise ConfigError(f"{config.source}: [trust] code_signing_roots {path} holds no certificate")
+    return TrustPolicy(tuple(roots), config.trust.revoked_serials)
+
+
+class _Rebooted:
+    """Marker: the step's remaining commands died with the reboot."""
+
+
+_REBOOTED = _Rebooted()
+_STOP = object()
+
+
+class Runtime:
+    def __init__(self, config: AgentConfig, *, platform: Platform | None = None,
+                 transport_factory: TransportFactory | None = None,
+                 progress: ProgressCallback | None = None, self_test_hook: SelfTestHook | None = None,
+                 clock: Callable[[], float] = time.time, tick_interval: float = 0.2) -> None:
+        self.config = config
+        self._settings = settings_from_config(config)
+        self._trust = load_trust(config)
+        self._platform: Platform = platform or LinuxSlots(config.storage.data_dir,
+                                                          max_boot_attempts=config.storage.max_boot_attempts)
+        self._journal_store = JournalStore(config.storage.data_dir)
+        if transport_factory is None:
+            transport_factory = self._mqtt_factory()
+        self._transport_factory = transport_factory
+        self._progress = progress
+        self._self_test_hook = self_test_hook
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._transport: Transport | None = None
+        self._generation = 0
+        self._reboots = 0
+        self._error: str | None = None
+        self._alive = False
+        self._state = State(self._settings)
+
+    def _mqtt_factory(self) -> TransportFactory:
+        try:
+            tls_context(self.config.mqtt)  # fail at start, not in a background thread
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.config.source}: [mqtt] TLS files are unusable: {exc}") from exc
+
+        def factory(callbacks: TransportCallbacks) -> Transport:
+            return MqttTransport(self.config.mqtt, self.config.thing_name, callbacks)
+
+        return factory
+
+    @property
+    def platform(self) -> Platform:
+        return self._platform
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the agent in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("the runtime was already started")
+        self._alive = True
+        self._thread = threading.Thread(target=self.run, name=f"agent-{self.config.thing_name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._queue.put(_STOP)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def run(self) -> None:
+        """Run the agent in the calling thread until `stop()`."""
+        self._alive = True
+        try:
+            self._boot_and_connect()
+            last_tick = self._clock()
+            while not self._stopping.is_set():
+                try:
+                    item = self._queue.get(timeout=self._tick_interval)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    break
+                if item is not None:
+                    generation, event = item
+                    if generation == self._generation:
+                        self._feed(event)
+                if self._clock() - last_tick >= self._tick_interval:
+                    last_tick = self._clock()
+                    self._feed(Tick())
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            log.exception("agent %s stopped on an error", self.config.thing_name)
+            if threading.current_thread() is not self._thread:
+                raise  # run() in the foreground: the caller decides (start(): see snapshot().error)
+        finally:
+            self._shutdown()
+            self._alive = False
+
+    def _shutdown(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.flush(1.0)
+            transport.disconnect()
+        try:
+            self._platform.abort_staging()
+        except PlatformError as exc:
+            log.warning("closing the staging file failed: %s", exc)
+
+    # --- status ------------------------------------------------------------------------
+
+    def snapshot(self) -> AgentSnapshot:
+        state = self._state
+        dl = state.download
+        job = state.journal.job
+        return AgentSnapshot(
+            thing_name=self.config.thing_name,
+            alive=self._alive,
+            connected=state.connected,
+            phase=state.phase.value,
+            version=str(state.running) if state.slot else None,
+            slot=state.slot or None,
+            trial=state.trial,
+            job_id=dl.job_id if dl is not None else (job.job_id if job is not None else None),
+            blocks_received=dl.stored if dl is not None else 0,
+            blocks_total=dl.total_blocks if dl is not None else 0,
+            last_result=state.journal.last_result,
+            reboots=self._reboots,
+            error=self._error,
+        )
+
+    def wait(self, predicate: Callable[[AgentSnapshot], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.snapshot()):
+                return True
+            time.sleep(0.02)
+        return predicate(self.snapshot())
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def _post(self, generation: int, event: Event) -> None:
+        self._queue.put((generation, event))
+
+    def _boot_and_connect(self) -> None:
+        if self._platform.is_empty():
+            factory = self.config.storage.factory_image
+            if factory is None:
+                raise ConfigError(f"{self.config.source}: the slot store is empty and [storage] "
+                                  "factory_image is not set: there is no image to run")
+            self._platform.install_factory(factory.read_bytes())
+            log.info("installed the factory image %s", factory)
+        info = self._platform.boot()
+        self._state = State(self._settings, journal=self._journal_store.load())
+        self._feed(Booted(info.version, info.slot, info.trial, info.fell_back))
+        generation = self._generation
+        callbacks = TransportCallbacks(
+            on_connected=lambda: self._post(generation, Connected()),
+            on_disconnected=lambda reason: self._post(generation, Disconnected(reason)),
+            on_message=lambda topic, payload: self._post(generation, MessageReceived(topic, payload)),
+        )
+        self._transport = self._transport_factory(callbacks)
+        self._transport.connect()
+
+    def _reboot(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            if not transport.flush(FLUSH_BEFORE_REBOOT):
+                log.warning("rebooting with reports not acknowledged by the broker")
+            transport.disconnect()
+        self._generation += 1
+        self._reboots += 1
+        log.info("rebooting %s", self.config.thing_name)
+        self._boot_and_connect()
+
+    def _feed(self, first: Event) -> None:
+        pending: deque[Event] = deque([first])
+        while pending:
+            event = pending.popleft()
+            old = self._state
+            new, commands = handle(old, event, self._clock())
+            self._state = new
+            if new.journal is not old.journal and new.journal != old.journal:
+                self._journal_store.save(new.journal)  # journal before acting
+            for command in commands:
+                result = self._execute(command)
+                if result is _REBOOTED:
+                    return
+                if isinstance(result, PlatformFailed):
+                    pending.append(result)
+                    break  # the rest of the step depended on this command
+                if result is not None:
+                    assert not isinstance(result, _Rebooted)
+                    pending.append(result)
+
+    def _execute(self, command: cmd.Command) -> Event | _Rebooted | None:
+        transport = self._transport
+        match command:
+            case cmd.Log(level, message):
+                log.log(_LEVELS.get(level, logging.INFO), "%s", message,
+                        extra={"thing": self.config.thing_name, "phase": self._state.phase.value})
+            case cmd.Subscribe(topic, qos):
+                if transport is not None:
+                    transport.subscribe(topic, qos)
+            case cmd.Unsubscribe(topic):
+                if transport is not None:
+                    transport.unsubscribe(topic)
+            case cmd.Publish(topic, payload, qos):
+                if transport is not None:
+                    transport.publish(topic, payload, qos)
+            case cmd.ReportProgress(job_id, received, total):
+                if self._progress is not None:
+                    try:
+                        self._progress(job_id, received, total)
+                    except Exception:
+                        log.exception("progress callback failed")
+            case cmd.CreateStaging(size):
+                return self._platform_op("create", lambda: self._platform.create_staging(size))
+            case cmd.WriteBlock(block_id, offset, data):
+                failed = self._platform_op("write", lambda: self._platform.write_block(offset, data))
+                return failed or BlockStored(block_id)
+            case cmd.AbortStaging():
+                self._platform_op("abort", self._platform.abort_staging)
+            case cmd.VerifyImage(file):
+                return self._verify(file)
+            case cmd.ActivateAndReboot():
+                failed = self._platform_op("activate", self._platform.activate)
+                if failed is not None:
+                    return failed
+                self._reboot()
+                return _REBOOTED
+            case cmd.RunSelfTest(job_id, deadline):
+                return self._run_self_test(job_id, deadline)
+            case cmd.CommitImage():
+                return self._platform_op("commit", self._platform.commit) or ImageCommitted()
+            case cmd.RollbackAndReboot():
+                # A failed rollback still reboots: the boot counter then retires the image.
+                self._platform_op("rollback", self._platform.rollback)
+                self._reboot()
+                return _REBOOTED
+        return None
+
+    def _platform_op(self, operation: str, action: Callable[[], None]) -> PlatformFailed | None:
+        try:
+            action()
+        except PlatformError as exc:
+            log.error("platform %s failed: %s", operation, exc.message)
+            return PlatformFailed(operation, exc.message)
+        return None
+
+    def _verify(self, file: FileSpec) -> VerifyResult:
+        try:
+            data = self._platform.read_staging()
+        except PlatformError as exc:
+            return VerifyResult(False, check="StorageError", message=exc.message)
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        return verify_image(data, file, self._trust, now, self._certfile(file.certfile))
+
+    def _certfile(self, name: str) -> bytes | None:
+        """The job's `certfile`, looked up by base name in the trust directory only."""
+        base = Path(name).name
+        if base in ("", ".", ".."):
+            return None
+        path = self.config.trust.signer_certs_dir / base
+        try:
+            return path.read_bytes() if path.is_file() else None
+        except OSError:
+            return None
+
+    def _run_self_test(self, job_id: str, deadline: float) -> SelfTestResult | None:
+        command = self.config.self_test.command.strip()
+        hook = self._self_test_hook
+        if not command and hook is None:
+            return SelfTestResult(True, "built-in checks passed")
+        generation, version = self._generation, self._state.running
+
+        def work() -> None:
+            self._post(generation, self._self_test(job_id, version, command, hook, deadline))
+
+        threading.Thread(target=work, name=f"selftest-{self.config.thing_name}", daemon=True).start()
+        return None
+
+    def _self_test(self, job_id: str, version: Version, command: str, hook: SelfTestHook | None,
+                   deadline: float) -> SelfTestResult:
+        if hook is not None:
+            try:
+                failure = hook(version)
+            except Exception as exc:
+                failure = f"self-test hook raised {type(exc).__name__}: {exc}"
+            if failure is not None:
+                return SelfTestResult(False, failure)
+        if command:
+            env = {**os.environ, "OVERAIR_THING_NAME": self.config.thing_name, "OVERAIR_JOB_ID": job_id,
+                   "OVERAIR_VERSION": str(version)}
+            try:
+                done = subprocess.run(shlex.split(command), cwd=self.config.base_dir, env=env,
+                                      capture_output=True, timeout=max(0.1, deadline - self._clock()),
+                                      check=False)
+            except subprocess.TimeoutExpired:
+                return SelfTestResult(False, f"command {command!r} did not finish before the deadline")
+            except (OSError, ValueError) as exc:
+                return SelfTestResult(False, f"command {command!r} could not run: {exc}")
+            if done.returncode != 0:
+                tail = done.stderr.decode(errors="replace").strip()[-120:]
+                return SelfTestResult(False, f"command {command!r} exited {done.returncode}"
+                                             + (f": {tail}" if tail else ""))
+        return SelfTestResult(True, "passed")

@@ -1,0 +1,100 @@
+"""MQTT over mutual TLS with paho-mqtt 2.x: the agent's only network driver.
+
+The device proves its identity with its client certificate (the broker takes the
+certificate CN as the user name, so the client id is the thing name) and authenticates
+the broker against the fleet root CA with host-name checking; TLS 1.2 is the minimum
+(threat L1). MQTT 3.1.1 with a clean session, as FreeRTOS devices use. paho's network
+thread reconnects on its own with a capped exponential backoff (1 s doubling to 30 s
+by default, reset by a successful CONNACK); the runtime re-subscribes on every connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from overair.agent.config import MqttConfig
+from overair.agent.transport.base import TransportCallbacks
+
+log = logging.getLogger("overair.agent.mqtt")
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=str(config.ca_file))
+    context.load_cert_chain(certfile=str(config.client_cert), keyfile=str(config.client_key))
+    return context
+
+
+class MqttTransport:
+    def __init__(self, config: MqttConfig, client_id: str, callbacks: TransportCallbacks, *,
+                 min_backoff: int = 1, max_backoff: int = 30) -> None:
+        self._config = config
+        self._callbacks = callbacks
+        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+        self._client.tls_set_context(tls_context(config))
+        self._client.reconnect_delay_set(min_delay=min_backoff, max_delay=max_backoff)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._lock = threading.Lock()
+        self._unacked: list[mqtt.MQTTMessageInfo] = []
+
+    def connect(self) -> None:
+        self._client.connect_async(self._config.host, self._config.port, self._config.keepalive_seconds)
+        self._client.loop_start()
+
+    def disconnect(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        self._client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._client.unsubscribe(topic)
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        info = self._client.publish(topic, payload, qos)
+        if qos > 0 and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            with self._lock:
+                self._unacked = [i for i in self._unacked if not i.is_published()]
+                self._unacked.append(info)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            pending, self._unacked = self._unacked, []
+        for info in pending:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                return False
+            if not info.is_published():
+                return False
+        return True
+
+    # paho callbacks (network thread) ------------------------------------------------------
+
+    def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, _properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("connection refused by %s:%s: %s", self._config.host, self._config.port, reason_code)
+            return
+        self._callbacks.on_connected()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, _properties: Any) -> None:
+        self._callbacks.on_disconnected(str(reason_code))
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._callbacks.on_message(message.topic, bytes(message.payload))

@@ -1,0 +1,150 @@
+"""`overair-agent`: run the device agent, or show what a device holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from overair.agent.config import load_config
+from overair.agent.journal import JournalStore
+from overair.agent.platform.linux_slots import LinuxSlots
+from overair.agent.runtime import Runtime
+from overair.core.errors import OverairError
+
+app = typer.Typer(help="overair device agent (FreeRTOS OTA compatible).", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="OVERAIR_AGENT_CONFIG",
+                                            help="The agent's TOML file or bundle directory.")]
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                plain = isinstance(value, str | int | float | bool) or value is None
+                entry[key] = value if plain else str(value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def _fail(exc: OverairError) -> None:
+    console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(config: ConfigOption,
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info") -> None:
+    """Run the agent until SIGINT or SIGTERM."""
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        console.print(f"[red]error[/red]: unknown log level {log_level!r}")
+        raise typer.Exit(2)
+    _setup_logging(log_level)
+    try:
+        runtime = Runtime(load_config(config))
+    except OverairError as exc:
+        _fail(exc)
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("overair.agent").info("signal %s: stopping", signal.Signals(signum).name)
+        runtime.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        runtime.run()
+    except OverairError as exc:
+        _fail(exc)
+
+
+def status_report(config_path: Path) -> dict[str, Any]:
+    """What the device holds, read from its persisted state without changing anything."""
+    config = load_config(config_path, check_files=False)
+    data_dir = config.storage.data_dir
+    journal = JournalStore(data_dir).load(set_aside=False)
+    slots = LinuxSlots(data_dir).slots()
+    current = next((s for s in slots if s.current), None)
+    job = journal.job
+    return {
+        "thing_name": config.thing_name,
+        "data_dir": str(data_dir),
+        "running": None if current is None else {
+            "slot": current.name, "version": None if current.version is None else str(current.version),
+            "trial": current.state == "pending"},
+        "slots": [{"name": s.name, "version": None if s.version is None else str(s.version),
+                   "size": s.size, "state": s.state, "current": s.current} for s in slots],
+        "current_job": None if job is None else {
+            "job_id": job.job_id, "stage": job.stage.value,
+            "updated_by": None if job.updated_by is None else str(job.updated_by),
+            "new_version": None if job.new_version is None else str(job.new_version)},
+        "last_result": None if journal.last_result is None else journal.last_result.to_json_obj(),
+        "version_floor": None if journal.version_floor is None else str(journal.version_floor),
+    }
+
+
+@app.command()
+def status(config: ConfigOption,
+           json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show slots, versions, the current job and the last result."""
+    try:
+        report = status_report(config)
+    except OverairError as exc:
+        _fail(exc)
+        return
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    out = Console()
+    running = report["running"]
+    out.print(f"[bold]{report['thing_name']}[/bold]  data: {report['data_dir']}")
+    out.print("running: " + ("nothing installed" if running is None else
+                             f"{running['version']} from slot {running['slot']}"
+                             + (" [yellow](trial, not committed)[/yellow]" if running["trial"] else "")))
+    table = Table("slot", "version", "size", "state", "current")
+    for slot in report["slots"]:
+        table.add_row(slot["name"], slot["version"] or "-", str(slot["size"]), slot["state"],
+                      "*" if slot["current"] else "")
+    out.print(table)
+    job = report["current_job"]
+    out.print("current job: " + ("none" if job is None else f"{job['job_id']} ({job['stage']})"))
+    result = report["last_result"]
+    if result is None:
+        out.print("last result: none")
+    else:
+        out.print(f"last result: {result['job_id']} {result['status']} "
+                  f"{result['details'].get('reason', '')}")

@@ -1,0 +1,308 @@
+"""The HTTP edge of the operator API: one Starlette app for every AWS-shaped service.
+
+Per request: read the body (bounded), verify SigV4, pick the service by the signing
+name in the credential scope, route and parse with the botocore model, run the
+handler in a worker thread, and write the response in the service's protocol.
+`ApiError`s are rendered for the client; anything else becomes a 500 whose details
+stay in the log. Every request is logged at INFO on `overair.api`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from overair.server.api import s3 as s3api
+from overair.server.api.contract import ApiError, ApiRequest, Caller, CredentialLookup, OperationTable
+from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
+from overair.server.api.sigv4 import AuthResult, IncomingRequest, peek_service, verify_request
+from overair.server.storage.objects import ObjectStore
+
+logger = logging.getLogger("overair.api")
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+# A body declared or found too large is read and discarded up to this size so the client
+# sees the error response rather than a reset connection.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Log:
+    service: str = "-"
+    operation: str = "-"
+    caller: str = "-"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Edge:
+    def __init__(
+        self,
+        table: OperationTable,
+        credentials: CredentialLookup,
+        s3: s3api.S3Api,
+        *,
+        max_body_bytes: int,
+        now: Callable[[], float],
+    ) -> None:
+        self.table = table
+        self.credentials = credentials
+        self.s3 = s3
+        self.services = load_services()
+        self.max_body_bytes = max_body_bytes
+        self.now = now
+
+    async def endpoint(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        log = _Log()
+        head = request.method.upper() == "HEAD"
+        incoming = IncomingRequest(
+            method=request.method.upper(),
+            scheme=request.url.scheme,
+            raw_path=_raw_path(request),
+            raw_query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+            body=b"",
+        )
+        protocol = self._protocol_for_errors(incoming)
+        try:
+            body = await self._read_body(request)
+        except ClientDisconnect:
+            logger.info("%s %s: client disconnected while sending the body",
+                        incoming.method, incoming.raw_path)
+            return Response(status_code=400)
+        except _BodyTooLarge:
+            too_large = "EntityTooLarge" if protocol.name == "s3" else "RequestEntityTooLargeException"
+            error = ApiError(too_large, f"Request body exceeds the limit of {self.max_body_bytes} bytes", 413)
+            response = protocol.render_error(error, request_id, head=head)
+        else:
+            client_ip = request.client.host if request.client else ""
+            response = await run_in_threadpool(
+                self._process, replace(incoming, body=body), client_ip, request_id, log
+            )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logger.info(
+            "%s %s service=%s operation=%s caller=%s status=%d duration_ms=%.1f request_id=%s",
+            incoming.method, incoming.raw_path, log.service, log.operation, log.caller,
+            response.status, elapsed_ms, request_id,
+            extra={
+                "service": log.service, "operation": log.operation, "caller": log.caller,
+                "status": response.status, "duration_ms": round(elapsed_ms, 1), "request_id": request_id,
+            },
+        )
+        return _to_starlette(response, head)
+
+    # -- synchronous part (worker thread)
+
+    def _process(self, incoming: IncomingRequest, client_ip: str, request_id: str, log: _Log) -> HttpResponse:
+        protocol = self._protocol_for_errors(incoming)
+        head = incoming.method == "HEAD"
+        try:
+            auth = verify_request(incoming, self.credentials, self.now())
+            log.service = auth.service
+            service = self.services.get(auth.service)
+            if service is None:
+                raise ApiError(
+                    "UnknownOperationException", f"Service {auth.service!r} is not served by overair", 404
+                )
+            protocol = service
+            caller = Caller(
+                access_key_id=auth.credential.access_key_id,
+                principal_arn=auth.credential.principal_arn,
+                user_name=auth.credential.user_name,
+                source_ip=client_ip,
+            )
+            log.caller = caller.principal_arn or caller.user_name
+            if auth.service == "s3":
+                return self._s3(service, incoming, auth, caller, request_id, log)
+            return self._aws(service, incoming, auth, caller, request_id, log)
+        except ApiError as err:
+            return protocol.render_error(err, request_id, head=head)
+        except Exception:
+            logger.exception(
+                "request %s failed: %s %s (%s %s)",
+                request_id, incoming.method, incoming.raw_path, log.service, log.operation,
+            )
+            code = "InternalError" if protocol.name == "s3" else "InternalFailure"
+            error = ApiError(code, f"We encountered an internal error (request id {request_id})", 500)
+            return protocol.render_error(error, request_id, head=head)
+
+    def _aws(
+        self,
+        service: ServiceProtocol,
+        incoming: IncomingRequest,
+        auth: AuthResult,
+        caller: Caller,
+        request_id: str,
+        log: _Log,
+    ) -> HttpResponse:
+        req = _http_request(incoming, incoming.body, _header_map(incoming))
+        resolved = service.resolve(req)
+        log.operation = resolved.name
+        handler = self.table.get(auth.service, resolved.name)
+        if handler is None:
+            raise ApiError(
+                "NotImplementedException",
+                f"{auth.service}:{resolved.name} is not implemented by overair",
+                501,
+            )
+        params = service.parse(resolved, req)
+        result: Any = handler(ApiRequest(auth.service, resolved.name, params, caller))
+        return service.serialize(resolved.operation, result or {}, request_id)
+
+    def _s3(
+        self,
+        service: ServiceProtocol,
+        incoming: IncomingRequest,
+        auth: AuthResult,
+        caller: Caller,
+        request_id: str,
+        log: _Log,
+    ) -> HttpResponse:
+        body, headers = s3api.decode_body(incoming, auth)
+        req = _http_request(incoming, body, headers)
+        resolved = service.resolve(req)
+        log.operation = resolved.name
+        params = service.parse(resolved, req) if resolved.name in self.s3.operations() else {}
+        reply = self.s3.call(resolved.name, params, caller)
+        if reply.raw_body is not None:
+            headers_out = [*service.request_id_headers(request_id), ("Content-Type", "application/xml")]
+            return HttpResponse(reply.status or 200, headers_out, reply.raw_body)
+        return service.serialize(
+            resolved.operation, reply.output, request_id, status=reply.status, root=reply.root
+        )
+
+    # -- helpers
+
+    def _protocol_for_errors(self, incoming: IncomingRequest) -> ServiceProtocol:
+        """The protocol to answer in before (or without) a verified signature."""
+        named = peek_service(incoming)
+        if named is not None and named in self.services:
+            return self.services[named]
+        headers = _header_map(incoming)
+        if "x-amz-target" in headers:
+            return self.services["acm"]
+        query = HttpRequest.parse_query(incoming.raw_query)
+        if any(k == "Action" for k, _ in query) or headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            return self.services["iam"]
+        probe = HttpRequest(incoming.method, incoming.raw_path, query, headers, b"")
+        for name in ("iot", "signer", "iot-jobs-data"):
+            try:
+                self.services[name].resolve(probe)
+            except ApiError:
+                continue
+            return self.services[name]
+        return self.services["s3"]
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            expects_continue = "100-continue" in request.headers.get("expect", "").lower()
+            if not expects_continue and int(declared) <= _DRAIN_LIMIT:
+                async for _ in request.stream():
+                    pass
+            raise _BodyTooLarge
+        body = bytearray()
+        too_large = False
+        async for chunk in request.stream():
+            if too_large:
+                continue
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                too_large = True
+                body.clear()
+        if too_large:
+            raise _BodyTooLarge
+        return bytes(body)
+
+
+def _raw_path(request: Request) -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1").split("?", 1)[0]
+    return quote(request.scope.get("path", "/"), safe="/~")
+
+
+def _header_map(incoming: IncomingRequest) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in incoming.headers:
+        lname = name.lower()
+        out[lname] = f"{out[lname]},{value}" if lname in out else value
+    return out
+
+
+def _http_request(incoming: IncomingRequest, body: bytes, headers: dict[str, str]) -> HttpRequest:
+    return HttpRequest(
+        method=incoming.method,
+        raw_path=incoming.raw_path,
+        query=HttpRequest.parse_query(incoming.raw_query),
+        headers=headers,
+        body=body,
+    )
+
+
+def _header_bytes(value: str) -> bytes:
+    clean = value.replace("\r", " ").replace("\n", " ")
+    try:
+        return clean.encode("latin-1")
+    except UnicodeEncodeError:
+        return clean.encode("latin-1", "replace")
+
+
+def _to_starlette(response: HttpResponse, head: bool) -> Response:
+    out = Response(content=b"" if head else response.body, status_code=response.status)
+    raw: list[tuple[bytes, bytes]] = []
+    declared_length: str | None = None
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname == "content-length":
+            declared_length = value
+            continue
+        raw.append((lname.encode("latin-1"), _header_bytes(value)))
+    if response.status >= 200 and response.status not in (204, 304):
+        length = declared_length if head and declared_length is not None else str(len(response.body))
+        raw.append((b"content-length", length.encode("latin-1")))
+    out.raw_headers = raw
+    return out
+
+
+def build_api_app(
+    table: OperationTable,
+    credentials: CredentialLookup,
+    objects: ObjectStore,
+    *,
+    region: str,
+    max_body_bytes: int,
+    extra_routes: list[BaseRoute] | None = None,
+    now: Callable[[], float] = time.time,
+    s3_authorizer: s3api.S3Authorizer | None = None,
+) -> Starlette:
+    """The operator API as an ASGI app.
+
+    `extra_routes` are matched first and are not SigV4-authenticated here (health,
+    pre-signed downloads...). Everything else is an AWS request. `s3_authorizer`, if
+    given, is called with (caller, IAM action, resource ARN) before each S3 operation
+    and may raise `ApiError("AccessDenied", ..., 403)`."""
+    s3 = s3api.S3Api(objects, region=region, authorize=s3_authorizer)
+    edge = _Edge(table, credentials, s3, max_body_bytes=max_body_bytes, now=now)
+    routes: list[BaseRoute] = [
+        *(extra_routes or []),
+        Route("/{path:path}", edge.endpoint, methods=_METHODS, include_in_schema=False),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,369 @@
+"""The embedded S3 API driven by real boto3 clients (http and, for aws-chunked
+uploads with trailing checksums, https), plus the object store's integrity and
+crash-safety guarantees."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from botocore.exceptions import ClientError
+
+from overair.server.api.contract import ApiError
+from overair.server.api.s3 import checksum_b64, crc32c, crc64nvme, verify_checksums
+from overair.server.storage.objects import ObjectStore
+from tests.api_harness import ApiServer, running_api
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with running_api(tmp_path_factory.mktemp("s3"), max_body_bytes=2 * 1024 * 1024) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with running_api(tmp_path_factory.mktemp("s3tls"), tls=True, max_body_bytes=4 * 1024 * 1024) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_clock(api: ApiServer) -> Iterator[None]:
+    yield
+    api.clock.offset = 0.0
+
+
+@pytest.fixture
+def s3(api: ApiServer) -> Any:
+    return api.client("s3")
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"bucket-{next(_counter)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def error_of(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
+    return exc.value.response["Error"]["Code"], exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def stored_file(api: ApiServer, sha256: str) -> Path:
+    matches = list((api.root / "objects").rglob(f"*.{sha256}"))
+    assert len(matches) == 1
+    return matches[0]
+
+
+# ------------------------------------------------------------------------------ buckets
+
+
+def test_buckets(api: ApiServer, s3: Any) -> None:
+    s3.create_bucket(Bucket="ota-images")
+    s3.head_bucket(Bucket="ota-images")
+    assert s3.get_bucket_location(Bucket="ota-images")["LocationConstraint"] is None
+    assert "ota-images" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert s3.get_bucket_versioning(Bucket="ota-images").get("Status") is None
+
+    with pytest.raises(ClientError) as exc:
+        s3.create_bucket(Bucket="ota-images")
+    assert error_of(exc) == ("BucketAlreadyOwnedByYou", 409)
+    with pytest.raises(ClientError) as exc:
+        s3.create_bucket(Bucket="Bad_Name")
+    assert error_of(exc) == ("InvalidBucketName", 400)
+    with pytest.raises(ClientError) as exc:
+        s3.head_bucket(Bucket="never-created")
+    assert error_of(exc) == ("404", 404)
+    with pytest.raises(ClientError) as exc:
+        s3.list_objects_v2(Bucket="never-created")
+    assert error_of(exc) == ("NoSuchBucket", 404)
+
+
+def test_create_bucket_with_configuration(api: ApiServer, s3: Any) -> None:
+    s3.create_bucket(Bucket="with-config", CreateBucketConfiguration={"LocationConstraint": "us-east-1"})
+    assert api.objects.bucket_exists("with-config")
+    with pytest.raises(ClientError) as exc:
+        s3.create_bucket(Bucket="elsewhere", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    assert error_of(exc) == ("IllegalLocationConstraintException", 400)
+    assert not api.objects.bucket_exists("elsewhere")
+
+
+def test_bucket_policy(s3: Any, bucket: str) -> None:
+    policy = '{"Version": "2012-10-17", "Statement": []}'
+    s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    assert s3.get_bucket_policy(Bucket=bucket)["Policy"] == policy
+    s3.delete_bucket_policy(Bucket=bucket)
+    with pytest.raises(ClientError) as exc:
+        s3.get_bucket_policy(Bucket=bucket)
+    assert error_of(exc) == ("NoSuchBucketPolicy", 404)
+
+
+# ------------------------------------------------------------------------------ objects
+
+
+def test_versioned_objects(s3: Any, bucket: str) -> None:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    key = "firmware/app v1+ü.bin"
+    first = s3.put_object(Bucket=bucket, Key=key, Body=b"first image")
+    second = s3.put_object(Bucket=bucket, Key=key, Body=b"second image!")
+    v1, v2 = first["VersionId"], second["VersionId"]
+    assert v1
+    assert v2
+    assert v1 != v2
+    assert first["ETag"] == '"' + hashlib.md5(b"first image").hexdigest() + '"'
+
+    assert s3.get_object(Bucket=bucket, Key=key, VersionId=v1)["Body"].read() == b"first image"
+    got = s3.get_object(Bucket=bucket, Key=key, VersionId=v2)
+    assert got["Body"].read() == b"second image!"
+    assert got["VersionId"] == v2
+    latest = s3.get_object(Bucket=bucket, Key=key)
+    assert (latest["Body"].read(), latest["VersionId"]) == (b"second image!", v2)
+
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="firmware/")["Versions"]
+    assert [(v["Key"], v["VersionId"], v["IsLatest"], v["Size"]) for v in versions] == [
+        (key, v2, True, 13), (key, v1, False, 11)]
+
+    head = s3.head_object(Bucket=bucket, Key=key, VersionId=v1)
+    assert (head["ContentLength"], head["VersionId"]) == (11, v1)
+
+    deleted = s3.delete_object(Bucket=bucket, Key=key)
+    assert deleted["DeleteMarker"] is True
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key=key)
+    assert error_of(exc) == ("NoSuchKey", 404)
+    assert s3.get_object(Bucket=bucket, Key=key, VersionId=v1)["Body"].read() == b"first image"
+    listing = s3.list_object_versions(Bucket=bucket)
+    assert [m["VersionId"] for m in listing["DeleteMarkers"]] == [deleted["VersionId"]]
+    assert listing["DeleteMarkers"][0]["IsLatest"] is True
+    assert len(listing["Versions"]) == 2
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key=key, VersionId="no-such-version")
+    assert error_of(exc) == ("NoSuchVersion", 404)
+
+
+def test_unversioned_bucket_overwrites(api: ApiServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"one")
+    second = s3.put_object(Bucket=bucket, Key="k", Body=b"two")
+    assert "VersionId" not in second
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"two"
+    versions = s3.list_object_versions(Bucket=bucket)["Versions"]
+    assert [v["VersionId"] for v in versions] == ["null"]
+    assert len(list((api.root / "objects" / "data" / bucket).rglob("null.*"))) == 1  # old bytes removed
+    s3.delete_object(Bucket=bucket, Key="k")
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="k")
+    assert error_of(exc) == ("404", 404)
+    assert list((api.root / "objects" / "data" / bucket).rglob("null.*")) == []
+
+
+def test_range_get_and_head(s3: Any, bucket: str) -> None:
+    data = bytes(range(256)) * 4
+    s3.put_object(Bucket=bucket, Key="blob", Body=data, ContentType="application/x-firmware",
+                  Metadata={"build": "42"})
+    part = s3.get_object(Bucket=bucket, Key="blob", Range="bytes=10-19")
+    assert part["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert part["ContentRange"] == f"bytes 10-19/{len(data)}"
+    assert part["Body"].read() == data[10:20]
+    assert s3.get_object(Bucket=bucket, Key="blob", Range="bytes=-5")["Body"].read() == data[-5:]
+    assert s3.get_object(Bucket=bucket, Key="blob", Range="bytes=1000-")["Body"].read() == data[1000:]
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="blob", Range=f"bytes={len(data)}-")
+    assert error_of(exc) == ("InvalidRange", 416)
+
+    head = s3.head_object(Bucket=bucket, Key="blob")
+    assert head["ContentLength"] == len(data)
+    assert head["ContentType"] == "application/x-firmware"
+    assert head["Metadata"] == {"build": "42"}
+    assert head["ETag"] == '"' + hashlib.md5(data).hexdigest() + '"'
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="missing")
+    assert error_of(exc) == ("NoSuchKey", 404)
+
+
+def test_list_objects_v2(s3: Any, bucket: str) -> None:
+    keys = ["a/1", "a/2", "b/x y+z", "c", "d/ü/1"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    top = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [c["Key"] for c in top["Contents"]] == ["c"]
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["a/", "b/", "d/"]
+    assert top["KeyCount"] == 4
+    under = s3.list_objects_v2(Bucket=bucket, Prefix="b/")
+    assert [c["Key"] for c in under["Contents"]] == ["b/x y+z"]
+    paged = [c["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 2}) for c in page.get("Contents", [])]
+    assert paged == keys
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/",
+                                                          PaginationConfig={"PageSize": 1})
+    prefixes = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+    assert prefixes == ["a/", "b/", "d/"]
+    assert s3.list_objects(Bucket=bucket, Prefix="a/")["Contents"][1]["Key"] == "a/2"
+
+
+def test_corrupted_object_is_not_served(api: ApiServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="image.bin", Body=b"A" * 1000)
+    stored = api.objects.head_object(bucket, "image.bin")
+    path = stored_file(api, stored.sha256)
+    raw = bytearray(path.read_bytes())
+    raw[500] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="image.bin")
+    assert error_of(exc) == ("CorruptObject", 500)
+    with pytest.raises(ApiError) as direct:
+        api.objects.get_object(bucket, "image.bin")
+    assert direct.value.code == "CorruptObject"
+    path.write_bytes(b"short")
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="image.bin")
+    assert error_of(exc) == ("500", 500)
+
+
+def test_default_checksums_and_bad_digest(api: ApiServer, s3: Any, bucket: str) -> None:
+    put = s3.put_object(Bucket=bucket, Key="c", Body=b"checksummed")
+    assert put["ChecksumCRC32"] == base64.b64encode(zlib.crc32(b"checksummed").to_bytes(4, "big")).decode()
+    s3.put_object(Bucket=bucket, Key="s", Body=b"sha", ChecksumAlgorithm="SHA256")
+    wrong = base64.b64encode(zlib.crc32(b"other").to_bytes(4, "big")).decode()
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="bad", Body=b"checksummed", ChecksumCRC32=wrong)
+    assert error_of(exc) == ("BadDigest", 400)
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="bad")
+    assert error_of(exc) == ("404", 404)
+    s3.upload_fileobj(io.BytesIO(b"u" * 70_000), bucket, "uploaded")
+    assert s3.get_object(Bucket=bucket, Key="uploaded")["Body"].read() == b"u" * 70_000
+
+
+def test_aws_chunked_uploads_over_tls(tls_api: ApiServer) -> None:
+    s3 = tls_api.client("s3")
+    s3.create_bucket(Bucket="chunked")
+    data = bytes(range(251)) * 6000  # ~1.5 MB: more than one 1 MiB aws-chunked chunk
+    s3.upload_fileobj(io.BytesIO(data), "chunked", "big.bin")
+    got = s3.get_object(Bucket="chunked", Key="big.bin")
+    assert got["Body"].read() == data
+    assert got["ContentLength"] == len(data)
+    put = s3.put_object(Bucket="chunked", Key="small", Body=b"trailer checksum")
+    assert put["ChecksumCRC32"] == checksum_b64("crc32", b"trailer checksum")
+    s3.put_object(Bucket="chunked", Key="sha1", Body=b"sha1 trailer", ChecksumAlgorithm="SHA1")
+    assert s3.get_object(Bucket="chunked", Key="sha1")["Body"].read() == b"sha1 trailer"
+    assert tls_api.objects.head_object("chunked", "small").size == len(b"trailer checksum")
+
+
+def test_body_too_large(s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="huge", Body=b"x" * (3 * 1024 * 1024))
+    assert error_of(exc) == ("EntityTooLarge", 413)
+
+
+def test_multipart_is_not_implemented(s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.create_multipart_upload(Bucket=bucket, Key="mp")
+    assert error_of(exc) == ("NotImplemented", 501)
+    assert "CreateMultipartUpload" in exc.value.response["Error"]["Message"]
+
+
+# --------------------------------------------------------------------------- presigned
+
+
+@pytest.mark.parametrize("signature_version", [None, "s3v4"])
+def test_presigned_get(api: ApiServer, bucket: str, signature_version: str | None) -> None:
+    # boto3's default for us-east-1 is the older query form (AWSAccessKeyId/Signature/Expires).
+    s3 = api.client("s3", signature_version=signature_version)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    v1 = s3.put_object(Bucket=bucket, Key="dl/fw.bin", Body=b"version one")["VersionId"]
+    s3.put_object(Bucket=bucket, Key="dl/fw.bin", Body=b"version two")
+    s3.put_object(Bucket=bucket, Key="dl/other.bin", Body=b"someone else")
+    params = {"Bucket": bucket, "Key": "dl/fw.bin", "VersionId": v1}
+    url = s3.generate_presigned_url("get_object", Params=params, ExpiresIn=300)
+    assert ("X-Amz-Signature=" in url) == (signature_version == "s3v4")
+    ok = api.send("GET", url)
+    assert (ok.status, ok.data) == (200, b"version one")
+
+    tampered = api.send("GET", url.replace("dl/fw.bin", "dl/other.bin"))
+    assert tampered.status == 403
+    assert b"<Code>SignatureDoesNotMatch</Code>" in tampered.data
+    assert b"someone else" not in tampered.data
+    bad_sig = api.send("GET", url[:-3] + ("000" if not url.endswith("000") else "111"))
+    assert bad_sig.status == 403
+
+    api.clock.offset = 301
+    expired = api.send("GET", url)
+    assert expired.status == 403
+    assert b"<Code>RequestExpired</Code>" in expired.data
+
+
+def test_presigned_url_for_unsigned_path_characters(api: ApiServer, s3: Any, bucket: str) -> None:
+    key = "dir with space/ü+x.bin"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"odd key")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=60)
+    assert quote("ü") in url
+    response = api.send("GET", url)
+    assert (response.status, response.data) == (200, b"odd key")
+
+
+# ---------------------------------------------------------------------- store guarantees
+
+
+def test_failed_overwrite_keeps_previous_version(api: ApiServer, monkeypatch: pytest.MonkeyPatch,
+                                                 bucket: str) -> None:
+    store = api.objects
+    store.put_object(bucket, "keep", b"original bytes")
+
+    def explode(*args: Any, **kwargs: Any) -> list[Path]:
+        raise RuntimeError("simulated crash before commit")
+
+    monkeypatch.setattr(ObjectStore, "_drop_null", explode)
+    with pytest.raises(RuntimeError):
+        store.put_object(bucket, "keep", b"replacement")
+    monkeypatch.undo()
+    obj, data = store.get_object(bucket, "keep")
+    assert data == b"original bytes"
+    files = [p.name for p in (api.root / "objects" / "data" / bucket).rglob("*") if p.is_file()]
+    assert files == [f"null.{obj.sha256}"]  # the new file was not left behind
+    assert list((api.root / "objects" / "tmp").iterdir()) == []
+
+
+def test_put_into_missing_bucket_leaves_nothing(api: ApiServer) -> None:
+    with pytest.raises(ApiError) as exc:
+        api.objects.put_object("not-there", "k", b"data")
+    assert exc.value.code == "NoSuchBucket"
+    assert not (api.root / "objects" / "data" / "not-there").exists()
+    assert list((api.root / "objects" / "tmp").iterdir()) == []
+
+
+def test_key_validation(api: ApiServer, bucket: str) -> None:
+    with pytest.raises(ApiError) as exc:
+        api.objects.put_object(bucket, "k" * 1025, b"x")
+    assert exc.value.code == "KeyTooLongError"
+    api.objects.put_object(bucket, "k" * 1024, b"x")
+
+
+# ------------------------------------------------------------------------------ checksums
+
+
+def test_checksum_algorithms() -> None:
+    assert crc32c(b"123456789") == 0xE3069283
+    assert crc64nvme(b"123456789") == 0xAE8B14860A799888
+    assert checksum_b64("sha256", b"abc") == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
+    verify_checksums({"x-amz-checksum-crc32c": checksum_b64("crc32c", b"abc")}, b"abc")
+    with pytest.raises(ApiError) as exc:
+        verify_checksums({"x-amz-checksum-crc32c": checksum_b64("crc32c", b"abd")}, b"abc")
+    assert exc.value.code == "BadDigest"
+    md5 = base64.b64encode(hashlib.md5(b"abc").digest()).decode()
+    verify_checksums({"content-md5": md5}, b"abc")
+    with pytest.raises(ApiError):
+        verify_checksums({"content-md5": md5}, b"abd")
+    with pytest.raises(ApiError) as exc:
+        verify_checksums({"x-amz-checksum-xxhash64": "AAAA"}, b"abc")
+    assert exc.value.code == "InvalidRequest"

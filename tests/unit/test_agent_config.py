@@ -1,0 +1,90 @@
+"""The device bundle (agent.toml): paths relative to the file, clear errors, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overair.agent.config import ConfigError, load_config
+
+FILES = ("device.crt", "device.key", "root-ca.pem", "code-signing-root.pem", "factory.bin")
+
+BASE = """thing_name = "dev-1"
+[mqtt]
+host = "127.0.0.1"
+port = 8883
+client_cert = "device.crt"
+client_key = "device.key"
+ca_file = "root-ca.pem"
+[trust]
+code_signing_roots = "code-signing-root.pem"
+[storage]
+data_dir = "state"
+factory_image = "factory.bin"
+[self_test]
+deadline_seconds = 60
+command = ""
+[ota]
+block_size = 4096
+blocks_per_request = 8
+"""
+
+
+def _bundle(tmp_path: Path, text: str = BASE) -> Path:
+    for name in FILES:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "agent.toml").write_text(text)
+    return tmp_path
+
+
+def test_bundle_directory_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(_bundle(tmp_path))
+    assert config.thing_name == "dev-1"
+    assert config.mqtt.client_cert == tmp_path / "device.crt"
+    assert config.storage.data_dir == tmp_path / "state"
+    assert config.storage.factory_image == tmp_path / "factory.bin"
+    assert config.trust.signer_certs_dir == tmp_path
+    ota = config.ota
+    assert (ota.block_size, ota.blocks_per_request, ota.status_every_blocks) == (4096, 8, 25)
+    assert config.self_test.deadline_seconds == 60.0
+    assert load_config(tmp_path / "agent.toml") == config
+
+
+def test_optional_sections_default(tmp_path: Path) -> None:
+    text = BASE.split("[self_test]", maxsplit=1)[0].replace('factory_image = "factory.bin"\n', "")
+    config = load_config(_bundle(tmp_path, text))
+    assert config.storage.factory_image is None
+    assert config.self_test.command == ""
+    assert config.ota.request_timeout_seconds == 10.0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('thing_name = "dev-1"', 'thing_name = "dev/1"'), "thing_name"),
+    (("port = 8883", 'port = "8883"'), "[mqtt] port must be an integer"),
+    (("port = 8883", "port = 70000"), "[mqtt] port"),
+    (('client_key = "device.key"', 'client_key = "missing.key"'), "[mqtt] client_key names"),
+    (("block_size = 4096", "block_size = 3000"), "power of two"),
+    (("block_size = 4096", "block_size = 128"), "[ota] block_size"),
+    (("blocks_per_request = 8", "blocks_per_request = 64"), "[ota] blocks_per_request"),
+    (("deadline_seconds = 60", "deadline_seconds = -1"), "[self_test] deadline_seconds"),
+    (("[storage]", "[storage_typo]"), "[storage] section is missing"),
+    (('data_dir = "state"', "data_dir = 3"), "[storage] data_dir must be a string"),
+    (("thing_name", "thing_name = = "), "not valid TOML"),
+])
+def test_invalid_configuration_is_refused_with_a_clear_message(tmp_path: Path, change: tuple[str, str],
+                                                               message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_bundle(tmp_path, BASE.replace(*change, 1)))
+    assert message in info.value.message
+    assert str(tmp_path / "agent.toml") in info.value.message
+
+
+def test_missing_file_and_skipped_file_checks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such agent configuration"):
+        load_config(tmp_path / "nope.toml")
+    bundle = _bundle(tmp_path)
+    (bundle / "device.key").unlink()
+    with pytest.raises(ConfigError):
+        load_config(bundle)
+    assert load_config(bundle, check_files=False).thing_name == "dev-1"
