@@ -45,7 +45,6 @@ V2 = Version(1, 1, 0)
 BLOCK = 1024
 IMAGE_SIZE = 60 * BLOCK - 100  # 60 blocks, the last one short
 
-pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")
 
 
 def _free_port() -> int:
