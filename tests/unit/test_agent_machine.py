@@ -18,6 +18,7 @@ from overair.agent.machine.events import (
     BlockStored,
     Booted,
     Connected,
+    Disconnected,
     Event,
     ImageCommitted,
     MessageReceived,
@@ -156,6 +157,31 @@ def test_connect_subscribes_notify_next_and_asks_next_job() -> None:
     assert not [x for x in commands if isinstance(x, c.Subscribe) and "accepted" in x.topic]
     _, again = handle(state, Connected(), 0.0)
     assert json.loads(publishes(list(again), "/$next/get")[0].payload)["clientToken"] != token
+
+
+def test_unanswered_next_job_question_is_asked_again_with_backoff() -> None:
+    """A lost `$next/get` reply (or a notify-next subscription refused while the broker
+    reloaded its ACL) must not leave the device deaf to its jobs until it reconnects."""
+    state = booted(now=0.0)
+    asks: list[float] = []
+    for second in range(0, 80):
+        state, commands = handle(state, Tick(), float(second))
+        if publishes(list(commands), "/$next/get"):
+            asks.append(second)
+            assert c.Subscribe(notify_next_topic(THING), 1) in commands  # subscription retried too
+    assert asks == [10, 30, 70]  # request_timeout, then doubling
+
+
+def test_answered_next_job_question_is_not_asked_again() -> None:
+    state, _ = run(booted(), [MessageReceived(notify_next_topic(THING), b'{"timestamp":5}')])
+    _, commands = run(state, [Tick()], now=1000.0)
+    assert not publishes(commands, "/$next/get")
+
+
+def test_next_job_question_is_not_repeated_while_offline() -> None:
+    state, _ = run(booted(), [Disconnected("network down")])
+    _, commands = run(state, [Tick()], now=1000.0)
+    assert not publishes(commands, "")
 
 
 @pytest.mark.parametrize("topic", [notify_next_topic(THING), f"{NEXT_GET}/accepted"])

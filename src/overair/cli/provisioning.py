@@ -11,11 +11,22 @@ from overair.server.files import write_atomic, write_private
 from overair.server.registry.api import THING_NAME_HEADER
 
 
-def _with_thing_name_header(iot: Any, thing_name: str) -> None:
+def create_keys_and_certificate_for(iot: Any, thing_name: str) -> dict[str, Any]:
+    """CreateKeysAndCertificate with the certificate's CN set to `thing_name`.
+
+    AWS's operation has no such parameter; overair takes it from a header the request
+    signs (added before signing, so SigV4 covers it). Without it, as from plain boto3,
+    the CN is a unique id and access still follows the thing the certificate is
+    attached to."""
     def add_header(request: Any, **_kwargs: Any) -> None:
         request.headers[THING_NAME_HEADER] = thing_name
 
-    iot.meta.events.register_first("before-sign.iot.CreateKeysAndCertificate", add_header)
+    event = "before-sign.iot.CreateKeysAndCertificate"
+    iot.meta.events.register_first(event, add_header)
+    try:
+        return dict(iot.create_keys_and_certificate(setAsActive=True))
+    finally:
+        iot.meta.events.unregister(event, add_header)
 
 
 def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
@@ -23,7 +34,7 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
                     group: str | None = None, factory_image: Path | None = None) -> Path:
     """Create the thing in the registry and write its bundle; returns the agent.toml path."""
     iot.create_thing(thingName=thing_name)
-    cert = iot.create_keys_and_certificate(setAsActive=True)
+    cert = create_keys_and_certificate_for(iot, thing_name)
     iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])
     if group:
         iot.add_thing_to_thing_group(thingGroupName=group, thingName=thing_name)

@@ -26,6 +26,7 @@ from overair.server.api.edge import build_api_app
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock, system_clock
 from overair.server.files import write_atomic
+from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.device_service import DeviceService
 from overair.server.gateway.mqtt_driver import ServiceConnection
@@ -46,7 +47,6 @@ from overair.server.streams import api as streams_api
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
-ACCESS_FLUSH_SECONDS = 0.2
 
 
 class Server:
@@ -76,7 +76,7 @@ class Server:
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         self.broker: Broker | None = None
         self.connection: ServiceConnection | None = None
-        self._access_dirty = threading.Event()
+        self.access = AccessSync(self._apply_access)
         self.ready = threading.Event()
 
     # Wiring callbacks ----------------------------------------------------------------
@@ -91,7 +91,13 @@ class Server:
         self.background.submit(self.ota.process, ota_id)
 
     def _access_changed(self) -> None:
-        self._access_dirty.set()
+        self.access.changed()
+
+    def _apply_access(self) -> None:
+        self.write_broker_access()
+        self.devices.forget_access()
+        if self.broker is not None:
+            self.broker.reload()
 
     def write_broker_access(self) -> None:
         """Regenerate the broker ACL and CRL from the registry."""
@@ -99,16 +105,6 @@ class Server:
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
         write_atomic(paths.broker / "acl", render_acl(self.registry.access_entries()).encode(), mode=0o640)
-
-    async def _flush_access(self) -> None:
-        while True:
-            await asyncio.sleep(ACCESS_FLUSH_SECONDS)
-            if self._access_dirty.is_set():
-                self._access_dirty.clear()
-                await asyncio.to_thread(self.write_broker_access)
-                self.devices.forget_access()
-                if self.broker is not None:
-                    self.broker.reload()
 
     def _health(self, _request: Request) -> JSONResponse:
         broker_up = self.broker is None or (self.broker.process is not None
@@ -153,7 +149,6 @@ class Server:
                                     ssl_keyfile=str(tls_key) if tls_key else None)
             http = uvicorn.Server(config)
             tasks.append(asyncio.create_task(http.serve()))
-            tasks.append(asyncio.create_task(self._flush_access()))
             while not http.started:
                 if tasks[0].done():
                     await tasks[0]

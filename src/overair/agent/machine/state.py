@@ -55,6 +55,7 @@ class Settings:
     status_every_blocks: int = 25
     request_timeout: float = 10.0
     max_request_momentum: int = 32
+    max_next_job_retry: float = 300.0  # cap of the backoff re-asking an unanswered $next/get
     self_test_deadline: float = 60.0
     max_file_size: int = 64 * MIB
 
@@ -200,6 +201,10 @@ class State:
     self_test_deadline: float | None = None
     download: Download | None = None
     requests_sent: int = 0  # clientToken counter
+    # When the last `$next/get` went out and was not answered yet (None: answered), and
+    # how many times in a row it went unanswered; drives the re-ask backoff.
+    next_job_asked_at: float | None = None
+    next_job_unanswered: int = 0
 
 
 def _version_text(version: Version | None) -> str | None:

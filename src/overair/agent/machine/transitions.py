@@ -124,6 +124,8 @@ def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command
         if routed is None:
             return state, (Log("debug", f"ignored message on {event.topic}"),)
     assert routed is not None
+    if isinstance(routed, JobMessage):
+        state = replace(state, next_job_asked_at=None, next_job_unanswered=0)  # any job message answers
     handler = TABLE.get((state.phase, type(routed))) or TABLE.get((None, type(routed)))
     if handler is None:
         return state, (Log("debug", f"ignored {type(routed).__name__} while {state.phase}"),)
@@ -186,11 +188,24 @@ def _status(state: State, job_id: str, status: ExecStatus, details: dict[str, st
     return Publish(update_topic(state.settings.thing_name, job_id), body.encode(), qos)
 
 
-def _ask_next_job(state: State) -> tuple[State, Publish]:
+def _ask_next_job(state: State, now: float) -> tuple[State, Publish]:
     seq = state.requests_sent + 1
     token = f"{seq}:{state.settings.thing_name}"[:CLIENT_TOKEN_MAX]
     body = json.dumps({"clientToken": token}, separators=(",", ":")).encode()
-    return replace(state, requests_sent=seq), Publish(next_get_topic(state.settings.thing_name), body, 1)
+    return (replace(state, requests_sent=seq, next_job_asked_at=now),
+            Publish(next_get_topic(state.settings.thing_name), body, 1))
+
+
+def _next_job_retry_due(state: State, now: float) -> bool:
+    """An unanswered `$next/get` is asked again after request_timeout, doubling up to a cap:
+    a reply lost (or a subscription refused while the broker reloaded its ACL) must not
+    leave the device deaf to its jobs until the next reconnect."""
+    asked = state.next_job_asked_at
+    if asked is None or not state.connected:
+        return False
+    wait = min(state.settings.request_timeout * (1 << min(state.next_job_unanswered, 16)),
+               state.settings.max_next_job_retry)
+    return now - asked >= wait
 
 
 def _request_blocks(state: State, dl: Download, now: float) -> tuple[Download, Publish]:
@@ -271,7 +286,7 @@ def on_connected(state: State, _event: Connected, now: float) -> Step:
     dl = state.download
     if dl is not None:
         commands.append(Subscribe(_data_topic(state, dl.file), 0))
-    state, ask = _ask_next_job(replace(state, connected=True))
+    state, ask = _ask_next_job(replace(state, connected=True, next_job_unanswered=0), now)
     commands.append(ask)
     if dl is not None and state.phase is Phase.DOWNLOADING:
         # Requests sent while offline were lost: ask again at once, momentum reset.
@@ -352,7 +367,7 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
                    CreateStaging(file.filesize), Subscribe(_data_topic(state, spec), 0), request]
 
 
-def on_job_downloading(state: State, message: JobMessage, _now: float) -> Step:
+def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
     dl = state.download
     assert dl is not None
     ex = message.execution
@@ -362,7 +377,7 @@ def on_job_downloading(state: State, message: JobMessage, _now: float) -> Step:
     other = "no job" if ex is None else f"job {ex.job_id}"
     journal = replace(state.journal, job=None)
     state = replace(state, phase=Phase.IDLE, download=None, journal=journal)
-    state, ask = _ask_next_job(state)
+    state, ask = _ask_next_job(state, now)
     return state, [Log("warning", f"{other} notified during the download of {dl.job_id}: aborting it"),
                    Unsubscribe(_data_topic(state, dl.file)), AbortStaging(), ask]
 
@@ -551,6 +566,11 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
         return replace(state, phase=Phase.REBOOTING), [
             Log("warning", f"no self-test within {limit} of booting the new image: rolling back"),
             RollbackAndReboot()]
+    if _next_job_retry_due(state, now):
+        unanswered = state.next_job_unanswered + 1
+        state, ask = _ask_next_job(replace(state, next_job_unanswered=unanswered), now)
+        return state, [Log("warning", f"$next/get unanswered ({unanswered}x): subscribing and asking again"),
+                       Subscribe(notify_next_topic(state.settings.thing_name), 1), ask]
     dl = state.download
     if state.phase is Phase.DOWNLOADING and dl is not None \
             and now - dl.last_activity >= state.settings.request_timeout:

@@ -161,7 +161,8 @@ class _Edge:
                 501,
             )
         params = service.parse(resolved, req)
-        result: Any = handler(ApiRequest(auth.service, resolved.name, params, caller))
+        result: Any = handler(ApiRequest(auth.service, resolved.name, params, caller,
+                                         headers=req.headers))
         return service.serialize(resolved.operation, result or {}, request_id)
 
     def _s3(

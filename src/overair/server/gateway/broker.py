@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from overair.server.pki import SERVICE_IDENTITY
 from overair.server.registry.service import AccessEntry
 
 log = logging.getLogger("overair.broker")
+# Mosquitto logs this (level information) at the start of a SIGHUP reload. It handles
+# everything on one thread, so any packet it processes after printing it sees the new
+# ACL and CRL.
+RELOAD_MARKER = "Reloading config."
 
 
 def render_acl(entries: Iterable[AccessEntry]) -> str:
@@ -51,6 +56,7 @@ def render_config(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl:
         "log_type error",
         "log_type warning",
         "log_type notice",
+        "log_type information",  # carries "Reloading config.", which reload() waits for
         "connection_messages true",
         f"acl_file {acl}",
         "max_packet_size 1048576",
@@ -61,6 +67,9 @@ def render_config(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl:
         f"crlfile {crl}",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id becomes the CN too: device B cannot connect with A's client id
+        # and so take A's session over (kick A off).
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if run_as_root:
@@ -98,6 +107,8 @@ class Broker:
         self.port = port
         self.process: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._reloads = 0
+        self._reloaded = threading.Condition()
 
     @property
     def config_path(self) -> Path:
@@ -127,7 +138,14 @@ class Broker:
         assert self.process is not None
         assert self.process.stdout is not None
         async for line in self.process.stdout:
-            log.info("mosquitto: %s", line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            if text.endswith(RELOAD_MARKER):
+                with self._reloaded:
+                    self._reloads += 1
+                    self._reloaded.notify_all()
+                log.debug("mosquitto: %s", text)
+            else:
+                log.info("mosquitto: %s", text)
 
     async def _wait_ready(self, ssl_context: ssl.SSLContext, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -148,10 +166,20 @@ class Broker:
                                            f"{self.port} within {timeout:.0f} s") from None
                 await asyncio.sleep(0.05)
 
-    def reload(self) -> None:
-        """Re-read the ACL (and config) without dropping connections."""
-        if self.process is not None and self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGHUP)
+    def reload(self, timeout: float = 5.0) -> bool:
+        """Make Mosquitto re-read the ACL and CRL (connections stay up) and wait until it
+        has: True once it has, False on timeout or when it is not running. Call it from
+        a worker thread, never from the event loop that forwards the broker's log."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return False
+        with self._reloaded:
+            before = self._reloads
+            os.kill(process.pid, signal.SIGHUP)
+            done = self._reloaded.wait_for(lambda: self._reloads > before, timeout)
+        if not done:
+            log.warning("mosquitto did not confirm the reload within %.0f s", timeout)
+        return done
 
     async def stop(self, timeout: float = 5.0) -> None:
         process = self.process

@@ -234,7 +234,7 @@ class Registry:
                                     created_at=self._clock(), last_modified_at=self._clock()))
         public_pem = issued.key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        self.on_access_change()
+        # No on_access_change: a certificate grants nothing until it is attached.
         return NewCertificate(cert_id, self.cert_arn(cert_id), issued.cert_pem.decode(),
                               issued.key_pem.decode(), public_pem)
 

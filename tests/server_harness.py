@@ -1,0 +1,71 @@
+"""Run a complete overair server for tests: `overair init` into a temporary data
+directory, then the real `Server` (HTTP API, device service and its own Mosquitto child)
+on free loopback ports in a background thread.
+
+Use `running_server(data_dir)` as a context manager; `RunningServer.client(service)`
+returns a boto3 client with the administrator key from the data directory's
+`credentials`, exactly as the `overair` CLI builds it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overair.cli.client import ApiClients
+from overair.cli.provisioning import provision_thing
+from overair.server.app import Server, ServerThread
+from overair.server.bootstrap import initialize
+from overair.server.settings import Settings, load_settings
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    thread: ServerThread
+    clients: ApiClients
+
+    @property
+    def server(self) -> Server:
+        return self.thread.server
+
+    @property
+    def endpoint(self) -> str:
+        return self.clients.endpoint_url
+
+    def client(self, service: str) -> Any:
+        return self.clients.client(service)
+
+    def provision(self, thing: str, out_dir: Path, *, group: str | None = None,
+                  factory_image: Path | None = None) -> Path:
+        """Register `thing` and write its agent bundle; returns the bundle directory."""
+        paths = self.settings.paths
+        return provision_thing(self.client("iot"), thing, out_dir,
+                               fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
+                               code_signing_roots_pem=paths.code_signing_root.read_bytes(),
+                               mqtt_host="127.0.0.1", mqtt_port=self.settings.mqtt_port,
+                               group=group, factory_image=factory_image).parent
+
+
+@contextmanager
+def running_server(data_dir: Path, *, database_url: str = "") -> Iterator[RunningServer]:
+    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), database_url=database_url)
+    settings = load_settings(data_dir)
+    thread = ServerThread(settings)
+    thread.start()
+    try:
+        yield RunningServer(settings, thread, ApiClients.from_data_dir(data_dir))
+    finally:
+        thread.stop()
