@@ -49,12 +49,14 @@ class RunningServer:
         return self.clients.client(service)
 
     def provision(self, thing: str, out_dir: Path, *, group: str | None = None,
-                  factory_image: Path | None = None) -> Path:
-        """Register `thing` and write its agent bundle; returns the bundle directory."""
+                  factory_image: Path | None = None, code_signing_roots_pem: bytes | None = None) -> Path:
+        """Register `thing` and write its agent bundle; returns the bundle directory. The
+        agent trusts the server's code-signing root unless other roots are given."""
         paths = self.settings.paths
+        roots = code_signing_roots_pem or paths.code_signing_root.read_bytes()
         return provision_thing(self.client("iot"), thing, out_dir,
                                fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
-                               code_signing_roots_pem=paths.code_signing_root.read_bytes(),
+                               code_signing_roots_pem=roots,
                                mqtt_host="127.0.0.1", mqtt_port=self.settings.mqtt_port,
                                group=group, factory_image=factory_image).parent
 

@@ -17,6 +17,7 @@ class ApiClients:
     def __init__(self, endpoint_url: str, access_key_id: str, secret: str, region: str) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
+        self.access_key_id = access_key_id
         self._session = boto3.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret,
                                       region_name=region)
         self._config = Config(retries={"max_attempts": 2, "mode": "standard"},

@@ -58,7 +58,7 @@ class IdentityStore:
                             .where(AccessKey.access_key_id == access_key_id)).first()
             if row is None:
                 return None
-            key, user = row.tuple()
+            key, user = row
             secret = self._sealer.open(key.secret_sealed, _secret_context(key.access_key_id))
             return Credential(access_key_id=key.access_key_id, secret_access_key=secret.decode(),
                               user_name=user.name, principal_arn=user.arn,

@@ -1,0 +1,171 @@
+"""Signed updates end to end: the real server (API, device service, its own Mosquitto
+with mutual TLS), real agents (paho, LinuxSlots, in-process reboots) and boto3.
+
+One server serves the whole module; each test provisions its own things so that tests
+do not see each other's jobs. Threat ids in test names: N2 mis-signed update.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overair.core.jobdoc import OtaFile, OtaJobDocument
+from overair.core.versions import Version
+from overair.server.bootstrap import DEV_PROFILE
+from overair.sim.firmware import make_firmware
+from overair.sim.fleet import Fleet
+from tests.pki_helpers import Issued, make_ca, make_signer, sign_file
+from tests.server_harness import RunningServer, running_server
+
+V1 = Version(1, 0, 0)
+V2 = Version(1, 1, 0)
+SIZE = 48 * 1024 + 123  # 12 blocks of 4 KiB, the last one short
+BUCKET = "firmware"
+TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("server")) as running:
+        s3 = running.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield running
+
+
+@pytest.fixture(scope="module")
+def test_signer() -> tuple[Issued, Issued]:
+    """A code-signing root and signer of the test's own, which agents may be told to trust."""
+    root = make_ca("e2e code-signing root")
+    return root, make_signer(root, "e2e firmware signer")
+
+
+def _bundles(srv: RunningServer, root: Path, names: list[str], *, group: str | None = None,
+             extra_roots: bytes = b"") -> list[Path]:
+    factory = root / "factory.bin"
+    factory.write_bytes(make_firmware(V1, SIZE, seed="factory"))
+    roots = srv.settings.paths.code_signing_root.read_bytes() + extra_roots
+    return [srv.provision(name, root / name, group=group, factory_image=factory,
+                          code_signing_roots_pem=roots) for name in names]
+
+
+def _upload(srv: RunningServer, key: str, data: bytes) -> str:
+    return str(srv.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)["VersionId"])
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _executions(iot: Any, job_id: str) -> dict[str, dict[str, Any]]:
+    summaries = iot.list_job_executions_for_job(jobId=job_id)["executionSummaries"]
+    return {s["thingArn"].rpartition("/")[2]: s["jobExecutionSummary"] for s in summaries}
+
+
+def _finished(iot: Any, job_id: str, things: list[str]) -> Callable[[], dict[str, str] | None]:
+    def check() -> dict[str, str] | None:
+        statuses = {t: e["status"] for t, e in _executions(iot, job_id).items()}
+        done = set(things) <= statuses.keys() and all(statuses[t] in TERMINAL for t in things)
+        return statuses if done else None
+    return check
+
+
+def test_signed_rollout_to_a_thing_group_reaches_succeeded_on_every_agent(
+        srv: RunningServer, tmp_path: Path) -> None:
+    iot = srv.client("iot")
+    names = [f"e2e-ok-{i}" for i in range(3)]
+    group = iot.create_thing_group(thingGroupName="e2e-ok")
+    bundles = _bundles(srv, tmp_path, names, group="e2e-ok")
+    version_id = _upload(srv, "app/ok-1.1.0.bin", make_firmware(V2, SIZE, seed="v2"))
+    with Fleet(bundles) as fleet:
+        assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
+        iot.create_ota_update(
+            otaUpdateId="e2e-ok", targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+            files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
+                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": "app/ok-1.1.0.bin",
+                                                    "version": version_id}},
+                    "codeSigning": {"startSigningJobParameter": {
+                        "signingProfileName": DEV_PROFILE,
+                        "destination": {"s3Destination": {"bucket": BUCKET, "prefix": "signed/"}}}}}])
+        info = _wait_for(lambda: (i := iot.get_ota_update(otaUpdateId="e2e-ok")["otaUpdateInfo"])
+                         ["otaUpdateStatus"] == "CREATE_COMPLETE" and i, what="CREATE_COMPLETE")
+        job_id = info["awsIotJobId"]
+        assert job_id == "AFR_OTA-e2e-ok"
+        statuses = _wait_for(_finished(iot, job_id, names), what="every execution to finish")
+        assert statuses == dict.fromkeys(names, "SUCCEEDED")
+        assert fleet.wait(lambda snaps: all(s.version == "1.1.0" and not s.trial for s in snaps.values()),
+                          timeout=10)
+        snaps = fleet.snapshots()
+    for name in names:
+        assert snaps[name].slot == "b"  # the update went to the other slot
+        execution = iot.describe_job_execution(jobId=job_id, thingName=name)["execution"]
+        assert execution["statusDetails"]["detailsMap"]["reason"] == "accepted v1.1.0"
+        assert execution["versionNumber"] > 1
+    counts = iot.describe_job(jobId=job_id)["job"]["jobProcessDetails"]
+    assert counts["numberOfSucceededThings"] == 3
+    assert counts["numberOfQueuedThings"] == counts["numberOfInProgressThings"] == 0
+
+
+def _hand_made_job(srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued) -> str:
+    """An OTA job built with the plain Jobs and Streams APIs, so the server does not check
+    the signature: only the device stands between a bad image and running it."""
+    iot = srv.client("iot")
+    version_id = _upload(srv, f"bad/{name}.bin", image)
+    stream_id = f"stream-{name}"
+    iot.create_stream(streamId=stream_id, roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+                      files=[{"fileId": 0, "s3Location": {
+                          "bucket": BUCKET, "key": f"bad/{name}.bin", "version": version_id}}])
+    document = OtaJobDocument(
+        protocols=("MQTT",), stream_name=stream_id,
+        files=(OtaFile(filepath="/firmware/app.bin", filesize=len(image), fileid=0,
+                       certfile="/certs/signer.pem", signature=signature),),
+        signer_chain=(signer.cert_der,)).to_json_obj()
+    job_id = f"job-{name}"
+    iot.create_job(jobId=job_id, targets=[f"arn:aws:iot:{srv.clients.region}:{srv.settings.account_id}"
+                                          f":thing/{name}"],
+                   document=json.dumps(document))
+    return job_id
+
+
+@pytest.mark.parametrize("case", ["tampered-image", "untrusted-signer"])
+def test_n2_mis_signed_image_is_refused_by_the_agent_and_the_job_fails_with_a_reason(
+        srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued], case: str) -> None:
+    root, signer = test_signer
+    name = f"e2e-n2-{case}"
+    (bundle,) = _bundles(srv, tmp_path, [name], extra_roots=root.cert_pem)
+    genuine = make_firmware(V2, SIZE, seed=case)
+    if case == "tampered-image":
+        signature = sign_file(signer, genuine)
+        delivered = bytearray(genuine)
+        delivered[SIZE // 2] ^= 0x01  # one bit flipped after signing
+        used_signer = signer
+    else:
+        rogue = make_signer(make_ca("rogue root"), "rogue signer")  # not a root the device trusts
+        delivered, signature, used_signer = bytearray(genuine), sign_file(rogue, genuine), rogue
+    iot = srv.client("iot")
+    with Fleet([bundle]) as fleet:
+        assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
+        job_id = _hand_made_job(srv, name, bytes(delivered), signature, used_signer)
+        statuses = _wait_for(_finished(iot, job_id, [name]), what="the execution to finish")
+        snap = fleet.snapshots()[name]
+    assert statuses[name] == "FAILED"
+    details = iot.describe_job_execution(jobId=job_id, thingName=name)["execution"]["statusDetails"]
+    reason = details["detailsMap"]
+    assert reason["reason"].startswith("0x")  # FreeRTOS-style "<result>: <detail>" codes
+    assert reason["detail"]  # and a sentence for the operator
+    assert reason["check"] == ("BadSignature" if case == "tampered-image" else "UntrustedChain")
+    assert snap.version == "1.0.0"
+    assert snap.slot == "a"
