@@ -53,7 +53,7 @@ class IdentityStore:
         return key_id, secret
 
     def lookup(self, access_key_id: str) -> Credential | None:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             row = s.execute(select(AccessKey, IamUser).join(IamUser)
                             .where(AccessKey.access_key_id == access_key_id)).first()
             if row is None:

@@ -114,7 +114,7 @@ class JobService:
         return found
 
     def describe_job(self, job_id: str) -> tuple[Job, dict[str, int]]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise not_found(f"job {job_id}")
@@ -124,21 +124,21 @@ class JobService:
             return job, counts
 
     def list_jobs(self, status: str | None = None) -> list[Job]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             query = select(Job).order_by(Job.created_at, Job.job_id)
             if status:
                 query = query.where(Job.status == status)
             return list(s.scalars(query))
 
     def get_document(self, job_id: str) -> dict[str, Any]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise not_found(f"job {job_id}")
             return job.document
 
     def executions_for_job(self, job_id: str, status: str | None = None) -> list[JobExecution]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             if s.get(Job, job_id) is None:
                 raise not_found(f"job {job_id}")
             query = select(JobExecution).where(JobExecution.job_id == job_id)
@@ -147,14 +147,14 @@ class JobService:
             return list(s.scalars(query.order_by(JobExecution.thing_name)))
 
     def executions_for_thing(self, thing: str, status: str | None = None) -> list[JobExecution]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             query = select(JobExecution).where(JobExecution.thing_name == thing)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.queued_at)))
 
     def describe_execution(self, job_id: str, thing: str) -> JobExecution:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             row = s.scalar(self._latest(job_id, thing))
             if row is None:
                 raise not_found(f"execution of job {job_id} on {thing}")
@@ -226,17 +226,17 @@ class JobService:
         return None
 
     def next_execution(self, thing: str) -> ExecutionView | None:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             row = self._next_row(s, thing)
             return None if row is None else self._view(s, row)
 
     def next_job_id(self, thing: str) -> str | None:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             row = self._next_row(s, thing)
             return None if row is None else row.job_id
 
     def execution_for_device(self, thing: str, job_id: str) -> ExecutionView:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             row = self._next_row(s, thing) if job_id == "$next" else s.scalar(self._latest(job_id, thing))
             if row is None:
                 raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution of {job_id} for {thing}")
@@ -244,7 +244,7 @@ class JobService:
 
     def pending_for_device(self, thing: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(inProgressJobs, queuedJobs) summaries for `$aws/things/T/jobs/get`."""
-        with self._db.session() as s:
+        with self._db.reading() as s:
             rows = s.scalars(select(JobExecution).where(JobExecution.thing_name == thing,
                                                         JobExecution.status.in_(ACTIVE))
                              .order_by(JobExecution.queued_at, JobExecution.id)).all()
@@ -330,7 +330,7 @@ class JobService:
         """True if the thing has a non-terminal execution of one of these jobs."""
         if not job_ids:
             return False
-        with self._db.session() as s:
+        with self._db.reading() as s:
             count = s.scalar(select(func.count()).select_from(JobExecution).where(
                 JobExecution.thing_name == thing, JobExecution.job_id.in_(job_ids),
                 JobExecution.status.in_(ACTIVE)))
@@ -338,7 +338,7 @@ class JobService:
 
     def jobs_referencing_stream(self, stream_id: str) -> list[str]:
         """Jobs still running whose OTA document delivers this stream."""
-        with self._db.session() as s:
+        with self._db.reading() as s:
             jobs = s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value)).all()
             return [job.job_id for job in jobs
                     if isinstance(job.document.get("afr_ota"), dict)

@@ -90,7 +90,7 @@ class Registry:
             return thing
 
     def describe_thing(self, name: str) -> Thing:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             thing = s.get(Thing, name)
             if thing is None:
                 raise not_found(f"thing {name}")
@@ -116,7 +116,7 @@ class Registry:
             thing.version += 1
 
     def list_things(self, prefix: str | None = None) -> list[Thing]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             query = select(Thing).order_by(Thing.name)
             if prefix:
                 query = query.where(Thing.name.startswith(prefix, autoescape=True))
@@ -154,14 +154,14 @@ class Registry:
             return group
 
     def describe_group(self, name: str) -> ThingGroup:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             group = s.get(ThingGroup, name)
             if group is None:
                 raise not_found(f"thing group {name}")
             return group
 
     def list_groups(self, prefix: str | None = None) -> list[ThingGroup]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             query = select(ThingGroup).order_by(ThingGroup.name)
             if prefix:
                 query = query.where(ThingGroup.name.startswith(prefix, autoescape=True))
@@ -190,7 +190,7 @@ class Registry:
                 s.delete(member)
 
     def things_in_group(self, group: str) -> list[str]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             if s.get(ThingGroup, group) is None:
                 raise not_found(f"thing group {group}")
             return list(s.scalars(select(ThingGroupMember.thing_name)
@@ -239,14 +239,14 @@ class Registry:
                               issued.key_pem.decode(), public_pem)
 
     def describe_certificate(self, cert_id: str) -> DeviceCertificate:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             cert = s.get(DeviceCertificate, cert_id)
             if cert is None:
                 raise not_found(f"certificate {cert_id}")
             return cert
 
     def list_certificates(self) -> list[DeviceCertificate]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             return list(s.scalars(select(DeviceCertificate).order_by(DeviceCertificate.created_at)))
 
     def update_certificate(self, cert_id: str, status: str) -> None:
@@ -282,7 +282,7 @@ class Registry:
         self.on_access_change()
 
     def thing_principals(self, thing: str) -> list[str]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             if s.get(Thing, thing) is None:
                 raise not_found(f"thing {thing}")
             return list(s.scalars(select(ThingPrincipal.principal)
@@ -296,7 +296,7 @@ class Registry:
 
     # What the broker enforces ------------------------------------------------------
     def access_entries(self) -> list[AccessEntry]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             rows = s.execute(select(DeviceCertificate.pem, ThingPrincipal.thing_name)
                              .join(ThingPrincipal, ThingPrincipal.principal == DeviceCertificate.arn)
                              .where(DeviceCertificate.status == "ACTIVE")).all()
@@ -309,7 +309,7 @@ class Registry:
 
     def revoked_serials(self) -> list[int]:
         """Every device certificate that must not connect: not ACTIVE."""
-        with self._db.session() as s:
+        with self._db.reading() as s:
             serials = s.scalars(select(DeviceCertificate.serial)
                                 .where(DeviceCertificate.status != "ACTIVE"))
             return [int(serial, 16) for serial in serials]

@@ -102,14 +102,14 @@ class StreamService:
             self._objects.get_object(location["bucket"], location["key"], location.get("version"))
 
     def describe_stream(self, stream_id: str) -> Stream:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             stream = s.get(Stream, stream_id)
             if stream is None:
                 raise not_found(f"stream {stream_id}")
             return stream
 
     def list_streams(self) -> list[Stream]:
-        with self._db.session() as s:
+        with self._db.reading() as s:
             return list(s.scalars(select(Stream).order_by(Stream.created_at, Stream.stream_id)))
 
     def update_stream(self, stream_id: str, files: list[dict[str, Any]] | None,
