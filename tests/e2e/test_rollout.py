@@ -21,6 +21,7 @@ from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.pki_helpers import Issued, make_ca, make_signer, sign_file
+from tests.postgres_harness import PostgresCluster
 from tests.server_harness import RunningServer, running_server
 
 V1 = Version(1, 0, 0)
@@ -82,28 +83,28 @@ def _finished(iot: Any, job_id: str, things: list[str]) -> Callable[[], dict[str
     return check
 
 
-def test_signed_rollout_to_a_thing_group_reaches_succeeded_on_every_agent(
-        srv: RunningServer, tmp_path: Path) -> None:
+def _signed_rollout(srv: RunningServer, root: Path, prefix: str, devices: int) -> None:
+    """Create `devices` agents in a group, roll a signed 1.1.0 out to it, check the outcome."""
     iot = srv.client("iot")
-    names = [f"e2e-ok-{i}" for i in range(3)]
-    group = iot.create_thing_group(thingGroupName="e2e-ok")
-    bundles = _bundles(srv, tmp_path, names, group="e2e-ok")
-    version_id = _upload(srv, "app/ok-1.1.0.bin", make_firmware(V2, SIZE, seed="v2"))
+    names = [f"{prefix}-{i}" for i in range(devices)]
+    group = iot.create_thing_group(thingGroupName=prefix)
+    bundles = _bundles(srv, root, names, group=prefix)
+    version_id = _upload(srv, f"app/{prefix}-1.1.0.bin", make_firmware(V2, SIZE, seed=prefix))
     with Fleet(bundles) as fleet:
         assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
         iot.create_ota_update(
-            otaUpdateId="e2e-ok", targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            otaUpdateId=prefix, targets=[group["thingGroupArn"]], protocols=["MQTT"],
             roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
             files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
-                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": "app/ok-1.1.0.bin",
+                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": f"app/{prefix}-1.1.0.bin",
                                                     "version": version_id}},
                     "codeSigning": {"startSigningJobParameter": {
                         "signingProfileName": DEV_PROFILE,
                         "destination": {"s3Destination": {"bucket": BUCKET, "prefix": "signed/"}}}}}])
-        info = _wait_for(lambda: (i := iot.get_ota_update(otaUpdateId="e2e-ok")["otaUpdateInfo"])
+        info = _wait_for(lambda: (i := iot.get_ota_update(otaUpdateId=prefix)["otaUpdateInfo"])
                          ["otaUpdateStatus"] == "CREATE_COMPLETE" and i, what="CREATE_COMPLETE")
         job_id = info["awsIotJobId"]
-        assert job_id == "AFR_OTA-e2e-ok"
+        assert job_id == f"AFR_OTA-{prefix}"
         statuses = _wait_for(_finished(iot, job_id, names), what="every execution to finish")
         assert statuses == dict.fromkeys(names, "SUCCEEDED")
         assert fleet.wait(lambda snaps: all(s.version == "1.1.0" and not s.trial for s in snaps.values()),
@@ -115,8 +116,21 @@ def test_signed_rollout_to_a_thing_group_reaches_succeeded_on_every_agent(
         assert execution["statusDetails"]["detailsMap"]["reason"] == "accepted v1.1.0"
         assert execution["versionNumber"] > 1
     counts = iot.describe_job(jobId=job_id)["job"]["jobProcessDetails"]
-    assert counts["numberOfSucceededThings"] == 3
+    assert counts["numberOfSucceededThings"] == devices
     assert counts["numberOfQueuedThings"] == counts["numberOfInProgressThings"] == 0
+
+
+def test_signed_rollout_to_a_thing_group_reaches_succeeded_on_every_agent(
+        srv: RunningServer, tmp_path: Path) -> None:
+    _signed_rollout(srv, tmp_path, "e2e-ok", 3)
+
+
+def test_signed_rollout_with_postgresql_metadata(tmp_path: Path, postgres: PostgresCluster) -> None:
+    with running_server(tmp_path / "server", database_url=postgres.new_database()) as pg_srv:
+        s3 = pg_srv.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        _signed_rollout(pg_srv, tmp_path, "e2e-pg", 3)
 
 
 def _hand_made_job(srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued) -> str:
