@@ -25,7 +25,7 @@ DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's da
 
 
 def _fail(exc: OverairError) -> None:
-    console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    console.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -71,6 +71,7 @@ def serve(data_dir: DataDirOption,
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl ..." on every start
     try:
         settings = load_settings(data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host,
                                  broker_url=broker, http_tls_cert=tls_cert, http_tls_key=tls_key,
@@ -100,6 +101,8 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
                  factory_image: Annotated[Path | None, typer.Option(
                      help="The image the device runs before its first update.")] = None) -> None:
     """Register a device and write the bundle its agent starts from."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from overair.cli.client import ApiClients
     from overair.cli.provisioning import provision_thing
     from overair.server.settings import DataDir, load_settings
@@ -116,6 +119,14 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
     except OverairError as exc:
         _fail(exc)
         return
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        console.print(f"[red]error[/red] ({error.get('Code', 'ClientError')}): {error.get('Message', exc)}",
+                      soft_wrap=True)
+        raise typer.Exit(2) from None
+    except BotoCoreError as exc:
+        console.print(f"[red]error[/red] (Unavailable): {exc}; is `overair serve` running?", soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(f"[green]created[/green] thing {name}; start its agent with: "
                   f"overair-agent run --config {config}")
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from overair.core.errors import MisuseError
 from overair.server.files import write_atomic, write_private
 from overair.server.registry.api import THING_NAME_HEADER
 
@@ -32,7 +33,17 @@ def create_keys_and_certificate_for(iot: Any, thing_name: str) -> dict[str, Any]
 def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
                     code_signing_roots_pem: bytes, mqtt_host: str, mqtt_port: int,
                     group: str | None = None, factory_image: Path | None = None) -> Path:
-    """Create the thing in the registry and write its bundle; returns the agent.toml path."""
+    """Create the thing in the registry and write its bundle; returns the agent.toml path.
+
+    Refuses a thing that already exists: CreateThing is idempotent in AWS, so without
+    the check a typo'd re-run would silently issue the thing a second certificate."""
+    try:
+        iot.describe_thing(thingName=thing_name)
+    except iot.exceptions.ResourceNotFoundException:
+        pass
+    else:
+        raise MisuseError(f"thing {thing_name} already exists; delete it first or pick another name",
+                          code="ResourceAlreadyExistsException")
     iot.create_thing(thingName=thing_name)
     cert = create_keys_and_certificate_for(iot, thing_name)
     iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])

@@ -30,6 +30,7 @@ log = logging.getLogger("overair.broker")
 # everything on one thread, so any packet it processes after printing it sees the new
 # ACL and CRL.
 RELOAD_MARKER = "Reloading config."
+DEFAULT_MOSQUITTO = "mosquitto"
 
 
 def render_acl(entries: Iterable[AccessEntry]) -> str:
@@ -89,11 +90,14 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def find_mosquitto(binary: str) -> str:
-    for candidate in (binary, "/usr/sbin/mosquitto"):
+    """The broker executable. Debian installs it in /usr/sbin, which is often not on a
+    user's PATH, so the default name is looked up there too; an explicit path is not."""
+    candidates = (binary, "/usr/sbin/mosquitto") if binary == DEFAULT_MOSQUITTO else (binary,)
+    for candidate in candidates:
         found = shutil.which(candidate)
         if found:
             return found
-    raise MisuseError("the `mosquitto` broker is not installed: install it (Debian/Ubuntu: "
+    raise MisuseError(f"the `mosquitto` broker ({binary}) is not installed: install it (Debian/Ubuntu: "
                       "`apt-get install mosquitto`) or point to one with --broker mqtts://host:port")
 
 
