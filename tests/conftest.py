@@ -1,5 +1,6 @@
 """Shared fixtures. `database_url` runs a test once on SQLite and once on PostgreSQL
-(a throw-away cluster started once per session, a fresh database per test)."""
+(a throw-away cluster started once per session, a fresh database per test); `softhsm` is
+a SoftHSM2 token for PKCS#11 tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.postgres_harness import PostgresCluster
+from tests.softhsm_harness import SoftHsm, SoftHsmMissing
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'overair.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres")
     return cluster.new_database()
+
+
+@pytest.fixture(scope="session")
+def softhsm() -> Iterator[SoftHsm]:
+    """One SoftHSM2 token for the session (a PKCS#11 module initialises once per process)."""
+    try:
+        hsm = SoftHsm.start()
+    except SoftHsmMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield hsm
+    finally:
+        hsm.stop()

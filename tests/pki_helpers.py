@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from overair.core.codesign import sha256, sign_digest
@@ -24,9 +24,12 @@ NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
+SignerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 @dataclass(frozen=True)
 class Issued:
-    key: ec.EllipticCurvePrivateKey
+    key: SignerKey
     cert: x509.Certificate
 
     @property
@@ -81,9 +84,11 @@ def make_ca(cn: str, *, not_before: dt.datetime = NOW - DAY,
 
 def issue(issuer: Issued, cn: str, *, server_names: Sequence[str] = (), client: bool = False,
           code_signing: bool = False, digital_signature: bool = True, eku: bool = True,
-          not_before: dt.datetime = NOW - DAY, not_after: dt.datetime = NOW + 365 * DAY) -> Issued:
-    """A leaf certificate: TLS server (server_names), TLS client, or code-signing signer."""
-    key = ec.generate_private_key(ec.SECP256R1())
+          not_before: dt.datetime = NOW - DAY, not_after: dt.datetime = NOW + 365 * DAY,
+          key: SignerKey | None = None) -> Issued:
+    """A leaf certificate: TLS server (server_names), TLS client, or code-signing signer;
+    ECDSA P-256 unless another `key` is given."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn)).issuer_name(issuer.cert.subject)
@@ -96,7 +101,9 @@ def issue(issuer: Issued, cn: str, *, server_names: Sequence[str] = (), client: 
                        critical=False)
     )
     if digital_signature:
-        builder = builder.add_extension(_key_usage(digital_signature=True, key_agreement=not code_signing),
+        builder = builder.add_extension(_key_usage(digital_signature=True,
+                                                   key_agreement=not code_signing and isinstance(
+                                                       key, ec.EllipticCurvePrivateKey)),
                                         critical=True)
     usages = []
     if server_names:
@@ -122,5 +129,6 @@ def make_signer(root: Issued, cn: str = "test firmware signer", **kwargs: object
 
 
 def sign_file(signer: Issued, data: bytes) -> bytes:
-    """DER ECDSA P-256 signature over SHA-256 of the whole file (device-protocol.md §6)."""
+    """DER signature (ECDSA, or RSA PKCS#1 v1.5) over SHA-256 of the whole file
+    (device-protocol.md §6)."""
     return sign_digest(signer.key, sha256(data))

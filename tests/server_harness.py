@@ -57,13 +57,19 @@ class RunningServer:
         return provision_thing(self.client("iot"), thing, out_dir,
                                fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                code_signing_roots_pem=roots,
+                               revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
                                mqtt_host="127.0.0.1", mqtt_port=self.settings.mqtt_port,
                                group=group, factory_image=factory_image).parent
 
 
 @contextmanager
-def running_server(data_dir: Path, *, database_url: str = "") -> Iterator[RunningServer]:
+def running_server(data_dir: Path, *, database_url: str = "",
+                   settings_toml: str = "") -> Iterator[RunningServer]:
+    """`settings_toml`: extra lines for overair.toml (e.g. `pkcs11_modules = [...]`)."""
     initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), database_url=database_url)
+    if settings_toml:
+        config = data_dir / "overair.toml"
+        config.write_text(config.read_text() + settings_toml + "\n")
     settings = load_settings(data_dir)
     thread = ServerThread(settings)
     thread.start()

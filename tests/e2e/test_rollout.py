@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,6 @@ V2 = Version(1, 1, 0)
 SIZE = 48 * 1024 + 123  # 12 blocks of 4 KiB, the last one short
 BUCKET = "firmware"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"}
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("server")) as running:
-        s3 = running.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -133,21 +124,23 @@ def test_signed_rollout_with_postgresql_metadata(tmp_path: Path, postgres: Postg
         _signed_rollout(pg_srv, tmp_path, "e2e-pg", 3)
 
 
-def _hand_made_job(srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued) -> str:
+def _hand_made_job(srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued,
+                   tag: str | None = None) -> str:
     """An OTA job built with the plain Jobs and Streams APIs, so the server does not check
     the signature: only the device stands between a bad image and running it."""
     iot = srv.client("iot")
-    version_id = _upload(srv, f"bad/{name}.bin", image)
-    stream_id = f"stream-{name}"
+    tag = tag or name
+    version_id = _upload(srv, f"bad/{tag}.bin", image)
+    stream_id = f"stream-{tag}"
     iot.create_stream(streamId=stream_id, roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
                       files=[{"fileId": 0, "s3Location": {
-                          "bucket": BUCKET, "key": f"bad/{name}.bin", "version": version_id}}])
+                          "bucket": BUCKET, "key": f"bad/{tag}.bin", "version": version_id}}])
     document = OtaJobDocument(
         protocols=("MQTT",), stream_name=stream_id,
         files=(OtaFile(filepath="/firmware/app.bin", filesize=len(image), fileid=0,
                        certfile="/certs/signer.pem", signature=signature),),
         signer_chain=(signer.cert_der,)).to_json_obj()
-    job_id = f"job-{name}"
+    job_id = f"job-{tag}"
     iot.create_job(jobId=job_id, targets=[f"arn:aws:iot:{srv.clients.region}:{srv.settings.account_id}"
                                           f":thing/{name}"],
                    document=json.dumps(document))
@@ -183,3 +176,34 @@ def test_n2_mis_signed_image_is_refused_by_the_agent_and_the_job_fails_with_a_re
     assert reason["check"] == ("BadSignature" if case == "tampered-image" else "UntrustedChain")
     assert snap.version == "1.0.0"
     assert snap.slot == "a"
+
+
+def test_o2_revoking_a_code_signing_certificate_reaches_running_agents(
+        srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued]) -> None:
+    """Revoke through the API while the agent runs: the signed list reaches it and an
+    image signed with the revoked key is refused, while another signer still works."""
+    root, _ = test_signer
+    roots = srv.settings.paths.code_signing_root
+    roots.write_bytes(roots.read_bytes() + root.cert_pem)  # the operator trusts its root
+    revoked, kept = make_signer(root, "signer to revoke"), make_signer(root, "signer kept")
+    acm = srv.client("acm")
+    revoked_arn = acm.import_certificate(Certificate=revoked.cert_pem,
+                                         PrivateKey=revoked.key_pem)["CertificateArn"]
+    name = "e2e-o2-revoked"
+    (bundle,) = _bundles(srv, tmp_path, [name], extra_roots=root.cert_pem)
+    iot = srv.client("iot")
+    with Fleet([bundle]) as fleet:
+        assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
+        held = fleet.snapshots()[name].revocation_sequence or 0
+        srv.client("overair").revoke_code_signing_certificate(CertificateArn=revoked_arn, Reason="leaked")
+        assert fleet.wait(lambda snaps: (snaps[name].revocation_sequence or 0) > held, timeout=15)
+
+        image = make_firmware(V2, SIZE, seed="o2-revoked")
+        job_id = _hand_made_job(srv, name, image, sign_file(revoked, image), revoked, "o2-revoked")
+        assert _wait_for(_finished(iot, job_id, [name]))[name] == "FAILED"
+        reason = iot.describe_job_execution(jobId=job_id, thingName=name)["execution"]["statusDetails"]
+        assert reason["detailsMap"]["check"] == "CertificateRevoked"
+        assert fleet.snapshots()[name].version == "1.0.0"
+
+        job_id = _hand_made_job(srv, name, image, sign_file(kept, image), kept, "o2-kept")
+        assert _wait_for(_finished(iot, job_id, [name]))[name] == "SUCCEEDED"  # positive control

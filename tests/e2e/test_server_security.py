@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,10 @@ from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from tests.pki_helpers import make_ca, make_signer, sign_file
-from tests.server_harness import RunningServer, running_server
+from tests.server_harness import RunningServer
 
 BUCKET = "firmware"
 SIZE = 8 * 1024
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("server")) as running:
-        s3 = running.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield running
 
 
 # --- O1: every API call is authenticated -------------------------------------------------

@@ -1,12 +1,13 @@
 """The pure agent state machine, transition by transition (device-protocol.md §1-§5).
 
 No broker, no files, no clock: events in, commands out. Threat ids in test names:
-R1 flawed update, N1 downgrade, N2 mis-signed, N3 replay.
+R1 flawed update, N1 downgrade, N2 mis-signed, N3 replay, O2 revoked signer.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from overair.agent.machine.events import (
 from overair.agent.machine.state import JobRecord, JobResult, JobStage, Journal, Phase, Settings, State
 from overair.agent.machine.transitions import handle
 from overair.core.jobdoc import OtaFile, OtaJobDocument
+from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import DataBlock, encode_data_block
 from overair.core.topics import notify_next_topic, stream_data_topic
 from overair.core.versions import Version
@@ -562,3 +564,61 @@ def test_reconnect_during_download_resubscribes_and_requests_again() -> None:
     assert c.Subscribe(DATA, 0) in commands
     assert publishes(commands, "/$next/get")
     assert requests(commands)[0]["b"] == b"\xfe\x03"
+
+
+# --- code-signing revocation lists (O2) --------------------------------------------------------
+
+ENVELOPE = b'{"list":"e30=","signature":"MEU="}'  # the machine never looks inside
+
+
+def test_o2_connect_subscribes_revocations_before_asking_for_a_job() -> None:
+    """The retained list is delivered during the SUBSCRIBE: subscribing before `$next/get`
+    puts it ahead of any job offered at this connect."""
+    state, _ = handle(State(SETTINGS), Booted(V1, "a", False), 0.0)
+    for _ in range(2):  # every connect, not only the first
+        state, commands = handle(state, Connected(), 0.0)
+        subscribe = commands.index(c.Subscribe(REVOCATIONS_TOPIC, 1))
+        ask = commands.index(publishes(list(commands), "/$next/get")[0])
+        assert subscribe < ask
+
+
+def test_o2_reconnect_during_download_subscribes_revocations_too() -> None:
+    state, _ = deliver(downloading(), [0])
+    _, commands = run(state, [Connected()], now=3.0)
+    assert c.Subscribe(REVOCATIONS_TOPIC, 1) in commands
+
+
+def in_self_test() -> State:
+    state, _ = run(booted(V2, trial=True, journal=after_activation(), now=1000.0), [job(details=READY)],
+                   now=1001.0)
+    return state
+
+
+PHASES: dict[str, Callable[[], State]] = {
+    "booting": lambda: State(SETTINGS), "idle": booted,
+    "downloading": lambda: deliver(downloading(), [0, 1])[0], "verifying": verifying,
+    "self_test": in_self_test}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_o2_revocation_list_is_handed_to_the_runtime_in_any_phase(phase: str) -> None:
+    state = PHASES[phase]()
+    assert state.phase.value == phase
+    after, commands = handle(state, MessageReceived(REVOCATIONS_TOPIC, ENVELOPE), 5.0)
+    assert commands == (c.ApplyRevocations(ENVELOPE),)
+    assert after == state  # the list changes what the runtime trusts, not the update under way
+
+
+def test_o2_cleared_retained_list_changes_nothing() -> None:
+    """Clearing the retained message (an empty payload) must not look like an empty list."""
+    state = booted()
+    after, commands = handle(state, MessageReceived(REVOCATIONS_TOPIC, b""), 0.0)
+    assert after == state
+    assert not of(list(commands), c.ApplyRevocations)
+
+
+@pytest.mark.parametrize("topic", [f"{REVOCATIONS_TOPIC}/extra", "overair/code-signing/revocation",
+                                   f"$aws/things/{THING}/revocations"])
+def test_o2_only_the_revocation_topic_carries_lists(topic: str) -> None:
+    _, commands = handle(booted(), MessageReceived(topic, ENVELOPE), 0.0)
+    assert not of(list(commands), c.ApplyRevocations)

@@ -18,6 +18,7 @@ keepalive_seconds = 30             # optional
 code_signing_roots = "code-signing-root.pem"
 signer_certs_dir = "."             # optional: where `certfile` of a job is looked up
 revoked_serials = []               # optional: signer serials (int or "0x..") never trusted
+revocation_signer = "revocation-signer.pem"  # optional: verifies signed revocation lists
 [storage]
 data_dir = "state"
 factory_image = "factory.bin"      # optional: installed when the slot store is empty
@@ -32,6 +33,11 @@ status_every_blocks = 25           # optional: "receive k/N" progress frequency
 request_timeout_seconds = 10       # optional: re-request after this much silence
 max_file_size = 67108864           # optional
 ```
+
+`[trust] revocation_signer` is the PEM certificate (EC key) of the server's revocation
+key: with it the agent accepts the signed revocation lists the server publishes
+(core.revocation, threat O2) and refuses images from the signers they name, on top of
+`revoked_serials`; without it those lists are ignored.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class TrustConfig:
     code_signing_roots: Path
     signer_certs_dir: Path
     revoked_serials: frozenset[int] = frozenset()
+    # Verifies the revocation lists the server publishes (core.revocation); None: ignore them.
+    revocation_signer: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +238,8 @@ class _Loader:
             except ValueError as exc:
                 raise self.fail(f"{w} revoked_serials", f"entry {item!r} is not an integer") from exc
             serials.add(serial)
-        return TrustConfig(roots, certs_dir, frozenset(serials))
+        signer = self.path(t, w, "revocation_signer", must_exist=True) if "revocation_signer" in t else None
+        return TrustConfig(roots, certs_dir, frozenset(serials), signer)
 
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         w = "[storage]"

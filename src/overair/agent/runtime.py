@@ -10,6 +10,11 @@ A reboot is done in-process, like a device reset but in well under a second: flu
 pending reports, disconnect, let the platform pick the boot image, rebuild the
 machine from the journal, reconnect. Events still queued from before the reboot carry
 an older generation number and are dropped, as a real reset would drop them.
+
+The runtime also owns the trust policy used to verify images: the code-signing roots,
+the configured revoked serials and the newest signed revocation list it has accepted
+(threat O2), which it keeps in `<data_dir>/revocations.json` and verifies again at
+every boot.
 """
 
 from __future__ import annotations
@@ -24,11 +29,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from overair.agent.config import AgentConfig, ConfigError
+from overair.agent.fsutil import atomic_write
 from overair.agent.journal import JournalStore
 from overair.agent.machine import commands as cmd
 from overair.agent.machine.events import (
@@ -52,7 +61,8 @@ from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.mqtt import MqttTransport, tls_context
 from overair.agent.verify import verify_image
 from overair.core.codesign import TrustPolicy, load_pem_certificates
-from overair.core.errors import DecodeError
+from overair.core.errors import DecodeError, VerificationFailed
+from overair.core.revocation import RevocationList, merged_serials, newer, verify_list
 from overair.core.versions import Version
 
 log = logging.getLogger("overair.agent")
@@ -62,6 +72,7 @@ SelfTestHook = Callable[[Version], str | None]  # None = passed, else why it fai
 TransportFactory = Callable[[TransportCallbacks], Transport]
 
 FLUSH_BEFORE_REBOOT = 5.0
+REVOCATIONS_FILE = "revocations.json"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -82,6 +93,7 @@ class AgentSnapshot:
     last_result: JobResult | None
     reboots: int  # in-process reboots since start()
     error: str | None
+    revocation_sequence: int | None = None  # of the signed revocation list held, if any
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -91,6 +103,7 @@ class AgentSnapshot:
             "blocks_total": self.blocks_total,
             "last_result": None if self.last_result is None else self.last_result.to_json_obj(),
             "reboots": self.reboots, "error": self.error,
+            "revocation_sequence": self.revocation_sequence,
         }
 
 
@@ -117,6 +130,57 @@ def load_trust(config: AgentConfig) -> TrustPolicy:
     return TrustPolicy(tuple(roots), config.trust.revoked_serials)
 
 
+def load_revocation_signer(config: AgentConfig) -> x509.Certificate | None:
+    """The certificate that verifies revocation lists; None when none is configured."""
+    path = config.trust.revocation_signer
+    if path is None:
+        return None
+    where = f"{config.source}: [trust] revocation_signer {path}"
+    try:
+        certs = load_pem_certificates(path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if len(certs) != 1:
+        raise ConfigError(f"{where} must hold exactly one certificate, it holds {len(certs)}")
+    if not isinstance(certs[0].public_key(), ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{where}: the revocation signer must have an EC key")
+    return certs[0]
+
+
+def verify_revocations(envelope: bytes, signer: x509.Certificate) -> RevocationList:
+    """core.revocation.verify_list, with absurdly nested JSON (which makes the decoder
+    recurse too deep) refused as malformed like any other bad envelope."""
+    try:
+        return verify_list(envelope, signer)
+    except RecursionError as exc:
+        raise DecodeError("malformed revocation list envelope: nested too deep") from exc
+
+
+class RevocationStore:
+    """The newest accepted revocation list, kept as the exact envelope the server signed.
+
+    The file proves itself: it is verified again whenever it is loaded, so a file
+    changed or planted on the device is never trusted for being there. It is replaced
+    atomically (R2): a power cut leaves the old list or the new one, never neither.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / REVOCATIONS_FILE
+
+    def load(self, signer: x509.Certificate) -> RevocationList | None:
+        """The held list, None if there is none; DecodeError/VerificationFailed if the
+        file does not verify with `signer`."""
+        try:
+            envelope = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return verify_revocations(envelope, signer)
+
+    def save(self, envelope: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, envelope)
+
+
 class _Rebooted:
     """Marker: the step's remaining commands died with the reboot."""
 
@@ -133,6 +197,10 @@ class Runtime:
         self.config = config
         self._settings = settings_from_config(config)
         self._trust = load_trust(config)
+        self._revocation_signer = load_revocation_signer(config)
+        self._revocation_store = RevocationStore(config.storage.data_dir)
+        self._revocations: RevocationList | None = None
+        self._said_revocations_ignored = False
         self._platform: Platform = platform or LinuxSlots(config.storage.data_dir,
                                                           max_boot_attempts=config.storage.max_boot_attempts)
         self._journal_store = JournalStore(config.storage.data_dir)
@@ -244,6 +312,7 @@ class Runtime:
             last_result=state.journal.last_result,
             reboots=self._reboots,
             error=self._error,
+            revocation_sequence=None if self._revocations is None else self._revocations.sequence,
         )
 
     def wait(self, predicate: Callable[[AgentSnapshot], bool], timeout: float) -> bool:
@@ -269,6 +338,7 @@ class Runtime:
             log.info("installed the factory image %s", factory)
         info = self._platform.boot()
         self._state = State(self._settings, journal=self._journal_store.load())
+        self._hold_revocations(self._load_revocations())
         self._feed(Booted(info.version, info.slot, info.trial, info.fell_back))
         generation = self._generation
         callbacks = TransportCallbacks(
@@ -355,6 +425,8 @@ class Runtime:
                 self._platform_op("rollback", self._platform.rollback)
                 self._reboot()
                 return _REBOOTED
+            case cmd.ApplyRevocations(envelope):
+                self._apply_revocations(envelope)
         return None
 
     def _platform_op(self, operation: str, action: Callable[[], None]) -> PlatformFailed | None:
@@ -364,6 +436,64 @@ class Runtime:
             log.error("platform %s failed: %s", operation, exc.message)
             return PlatformFailed(operation, exc.message)
         return None
+
+    # --- revocation lists (O2) ------------------------------------------------------------
+
+    def _load_revocations(self) -> RevocationList | None:
+        signer = self._revocation_signer
+        if signer is None:
+            if self._revocation_store.path.exists():
+                self._say_revocations_ignored()
+            return None
+        try:
+            return self._revocation_store.load(signer)
+        except (DecodeError, VerificationFailed) as exc:
+            # Ignored, not deleted: a valid list from the server replaces it, and an
+            # operator can still look at it.
+            log.warning("the held revocation list %s does not verify (%s): ignored until a valid "
+                        "list arrives", self._revocation_store.path, exc.message)
+            return None
+
+    def _apply_revocations(self, envelope: bytes) -> None:
+        signer = self._revocation_signer
+        if signer is None:
+            self._say_revocations_ignored()
+            return
+        try:
+            candidate = verify_revocations(envelope, signer)
+        except (DecodeError, VerificationFailed) as exc:
+            log.warning("revocation list refused: %s", exc.message)
+            return
+        held = self._revocations
+        if not newer(candidate, held):
+            assert held is not None
+            if candidate == held:  # the retained list, delivered again at each connect
+                log.debug("revocation list %d is the one held", held.sequence)
+            else:
+                log.warning("revocation list %d refused: the held list is %d and a list never goes back "
+                            "(replay?)", candidate.sequence, held.sequence)
+            return
+        try:
+            self._revocation_store.save(envelope)
+        except OSError as exc:
+            # Applied anyway: refusing more signers is always safe; it only will not
+            # survive a restart, after which the retained list is delivered again.
+            log.error("could not persist revocation list %d: %s", candidate.sequence, exc)
+        self._hold_revocations(candidate)
+        log.info("revocation list %d accepted: %d code-signing certificate(s) revoked",
+                 candidate.sequence, len(candidate.serials))
+
+    def _hold_revocations(self, revocations: RevocationList | None) -> None:
+        self._revocations = revocations
+        serials = merged_serials(self.config.trust.revoked_serials, revocations)
+        self._trust = replace(self._trust, revoked_serials=serials)
+
+    def _say_revocations_ignored(self) -> None:
+        if not self._said_revocations_ignored:
+            self._said_revocations_ignored = True
+            log.info("[trust] revocation_signer is not configured: signed revocation lists are ignored")
+
+    # --- image verification ------------------------------------------------------------
 
     def _verify(self, file: FileSpec) -> VerifyResult:
         try:

@@ -15,10 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from overair.agent.config import load_config
+from overair.agent.config import AgentConfig, load_config
 from overair.agent.journal import JournalStore
 from overair.agent.platform.linux_slots import LinuxSlots
-from overair.agent.runtime import Runtime
+from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair device agent (FreeRTOS OTA compatible).", no_args_is_help=True,
@@ -114,13 +114,31 @@ def status_report(config_path: Path) -> dict[str, Any]:
             "new_version": None if job.new_version is None else str(job.new_version)},
         "last_result": None if journal.last_result is None else journal.last_result.to_json_obj(),
         "version_floor": None if journal.version_floor is None else str(journal.version_floor),
+        "revocations": _revocation_report(config),
     }
+
+
+def _revocation_report(config: AgentConfig) -> dict[str, Any] | None:
+    """The held revocation list, verified as the agent verifies it at boot: a file that
+    does not verify is shown as unused, never as protection the device does not have."""
+    store = RevocationStore(config.storage.data_dir)
+    if not store.path.exists():
+        return None
+    try:
+        signer = load_revocation_signer(config)
+        held = None if signer is None else store.load(signer)
+    except OverairError as exc:
+        return {"sequence": None, "problem": exc.message}
+    if held is None:
+        return {"sequence": None, "problem": "[trust] revocation_signer is not configured"}
+    return {"sequence": held.sequence, "issued_at": held.issued_at,
+            "revoked_serials": [format(serial, "x") for serial in sorted(held.serials)]}
 
 
 @app.command()
 def status(config: ConfigOption,
            json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show slots, versions, the current job and the last result."""
+    """Show slots, versions, the current job, the last result and the revocation list."""
     try:
         report = status_report(config)
     except OverairError as exc:
@@ -148,3 +166,11 @@ def status(config: ConfigOption,
     else:
         out.print(f"last result: {result['job_id']} {result['status']} "
                   f"{result['details'].get('reason', '')}")
+    revocations = report["revocations"]
+    if revocations is None:
+        out.print("revocation list: none")
+    elif revocations["sequence"] is None:
+        out.print(f"revocation list: [yellow]held but not used[/yellow] ({revocations['problem']})")
+    else:
+        out.print(f"revocation list: sequence {revocations['sequence']} "
+                  f"({len(revocations['revoked_serials'])} revoked)")

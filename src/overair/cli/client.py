@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
+from overair.apimodels import MODELS_DIR
 from overair.core.errors import MisuseError
 from overair.server.settings import DataDir, load_settings
 
@@ -18,8 +20,10 @@ class ApiClients:
         self.endpoint_url = endpoint_url
         self.region = region
         self.access_key_id = access_key_id
+        core = botocore.session.get_session()
+        core.get_component("data_loader").search_paths.append(str(MODELS_DIR))  # the `overair` service
         self._session = boto3.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret,
-                                      region_name=region)
+                                      region_name=region, botocore_session=core)
         self._config = Config(retries={"max_attempts": 2, "mode": "standard"},
                               s3={"addressing_style": "path"})
 

@@ -12,12 +12,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from overair.cli import signing
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT fleets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 thing_app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 app.add_typer(thing_app, name="thing")
+signing.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",
@@ -114,6 +116,7 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
         config = provision_thing(clients.client("iot"), name, out,
                                  fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                  code_signing_roots_pem=paths.code_signing_root.read_bytes(),
+                                 revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
                                  mqtt_host=settings.hostnames[0], mqtt_port=settings.mqtt_port,
                                  group=group, factory_image=factory_image)
     except OverairError as exc:

@@ -32,7 +32,8 @@ def create_keys_and_certificate_for(iot: Any, thing_name: str) -> dict[str, Any]
 
 def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
                     code_signing_roots_pem: bytes, mqtt_host: str, mqtt_port: int,
-                    group: str | None = None, factory_image: Path | None = None) -> Path:
+                    group: str | None = None, factory_image: Path | None = None,
+                    revocation_signer_pem: bytes | None = None) -> Path:
     """Create the thing in the registry and write its bundle; returns the agent.toml path.
 
     Refuses a thing that already exists: CreateThing is idempotent in AWS, so without
@@ -55,12 +56,15 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
     write_private(out_dir / "device.key", cert["keyPair"]["PrivateKey"].encode())
     write_atomic(out_dir / "root-ca.pem", fleet_ca_pem)
     write_atomic(out_dir / "code-signing-root.pem", code_signing_roots_pem)
+    if revocation_signer_pem:
+        write_atomic(out_dir / "revocation-signer.pem", revocation_signer_pem)
     factory = f'factory_image = "{factory_image}"\n' if factory_image else ""
     config = (
         f'thing_name = "{thing_name}"\n\n'
         f'[mqtt]\nhost = "{mqtt_host}"\nport = {mqtt_port}\nclient_cert = "device.crt"\n'
         'client_key = "device.key"\nca_file = "root-ca.pem"\n\n'
-        '[trust]\ncode_signing_roots = "code-signing-root.pem"\n\n'
+        '[trust]\ncode_signing_roots = "code-signing-root.pem"\n'
+        + ('revocation_signer = "revocation-signer.pem"\n' if revocation_signer_pem else "") + "\n"
         f'[storage]\ndata_dir = "state"\n{factory}\n'
         '[self_test]\ndeadline_seconds = 60\ncommand = ""\n\n'
         '[ota]\nblock_size = 4096\nblocks_per_request = 8\n'

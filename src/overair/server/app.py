@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from overair.core import codesign
+from overair.core import codesign, revocation
 from overair.server import pki
 from overair.server.api.contract import OperationTable
 from overair.server.api.edge import build_api_app
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock, system_clock
-from overair.server.files import write_atomic
+from overair.server.files import write_atomic, write_private
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.device_service import DeviceService
@@ -40,6 +40,8 @@ from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
+from overair.server.signing import api as signing_api
+from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
@@ -62,7 +64,10 @@ class Server:
         self.identity = IdentityStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
         self.objects = ObjectStore(self.db, paths.objects)
-        self.signing = SigningService(self.db, settings, self.sealer, self.objects, clock)
+        self.certificates = CertificateStore(self.db, settings, self.sealer, clock, self._code_signing_roots,
+                                             self._publish_revocations)
+        self.signing = SigningService(self.db, settings, self.certificates, self.objects, clock)
+        self.revocation_signer = self._revocation_signer()
         self.streams = StreamService(self.db, settings, self.objects, clock)
         self.jobs = JobService(self.db, settings, self.registry, clock)
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
@@ -74,6 +79,9 @@ class Server:
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
+        signing_api.register_acm(self.table, self.certificates, self.signing)
+        signing_api.register_signer(self.table, self.signing)
+        signing_api.register_overair(self.table, self.certificates)
         self.broker: Broker | None = None
         self.connection: ServiceConnection | None = None
         self.access = AccessSync(self._apply_access)
@@ -82,6 +90,26 @@ class Server:
     # Wiring callbacks ----------------------------------------------------------------
     def _code_signing_roots(self) -> list[x509.Certificate]:
         return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
+
+    def _revocation_signer(self) -> pki.Issued:
+        paths = self.settings.paths
+        if not paths.revocation_signer_key.exists():  # a data directory from before revocation lists
+            issued = pki.make_revocation_signer(dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+            write_private(paths.revocation_signer_key, issued.key_pem)
+            write_atomic(paths.revocation_signer_cert, issued.cert_pem)
+        return pki.load_issued(paths.revocation_signer_cert.read_bytes(),
+                               paths.revocation_signer_key.read_bytes())
+
+    def revocation_envelope(self) -> bytes:
+        """The signed code-signing revocation list as it stands (core/revocation.py)."""
+        current = revocation.RevocationList(self.certificates.revocation_count(), int(self.clock()),
+                                            self.certificates.revoked_serials())
+        return revocation.sign_list(current, self.revocation_signer.key)
+
+    def _publish_revocations(self) -> None:
+        if self.connection is not None:
+            self.connection.publish_retained_threadsafe(revocation.REVOCATIONS_TOPIC,
+                                                        self.revocation_envelope())
 
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
@@ -139,6 +167,8 @@ class Server:
         try:
             self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             await self.connection.start()
+            # Retained messages do not survive a broker restart: publish the list anew.
+            self.connection.publish_retained(revocation.REVOCATIONS_TOPIC, self.revocation_envelope())
             app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
                                 max_body_bytes=settings.limits.max_api_body_bytes,
                                 extra_routes=[Route("/health", self._health)], now=self.clock)

@@ -21,6 +21,7 @@ from overair.server.files import write_atomic, write_private
 from overair.server.iam.identity import IdentityStore
 from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import DataDir, Settings, dump_settings
+from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import DEFAULT_PLATFORM, SigningService
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
@@ -61,6 +62,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     _write_pair(paths.service_cert, paths.service_key,
                 pki.issue_client_cert(fleet_ca, pki.SERVICE_IDENTITY, now))
     write_atomic(paths.crl, pki.make_crl(fleet_ca, [], now))
+    _write_pair(paths.revocation_signer_cert, paths.revocation_signer_key, pki.make_revocation_signer(now))
 
     dev_root = pki.make_root_ca("overair DEVELOPMENT ONLY code-signing root", now,
                                 org="overair development (not for production)")
@@ -72,9 +74,10 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         migrate(db.engine)
         sealer = Sealer.from_file(paths.master_key)
         objects = ObjectStore(db, paths.objects)
-        signing = SigningService(db, settings, sealer, objects, now.timestamp)
-        cert_arn = signing.import_certificate(dev_signer.cert_pem, dev_signer.key_pem,
-                                              development_only=True)
+        certificates = CertificateStore(db, settings, sealer, now.timestamp, lambda: [dev_root.cert])
+        signing = SigningService(db, settings, certificates, objects, now.timestamp)
+        cert_arn = certificates.import_certificate(dev_signer.cert_pem, dev_signer.key_pem,
+                                                   development_only=True)
         signing.put_profile(DEV_PROFILE, DEFAULT_PLATFORM, cert_arn, DEV_CERT_PATH_ON_DEVICE)
         identity = IdentityStore(db, sealer, settings, now.timestamp)
         identity.create_user(ADMIN_USER)

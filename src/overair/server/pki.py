@@ -114,6 +114,18 @@ def issue_code_signing_cert(root: Issued, cn: str, now: dt.datetime, days: int =
     return issue_leaf(root, cn, now, eku=[ExtendedKeyUsageOID.CODE_SIGNING], days=days)
 
 
+def make_revocation_signer(now: dt.datetime, days: int = 3650) -> Issued:
+    """The key that signs the code-signing revocation list agents receive (a self-signed
+    certificate only to carry the public key into device bundles)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("overair code-signing revocation list signer")
+    cert = (_builder(name, name, key.public_key(), now - dt.timedelta(minutes=5), days)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .sign(key, hashes.SHA256()))
+    return Issued(cert, key)
+
+
 def make_crl(ca: Issued, revoked_serials: list[int], now: dt.datetime, days: int = 30) -> bytes:
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
                .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=days)))

@@ -38,7 +38,10 @@ class DataDir:
     broker_key = property(lambda self: self.pki / "broker.key")
     service_cert = property(lambda self: self.pki / "service.pem")
     service_key = property(lambda self: self.pki / "service.key")
+    # The operator's trusted code-signing roots (a PEM bundle; the development root at first).
     code_signing_root = property(lambda self: self.pki / "code-signing-root.pem")
+    revocation_signer_cert = property(lambda self: self.pki / "revocation-signer.pem")
+    revocation_signer_key = property(lambda self: self.pki / "revocation-signer.key")
     crl = property(lambda self: self.pki / "crl.pem")
     url_signing_key = property(lambda self: self.root / "url-signing.key")
 
@@ -60,6 +63,11 @@ class Settings:
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
     dev_mode: bool = False
+    # Testing only: let the certificate store accept self-signed code-signing certificates.
+    allow_self_signed_code_signing: bool = False
+    # PKCS#11 modules (.so paths) the certificate store may load for HSM keys. A URI's
+    # module-path is operator input: loading any other library would be code execution.
+    pkcs11_modules: tuple[str, ...] = ()
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
 
     @property
@@ -109,8 +117,9 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
     unknown = set(raw) - known
     if unknown:
         raise MisuseError(f"{paths.config}: unknown settings {sorted(unknown)}")
-    if "hostnames" in raw:
-        raw["hostnames"] = tuple(raw["hostnames"])
+    for key in ("hostnames", "pkcs11_modules"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
     settings = Settings(data_dir=data_dir, **raw)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = replace(settings, **given)

@@ -87,10 +87,20 @@ class ReportProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyRevocations:
+    """Verify a revocation list envelope (core.revocation) and, if it is newer than the
+    one held, persist it and refuse its serials from then on. Produces no event: the
+    trust policy lives in the runtime, which verifies images (threat O2)."""
+
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     level: str  # "debug" | "info" | "warning" | "error"
     message: str
 
 
 Command = (Subscribe | Unsubscribe | Publish | CreateStaging | WriteBlock | AbortStaging | VerifyImage
-           | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot | ReportProgress | Log)
+           | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot | ReportProgress
+           | ApplyRevocations | Log)

@@ -27,6 +27,9 @@ quirks are the contract:
   `$next/get` again; a repeat of the current job is ignored (no thrash).
 - Finished jobs are remembered in the journal: a replayed job is never applied again;
   the agent re-sends the result it recorded (N3).
+- On connect the agent also subscribes to the retained code-signing revocation list
+  (before asking for a job, so that the list arrives first); in any phase a list is
+  handed to the runtime (`ApplyRevocations`), which verifies and keeps it (O2).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from overair.agent.machine import reasons
 from overair.agent.machine.commands import (
     AbortStaging,
     ActivateAndReboot,
+    ApplyRevocations,
     Command,
     CommitImage,
     CreateStaging,
@@ -71,6 +75,7 @@ from overair.core import bitmap
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import parse_job_document
 from overair.core.jobstates import ExecStatus
+from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
 from overair.core.topics import (
     JOB_ID_RE,
@@ -114,11 +119,18 @@ class BlockMessage:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RevocationMessage:
+    """The (retained) signed revocation list; unverified until the runtime checks it."""
+
+    envelope: bytes
+
+
 # --- entry point --------------------------------------------------------------------------
 
 def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
     """Apply one event; return the new state and the commands to run, in order."""
-    routed: Event | JobMessage | BlockMessage | None = event
+    routed: Event | JobMessage | BlockMessage | RevocationMessage | None = event
     if isinstance(event, MessageReceived):
         routed = _classify(state, event)
         if routed is None:
@@ -133,10 +145,12 @@ def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command
     return new_state, tuple(commands)
 
 
-def _classify(state: State, event: MessageReceived) -> JobMessage | BlockMessage | None:
+def _classify(state: State, event: MessageReceived) -> JobMessage | BlockMessage | RevocationMessage | None:
     thing = state.settings.thing_name
     if event.topic in (notify_next_topic(thing), f"{next_get_topic(thing)}/accepted"):
         return _parse_job_message(event.payload)
+    if event.topic == REVOCATIONS_TOPIC:
+        return RevocationMessage(event.payload)
     dl = state.download
     if dl is not None and event.topic == _data_topic(state, dl.file):
         return BlockMessage(event.payload)
@@ -282,7 +296,10 @@ def on_booted(state: State, event: Booted, now: float) -> Step:
 
 def on_connected(state: State, _event: Connected, now: float) -> Step:
     thing = state.settings.thing_name
-    commands: list[Command] = [Subscribe(notify_next_topic(thing), 1)]
+    # The broker sends the retained revocation list while handling the SUBSCRIBE, so it
+    # is queued before any reply to the `$next/get` below: a job offered at this connect
+    # is verified against the newest list (O2).
+    commands: list[Command] = [Subscribe(notify_next_topic(thing), 1), Subscribe(REVOCATIONS_TOPIC, 1)]
     dl = state.download
     if dl is not None:
         commands.append(Subscribe(_data_topic(state, dl.file), 0))
@@ -555,6 +572,14 @@ def on_commit_failed(state: State, event: PlatformFailed, now: float) -> Step:
                  now, detail=f"commit failed: {event.message}", rollback=True)
 
 
+def on_revocations(state: State, message: RevocationMessage, _now: float) -> Step:
+    if not message.envelope:
+        # What a subscriber sees when the retained list is cleared: it revokes nothing,
+        # and the held list stays (a revocation is final).
+        return state, [Log("info", "the revocation list was cleared on the broker: keeping the held one")]
+    return state, [ApplyRevocations(message.envelope)]
+
+
 def on_tick(state: State, _event: Tick, now: float) -> Step:
     deadline = state.self_test_deadline
     if deadline is not None and now >= deadline and state.phase in (Phase.IDLE, Phase.SELF_TEST):
@@ -592,6 +617,7 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (None, Connected): on_connected,
     (None, Disconnected): on_disconnected,
     (None, Tick): on_tick,
+    (None, RevocationMessage): on_revocations,  # any phase: it only tightens what is trusted
     (Phase.IDLE, JobMessage): on_job_idle,
     (Phase.DOWNLOADING, JobMessage): on_job_downloading,
     (None, JobMessage): on_job_busy,

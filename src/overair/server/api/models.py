@@ -33,11 +33,12 @@ from urllib.parse import parse_qsl, unquote
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 
+from overair.apimodels import MODELS_DIR
 from overair.server.api.contract import ApiError
 
 logger = logging.getLogger("overair.api")
 
-SERVICE_NAMES = ("iot", "iot-jobs-data", "signer", "acm", "iam", "sts", "s3")
+SERVICE_NAMES = ("iot", "iot-jobs-data", "signer", "acm", "iam", "sts", "s3", "overair")
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 # The error code for input that does not satisfy the model, per service.
@@ -49,6 +50,7 @@ VALIDATION_CODES = {
     "iam": "ValidationError",
     "sts": "ValidationError",
     "s3": "InvalidArgument",
+    "overair": "ValidationException",
 }
 
 
@@ -1055,7 +1057,8 @@ _PROTOCOLS: dict[str, Callable[[Any], ServiceProtocol]] = {
 
 def load_service(name: str) -> ServiceProtocol:
     """The protocol handler for one botocore service model (by model name)."""
-    model = ServiceModel(Loader().load_service_model(name, "service-2"), service_name=name)
+    loader = Loader(extra_search_paths=[str(MODELS_DIR)])  # overair's own service model
+    model = ServiceModel(loader.load_service_model(name, "service-2"), service_name=name)
     factory = _PROTOCOLS.get(model.protocol)
     if factory is None:
         raise ValueError(f"{name}: protocol {model.protocol} is not supported")

@@ -83,6 +83,14 @@ class ServiceConnection:
         for message in messages:
             self._client.publish(message.topic, message.payload, qos=message.qos)
 
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish from the event loop, retained at QoS 1 (every later subscriber gets it)."""
+        self._client.publish(topic, payload, qos=1, retain=True)
+
+    def publish_retained_threadsafe(self, topic: str, payload: bytes) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.publish_retained, topic, payload)
+
     async def notify_next(self, things: Iterable[str]) -> None:
         """Push notify-next to things whose next job changed (after a job is created)."""
         assert self._loop is not None

@@ -33,7 +33,7 @@ from overair.server.api.contract import ApiError, already_exists, invalid, not_f
 from overair.server.clock import Clock
 from overair.server.jobs.service import JobService
 from overair.server.settings import Settings
-from overair.server.signing.service import Signed, SigningService
+from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import OtaUpdate
@@ -240,6 +240,7 @@ class OtaManager:
             if not profile:
                 raise OtaFailure("startSigningJobParameter needs signingProfileName",
                                  code="InvalidRequestException")
+            self._ensure_profile(profile, start.get("signingProfileParameter"))
             return self._signing.sign_object(profile, location["bucket"], location["key"],
                                              location.get("version"),
                                              destination.get("bucket") or location["bucket"],
@@ -250,6 +251,20 @@ class OtaManager:
             return self._custom(custom)
         raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
                          "customCodeSigning", code="InvalidRequestException")
+
+    def _ensure_profile(self, name: str, parameter: dict[str, Any] | None) -> None:
+        """As in AWS: a signingProfileParameter creates the named profile when it does
+        not exist yet (platform, certificate and certificatePathOnDevice)."""
+        try:
+            self._signing.get_profile(name)
+            return
+        except ApiError:
+            if not parameter:
+                raise OtaFailure(f"signing profile {name} does not exist (give signingProfileParameter "
+                                 "to create it)", code="ResourceNotFoundException") from None
+        self._signing.put_profile(name, parameter.get("platform") or DEFAULT_PLATFORM,
+                                  str(parameter.get("certificateArn", "")),
+                                  str(parameter.get("certificatePathOnDevice", "")))
 
     @staticmethod
     def _custom(custom: dict[str, Any]) -> Signed:

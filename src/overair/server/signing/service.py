@@ -1,8 +1,14 @@
-"""The code-signing service.
+"""The signing service (the signer API): platforms, profiles and signing jobs.
 
-Private keys live only sealed (AES-GCM under the master key) in the certificate store
-and are opened for the length of one signature. A signature is ECDSA P-256 (or RSA)
-over SHA-256 of the whole file, DER; job documents carry it base64.
+A signing job reads one object version, signs SHA-256 of its bytes with the profile's
+certificate key (software or HSM, see `certstore.py`), writes the signed result to the
+destination bucket and ends Succeeded, or Failed with a reason. `clientRequestToken`
+makes StartSigningJob idempotent. A signature is DER (ECDSA, or RSA PKCS#1 v1.5); job
+documents carry it base64.
+
+The signed object is a JSON envelope: the base64 signature, the algorithm, the source
+object version and the certificate chain in PEM, i.e. everything a device or a script
+needs to check the image independently.
 """
 
 from __future__ import annotations
@@ -10,31 +16,80 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from overair.core import codesign
-from overair.server.api.contract import ApiError, already_exists, invalid, not_found
+from overair.core.errors import OverairError
+from overair.server.api.contract import ApiError, already_exists
 from overair.server.clock import Clock
-from overair.server.sealing import Sealer
 from overair.server.settings import Settings
+from overair.server.signing.certstore import CertificateStore
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
-from overair.server.storage.schema import SigningCertificate, SigningJob, SigningProfile
+from overair.server.storage.schema import SigningJob, SigningProfile
 
-PLATFORMS: dict[str, dict[str, Any]] = {
-    "AmazonFreeRTOS-Default": {"displayName": "FreeRTOS ECDSA-SHA256 P-256",
-                               "hashAlgorithm": "SHA256", "encryptionAlgorithm": "ECDSA",
-                               "signatureKey": "sig-sha256-ecdsa"},
-    "AmazonFreeRTOS-RSA": {"displayName": "FreeRTOS RSA-SHA256",
-                           "hashAlgorithm": "SHA256", "encryptionAlgorithm": "RSA",
-                           "signatureKey": "sig-sha256-rsa"},
+log = logging.getLogger("overair.signing")
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    platform_id: str
+    display_name: str
+    encryption: str  # ECDSA or RSA
+    signature_key: str  # the afr_ota file key that carries the signature
+    key_algorithms: tuple[str, ...]
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "platformId": self.platform_id,
+            "displayName": self.display_name,
+            "partner": "overair",
+            "target": "FreeRTOS",
+            "category": "AWSIoT",
+            "maxSizeInMB": 64,
+            "signingConfiguration": {
+                "encryptionAlgorithmOptions": {
+                    "allowedValues": [self.encryption],
+                    "defaultValue": self.encryption,
+                },
+                "hashAlgorithmOptions": {"allowedValues": ["SHA256"], "defaultValue": "SHA256"},
+            },
+            "signingImageFormat": {"supportedFormats": ["JSONDetached"], "defaultFormat": "JSONDetached"},
+        }
+
+
+PLATFORMS: dict[str, Platform] = {
+    p.platform_id: p
+    for p in (
+        Platform(
+            "AmazonFreeRTOS-Default",
+            "FreeRTOS ECDSA-SHA256 P-256",
+            "ECDSA",
+            "sig-sha256-ecdsa",
+            ("ECDSA-P256",),
+        ),
+        Platform(
+            "AmazonFreeRTOS-ECDSA-P384",
+            "FreeRTOS ECDSA-SHA256 P-384 (overair agents)",
+            "ECDSA",
+            "sig-sha256-ecdsa",
+            ("ECDSA-P384",),
+        ),
+        Platform(
+            "AmazonFreeRTOS-RSA",
+            "FreeRTOS RSA-SHA256",
+            "RSA",
+            "sig-sha256-rsa",
+            ("RSA-2048", "RSA-3072", "RSA-4096"),
+        ),
+    )
 }
 DEFAULT_PLATFORM = "AmazonFreeRTOS-Default"
 
@@ -48,136 +103,270 @@ class Signed:
     job_id: str
 
 
-def _key_context(arn: str) -> str:
-    return f"signing-key:{arn}"
+class SigningFailed(OverairError):
+    """A signing job that ended Failed; `message` is its statusReason."""
+
+    code = "SigningFailed"
 
 
 class SigningService:
-    def __init__(self, db: Database, settings: Settings, sealer: Sealer, objects: ObjectStore,
-                 clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        certificates: CertificateStore,
+        objects: ObjectStore,
+        clock: Clock,
+    ) -> None:
         self._db = db
         self._settings = settings
-        self._sealer = sealer
+        self.certificates = certificates
         self._objects = objects
         self._clock = clock
 
-    # Certificate store -------------------------------------------------------------
-    def import_certificate(self, cert_pem: bytes, key_pem: bytes | None, chain_pem: bytes = b"",
-                           *, development_only: bool = False) -> str:
-        cert = codesign.load_pem_certificates(cert_pem)[0]
-        codesign.check_signer_usages(cert)
-        arn = self._settings.arn("acm", f"certificate/{uuid.uuid4()}")
-        sealed = None
-        if key_pem is not None:
-            key = serialization.load_pem_private_key(key_pem, password=None)
-            if key.public_key().public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-                    cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo):
-                raise ApiError("ValidationException", "the private key does not match the certificate")
-            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            sealed = self._sealer.seal(der, _key_context(arn))
-        with self._db.session() as s:
-            s.add(SigningCertificate(
-                arn=arn, pem=cert_pem.decode(), chain_pem=chain_pem.decode(), key_sealed=sealed,
-                serial=format(cert.serial_number, "x"), subject=cert.subject.rfc4514_string(),
-                not_before=cert.not_valid_before_utc.timestamp(),
-                not_after=cert.not_valid_after_utc.timestamp(), status="ISSUED",
-                development_only=development_only, imported_at=self._clock()))
-        return arn
-
-    def certificate(self, arn: str) -> SigningCertificate:
-        with self._db.session() as s:
-            row = s.get(SigningCertificate, arn)
-            if row is None:
-                raise not_found(f"certificate {arn}")
-            return row
-
-    def chain_of(self, row: SigningCertificate) -> list[x509.Certificate]:
-        chain = codesign.load_pem_certificates(row.pem.encode())[:1]
-        if row.chain_pem.strip():
-            chain += codesign.load_pem_certificates(row.chain_pem.encode())
-        return chain
-
-    def _private_key(self, row: SigningCertificate) -> codesign.PrivateKey:
-        if row.key_sealed is None:
-            raise invalid(f"certificate {row.arn} has no private key in the store")
-        key = serialization.load_der_private_key(self._sealer.open(row.key_sealed, _key_context(row.arn)),
-                                                 password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise invalid("unsupported signing key type")
-        return key
-
-    # Profiles -----------------------------------------------------------------------
-    def put_profile(self, name: str, platform_id: str, certificate_arn: str,
-                    certificate_path_on_device: str) -> SigningProfile:
-        if platform_id not in PLATFORMS:
-            raise ApiError("ValidationException", f"unknown signing platform {platform_id}")
-        self.certificate(certificate_arn)
+    # Profiles -------------------------------------------------------------------------
+    def put_profile(
+        self, name: str, platform_id: str, certificate_arn: str, certificate_path_on_device: str
+    ) -> SigningProfile:
+        platform = PLATFORMS.get(platform_id)
+        if platform is None:
+            raise ApiError(
+                "ValidationException",
+                f"unknown signing platform {platform_id}; choose one of {sorted(PLATFORMS)}",
+            )
+        cert = self.certificates.get(certificate_arn)
+        if cert.status != "ISSUED":
+            raise ApiError("ValidationException", f"certificate {certificate_arn} is {cert.status}")
+        if cert.key_algorithm and cert.key_algorithm not in platform.key_algorithms:
+            raise ApiError(
+                "ValidationException",
+                f"platform {platform_id} signs with "
+                f"{'/'.join(platform.key_algorithms)}; certificate "
+                f"{certificate_arn} has an {cert.key_algorithm} key",
+            )
+        if not certificate_path_on_device:
+            raise ApiError(
+                "ValidationException",
+                "certificatePathOnDevice is required for FreeRTOS platforms: it is the certfile devices read",
+            )
         with self._db.session() as s:
             if s.get(SigningProfile, name) is not None:
                 raise already_exists(f"signing profile {name}")
-            profile = SigningProfile(name=name, arn=self._settings.arn("signer", f"/signing-profiles/{name}"),
-                                     platform_id=platform_id, certificate_arn=certificate_arn,
-                                     certificate_path_on_device=certificate_path_on_device,
-                                     status="Active", created_at=self._clock())
+            profile = SigningProfile(
+                name=name,
+                arn=self.profile_arn(name),
+                platform_id=platform_id,
+                certificate_arn=certificate_arn,
+                certificate_path_on_device=certificate_path_on_device,
+                status="Active",
+                created_at=self._clock(),
+                version="1",
+            )
             s.add(profile)
             return profile
 
-    def profile(self, name: str) -> SigningProfile:
-        with self._db.session() as s:
+    def profile_arn(self, name: str) -> str:
+        return self._settings.arn("signer", f"/signing-profiles/{name}")
+
+    def get_profile(self, name: str) -> SigningProfile:
+        with self._db.reading() as s:
             row = s.get(SigningProfile, name)
-            if row is None or row.status != "Active":
-                raise not_found(f"signing profile {name}")
+            if row is None:
+                raise ApiError("ResourceNotFoundException", f"signing profile {name} not found")
             return row
 
-    # Signing jobs ---------------------------------------------------------------------
-    def sign_object(self, profile_name: str, bucket: str, key: str, version: str | None,
-                    destination_bucket: str, prefix: str = "", requested_by: str = "") -> Signed:
-        profile = self.profile(profile_name)
-        cert_row = self.certificate(profile.certificate_arn)
-        if cert_row.status != "ISSUED":
-            raise invalid(f"signing certificate {cert_row.arn} is {cert_row.status}")
-        stored, data = self._objects.get_object(bucket, key, version)
-        signature = codesign.sign_digest(self._private_key(cert_row), codesign.sha256(data))
-        job_id = str(uuid.uuid4())
-        platform = PLATFORMS[profile.platform_id]
-        signed_key = f"{prefix}{job_id}"
-        envelope = json.dumps({"signature": base64.b64encode(signature).decode(),
-                               "hashAlgorithm": "SHA256", "source": {"bucket": bucket, "key": key,
-                                                                       "version": stored.version_id},
-                               "certificateArn": cert_row.arn}).encode()
-        out = self._objects.put_object(destination_bucket, signed_key, envelope,
-                                       content_type="application/json")
-        now = self._clock()
-        with self._db.session() as s:
-            s.add(SigningJob(job_id=job_id, profile_name=profile_name, client_request_token=None,
-                             source={"s3": {"bucketName": bucket, "key": key, "version": stored.version_id}},
-                             destination={"s3": {"bucketName": destination_bucket, "prefix": prefix}},
-                             signed_object={"s3": {"bucketName": destination_bucket, "key": out.key}},
-                             signature=signature, status="Succeeded", requested_by=requested_by,
-                             created_at=now, completed_at=now))
-        return Signed(signature, self.chain_of(cert_row), profile.certificate_path_on_device,
-                      platform["signatureKey"], job_id)
+    def list_profiles(self, include_canceled: bool = False) -> list[SigningProfile]:
+        with self._db.reading() as s:
+            query = select(SigningProfile).order_by(SigningProfile.name)
+            if not include_canceled:
+                query = query.where(SigningProfile.status != "Canceled")
+            return list(s.scalars(query))
 
-    def signed_by_job(self, job_id: str) -> Signed:
+    def cancel_profile(self, name: str) -> None:
+        with self._db.session() as s:
+            row = s.get(SigningProfile, name)
+            if row is None:
+                raise ApiError("ResourceNotFoundException", f"signing profile {name} not found")
+            row.status = "Canceled"
+
+    def revoke_profile(self, name: str, version: str, reason: str, effective: dt.datetime) -> None:
+        """Signatures the profile made at or after `effective` are no longer accepted."""
+        with self._db.session() as s:
+            row = s.get(SigningProfile, name)
+            if row is None:
+                raise ApiError("ResourceNotFoundException", f"signing profile {name} not found")
+            if version and version != row.version:
+                raise ApiError("ValidationException", f"signing profile {name} is at version {row.version}")
+            row.status = "Revoked"
+            row.revoked_at = effective.timestamp()
+            row.revocation_reason = reason[:1024]
+
+    def profile_in_use(self, certificate_arn: str) -> bool:
+        with self._db.reading() as s:
+            return (
+                s.scalar(
+                    select(SigningProfile.name)
+                    .where(
+                        SigningProfile.certificate_arn == certificate_arn, SigningProfile.status == "Active"
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
+
+    # Jobs -----------------------------------------------------------------------------
+    def start_job(
+        self,
+        profile_name: str,
+        bucket: str,
+        key: str,
+        version: str | None,
+        destination_bucket: str,
+        prefix: str = "",
+        *,
+        client_request_token: str | None = None,
+        requested_by: str = "",
+    ) -> SigningJob:
+        """Run a signing job to its end; a repeated `client_request_token` returns the
+        job it started the first time."""
+        if client_request_token:
+            with self._db.reading() as s:
+                earlier = s.scalar(
+                    select(SigningJob).where(SigningJob.client_request_token == client_request_token)
+                )
+            if earlier is not None:
+                if (earlier.profile_name, earlier.source["s3"]["key"]) != (profile_name, key):
+                    raise ApiError(
+                        "ConflictException", "clientRequestToken was already used for another signing request"
+                    )
+                return earlier
+        profile = self.get_profile(profile_name)
+        if profile.status != "Active":
+            raise ApiError("ValidationException", f"signing profile {profile_name} is {profile.status}")
+        job_id = str(uuid.uuid4())
+        now = self._clock()
+        job = SigningJob(
+            job_id=job_id,
+            profile_name=profile_name,
+            client_request_token=client_request_token or None,
+            source={"s3": {"bucketName": bucket, "key": key, "version": version or ""}},
+            destination={"s3": {"bucketName": destination_bucket, "prefix": prefix}},
+            signed_object=None,
+            signature=None,
+            status="InProgress",
+            requested_by=requested_by,
+            created_at=now,
+            platform_id=profile.platform_id,
+            certificate_arn=profile.certificate_arn,
+        )
+        try:
+            self._sign(job, profile)
+        except (OverairError, OSError) as exc:
+            job.status, job.status_reason = "Failed", getattr(exc, "message", str(exc))
+            log.warning("signing job %s failed: %s", job_id, job.status_reason)
+        job.completed_at = self._clock()
+        with self._db.session() as s:
+            s.add(job)
+        return job
+
+    def _sign(self, job: SigningJob, profile: SigningProfile) -> None:
+        cert_row = self.certificates.get(profile.certificate_arn)
+        source = job.source["s3"]
+        stored, data = self._objects.get_object(
+            source["bucketName"], source["key"], source["version"] or None
+        )
+        job.source = {"s3": {**source, "version": stored.version_id}}
+        signature = self.certificates.signing_key(cert_row).sign_digest(codesign.sha256(data))
+        chain = self.certificates.chain_of(cert_row)
+        # Check the key really made a signature the device will accept (an HSM answering
+        # with another key's signature must not produce a job that ships).
+        codesign.verify_digest(chain[0], codesign.sha256(data), signature)
+        destination = job.destination["s3"]
+        envelope = json.dumps(
+            {
+                "signature": base64.b64encode(signature).decode(),
+                "hashAlgorithm": "SHA256",
+                "encryptionAlgorithm": PLATFORMS[profile.platform_id].encryption,
+                "source": job.source["s3"],
+                "certificateArn": cert_row.arn,
+                "certificateChain": "".join(
+                    c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
+                ),
+            },
+            indent=1,
+        ).encode()
+        out = self._objects.put_object(
+            destination["bucketName"],
+            f"{destination['prefix']}{job.job_id}.json",
+            envelope,
+            content_type="application/json",
+        )
+        job.signature = signature
+        job.signed_object = {"s3": {"bucketName": destination["bucketName"], "key": out.key}}
+        job.status = "Succeeded"
+
+    def describe_job(self, job_id: str) -> SigningJob:
+        with self._db.reading() as s:
+            job = s.get(SigningJob, job_id)
+            if job is None:
+                raise ApiError("ResourceNotFoundException", f"signing job {job_id} not found")
+            return job
+
+    def list_jobs(self, status: str | None = None) -> list[SigningJob]:
+        with self._db.reading() as s:
+            query = select(SigningJob).order_by(SigningJob.created_at)
+            if status:
+                query = query.where(SigningJob.status == status)
+            return list(s.scalars(query))
+
+    def revoke_signature(self, job_id: str, reason: str) -> None:
         with self._db.session() as s:
             job = s.get(SigningJob, job_id)
             if job is None:
-                raise not_found(f"signing job {job_id}")
-            if job.status != "Succeeded" or job.signature is None:
-                raise invalid(f"signing job {job_id} is {job.status}")
-        profile = self.profile(job.profile_name)
-        cert_row = self.certificate(profile.certificate_arn)
-        return Signed(job.signature, self.chain_of(cert_row), profile.certificate_path_on_device,
-                      PLATFORMS[profile.platform_id]["signatureKey"], job_id)
+                raise ApiError("ResourceNotFoundException", f"signing job {job_id} not found")
+            job.revoked_at = self._clock()
+            job.status_reason = f"revoked: {reason}"[:1024]
+
+    # For the OTA Update Manager ---------------------------------------------------------
+    def sign_object(
+        self,
+        profile_name: str,
+        bucket: str,
+        key: str,
+        version: str | None,
+        destination_bucket: str,
+        prefix: str = "",
+        requested_by: str = "",
+    ) -> Signed:
+        job = self.start_job(
+            profile_name, bucket, key, version, destination_bucket, prefix, requested_by=requested_by
+        )
+        return self.signed_by_job(job.job_id)
+
+    def signed_by_job(self, job_id: str) -> Signed:
+        """A finished job's signature, refused if it, its profile or its certificate is
+        no longer trusted."""
+        job = self.describe_job(job_id)
+        if job.status != "Succeeded" or job.signature is None:
+            raise SigningFailed(f"signing job {job_id} is {job.status}: {job.status_reason}")
+        if job.revoked_at is not None:
+            raise SigningFailed(f"the signature of signing job {job_id} was revoked")
+        profile = self.get_profile(job.profile_name)
+        if profile.revoked_at is not None and job.created_at >= profile.revoked_at:
+            raise SigningFailed(
+                f"signing profile {profile.name} was revoked for signatures made after "
+                f"{dt.datetime.fromtimestamp(profile.revoked_at, dt.UTC).isoformat()}"
+            )
+        cert_row = self.certificates.get(job.certificate_arn or profile.certificate_arn)
+        if cert_row.status == "REVOKED":
+            raise SigningFailed(f"the certificate of signing job {job_id} ({cert_row.arn}) is revoked")
+        return Signed(
+            job.signature,
+            self.certificates.chain_of(cert_row),
+            profile.certificate_path_on_device,
+            PLATFORMS[profile.platform_id].signature_key,
+            job_id,
+        )
 
     def revoked_serials(self) -> frozenset[int]:
-        with self._db.session() as s:
-            serials = s.scalars(select(SigningCertificate.serial)
-                                .where(SigningCertificate.status == "REVOKED"))
-            return frozenset(int(x, 16) for x in serials)
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        return self.certificates.revoked_serials()

@@ -137,6 +137,12 @@ class SigningCertificate(Base):
     status: Mapped[str] = mapped_column(String(32), default="ISSUED")
     development_only: Mapped[bool] = mapped_column(Boolean, default=False)
     imported_at: Mapped[float] = mapped_column(Float)
+    # PKCS#11 keys: {"module", "token", "label"}; the PIN is what key_sealed then holds.
+    key_ref: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    key_algorithm: Mapped[str] = mapped_column(String(32), default="")  # e.g. ECDSA-P256, RSA-2048
+    self_signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revocation_reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class SigningProfile(Base):
@@ -148,6 +154,9 @@ class SigningProfile(Base):
     certificate_path_on_device: Mapped[str] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16), default="Active")
     created_at: Mapped[float] = mapped_column(Float)
+    version: Mapped[str] = mapped_column(String(16), default="1")
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revocation_reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class SigningJob(Base):
@@ -164,6 +173,9 @@ class SigningJob(Base):
     requested_by: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    platform_id: Mapped[str] = mapped_column(String(64), default="")
+    certificate_arn: Mapped[str] = mapped_column(String(256), default="")
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Stream(Base):
