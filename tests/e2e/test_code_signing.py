@@ -567,3 +567,22 @@ def test_pkcs11_module_outside_the_allow_list_is_never_loaded(srv: RunningServer
     signer = make_signer(operator_root)
     uri = b"pkcs11:token=t;object=k;type=private?module-path=/tmp/evil.so&pin-value=1"
     assert _refusal(srv, signer, key_pem=uri).startswith("[Pkcs11ModuleNotAllowed]")
+
+
+def test_delete_certificate_refuses_one_in_use_or_revoked(srv: RunningServer, operator_root: Issued) -> None:
+    acm = srv.client("acm")
+    unused = _import(srv, make_signer(operator_root, cn="unused signer"))
+    acm.delete_certificate(CertificateArn=unused)
+    with pytest.raises(ClientError) as gone:
+        acm.describe_certificate(CertificateArn=unused)
+    assert gone.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    used = _import(srv, make_signer(operator_root, cn="used signer"))
+    _profile(srv, "p-in-use", used)
+    with pytest.raises(ClientError) as in_use:
+        acm.delete_certificate(CertificateArn=used)
+    assert in_use.value.response["Error"]["Code"] == "ResourceInUseException"
+    srv.client("signer").cancel_signing_profile(profileName="p-in-use")
+    srv.client("overair").revoke_code_signing_certificate(CertificateArn=used, Reason="retired")
+    with pytest.raises(ClientError) as revoked:
+        acm.delete_certificate(CertificateArn=used)  # it must stay on the revocation list
+    assert revoked.value.response["Error"]["Code"] == "ResourceInUseException"

@@ -58,7 +58,7 @@ class Server:
         self.clock = clock
         self.db = Database(settings.db_url)
         migrate(self.db.engine)
-        self.sealer = Sealer.from_file(paths.master_key)
+        self.sealer = Sealer.load(paths.master_key)
         self.fleet_ca = pki.load_issued(paths.fleet_ca_cert.read_bytes(), paths.fleet_ca_key.read_bytes())
         self.audit = AuditLog(self.db, clock)
         self.identity = IdentityStore(self.db, self.sealer, settings, clock)

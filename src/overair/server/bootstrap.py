@@ -72,7 +72,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     db = Database(settings.db_url)
     try:
         migrate(db.engine)
-        sealer = Sealer.from_file(paths.master_key)
+        sealer = Sealer.load(paths.master_key)
         objects = ObjectStore(db, paths.objects)
         certificates = CertificateStore(db, settings, sealer, now.timestamp, lambda: [dev_root.cert])
         signing = SigningService(db, settings, certificates, objects, now.timestamp)

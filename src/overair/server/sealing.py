@@ -7,6 +7,8 @@ copied into another row or column fails to open instead of being misused.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from overair.core.errors import MisuseError, VerificationFailed
 from overair.server.files import write_private
 
+MASTER_KEY_ENV = "OVERAIR_MASTER_KEY"
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 
@@ -25,6 +28,20 @@ class Sealer:
         if len(master_key) != 32:
             raise MisuseError("the master key must be 32 bytes")
         self._aead = AESGCM(master_key)
+
+    @classmethod
+    def load(cls, path: Path) -> Sealer:
+        """The master key from the environment (`OVERAIR_MASTER_KEY`, base64 of 32
+        bytes, e.g. from a secret manager or systemd credentials, so that it need not
+        sit in the data directory), else from the key file."""
+        encoded = os.environ.get(MASTER_KEY_ENV)
+        if encoded:
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except binascii.Error as exc:
+                raise MisuseError(f"{MASTER_KEY_ENV} is not valid base64") from exc
+            return cls(key)
+        return cls.from_file(path)
 
     @classmethod
     def from_file(cls, path: Path) -> Sealer:
@@ -48,4 +65,6 @@ class Sealer:
 
 
 def create_master_key(path: Path) -> None:
-    write_private(path, AESGCM.generate_key(bit_length=256))
+    """A new master key file, unless the key comes from the environment."""
+    if not os.environ.get(MASTER_KEY_ENV):
+        write_private(path, AESGCM.generate_key(bit_length=256))
