@@ -33,6 +33,7 @@ from overair.server.gateway.mqtt_driver import ServiceConnection
 from overair.server.gateway.tls import client_ssl_context
 from overair.server.iam.identity import IdentityStore
 from overair.server.jobs import api as jobs_api
+from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager
@@ -70,6 +71,8 @@ class Server:
         self.revocation_signer = self._revocation_signer()
         self.streams = StreamService(self.db, settings, self.objects, clock)
         self.jobs = JobService(self.db, settings, self.registry, clock)
+        self.scheduler = JobScheduler(self.db, self.jobs, clock)
+        self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock, self._notify_threadsafe)
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
@@ -114,6 +117,17 @@ class Server:
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
             self.connection.notify_next_threadsafe(things)
+
+    def _thing_joined_group(self, thing: str, group_arn: str) -> None:
+        self._notify_threadsafe(self.jobs.add_thing_to_continuous_jobs(thing, group_arn))
+
+    async def _run_scheduler(self) -> None:
+        """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second."""
+        while True:
+            things = await asyncio.to_thread(self.scheduler.tick)
+            if things and self.connection is not None:
+                await self.connection.notify_next(things)
+            await asyncio.sleep(TICK_SECONDS)
 
     def _schedule_ota(self, ota_id: str) -> None:
         self.background.submit(self.ota.process, ota_id)
@@ -179,6 +193,7 @@ class Server:
                                     ssl_keyfile=str(tls_key) if tls_key else None)
             http = uvicorn.Server(config)
             tasks.append(asyncio.create_task(http.serve()))
+            tasks.append(asyncio.create_task(self._run_scheduler()))
             while not http.started:
                 if tasks[0].done():
                     await tasks[0]

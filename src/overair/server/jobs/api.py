@@ -60,7 +60,8 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
             raise invalid(f"document is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise invalid("document must be a JSON object")
-        keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig")
+        keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
+                "jobExecutionsRetryConfig")
         config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
         job, things = jobs.create_job(r.params["jobId"], r.params["targets"], document,
                                       description=r.params.get("description", ""),

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Select, func, insert, select, update
 
 from overair.core import jobs_wire as wire
+from overair.core import rollout
 from overair.core.errors import PeerInputError
 from overair.core.jobs_wire import ExecutionView, UpdateRequest
 from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
@@ -32,6 +33,8 @@ from overair.server.storage.schema import Job, JobExecution
 
 JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
+# Executions a staged rollout has not released yet exist only for the scheduler.
+RELEASED = JobExecution.released_at.is_not(None)
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 
@@ -77,6 +80,14 @@ class JobService:
             raise invalid("a job needs at least one target")
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise invalid("targetSelection must be SNAPSHOT or CONTINUOUS")
+        config = dict(config or {})
+        try:
+            rollout_config = rollout.RolloutConfig.from_aws(config.get("jobExecutionsRolloutConfig"))
+            rollout.abort_criteria(config.get("abortConfig"))
+            rollout.in_progress_timeout(config.get("timeoutConfig"))
+            rollout.retry_limits(config.get("jobExecutionsRetryConfig"))
+        except rollout.InvalidJobConfig as exc:
+            raise invalid(exc.message) from exc
         encoded = wire.encode(document)
         if len(encoded) > self._settings.limits.max_job_document_bytes:
             raise invalid(f"job document is {len(encoded)} bytes; the limit is "
@@ -88,20 +99,48 @@ class JobService:
                 raise already_exists(f"job {job_id}")
             job = Job(job_id=job_id, arn=self.job_arn(job_id), status=JobStatus.IN_PROGRESS.value,
                       document=document, description=description, targets=list(targets),
-                      target_selection=target_selection, config=dict(config or {}),
+                      target_selection=target_selection, config=config,
                       created_at=now, last_updated_at=now)
             s.add(job)
             s.flush()
-            had_next = self._things_with_active(s, things)
+            # A staged rollout releases executions from the scheduler; else all at once.
+            released_at = None if rollout_config.limited else now
+            had_next = self._things_with_active(s, things) if released_at is not None else set(things)
             if things:
                 s.execute(insert(JobExecution), [
                     {"job_id": job_id, "thing_name": t, "status": ExecStatus.QUEUED.value,
                      "status_details": {}, "queued_at": now, "last_updated_at": now,
-                     "version_number": 1, "execution_number": 1} for t in things])
+                     "version_number": 1, "execution_number": 1, "released_at": released_at}
+                    for t in things])
             else:
-                self._maybe_complete(s, job)
+                self.maybe_complete(s, job)
         # A new QUEUED job is only next for a thing that had nothing active before.
         return job, [t for t in things if t not in had_next]
+
+    def add_thing_to_continuous_jobs(self, thing: str, group_arn: str) -> list[str]:
+        """A thing joined a group: CONTINUOUS jobs targeting the group reach it too.
+        Returns the things to notify (this one, if its next job changed)."""
+        now = self._clock()
+        with self._db.session() as s:
+            jobs = [job for job in s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value,
+                                                              Job.target_selection == "CONTINUOUS"))
+                    if group_arn in job.targets]
+            if not jobs:
+                return []
+            before = self.next_id_in(s, thing)
+            for job in jobs:
+                if s.scalar(self._latest(job.job_id, thing, released_only=False)) is not None:
+                    continue  # it already has (or had) an execution of this job
+                limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited
+                s.add(JobExecution(job_id=job.job_id, thing_name=thing, status=ExecStatus.QUEUED.value,
+                                   status_details={}, queued_at=now, last_updated_at=now, version_number=1,
+                                   execution_number=1, released_at=None if limited else now))
+            s.flush()
+            return [thing] if self.next_id_in(s, thing) != before else []
+
+    def next_id_in(self, s: Any, thing: str) -> int | None:
+        row = self._next_row(s, thing)
+        return None if row is None else row.id
 
     def _things_with_active(self, s: Any, things: list[str]) -> set[str]:
         found: set[str] = set()
@@ -109,7 +148,7 @@ class JobService:
         for i in range(0, len(things), chunk):
             part = things[i:i + chunk]
             found.update(s.scalars(select(JobExecution.thing_name)
-                                   .where(JobExecution.thing_name.in_(part),
+                                   .where(JobExecution.thing_name.in_(part), RELEASED,
                                           JobExecution.status.in_(ACTIVE))))
         return found
 
@@ -119,7 +158,7 @@ class JobService:
             if job is None:
                 raise not_found(f"job {job_id}")
             counts = dict(s.execute(select(JobExecution.status, func.count())
-                                    .where(JobExecution.job_id == job_id)
+                                    .where(JobExecution.job_id == job_id, RELEASED)
                                     .group_by(JobExecution.status)).tuples().all())
             return job, counts
 
@@ -141,14 +180,14 @@ class JobService:
         with self._db.reading() as s:
             if s.get(Job, job_id) is None:
                 raise not_found(f"job {job_id}")
-            query = select(JobExecution).where(JobExecution.job_id == job_id)
+            query = select(JobExecution).where(JobExecution.job_id == job_id, RELEASED)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.thing_name)))
 
     def executions_for_thing(self, thing: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:
-            query = select(JobExecution).where(JobExecution.thing_name == thing)
+            query = select(JobExecution).where(JobExecution.thing_name == thing, RELEASED)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.queued_at)))
@@ -198,10 +237,11 @@ class JobService:
 
     # Device side ------------------------------------------------------------------
     @staticmethod
-    def _latest(job_id: str, thing: str) -> Select[tuple[JobExecution]]:
-        return (select(JobExecution).where(JobExecution.job_id == job_id,
-                                           JobExecution.thing_name == thing)
-                .order_by(JobExecution.execution_number.desc()).limit(1))
+    def _latest(job_id: str, thing: str, *, released_only: bool = True) -> Select[tuple[JobExecution]]:
+        query = select(JobExecution).where(JobExecution.job_id == job_id, JobExecution.thing_name == thing)
+        if released_only:
+            query = query.where(RELEASED)
+        return query.order_by(JobExecution.execution_number.desc()).limit(1)
 
     def _view(self, s: Any, row: JobExecution, with_document: bool = True) -> ExecutionView:
         document = None
@@ -218,7 +258,7 @@ class JobService:
     def _next_row(self, s: Any, thing: str) -> JobExecution | None:
         for status in (ExecStatus.IN_PROGRESS.value, ExecStatus.QUEUED.value):
             row: JobExecution | None = s.scalar(
-                select(JobExecution).where(JobExecution.thing_name == thing,
+                select(JobExecution).where(JobExecution.thing_name == thing, RELEASED,
                                            JobExecution.status == status)
                 .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
             if row is not None:
@@ -245,7 +285,7 @@ class JobService:
     def pending_for_device(self, thing: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(inProgressJobs, queuedJobs) summaries for `$aws/things/T/jobs/get`."""
         with self._db.reading() as s:
-            rows = s.scalars(select(JobExecution).where(JobExecution.thing_name == thing,
+            rows = s.scalars(select(JobExecution).where(JobExecution.thing_name == thing, RELEASED,
                                                         JobExecution.status.in_(ACTIVE))
                              .order_by(JobExecution.queued_at, JobExecution.id)).all()
         summaries: dict[str, list[dict[str, Any]]] = {status: [] for status in ACTIVE}
@@ -270,6 +310,7 @@ class JobService:
                 row.started_at = now
                 row.last_updated_at = now
                 row.version_number += 1
+                row.timeout_at = self._deadline(s, row, None, now)
                 if details is not None:
                     row.status_details = details
             return self._view(s, row)
@@ -304,19 +345,51 @@ class JobService:
                 row.started_at = now
             row.last_updated_at = now
             row.version_number += 1
+            if request.status is ExecStatus.IN_PROGRESS:
+                row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
+            elif request.status.terminal:
+                row.timeout_at = None
             s.flush()
             next_changed = False
             if request.status.terminal:
-                after = self._next_row(s, thing)
-                next_changed = (before.id if before else None) != (after.id if after else None)
                 job = s.get(Job, job_id)
                 if job is not None:
+                    self.retry_if_allowed(s, job, row, now)
                     job.last_updated_at = now
-                    self._maybe_complete(s, job)
+                    self.maybe_complete(s, job)
+                s.flush()
+                after = self._next_row(s, thing)
+                next_changed = (before.id if before else None) != (after.id if after else None)
             return UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
                                  next_changed)
 
-    def _maybe_complete(self, s: Any, job: Job) -> None:
+    @staticmethod
+    def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:
+        """When this IN_PROGRESS execution times out: the device's step timeout if it
+        gave one, else the job's in-progress timeout counted from its start, else never."""
+        if step_minutes is not None and step_minutes > 0:
+            return now + 60.0 * step_minutes
+        if row.timeout_at is not None:
+            return row.timeout_at
+        job = s.get(Job, row.job_id)
+        limit = rollout.in_progress_timeout(job.config.get("timeoutConfig")) if job is not None else None
+        return None if limit is None else (row.started_at or now) + limit
+
+    def retry_if_allowed(self, s: Any, job: Job, row: JobExecution, now: float) -> bool:
+        """jobExecutionsRetryConfig: queue a new attempt (the next execution number)."""
+        limits = rollout.retry_limits(job.config.get("jobExecutionsRetryConfig"))
+        if job.status != JobStatus.IN_PROGRESS.value or not rollout.should_retry(
+                limits, row.status, row.execution_number):
+            return False
+        # The version number carries on from the failed attempt, so a stale or replayed
+        # update carrying that attempt's expectedVersion cannot land on the new one (N3).
+        s.add(JobExecution(job_id=job.job_id, thing_name=row.thing_name, status=ExecStatus.QUEUED.value,
+                           status_details={}, queued_at=now, last_updated_at=now,
+                           version_number=row.version_number + 1,
+                           execution_number=row.execution_number + 1, released_at=now))
+        return True
+
+    def maybe_complete(self, s: Any, job: Job) -> None:
         if job.status != JobStatus.IN_PROGRESS.value or job.target_selection == "CONTINUOUS":
             return
         active = s.scalar(select(func.count()).select_from(JobExecution).where(
@@ -332,7 +405,7 @@ class JobService:
             return False
         with self._db.reading() as s:
             count = s.scalar(select(func.count()).select_from(JobExecution).where(
-                JobExecution.thing_name == thing, JobExecution.job_id.in_(job_ids),
+                JobExecution.thing_name == thing, JobExecution.job_id.in_(job_ids), RELEASED,
                 JobExecution.status.in_(ACTIVE)))
             return bool(count)
 

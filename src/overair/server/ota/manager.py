@@ -198,9 +198,7 @@ class OtaManager:
                 job_id, list(request["targets"]), document,
                 description=request.get("description", ""),
                 target_selection=request.get("targetSelection", "SNAPSHOT"),
-                config={k: request[k] for k in ("awsJobExecutionsRolloutConfig", "awsJobAbortConfig",
-                                                "awsJobTimeoutConfig", "awsJobPresignedUrlConfig")
-                        if k in request})
+                config=job_config_from_ota(request))
         except ApiError as exc:
             if exc.code != "ResourceAlreadyExistsException":
                 raise
@@ -290,6 +288,20 @@ class OtaManager:
         except OverairError as exc:
             raise OtaFailure(f"signature check failed ({exc.code}): {exc.message}",
                              code="SignatureVerificationFailed") from exc
+
+
+def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
+    """CreateOTAUpdate's awsJob* blocks in CreateJob's terms (the abort list is renamed)."""
+    config: dict[str, Any] = {}
+    if request.get("awsJobExecutionsRolloutConfig"):
+        config["jobExecutionsRolloutConfig"] = request["awsJobExecutionsRolloutConfig"]
+    if request.get("awsJobAbortConfig"):
+        config["abortConfig"] = {"criteriaList": request["awsJobAbortConfig"].get("abortCriteriaList", [])}
+    if request.get("awsJobTimeoutConfig"):
+        config["timeoutConfig"] = request["awsJobTimeoutConfig"]
+    if request.get("awsJobPresignedUrlConfig"):
+        config["presignedUrlConfig"] = request["awsJobPresignedUrlConfig"]
+    return config
 
 
 def _jsonable(value: Any) -> Any:

@@ -65,6 +65,8 @@ class Registry:
         self._ca = fleet_ca
         self._clock = clock
         self.on_access_change = on_access_change
+        # (thing, group ARN) after a thing joined a group: CONTINUOUS jobs reach it.
+        self.on_group_join: Callable[[str, str], None] = lambda _thing, _group: None
 
     # Things ---------------------------------------------------------------------
     def thing_arn(self, name: str) -> str:
@@ -180,8 +182,11 @@ class Registry:
                 raise not_found(f"thing group {group}")
             if s.get(Thing, thing) is None:
                 raise not_found(f"thing {thing}")
-            if s.get(ThingGroupMember, (group, thing)) is None:
+            joined = s.get(ThingGroupMember, (group, thing)) is None
+            if joined:
                 s.add(ThingGroupMember(group_name=group, thing_name=thing, added_at=self._clock()))
+        if joined:
+            self.on_group_join(thing, self.group_arn(group))
 
     def remove_from_group(self, group: str, thing: str) -> None:
         with self._db.session() as s:

@@ -208,6 +208,7 @@ class Job(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_updated_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rollout_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobExecution(Base):
@@ -215,6 +216,7 @@ class JobExecution(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "thing_name", "execution_number"),
         Index("ix_job_executions_thing_status", "thing_name", "status"),
+        Index("ix_job_executions_job_released", "job_id", "released_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
@@ -226,6 +228,9 @@ class JobExecution(Base):
     last_updated_at: Mapped[float] = mapped_column(Float)
     version_number: Mapped[int] = mapped_column(Integer, default=1)
     execution_number: Mapped[int] = mapped_column(Integer, default=1)
+    # NULL until the rollout releases it (devices and listings do not see it before).
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    timeout_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class OtaUpdate(Base):

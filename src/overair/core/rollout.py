@@ -1,0 +1,212 @@
+"""Rollout, abort, timeout and retry rules of AWS IoT Jobs, as pure functions.
+
+The job scheduler (server/jobs/scheduler.py) calls these with counts read from the
+database and `now`; everything they decide is written back, so a restarted server picks
+up exactly where it stopped. No clock, no I/O here: tests drive them with numbers.
+
+- Rollout (`jobExecutionsRolloutConfig`): executions are released in one-minute
+  windows, at most `rate` per window. With `exponentialRate` the rate starts at
+  `baseRatePerMinute` and is multiplied by `incrementFactor` each time
+  `numberOfNotifiedThings` more things were released (or `numberOfSucceededThings`
+  more succeeded) since the last increase, never above `maximumPerMinute`.
+- Abort (`abortConfig`): a criterion fires when at least `minNumberOfExecutedThings`
+  executions have ended and the share of those that ended with its failure type is at
+  least `thresholdPercentage`.
+- Timeout (`timeoutConfig.inProgressTimeoutInMinutes`, or a device's
+  `stepTimeoutInMinutes`): an IN_PROGRESS execution past its deadline is TIMED_OUT.
+- Retry (`jobExecutionsRetryConfig`): a FAILED or TIMED_OUT execution is queued again
+  (a new execution number) while its failure type has retries left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from overair.core.errors import PeerInputError
+
+WINDOW_SECONDS = 60.0
+MAX_RATE = 1000
+FAILURE_TYPES = ("FAILED", "REJECTED", "TIMED_OUT", "ALL")
+RETRY_FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
+
+
+class InvalidJobConfig(PeerInputError):
+    code = "InvalidRequestException"
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJobConfig(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+# --- rollout ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    maximum_per_minute: int | None = None
+    base_rate: int | None = None  # exponentialRate.baseRatePerMinute
+    increment_factor: float = 1.0
+    notified_step: int | None = None  # rateIncreaseCriteria.numberOfNotifiedThings
+    succeeded_step: int | None = None  # rateIncreaseCriteria.numberOfSucceededThings
+
+    @property
+    def limited(self) -> bool:
+        return self.maximum_per_minute is not None or self.base_rate is not None
+
+    @classmethod
+    def from_aws(cls, raw: Mapping[str, Any] | None) -> RolloutConfig:
+        if not raw:
+            return cls()
+        maximum = raw.get("maximumPerMinute")
+        if maximum is not None:
+            maximum = _int(maximum, "maximumPerMinute", 1, MAX_RATE)
+        exponential = raw.get("exponentialRate")
+        if not exponential:
+            return cls(maximum_per_minute=maximum)
+        base = _int(exponential.get("baseRatePerMinute"), "baseRatePerMinute", 1, MAX_RATE)
+        factor = exponential.get("incrementFactor")
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1.1 <= factor <= 5:
+            raise InvalidJobConfig("incrementFactor must be a number from 1.1 to 5")
+        criteria = exponential.get("rateIncreaseCriteria") or {}
+        notified, succeeded = criteria.get("numberOfNotifiedThings"), criteria.get("numberOfSucceededThings")
+        if (notified is None) == (succeeded is None):
+            raise InvalidJobConfig("rateIncreaseCriteria needs exactly one of numberOfNotifiedThings "
+                                   "and numberOfSucceededThings")
+        if maximum is not None and base > maximum:
+            raise InvalidJobConfig("baseRatePerMinute cannot exceed maximumPerMinute")
+        return cls(maximum, base, float(factor),
+                   None if notified is None else _int(notified, "numberOfNotifiedThings", 1, 1_000_000),
+                   None if succeeded is None else _int(succeeded, "numberOfSucceededThings", 1, 1_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """What the scheduler persists per job between ticks."""
+
+    window_start: float
+    released_in_window: int = 0
+    rate: float = 0.0
+    increase_mark: int = 0  # notified/succeeded count at the last rate increase
+
+    def to_json(self) -> dict[str, Any]:
+        return {"window_start": self.window_start, "released_in_window": self.released_in_window,
+                "rate": self.rate, "increase_mark": self.increase_mark}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RolloutState:
+        return cls(float(raw["window_start"]), int(raw["released_in_window"]), float(raw["rate"]),
+                   int(raw["increase_mark"]))
+
+
+def initial_rollout(config: RolloutConfig, now: float) -> RolloutState:
+    rate = config.base_rate if config.base_rate is not None else (config.maximum_per_minute or 0)
+    return RolloutState(window_start=now, rate=float(rate))
+
+
+def rollout_step(config: RolloutConfig, state: RolloutState, *, released: int, succeeded: int,
+                 now: float) -> tuple[RolloutState, int]:
+    """How many more executions may be released at `now` (and the state after releasing
+    them). `released` and `succeeded` are totals for the job so far."""
+    if not config.limited:
+        return state, 1 << 30
+    if now - state.window_start >= WINDOW_SECONDS:
+        windows = int((now - state.window_start) // WINDOW_SECONDS)
+        state = replace(state, window_start=state.window_start + windows * WINDOW_SECONDS,
+                        released_in_window=0)
+        state = _increase_rate(config, state, released, succeeded)
+    allowance = max(0, int(state.rate) - state.released_in_window)
+    return replace(state, released_in_window=state.released_in_window + allowance), allowance
+
+
+def _increase_rate(config: RolloutConfig, state: RolloutState, released: int, succeeded: int) -> RolloutState:
+    """At a window boundary: one increase per full step of progress since the last one
+    (a rate changes only between windows, so a window never exceeds the rate it began with)."""
+    if config.base_rate is not None:
+        progress = released if config.notified_step is not None else succeeded
+        step = config.notified_step or config.succeeded_step or 1
+        ceiling = float(config.maximum_per_minute or MAX_RATE)
+        rate, mark = state.rate, state.increase_mark
+        while progress - mark >= step and rate < ceiling:
+            rate, mark = min(rate * config.increment_factor, ceiling), mark + step
+        state = replace(state, rate=rate, increase_mark=mark)
+    return state
+
+
+def record_released(state: RolloutState, allowed: int, actually: int) -> RolloutState:
+    """Give back what was allowed but not used (fewer executions were left)."""
+    return replace(state, released_in_window=state.released_in_window - (allowed - actually))
+
+
+# --- abort -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AbortCriterion:
+    failure_type: str
+    threshold_percentage: float
+    min_executed: int
+
+    def describe(self) -> str:
+        return (f"{self.failure_type} reached {self.threshold_percentage:g}% of at least "
+                f"{self.min_executed} executed things")
+
+
+def abort_criteria(raw: Mapping[str, Any] | None) -> tuple[AbortCriterion, ...]:
+    if not raw:
+        return ()
+    criteria = []
+    for item in raw.get("criteriaList") or []:
+        failure_type = item.get("failureType")
+        if failure_type not in FAILURE_TYPES:
+            raise InvalidJobConfig(f"failureType must be one of {FAILURE_TYPES}")
+        if item.get("action", "CANCEL") != "CANCEL":
+            raise InvalidJobConfig("the only abort action is CANCEL")
+        threshold = item.get("thresholdPercentage")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 100:
+            raise InvalidJobConfig("thresholdPercentage must be a number above 0 and at most 100")
+        criteria.append(AbortCriterion(failure_type, float(threshold),
+                                       _int(item.get("minNumberOfExecutedThings"),
+                                            "minNumberOfExecutedThings", 1, 1_000_000)))
+    return tuple(criteria)
+
+
+def abort_triggered(criteria: tuple[AbortCriterion, ...], counts: Mapping[str, int]) -> AbortCriterion | None:
+    """`counts`: executions per terminal status (SUCCEEDED, FAILED, REJECTED, TIMED_OUT, ...)."""
+    executed = sum(counts.get(s, 0) for s in ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"))
+    for criterion in criteria:
+        if executed < criterion.min_executed:
+            continue
+        failures = (sum(counts.get(s, 0) for s in ("FAILED", "REJECTED", "TIMED_OUT"))
+                    if criterion.failure_type == "ALL" else counts.get(criterion.failure_type, 0))
+        if failures * 100 >= criterion.threshold_percentage * executed:
+            return criterion
+    return None
+
+
+# --- timeout and retry -----------------------------------------------------------------------
+
+def in_progress_timeout(raw: Mapping[str, Any] | None) -> float | None:
+    """Seconds an execution may stay IN_PROGRESS, from timeoutConfig."""
+    if not raw or raw.get("inProgressTimeoutInMinutes") is None:
+        return None
+    return 60.0 * _int(raw["inProgressTimeoutInMinutes"], "inProgressTimeoutInMinutes", 1, 10080)
+
+
+def retry_limits(raw: Mapping[str, Any] | None) -> dict[str, int]:
+    """failureType -> numberOfRetries, from jobExecutionsRetryConfig."""
+    limits: dict[str, int] = {}
+    for item in (raw or {}).get("criteriaList") or []:
+        failure_type = item.get("failureType")
+        if failure_type not in RETRY_FAILURE_TYPES:
+            raise InvalidJobConfig(f"retry failureType must be one of {RETRY_FAILURE_TYPES}")
+        limits[failure_type] = _int(item.get("numberOfRetries"), "numberOfRetries", 0, 10)
+    return limits
+
+
+def should_retry(limits: Mapping[str, int], status: str, execution_number: int) -> bool:
+    """Whether an execution that ended `status` gets another attempt (execution numbers
+    start at 1, so `execution_number - 1` retries were already used)."""
+    allowed = limits.get(status, limits.get("ALL", 0)) if status in ("FAILED", "TIMED_OUT") else 0
+    return execution_number - 1 < allowed

@@ -1,0 +1,139 @@
+"""The job scheduler: what happens to jobs with time rather than with device messages.
+
+Every tick, for each running job, in one transaction: time out IN_PROGRESS executions
+past their deadline (and queue retries), abort the job when an abort criterion fires,
+release the next executions of a staged rollout, and complete the job when nothing is
+left. The decisions are `core.rollout`'s; every input is read from the database and
+every result written back, so a tick is idempotent and a server killed between ticks
+(or in the middle of one: the transaction rolls back) carries on where it stopped.
+
+`tick()` returns the things whose next job changed, to be sent notify-next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from overair.core import rollout
+from overair.core.jobstates import ExecStatus, JobStatus
+from overair.server.clock import Clock
+from overair.server.jobs.service import ACTIVE, RELEASED, JobService
+from overair.server.storage.db import Database
+from overair.server.storage.schema import Job, JobExecution
+
+log = logging.getLogger("overair.jobs")
+TICK_SECONDS = 1.0
+Remember = Callable[[list[str]], None]  # note things before changing their executions
+
+
+class JobScheduler:
+    def __init__(self, db: Database, jobs: JobService, clock: Clock,
+                 on_aborted: Callable[[str, str], None] = lambda _job, _why: None) -> None:
+        self._db = db
+        self._jobs = jobs
+        self._clock = clock
+        self.on_aborted = on_aborted
+
+    def tick(self) -> list[str]:
+        with self._db.reading() as s:
+            job_ids = list(s.scalars(select(Job.job_id).where(Job.status == JobStatus.IN_PROGRESS.value)))
+        changed: list[str] = []
+        for job_id in job_ids:
+            try:
+                changed.extend(self._tick_job(job_id, self._clock()))
+            except Exception:
+                # One broken job must not stop the others; the next tick tries again.
+                log.exception("scheduling job %s failed", job_id)
+        return sorted(set(changed))
+
+    def _tick_job(self, job_id: str, now: float) -> list[str]:
+        with self._db.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != JobStatus.IN_PROGRESS.value:
+                return []
+            touched: dict[str, int | None] = {}  # thing -> its next execution id before
+
+            def remember(things: list[str]) -> None:
+                for thing in things:
+                    if thing not in touched:
+                        touched[thing] = self._jobs.next_id_in(s, thing)
+
+            self._time_out(s, job, now, remember)
+            if not self._abort_if_needed(s, job, now, remember):
+                self._release(s, job, now, remember)
+            self._jobs.maybe_complete(s, job)
+            s.flush()
+            return [thing for thing, before in touched.items() if self._jobs.next_id_in(s, thing) != before]
+
+    def _time_out(self, s: Session, job: Job, now: float, remember: Remember) -> None:
+        rows = list(s.scalars(select(JobExecution).where(
+            JobExecution.job_id == job.job_id, RELEASED,
+            JobExecution.status == ExecStatus.IN_PROGRESS.value, JobExecution.timeout_at <= now)))
+        if not rows:
+            return
+        remember([row.thing_name for row in rows])
+        for row in rows:
+            row.status = ExecStatus.TIMED_OUT.value
+            row.last_updated_at = now
+            row.version_number += 1
+            row.timeout_at = None
+            self._jobs.retry_if_allowed(s, job, row, now)
+        log.info("job %s: %d execution(s) timed out", job.job_id, len(rows))
+
+    def _abort_if_needed(self, s: Session, job: Job, now: float, remember: Remember) -> bool:
+        criteria = rollout.abort_criteria(job.config.get("abortConfig"))
+        if not criteria:
+            return False
+        counts = dict(s.execute(
+            select(JobExecution.status, func.count()).where(JobExecution.job_id == job.job_id, RELEASED)
+            .group_by(JobExecution.status)).tuples().all())
+        fired = rollout.abort_triggered(criteria, counts)
+        if fired is None:
+            return False
+        queued = list(s.scalars(select(JobExecution.thing_name).where(
+            JobExecution.job_id == job.job_id, RELEASED, JobExecution.status == ExecStatus.QUEUED.value)))
+        remember(queued)
+        # As AWS's abort: the job is canceled; queued executions are canceled, the ones
+        # in progress may finish.
+        s.execute(update(JobExecution)
+                        .where(JobExecution.job_id == job.job_id,
+                               JobExecution.status == ExecStatus.QUEUED.value)
+                        .values(status=ExecStatus.CANCELED.value, last_updated_at=now,
+                                version_number=JobExecution.version_number + 1))
+        job.status = JobStatus.CANCELED.value
+        job.reason_code = f"ABORTED_{fired.failure_type}"
+        job.comment = f"aborted: {fired.describe()}"
+        job.last_updated_at = now
+        log.warning("job %s aborted: %s", job.job_id, fired.describe())
+        self.on_aborted(job.job_id, fired.describe())
+        return True
+
+    def _release(self, s: Session, job: Job, now: float, remember: Remember) -> None:
+        config = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig"))
+        if not config.limited:
+            return
+        unreleased = select(JobExecution).where(JobExecution.job_id == job.job_id,
+                                                JobExecution.released_at.is_(None),
+                                                JobExecution.status.in_(ACTIVE))
+        if s.scalar(unreleased.limit(1)) is None:
+            return
+        state = (rollout.RolloutState.from_json(job.rollout_state) if job.rollout_state
+                 else rollout.initial_rollout(config, now))
+        released = s.scalar(select(func.count()).select_from(JobExecution).where(
+            JobExecution.job_id == job.job_id, RELEASED)) or 0
+        succeeded = s.scalar(select(func.count()).select_from(JobExecution).where(
+            JobExecution.job_id == job.job_id, JobExecution.status == ExecStatus.SUCCEEDED.value)) or 0
+        state, allowed = rollout.rollout_step(config, state, released=int(released),
+                                              succeeded=int(succeeded), now=now)
+        rows = list(s.scalars(unreleased.order_by(JobExecution.id).limit(allowed)))
+        remember([row.thing_name for row in rows])
+        for row in rows:
+            row.released_at = now
+            row.queued_at = now
+        job.rollout_state = rollout.record_released(state, allowed, len(rows)).to_json()
+        if rows:
+            log.info("job %s: released %d execution(s)", job.job_id, len(rows))

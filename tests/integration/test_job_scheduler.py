@@ -1,0 +1,237 @@
+"""The job scheduler and the job service together, on SQLite and PostgreSQL, against a
+controlled clock: staged release, timeouts, retries, abort, continuous jobs, and a
+"restart" (a new service over the same database) in the middle of all of it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overair.core.jobs_wire import UpdateRequest
+from overair.core.jobstates import ExecStatus
+from overair.server import pki
+from overair.server.api.contract import ApiError
+from overair.server.jobs.scheduler import JobScheduler
+from overair.server.jobs.service import JobService
+from overair.server.registry.service import Registry
+from overair.server.settings import Settings
+from overair.server.storage.db import Database, migrate
+
+CA = pki.make_root_ca("scheduler test CA", dt.datetime.now(dt.UTC))
+
+
+@dataclass
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class World:
+    db: Database
+    settings: Settings
+    clock: Clock
+    registry: Registry = field(init=False)
+    jobs: JobService = field(init=False)
+    scheduler: JobScheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """New service objects over the same database, as after a server restart."""
+        self.registry = Registry(self.db, self.settings, CA, self.clock)
+        self.jobs = JobService(self.db, self.settings, self.registry, self.clock)
+        self.scheduler = JobScheduler(self.db, self.jobs, self.clock)
+        self.registry.on_group_join = self.jobs.add_thing_to_continuous_jobs  # type: ignore[assignment]
+
+    def things(self, n: int, group: str = "fleet") -> list[str]:
+        names = [f"dev-{i:03d}" for i in range(n)]
+        self.registry.create_group(group)
+        for name in names:
+            self.registry.create_thing(name)
+            self.registry.add_to_group(group, name)
+        return names
+
+    def create(self, job_id: str = "job-1", group: str = "fleet", **config: Any) -> list[str]:
+        _, notify = self.jobs.create_job(
+            job_id,
+            [self.registry.group_arn(group)],
+            {"operation": "x"},
+            config=config,
+            target_selection=config.pop("selection", "SNAPSHOT"),
+        )
+        return notify
+
+    def visible(self, job_id: str = "job-1") -> dict[str, str]:
+        return {row.thing_name: row.status for row in self.jobs.executions_for_job(job_id)}
+
+    def update(
+        self,
+        thing: str,
+        status: ExecStatus,
+        job_id: str = "job-1",
+        step_minutes: int | None = None,
+        expected: int | None = None,
+    ) -> Any:
+        return self.jobs.update_execution(
+            thing,
+            job_id,
+            UpdateRequest(
+                status=status,
+                status_details={"s": status.value},
+                expected_version=expected,
+                execution_number=None,
+                include_job_execution_state=False,
+                include_job_document=False,
+                step_timeout_minutes=step_minutes,
+                client_token="",
+            ),
+        )
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[World]:
+    db = Database(database_url)
+    migrate(db.engine)
+    yield World(
+        db, Settings(data_dir=tmp_path, account_id="123456789012", database_url=database_url), Clock()
+    )
+    db.close()
+
+
+def test_staged_rollout_releases_at_most_the_rate_per_minute_and_survives_a_restart(world: World) -> None:
+    things = world.things(12)
+    assert world.create(jobExecutionsRolloutConfig={"maximumPerMinute": 5}) == []  # nobody notified yet
+    assert world.visible() == {}
+    assert world.jobs.next_execution(things[0]) is None  # unreleased: the device sees nothing
+    first = world.scheduler.tick()
+    assert len(first) == 5
+    assert len(world.visible()) == 5
+    world.clock.advance(30)
+    assert world.scheduler.tick() == []  # same minute: nothing more
+    world.restart()
+    world.clock.advance(31)
+    assert len(world.scheduler.tick()) == 5  # next minute, after the "restart"
+    world.clock.advance(60)
+    world.scheduler.tick()
+    assert len(world.visible()) == 12
+    assert world.jobs.describe_job("job-1")[1]["QUEUED"] == 12
+
+
+def test_in_progress_timeout_times_out_silent_devices_and_retries_them(world: World) -> None:
+    a, b = world.things(2)
+    world.create(
+        timeoutConfig={"inProgressTimeoutInMinutes": 2},
+        jobExecutionsRetryConfig={"criteriaList": [{"failureType": "TIMED_OUT", "numberOfRetries": 1}]},
+    )
+    world.update(a, ExecStatus.IN_PROGRESS)
+    world.update(b, ExecStatus.IN_PROGRESS, step_minutes=10)  # the device asked for longer
+    world.clock.advance(119)
+    assert world.scheduler.tick() == []
+    world.clock.advance(2)
+    assert world.scheduler.tick() == [a]  # a's next job changed: its retry
+    assert world.jobs.describe_execution("job-1", b).status == "IN_PROGRESS"
+    retry = world.jobs.next_execution(a)
+    assert retry is not None
+    assert (retry.status, retry.execution_number) == (ExecStatus.QUEUED, 2)
+    world.update(a, ExecStatus.IN_PROGRESS)
+    world.clock.advance(121)
+    world.scheduler.tick()
+    assert world.jobs.describe_execution("job-1", a).status == "TIMED_OUT"
+    assert world.jobs.next_execution(a) is None  # no retries left
+    world.clock.advance(600)  # b's own 10-minute step timeout passes too: it gets its retry
+    world.scheduler.tick()
+    assert sorted((r.execution_number, r.status) for r in world.jobs.executions_for_thing(b)) == [
+        (1, "TIMED_OUT"),
+        (2, "QUEUED"),
+    ]
+    assert world.jobs.describe_job("job-1")[0].status == "IN_PROGRESS"
+
+
+def test_timed_out_execution_refuses_a_late_device_update(world: World) -> None:
+    (a,) = world.things(1)
+    world.create(timeoutConfig={"inProgressTimeoutInMinutes": 1})
+    world.update(a, ExecStatus.IN_PROGRESS)
+    world.clock.advance(61)
+    world.scheduler.tick()
+    with pytest.raises(Exception, match="already TIMED_OUT"):
+        world.update(a, ExecStatus.SUCCEEDED)
+
+
+def test_abort_cancels_the_job_once_the_failure_threshold_is_reached(world: World) -> None:
+    things = world.things(10)
+    world.create(
+        abortConfig={
+            "criteriaList": [
+                {
+                    "failureType": "FAILED",
+                    "action": "CANCEL",
+                    "thresholdPercentage": 50,
+                    "minNumberOfExecutedThings": 4,
+                }
+            ]
+        }
+    )
+    world.update(things[0], ExecStatus.FAILED)
+    world.update(things[1], ExecStatus.FAILED)
+    world.update(things[2], ExecStatus.SUCCEEDED)
+    world.update(things[3], ExecStatus.IN_PROGRESS)
+    assert world.scheduler.tick() == []  # 3 executed: below the minimum
+    world.update(things[4], ExecStatus.FAILED)  # 4 executed, 3 failed: 75 %
+    notified = world.scheduler.tick()
+    job, counts = world.jobs.describe_job("job-1")
+    assert job.status == "CANCELED"
+    assert job.reason_code == "ABORTED_FAILED"
+    assert set(notified) == set(things[5:])  # their queued execution went away
+    assert counts["CANCELED"] == 5
+    assert world.jobs.describe_execution("job-1", things[3]).status == "IN_PROGRESS"  # may finish
+
+
+def test_continuous_job_reaches_a_thing_added_to_the_group_later(world: World) -> None:
+    world.things(2)
+    world.create(selection="CONTINUOUS")
+    world.registry.create_thing("late-comer")
+    world.registry.add_to_group("fleet", "late-comer")
+    execution = world.jobs.next_execution("late-comer")
+    assert execution is not None
+    assert execution.job_id == "job-1"
+    world.registry.add_to_group("fleet", "late-comer")  # already a member: no second execution
+    assert len([r for r in world.jobs.executions_for_thing("late-comer")]) == 1
+
+
+def test_snapshot_job_does_not_reach_a_thing_added_later(world: World) -> None:
+    world.things(2)
+    world.create()
+    world.registry.create_thing("late-comer")
+    world.registry.add_to_group("fleet", "late-comer")
+    assert world.jobs.next_execution("late-comer") is None
+
+
+def test_invalid_job_configuration_is_refused_before_anything_is_created(world: World) -> None:
+    world.things(1)
+    with pytest.raises(ApiError) as caught:
+        world.create(jobExecutionsRolloutConfig={"maximumPerMinute": 0})
+    assert caught.value.code == "InvalidRequestException"
+    assert world.jobs.list_jobs() == []
+
+
+def test_retry_after_a_failure_and_a_replayed_update_changes_nothing(world: World) -> None:
+    (a,) = world.things(1)
+    world.create(jobExecutionsRetryConfig={"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]})
+    first = world.update(a, ExecStatus.FAILED, expected=1)
+    assert first.next_changed  # the retry is its next job
+    with pytest.raises(Exception, match="expected version 1"):
+        world.update(a, ExecStatus.FAILED, expected=1)  # N3: the same update replayed
+    rows = world.jobs.executions_for_thing(a)
+    assert sorted((r.execution_number, r.status) for r in rows) == [(1, "FAILED"), (2, "QUEUED")]
