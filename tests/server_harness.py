@@ -10,7 +10,8 @@ returns a boto3 client with the administrator key from the data directory's
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,16 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(data_dir: Path, *, database_url: str = "",
-                   settings_toml: str = "") -> Iterator[RunningServer]:
-    """`settings_toml`: extra lines for overair.toml (e.g. `pkcs11_modules = [...]`)."""
+def running_server(data_dir: Path, *, database_url: str = "", settings_toml: str = "",
+                   clock: Callable[[], float] = time.time) -> Iterator[RunningServer]:
+    """`settings_toml`: extra lines for overair.toml (e.g. `pkcs11_modules = [...]`);
+    `clock`: the server's idea of now (tests shift it to make timeouts happen)."""
     initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), database_url=database_url)
     if settings_toml:
         config = data_dir / "overair.toml"
         config.write_text(config.read_text() + settings_toml + "\n")
     settings = load_settings(data_dir)
-    thread = ServerThread(settings)
+    thread = ServerThread(settings, clock)
     thread.start()
     try:
         yield RunningServer(settings, thread, ApiClients.from_data_dir(data_dir))

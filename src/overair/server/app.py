@@ -226,8 +226,8 @@ class Server:
 class ServerThread:
     """Runs a Server on its own event loop in a thread (the demo and tests use it)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.server = Server(settings)
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+        self.server = Server(settings, clock)
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._error: BaseException | None = None

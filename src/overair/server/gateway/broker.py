@@ -134,8 +134,17 @@ class Broker:
     async def start(self, ssl_context: ssl.SSLContext, timeout: float = 10.0) -> None:
         check_port_free(self.host, self.port)
         binary = find_mosquitto(self.binary)
+        command = [binary, "-c", str(self.config_path)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # If the server dies without stopping the broker (SIGKILL, OOM), the kernel
+            # takes the broker down too, so a restart finds its port free and no orphan
+            # keeps serving devices with a stale ACL.
+            command = [setpriv, "--pdeathsig", "TERM", *command]
+        else:
+            log.warning("setpriv (util-linux) not found: the broker will outlive a killed server")
         self.process = await asyncio.create_subprocess_exec(
-            binary, "-c", str(self.config_path), stdin=asyncio.subprocess.DEVNULL,
+            *command, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         self._log_task = asyncio.create_task(self._forward_logs())
