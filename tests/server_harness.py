@@ -68,7 +68,8 @@ def running_server(data_dir: Path, *, database_url: str = "", settings_toml: str
                    clock: Callable[[], float] = time.time) -> Iterator[RunningServer]:
     """`settings_toml`: extra lines for overair.toml (e.g. `pkcs11_modules = [...]`);
     `clock`: the server's idea of now (tests shift it to make timeouts happen)."""
-    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), database_url=database_url)
+    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port(),
+               database_url=database_url)
     if settings_toml:
         config = data_dir / "overair.toml"
         config.write_text(config.read_text() + settings_toml + "\n")

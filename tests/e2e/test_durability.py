@@ -67,7 +67,7 @@ class ServeProcess:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeProcess]:
     http_port, mqtt_port = free_port(), free_port()
-    initialize(tmp_path / "server", http_port=http_port, mqtt_port=mqtt_port)
+    initialize(tmp_path / "server", http_port=http_port, mqtt_port=mqtt_port, download_port=free_port())
     process = ServeProcess(tmp_path / "server", http_port)
     process.start()
     yield process

@@ -32,7 +32,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def _init(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return _run("init", "--data-dir", str(data_dir), "--http-port", str(free_port()),
-                "--mqtt-port", str(free_port()), *extra)
+                "--mqtt-port", str(free_port()), "--download-port", str(free_port()), *extra)
 
 
 def _mode(path: Path) -> int:
@@ -100,7 +100,7 @@ def _alive(pid: int) -> bool:
 def data_dir(tmp_path: Path) -> Path:
     """An initialised data directory (in-process: `overair init` itself is tested above)."""
     data = tmp_path / "data"
-    initialize(data, http_port=free_port(), mqtt_port=free_port())
+    initialize(data, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
     return data
 
 

@@ -21,6 +21,8 @@ from overair.agent.machine.events import (
     Connected,
     Disconnected,
     Event,
+    HttpRangeFailed,
+    HttpRangeReceived,
     ImageCommitted,
     MessageReceived,
     PlatformFailed,
@@ -28,8 +30,17 @@ from overair.agent.machine.events import (
     Tick,
     VerifyResult,
 )
-from overair.agent.machine.state import JobRecord, JobResult, JobStage, Journal, Phase, Settings, State
-from overair.agent.machine.transitions import handle
+from overair.agent.machine.state import (
+    DataProtocol,
+    JobRecord,
+    JobResult,
+    JobStage,
+    Journal,
+    Phase,
+    Settings,
+    State,
+)
+from overair.agent.machine.transitions import HTTP_LOST_AFTER_TIMEOUTS, handle
 from overair.core.jobdoc import OtaFile, OtaJobDocument
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import DataBlock, encode_data_block
@@ -61,8 +72,8 @@ def run(state: State, events: list[Event], now: float = 0.0) -> tuple[State, lis
 
 
 def booted(version: Version = V1, *, trial: bool = False, journal: Journal | None = None,
-           fell_back: bool = False, now: float = 0.0) -> State:
-    state, _ = run(State(SETTINGS, journal=journal or Journal()),
+           fell_back: bool = False, now: float = 0.0, settings: Settings = SETTINGS) -> State:
+    state, _ = run(State(settings, journal=journal or Journal()),
                    [Booted(version, "b" if trial else "a", trial, fell_back), Connected()], now)
     return state
 
@@ -211,14 +222,6 @@ def test_document_that_is_not_an_ota_job_fails(document: Any, why: str) -> None:
     assert state.phase is Phase.IDLE
     assert state.journal.last_result is not None
     assert state.journal.last_result.status == "FAILED"
-
-
-def test_http_only_job_is_aborted() -> None:
-    doc = ota_doc()
-    doc["afr_ota"]["protocols"] = ["HTTP"]
-    doc["afr_ota"]["files"][0]["update_data_url"] = "https://example.invalid/x"
-    _, commands = run(booted(), [job(doc=doc)])
-    assert statuses(commands)[0][1]["reason"] == "aborted: 0x0000000d"
 
 
 def test_unparseable_messages_are_ignored() -> None:
@@ -622,3 +625,275 @@ def test_o2_cleared_retained_list_changes_nothing() -> None:
 def test_o2_only_the_revocation_topic_carries_lists(topic: str) -> None:
     _, commands = handle(booted(), MessageReceived(topic, ENVELOPE), 0.0)
     assert not of(list(commands), c.ApplyRevocations)
+
+
+# --- §4 file delivery over HTTP (pre-signed URLs) -------------------------------------------
+
+URL = "https://files.example:8443/fw.bin?expires=100&sig=first"
+FRESH_URL = "https://files.example:8443/fw.bin?expires=200&sig=second"
+
+
+def http_doc(url: str | None = URL, protocols: tuple[str, ...] = ("HTTP",)) -> dict[str, Any]:
+    doc = ota_doc()
+    doc["afr_ota"]["protocols"] = list(protocols)
+    if "MQTT" not in protocols:
+        del doc["afr_ota"]["streamname"]
+    if url is not None:
+        doc["afr_ota"]["files"][0].update({"update_data_url": url, "auth_scheme": "aws.s3.presigned"})
+    return doc
+
+
+def ranges(commands: list[c.Command]) -> list[c.HttpGetRange]:
+    return of(commands, c.HttpGetRange)
+
+
+def http_downloading(now: float = 0.0, url: str = URL) -> tuple[State, c.HttpGetRange]:
+    state, commands = run(booted(), [job(doc=http_doc(url))], now)
+    assert state.phase is Phase.DOWNLOADING
+    (request,) = ranges(commands)
+    return state, request
+
+
+def answer(state: State, request: c.HttpGetRange, now: float = 0.0) -> tuple[State, list[c.Command]]:
+    """The server answers 206 with the block; the runtime stores it."""
+    block_id = request.offset // BS
+    state, out = run(state, [HttpRangeReceived(request.request, request.offset,
+                                               bytes([block_id]) * request.length)], now)
+    writes = of(out, c.WriteBlock)
+    if writes:
+        state, commands = run(state, [BlockStored(writes[0].block_id)], now)
+        out += commands
+    return state, out
+
+
+def fail(state: State, request: c.HttpGetRange, status: int, now: float = 0.0,
+         reason: str = "refused") -> tuple[State, list[c.Command]]:
+    return run(state, [HttpRangeFailed(request.request, request.offset, status, reason)], now)
+
+
+def test_http_job_fetches_one_block_per_range_request_in_order() -> None:
+    state, commands = run(booted(), [job(doc=http_doc())])
+    kinds = [type(x) for x in commands if not isinstance(x, c.Log)]
+    assert kinds == [c.CreateStaging, c.HttpGetRange]  # no stream subscription, no GetStream
+    assert state.download is not None
+    assert (state.download.protocol, state.download.url) == (DataProtocol.HTTP, URL)
+    assert state.journal.job == JobRecord("job-1", 1, JobStage.DOWNLOADING)
+    (request,) = ranges(commands)
+    asked = [(request.url, request.offset, request.length)]
+    out: list[c.Command] = []
+    while state.phase is Phase.DOWNLOADING:
+        state, commands = answer(state, request)
+        out += commands
+        more = ranges(commands)
+        if more:
+            (request,) = more  # one request in flight at a time
+            asked.append((request.url, request.offset, request.length))
+    assert asked == [(URL, i * BS, BS) for i in range(9)] + [(URL, 9 * BS, SIZE - 9 * BS)]
+    assert [(w.block_id, w.offset, len(w.data)) for w in of(out, c.WriteBlock)] == \
+        [(i, i * BS, BS) for i in range(9)] + [(9, 9 * BS, SIZE - 9 * BS)]
+    progress = [(s, d, q) for s, d, q in statuses(out) if "receive" in d]
+    assert progress == [("IN_PROGRESS", {"receive": "1/10"}, 0), ("IN_PROGRESS", {"receive": "5/10"}, 0)]
+    assert [x.received for x in of(out, c.ReportProgress)] == list(range(1, 11))
+    (verify,) = of(out, c.VerifyImage)
+    assert verify.file.size == SIZE
+    assert not of(out, c.Unsubscribe)
+    assert not publishes(out, "/get/cbor")
+    assert state.phase is Phase.VERIFYING
+    # The rest (verification, activation, self-test) is the same as over MQTT.
+    _, commands = run(state, [VerifyResult(True, V2)])
+    assert statuses(commands) == [("IN_PROGRESS", READY, 1)]
+
+
+def test_http_range_requests_are_numbered_and_their_url_redacted_in_logs() -> None:
+    state, first = http_downloading()
+    state, commands = answer(state, first)
+    (second,) = ranges(commands)
+    assert second.request == first.request + 1
+    assert "sig=" not in repr(second)
+    assert "sig=" not in " ".join(x.message for x in commands if isinstance(x, c.Log))
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_http_expired_url_asks_for_the_job_again_and_continues_with_the_fresh_url(status: int) -> None:
+    state, request = http_downloading()
+    for _ in range(3):
+        state, commands = answer(state, request)
+        (request,) = ranges(commands)
+    assert request.offset == 3 * BS
+    state, commands = fail(state, request, status, now=1.0)
+    assert len(publishes(commands, "/$next/get")) == 1  # a fresh URL comes with the job document
+    assert not ranges(commands)
+    assert not statuses(commands)
+    assert state.phase is Phase.DOWNLOADING
+    # The service re-sends the job with a new pre-signed URL (on /accepted and notify-next).
+    state, commands = run(state, [job(doc=http_doc(FRESH_URL), topic=f"{NEXT_GET}/accepted")], now=1.5)
+    (request,) = ranges(commands)
+    assert (request.url, request.offset, request.length) == (FRESH_URL, 3 * BS, BS)
+    assert not of(commands, c.CreateStaging)  # the download was not restarted
+    assert not of(commands, c.AbortStaging)
+    state, commands = run(state, [job(doc=http_doc(FRESH_URL))], now=1.5)
+    assert not ranges(commands)  # the copy on notify-next: a request is already in flight
+    assert state.download is not None
+    assert (state.download.url, state.download.stored) == (FRESH_URL, 3)
+    offsets: list[int] = []
+    while state.phase is Phase.DOWNLOADING:
+        offsets.append(request.offset)
+        state, commands = answer(state, request, now=2.0)
+        if ranges(commands):
+            (request,) = ranges(commands)
+            assert request.url == FRESH_URL
+    assert offsets == [i * BS for i in range(3, 10)]  # stored blocks are never fetched again
+    assert state.phase is Phase.VERIFYING
+
+
+def test_http_server_errors_are_retried_after_the_request_timeout_then_momentum_aborts() -> None:
+    state, request = http_downloading(now=100.0)
+    state, commands = answer(state, request, now=100.0)
+    (request,) = ranges(commands)
+    state, commands = fail(state, request, 503, now=100.5, reason="503 Service Unavailable")
+    assert not ranges(commands)
+    assert not publishes(commands, "")  # not a URL problem: no job request
+    _, commands = run(state, [Tick()], now=109.9)
+    assert not ranges(commands)
+    state, commands = run(state, [Tick()], now=110.0)
+    (request,) = ranges(commands)
+    assert (request.url, request.offset) == (URL, BS)
+    sent = 2  # momentum counts requests since the last new block
+    now = 110.0
+    while True:
+        state, commands = fail(state, request, 0 if sent % 2 else 500, now=now + 1.0, reason="timed out")
+        now += 10.0
+        state, commands = run(state, [Tick()], now=now)
+        if not ranges(commands):
+            break
+        (request,) = ranges(commands)
+        sent += 1
+    assert sent == 32
+    assert statuses(commands) == [("FAILED", {"reason": "aborted: 0x0000000e",
+                                              "detail": "32 block requests failed or went unanswered"}, 1)]
+    assert of(commands, c.AbortStaging)
+    assert not of(commands, c.Unsubscribe)  # HTTP held no subscription
+    assert state.phase is Phase.IDLE
+    assert state.download is None
+
+
+def test_http_new_block_resets_momentum() -> None:
+    state, request = http_downloading()
+    for second in range(1, 20):
+        state, _ = fail(state, request, 502, now=second * 10.0)
+        state, commands = run(state, [Tick()], now=second * 10.0 + 10.0)
+        (request,) = ranges(commands)
+    state, commands = answer(state, request, now=300.0)
+    assert state.download is not None
+    assert state.download.momentum == 1  # the request for the next block only
+    assert ranges(commands)[0].offset == BS
+
+
+def test_http_wrong_answers_are_never_written() -> None:
+    state, request = http_downloading()
+    # An answer to another (older) request, or at another offset: ignored.
+    for event in (HttpRangeReceived(request.request - 1, request.offset, b"x" * BS),
+                  HttpRangeReceived(request.request, request.offset + BS, b"x" * BS),
+                  HttpRangeFailed(request.request + 1, request.offset, 403, "expired")):
+        state, commands = run(state, [event])
+        assert not of(commands, c.WriteBlock)
+        assert not publishes(commands, "")
+    # The right request with the wrong length (the runtime refuses those already).
+    state, commands = run(state, [HttpRangeReceived(request.request, 0, b"x" * (BS + 1))])
+    assert not of(commands, c.WriteBlock)
+    assert not ranges(commands)
+    state, commands = run(state, [Tick()], now=10.0)
+    (again,) = ranges(commands)
+    assert (again.offset, again.length) == (0, BS)
+
+
+def test_http_request_without_any_answer_is_eventually_sent_again() -> None:
+    state, request = http_downloading(now=0.0)
+    _, commands = run(state, [Tick()], now=10.0)
+    assert not ranges(commands)  # in flight: the runtime's own timeout answers it
+    _, commands = run(state, [Tick()], now=HTTP_LOST_AFTER_TIMEOUTS * 10.0)
+    (again,) = ranges(commands)
+    assert again.offset == request.offset
+    assert again.request != request.request
+
+
+NOT_HTTPS = "HTTP delivery with an update_data_url that is not a usable https URL"
+
+
+@pytest.mark.parametrize(("url", "detail"), [
+    (None, "HTTP delivery with no update_data_url"),
+    ("http://files.example/fw.bin?sig=x", NOT_HTTPS),
+    ("https:///fw.bin", NOT_HTTPS),
+    ("https://files.example:99999/fw.bin", NOT_HTTPS),
+])
+def test_http_job_without_a_usable_url_fails(url: str | None, detail: str) -> None:
+    state, commands = run(booted(), [job(doc=http_doc(url))])
+    assert statuses(commands) == [("FAILED", {"reason": "0x00000007: 0x00000001", "detail": detail}, 1)]
+    assert not of(commands, c.CreateStaging)
+    assert not ranges(commands)
+    assert state.phase is Phase.IDLE
+    assert state.journal.last_result is not None
+    assert state.journal.last_result.reason == "0x00000007: 0x00000001"
+
+
+@pytest.mark.parametrize(("prefer_http", "url", "expected"), [
+    (False, URL, DataProtocol.MQTT),
+    (True, URL, DataProtocol.HTTP),
+    (True, None, DataProtocol.MQTT),  # HTTP preferred but not usable: the stream is
+])
+def test_both_protocols_prefer_mqtt_unless_configured(prefer_http: bool, url: str | None,
+                                                      expected: DataProtocol) -> None:
+    settings = replace(SETTINGS, prefer_http=prefer_http)
+    state, commands = run(booted(settings=settings), [job(doc=http_doc(url, ("MQTT", "HTTP")))])
+    assert state.download is not None
+    assert state.download.protocol is expected
+    if expected is DataProtocol.MQTT:
+        assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0)]
+        assert len(requests(commands)) == 1
+        assert not ranges(commands)
+        assert state.download.url is None
+    else:
+        assert not of(commands, c.Subscribe)
+        assert not requests(commands)
+        assert [(r.url, r.offset) for r in ranges(commands)] == [(URL, 0)]
+
+
+def test_http_download_ignores_stream_messages() -> None:
+    state, _ = http_downloading()
+    _, commands = run(state, [block(0)])
+    assert not of(commands, c.WriteBlock)
+
+
+def test_http_reconnect_asks_for_the_job_without_a_second_request_in_flight() -> None:
+    state, request = http_downloading()
+    state, commands = run(state, [Disconnected("broker restart"), Connected()], now=3.0)
+    assert not [x for x in of(commands, c.Subscribe) if "/streams/" in x.topic]
+    assert len(publishes(commands, "/$next/get")) == 1
+    assert not ranges(commands)
+    # The job comes back with a fresh URL while the request is still in flight: the URL is
+    # replaced and the answer drives the next request, which uses it.
+    state, commands = run(state, [job(doc=http_doc(FRESH_URL))], now=3.1)
+    assert not ranges(commands)
+    state, commands = answer(state, request, now=3.2)
+    assert [(r.url, r.offset) for r in ranges(commands)] == [(FRESH_URL, BS)]
+
+
+def test_http_same_job_without_a_url_keeps_the_previous_one() -> None:
+    state, request = http_downloading()
+    state, _ = fail(state, request, 503)
+    state, commands = run(state, [job(doc=http_doc(None))], now=1.0)
+    assert [(r.url, r.offset) for r in ranges(commands)] == [(URL, 0)]
+
+
+def test_http_another_job_during_download_aborts_it() -> None:
+    state, request = http_downloading()
+    state, _ = answer(state, request)
+    state, commands = run(state, [job("job-2", doc=http_doc(FRESH_URL))])
+    assert of(commands, c.AbortStaging)
+    assert not of(commands, c.Unsubscribe)
+    assert len(publishes(commands, "/$next/get")) == 1
+    assert state.phase is Phase.IDLE
+    # A late answer for the aborted download changes nothing.
+    after, commands = run(state, [HttpRangeReceived(request.request + 1, BS, b"x" * BS)])
+    assert after == state
+    assert not of(commands, c.WriteBlock)

@@ -32,7 +32,14 @@ blocks_per_request = 8
 status_every_blocks = 25           # optional: "receive k/N" progress frequency
 request_timeout_seconds = 10       # optional: re-request after this much silence
 max_file_size = 67108864           # optional
+prefer_http = false                # optional: a job offering MQTT and HTTP downloads over HTTPS
 ```
+
+Jobs that offer only HTTP (`"protocols": ["HTTP"]`) are downloaded over HTTPS from the
+job's pre-signed `update_data_url` whatever `prefer_http` says. The HTTPS server is
+authenticated like the broker: against `[mqtt] ca_file`, host name checked, TLS 1.2 or
+newer; no client certificate is sent (the pre-signed URL carries the authorization).
+`request_timeout_seconds` is also the timeout of each HTTPS request.
 
 `[trust] revocation_signer` is the PEM certificate (EC key) of the server's revocation
 key: with it the agent accepts the signed revocation lists the server publishes
@@ -99,6 +106,7 @@ class OtaConfig:
     status_every_blocks: int = 25
     request_timeout_seconds: float = 10.0
     max_file_size: int = 64 * MIB
+    prefer_http: bool = False  # both protocols offered: download over HTTPS, not MQTT
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +181,12 @@ class _Loader:
             raise self.fail(f"{where} {key}", "is required")
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(f"{where} {key}", f"must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    def boolean(self, table: dict[str, Any], where: str, key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where} {key}", f"must be true or false, got {value!r}")
         return value
 
     def number(self, table: dict[str, Any], where: str, key: str, default: float,
@@ -271,4 +285,5 @@ class _Loader:
             status_every_blocks=self.integer(t, w, "status_every_blocks", 25, 1, 1 << 20),
             request_timeout_seconds=self.number(t, w, "request_timeout_seconds", 10.0, 0.1, 3600.0),
             max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
+            prefer_http=self.boolean(t, w, "prefer_http", False),
         )

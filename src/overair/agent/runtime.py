@@ -4,7 +4,10 @@ One thread owns the machine. Transport callbacks and the self-test worker only p
 events on a queue; the runtime thread takes them one at a time, calls `handle()`,
 persists the journal if the step changed it (before anything else happens: R2),
 then runs the step's commands in order, feeding results (BlockStored, VerifyResult,
-...) straight back. When nothing arrives it feeds `Tick` so that timers fire.
+...) straight back. When nothing arrives it feeds `Tick` so that timers fire. HTTPS
+range requests (HTTP delivery) run one at a time in the download client's worker
+thread (agent/transport/http.py), whose results come back through the queue like MQTT
+messages do.
 
 A reboot is done in-process, like a device reset but in well under a second: flush
 pending reports, disconnect, let the platform pick the boot image, rebuild the
@@ -46,6 +49,8 @@ from overair.agent.machine.events import (
     Connected,
     Disconnected,
     Event,
+    HttpRangeFailed,
+    HttpRangeReceived,
     ImageCommitted,
     MessageReceived,
     PlatformFailed,
@@ -58,6 +63,7 @@ from overair.agent.machine.transitions import handle
 from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.linux_slots import LinuxSlots
 from overair.agent.transport.base import Transport, TransportCallbacks
+from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
 from overair.agent.verify import verify_image
 from overair.core.codesign import TrustPolicy, load_pem_certificates
@@ -116,6 +122,7 @@ def settings_from_config(config: AgentConfig) -> Settings:
         request_timeout=config.ota.request_timeout_seconds,
         self_test_deadline=config.self_test.deadline_seconds,
         max_file_size=config.ota.max_file_size,
+        prefer_http=config.ota.prefer_http,
     )
 
 
@@ -215,6 +222,7 @@ class Runtime:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
+        self._ranges: RangeClient | None = None  # HTTPS downloads; one per boot, made when needed
         self._generation = 0
         self._reboots = 0
         self._error: str | None = None
@@ -283,6 +291,7 @@ class Runtime:
             self._alive = False
 
     def _shutdown(self) -> None:
+        self._close_ranges()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.flush(1.0)
@@ -350,6 +359,7 @@ class Runtime:
         self._transport.connect()
 
     def _reboot(self) -> None:
+        self._close_ranges()  # a reset drops the connections and the requests in flight
         transport, self._transport = self._transport, None
         if transport is not None:
             if not transport.flush(FLUSH_BEFORE_REBOOT):
@@ -406,6 +416,8 @@ class Runtime:
             case cmd.WriteBlock(block_id, offset, data):
                 failed = self._platform_op("write", lambda: self._platform.write_block(offset, data))
                 return failed or BlockStored(block_id)
+            case cmd.HttpGetRange(url, offset, length, request):
+                return self._get_range(url, offset, length, request)
             case cmd.AbortStaging():
                 self._platform_op("abort", self._platform.abort_staging)
             case cmd.VerifyImage(file):
@@ -436,6 +448,33 @@ class Runtime:
             log.error("platform %s failed: %s", operation, exc.message)
             return PlatformFailed(operation, exc.message)
         return None
+
+    # --- HTTPS downloads ------------------------------------------------------------------
+
+    def _get_range(self, url: str, offset: int, length: int, request: int) -> HttpRangeFailed | None:
+        """Hand a range request to the download client; its result is posted later."""
+        ranges = self._ranges
+        if ranges is None:
+            try:
+                context = https_context(self.config.mqtt.ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                return HttpRangeFailed(request, offset, 0, f"unusable CA file for HTTPS: {exc}")
+            ranges = self._ranges = RangeClient(context, self.config.ota.request_timeout_seconds,
+                                                name=self.config.thing_name)
+        generation = self._generation
+
+        def done(data: bytes | None, status: int, reason: str) -> None:
+            event: Event = HttpRangeReceived(request, offset, data) if data is not None \
+                else HttpRangeFailed(request, offset, status, reason)
+            self._post(generation, event)
+
+        ranges.submit(url, offset, length, done)
+        return None
+
+    def _close_ranges(self) -> None:
+        ranges, self._ranges = self._ranges, None
+        if ranges is not None:
+            ranges.close()
 
     # --- revocation lists (O2) ------------------------------------------------------------
 

@@ -45,7 +45,8 @@ def run_demo(devices: int, *, json_output: bool, timeout: float) -> bool:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="overair-demo-") as tmp:
         root = Path(tmp)
-        initialize(root / "server", http_port=_free_port(), mqtt_port=_free_port())
+        initialize(root / "server", http_port=_free_port(), mqtt_port=_free_port(),
+                   download_port=_free_port())
         settings = load_settings(root / "server")
         server = ServerThread(settings)
         console.print(f"[bold]overair demo[/bold]: {devices} simulated device(s), server in {root}")

@@ -36,6 +36,7 @@ def init(data_dir: DataDirOption,
          hostname: Annotated[list[str] | None, typer.Option(
              help="Extra name or address devices use to reach the broker (repeatable).")] = None,
          http_port: int = 8080, mqtt_port: int = 8883,
+         download_port: Annotated[int, typer.Option(help="HTTPS port for device downloads.")] = 8443,
          database_url: Annotated[str, typer.Option(help="PostgreSQL URL; default SQLite.")] = "",
          force: Annotated[bool, typer.Option(help="Destroy an existing data directory.")] = False) -> None:
     """Create a data directory: CAs, certificates, keys, database, admin credentials."""
@@ -43,7 +44,8 @@ def init(data_dir: DataDirOption,
 
     try:
         result = initialize(data_dir, hostnames=tuple(hostname or ()), http_port=http_port,
-                            mqtt_port=mqtt_port, database_url=database_url, force=force)
+                            mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
+                            force=force)
     except OverairError as exc:
         _fail(exc)
         return
@@ -117,7 +119,7 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
                                  fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                  code_signing_roots_pem=paths.code_signing_root.read_bytes(),
                                  revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
-                                 mqtt_host=settings.hostnames[0], mqtt_port=settings.mqtt_port,
+                                 mqtt_host=settings.device_host, mqtt_port=settings.mqtt_port,
                                  group=group, factory_image=factory_image)
     except OverairError as exc:
         _fail(exc)

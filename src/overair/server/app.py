@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from overair.server.api.contract import OperationTable
 from overair.server.api.edge import build_api_app
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock, system_clock
+from overair.server.delivery.http_download import HttpDelivery
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
@@ -76,9 +78,13 @@ class Server:
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock, self._notify_threadsafe)
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
+        self.delivery = HttpDelivery(self._url_signing_key(),
+                                     f"https://{settings.device_host}:{settings.download_port}",
+                                     self.objects, self.jobs, self.audit, clock)
+        self.jobs.render_document = self.delivery.render
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
-        registry_api.register(self.table, self.registry, (settings.hostnames[0], settings.mqtt_port))
+        registry_api.register(self.table, self.registry, (settings.device_host, settings.mqtt_port))
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
@@ -93,6 +99,12 @@ class Server:
     # Wiring callbacks ----------------------------------------------------------------
     def _code_signing_roots(self) -> list[x509.Certificate]:
         return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
+
+    def _url_signing_key(self) -> bytes:
+        path = self.settings.paths.url_signing_key
+        if not path.exists():  # a data directory from before HTTP delivery
+            write_private(path, secrets.token_bytes(32))
+        return bytes(path.read_bytes())
 
     def _revocation_signer(self) -> pki.Issued:
         paths = self.settings.paths
@@ -138,6 +150,7 @@ class Server:
     def _apply_access(self) -> None:
         self.write_broker_access()
         self.devices.forget_access()
+        self.delivery.forget_access()
         if self.broker is not None:
             self.broker.reload()
 
@@ -160,6 +173,7 @@ class Server:
         settings = self.settings
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)
+        check_port_free(settings.mqtt_host, settings.download_port)
         service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
                                          str(paths.service_key))
         mqtt_host, mqtt_port = settings.mqtt_host, settings.mqtt_port
@@ -177,7 +191,8 @@ class Server:
             url = urlsplit(settings.broker_url)
             mqtt_host, mqtt_port = url.hostname or "127.0.0.1", url.port or 8883
         tasks: list[asyncio.Task[object]] = []
-        http: uvicorn.Server | None = None
+        servers: list[uvicorn.Server] = []  # the operator API and the device download endpoint
+        serving: list[asyncio.Task[object]] = []
         try:
             self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             await self.connection.start()
@@ -187,33 +202,38 @@ class Server:
                                 max_body_bytes=settings.limits.max_api_body_bytes,
                                 extra_routes=[Route("/health", self._health)], now=self.clock)
             tls_cert, tls_key = settings.http_tls_cert, settings.http_tls_key
-            config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                    log_level="warning", lifespan="off",
-                                    ssl_certfile=str(tls_cert) if tls_cert else None,
-                                    ssl_keyfile=str(tls_key) if tls_key else None)
-            http = uvicorn.Server(config)
-            tasks.append(asyncio.create_task(http.serve()))
+            servers.append(uvicorn.Server(uvicorn.Config(
+                app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off",
+                ssl_certfile=str(tls_cert) if tls_cert else None,
+                ssl_keyfile=str(tls_key) if tls_key else None)))
+            # Devices authenticate this endpoint with the fleet CA, like the broker.
+            servers.append(uvicorn.Server(uvicorn.Config(
+                self.delivery.app(), host=settings.mqtt_host, port=settings.download_port,
+                log_level="warning", lifespan="off", ssl_certfile=str(paths.broker_cert),
+                ssl_keyfile=str(paths.broker_key))))
+            serving = [asyncio.create_task(server.serve()) for server in servers]
             tasks.append(asyncio.create_task(self._run_scheduler()))
-            while not http.started:
-                if tasks[0].done():
-                    await tasks[0]
+            while not all(server.started for server in servers):
+                for task in serving:
+                    if task.done():
+                        await task  # raises what stopped it (e.g. a port taken meanwhile)
                 await asyncio.sleep(0.02)
             for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
                 self._schedule_ota(ota_id)
             self.ready.set()
-            log.info("overair ready: API http%s://%s:%s, MQTT mqtts://%s:%s",
+            log.info("overair ready: API http%s://%s:%s, MQTT mqtts://%s:%s, downloads https://%s:%s",
                      "s" if settings.http_tls_cert else "", settings.http_host, settings.http_port,
-                     mqtt_host, mqtt_port)
+                     mqtt_host, mqtt_port, settings.mqtt_host, settings.download_port)
             await stop.wait()
         finally:
             self.ready.clear()
-            if http is not None:
-                http.should_exit = True
-            for task in tasks[1:]:
+            for server in servers:
+                server.should_exit = True
+            for task in tasks:
                 task.cancel()
-            if tasks:
+            for task in serving:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(tasks[0], 10)
+                    await asyncio.wait_for(task, 10)
             if self.connection is not None:
                 await self.connection.stop()
             if self.broker is not None:

@@ -39,7 +39,8 @@ class InitResult:
 
 
 def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: int = 8080,
-               mqtt_port: int = 8883, database_url: str = "", force: bool = False,
+               mqtt_port: int = 8883, download_port: int = 8443, database_url: str = "",
+               force: bool = False,
                now: dt.datetime | None = None) -> InitResult:
     paths = DataDir(data_dir)
     if paths.config.exists():
@@ -53,6 +54,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *hostnames)))
     settings = Settings(data_dir=data_dir, account_id=f"{secrets.randbelow(10**12):012d}",
                         hostnames=names, http_port=http_port, mqtt_port=mqtt_port,
+                        download_port=download_port,
                         database_url=database_url)
 
     create_master_key(paths.master_key)
@@ -62,6 +64,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     _write_pair(paths.service_cert, paths.service_key,
                 pki.issue_client_cert(fleet_ca, pki.SERVICE_IDENTITY, now))
     write_atomic(paths.crl, pki.make_crl(fleet_ca, [], now))
+    write_private(paths.url_signing_key, secrets.token_bytes(32))
     _write_pair(paths.revocation_signer_cert, paths.revocation_signer_key, pki.make_revocation_signer(now))
 
     dev_root = pki.make_root_ca("overair DEVELOPMENT ONLY code-signing root", now,

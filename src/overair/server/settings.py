@@ -57,6 +57,7 @@ class Settings:
     http_port: int = 8080
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 8883
+    download_port: int = 8443  # HTTPS for devices: pre-signed OTA file downloads
     database_url: str = ""
     broker_url: str | None = None  # an external broker: mqtts://host:port
     mosquitto_binary: str = "mosquitto"
@@ -78,6 +79,13 @@ class Settings:
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.paths.database}"
 
+    @property
+    def device_host(self) -> str:
+        """The name devices use to reach this server: the first name given to `init
+        --hostname`, else localhost."""
+        given = [h for h in self.hostnames if h not in ("localhost", "127.0.0.1")]
+        return given[0] if given else "localhost"
+
     def arn(self, service: str, resource: str, *, regional: bool = True) -> str:
         region = self.region if regional else ""
         return f"arn:{self.partition}:{service}:{region}:{self.account_id}:{resource}"
@@ -88,7 +96,7 @@ class Settings:
             raise MisuseError(
                 f"HTTP on {self.http_host} needs TLS (--tls-cert/--tls-key): plain HTTP is only "
                 "allowed on loopback")
-        for port in (self.http_port, self.mqtt_port):
+        for port in (self.http_port, self.mqtt_port, self.download_port):
             if not 0 <= port <= 65535:
                 raise MisuseError(f"port {port} is out of range")
         if self.broker_url is not None and not self.broker_url.startswith("mqtts://"):
@@ -135,6 +143,7 @@ def dump_settings(settings: Settings) -> str:
         "hostnames = [" + ", ".join(f'"{h}"' for h in settings.hostnames) + "]",
         f"http_port = {settings.http_port}",
         f"mqtt_port = {settings.mqtt_port}",
+        f"download_port = {settings.download_port}",
     ]
     if settings.database_url:
         lines.append(f'database_url = "{settings.database_url}"')

@@ -3,8 +3,9 @@
 Contract with the runtime (agent/runtime.py): commands of one step run in order; a
 command that fails turns into a `PlatformFailed` event and the rest of that step is
 dropped; commands that produce a result (WriteBlock, VerifyImage, CommitImage,
-RunSelfTest) answer with the matching event. The runtime persists `State.journal`
-whenever a step changed it, before it runs that step's commands.
+RunSelfTest, HttpGetRange) answer with the matching event, HttpGetRange always exactly
+once and later, from another thread (HttpRangeReceived or HttpRangeFailed). The runtime
+persists `State.journal` whenever a step changed it, before it runs that step's commands.
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ class WriteBlock:
     block_id: int
     offset: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HttpGetRange:
+    """GET `url` (a pre-signed HTTPS URL) with `Range: bytes=offset-(offset+length-1)`.
+
+    The runtime authenticates the server with the fleet CA (host name checked, TLS 1.2+,
+    no client certificate) and answers `HttpRangeReceived` only for a `206 Partial
+    Content` carrying exactly the bytes asked for; anything else is `HttpRangeFailed`.
+    `request` numbers the request; the answer echoes it."""
+
+    url: str
+    offset: int
+    length: int
+    request: int
+
+    def __repr__(self) -> str:  # the URL's query is a credential: keep it out of logs
+        return (f"HttpGetRange(url={self.url.split('?', 1)[0]!r}, offset={self.offset}, "
+                f"length={self.length}, request={self.request})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,6 @@ class Log:
     message: str
 
 
-Command = (Subscribe | Unsubscribe | Publish | CreateStaging | WriteBlock | AbortStaging | VerifyImage
-           | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot | ReportProgress
-           | ApplyRevocations | Log)
+Command = (Subscribe | Unsubscribe | Publish | CreateStaging | WriteBlock | HttpGetRange | AbortStaging
+           | VerifyImage | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot
+           | ReportProgress | ApplyRevocations | Log)

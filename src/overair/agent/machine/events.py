@@ -41,6 +41,29 @@ class BlockStored:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpRangeReceived:
+    """An HttpGetRange was answered `206 Partial Content` with exactly the bytes asked."""
+
+    request: int  # HttpGetRange.request
+    offset: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"HttpRangeReceived(request={self.request}, offset={self.offset}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRangeFailed:
+    """An HttpGetRange got no usable answer: an HTTP error status, a response that is not
+    exactly the range asked for, or no response at all (connection, TLS, timeout)."""
+
+    request: int  # HttpGetRange.request
+    offset: int
+    status: int  # the HTTP status; 0 when no response came
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; the machine checks its timers against `now`."""
 
@@ -74,5 +97,5 @@ class PlatformFailed:
     message: str
 
 
-Event = (Booted | Connected | Disconnected | MessageReceived | BlockStored | Tick | VerifyResult
-         | SelfTestResult | ImageCommitted | PlatformFailed)
+Event = (Booted | Connected | Disconnected | MessageReceived | BlockStored | HttpRangeReceived
+         | HttpRangeFailed | Tick | VerifyResult | SelfTestResult | ImageCommitted | PlatformFailed)

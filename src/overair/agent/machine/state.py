@@ -36,6 +36,14 @@ class Phase(StrEnum):
     REBOOTING = "rebooting"
 
 
+class DataProtocol(StrEnum):
+    """How the blocks of a file travel (the job document's `protocols`, device-protocol.md
+    §3-§4); job status always flows over MQTT."""
+
+    MQTT = "MQTT"  # CBOR GetStream requests on the stream's topics
+    HTTP = "HTTP"  # HTTPS Range requests on the job's pre-signed `update_data_url`
+
+
 class JobStage(StrEnum):
     """How far the current job got; journaled so that it survives a reboot."""
 
@@ -58,13 +66,14 @@ class Settings:
     max_next_job_retry: float = 300.0  # cap of the backoff re-asking an unanswered $next/get
     self_test_deadline: float = 60.0
     max_file_size: int = 64 * MIB
+    prefer_http: bool = False  # a job offering both protocols is downloaded over HTTPS
 
 
 @dataclass(frozen=True, slots=True)
 class FileSpec:
     """The file of an OTA job, as the agent needs it to download and verify."""
 
-    stream: str
+    stream: str  # "" when the file is delivered over HTTP only
     file_id: int
     size: int
     signature: bytes
@@ -168,7 +177,14 @@ class Journal:
 
 @dataclass(frozen=True, slots=True)
 class Download:
-    """An MQTT stream download in progress (FreeRTOS file context)."""
+    """A file download in progress (FreeRTOS file context), over an MQTT stream or HTTPS.
+
+    Over HTTP one Range request of one block is in flight at a time, as FreeRTOS does;
+    `url` is the pre-signed URL of the latest job document (a re-sent document replaces
+    it without restarting the download) and `in_flight` the number of the request whose
+    answer is awaited (`HttpGetRange.request`), so that a late answer to an older request
+    is never taken for the current one.
+    """
 
     job_id: str
     execution_number: int | None
@@ -180,6 +196,10 @@ class Download:
     awaiting: int = 0  # new blocks still expected for the last request
     last_activity: float = 0.0  # last request sent or new block received
     momentum: int = 0  # requests sent since the last new block
+    protocol: DataProtocol = DataProtocol.MQTT
+    url: str | None = None  # HTTP: the pre-signed URL blocks are fetched from
+    in_flight: int | None = None  # HTTP: the range request awaiting its answer
+    in_flight_block: int = 0  # HTTP: the block that request asked for
 
     @property
     def stored(self) -> int:
@@ -187,6 +207,14 @@ class Download:
 
     def is_needed(self, block: int) -> bool:
         return bool(self.needed[block // 8] & (1 << (block % 8)))
+
+    def first_needed(self) -> int | None:
+        """The lowest block still needed, None when every block was received."""
+        skipped = len(self.needed) - len(self.needed.lstrip(b"\x00"))  # whole bytes done
+        for block in range(skipped * 8, min(self.total_blocks, skipped * 8 + 8)):
+            if self.is_needed(block):
+                return block
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +229,7 @@ class State:
     self_test_deadline: float | None = None
     download: Download | None = None
     requests_sent: int = 0  # clientToken counter
+    range_requests: int = 0  # HttpGetRange numbering (never reused within a boot)
     # When the last `$next/get` went out and was not answered yet (None: answered), and
     # how many times in a row it went unanswered; drives the re-ask backoff.
     next_job_asked_at: float | None = None

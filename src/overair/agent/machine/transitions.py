@@ -13,6 +13,13 @@ quirks are the contract:
   still needed; the next request goes out after `n` new blocks or after 10 s of
   silence; 32 unanswered requests abort the job. Duplicates are ignored. One
   undecodable or out-of-range block fails the job.
+- HTTP delivery (device-protocol.md §4; a job offering only "HTTP", or both protocols
+  when `prefer_http`): one `Range` request of one block at a time on the document's
+  pre-signed `update_data_url`, first missing block first, as FreeRTOS does; 400, 403 or
+  404 means the URL expired: ask `$next/get`, and the re-sent document's fresh URL
+  replaces the old one, the download going on from the first missing block. Other
+  failures are retried after `request_timeout`, with the same momentum abort as MQTT
+  requests. A document that chooses HTTP without a usable https URL fails the job.
 - Progress `IN_PROGRESS {"receive": "k/N"}` (QoS 0) after the first block and every
   `status_every_blocks` blocks.
 - Complete file: verify (signature, signer chain to the device's code-signing roots,
@@ -38,6 +45,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from overair.agent.machine import reasons
 from overair.agent.machine.commands import (
@@ -47,6 +55,7 @@ from overair.agent.machine.commands import (
     Command,
     CommitImage,
     CreateStaging,
+    HttpGetRange,
     Log,
     Publish,
     ReportProgress,
@@ -63,6 +72,8 @@ from overair.agent.machine.events import (
     Connected,
     Disconnected,
     Event,
+    HttpRangeFailed,
+    HttpRangeReceived,
     ImageCommitted,
     MessageReceived,
     PlatformFailed,
@@ -70,10 +81,19 @@ from overair.agent.machine.events import (
     Tick,
     VerifyResult,
 )
-from overair.agent.machine.state import Download, FileSpec, JobRecord, JobResult, JobStage, Phase, State
+from overair.agent.machine.state import (
+    DataProtocol,
+    Download,
+    FileSpec,
+    JobRecord,
+    JobResult,
+    JobStage,
+    Phase,
+    State,
+)
 from overair.core import bitmap
 from overair.core.errors import DecodeError
-from overair.core.jobdoc import parse_job_document
+from overair.core.jobdoc import OtaJobDocument, parse_job_document
 from overair.core.jobstates import ExecStatus
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
@@ -93,6 +113,17 @@ from overair.core.versions import Version
 WINDOW_BLOCKS = 1024
 MAX_JOB_MESSAGE = 64 * 1024
 CLIENT_TOKEN_MAX = 64
+
+# OtaErr_t OtaErrInitFileTransferFailed: the file transfer cannot start (HTTP chosen but
+# no usable `update_data_url`). Kept here rather than in reasons.py for now.
+ERR_INIT_FILE_TRANSFER_FAILED = 0x07
+URL_NOT_USABLE = 0x01  # overair sub-code of ERR_INIT_FILE_TRANSFER_FAILED
+# HTTP answers meaning "this pre-signed URL no longer works": ask for a fresh one
+# (the FreeRTOS HTTP demo does the same for these three).
+URL_REFRESH_STATUSES = frozenset({400, 403, 404})
+# A range request with no answer at all after this many request timeouts is deemed
+# lost and sent again (the runtime answers every request, so this is only a safety net).
+HTTP_LOST_AFTER_TIMEOUTS = 4
 
 Step = tuple[State, list[Command]]
 
@@ -152,7 +183,7 @@ def _classify(state: State, event: MessageReceived) -> JobMessage | BlockMessage
     if event.topic == REVOCATIONS_TOPIC:
         return RevocationMessage(event.payload)
     dl = state.download
-    if dl is not None and event.topic == _data_topic(state, dl.file):
+    if dl is not None and dl.protocol is DataProtocol.MQTT and event.topic == _data_topic(state, dl.file):
         return BlockMessage(event.payload)
     return None
 
@@ -240,6 +271,66 @@ def _request_blocks(state: State, dl: Download, now: float) -> tuple[Download, P
     return dl, Publish(topic, encode_get_stream(request), 0)
 
 
+def _request_range(state: State, dl: Download, now: float) -> tuple[State, HttpGetRange | None]:
+    """The HTTP request for the first missing block (None when every block is in)."""
+    block = dl.first_needed()
+    url = dl.url
+    if block is None or url is None:
+        return replace(state, download=dl), None
+    size = state.settings.block_size
+    seq = state.range_requests + 1
+    dl = replace(dl, awaiting=1, last_activity=now, momentum=dl.momentum + 1, in_flight=seq,
+                 in_flight_block=block)
+    request = HttpGetRange(url, block * size, _block_length(state, dl, block), seq)
+    return replace(state, download=dl, range_requests=seq), request
+
+
+def _request_next(state: State, dl: Download, now: float) -> tuple[State, list[Command]]:
+    """Ask for more blocks over the download's protocol; `state.download` becomes `dl`
+    with the request accounted for."""
+    if dl.protocol is DataProtocol.HTTP:
+        state, request = _request_range(state, dl, now)
+        return state, [] if request is None else [request]
+    dl, publish = _request_blocks(state, dl, now)
+    return replace(state, download=dl), [publish]
+
+
+def _block_length(state: State, dl: Download, block: int) -> int:
+    size = state.settings.block_size
+    return dl.file.size - block * size if block == dl.total_blocks - 1 else size
+
+
+def _release(state: State, dl: Download) -> list[Command]:
+    """Stop listening for the download's blocks (MQTT; HTTP holds no subscription)."""
+    return [Unsubscribe(_data_topic(state, dl.file))] if dl.protocol is DataProtocol.MQTT else []
+
+
+def _redacted(url: str) -> str:
+    """A pre-signed URL without its query (the signature is a credential): for logs."""
+    return url.split("?", 1)[0]
+
+
+def _usable_url(url: str | None) -> bool:
+    if url is None or len(url) > MAX_JOB_MESSAGE or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a malformed port raises
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname)
+
+
+def _choose_protocol(state: State, doc: OtaJobDocument) -> DataProtocol:
+    """MQTT unless the document offers only HTTP, or offers both with a URL and the
+    device prefers HTTP (`[ota] prefer_http`)."""
+    if "MQTT" not in doc.protocols:
+        return DataProtocol.HTTP
+    if "HTTP" in doc.protocols and state.settings.prefer_http and doc.files[0].update_data_url is not None:
+        return DataProtocol.HTTP
+    return DataProtocol.MQTT
+
+
 # --- results --------------------------------------------------------------------------------
 
 def _finish(state: State, job_id: str, execution_number: int | None, status: ExecStatus,
@@ -269,7 +360,7 @@ def _fail(state: State, job_id: str, execution_number: int | None, reason: str, 
 def _fail_download(state: State, reason: str, now: float, *, detail: str = "", check: str = "") -> Step:
     dl = state.download
     assert dl is not None
-    cleanup: list[Command] = [Unsubscribe(_data_topic(state, dl.file)), AbortStaging()]
+    cleanup: list[Command] = [*_release(state, dl), AbortStaging()]
     state, commands = _fail(state, dl.job_id, dl.execution_number, reason, now, detail=detail, check=check)
     return state, cleanup + commands
 
@@ -301,11 +392,14 @@ def on_connected(state: State, _event: Connected, now: float) -> Step:
     # is verified against the newest list (O2).
     commands: list[Command] = [Subscribe(notify_next_topic(thing), 1), Subscribe(REVOCATIONS_TOPIC, 1)]
     dl = state.download
-    if dl is not None:
+    mqtt = dl is not None and dl.protocol is DataProtocol.MQTT
+    if dl is not None and mqtt:
         commands.append(Subscribe(_data_topic(state, dl.file), 0))
     state, ask = _ask_next_job(replace(state, connected=True, next_job_unanswered=0), now)
     commands.append(ask)
-    if dl is not None and state.phase is Phase.DOWNLOADING:
+    # An HTTP download does not depend on the MQTT session: the reply to this `$next/get`
+    # brings a fresh URL, and a request goes out then if none is in flight.
+    if dl is not None and mqtt and state.phase is Phase.DOWNLOADING:
         # Requests sent while offline were lost: ask again at once, momentum reset.
         dl, request = _request_blocks(state, replace(dl, momentum=0), now)
         state = replace(state, download=dl)
@@ -356,14 +450,17 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
                      detail=exc.message)
     file = doc.files[0]
     stream = doc.stream_name
-    if "MQTT" not in doc.protocols or stream is None:
-        return _fail(state, ex.job_id, ex.execution_number,
-                     reasons.aborted(reasons.ERR_INVALID_DATA_PROTOCOL), now,
-                     detail="this agent downloads over MQTT only")
-    if not STREAM_ID_RE.match(stream):
+    protocol = _choose_protocol(state, doc)
+    if protocol is DataProtocol.MQTT and (stream is None or not STREAM_ID_RE.match(stream)):
         return _fail(state, ex.job_id, ex.execution_number,
                      reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
-                     detail=f"invalid stream name {stream[:64]!r}")
+                     detail=f"invalid stream name {(stream or '')[:64]!r}")
+    if protocol is DataProtocol.HTTP and not _usable_url(file.update_data_url):
+        what = "no update_data_url" if file.update_data_url is None \
+            else "an update_data_url that is not a usable https URL"
+        return _fail(state, ex.job_id, ex.execution_number,
+                     reasons.with_value(ERR_INIT_FILE_TRANSFER_FAILED, URL_NOT_USABLE), now,
+                     detail=f"HTTP delivery with {what}")
     if file.file_type not in (None, 0):
         return _fail(state, ex.job_id, ex.execution_number,
                      reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
@@ -371,17 +468,21 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
     if file.filesize > state.settings.max_file_size:
         return _fail(state, ex.job_id, ex.execution_number, reasons.aborted(reasons.ERR_FILE_SIZE_OVERFLOW),
                      now, detail=f"file of {file.filesize} bytes exceeds {state.settings.max_file_size}")
-    spec = FileSpec(stream=stream, file_id=file.fileid, size=file.filesize, signature=file.signature,
+    spec = FileSpec(stream=stream or "", file_id=file.fileid, size=file.filesize, signature=file.signature,
                     signature_key=file.signature_key, certfile=file.certfile, signer_chain=doc.signer_chain)
     total = bitmap.block_count(file.filesize, state.settings.block_size)
+    url = file.update_data_url if protocol is DataProtocol.HTTP else None
     dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
-                  needed=bitmap.make_bitmap(range(total), 0, total), remaining=total)
-    dl, request = _request_blocks(state, dl, now)
+                  needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=protocol,
+                  url=url)
     journal = replace(state.journal, job=JobRecord(ex.job_id, ex.execution_number, JobStage.DOWNLOADING))
-    state = replace(state, phase=Phase.DOWNLOADING, download=dl, journal=journal)
+    state = replace(state, phase=Phase.DOWNLOADING, journal=journal)
+    state, requests = _request_next(state, dl, now)
+    source = f"from stream {stream}" if url is None else f"over HTTPS from {_redacted(url)}"
+    listen: list[Command] = [Subscribe(_data_topic(state, spec), 0)] if url is None else []
     return state, [Log("info", f"job {ex.job_id}: downloading {file.filesize} bytes ({total} blocks) "
-                               f"from stream {stream}"),
-                   CreateStaging(file.filesize), Subscribe(_data_topic(state, spec), 0), request]
+                               f"{source}"),
+                   CreateStaging(file.filesize), *listen, *requests]
 
 
 def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
@@ -389,6 +490,8 @@ def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
     assert dl is not None
     ex = message.execution
     if ex is not None and ex.job_id == dl.job_id:
+        if dl.protocol is DataProtocol.HTTP:
+            return _refresh_url(state, dl, ex, now)
         return state, [Log("debug", f"job {ex.job_id} notified again: download continues")]
     # FreeRTOS jobNotificationHandler: abort the current file and ask for the next job.
     other = "no job" if ex is None else f"job {ex.job_id}"
@@ -396,7 +499,40 @@ def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
     state = replace(state, phase=Phase.IDLE, download=None, journal=journal)
     state, ask = _ask_next_job(state, now)
     return state, [Log("warning", f"{other} notified during the download of {dl.job_id}: aborting it"),
-                   Unsubscribe(_data_topic(state, dl.file)), AbortStaging(), ask]
+                   *_release(state, dl), AbortStaging(), ask]
+
+
+def _refresh_url(state: State, dl: Download, ex: Execution, now: float) -> Step:
+    """The current HTTP job delivered again (FreeRTOS "update job"): its document carries
+    a freshly pre-signed URL, which replaces the old one; the download goes on where it
+    stopped (blocks already stored are never fetched again)."""
+    try:
+        url = parse_job_document(ex.document).files[0].update_data_url
+    except DecodeError:
+        url = None
+    commands: list[Command] = []
+    if not _usable_url(url):
+        commands.append(Log("warning", f"job {ex.job_id} notified again without a usable update_data_url: "
+                                       "keeping the previous URL"))
+    elif url != dl.url:
+        assert url is not None
+        dl = replace(dl, url=url)
+        commands.append(Log("info", f"job {ex.job_id}: fresh download URL; continuing from block "
+                                    f"{dl.first_needed()}"))
+    if dl.in_flight is not None:  # its answer drives the next request
+        return replace(state, download=dl), commands
+    return _retry_range(replace(state, download=dl), dl, now, commands)
+
+
+def _retry_range(state: State, dl: Download, now: float, commands: list[Command]) -> Step:
+    """Send the next range request unless too many went without a new block."""
+    if dl.momentum >= state.settings.max_request_momentum:
+        state = replace(state, download=dl)
+        state, failed = _fail_download(state, reasons.aborted(reasons.ERR_MOMENTUM_ABORT), now,
+                                       detail=f"{dl.momentum} block requests failed or went unanswered")
+        return state, commands + failed
+    state, requests = _request_next(state, dl, now)
+    return state, commands + requests
 
 
 def on_job_busy(state: State, message: JobMessage, _now: float) -> Step:
@@ -422,12 +558,55 @@ def on_block(state: State, message: BlockMessage, now: float) -> Step:
                                      f"{len(block.payload)} bytes is out of range")
     if not dl.is_needed(block.block_id):
         return state, [Log("debug", f"duplicate block {block.block_id} ignored")]
+    return _accept_block(state, dl, block.block_id, block.payload, now)
+
+
+def _accept_block(state: State, dl: Download, block_id: int, data: bytes, now: float) -> Step:
     needed = bytearray(dl.needed)
-    needed[block.block_id // 8] &= ~(1 << (block.block_id % 8)) & 0xFF
+    needed[block_id // 8] &= ~(1 << (block_id % 8)) & 0xFF
     dl = replace(dl, needed=bytes(needed), remaining=dl.remaining - 1, unstored=dl.unstored + 1,
                  last_activity=now, momentum=0)
-    return replace(state, download=dl), [
-        WriteBlock(block.block_id, block.block_id * state.settings.block_size, block.payload)]
+    return replace(state, download=dl), [WriteBlock(block_id, block_id * state.settings.block_size, data)]
+
+
+def on_range_received(state: State, event: HttpRangeReceived, now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    if not _answers_in_flight(state, dl, event.request, event.offset):
+        return state, [Log("debug", f"late answer to range request {event.request} ignored")]
+    block = dl.in_flight_block
+    dl = replace(dl, in_flight=None)
+    if len(event.data) != _block_length(state, dl, block):
+        # The runtime refuses such responses already; never write what was not asked for.
+        return replace(state, download=dl), [
+            Log("warning", f"block {block}: {len(event.data)} bytes instead of "
+                           f"{_block_length(state, dl, block)}: requesting it again")]
+    if not dl.is_needed(block):  # pragma: no cover - one request in flight, for a needed block
+        return replace(state, download=dl), [Log("debug", f"duplicate block {block} ignored")]
+    return _accept_block(state, dl, block, event.data, now)
+
+
+def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
+    dl = state.download
+    assert dl is not None
+    if not _answers_in_flight(state, dl, event.request, event.offset):
+        return state, [Log("debug", f"late failure of range request {event.request} ignored")]
+    block = dl.in_flight_block
+    state = replace(state, download=replace(dl, in_flight=None))
+    what = f"HTTP {event.status}" if event.status else "no response"
+    if event.status in URL_REFRESH_STATUSES:
+        # The pre-signed URL expired (or was refused): the job document, asked again,
+        # brings a fresh one (on_job_downloading), and the download goes on from there.
+        state, ask = _ask_next_job(state, now)
+        return state, [Log("warning", f"block {block}: {what} ({event.reason}): asking for the job "
+                                      "again for a fresh URL"), ask]
+    return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after "
+                                  f"{state.settings.request_timeout:g} s")]
+
+
+def _answers_in_flight(state: State, dl: Download, request: int, offset: int) -> bool:
+    return (dl.protocol is DataProtocol.HTTP and dl.in_flight == request
+            and offset == dl.in_flight_block * state.settings.block_size)
 
 
 def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
@@ -439,15 +618,15 @@ def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
     if dl.remaining == 0:
         if dl.unstored == 0:
             commands += [Log("info", f"job {dl.job_id}: all {dl.total_blocks} blocks received"),
-                         Unsubscribe(_data_topic(state, dl.file)), VerifyImage(dl.file)]
+                         *_release(state, dl), VerifyImage(dl.file)]
             return replace(state, download=dl, phase=Phase.VERIFYING), commands
         return replace(state, download=dl), commands
     if received == 1 or received % state.settings.status_every_blocks == 0:
         commands.append(_status(state, dl.job_id, ExecStatus.IN_PROGRESS,
                                 {"receive": f"{received}/{dl.total_blocks}"}, qos=0))
     if dl.awaiting <= 0:
-        dl, request = _request_blocks(state, dl, now)
-        commands.append(request)
+        state, requests = _request_next(state, dl, now)
+        return state, commands + requests
     return replace(state, download=dl), commands
 
 
@@ -597,15 +776,22 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
         return state, [Log("warning", f"$next/get unanswered ({unanswered}x): subscribing and asking again"),
                        Subscribe(notify_next_topic(state.settings.thing_name), 1), ask]
     dl = state.download
-    if state.phase is Phase.DOWNLOADING and dl is not None \
-            and now - dl.last_activity >= state.settings.request_timeout:
-        if dl.momentum >= state.settings.max_request_momentum:
-            return _fail_download(state, reasons.aborted(reasons.ERR_MOMENTUM_ABORT), now,
-                                  detail=f"{dl.momentum} block requests went unanswered")
-        dl, request = _request_blocks(state, dl, now)
-        silence = f"no block for {state.settings.request_timeout:g} s: requesting again"
-        return replace(state, download=dl), [Log("info", silence), request]
-    return state, []
+    timeout = state.settings.request_timeout
+    if state.phase is not Phase.DOWNLOADING or dl is None or now - dl.last_activity < timeout:
+        return state, []
+    if dl.protocol is DataProtocol.HTTP:
+        if dl.in_flight is not None and now - dl.last_activity < HTTP_LOST_AFTER_TIMEOUTS * timeout:
+            return state, []  # the runtime's own timeout answers it
+        if dl.unstored:
+            return state, []  # a block is being written; its BlockStored asks for the next one
+        log = Log("info", f"no block for {timeout:g} s: requesting block {dl.first_needed()} again")
+        return _retry_range(state, replace(dl, in_flight=None), now, [log])
+    if dl.momentum >= state.settings.max_request_momentum:
+        return _fail_download(state, reasons.aborted(reasons.ERR_MOMENTUM_ABORT), now,
+                              detail=f"{dl.momentum} block requests went unanswered")
+    dl, request = _request_blocks(state, dl, now)
+    silence = f"no block for {timeout:g} s: requesting again"
+    return replace(state, download=dl), [Log("info", silence), request]
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -623,6 +809,8 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (None, JobMessage): on_job_busy,
     (Phase.DOWNLOADING, BlockMessage): on_block,
     (Phase.DOWNLOADING, BlockStored): on_block_stored,
+    (Phase.DOWNLOADING, HttpRangeReceived): on_range_received,
+    (Phase.DOWNLOADING, HttpRangeFailed): on_range_failed,
     (Phase.DOWNLOADING, PlatformFailed): on_download_platform_failed,
     (Phase.VERIFYING, VerifyResult): on_verified,
     (Phase.ACTIVATING, PlatformFailed): on_activate_failed,

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Select, func, insert, select, update
 
 from overair.core import jobs_wire as wire
-from overair.core import rollout
+from overair.core import presign, rollout
 from overair.core.errors import PeerInputError
 from overair.core.jobs_wire import ExecutionView, UpdateRequest
 from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
@@ -35,6 +35,8 @@ JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
 # Executions a staged rollout has not released yet exist only for the scheduler.
 RELEASED = JobExecution.released_at.is_not(None)
+# Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
+HTTP_FILES = "http_files"
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 
@@ -86,7 +88,8 @@ class JobService:
             rollout.abort_criteria(config.get("abortConfig"))
             rollout.in_progress_timeout(config.get("timeoutConfig"))
             rollout.retry_limits(config.get("jobExecutionsRetryConfig"))
-        except rollout.InvalidJobConfig as exc:
+            presign.expiry_seconds(config.get("presignedUrlConfig"))
+        except PeerInputError as exc:
             raise invalid(exc.message) from exc
         encoded = wire.encode(document)
         if len(encoded) > self._settings.limits.max_job_document_bytes:
@@ -398,6 +401,14 @@ class JobService:
             job.status = JobStatus.COMPLETED.value
             job.completed_at = self._clock()
             job.last_updated_at = job.completed_at
+
+    def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
+        """Jobs still running that deliver this object version over HTTP."""
+        wanted = {"bucket": bucket, "key": key, "version": version}
+        with self._db.reading() as s:
+            jobs = s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value)).all()
+            return [job.job_id for job in jobs
+                    if any({k: f.get(k) for k in wanted} == wanted for f in job.config.get(HTTP_FILES, []))]
 
     def live_execution_references(self, thing: str, job_ids: list[str]) -> bool:
         """True if the thing has a non-terminal execution of one of these jobs."""

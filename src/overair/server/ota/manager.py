@@ -26,12 +26,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from overair.core import codesign
-from overair.core.errors import OverairError
+from overair.core import codesign, presign
+from overair.core.errors import OverairError, PeerInputError
 from overair.core.jobdoc import OtaFile, OtaJobDocument
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
-from overair.server.jobs.service import JobService
+from overair.server.jobs.service import HTTP_FILES, JobService
 from overair.server.settings import Settings
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
@@ -76,11 +76,12 @@ class OtaManager:
         if not OTA_ID_RE.match(ota_id):
             raise invalid("otaUpdateId must be 1-128 characters of [a-zA-Z0-9_-]")
         protocols = request.get("protocols") or ["MQTT"]
-        if not set(protocols) <= {"MQTT", "HTTP"}:
+        if not protocols or not set(protocols) <= {"MQTT", "HTTP"}:
             raise invalid("protocols must be MQTT and/or HTTP")
-        if "HTTP" in protocols:
-            raise ApiError("InvalidRequestException",
-                           "HTTP delivery is not available yet in this overair version; use MQTT", 400)
+        try:
+            presign.expiry_seconds(request.get("awsJobPresignedUrlConfig"))
+        except PeerInputError as exc:
+            raise invalid(f"awsJobPresignedUrlConfig: {exc.message}") from exc
         if not request.get("targets"):
             raise invalid("targets must name at least one thing or thing group")
         files = request.get("files") or []
@@ -165,6 +166,7 @@ class OtaManager:
         self._set(row.ota_update_id, stream_id=stream_id)
         ota_files: list[OtaFile] = []
         stream_files: list[dict[str, Any]] = []
+        http_files: list[dict[str, Any]] = []
         chain: list[x509.Certificate] = []
         for file_id, spec in enumerate(request["files"]):
             location = self._location(spec)
@@ -181,6 +183,8 @@ class OtaManager:
                                      file_type=spec.get("fileType", 0)))
             stream_files.append({"fileId": file_id, "s3Location": {
                 "bucket": location["bucket"], "key": location["key"], "version": stored.version_id}})
+            http_files.append({"fileId": file_id, "bucket": location["bucket"], "key": location["key"],
+                               "version": stored.version_id})
         if "MQTT" in protocols:
             try:
                 self._streams.describe_stream(stream_id)
@@ -188,9 +192,13 @@ class OtaManager:
                 self._streams.create_stream(stream_id, stream_files,
                                             f"OTA update {row.ota_update_id}", request.get("roleArn", ""))
         document = OtaJobDocument(
-            protocols=protocols, files=tuple(ota_files), stream_name=stream_id,
+            protocols=protocols, files=tuple(ota_files),
+            stream_name=stream_id if "MQTT" in protocols else None,
             signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
         ).to_json_obj()
+        config = job_config_from_ota(request)
+        if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
+            config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
         self._set(row.ota_update_id, job_id=job_id)
         try:
@@ -198,7 +206,7 @@ class OtaManager:
                 job_id, list(request["targets"]), document,
                 description=request.get("description", ""),
                 target_selection=request.get("targetSelection", "SNAPSHOT"),
-                config=job_config_from_ota(request))
+                config=config)
         except ApiError as exc:
             if exc.code != "ResourceAlreadyExistsException":
                 raise

@@ -32,18 +32,18 @@ class FileCache:
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
-        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[str | int, ...], bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int, int]) -> bytes | None:
+    def get(self, key: tuple[str | int, ...]) -> bytes | None:
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: tuple[str, int, int], data: bytes) -> None:
+    def put(self, key: tuple[str | int, ...], data: bytes) -> None:
         with self._lock:
             if key in self._items:
                 return

@@ -1,0 +1,140 @@
+"""OTA file delivery over HTTPS with pre-signed URLs (device-protocol.md §4).
+
+Two halves: `render` puts a fresh pre-signed `update_data_url` into every delivery of an
+OTA job document that offers HTTP (the job service calls it for each device), and
+`app` is the HTTPS endpoint devices download from with `Range` requests. A URL is
+honoured only if its signature and expiry hold (core/presign.py) and the thing it names
+still has a live execution of a job delivering exactly that object version (threat
+N4); refusals are audited. Bytes come from the object store, whose SHA-256 check on read
+means a corrupted file is never served.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from overair.core import presign
+from overair.core.errors import OverairError
+from overair.server.api.contract import ApiError
+from overair.server.audit.log import AuditLog
+from overair.server.clock import Clock
+from overair.server.jobs.service import HTTP_FILES, JobService
+from overair.server.storage.objects import ObjectStore
+from overair.server.storage.schema import Job
+from overair.server.streams.service import FileCache
+
+log = logging.getLogger("overair.delivery")
+ACCESS_TTL = 2.0
+
+
+class HttpDelivery:
+    def __init__(self, secret: bytes, base_url: str, objects: ObjectStore, jobs: JobService, audit: AuditLog,
+                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024) -> None:
+        self._secret = secret
+        self.base_url = base_url
+        self._objects = objects
+        self._jobs = jobs
+        self._audit = audit
+        self._clock = clock
+        self._cache = FileCache(cache_bytes)
+        self._access: dict[tuple[str, str, str, str], tuple[bool, float]] = {}
+        self._access_lock = threading.Lock()
+
+    # Job documents ----------------------------------------------------------------------
+    def render(self, job: Job, thing: str) -> dict[str, Any]:
+        """The job document as delivered to `thing` now: fresh URLs for HTTP files."""
+        files = job.config.get(HTTP_FILES)
+        document = job.document
+        if not files or not isinstance(document.get("afr_ota"), dict):
+            return document
+        expires = int(self._clock()) + presign.expiry_seconds(job.config.get("presignedUrlConfig"))
+        rendered = copy.deepcopy(document)
+        by_id = {f["fileId"]: f for f in files}
+        for entry in rendered["afr_ota"].get("files", []):
+            source = by_id.get(entry.get("fileid"))
+            if source is not None:
+                grant = presign.Grant(source["bucket"], source["key"], source["version"], thing, expires)
+                entry["update_data_url"] = presign.sign(self._secret, self.base_url, grant)
+                entry["auth_scheme"] = "aws.s3.presigned"
+        return rendered
+
+    # The HTTPS endpoint -------------------------------------------------------------------
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download,
+                                       methods=["GET", "HEAD"])])
+
+    async def _download(self, request: Request) -> Response:
+        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+        query = dict(request.query_params)
+        try:
+            return await run_in_threadpool(self._serve, request.method, bucket, key, query,
+                                           request.headers.get("range"))
+        except presign.UrlRefused as exc:
+            status = 416 if exc.code == "InvalidRange" else 403
+            log.info("download %s/%s refused: %s %s", bucket, key, exc.code, exc.message)
+            return Response(f"{exc.code}: {exc.message}\n", status, media_type="text/plain")
+        except ApiError as exc:
+            return Response(f"{exc.code}: {exc.message}\n", 404 if exc.status == 404 else 500,
+                            media_type="text/plain")
+        except OverairError as exc:
+            log.error("download %s/%s failed: %s", bucket, key, exc.message)
+            return Response("InternalError: file unavailable\n", 500, media_type="text/plain")
+
+    def _serve(self, method: str, bucket: str, key: str, query: dict[str, str],
+               range_header: str | None) -> Response:
+        grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        if not self._may_read(grant):
+            self._audit.record(principal=f"thing/{grant.thing}", action="iot:DownloadOtaFile",
+                               resource=f"s3://{bucket}/{key}?versionId={grant.version}", decision="DENY",
+                               detail={"reason": "no live execution delivers this file"})
+            raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
+        data = self._file(grant)
+        span = presign.parse_range(range_header, len(data))
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        if span is None:
+            body, status = data, 200
+        else:
+            first, last = span
+            body, status = data[first:last + 1], 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+        headers["Content-Length"] = str(len(body))
+        return Response(b"" if method == "HEAD" else body, status, headers=headers,
+                        media_type="application/octet-stream")
+
+    def _may_read(self, grant: presign.Grant) -> bool:
+        now = time.monotonic()
+        cache_key = (grant.thing, grant.bucket, grant.key, grant.version)
+        with self._access_lock:
+            cached = self._access.get(cache_key)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+        jobs = self._jobs.jobs_delivering_object(grant.bucket, grant.key, grant.version)
+        allowed = self._jobs.live_execution_references(grant.thing, jobs)
+        with self._access_lock:
+            if len(self._access) > 100_000:
+                self._access.clear()
+            self._access[cache_key] = (allowed, now + ACCESS_TTL)
+        return allowed
+
+    def forget_access(self) -> None:
+        with self._access_lock:
+            self._access.clear()
+
+    def _file(self, grant: presign.Grant) -> bytes:
+        cache_key = ("http", grant.bucket, grant.key, grant.version)
+        data = self._cache.get(cache_key)
+        if data is None:
+            _, data = self._objects.get_object(grant.bucket, grant.key, grant.version)
+            self._cache.put(cache_key, data)
+        return data

@@ -1,0 +1,214 @@
+"""OTA file delivery over HTTPS with pre-signed URLs, against the real server: the URL
+comes fresh in each job-document delivery, is bound to the thing and the object
+version, expires, and is honoured only while the thing's execution is live. Range
+requests are answered 206. Threat ids: N4 unauthorized device.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import pytest
+
+from overair.core.versions import Version
+from overair.server.bootstrap import DEV_PROFILE
+from overair.sim.firmware import make_firmware
+from tests.e2e.test_server_security import Device
+from tests.server_harness import RunningServer, running_server
+
+BUCKET = "firmware"
+IMAGE = make_firmware(Version(2, 0, 0), 50_000, seed="http")
+
+
+@dataclass
+class ShiftableClock:
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture(scope="module")
+def clock() -> ShiftableClock:
+    return ShiftableClock()
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory, clock: ShiftableClock) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("server"), clock=clock) as running:
+        s3 = running.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield running
+
+
+@dataclass
+class HttpJob:
+    thing: str
+    job_id: str
+    device: Device
+
+
+@pytest.fixture
+def http_job(web: RunningServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HttpJob]:
+    name = "h-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[-40:].strip("-")
+    bundle = web.provision(name, tmp_path / name)
+    iot, s3 = web.client("iot"), web.client("s3")
+    version = s3.put_object(Bucket=BUCKET, Key=f"{name}.bin", Body=IMAGE)["VersionId"]
+    iot.create_ota_update(
+        otaUpdateId=name,
+        targets=[iot.describe_thing(thingName=name)["thingArn"]],
+        protocols=["HTTP"],
+        roleArn=f"arn:aws:iam::{web.settings.account_id}:role/ota",
+        awsJobPresignedUrlConfig={"expiresInSec": 300},
+        files=[
+            {
+                "fileName": "/fw.bin",
+                "fileLocation": {"s3Location": {"bucket": BUCKET, "key": f"{name}.bin", "version": version}},
+                "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
+            }
+        ],
+    )
+    deadline = time.monotonic() + 30
+    while iot.get_ota_update(otaUpdateId=name)["otaUpdateInfo"]["otaUpdateStatus"] != "CREATE_COMPLETE":
+        assert time.monotonic() < deadline, iot.get_ota_update(otaUpdateId=name)["otaUpdateInfo"]
+        time.sleep(0.05)
+    device = Device(web, bundle, name)
+    assert device.connect()
+    device.subscribe(f"$aws/things/{name}/jobs/#")
+    time.sleep(0.2)
+    yield HttpJob(name, f"AFR_OTA-{name}", device)
+    device.close()
+
+
+def _document(job: HttpJob) -> dict[str, Any]:
+    """Ask `$next/get` as a device does and return the job document it receives."""
+    job.device.messages.clear()
+    job.device.client.publish(
+        f"$aws/things/{job.thing}/jobs/$next/get", json.dumps({"clientToken": "t"}), qos=1
+    )
+    replies = job.device.wait_for("/jobs/$next/get/accepted")
+    assert replies
+    document: dict[str, Any] = json.loads(replies[-1][1])["execution"]["jobDocument"]
+    return document
+
+
+def _url(job: HttpJob) -> str:
+    file = _document(job)["afr_ota"]["files"][0]
+    assert file["auth_scheme"] == "aws.s3.presigned"
+    return str(file["update_data_url"])
+
+
+def _get(
+    web: RunningServer, url: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cafile=str(web.settings.paths.fleet_ca_cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context, timeout=10)
+    try:
+        # Connect by address but check the certificate for the URL's host name.
+        connection.sock = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", parts.port), timeout=10), server_hostname=parts.hostname
+        )
+        connection.request(method, f"{parts.path}?{parts.query}", headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def _with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query)) | changes
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def test_http_job_document_carries_a_presigned_url_and_range_requests_get_206(
+    web: RunningServer, http_job: HttpJob
+) -> None:
+    document = _document(http_job)
+    assert document["afr_ota"]["protocols"] == ["HTTP"]
+    assert "streamname" not in document["afr_ota"]
+    url = document["afr_ota"]["files"][0]["update_data_url"]
+    assert url.startswith(f"https://localhost:{web.settings.download_port}/ota/{BUCKET}/")
+    status, headers, body = _get(web, url, {"Range": "bytes=4096-8191"})
+    assert status == 206
+    assert body == IMAGE[4096:8192]
+    assert headers["content-range"] == f"bytes 4096-8191/{len(IMAGE)}"
+    status, _, body = _get(web, url, {"Range": f"bytes={len(IMAGE) - 100}-"})
+    assert (status, body) == (206, IMAGE[-100:])
+    status, headers, body = _get(web, url)
+    assert (status, body) == (200, IMAGE)
+    status, headers, body = _get(web, url, method="HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", str(len(IMAGE)))
+    status, _, _ = _get(web, url, {"Range": f"bytes={len(IMAGE)}-{len(IMAGE) + 10}"})
+    assert status == 416
+
+
+def test_n4_presigned_url_cannot_be_altered(web: RunningServer, http_job: HttpJob) -> None:
+    url = _url(http_job)
+    for altered in (
+        _with_query(url, thing="someone-else"),
+        _with_query(url, expires=str(int(time.time()) + 86_400)),
+        _with_query(url, version="another-version"),
+        url.replace(f"/{http_job.thing}.bin", "/other.bin"),
+    ):
+        status, _, body = _get(web, altered, {"Range": "bytes=0-99"})
+        assert status == 403, altered
+        assert b"SignatureDoesNotMatch" in body
+
+
+def test_expired_url_is_refused_and_a_new_delivery_brings_a_fresh_one(
+    web: RunningServer, http_job: HttpJob, clock: ShiftableClock
+) -> None:
+    first = _url(http_job)
+    try:
+        clock.offset += 301
+        status, _, body = _get(web, first, {"Range": "bytes=0-99"})
+        assert status == 403
+        assert b"ExpiredUrl" in body
+        fresh = _url(http_job)  # the device asks for the job again, as FreeRTOS does on 403
+        assert fresh != first
+        status, _, body = _get(web, fresh, {"Range": "bytes=0-99"})
+        assert (status, body) == (206, IMAGE[:100])
+    finally:
+        clock.offset = 0.0
+
+
+def test_n4_url_stops_working_when_the_execution_is_no_longer_live(
+    web: RunningServer, http_job: HttpJob
+) -> None:
+    url = _url(http_job)
+    assert _get(web, url, {"Range": "bytes=0-9"})[0] == 206
+    web.client("iot").cancel_job(jobId=http_job.job_id, force=True)
+    deadline = time.monotonic() + 10
+    status = 206
+    while status == 206 and time.monotonic() < deadline:  # the access cache lives 2 s
+        status, _, body = _get(web, url, {"Range": "bytes=0-9"})
+        time.sleep(0.2)
+    assert status == 403
+    assert b"AccessDenied" in body
+
+
+def test_download_endpoint_speaks_only_tls(web: RunningServer, http_job: HttpJob) -> None:
+    parts = urlsplit(_url(http_job))
+    connection = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=5)
+    try:
+        connection.request("GET", f"{parts.path}?{parts.query}")
+        response = connection.getresponse()
+        status, body = response.status, response.read()
+    except (ConnectionError, http.client.HTTPException, OSError):
+        status, body = None, b""
+    finally:
+        connection.close()
+    assert status is None or status >= 400  # no plaintext service
+    assert IMAGE[:64] not in body

@@ -1,0 +1,74 @@
+"""Pre-signed download URLs (core/presign.py): what the signature binds, expiry, ranges."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from overair.core import presign
+from overair.core.errors import PeerInputError
+
+SECRET = b"k" * 32
+GRANT = presign.Grant("firmware", "app/v2.bin", "v-123", "dev-1", 2_000)
+
+
+def _query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+def test_signed_url_verifies_and_names_its_object() -> None:
+    url = presign.sign(SECRET, "https://ota.example:8443", GRANT)
+    assert url.startswith("https://ota.example:8443/ota/firmware/app/v2.bin?")
+    assert presign.verify(SECRET, "firmware", "app/v2.bin", _query(url), now=1_999) == GRANT
+
+
+@pytest.mark.parametrize("field", ["version", "thing", "expires"])
+def test_any_change_breaks_the_signature(field: str) -> None:
+    query = _query(presign.sign(SECRET, "https://h", GRANT))
+    query[field] = "2999" if field == "expires" else "other"
+    with pytest.raises(presign.UrlRefused) as caught:
+        presign.verify(SECRET, "firmware", "app/v2.bin", query, now=0)
+    assert caught.value.code == "SignatureDoesNotMatch"
+
+
+def test_another_object_or_key_breaks_the_signature() -> None:
+    query = _query(presign.sign(SECRET, "https://h", GRANT))
+    for bucket, key, secret in (("other", "app/v2.bin", SECRET), ("firmware", "x.bin", SECRET),
+                                ("firmware", "app/v2.bin", b"j" * 32)):
+        with pytest.raises(presign.UrlRefused):
+            presign.verify(secret, bucket, key, query, now=0)
+
+
+def test_expired_and_malformed_urls_are_refused() -> None:
+    query = _query(presign.sign(SECRET, "https://h", GRANT))
+    with pytest.raises(presign.UrlRefused) as expired:
+        presign.verify(SECRET, "firmware", "app/v2.bin", query, now=2_001)
+    assert expired.value.code == "ExpiredUrl"
+    with pytest.raises(presign.UrlRefused) as malformed:
+        presign.verify(SECRET, "firmware", "app/v2.bin", {"version": "v"}, now=0)
+    assert malformed.value.code == "MalformedUrl"
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, None), ("bytes=0-99", (0, 99)), ("bytes=900-", (900, 999)), ("bytes=-100", (900, 999)),
+    ("bytes=990-2000", (990, 999)),
+])
+def test_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
+    assert presign.parse_range(header, 1000) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5-1", "items=0-1", "bytes=0-1,5-6", "bytes=x-y",
+                                    "bytes=-0", "bytes"])
+def test_unsatisfiable_ranges_are_refused(header: str) -> None:
+    with pytest.raises(presign.UrlRefused) as caught:
+        presign.parse_range(header, 1000)
+    assert caught.value.code == "InvalidRange"
+
+
+def test_expiry_bounds_follow_aws() -> None:
+    assert presign.expiry_seconds(None) == 1800
+    assert presign.expiry_seconds({"expiresInSec": 60}) == 60
+    for bad in (59, 3601, "600", True):
+        with pytest.raises(PeerInputError):
+            presign.expiry_seconds({"expiresInSec": bad})
