@@ -22,33 +22,12 @@ import pytest
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
+from tests.e2e.conftest import ShiftableClock
 from tests.e2e.test_server_security import Device
-from tests.server_harness import RunningServer, running_server
+from tests.server_harness import RunningServer
 
 BUCKET = "firmware"
 IMAGE = make_firmware(Version(2, 0, 0), 50_000, seed="http")
-
-
-@dataclass
-class ShiftableClock:
-    offset: float = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-@pytest.fixture(scope="module")
-def clock() -> ShiftableClock:
-    return ShiftableClock()
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory, clock: ShiftableClock) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("server"), clock=clock) as running:
-        s3 = running.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield running
 
 
 @dataclass
@@ -59,16 +38,16 @@ class HttpJob:
 
 
 @pytest.fixture
-def http_job(web: RunningServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HttpJob]:
+def http_job(clocked_srv: RunningServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HttpJob]:
     name = "h-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[-40:].strip("-")
-    bundle = web.provision(name, tmp_path / name)
-    iot, s3 = web.client("iot"), web.client("s3")
+    bundle = clocked_srv.provision(name, tmp_path / name)
+    iot, s3 = clocked_srv.client("iot"), clocked_srv.client("s3")
     version = s3.put_object(Bucket=BUCKET, Key=f"{name}.bin", Body=IMAGE)["VersionId"]
     iot.create_ota_update(
         otaUpdateId=name,
         targets=[iot.describe_thing(thingName=name)["thingArn"]],
         protocols=["HTTP"],
-        roleArn=f"arn:aws:iam::{web.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
         awsJobPresignedUrlConfig={"expiresInSec": 300},
         files=[
             {
@@ -82,7 +61,7 @@ def http_job(web: RunningServer, tmp_path: Path, request: pytest.FixtureRequest)
     while iot.get_ota_update(otaUpdateId=name)["otaUpdateInfo"]["otaUpdateStatus"] != "CREATE_COMPLETE":
         assert time.monotonic() < deadline, iot.get_ota_update(otaUpdateId=name)["otaUpdateInfo"]
         time.sleep(0.05)
-    device = Device(web, bundle, name)
+    device = Device(clocked_srv, bundle, name)
     assert device.connect()
     device.subscribe(f"$aws/things/{name}/jobs/#")
     time.sleep(0.2)
@@ -109,10 +88,10 @@ def _url(job: HttpJob) -> str:
 
 
 def _get(
-    web: RunningServer, url: str, headers: dict[str, str] | None = None, method: str = "GET"
+    clocked_srv: RunningServer, url: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
-    context = ssl.create_default_context(cafile=str(web.settings.paths.fleet_ca_cert))
+    context = ssl.create_default_context(cafile=str(clocked_srv.settings.paths.fleet_ca_cert))
     connection = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context, timeout=10)
     try:
         # Connect by address but check the certificate for the URL's host name.
@@ -133,28 +112,28 @@ def _with_query(url: str, **changes: str) -> str:
 
 
 def test_http_job_document_carries_a_presigned_url_and_range_requests_get_206(
-    web: RunningServer, http_job: HttpJob
+    clocked_srv: RunningServer, http_job: HttpJob
 ) -> None:
     document = _document(http_job)
     assert document["afr_ota"]["protocols"] == ["HTTP"]
     assert "streamname" not in document["afr_ota"]
     url = document["afr_ota"]["files"][0]["update_data_url"]
-    assert url.startswith(f"https://localhost:{web.settings.download_port}/ota/{BUCKET}/")
-    status, headers, body = _get(web, url, {"Range": "bytes=4096-8191"})
+    assert url.startswith(f"https://localhost:{clocked_srv.settings.download_port}/ota/{BUCKET}/")
+    status, headers, body = _get(clocked_srv, url, {"Range": "bytes=4096-8191"})
     assert status == 206
     assert body == IMAGE[4096:8192]
     assert headers["content-range"] == f"bytes 4096-8191/{len(IMAGE)}"
-    status, _, body = _get(web, url, {"Range": f"bytes={len(IMAGE) - 100}-"})
+    status, _, body = _get(clocked_srv, url, {"Range": f"bytes={len(IMAGE) - 100}-"})
     assert (status, body) == (206, IMAGE[-100:])
-    status, headers, body = _get(web, url)
+    status, headers, body = _get(clocked_srv, url)
     assert (status, body) == (200, IMAGE)
-    status, headers, body = _get(web, url, method="HEAD")
+    status, headers, body = _get(clocked_srv, url, method="HEAD")
     assert (status, body, headers["content-length"]) == (200, b"", str(len(IMAGE)))
-    status, _, _ = _get(web, url, {"Range": f"bytes={len(IMAGE)}-{len(IMAGE) + 10}"})
+    status, _, _ = _get(clocked_srv, url, {"Range": f"bytes={len(IMAGE)}-{len(IMAGE) + 10}"})
     assert status == 416
 
 
-def test_n4_presigned_url_cannot_be_altered(web: RunningServer, http_job: HttpJob) -> None:
+def test_n4_presigned_url_cannot_be_altered(clocked_srv: RunningServer, http_job: HttpJob) -> None:
     url = _url(http_job)
     for altered in (
         _with_query(url, thing="someone-else"),
@@ -162,44 +141,44 @@ def test_n4_presigned_url_cannot_be_altered(web: RunningServer, http_job: HttpJo
         _with_query(url, version="another-version"),
         url.replace(f"/{http_job.thing}.bin", "/other.bin"),
     ):
-        status, _, body = _get(web, altered, {"Range": "bytes=0-99"})
+        status, _, body = _get(clocked_srv, altered, {"Range": "bytes=0-99"})
         assert status == 403, altered
         assert b"SignatureDoesNotMatch" in body
 
 
 def test_expired_url_is_refused_and_a_new_delivery_brings_a_fresh_one(
-    web: RunningServer, http_job: HttpJob, clock: ShiftableClock
+    clocked_srv: RunningServer, http_job: HttpJob, clock: ShiftableClock
 ) -> None:
     first = _url(http_job)
     try:
         clock.offset += 301
-        status, _, body = _get(web, first, {"Range": "bytes=0-99"})
+        status, _, body = _get(clocked_srv, first, {"Range": "bytes=0-99"})
         assert status == 403
         assert b"ExpiredUrl" in body
         fresh = _url(http_job)  # the device asks for the job again, as FreeRTOS does on 403
         assert fresh != first
-        status, _, body = _get(web, fresh, {"Range": "bytes=0-99"})
+        status, _, body = _get(clocked_srv, fresh, {"Range": "bytes=0-99"})
         assert (status, body) == (206, IMAGE[:100])
     finally:
         clock.offset = 0.0
 
 
 def test_n4_url_stops_working_when_the_execution_is_no_longer_live(
-    web: RunningServer, http_job: HttpJob
+    clocked_srv: RunningServer, http_job: HttpJob
 ) -> None:
     url = _url(http_job)
-    assert _get(web, url, {"Range": "bytes=0-9"})[0] == 206
-    web.client("iot").cancel_job(jobId=http_job.job_id, force=True)
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206
+    clocked_srv.client("iot").cancel_job(jobId=http_job.job_id, force=True)
     deadline = time.monotonic() + 10
     status = 206
     while status == 206 and time.monotonic() < deadline:  # the access cache lives 2 s
-        status, _, body = _get(web, url, {"Range": "bytes=0-9"})
+        status, _, body = _get(clocked_srv, url, {"Range": "bytes=0-9"})
         time.sleep(0.2)
     assert status == 403
     assert b"AccessDenied" in body
 
 
-def test_download_endpoint_speaks_only_tls(web: RunningServer, http_job: HttpJob) -> None:
+def test_download_endpoint_speaks_only_tls(clocked_srv: RunningServer, http_job: HttpJob) -> None:
     parts = urlsplit(_url(http_job))
     connection = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=5)
     try:

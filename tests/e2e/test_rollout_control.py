@@ -11,46 +11,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
+from tests.e2e.conftest import ShiftableClock
 from tests.e2e.test_server_security import Device
-from tests.server_harness import RunningServer, running_server
+from tests.server_harness import RunningServer
 
 V1, V2 = Version(1, 0, 0), Version(1, 1, 0)
 SIZE = 32 * 1024
 BUCKET = "firmware"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"}
-
-
-@dataclass
-class ShiftableClock:
-    offset: float = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-@pytest.fixture(scope="module")
-def clock() -> ShiftableClock:
-    return ShiftableClock()
-
-
-@pytest.fixture(scope="module")
-def ctl(tmp_path_factory: pytest.TempPathFactory, clock: ShiftableClock) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("server"), clock=clock) as running:
-        s3 = running.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield running
 
 
 def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
@@ -118,20 +94,22 @@ def _statuses(srv: RunningServer, job_id: str) -> dict[str, str]:
     return {s["thingArn"].rpartition("/")[2]: s["jobExecutionSummary"]["status"] for s in summaries}
 
 
-def test_rollout_aborts_after_the_failure_threshold(ctl: RunningServer, tmp_path: Path) -> None:
+def test_rollout_aborts_after_the_failure_threshold(clocked_srv: RunningServer, tmp_path: Path) -> None:
     """Three devices whose new image fails its self-test go first (staged rollout); the
     abort criterion fires and the healthy devices never receive the update."""
-    iot = ctl.client("iot")
+    iot = clocked_srv.client("iot")
     group = iot.create_thing_group(thingGroupName="abort-fleet")["thingGroupArn"]
     failing = [f"abort-a-{i}" for i in range(3)]
     healthy = [f"abort-b-{i}" for i in range(3)]
-    bad = Fleet(_bundles(ctl, tmp_path, failing, "abort-fleet"), self_test_hook=lambda _v: "watchdog fired")
-    good = Fleet(_bundles(ctl, tmp_path, healthy, "abort-fleet"))
+    bad = Fleet(
+        _bundles(clocked_srv, tmp_path, failing, "abort-fleet"), self_test_hook=lambda _v: "watchdog fired"
+    )
+    good = Fleet(_bundles(clocked_srv, tmp_path, healthy, "abort-fleet"))
     with bad, good:
         assert bad.wait(lambda s: all(x.connected for x in s.values()), 30)
         assert good.wait(lambda s: all(x.connected for x in s.values()), 30)
         job_id = _ota(
-            ctl,
+            clocked_srv,
             "abort-1",
             [group],
             awsJobExecutionsRolloutConfig={"maximumPerMinute": 3},
@@ -151,32 +129,36 @@ def test_rollout_aborts_after_the_failure_threshold(ctl: RunningServer, tmp_path
             what="the abort",
         )
         assert job["reasonCode"] == "ABORTED_FAILED"
-        statuses = _statuses(ctl, job_id)
+        statuses = _statuses(clocked_srv, job_id)
         assert {statuses[t] for t in failing} == {"FAILED"}
         assert not set(healthy) & statuses.keys()  # never released
         assert bad.wait(lambda s: all(x.version == "1.0.0" for x in s.values()), 20)  # rolled back
         assert all(s.version == "1.0.0" and s.job_id is None for s in good.snapshots().values())
 
 
-def test_a_device_gone_silent_times_out(ctl: RunningServer, clock: ShiftableClock, tmp_path: Path) -> None:
-    iot = ctl.client("iot")
+def test_a_device_gone_silent_times_out(
+    clocked_srv: RunningServer, clock: ShiftableClock, tmp_path: Path
+) -> None:
+    iot = clocked_srv.client("iot")
     name = "silent-device"
-    (bundle,) = _bundles(ctl, tmp_path, [name], None)
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None)
     thing_arn = iot.describe_thing(thingName=name)["thingArn"]
-    device = Device(ctl, bundle, name)
+    device = Device(clocked_srv, bundle, name)
     try:
         assert device.connect()
         device.subscribe(f"$aws/things/{name}/jobs/#")
-        job_id = _ota(ctl, "silent-1", [thing_arn], awsJobTimeoutConfig={"inProgressTimeoutInMinutes": 1})
+        job_id = _ota(
+            clocked_srv, "silent-1", [thing_arn], awsJobTimeoutConfig={"inProgressTimeoutInMinutes": 1}
+        )
         device.client.publish(
             f"$aws/things/{name}/jobs/{job_id}/update",
             json.dumps({"status": "IN_PROGRESS", "statusDetails": {"receive": "1/8"}}),
             qos=1,
         )
-        _wait_for(lambda: _statuses(ctl, job_id).get(name) == "IN_PROGRESS", what="IN_PROGRESS")
+        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "IN_PROGRESS", what="IN_PROGRESS")
         device.messages.clear()
         clock.offset += 61  # ... and the device says nothing more
-        _wait_for(lambda: _statuses(ctl, job_id).get(name) == "TIMED_OUT", 15, "TIMED_OUT")
+        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "TIMED_OUT", 15, "TIMED_OUT")
         notified = device.wait_for("/jobs/notify-next")
         assert notified
         assert "execution" not in json.loads(notified[-1][1])  # nothing next for it
@@ -190,35 +172,39 @@ def test_a_device_gone_silent_times_out(ctl: RunningServer, clock: ShiftableCloc
         device.close()
 
 
-def test_continuous_job_reaches_a_thing_added_to_the_group_later(ctl: RunningServer, tmp_path: Path) -> None:
-    iot = ctl.client("iot")
+def test_continuous_job_reaches_a_thing_added_to_the_group_later(
+    clocked_srv: RunningServer, tmp_path: Path
+) -> None:
+    iot = clocked_srv.client("iot")
     group = iot.create_thing_group(thingGroupName="continuous-fleet")["thingGroupArn"]
-    (bundle,) = _bundles(ctl, tmp_path, ["late-comer"], None)  # not in the group yet
-    job_id = _ota(ctl, "continuous-1", [group], targetSelection="CONTINUOUS")
+    (bundle,) = _bundles(clocked_srv, tmp_path, ["late-comer"], None)  # not in the group yet
+    job_id = _ota(clocked_srv, "continuous-1", [group], targetSelection="CONTINUOUS")
     with Fleet([bundle]) as fleet:
         assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
         time.sleep(0.5)
         assert fleet.snapshots()["late-comer"].job_id is None
         iot.add_thing_to_thing_group(thingGroupName="continuous-fleet", thingName="late-comer")
-        _wait_for(lambda: _statuses(ctl, job_id).get("late-comer") == "SUCCEEDED", what="the late comer")
+        _wait_for(
+            lambda: _statuses(clocked_srv, job_id).get("late-comer") == "SUCCEEDED", what="the late comer"
+        )
         assert fleet.snapshots()["late-comer"].version == "1.1.0"
     assert iot.describe_job(jobId=job_id)["job"]["status"] == "IN_PROGRESS"  # continuous jobs stay open
 
 
-def test_job_canceled_during_a_download_stops_it(ctl: RunningServer, tmp_path: Path) -> None:
-    iot = ctl.client("iot")
+def test_job_canceled_during_a_download_stops_it(clocked_srv: RunningServer, tmp_path: Path) -> None:
+    iot = clocked_srv.client("iot")
     name = "cancel-me"
     slow = "block_size = 1024\nblocks_per_request = 1\n"  # a slow download: one 1 KiB block at a time
-    (bundle,) = _bundles(ctl, tmp_path, [name], None, ota_settings=slow)
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None, ota_settings=slow)
     thing_arn = iot.describe_thing(thingName=name)["thingArn"]
     started = threading.Event()
     fleet = Fleet([bundle], progress=lambda _t, _j, received, _total: started.set() if received else None)
     with fleet:
         assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
-        job_id = _ota(ctl, "cancel-1", [thing_arn], size=512 * 1024)
+        job_id = _ota(clocked_srv, "cancel-1", [thing_arn], size=512 * 1024)
         assert started.wait(30)
         iot.cancel_job(jobId=job_id, force=True, comment="wrong build")
-        assert _statuses(ctl, job_id)[name] == "CANCELED"
+        assert _statuses(clocked_srv, job_id)[name] == "CANCELED"
         assert fleet.wait(lambda s: s[name].job_id is None and s[name].phase == "idle", 20)
         snapshot = fleet.snapshots()[name]
         assert snapshot.version == "1.0.0"
