@@ -22,6 +22,7 @@ import pytest
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
+from overair.sim.fleet import Fleet
 from tests.e2e.conftest import ShiftableClock
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
@@ -191,3 +192,44 @@ def test_download_endpoint_speaks_only_tls(clocked_srv: RunningServer, http_job:
         connection.close()
     assert status is None or status >= 400  # no plaintext service
     assert IMAGE[:64] not in body
+
+
+@pytest.mark.parametrize("protocols", [["HTTP"], ["MQTT", "HTTP"]])
+def test_agents_update_over_https_through_the_real_server(
+    clocked_srv: RunningServer, tmp_path: Path, protocols: list[str]
+) -> None:
+    iot, s3 = clocked_srv.client("iot"), clocked_srv.client("s3")
+    tag = "-".join(p.lower() for p in protocols)
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(make_firmware(Version(1, 0, 0), 4096, seed="factory"))
+    names = [f"https-{tag}-{i}" for i in range(2)]
+    bundles = []
+    for name in names:
+        bundle = clocked_srv.provision(name, tmp_path / name, factory_image=factory)
+        config = bundle / "agent.toml"
+        config.write_text(config.read_text().replace("[ota]\n", "[ota]\nprefer_http = true\n"))
+        bundles.append(bundle)
+    version = s3.put_object(Bucket=BUCKET, Key=f"{tag}.bin", Body=IMAGE)["VersionId"]
+    with Fleet(bundles) as fleet:
+        assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
+        iot.create_ota_update(
+            otaUpdateId=f"https-{tag}",
+            targets=[iot.describe_thing(thingName=n)["thingArn"] for n in names],
+            protocols=protocols,
+            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+            files=[
+                {
+                    "fileName": "/fw.bin",
+                    "fileLocation": {
+                        "s3Location": {"bucket": BUCKET, "key": f"{tag}.bin", "version": version}
+                    },
+                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
+                }
+            ],
+        )
+        assert fleet.wait(lambda s: all(x.version == "2.0.0" and not x.trial for x in s.values()), 60), (
+            fleet.snapshots()
+        )
+    for name in names:
+        execution = iot.describe_job_execution(jobId=f"AFR_OTA-https-{tag}", thingName=name)["execution"]
+        assert execution["status"] == "SUCCEEDED"

@@ -14,6 +14,7 @@ import re
 import secrets
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import pytest
 from overair.agent.config import ConfigError, load_config
 from overair.agent.platform.linux_slots import LinuxSlots
 from overair.agent.runtime import Runtime
+from overair.agent.transport.http import RangeClient, RangeError, https_context
 from overair.core.bitmap import block_count
 from overair.core.jobdoc import OtaFile, OtaJobDocument
 from overair.sim.firmware import make_firmware
@@ -84,6 +86,10 @@ class FileServer:
         self.sigs: dict[str, set[str]] = {}
         self.expire_after: dict[str, int] = {}  # path -> 206 answers after which its URLs expire
         self.served: Counter[str] = Counter()
+        # Misbehaviours for the next answers that would be 206, in order: "whole" (200 with
+        # the whole file), "shifted" (206 with another range), "longer" (one byte more than
+        # asked, without Content-Length, the connection closed to end the body).
+        self.faults: list[str] = []
         self.hits: list[Hit] = []
         self.connections = 0
         self.handshake_failures = 0
@@ -108,13 +114,15 @@ class FileServer:
             self.sigs[path].add(sig)
         return f"https://127.0.0.1:{self.port}{path}?expires=1800&sig={sig}"
 
-    def answer(self, path: str, sig: str, range_header: str) -> tuple[int, bytes, str]:
+    def answer(self, path: str, sig: str, range_header: str) -> tuple[int, bytes, str, bool]:
+        """(status, body, Content-Range, whether Content-Length frames the body)."""
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", range_header)
         offset = int(match[1]) if match else -1
         with self.lock:
             data = self.files.get(path)
             content_range = ""
             body = b""
+            framed = True
             if data is None:
                 status = 404
             elif sig not in self.sigs[path]:
@@ -125,11 +133,19 @@ class FileServer:
                 first, last = int(match[1]), int(match[2])
                 status, body = 206, data[first:last + 1]
                 content_range = f"bytes {first}-{last}/{len(data)}"
-                self.served[path] += 1
-                if self.served[path] == self.expire_after.get(path):
-                    self.sigs[path].clear()  # every URL issued so far expires now
+                fault = self.faults.pop(0) if self.faults else None
+                if fault == "whole":
+                    status, body, content_range = 200, data, ""
+                elif fault == "shifted":
+                    content_range = f"bytes {first + 1}-{last + 1}/{len(data)}"
+                elif fault == "longer":
+                    body, framed = data[first:last + 2] + b"!", False
+                else:
+                    self.served[path] += 1
+                    if self.served[path] == self.expire_after.get(path):
+                        self.sigs[path].clear()  # every URL issued so far expires now
             self.hits.append(Hit(path, sig, offset, status))
-        return status, body, content_range
+        return status, body, content_range, framed
 
     def hits_for(self, path: str) -> list[Hit]:
         with self.lock:
@@ -157,6 +173,7 @@ class _TlsServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body go out in two writes
     server: _TlsServer
 
     def setup(self) -> None:
@@ -174,13 +191,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         sig = parse_qs(parts.query).get("sig", [""])[0]
-        status, body, content_range = self.server.owner.answer(parts.path, sig,
-                                                               self.headers.get("Range", ""))
+        status, body, content_range, framed = self.server.owner.answer(parts.path, sig,
+                                                                       self.headers.get("Range", ""))
         self.send_response(status)
         if content_range:
             self.send_header("Content-Range", content_range)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if framed:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
@@ -259,6 +280,15 @@ def start(bundle: Path, runtimes: list[Runtime], *, tick: float = 0.2) -> tuple[
     return runtime, platform
 
 
+def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 # --- scenarios --------------------------------------------------------------------------------
 
 def test_http_only_job_succeeds_with_the_same_status_sequence_as_mqtt(
@@ -320,6 +350,75 @@ def test_expired_url_is_refreshed_and_the_download_continues_where_it_stopped(
     assert service.next_gets["h-expiry"] == 3
 
 
+def test_responses_that_are_not_exactly_the_range_asked_are_never_written(
+        broker: BrokerEnv, service: Service, files: FileServer, tmp_path: Path,
+        runtimes: list[Runtime]) -> None:
+    image = make_firmware(V2, IMAGE_SIZE, seed="http-faults")
+    path = add_http_job(service, files, broker.signer, "h-faults", image)
+    files.faults = ["whole", "shifted", "longer"]
+    bundle = http_bundle(broker, tmp_path, "h-faults", "request_timeout_seconds = 0.1\n")
+    runtime, platform = start(bundle, runtimes, tick=0.02)
+    ex = service.wait_terminal("h-faults")
+    assert ex.updates == SUCCESS_UPDATES
+    assert runtime.wait(lambda s: s.version == "1.1.0" and s.phase == "idle", 5)
+    hits = files.hits_for(path)
+    # The first block was asked four times: three refused answers, then the right one.
+    assert [(h.offset, h.status) for h in hits[:4]] == [(0, 200), (0, 206), (0, 206), (0, 206)]
+    assert [h.offset for h in hits[4:]] == [i * BLOCK for i in range(1, BLOCKS)]
+    assert platform.written == len(image)  # only the bytes asked for, each block once
+
+
+def test_range_client_refuses_anything_but_the_exact_range(broker: BrokerEnv, files: FileServer,
+                                                           tmp_path: Path) -> None:
+    data = bytes(range(256)) * 16
+    files.add("/f.bin", data)
+    url = files.presign("/f.bin")
+    (tmp_path / "ca.pem").write_bytes(broker.ca.cert_pem)
+    client = RangeClient(https_context(tmp_path / "ca.pem"), timeout=5)
+    try:
+        assert client.fetch(url, 100, 50) == data[100:150]
+        assert client.fetch(url, len(data) - 10, 10) == data[-10:]
+        for fault, status, why in (("whole", 200, "whole file"), ("shifted", 206, "Content-Range"),
+                                   ("longer", 206, "more bytes")):
+            files.faults = [fault]
+            with pytest.raises(RangeError, match=why) as refused:
+                client.fetch(url, 1024, 512)
+            assert refused.value.status == status
+        with pytest.raises(RangeError) as expired:
+            client.fetch(url.replace("sig=", "sig=x"), 0, 10)
+        assert expired.value.status == 403
+        assert "sig=" not in expired.value.reason
+        assert client.fetch(url, 0, 4) == data[:4]  # a refused answer does not spoil the next
+        with pytest.raises(RangeError, match="not an https URL") as plain:
+            client.fetch(url.replace("https:", "http:"), 0, 10)
+        assert plain.value.status == 0
+    finally:
+        client.close()
+    # Kept alive between good answers; a new connection after each refused one.
+    assert files.connections == 5
+
+
+@pytest.mark.parametrize(("issuer", "names", "why"), [
+    ("fleet", ("files.example",), "IP address mismatch"),  # the host name is checked
+    ("other", ("127.0.0.1",), "unable to get local issuer certificate"),
+])
+def test_range_client_authenticates_the_server(broker: BrokerEnv, tmp_path: Path, issuer: str,
+                                               names: tuple[str, ...], why: str) -> None:
+    ca = broker.ca if issuer == "fleet" else make_ca("someone else's CA")
+    server = FileServer(tmp_path / "https", issue(ca, "files", server_names=names))
+    (tmp_path / "ca.pem").write_bytes(broker.ca.cert_pem)
+    client = RangeClient(https_context(tmp_path / "ca.pem"), timeout=5)
+    try:
+        server.add("/f.bin", b"secret" * 100)
+        with pytest.raises(RangeError, match=f"TLS certificate refused: {why}") as refused:
+            client.fetch(server.presign("/f.bin"), 0, 10)
+        assert refused.value.status == 0
+        assert not server.hits
+    finally:
+        client.close()
+        server.close()
+
+
 def test_wrong_bytes_from_the_server_fail_the_signature_check(
         broker: BrokerEnv, service: Service, files: FileServer, tmp_path: Path,
         runtimes: list[Runtime]) -> None:
@@ -353,9 +452,9 @@ def test_server_with_a_certificate_from_another_ca_is_refused_until_the_job_abor
         ex = service.wait_terminal("h-rogue", timeout=60)
         assert ex.updates == [("FAILED", {"reason": "aborted: 0x0000000e",
                                           "detail": "32 block requests failed or went unanswered"})]
-        with rogue.lock:
-            assert rogue.handshake_failures == 32  # every request, and each refused at the handshake
-            assert rogue.connections == 0
+        # Every request was refused at the handshake (the server may count the last alert late).
+        assert eventually(lambda: rogue.handshake_failures == 32), rogue.handshake_failures
+        assert rogue.connections == 0
         assert not rogue.hits_for(path)  # no request ever reached the server
         assert platform.written == 0
         snap = runtime.snapshot()

@@ -122,8 +122,9 @@ URL_NOT_USABLE = 0x01  # overair sub-code of ERR_INIT_FILE_TRANSFER_FAILED
 # (the FreeRTOS HTTP demo does the same for these three).
 URL_REFRESH_STATUSES = frozenset({400, 403, 404})
 # A range request with no answer at all after this many request timeouts is deemed
-# lost and sent again (the runtime answers every request, so this is only a safety net).
-HTTP_LOST_AFTER_TIMEOUTS = 4
+# lost and sent again. The runtime answers every request, within about four timeouts
+# (agent/transport/http.py), so this is only a safety net.
+HTTP_LOST_AFTER_TIMEOUTS = 6
 
 Step = tuple[State, list[Command]]
 

@@ -11,8 +11,9 @@ with the whole file, a longer or shorter body, or another range is refused and n
 returned. Connections are kept alive and reused per host; a reused connection that the
 server closed meanwhile is reopened once. `submit` runs fetches one at a time in a
 worker thread and reports each result, exactly once, to a callback (the runtime posts
-it to its queue). Each request ends within about `DEADLINE_TIMEOUTS` timeouts: every
-socket operation has `timeout`, and the body must be complete by the deadline.
+it to its queue). Every socket operation (connect, handshake, send, each receive) has
+`timeout`, and the body must be complete `DEADLINE_TIMEOUTS` timeouts after the request
+started, so a request ends within about four timeouts even if the server trickles.
 
 Pre-signed URLs are credentials until they expire: their query never goes to a log.
 """
