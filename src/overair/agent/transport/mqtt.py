@@ -11,6 +11,7 @@ by default, reset by a successful CONNACK); the runtime re-subscribes on every c
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -90,6 +91,10 @@ class MqttTransport:
         if reason_code.is_failure:
             log.warning("connection refused by %s:%s: %s", self._config.host, self._config.port, reason_code)
             return
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+            # A GetStream request must leave at once, not wait for the previous ACK (Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._callbacks.on_connected()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,

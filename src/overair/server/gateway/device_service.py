@@ -179,7 +179,7 @@ class DeviceService:
                 # Same answer as for a stream that does not exist: no existence oracle.
                 return [self._stream_error(parsed, "ResourceNotFound",
                                            f"stream {parsed.stream_id} not found", token)]
-            stream = self._streams.describe_stream(parsed.stream_id)
+            stream = self._streams.stream_for_delivery(parsed.stream_id)
             if parsed.request is StreamsRequest.DESCRIBE:
                 return [Outgoing(topics.stream_description_topic(parsed.thing_name, parsed.stream_id,
                                                                  parsed.fmt),

@@ -25,6 +25,7 @@ from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.pki import SERVICE_IDENTITY
 
 log = logging.getLogger("overair.devices")
+NOTIFY_BATCH = 256  # notify-next lookups in flight at once (bounds memory for huge fleets)
 
 
 class ServiceConnection:
@@ -92,12 +93,20 @@ class ServiceConnection:
             self._loop.call_soon_threadsafe(self.publish_retained, topic, payload)
 
     async def notify_next(self, things: Iterable[str]) -> None:
-        """Push notify-next to things whose next job changed (after a job is created)."""
+        """Push notify-next to things whose next job changed (after a job is created).
+        Each goes through its thing's worker (ordered with that thing's own requests);
+        the workers run in parallel, so a large fleet is not notified one by one."""
         assert self._loop is not None
-        for thing in things:
-            messages = await self._loop.run_in_executor(
-                self._executor_for(f"$aws/things/{thing}/"), self._service.notify_next, thing)
+        loop = self._loop
+
+        async def one(thing: str) -> None:
+            messages = await loop.run_in_executor(self._executor_for(f"$aws/things/{thing}/"),
+                                                  self._service.notify_next, thing)
             self.publish(messages)
+
+        pending = list(things)
+        for start in range(0, len(pending), NOTIFY_BATCH):
+            await asyncio.gather(*(one(thing) for thing in pending[start:start + NOTIFY_BATCH]))
 
     def notify_next_threadsafe(self, things: list[str]) -> None:
         if self._loop is not None and things:

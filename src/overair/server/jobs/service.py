@@ -348,7 +348,10 @@ class JobService:
                 row.started_at = now
             row.last_updated_at = now
             row.version_number += 1
-            if request.status is ExecStatus.IN_PROGRESS:
+            if request.status is ExecStatus.IN_PROGRESS and (
+                    current is not ExecStatus.IN_PROGRESS or request.step_timeout_minutes is not None):
+                # The clock starts when the execution enters IN_PROGRESS (or a device sets
+                # a step timeout); progress reports leave it alone and cost no Job read.
                 row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
             elif request.status.terminal:
                 row.timeout_at = None

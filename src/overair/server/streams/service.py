@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from overair.server.storage.db import Database
 from overair.server.storage.schema import Stream
 
 STREAM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+STREAM_ROW_TTL = 2.0
 
 
 class ObjectReader(Protocol):
@@ -67,6 +69,8 @@ class StreamService:
         self._objects = objects
         self._clock = clock
         self.cache = FileCache(cache_bytes)
+        self._rows: dict[str, tuple[Stream, float]] = {}
+        self._rows_lock = threading.Lock()
 
     def stream_arn(self, stream_id: str) -> str:
         return self._settings.arn("iot", f"stream/{stream_id}")
@@ -108,6 +112,26 @@ class StreamService:
                 raise not_found(f"stream {stream_id}")
             return stream
 
+    def stream_for_delivery(self, stream_id: str) -> Stream:
+        """describe_stream for the hot path of block requests: kept for a moment, since
+        every GetStream of every device needs it (UpdateStream/DeleteStream in this
+        process drop it at once; the version check catches anything older)."""
+        now = time.monotonic()
+        with self._rows_lock:
+            cached = self._rows.get(stream_id)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+        stream = self.describe_stream(stream_id)
+        with self._rows_lock:
+            if len(self._rows) > 10_000:
+                self._rows.clear()
+            self._rows[stream_id] = (stream, now + STREAM_ROW_TTL)
+        return stream
+
+    def _forget_row(self, stream_id: str) -> None:
+        with self._rows_lock:
+            self._rows.pop(stream_id, None)
+
     def list_streams(self) -> list[Stream]:
         with self._db.reading() as s:
             return list(s.scalars(select(Stream).order_by(Stream.created_at, Stream.stream_id)))
@@ -129,6 +153,7 @@ class StreamService:
             stream.version += 1
             stream.updated_at = self._clock()
         self.cache.drop_stream(stream_id)
+        self._forget_row(stream_id)
         return stream
 
     def delete_stream(self, stream_id: str) -> None:
@@ -138,6 +163,7 @@ class StreamService:
                 raise not_found(f"stream {stream_id}")
             s.delete(stream)
         self.cache.drop_stream(stream_id)
+        self._forget_row(stream_id)
 
     def file_bytes(self, stream: Stream, file_id: int) -> bytes:
         key = (stream.stream_id, stream.version, file_id)
