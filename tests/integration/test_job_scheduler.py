@@ -235,3 +235,21 @@ def test_retry_after_a_failure_and_a_replayed_update_changes_nothing(world: Worl
         world.update(a, ExecStatus.FAILED, expected=1)  # N3: the same update replayed
     rows = world.jobs.executions_for_thing(a)
     assert sorted((r.execution_number, r.status) for r in rows) == [(1, "FAILED"), (2, "QUEUED")]
+
+
+def test_cancel_job_execution_follows_the_aws_rules(world: World) -> None:
+    a, b = world.things(2)
+    world.create()
+    assert world.jobs.cancel_execution("job-1", a, force=False) == [a]  # its next job went away
+    assert world.jobs.describe_execution("job-1", a).status == "CANCELED"
+    world.update(b, ExecStatus.IN_PROGRESS)
+    with pytest.raises(ApiError) as refused:
+        world.jobs.cancel_execution("job-1", b, force=False)
+    assert refused.value.code == "InvalidStateTransitionException"
+    with pytest.raises(ApiError) as stale:
+        world.jobs.cancel_execution("job-1", b, force=True, expected_version=1)
+    assert stale.value.code == "VersionConflictException"
+    world.jobs.cancel_execution("job-1", b, force=True)
+    with pytest.raises(ApiError):
+        world.jobs.cancel_execution("job-1", b, force=True)  # terminal states are final
+    assert world.jobs.describe_job("job-1")[0].status == "COMPLETED"

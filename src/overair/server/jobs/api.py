@@ -109,6 +109,13 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         page, token = paginate(items, r.params)
         return page_out("executionSummaries", page, token)
 
+    def cancel_execution(r: ApiRequest) -> dict[str, Any]:
+        notify(jobs.cancel_execution(r.params["jobId"], r.params["thingName"],
+                                     force=bool(r.params.get("force", False)),
+                                     expected_version=r.params.get("expectedVersion"),
+                                     status_details=r.params.get("statusDetails")))
+        return {}
+
     def describe_execution(r: ApiRequest) -> dict[str, Any]:
         row = jobs.describe_execution(r.params["jobId"], r.params["thingName"])
         execution = {"jobId": row.job_id, "status": row.status, "thingArn": thing_arn(row.thing_name),
@@ -125,6 +132,6 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         "GetJobDocument": get_job_document, "CancelJob": cancel_job, "DeleteJob": delete_job,
         "ListJobExecutionsForJob": executions_for_job,
         "ListJobExecutionsForThing": executions_for_thing,
-        "DescribeJobExecution": describe_execution,
+        "DescribeJobExecution": describe_execution, "CancelJobExecution": cancel_execution,
     }.items():
         table.register("iot", name, handler)

@@ -24,7 +24,7 @@ from overair.core import presign, rollout
 from overair.core.errors import PeerInputError
 from overair.core.jobs_wire import ExecutionView, UpdateRequest
 from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
-from overair.server.api.contract import already_exists, invalid, not_found
+from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -226,6 +226,36 @@ class JobService:
             job.reason_code = reason_code
             job.last_updated_at = now
             return things
+
+    def cancel_execution(self, job_id: str, thing: str, *, force: bool, expected_version: int | None = None,
+                         status_details: dict[str, str] | None = None) -> list[str]:
+        """CancelJobExecution: a QUEUED execution (IN_PROGRESS only with force) becomes
+        CANCELED. Returns the thing if its next job changed."""
+        now = self._clock()
+        with self._db.session() as s:
+            row = s.scalar(self._latest(job_id, thing).with_for_update())
+            if row is None:
+                raise not_found(f"execution of job {job_id} on {thing}")
+            if expected_version is not None and expected_version != row.version_number:
+                raise ApiError("VersionConflictException",
+                               f"execution is at version {row.version_number}, not {expected_version}", 409)
+            status = ExecStatus(row.status)
+            if status.terminal or (status is ExecStatus.IN_PROGRESS and not force):
+                raise ApiError("InvalidStateTransitionException",
+                               f"an execution in {status.value} cannot be canceled"
+                               + ("" if status.terminal else " without force"), 409)
+            before = self.next_id_in(s, thing)
+            row.status = ExecStatus.CANCELED.value
+            row.last_updated_at = now
+            row.version_number += 1
+            row.timeout_at = None
+            if status_details is not None:
+                row.status_details = status_details
+            job = s.get(Job, job_id)
+            if job is not None:
+                self.maybe_complete(s, job)
+            s.flush()
+            return [thing] if self.next_id_in(s, thing) != before else []
 
     def delete_job(self, job_id: str, *, force: bool) -> None:
         with self._db.session() as s:
