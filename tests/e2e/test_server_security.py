@@ -340,3 +340,36 @@ def test_n4_attaching_a_certificate_grants_access_before_the_api_call_returns(
         assert not answered("right-after-detach", 1.0)
     finally:
         device.close()
+
+
+def test_notify_carries_the_pending_list_whenever_it_changes(srv: RunningServer, tmp_path: Path) -> None:
+    """`jobs/notify` (AWS): sent when an execution joins or leaves the pending list, even
+    when the next job stays the same (FreeRTOS listens to notify-next only)."""
+    name = "notify-listener"
+    bundle = srv.provision(name, tmp_path / name)
+    iot = srv.client("iot")
+    arn = iot.describe_thing(thingName=name)["thingArn"]
+    device = Device(srv, bundle, name)
+
+    def last_notify() -> dict[str, Any]:
+        messages = device.wait_for("/jobs/notify")
+        notified = [json.loads(p) for t, p in messages if t.endswith("/jobs/notify")]
+        assert notified
+        return notified[-1]["jobs"]
+
+    try:
+        assert device.connect()
+        device.subscribe(f"$aws/things/{name}/jobs/#")
+        time.sleep(0.3)
+        iot.create_job(jobId="notify-1", targets=[arn], document='{"operation":"a"}')
+        assert [j["jobId"] for j in last_notify()["QUEUED"]] == ["notify-1"]
+        device.messages.clear()
+        iot.create_job(jobId="notify-2", targets=[arn], document='{"operation":"b"}')
+        assert [j["jobId"] for j in last_notify()["QUEUED"]] == ["notify-1", "notify-2"]
+        assert not [m for m in device.messages if m[0].endswith("/notify-next")]  # next unchanged
+        device.messages.clear()
+        device.client.publish(f"$aws/things/{name}/jobs/notify-1/update",
+                              json.dumps({"status": "SUCCEEDED"}), qos=1)
+        assert [j["jobId"] for j in last_notify()["QUEUED"]] == ["notify-2"]
+    finally:
+        device.close()

@@ -163,5 +163,17 @@ def notify_next(execution: ExecutionView | None, now: int) -> dict[str, Any]:
     return reply
 
 
+def notify_pending(in_progress: list[dict[str, Any]], queued: list[dict[str, Any]],
+                   now: int) -> dict[str, Any]:
+    """`$aws/things/T/jobs/notify`: the thing's pending executions, by status (AWS omits
+    an empty status)."""
+    jobs: dict[str, Any] = {}
+    if queued:
+        jobs["QUEUED"] = queued
+    if in_progress:
+        jobs["IN_PROGRESS"] = in_progress
+    return {"timestamp": now, "jobs": jobs}
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()

@@ -83,6 +83,7 @@ class Server:
                                      f"https://{settings.device_host}:{settings.download_port}",
                                      self.objects, self.jobs, self.audit, clock)
         self.jobs.render_document = self.delivery.render
+        self.jobs.on_pending_changed = self._notify_pending_threadsafe
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, (settings.device_host, settings.mqtt_port))
@@ -141,6 +142,10 @@ class Server:
             if things and self.connection is not None:
                 await self.connection.notify_next(things)
             await asyncio.sleep(TICK_SECONDS)
+
+    def _notify_pending_threadsafe(self, things: list[str]) -> None:
+        if self.connection is not None and things:
+            self.connection.notify_pending_threadsafe(things)
 
     def _schedule_ota(self, ota_id: str) -> None:
         self.background.submit(self.ota.process, ota_id)

@@ -134,10 +134,19 @@ class DeviceService:
         return out
 
     def notify_next(self, thing: str) -> list[Outgoing]:
-        """`notify-next` for a thing whose next job changed."""
+        """`notify-next` for a thing whose next job changed, and `notify` with its pending
+        list (which changed with it)."""
         execution = self._jobs.next_execution(thing)
         return [Outgoing(topics.notify_next_topic(thing),
-                         wire.encode(wire.notify_next(execution, self._now())))]
+                         wire.encode(wire.notify_next(execution, self._now()))),
+                *self.notify_pending(thing)]
+
+    def notify_pending(self, thing: str) -> list[Outgoing]:
+        """`notify` for a thing whose list of pending executions changed. FreeRTOS agents
+        do not subscribe to it, so it never disturbs a download."""
+        in_progress, queued = self._jobs.pending_for_device(thing)
+        return [Outgoing(topics.notify_topic(thing),
+                         wire.encode(wire.notify_pending(in_progress, queued, self._now())))]
 
     # File delivery -----------------------------------------------------------------
     def _stream_error(self, parsed: StreamsTopic, code: str, message: str, token: str) -> Outgoing:

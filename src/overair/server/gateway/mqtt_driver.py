@@ -92,6 +92,17 @@ class ServiceConnection:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.publish_retained, topic, payload)
 
+    async def notify_pending(self, things: Iterable[str]) -> None:
+        """Push `notify` to things whose pending list changed but whose next job did not."""
+        assert self._loop is not None
+        for thing in things:
+            self.publish(await self._loop.run_in_executor(self._executor_for(f"$aws/things/{thing}/"),
+                                                          self._service.notify_pending, thing))
+
+    def notify_pending_threadsafe(self, things: list[str]) -> None:
+        if self._loop is not None and things:
+            asyncio.run_coroutine_threadsafe(self.notify_pending(things), self._loop)
+
     async def notify_next(self, things: Iterable[str]) -> None:
         """Push notify-next to things whose next job changed (after a job is created).
         Each goes through its thing's worker (ordered with that thing's own requests);

@@ -66,6 +66,9 @@ class JobService:
         self._registry = registry
         self._clock = clock
         self.render_document: DocumentRenderer = lambda job, _thing: job.document
+        # Things whose pending list changed while their next job did not (e.g. a second
+        # job queued behind a running one): they get `notify`, not notify-next.
+        self.on_pending_changed: Callable[[list[str]], None] = lambda _things: None
 
     def job_arn(self, job_id: str) -> str:
         return self._settings.arn("iot", f"job/{job_id}")
@@ -118,6 +121,8 @@ class JobService:
             else:
                 self.maybe_complete(s, job)
         # A new QUEUED job is only next for a thing that had nothing active before.
+        if released_at is not None:
+            self.on_pending_changed([t for t in things if t in had_next])
         return job, [t for t in things if t not in had_next]
 
     def add_thing_to_continuous_jobs(self, thing: str, group_arn: str) -> list[str]:
