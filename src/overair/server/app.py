@@ -11,12 +11,14 @@ import gc
 import logging
 import os
 import secrets
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import uvicorn
 from cryptography import x509
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -27,7 +29,9 @@ from overair.server.api.contract import OperationTable
 from overair.server.api.edge import build_api_app
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock, system_clock
+from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
+from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
@@ -84,6 +88,7 @@ class Server:
                                      self.objects, self.jobs, self.audit, clock)
         self.jobs.render_document = self.delivery.render
         self.jobs.on_pending_changed = self._notify_pending_threadsafe
+        self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit)
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, (settings.device_host, settings.mqtt_port))
@@ -188,9 +193,13 @@ class Server:
                 ssl_certfile=str(tls_cert) if tls_cert else None,
                 ssl_keyfile=str(tls_key) if tls_key else None)),
             uvicorn.Server(uvicorn.Config(
-                self.delivery.app(), host=settings.mqtt_host, port=settings.download_port,
-                log_level="warning", lifespan="off", ssl_certfile=str(paths.broker_cert),
-                ssl_keyfile=str(paths.broker_key))),
+                Starlette(routes=self.delivery.routes() + self.device_jobs.routes()),
+                host=settings.mqtt_host, port=settings.download_port, log_level="warning", lifespan="off",
+                ssl_certfile=str(paths.broker_cert), ssl_keyfile=str(paths.broker_key),
+                # Downloads need no client certificate (the URL is the grant); the Jobs API
+                # does, and checks it against the registry.
+                ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
+                http=PeerCertificateProtocol)),
         ]
 
     # Running -------------------------------------------------------------------------

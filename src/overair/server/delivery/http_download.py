@@ -18,11 +18,10 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from overair.core import presign
 from overair.core.errors import OverairError
@@ -70,9 +69,8 @@ class HttpDelivery:
         return rendered
 
     # The HTTPS endpoint -------------------------------------------------------------------
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download,
-                                       methods=["GET", "HEAD"])])
+    def routes(self) -> list[BaseRoute]:
+        return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
         bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])

@@ -312,6 +312,16 @@ class Registry:
                 entries.append(AccessEntry(cn, thing))
         return sorted(set(entries), key=lambda e: (e.username, e.thing_name))
 
+    def things_of_certificate(self, cert: x509.Certificate) -> list[str]:
+        """The things an ACTIVE device certificate is attached to (none otherwise)."""
+        cert_id = certificate_id(cert)
+        with self._db.reading() as s:
+            row = s.get(DeviceCertificate, cert_id)
+            if row is None or row.status != "ACTIVE":
+                return []
+            return list(s.scalars(select(ThingPrincipal.thing_name)
+                                  .where(ThingPrincipal.principal == self.cert_arn(cert_id))))
+
     def revoked_serials(self) -> list[int]:
         """Every device certificate that must not connect: not ACTIVE."""
         with self._db.reading() as s:
