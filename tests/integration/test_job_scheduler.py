@@ -253,3 +253,61 @@ def test_cancel_job_execution_follows_the_aws_rules(world: World) -> None:
     with pytest.raises(ApiError):
         world.jobs.cancel_execution("job-1", b, force=True)  # terminal states are final
     assert world.jobs.describe_job("job-1")[0].status == "COMPLETED"
+
+
+def _at(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def test_scheduled_job_waits_for_its_start_time_then_releases_everything(world: World) -> None:
+    things = world.things(3)
+    start = (world.clock.now // 60 + 10) * 60  # a whole minute, 9-10 minutes ahead
+    assert world.create(schedulingConfig={"startTime": _at(start)}) == []
+    assert world.jobs.describe_job("job-1")[0].status == "SCHEDULED"
+    assert world.scheduler.tick() == []
+    assert world.jobs.next_execution(things[0]) is None
+    world.clock.now = start
+    assert sorted(world.scheduler.tick()) == things
+    assert world.jobs.describe_job("job-1")[0].status == "IN_PROGRESS"
+    assert set(world.visible().values()) == {"QUEUED"}
+
+
+@pytest.mark.parametrize(
+    ("behavior", "queued_after", "running_after", "job_status"),
+    [
+        ("STOP_ROLLOUT", "QUEUED", "IN_PROGRESS", "IN_PROGRESS"),
+        ("CANCEL", "CANCELED", "IN_PROGRESS", "CANCELED"),
+        ("FORCE_CANCEL", "CANCELED", "CANCELED", "CANCELED"),
+    ],
+)
+def test_end_time_stops_the_rollout_or_cancels_the_job(
+    world: World, behavior: str, queued_after: str, running_after: str, job_status: str
+) -> None:
+    things = world.things(6)
+    end = (world.clock.now // 60 + 2) * 60
+    world.create(
+        jobExecutionsRolloutConfig={"maximumPerMinute": 2},
+        schedulingConfig={"endTime": _at(end), "endBehavior": behavior},
+    )
+    world.scheduler.tick()
+    running, queued = sorted(world.visible())
+    world.update(running, ExecStatus.IN_PROGRESS)
+    world.clock.now = end
+    world.scheduler.tick()
+    statuses = world.visible()
+    assert (statuses[running], statuses[queued]) == (running_after, queued_after)
+    assert len(statuses) == 2  # the 4 never released are never released now
+    assert world.jobs.describe_job("job-1")[0].status == job_status
+    assert len(things) == 6
+
+
+def test_invalid_schedules_are_refused(world: World) -> None:
+    world.things(1)
+    for config in (
+        {"startTime": "tomorrow"},
+        {"startTime": "2030-01-01T10:00", "endTime": "2030-01-01T09:00"},
+        {"endBehavior": "EXPLODE", "endTime": "2030-01-01T09:00"},
+        {"maintenanceWindows": [{"startTime": "cron(0 0 * * ? *)", "durationInMinutes": 30}]},
+    ):
+        with pytest.raises(ApiError):
+            world.create(schedulingConfig=config)

@@ -16,10 +16,14 @@ up exactly where it stopped. No clock, no I/O here: tests drive them with number
   `stepTimeoutInMinutes`): an IN_PROGRESS execution past its deadline is TIMED_OUT.
 - Retry (`jobExecutionsRetryConfig`): a FAILED or TIMED_OUT execution is queued again
   (a new execution number) while its failure type has retries left.
+- Scheduling (`schedulingConfig`): nothing is released before `startTime`; at
+  `endTime` the rollout stops (STOP_ROLLOUT) or the job is canceled (CANCEL,
+  FORCE_CANCEL). Maintenance windows are not supported (refused, not ignored).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -210,3 +214,51 @@ def should_retry(limits: Mapping[str, int], status: str, execution_number: int) 
     start at 1, so `execution_number - 1` retries were already used)."""
     allowed = limits.get(status, limits.get("ALL", 0)) if status in ("FAILED", "TIMED_OUT") else 0
     return execution_number - 1 < allowed
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+END_BEHAVIORS = ("STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    start: float | None = None
+    end: float | None = None
+    end_behavior: str = "STOP_ROLLOUT"
+
+    def phase(self, now: float) -> str:
+        """"waiting" before the start, "ended" from the end on, else "open"."""
+        if self.start is not None and now < self.start:
+            return "waiting"
+        if self.end is not None and now >= self.end:
+            return "ended"
+        return "open"
+
+
+def _time(value: Any, name: str) -> float:
+    """AWS gives `yyyy-MM-ddTHH:mm` in UTC; full ISO-8601 is accepted too."""
+    if not isinstance(value, str):
+        raise InvalidJobConfig(f"{name} must be a date-time string like 2026-12-01T08:30")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidJobConfig(f"{name} {value!r} is not a date-time like 2026-12-01T08:30") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def schedule(raw: Mapping[str, Any] | None) -> Schedule:
+    if not raw:
+        return Schedule()
+    if raw.get("maintenanceWindows"):
+        raise InvalidJobConfig("maintenanceWindows are not supported by overair yet")
+    start = _time(raw["startTime"], "startTime") if raw.get("startTime") else None
+    end = _time(raw["endTime"], "endTime") if raw.get("endTime") else None
+    behavior = raw.get("endBehavior", "STOP_ROLLOUT")
+    if behavior not in END_BEHAVIORS:
+        raise InvalidJobConfig(f"endBehavior must be one of {END_BEHAVIORS}")
+    if start is not None and end is not None and end <= start:
+        raise InvalidJobConfig("endTime must be after startTime")
+    return Schedule(start, end, behavior)

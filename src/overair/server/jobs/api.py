@@ -42,7 +42,8 @@ def _job_view(job: Job, counts: dict[str, int]) -> dict[str, Any]:
         view["comment"] = job.comment
     if job.reason_code:
         view["reasonCode"] = job.reason_code
-    for key in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig"):
+    for key in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
+                "jobExecutionsRetryConfig", "schedulingConfig"):
         if key in job.config:
             view[key] = job.config[key]
     return view
@@ -61,7 +62,7 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         if not isinstance(document, dict):
             raise invalid("document must be a JSON object")
         keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
-                "jobExecutionsRetryConfig")
+                "jobExecutionsRetryConfig", "schedulingConfig")
         config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
         job, things = jobs.create_job(r.params["jobId"], r.params["targets"], document,
                                       description=r.params.get("description", ""),

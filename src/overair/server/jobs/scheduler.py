@@ -28,6 +28,12 @@ from overair.server.storage.schema import Job, JobExecution
 log = logging.getLogger("overair.jobs")
 TICK_SECONDS = 1.0
 Remember = Callable[[list[str]], None]  # note things before changing their executions
+# endBehavior -> the released executions it cancels (never-released ones always go).
+END_CANCELS: dict[str, tuple[str, ...]] = {
+    "STOP_ROLLOUT": (),
+    "CANCEL": (ExecStatus.QUEUED.value,),
+    "FORCE_CANCEL": (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value),
+}
 
 
 class JobScheduler:
@@ -40,7 +46,8 @@ class JobScheduler:
 
     def tick(self) -> list[str]:
         with self._db.reading() as s:
-            job_ids = list(s.scalars(select(Job.job_id).where(Job.status == JobStatus.IN_PROGRESS.value)))
+            job_ids = list(s.scalars(select(Job.job_id).where(
+                Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)))))
         changed: list[str] = []
         for job_id in job_ids:
             try:
@@ -53,7 +60,17 @@ class JobScheduler:
     def _tick_job(self, job_id: str, now: float) -> list[str]:
         with self._db.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != JobStatus.IN_PROGRESS.value:
+            if job is None:
+                return []
+            plan = rollout.schedule(job.config.get("schedulingConfig"))
+            phase = plan.phase(now)
+            if job.status == JobStatus.SCHEDULED.value:
+                if phase == "waiting":
+                    return []
+                job.status = JobStatus.IN_PROGRESS.value  # the start time has come
+                job.last_updated_at = now
+                log.info("job %s: scheduled start reached", job_id)
+            if job.status != JobStatus.IN_PROGRESS.value:
                 return []
             touched: dict[str, int | None] = {}  # thing -> its next execution id before
 
@@ -63,7 +80,9 @@ class JobScheduler:
                         touched[thing] = self._jobs.next_id_in(s, thing)
 
             self._time_out(s, job, now, remember)
-            if not self._abort_if_needed(s, job, now, remember):
+            if phase == "ended":
+                self._end(s, job, plan, now, remember)
+            elif not self._abort_if_needed(s, job, now, remember):
                 self._release(s, job, now, remember)
             self._jobs.maybe_complete(s, job)
             s.flush()
@@ -112,10 +131,27 @@ class JobScheduler:
         self.on_aborted(job.job_id, fired.describe())
         return True
 
+    def _end(self, s: Session, job: Job, plan: rollout.Schedule, now: float, remember: Remember) -> None:
+        """endTime reached: executions never released are dropped; CANCEL also cancels
+        the queued ones, FORCE_CANCEL the ones in progress too."""
+        statuses = END_CANCELS[plan.end_behavior]
+        condition = JobExecution.released_at.is_(None) & JobExecution.status.in_(ACTIVE)
+        if statuses:
+            condition = condition | (RELEASED & JobExecution.status.in_(statuses))
+            remember(list(s.scalars(select(JobExecution.thing_name).where(
+                JobExecution.job_id == job.job_id, RELEASED, JobExecution.status.in_(statuses)))))
+        s.execute(update(JobExecution).where(JobExecution.job_id == job.job_id, condition)
+                  .values(status=ExecStatus.CANCELED.value, last_updated_at=now, timeout_at=None,
+                          version_number=JobExecution.version_number + 1))
+        if plan.end_behavior != "STOP_ROLLOUT":
+            job.status = JobStatus.CANCELED.value
+            job.force_canceled = plan.end_behavior == "FORCE_CANCEL"
+            job.reason_code = "SCHEDULED_END"
+            job.comment = f"endTime reached ({plan.end_behavior})"
+            job.last_updated_at = now
+
     def _release(self, s: Session, job: Job, now: float, remember: Remember) -> None:
         config = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig"))
-        if not config.limited:
-            return
         unreleased = select(JobExecution).where(JobExecution.job_id == job.job_id,
                                                 JobExecution.released_at.is_(None),
                                                 JobExecution.status.in_(ACTIVE))
@@ -129,6 +165,8 @@ class JobScheduler:
             JobExecution.job_id == job.job_id, JobExecution.status == ExecStatus.SUCCEEDED.value)) or 0
         state, allowed = rollout.rollout_step(config, state, released=int(released),
                                               succeeded=int(succeeded), now=now)
+        # (Without a rollout config every execution is allowed at once: a scheduled job
+        # releases its whole target list when its start time comes.)
         rows = list(s.scalars(unreleased.order_by(JobExecution.id).limit(allowed)))
         remember([row.thing_name for row in rows])
         for row in rows:

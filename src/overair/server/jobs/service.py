@@ -92,6 +92,7 @@ class JobService:
             rollout.in_progress_timeout(config.get("timeoutConfig"))
             rollout.retry_limits(config.get("jobExecutionsRetryConfig"))
             presign.expiry_seconds(config.get("presignedUrlConfig"))
+            plan = rollout.schedule(config.get("schedulingConfig"))
         except PeerInputError as exc:
             raise invalid(exc.message) from exc
         encoded = wire.encode(document)
@@ -103,14 +104,16 @@ class JobService:
         with self._db.session() as s:
             if s.get(Job, job_id) is not None:
                 raise already_exists(f"job {job_id}")
-            job = Job(job_id=job_id, arn=self.job_arn(job_id), status=JobStatus.IN_PROGRESS.value,
+            waiting = plan.phase(now) == "waiting"
+            job = Job(job_id=job_id, arn=self.job_arn(job_id),
+                      status=(JobStatus.SCHEDULED if waiting else JobStatus.IN_PROGRESS).value,
                       document=document, description=description, targets=list(targets),
                       target_selection=target_selection, config=config,
                       created_at=now, last_updated_at=now)
             s.add(job)
             s.flush()
             # A staged rollout releases executions from the scheduler; else all at once.
-            released_at = None if rollout_config.limited else now
+            released_at = None if rollout_config.limited or waiting else now
             had_next = self._things_with_active(s, things) if released_at is not None else set(things)
             if things:
                 s.execute(insert(JobExecution), [
