@@ -209,3 +209,101 @@ def test_job_canceled_during_a_download_stops_it(clocked_srv: RunningServer, tmp
         snapshot = fleet.snapshots()[name]
         assert snapshot.version == "1.0.0"
         assert snapshot.blocks_received == 0  # the download was abandoned, not finished
+
+
+def test_n1_create_ota_update_refuses_a_downgrade_unless_allowed(
+    clocked_srv: RunningServer, tmp_path: Path
+) -> None:
+    iot = clocked_srv.client("iot")
+    name = "downgrade-target"
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None)
+    arn = iot.describe_thing(thingName=name)["thingArn"]
+    job_id = _ota(clocked_srv, "installs-1-1-0", [arn])  # V2 = 1.1.0
+    device = Device(clocked_srv, bundle, name)
+    try:
+        assert device.connect()
+        device.client.publish(
+            f"$aws/things/{name}/jobs/{job_id}/update", json.dumps({"status": "SUCCEEDED"}), qos=1
+        )
+        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "SUCCEEDED", what="SUCCEEDED")
+    finally:
+        device.close()
+    s3 = clocked_srv.client("s3")
+
+    def attempt(ota_id: str, image_version: Version, **extra: Any) -> dict[str, Any]:
+        version = s3.put_object(
+            Bucket=BUCKET, Key=f"{ota_id}.bin", Body=make_firmware(image_version, SIZE, seed=ota_id)
+        )["VersionId"]
+        iot.create_ota_update(
+            otaUpdateId=ota_id,
+            targets=[arn],
+            protocols=["MQTT"],
+            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+            files=[
+                {
+                    "fileName": "/fw.bin",
+                    "fileLocation": {
+                        "s3Location": {"bucket": BUCKET, "key": f"{ota_id}.bin", "version": version}
+                    },
+                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
+                }
+            ],
+            **extra,
+        )
+        return dict(
+            _wait_for(
+                lambda: (
+                    (i := iot.get_ota_update(otaUpdateId=ota_id)["otaUpdateInfo"])["otaUpdateStatus"]
+                    in ("CREATE_COMPLETE", "CREATE_FAILED")
+                    and i
+                ),
+                what="creation",
+            )
+        )
+
+    for ota_id, image_version in (("same-1-1-0", V2), ("older-1-0-5", Version(1, 0, 5))):
+        info = attempt(ota_id, image_version)
+        assert info["otaUpdateStatus"] == "CREATE_FAILED", ota_id
+        assert f"{name} runs 1.1.0" in info["errorInfo"]["message"]
+    allowed = attempt(
+        "older-allowed", Version(1, 0, 5), additionalParameters={"overair:allowDowngrade": "true"}
+    )
+    assert allowed["otaUpdateStatus"] == "CREATE_COMPLETE"
+    assert attempt("newer-1-2-0", Version(1, 2, 0))["otaUpdateStatus"] == "CREATE_COMPLETE"
+
+
+def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path: Path) -> None:
+    """fileLocation.stream: the file of a stream created beforehand, under its own file id."""
+    iot, s3 = clocked_srv.client("iot"), clocked_srv.client("s3")
+    name = "stream-sourced"
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None)
+    version = s3.put_object(Bucket=BUCKET, Key="streamed.bin", Body=make_firmware(V2, SIZE, seed="streamed"))
+    iot.create_stream(
+        streamId="my-stream",
+        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+        files=[
+            {
+                "fileId": 2,
+                "s3Location": {"bucket": BUCKET, "key": "streamed.bin", "version": version["VersionId"]},
+            }
+        ],
+    )
+    with Fleet([bundle]) as fleet:
+        assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
+        iot.create_ota_update(
+            otaUpdateId="from-stream",
+            targets=[iot.describe_thing(thingName=name)["thingArn"]],
+            protocols=["MQTT"],
+            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+            files=[
+                {
+                    "fileName": "/fw.bin",
+                    "fileLocation": {"stream": {"streamId": "my-stream", "fileId": 2}},
+                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
+                }
+            ],
+        )
+        assert fleet.wait(lambda s: s[name].version == "1.1.0" and not s[name].trial, 60), fleet.snapshots()
+    document = json.loads(iot.get_job_document(jobId="AFR_OTA-from-stream")["document"])
+    assert document["afr_ota"]["streamname"] == "my-stream"
+    assert document["afr_ota"]["files"][0]["fileid"] == 2

@@ -24,6 +24,7 @@ from overair.core import presign, rollout
 from overair.core.errors import PeerInputError
 from overair.core.jobs_wire import ExecutionView, UpdateRequest
 from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
+from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.registry.service import Registry
@@ -37,6 +38,8 @@ ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
 RELEASED = JobExecution.released_at.is_not(None)
 # Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
 HTTP_FILES = "http_files"
+# Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
+IMAGE_VERSION = "image_version"
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 
@@ -442,6 +445,24 @@ class JobService:
             job.status = JobStatus.COMPLETED.value
             job.completed_at = self._clock()
             job.last_updated_at = job.completed_at
+
+    def installed_versions(self, targets: list[str]) -> dict[str, str]:
+        """For each thing among `targets` (thing or group ARNs): the highest firmware
+        version an OTA job of this server installed on it (SUCCEEDED), if any."""
+        things = set(self._registry.resolve_targets(targets))
+        best: dict[str, Version] = {}
+        with self._db.reading() as s:
+            jobs = {job.job_id: job.config[IMAGE_VERSION] for job in s.scalars(select(Job))
+                    if job.config.get(IMAGE_VERSION)}
+            if not jobs or not things:
+                return {}
+            rows = s.execute(select(JobExecution.thing_name, JobExecution.job_id).where(
+                JobExecution.job_id.in_(list(jobs)), JobExecution.status == ExecStatus.SUCCEEDED.value))
+            for thing, job_id in rows:
+                if thing in things:
+                    version = Version.parse(jobs[job_id])
+                    best[thing] = max(best.get(thing, version), version)
+        return {thing: str(version) for thing, version in best.items()}
 
     def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
         """Jobs still running that deliver this object version over HTTP."""

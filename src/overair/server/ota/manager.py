@@ -27,11 +27,13 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from overair.core import codesign, presign
-from overair.core.errors import OverairError, PeerInputError
+from overair.core.errors import DecodeError, OverairError, PeerInputError
+from overair.core.image import parse_header
 from overair.core.jobdoc import OtaFile, OtaJobDocument
+from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
-from overair.server.jobs.service import HTTP_FILES, JobService
+from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
 from overair.server.settings import Settings
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
@@ -44,6 +46,7 @@ OTA_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 JOB_PREFIX = "AFR_OTA-"
 CREATE_PENDING, CREATE_IN_PROGRESS = "CREATE_PENDING", "CREATE_IN_PROGRESS"
 CREATE_COMPLETE, CREATE_FAILED = "CREATE_COMPLETE", "CREATE_FAILED"
+ALLOW_DOWNGRADE = "overair:allowDowngrade"
 
 
 class OtaFailure(OverairError):
@@ -162,19 +165,28 @@ class OtaManager:
     def _build(self, row: OtaUpdate) -> list[str]:
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
-        stream_id = row.stream_id or self._new_stream_id()
+        existing = self._existing_stream(request["files"])
+        stream_id = existing or row.stream_id or self._new_stream_id()
         self._set(row.ota_update_id, stream_id=stream_id)
         ota_files: list[OtaFile] = []
         stream_files: list[dict[str, Any]] = []
         http_files: list[dict[str, Any]] = []
+        image_versions: list[Version] = []
         chain: list[x509.Certificate] = []
-        for file_id, spec in enumerate(request["files"]):
+        for index, spec in enumerate(request["files"]):
+            stream_ref = (spec.get("fileLocation") or {}).get("stream") or {}
+            # A file of an existing stream keeps its id there: devices ask the stream for it.
+            file_id = int(stream_ref.get("fileId", 0)) if stream_ref else index
             location = self._location(spec)
             stored, data = self._objects.get_object(location["bucket"], location["key"],
                                                     location.get("version"))
             self._check_size(spec.get("fileName", ""), len(data))
             signed = self._signature(spec, location, row.ota_update_id)
             self._verify(data, signed)
+            version = image_version(data, spec.get("fileVersion"))
+            if index == 0 and version is not None:
+                self._refuse_downgrade(request, version)
+                image_versions.append(version)
             chain = chain or signed.chain
             ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
                                      filesize=len(data), fileid=file_id,
@@ -197,6 +209,8 @@ class OtaManager:
             signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
         ).to_json_obj()
         config = job_config_from_ota(request)
+        if image_versions:
+            config[IMAGE_VERSION] = str(image_versions[0])
         if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
@@ -218,11 +232,32 @@ class OtaManager:
         return "ota-" + secrets.token_hex(5)
 
     @staticmethod
-    def _location(spec: dict[str, Any]) -> dict[str, Any]:
-        location = (spec.get("fileLocation") or {}).get("s3Location")
-        if not isinstance(location, dict) or not location.get("bucket") or not location.get("key"):
-            raise OtaFailure("each file needs fileLocation.s3Location with bucket and key",
+    def _existing_stream(files: list[dict[str, Any]]) -> str | None:
+        """The stream named by files given as fileLocation.stream (one stream per update)."""
+        named = {str((f.get("fileLocation") or {}).get("stream", {}).get("streamId"))
+                 for f in files if (f.get("fileLocation") or {}).get("stream")}
+        if len(named) > 1:
+            raise OtaFailure("all files given by stream must use the same stream",
                              code="InvalidRequestException")
+        return named.pop() if named else None
+
+    def _location(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The object version a file comes from: its s3Location, or the s3Location of the
+        named file of an existing stream."""
+        file_location = spec.get("fileLocation") or {}
+        stream_ref = file_location.get("stream")
+        if isinstance(stream_ref, dict) and stream_ref.get("streamId"):
+            stream = self._streams.describe_stream(str(stream_ref["streamId"]))
+            file_id = stream_ref.get("fileId", 0)
+            for entry in stream.files:
+                if entry["fileId"] == file_id:
+                    return dict(entry["s3Location"])
+            raise OtaFailure(f"stream {stream.stream_id} has no file {file_id}",
+                             code="InvalidRequestException")
+        location = file_location.get("s3Location")
+        if not isinstance(location, dict) or not location.get("bucket") or not location.get("key"):
+            raise OtaFailure("each file needs fileLocation.s3Location (bucket and key) or "
+                             "fileLocation.stream", code="InvalidRequestException")
         return location
 
     def _check_size(self, name: str, size: int) -> None:
@@ -257,6 +292,21 @@ class OtaManager:
             return self._custom(custom)
         raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
                          "customCodeSigning", code="InvalidRequestException")
+
+    def _refuse_downgrade(self, request: dict[str, Any], version: Version) -> None:
+        """Threat N1 at the source: an image not newer than what this server already
+        installed on a target is refused, unless additionalParameters says
+        `overair:allowDowngrade` = "true" (devices refuse it anyway: anti-rollback)."""
+        allowed = (request.get("additionalParameters") or {}).get(ALLOW_DOWNGRADE, "").lower() == "true"
+        if allowed:
+            return
+        installed = self._jobs.installed_versions(list(request["targets"]))
+        newer = sorted((v, t) for t, v in installed.items() if Version.parse(v) >= version)
+        if newer:
+            shown = ", ".join(f"{thing} runs {v}" for v, thing in newer[:5])
+            raise OtaFailure(f"image version {version} is not newer than what targets already run ({shown}); "
+                             f"set additionalParameters {ALLOW_DOWNGRADE}=true to send it anyway",
+                             code="InvalidRequestException")
 
     def _ensure_profile(self, name: str, parameter: dict[str, Any] | None) -> None:
         """As in AWS: a signingProfileParameter creates the named profile when it does
@@ -296,6 +346,19 @@ class OtaManager:
         except OverairError as exc:
             raise OtaFailure(f"signature check failed ({exc.code}): {exc.message}",
                              code="SignatureVerificationFailed") from exc
+
+
+def image_version(data: bytes, file_version: Any) -> Version | None:
+    """The firmware version a file installs: its overair image header, else the
+    request's fileVersion when it reads as MAJOR.MINOR.BUILD, else unknown."""
+    try:
+        return parse_header(data).version
+    except DecodeError:
+        pass
+    try:
+        return Version.parse(str(file_version)) if file_version else None
+    except (ValueError, DecodeError):
+        return None
 
 
 def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
