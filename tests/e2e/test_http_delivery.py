@@ -24,6 +24,7 @@ from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.conftest import ShiftableClock
+from tests.e2e.ota_helpers import create_ota
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
@@ -198,7 +199,7 @@ def test_download_endpoint_speaks_only_tls(clocked_srv: RunningServer, http_job:
 def test_agents_update_over_https_through_the_real_server(
     clocked_srv: RunningServer, tmp_path: Path, protocols: list[str]
 ) -> None:
-    iot, s3 = clocked_srv.client("iot"), clocked_srv.client("s3")
+    iot = clocked_srv.client("iot")
     tag = "-".join(p.lower() for p in protocols)
     factory = tmp_path / "factory.bin"
     factory.write_bytes(make_firmware(Version(1, 0, 0), 4096, seed="factory"))
@@ -209,24 +210,11 @@ def test_agents_update_over_https_through_the_real_server(
         config = bundle / "agent.toml"
         config.write_text(config.read_text().replace("[ota]\n", "[ota]\nprefer_http = true\n"))
         bundles.append(bundle)
-    version = s3.put_object(Bucket=BUCKET, Key=f"{tag}.bin", Body=IMAGE)["VersionId"]
     with Fleet(bundles) as fleet:
         assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
-        iot.create_ota_update(
-            otaUpdateId=f"https-{tag}",
-            targets=[iot.describe_thing(thingName=n)["thingArn"] for n in names],
-            protocols=protocols,
-            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
-            files=[
-                {
-                    "fileName": "/fw.bin",
-                    "fileLocation": {
-                        "s3Location": {"bucket": BUCKET, "key": f"{tag}.bin", "version": version}
-                    },
-                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
-                }
-            ],
-        )
+        targets = [iot.describe_thing(thingName=n)["thingArn"] for n in names]
+        info = create_ota(clocked_srv, f"https-{tag}", targets, IMAGE, protocols=tuple(protocols))
+        assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
         assert fleet.wait(lambda s: all(x.version == "2.0.0" and not x.trial for x in s.values()), 60), (
             fleet.snapshots()
         )

@@ -8,7 +8,6 @@ do not see each other's jobs. Threat ids in test names: N2 mis-signed update.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
+from tests.e2e.ota_helpers import wait_for
 from tests.pki_helpers import Issued, make_ca, make_signer, sign_file
 from tests.postgres_harness import PostgresCluster
 from tests.server_harness import RunningServer, running_server
@@ -38,27 +38,20 @@ def test_signer() -> tuple[Issued, Issued]:
     return root, make_signer(root, "e2e firmware signer")
 
 
-def _bundles(srv: RunningServer, root: Path, names: list[str], *, group: str | None = None,
-             extra_roots: bytes = b"") -> list[Path]:
+def _bundles(
+    srv: RunningServer, root: Path, names: list[str], *, group: str | None = None, extra_roots: bytes = b""
+) -> list[Path]:
     factory = root / "factory.bin"
     factory.write_bytes(make_firmware(V1, SIZE, seed="factory"))
     roots = srv.settings.paths.code_signing_root.read_bytes() + extra_roots
-    return [srv.provision(name, root / name, group=group, factory_image=factory,
-                          code_signing_roots_pem=roots) for name in names]
+    return [
+        srv.provision(name, root / name, group=group, factory_image=factory, code_signing_roots_pem=roots)
+        for name in names
+    ]
 
 
 def _upload(srv: RunningServer, key: str, data: bytes) -> str:
     return str(srv.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)["VersionId"])
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _executions(iot: Any, job_id: str) -> dict[str, dict[str, Any]]:
@@ -71,6 +64,7 @@ def _finished(iot: Any, job_id: str, things: list[str]) -> Callable[[], dict[str
         statuses = {t: e["status"] for t, e in _executions(iot, job_id).items()}
         done = set(things) <= statuses.keys() and all(statuses[t] in TERMINAL for t in things)
         return statuses if done else None
+
     return check
 
 
@@ -84,22 +78,45 @@ def _signed_rollout(srv: RunningServer, root: Path, prefix: str, devices: int) -
     with Fleet(bundles) as fleet:
         assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
         iot.create_ota_update(
-            otaUpdateId=prefix, targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            otaUpdateId=prefix,
+            targets=[group["thingGroupArn"]],
+            protocols=["MQTT"],
             roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
-            files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
-                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": f"app/{prefix}-1.1.0.bin",
-                                                    "version": version_id}},
-                    "codeSigning": {"startSigningJobParameter": {
-                        "signingProfileName": DEV_PROFILE,
-                        "destination": {"s3Destination": {"bucket": BUCKET, "prefix": "signed/"}}}}}])
-        info = _wait_for(lambda: (i := iot.get_ota_update(otaUpdateId=prefix)["otaUpdateInfo"])
-                         ["otaUpdateStatus"] == "CREATE_COMPLETE" and i, what="CREATE_COMPLETE")
+            files=[
+                {
+                    "fileName": "/firmware/app.bin",
+                    "fileVersion": "1.1.0",
+                    "fileLocation": {
+                        "s3Location": {
+                            "bucket": BUCKET,
+                            "key": f"app/{prefix}-1.1.0.bin",
+                            "version": version_id,
+                        }
+                    },
+                    "codeSigning": {
+                        "startSigningJobParameter": {
+                            "signingProfileName": DEV_PROFILE,
+                            "destination": {"s3Destination": {"bucket": BUCKET, "prefix": "signed/"}},
+                        }
+                    },
+                }
+            ],
+        )
+        info = wait_for(
+            lambda: (
+                (i := iot.get_ota_update(otaUpdateId=prefix)["otaUpdateInfo"])["otaUpdateStatus"]
+                == "CREATE_COMPLETE"
+                and i
+            ),
+            what="CREATE_COMPLETE",
+        )
         job_id = info["awsIotJobId"]
         assert job_id == f"AFR_OTA-{prefix}"
-        statuses = _wait_for(_finished(iot, job_id, names), what="every execution to finish")
+        statuses = wait_for(_finished(iot, job_id, names), what="every execution to finish")
         assert statuses == dict.fromkeys(names, "SUCCEEDED")
-        assert fleet.wait(lambda snaps: all(s.version == "1.1.0" and not s.trial for s in snaps.values()),
-                          timeout=10)
+        assert fleet.wait(
+            lambda snaps: all(s.version == "1.1.0" and not s.trial for s in snaps.values()), timeout=10
+        )
         snaps = fleet.snapshots()
     for name in names:
         assert snaps[name].slot == "b"  # the update went to the other slot
@@ -112,7 +129,8 @@ def _signed_rollout(srv: RunningServer, root: Path, prefix: str, devices: int) -
 
 
 def test_signed_rollout_to_a_thing_group_reaches_succeeded_on_every_agent(
-        srv: RunningServer, tmp_path: Path) -> None:
+    srv: RunningServer, tmp_path: Path
+) -> None:
     _signed_rollout(srv, tmp_path, "e2e-ok", 3)
 
 
@@ -124,32 +142,49 @@ def test_signed_rollout_with_postgresql_metadata(tmp_path: Path, postgres: Postg
         _signed_rollout(pg_srv, tmp_path, "e2e-pg", 3)
 
 
-def _hand_made_job(srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued,
-                   tag: str | None = None) -> str:
+def _hand_made_job(
+    srv: RunningServer, name: str, image: bytes, signature: bytes, signer: Issued, tag: str | None = None
+) -> str:
     """An OTA job built with the plain Jobs and Streams APIs, so the server does not check
     the signature: only the device stands between a bad image and running it."""
     iot = srv.client("iot")
     tag = tag or name
     version_id = _upload(srv, f"bad/{tag}.bin", image)
     stream_id = f"stream-{tag}"
-    iot.create_stream(streamId=stream_id, roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
-                      files=[{"fileId": 0, "s3Location": {
-                          "bucket": BUCKET, "key": f"bad/{tag}.bin", "version": version_id}}])
+    iot.create_stream(
+        streamId=stream_id,
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        files=[
+            {"fileId": 0, "s3Location": {"bucket": BUCKET, "key": f"bad/{tag}.bin", "version": version_id}}
+        ],
+    )
     document = OtaJobDocument(
-        protocols=("MQTT",), stream_name=stream_id,
-        files=(OtaFile(filepath="/firmware/app.bin", filesize=len(image), fileid=0,
-                       certfile="/certs/signer.pem", signature=signature),),
-        signer_chain=(signer.cert_der,)).to_json_obj()
+        protocols=("MQTT",),
+        stream_name=stream_id,
+        files=(
+            OtaFile(
+                filepath="/firmware/app.bin",
+                filesize=len(image),
+                fileid=0,
+                certfile="/certs/signer.pem",
+                signature=signature,
+            ),
+        ),
+        signer_chain=(signer.cert_der,),
+    ).to_json_obj()
     job_id = f"job-{tag}"
-    iot.create_job(jobId=job_id, targets=[f"arn:aws:iot:{srv.clients.region}:{srv.settings.account_id}"
-                                          f":thing/{name}"],
-                   document=json.dumps(document))
+    iot.create_job(
+        jobId=job_id,
+        targets=[f"arn:aws:iot:{srv.clients.region}:{srv.settings.account_id}:thing/{name}"],
+        document=json.dumps(document),
+    )
     return job_id
 
 
 @pytest.mark.parametrize("case", ["tampered-image", "untrusted-signer"])
 def test_n2_mis_signed_image_is_refused_by_the_agent_and_the_job_fails_with_a_reason(
-        srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued], case: str) -> None:
+    srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued], case: str
+) -> None:
     root, signer = test_signer
     name = f"e2e-n2-{case}"
     (bundle,) = _bundles(srv, tmp_path, [name], extra_roots=root.cert_pem)
@@ -166,7 +201,7 @@ def test_n2_mis_signed_image_is_refused_by_the_agent_and_the_job_fails_with_a_re
     with Fleet([bundle]) as fleet:
         assert fleet.wait(lambda snaps: all(s.connected for s in snaps.values()), timeout=30)
         job_id = _hand_made_job(srv, name, bytes(delivered), signature, used_signer)
-        statuses = _wait_for(_finished(iot, job_id, [name]), what="the execution to finish")
+        statuses = wait_for(_finished(iot, job_id, [name]), what="the execution to finish")
         snap = fleet.snapshots()[name]
     assert statuses[name] == "FAILED"
     details = iot.describe_job_execution(jobId=job_id, thingName=name)["execution"]["statusDetails"]
@@ -179,7 +214,8 @@ def test_n2_mis_signed_image_is_refused_by_the_agent_and_the_job_fails_with_a_re
 
 
 def test_o2_revoking_a_code_signing_certificate_reaches_running_agents(
-        srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued]) -> None:
+    srv: RunningServer, tmp_path: Path, test_signer: tuple[Issued, Issued]
+) -> None:
     """Revoke through the API while the agent runs: the signed list reaches it and an
     image signed with the revoked key is refused, while another signer still works."""
     root, _ = test_signer
@@ -187,8 +223,9 @@ def test_o2_revoking_a_code_signing_certificate_reaches_running_agents(
     roots.write_bytes(roots.read_bytes() + root.cert_pem)  # the operator trusts its root
     revoked, kept = make_signer(root, "signer to revoke"), make_signer(root, "signer kept")
     acm = srv.client("acm")
-    revoked_arn = acm.import_certificate(Certificate=revoked.cert_pem,
-                                         PrivateKey=revoked.key_pem)["CertificateArn"]
+    revoked_arn = acm.import_certificate(Certificate=revoked.cert_pem, PrivateKey=revoked.key_pem)[
+        "CertificateArn"
+    ]
     name = "e2e-o2-revoked"
     (bundle,) = _bundles(srv, tmp_path, [name], extra_roots=root.cert_pem)
     iot = srv.client("iot")
@@ -200,10 +237,10 @@ def test_o2_revoking_a_code_signing_certificate_reaches_running_agents(
 
         image = make_firmware(V2, SIZE, seed="o2-revoked")
         job_id = _hand_made_job(srv, name, image, sign_file(revoked, image), revoked, "o2-revoked")
-        assert _wait_for(_finished(iot, job_id, [name]))[name] == "FAILED"
+        assert wait_for(_finished(iot, job_id, [name]))[name] == "FAILED"
         reason = iot.describe_job_execution(jobId=job_id, thingName=name)["execution"]["statusDetails"]
         assert reason["detailsMap"]["check"] == "CertificateRevoked"
         assert fleet.snapshots()[name].version == "1.0.0"
 
         job_id = _hand_made_job(srv, name, image, sign_file(kept, image), kept, "o2-kept")
-        assert _wait_for(_finished(iot, job_id, [name]))[name] == "SUCCEEDED"  # positive control
+        assert wait_for(_finished(iot, job_id, [name]))[name] == "SUCCEEDED"  # positive control

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.conftest import ShiftableClock
+from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
@@ -27,16 +27,6 @@ V1, V2 = Version(1, 0, 0), Version(1, 1, 0)
 SIZE = 32 * 1024
 BUCKET = "firmware"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"}
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _bundles(
@@ -56,35 +46,7 @@ def _bundles(
 
 
 def _ota(srv: RunningServer, ota_id: str, targets: list[str], size: int = SIZE, **extra: Any) -> str:
-    iot, s3 = srv.client("iot"), srv.client("s3")
-    version = s3.put_object(Bucket=BUCKET, Key=f"{ota_id}.bin", Body=make_firmware(V2, size, seed=ota_id))[
-        "VersionId"
-    ]
-    iot.create_ota_update(
-        otaUpdateId=ota_id,
-        targets=targets,
-        protocols=["MQTT"],
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
-        files=[
-            {
-                "fileName": "/fw.bin",
-                "fileVersion": "1.1.0",
-                "fileLocation": {
-                    "s3Location": {"bucket": BUCKET, "key": f"{ota_id}.bin", "version": version}
-                },
-                "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
-            }
-        ],
-        **extra,
-    )
-    info = _wait_for(
-        lambda: (
-            (i := iot.get_ota_update(otaUpdateId=ota_id)["otaUpdateInfo"])["otaUpdateStatus"]
-            in ("CREATE_COMPLETE", "CREATE_FAILED")
-            and i
-        ),
-        what="creation",
-    )
+    info = create_ota(srv, ota_id, targets, make_firmware(V2, size, seed=ota_id), **extra)
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     return str(info["awsIotJobId"])
 
@@ -124,7 +86,7 @@ def test_rollout_aborts_after_the_failure_threshold(clocked_srv: RunningServer, 
                 ]
             },
         )
-        job = _wait_for(
+        job = wait_for(
             lambda: (j := iot.describe_job(jobId=job_id)["job"])["status"] == "CANCELED" and j,
             what="the abort",
         )
@@ -155,10 +117,10 @@ def test_a_device_gone_silent_times_out(
             json.dumps({"status": "IN_PROGRESS", "statusDetails": {"receive": "1/8"}}),
             qos=1,
         )
-        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "IN_PROGRESS", what="IN_PROGRESS")
+        wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "IN_PROGRESS", what="IN_PROGRESS")
         device.messages.clear()
         clock.offset += 61  # ... and the device says nothing more
-        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "TIMED_OUT", 15, "TIMED_OUT")
+        wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "TIMED_OUT", 15, "TIMED_OUT")
         notified = device.wait_for("/jobs/notify-next")
         assert notified
         assert "execution" not in json.loads(notified[-1][1])  # nothing next for it
@@ -184,7 +146,7 @@ def test_continuous_job_reaches_a_thing_added_to_the_group_later(
         time.sleep(0.5)
         assert fleet.snapshots()["late-comer"].job_id is None
         iot.add_thing_to_thing_group(thingGroupName="continuous-fleet", thingName="late-comer")
-        _wait_for(
+        wait_for(
             lambda: _statuses(clocked_srv, job_id).get("late-comer") == "SUCCEEDED", what="the late comer"
         )
         assert fleet.snapshots()["late-comer"].version == "1.1.0"
@@ -225,40 +187,13 @@ def test_n1_create_ota_update_refuses_a_downgrade_unless_allowed(
         device.client.publish(
             f"$aws/things/{name}/jobs/{job_id}/update", json.dumps({"status": "SUCCEEDED"}), qos=1
         )
-        _wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "SUCCEEDED", what="SUCCEEDED")
+        wait_for(lambda: _statuses(clocked_srv, job_id).get(name) == "SUCCEEDED", what="SUCCEEDED")
     finally:
         device.close()
-    s3 = clocked_srv.client("s3")
 
     def attempt(ota_id: str, image_version: Version, **extra: Any) -> dict[str, Any]:
-        version = s3.put_object(
-            Bucket=BUCKET, Key=f"{ota_id}.bin", Body=make_firmware(image_version, SIZE, seed=ota_id)
-        )["VersionId"]
-        iot.create_ota_update(
-            otaUpdateId=ota_id,
-            targets=[arn],
-            protocols=["MQTT"],
-            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
-            files=[
-                {
-                    "fileName": "/fw.bin",
-                    "fileLocation": {
-                        "s3Location": {"bucket": BUCKET, "key": f"{ota_id}.bin", "version": version}
-                    },
-                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
-                }
-            ],
-            **extra,
-        )
-        return dict(
-            _wait_for(
-                lambda: (
-                    (i := iot.get_ota_update(otaUpdateId=ota_id)["otaUpdateInfo"])["otaUpdateStatus"]
-                    in ("CREATE_COMPLETE", "CREATE_FAILED")
-                    and i
-                ),
-                what="creation",
-            )
+        return create_ota(
+            clocked_srv, ota_id, [arn], make_firmware(image_version, SIZE, seed=ota_id), **extra
         )
 
     for ota_id, image_version in (("same-1-1-0", V2), ("older-1-0-5", Version(1, 0, 5))):

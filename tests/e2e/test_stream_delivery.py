@@ -24,9 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from overair.core.bitmap import block_count
 from overair.core.streamcodec import GetStreamRequest, encode_get_stream
 from overair.core.versions import Version
-from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
+from tests.e2e.ota_helpers import create_ota
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
@@ -35,30 +35,10 @@ SIZE = 20_000
 
 
 def _ota(srv: RunningServer, ota_id: str, thing: str, image: bytes) -> str:
-    iot, s3 = srv.client("iot"), srv.client("s3")
-    version = s3.put_object(Bucket=BUCKET, Key=f"{ota_id}.bin", Body=image)["VersionId"]
-    iot.create_ota_update(
-        otaUpdateId=ota_id,
-        targets=[iot.describe_thing(thingName=thing)["thingArn"]],
-        protocols=["MQTT"],
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
-        files=[
-            {
-                "fileName": "/fw.bin",
-                "fileLocation": {
-                    "s3Location": {"bucket": BUCKET, "key": f"{ota_id}.bin", "version": version}
-                },
-                "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}},
-            }
-        ],
-    )
-    deadline = time.monotonic() + 30
-    while (info := iot.get_ota_update(otaUpdateId=ota_id)["otaUpdateInfo"])[
-        "otaUpdateStatus"
-    ] != "CREATE_COMPLETE":
-        assert info["otaUpdateStatus"] != "CREATE_FAILED", info
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    """A signed OTA update to `thing`; returns the stream it delivers."""
+    iot = srv.client("iot")
+    info = create_ota(srv, ota_id, [iot.describe_thing(thingName=thing)["thingArn"]], image)
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     document = json.loads(iot.get_job_document(jobId=f"AFR_OTA-{ota_id}")["document"])
     return str(document["afr_ota"]["streamname"])
 
