@@ -37,6 +37,10 @@ class ServiceConnection:
         self._service = service
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"devices-{i}")
                            for i in range(workers)]
+        # Block requests read only caches and never wait behind a job update's database
+        # write: they have workers of their own (still one per thing, so in order).
+        self._stream_executors = [ThreadPoolExecutor(1, thread_name_prefix=f"streams-{i}")
+                                  for i in range(workers)]
         self._client = GmqttClient(SERVICE_IDENTITY)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
@@ -59,8 +63,10 @@ class ServiceConnection:
         log.info("service connected to the broker and subscribed")
 
     def _executor_for(self, topic: str) -> ThreadPoolExecutor:
-        thing = topic.split("/", 3)[2] if topic.count("/") >= 3 else ""
-        return self._executors[zlib.crc32(thing.encode()) % len(self._executors)]
+        parts = topic.split("/", 4)
+        thing = parts[2] if len(parts) > 3 else ""
+        pool = self._stream_executors if len(parts) > 3 and parts[3] == "streams" else self._executors
+        return pool[zlib.crc32(thing.encode()) % len(pool)]
 
     def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> int:
         assert self._loop is not None
@@ -128,5 +134,5 @@ class ServiceConnection:
             await asyncio.wait_for(self._client.disconnect(), 5)
         except (TimeoutError, OSError):
             log.warning("broker did not acknowledge the disconnect")
-        for executor in self._executors:
+        for executor in (*self._executors, *self._stream_executors):
             executor.shutdown(wait=False, cancel_futures=True)
