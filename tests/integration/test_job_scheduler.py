@@ -115,14 +115,14 @@ def test_staged_rollout_releases_at_most_the_rate_per_minute_and_survives_a_rest
     assert world.create(jobExecutionsRolloutConfig={"maximumPerMinute": 5}) == []  # nobody notified yet
     assert world.visible() == {}
     assert world.jobs.next_execution(things[0]) is None  # unreleased: the device sees nothing
-    first = world.scheduler.tick()
+    first = world.scheduler.tick().next_changed
     assert len(first) == 5
     assert len(world.visible()) == 5
     world.clock.advance(30)
-    assert world.scheduler.tick() == []  # same minute: nothing more
+    assert world.scheduler.tick().next_changed == []  # same minute: nothing more
     world.restart()
     world.clock.advance(31)
-    assert len(world.scheduler.tick()) == 5  # next minute, after the "restart"
+    assert len(world.scheduler.tick().next_changed) == 5  # next minute, after the "restart"
     world.clock.advance(60)
     world.scheduler.tick()
     assert len(world.visible()) == 12
@@ -138,9 +138,9 @@ def test_in_progress_timeout_times_out_silent_devices_and_retries_them(world: Wo
     world.update(a, ExecStatus.IN_PROGRESS)
     world.update(b, ExecStatus.IN_PROGRESS, step_minutes=10)  # the device asked for longer
     world.clock.advance(119)
-    assert world.scheduler.tick() == []
+    assert world.scheduler.tick().next_changed == []
     world.clock.advance(2)
-    assert world.scheduler.tick() == [a]  # a's next job changed: its retry
+    assert world.scheduler.tick().next_changed == [a]  # a's next job changed: its retry
     assert world.jobs.describe_execution("job-1", b).status == "IN_PROGRESS"
     retry = world.jobs.next_execution(a)
     assert retry is not None
@@ -187,9 +187,9 @@ def test_abort_cancels_the_job_once_the_failure_threshold_is_reached(world: Worl
     world.update(things[1], ExecStatus.FAILED)
     world.update(things[2], ExecStatus.SUCCEEDED)
     world.update(things[3], ExecStatus.IN_PROGRESS)
-    assert world.scheduler.tick() == []  # 3 executed: below the minimum
+    assert world.scheduler.tick().next_changed == []  # 3 executed: below the minimum
     world.update(things[4], ExecStatus.FAILED)  # 4 executed, 3 failed: 75 %
-    notified = world.scheduler.tick()
+    notified = world.scheduler.tick().next_changed
     job, counts = world.jobs.describe_job("job-1")
     assert job.status == "CANCELED"
     assert job.reason_code == "ABORTED_FAILED"
@@ -264,10 +264,10 @@ def test_scheduled_job_waits_for_its_start_time_then_releases_everything(world: 
     start = (world.clock.now // 60 + 10) * 60  # a whole minute, 9-10 minutes ahead
     assert world.create(schedulingConfig={"startTime": _at(start)}) == []
     assert world.jobs.describe_job("job-1")[0].status == "SCHEDULED"
-    assert world.scheduler.tick() == []
+    assert world.scheduler.tick().next_changed == []
     assert world.jobs.next_execution(things[0]) is None
     world.clock.now = start
-    assert sorted(world.scheduler.tick()) == things
+    assert sorted(world.scheduler.tick().next_changed) == things
     assert world.jobs.describe_job("job-1")[0].status == "IN_PROGRESS"
     assert set(world.visible().values()) == {"QUEUED"}
 
@@ -311,3 +311,12 @@ def test_invalid_schedules_are_refused(world: World) -> None:
     ):
         with pytest.raises(ApiError):
             world.create(schedulingConfig=config)
+
+
+def test_tick_reports_things_whose_pending_list_changed_but_not_their_next_job(world: World) -> None:
+    (a,) = world.things(1)
+    world.create("job-1")
+    world.create("job-2", jobExecutionsRolloutConfig={"maximumPerMinute": 5})
+    result = world.scheduler.tick()
+    assert result.next_changed == []  # job-1 stays next
+    assert result.pending_changed == [a]  # but job-2 joined its pending list: `notify`

@@ -143,9 +143,12 @@ class Server:
     async def _run_scheduler(self) -> None:
         """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second."""
         while True:
-            things = await asyncio.to_thread(self.scheduler.tick)
-            if things and self.connection is not None:
-                await self.connection.notify_next(things)
+            result = await asyncio.to_thread(self.scheduler.tick)
+            if self.connection is not None:
+                if result.next_changed:
+                    await self.connection.notify_next(result.next_changed)
+                if result.pending_changed:
+                    await self.connection.notify_pending(result.pending_changed)
             await asyncio.sleep(TICK_SECONDS)
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:

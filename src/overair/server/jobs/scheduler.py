@@ -7,13 +7,15 @@ left. The decisions are `core.rollout`'s; every input is read from the database 
 every result written back, so a tick is idempotent and a server killed between ticks
 (or in the middle of one: the transaction rolls back) carries on where it stopped.
 
-`tick()` returns the things whose next job changed, to be sent notify-next.
+`tick()` returns the things whose next job changed (to be sent notify-next) and those
+whose pending list changed while their next job did not (to be sent `notify`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -36,6 +38,12 @@ END_CANCELS: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    next_changed: list[str]
+    pending_changed: list[str]
+
+
 class JobScheduler:
     def __init__(self, db: Database, jobs: JobService, clock: Clock,
                  on_aborted: Callable[[str, str], None] = lambda _job, _why: None) -> None:
@@ -44,34 +52,38 @@ class JobScheduler:
         self._clock = clock
         self.on_aborted = on_aborted
 
-    def tick(self) -> list[str]:
+    def tick(self) -> TickResult:
         with self._db.reading() as s:
             job_ids = list(s.scalars(select(Job.job_id).where(
                 Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)))))
-        changed: list[str] = []
+        next_changed: set[str] = set()
+        touched: set[str] = set()
         for job_id in job_ids:
             try:
-                changed.extend(self._tick_job(job_id, self._clock()))
+                changed, seen = self._tick_job(job_id, self._clock())
             except Exception:
                 # One broken job must not stop the others; the next tick tries again.
                 log.exception("scheduling job %s failed", job_id)
-        return sorted(set(changed))
+                continue
+            next_changed.update(changed)
+            touched.update(seen)
+        return TickResult(sorted(next_changed), sorted(touched - next_changed))
 
-    def _tick_job(self, job_id: str, now: float) -> list[str]:
+    def _tick_job(self, job_id: str, now: float) -> tuple[list[str], list[str]]:
         with self._db.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
             if job is None:
-                return []
+                return [], []
             plan = rollout.schedule(job.config.get("schedulingConfig"))
             phase = plan.phase(now)
             if job.status == JobStatus.SCHEDULED.value:
                 if phase == "waiting":
-                    return []
+                    return [], []
                 job.status = JobStatus.IN_PROGRESS.value  # the start time has come
                 job.last_updated_at = now
                 log.info("job %s: scheduled start reached", job_id)
             if job.status != JobStatus.IN_PROGRESS.value:
-                return []
+                return [], []
             touched: dict[str, int | None] = {}  # thing -> its next execution id before
 
             def remember(things: list[str]) -> None:
@@ -86,7 +98,9 @@ class JobScheduler:
                 self._release(s, job, now, remember)
             self._jobs.maybe_complete(s, job)
             s.flush()
-            return [thing for thing, before in touched.items() if self._jobs.next_id_in(s, thing) != before]
+            changed = [thing for thing, before in touched.items()
+                       if self._jobs.next_id_in(s, thing) != before]
+            return changed, list(touched)
 
     def _time_out(self, s: Session, job: Job, now: float, remember: Remember) -> None:
         rows = list(s.scalars(select(JobExecution).where(
