@@ -24,7 +24,7 @@ from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.conftest import ShiftableClock
-from tests.e2e.ota_helpers import create_ota
+from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
@@ -218,6 +218,14 @@ def test_agents_update_over_https_through_the_real_server(
         assert fleet.wait(lambda s: all(x.version == "2.0.0" and not x.trial for x in s.values()), 60), (
             fleet.snapshots()
         )
-    for name in names:
-        execution = iot.describe_job_execution(jobId=f"AFR_OTA-https-{tag}", thingName=name)["execution"]
-        assert execution["status"] == "SUCCEEDED"
+
+        def statuses() -> set[str]:
+            return {
+                iot.describe_job_execution(jobId=f"AFR_OTA-https-{tag}", thingName=name)["execution"][
+                    "status"
+                ]
+                for name in names
+            }
+
+        # The agents' last report is on its way while they already run the new image.
+        assert wait_for(lambda: statuses() == {"SUCCEEDED"}, 30, "SUCCEEDED reports")

@@ -19,7 +19,7 @@ from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
-from tests.e2e.ota_helpers import wait_for
+from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.pki_helpers import Issued, make_ca, make_signer, sign_file
 from tests.postgres_harness import PostgresCluster
 from tests.server_harness import RunningServer, running_server
@@ -244,3 +244,32 @@ def test_o2_revoking_a_code_signing_certificate_reaches_running_agents(
 
         job_id = _hand_made_job(srv, name, image, sign_file(kept, image), kept, "o2-kept")
         assert wait_for(_finished(iot, job_id, [name]))[name] == "SUCCEEDED"  # positive control
+
+
+def test_signed_rollout_to_a_simulated_mcu_with_encrypted_flash(srv: RunningServer, tmp_path: Path) -> None:
+    """The same update on the simulated MCU platform: encrypted flash (P1), and the
+    signature kept with the image is checked again at the next cold boot (P2)."""
+    name = "e2e-mcu"
+    (bundle,) = _bundles(srv, tmp_path, [name])
+    (bundle / "device-secret.bin").write_bytes(bytes(range(32)))
+    config = bundle / "agent.toml"
+    config.write_text(
+        config.read_text().replace(
+            '[storage]\ndata_dir = "state"\n',
+            '[storage]\ndata_dir = "state"\nplatform = "sim_mcu"\nflash_file = "flash.bin"\n'
+            'unique_id = "0123456789abcdef0123456789abcdef"\ndevice_secret_file = "device-secret.bin"\n'
+            "image_capacity = 65536\n",
+        )
+    )
+    image = make_firmware(V2, SIZE, seed="mcu")
+    iot = srv.client("iot")
+    with Fleet([bundle]) as fleet:
+        assert fleet.wait(lambda s: s[name].connected and s[name].version == "1.0.0", 30)
+        info = create_ota(srv, "e2e-mcu", [iot.describe_thing(thingName=name)["thingArn"]], image)
+        assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
+        assert fleet.wait(lambda s: s[name].version == "1.1.0" and not s[name].trial, 60), fleet.snapshots()
+    flash = (bundle / "flash.bin").read_bytes()
+    assert image[100:132] not in flash  # P1: no plaintext image bytes in raw flash
+    with Fleet([bundle]) as again:  # a cold boot: secure boot verifies the stored signature
+        assert again.wait(lambda s: s[name].connected, 30)
+        assert again.snapshots()[name].version == "1.1.0"

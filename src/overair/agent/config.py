@@ -23,6 +23,13 @@ revocation_signer = "revocation-signer.pem"  # optional: verifies signed revocat
 data_dir = "state"
 factory_image = "factory.bin"      # optional: installed when the slot store is empty
 max_boot_attempts = 3              # optional: trial boots of a new image before fallback
+platform = "linux"                 # optional: "linux" (slot directories) or "sim_mcu"
+# sim_mcu only: the flash file, the device-unique 128-bit id (32 hex digits), the file
+# holding the device secret, and the largest image the slots hold.
+flash_file = "flash.bin"
+unique_id = "00112233445566778899aabbccddeeff"
+device_secret_file = "device-secret.bin"
+image_capacity = 4194304
 [self_test]
 deadline_seconds = 60
 command = ""                       # optional: must exit 0 for the self-test to pass
@@ -58,6 +65,8 @@ from overair.core.errors import MisuseError
 from overair.core.limits import DEFAULT_LIMITS, MIB
 from overair.core.topics import THING_NAME_RE
 
+PLATFORMS = ("linux", "sim_mcu")
+
 BUNDLE_CONFIG_NAME = "agent.toml"
 
 
@@ -91,6 +100,11 @@ class StorageConfig:
     data_dir: Path
     factory_image: Path | None = None
     max_boot_attempts: int = 3
+    platform: str = "linux"
+    flash_file: Path | None = None
+    unique_id: bytes = b""
+    device_secret_file: Path | None = None
+    image_capacity: int = 4 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +272,30 @@ class _Loader:
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         w = "[storage]"
         factory = self.path(t, w, "factory_image", must_exist=True) if "factory_image" in t else None
-        return StorageConfig(
+        platform = self.string(t, w, "platform", "linux")
+        if platform not in PLATFORMS:
+            raise self.fail(f"{w} platform", f"must be one of {PLATFORMS}, not {platform!r}")
+        storage = StorageConfig(
             data_dir=self.path(t, w, "data_dir", must_exist=False),
             factory_image=factory,
             max_boot_attempts=self.integer(t, w, "max_boot_attempts", 3, 1, 100),
+            platform=platform,
+        )
+        if platform != "sim_mcu":
+            return storage
+        unique_text = self.string(t, w, "unique_id")
+        try:
+            unique_id = bytes.fromhex(unique_text)
+        except ValueError:
+            unique_id = b""
+        if len(unique_id) != 16:
+            raise self.fail(f"{w} unique_id", "must be the device's 128-bit id as 32 hex digits")
+        return StorageConfig(
+            data_dir=storage.data_dir, factory_image=factory, max_boot_attempts=storage.max_boot_attempts,
+            platform=platform, unique_id=unique_id,
+            flash_file=self.path(t, w, "flash_file", must_exist=False),
+            device_secret_file=self.path(t, w, "device_secret_file", must_exist=True),
+            image_capacity=self.integer(t, w, "image_capacity", 4 * MIB, 4096, 1 << 30),
         )
 
     def self_test(self, t: dict[str, Any]) -> SelfTestConfig:

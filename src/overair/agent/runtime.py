@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from overair.agent.config import AgentConfig, ConfigError
 from overair.agent.fsutil import atomic_write
+from overair.agent.identity import check_certificate_identity
 from overair.agent.journal import JournalStore
 from overair.agent.machine import commands as cmd
 from overair.agent.machine.events import (
@@ -61,11 +63,11 @@ from overair.agent.machine.events import (
 from overair.agent.machine.state import FileSpec, JobResult, Settings, State
 from overair.agent.machine.transitions import handle
 from overair.agent.platform.base import Platform, PlatformError
-from overair.agent.platform.linux_slots import LinuxSlots
+from overair.agent.platform.select import build_platform
 from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
-from overair.agent.verify import verify_image
+from overair.agent.verify import signer_chain, verify_image
 from overair.core.codesign import TrustPolicy, load_pem_certificates
 from overair.core.errors import DecodeError, VerificationFailed
 from overair.core.revocation import RevocationList, merged_serials, newer, verify_list
@@ -208,8 +210,8 @@ class Runtime:
         self._revocation_store = RevocationStore(config.storage.data_dir)
         self._revocations: RevocationList | None = None
         self._said_revocations_ignored = False
-        self._platform: Platform = platform or LinuxSlots(config.storage.data_dir,
-                                                          max_boot_attempts=config.storage.max_boot_attempts)
+        check_certificate_identity(config)
+        self._platform: Platform = platform or build_platform(config, lambda: self._trust)
         self._journal_store = JournalStore(config.storage.data_dir)
         if transport_factory is None:
             transport_factory = self._mqtt_factory()
@@ -540,7 +542,14 @@ class Runtime:
         except PlatformError as exc:
             return VerifyResult(False, check="StorageError", message=exc.message)
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
-        return verify_image(data, file, self._trust, now, self._certfile(file.certfile))
+        certfile = self._certfile(file.certfile)
+        result = verify_image(data, file, self._trust, now, certfile)
+        remember = getattr(self._platform, "set_staging_signature", None)
+        if result.ok and remember is not None:
+            # Secure boot (P2) checks the signature again at every boot of this image.
+            chain = signer_chain(file, certfile)
+            remember(file.signature, [c.public_bytes(serialization.Encoding.DER) for c in chain])
+        return result
 
     def _certfile(self, name: str) -> bytes | None:
         """The job's `certfile`, looked up by base name in the trust directory only."""
