@@ -381,7 +381,9 @@ class JobService:
             if not can_transition(current, request.status, Actor.DEVICE):
                 raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
                                     f"cannot go from {current.value} to {request.status.value}", state)
-            before = self._next_row(s, thing)
+            # Only an execution that ends can change the thing's next job: progress reports
+            # (most updates) skip the two lookups.
+            before = self._next_row(s, thing) if request.status.terminal else None
             row.status = request.status.value
             if request.status_details is not None:
                 row.status_details = request.status_details
