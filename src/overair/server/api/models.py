@@ -16,6 +16,7 @@ web framework.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import datetime as dt
@@ -470,7 +471,7 @@ def _check_required(shape: Any, value: Any, path: str) -> None:
 # ------------------------------------------------------------------------ protocols
 
 
-class ServiceProtocol:
+class ServiceProtocol(abc.ABC):
     """One service: resolve a request to an operation, parse its input, write responses."""
 
     protocol: ClassVar[str] = ""
@@ -496,8 +497,9 @@ class ServiceProtocol:
 
     # -- to implement
 
+    @abc.abstractmethod
     def resolve(self, req: HttpRequest) -> ResolvedOperation:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
     def parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
         try:
@@ -509,9 +511,11 @@ class ServiceProtocol:
             raise self.invalid(str(exc)) from exc
         return params
 
+    @abc.abstractmethod
     def _parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
+    @abc.abstractmethod
     def serialize(
         self,
         operation: Any,
@@ -521,10 +525,11 @@ class ServiceProtocol:
         status: int | None = None,
         root: str | None = None,
     ) -> HttpResponse:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
+    @abc.abstractmethod
     def render_error(self, error: ApiError, request_id: str, *, head: bool = False) -> HttpResponse:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
 
 # --- REST routing (rest-json and rest-xml)
@@ -743,8 +748,9 @@ class RestProtocol(ServiceProtocol):
         _, _, query = str(resolved.operation.http["requestUri"]).partition("?")
         return [(p.partition("=")[0], None) for p in query.split("&") if p]
 
+    @abc.abstractmethod
     def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool) -> Any:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
     def serialize(
         self,
@@ -805,8 +811,9 @@ class RestProtocol(ServiceProtocol):
     def _empty_body(self, status: int) -> bytes:
         return b""
 
+    @abc.abstractmethod
     def _write_body(self, shape: Any, value: Mapping[str, Any], root: str) -> tuple[bytes, str]:
-        raise NotImplementedError
+        """Each wire protocol implements this."""
 
 
 class RestJsonProtocol(RestProtocol):
