@@ -91,7 +91,7 @@ def main() -> None:
                     otaUpdateId="bench-agent",
                     targets=[iot.describe_thing(thingName="bench-agent")["thingArn"]],
                     protocols=["MQTT"],
-                    roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+                    roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
                     files=[
                         {
                             "fileName": "/fw.bin",

@@ -192,7 +192,7 @@ def create_rollout(srv: RunningServer, iot: Any, ota_id: str, version_id: str, t
     watch.reset(t0)
     iot.create_ota_update(
         otaUpdateId=ota_id, targets=[group_arn], protocols=["MQTT"], targetSelection="SNAPSHOT",
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
                 "fileLocation": {"s3Location": {"bucket": BUCKET, "key": KEY, "version": version_id}},
                 "codeSigning": {"startSigningJobParameter": {

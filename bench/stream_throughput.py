@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import multiprocessing
 import os
 import re
@@ -63,6 +64,7 @@ from typing import Any
 
 from tests.server_harness import MOSQUITTO, RunningServer, free_port, running_server
 
+from bench import lean_devices
 from overair.agent.config import AgentConfig
 from overair.agent.runtime import AgentSnapshot, Runtime
 from overair.agent.transport.base import Transport, TransportCallbacks
@@ -464,7 +466,8 @@ def stream_phase(root: Path, devices: int, size: int, timeout: float, agent_proc
             t0 = time.perf_counter()
             iot.create_ota_update(
                 otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=["MQTT"],
-                targetSelection="SNAPSHOT", roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+                targetSelection="SNAPSHOT",
+                roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
                 files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
                         "fileLocation": {"s3Location": {"bucket": BUCKET, "key": "app/firmware-1.1.0.bin",
                                                         "version": version}},
@@ -507,6 +510,131 @@ def stream_phase(root: Path, devices: int, size: int, timeout: float, agent_proc
         complete_devices=sum(1 for got, total in data.stored.values() if total and got == total),
         cpu_self_s=cpu_self, cpu_agents_s=cpu_agents, cpu_broker_s=cpu_broker,
         cycles=data.cycles, service_calls=timer.calls, profile=profile)
+
+
+# --- the lean-device phase -------------------------------------------------------------------
+
+@dataclass
+class LeanResult:
+    devices: int
+    processes: int
+    file_size: int
+    stream_id: str
+    download_s: float  # first request -> last block, fleet-wide
+    results: list[lean_devices.DeviceResult]
+    cpu_server_s: float  # this process (the server) over the download
+    cpu_broker_s: float
+    cpu_devices_s: float
+    service_calls: dict[str, list[float]]
+
+
+def lean_phase(root: Path, devices: int, size: int, processes: int, timeout: float) -> LeanResult:
+    """The same signed OTA update as the agent phase, downloaded by protocol-level devices
+    (bench/lean_devices.py): the delivery path without the devices' own Python cost."""
+    with running_server(root / "server") as srv:
+        iot, s3 = srv.client("iot"), srv.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        group = iot.create_thing_group(thingGroupName=GROUP)
+        factory = root / "factory-1.0.0.bin"
+        factory.write_bytes(make_firmware(Version(1, 0, 0), size, seed="bench-factory"))
+        names = thing_names(devices)
+        bundles = _provision_all(srv, root / "devices", names, factory)
+        image = make_firmware(Version(1, 1, 0), size, seed="bench-update")
+        version = s3.put_object(Bucket=BUCKET, Key="app/firmware-1.1.0.bin", Body=image)["VersionId"]
+        iot.create_ota_update(
+            otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            targetSelection="SNAPSHOT", roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
+            files=[{"fileName": "/firmware/app.bin", "fileVersion": "1.1.0",
+                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": "app/firmware-1.1.0.bin",
+                                                    "version": version}},
+                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}}}])
+        deadline = time.monotonic() + timeout
+        while srv.server.ota.get(OTA_ID).status not in ("CREATE_COMPLETE", "CREATE_FAILED"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("CreateOTAUpdate did not finish")
+            time.sleep(0.05)
+        ota = srv.server.ota.get(OTA_ID)
+        if ota.status != "CREATE_COMPLETE" or not ota.stream_id:
+            raise RuntimeError(f"CreateOTAUpdate failed: {ota.error_info}")
+        stream_id = ota.stream_id
+        specs = [lean_devices.DeviceSpec(name, bundle) for name, bundle in zip(names, bundles, strict=True)]
+        sha = hashlib.sha256(image).hexdigest()
+        context = multiprocessing.get_context("spawn")
+        pipes, procs = [], []
+        for i in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=lean_devices.device_process, args=(
+                specs[i::processes], "127.0.0.1", srv.settings.mqtt_port, stream_id, size, sha, BLOCK_SIZE,
+                BLOCKS_PER_REQUEST, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        for pipe in pipes:
+            if not pipe.poll(timeout) or pipe.recv() != "ready":
+                raise RuntimeError("the lean devices did not connect")
+        timer = ServiceTimer(srv.server.devices)
+        timer.arm()
+        broker = srv.server.broker
+        broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
+        cpu0, broker0 = _self_cpu(), _proc_cpu(broker_pid)
+        devices0 = sum(_proc_cpu(p.pid) for p in procs)
+        for pipe in pipes:
+            pipe.send("go")
+        results: list[lean_devices.DeviceResult] = []
+        cpu_devices = 0.0
+        for pipe, proc in zip(pipes, procs, strict=True):
+            if not pipe.poll(timeout):
+                raise RuntimeError("the lean devices did not finish")
+            cpu_devices += _proc_cpu(proc.pid)
+            results.extend(pipe.recv())
+        cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
+        for proc in procs:
+            proc.join(10)
+    first = min((r.first_request for r in results if r.first_request), default=0.0)
+    last = max((r.last_block for r in results), default=first)
+    return LeanResult(devices, processes, size, stream_id, last - first, results, cpu_server,
+                      cpu_broker, cpu_devices - devices0, timer.calls)
+
+
+def report_lean(lean: LeanResult) -> float:
+    """Prints the lean-device figures; returns the goodput in MiB/s."""
+    n, size = lean.devices, lean.file_size
+    ok = [r for r in lean.results if r.verified and not r.error]
+    print(f"lean devices: {n} in {lean.processes} processes, image {size / MIB:.2f} MiB "
+          f"({-(-size // BLOCK_SIZE)} blocks of {BLOCK_SIZE} B, {BLOCKS_PER_REQUEST} per request), "
+          f"MQTT + mutual TLS 1.2, {os.cpu_count()} CPUs")
+    print(f"devices with the whole image, SHA-256 verified: {len(ok)}/{n}")
+    for failed in [r for r in lean.results if r.error][:5]:
+        print(f"  {failed.thing}: {failed.error}")
+    print(f"download (first request -> last block, fleet-wide): {lean.download_s:7.3f} s")
+    cycles = [c for r in lean.results for c in r.cycles]
+    if cycles:
+        print(f"GetStream cycle (request -> last block of its answer), {len(cycles)} requests: "
+              f"mean {1000 * statistics.fmean(cycles):.1f} ms, "
+              f"median {1000 * statistics.median(cycles):.1f} ms")
+    wall = lean.download_s or 1.0
+    print(f"CPU over the download: server process {lean.cpu_server_s:.2f} s "
+          f"({100 * lean.cpu_server_s / wall:.0f}% of one core), its Mosquitto {lean.cpu_broker_s:.2f} s "
+          f"({100 * lean.cpu_broker_s / wall:.0f}%), devices {lean.cpu_devices_s:.2f} s")
+    for kind, durations in sorted(lean.service_calls.items()):
+        print(f"server DeviceService {kind:<22}: {len(durations):5d} calls, "
+              f"mean {1000 * statistics.fmean(durations):6.3f} ms, total {sum(durations):6.2f} s")
+    goodput = size * len(ok) / MIB / lean.download_s if lean.download_s > 0 else 0.0
+    print(f"stream goodput: {goodput:8.2f} MiB/s ({size * len(ok) / MIB:.0f} MiB of verified image)")
+    return goodput
+
+
+def raw_summary(raw_runs: list[RawResult]) -> float:
+    for i, raw in enumerate(raw_runs, 1):
+        flag = "" if raw.complete else "  <-- messages lost"
+        print(f"raw Mosquitto run {i}: {raw.image_bytes / MIB / raw.seconds:8.2f} MiB/s of image bytes "
+              f"({raw.seconds:.3f} s, {raw.payload_bytes / MIB:.1f} MiB of CBOR messages, Mosquitto CPU "
+              f"{100 * raw.cpu_broker_s / raw.seconds:.0f}% of one core){flag}")
+    complete = [r for r in raw_runs if r.complete] or raw_runs
+    best = max(r.image_bytes / MIB / r.seconds for r in complete)
+    print(f"raw Mosquitto forwarding (best of {len(raw_runs)}): {best:8.2f} MiB/s")
+    return best
 
 
 def thing_names(devices: int) -> list[str]:
@@ -605,31 +733,6 @@ def _short(frame: str) -> str:
 
 
 # --- the limit: Mosquitto alone ------------------------------------------------------------
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _mqtt_string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def mqtt_connect(client_id: str) -> bytes:
-    # MQTT 3.1.1, clean session, keep-alive 0 (the publisher sends nothing but PUBLISH).
-    body = _mqtt_string("MQTT") + bytes([4, 0x02]) + (0).to_bytes(2, "big") + _mqtt_string(client_id)
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
-def mqtt_publish_qos0(topic: str, payload: bytes) -> bytes:
-    body = _mqtt_string(topic) + payload
-    return b"\x30" + _remaining_length(len(body)) + body
-
 
 @dataclass
 class RawResult:
@@ -742,7 +845,7 @@ def raw_forwarding(broker: RawBroker, things: list[str], stream_id: str, image: 
         batch = messages[start:start + BLOCKS_PER_REQUEST]
         for topic in data_topics:
             for message in batch:
-                wire += mqtt_publish_qos0(topic, message)
+                wire += lean_devices.mqtt_publish_qos0(topic, message)
     broker.reset_subscribed()
     subscribers: list[subprocess.Popen[bytes]] = []
     publisher: ssl.SSLSocket | None = None
@@ -762,7 +865,7 @@ def raw_forwarding(broker: RawBroker, things: list[str], stream_id: str, image: 
         raw_socket = socket.create_connection(("127.0.0.1", broker.port))
         raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         publisher = context.wrap_socket(raw_socket, server_hostname="127.0.0.1")
-        publisher.sendall(mqtt_connect("bench-publisher"))
+        publisher.sendall(lean_devices.mqtt_connect("bench-publisher"))
         if publisher.recv(4)[:1] != b"\x20":
             raise RuntimeError("the raw broker refused the publisher")
         view = memoryview(wire)
@@ -821,12 +924,24 @@ def main() -> None:
     parser.add_argument("--raw-runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all SUCCEEDED")
     parser.add_argument("--py-spy", metavar="PATH", help="profile the stream phase with this py-spy binary")
+    parser.add_argument("--devices-kind", choices=("lean", "agent"), default="lean",
+                        help="lean: protocol-level devices (the delivery path; the ratio's subject); "
+                        "agent: full overair agents end to end")
+    parser.add_argument("--device-processes", type=int, default=2, help="processes for the lean devices")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
+    image = make_firmware(Version(1, 1, 0), size, seed="bench-update")
     with tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp:
         root = Path(tmp)
+        if args.devices_kind == "lean":
+            lean = lean_phase(root, args.devices, size, args.device_processes, args.timeout)
+            raw_runs = raw_phase(root, thing_names(args.devices), lean.stream_id, image, args.raw_runs,
+                                 args.timeout)
+            goodput = report_lean(lean)
+            best = raw_summary(raw_runs)
+            print(f"ratio stream goodput / raw forwarding: {goodput / best:.3f} (target >= 0.6)")
+            return
         stream = stream_phase(root, args.devices, size, args.timeout, args.agent_processes, args.py_spy)
-        image = make_firmware(Version(1, 1, 0), size, seed="bench-update")
         # The same thing names and stream id give topics of the same length as the stream's.
         raw_runs = raw_phase(root, thing_names(args.devices), stream.stream_id or "ota-0123456789", image,
                              args.raw_runs, args.timeout)
@@ -882,14 +997,7 @@ def report(stream: StreamResult, raw_runs: list[RawResult]) -> None:
               f"total {sum(ordered):6.2f} s")
     goodput = image_mib / stream.download_s if stream.download_s > 0 else 0.0
     print(f"stream goodput: {goodput:8.2f} MiB/s ({image_mib:.0f} MiB of image to {n} devices)")
-    for i, raw in enumerate(raw_runs, 1):
-        flag = "" if raw.complete else "  <-- messages lost"
-        print(f"raw Mosquitto run {i}: {raw.image_bytes / MIB / raw.seconds:8.2f} MiB/s of image bytes "
-              f"({raw.seconds:.3f} s, {raw.payload_bytes / MIB:.1f} MiB of CBOR messages, Mosquitto CPU "
-              f"{100 * raw.cpu_broker_s / raw.seconds:.0f}% of one core){flag}")
-    complete = [r for r in raw_runs if r.complete] or raw_runs
-    best = max(r.image_bytes / MIB / r.seconds for r in complete)
-    print(f"raw Mosquitto forwarding (best of {len(raw_runs)}): {best:8.2f} MiB/s")
+    best = raw_summary(raw_runs)
     print(f"ratio stream goodput / raw forwarding: {goodput / best:.3f} (target >= 0.6)")
     if stream.profile is not None and stream.profile.samples:
         prof = stream.profile

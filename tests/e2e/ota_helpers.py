@@ -40,7 +40,7 @@ def create_ota(
         otaUpdateId=ota_id,
         targets=targets,
         protocols=list(protocols),
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[
             {
                 "fileName": "/fw.bin",

@@ -346,7 +346,7 @@ def _ota(srv: RunningServer, ota_id: str, code_signing: dict[str, Any], key: str
         otaUpdateId=ota_id,
         targets=[thing],
         protocols=["MQTT"],
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[
             {
                 "fileName": "/fw.bin",

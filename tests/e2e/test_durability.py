@@ -146,7 +146,7 @@ def test_server_killed_mid_rollout_and_restarted_loses_nothing(serve: ServeProce
             otaUpdateId="durable-1",
             targets=[group],
             protocols=["MQTT"],
-            roleArn=f"arn:aws:iam::{settings.account_id}:role/ota",
+            roleArn=f"arn:aws:iam::{settings.account_id}:role/overair-ota",
             files=[
                 {
                     "fileName": "/fw.bin",

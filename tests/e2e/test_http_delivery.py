@@ -49,7 +49,7 @@ def http_job(clocked_srv: RunningServer, tmp_path: Path, request: pytest.Fixture
         otaUpdateId=name,
         targets=[iot.describe_thing(thingName=name)["thingArn"]],
         protocols=["HTTP"],
-        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/overair-ota",
         awsJobPresignedUrlConfig={"expiresInSec": 300},
         files=[
             {

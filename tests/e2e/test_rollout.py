@@ -81,7 +81,7 @@ def _signed_rollout(srv: RunningServer, root: Path, prefix: str, devices: int) -
             otaUpdateId=prefix,
             targets=[group["thingGroupArn"]],
             protocols=["MQTT"],
-            roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+            roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
             files=[
                 {
                     "fileName": "/firmware/app.bin",
@@ -153,7 +153,7 @@ def _hand_made_job(
     stream_id = f"stream-{tag}"
     iot.create_stream(
         streamId=stream_id,
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[
             {"fileId": 0, "s3Location": {"bucket": BUCKET, "key": f"bad/{tag}.bin", "version": version_id}}
         ],

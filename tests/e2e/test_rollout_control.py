@@ -8,11 +8,15 @@ agents, TLS and the broker keep real time.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
 
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
@@ -215,7 +219,7 @@ def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path
     version = s3.put_object(Bucket=BUCKET, Key="streamed.bin", Body=make_firmware(V2, SIZE, seed="streamed"))
     iot.create_stream(
         streamId="my-stream",
-        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/overair-ota",
         files=[
             {
                 "fileId": 2,
@@ -229,7 +233,7 @@ def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path
             otaUpdateId="from-stream",
             targets=[iot.describe_thing(thingName=name)["thingArn"]],
             protocols=["MQTT"],
-            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/ota",
+            roleArn=f"arn:aws:iam::{clocked_srv.settings.account_id}:role/overair-ota",
             files=[
                 {
                     "fileName": "/fw.bin",
@@ -242,3 +246,40 @@ def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path
     document = json.loads(iot.get_job_document(jobId="AFR_OTA-from-stream")["document"])
     assert document["afr_ota"]["streamname"] == "my-stream"
     assert document["afr_ota"]["files"][0]["fileid"] == 2
+
+
+def test_maintenance_window_holds_a_job_until_it_opens(
+    clocked_srv: RunningServer, clock: ShiftableClock
+) -> None:
+    """CreateJob with a maintenance window through boto3: DescribeJob shows the schedule
+    as given and the next window start; nothing reaches a device until the window opens
+    (the server's clock is moved into it), then everything does."""
+    iot = clocked_srv.client("iot")
+    arns = [iot.create_thing(thingName=f"window-{i}")["thingArn"] for i in range(3)]
+    # 7-8 minutes ahead: moving the server's clock there stays within SigV4's 15-minute skew.
+    start = dt.datetime.fromtimestamp(clock() + 8 * 60, dt.UTC).replace(second=0, microsecond=0)
+    expression = f"cron({start.minute} {start.hour} {start.day} {start.month} ? {start.year})"
+    scheduling = {"maintenanceWindows": [{"startTime": expression, "durationInMinutes": 30}]}
+    for bad, complaint in (
+        ([{"startTime": expression, "durationInMinutes": 1431}], "from 1 to 1430"),
+        ([{"startTime": "cron(0 2 * * * *)", "durationInMinutes": 30}], "exactly one of day-of-month"),
+        ([{"startTime": "cron(0 2 L-1 * ? *)", "durationInMinutes": 30}], "'L-n'"),
+    ):
+        with pytest.raises(ClientError) as refused:
+            iot.create_job(jobId="window-bad", targets=arns, document="{}",
+                           schedulingConfig={"maintenanceWindows": bad})
+        assert refused.value.response["Error"]["Code"] == "InvalidRequestException"
+        assert complaint in refused.value.response["Error"]["Message"]
+    iot.create_job(jobId="window-job", targets=arns, document=json.dumps({"operation": "reboot"}),
+                   schedulingConfig=scheduling)
+    job = iot.describe_job(jobId="window-job")["job"]
+    assert job["schedulingConfig"] == scheduling
+    assert job["scheduledJobRollouts"] == [{"startTime": start.strftime("%Y-%m-%dT%H:%M")}]
+    clocked_srv.server.scheduler.tick()  # a tick outside the window releases nothing
+    assert _statuses(clocked_srv, "window-job") == {}
+    try:
+        clock.offset += start.timestamp() - clock() + 30
+        wait_for(lambda: len(_statuses(clocked_srv, "window-job")) == 3, timeout=15, what="the window")
+    finally:
+        clock.offset = 0.0
+    assert set(_statuses(clocked_srv, "window-job").values()) == {"QUEUED"}

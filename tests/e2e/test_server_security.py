@@ -93,7 +93,7 @@ def _custom_signed_update(srv: RunningServer, ota_id: str, thing_arn: str, image
     version = s3.put_object(Bucket=BUCKET, Key=f"custom/{ota_id}.bin", Body=image)["VersionId"]
     iot.create_ota_update(
         otaUpdateId=ota_id, targets=[thing_arn], protocols=["MQTT"],
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[{"fileName": "/firmware/app.bin", "fileVersion": "1",
                 "fileLocation": {"s3Location": {"bucket": BUCKET, "key": f"custom/{ota_id}.bin",
                                                 "version": version}},
@@ -220,7 +220,7 @@ def _signed_update_for(srv: RunningServer, ota_id: str, thing: str) -> str:
                             Body=make_firmware(Version(3, 0, 0), SIZE, seed=ota_id))["VersionId"]
     iot.create_ota_update(
         otaUpdateId=ota_id, targets=[iot.describe_thing(thingName=thing)["thingArn"]], protocols=["MQTT"],
-        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/ota",
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
         files=[{"fileName": "/firmware/app.bin",
                 "fileLocation": {"s3Location": {"bucket": BUCKET, "key": f"fw/{ota_id}.bin",
                                                 "version": version}},

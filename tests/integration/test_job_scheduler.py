@@ -307,7 +307,9 @@ def test_invalid_schedules_are_refused(world: World) -> None:
         {"startTime": "tomorrow"},
         {"startTime": "2030-01-01T10:00", "endTime": "2030-01-01T09:00"},
         {"endBehavior": "EXPLODE", "endTime": "2030-01-01T09:00"},
-        {"maintenanceWindows": [{"startTime": "cron(0 0 * * ? *)", "durationInMinutes": 30}]},
+        {"maintenanceWindows": [{"startTime": "cron(0 0 * * * *)", "durationInMinutes": 30}]},
+        {"maintenanceWindows": [{"startTime": "cron(0 0 * * ? *)", "durationInMinutes": 1431}]},
+        {"maintenanceWindows": [{"startTime": "cron(0 0 1 JAN ? 1970)", "durationInMinutes": 30}]},  # past
     ):
         with pytest.raises(ApiError):
             world.create(schedulingConfig=config)
@@ -320,3 +322,73 @@ def test_tick_reports_things_whose_pending_list_changed_but_not_their_next_job(w
     result = world.scheduler.tick()
     assert result.next_changed == []  # job-1 stays next
     assert result.pending_changed == [a]  # but job-2 joined its pending list: `notify`
+
+
+def _epoch(text: str) -> float:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+
+
+def test_maintenance_windows_pause_the_rollout_outside_them_across_restarts(world: World) -> None:
+    things = world.things(12)
+    world.clock.now = _epoch("2026-03-10T01:58")
+    assert world.create(
+        jobExecutionsRolloutConfig={"maximumPerMinute": 5},
+        timeoutConfig={"inProgressTimeoutInMinutes": 3},
+        schedulingConfig={"maintenanceWindows": [{"startTime": "cron(0 2 * * ? *)", "durationInMinutes": 2}]},
+    ) == []
+    job = world.jobs.describe_job("job-1")[0]
+    assert job.status == "IN_PROGRESS"
+    assert world.jobs.scheduled_rollouts(job)[:2] == [
+        _epoch("2026-03-10T02:00"), _epoch("2026-03-11T02:00")]
+    assert world.scheduler.tick().next_changed == []  # 01:58: outside the window
+    world.clock.now = _epoch("2026-03-10T01:59:59")
+    assert world.scheduler.tick().next_changed == []
+    assert world.visible() == {}
+    world.clock.now = _epoch("2026-03-10T02:00")
+    first = world.scheduler.tick().next_changed
+    assert len(first) == 5
+    world.update(first[0], ExecStatus.IN_PROGRESS)
+    world.update(first[1], ExecStatus.IN_PROGRESS)
+    world.restart()  # the window decision is recomputed from the config: nothing is lost
+    world.clock.now = _epoch("2026-03-10T02:01")
+    assert len(world.scheduler.tick().next_changed) == 5
+    world.clock.now = _epoch("2026-03-10T02:02")  # closed: no more releases...
+    assert world.scheduler.tick().next_changed == []
+    assert len(world.visible()) == 10
+    world.update(first[0], ExecStatus.SUCCEEDED)  # ...but released executions carry on
+    world.clock.now = _epoch("2026-03-10T02:03:01")
+    world.scheduler.tick()  # and so do timeouts
+    assert world.jobs.describe_execution("job-1", first[1]).status == "TIMED_OUT"
+    world.restart()
+    world.clock.now = _epoch("2026-03-11T01:59")
+    assert world.scheduler.tick().next_changed == []
+    world.clock.now = _epoch("2026-03-11T02:00:30")  # the next window: the rest goes out
+    assert len(world.scheduler.tick().next_changed) == 2
+    assert len(world.visible()) == len(things)
+
+
+def test_job_created_inside_a_window_releases_at_once_and_a_late_group_member_waits(world: World) -> None:
+    things = world.things(3)
+    world.clock.now = _epoch("2026-03-14T02:10")  # a Saturday, inside 02:00-02:30
+    windows = [{"startTime": "cron(0 2 ? * SAT *)", "durationInMinutes": 30}]
+    notified = world.create(selection="CONTINUOUS", schedulingConfig={"maintenanceWindows": windows})
+    assert sorted(notified) == things
+    world.clock.now = _epoch("2026-03-14T03:00")
+    world.registry.create_thing("late-comer")
+    world.registry.add_to_group("fleet", "late-comer")
+    assert world.jobs.next_execution("late-comer") is None  # outside the window: not yet
+    assert world.scheduler.tick().next_changed == []
+    world.clock.now = _epoch("2026-03-21T02:00")
+    assert world.scheduler.tick().next_changed == ["late-comer"]
+
+
+def test_maintenance_windows_never_opening_before_the_end_time_are_refused(world: World) -> None:
+    world.things(1)
+    world.clock.now = _epoch("2026-03-10T12:00")
+    with pytest.raises(ApiError) as caught:
+        world.create(schedulingConfig={
+            "endTime": "2026-03-12T00:00",
+            "maintenanceWindows": [{"startTime": "cron(0 2 ? * SUN *)", "durationInMinutes": 30}]})
+    assert caught.value.code == "InvalidRequestException"
+    assert "before endTime" in caught.value.message
+    assert world.jobs.list_jobs() == []

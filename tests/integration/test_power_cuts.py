@@ -86,7 +86,10 @@ class Device:
         toml = self.bundle / "agent.toml"
         # A trial image left without a job (its result was reported before the cut)
         # rolls back at the self-test deadline: keep it short.
-        toml.write_text(toml.read_text().replace("deadline_seconds = 20", "deadline_seconds = 2"))
+        # The bitmap is saved every 2 blocks, so cuts also hit those saves and the
+        # download resumes after them (R2: resumable download).
+        toml.write_text(toml.read_text().replace("deadline_seconds = 20", "deadline_seconds = 2")
+                        + "save_progress_every_blocks = 2\n")
         self.flash = root / thing / "flash.bin"
         shutil.copy(template, self.flash)
         image = make_firmware(V2, IMAGE_SIZE, seed="power")

@@ -194,8 +194,8 @@ def test_access_keys_are_sealed_and_audit_entries_kept(db: Database, settings: S
     create_master_key(tmp_path / "master.key")
     identity = IdentityStore(db, Sealer.from_file(tmp_path / "master.key"), settings, time.time)
     identity.create_user("alice")
-    key_id, secret = identity.create_access_key("alice")
-    found = identity.lookup(key_id)
+    key, secret = identity.create_access_key("alice")
+    found = identity.lookup(key.access_key_id)
     assert found is not None
     assert found.secret_access_key == secret
     with db.engine.connect() as connection:

@@ -41,6 +41,7 @@ from overair.agent.machine.state import (
     State,
 )
 from overair.agent.machine.transitions import HTTP_LOST_AFTER_TIMEOUTS, handle
+from overair.agent.progress import binding as staging_binding
 from overair.core.jobdoc import OtaFile, OtaJobDocument
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import DataBlock, encode_data_block
@@ -238,7 +239,8 @@ def test_job_creates_file_subscribes_then_requests_with_bitmap() -> None:
     state, commands = run(booted(), [job()])
     kinds = [type(x) for x in commands if not isinstance(x, c.Log)]
     assert kinds == [c.CreateStaging, c.Subscribe, c.Publish]
-    assert of(commands, c.CreateStaging) == [c.CreateStaging(SIZE)]
+    bound = staging_binding("job-1", STREAM, 0, SIZE, BS, b"\x30\x45sig")
+    assert of(commands, c.CreateStaging) == [c.CreateStaging(SIZE, bound, BS)]
     assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0)]
     (request_pub,) = publishes(commands, "/get/cbor")
     assert request_pub.topic == GET

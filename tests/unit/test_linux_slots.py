@@ -66,7 +66,8 @@ def test_stage_activate_boot_commit(tmp_path: Path) -> None:
     assert slots.read_staging() == image
     slots.activate()
     assert os.readlink(tmp_path / "current") == "slots/b"  # one atomic symlink switch
-    assert _boot_state(tmp_path) == {"format": 1, "confirmed": "a", "pending": "b", "boot_count": 0}
+    assert _boot_state(tmp_path) == {"format": 1, "confirmed": "a", "pending": "b", "boot_count": 0,
+                                     "security_counter": 0}
     info = slots.boot()
     assert (info.slot, info.version, info.trial, info.boot_count) == ("b", V2, True, 1)
     assert slots.running_version() == V2
@@ -75,7 +76,8 @@ def test_stage_activate_boot_commit(tmp_path: Path) -> None:
     info = LinuxSlots(tmp_path).boot()
     assert (info.slot, info.version, info.trial) == ("b", V2, False)
     described = {s.name: (s.version, s.state, s.current) for s in slots.slots()}
-    assert described == {"a": (V1, "inactive", False), "b": (V2, "confirmed", True)}
+    assert described == {"a": (V1, "inactive", False), "b": (V2, "confirmed", True),
+                         "factory": (V1, "factory", False)}
 
 
 def test_next_update_goes_to_the_slot_that_is_not_confirmed(tmp_path: Path) -> None:

@@ -72,3 +72,11 @@ def test_expiry_bounds_follow_aws() -> None:
     for bad in (59, 3601, "600", True):
         with pytest.raises(PeerInputError):
             presign.expiry_seconds({"expiresInSec": bad})
+
+
+def test_plain_jobs_default_to_an_hour_and_ota_jobs_to_half_an_hour() -> None:
+    # AWS: CreateJob's presignedUrlConfig defaults to 3600 s, CreateOTAUpdate's to 1800 s.
+    role_only = {"roleArn": "arn:aws:iam::1:role/r"}
+    assert presign.expiry_seconds(role_only, default=presign.JOB_DEFAULT_EXPIRY) == 3600
+    assert presign.expiry_seconds({"expiresInSec": 120}, default=presign.JOB_DEFAULT_EXPIRY) == 120
+    assert presign.expiry_seconds({}) == presign.DEFAULT_EXPIRY == 1800

@@ -87,7 +87,7 @@ def s3_get_example(range_header: str = "bytes=0-9") -> IncomingRequest:
 def test_s3_documentation_get_object() -> None:
     result = verify_request(s3_get_example(), KEYS.get, at("20130524T000000Z") + 60)
     assert result.service == "s3"
-    assert result.credential.user_name == "alice"
+    assert result.credential.principal_name == "alice"
     assert code_of(s3_get_example("bytes=0-10"), at("20130524T000000Z")) == "SignatureDoesNotMatch"
 
 

@@ -24,6 +24,11 @@ data_dir = "state"
 factory_image = "factory.bin"      # optional: installed when the slot store is empty
 max_boot_attempts = 3              # optional: trial boots of a new image before fallback
 platform = "linux"                 # optional: "linux" (slot directories) or "sim_mcu"
+# linux, optional: with a device secret, images (staged, in the slots, the factory
+# copy) and the MQTT private key are encrypted at rest under a key derived from the
+# secret and this machine's id, so a copied directory does not decrypt elsewhere.
+device_secret_file = "device-secret.bin"
+machine_id_file = "/etc/machine-id"   # optional, the default
 # sim_mcu only: the flash file, the device-unique 128-bit id (32 hex digits), the file
 # holding the device secret, and the largest image the slots hold.
 flash_file = "flash.bin"
@@ -33,6 +38,8 @@ image_capacity = 4194304
 [self_test]
 deadline_seconds = 60
 command = ""                       # optional: must exit 0 for the self-test to pass
+[app]
+command = ["./app", "--serve"]     # optional: the application, started after every boot
 [ota]
 block_size = 4096
 blocks_per_request = 8
@@ -40,6 +47,7 @@ status_every_blocks = 25           # optional: "receive k/N" progress frequency
 request_timeout_seconds = 10       # optional: re-request after this much silence
 max_file_size = 67108864           # optional
 prefer_http = false                # optional: a job offering MQTT and HTTP downloads over HTTPS
+save_progress_every_blocks = 8     # optional: a resumable download's bitmap is saved this often
 ```
 
 Jobs that offer only HTTP (`"protocols": ["HTTP"]`) are downloaded over HTTPS from the
@@ -57,7 +65,7 @@ key: with it the agent accepts the signed revocation lists the server publishes
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +76,7 @@ from overair.core.topics import THING_NAME_RE
 PLATFORMS = ("linux", "sim_mcu")
 
 BUNDLE_CONFIG_NAME = "agent.toml"
+DEFAULT_MACHINE_ID_FILE = Path("/etc/machine-id")
 
 
 class ConfigError(MisuseError):
@@ -84,6 +93,8 @@ class MqttConfig:
     client_key: Path
     ca_file: Path
     keepalive_seconds: int = 30
+    # Never read from the file: set at start when the key is sealed (agent/sealed_key.py).
+    client_key_password: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class StorageConfig:
     unique_id: bytes = b""
     device_secret_file: Path | None = None
     image_capacity: int = 4 * MIB
+    machine_id_file: Path = DEFAULT_MACHINE_ID_FILE  # linux encryption at rest: the machine-unique id
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +133,12 @@ class OtaConfig:
     request_timeout_seconds: float = 10.0
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # both protocols offered: download over HTTPS, not MQTT
+    save_progress_every_blocks: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    command: tuple[str, ...] = ()  # argv of the application; empty: the agent runs none
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +150,7 @@ class AgentConfig:
     self_test: SelfTestConfig
     ota: OtaConfig
     source: Path  # the TOML file this was loaded from
+    app: AppConfig = AppConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -235,7 +254,17 @@ class _Loader:
             self_test=self.self_test(self.section(doc, "self_test", False)),
             ota=self.ota(self.section(doc, "ota", False)),
             source=self.source,
+            app=self.app(self.section(doc, "app", False)),
         )
+
+    def app(self, t: dict[str, Any]) -> AppConfig:
+        w = "[app]"
+        command = t.get("command", [])
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise self.fail(f"{w} command", "must be a list of strings (the program and its arguments)")
+        if command and not command[0].strip():
+            raise self.fail(f"{w} command", "must name a program first")
+        return AppConfig(tuple(command))
 
     def mqtt(self, t: dict[str, Any]) -> MqttConfig:
         w = "[mqtt]"
@@ -282,7 +311,14 @@ class _Loader:
             platform=platform,
         )
         if platform != "sim_mcu":
-            return storage
+            secret = None
+            if "device_secret_file" in t:
+                secret = self.path(t, w, "device_secret_file", must_exist=True)
+            machine_id = self.path(t, w, "machine_id_file", must_exist=secret is not None) \
+                if "machine_id_file" in t else DEFAULT_MACHINE_ID_FILE
+            return StorageConfig(data_dir=storage.data_dir, factory_image=factory,
+                                 max_boot_attempts=storage.max_boot_attempts, platform=platform,
+                                 device_secret_file=secret, machine_id_file=machine_id)
         unique_text = self.string(t, w, "unique_id")
         try:
             unique_id = bytes.fromhex(unique_text)
@@ -320,4 +356,5 @@ class _Loader:
             request_timeout_seconds=self.number(t, w, "request_timeout_seconds", 10.0, 0.1, 3600.0),
             max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
             prefer_http=self.boolean(t, w, "prefer_http", False),
+            save_progress_every_blocks=self.integer(t, w, "save_progress_every_blocks", 8, 1, 1 << 20),
         )

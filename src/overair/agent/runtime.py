@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from overair.agent.app_runner import AppRunner
 from overair.agent.config import AgentConfig, ConfigError
 from overair.agent.fsutil import atomic_write
 from overair.agent.identity import check_certificate_identity
@@ -64,6 +65,8 @@ from overair.agent.machine.state import FileSpec, JobResult, Settings, State
 from overair.agent.machine.transitions import handle
 from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.select import build_platform
+from overair.agent.progress import StagedProgress
+from overair.agent.sealed_key import prepare_client_key
 from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
@@ -125,6 +128,7 @@ def settings_from_config(config: AgentConfig) -> Settings:
         self_test_deadline=config.self_test.deadline_seconds,
         max_file_size=config.ota.max_file_size,
         prefer_http=config.ota.prefer_http,
+        save_progress_every=config.ota.save_progress_every_blocks,
     )
 
 
@@ -203,6 +207,7 @@ class Runtime:
                  transport_factory: TransportFactory | None = None,
                  progress: ProgressCallback | None = None, self_test_hook: SelfTestHook | None = None,
                  clock: Callable[[], float] = time.time, tick_interval: float = 0.2) -> None:
+        config = prepare_client_key(config)  # P1: the key is sealed at rest on a Linux device
         self.config = config
         self._settings = settings_from_config(config)
         self._trust = load_trust(config)
@@ -230,6 +235,7 @@ class Runtime:
         self._error: str | None = None
         self._alive = False
         self._state = State(self._settings)
+        self._app = AppRunner(config.app.command, cwd=config.base_dir, thing_name=config.thing_name)
 
     def _mqtt_factory(self) -> TransportFactory:
         try:
@@ -298,8 +304,10 @@ class Runtime:
         if transport is not None:
             transport.flush(1.0)
             transport.disconnect()
+        self._app.stop()
         try:
-            self._platform.abort_staging()
+            # Kept, not discarded: a download interrupted by a stop resumes at the next start.
+            self._platform.close_staging()
         except PlatformError as exc:
             log.warning("closing the staging file failed: %s", exc)
 
@@ -350,7 +358,9 @@ class Runtime:
         info = self._platform.boot()
         self._state = State(self._settings, journal=self._journal_store.load())
         self._hold_revocations(self._load_revocations())
-        self._feed(Booted(info.version, info.slot, info.trial, info.fell_back))
+        self._feed(Booted(info.version, info.slot, info.trial, info.fell_back, self._staged_progress(),
+                          self._platform.security_counter()))
+        self._app.start(info)
         generation = self._generation
         callbacks = TransportCallbacks(
             on_connected=lambda: self._post(generation, Connected()),
@@ -360,7 +370,15 @@ class Runtime:
         self._transport = self._transport_factory(callbacks)
         self._transport.connect()
 
+    def _staged_progress(self) -> StagedProgress | None:
+        try:
+            return self._platform.staged_progress()
+        except PlatformError as exc:
+            log.warning("the kept partial download is unusable (%s): downloading afresh", exc.message)
+            return None
+
     def _reboot(self) -> None:
+        self._app.stop()  # the application dies with the reset, and restarts on the booted image
         self._close_ranges()  # a reset drops the connections and the requests in flight
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -413,8 +431,17 @@ class Runtime:
                         self._progress(job_id, received, total)
                     except Exception:
                         log.exception("progress callback failed")
-            case cmd.CreateStaging(size):
-                return self._platform_op("create", lambda: self._platform.create_staging(size))
+            case cmd.CreateStaging(size, binding, block_size):
+                return self._platform_op("create",
+                                         lambda: self._platform.create_staging(size, binding, block_size))
+            case cmd.ResumeStaging(progress):
+                return self._platform_op("create", lambda: self._platform.resume_staging(progress))
+            case cmd.SaveProgress(needed):
+                try:
+                    self._platform.save_progress(needed)
+                except PlatformError as exc:
+                    # Only resumability is lost: the download itself goes on.
+                    log.warning("could not save the download progress: %s", exc.message)
             case cmd.WriteBlock(block_id, offset, data):
                 failed = self._platform_op("write", lambda: self._platform.write_block(offset, data))
                 return failed or BlockStored(block_id)
@@ -433,7 +460,8 @@ class Runtime:
             case cmd.RunSelfTest(job_id, deadline):
                 return self._run_self_test(job_id, deadline)
             case cmd.CommitImage():
-                return self._platform_op("commit", self._platform.commit) or ImageCommitted()
+                return (self._platform_op("commit", self._platform.commit)
+                        or ImageCommitted(self._platform.security_counter()))
             case cmd.RollbackAndReboot():
                 # A failed rollback still reboots: the boot counter then retires the image.
                 self._platform_op("rollback", self._platform.rollback)

@@ -49,4 +49,4 @@ def verify_image(data: bytes, file: FileSpec, trust: TrustPolicy, now: dt.dateti
         header = parse_header(data)
     except DecodeError as exc:
         return VerifyResult(False, check="BadImage", message=exc.message)
-    return VerifyResult(True, version=header.version)
+    return VerifyResult(True, version=header.version, security_counter=header.security_counter)

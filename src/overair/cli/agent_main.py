@@ -1,4 +1,5 @@
-"""`overair-agent`: run the device agent, or show what a device holds."""
+"""`overair-agent`: run the device agent, show what a device holds, or reset it to its
+factory image."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -17,8 +19,10 @@ from rich.table import Table
 
 from overair.agent.config import AgentConfig, load_config
 from overair.agent.journal import JournalStore
-from overair.agent.platform.linux_slots import LinuxSlots
-from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer
+from overair.agent.platform.base import Platform, PlatformError
+from overair.agent.platform.select import build_platform
+from overair.agent.progress import block_total, missing_blocks
+from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer, load_trust
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair device agent (FreeRTOS OTA compatible).", no_args_is_help=True,
@@ -92,26 +96,45 @@ def run(config: ConfigOption,
         _fail(exc)
 
 
+def _open_platform(config: AgentConfig) -> Platform | None:
+    """The device's platform for reading (integrity checks only); None when nothing was
+    ever installed (a sim_mcu flash file that does not exist is not created)."""
+    flash = config.storage.flash_file
+    if config.storage.platform == "sim_mcu" and (flash is None or not flash.exists()):
+        return None
+    return build_platform(config, None)
+
+
 def status_report(config_path: Path) -> dict[str, Any]:
     """What the device holds, read from its persisted state without changing anything."""
     config = load_config(config_path, check_files=False)
     data_dir = config.storage.data_dir
     journal = JournalStore(data_dir).load(set_aside=False)
-    slots = LinuxSlots(data_dir).slots()
+    platform = _open_platform(config)
+    slots = [] if platform is None or platform.is_empty() else platform.slots()
     current = next((s for s in slots if s.current), None)
+    staged = None if not slots or platform is None else platform.staged_progress()
     job = journal.job
     return {
         "thing_name": config.thing_name,
+        "platform": config.storage.platform,
         "data_dir": str(data_dir),
         "running": None if current is None else {
             "slot": current.name, "version": None if current.version is None else str(current.version),
             "trial": current.state == "pending"},
         "slots": [{"name": s.name, "version": None if s.version is None else str(s.version),
-                   "size": s.size, "state": s.state, "current": s.current} for s in slots],
+                   "size": s.size, "state": s.state, "current": s.current, "valid": s.valid,
+                   "security_counter": s.security_counter} for s in slots],
+        "security_counter": platform.security_counter() if slots and platform is not None else None,
+        # Where the device stands as its journal says: the current job's stage, else idle.
+        "phase": "idle" if job is None else job.stage.value,
         "current_job": None if job is None else {
             "job_id": job.job_id, "stage": job.stage.value,
             "updated_by": None if job.updated_by is None else str(job.updated_by),
             "new_version": None if job.new_version is None else str(job.new_version)},
+        "kept_download": None if staged is None else {
+            "size": staged.size, "block_size": staged.block_size,
+            "blocks_missing": missing_blocks(staged), "blocks_total": block_total(staged)},
         "last_result": None if journal.last_result is None else journal.last_result.to_json_obj(),
         "version_floor": None if journal.version_floor is None else str(journal.version_floor),
         "revocations": _revocation_report(config),
@@ -149,17 +172,28 @@ def status(config: ConfigOption,
         return
     out = Console()
     running = report["running"]
-    out.print(f"[bold]{report['thing_name']}[/bold]  data: {report['data_dir']}")
+    out.print(f"[bold]{report['thing_name']}[/bold]  platform: {report['platform']}  "
+              f"data: {report['data_dir']}")
     out.print("running: " + ("nothing installed" if running is None else
                              f"{running['version']} from slot {running['slot']}"
                              + (" [yellow](trial, not committed)[/yellow]" if running["trial"] else "")))
-    table = Table("slot", "version", "size", "state", "current")
+    table = Table("slot", "version", "size", "state", "valid", "security counter", "current")
     for slot in report["slots"]:
-        table.add_row(slot["name"], slot["version"] or "-", str(slot["size"]), slot["state"],
+        valid = {True: "yes", False: "[red]NO[/red]", None: "-"}[slot["valid"]]
+        counter = "-" if slot["security_counter"] is None else str(slot["security_counter"])
+        table.add_row(slot["name"], slot["version"] or "-", str(slot["size"]), slot["state"], valid, counter,
                       "*" if slot["current"] else "")
     out.print(table)
+    counter = report["security_counter"]
+    out.print(f"security counter: {'-' if counter is None else counter}  "
+              f"version floor: {report['version_floor'] or '-'}")
     job = report["current_job"]
-    out.print("current job: " + ("none" if job is None else f"{job['job_id']} ({job['stage']})"))
+    out.print(f"phase: {report['phase']}  current job: "
+              + ("none" if job is None else f"{job['job_id']} ({job['stage']})"))
+    kept = report["kept_download"]
+    if kept is not None:
+        out.print(f"kept partial download: {kept['blocks_total'] - kept['blocks_missing']} of "
+                  f"{kept['blocks_total']} blocks held (resumes when its job is offered again)")
     result = report["last_result"]
     if result is None:
         out.print("last result: none")
@@ -174,3 +208,42 @@ def status(config: ConfigOption,
     else:
         out.print(f"revocation list: sequence {revocations['sequence']} "
                   f"({len(revocations['revoked_serials'])} revoked)")
+
+
+@app.command("factory-reset")
+def factory_reset(config: ConfigOption,
+                  json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Boot the factory image from now on: pending image and kept download dropped.
+
+    Run it while the agent is stopped. The device keeps its identity (certificate, key,
+    secrets), the results of past jobs (replay protection, N3), its version floor and
+    its security counter (anti-rollback, N1): the next update must be newer than any
+    version it ever committed.
+    """
+    try:
+        report = reset_to_factory(config)
+    except OverairError as exc:
+        _fail(exc)
+        return
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    Console().print(f"{report['thing_name']}: factory image {report['version']} confirmed in slot "
+                    f"{report['slot']}; it boots at the next start")
+
+
+def reset_to_factory(config_path: Path) -> dict[str, Any]:
+    config = load_config(config_path)
+    platform = build_platform(config, lambda: load_trust(config))
+    if platform.is_empty():
+        raise PlatformError("nothing is installed: there is nothing to reset")
+    factory = config.storage.factory_image
+    platform.factory_reset(None if factory is None else factory.read_bytes())
+    store = JournalStore(config.storage.data_dir)
+    journal = store.load()
+    if journal.job is not None:
+        store.save(replace(journal, job=None))
+    info = platform.boot()  # what the bootloader selects now (also checks it boots)
+    return {"thing_name": config.thing_name, "slot": info.slot, "version": str(info.version),
+            "security_counter": platform.security_counter(),
+            "version_floor": None if journal.version_floor is None else str(journal.version_floor)}

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from overair.cli import signing
+from overair.cli import audit, iam, signing
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT fleets.",
@@ -20,6 +20,8 @@ app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT
 thing_app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 app.add_typer(thing_app, name="thing")
 signing.register(app)
+audit.register(app)
+iam.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",

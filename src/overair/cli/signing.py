@@ -6,58 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from overair.core.errors import MisuseError, OverairError
+from overair.cli.common import DataDirOption, api_client, api_errors, out
+from overair.core.errors import MisuseError
 
 signing_app = typer.Typer(help="Code-signing certificates, profiles and revocation.", no_args_is_help=True)
 profile_app = typer.Typer(help="Signing profiles.", no_args_is_help=True)
 signing_app.add_typer(profile_app, name="profile")
-out = Console(soft_wrap=True)  # ARNs and signatures must stay copyable: never wrapped
-err = Console(stderr=True)
-
-DataDirOption = Annotated[
-    Path, typer.Option("--data-dir", help="The server's data directory.", envvar="OVERAIR_DATA_DIR")
-]
 DEFAULT_BUCKET = "overair-signing"
-
-
-@contextmanager
-def _api_errors() -> Iterator[None]:
-    """Clear one-line errors instead of tracebacks for the usual failures."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except OverairError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        err.print(
-            f"[red]error[/red] ({error.get('Code', 'ClientError')}): {error.get('Message', exc)}",
-            soft_wrap=True,
-        )
-        raise typer.Exit(2) from None
-    except BotoCoreError as exc:
-        err.print(f"[red]error[/red] (Unavailable): {exc}; is `overair serve` running?", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        err.print(f"[red]error[/red] (FileError): {exc}", soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _client(data_dir: Path, service: str) -> Any:
-    from overair.cli.client import ApiClients
-
-    return ApiClients.from_data_dir(data_dir).client(service)
 
 
 @signing_app.command("import-cert")
@@ -76,22 +37,22 @@ def import_cert(
     chain: Annotated[Path | None, typer.Option(help="Intermediate certificates (PEM).")] = None,
 ) -> None:
     """Import a code-signing certificate into the certificate store (acm ImportCertificate)."""
-    with _api_errors():
+    with api_errors():
         if (key is None) == (pkcs11_uri is None):
             raise MisuseError("give exactly one of --key and --pkcs11-uri")
         private = key.read_bytes() if key is not None else str(pkcs11_uri).encode()
         params: dict[str, Any] = {"Certificate": cert.read_bytes(), "PrivateKey": private}
         if chain is not None:
             params["CertificateChain"] = chain.read_bytes()
-        arn = _client(data_dir, "acm").import_certificate(**params)["CertificateArn"]
+        arn = api_client(data_dir, "acm").import_certificate(**params)["CertificateArn"]
     out.print(arn)
 
 
 @signing_app.command("list")
 def list_certs(data_dir: DataDirOption) -> None:
     """The certificate store, with expiry and warnings."""
-    with _api_errors():
-        acm = _client(data_dir, "acm")
+    with api_errors():
+        acm = api_client(data_dir, "acm")
         table = Table(title="code-signing certificates")
         for column in ("certificate", "subject", "key", "status", "expires", "warnings"):
             table.add_column(column)
@@ -121,8 +82,8 @@ def revoke(
 ) -> None:
     """Revoke a code-signing certificate: it signs nothing more, OTA updates with its
     signatures are refused, and overair agents are sent a signed revocation list."""
-    with _api_errors():
-        answer = _client(data_dir, "overair").revoke_code_signing_certificate(
+    with api_errors():
+        answer = api_client(data_dir, "overair").revoke_code_signing_certificate(
             CertificateArn=certificate_arn, Reason=reason
         )
     out.print(f"revoked {certificate_arn} (revocation list sequence {answer['RevocationSequence']})")
@@ -139,8 +100,8 @@ def profile_create(
     platform: Annotated[str, typer.Option(help="Signing platform.")] = "AmazonFreeRTOS-Default",
 ) -> None:
     """Create a signing profile (signer PutSigningProfile)."""
-    with _api_errors():
-        answer = _client(data_dir, "signer").put_signing_profile(
+    with api_errors():
+        answer = api_client(data_dir, "signer").put_signing_profile(
             profileName=name,
             platformId=platform,
             signingMaterial={"certificateArn": certificate_arn},
@@ -157,9 +118,9 @@ def sign(
 ) -> None:
     """Upload FILE, sign it through the signing service, print the signature and where
     the signed result went."""
-    with _api_errors():
+    with api_errors():
         data = file.read_bytes()
-        s3, signer = _client(data_dir, "s3"), _client(data_dir, "signer")
+        s3, signer = api_client(data_dir, "s3"), api_client(data_dir, "signer")
         _ensure_bucket(s3, bucket)
         key = f"unsigned/{file.name}"
         version = s3.put_object(Bucket=bucket, Key=key, Body=data)["VersionId"]

@@ -1,4 +1,5 @@
-"""Pre-signed download URLs for OTA files over HTTPS (device-protocol.md §4).
+"""Pre-signed download URLs over HTTPS (device-protocol.md §4): OTA files, and the
+objects plain jobs name with `${aws:iot:s3-presigned-url:...}` placeholders.
 
 A URL names one object version for one thing and expires; an HMAC-SHA256 under the
 server's URL-signing key covers all of it, so a device cannot stretch the expiry, fetch
@@ -21,6 +22,8 @@ from urllib.parse import quote, urlencode
 from overair.core.errors import PeerInputError
 
 MIN_EXPIRY, MAX_EXPIRY, DEFAULT_EXPIRY = 60, 3600, 1800
+# CreateJob's presignedUrlConfig defaults to an hour; OTA updates' to DEFAULT_EXPIRY.
+JOB_DEFAULT_EXPIRY = 3600
 PATH_PREFIX = "/ota/"
 
 
@@ -42,8 +45,8 @@ def _mac(secret: bytes, grant: Grant) -> str:
     return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
 
 
-def expiry_seconds(presigned_url_config: dict[str, object] | None) -> int:
-    value = (presigned_url_config or {}).get("expiresInSec", DEFAULT_EXPIRY)
+def expiry_seconds(presigned_url_config: dict[str, object] | None, default: int = DEFAULT_EXPIRY) -> int:
+    value = (presigned_url_config or {}).get("expiresInSec", default)
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_EXPIRY <= value <= MAX_EXPIRY:
         raise PeerInputError(f"expiresInSec must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}",
                              code="InvalidRequestException")

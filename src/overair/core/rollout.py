@@ -18,7 +18,12 @@ up exactly where it stopped. No clock, no I/O here: tests drive them with number
   (a new execution number) while its failure type has retries left.
 - Scheduling (`schedulingConfig`): nothing is released before `startTime`; at
   `endTime` the rollout stops (STOP_ROLLOUT) or the job is canceled (CANCEL,
-  FORCE_CANCEL). Maintenance windows are not supported (refused, not ignored).
+  FORCE_CANCEL). With `maintenanceWindows` (an AWS cron expression for each window's
+  start and a duration, core/cron.py) executions are released only while a window is
+  open; outside them the rollout pauses, and executions already released carry on.
+  Whether a window is open is a pure function of the configuration and `now`, so a
+  restarted server decides exactly as the one before it: nothing about windows is
+  persisted.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from overair.core import cron
 from overair.core.errors import PeerInputError
 
 WINDOW_SECONDS = 60.0
@@ -219,6 +225,25 @@ def should_retry(limits: Mapping[str, int], status: str, execution_number: int) 
 # --- scheduling -------------------------------------------------------------------------------
 
 END_BEHAVIORS = ("STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL")
+MIN_WINDOW_MINUTES, MAX_WINDOW_MINUTES = 1, 1430  # the botocore model's DurationInMinutes
+MAX_WINDOWS = 32  # overair's bound: every window is evaluated on every scheduler tick
+MAX_CRON_CHARS = 256  # the model's CronExpression
+UPCOMING_ROLLOUTS = 7  # DescribeJob's scheduledJobRollouts: "the next seven" window starts
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    start: cron.CronExpression
+    duration_minutes: int
+
+    def open_at(self, now: float) -> bool:
+        when = dt.datetime.fromtimestamp(now, dt.UTC)
+        latest = self.start.latest_start_at_or_before(when)
+        return latest is not None and when < latest + dt.timedelta(minutes=self.duration_minutes)
+
+    def next_start_after(self, now: float) -> float | None:
+        start = self.start.next_start_after(dt.datetime.fromtimestamp(now, dt.UTC))
+        return None if start is None else start.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +251,7 @@ class Schedule:
     start: float | None = None
     end: float | None = None
     end_behavior: str = "STOP_ROLLOUT"
+    windows: tuple[MaintenanceWindow, ...] = ()
 
     def phase(self, now: float) -> str:
         """"waiting" before the start, "ended" from the end on, else "open"."""
@@ -234,6 +260,32 @@ class Schedule:
         if self.end is not None and now >= self.end:
             return "ended"
         return "open"
+
+    def releasing(self, now: float) -> bool:
+        """Whether executions may be released at `now`: between start and end, and
+        inside a maintenance window if there are any."""
+        return self.phase(now) == "open" and (not self.windows or any(w.open_at(now) for w in self.windows))
+
+    def upcoming_rollouts(self, now: float, count: int = UPCOMING_ROLLOUTS) -> list[float]:
+        """The next `count` window starts from `now` on that fall between start and end."""
+        if not self.windows:
+            return []
+        # A start exactly at `now` (or at startTime) still counts, hence the second back.
+        cursor = max(now, self.start if self.start is not None else now) - 1
+        starts: list[float] = []
+        pending = {i: w.next_start_after(cursor) for i, w in enumerate(self.windows)}
+        while len(starts) < count:
+            upcoming = [t for t in pending.values() if t is not None]
+            if not upcoming:
+                break
+            first = min(upcoming)
+            if self.end is not None and first >= self.end:
+                break
+            starts.append(first)
+            for i, t in pending.items():
+                if t == first:  # two windows starting together count once
+                    pending[i] = self.windows[i].next_start_after(first)
+        return starts
 
 
 def _time(value: Any, name: str) -> float:
@@ -249,11 +301,40 @@ def _time(value: Any, name: str) -> float:
     return parsed.timestamp()
 
 
+def format_time(epoch: float) -> str:
+    """The `yyyy-MM-ddTHH:mm` form AWS uses for schedule times (UTC)."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def maintenance_windows(raw: Any) -> tuple[MaintenanceWindow, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidJobConfig("maintenanceWindows must be a list of {startTime, durationInMinutes}")
+    if len(raw) > MAX_WINDOWS:
+        raise InvalidJobConfig(f"at most {MAX_WINDOWS} maintenanceWindows are supported")
+    windows = []
+    for index, item in enumerate(raw):
+        where = f"maintenanceWindows[{index}]"
+        if not isinstance(item, Mapping) or "startTime" not in item or "durationInMinutes" not in item:
+            raise InvalidJobConfig(f"{where} needs startTime (a cron expression) and durationInMinutes")
+        text = item["startTime"]
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_CRON_CHARS:
+            raise InvalidJobConfig(f"{where}.startTime must be a cron expression of 1-{MAX_CRON_CHARS} "
+                                   "characters, like cron(0 2 ? * SAT *)")
+        try:
+            expression = cron.parse(text)
+        except cron.CronError as exc:
+            raise InvalidJobConfig(f"{where}.startTime: {exc.message}") from exc
+        duration = _int(item["durationInMinutes"], f"{where}.durationInMinutes",
+                        MIN_WINDOW_MINUTES, MAX_WINDOW_MINUTES)
+        windows.append(MaintenanceWindow(expression, duration))
+    return tuple(windows)
+
+
 def schedule(raw: Mapping[str, Any] | None) -> Schedule:
     if not raw:
         return Schedule()
-    if raw.get("maintenanceWindows"):
-        raise InvalidJobConfig("maintenanceWindows are not supported by overair yet")
     start = _time(raw["startTime"], "startTime") if raw.get("startTime") else None
     end = _time(raw["endTime"], "endTime") if raw.get("endTime") else None
     behavior = raw.get("endBehavior", "STOP_ROLLOUT")
@@ -261,4 +342,16 @@ def schedule(raw: Mapping[str, Any] | None) -> Schedule:
         raise InvalidJobConfig(f"endBehavior must be one of {END_BEHAVIORS}")
     if start is not None and end is not None and end <= start:
         raise InvalidJobConfig("endTime must be after startTime")
-    return Schedule(start, end, behavior)
+    return Schedule(start, end, behavior, maintenance_windows(raw.get("maintenanceWindows")))
+
+
+def check_windows_open(plan: Schedule, now: float) -> None:
+    """Refuse maintenance windows that would never open between now (or the start) and
+    the end: such a job could never release anything."""
+    if not plan.windows or plan.upcoming_rollouts(now, count=1) or plan.releasing(now):
+        return
+    # A window already open when startTime comes counts too.
+    if plan.start is None or plan.start < now or not plan.releasing(plan.start):
+        raise InvalidJobConfig("no maintenanceWindow opens "
+                               + ("before endTime" if plan.end is not None else "in the future")
+                               + "; the job would never roll out")

@@ -127,3 +127,9 @@ def _parse_jobs(thing: str, rest: list[str]) -> JobsTopic | None:
         if verb == "update" and job_id != NEXT:
             return JobsTopic(thing, JobsRequest.UPDATE, job_id)
     return None
+
+
+def thing_of(topic: str) -> str:
+    """The thing a `$aws/things/<thing>/...` topic belongs to ("" for any other topic)."""
+    parts = topic.split("/", 3)
+    return parts[2] if len(parts) > 3 and parts[0] == "$aws" and parts[1] == "things" else ""

@@ -14,6 +14,7 @@ import secrets
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -25,8 +26,9 @@ from starlette.routing import Route
 
 from overair.core import codesign, revocation
 from overair.server import pki
-from overair.server.api.contract import OperationTable
+from overair.server.api.contract import ApiError, Caller, OperationTable
 from overair.server.api.edge import build_api_app
+from overair.server.audit.device_events import RefusedConnectionRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock, system_clock
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
@@ -37,8 +39,15 @@ from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.device_service import DeviceService
 from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.gateway.session_close import SessionCloser
 from overair.server.gateway.tls import client_ssl_context
+from overair.server.iam import actions
+from overair.server.iam import api as iam_api
+from overair.server.iam.actions import Check
+from overair.server.iam.authorizer import Authorizer
 from overair.server.iam.identity import IdentityStore
+from overair.server.iam.policies import PolicyStore
+from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
@@ -70,8 +79,12 @@ class Server:
         self.fleet_ca = pki.load_issued(paths.fleet_ca_cert.read_bytes(), paths.fleet_ca_key.read_bytes())
         self.audit = AuditLog(self.db, clock)
         self.identity = IdentityStore(self.db, self.sealer, settings, clock)
+        self.policies = PolicyStore(self.db, settings, clock)
+        self.roles = RoleStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
-        self.objects = ObjectStore(self.db, paths.objects)
+        self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes)
+        self.authorizer = Authorizer(self.policies, self.roles, self._bucket_policy,
+                                     self.audit, clock)
         self.certificates = CertificateStore(self.db, settings, self.sealer, clock, self._code_signing_roots,
                                              self._publish_revocations)
         self.signing = SigningService(self.db, settings, self.certificates, self.objects, clock)
@@ -81,7 +94,8 @@ class Server:
         self.scheduler = JobScheduler(self.db, self.jobs, clock)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
-                              self._code_signing_roots, clock, self._notify_threadsafe)
+                              self._code_signing_roots, clock, self._notify_threadsafe,
+                              role_gate=self._as_ota_role)
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
         self.delivery = HttpDelivery(self._url_signing_key(),
                                      f"https://{settings.device_host}:{settings.download_port}",
@@ -92,18 +106,46 @@ class Server:
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, (settings.device_host, settings.mqtt_port))
-        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe)
+        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
+                          self.objects, settings.limits.max_job_document_bytes, self._caller_may_read)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
         signing_api.register_signer(self.table, self.signing)
         signing_api.register_overair(self.table, self.certificates)
+        iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
+        iam_api.register_sts(self.table, self.identity, self.roles, settings.account_id)
         self.broker: Broker | None = None
         self.connection: ServiceConnection | None = None
         self.access = AccessSync(self._apply_access)
+        # What the broker enforces now (CN -> things), to see who loses access on a change.
+        self._granted: dict[str, frozenset[str]] = {}
+        self._withdrawn: set[str] = set()
+        self.session_closer: SessionCloser | None = None
         self.ready = threading.Event()
 
     # Wiring callbacks ----------------------------------------------------------------
+    def _arn(self, service: str, resource: str) -> str:
+        return self.settings.arn(service, resource, regional=service not in ("iam", "sts"))
+
+    def _bucket_policy(self, bucket: str) -> str | None:
+        try:
+            return self.objects.get_bucket_policy(bucket)
+        except ApiError:  # no such bucket: the operation itself will say so, if allowed
+            return None
+
+    def _caller_may_read(self, caller: Caller, bucket: str, key: str) -> None:
+        """CreateJob's documentSource and URL placeholders read objects for the caller."""
+        self.authorizer.check_s3(caller, "s3:GetObject", f"arn:{self.settings.partition}:s3:::{bucket}/{key}")
+
+    def _as_ota_role(self, role_arn: str, ota_id: str, action: str, resource: str) -> None:
+        principal = self.authorizer.service_role(role_arn, f"ota-{ota_id}"[:64])
+        # Reported in the OTA update's errorInfo, in CreateOTAUpdate's (iot's) terms.
+        self.authorizer.require(principal, Check(action, resource), "iot")
+
+    def _authorize(self, caller: Caller, service: str, operation: str, params: dict[str, Any]) -> None:
+        self.authorizer.check(caller, service, actions.needs(service, operation, params, self._arn).checks)
+
     def _code_signing_roots(self) -> list[x509.Certificate]:
         return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
 
@@ -162,18 +204,31 @@ class Server:
         self.access.changed()
 
     def _apply_access(self) -> None:
+        before, withdrawn_before = self._granted, self._withdrawn
         self.write_broker_access()
         self.devices.forget_access()
         self.delivery.forget_access()
         if self.broker is not None:
             self.broker.reload()
+        # Who lost something: a CN with fewer things than before, or a certificate newly
+        # taken out of service (another ACTIVE certificate may share its CN).
+        lost = {cn for cn, things in before.items() if not things <= self._granted.get(cn, frozenset())}
+        lost |= self._withdrawn - withdrawn_before
+        if lost and self.session_closer is not None:
+            self.session_closer.close_sessions(lost)
 
     def write_broker_access(self) -> None:
         """Regenerate the broker ACL and CRL from the registry."""
         paths = self.settings.paths
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        entries = self.registry.access_entries()
+        granted: dict[str, set[str]] = {}
+        for entry in entries:
+            granted.setdefault(entry.username, set()).add(entry.thing_name)
         write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
-        write_atomic(paths.broker / "acl", render_acl(self.registry.access_entries()).encode(), mode=0o640)
+        write_atomic(paths.broker / "acl", render_acl(entries).encode(), mode=0o640)
+        self._granted = {cn: frozenset(things) for cn, things in granted.items()}
+        self._withdrawn = self.registry.withdrawn_common_names()
 
     def _health(self, _request: Request) -> JSONResponse:
         broker_up = self.broker is None or (self.broker.process is not None
@@ -188,7 +243,8 @@ class Server:
         settings, paths = self.settings, self.settings.paths
         app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
                             max_body_bytes=settings.limits.max_api_body_bytes,
-                            extra_routes=[Route("/health", self._health)], now=self.clock)
+                            extra_routes=[Route("/health", self._health)], now=self.clock,
+                            authorize=self._authorize, s3_authorizer=self.authorizer.check_s3)
         tls_cert, tls_key = settings.http_tls_cert, settings.http_tls_key
         return [
             uvicorn.Server(uvicorn.Config(
@@ -216,7 +272,7 @@ class Server:
         mqtt_host, mqtt_port = settings.mqtt_host, settings.mqtt_port
         if settings.broker_url is None:
             self.broker = Broker(paths.broker, settings.mosquitto_binary, settings.mqtt_host,
-                                 settings.mqtt_port)
+                                 settings.mqtt_port, on_refused=RefusedConnectionRecorder(self.audit))
             self.write_broker_access()
             self.broker.write(render_config(host=settings.mqtt_host, port=settings.mqtt_port,
                                             ca=paths.fleet_ca_cert, cert=paths.broker_cert,
@@ -224,6 +280,8 @@ class Server:
                                             acl=paths.broker / "acl", run_as_root=os.geteuid() == 0),
                               render_acl(self.registry.access_entries()))
             await self.broker.start(service_tls)
+            self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, settings.mqtt_host,
+                                                settings.mqtt_port)
         else:
             url = urlsplit(settings.broker_url)
             mqtt_host, mqtt_port = url.hostname or "127.0.0.1", url.port or 8883

@@ -10,6 +10,7 @@ database, and a first administrator access key in AWS shared-credentials format.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -17,8 +18,13 @@ from pathlib import Path
 
 from overair.core.errors import MisuseError
 from overair.server import pki
+from overair.server.clock import Clock
 from overair.server.files import write_atomic, write_private
+from overair.server.iam import managed
+from overair.server.iam.authorizer import OTA_SERVICE
 from overair.server.iam.identity import IdentityStore
+from overair.server.iam.policies import PolicyStore
+from overair.server.iam.roles import RoleStore
 from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import DataDir, Settings, dump_settings
 from overair.server.signing.certstore import CertificateStore
@@ -27,6 +33,8 @@ from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
 
 ADMIN_USER = "admin"
+# The OTA service role `overair init` creates; CreateOTAUpdate's roleArn names it.
+DEFAULT_OTA_ROLE = "overair-ota"
 DEV_PROFILE = "overair-dev"
 DEV_CERT_PATH_ON_DEVICE = "/certs/overair-dev-code-signing.pem"
 
@@ -84,7 +92,10 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         signing.put_profile(DEV_PROFILE, DEFAULT_PLATFORM, cert_arn, DEV_CERT_PATH_ON_DEVICE)
         identity = IdentityStore(db, sealer, settings, now.timestamp)
         identity.create_user(ADMIN_USER)
-        key_id, secret = identity.create_access_key(ADMIN_USER)
+        PolicyStore(db, settings, now.timestamp).attach("user", ADMIN_USER, managed.ADMINISTRATOR_ACCESS.arn)
+        key, secret = identity.create_access_key(ADMIN_USER)
+        key_id = key.access_key_id
+        create_ota_service_role(db, sealer, settings, now.timestamp)
     finally:
         db.close()
     write_private(paths.credentials, (
@@ -93,6 +104,24 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         f"region = {settings.region}\n").encode())
     write_atomic(paths.config, dump_settings(settings).encode())
     return InitResult(settings, key_id, secret)
+
+
+def create_ota_service_role(db: Database, sealer: Sealer, settings: Settings, clock: Clock) -> str:
+    """The service role CreateOTAUpdate's roleArn names by default: the OTA service may
+    assume it; it may do what the OTA Update Manager does (AWSIoTOTAUpdate equivalent)
+    and read firmware from any bucket. Narrow `ReadFirmware` to your firmware bucket."""
+    roles = RoleStore(db, sealer, settings, clock)
+    role = roles.create_role(DEFAULT_OTA_ROLE, json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": OTA_SERVICE},
+                       "Action": "sts:AssumeRole"}]}), description="overair OTA service role")
+    policies = PolicyStore(db, settings, clock)
+    policies.attach("role", role.name, managed.AWS_IOT_OTA_UPDATE.arn)
+    policies.put_inline("role", role.name, "ReadFirmware", json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                       "Resource": f"arn:{settings.partition}:s3:::*/*"}]}))
+    return role.arn
 
 
 def _write_pair(cert_path: Path, key_path: Path, issued: pki.Issued) -> None:

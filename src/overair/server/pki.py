@@ -54,7 +54,7 @@ def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False) 
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-             not_before: dt.datetime, days: int) -> x509.CertificateBuilder:
+             not_before: dt.datetime, days: float) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_before + dt.timedelta(days=days))
@@ -80,7 +80,7 @@ def issue_leaf(
     digital_signature: bool = True,
     san_dns: tuple[str, ...] = (),
     san_ip: tuple[str, ...] = (),
-    days: int = 825,
+    days: float = 825,
     public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -106,7 +106,7 @@ def issue_server_cert(ca: Issued, hostnames: tuple[str, ...], now: dt.datetime) 
                       san_dns=dns, san_ip=ips)
 
 
-def issue_client_cert(ca: Issued, cn: str, now: dt.datetime, days: int = 825) -> Issued:
+def issue_client_cert(ca: Issued, cn: str, now: dt.datetime, days: float = 825) -> Issued:
     return issue_leaf(ca, cn, now, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from overair.agent.machine.state import FileSpec
+from overair.agent.progress import StagedProgress
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,26 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class CreateStaging:
-    """Create (or truncate) the staging file for an image of `size` bytes."""
+    """Create (or truncate) the staging file for an image of `size` bytes; resumable
+    after a reboot under `binding` (agent/progress.py)."""
 
     size: int
+    binding: bytes = b""
+    block_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeStaging:
+    """Reopen the partial file the platform kept (Booted.staged) to go on with it."""
+
+    progress: StagedProgress
+
+
+@dataclass(frozen=True, slots=True)
+class SaveProgress:
+    """Make the stored blocks durable, then keep the bitmap of those still needed."""
+
+    needed: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +139,6 @@ class Log:
     message: str
 
 
-Command = (Subscribe | Unsubscribe | Publish | CreateStaging | WriteBlock | HttpGetRange | AbortStaging
-           | VerifyImage | ActivateAndReboot | RunSelfTest | CommitImage | RollbackAndReboot
-           | ReportProgress | ApplyRevocations | Log)
+Command = (Subscribe | Unsubscribe | Publish | CreateStaging | ResumeStaging | SaveProgress | WriteBlock
+           | HttpGetRange | AbortStaging | VerifyImage | ActivateAndReboot | RunSelfTest | CommitImage
+           | RollbackAndReboot | ReportProgress | ApplyRevocations | Log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from overair.agent.progress import StagedProgress
 from overair.core.versions import Version
 
 
@@ -15,6 +16,8 @@ class Booted:
     slot: str
     trial: bool  # the running image is new and not committed: it must pass a self-test
     fell_back: bool = False  # a trial image was abandoned (never committed) at this boot
+    staged: StagedProgress | None = None  # an interrupted download the platform kept
+    security_counter: int = 0  # the platform's persisted anti-rollback counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class VerifyResult:
     version: Version | None = None
     check: str = ""  # the failing check's code when not ok (reasons.CHECK_CODES)
     message: str = ""
+    security_counter: int = 0  # from the verified image's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class SelfTestResult:
 @dataclass(frozen=True, slots=True)
 class ImageCommitted:
     """CommitImage completed: the running image is now the confirmed one."""
+
+    security_counter: int = 0  # the platform's counter after the commit
 
 
 @dataclass(frozen=True, slots=True)

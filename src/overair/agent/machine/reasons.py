@@ -53,6 +53,10 @@ CHECK_CODES: dict[str, tuple[int, int]] = {
 }
 UNKNOWN_CHECK = (PAL_SIGNATURE_CHECK_FAILED, 0xFF)
 
+# The `check` named when a verified image is refused for its security counter (N1); the
+# reason is FreeRTOS's downgrade refusal, `rejected: 0x0000000f`.
+SECURITY_COUNTER_CHECK = "SecurityCounter"
+
 # Longest free-text detail the agent puts in statusDetails (the service caps entries).
 MAX_DETAIL = 200
 

@@ -5,9 +5,11 @@ and at which stage, the results of the jobs it finished (so that a replayed or r
 job is never applied twice) and the version floor below which it never goes back (N1).
 It is small, JSON, and rewritten atomically by the runtime whenever it changes.
 
-A download's bitmap is deliberately *not* journaled: after a reset the agent restarts the
-download from block 0, as the FreeRTOS agent does, so no journal entry can ever claim a
-block that a power cut kept from reaching the storage.
+A download's bitmap is deliberately *not* journaled: the platform keeps it beside the
+partial file (agent/progress.py), saved only after the blocks it claims are durable, and
+hands it back at boot (`Booted.staged`); when the same job is offered again the download
+resumes there, asking only for the blocks still missing (R2). The security counter
+(N1) lives in the platform too, raised by the same write that commits an image.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from overair.agent.progress import StagedProgress
 from overair.core.errors import DecodeError
 from overair.core.limits import MIB
 from overair.core.versions import Version
@@ -67,6 +70,7 @@ class Settings:
     self_test_deadline: float = 60.0
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # a job offering both protocols is downloaded over HTTPS
+    save_progress_every: int = 8  # blocks between two saves of a resumable download's bitmap
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,9 @@ class Download:
     url: str | None = None  # HTTP: the pre-signed URL blocks are fetched from
     in_flight: int | None = None  # HTTP: the range request awaiting its answer
     in_flight_block: int = 0  # HTTP: the block that request asked for
+    binding: bytes = b""  # agent/progress.py binding of this download
+    saved: int = 0  # blocks stored when the bitmap was last saved
+    resumed: int = 0  # blocks already held when the download (re)started
 
     @property
     def stored(self) -> int:
@@ -234,6 +241,10 @@ class State:
     # how many times in a row it went unanswered; drives the re-ask backoff.
     next_job_asked_at: float | None = None
     next_job_unanswered: int = 0
+    # A partial download the platform kept across the reboot; used (or dropped) by the
+    # first job started after it.
+    resumable: StagedProgress | None = None
+    security_counter: int = 0  # the floor: images with a lower one are refused (N1)
 
 
 def _version_text(version: Version | None) -> str | None:

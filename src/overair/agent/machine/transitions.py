@@ -22,9 +22,16 @@ quirks are the contract:
   requests. A document that chooses HTTP without a usable https URL fails the job.
 - Progress `IN_PROGRESS {"receive": "k/N"}` (QoS 0) after the first block and every
   `status_every_blocks` blocks.
+- Resumable download (R2): every `save_progress_every` stored blocks the bitmap is
+  saved with the partial file (SaveProgress). After a reboot the platform hands it
+  back (`Booted.staged`); if the first job started is the same download (same binding:
+  job, stream, file, size, block size, signature) it resumes and asks only for the
+  missing blocks, else the kept file is discarded.
 - Complete file: verify (signature, signer chain to the device's code-signing roots,
-  usages, revocation; threat N2), refuse anything not newer than the running version
-  (N1: `rejected: 0x0000000f` older, `0x00000010` same), report
+  usages, revocation; threat N2), refuse an image whose security counter is below the
+  device's (N1: `rejected: 0x0000000f`, `check: SecurityCounter`), then anything not
+  newer than the running version (N1: `rejected: 0x0000000f` older, `0x00000010`
+  same), report
   `self_test: ready` with `updatedBy` = the running version, activate, reboot.
 - After the reboot the execution comes back with `statusDetails.self_test`: the agent
   compares the running version with `updatedBy` like FreeRTOS, reports
@@ -59,8 +66,10 @@ from overair.agent.machine.commands import (
     Log,
     Publish,
     ReportProgress,
+    ResumeStaging,
     RollbackAndReboot,
     RunSelfTest,
+    SaveProgress,
     Subscribe,
     Unsubscribe,
     VerifyImage,
@@ -91,6 +100,8 @@ from overair.agent.machine.state import (
     Phase,
     State,
 )
+from overair.agent.progress import binding as staging_binding
+from overair.agent.progress import missing_blocks, well_formed
 from overair.core import bitmap
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
@@ -382,8 +393,12 @@ def on_booted(state: State, event: Booted, now: float) -> Step:
         floor = event.running
     journal = replace(journal, version_floor=floor)
     deadline = now + state.settings.self_test_deadline if event.trial else None
+    if event.staged is not None:
+        commands.append(Log("info", f"a partial download was kept ({missing_blocks(event.staged)} blocks "
+                                    "missing): it resumes if its job is offered again"))
     return replace(state, phase=Phase.IDLE, running=event.running, slot=event.slot, trial=event.trial,
-                   journal=journal, self_test_deadline=deadline), commands
+                   journal=journal, self_test_deadline=deadline, resumable=event.staged,
+                   security_counter=max(state.security_counter, event.security_counter)), commands
 
 
 def on_connected(state: State, _event: Connected, now: float) -> Step:
@@ -471,19 +486,37 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
                      now, detail=f"file of {file.filesize} bytes exceeds {state.settings.max_file_size}")
     spec = FileSpec(stream=stream or "", file_id=file.fileid, size=file.filesize, signature=file.signature,
                     signature_key=file.signature_key, certfile=file.certfile, signer_chain=doc.signer_chain)
-    total = bitmap.block_count(file.filesize, state.settings.block_size)
+    block_size = state.settings.block_size
+    total = bitmap.block_count(file.filesize, block_size)
     url = file.update_data_url if protocol is DataProtocol.HTTP else None
-    dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
-                  needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=protocol,
-                  url=url)
+    key = staging_binding(ex.job_id, spec.stream, spec.file_id, spec.size, block_size, spec.signature)
+    kept = state.resumable
     journal = replace(state.journal, job=JobRecord(ex.job_id, ex.execution_number, JobStage.DOWNLOADING))
-    state = replace(state, phase=Phase.DOWNLOADING, journal=journal)
-    state, requests = _request_next(state, dl, now)
+    state = replace(state, phase=Phase.DOWNLOADING, journal=journal, resumable=None)
+    staging: Command
+    if kept is not None and kept.binding == key and kept.size == spec.size and kept.block_size == block_size \
+            and well_formed(kept):
+        missing = missing_blocks(kept)
+        dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
+                      needed=kept.needed, remaining=missing, protocol=protocol, url=url, binding=key,
+                      saved=total - missing, resumed=total - missing)
+        staging = ResumeStaging(kept)
+        what = f"resuming: {total - missing} of {total} blocks already held"
+    else:
+        dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
+                      needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=protocol,
+                      url=url, binding=key)
+        staging = CreateStaging(file.filesize, key, block_size)
+        what = f"{total} blocks"
     source = f"from stream {stream}" if url is None else f"over HTTPS from {_redacted(url)}"
+    start: list[Command] = [
+        Log("info", f"job {ex.job_id}: downloading {file.filesize} bytes ({what}) {source}"), staging]
+    if dl.remaining == 0:
+        # Every block was stored before the reboot: straight to verification.
+        return replace(state, download=dl, phase=Phase.VERIFYING), [*start, VerifyImage(spec)]
+    state, requests = _request_next(state, dl, now)
     listen: list[Command] = [Subscribe(_data_topic(state, spec), 0)] if url is None else []
-    return state, [Log("info", f"job {ex.job_id}: downloading {file.filesize} bytes ({total} blocks) "
-                               f"{source}"),
-                   CreateStaging(file.filesize), *listen, *requests]
+    return state, [*start, *listen, *requests]
 
 
 def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
@@ -622,6 +655,9 @@ def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
                          *_release(state, dl), VerifyImage(dl.file)]
             return replace(state, download=dl, phase=Phase.VERIFYING), commands
         return replace(state, download=dl), commands
+    if dl.unstored == 0 and received - dl.saved >= state.settings.save_progress_every:
+        dl = replace(dl, saved=received)
+        commands.append(SaveProgress(dl.needed))
     if received == 1 or received % state.settings.status_every_blocks == 0:
         commands.append(_status(state, dl.job_id, ExecStatus.IN_PROGRESS,
                                 {"receive": f"{received}/{dl.total_blocks}"}, qos=0))
@@ -645,6 +681,13 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
         check = event.check or "BadImage"
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
                                 check=check, detail=event.message)
+        return state, [AbortStaging(), *commands]
+    if event.security_counter < state.security_counter:
+        # N1: an image from before a security fix never runs again, whatever its version.
+        refused = reasons.rejected(reasons.ERR_DOWNGRADE_NOT_ALLOWED)
+        state, commands = _fail(state, job_id, number, refused, now, check=reasons.SECURITY_COUNTER_CHECK,
+                                detail=f"image security counter {event.security_counter} is below the "
+                                       f"device's {state.security_counter}")
         return state, [AbortStaging(), *commands]
     reference = max(state.running, state.journal.version_floor or state.running)
     if event.version <= reference:
@@ -732,9 +775,10 @@ def on_self_test_result(state: State, event: SelfTestResult, now: float) -> Step
         Log("info", f"job {record.job_id}: self-test passed; committing {state.running}"), CommitImage()]
 
 
-def on_committed(state: State, _event: ImageCommitted, now: float) -> Step:
+def on_committed(state: State, event: ImageCommitted, now: float) -> Step:
     record = state.journal.job
     assert record is not None
+    state = replace(state, security_counter=max(state.security_counter, event.security_counter))
     return _succeed(state, record.job_id, record.execution_number, now)
 
 

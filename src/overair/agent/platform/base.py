@@ -9,10 +9,16 @@ flawed update (R1) and a power cut (R2):
   was booted `max_boot_attempts` times without being committed, it is abandoned and the
   confirmed image boots again.
 - `activate()` makes the staged image pending; `commit()` makes the running pending
-  image the confirmed one; `rollback()` abandons it.
+  image the confirmed one and raises the persisted security counter to the image's
+  (N1; it never goes down); `rollback()` abandons it.
+- A staging file created with a binding (agent/progress.py) is resumable: after
+  `save_progress()` a reboot finds it with `staged_progress()` and `resume_staging()`
+  reopens it (R2). `close_staging()` closes it and keeps it; `abort_staging()` and a
+  new `create_staging()` discard it.
+- `factory_reset()` makes the factory image the confirmed one, as one atomic switch.
 
-Implementations: `LinuxSlots` (directories and an atomic symlink); a simulated MCU flash
-with power-cut injection comes later and implements the same protocol.
+Implementations: `LinuxSlots` (directories and an atomic symlink) and `SimMcu` (a
+simulated MCU flash with power-cut injection).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from overair.agent.progress import StagedProgress
 from overair.core.errors import OverairError
 from overair.core.versions import Version
 
@@ -46,6 +53,8 @@ class SlotInfo:
     size: int
     state: str  # "confirmed" | "pending" | "inactive" | "empty"
     current: bool  # the boot selection points at it
+    valid: bool | None = None  # the stored image reads back intact (None: not checked)
+    security_counter: int | None = None
 
 
 class Platform(Protocol):
@@ -63,8 +72,26 @@ class Platform(Protocol):
 
     def running_version(self) -> Version: ...
 
-    def create_staging(self, size: int) -> None:
-        """Create (or truncate) the receive file for an image of `size` bytes."""
+    def create_staging(self, size: int, binding: bytes = b"", block_size: int = 0) -> None:
+        """Create (or truncate) the receive file for an image of `size` bytes, discarding
+        any kept progress; with a `binding` the file can be resumed after a reboot."""
+        ...
+
+    def staged_progress(self) -> StagedProgress | None:
+        """The kept progress of an interrupted download, its bitmap checked against what
+        the partial file really holds; None if there is none."""
+        ...
+
+    def resume_staging(self, progress: StagedProgress) -> None:
+        """Reopen the partial file that `progress` (from staged_progress) describes."""
+        ...
+
+    def save_progress(self, needed: bytes) -> None:
+        """Make the blocks written so far durable, then keep `needed` with the file."""
+        ...
+
+    def close_staging(self) -> None:
+        """Close the receive file, keeping it and its progress (agent shutdown)."""
         ...
 
     def write_block(self, offset: int, data: bytes) -> None: ...
@@ -85,6 +112,15 @@ class Platform(Protocol):
 
     def rollback(self) -> None:
         """Abandon the pending image; the next `boot()` runs the confirmed one."""
+        ...
+
+    def security_counter(self) -> int:
+        """The highest security counter of any committed image (0 before any)."""
+        ...
+
+    def factory_reset(self, image: bytes | None = None) -> None:
+        """Make the factory image the confirmed one (pending image and kept download
+        dropped); `image` is used when the platform keeps no factory image itself."""
         ...
 
     def slots(self) -> list[SlotInfo]:

@@ -31,7 +31,8 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cafile=str(config.ca_file))
-    context.load_cert_chain(certfile=str(config.client_cert), keyfile=str(config.client_key))
+    context.load_cert_chain(certfile=str(config.client_cert), keyfile=str(config.client_key),
+                            password=config.client_key_password)
     return context
 
 

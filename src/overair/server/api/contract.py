@@ -22,12 +22,15 @@ from overair.core.errors import OverairError
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who made an authenticated request."""
+    """Who made an authenticated request: an IAM user, or a role through an STS session
+    (`principal_arn` is then the assumed-role session ARN, `principal_name` the role)."""
 
     access_key_id: str
     principal_arn: str
-    user_name: str
+    principal_name: str
     source_ip: str
+    principal_kind: str = "user"  # "user" or "role"
+    secure_transport: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +68,17 @@ Handler = Callable[[ApiRequest], dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """What the edge needs to check a signature and name the caller."""
+    """What the edge needs to check a signature and name the caller. Temporary (STS)
+    credentials also carry the hash of their session token and their expiry."""
 
     access_key_id: str
     secret_access_key: str
-    user_name: str
+    principal_name: str  # the user, or for temporary credentials the role
     principal_arn: str
     active: bool
+    principal_kind: str = "user"
+    session_token_sha256: str | None = None
+    expires_at: float | None = None
 
 
 CredentialLookup = Callable[[str], Credential | None]

@@ -44,6 +44,10 @@ class _Log:
     caller: str = "-"
 
 
+# (caller, service, operation, params) -> None, or raise ApiError (AccessDenied...).
+Authorize = Callable[[Caller, str, str, dict[str, Any]], None]
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -57,7 +61,9 @@ class _Edge:
         *,
         max_body_bytes: int,
         now: Callable[[], float],
+        authorize: Authorize | None,
     ) -> None:
+        self.authorize = authorize
         self.table = table
         self.credentials = credentials
         self.s3 = s3
@@ -123,10 +129,12 @@ class _Edge:
             caller = Caller(
                 access_key_id=auth.credential.access_key_id,
                 principal_arn=auth.credential.principal_arn,
-                user_name=auth.credential.user_name,
+                principal_name=auth.credential.principal_name,
                 source_ip=client_ip,
+                principal_kind=auth.credential.principal_kind,
+                secure_transport=incoming.scheme == "https",
             )
-            log.caller = caller.principal_arn or caller.user_name
+            log.caller = caller.principal_arn or caller.principal_name
             if auth.service == "s3":
                 return self._s3(service, incoming, auth, caller, request_id, log)
             return self._aws(service, incoming, auth, caller, request_id, log)
@@ -161,6 +169,8 @@ class _Edge:
                 501,
             )
         params = service.parse(resolved, req)
+        if self.authorize is not None:
+            self.authorize(caller, auth.service, resolved.name, params)
         result: Any = handler(ApiRequest(auth.service, resolved.name, params, caller,
                                          headers=req.headers))
         return service.serialize(resolved.operation, result or {}, request_id)
@@ -293,15 +303,17 @@ def build_api_app(
     extra_routes: list[BaseRoute] | None = None,
     now: Callable[[], float] = time.time,
     s3_authorizer: s3api.S3Authorizer | None = None,
+    authorize: Authorize | None = None,
 ) -> Starlette:
     """The operator API as an ASGI app.
 
     `extra_routes` are matched first and are not SigV4-authenticated here (health,
     pre-signed downloads...). Everything else is an AWS request. `s3_authorizer`, if
     given, is called with (caller, IAM action, resource ARN) before each S3 operation
-    and may raise `ApiError("AccessDenied", ..., 403)`."""
+    and may raise `ApiError("AccessDenied", ..., 403)`; `authorize` likewise with
+    (caller, service, operation, parsed params) before every other operation's handler."""
     s3 = s3api.S3Api(objects, region=region, authorize=s3_authorizer)
-    edge = _Edge(table, credentials, s3, max_body_bytes=max_body_bytes, now=now)
+    edge = _Edge(table, credentials, s3, max_body_bytes=max_body_bytes, now=now, authorize=authorize)
     routes: list[BaseRoute] = [
         *(extra_routes or []),
         Route("/{path:path}", edge.endpoint, methods=_METHODS, include_in_schema=False),

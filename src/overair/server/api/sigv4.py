@@ -325,6 +325,28 @@ def _signature_mismatch(what: str = "request") -> SigV4Error:
     )
 
 
+def check_session_token(req: IncomingRequest, credential: Credential, now: float) -> None:
+    """Temporary credentials are valid only with their session token and until they expire;
+    a long-term key must not present one (a token that belongs to nothing is an error,
+    not something to ignore)."""
+    token = req.header("x-amz-security-token")
+    if token is None:
+        token = dict(parse_qsl(req.raw_query, keep_blank_values=True)).get("X-Amz-Security-Token")
+    if credential.session_token_sha256 is None:
+        if token is not None:
+            raise SigV4Error("InvalidClientTokenId",
+                             "The security token included in the request is invalid", 403)
+        return
+    if token is None:
+        raise SigV4Error("InvalidClientTokenId", "Temporary credentials need their session token "
+                         "(X-Amz-Security-Token)", 403)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if not hmac.compare_digest(digest, credential.session_token_sha256):
+        raise SigV4Error("InvalidClientTokenId", "The security token included in the request is invalid", 403)
+    if credential.expires_at is not None and now >= credential.expires_at:
+        raise SigV4Error("ExpiredToken", "The security token included in the request is expired", 403)
+
+
 def verify_request(req: IncomingRequest, lookup: CredentialLookup, now: float) -> AuthResult:
     """Authenticate a request signed with SigV4; raise `SigV4Error` naming the failed check.
 
@@ -349,6 +371,7 @@ def verify_request(req: IncomingRequest, lookup: CredentialLookup, now: float) -
         raise _signature_mismatch()
     if not credential.active:
         raise SigV4Error("InactiveAccessKey", f"The access key {parts.access_key_id} is not active", 403)
+    check_session_token(req, credential, now)
 
     if parts.presigned:
         assert parts.expires is not None
@@ -422,6 +445,7 @@ def _verify_v2_query(req: IncomingRequest, q: dict[str, str], lookup: Credential
         raise _signature_mismatch()
     if not credential.active:
         raise SigV4Error("InactiveAccessKey", f"The access key {credential.access_key_id} is not active", 403)
+    check_session_token(req, credential, now)
     if now > int(expires):
         raise SigV4Error("RequestExpired", "Request has expired (presigned URL past Expires)", 403)
     if int(expires) - now > MAX_PRESIGN_EXPIRES:

@@ -48,6 +48,9 @@ def _execution(view: wire.ExecutionView, with_document: bool) -> dict[str, Any]:
     return execution
 
 
+_SUPPORTED = frozenset({"GetPendingJobExecutions", "StartNextPendingJobExecution", "DescribeJobExecution",
+                        "UpdateJobExecution"})
+
 class DeviceJobsApi:
     def __init__(self, jobs: JobService, registry: Registry, audit: AuditLog) -> None:
         self._jobs = jobs
@@ -56,7 +59,10 @@ class DeviceJobsApi:
         self._service: ServiceProtocol = load_services()["iot-jobs-data"]
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/things/{rest:path}", self._endpoint, methods=["GET", "PUT", "POST"])]
+        # Everything else the model routes (StartCommandExecution) is answered too, with
+        # NotImplementedException naming it rather than a bare 404.
+        return [Route("/things/{rest:path}", self._endpoint, methods=["GET", "PUT", "POST"]),
+                Route("/command-executions", self._endpoint, methods=["POST"])]
 
     async def _endpoint(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -75,6 +81,9 @@ class DeviceJobsApi:
 
     def _handle(self, http: HttpRequest, der: bytes | None, request_id: str) -> HttpResponse:
         resolved = self._service.resolve(http)
+        if resolved.name not in _SUPPORTED:
+            raise ApiError("NotImplementedException",
+                           f"iot-jobs-data:{resolved.name} is not implemented by overair", 501)
         params = self._service.parse(resolved, http)
         thing = str(params.get("thingName", ""))
         self._authorize(der, thing, resolved.name)
@@ -122,4 +131,4 @@ class DeviceJobsApi:
             if update.include_job_document and outcome.execution.job_document is not None:
                 reply["jobDocument"] = wire.encode(outcome.execution.job_document).decode()
             return reply
-        raise ApiError("NotImplementedException", f"iot-jobs-data:{name} is not implemented by overair", 501)
+        raise AssertionError(f"{name} is in _SUPPORTED but has no implementation")

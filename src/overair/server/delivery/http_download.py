@@ -1,8 +1,10 @@
 """OTA file delivery over HTTPS with pre-signed URLs (device-protocol.md §4).
 
-Two halves: `render` puts a fresh pre-signed `update_data_url` into every delivery of an
-OTA job document that offers HTTP (the job service calls it for each device), and
-`app` is the HTTPS endpoint devices download from with `Range` requests. A URL is
+Two halves: `render` puts fresh pre-signed URLs into every delivery of a job document
+(the job service calls it for each device): the `update_data_url` of an OTA job that
+offers HTTP, and in place of each `${aws:iot:s3-presigned-url:...}` placeholder of a
+plain job (core/placeholders.py). `app` is the HTTPS endpoint devices download from with
+`Range` requests. A URL is
 honoured only if its signature and expiry hold (core/presign.py) and the thing it names
 still has a live execution of a job delivering exactly that object version (threat
 N4); refusals are audited. Bytes come from the object store, whose SHA-256 check on read
@@ -23,12 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from overair.core import presign
+from overair.core import placeholders, presign
 from overair.core.errors import OverairError
 from overair.server.api.contract import ApiError
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
-from overair.server.jobs.service import HTTP_FILES, JobService
+from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job
 from overair.server.streams.service import FileCache
@@ -52,20 +54,38 @@ class HttpDelivery:
 
     # Job documents ----------------------------------------------------------------------
     def render(self, job: Job, thing: str) -> dict[str, Any]:
-        """The job document as delivered to `thing` now: fresh URLs for HTTP files."""
-        files = job.config.get(HTTP_FILES)
+        """The job document as delivered to `thing` now, with fresh URLs bound to it."""
         document = job.document
-        if not files or not isinstance(document.get("afr_ota"), dict):
-            return document
+        files = job.config.get(HTTP_FILES)
+        if files and isinstance(document.get("afr_ota"), dict):
+            document = self._with_file_urls(job, document, files, thing)
+        pinned = job.config.get(PRESIGNED_OBJECTS)
+        if pinned:
+            document = self._with_placeholder_urls(job, document, pinned, thing)
+        return document
+
+    def _url(self, source: dict[str, Any], thing: str, expires: int) -> str:
+        grant = presign.Grant(source["bucket"], source["key"], source["version"], thing, expires)
+        return presign.sign(self._secret, self.base_url, grant)
+
+    def _with_file_urls(self, job: Job, document: dict[str, Any], files: list[dict[str, Any]],
+                        thing: str) -> dict[str, Any]:
         expires = int(self._clock()) + presign.expiry_seconds(job.config.get("presignedUrlConfig"))
         rendered = copy.deepcopy(document)
         by_id = {f["fileId"]: f for f in files}
         for entry in rendered["afr_ota"].get("files", []):
             source = by_id.get(entry.get("fileid"))
             if source is not None:
-                grant = presign.Grant(source["bucket"], source["key"], source["version"], thing, expires)
-                entry["update_data_url"] = presign.sign(self._secret, self.base_url, grant)
+                entry["update_data_url"] = self._url(source, thing, expires)
                 entry["auth_scheme"] = "aws.s3.presigned"
+        return rendered
+
+    def _with_placeholder_urls(self, job: Job, document: dict[str, Any], pinned: list[dict[str, Any]],
+                               thing: str) -> dict[str, Any]:
+        expires = int(self._clock()) + presign.expiry_seconds(job.config.get("presignedUrlConfig"),
+                                                              default=presign.JOB_DEFAULT_EXPIRY)
+        urls = {entry["placeholder"]: self._url(entry, thing, expires) for entry in pinned}
+        rendered: dict[str, Any] = placeholders.substitute(document, urls)
         return rendered
 
     # The HTTPS endpoint -------------------------------------------------------------------

@@ -17,12 +17,13 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from overair.core.errors import MisuseError, UnavailableError
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.server.files import write_atomic
+from overair.server.gateway.broker_log import BrokerLogParser, RefusedConnection
 from overair.server.pki import SERVICE_IDENTITY
 from overair.server.registry.service import AccessEntry
 
@@ -112,8 +113,12 @@ def find_mosquitto(binary: str) -> str:
 class Broker:
     """A Mosquitto child process: start, reload (SIGHUP), stop."""
 
-    def __init__(self, workdir: Path, binary: str, host: str, port: int) -> None:
+    def __init__(self, workdir: Path, binary: str, host: str, port: int,
+                 on_refused: Callable[[RefusedConnection], None] | None = None) -> None:
+        """`on_refused` hears of every connection Mosquitto refuses (broker_log.py); it is
+        called on the event loop, so it must not block."""
         self.workdir = workdir
+        self.on_refused = on_refused
         self.binary = binary
         self.host = host
         self.port = port
@@ -158,8 +163,12 @@ class Broker:
     async def _forward_logs(self) -> None:
         assert self.process is not None
         assert self.process.stdout is not None
+        refusals = BrokerLogParser()
         async for line in self.process.stdout:
             text = line.decode(errors="replace").rstrip()
+            if self.on_refused is not None:
+                for refused in refusals.feed(text):
+                    self.on_refused(refused)
             if text.endswith(RELOAD_MARKER):
                 with self._reloaded:
                     self._reloads += 1

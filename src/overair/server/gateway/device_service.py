@@ -97,13 +97,29 @@ class DeviceService:
                 details = wire.parse_status_details(request.get("statusDetails"), self._limits)
                 execution = self._jobs.start_next(thing, details)
                 return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
-            return self._update(topic, thing, parsed.job_id or "", request)
+            return self._update(topic, parsed, request)
         except JobsMqttError as exc:
             log.info("jobs request %s rejected: %s %s", topic, exc.code, exc.message)
+            if parsed.request is JobsRequest.UPDATE:
+                self._audit_update(parsed, "Rejected", {"code": exc.code, "reason": exc.message})
             return [self._jobs_error(topic, exc.code, exc.message, token, exc.execution_state)]
         except DecodeError as exc:
             log.info("jobs request %s rejected: %s %s", topic, exc.code, exc.message)
+            if parsed.request is JobsRequest.UPDATE:
+                self._audit_update(parsed, "Rejected", {"code": exc.code, "reason": exc.message})
             return [self._jobs_error(topic, exc.code, exc.message, token)]
+
+    def _audit_update(self, parsed: JobsTopic, decision: str, detail: dict[str, Any]) -> None:
+        """Audit a status update. Only rejected ones and those that end an execution:
+        IN_PROGRESS progress reports arrive every few seconds per device during a
+        download and would drown the log (and cost a write each) without telling who
+        did what."""
+        try:
+            self._audit.record(principal=f"thing/{parsed.thing_name}", action="iot:UpdateJobExecution",
+                               resource=self._jobs.job_arn(parsed.job_id or ""), decision=decision,
+                               detail=detail)
+        except OverairError as exc:  # the update itself stands; say so loudly
+            log.error("could not audit a status update from %s: %s", parsed.thing_name, exc.message)
 
     def _describe(self, topic: str, thing: str, job_id: str, token: str) -> list[Outgoing]:
         if job_id == topics.NEXT:
@@ -117,9 +133,13 @@ class DeviceService:
         execution = self._jobs.execution_for_device(thing, job_id)
         return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
 
-    def _update(self, topic: str, thing: str, job_id: str, request: dict[str, Any]) -> list[Outgoing]:
+    def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
+        thing = parsed.thing_name
         update = wire.parse_update(request, self._limits)
-        outcome = self._jobs.update_execution(thing, job_id, update)
+        outcome = self._jobs.update_execution(thing, parsed.job_id or "", update)
+        if update.status.terminal:
+            self._audit_update(parsed, "Accepted", {"status": update.status.value,
+                                                    "statusDetails": update.status_details})
         body: dict[str, Any] = {"clientToken": update.client_token, "timestamp": self._now()}
         if update.include_job_execution_state:
             view = outcome.execution
@@ -169,6 +189,41 @@ class DeviceService:
             self._access[key] = (allowed, now + STREAM_ACCESS_TTL)
         return allowed
 
+    def _cached_access(self, thing: str, stream_id: str) -> bool | None:
+        with self._access_lock:
+            cached = self._access.get((thing, stream_id))
+        return cached[0] if cached is not None and cached[1] > self._clock() else None
+
+    def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
+        """Answer a block request from what is already in memory, or return None.
+
+        Nearly every GetStream of a rollout is such a request (the access decision, the
+        stream row and the file bytes were cached by the device's first request). The MQTT
+        driver answers these on its event loop, skipping two thread hand-offs per request;
+        anything that needs the database, the object store, an audit entry or an error
+        reply returns None and goes the normal way (`handle`)."""
+        parsed = topics.parse_request_topic(topic)
+        if not isinstance(parsed, StreamsTopic) or parsed.request is not StreamsRequest.GET:
+            return None
+        if not self._cached_access(parsed.thing_name, parsed.stream_id):
+            return None
+        stream = self._streams.cached_stream(parsed.stream_id)
+        if stream is None:
+            return None
+        try:
+            request = streamcodec.decode_get_stream(payload, parsed.fmt, self._limits)
+        except DecodeError:
+            return None
+        if request.stream_version is not None and request.stream_version != stream.version:
+            return None
+        data = self._streams.cached_file_bytes(stream, request.file_id)
+        if data is None:
+            return None
+        try:
+            return self._blocks(parsed, request, data)
+        except PeerInputError:
+            return None
+
     def forget_access(self) -> None:
         with self._access_lock:
             self._access.clear()
@@ -209,7 +264,10 @@ class DeviceService:
                       request: streamcodec.GetStreamRequest) -> list[Outgoing]:
         if request.stream_version is not None and request.stream_version != stream.version:
             raise PeerInputError(f"stream is at version {stream.version}", code="VersionMismatch")
-        data = self._streams.file_bytes(stream, request.file_id)
+        return self._blocks(parsed, request, self._streams.file_bytes(stream, request.file_id))
+
+    def _blocks(self, parsed: StreamsTopic, request: streamcodec.GetStreamRequest,
+                data: bytes) -> list[Outgoing]:
         blocks = plan_blocks(request, len(data), self._limits)
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
         return [Outgoing(topic, streamcodec.encode_data_block(

@@ -1,4 +1,10 @@
-"""iot operations on jobs and job executions."""
+"""iot operations on jobs and job executions.
+
+CreateJob takes the document inline or from `documentSource` (an S3 object URL), and pins
+each pre-signed URL placeholder in it to the object's current version (jobs/documents.py);
+devices get the placeholders replaced on every delivery (delivery/http_download.py),
+while GetJobDocument returns the document as given, placeholders and all, as AWS does.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from overair.core import rollout
 from overair.core.jobstates import ExecStatus
 from overair.server.api.contract import ApiRequest, OperationTable, invalid
 from overair.server.api.paging import page_out, paginate
-from overair.server.jobs.service import JobService
+from overair.server.api.unsupported import refusing
+from overair.server.jobs.documents import JobDocuments, ReadCheck
+from overair.server.jobs.service import PRESIGNED_OBJECTS, JobService
+from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, JobExecution
 
 COUNT_KEYS = {
@@ -28,7 +38,7 @@ def _summary(row: JobExecution) -> dict[str, Any]:
     return out
 
 
-def _job_view(job: Job, counts: dict[str, int]) -> dict[str, Any]:
+def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[str, Any]:
     details = {key: counts.get(status.value, 0) for status, key in COUNT_KEYS.items()}
     view: dict[str, Any] = {
         "jobArn": job.arn, "jobId": job.job_id, "targetSelection": job.target_selection,
@@ -46,24 +56,49 @@ def _job_view(job: Job, counts: dict[str, int]) -> dict[str, Any]:
                 "jobExecutionsRetryConfig", "schedulingConfig"):
         if key in job.config:
             view[key] = job.config[key]
+    if rollouts:
+        view["scheduledJobRollouts"] = [{"startTime": rollout.format_time(t)} for t in rollouts]
     return view
 
 
+# Members refused by name (docs/compatibility.md): no namespaces, job templates, document
+# parameters or software packages; ListJobs filters groups by name only.
+_REFUSED = {
+    "CreateJob": ("namespaceId", "jobTemplateArn", "documentParameters", "destinationPackageVersions"),
+    "ListJobs": ("thingGroupId", "namespaceId"),
+    "ListJobExecutionsForThing": ("namespaceId",),
+}
+
+
+def _inline_document(text: Any) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise invalid("document must be a string of JSON")
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise invalid(f"document is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise invalid("document must be a JSON object")
+    return document
+
+
 def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
-             notify: Callable[[list[str]], None]) -> None:
+             notify: Callable[[list[str]], None], objects: ObjectStore, max_document_bytes: int,
+             may_read: ReadCheck) -> None:
+    documents = JobDocuments(objects, max_document_bytes, may_read)
+
     def create_job(r: ApiRequest) -> dict[str, Any]:
-        text = r.params.get("document")
-        if not isinstance(text, str):
-            raise invalid("document is required (documentSource is not supported yet)")
-        try:
-            document = json.loads(text)
-        except ValueError as exc:
-            raise invalid(f"document is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise invalid("document must be a JSON object")
+        inline, source = r.params.get("document"), r.params.get("documentSource")
+        if (inline is None) == (source is None):
+            raise invalid("give exactly one of document and documentSource")
+        document = (_inline_document(inline) if source is None
+                    else documents.load_source(r.caller, str(source)))
         keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
                 "jobExecutionsRetryConfig", "schedulingConfig")
         config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
+        pinned = documents.resolve_placeholders(r.caller, document, config.get("presignedUrlConfig"))
+        if pinned:
+            config[PRESIGNED_OBJECTS] = pinned
         job, things = jobs.create_job(r.params["jobId"], r.params["targets"], document,
                                       description=r.params.get("description", ""),
                                       target_selection=r.params.get("targetSelection", "SNAPSHOT"),
@@ -73,13 +108,16 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
 
     def describe_job(r: ApiRequest) -> dict[str, Any]:
         job, counts = jobs.describe_job(r.params["jobId"])
-        return {"job": _job_view(job, counts)}
+        return {"job": _job_view(job, counts, jobs.scheduled_rollouts(job))}
 
     def list_jobs(r: ApiRequest) -> dict[str, Any]:
+        selection, group = r.params.get("targetSelection"), r.params.get("thingGroupName")
         items = [{"jobArn": j.arn, "jobId": j.job_id, "targetSelection": j.target_selection,
                   "status": j.status, "createdAt": j.created_at, "lastUpdatedAt": j.last_updated_at,
                   **({"completedAt": j.completed_at} if j.completed_at is not None else {})}
-                 for j in jobs.list_jobs(r.params.get("status"))]
+                 for j in jobs.list_jobs(r.params.get("status"))
+                 if (selection is None or j.target_selection == selection)
+                 and (group is None or any(t.endswith(f":thinggroup/{group}") for t in j.targets))]
         page, token = paginate(items, r.params)
         return page_out("jobs", page, token)
 
@@ -105,8 +143,10 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return page_out("executionSummaries", page, token)
 
     def executions_for_thing(r: ApiRequest) -> dict[str, Any]:
+        job_id = r.params.get("jobId")
         items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)}
-                 for row in jobs.executions_for_thing(r.params["thingName"], r.params.get("status"))]
+                 for row in jobs.executions_for_thing(r.params["thingName"], r.params.get("status"))
+                 if job_id is None or row.job_id == job_id]
         page, token = paginate(items, r.params)
         return page_out("executionSummaries", page, token)
 
@@ -135,4 +175,4 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         "ListJobExecutionsForThing": executions_for_thing,
         "DescribeJobExecution": describe_execution, "CancelJobExecution": cancel_execution,
     }.items():
-        table.register("iot", name, handler)
+        table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))

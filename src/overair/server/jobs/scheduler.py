@@ -2,9 +2,10 @@
 
 Every tick, for each running job, in one transaction: time out IN_PROGRESS executions
 past their deadline (and queue retries), abort the job when an abort criterion fires,
-release the next executions of a staged rollout, and complete the job when nothing is
-left. The decisions are `core.rollout`'s; every input is read from the database and
-every result written back, so a tick is idempotent and a server killed between ticks
+release the next executions of a staged rollout (only while a maintenance window is
+open, when the job has any), and complete the job when nothing is left. The decisions
+are `core.rollout`'s; every input is read from the database and every result written
+back, so a tick is idempotent and a server killed between ticks
 (or in the middle of one: the transaction rolls back) carries on where it stopped.
 
 `tick()` returns the things whose next job changed (to be sent notify-next) and those
@@ -94,7 +95,10 @@ class JobScheduler:
             self._time_out(s, job, now, remember)
             if phase == "ended":
                 self._end(s, job, plan, now, remember)
-            elif not self._abort_if_needed(s, job, now, remember):
+            elif not self._abort_if_needed(s, job, now, remember) and plan.releasing(now):
+                # Outside its maintenance windows a job only pauses its releases: timeouts,
+                # aborts and the executions already out carry on. The decision depends on
+                # nothing but the configuration and `now`, so a restart cannot change it.
                 self._release(s, job, now, remember)
             self._jobs.maybe_complete(s, job)
             s.flush()

@@ -38,6 +38,10 @@ ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
 RELEASED = JobExecution.released_at.is_not(None)
 # Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
 HTTP_FILES = "http_files"
+# Job config key of the objects a plain job's pre-signed URL placeholders name, pinned to
+# a version at creation: [{"placeholder": "${aws:iot:s3-presigned-url:...}", "bucket",
+# "key", "version"}] (server/jobs/documents.py).
+PRESIGNED_OBJECTS = "presigned_objects"
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
 IMAGE_VERSION = "image_version"
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
@@ -96,6 +100,7 @@ class JobService:
             rollout.retry_limits(config.get("jobExecutionsRetryConfig"))
             presign.expiry_seconds(config.get("presignedUrlConfig"))
             plan = rollout.schedule(config.get("schedulingConfig"))
+            rollout.check_windows_open(plan, self._clock())
         except PeerInputError as exc:
             raise invalid(exc.message) from exc
         encoded = wire.encode(document)
@@ -115,8 +120,9 @@ class JobService:
                       created_at=now, last_updated_at=now)
             s.add(job)
             s.flush()
-            # A staged rollout releases executions from the scheduler; else all at once.
-            released_at = None if rollout_config.limited or waiting else now
+            # A staged rollout releases executions from the scheduler, and so does a job
+            # created outside its maintenance windows; else all at once.
+            released_at = None if rollout_config.limited or not plan.releasing(now) else now
             had_next = self._things_with_active(s, things) if released_at is not None else set(things)
             if things:
                 s.execute(insert(JobExecution), [
@@ -146,9 +152,11 @@ class JobService:
                 if s.scalar(self._latest(job.job_id, thing, released_only=False)) is not None:
                     continue  # it already has (or had) an execution of this job
                 limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited
+                releasing = rollout.schedule(job.config.get("schedulingConfig")).releasing(now)
                 s.add(JobExecution(job_id=job.job_id, thing_name=thing, status=ExecStatus.QUEUED.value,
                                    status_details={}, queued_at=now, last_updated_at=now, version_number=1,
-                                   execution_number=1, released_at=None if limited else now))
+                                   execution_number=1,
+                                   released_at=now if releasing and not limited else None))
             s.flush()
             return [thing] if self.next_id_in(s, thing) != before else []
 
@@ -175,6 +183,13 @@ class JobService:
                                     .where(JobExecution.job_id == job_id, RELEASED)
                                     .group_by(JobExecution.status)).tuples().all())
             return job, counts
+
+    def scheduled_rollouts(self, job: Job) -> list[float]:
+        """DescribeJob's scheduledJobRollouts: the next maintenance window starts of a job
+        that can still roll out."""
+        if job.status not in (JobStatus.SCHEDULED.value, JobStatus.IN_PROGRESS.value):
+            return []
+        return rollout.schedule(job.config.get("schedulingConfig")).upcoming_rollouts(self._clock())
 
     def list_jobs(self, status: str | None = None) -> list[Job]:
         with self._db.reading() as s:
@@ -467,12 +482,14 @@ class JobService:
         return {thing: str(version) for thing, version in best.items()}
 
     def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
-        """Jobs still running that deliver this object version over HTTP."""
+        """Jobs still running that deliver this object version over HTTP: an OTA job's
+        file, or a plain job's pre-signed URL placeholder."""
         wanted = {"bucket": bucket, "key": key, "version": version}
         with self._db.reading() as s:
             jobs = s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value)).all()
             return [job.job_id for job in jobs
-                    if any({k: f.get(k) for k in wanted} == wanted for f in job.config.get(HTTP_FILES, []))]
+                    if any({k: f.get(k) for k in wanted} == wanted
+                           for key in (HTTP_FILES, PRESIGNED_OBJECTS) for f in job.config.get(key, []))]
 
     def live_execution_references(self, thing: str, job_ids: list[str]) -> bool:
         """True if the thing has a non-terminal execution of one of these jobs."""

@@ -53,6 +53,16 @@ class OtaFailure(OverairError):
     """A reason an OTA update cannot be created; becomes `errorInfo`."""
 
 
+# Authorizes one step the OTA Update Manager takes as the update's service role
+# (`roleArn`): (role ARN, OTA update id, IAM action, resource ARN). It raises ApiError
+# (AccessDeniedException) when the role may not, which fails the update with that reason.
+RoleGate = Callable[[str, str, str, str], None]
+
+
+def _allow_all(_role_arn: str, _ota_id: str, _action: str, _resource: str) -> None:
+    """For embedding the manager without IAM (unit tests of the pipeline itself)."""
+
+
 def job_id_for(ota_update_id: str) -> str:
     return (JOB_PREFIX + ota_update_id)[:64]
 
@@ -60,8 +70,10 @@ def job_id_for(ota_update_id: str) -> str:
 class OtaManager:
     def __init__(self, db: Database, settings: Settings, objects: ObjectStore, signing: SigningService,
                  streams: StreamService, jobs: JobService, trust_roots: Callable[[], list[x509.Certificate]],
-                 clock: Clock, on_job_created: Callable[[list[str]], None] = lambda _things: None) -> None:
+                 clock: Clock, on_job_created: Callable[[list[str]], None] = lambda _things: None,
+                 role_gate: RoleGate | None = None) -> None:
         self._db = db
+        self._role_gate: RoleGate = role_gate or _allow_all
         self._settings = settings
         self._objects = objects
         self._signing = signing
@@ -162,6 +174,9 @@ class OtaManager:
                 setattr(row, key, value)
             row.last_modified_at = self._clock()
 
+    def _as_role(self, row: OtaUpdate, action: str, resource: str) -> None:
+        self._role_gate(str(row.request.get("roleArn", "")), row.ota_update_id, action, resource)
+
     def _build(self, row: OtaUpdate) -> list[str]:
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
@@ -178,10 +193,12 @@ class OtaManager:
             # A file of an existing stream keeps its id there: devices ask the stream for it.
             file_id = int(stream_ref.get("fileId", 0)) if stream_ref else index
             location = self._location(spec)
+            self._as_role(row, "s3:GetObjectVersion" if location.get("version") else "s3:GetObject",
+                          f"arn:{self._settings.partition}:s3:::{location['bucket']}/{location['key']}")
             stored, data = self._objects.get_object(location["bucket"], location["key"],
                                                     location.get("version"))
             self._check_size(spec.get("fileName", ""), len(data))
-            signed = self._signature(spec, location, row.ota_update_id)
+            signed = self._signature(spec, location, row)
             self._verify(data, signed)
             version = image_version(data, spec.get("fileVersion"))
             if index == 0 and version is not None:
@@ -201,6 +218,7 @@ class OtaManager:
             try:
                 self._streams.describe_stream(stream_id)
             except ApiError:
+                self._as_role(row, "iot:CreateStream", self._settings.arn("iot", f"stream/{stream_id}"))
                 self._streams.create_stream(stream_id, stream_files,
                                             f"OTA update {row.ota_update_id}", request.get("roleArn", ""))
         document = OtaJobDocument(
@@ -214,6 +232,8 @@ class OtaManager:
         if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
+        for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
+            self._as_role(row, "iot:CreateJob", resource)
         self._set(row.ota_update_id, job_id=job_id)
         try:
             _, notify = self._jobs.create_job(
@@ -270,10 +290,13 @@ class OtaManager:
                              f"{limits.device_max_blocks} blocks of {limits.device_block_size} bytes "
                              f"({limits.device_max_file_size} bytes)", code="InvalidRequestException")
 
-    def _signature(self, spec: dict[str, Any], location: dict[str, Any], ota_id: str) -> Signed:
+    def _signature(self, spec: dict[str, Any], location: dict[str, Any], row: OtaUpdate) -> Signed:
         code_signing = spec.get("codeSigning") or {}
         if code_signing.get("awsSignerJobId"):
-            return self._signing.signed_by_job(code_signing["awsSignerJobId"])
+            signer_job = str(code_signing["awsSignerJobId"])
+            self._as_role(row, "signer:DescribeSigningJob",
+                          self._settings.arn("signer", f"/signing-jobs/{signer_job}"))
+            return self._signing.signed_by_job(signer_job)
         start = code_signing.get("startSigningJobParameter")
         if start:
             destination = ((start.get("destination") or {}).get("s3Destination") or {})
@@ -281,12 +304,14 @@ class OtaManager:
             if not profile:
                 raise OtaFailure("startSigningJobParameter needs signingProfileName",
                                  code="InvalidRequestException")
-            self._ensure_profile(profile, start.get("signingProfileParameter"))
+            self._ensure_profile(row, profile, start.get("signingProfileParameter"))
+            self._as_role(row, "signer:StartSigningJob",
+                          self._settings.arn("signer", f"/signing-profiles/{profile}"))
             return self._signing.sign_object(profile, location["bucket"], location["key"],
                                              location.get("version"),
                                              destination.get("bucket") or location["bucket"],
                                              destination.get("prefix", "signed/"),
-                                             requested_by=f"ota/{ota_id}")
+                                             requested_by=f"ota/{row.ota_update_id}")
         custom = code_signing.get("customCodeSigning")
         if custom:
             return self._custom(custom)
@@ -308,7 +333,7 @@ class OtaManager:
                              f"set additionalParameters {ALLOW_DOWNGRADE}=true to send it anyway",
                              code="InvalidRequestException")
 
-    def _ensure_profile(self, name: str, parameter: dict[str, Any] | None) -> None:
+    def _ensure_profile(self, row: OtaUpdate, name: str, parameter: dict[str, Any] | None) -> None:
         """As in AWS: a signingProfileParameter creates the named profile when it does
         not exist yet (platform, certificate and certificatePathOnDevice)."""
         try:
@@ -318,6 +343,8 @@ class OtaManager:
             if not parameter:
                 raise OtaFailure(f"signing profile {name} does not exist (give signingProfileParameter "
                                  "to create it)", code="ResourceNotFoundException") from None
+        self._as_role(row, "signer:PutSigningProfile",
+                      self._settings.arn("signer", f"/signing-profiles/{name}"))
         self._signing.put_profile(name, parameter.get("platform") or DEFAULT_PLATFORM,
                                   str(parameter.get("certificateArn", "")),
                                   str(parameter.get("certificatePathOnDevice", "")))

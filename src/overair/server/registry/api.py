@@ -2,15 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable
 from overair.server.api.paging import page_out, paginate
+from overair.server.api.unsupported import refusing
 from overair.server.registry.service import Registry, thing_view
 
 # overair extension: the CLI names the thing so the certificate's CN can be the thing
 # name (the device agent checks it); AWS clients that omit it get a unique CN.
 THING_NAME_HEADER = "x-overair-thing-name"
+
+# Members refused by name (docs/compatibility.md): no billing groups, thing types are not
+# managed, thing groups are flat.
+_REFUSED = {
+    "CreateThing": ("billingGroupName",),
+    "UpdateThing": ("thingTypeName", "removeThingType"),
+    "CreateThingGroup": ("parentGroupName",),
+    "ListThingGroups": ("parentGroup",),
+}
+
+
+def _attribute_filter(params: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """ListThings' attributeName/attributeValue (exact, or prefix) and thingTypeName."""
+    name, value = params.get("attributeName"), params.get("attributeValue")
+    prefix = bool(params.get("usePrefixAttributeValue"))
+    thing_type = params.get("thingTypeName")
+
+    def keep(view: dict[str, Any]) -> bool:
+        if thing_type is not None and view.get("thingTypeName") != thing_type:
+            return False
+        if name is None:
+            return True
+        actual = view["attributes"].get(name)
+        if actual is None:
+            return False
+        if value is None:
+            return True
+        return bool(actual.startswith(value)) if prefix else bool(actual == value)
+
+    return keep
+
+
+def _listed_things(registry: Registry, params: dict[str, Any]) -> list[dict[str, Any]]:
+    keep = _attribute_filter(params)
+    return [{k: v for k, v in view.items() if k != "thingId"}  # not a member of ThingAttribute
+            for view in map(thing_view, registry.list_things()) if keep(view)]
+
+
+def _certificate_summaries(registry: Registry, ascending: bool) -> list[dict[str, Any]]:
+    certs = [{"certificateArn": c.arn, "certificateId": c.certificate_id, "status": c.status,
+              "creationDate": c.created_at, "certificateMode": "DEFAULT"}
+             for c in registry.list_certificates()]
+    return certs if ascending else certs[::-1]  # AWS: newest first unless asked otherwise
 
 
 def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int]) -> None:
@@ -24,7 +69,7 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return {**thing_view(thing), "defaultClientId": thing.name}
 
     def list_things(r: ApiRequest) -> dict[str, Any]:
-        things = [thing_view(t) for t in registry.list_things()]
+        things = _listed_things(registry, r.params)
         page, token = paginate(things, r.params)
         return page_out("things", page, token)
 
@@ -92,9 +137,7 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
             "lastModifiedDate": cert.last_modified_at, "certificateMode": "DEFAULT"}}
 
     def list_certificates(r: ApiRequest) -> dict[str, Any]:
-        certs = [{"certificateArn": c.arn, "certificateId": c.certificate_id, "status": c.status,
-                  "creationDate": c.created_at, "certificateMode": "DEFAULT"}
-                 for c in registry.list_certificates()]
+        certs = _certificate_summaries(registry, bool(r.params.get("ascendingOrder")))
         page, token = paginate(certs, r.params, limit_key="pageSize", token_key="marker")
         return page_out("certificates", page, token, token_key="nextMarker")
 
@@ -131,4 +174,4 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         "DetachThingPrincipal": detach, "ListThingPrincipals": principals,
         "DescribeEndpoint": describe_endpoint,
     }.items():
-        table.register("iot", name, handler)
+        table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))

@@ -322,6 +322,12 @@ class Registry:
             return list(s.scalars(select(ThingPrincipal.thing_name)
                                   .where(ThingPrincipal.principal == self.cert_arn(cert_id))))
 
+    def withdrawn_common_names(self) -> set[str]:
+        """The CNs of device certificates that are not ACTIVE (revoked or inactive)."""
+        with self._db.reading() as s:
+            pems = s.scalars(select(DeviceCertificate.pem).where(DeviceCertificate.status != "ACTIVE")).all()
+        return {cn for cn in map(_common_name, pems) if cn is not None}
+
     def revoked_serials(self) -> list[int]:
         """Every device certificate that must not connect: not ACTIVE."""
         with self._db.reading() as s:

@@ -29,6 +29,20 @@ _ACM_KEY_ALGORITHMS = {
 CERTNAME_PARAMETER = "certname"  # AWS's signingParameters key for the FreeRTOS certificate path
 
 
+# Members of DescribeSigningJob's answer that ListSigningJobs' SigningJob shape lacks.
+_NOT_IN_SUMMARY = frozenset({"requestedBy", "completedAt", "statusReason", "revocationRecord"})
+
+
+def wire_version(stored: str) -> str:
+    """A profile version as signer's model has it: exactly 10 alphanumerics (botocore
+    refuses anything else client-side, so a shorter one could not be sent back)."""
+    return stored.rjust(10, "0")
+
+
+def stored_version(wire: str) -> str:
+    return wire.lstrip("0") or ("0" if wire else "")
+
+
 def _blob_text(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value or "").encode()
 
@@ -146,8 +160,8 @@ def register_acm(table: OperationTable, store: CertificateStore, signing: Signin
 def _profile_view(settings_arn: str, row: SigningProfile) -> dict[str, Any]:
     view: dict[str, Any] = {
         "profileName": row.name,
-        "profileVersion": row.version,
-        "profileVersionArn": f"{settings_arn}/{row.version}",
+        "profileVersion": wire_version(row.version),
+        "profileVersionArn": f"{settings_arn}/{wire_version(row.version)}",
         "arn": row.arn,
         "platformId": row.platform_id,
         "platformDisplayName": PLATFORMS[row.platform_id].display_name,
@@ -182,7 +196,7 @@ def _job_view(row: SigningJob, profile: SigningProfile | None) -> dict[str, Any]
     if row.platform_id in PLATFORMS:
         view["platformDisplayName"] = PLATFORMS[row.platform_id].display_name
     if profile is not None:
-        view["profileVersion"] = profile.version
+        view["profileVersion"] = wire_version(profile.version)
         view["signingParameters"] = {CERTNAME_PARAMETER: profile.certificate_path_on_device}
     if row.completed_at is not None:
         view["completedAt"] = _when(row.completed_at)
@@ -226,8 +240,8 @@ def register_signer(table: OperationTable, signing: SigningService) -> None:
         )
         return {
             "arn": row.arn,
-            "profileVersion": row.version,
-            "profileVersionArn": f"{row.arn}/{row.version}",
+            "profileVersion": wire_version(row.version),
+            "profileVersionArn": f"{row.arn}/{wire_version(row.version)}",
         }
 
     def get_profile(r: ApiRequest) -> dict[str, Any]:
@@ -250,7 +264,8 @@ def register_signer(table: OperationTable, signing: SigningService) -> None:
     def revoke_profile(r: ApiRequest) -> dict[str, Any]:
         effective = r.params["effectiveTime"]
         signing.revoke_profile(
-            r.params["profileName"], r.params.get("profileVersion", ""), r.params.get("reason", ""), effective
+            r.params["profileName"], stored_version(r.params.get("profileVersion", "")),
+            r.params.get("reason", ""), effective
         )
         return {}
 
@@ -292,7 +307,9 @@ def _register_signing_jobs(table: OperationTable, signing: SigningService) -> No
 
     def describe_job(r: ApiRequest) -> dict[str, Any]:
         row = signing.describe_job(r.params["jobId"])
-        return _job_view(row, _profile_or_none(row.profile_name))
+        view = _job_view(row, _profile_or_none(row.profile_name))
+        view.pop("isRevoked")  # DescribeSigningJob says it with revocationRecord
+        return view
 
     def _profile_or_none(name: str) -> SigningProfile | None:
         try:
@@ -306,7 +323,9 @@ def _register_signing_jobs(table: OperationTable, signing: SigningService) -> No
             rows = [row for row in rows if row.platform_id == r.params["platformId"]]
         if "isRevoked" in r.params:
             rows = [row for row in rows if (row.revoked_at is not None) == bool(r.params["isRevoked"])]
-        page, token = paginate([_job_view(row, None) for row in rows], r.params)
+        summaries = [{k: v for k, v in _job_view(row, None).items() if k not in _NOT_IN_SUMMARY}
+                     for row in rows]
+        page, token = paginate(summaries, r.params)
         return page_out("jobs", page, token)
 
     def revoke_signature(r: ApiRequest) -> dict[str, Any]:

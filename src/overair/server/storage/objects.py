@@ -15,6 +15,8 @@ versioning `Enabled` creates a new random version id per write and delete marker
 delete, `Suspended` writes the `null` version again while keeping older versions.
 
 Mutations of rows and files run under one process-local lock; reads do not take it.
+Multipart uploads (`multipart.py`) assemble their parts into a temporary file and hand
+it to `commit_file`, the same installation path a single PUT takes.
 """
 
 from __future__ import annotations
@@ -29,17 +31,18 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from overair.core.limits import DEFAULT_LIMITS
 from overair.server.api.contract import ApiError
 from overair.server.storage.db import Database
-from overair.server.storage.schema import Bucket, ObjectVersion
+from overair.server.storage.schema import Bucket, MultipartUpload, ObjectVersion
 
 logger = logging.getLogger("overair.objects")
 
@@ -52,6 +55,8 @@ VERSIONING_STATES = ("Enabled", "Suspended")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _STALE_TMP_SECONDS = 3600.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,73 @@ class VersionListing:
 class DeleteResult:
     version_id: str | None  # the version removed, or of the delete marker created
     delete_marker: bool  # a delete marker was created or removed
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a key-ordered listing whose keys may roll up into common prefixes."""
+
+    items: list[T]
+    common_prefixes: list[str]
+    is_truncated: bool
+    # The last entry returned when truncated: a common prefix (then last_item is None) or
+    # the key of last_item. The next page starts after it.
+    next_key: str | None
+    last_item: T | None
+
+
+def page_by_key(
+    rows: Iterable[T],
+    key_of: Callable[[T], str],
+    *,
+    prefix: str,
+    delimiter: str | None,
+    marker: str | None,
+    max_keys: int,
+) -> Page[T]:
+    """Up to `max_keys` entries (items plus common prefixes) from rows in key order.
+
+    All rows under one common prefix count as a single entry. A `marker` that is itself a
+    common prefix (the previous page ended on it) skips every row under it."""
+    ends_on_prefix = bool(marker and delimiter and marker.endswith(delimiter) and marker.startswith(prefix))
+    skip = marker if ends_on_prefix else None
+    items: list[T] = []
+    prefixes: list[str] = []
+    next_key: str | None = None
+    last_item: T | None = None
+    for row in rows:
+        key = key_of(row)
+        if skip is not None and key.startswith(skip):
+            continue
+        common = _common_prefix(key, prefix, delimiter)
+        if common is not None and prefixes and prefixes[-1] == common:
+            continue
+        if len(items) + len(prefixes) >= max_keys:
+            return Page(items, prefixes, True, next_key, last_item)
+        if common is not None:
+            prefixes.append(common)
+            next_key, last_item = common, None
+        else:
+            items.append(row)
+            next_key, last_item = key, row
+    return Page(items, prefixes, False, None, None)
+
+
+def _common_prefix(key: str, prefix: str, delimiter: str | None) -> str | None:
+    if not delimiter:
+        return None
+    idx = key.find(delimiter, len(prefix))
+    if idx < 0:
+        return None
+    return key[: idx + len(delimiter)]
+
+
+def entity_too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        "EntityTooLarge",
+        f"Your proposed upload ({size} bytes) exceeds the maximum allowed object size ({limit} bytes)",
+        400,
+    )
 
 
 def no_such_bucket(name: str) -> ApiError:
@@ -163,16 +235,32 @@ def _fsync_dir(path: Path) -> None:
 class ObjectStore:
     """Versioned buckets on local disk; safe to call from several threads."""
 
-    def __init__(self, db: Database, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        root: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_object_bytes: int = DEFAULT_LIMITS.max_object_bytes,
+    ) -> None:
         self._db = db
         self._root = Path(root)
         self._data = self._root / "data"
         self._tmp = self._root / "tmp"
-        self._clock = clock
+        self.clock = clock
+        self.max_object_bytes = max_object_bytes
         self._lock = threading.Lock()
         self._data.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._sweep_tmp()
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    @property
+    def root(self) -> Path:
+        return self._root
 
     # ---------------------------------------------------------------- buckets
 
@@ -185,7 +273,7 @@ class ObjectStore:
                     "Your previous request to create the named bucket succeeded and you already own it.",
                     409,
                 )
-            row = Bucket(name=name, versioning=None, policy=None, created_at=self._clock())
+            row = Bucket(name=name, versioning=None, policy=None, created_at=self.clock())
             session.add(row)
             return BucketInfo(name=name, created_at=row.created_at, versioning=None)
 
@@ -195,7 +283,11 @@ class ObjectStore:
             has_objects = session.scalar(
                 select(ObjectVersion.id).where(ObjectVersion.bucket == name).limit(1)
             )
-            if has_objects is not None:
+            # Pending multipart uploads hold stored parts: they must be aborted first.
+            has_uploads = session.scalar(
+                select(MultipartUpload.id).where(MultipartUpload.bucket == name).limit(1)
+            )
+            if has_objects is not None or has_uploads is not None:
                 raise ApiError("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
             session.delete(bucket)
 
@@ -232,7 +324,8 @@ class ObjectStore:
             self._bucket(session, bucket).policy = policy
 
     def get_bucket_policy(self, bucket: str) -> str | None:
-        with self._db.session() as session:
+        # A read (it runs for every authorized S3 request): no write transaction.
+        with self._db.reading() as session:
             return self._bucket(session, bucket).policy
 
     # ---------------------------------------------------------------- objects
@@ -246,19 +339,73 @@ class ObjectStore:
         metadata: dict[str, str] | None = None,
     ) -> StoredObject:
         validate_key(key)
-        sha = hashlib.sha256(data).hexdigest()
-        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
-        tmp = self._write_temp(data)
+        self.check_size(len(data))
+        tmp = self.write_temp([data])
+        return self.commit_file(
+            bucket,
+            key,
+            tmp,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            etag='"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"',
+            content_type=content_type,
+            metadata=metadata,
+        )
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_object_bytes:
+            raise entity_too_large(size, self.max_object_bytes)
+
+    def write_temp(self, chunks: Iterable[bytes]) -> Path:
+        """Write `chunks` to a new file under the store's temporary directory and fsync
+        it. If writing fails (or a chunk producer raises), nothing is left behind."""
+        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        return Path(name)
+
+    def commit_file(
+        self,
+        bucket: str,
+        key: str,
+        tmp: Path,
+        *,
+        size: int,
+        sha256: str,
+        etag: str,
+        content_type: str | None = DEFAULT_CONTENT_TYPE,
+        metadata: dict[str, str] | None = None,
+        in_transaction: Callable[[Session], None] | None = None,
+    ) -> StoredObject:
+        """Install `tmp` (from `write_temp`, already verified) as the newest version of
+        `key`, consuming it. `in_transaction` runs in the same database transaction
+        before the new row is added and may raise to abandon the write; this is how a
+        multipart completion removes its upload atomically with creating the object."""
+        validate_key(key)
         final: Path | None = None
+        # Identical bytes re-written as the `null` version land on the path the old row
+        # uses; such a file must survive a failed commit.
+        preexisting = False
         old_files: list[Path] = []
         try:
             with self._lock:
                 try:
                     with self._db.session() as session:
                         versioning = self._bucket(session, bucket).versioning
+                        if in_transaction is not None:
+                            in_transaction(session)
                         version_id = _new_version_id() if versioning == "Enabled" else NULL_VERSION
-                        final = self._path(bucket, key, version_id, sha)
+                        final = self._path(bucket, key, version_id, sha256)
                         final.parent.mkdir(parents=True, exist_ok=True)
+                        preexisting = final.exists()
                         os.replace(tmp, final)
                         _fsync_dir(final.parent)
                         if version_id == NULL_VERSION:
@@ -267,20 +414,20 @@ class ObjectStore:
                             bucket=bucket,
                             key=key,
                             version_id=version_id,
-                            size=len(data),
-                            sha256=sha,
+                            size=size,
+                            sha256=sha256,
                             etag=etag,
                             content_type=content_type or DEFAULT_CONTENT_TYPE,
                             metadata_=dict(metadata or {}),
                             delete_marker=False,
-                            created_at=self._clock(),
+                            created_at=self.clock(),
                         )
                         session.add(row)
                         session.flush()
                         stored = _to_object(row)
                 except BaseException:
                     # Not committed: the new file is unreferenced unless an old row uses it.
-                    if final is not None and final.exists() and final not in old_files:
+                    if final is not None and not preexisting and final.exists():
                         with contextlib.suppress(OSError):
                             final.unlink()
                     raise
@@ -366,7 +513,7 @@ class ObjectStore:
                             content_type=DEFAULT_CONTENT_TYPE,
                             metadata_={},
                             delete_marker=True,
-                            created_at=self._clock(),
+                            created_at=self.clock(),
                         )
                     )
                     result = DeleteResult(version_id=marker_id, delete_marker=True)
@@ -398,27 +545,14 @@ class ObjectStore:
             if marker:
                 stmt = stmt.where(ObjectVersion.key > marker)
             stmt = stmt.order_by(ObjectVersion.key)
-            objects: list[StoredObject] = []
-            prefixes: list[str] = []
-            truncated = False
-            next_marker: str | None = None
-            skip = self._skip_prefix(marker, prefix, delimiter)
-            for row in session.scalars(stmt):
-                if skip is not None and row.key.startswith(skip):
-                    continue
-                common = self._common_prefix(row.key, prefix, delimiter)
-                if common is not None and prefixes and prefixes[-1] == common:
-                    continue
-                if len(objects) + len(prefixes) >= max_keys:
-                    truncated = True
-                    break
-                if common is not None:
-                    prefixes.append(common)
-                    next_marker = common
-                else:
-                    objects.append(_to_object(row))
-                    next_marker = row.key
-            return ObjectListing(objects, prefixes, truncated, next_marker if truncated else None)
+            page = page_by_key(
+                session.scalars(stmt), lambda row: row.key,
+                prefix=prefix, delimiter=delimiter, marker=marker, max_keys=max_keys,
+            )
+            return ObjectListing(
+                [_to_object(row) for row in page.items], page.common_prefixes, page.is_truncated,
+                page.next_key,
+            )
 
     def list_object_versions(
         self,
@@ -459,30 +593,15 @@ class ObjectStore:
                 else:
                     stmt = stmt.where(after_key)
             stmt = stmt.order_by(ObjectVersion.key, ObjectVersion.id.desc())
-            versions: list[VersionEntry] = []
-            prefixes: list[str] = []
-            truncated = False
-            next_key: str | None = None
-            next_version: str | None = None
-            skip = self._skip_prefix(key_marker, prefix, delimiter)
-            for row, latest in session.execute(stmt).tuples():
-                if skip is not None and row.key.startswith(skip):
-                    continue
-                common = self._common_prefix(row.key, prefix, delimiter)
-                if common is not None and prefixes and prefixes[-1] == common:
-                    continue
-                if len(versions) + len(prefixes) >= max_keys:
-                    truncated = True
-                    break
-                if common is not None:
-                    prefixes.append(common)
-                    next_key, next_version = common, None
-                else:
-                    versions.append(VersionEntry(_to_object(row), row.id == latest))
-                    next_key, next_version = row.key, row.version_id
-            if not truncated:
-                next_key = next_version = None
-            return VersionListing(versions, prefixes, truncated, next_key, next_version)
+            page = page_by_key(
+                session.execute(stmt).tuples(), lambda pair: pair[0].key,
+                prefix=prefix, delimiter=delimiter, marker=key_marker, max_keys=max_keys,
+            )
+            versions = [VersionEntry(_to_object(row), row.id == latest) for row, latest in page.items]
+            next_version = page.last_item[0].version_id if page.last_item is not None else None
+            return VersionListing(
+                versions, page.common_prefixes, page.is_truncated, page.next_key, next_version
+            )
 
     def iter_keys(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
         """Every latest object under `prefix` (convenience for callers, pages internally)."""
@@ -519,21 +638,6 @@ class ObjectStore:
         # substr, not LIKE: LIKE is case-insensitive on SQLite and needs escaping.
         return [func.substr(ObjectVersion.key, 1, len(prefix)) == prefix]
 
-    @staticmethod
-    def _common_prefix(key: str, prefix: str, delimiter: str | None) -> str | None:
-        if not delimiter:
-            return None
-        idx = key.find(delimiter, len(prefix))
-        if idx < 0:
-            return None
-        return key[: idx + len(delimiter)]
-
-    @staticmethod
-    def _skip_prefix(marker: str | None, prefix: str, delimiter: str | None) -> str | None:
-        if marker and delimiter and marker.endswith(delimiter) and marker.startswith(prefix):
-            return marker
-        return None
-
     def _drop_null(self, session: Session, bucket: str, key: str) -> list[Path]:
         """Delete the `null` version row of a key; return its file to remove after commit."""
         row = session.scalar(
@@ -553,19 +657,6 @@ class ObjectStore:
     def _path(self, bucket: str, key: str, version_id: str, sha: str) -> Path:
         key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         return self._data / bucket / key_hash[:2] / key_hash / f"{version_id}.{sha}"
-
-    def _write_temp(self, data: bytes) -> Path:
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise
-        return Path(name)
 
     def _check_file(self, obj: StoredObject) -> None:
         path = self._path(obj.bucket, obj.key, obj.version_id, obj.sha256)

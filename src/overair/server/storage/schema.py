@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -32,6 +33,7 @@ class IamUser(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(32), unique=True)
     arn: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(512), default="/")
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -42,6 +44,92 @@ class AccessKey(Base):
     # AES-GCM under the master key; see server/sealing.py.
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(16), default="Active")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+# IAM beyond users and keys (migration 0006). Policies attached by ARN may be overair's
+# built-in managed policies (server/iam/managed.py), which have no row of their own.
+class IamGroup(Base):
+    __tablename__ = "iam_groups"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(32), unique=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(512), default="/")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class IamGroupMember(Base):
+    __tablename__ = "iam_group_members"
+    group_name: Mapped[str] = mapped_column(ForeignKey("iam_groups.name", ondelete="CASCADE"),
+                                            primary_key=True)
+    user_name: Mapped[str] = mapped_column(ForeignKey("iam_users.name", ondelete="CASCADE"),
+                                           primary_key=True)
+
+
+class IamRole(Base):
+    __tablename__ = "iam_roles"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role_id: Mapped[str] = mapped_column(String(32), unique=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(512), default="/")
+    trust_policy: Mapped[str] = mapped_column(Text)  # the AssumeRolePolicyDocument as given
+    description: Mapped[str] = mapped_column(Text, default="")
+    max_session_duration: Mapped[int] = mapped_column(Integer, default=3600)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class IamPolicy(Base):
+    """A customer managed policy; its documents are the versions."""
+
+    __tablename__ = "iam_policies"
+    arn: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    policy_id: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(512), default="/")
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_version: Mapped[str] = mapped_column(String(8))
+    next_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class IamPolicyVersion(Base):
+    __tablename__ = "iam_policy_versions"
+    policy_arn: Mapped[str] = mapped_column(ForeignKey("iam_policies.arn", ondelete="CASCADE"),
+                                            primary_key=True)
+    version_id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class IamAttachment(Base):
+    """A managed policy attached to a user, group or role (principal_kind)."""
+
+    __tablename__ = "iam_attachments"
+    principal_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    principal_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy_arn: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
+
+
+class IamInlinePolicy(Base):
+    __tablename__ = "iam_inline_policies"
+    principal_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    principal_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+
+
+class StsSession(Base):
+    """Temporary credentials from AssumeRole. The session token is kept only as a hash."""
+
+    __tablename__ = "sts_sessions"
+    access_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role_name: Mapped[str] = mapped_column(ForeignKey("iam_roles.name", ondelete="CASCADE"), index=True)
+    session_name: Mapped[str] = mapped_column(String(64))
+    arn: Mapped[str] = mapped_column(String(512))
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -118,6 +206,39 @@ class ObjectVersion(Base):
     content_type: Mapped[str] = mapped_column(String(256), default="binary/octet-stream")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     delete_marker: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class MultipartUpload(Base):
+    """An S3 multipart upload in progress (removed when completed or aborted)."""
+
+    __tablename__ = "multipart_uploads"
+    __table_args__ = (Index("ix_multipart_uploads_bucket_key", "bucket", "key"),)
+    # Orders uploads of one key by initiation, as ListMultipartUploads does.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    upload_id: Mapped[str] = mapped_column(String(64), unique=True)
+    bucket: Mapped[str] = mapped_column(ForeignKey("buckets.name", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(1024))
+    content_type: Mapped[str] = mapped_column(String(256), default="binary/octet-stream")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)  # e.g. CRC32
+    checksum_type: Mapped[str | None] = mapped_column(String(16), nullable=True)  # COMPOSITE, FULL_OBJECT
+    initiator: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class MultipartPart(Base):
+    """One uploaded part; its bytes are a file named after (upload, number, sha256)."""
+
+    __tablename__ = "multipart_parts"
+    upload_id: Mapped[str] = mapped_column(
+        ForeignKey("multipart_uploads.upload_id", ondelete="CASCADE"), primary_key=True)
+    part_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    md5: Mapped[str] = mapped_column(String(32))  # hex; the part's ETag without quotes
+    sha256: Mapped[str] = mapped_column(String(64))
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(128), nullable=True)  # base64
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -248,12 +369,31 @@ class OtaUpdate(Base):
 
 
 class AuditEntry(Base):
+    """One hash-chained audit entry (server/audit/chain.py). Append-only: written only by
+    AuditLog, which assigns seq and the hashes under the head row's lock."""
+
     __tablename__ = "audit_log"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 64-bit: one entry per API request outgrows 32 bits. SQLite keeps INTEGER, the
+    # rowid alias (a BIGINT key there would be a second index).
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                     autoincrement=False)
     at: Mapped[float] = mapped_column(Float, index=True)
     principal: Mapped[str] = mapped_column(String(256), index=True)
     action: Mapped[str] = mapped_column(String(128), index=True)
     resource: Mapped[str] = mapped_column(Text)
     decision: Mapped[str] = mapped_column(String(16))
+    statement: Mapped[str] = mapped_column(Text, default="")  # the policy statement that decided
     source: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The audit chain's anchor: one row (id 1), the last seq and entry hash, updated in
+    the same transaction as every append. Its row lock serialises appenders."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))

@@ -128,6 +128,16 @@ class StreamService:
             self._rows[stream_id] = (stream, now + STREAM_ROW_TTL)
         return stream
 
+    def cached_stream(self, stream_id: str) -> Stream | None:
+        """The stream row if it is cached and fresh; never reads the database."""
+        with self._rows_lock:
+            cached = self._rows.get(stream_id)
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+    def cached_file_bytes(self, stream: Stream, file_id: int) -> bytes | None:
+        """The file's bytes if they are cached; never reads the object store."""
+        return self.cache.get((stream.stream_id, stream.version, file_id))
+
     def _forget_row(self, stream_id: str) -> None:
         with self._rows_lock:
             self._rows.pop(stream_id, None)

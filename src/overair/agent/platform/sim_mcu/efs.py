@@ -142,10 +142,20 @@ class Efs:
         copies = [self._read_copy(SUPERBLOCK, i) for i in (0, 1)]
         if any(c.state == "valid" and c.data == _SUPER_CONTENT for c in copies):
             return True
-        if all(c.state == "blank" for c in copies):
+        if all(c.state == "blank" for c in copies) or self._first_format_cut_short(copies):
             return False
         raise EfsAuthError("the file system does not authenticate with this device's key: it was "
                            "formatted on another device (clone) or its superblock was altered")
+
+    def _first_format_cut_short(self, copies: list[_Copy]) -> bool:
+        """The power failed while the very first superblock was programmed (R2): only
+        its first copy was touched and every other sector is still erased. A flash
+        from another device (P3) always holds more than that, so it still refuses."""
+        if copies[1].state != "blank":
+            return False
+        start = 2 * self.flash.sector_size
+        rest = self.flash.read(start, self.flash.size - start)
+        return rest.count(ERASED) == len(rest)
 
     def format(self) -> None:
         """Start a file system: write the superblock. Files are blank until written."""

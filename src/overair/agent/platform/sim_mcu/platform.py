@@ -3,17 +3,33 @@
 Storage is the encrypted file system of `efs.py` on the simulated flash of `flash.py`:
 
 ```
-boot      failsafe  the boot state: confirmed slot, pending slot, boot attempts, and
-                    each image's metadata (generation, size, version, SHA-256,
-                    signature and signer chain, whether it ran well)
+boot      failsafe  the boot state: confirmed slot, pending slot, boot attempts, the
+                    security counter (N1), and each image's metadata (generation,
+                    size, version, security counter, SHA-256, signature and signer
+                    chain, whether it ran well)
 secrets   failsafe  device secrets (write_secret/read_secret)
+progress  failsafe  a resumable download: its binding, generation, size, block size
+                    and the bitmap of the blocks still needed (agent/progress.py)
 slot-a    bulk      image slot a
 slot-b    bulk      image slot b
 factory   bulk      the factory image, written once by install_factory
 ```
 
 Every change of boot selection (activate, commit, rollback, a boot attempt, a
-fallback) is one write of the `boot` file, which is one power-safe record switch.
+fallback, a factory reset) is one write of the `boot` file, which is one power-safe
+record switch. The security counter is raised by the same write that commits an
+image, so no power cut can leave it lower than an image that was committed.
+
+A download is resumable (R2): `save_progress` keeps the bitmap in `progress`; the
+chunks it claims were programmed before (a chunk is durable once programmed). At boot
+`staged_progress` re-reads every chunk of the partial file and marks the blocks of any
+chunk that does not authenticate (a rewrite cut short) as needed again.
+
+Factory reset on request writes the factory image into the slot that is not
+confirmed (forgotten first), then switches to it with one boot-state write: a cut at
+any point leaves the old confirmed image or the factory image, never neither. The
+recovery at boot (no valid slot) rewrites the broken confirmed slot from the factory
+image, which is never written after provisioning: a cut there just repeats it.
 Semantics follow `LinuxSlots`: a download is staged in the slot that is not
 confirmed (so the confirmed image is never written while it is the fallback); a
 pending image gets `max_boot_attempts` boots to be committed.
@@ -25,9 +41,9 @@ is replaced by the other slot if that holds an image that ran well (committed or
 factory), else the factory image is copied back into the slot (recovery). Only when
 the factory image fails too does `boot()` raise.
 
-Signatures: the runtime does not pass the job's signature to the platform yet. Call
+Signatures: the runtime (after verifying an image) calls
 `set_staging_signature(signature, signer_chain)` after `read_staging()` and before
-`activate()` (and give `factory_signature=` to `install_factory_signed`) to have them
+`activate()` (give `factory_signature=` to `install_factory_signed`) to have them
 stored with the image; a verifier made with `signature_verifier(trust,
 require_signature=True)` then checks the signature chain at every boot. Without it,
 images carry no signature and `signature_verifier(..., require_signature=False)`
@@ -54,6 +70,7 @@ from cryptography import x509
 from overair.agent.platform.base import BootInfo, PlatformError, SlotInfo
 from overair.agent.platform.sim_mcu.efs import Efs, EfsFile
 from overair.agent.platform.sim_mcu.flash import Flash
+from overair.agent.progress import StagedProgress, mark_needed, well_formed
 from overair.core.codesign import TrustPolicy, verify_file_signature
 from overair.core.errors import DecodeError, VerificationFailed
 from overair.core.image import parse_header
@@ -63,8 +80,10 @@ SLOT_NAMES = ("a", "b")
 FACTORY = "factory"
 BOOT_FILE = "boot"
 SECRETS_FILE = "secrets"
+PROGRESS_FILE = "progress"
 BOOT_FILE_SECTORS = 2
 SECRETS_FILE_SECTORS = 1
+PROGRESS_FILE_SECTORS = 1
 GENERATION_BYTES = 16
 
 
@@ -123,6 +142,7 @@ class _Image:
     signature: bytes | None = None
     chain: tuple[bytes, ...] = ()
     good: bool = False  # ran well: factory, committed, or confirmed before
+    security_counter: int = 0
 
     def to_json(self) -> dict[str, Any]:
         def b64(raw: bytes) -> str:
@@ -130,14 +150,16 @@ class _Image:
         return {"generation": self.generation.hex(), "size": self.size, "version": str(self.version),
                 "sha256": self.sha256.hex(),
                 "signature": None if self.signature is None else b64(self.signature),
-                "chain": [b64(c) for c in self.chain], "good": self.good}
+                "chain": [b64(c) for c in self.chain], "good": self.good,
+                "security_counter": self.security_counter}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> _Image:
         sig = obj.get("signature")
         return cls(bytes.fromhex(obj["generation"]), int(obj["size"]), Version.parse(str(obj["version"])),
                    bytes.fromhex(obj["sha256"]), None if sig is None else base64.b64decode(sig),
-                   tuple(base64.b64decode(c) for c in obj.get("chain", [])), bool(obj.get("good", False)))
+                   tuple(base64.b64decode(c) for c in obj.get("chain", [])), bool(obj.get("good", False)),
+                   int(obj.get("security_counter", 0)))
 
     def meta(self, slot: str) -> ImageMeta:
         return ImageMeta(slot, self.version, self.size, self.sha256, self.signature, self.chain)
@@ -149,10 +171,11 @@ class _BootState:
     pending: str | None
     boot_count: int
     images: dict[str, _Image | None] = field(default_factory=dict)  # slot name -> image
+    security_counter: int = 0  # highest of any committed image; never goes down (N1)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": 1, "confirmed": self.confirmed, "pending": self.pending,
-                           "boot_count": self.boot_count,
+                           "boot_count": self.boot_count, "security_counter": self.security_counter,
                            "images": {k: None if v is None else v.to_json() for k, v in self.images.items()}},
                           sort_keys=True).encode()
 
@@ -160,7 +183,8 @@ class _BootState:
     def from_bytes(cls, raw: bytes) -> _BootState:
         obj = json.loads(raw)
         images = {str(k): None if v is None else _Image.from_json(v) for k, v in obj["images"].items()}
-        return cls(str(obj["confirmed"]), obj.get("pending"), int(obj["boot_count"]), images)
+        return cls(str(obj["confirmed"]), obj.get("pending"), int(obj["boot_count"]), images,
+                   int(obj.get("security_counter", 0)))
 
     def with_image(self, slot: str, image: _Image | None) -> _BootState:
         return replace(self, images={**self.images, slot: image})
@@ -177,6 +201,7 @@ def _file(slot: str) -> str:
 def layout(slot_sectors: int) -> list[EfsFile]:
     return [EfsFile(BOOT_FILE, "failsafe", BOOT_FILE_SECTORS),
             EfsFile(SECRETS_FILE, "failsafe", SECRETS_FILE_SECTORS),
+            EfsFile(PROGRESS_FILE, "failsafe", PROGRESS_FILE_SECTORS),
             *(EfsFile(_file(s), "bulk", slot_sectors) for s in (*SLOT_NAMES, FACTORY))]
 
 
@@ -202,6 +227,7 @@ class SimMcu:
         self._running_version: Version | None = None
         self._staging: tuple[str, bytes, int] | None = None  # slot, generation, size
         self._staging_signature: tuple[bytes, tuple[bytes, ...]] | None = None
+        self._staging_binding: tuple[bytes, int] | None = None  # binding, block size: resumable
 
     @classmethod
     def open(cls, path: Path, *, device_secret: bytes, unique_id: bytes, image_capacity: int = 256 * 1024,
@@ -241,14 +267,15 @@ class SimMcu:
         if len(image) > self.capacity:
             raise PlatformError(f"an image of {len(image)} bytes does not fit a slot of {self.capacity}")
         try:
-            version = parse_header(image).version
+            header = parse_header(image)
         except DecodeError as exc:
             raise PlatformError(f"not a valid image: {exc.message}") from exc
         generation = os.urandom(GENERATION_BYTES)
         cap = self.efs.chunk_capacity
         for index in range(math.ceil(len(image) / cap)):
             self.efs.write_chunk(_file(slot), generation, index, image[index * cap:(index + 1) * cap])
-        return _Image(generation, len(image), version, hashlib.sha256(image).digest(), signature, chain, good)
+        return _Image(generation, len(image), header.version, hashlib.sha256(image).digest(), signature,
+                      chain, good, header.security_counter)
 
     def _read_image(self, slot: str, image: _Image) -> bytes | None:
         cap = self.efs.chunk_capacity
@@ -311,6 +338,7 @@ class SimMcu:
     def boot(self) -> BootInfo:
         self._staging = None
         self._staging_signature = None
+        self._staging_binding = None
         self._running = None
         state = self._load()
         fell_back = changed = False
@@ -361,7 +389,7 @@ class SimMcu:
         assert self._running_version is not None
         return self._running_version
 
-    def create_staging(self, size: int) -> None:
+    def create_staging(self, size: int, binding: bytes = b"", block_size: int = 0) -> None:
         state = self._load()
         running = self._running_slot()
         if state.pending is not None and running == state.pending:
@@ -374,6 +402,75 @@ class SimMcu:
             # The slot's old image is overwritten from now on: forget it first.
             self._save(replace(state.with_image(slot, None), pending=None, boot_count=0))
         self._staging = (slot, os.urandom(GENERATION_BYTES), size)
+        self._staging_binding = (binding, block_size) if binding and block_size > 0 else None
+
+    # --- resumable downloads (R2) -----------------------------------------------------------------
+
+    def _kept(self) -> tuple[StagedProgress, str, bytes] | None:
+        """The saved progress (as saved), its slot and generation, if it still fits the
+        boot state: its slot is the one downloads go to, and holds no image."""
+        raw = self.efs.read(PROGRESS_FILE)
+        if not raw:
+            return None
+        try:
+            obj = json.loads(raw)
+            progress = StagedProgress(bytes.fromhex(obj["binding"]), int(obj["size"]), int(obj["block_size"]),
+                                      bytes.fromhex(obj["needed"]))
+            slot, generation = str(obj["slot"]), bytes.fromhex(obj["generation"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PlatformError(f"unreadable download progress: {exc}") from exc
+        state = self._load()
+        if (not well_formed(progress) or slot != _other(state.confirmed) or state.pending == slot
+                or state.images.get(slot) is not None or progress.size > self.capacity):
+            return None
+        return progress, slot, generation
+
+    def staged_progress(self) -> StagedProgress | None:
+        kept = self._kept()
+        if kept is None:
+            return None
+        progress, slot, generation = kept
+        cap = self.efs.chunk_capacity
+        lost: set[int] = set()
+        for index in range(math.ceil(progress.size / cap)):
+            chunk = self.efs.read_chunk(_file(slot), generation, index)
+            if chunk is None or len(chunk) != self._chunk_length(progress.size, index):
+                first = index * cap // progress.block_size
+                last = min((index + 1) * cap - 1, progress.size - 1) // progress.block_size
+                lost.update(range(first, last + 1))
+        return replace(progress, needed=mark_needed(progress.needed, lost))
+
+    def resume_staging(self, progress: StagedProgress) -> None:
+        kept = self._kept()
+        if kept is None or kept[0].binding != progress.binding:
+            raise PlatformError("the kept partial download is gone")
+        saved, slot, generation = kept
+        running = self._running_slot()
+        state = self._load()
+        if state.pending is not None and running == state.pending:
+            raise PlatformError("a trial image is running: commit or roll it back before staging another")
+        self._staging = (slot, generation, saved.size)
+        self._staging_signature = None
+        self._staging_binding = (saved.binding, saved.block_size)
+
+    def save_progress(self, needed: bytes) -> None:
+        staging, bound = self._staging, self._staging_binding
+        if staging is None or bound is None:
+            raise PlatformError("no resumable staging file is open")
+        slot, generation, size = staging
+        # Chunks are durable once programmed: nothing to flush before the bitmap.
+        self.efs.write(PROGRESS_FILE, json.dumps({
+            "binding": bound[0].hex(), "slot": slot, "generation": generation.hex(), "size": size,
+            "block_size": bound[1], "needed": needed.hex()}, sort_keys=True).encode())
+
+    def _forget_progress(self) -> None:
+        if self.efs.mount() and self.efs.read(PROGRESS_FILE):
+            self.efs.write(PROGRESS_FILE, b"")
+
+    def close_staging(self) -> None:
+        self._staging = None
+        self._staging_signature = None
+        self._staging_binding = None
 
     def _chunk_length(self, size: int, index: int) -> int:
         cap = self.efs.chunk_capacity
@@ -420,10 +517,10 @@ class SimMcu:
         self._staging_signature = (bytes(signature), tuple(bytes(c) for c in signer_chain))
 
     def abort_staging(self) -> None:
-        # Nothing to undo on flash: the slot was forgotten at create_staging, and its
-        # chunks never authenticate for another generation.
-        self._staging = None
-        self._staging_signature = None
+        # The slot was forgotten at create_staging, and its chunks never authenticate
+        # for another generation: only the kept progress has to go.
+        self.close_staging()
+        self._forget_progress()
 
     def activate(self) -> None:
         staging = self._staging
@@ -436,11 +533,13 @@ class SimMcu:
         except DecodeError as exc:
             raise PlatformError(f"staged file is not a valid image: {exc.message}") from exc
         signature, chain = self._staging_signature or (None, ())
-        image = _Image(generation, size, version, hashlib.sha256(data).digest(), signature, chain, good=False)
+        image = _Image(generation, size, version, hashlib.sha256(data).digest(), signature, chain, good=False,
+                       security_counter=parse_header(data).security_counter)
         state = self._load()
         self._save(replace(state.with_image(slot, image), pending=slot, boot_count=0))
-        self._staging = None
-        self._staging_signature = None
+        # A cut before this write is harmless: progress for a slot that holds an image
+        # is never offered again (_kept).
+        self.abort_staging()
 
     def commit(self) -> None:
         state = self._load()
@@ -450,7 +549,29 @@ class SimMcu:
         image = state.images.get(running)
         assert image is not None
         self._save(replace(state.with_image(running, replace(image, good=True)), confirmed=running,
-                           pending=None, boot_count=0))
+                           pending=None, boot_count=0,
+                           security_counter=max(state.security_counter, image.security_counter)))
+
+    def security_counter(self) -> int:
+        return self._load().security_counter
+
+    def factory_reset(self, image: bytes | None = None) -> None:
+        """Install the factory image kept on flash (`image` is not needed) in the slot that
+        is not confirmed and confirm it; the counter and the secrets stay."""
+        state = self._load()
+        factory = state.images.get(FACTORY)
+        data = self._read_image(FACTORY, factory) if factory is not None else None
+        if factory is None or data is None or not self._verified(FACTORY, factory):
+            raise PlatformError("the factory image fails secure boot: no factory reset possible")
+        self.close_staging()
+        self._forget_progress()
+        slot = _other(state.confirmed)
+        if state.images.get(slot) is not None or state.pending is not None:
+            state = replace(state.with_image(slot, None), pending=None, boot_count=0)
+            self._save(state)
+        fresh = self._write_image(slot, data, good=True, signature=factory.signature, chain=factory.chain)
+        self._save(replace(state.with_image(slot, fresh), confirmed=slot, pending=None, boot_count=0))
+        self._running = None
 
     def rollback(self) -> None:
         state = self._load()
@@ -474,5 +595,7 @@ class SimMcu:
                 kind = "inactive" if image is not None else "empty"
             current = state is not None and name == (state.pending or state.confirmed)
             infos.append(SlotInfo(name=name, version=None if image is None else image.version,
-                                  size=0 if image is None else image.size, state=kind, current=current))
+                                  size=0 if image is None else image.size, state=kind, current=current,
+                                  valid=None if image is None else self._verified(name, image),
+                                  security_counter=None if image is None else image.security_counter))
         return infos
