@@ -6,9 +6,10 @@ secure boot). One uninterrupted run of the cycle (download -> verify -> activate
 reboot -> self-test -> commit; or a self-test that fails -> rollback) counts its
 flash operations K. Then for each cut point k the device starts from the same
 provisioned flash with `cut_after_writes=k`: the k-th program/erase is left half done
-and the device dies (the runtime thread stops on `PowerCut`). It is then reset (a new
-`Flash`/`SimMcu` on the same file, a new `Runtime` on the same data directory and
-journal) and runs to the end. For every k: the job ends SUCCEEDED or FAILED with a
+and the device dies (the runtime thread stops on `PowerCut`). The agent's journal lives
+in the flash too (a failsafe file of the encrypted file system), so its writes are cut
+points like the image writes. The device is then reset (a new `Flash`/`SimMcu` on the
+same file, a new `Runtime`) and runs to the end. For every k: the job ends SUCCEEDED or FAILED with a
 reason, the device runs a valid image that matches that outcome, and a fresh boot of
 the flash selects it (never "no bootable image").
 

@@ -44,7 +44,6 @@ from overair.agent.app_runner import AppRunner
 from overair.agent.config import AgentConfig, ConfigError
 from overair.agent.fsutil import atomic_write
 from overair.agent.identity import check_certificate_identity
-from overair.agent.journal import JournalStore
 from overair.agent.machine import commands as cmd
 from overair.agent.machine.events import (
     BlockStored,
@@ -217,7 +216,7 @@ class Runtime:
         self._said_revocations_ignored = False
         check_certificate_identity(config)
         self._platform: Platform = platform or build_platform(config, lambda: self._trust)
-        self._journal_store = JournalStore(config.storage.data_dir)
+        self._journal_store = self._platform.journal_store(config.storage.data_dir)
         if transport_factory is None:
             transport_factory = self._mqtt_factory()
         self._transport_factory = transport_factory

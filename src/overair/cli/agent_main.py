@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from overair.agent.config import AgentConfig, load_config
-from overair.agent.journal import JournalStore
+from overair.agent.machine.state import Journal
 from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.select import build_platform
 from overair.agent.progress import block_total, missing_blocks
@@ -109,8 +109,8 @@ def status_report(config_path: Path) -> dict[str, Any]:
     """What the device holds, read from its persisted state without changing anything."""
     config = load_config(config_path, check_files=False)
     data_dir = config.storage.data_dir
-    journal = JournalStore(data_dir).load(set_aside=False)
     platform = _open_platform(config)
+    journal = Journal() if platform is None else platform.journal_store(data_dir).load(set_aside=False)
     slots = [] if platform is None or platform.is_empty() else platform.slots()
     current = next((s for s in slots if s.current), None)
     staged = None if not slots or platform is None else platform.staged_progress()
@@ -239,7 +239,7 @@ def reset_to_factory(config_path: Path) -> dict[str, Any]:
         raise PlatformError("nothing is installed: there is nothing to reset")
     factory = config.storage.factory_image
     platform.factory_reset(None if factory is None else factory.read_bytes())
-    store = JournalStore(config.storage.data_dir)
+    store = platform.journal_store(config.storage.data_dir)
     journal = store.load()
     if journal.job is not None:
         store.save(replace(journal, job=None))

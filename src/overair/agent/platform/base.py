@@ -24,8 +24,10 @@ simulated MCU flash with power-cut injection).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from overair.agent.journal import JournalStore
 from overair.agent.progress import StagedProgress
 from overair.core.errors import OverairError
 from overair.core.versions import Version
@@ -125,4 +127,8 @@ class Platform(Protocol):
 
     def slots(self) -> list[SlotInfo]:
         """Describe the slots without changing anything (for status displays)."""
+        ...
+
+    def journal_store(self, data_dir: Path) -> JournalStore:
+        """Where the agent keeps its journal on this platform (`data_dir` for a file)."""
         ...

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from overair.agent.fsutil import atomic_symlink, atomic_write, fsync_dir
+from overair.agent.journal import FileJournalStore, JournalStore
 from overair.agent.platform.at_rest import DEFAULT_RECORD_SIZE, RecordFile, read_whole, write_whole
 from overair.agent.platform.base import BootInfo, PlatformError, SlotInfo
 from overair.agent.progress import StagedProgress, mark_needed, well_formed
@@ -384,6 +385,9 @@ class LinuxSlots:
         self._save_state(replace(state, confirmed=slot, pending=None, boot_count=0))
         self._point_current(slot)
         self._running = None
+
+    def journal_store(self, data_dir: Path) -> JournalStore:
+        return FileJournalStore(data_dir)
 
     def slots(self) -> list[SlotInfo]:
         try:

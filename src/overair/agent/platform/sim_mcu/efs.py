@@ -201,6 +201,11 @@ class Efs:
         newest = self._newest(name)
         return None if newest is None else newest[2]
 
+    def capacity(self, name: str) -> int:
+        """The most bytes a failsafe file holds."""
+        spec, _ = self._spec(name, "failsafe")
+        return self._copy_size(spec) - _F_HEAD.size - _TAG
+
     def write(self, name: str, data: bytes) -> None:
         """Replace a failsafe file's content atomically (power-safe)."""
         spec, first = self._spec(name, "failsafe")

@@ -10,6 +10,8 @@ boot      failsafe  the boot state: confirmed slot, pending slot, boot attempts,
 secrets   failsafe  device secrets (write_secret/read_secret)
 progress  failsafe  a resumable download: its binding, generation, size, block size
                     and the bitmap of the blocks still needed (agent/progress.py)
+journal   failsafe  the agent's journal (agent/journal.py), so that its writes are
+                    flash writes the power-cut suite cuts like any other
 slot-a    bulk      image slot a
 slot-b    bulk      image slot b
 factory   bulk      the factory image, written once by install_factory
@@ -67,6 +69,7 @@ from typing import Any
 
 from cryptography import x509
 
+from overair.agent.journal import JournalStore, RecordJournalStore
 from overair.agent.platform.base import BootInfo, PlatformError, SlotInfo
 from overair.agent.platform.sim_mcu.efs import Efs, EfsFile
 from overair.agent.platform.sim_mcu.flash import Flash
@@ -84,6 +87,8 @@ PROGRESS_FILE = "progress"
 BOOT_FILE_SECTORS = 2
 SECRETS_FILE_SECTORS = 1
 PROGRESS_FILE_SECTORS = 1
+JOURNAL_FILE = "journal"
+JOURNAL_FILE_SECTORS = 2  # compressed: 64 finished jobs with long reasons fit
 GENERATION_BYTES = 16
 
 
@@ -202,6 +207,7 @@ def layout(slot_sectors: int) -> list[EfsFile]:
     return [EfsFile(BOOT_FILE, "failsafe", BOOT_FILE_SECTORS),
             EfsFile(SECRETS_FILE, "failsafe", SECRETS_FILE_SECTORS),
             EfsFile(PROGRESS_FILE, "failsafe", PROGRESS_FILE_SECTORS),
+            EfsFile(JOURNAL_FILE, "failsafe", JOURNAL_FILE_SECTORS),
             *(EfsFile(_file(s), "bulk", slot_sectors) for s in (*SLOT_NAMES, FACTORY))]
 
 
@@ -578,6 +584,17 @@ class SimMcu:
         if state.pending is None:
             return
         self._save(replace(state, pending=None, boot_count=0))
+
+    def journal_store(self, _data_dir: Path) -> JournalStore:
+        return RecordJournalStore(self._read_journal, self._write_journal, self.efs.capacity(JOURNAL_FILE))
+
+    def _read_journal(self) -> bytes | None:
+        return self.efs.read(JOURNAL_FILE) if self.efs.mount() else None
+
+    def _write_journal(self, record: bytes) -> None:
+        if not self.efs.mount():
+            raise PlatformError("the flash is blank: install an image before the agent runs")
+        self.efs.write(JOURNAL_FILE, record)
 
     def slots(self) -> list[SlotInfo]:
         try:
