@@ -20,7 +20,7 @@ from overair.core import jobs_wire as wire
 from overair.core import streamcodec, topics
 from overair.core.errors import DecodeError, OverairError, PeerInputError
 from overair.core.limits import Limits
-from overair.core.streamplan import block_bytes, plan_blocks
+from overair.core.streamplan import plan_blocks
 from overair.core.topics import JobsRequest, JobsTopic, StreamsRequest, StreamsTopic
 from overair.server.api.contract import ApiError
 from overair.server.audit.log import AuditLog
@@ -220,7 +220,7 @@ class DeviceService:
         if data is None:
             return None
         try:
-            return self._blocks(parsed, request, data)
+            return self._blocks(parsed, request, stream, data)
         except PeerInputError:
             return None
 
@@ -264,14 +264,12 @@ class DeviceService:
                       request: streamcodec.GetStreamRequest) -> list[Outgoing]:
         if request.stream_version is not None and request.stream_version != stream.version:
             raise PeerInputError(f"stream is at version {stream.version}", code="VersionMismatch")
-        return self._blocks(parsed, request, self._streams.file_bytes(stream, request.file_id))
+        return self._blocks(parsed, request, stream, self._streams.file_bytes(stream, request.file_id))
 
-    def _blocks(self, parsed: StreamsTopic, request: streamcodec.GetStreamRequest,
+    def _blocks(self, parsed: StreamsTopic, request: streamcodec.GetStreamRequest, stream: Any,
                 data: bytes) -> list[Outgoing]:
         blocks = plan_blocks(request, len(data), self._limits)
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
-        return [Outgoing(topic, streamcodec.encode_data_block(
-                    streamcodec.DataBlock(request.file_id, block,
-                                          block_bytes(data, block, request.block_size)), parsed.fmt),
-                         QOS_BLOCKS)
+        return [Outgoing(topic, self._streams.data_block(stream, request.file_id, data, request.block_size,
+                                                         block, parsed.fmt), QOS_BLOCKS)
                 for block in blocks]
