@@ -415,3 +415,62 @@ def test_checksum_algorithms() -> None:
     with pytest.raises(ApiError) as exc:
         verify_checksums({"x-amz-checksum-xxhash64": "AAAA"}, b"abc")
     assert exc.value.code == "InvalidRequest"
+
+
+# --- conditional requests, response overrides, ListBuckets paging ---------------------------
+
+
+def test_conditional_get_and_head_answer_304_and_412_as_s3(s3: Any) -> None:
+    import datetime as dt
+
+    from botocore.exceptions import ClientError
+
+    s3.create_bucket(Bucket="conditional")
+    etag = s3.put_object(Bucket="conditional", Key="k", Body=b"v1")["ETag"]
+    long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+
+    def code(**conditions: Any) -> str:
+        try:
+            s3.get_object(Bucket="conditional", Key="k", **conditions)["Body"].read()
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return "200"
+
+    assert code(IfMatch=etag) == "200"
+    assert code(IfMatch='"0000"') == "PreconditionFailed"
+    assert code(IfNoneMatch=etag) == "304"
+    assert code(IfNoneMatch='"0000"') == "200"
+    assert code(IfModifiedSince=later) == "304"
+    assert code(IfModifiedSince=long_ago) == "200"
+    assert code(IfUnmodifiedSince=long_ago) == "PreconditionFailed"
+    # S3's documented combinations: If-Match true with If-Unmodified-Since false is 200;
+    # If-None-Match false (the ETag matches) with If-Modified-Since true is 304. A present
+    # If-None-Match decides alone (RFC 7232), so a non-matching one with a stale date is 200.
+    assert code(IfMatch=etag, IfUnmodifiedSince=long_ago) == "200"
+    assert code(IfNoneMatch=etag, IfModifiedSince=long_ago) == "304"
+    assert code(IfNoneMatch='"0000"', IfModifiedSince=later) == "200"
+    try:
+        s3.head_object(Bucket="conditional", Key="k", IfNoneMatch=etag)
+        head = "200"
+    except ClientError as exc:
+        head = str(exc.response["Error"]["Code"])
+    assert head == "304"
+
+
+def test_response_overrides_replace_headers(s3: Any) -> None:
+    s3.create_bucket(Bucket="overrides")
+    s3.put_object(Bucket="overrides", Key="fw.bin", Body=b"x", ContentType="application/octet-stream")
+    got = s3.get_object(Bucket="overrides", Key="fw.bin", ResponseContentType="text/plain",
+                        ResponseContentDisposition='attachment; filename="fw.bin"')
+    assert got["ContentType"] == "text/plain"
+    assert got["ContentDisposition"] == 'attachment; filename="fw.bin"'
+
+
+def test_list_buckets_pages_with_continuation_tokens(s3: Any) -> None:
+    names = [f"paged-bucket-{i}" for i in range(5)]
+    for name in names:
+        s3.create_bucket(Bucket=name)
+    pages = list(s3.get_paginator("list_buckets").paginate(Prefix="paged-bucket-",
+                                                           PaginationConfig={"PageSize": 2}))
+    assert [[b["Name"] for b in p["Buckets"]] for p in pages] == [names[0:2], names[2:4], names[4:5]]

@@ -34,6 +34,7 @@ from overair.server.api.s3_common import (
     timestamp,
     url_encoder,
 )
+from overair.server.api.s3_conditions import NotModified, apply_overrides, check_preconditions
 from overair.server.api.sigv4 import AuthResult, IncomingRequest, decode_aws_chunked
 from overair.server.storage.multipart import MultipartStore
 from overair.server.storage.objects import (
@@ -229,12 +230,23 @@ class S3Api:
     # -- buckets
 
     def list_buckets(self, params: dict[str, Any]) -> S3Reply:
-        buckets = [
-            {"Name": b.name, "CreationDate": timestamp(b.created_at), "BucketRegion": self.region}
-            for b in self.objects.list_buckets()
-            if not params.get("Prefix") or b.name.startswith(params["Prefix"])
-        ]
-        return S3Reply({"Buckets": buckets, "Owner": OWNER})
+        """By name; `MaxBuckets` pages, the token is the last name of the page (opaque)."""
+        limit = list_limit(params, "MaxBuckets", default=10000)
+        after = decode_marker(params["ContinuationToken"]) if params.get("ContinuationToken") else ""
+        prefix = params.get("Prefix") or ""
+        names = sorted((b for b in self.objects.list_buckets()
+                        if b.name.startswith(prefix) and b.name > after), key=lambda b: b.name)
+        page = names[:limit]
+        output: dict[str, Any] = {
+            "Buckets": [{"Name": b.name, "CreationDate": timestamp(b.created_at), "BucketRegion": self.region}
+                        for b in page],
+            "Owner": OWNER,
+        }
+        if params.get("Prefix"):
+            output["Prefix"] = params["Prefix"]
+        if len(names) > limit:
+            output["ContinuationToken"] = encode_marker(page[-1].name)
+        return S3Reply(output)
 
     def create_bucket(self, params: dict[str, Any]) -> S3Reply:
         config = params.get("CreateBucketConfiguration") or {}
@@ -333,9 +345,15 @@ class S3Api:
 
     def get_object(self, params: dict[str, Any]) -> S3Reply:
         refuse_sse_c(params)
-        obj, data = self.objects.get_object(params["Bucket"], params["Key"], params.get("VersionId"))
+        obj = self.objects.head_object(params["Bucket"], params["Key"], params.get("VersionId"))
         _check_part_number(obj, params)
+        try:
+            check_preconditions(params, obj.etag, obj.last_modified)
+        except NotModified:
+            return _not_modified(obj)
+        obj, data = self.objects.get_object(params["Bucket"], params["Key"], obj.version_id)
         output = self._object_headers(obj)
+        apply_overrides(params, output)
         status = None
         spec = params.get("Range")
         window = _parse_range(spec, obj.size) if spec else None
@@ -352,7 +370,13 @@ class S3Api:
         refuse_sse_c(params)
         obj = self.objects.head_object(params["Bucket"], params["Key"], params.get("VersionId"))
         _check_part_number(obj, params)
-        return S3Reply(self._object_headers(obj))
+        try:
+            check_preconditions(params, obj.etag, obj.last_modified)
+        except NotModified:
+            return _not_modified(obj)
+        output = self._object_headers(obj)
+        apply_overrides(params, output)
+        return S3Reply(output)
 
     def delete_object(self, params: dict[str, Any]) -> S3Reply:
         result = self.objects.delete_object(params["Bucket"], params["Key"], params.get("VersionId"))
@@ -470,3 +494,8 @@ def _check_part_number(obj: StoredObject, params: dict[str, Any]) -> None:
         "NotImplemented", "Reading one part of a multipart object (partNumber) is not implemented by overair",
         501,
     )
+
+
+def _not_modified(obj: StoredObject) -> S3Reply:
+    """304 with no body, as S3 answers (botocore raises ClientError with code 304)."""
+    return S3Reply({"ETag": obj.etag, "LastModified": timestamp(obj.last_modified)}, status=304, raw_body=b"")
