@@ -13,7 +13,9 @@ import botocore.config
 import pytest
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError, ConnectionClosedError, SSLError
+from sqlalchemy import select
 
+from overair.server.storage.schema import AuditEntry
 from tests.pki_helpers import issue, make_ca
 from tests.server_harness import RunningServer
 
@@ -74,6 +76,14 @@ def test_device_polls_starts_and_finishes_a_job_over_https(
     )
     described = jobs.describe_job_execution(thingName=name, jobId=f"{name}-job")["execution"]
     assert described["statusDetails"] == {"result": "ok"}
+    # Polling devices are audited like MQTT ones: the update that ended the execution,
+    # and the one refused after it.
+    with srv.server.db.reading() as s:
+        audited = [(e.decision, e.detail.get("status") or e.detail.get("code")) for e in s.scalars(
+            select(AuditEntry).where(AuditEntry.principal == f"thing/{name}",
+                                     AuditEntry.action == "iot:UpdateJobExecution"))]
+    assert audited[0] == ("Accepted", "SUCCEEDED")
+    assert audited[1][0] == "Rejected"
     assert (
         iot.describe_job_execution(jobId=f"{name}-job", thingName=name)["execution"]["status"] == "SUCCEEDED"
     )

@@ -53,6 +53,17 @@ class AuditLog:
         self._open: _Batch | None = None  # entries waiting for the next append
         self._writing = False
 
+    def record_status_update(self, thing: str, job_arn: str, decision: str, detail: dict[str, Any]) -> None:
+        """A device's job status update (MQTT or HTTPS), Accepted or Rejected. Callers
+        record only rejected updates and those that end an execution: IN_PROGRESS progress
+        reports arrive every few seconds per device and would drown the log. The update
+        stands even if the audit write fails; that is logged loudly instead."""
+        try:
+            self.record(principal=f"thing/{thing}", action="iot:UpdateJobExecution", resource=job_arn,
+                        decision=decision, detail=detail)
+        except UnavailableError as exc:
+            log.error("could not audit a status update from %s: %s", thing, exc.message)
+
     def record(self, *, principal: str, action: str, resource: str, decision: str,
                source: str = "", detail: dict[str, Any] | None = None, statement: str = "") -> None:
         """Append one entry; returns once it is committed. `statement` is the policy

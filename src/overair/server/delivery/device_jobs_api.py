@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from overair.core import jobs_wire as wire
 from overair.core.errors import DecodeError
+from overair.core.jobstates import ExecStatus
 from overair.server.api.contract import ApiError
 from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
 from overair.server.audit.log import AuditLog
@@ -87,13 +88,21 @@ class DeviceJobsApi:
         params = self._service.parse(resolved, http)
         thing = str(params.get("thingName", ""))
         self._authorize(der, thing, resolved.name)
+        updating = resolved.name == "UpdateJobExecution"
+        job_arn = self._jobs.job_arn(str(params.get("jobId", "")))
         try:
             result = self._operation(resolved.name, thing, params)
-        except JobsMqttError as exc:
+        except (JobsMqttError, DecodeError) as exc:
+            if updating:
+                self._audit.record_status_update(thing, job_arn, "Rejected", {"code": exc.code,
+                                                                              "reason": exc.message})
+            if isinstance(exc, DecodeError):
+                raise ApiError("InvalidRequestException", exc.message, 400) from exc
             code, status = _HTTP_ERRORS.get(exc.code, ("InvalidRequestException", 400))
             raise ApiError(code, exc.message, status) from exc
-        except DecodeError as exc:
-            raise ApiError("InvalidRequestException", exc.message, 400) from exc
+        if updating and ExecStatus(str(params.get("status"))).terminal:
+            self._audit.record_status_update(thing, job_arn, "Accepted", {
+                "status": params.get("status"), "statusDetails": dict(params.get("statusDetails") or {})})
         return self._service.serialize(resolved.operation, result, request_id)
 
     def _authorize(self, der: bytes | None, thing: str, operation: str) -> None:

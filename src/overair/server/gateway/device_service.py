@@ -110,16 +110,8 @@ class DeviceService:
             return [self._jobs_error(topic, exc.code, exc.message, token)]
 
     def _audit_update(self, parsed: JobsTopic, decision: str, detail: dict[str, Any]) -> None:
-        """Audit a status update. Only rejected ones and those that end an execution:
-        IN_PROGRESS progress reports arrive every few seconds per device during a
-        download and would drown the log (and cost a write each) without telling who
-        did what."""
-        try:
-            self._audit.record(principal=f"thing/{parsed.thing_name}", action="iot:UpdateJobExecution",
-                               resource=self._jobs.job_arn(parsed.job_id or ""), decision=decision,
-                               detail=detail)
-        except OverairError as exc:  # the update itself stands; say so loudly
-            log.error("could not audit a status update from %s: %s", parsed.thing_name, exc.message)
+        self._audit.record_status_update(parsed.thing_name, self._jobs.job_arn(parsed.job_id or ""), decision,
+                                         detail)
 
     def _describe(self, topic: str, thing: str, job_id: str, token: str) -> list[Outgoing]:
         if job_id == topics.NEXT:
