@@ -52,7 +52,7 @@ from overair.server.jobs import api as jobs_api
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.ota import api as ota_api
-from overair.server.ota.manager import OtaManager
+from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
@@ -95,7 +95,7 @@ class Server:
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock, self._notify_threadsafe,
-                              role_gate=self._as_ota_role)
+                              assume_role=self._assume_ota_role)
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
         self.delivery = HttpDelivery(self._url_signing_key(),
                                      f"https://{settings.device_host}:{settings.download_port}",
@@ -138,10 +138,14 @@ class Server:
         """CreateJob's documentSource and URL placeholders read objects for the caller."""
         self.authorizer.check_s3(caller, "s3:GetObject", f"arn:{self.settings.partition}:s3:::{bucket}/{key}")
 
-    def _as_ota_role(self, role_arn: str, ota_id: str, action: str, resource: str) -> None:
+    def _assume_ota_role(self, role_arn: str, ota_id: str) -> StepGate:
         principal = self.authorizer.service_role(role_arn, f"ota-{ota_id}"[:64])
-        # Reported in the OTA update's errorInfo, in CreateOTAUpdate's (iot's) terms.
-        self.authorizer.require(principal, Check(action, resource), "iot")
+
+        def gate(action: str, resource: str) -> None:
+            # Reported in the OTA update's errorInfo, in CreateOTAUpdate's (iot's) terms.
+            self.authorizer.require(principal, Check(action, resource), "iot")
+
+        return gate
 
     def _authorize(self, caller: Caller, service: str, operation: str, params: dict[str, Any]) -> None:
         self.authorizer.check(caller, service, actions.needs(service, operation, params, self._arn).checks)

@@ -53,14 +53,18 @@ class OtaFailure(OverairError):
     """A reason an OTA update cannot be created; becomes `errorInfo`."""
 
 
-# Authorizes one step the OTA Update Manager takes as the update's service role
-# (`roleArn`): (role ARN, OTA update id, IAM action, resource ARN). It raises ApiError
+# Each step the OTA Update Manager takes as the update's service role (`roleArn`) is
+# authorized by a StepGate: (IAM action, resource ARN) -> None, raising ApiError
 # (AccessDeniedException) when the role may not, which fails the update with that reason.
-RoleGate = Callable[[str, str, str, str], None]
+# A RoleAssumer makes one per update: (role ARN, OTA update id) -> StepGate; it raises
+# the same way when the role cannot be assumed (missing, or not trusting the service).
+StepGate = Callable[[str, str], None]
+RoleAssumer = Callable[[str, str], StepGate]
 
 
-def _allow_all(_role_arn: str, _ota_id: str, _action: str, _resource: str) -> None:
+def _no_iam(_role_arn: str, _ota_id: str) -> StepGate:
     """For embedding the manager without IAM (unit tests of the pipeline itself)."""
+    return lambda _action, _resource: None
 
 
 def job_id_for(ota_update_id: str) -> str:
@@ -71,9 +75,9 @@ class OtaManager:
     def __init__(self, db: Database, settings: Settings, objects: ObjectStore, signing: SigningService,
                  streams: StreamService, jobs: JobService, trust_roots: Callable[[], list[x509.Certificate]],
                  clock: Clock, on_job_created: Callable[[list[str]], None] = lambda _things: None,
-                 role_gate: RoleGate | None = None) -> None:
+                 assume_role: RoleAssumer | None = None) -> None:
         self._db = db
-        self._role_gate: RoleGate = role_gate or _allow_all
+        self._assume_role: RoleAssumer = assume_role or _no_iam
         self._settings = settings
         self._objects = objects
         self._signing = signing
@@ -150,7 +154,9 @@ class OtaManager:
         self._set(ota_id, status=CREATE_IN_PROGRESS)
         try:
             row = self.get(ota_id)
-            things = self._build(row)
+            # The role is assumed once per update; every step below is checked against it.
+            gate = self._assume_role(str(row.request.get("roleArn", "")), ota_id)
+            things = self._build(row, gate)
         except (OtaFailure, OverairError) as exc:
             log.warning("OTA update %s failed: %s %s", ota_id, exc.code, exc.message)
             self._set(ota_id, status=CREATE_FAILED, error_info={"code": exc.code, "message": exc.message})
@@ -174,10 +180,7 @@ class OtaManager:
                 setattr(row, key, value)
             row.last_modified_at = self._clock()
 
-    def _as_role(self, row: OtaUpdate, action: str, resource: str) -> None:
-        self._role_gate(str(row.request.get("roleArn", "")), row.ota_update_id, action, resource)
-
-    def _build(self, row: OtaUpdate) -> list[str]:
+    def _build(self, row: OtaUpdate, gate: StepGate) -> list[str]:
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
         existing = self._existing_stream(request["files"])
@@ -193,12 +196,12 @@ class OtaManager:
             # A file of an existing stream keeps its id there: devices ask the stream for it.
             file_id = int(stream_ref.get("fileId", 0)) if stream_ref else index
             location = self._location(spec)
-            self._as_role(row, "s3:GetObjectVersion" if location.get("version") else "s3:GetObject",
+            gate("s3:GetObjectVersion" if location.get("version") else "s3:GetObject",
                           f"arn:{self._settings.partition}:s3:::{location['bucket']}/{location['key']}")
             stored, data = self._objects.get_object(location["bucket"], location["key"],
                                                     location.get("version"))
             self._check_size(spec.get("fileName", ""), len(data))
-            signed = self._signature(spec, location, row)
+            signed = self._signature(spec, location, row, gate)
             self._verify(data, signed)
             version = image_version(data, spec.get("fileVersion"))
             if index == 0 and version is not None:
@@ -218,7 +221,7 @@ class OtaManager:
             try:
                 self._streams.describe_stream(stream_id)
             except ApiError:
-                self._as_role(row, "iot:CreateStream", self._settings.arn("iot", f"stream/{stream_id}"))
+                gate("iot:CreateStream", self._settings.arn("iot", f"stream/{stream_id}"))
                 self._streams.create_stream(stream_id, stream_files,
                                             f"OTA update {row.ota_update_id}", request.get("roleArn", ""))
         document = OtaJobDocument(
@@ -233,7 +236,7 @@ class OtaManager:
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
         for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
-            self._as_role(row, "iot:CreateJob", resource)
+            gate("iot:CreateJob", resource)
         self._set(row.ota_update_id, job_id=job_id)
         try:
             _, notify = self._jobs.create_job(
@@ -290,11 +293,12 @@ class OtaManager:
                              f"{limits.device_max_blocks} blocks of {limits.device_block_size} bytes "
                              f"({limits.device_max_file_size} bytes)", code="InvalidRequestException")
 
-    def _signature(self, spec: dict[str, Any], location: dict[str, Any], row: OtaUpdate) -> Signed:
+    def _signature(self, spec: dict[str, Any], location: dict[str, Any], row: OtaUpdate,
+                   gate: StepGate) -> Signed:
         code_signing = spec.get("codeSigning") or {}
         if code_signing.get("awsSignerJobId"):
             signer_job = str(code_signing["awsSignerJobId"])
-            self._as_role(row, "signer:DescribeSigningJob",
+            gate("signer:DescribeSigningJob",
                           self._settings.arn("signer", f"/signing-jobs/{signer_job}"))
             return self._signing.signed_by_job(signer_job)
         start = code_signing.get("startSigningJobParameter")
@@ -304,8 +308,8 @@ class OtaManager:
             if not profile:
                 raise OtaFailure("startSigningJobParameter needs signingProfileName",
                                  code="InvalidRequestException")
-            self._ensure_profile(row, profile, start.get("signingProfileParameter"))
-            self._as_role(row, "signer:StartSigningJob",
+            self._ensure_profile(gate, profile, start.get("signingProfileParameter"))
+            gate("signer:StartSigningJob",
                           self._settings.arn("signer", f"/signing-profiles/{profile}"))
             return self._signing.sign_object(profile, location["bucket"], location["key"],
                                              location.get("version"),
@@ -333,7 +337,7 @@ class OtaManager:
                              f"set additionalParameters {ALLOW_DOWNGRADE}=true to send it anyway",
                              code="InvalidRequestException")
 
-    def _ensure_profile(self, row: OtaUpdate, name: str, parameter: dict[str, Any] | None) -> None:
+    def _ensure_profile(self, gate: StepGate, name: str, parameter: dict[str, Any] | None) -> None:
         """As in AWS: a signingProfileParameter creates the named profile when it does
         not exist yet (platform, certificate and certificatePathOnDevice)."""
         try:
@@ -343,7 +347,7 @@ class OtaManager:
             if not parameter:
                 raise OtaFailure(f"signing profile {name} does not exist (give signingProfileParameter "
                                  "to create it)", code="ResourceNotFoundException") from None
-        self._as_role(row, "signer:PutSigningProfile",
+        gate("signer:PutSigningProfile",
                       self._settings.arn("signer", f"/signing-profiles/{name}"))
         self._signing.put_profile(name, parameter.get("platform") or DEFAULT_PLATFORM,
                                   str(parameter.get("certificateArn", "")),

@@ -292,16 +292,16 @@ class ObjectStore:
             session.delete(bucket)
 
     def list_buckets(self) -> list[BucketInfo]:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             rows = session.scalars(select(Bucket).order_by(Bucket.name)).all()
             return [BucketInfo(r.name, r.created_at, r.versioning) for r in rows]
 
     def bucket_exists(self, name: str) -> bool:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             return session.get(Bucket, name) is not None
 
     def get_bucket(self, name: str) -> BucketInfo:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             row = self._bucket(session, name)
             return BucketInfo(row.name, row.created_at, row.versioning)
 
@@ -316,7 +316,7 @@ class ObjectStore:
             self._bucket(session, bucket).versioning = status
 
     def get_versioning(self, bucket: str) -> str | None:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             return self._bucket(session, bucket).versioning
 
     def set_bucket_policy(self, bucket: str, policy: str | None) -> None:
@@ -448,7 +448,7 @@ class ObjectStore:
 
     def head_object(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject:
         validate_key(key)
-        with self._db.session() as session:
+        with self._db.reading() as session:
             self._bucket(session, bucket)
             if version_id is not None:
                 row = session.scalar(
@@ -532,7 +532,7 @@ class ObjectStore:
     ) -> ObjectListing:
         """Latest, non-deleted versions in key order, after `marker`."""
         max_keys = max(0, min(max_keys, MAX_LIST_KEYS))
-        with self._db.session() as session:
+        with self._db.reading() as session:
             self._bucket(session, bucket)
             latest = (
                 select(func.max(ObjectVersion.id))
@@ -566,7 +566,7 @@ class ObjectStore:
     ) -> VersionListing:
         """All versions and delete markers, key ascending then newest first."""
         max_keys = max(0, min(max_keys, MAX_LIST_KEYS))
-        with self._db.session() as session:
+        with self._db.reading() as session:
             self._bucket(session, bucket)
             latest_id = func.max(ObjectVersion.id).over(partition_by=ObjectVersion.key).label("latest_id")
             inner = (
