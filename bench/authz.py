@@ -154,7 +154,7 @@ def measure_a(requests: Sequence[Signed], repeats: int) -> tuple[float, float, f
     def sigv4_only() -> None:
         now = time.time()
         for req, _action, _resource in requests:
-            verify_request(req, CREDENTIALS.get, now)
+            verify_request(req, CREDENTIALS.get, now, region=REGION)
 
     def evaluation_only() -> None:
         for _req, action, resource in requests:
@@ -165,7 +165,7 @@ def measure_a(requests: Sequence[Signed], repeats: int) -> tuple[float, float, f
     def authorized() -> None:
         now = time.time()
         for req, action, resource in requests:
-            auth = verify_request(req, CREDENTIALS.get, now)
+            auth = verify_request(req, CREDENTIALS.get, now, region=REGION)
             cred = auth.credential
             ctx = context_for(cred.principal_arn, cred.principal_name, action, resource, "192.0.2.10")
             if not evaluate(ctx, policies).allowed:

@@ -66,7 +66,8 @@ for thing in "${THING_LIST[@]}"; do
 done
 echo "thing group $GROUP: ${#THING_LIST[@]} thing(s)"
 
-# The OTA service role: AWSIoTOTAUpdate, plus reading the firmware bucket.
+# The OTA service role: AWSIoTOTAUpdate, plus reading the firmware bucket and writing the
+# signing job's result under signed/ (as AWS's OTA service role needs).
 if ! admin iam get-role --role-name "$ROLE" >/dev/null 2>&1; then
     admin iam create-role --role-name "$ROLE" --description "OTA service role (example)" \
         --assume-role-policy-document "$(policy '{"Effect": "Allow",
@@ -76,7 +77,8 @@ admin iam attach-role-policy --role-name "$ROLE" \
     --policy-arn arn:aws:iam::aws:policy/service-role/AWSIoTOTAUpdate
 admin iam put-role-policy --role-name "$ROLE" --policy-name ReadFirmware \
     --policy-document "$(policy '{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-        "Resource": "arn:aws:s3:::'"$BUCKET"'/*"}')"
+        "Resource": "arn:aws:s3:::'"$BUCKET"'/*"},
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::'"$BUCKET"'/signed/*"}')"
 echo "service role $ROLE"
 
 # The operator: the seed's OTA operator policy. The seed's list leaves out uploading the

@@ -98,7 +98,8 @@ def set_up_fleet(iot: Any, things: list[str], group: str) -> None:
 
 
 def set_up_service_role(iam: Any, role: str, bucket: str) -> str:
-    """The role the OTA service acts as: AWSIoTOTAUpdate, plus reading the firmware."""
+    """The role the OTA service acts as: AWSIoTOTAUpdate, plus reading the firmware and
+    writing the signing job's result (as AWS's OTA service role needs)."""
     try:
         arn = iam.get_role(RoleName=role)["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
@@ -109,7 +110,8 @@ def set_up_service_role(iam: Any, role: str, bucket: str) -> str:
     iam.attach_role_policy(RoleName=role, PolicyArn=OTA_UPDATE_POLICY)
     iam.put_role_policy(RoleName=role, PolicyName="ReadFirmware", PolicyDocument=policy(
         {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": f"arn:aws:s3:::{bucket}/*"}))
+         "Resource": f"arn:aws:s3:::{bucket}/*"},
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/signed/*"}))
     print(f"service role {role}: {arn}")
     return str(arn)
 

@@ -141,17 +141,18 @@ def running_api(tmp: Path, table: OperationTable | None = None, *, tls: bool = F
     clock = Clock()
     app = build_api_app(table, credentials.get, objects, region=REGION, max_body_bytes=max_body_bytes,
                         now=clock, extra_routes=extra_routes)
-    ssl: dict[str, str] = {}
-    ca_file: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
     if tls:
         cert, key = _self_signed(tmp)
-        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-        ca_file = str(cert)
+        certfile, keyfile = str(cert), str(key)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, **ssl)
+    # As the real server (server/app.py): the edge, not uvicorn, decides on proxy headers.
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
+                            proxy_headers=False, ssl_certfile=certfile, ssl_keyfile=keyfile)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -172,7 +173,7 @@ def running_api(tmp: Path, table: OperationTable | None = None, *, tls: bool = F
             db=db,
             clock=clock,
             root=tmp,
-            ca_file=ca_file,
+            ca_file=certfile,
         )
     finally:
         server.should_exit = True

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
 from overair.agent.machine.state import FileSpec
@@ -29,7 +31,7 @@ from overair.core import codesign
 from overair.core.versions import Version
 from overair.server.signing.keys import Pkcs11Key
 from overair.sim.firmware import make_firmware
-from tests.pki_helpers import DAY, NOW, Issued, make_ca, make_signer, sign_file
+from tests.pki_helpers import DAY, NOW, Issued, SignerKey, make_ca, make_signer, sign_file
 from tests.server_harness import RunningServer, running_server
 from tests.softhsm_harness import USER_PIN, SoftHsm
 
@@ -108,7 +110,7 @@ def _self_signed_signer() -> Issued:
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
         )
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return Issued(key, cert)
@@ -136,11 +138,12 @@ def test_import_refuses_unreadable_input_without_echoing_it(
 def test_import_accepts_good_certificates_and_describes_them(
     srv: RunningServer, operator_root: Issued, key_kind: str
 ) -> None:
-    key = {
+    makers: dict[str, Callable[[], SignerKey]] = {
         "ecdsa-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
         "ecdsa-p384": lambda: ec.generate_private_key(ec.SECP384R1()),
         "rsa-2048": lambda: rsa.generate_private_key(65537, 2048),
-    }[key_kind]()
+    }
+    key = makers[key_kind]()
     signer = make_signer(operator_root, cn=f"signer {key_kind}", key=key)
     arn = _import(srv, signer)
     acm = srv.client("acm")
@@ -250,9 +253,9 @@ def test_signing_job_signature_verifies_with_openssl_and_with_the_agent(
         else rsa.generate_private_key(65537, 2048)
     )
     signer = make_signer(operator_root, cn=f"job signer {key_kind}", key=key)
-    _profile(srv, f"p-{key_kind}", _import(srv, signer), platform)
+    _profile(srv, f"p_{key_kind}", _import(srv, signer), platform)
     data = make_firmware(Version(4, 0, 0), 20_000, seed=key_kind)
-    job = _sign(srv, f"p-{key_kind}", data, f"sign-{key_kind}")
+    job = _sign(srv, f"p_{key_kind}", data, f"sign-{key_kind}")
     assert job["status"] == "Succeeded", job.get("statusReason")
     assert job["platformId"] == platform
     signature, chain = _signature_of(srv, job)
@@ -277,30 +280,30 @@ def test_signing_job_signature_verifies_with_openssl_and_with_the_agent(
 def test_client_request_token_makes_start_signing_job_idempotent(
     srv: RunningServer, operator_root: Issued
 ) -> None:
-    _profile(srv, "p-idem", _import(srv, make_signer(operator_root)))
-    first = _sign(srv, "p-idem", b"image one", "idem-token")
+    _profile(srv, "p_idem", _import(srv, make_signer(operator_root)))
+    first = _sign(srv, "p_idem", b"image one", "idem-token")
     signer = srv.client("signer")
     again = signer.start_signing_job(
         source={"s3": {"bucketName": BUCKET, "key": "in/idem-token.bin",
                        "version": first["source"]["s3"]["version"]}},
         destination={"s3": {"bucketName": BUCKET, "prefix": "signed/"}},
-        profileName="p-idem",
+        profileName="p_idem",
         clientRequestToken="idem-token",
     )
     assert again["jobId"] == first["jobId"]
-    jobs = [j for j in signer.list_signing_jobs()["jobs"] if j["profileName"] == "p-idem"]
+    jobs = [j for j in signer.list_signing_jobs()["jobs"] if j["profileName"] == "p_idem"]
     assert len(jobs) == 1
 
 
 def test_signing_job_with_a_missing_source_ends_failed_with_a_reason(
     srv: RunningServer, operator_root: Issued
 ) -> None:
-    _profile(srv, "p-missing", _import(srv, make_signer(operator_root)))
+    _profile(srv, "p_missing", _import(srv, make_signer(operator_root)))
     signer = srv.client("signer")
     job_id = signer.start_signing_job(
         source={"s3": {"bucketName": BUCKET, "key": "does/not/exist.bin", "version": "nope"}},
         destination={"s3": {"bucketName": BUCKET, "prefix": "signed/"}},
-        profileName="p-missing",
+        profileName="p_missing",
         clientRequestToken="missing-source",
     )["jobId"]
     job = signer.describe_signing_job(jobId=job_id)
@@ -312,18 +315,18 @@ def test_platforms_and_profiles_are_listed(srv: RunningServer, operator_root: Is
     signer = srv.client("signer")
     platforms = {p["platformId"]: p for p in signer.list_signing_platforms()["platforms"]}
     assert {"AmazonFreeRTOS-Default", "AmazonFreeRTOS-RSA"} <= platforms.keys()
-    _profile(srv, "p-listed", _import(srv, make_signer(operator_root)))
-    profile = signer.get_signing_profile(profileName="p-listed")
+    _profile(srv, "p_listed", _import(srv, make_signer(operator_root)))
+    profile = signer.get_signing_profile(profileName="p_listed")
     assert profile["signingParameters"]["certname"] == "/certs/signer.pem"
     assert profile["status"] == "Active"
-    signer.cancel_signing_profile(profileName="p-listed")
+    signer.cancel_signing_profile(profileName="p_listed")
     names = {p["profileName"] for p in signer.list_signing_profiles()["profiles"]}
-    assert "p-listed" not in names
-    assert "p-listed" in {
+    assert "p_listed" not in names
+    assert "p_listed" in {
         p["profileName"] for p in signer.list_signing_profiles(includeCanceled=True)["profiles"]
     }
     with pytest.raises(ClientError):
-        _sign(srv, "p-listed", b"data", "canceled-profile")
+        _sign(srv, "p_listed", b"data", "canceled-profile")
 
 
 def test_a_profile_refuses_a_certificate_of_the_wrong_key_type(
@@ -331,7 +334,7 @@ def test_a_profile_refuses_a_certificate_of_the_wrong_key_type(
 ) -> None:
     arn = _import(srv, make_signer(operator_root))  # ECDSA P-256
     with pytest.raises(ClientError) as caught:
-        _profile(srv, "p-wrong-type", arn, "AmazonFreeRTOS-RSA")
+        _profile(srv, "p_wrong_type", arn, "AmazonFreeRTOS-RSA")
     assert caught.value.response["Error"]["Code"] == "ValidationException"
 
 
@@ -369,9 +372,9 @@ def test_o2_revoked_certificate_signs_nothing_and_its_signatures_are_refused(
 ) -> None:
     signer = make_signer(operator_root, cn="soon revoked signer")
     arn = _import(srv, signer)
-    _profile(srv, "p-revoked", arn)
+    _profile(srv, "p_revoked", arn)
     data = make_firmware(Version(5, 0, 0), 10_000, seed="revoked")
-    job = _sign(srv, "p-revoked", data, "before-revocation")
+    job = _sign(srv, "p_revoked", data, "before-revocation")
     assert job["status"] == "Succeeded"
     key = "in/before-revocation.bin"
     # All three options work before the revocation ...
@@ -401,13 +404,13 @@ def test_o2_revoked_certificate_signs_nothing_and_its_signatures_are_refused(
     for ota_id, code_signing in (
         ("o2-after-job", {"awsSignerJobId": job["jobId"]}),
         ("o2-after-custom", custom),
-        ("o2-after-new", {"startSigningJobParameter": {"signingProfileName": "p-revoked"}}),
+        ("o2-after-new", {"startSigningJobParameter": {"signingProfileName": "p_revoked"}}),
     ):
         info = _ota(srv, ota_id, code_signing, key)
         assert info["otaUpdateStatus"] == "CREATE_FAILED", ota_id
         assert "revoked" in info["errorInfo"]["message"].lower() or "REVOKED" in info["errorInfo"]["message"]
         assert f"AFR_OTA-{ota_id}" not in {j["jobId"] for j in srv.client("iot").list_jobs()["jobs"]}
-    after = _sign(srv, "p-revoked", data, "after-revocation")
+    after = _sign(srv, "p_revoked", data, "after-revocation")
     assert after["status"] == "Failed"
     assert "REVOKED" in after["statusReason"]
 
@@ -415,9 +418,9 @@ def test_o2_revoked_certificate_signs_nothing_and_its_signatures_are_refused(
 def test_revoke_signature_and_profile_refuse_those_signatures(
     srv: RunningServer, operator_root: Issued
 ) -> None:
-    _profile(srv, "p-sig-revoked", _import(srv, make_signer(operator_root)))
+    _profile(srv, "p_sig_revoked", _import(srv, make_signer(operator_root)))
     data = make_firmware(Version(6, 0, 0), 10_000, seed="sig")
-    job = _sign(srv, "p-sig-revoked", data, "sig-revoked")
+    job = _sign(srv, "p_sig_revoked", data, "sig-revoked")
     srv.client("signer").revoke_signature(jobId=job["jobId"], reason="built from the wrong branch")
     assert srv.client("signer").describe_signing_job(jobId=job["jobId"])["revocationRecord"]
     info = _ota(srv, "sig-revoked", {"awsSignerJobId": job["jobId"]}, "in/sig-revoked.bin")
@@ -434,8 +437,8 @@ def test_o2_database_dump_and_logs_hold_no_private_key_material(
     caplog.set_level(logging.DEBUG)
     signer = make_signer(operator_root, cn="leak check signer")
     arn = _import(srv, signer)
-    _profile(srv, "p-leak", arn)
-    _sign(srv, "p-leak", b"leak check image", "leak-check")
+    _profile(srv, "p_leak", arn)
+    _sign(srv, "p_leak", b"leak check image", "leak-check")
     assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
     der = signer.key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -490,7 +493,7 @@ def test_cli_imports_creates_a_profile_signs_and_revokes(
         "signing",
         "profile",
         "create",
-        "p-cli",
+        "p_cli",
         "--certificate-arn",
         arn,
         "--cert-path-on-device",
@@ -498,7 +501,7 @@ def test_cli_imports_creates_a_profile_signs_and_revokes(
     )
     image = tmp_path / "app.bin"
     image.write_bytes(make_firmware(Version(7, 0, 0), 5000, seed="cli"))
-    printed = run("sign", str(image), "--profile", "p-cli")
+    printed = run("sign", str(image), "--profile", "p_cli")
     signature = base64.b64decode(printed.split("signature", 1)[1].split()[0])
     codesign.verify_digest(signer.cert, codesign.sha256(image.read_bytes()), signature)
     assert "s3://overair-signing/signed/" in printed
@@ -506,7 +509,7 @@ def test_cli_imports_creates_a_profile_signs_and_revokes(
     assert "development-only" in listing
     revoked = run("signing", "revoke", arn, "--reason", "retired")
     assert "revoked" in revoked
-    refused = runner.invoke(overair_cli, ["sign", str(image), "--profile", "p-cli", "--data-dir", data_dir])
+    refused = runner.invoke(overair_cli, ["sign", str(image), "--profile", "p_cli", "--data-dir", data_dir])
     assert refused.exit_code == 2
     assert "REVOKED" in refused.output
 
@@ -522,7 +525,7 @@ def _token_signer_cert(root: Issued, public_key: Any) -> bytes:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False),
                            critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
             .sign(root.key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -547,9 +550,9 @@ def test_o2_signing_key_in_an_hsm_signs_through_the_service_and_never_leaves_it(
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         arn = str(hsm_srv.client("acm").import_certificate(Certificate=cert_pem,
                                                            PrivateKey=uri.encode())["CertificateArn"])
-        _profile(hsm_srv, "p-hsm", arn)
+        _profile(hsm_srv, "p_hsm", arn)
         data = make_firmware(Version(8, 0, 0), 30_000, seed="hsm")
-        job = _sign(hsm_srv, "p-hsm", data, "hsm-job")
+        job = _sign(hsm_srv, "p_hsm", data, "hsm-job")
         assert job["status"] == "Succeeded", job.get("statusReason")
         signature, chain = _signature_of(hsm_srv, job)
         assert _openssl_verifies(tmp_path, chain[0], data, signature)
@@ -577,11 +580,11 @@ def test_delete_certificate_refuses_one_in_use_or_revoked(srv: RunningServer, op
         acm.describe_certificate(CertificateArn=unused)
     assert gone.value.response["Error"]["Code"] == "ResourceNotFoundException"
     used = _import(srv, make_signer(operator_root, cn="used signer"))
-    _profile(srv, "p-in-use", used)
+    _profile(srv, "p_in_use", used)
     with pytest.raises(ClientError) as in_use:
         acm.delete_certificate(CertificateArn=used)
     assert in_use.value.response["Error"]["Code"] == "ResourceInUseException"
-    srv.client("signer").cancel_signing_profile(profileName="p-in-use")
+    srv.client("signer").cancel_signing_profile(profileName="p_in_use")
     srv.client("overair").revoke_code_signing_certificate(CertificateArn=used, Reason="retired")
     with pytest.raises(ClientError) as revoked:
         acm.delete_certificate(CertificateArn=used)  # it must stay on the revocation list

@@ -4,7 +4,9 @@ unmodified boto3 exactly as against AWS IoT: no SigV4, the device's X.509 certif
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,44 @@ def test_n4_certificate_from_another_ca_is_refused_by_tls(srv: RunningServer, tm
     # The handshake fails (the server closes the connection): no HTTP answer at all.
     with pytest.raises((SSLError, ConnectionClosedError)):
         _jobs_client(srv, tmp_path).get_pending_job_executions(thingName="rogue-device")
+
+
+def _raw(srv: RunningServer, bundle: Path, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """One request with the device's certificate and a body boto3 would never send."""
+    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
+    context.load_cert_chain(str(bundle / "device.crt"), str(bundle / "device.key"))
+    connection = http.client.HTTPSConnection("localhost", srv.settings.download_port, context=context,
+                                             timeout=10)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_no_500_hostile_request_bodies_get_invalid_request(srv: RunningServer,
+                                                           polling_device: tuple[str, Path]) -> None:
+    """Issue 12, finding 10: bodies that answered 500 (JSON nested 1,000 deep, a step
+    timeout of 10^400, `null`) are 400 InvalidRequestException; the device is served after."""
+    name, bundle = polling_device
+    iot = srv.client("iot")
+    iot.create_job(jobId=f"{name}-job", targets=[iot.describe_thing(thingName=name)["thingArn"]],
+                   document=json.dumps({"operation": "reboot"}))
+    update = f"/things/{name}/jobs/{name}-job"
+    deep = b"[" * 1000 + b"]" * 1000
+    for method, path, body in [
+        ("POST", update, deep),
+        ("POST", update, b'{"status": "IN_PROGRESS", "statusDetails": {"a": ' + deep + b"}}"),
+        ("POST", update, b'{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 1' + b"0" * 400 + b"}"),
+        ("POST", update, b'{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 1e400}'),
+        ("POST", update, b'{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 99999999}'),
+        ("POST", update, b'{"status": "IN_PROGRESS", "statusDetails": {"k": "\\ud800"}}'),
+        ("POST", update, b"null"),
+        ("PUT", f"/things/{name}/jobs/$next", b'{"statusDetails": {"bad key!": "v"}}'),
+        ("PUT", f"/things/{name}/jobs/$next", b'{"statusDetails": ' + b'{"k": "v", ' * 50 + b"}"),
+    ]:
+        status, error = _raw(srv, bundle, method, path, body)
+        assert (status, error.get("code")) == (400, "InvalidRequestException"), (body[:80], status, error)
+    assert _jobs_client(srv, bundle).describe_job_execution(thingName=name, jobId=f"{name}-job")[
+        "execution"]["status"] == "QUEUED"

@@ -24,7 +24,8 @@ from overair.core.versions import Version
 from overair.server.api.s3 import S3Api
 from overair.server.bootstrap import DEFAULT_OTA_ROLE, DEV_PROFILE
 from overair.server.iam import managed
-from overair.server.iam.actions import UNAUTHORIZED_OPERATIONS
+from overair.server.iam.actions import ARN_MEMBERS, UNAUTHORIZED_OPERATIONS, ArnMember
+from overair.server.iam.arns import Arns
 from overair.server.storage.schema import AuditEntry
 from overair.sim.firmware import make_firmware
 from tests.e2e.ota_helpers import BUCKET, FINISHED, wait_for
@@ -108,6 +109,31 @@ def _every_operation(srv: RunningServer) -> Iterator[tuple[str, str]]:
     yield from (("s3", op) for op in s3.operations())
 
 
+def _with_canonical_arns(srv: RunningServer, service: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The request with each ARN member (server/iam/actions.py ARN_MEMBERS) holding a
+    well-formed ARN of this deployment, so that the call reaches authorization."""
+    arns = Arns.of(srv.settings)
+    samples = {"thing": "thing/probe", "thinggroup": "thinggroup/probe", "cert": "cert/" + "0" * 64,
+               "role": "role/probe", "policy": "policy/probe",
+               "certificate": "certificate/00000000-0000-4000-8000-000000000000"}
+
+    def replace(value: Any, steps: list[str], member: ArnMember) -> Any:
+        if not steps:
+            return arns.arn(member.service, samples[member.types[0]])
+        step, rest = steps[0], steps[1:]
+        name = step.removesuffix("[]")
+        if not isinstance(value, dict) or name not in value:
+            return value
+        child = value[name]
+        if step.endswith("[]") and isinstance(child, list):
+            return {**value, name: [replace(item, rest, member) for item in child]}
+        return {**value, name: replace(child, rest, member)}
+
+    for member in ARN_MEMBERS.get(service, ()):
+        params = replace(params, member.path.split("."), member)
+    return dict(params)
+
+
 def test_o1_principal_without_policies_is_denied_every_routed_operation(
         srv: RunningServer, users: Users) -> None:
     """Authorization is one code path before every handler; this proves no operation
@@ -120,15 +146,16 @@ def test_o1_principal_without_policies_is_denied_every_routed_operation(
         client = nobody.client(service)
         model = client.meta.service_model.operation_model(operation)
         overrides = {"Bucket": BUCKET, "Key": "probe.bin"} if service == "s3" else {}
-        params = minimal_input(model, {k: v for k, v in overrides.items()
-                                       if model.input_shape is not None and k in model.input_shape.members})
+        members = model.input_shape.members if model.input_shape is not None else {}
+        params = _with_canonical_arns(srv, service, minimal_input(model, {
+            k: v for k, v in overrides.items() if k in members}))
         method = getattr(client, xform_name(operation))
         code = _code(lambda method=method, params=params: method(**params))
         if code == "OK":
             allowed.append((service, operation))
         elif code not in DENIED and not (operation.startswith("Head") and code == "403"):  # no body
             wrong.append((service, operation, code))
-    assert wrong == []
+    assert wrong == [], wrong
     assert set(allowed) == set(UNAUTHORIZED_OPERATIONS)  # only sts:GetCallerIdentity, as in AWS
 
 
@@ -180,11 +207,21 @@ def test_o2_seed_ota_operator_runs_the_whole_ota_workflow_and_nothing_else(
     jobs = signer.list_signing_jobs()["jobs"]
     signer.describe_signing_job(jobId=jobs[0]["jobId"])
 
-    # Nothing else: no direct jobs, no deletions, no uploads, no IAM changes (which
+    # An operator who starts a rollout can stop it: list the updates, cancel the OTA job,
+    # delete the update; but cancel no other job.
+    assert "operator-ota" in [u["otaUpdateId"] for u in iot.list_ota_updates()["otaUpdates"]]
+    srv.client("iot").create_job(jobId="admin-job", targets=[target], document="{}")
+    assert _code(lambda: iot.cancel_job(jobId="admin-job")) == "AccessDeniedException"
+    iot.cancel_job(jobId=job_id)
+    assert iot.describe_job(jobId=job_id)["job"]["status"] == "CANCELED"
+    iot.delete_ota_update(otaUpdateId="operator-ota")
+    assert "operator-ota" not in [u["otaUpdateId"] for u in iot.list_ota_updates()["otaUpdates"]]
+
+    # Nothing else: no direct jobs, no job deletions, no uploads, no IAM changes (which
     # would let the operator grant themselves more), no new signing profiles.
     refused = {
         "iot:CreateJob": lambda: iot.create_job(jobId="by-operator", targets=[target], document="{}"),
-        "iot:DeleteOTAUpdate": lambda: iot.delete_ota_update(otaUpdateId="operator-ota"),
+        "iot:DeleteJob": lambda: iot.delete_job(jobId="admin-job", force=True),
         "iot:CreateThing": lambda: iot.create_thing(thingName="by-operator"),
         "iot:ListCertificates": iot.list_certificates,
         "s3:PutObject": lambda: s3.put_object(Bucket=BUCKET, Key="by-operator", Body=b"x"),
@@ -193,7 +230,8 @@ def test_o2_seed_ota_operator_runs_the_whole_ota_workflow_and_nothing_else(
         "iam:AttachUserPolicy": lambda: iam.attach_user_policy(
             UserName="ota-operator", PolicyArn=managed.ADMINISTRATOR_ACCESS.arn),
         "acm:DeleteCertificate": lambda: acm.delete_certificate(
-            CertificateArn=f"arn:aws:acm:{srv.settings.region}:{srv.settings.account_id}:certificate/x"),
+            CertificateArn=f"arn:aws:acm:{srv.settings.region}:{srv.settings.account_id}:"
+                           "certificate/00000000-0000-4000-8000-000000000000"),
         "signer:PutSigningProfile": lambda: signer.put_signing_profile(
             profileName="byoperator", platformId="AmazonFreeRTOS-Default"),
     }
@@ -249,10 +287,21 @@ def test_o2_service_role_without_read_access_fails_the_update_with_a_clear_reaso
     assert "s3:GetObjectVersion" in info["errorInfo"]["message"]
     assert "ota-no-read" in info["errorInfo"]["message"]
 
-    # The seed's way: the bucket policy grants the IoT service principal read access.
+    # The seed's way: the bucket policy grants the IoT service principal read access, and
+    # (as AWS's OTA service role needs) writing the signing job's result.
     s3.put_bucket_policy(Bucket="locked-firmware", Policy=_policy(
         {"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"},
          "Action": ["s3:GetObject", "s3:GetObjectVersion"], "Resource": "arn:aws:s3:::locked-firmware/*"}))
+    request["otaUpdateId"] = "role-no-write"
+    iot.create_ota_update(**request)
+    info = _finished(iot, "role-no-write")
+    assert info["otaUpdateStatus"] == "CREATE_FAILED"
+    assert "s3:PutObject" in info["errorInfo"]["message"]  # the signed result, as the role (O1)
+    s3.put_bucket_policy(Bucket="locked-firmware", Policy=_policy(
+        {"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"},
+         "Action": ["s3:GetObject", "s3:GetObjectVersion"], "Resource": "arn:aws:s3:::locked-firmware/*"},
+        {"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"},
+         "Action": "s3:PutObject", "Resource": "arn:aws:s3:::locked-firmware/signed/*"}))
     request["otaUpdateId"] = "role-bucket-grant"
     iot.create_ota_update(**request)
     info = _finished(iot, "role-bucket-grant")
@@ -380,8 +429,8 @@ def test_o1_assumed_role_session_has_the_roles_permissions_and_no_more(
 
 def test_o1_session_token_is_required_and_checked(srv: RunningServer, users: Users) -> None:
     user_arn = f"arn:aws:iam::{srv.settings.account_id}:user/token-user"
+    sts = users.create("token-user").client("sts")  # first: a trust policy names existing users
     role_arn = _assumable_role(srv, "token-role", user_arn)
-    sts = users.create("token-user").client("sts")
     credentials = sts.assume_role(RoleArn=role_arn, RoleSessionName="tok")["Credentials"]
     assert _code(_session_client(srv, "iot", credentials).list_things) == "OK"
     forged = {**credentials, "SessionToken": credentials["SessionToken"][:-4] + "AAAA"}
@@ -412,8 +461,8 @@ def test_o1_expired_session_token_is_refused(clocked_srv: RunningServer, clock: 
 def test_o2_session_policies_are_refused_not_ignored(srv: RunningServer, users: Users) -> None:
     """Ignoring a session policy would hand the session more than the caller asked for."""
     user_arn = f"arn:aws:iam::{srv.settings.account_id}:user/narrower"
-    role_arn = _assumable_role(srv, "narrowed-role", user_arn)
     sts = users.create("narrower").client("sts")
+    role_arn = _assumable_role(srv, "narrowed-role", user_arn)
     narrow = _policy({"Effect": "Allow", "Action": "iot:ListThings", "Resource": "*"})
     assert _code(lambda: sts.assume_role(RoleArn=role_arn, RoleSessionName="nn", Policy=narrow)) == \
         "ValidationError"
@@ -423,11 +472,11 @@ def test_o2_session_policies_are_refused_not_ignored(srv: RunningServer, users: 
 
 def test_o2_trust_policy_can_require_an_external_id(srv: RunningServer, users: Users) -> None:
     user_arn = f"arn:aws:iam::{srv.settings.account_id}:user/with-external-id"
+    sts = users.create("with-external-id").client("sts")
     iam = srv.client("iam")
     role_arn = iam.create_role(RoleName="external-id-role", AssumeRolePolicyDocument=_policy(
         {"Effect": "Allow", "Principal": {"AWS": user_arn}, "Action": "sts:AssumeRole",
          "Condition": {"StringEquals": {"sts:ExternalId": "tenant-42"}}}))["Role"]["Arn"]
-    sts = users.create("with-external-id").client("sts")
     assert _code(lambda: sts.assume_role(RoleArn=role_arn, RoleSessionName="xx")) == "AccessDenied"
     assert _code(lambda: sts.assume_role(RoleArn=role_arn, RoleSessionName="xx", ExternalId="tenant-1")) == \
         "AccessDenied"

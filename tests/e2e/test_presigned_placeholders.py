@@ -30,7 +30,13 @@ from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
 BUCKET = "firmware"
+# presignedUrlConfig's role; ARN members must name this server's account (threat O1), so
+# calls use `_role(srv)`, and ROLE stands for it in the parameter tables below.
 ROLE = "arn:aws:iam::123456789012:role/job-downloads"
+
+
+def _role(srv: RunningServer) -> str:
+    return ROLE.replace("123456789012", srv.settings.account_id)
 
 
 def _download(srv: RunningServer, url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -104,12 +110,12 @@ def test_device_gets_fresh_urls_for_placeholders_and_downloads_the_pinned_versio
     try:
         iot.create_job(jobId=f"{thing}-job", targets=[iot.describe_thing(thingName=thing)["thingArn"]],
                        document=json.dumps(document),
-                       presignedUrlConfig={"roleArn": ROLE, "expiresInSec": 600})
+                       presignedUrlConfig={"roleArn": _role(srv), "expiresInSec": 600})
         # The object changes after the job was created: the job keeps delivering the version it pinned.
         s3.put_object(Bucket=BUCKET, Key=f"{thing}/app v1.bin", Body=b"replaced later")
         assert json.loads(iot.get_job_document(jobId=f"{thing}-job")["document"]) == document
         described = iot.describe_job(jobId=f"{thing}-job")["job"]
-        assert described["presignedUrlConfig"] == {"roleArn": ROLE, "expiresInSec": 600}
+        assert described["presignedUrlConfig"] == {"roleArn": _role(srv), "expiresInSec": 600}
 
         delivered = [
             _ask(device, thing, "$next/get", "$next/get/accepted")["execution"]["jobDocument"],
@@ -144,7 +150,7 @@ def test_n4_placeholder_url_serves_only_its_thing_and_only_while_the_execution_i
     job_id = f"{a}-job"
     try:
         iot.create_job(jobId=job_id, targets=[iot.describe_thing(thingName=t)["thingArn"] for t in (a, b)],
-                       document=json.dumps({"url": placeholder}), presignedUrlConfig={"roleArn": ROLE})
+                       document=json.dumps({"url": placeholder}), presignedUrlConfig={"roleArn": _role(srv)})
         url_a = _ask(device_a, a, "$next/get", "$next/get/accepted")["execution"]["jobDocument"]["url"]
         url_b = _ask(device_b, b, "$next/get", "$next/get/accepted")["execution"]["jobDocument"]["url"]
         assert url_a != url_b  # each thing gets its own URL
@@ -189,7 +195,7 @@ def test_document_source_with_placeholders(
     try:
         iot.create_job(jobId=f"{thing}-job", targets=[iot.describe_thing(thingName=thing)["thingArn"]],
                        documentSource=f"https://s3.us-east-1.amazonaws.com/{BUCKET}/{thing}/job.json",
-                       presignedUrlConfig={"roleArn": ROLE, "expiresInSec": 60})
+                       presignedUrlConfig={"roleArn": _role(srv), "expiresInSec": 60})
         assert json.loads(iot.get_job_document(jobId=f"{thing}-job")["document"]) == document
         url = _ask(device, thing, "$next/get", "$next/get/accepted")["execution"]["jobDocument"]["url"]
         expires = int(dict(parse_qsl(urlsplit(url).query))["expires"])
@@ -226,6 +232,7 @@ def test_create_job_refuses_placeholders_it_cannot_honour(
     complaint: str
 ) -> None:
     iot = srv.client("iot")
+    extra = json.loads(json.dumps(extra).replace(ROLE, _role(srv)))
     with pytest.raises(ClientError) as caught:
         iot.create_job(jobId=f"refused-{case}", targets=[target_arn], document=json.dumps(document), **extra)
     assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
@@ -250,7 +257,7 @@ def test_o1_create_job_reads_no_object_the_caller_may_not_read(
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": ["iot:CreateJob", "iot:DescribeJob"], "Resource": "*"},
-            {"Effect": "Allow", "Action": "iam:PassRole", "Resource": ROLE},  # presignedUrlConfig's role
+            {"Effect": "Allow", "Action": "iam:PassRole", "Resource": _role(srv)},
             {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/public/*"},
         ]}))
     key = iam.create_access_key(UserName=name)["AccessKey"]
@@ -261,7 +268,7 @@ def test_o1_create_job_reads_no_object_the_caller_may_not_read(
         return json.dumps({"url": f"${{aws:iot:s3-presigned-url:https://s3.amazonaws.com/{BUCKET}/{path}}}"})
 
     for job_id, source in ((f"{name}-ph", {"document": placeholder(f"secret/{name}.bin"),
-                                           "presignedUrlConfig": {"roleArn": ROLE}}),
+                                           "presignedUrlConfig": {"roleArn": _role(srv)}}),
                            (f"{name}-ds", {"documentSource":
                                            f"https://s3.amazonaws.com/{BUCKET}/secret/{name}.json"})):
         with pytest.raises(ClientError) as refused:
@@ -271,4 +278,4 @@ def test_o1_create_job_reads_no_object_the_caller_may_not_read(
         with pytest.raises(ClientError):
             admin_iot.describe_job(jobId=job_id)  # nothing was created
     iot.create_job(jobId=f"{name}-ok", targets=[target], document=placeholder(f"public/{name}.bin"),
-                   presignedUrlConfig={"roleArn": ROLE})
+                   presignedUrlConfig={"roleArn": _role(srv)})

@@ -261,7 +261,7 @@ def test_maintenance_window_holds_a_job_until_it_opens(
     expression = f"cron({start.minute} {start.hour} {start.day} {start.month} ? {start.year})"
     scheduling = {"maintenanceWindows": [{"startTime": expression, "durationInMinutes": 30}]}
     for bad, complaint in (
-        ([{"startTime": expression, "durationInMinutes": 1431}], "from 1 to 1430"),
+        ([{"startTime": expression, "durationInMinutes": 1431}], "less than or equal to 1430"),
         ([{"startTime": "cron(0 2 * * * *)", "durationInMinutes": 30}], "exactly one of day-of-month"),
         ([{"startTime": "cron(0 2 L-1 * ? *)", "durationInMinutes": 30}], "'L-n'"),
     ):

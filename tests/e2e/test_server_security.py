@@ -355,7 +355,8 @@ def test_notify_carries_the_pending_list_whenever_it_changes(srv: RunningServer,
         messages = device.wait_for("/jobs/notify")
         notified = [json.loads(p) for t, p in messages if t.endswith("/jobs/notify")]
         assert notified
-        return notified[-1]["jobs"]
+        jobs: dict[str, Any] = notified[-1]["jobs"]
+        return jobs
 
     try:
         assert device.connect()

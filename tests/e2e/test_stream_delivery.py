@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from overair.core.bitmap import block_count
-from overair.core.streamcodec import GetStreamRequest, encode_get_stream
+from overair.core.streamcodec import GetStreamRequest, decode_rejection, encode_get_stream
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
@@ -212,3 +212,57 @@ def test_n3_replayed_status_update_changes_nothing(
     assert b"TerminalStateReached" in tap.captured("/update/rejected")[0][1]
     after = iot.describe_job_execution(jobId=f"AFR_OTA-ota-{name}", thingName=name)["execution"]
     assert (after["status"], after["versionNumber"]) == ("SUCCEEDED", before["versionNumber"])
+
+
+def test_no_500_hostile_device_messages_are_rejected_and_the_service_keeps_serving(
+    srv: RunningServer, tmp_path: Path
+) -> None:
+    """Issue 12, finding 10: what crashed a handler or escaped onto the service's event
+    loop (deep JSON, a 400-digit number, a non-ASCII base64 bitmap, CBOR tags) is answered
+    on the request's rejected topic with AWS's code, and the device is served after it."""
+    name = "hostile-sender"
+    bundle = srv.provision(name, tmp_path / name)
+    stream = _ota(srv, "hostile-1", name, make_firmware(Version(3, 0, 0), SIZE, seed="hostile"))
+    job = "AFR_OTA-hostile-1"
+    device = Device(srv, bundle, name)
+    jobs, streams = f"$aws/things/{name}/jobs", f"$aws/things/{name}/streams/{stream}"
+    deep = b"[" * 1000 + b"]" * 1000
+    bitmap = json.dumps({"c": "j", "f": 0, "l": 1024, "o": 0, "b": "\u00e9\u00e9==", "n": 1}).encode()
+    cases = [
+        (f"{jobs}/{job}/update", deep, f"{jobs}/{job}/update/rejected", "InvalidJson"),
+        (f"{jobs}/{job}/update", b'{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 1' + b"0" * 400 + b"}",
+         f"{jobs}/{job}/update/rejected", "InvalidJson"),
+        (f"{jobs}/{job}/update", b'{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 100000}',
+         f"{jobs}/{job}/update/rejected", "InvalidRequest"),
+        (f"{jobs}/$next/get", b'{"clientToken": ' + deep + b"}", f"{jobs}/$next/get/rejected", "InvalidJson"),
+        (f"{jobs}/start-next", b'{"statusDetails": {"k": "\\ud800"}}', f"{jobs}/start-next/rejected",
+         "InvalidRequest"),
+        (f"{jobs}/not$a$job/get", b"{}", f"{jobs}/not$a$job/get/rejected", "InvalidTopic"),
+        (f"{streams}/get/json", bitmap, f"{streams}/rejected/json", "InvalidRequest"),
+        (f"{streams}/get/json", b"[" * 400 + b"]" * 400, f"{streams}/rejected/json", "InvalidJson"),
+        (f"{streams}/get/json", deep, f"{streams}/rejected/json", "InvalidRequest"),  # over 1 KiB
+        (f"{streams}/get/cbor", b"\xd8\x23\x63(a)", f"{streams}/rejected/cbor", "InvalidCbor"),
+        (f"{streams}/get/cbor", b"\x81" * 500 + b"\x00", f"{streams}/rejected/cbor", "InvalidCbor"),
+    ]
+    try:
+        assert device.connect()
+        device.subscribe(f"$aws/things/{name}/#")
+        time.sleep(0.3)
+        for topic, payload, reply_topic, code in cases:
+            device.messages.clear()
+            device.client.publish(topic, payload, qos=1)
+            replies = device.wait_for(reply_topic)
+            assert replies, f"no answer on {reply_topic}"
+            fmt = reply_topic.rsplit("/", 1)[1]
+            answered = (decode_rejection(replies[0][1], fmt)[0] if "/streams/" in reply_topic
+                        else json.loads(replies[0][1])["code"])
+            assert answered == code, (topic, answered)
+            assert not [m for m in device.messages if "/data/" in m[0]]
+        device.messages.clear()
+        request = GetStreamRequest("ok", 0, 1024, 0, b"\x01", 1, None)
+        device.client.publish(f"{streams}/get/cbor", encode_get_stream(request), qos=1)
+        assert device.wait_for(f"{streams}/data/cbor"), "the service stopped serving after hostile messages"
+        execution = srv.client("iot").describe_job_execution(jobId=job, thingName=name)["execution"]
+        assert execution["status"] == "QUEUED"  # nothing hostile was applied
+    finally:
+        device.close()

@@ -8,6 +8,7 @@ update, N3 replay.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from overair.agent.runtime import REVOCATIONS_FILE, RevocationStore, Runtime
@@ -31,6 +33,7 @@ from tests.integration.test_agent_mqtt import (
     ota_job,
     start_agent,
 )
+from tests.pki_chain import signer_chain
 from tests.pki_helpers import Issued, make_ca, make_signer
 
 # The broker, the scripted service and the runtime clean-up of test_agent_mqtt.py; the
@@ -71,6 +74,12 @@ def agent_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def revocations(sequence: int, *revoked: Issued) -> RevocationList:
     return RevocationList(sequence, ISSUED_AT + sequence, frozenset(c.cert.serial_number for c in revoked))
+
+
+def signed_list(listed: RevocationList, signer: Issued) -> bytes:
+    """The envelope `signer` (an EC key, as the server's revocation key is) signs."""
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    return sign_list(listed, signer.key)
 
 
 def bundle_with_revocations(env: BrokerEnv, root: Path, thing: str, signer: Issued) -> Path:
@@ -125,7 +134,7 @@ def test_o2_agent_refuses_image_signed_by_a_certificate_revoked_by_a_signed_list
         broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
         revocation_signer: Issued, publish_list: Publisher) -> None:
     revoked, other = broker.signer, make_signer(broker.code_root, "second firmware signer")
-    publish_list(sign_list(revocations(1, revoked), revocation_signer.key))
+    publish_list(signed_list(revocations(1, revoked), revocation_signer))
     add_signed_job(service, "dev-o2-revoked", revoked, "o2")
     add_signed_job(service, "dev-o2-control", other, "o2")
     refused = start_agent(bundle_with_revocations(broker, tmp_path, "dev-o2-revoked", revocation_signer),
@@ -147,7 +156,7 @@ def test_o2_list_signed_by_the_wrong_key_is_ignored(
         broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
         revocation_signer: Issued, publish_list: Publisher, agent_logs: pytest.LogCaptureFixture) -> None:
     forger = make_ca("overair revocation signer")  # the right name, the wrong key
-    publish_list(sign_list(revocations(7, broker.signer), forger.key))
+    publish_list(signed_list(revocations(7, broker.signer), forger))
     add_signed_job(service, "dev-o2-forged", broker.signer, "forged")
     bundle = bundle_with_revocations(broker, tmp_path, "dev-o2-forged", revocation_signer)
     runtime = start_agent(bundle, runtimes)
@@ -162,8 +171,8 @@ def test_o2_list_signed_by_the_wrong_key_is_ignored(
 def test_n3_replaying_an_older_list_does_not_unrevoke(
         broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
         revocation_signer: Issued, publish_list: Publisher, agent_logs: pytest.LogCaptureFixture) -> None:
-    before = sign_list(revocations(1), revocation_signer.key)  # genuine, from before the revocation
-    publish_list(sign_list(revocations(2, broker.signer), revocation_signer.key))
+    before = signed_list(revocations(1), revocation_signer)  # genuine, from before the revocation
+    publish_list(signed_list(revocations(2, broker.signer), revocation_signer))
     bundle = bundle_with_revocations(broker, tmp_path, "dev-n3-replay", revocation_signer)
     runtime = start_agent(bundle, runtimes)
     assert runtime.wait(lambda s: s.revocation_sequence == 2, 10)
@@ -183,7 +192,7 @@ def test_n3_replaying_an_older_list_does_not_unrevoke(
 def test_o2_held_list_survives_an_agent_restart(
         broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
         revocation_signer: Issued, publish_list: Publisher, agent_logs: pytest.LogCaptureFixture) -> None:
-    publish_list(sign_list(revocations(1, broker.signer), revocation_signer.key))
+    publish_list(signed_list(revocations(1, broker.signer), revocation_signer))
     bundle = bundle_with_revocations(broker, tmp_path, "dev-o2-restart", revocation_signer)
     first = start_agent(bundle, runtimes)
     assert first.wait(lambda s: s.revocation_sequence == 1, 10)
@@ -212,7 +221,7 @@ def test_o2_held_list_that_no_longer_verifies_is_ignored_at_boot(
         revocation_signer: Issued, agent_logs: pytest.LogCaptureFixture) -> None:
     bundle = bundle_with_revocations(broker, tmp_path, "dev-o2-edited", revocation_signer)
     (bundle / "state").mkdir()
-    forged = sign_list(revocations(9, broker.signer), make_ca("someone else").key)
+    forged = signed_list(revocations(9, broker.signer), make_ca("someone else"))
     (bundle / "state" / REVOCATIONS_FILE).write_bytes(forged)
     runtime = start_agent(bundle, runtimes)
 
@@ -223,3 +232,28 @@ def test_o2_held_list_that_no_longer_verifies_is_ignored_at_boot(
     status = json.loads(CliRunner().invoke(agent_cli, ["status", "--config", str(bundle), "--json"]).stdout)
     assert status["revocations"]["sequence"] is None
     assert "does not verify" in status["revocations"]["problem"]
+
+
+def test_o2_agent_refuses_a_signer_below_an_intermediate_ca_revoked_by_a_signed_list(
+        broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
+        revocation_signer: Issued, publish_list: Publisher) -> None:
+    """The list names the intermediate CA, not the signer: every certificate of the
+    chain (root -> intermediate -> signer) is checked against it."""
+    intermediate, signer = signer_chain(broker.code_root)
+    other_intermediate, control_signer = signer_chain(broker.code_root)
+    publish_list(signed_list(revocations(1, intermediate), revocation_signer))
+    for thing, by, seed in (("dev-o2-intermediate", (signer, intermediate), "o2-i"),
+                            ("dev-o2-intermediate-ok", (control_signer, other_intermediate), "o2-i")):
+        image = make_firmware(V2, IMAGE_SIZE, seed=seed)
+        document = ota_job(by[0], image, f"s-{thing}")
+        document["overair"]["signer_chain"] = [base64.b64encode(c.cert_der).decode() for c in by]
+        service.add_job(thing, f"job-{thing}", f"s-{thing}", image, document)
+    refused = start_agent(bundle_with_revocations(broker, tmp_path, "dev-o2-intermediate", revocation_signer),
+                          runtimes)
+    control = start_agent(bundle_with_revocations(broker, tmp_path, "dev-o2-intermediate-ok",
+                                                  revocation_signer), runtimes)
+
+    assert_refused_as_revoked(service, refused, "dev-o2-intermediate")
+    assert "intermediate" in service.executions["dev-o2-intermediate"].updates[-1][1]["detail"]
+    # Positive control: the same kind of chain through an intermediate not on the list.
+    assert_accepted(service, control, "dev-o2-intermediate-ok")

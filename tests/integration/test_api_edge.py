@@ -8,8 +8,10 @@ for crashing handlers, extra routes, and the request log.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +19,13 @@ from typing import Any
 import botocore
 import botocore.config
 import pytest
+import sqlalchemy.exc
 from botocore.exceptions import ClientError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from overair.core.errors import PeerInputError, UnavailableError
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable
 from tests.api_harness import INACTIVE_KEY, INACTIVE_SECRET, USER_ARN, ApiServer, running_api
 
@@ -91,6 +95,25 @@ def build_table(fake: FakeIot) -> OperationTable:
     table.register("iot", "DescribeThingGroup", fake.describe_thing_group)
     table.register("iot", "AttachThingPrincipal", fake.attach_thing_principal)
     table.register("iot", "DeleteThing", fake.crash)
+
+    # Domain failures by fault, each raised as the domain raises it (faults.py translates).
+    def peer_input(request: ApiRequest) -> dict[str, Any]:
+        raise PeerInputError("that is not a valid thing type")
+
+    def unavailable(request: ApiRequest) -> dict[str, Any]:
+        raise UnavailableError("the signing HSM is not reachable")
+
+    def database_full(request: ApiRequest) -> dict[str, Any]:
+        full = sqlite3.OperationalError("database or disk is full")
+        raise sqlalchemy.exc.OperationalError("INSERT ...", {}, full)
+
+    def disk_full(request: ApiRequest) -> dict[str, Any]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    table.register("iot", "DescribeThingType", peer_input)
+    table.register("iot", "DeprecateThingType", unavailable)
+    table.register("iot", "ListThingTypes", database_full)
+    table.register("iot", "DeleteThingType", disk_full)
 
     def describe_certificate(request: ApiRequest) -> dict[str, Any]:
         arn = request.params["CertificateArn"]
@@ -211,10 +234,11 @@ def test_iot_timestamp_output(api: ApiServer) -> None:
 
 def test_iot_header_member_and_uri_label_encoding(api: ApiServer, fake: FakeIot) -> None:
     principal = "arn:aws:iot:us-east-1:123456789012:cert/0123abcd"
-    api.client("iot").attach_thing_principal(thingName="thing with space+plus", principal=principal)
+    # ':' is percent-encoded in the URI label; the model's pattern allows it in a name.
+    api.client("iot").attach_thing_principal(thingName="thing:with:colons", principal=principal)
     call = fake.calls[-1]
     assert call.operation == "AttachThingPrincipal"
-    assert call.params == {"thingName": "thing with space+plus", "principal": principal}
+    assert call.params == {"thingName": "thing:with:colons", "principal": principal}
     assert call.caller.principal_arn == USER_ARN
     assert call.caller.source_ip == "127.0.0.1"
 
@@ -416,3 +440,57 @@ def test_body_changed_after_signing_refused(api: ApiServer, fake: FakeIot) -> No
         s3.put_object(Bucket="tamper-test", Key="k", Body=b"hello")
     assert error_of(exc)[:2] == ("XAmzContentSHA256Mismatch", 400)
     assert api.objects.list_objects("tamper-test").objects == []
+
+
+# ------------------------------------------------------- one translation of failures
+
+
+def test_domain_errors_are_translated_by_fault_not_500(api: ApiServer) -> None:
+    iot = api.client("iot")
+    with pytest.raises(ClientError) as bad_input:
+        iot.describe_thing_type(thingTypeName="kind")
+    assert error_of(bad_input) == ("InvalidRequestException", 400, "that is not a valid thing type")
+    with pytest.raises(ClientError) as down:
+        iot.deprecate_thing_type(thingTypeName="kind")
+    assert error_of(down) == ("ServiceUnavailableException", 503, "the signing HSM is not reachable")
+    with pytest.raises(ClientError) as database:
+        iot.list_thing_types()
+    assert error_of(database) == ("ServiceUnavailableException", 503,
+                                  "the database is unavailable: database or disk is full")
+    with pytest.raises(ClientError) as disk:
+        iot.delete_thing_type(thingTypeName="kind")
+    assert error_of(disk) == ("ServiceUnavailableException", 503, "no space left on device")
+
+
+# ------------------------------------------------------------- region of the scope
+
+
+def test_o1_a_client_signing_for_another_region_is_refused(api: ApiServer) -> None:
+    elsewhere = api.client("iot", region_name="eu-west-1")
+    with pytest.raises(ClientError) as iot:
+        elsewhere.describe_thing_group(thingGroupName="g")
+    assert error_of(iot)[:2] == ("InvalidSignatureException", 403)
+    with pytest.raises(ClientError) as iam:
+        api.client("iam", region_name="eu-west-1").list_roles()
+    assert error_of(iam)[:2] == ("SignatureDoesNotMatch", 403)
+    with pytest.raises(ClientError) as sts:
+        api.client("sts", region_name="ap-south-1").get_caller_identity()
+    assert error_of(sts)[:2] == ("SignatureDoesNotMatch", 403)
+
+
+# -------------------------------------------------------------- hostile input, no 500
+
+
+def test_no_500_deep_json_and_huge_numbers_are_client_errors(api: ApiServer) -> None:
+    deep = b'{"attributePayload": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    status, headers, _ = _send(api, "POST", "/things/deep", "iot", deep)
+    assert (status, headers.get("x-amzn-errortype")) == (400, "SerializationException")
+    for raw in ("%C2%B2", "%D9%A1", "1" * 5000, "1_0", "%2B5", "5%0A"):
+        status, headers, _ = _send(api, "GET", f"/things?maxResults={raw}", "iot")
+        assert (status, headers.get("x-amzn-errortype")) == (400, "InvalidRequestException"), raw
+
+
+def _send(api: ApiServer, method: str, path: str, service: str,
+          body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    response = api.send_signed(api.sign(method, path, service=service, body=body))
+    return response.status, {k.lower(): v for k, v in response.headers.items()}, response.data

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from overair.server import pki
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway.broker import Broker, render_acl, render_config
 from overair.server.gateway.tls import client_ssl_context
-from overair.server.registry.service import AccessEntry
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -40,25 +40,33 @@ class BrokerEnv:
         write_atomic(root / "server.pem", server.cert_pem)
         write_private(root / "server.key", server.key_pem)
         write_atomic(root / "crl.pem", pki.make_crl(self.ca, [], NOW))
+        self.identities: dict[str, str] = {}  # file name -> broker identity
         self.service = self.client_files("service", pki.SERVICE_IDENTITY)
+        self.a = self.client_files("a", "thing-a")
+        self.b = self.client_files("b", "thing-b")
 
     def client_files(self, name: str, cn: str, ca: pki.Issued | None = None) -> tuple[str, str]:
         issued = pki.issue_client_cert(ca or self.ca, cn, NOW)
         cert, key = self.root / f"{name}.pem", self.root / f"{name}.key"
         write_atomic(cert, issued.cert_pem)
         write_private(key, issued.key_pem)
+        identity = pki.broker_username(issued.cert.subject)
+        assert identity is not None
+        self.identities[name] = identity
         return str(cert), str(key)
 
 
 @pytest.fixture
 def broker_env(tmp_path: Path) -> Iterator[BrokerEnv]:
     env = BrokerEnv(tmp_path)
-    acl = render_acl([AccessEntry("thing-a", "thing-a"), AccessEntry("thing-b", "thing-b")])
+    acl = render_acl(service=env.identities["service"],
+                     devices={env.identities["a"]: ["thing-a"], env.identities["b"]: ["thing-b"]})
     broker = Broker(tmp_path / "broker", "mosquitto", "127.0.0.1", env.port)
-    broker.write(render_config(host="127.0.0.1", port=env.port, ca=tmp_path / "ca.pem",
-                               cert=tmp_path / "server.pem", key=tmp_path / "server.key",
-                               crl=tmp_path / "crl.pem", acl=tmp_path / "broker" / "acl",
-                               run_as_root=os.geteuid() == 0), acl)
+    write_atomic(broker.acl_path, acl.encode())
+    broker.write_config(render_config(host="127.0.0.1", port=env.port, ca=tmp_path / "ca.pem",
+                                      cert=tmp_path / "server.pem", key=tmp_path / "server.key",
+                                      crl=tmp_path / "crl.pem", acl=broker.acl_path,
+                                      run_as_root=os.geteuid() == 0))
     loop = asyncio.new_event_loop()
     context = client_ssl_context(str(tmp_path / "ca.pem"), *env.service)
     loop.run_until_complete(broker.start(context))
@@ -70,7 +78,7 @@ def broker_env(tmp_path: Path) -> Iterator[BrokerEnv]:
 
 
 def _client(env: BrokerEnv, cert: tuple[str, str] | None, cn: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cn)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cn)
     client.tls_set(ca_certs=str(env.root / "ca.pem"), certfile=cert[0] if cert else None,
                    keyfile=cert[1] if cert else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     return client
@@ -101,13 +109,13 @@ def test_l1_client_from_another_ca_is_refused(broker_env: BrokerEnv) -> None:
 
 
 def test_l1_no_plaintext_listener(broker_env: BrokerEnv) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain")
     assert not _connects(client, broker_env.port)
 
 
 def test_n4_device_cannot_read_or_write_another_devices_topics(broker_env: BrokerEnv) -> None:
-    a = _client(broker_env, broker_env.client_files("a", "thing-a"), "thing-a")
-    b = _client(broker_env, broker_env.client_files("b", "thing-b"), "thing-b")
+    a = _client(broker_env, broker_env.a, "thing-a")
+    b = _client(broker_env, broker_env.b, "thing-b")
     received: dict[str, list[str]] = {"a": [], "b": []}
     a.on_message = lambda c, u, m: received["a"].append(m.topic)
     b.on_message = lambda c, u, m: received["b"].append(m.topic)

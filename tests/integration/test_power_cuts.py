@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +142,7 @@ def _cut_points(total: int, everything: bool) -> list[int]:
 
 
 def _suite(env: BrokerEnv, service: Service, root: Path, template: Path, scenario: str, self_test: str,
-           expected: str, everything: bool, record_property: pytest.RecordProperty) -> None:
+           expected: str, everything: bool, record_property: Callable[[str, object], None]) -> None:
     reference = Device(env, service, root, template, f"pc-{scenario}-ref", self_test)
     outcome = reference.run(None)
     assert not outcome.cut
@@ -178,7 +178,7 @@ SCENARIOS = pytest.mark.parametrize(("scenario", "self_test", "expected"), [
 @SCENARIOS
 def test_r2_power_cut_at_every_10th_write_of_an_update_cycle(
         broker: BrokerEnv, service: Service, template: Path, tmp_path: Path,  # noqa: F811
-        record_property: pytest.RecordProperty, scenario: str, self_test: str, expected: str) -> None:
+        record_property: Callable[[str, object], None], scenario: str, self_test: str, expected: str) -> None:
     _suite(broker, service, tmp_path, template, scenario, self_test, expected, False, record_property)
 
 
@@ -187,5 +187,5 @@ def test_r2_power_cut_at_every_10th_write_of_an_update_cycle(
 @SCENARIOS
 def test_r2_power_cut_at_every_write_of_an_update_cycle(
         broker: BrokerEnv, service: Service, template: Path, tmp_path: Path,  # noqa: F811
-        record_property: pytest.RecordProperty, scenario: str, self_test: str, expected: str) -> None:
+        record_property: Callable[[str, object], None], scenario: str, self_test: str, expected: str) -> None:
     _suite(broker, service, tmp_path, template, scenario, self_test, expected, True, record_property)

@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +294,15 @@ def test_s3_error_rules(api: ApiServer, s3: Any, bucket: str) -> None:
         s3.head_object(Bucket=bucket, Key="k")
     assert error_of(exc) == ("404", 404)
 
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: s3.upload_part(Bucket=bucket, Key="k", UploadId="nope", PartNumber=1, Body=b"x"),
         lambda: s3.list_parts(Bucket=bucket, Key="k", UploadId="nope"),
         lambda: s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId="nope"),
         lambda: s3.complete_multipart_upload(
             Bucket=bucket, Key="k", UploadId="nope",
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": small[0]}]}),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as exc:
             call()
         assert error_of(exc) == ("NoSuchUpload", 404)

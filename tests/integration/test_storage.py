@@ -81,12 +81,12 @@ def test_registry_round_trips_things_groups_and_access(registry: Registry) -> No
     assert registry.describe_thing("dev-1").attributes == {"model": "x1"}
 
     cert = registry.create_keys_and_certificate(True, "dev-1")
-    assert registry.access_entries() == []  # not attached: grants nothing
+    assert registry.broker_access().grants == {}  # not attached: grants nothing
     registry.attach_principal("dev-1", cert.arn)
-    (entry,) = registry.access_entries()
-    assert (entry.username, entry.thing_name) == ("dev-1", "dev-1")
+    identity = pki.broker_username(x509.load_pem_x509_certificate(cert.pem.encode()).subject)
+    assert registry.broker_access().grants == {identity: frozenset({"dev-1"})}
     registry.update_certificate(cert.certificate_id, "REVOKED")
-    assert registry.access_entries() == []
+    assert registry.broker_access().grants == {}
     assert registry.revoked_serials() == [x509.load_pem_x509_certificate(cert.pem.encode()).serial_number]
 
 

@@ -46,7 +46,6 @@ def test_bundle_directory_loads_with_paths_relative_to_the_file(tmp_path: Path) 
     assert config.mqtt.client_cert == tmp_path / "device.crt"
     assert config.storage.data_dir == tmp_path / "state"
     assert config.storage.factory_image == tmp_path / "factory.bin"
-    assert config.trust.signer_certs_dir == tmp_path
     ota = config.ota
     assert (ota.block_size, ota.blocks_per_request, ota.status_every_blocks) == (4096, 8, 25)
     assert config.self_test.deadline_seconds == 60.0

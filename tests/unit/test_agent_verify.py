@@ -36,9 +36,8 @@ def test_good_image_yields_its_header_version() -> None:
     assert result.version == Version(2, 0, 1)
 
 
-def test_certfile_from_the_device_when_the_document_has_no_chain() -> None:
-    assert verify_image(IMAGE, _spec(chain=()), TRUST, NOW, certfile_pem=SIGNER.cert_pem).ok
-    result = verify_image(IMAGE, _spec(chain=()), TRUST, NOW, certfile_pem=None)
+def test_n2_image_without_a_signer_chain_in_its_job_is_refused() -> None:
+    result = verify_image(IMAGE, _spec(chain=()), TRUST, NOW)
     assert (result.ok, result.check) == (False, "MissingSignerCertificate")
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from overair.core import codesign
 from overair.core.errors import VerificationFailed
 from overair.server import pki
+from tests.pki_chain import signer_chain
+from tests.pki_helpers import NOW as REAL_NOW
+from tests.pki_helpers import make_ca, sign_file
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 FILE = b"firmware image bytes" * 100
@@ -115,3 +121,42 @@ def test_rsa_signatures_verify(root: pki.Issued) -> None:
     sig = codesign.sign_digest(key, codesign.sha256(FILE))
     trust = codesign.TrustPolicy((root.cert,))
     codesign.verify_file_signature(codesign.sha256(FILE), sig, [signed], trust, NOW)
+
+
+def test_n2_revoked_intermediate_ca_in_the_signer_chain_is_refused() -> None:
+    """Revocation applies to every certificate of the chain: a signer below a revoked
+    intermediate CA is refused although the signer's own serial is not listed."""
+    chain_root = make_ca("code-signing root with an intermediate")
+    intermediate, leaf = signer_chain(chain_root)
+    digest, signature = codesign.sha256(FILE), sign_file(leaf, FILE)
+    chain = [leaf.cert, intermediate.cert]
+    trust = codesign.TrustPolicy((chain_root.cert,))
+    assert codesign.verify_file_signature(digest, signature, chain, trust, REAL_NOW) == leaf.cert
+    revoked = codesign.TrustPolicy((chain_root.cert,), frozenset({intermediate.cert.serial_number}))
+    with pytest.raises(VerificationFailed) as err:
+        codesign.verify_file_signature(digest, signature, chain, revoked, REAL_NOW)
+    assert err.value.code == "CertificateRevoked"
+    assert "intermediate" in err.value.message
+    # The device's own root is its configuration: a serial on a list does not override it.
+    anchored = codesign.TrustPolicy((chain_root.cert,), frozenset({chain_root.cert.serial_number}))
+    assert codesign.verify_file_signature(digest, signature, chain, anchored, REAL_NOW) == leaf.cert
+
+
+def test_n2_certificate_with_a_malformed_extension_is_refused_not_raised(root: pki.Issued) -> None:
+    """cryptography parses extensions lazily: the error must become a refusal."""
+    base = pki.issue_code_signing_cert(root, "malformed", NOW)
+    cert = (x509.CertificateBuilder().subject_name(base.cert.subject).issuer_name(base.cert.issuer)
+            .public_key(base.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(base.cert.not_valid_before_utc).not_valid_after(base.cert.not_valid_after_utc)
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.KEY_USAGE, b"\x01\x02"), critical=True)
+            .sign(root.key, hashes.SHA256()))
+    with pytest.raises(VerificationFailed) as loading:
+        codesign.load_der_chain([cert.public_bytes(Encoding.DER)])
+    with pytest.raises(VerificationFailed) as checking:  # loaded elsewhere, checked here
+        _verify_certs(_sign(base), [cert], [root])
+    assert loading.value.code == checking.value.code == "BadCertificate"
+
+
+def _verify_certs(sig: bytes, chain: list[x509.Certificate], roots: list[pki.Issued]) -> None:
+    trust = codesign.TrustPolicy(tuple(r.cert for r in roots))
+    codesign.verify_file_signature(codesign.sha256(FILE), sig, chain, trust, NOW)

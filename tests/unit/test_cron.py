@@ -127,3 +127,26 @@ def test_an_expression_that_never_fires_has_no_next_start() -> None:
 def test_aws_weekday_numbering_starts_on_sunday() -> None:
     assert [cron.aws_weekday(dt.date(2026, 3, 15) + dt.timedelta(days=i)) for i in range(7)] == [
         1, 2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("expression", [
+    "cron(\u00b2 0 * * ? *)",  # superscript two: str.isdigit() says yes, int() says no
+    "cron(0 \u0662 * * ? *)",  # Arabic-Indic two: int() would take it
+    "cron(0/\u00b2 0 * * ? *)",
+    "cron(0 0 \u0661W * ? *)",
+    "cron(0 0 ? * \u0662#1 *)",
+    "cron(0 0 ? * \u0662L *)",
+    "cron(0 0 1_0 * ? *)",
+    "cron(0 0 * * ? 9" + "9" * 5000 + ")",
+])
+def test_no_500_only_ascii_digits_are_numbers(expression: str) -> None:
+    with pytest.raises(cron.CronError) as caught:
+        cron.parse(expression)
+    assert caught.value.code == "InvalidRequestException"
+
+
+def test_a_trailing_newline_in_a_field_is_refused() -> None:
+    with pytest.raises(cron.CronError):
+        cron.parse("cron(0 0 ? * 2#1\n *)".replace(" *)", ")"))
+    with pytest.raises(cron.CronError):
+        cron.parse("cron(0 0 15W\n * ? *)".replace("\n *", "\n"))

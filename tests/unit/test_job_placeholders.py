@@ -104,3 +104,18 @@ def test_placeholders_that_do_not_parse_are_refused_not_delivered(document: Any,
     with pytest.raises(PlaceholderError) as caught:
         find(document)
     assert complaint in caught.value.message
+
+
+@pytest.mark.parametrize("url", [
+    "https://[",  # an unterminated IPv6 host: urlsplit raises ValueError
+    "https://[::1/bucket/key",
+    "https://s3.amazonaws.com\n/bucket/key",
+    "bucket\n/key",
+    "https://bucket\n.s3.amazonaws.com/key",
+])
+def test_no_500_hostile_urls_are_placeholder_errors(url: str) -> None:
+    with pytest.raises(PlaceholderError) as caught:
+        parse_s3_url(url)
+    assert caught.value.code == "InvalidRequestException"
+    with pytest.raises(PlaceholderError):
+        find({"url": "${aws:iot:s3-presigned-url:" + url + "}"})

@@ -25,6 +25,7 @@ from overair.server.iam.policy import (
     RequestContext,
     compile_policy,
     evaluate,
+    evaluate_assume_role,
 )
 from overair.server.iam.wildcards import PatternSet, glob
 
@@ -35,6 +36,14 @@ ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 OTA_ROLE = f"arn:aws:iam::{ACCOUNT}:role/ota-service-role"
 OTA_SESSION = f"arn:aws:sts::{ACCOUNT}:assumed-role/ota-service-role/ota-update-1"
 JOB = f"arn:aws:iot:us-east-1:{ACCOUNT}:job/fw-1"
+# Unique ids, as stored resource and trust policies name users and roles (AWS rewrites an
+# ARN to the id; server/iam/principals.py does the same).
+ALICE_ID = "AIDAALICE000000000000"
+BOB_ID = "AIDABOB00000000000000"
+OTA_ROLE_ID = "AROAOTASERVICE0000000"
+OTHER_ROLE_ID = "AROAOTHER000000000000"
+IDS = {ALICE: ALICE_ID, BOB: BOB_ID, OTA_SESSION: OTA_ROLE_ID,
+       f"arn:aws:sts::{ACCOUNT}:assumed-role/other/s": OTHER_ROLE_ID}
 THING = f"arn:aws:iot:us-east-1:{ACCOUNT}:thing/sensor-1"
 
 ALLOW, DENY, IMPLICIT = "Allow", "ExplicitDeny", "ImplicitDeny"
@@ -533,7 +542,7 @@ case("principal-arn-key-other-principal", PRINCIPAL_ARN_DEFAULT, "iot:ListThings
 
 # ------------------------------------------------ resource (bucket) policies
 
-ALICE_READS = policy(allow("s3:GetObject", s3("fw/*"), Sid="AliceReads", Principal={"AWS": ALICE}))
+ALICE_READS = policy(allow("s3:GetObject", s3("fw/*"), Sid="AliceReads", Principal={"AWS": ALICE_ID}))
 case("bucket-allows-named-user", None, "s3:GetObject", s3("fw/img.bin"), ALLOW, buckets=(ALICE_READS,),
      statement="AliceReads")
 case("bucket-other-user-implicit", None, "s3:GetObject", s3("fw/img.bin"), IMPLICIT, buckets=(ALICE_READS,),
@@ -541,7 +550,7 @@ case("bucket-other-user-implicit", None, "s3:GetObject", s3("fw/img.bin"), IMPLI
 case("bucket-other-action-implicit", None, "s3:PutObject", s3("fw/img.bin"), IMPLICIT, buckets=(ALICE_READS,))
 case("bucket-other-bucket-implicit", None, "s3:GetObject", s3("other/img.bin"), IMPLICIT,
      buckets=(ALICE_READS,))
-BOTH_READ = policy(allow("s3:GetObject", s3("fw/*"), Principal={"AWS": [ALICE, BOB]}))
+BOTH_READ = policy(allow("s3:GetObject", s3("fw/*"), Principal={"AWS": [ALICE_ID, BOB_ID]}))
 case("bucket-principal-list", None, "s3:GetObject", s3("fw/x"), ALLOW, principal=BOB, buckets=(BOTH_READ,))
 PUBLIC = policy(allow("s3:GetObject", s3("public/*"), Principal="*"))
 case("bucket-public-anonymous", None, "s3:GetObject", s3("public/x"), ALLOW, principal="", buckets=(PUBLIC,))
@@ -567,13 +576,13 @@ case("bucket-other-service-principal", None, "s3:GetObject", s3("fw/x"), IMPLICI
      service_principal="ec2.amazonaws.com", buckets=(SERVICE_READS,))
 case("bucket-service-grant-not-to-users", None, "s3:GetObject", s3("fw/x"), IMPLICIT,
      buckets=(SERVICE_READS,))
-ROLE_READS = policy(allow("s3:GetObject", s3("fw/*"), Principal={"AWS": OTA_ROLE}))
+ROLE_READS = policy(allow("s3:GetObject", s3("fw/*"), Principal={"AWS": OTA_ROLE_ID}))
 case("bucket-role-grant-service-acting-through-role", None, "s3:GetObject", s3("fw/x"), ALLOW,
      principal=OTA_SESSION, role_arn=OTA_ROLE, service_principal="iot.amazonaws.com", buckets=(ROLE_READS,))
 case("bucket-service-grant-service-acting-through-role", None, "s3:GetObjectVersion", s3("fw/x"), ALLOW,
      principal=OTA_SESSION, role_arn=OTA_ROLE, service_principal="iot.amazonaws.com",
      buckets=(SERVICE_READS,))
-ROLE_DENIED = policy(deny("s3:GetObject", s3("fw/*"), Sid="NotThisRole", Principal={"AWS": OTA_ROLE}))
+ROLE_DENIED = policy(deny("s3:GetObject", s3("fw/*"), Sid="NotThisRole", Principal={"AWS": OTA_ROLE_ID}))
 case("o1-bucket-deny-on-role-applies-through-the-service", policy(allow("s3:*")), "s3:GetObject", s3("fw/x"),
      DENY, principal=OTA_SESSION, role_arn=OTA_ROLE, service_principal="iot.amazonaws.com",
      buckets=(ROLE_DENIED, SERVICE_READS), statement="NotThisRole")
@@ -590,14 +599,14 @@ case("o1-bucket-deny-beats-identity-allow", policy(allow("*")), "s3:DeleteBucket
 case("o1-identity-deny-beats-bucket-allow", policy(deny("s3:GetObject", s3("fw/*"), Sid="NoFirmware")),
      "s3:GetObject", s3("fw/x"), DENY, buckets=(ALICE_READS,), statement="NoFirmware")
 ONLY_ALICE = policy(
-    allow("s3:*", [s3("fw"), s3("fw/*")], Principal={"AWS": [ALICE, BOB]}),
-    deny("s3:*", [s3("fw"), s3("fw/*")], Sid="OnlyAlice", NotPrincipal={"AWS": ALICE}),
+    allow("s3:*", [s3("fw"), s3("fw/*")], Principal={"AWS": [ALICE_ID, BOB_ID]}),
+    deny("s3:*", [s3("fw"), s3("fw/*")], Sid="OnlyAlice", NotPrincipal={"AWS": ALICE_ID}),
 )
 case("bucket-notprincipal-deny-others", None, "s3:GetObject", s3("fw/x"), DENY, principal=BOB,
      buckets=(ONLY_ALICE,), statement="OnlyAlice")
 case("bucket-notprincipal-named-allowed", None, "s3:GetObject", s3("fw/x"), ALLOW, buckets=(ONLY_ALICE,))
 TLS_BUCKET = policy(
-    allow("s3:GetObject", s3("fw/*"), Principal={"AWS": ALICE}),
+    allow("s3:GetObject", s3("fw/*"), Principal={"AWS": ALICE_ID}),
     deny("s3:*", [s3("fw"), s3("fw/*")], Sid="TlsOnly", Principal="*",
          Condition=when(Bool={"aws:SecureTransport": "false"})),
 )
@@ -605,7 +614,7 @@ case("doc-bucket-deny-insecure", None, "s3:GetObject", s3("fw/x"), DENY, buckets
      keys={"aws:SecureTransport": "false"}, statement="TlsOnly")
 case("doc-bucket-secure-allowed", None, "s3:GetObject", s3("fw/x"), ALLOW, buckets=(TLS_BUCKET,),
      keys={"aws:SecureTransport": "true"})
-LIST_FW = policy(allow("s3:ListBucket", s3("fw"), Principal={"AWS": ALICE}))
+LIST_FW = policy(allow("s3:ListBucket", s3("fw"), Principal={"AWS": ALICE_ID}))
 case("bucket-list-on-bucket-arn", None, "s3:ListBucket", s3("fw"), ALLOW, buckets=(LIST_FW,))
 case("bucket-and-identity-both-allow-identity-reported", policy(allow("s3:GetObject", Sid="Mine")),
      "s3:GetObject", s3("fw/x"), ALLOW, buckets=(ALICE_READS,), statement="Mine")
@@ -643,7 +652,7 @@ def decide(c: Case) -> Decision:
     buckets = [NamedPolicy(f"bucket-{i}", compile_policy(d, PolicyKind.RESOURCE))
                for i, d in enumerate(c.buckets)]
     ctx = RequestContext(c.principal, c.action, c.resource, c.keys, role_arn=c.role_arn,
-                         service_principal=c.service_principal)
+                         service_principal=c.service_principal, principal_id=IDS.get(c.principal))
     return evaluate(ctx, identity, buckets)
 
 
@@ -687,22 +696,99 @@ def test_policy_kinds_cannot_be_mixed_up() -> None:
         evaluate(ctx, [], [identity])
 
 
+def _trust(*statements: dict[str, Any]) -> NamedPolicy:
+    return NamedPolicy("role trust policy", compile_policy(policy(*statements), PolicyKind.TRUST))
+
+
+def _assume(trust: NamedPolicy | None, principal: str = ALICE, *identity: dict[str, Any],
+            service: str | None = None, keys: dict[str, str] | None = None) -> Decision:
+    ctx = RequestContext(principal, "sts:AssumeRole", OTA_ROLE, keys or {}, service_principal=service,
+                         principal_id=IDS.get(principal))
+    named = [NamedPolicy(f"identity-{i}", compile_policy(d)) for i, d in enumerate(identity)]
+    return evaluate_assume_role(ctx, named, trust)
+
+
+EVERYTHING = policy(allow("*"))
+TRUSTS_IOT = stmt("Allow", Sid="OtaService", Principal={"Service": "iot.amazonaws.com"},
+                  Action="sts:AssumeRole")
+
+
 def test_o1_trust_policy_decides_who_may_assume_the_role() -> None:
-    document = policy(stmt("Allow", Sid="OtaService", Principal={"Service": "iot.amazonaws.com"},
-                           Action="sts:AssumeRole"),
-                      stmt("Allow", Principal={"AWS": ALICE}, Action="sts:AssumeRole"))
-    trust = NamedPolicy("ota-service-role trust policy", compile_policy(document, PolicyKind.TRUST))
-
-    def assume(principal: str, service: str | None = None) -> Decision:
-        ctx = RequestContext(principal, "sts:AssumeRole", OTA_ROLE, service_principal=service)
-        return evaluate(ctx, [], [trust])
-
-    assert assume("iot.amazonaws.com", "iot.amazonaws.com").statement == "OtaService"
-    assert not assume("ec2.amazonaws.com", "ec2.amazonaws.com").allowed
-    assert assume(ALICE).allowed
-    assert assume(BOB).outcome == IMPLICIT
+    trust = _trust(TRUSTS_IOT,
+                   stmt("Allow", Sid="Alice", Principal={"AWS": ALICE_ID}, Action="sts:AssumeRole"))
+    assert _assume(trust, "iot.amazonaws.com", service="iot.amazonaws.com").statement == "OtaService"
+    assert not _assume(trust, "ec2.amazonaws.com", service="ec2.amazonaws.com").allowed
+    assert _assume(trust).statement == "Alice"  # named directly: no identity policy needed
+    assert _assume(trust, BOB).outcome == IMPLICIT
     with pytest.raises(MalformedPolicyError):
         compile_policy(policy(stmt("Allow", Action="sts:AssumeRole")), PolicyKind.TRUST)
+
+
+def test_o1_an_identity_allow_alone_never_assumes_a_role() -> None:
+    """Finding 1: a user whose policies allow `*` cannot assume a role trusted only by a
+    service or only by another user."""
+    only_iot = _trust(TRUSTS_IOT)
+    only_bob = _trust(stmt("Allow", Principal={"AWS": BOB_ID}, Action="sts:AssumeRole"))
+    assert _assume(only_iot, ALICE, EVERYTHING).outcome == IMPLICIT
+    assert _assume(only_bob, ALICE, EVERYTHING).outcome == IMPLICIT
+    assert _assume(None, ALICE, EVERYTHING).outcome == IMPLICIT  # no such role
+    assert _assume(only_bob, BOB).allowed
+
+
+def test_o1_a_trust_policy_naming_the_account_delegates_to_identity_policies() -> None:
+    for account in (ACCOUNT, ROOT):
+        trust = _trust(stmt("Allow", Principal={"AWS": account}, Action="sts:AssumeRole"))
+        assert _assume(trust, ALICE).outcome == IMPLICIT  # the account trusts; alice's policies do not
+        may_assume = policy(allow("sts:AssumeRole", OTA_ROLE, Sid="MayAssume"))
+        decided = _assume(trust, ALICE, may_assume)
+        assert (decided.outcome, decided.statement) == (ALLOW, "MayAssume")
+        other_role = policy(allow("sts:AssumeRole", f"arn:aws:iam::{ACCOUNT}:role/other"))
+        assert _assume(trust, ALICE, other_role).outcome == IMPLICIT
+        assert _assume(trust, "arn:aws:iam::999999999999:user/mallory", EVERYTHING).outcome == IMPLICIT
+
+
+def test_o1_an_explicit_deny_anywhere_wins_over_trust() -> None:
+    trust = _trust(stmt("Allow", Principal={"AWS": ALICE_ID}, Action="sts:AssumeRole"))
+    no_roles = policy(deny("sts:AssumeRole", Sid="NoRoles"))
+    denied = _assume(trust, ALICE, no_roles)
+    assert (denied.outcome, denied.statement) == (DENY, "NoRoles")
+    denying = _trust(stmt("Allow", Principal={"AWS": ACCOUNT}, Action="sts:AssumeRole"),
+                     stmt("Deny", Sid="NotAlice", Principal={"AWS": ALICE_ID}, Action="sts:AssumeRole"))
+    assert _assume(denying, ALICE, EVERYTHING).statement == "NotAlice"
+    assert _assume(denying, BOB, EVERYTHING).allowed
+    with pytest.raises(MalformedPolicyError, match="NotPrincipal is not allowed"):
+        compile_policy(policy(stmt("Allow", NotPrincipal={"AWS": ALICE_ID}, Action="sts:AssumeRole")),
+                       PolicyKind.TRUST)
+
+
+def test_o1_trust_conditions_apply() -> None:
+    trust = _trust(stmt("Allow", Principal={"AWS": ALICE_ID}, Action="sts:AssumeRole",
+                        Condition=when(StringEquals={"sts:ExternalId": "tenant-42"})))
+    assert _assume(trust, ALICE).outcome == IMPLICIT
+    assert _assume(trust, ALICE, keys={"sts:ExternalId": "tenant-42"}).allowed
+
+
+def test_o1_a_principal_is_its_unique_id_not_its_name() -> None:
+    """A user deleted and re-created under the same name has another unique id: what was
+    granted to the old one is not granted to the new one. An ARN left unbound in a stored
+    document grants nothing, and still takes away (Deny, NotPrincipal)."""
+    trust = _trust(stmt("Allow", Principal={"AWS": ALICE_ID}, Action="sts:AssumeRole"))
+    new_alice = RequestContext(ALICE, "sts:AssumeRole", OTA_ROLE, principal_id="AIDAALICE2ND000000000")
+    assert evaluate_assume_role(new_alice, [], trust).outcome == IMPLICIT
+    by_name = NamedPolicy("bucket", compile_policy(
+        policy(allow("s3:GetObject", s3("fw/*"), Principal={"AWS": ALICE})), PolicyKind.RESOURCE))
+    alice = RequestContext(ALICE, "s3:GetObject", s3("fw/x"), principal_id=ALICE_ID)
+    assert evaluate(alice, [], [by_name]).outcome == IMPLICIT
+    denied_by_name = NamedPolicy("bucket", compile_policy(policy(
+        allow("s3:GetObject", s3("fw/*"), Principal="*"),
+        deny("s3:GetObject", s3("fw/*"), Principal={"AWS": ALICE})), PolicyKind.RESOURCE))
+    assert evaluate(alice, [], [denied_by_name]).outcome == DENY
+    assert evaluate(RequestContext(BOB, "s3:GetObject", s3("fw/x"), principal_id=BOB_ID), [],
+                    [denied_by_name]).outcome == ALLOW
+    spared_by_name = NamedPolicy("bucket", compile_policy(policy(
+        allow("s3:GetObject", s3("fw/*"), Principal="*"),
+        deny("s3:GetObject", s3("fw/*"), NotPrincipal={"AWS": ALICE})), PolicyKind.RESOURCE))
+    assert evaluate(alice, [], [spared_by_name]).outcome == DENY  # an unbound name spares no one
 
 
 # ------------------------------------------------ validation errors
@@ -722,10 +808,10 @@ def _cond(condition: Any) -> str:
 
 INVALID: list[tuple[str, str | bytes, PolicyKind, str]] = [
     ("bad-json", '{"Version": "2012-10-17", "Statement": [', ID, "not valid JSON"),
-    ("not-utf8", b'{"Statement": "\xff"}', ID, "not valid JSON"),
+    ("not-utf8", b'{"Statement": "\xff"}', ID, "not UTF-8"),
     ("not-an-object", '["Statement"]', ID, "must be a JSON object"),
     ("nan-constant", '{"Statement": [], "Id": NaN}', ID, "NaN"),
-    ("deep-nesting", "[" * 100_000 + "]" * 100_000, ID, "not valid JSON"),
+    ("deep-nesting", "[" * 100_000 + "]" * 100_000, ID, "exceeds the limit"),
     ("duplicate-json-key",
      '{"Statement": {"Effect": "Allow", "Effect": "Deny", "Action": "*", "Resource": "*"}}',
      ID, "duplicate key 'Effect'"),
@@ -799,6 +885,27 @@ def test_malformed_policy_is_refused_with_stable_code(document: str | bytes, kin
                                                       fragment: str) -> None:
     with pytest.raises(MalformedPolicyError) as exc:
         compile_policy(document, kind)
+    assert exc.value.code == "MalformedPolicyDocument"
+    assert fragment in str(exc.value)
+
+
+# Hostile JSON and numbers: the bounded decoder (core/wirejson.py) and ASCII-only numbers.
+HOSTILE: list[tuple[str, str, str]] = [
+    ("deep-nesting-within-size", "[" * 10_000 + "]" * 10_000, "nested deeper than"),
+    ("huge-integer", '{"Statement": [], "Id": ' + "9" * 5000 + "}", "out of range"),
+    ("unicode-digits-are-not-a-number", _cond({"NumericEquals": {"s3:max-keys": "\u0661\u0662"}}),
+     "not a number"),
+    ("unicode-digits-are-not-an-epoch", _cond({"DateLessThan": {"aws:EpochTime": "\u0661\u0662"}}),
+     "not an ISO 8601 date"),
+    ("duplicate-keys", '{"Statement": {"Effect": "Deny", "Effect": "Allow", "Action": "*", "Resource": "*"}}',
+     "duplicate key"),
+]
+
+
+@pytest.mark.parametrize(("document", "fragment"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_o1_hostile_policy_json_is_refused_as_malformed(document: str, fragment: str) -> None:
+    with pytest.raises(MalformedPolicyError) as exc:
+        compile_policy(document)
     assert exc.value.code == "MalformedPolicyDocument"
     assert fragment in str(exc.value)
 
@@ -904,8 +1011,8 @@ def test_o1_ota_operator_policy_allows_each_seed_action(action: str) -> None:
 
 
 OPERATOR_MUST_NOT = [
-    "iot:CreateJob", "iot:DeleteThing", "iot:CreateThing", "iot:UpdateCertificate", "iot:DeleteOTAUpdate",
-    "iot:CancelJob", "iot:DeleteStream", "iot:AttachPolicy", "s3:PutObject", "s3:DeleteObject",
+    "iot:CreateJob", "iot:DeleteThing", "iot:CreateThing", "iot:UpdateCertificate",
+    "iot:DeleteStream", "iot:AttachPolicy", "s3:PutObject", "s3:DeleteObject",
     "s3:PutBucketPolicy", "s3:GetObject", "iam:CreateUser", "iam:CreateAccessKey", "iam:AttachUserPolicy",
     "iam:PutRolePolicy", "signer:PutSigningProfile", "signer:RevokeSignature", "acm:DeleteCertificate",
     "sts:AssumeRole",
@@ -923,15 +1030,32 @@ def test_o1_ota_operator_policy_is_exactly_the_seed_list() -> None:
     assert workflow["Action"] == list(managed.OTA_OPERATOR_ACTIONS)
     assert len(managed.OTA_OPERATOR_ACTIONS) == 21 == len(set(managed.OTA_OPERATOR_ACTIONS))
     assert not any("*" in a or "?" in a for a in managed.OTA_OPERATOR_ACTIONS)
-    assert {s["Sid"] for s in statements} == {"OTAWorkflow", "PassOTAServiceRole"}
+    assert {s["Sid"] for s in statements} == {"OTAWorkflow", "PassOTAServiceRole", "ListOTAUpdates",
+                                              "DeleteOTAUpdates", "CancelOTAJobs"}
 
 
-def test_o1_ota_operator_may_pass_roles_only_to_iot() -> None:
+def test_o1_ota_operator_may_pass_only_ota_service_roles_only_to_iot() -> None:
     p = managed.OVERAIR_OTA_OPERATOR
-    assert _allowed(p, "iam:PassRole", OTA_ROLE, iam__PassedToService="iot.amazonaws.com")
-    assert not _allowed(p, "iam:PassRole", OTA_ROLE, iam__PassedToService="ec2.amazonaws.com")
-    assert not _allowed(p, "iam:PassRole", OTA_ROLE)
+    ota_roles = [f"arn:aws:iam::{ACCOUNT}:role/overair-ota", f"arn:aws:iam::{ACCOUNT}:role/ota-service-role"]
+    for role in ota_roles:
+        assert _allowed(p, "iam:PassRole", role, iam__PassedToService="iot.amazonaws.com")
+        assert not _allowed(p, "iam:PassRole", role, iam__PassedToService="ec2.amazonaws.com")
+        assert not _allowed(p, "iam:PassRole", role)
+    for other in ("admin", "overair-ota-admin", "my-ota-role", "service-role/admin"):
+        assert not _allowed(p, "iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{other}",
+                            iam__PassedToService="iot.amazonaws.com"), other
     assert not _allowed(p, "iam:PassRole", ALICE, iam__PassedToService="iot.amazonaws.com")
+
+
+def test_o1_ota_operator_can_stop_what_it_started_and_nothing_else() -> None:
+    p = managed.OVERAIR_OTA_OPERATOR
+    ota_job = f"arn:aws:iot:us-east-1:{ACCOUNT}:job/AFR_OTA-rollout-1"
+    assert _allowed(p, "iot:CancelJob", ota_job)
+    assert _allowed(p, "iot:DeleteOTAUpdate", f"arn:aws:iot:us-east-1:{ACCOUNT}:otaupdate/rollout-1")
+    assert _allowed(p, "iot:ListOTAUpdates")
+    assert not _allowed(p, "iot:CancelJob", JOB)  # a job someone created directly
+    assert not _allowed(p, "iot:DeleteJob", ota_job)
+    assert not _allowed(p, "iot:DeleteOTAUpdate", ota_job)
 
 
 def test_o1_ota_service_role_policy() -> None:
@@ -988,3 +1112,13 @@ def test_builtin_policies_are_listed_by_arn() -> None:
         assert len(compile_policy(json.dumps(p.document)).statements) == len(p.compiled.statements) > 0
         p.document["Statement"] = []  # a caller's copy; the policy itself must not change
         assert p.document["Statement"]
+
+
+def test_o1_an_account_id_is_twelve_ascii_digits() -> None:
+    """`str.isdigit` takes any Unicode digit: an account id must be 12 ASCII digits."""
+    unicode_digits = "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662"
+    with pytest.raises(MalformedPolicyError, match="AWS principal must be"):
+        compile_policy(_doc({**OK, "Principal": {"AWS": unicode_digits}}), RES)
+    principals = compile_policy(_doc({**OK, "Principal": {"AWS": ACCOUNT}}), RES).statements[0].principals
+    assert principals is not None
+    assert principals.accounts == {ACCOUNT}

@@ -76,7 +76,40 @@ def test_expiry_bounds_follow_aws() -> None:
 
 def test_plain_jobs_default_to_an_hour_and_ota_jobs_to_half_an_hour() -> None:
     # AWS: CreateJob's presignedUrlConfig defaults to 3600 s, CreateOTAUpdate's to 1800 s.
-    role_only = {"roleArn": "arn:aws:iam::1:role/r"}
+    role_only: dict[str, object] = {"roleArn": "arn:aws:iam::1:role/r"}
     assert presign.expiry_seconds(role_only, default=presign.JOB_DEFAULT_EXPIRY) == 3600
     assert presign.expiry_seconds({"expiresInSec": 120}, default=presign.JOB_DEFAULT_EXPIRY) == 120
     assert presign.expiry_seconds({}) == presign.DEFAULT_EXPIRY == 1800
+
+
+# Hostile URLs and ranges reach the endpoint before any authentication (finding 10).
+
+def test_no_500_non_ascii_or_malformed_signature_is_refused() -> None:
+    query = _query(presign.sign(SECRET, "https://h", GRANT))
+    valid = query["signature"]
+    for signature in ("\u00e9" * 64, "\u0661" * 64, valid.upper(), valid + "\n", ""):
+        with pytest.raises(presign.UrlRefused) as caught:
+            presign.verify(SECRET, "firmware", "app/v2.bin", {**query, "signature": signature}, now=0)
+        assert caught.value.code == "SignatureDoesNotMatch"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("expires", "\u0662\u0660\u0660\u0660"), ("expires", "²"), ("expires", " 2000"), ("expires", "2_000"),
+    ("expires", "+2000"), ("expires", "9" * 5000), ("thing", "dev-1\n"), ("thing", "dev/1"),
+    ("version", "v-123\n"), ("version", "v" * 2000),
+])
+def test_no_500_malformed_fields_are_refused_before_the_signature_is_computed(field: str, value: str) -> None:
+    query = _query(presign.sign(SECRET, "https://h", GRANT))
+    with pytest.raises(presign.UrlRefused) as caught:
+        presign.verify(SECRET, "firmware", "app/v2.bin", {**query, field: value}, now=0)
+    assert caught.value.code == "MalformedUrl"
+
+
+@pytest.mark.parametrize("header", [
+    "bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=\u0661-\u0662", "bytes=+1-2", "bytes=1_0-20",
+    "bytes= 1-2", "bytes=0x1-2", "bytes=-", "bytes=²-3",
+])
+def test_no_500_hostile_ranges_are_invalid_ranges(header: str) -> None:
+    with pytest.raises(presign.UrlRefused) as caught:
+        presign.parse_range(header, 1000)
+    assert caught.value.code == "InvalidRange"

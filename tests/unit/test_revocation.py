@@ -48,6 +48,12 @@ def signer() -> Issued:
     return make_ca("overair revocation signer")
 
 
+def _ec(issued: Issued) -> ec.EllipticCurvePrivateKey:
+    """Revocation lists are signed with ECDSA only; make_ca's default key is P-256."""
+    assert isinstance(issued.key, ec.EllipticCurvePrivateKey)
+    return issued.key
+
+
 def _envelope(body: bytes, signature: bytes) -> bytes:
     return json.dumps({"list": base64.b64encode(body).decode(),
                        "signature": base64.b64encode(signature).decode()}).encode()
@@ -55,13 +61,13 @@ def _envelope(body: bytes, signature: bytes) -> bytes:
 
 def _signed_body(body: bytes, signer: Issued) -> bytes:
     """An envelope around any body, correctly signed: decoding is tested past the signature."""
-    return _envelope(body, signer.key.sign(body, ec.ECDSA(hashes.SHA256())))
+    return _envelope(body, _ec(signer).sign(body, ec.ECDSA(hashes.SHA256())))
 
 
 # --- core.revocation ------------------------------------------------------------------------
 
 def test_o2_signed_list_verifies_and_round_trips(signer: Issued) -> None:
-    assert verify_list(sign_list(LIST, signer.key), signer.cert) == LIST
+    assert verify_list(sign_list(LIST, _ec(signer)), signer.cert) == LIST
 
 
 def test_o2_body_is_compact_json_with_hex_serials() -> None:
@@ -70,7 +76,7 @@ def test_o2_body_is_compact_json_with_hex_serials() -> None:
 
 
 def test_o2_tampered_list_is_refused(signer: Issued) -> None:
-    envelope = json.loads(sign_list(LIST, signer.key))
+    envelope = json.loads(sign_list(LIST, _ec(signer)))
     shorter = RevocationList(LIST.sequence, LIST.issued_at, frozenset({0x1F}))  # one revocation removed
     envelope["list"] = base64.b64encode(encode_body(shorter)).decode()
     with pytest.raises(VerificationFailed) as info:
@@ -88,13 +94,13 @@ def test_o2_bad_signature_is_refused(signer: Issued) -> None:
 def test_o2_list_signed_by_another_key_is_refused(signer: Issued) -> None:
     impostor = make_ca("overair revocation signer")  # same name, other key
     with pytest.raises(VerificationFailed) as info:
-        verify_list(sign_list(LIST, impostor.key), signer.cert)
+        verify_list(sign_list(LIST, _ec(impostor)), signer.cert)
     assert info.value.code == "BadSignature"
 
 
 def test_o2_signer_without_an_ec_key_is_refused(signer: Issued) -> None:
     with pytest.raises(VerificationFailed) as info:
-        verify_list(sign_list(LIST, signer.key), _rsa_cert())
+        verify_list(sign_list(LIST, _ec(signer)), _rsa_cert())
     assert info.value.code == "BadSignerKey"
 
 
@@ -210,7 +216,7 @@ def test_o2_unusable_revocation_signer_fails_at_start(tmp_path: Path, signer: Is
 def test_o2_store_keeps_the_signed_envelope_and_verifies_it_on_load(tmp_path: Path, signer: Issued) -> None:
     store = RevocationStore(tmp_path / "state")
     assert store.load(signer.cert) is None
-    envelope = sign_list(LIST, signer.key)
+    envelope = sign_list(LIST, _ec(signer))
     store.save(envelope)
     assert store.path == tmp_path / "state" / REVOCATIONS_FILE
     assert store.path.read_bytes() == envelope  # exactly what the server signed
@@ -220,7 +226,7 @@ def test_o2_store_keeps_the_signed_envelope_and_verifies_it_on_load(tmp_path: Pa
 
 def test_o2_store_edited_on_disk_does_not_verify(tmp_path: Path, signer: Issued) -> None:
     store = RevocationStore(tmp_path)
-    store.save(sign_list(LIST, signer.key))
+    store.save(sign_list(LIST, _ec(signer)))
     edited = json.loads(store.path.read_bytes())
     edited["list"] = base64.b64encode(encode_body(RevocationList(LIST.sequence, 0, frozenset()))).decode()
     store.path.write_text(json.dumps(edited))

@@ -193,7 +193,8 @@ def _release_with_windows(config: RolloutConfig, plan: Schedule, start: float, m
                           total: int) -> dict[int, int]:
     """Simulate the scheduler tick by tick (once a second): executions released per minute
     since `start`, releasing only while `plan.releasing(now)`."""
-    state, released, per_minute = initial_rollout(config, start), 0, {}
+    state, released = initial_rollout(config, start), 0
+    per_minute: dict[int, int] = {}
     for second in range(minutes * 60):
         now = start + second
         if not plan.releasing(now):

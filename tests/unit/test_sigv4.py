@@ -7,7 +7,7 @@ import calendar
 import hashlib
 import hmac
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth
@@ -20,12 +20,14 @@ from overair.server.api.sigv4 import (
     AuthResult,
     IncomingRequest,
     SigV4Error,
+    amz_timestamp_to_epoch,
     decode_aws_chunked,
     peek_service,
     verify_request,
 )
 
 AKID = "AKIAIOSFODNN7EXAMPLE"
+REGION = "us-east-1"  # the region of AWS's published examples, and of the servers here
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 EMPTY = hashlib.sha256(b"").hexdigest()
 KEYS = {
@@ -43,7 +45,7 @@ def at(timestamp: str) -> float:
 
 def code_of(req: IncomingRequest, now: float) -> str:
     with pytest.raises(SigV4Error) as exc:
-        verify_request(req, KEYS.get, now)
+        verify_request(req, KEYS.get, now, region=REGION)
     return exc.value.code
 
 
@@ -64,7 +66,7 @@ def vanilla(signature: str = VANILLA_SIGNATURE) -> IncomingRequest:
 
 
 def test_aws_test_suite_get_vanilla() -> None:
-    result = verify_request(vanilla(), KEYS.get, at("20150830T123600Z"))
+    result = verify_request(vanilla(), KEYS.get, at("20150830T123600Z"), region=REGION)
     assert (result.service, result.region, result.presigned) == ("service", "us-east-1", False)
     assert result.credential.access_key_id == "AKIDEXAMPLE"
     bad = vanilla("5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf32")
@@ -85,7 +87,7 @@ def s3_get_example(range_header: str = "bytes=0-9") -> IncomingRequest:
 
 
 def test_s3_documentation_get_object() -> None:
-    result = verify_request(s3_get_example(), KEYS.get, at("20130524T000000Z") + 60)
+    result = verify_request(s3_get_example(), KEYS.get, at("20130524T000000Z") + 60, region=REGION)
     assert result.service == "s3"
     assert result.credential.principal_name == "alice"
     assert code_of(s3_get_example("bytes=0-10"), at("20130524T000000Z")) == "SignatureDoesNotMatch"
@@ -104,7 +106,7 @@ def presigned_example(path: str = "/test.txt", query: str = PRESIGNED_QUERY) -> 
 
 def test_s3_documentation_presigned_url() -> None:
     start = at("20130524T000000Z")
-    result = verify_request(presigned_example(), KEYS.get, start + 3600)
+    result = verify_request(presigned_example(), KEYS.get, start + 3600, region=REGION)
     assert result.presigned
     assert code_of(presigned_example(), start + 86401) == "RequestExpired"
     assert code_of(presigned_example(), start - 16 * 60) == "RequestTimeTooSkewed"
@@ -149,13 +151,13 @@ def chunked_body(first: bytes = b"a" * 65536) -> bytes:
 def test_s3_documentation_chunked_upload() -> None:
     body = chunked_body()
     assert len(body) == 66824
-    auth = verify_request(chunked_example(body), KEYS.get, at("20130524T000000Z"))
+    auth = verify_request(chunked_example(body), KEYS.get, at("20130524T000000Z"), region=REGION)
     assert auth.streaming
     data, trailers = decode_aws_chunked(body, auth, 66560)
     assert (data, trailers) == (b"a" * 66560, {})
 
     tampered = chunked_body(b"a" * 65535 + b"b")
-    auth = verify_request(chunked_example(tampered), KEYS.get, at("20130524T000000Z"))
+    auth = verify_request(chunked_example(tampered), KEYS.get, at("20130524T000000Z"), region=REGION)
     with pytest.raises(SigV4Error) as exc:
         decode_aws_chunked(tampered, auth, 66560)
     assert exc.value.code == "SignatureDoesNotMatch"
@@ -183,14 +185,14 @@ def incoming(request: AWSRequest) -> IncomingRequest:
 
 
 def signed(method: str, url: str, *, service: str = "iot", body: bytes = b"", secret: str = SECRET,
-           akid: str = AKID, headers: dict[str, str] | None = None, unsigned_payload: bool = False
-           ) -> IncomingRequest:
+           akid: str = AKID, headers: dict[str, str] | None = None, unsigned_payload: bool = False,
+           region: str = REGION) -> IncomingRequest:
     request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
     if unsigned_payload:
         request.context["payload_signing_enabled"] = False
         request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
     signer = S3SigV4Auth if service == "s3" else SigV4Auth
-    signer(Credentials(akid, secret), service, "eu-west-1").add_auth(request)
+    signer(Credentials(akid, secret), service, region).add_auth(request)
     return incoming(request)
 
 
@@ -203,8 +205,8 @@ def signed(method: str, url: str, *, service: str = "iot", body: bytes = b"", se
 ])
 def test_botocore_signed_requests_verify(service: str, url: str) -> None:
     req = signed("PUT", url, service=service, body=b'{"x": 1}')
-    result = verify_request(req, KEYS.get, time.time())
-    assert (result.service, result.region) == (service, "eu-west-1")
+    result = verify_request(req, KEYS.get, time.time(), region=REGION)
+    assert (result.service, result.region) == (service, REGION)
     assert peek_service(req) == service
 
 
@@ -212,7 +214,7 @@ def test_presigned_by_botocore() -> None:
     request = AWSRequest(method="GET", url="https://host/bucket/a%20key.bin?versionId=v1")
     S3SigV4QueryAuth(Credentials(AKID, SECRET), "s3", "us-east-1", expires=60).add_auth(request)
     req = incoming(request)
-    assert verify_request(req, KEYS.get, time.time()).presigned
+    assert verify_request(req, KEYS.get, time.time(), region=REGION).presigned
     assert code_of(req, time.time() + 61) == "RequestExpired"
 
 
@@ -227,7 +229,7 @@ def test_rejections() -> None:
     assert code_of(inactive, now) == "InactiveAccessKey"
     assert code_of(signed("GET", url), now + 20 * 60) == "RequestTimeTooSkewed"
     assert code_of(signed("GET", url), now - 20 * 60) == "RequestTimeTooSkewed"
-    verify_request(signed("GET", url), KEYS.get, now + 14 * 60)
+    verify_request(signed("GET", url), KEYS.get, now + 14 * 60, region=REGION)
 
 
 def test_malformed_authorization() -> None:
@@ -265,7 +267,7 @@ def test_unsigned_payload_only_for_s3() -> None:
     now = time.time()
     ok = signed("PUT", "https://host/b/k", service="s3", body=b"anything", unsigned_payload=True)
     assert dict(ok.headers)["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
-    assert verify_request(ok, KEYS.get, now).payload_hash == "UNSIGNED-PAYLOAD"
+    assert verify_request(ok, KEYS.get, now, region=REGION).payload_hash == "UNSIGNED-PAYLOAD"
     iot = signed("POST", "https://host/things/t", service="iot", body=b"{}", unsigned_payload=True)
     assert dict(iot.headers)["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
     assert code_of(iot, now) == "XAmzContentSHA256Mismatch"
@@ -328,3 +330,90 @@ def test_signed_trailer_body() -> None:
     with pytest.raises(SigV4Error) as exc:
         decode_aws_chunked(forged, auth, 8)
     assert exc.value.code == "SignatureDoesNotMatch"
+
+
+# ------------------------------------------------------------- region of the credential scope
+
+
+def refusal(req: IncomingRequest, *, region: str = REGION) -> SigV4Error:
+    with pytest.raises(SigV4Error) as exc:
+        verify_request(req, KEYS.get, time.time(), region=region)
+    return exc.value
+
+
+def test_o1_a_scope_for_another_region_is_refused_as_aws_refuses_it() -> None:
+    iot = refusal(signed("GET", "https://host/things", region="eu-west-1"))
+    assert (iot.code, iot.status) == ("InvalidSignatureException", 403)
+    assert "not 'eu-west-1'" in iot.message
+    iam = refusal(signed("POST", "https://host/", service="iam", body=b"Action=ListUsers",
+                         region="eu-west-1"))
+    assert (iam.code, iam.status) == ("SignatureDoesNotMatch", 403)
+    s3 = refusal(signed("GET", "https://host/bucket/key", service="s3", region="eu-west-1"))
+    assert (s3.code, s3.status, s3.fields) == ("AuthorizationHeaderMalformed", 400, (("Region", REGION),))
+    request = AWSRequest(method="GET", url="https://host/bucket/key")
+    S3SigV4QueryAuth(Credentials(AKID, SECRET), "s3", "eu-west-1", expires=60).add_auth(request)
+    presigned = refusal(incoming(request))
+    assert (presigned.code, presigned.status) == ("AuthorizationQueryParametersError", 400)
+    assert "the region 'eu-west-1' is wrong; expecting 'us-east-1'" in presigned.message
+
+
+def test_o1_global_services_also_accept_their_global_signing_region() -> None:
+    now = time.time()
+    for service in ("iam", "sts"):
+        for scope in ("eu-west-1", "us-east-1"):
+            req = signed("POST", "https://host/", service=service, body=b"Action=GetUser", region=scope)
+            assert verify_request(req, KEYS.get, now, region="eu-west-1").region == scope
+        other = signed("POST", "https://host/", service=service, body=b"Action=GetUser", region="us-west-2")
+        assert refusal(other, region="eu-west-1").code == "SignatureDoesNotMatch"
+    # Only iam and sts: a regional service signed for us-east-1 is refused by an eu-west-1 server.
+    regional = refusal(signed("GET", "https://host/things"), region="eu-west-1")
+    assert regional.code == "InvalidSignatureException"
+
+
+# ------------------------------------------------------------- hostile numbers and hosts
+
+
+def test_no_500_unicode_digits_in_presigned_expiry_are_malformed() -> None:
+    request = AWSRequest(method="GET", url="https://host/bucket/key")
+    S3SigV4QueryAuth(Credentials(AKID, SECRET), "s3", REGION, expires=60).add_auth(request)
+    req = incoming(request)
+    for expires in ("\u00b2", "\u0661\u0662\u0660", "+60", "60 ", "1_0", "9" * 5000):
+        query = req.raw_query.replace("X-Amz-Expires=60", f"X-Amz-Expires={quote(expires)}")
+        assert code_of(IncomingRequest("GET", "https", req.raw_path, query, req.headers, b""),
+                       time.time()) == "IncompleteSignature", expires
+    v2 = IncomingRequest("GET", "https", "/bucket/key", "AWSAccessKeyId=AKIA&Signature=x&Expires=%C2%B2",
+                         [("Host", "host")], b"")
+    assert code_of(v2, time.time()) == "IncompleteSignature"
+
+
+def test_no_500_hostile_dates() -> None:
+    for stamp in ("\u0662" * 8 + "T000000Z", "20260101T000000Z\n", "99999999T999999Z"):
+        with pytest.raises(SigV4Error) as exc:
+            amz_timestamp_to_epoch(stamp)
+        assert exc.value.code == "IncompleteSignature"
+    good = signed("GET", "https://host/things")
+    headers = [(k, v) for k, v in good.headers if k != "X-Amz-Date"]
+    for date in ("Mon, 01 Jan 99999 00:00:00 GMT", "\u0661", "Tue, 31 Feb 0000 99:99:99 +9999"):
+        req = IncomingRequest("GET", "https", "/things", "", [*headers, ("Date", date)], b"")
+        assert code_of(req, time.time()) == "IncompleteSignature", date
+
+
+def test_no_500_a_hostile_host_header_is_only_a_signed_header() -> None:
+    now = time.time()
+    # Signed with Host "[x" (an unterminated IPv6 literal): verifies like any other host.
+    with_host = signed("GET", "https://host/things", headers={"Host": "[x"})
+    only_signed_host = [(k, v) for k, v in with_host.headers if (k, v) != ("Host", "host")]
+    verify_request(IncomingRequest("GET", "https", "/things", "", only_signed_host, b""), KEYS.get, now,
+                   region=REGION)
+    good = signed("GET", "https://host/things")
+    swapped = [(k, "[x" if k == "Host" else v) for k, v in good.headers]
+    req = IncomingRequest("GET", "https", "/things", "", swapped, b"")
+    assert code_of(req, now) == "SignatureDoesNotMatch"
+
+
+def test_no_500_unicode_digits_in_a_chunk_size() -> None:
+    auth = streaming_auth("STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+    for size in ("\u0665", "5_0", "-5", "f" * 17):
+        with pytest.raises(SigV4Error) as exc:
+            decode_aws_chunked(f"{size}\r\nhello\r\n0\r\n\r\n".encode(), auth)
+        assert exc.value.code == "IncompleteBody", size

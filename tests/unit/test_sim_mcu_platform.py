@@ -5,16 +5,21 @@ storage bound to the device (P3)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from overair.agent.config import load_config
 from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.linux_slots import LinuxSlots
+from overair.agent.platform.select import build_platform
 from overair.agent.platform.sim_mcu import EfsAuthError, ImageMeta, SimMcu, signature_verifier
 from overair.core.codesign import TrustPolicy
+from overair.core.image import parse_header
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from tests.pki_helpers import make_ca, make_signer, sign_file
@@ -222,50 +227,164 @@ def _flip(path: Path, sim: SimMcu, file: str, chunk: int = 0, offset: int = 200)
     path.write_bytes(bytes(raw))
 
 
+# --- P2: secure boot ------------------------------------------------------------------------------
+#
+# P2's attacker writes the storage. Flipping raw flash bytes is caught by the encrypted
+# file system before secure boot even runs (P1/P3: chunks authenticate under the device
+# key), so the P2 tests write the way an attacker who has the device key (or code
+# running on the device) would: a validly formatted image, correctly encrypted and
+# authenticated by the EFS, with the boot state rewritten to match it (size, version,
+# SHA-256, signature, chain). Only the boot signature check against the device's
+# code-signing roots can refuse such an image, and each test fails without it.
+
+P2_ROOT = make_ca("secure-boot code-signing root")
+P2_SIGNER = make_signer(P2_ROOT)
+P2_TRUST = TrustPolicy((P2_ROOT.cert,))
+ROGUE = make_signer(make_ca("rogue root"), "rogue signer")
+V9 = Version(9, 0, 0)
+
+
+def _secure(root: Path, attempts: int = 3) -> SimMcu:
+    """A device whose boot loader checks every image's signature chain (P2)."""
+    return _sim(root, attempts, verifier=signature_verifier(P2_TRUST, require_signature=True))
+
+
+def _signed_stage(sim: SimMcu, image: bytes) -> None:
+    _stage(sim, image)
+    sim.set_staging_signature(sign_file(P2_SIGNER, image), [P2_SIGNER.cert_der])
+
+
 def _committed_b(tmp_path: Path) -> SimMcu:
-    sim = _sim(tmp_path)
-    sim.install_factory(make_firmware(V1, 5000, seed=1))
+    sim = _secure(tmp_path)
+    factory = make_firmware(V1, 5000, seed=1)
+    sim.install_factory_signed(factory, sign_file(P2_SIGNER, factory), [P2_SIGNER.cert_der])
     sim.boot()
-    _stage(sim, make_firmware(V2, 9000, seed=2))
+    _signed_stage(sim, make_firmware(V2, 9000, seed=2))
     sim.activate()
     sim.boot()
     sim.commit()
     return sim
 
 
-def test_p2_tampered_active_image_never_boots_the_other_good_slot_does(tmp_path: Path) -> None:
+def _attack(kind: str) -> tuple[bytes, bytes | None, tuple[bytes, ...]]:
+    """(image, signature, signer chain) an attacker writes, by kind of attack."""
+    good = make_firmware(V9, 7000, seed="attacker")
+    if kind == "untrusted signer":
+        return good, sign_file(ROGUE, good), (ROGUE.cert_der,)
+    if kind == "tampered after signing":
+        tampered = bytearray(good)
+        tampered[3000] ^= 0x01
+        return bytes(tampered), sign_file(P2_SIGNER, good), (P2_SIGNER.cert_der,)
+    if kind == "bad signature":
+        return good, sign_file(P2_SIGNER, make_firmware(V9, 7000, seed="other")), (P2_SIGNER.cert_der,)
+    assert kind == "unsigned"
+    return good, None, ()
+
+
+ATTACKS = pytest.mark.parametrize("attack", ["untrusted signer", "tampered after signing", "bad signature",
+                                             "unsigned"])
+
+
+def _implant(sim: SimMcu, slot: str, attack: str) -> None:
+    """Write the attacker's image into `slot` through the EFS (so every chunk
+    authenticates) and make the boot state describe it exactly."""
+    image, signature, chain = _attack(attack)
+    state = sim._load()
+    old = state.images[slot]
+    assert old is not None
+    cap = sim.efs.chunk_capacity
+    name = "factory" if slot == "factory" else f"slot-{slot}"
+    for index in range(0, (len(image) + cap - 1) // cap):
+        sim.efs.write_chunk(name, old.generation, index, image[index * cap:(index + 1) * cap])
+    header = parse_header(image)
+    forged = replace(old, size=len(image), version=header.version, sha256=hashlib.sha256(image).digest(),
+                     signature=signature, chain=chain, security_counter=header.security_counter)
+    sim._save(state.with_image(slot, forged))
+    assert sim.slots()  # the forged state reads back: only secure boot stands in the way
+
+
+def test_p1_p3_flash_bytes_flipped_do_not_authenticate_and_never_boot(tmp_path: Path) -> None:
+    """Raw flash tampering (no device key): the EFS refuses the chunk; boot falls back."""
     sim = _committed_b(tmp_path)
     _flip(tmp_path / "flash.bin", sim, "slot-b", chunk=1)
-    info = _sim(tmp_path).boot()
+    info = _secure(tmp_path).boot()
     assert (info.slot, info.version, info.trial, info.fell_back) == ("a", V1, False, True)
-    info = _sim(tmp_path).boot()  # the switch was recorded
+
+
+@ATTACKS
+def test_p2_tampered_active_image_never_boots_the_other_good_slot_does(tmp_path: Path, attack: str) -> None:
+    sim = _committed_b(tmp_path)
+    _implant(sim, "b", attack)
+    info = _secure(tmp_path).boot()
+    assert (info.slot, info.version, info.trial, info.fell_back) == ("a", V1, False, True)
+    info = _secure(tmp_path).boot()  # the switch was recorded
     assert (info.slot, info.version, info.fell_back) == ("a", V1, False)
 
 
-def test_p2_both_slots_tampered_recovers_the_factory_image(tmp_path: Path) -> None:
+@ATTACKS
+def test_p2_both_slots_tampered_recovers_the_factory_image(tmp_path: Path, attack: str) -> None:
     sim = _committed_b(tmp_path)
-    _flip(tmp_path / "flash.bin", sim, "slot-b")
-    _flip(tmp_path / "flash.bin", sim, "slot-a")
-    info = _sim(tmp_path).boot()
+    _implant(sim, "b", attack)
+    _implant(sim, "a", attack)
+    info = _secure(tmp_path).boot()
     assert (info.version, info.trial, info.fell_back) == (V1, False, True)
-    assert _sim(tmp_path).boot().version == V1
+    assert _secure(tmp_path).boot().version == V1
     # Then the factory image too: nothing is bootable, and boot() says so.
-    _flip(tmp_path / "flash.bin", sim, "slot-a", offset=300)
-    _flip(tmp_path / "flash.bin", sim, "slot-b", offset=300)
-    _flip(tmp_path / "flash.bin", sim, "factory")
+    sim = _secure(tmp_path)
+    for slot in ("a", "b", "factory"):
+        if sim._load().images.get(slot) is not None:
+            _implant(sim, slot, attack)
     with pytest.raises(PlatformError, match="no bootable image"):
-        _sim(tmp_path).boot()
+        _secure(tmp_path).boot()
 
 
-def test_p2_tampered_pending_image_is_abandoned(tmp_path: Path) -> None:
-    sim = _sim(tmp_path)
-    sim.install_factory(make_firmware(V1, 5000, seed=1))
-    sim.boot()
-    _stage(sim, make_firmware(V2, 9000, seed=2))
+@ATTACKS
+def test_p2_tampered_pending_image_is_abandoned(tmp_path: Path, attack: str) -> None:
+    sim = _committed_b(tmp_path)
+    _signed_stage(sim, make_firmware(V3, 9000, seed=3))
     sim.activate()
-    _flip(tmp_path / "flash.bin", sim, "slot-b")
-    info = _sim(tmp_path).boot()
-    assert (info.slot, info.version, info.trial, info.fell_back) == ("a", V1, False, True)
+    _implant(sim, "a", attack)  # the pending slot: b is confirmed, so a was staged
+    info = _secure(tmp_path).boot()
+    assert (info.slot, info.version, info.trial, info.fell_back) == ("b", V2, False, True)
+
+
+def _device(root: Path) -> SimMcu:
+    """The platform the agent builds from its bundle (agent/platform/select.py), with
+    the bundle's factory image installed."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("device.crt", "device.key", "ca.pem"):
+        (root / name).write_text("x")
+    (root / "roots.pem").write_bytes(P2_ROOT.cert_pem)
+    (root / "secret.bin").write_bytes(SECRET)
+    factory = make_firmware(V1, 5000, seed="bundle factory")
+    (root / "factory.bin").write_bytes(factory)
+    (root / "agent.toml").write_text(
+        'thing_name = "dev-p2"\n[mqtt]\nhost = "127.0.0.1"\nport = 8883\nclient_cert = "device.crt"\n'
+        'client_key = "device.key"\nca_file = "ca.pem"\n[trust]\ncode_signing_roots = "roots.pem"\n'
+        '[storage]\ndata_dir = "state"\nfactory_image = "factory.bin"\nplatform = "sim_mcu"\n'
+        f'flash_file = "flash.bin"\nunique_id = "{UID.hex()}"\ndevice_secret_file = "secret.bin"\n'
+        f"image_capacity = {CAPACITY}\n")
+    platform = build_platform(load_config(root), lambda: P2_TRUST)
+    assert isinstance(platform, SimMcu)
+    if platform.is_empty():
+        platform.install_factory(factory)
+    return platform
+
+
+def test_p2_unsigned_image_written_to_the_flash_never_boots_on_an_agents_device(tmp_path: Path) -> None:
+    """The agent's own secure boot: every image needs its signature except the bundle's
+    factory image, pinned by its SHA-256 outside the flash, so an unsigned image whose
+    recorded hash matches (the attacker wrote both) is refused."""
+    device = _device(tmp_path)
+    assert device.boot().version == V1  # the unsigned factory image boots: it is the pinned one
+    _signed_stage(device, make_firmware(V2, 9000, seed=2))
+    device.activate()
+    device.boot()
+    device.commit()
+    assert _device(tmp_path).boot().version == V2  # installed by a signed update: boots
+    _implant(device, "b", "unsigned")
+    info = _device(tmp_path).boot()
+    assert (info.slot, info.version, info.fell_back) == ("a", V1, True)
 
 
 def test_p2_secure_boot_checks_the_signature_chain(tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from overair.core import topics
 from overair.core.jobstates import Actor, ExecStatus, can_transition
 from overair.core.topics import JobsRequest, JobsTopic, StreamsRequest, StreamsTopic, parse_request_topic
 
@@ -38,3 +41,33 @@ def test_devices_and_service_have_their_own_transitions() -> None:
     assert not can_transition(ExecStatus.IN_PROGRESS, ExecStatus.SUCCEEDED, Actor.SERVICE)
     assert can_transition(ExecStatus.IN_PROGRESS, ExecStatus.TIMED_OUT, Actor.SERVICE)
     assert not can_transition(ExecStatus.QUEUED, ExecStatus.TIMED_OUT, Actor.SERVICE)
+
+
+@pytest.mark.parametrize("topic", [
+    "$aws/things/t1\n/jobs/get", "$aws/things/t1/jobs/j1\n/update", "$aws/things/t1/streams/s1\n/get/cbor",
+    "$aws/things/\u0661/jobs/get", "$aws/things//jobs/get", "$aws/things/" + "t" * 129 + "/jobs/get",
+])
+def test_no_500_names_in_topics_are_matched_whole(topic: str) -> None:
+    assert parse_request_topic(topic) is None
+
+
+@pytest.mark.parametrize(("pattern", "valid"), [
+    (topics.THING_NAME_RE, "thing-1:a_b"), (topics.JOB_ID_RE, "AFR_OTA-x"), (topics.STREAM_ID_RE, "s_1-2"),
+])
+def test_name_patterns_refuse_a_trailing_newline_however_applied(pattern: re.Pattern[str],
+                                                                 valid: str) -> None:
+    # `^...$` with .match() accepted "name\n"; every way of applying the patterns must not.
+    assert pattern.match(valid)
+    assert pattern.fullmatch(valid)
+    assert pattern.search(valid)
+    for hostile in (valid + "\n", "\n" + valid, valid + "\n" + valid):
+        assert not pattern.match(hostile)
+        assert not pattern.fullmatch(hostile)
+        assert not pattern.search(hostile)
+
+
+def test_unserved_requests_under_a_jobs_topic_are_recognised_for_an_invalid_topic_reply() -> None:
+    assert topics.jobs_request_thing("$aws/things/t1/jobs/bad id/get") == "t1"
+    assert topics.jobs_request_thing("$aws/things/t1/jobs/x/y/update") == "t1"
+    assert topics.jobs_request_thing("$aws/things/t1/jobs/j/get/rejected") is None  # a reply: never answered
+    assert topics.jobs_request_thing("$aws/things/t\n1/jobs/get") is None

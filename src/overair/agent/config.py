@@ -16,7 +16,6 @@ ca_file = "root-ca.pem"            # fleet root CA that signed the broker's cert
 keepalive_seconds = 30             # optional
 [trust]
 code_signing_roots = "code-signing-root.pem"
-signer_certs_dir = "."             # optional: where `certfile` of a job is looked up
 revoked_serials = []               # optional: signer serials (int or "0x..") never trusted
 revocation_signer = "revocation-signer.pem"  # optional: verifies signed revocation lists
 [storage]
@@ -60,6 +59,10 @@ newer; no client certificate is sent (the pre-signed URL carries the authorizati
 key: with it the agent accepts the signed revocation lists the server publishes
 (core.revocation, threat O2) and refuses images from the signers they name, on top of
 `revoked_serials`; without it those lists are ignored.
+
+The signer certificate of an image comes only from the job document's signer chain,
+checked against `code_signing_roots`: the agent never reads a certificate from the
+path a job's `certfile` names (older bundles' `signer_certs_dir` is ignored).
 """
 
 from __future__ import annotations
@@ -100,7 +103,6 @@ class MqttConfig:
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
     code_signing_roots: Path
-    signer_certs_dir: Path
     revoked_serials: frozenset[int] = frozenset()
     # Verifies the revocation lists the server publishes (core.revocation); None: ignore them.
     revocation_signer: Path | None = None
@@ -283,8 +285,6 @@ class _Loader:
     def trust(self, t: dict[str, Any]) -> TrustConfig:
         w = "[trust]"
         roots = self.path(t, w, "code_signing_roots", must_exist=True)
-        certs_dir = (self.path(t, w, "signer_certs_dir", must_exist=True, directory=True)
-                     if "signer_certs_dir" in t else roots.parent)
         raw = t.get("revoked_serials", [])
         if not isinstance(raw, list):
             raise self.fail(f"{w} revoked_serials", "must be a list")
@@ -296,7 +296,7 @@ class _Loader:
                 raise self.fail(f"{w} revoked_serials", f"entry {item!r} is not an integer") from exc
             serials.add(serial)
         signer = self.path(t, w, "revocation_signer", must_exist=True) if "revocation_signer" in t else None
-        return TrustConfig(roots, certs_dir, frozenset(serials), signer)
+        return TrustConfig(roots, frozenset(serials), signer)
 
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         w = "[storage]"

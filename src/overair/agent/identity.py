@@ -1,9 +1,11 @@
 """The device's identity check at start: its certificate must name its thing.
 
-The broker takes the certificate's CN as the client's identity and confines it to the
-topics of the things that certificate is attached to; an agent configured as thing A
-but holding B's certificate would talk on topics it cannot use, or on another device's
-(threat N4). So the agent refuses to start on such a mismatch, with a clear error.
+The broker knows the client by its certificate (its whole subject, unique to it) and
+confines it to the topics of the things that certificate is attached to; `overair thing
+create` issues it with CN = thing name. An agent configured as thing A but holding B's
+certificate would talk on topics it cannot use (threat N4), so the agent refuses to
+start on such a mismatch, with a clear error. The CN is only this consistency check:
+it grants nothing at the broker.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from overair.agent.fsutil import atomic_write
 from overair.agent.machine.state import Journal
+from overair.core import wirejson
 from overair.core.errors import DecodeError
 
 log = logging.getLogger("overair.agent.journal")
@@ -44,10 +45,13 @@ def encode_journal(journal: Journal) -> bytes:
 
 
 def decode_journal(raw: bytes) -> Journal:
+    """The journal from its bytes; DecodeError (and nothing else) if it is not one. It
+    holds what jobs sent (ids, reasons quoting them), so it is decoded like input."""
     try:
-        return Journal.from_json_obj(json.loads(raw))
-    except ValueError as exc:
-        raise DecodeError(f"journal is not JSON: {exc}", code="BadJournal") from exc
+        obj = wirejson.loads(raw, what="journal")
+    except DecodeError as exc:
+        raise DecodeError(f"journal is not JSON: {exc.message}", code="BadJournal") from exc
+    return Journal.from_json_obj(obj)
 
 
 class FileJournalStore:

@@ -51,6 +51,7 @@ from overair.agent.machine.events import (
     Connected,
     Disconnected,
     Event,
+    HandlingFailed,
     HttpRangeFailed,
     HttpRangeReceived,
     ImageCommitted,
@@ -62,7 +63,7 @@ from overair.agent.machine.events import (
 )
 from overair.agent.machine.state import FileSpec, JobResult, Settings, State
 from overair.agent.machine.transitions import handle
-from overair.agent.platform.base import Platform, PlatformError
+from overair.agent.platform.base import Platform, PlatformError, PowerLost
 from overair.agent.platform.select import build_platform
 from overair.agent.progress import StagedProgress
 from overair.agent.sealed_key import prepare_client_key
@@ -160,12 +161,8 @@ def load_revocation_signer(config: AgentConfig) -> x509.Certificate | None:
 
 
 def verify_revocations(envelope: bytes, signer: x509.Certificate) -> RevocationList:
-    """core.revocation.verify_list, with absurdly nested JSON (which makes the decoder
-    recurse too deep) refused as malformed like any other bad envelope."""
-    try:
-        return verify_list(envelope, signer)
-    except RecursionError as exc:
-        raise DecodeError("malformed revocation list envelope: nested too deep") from exc
+    """core.revocation.verify_list: DecodeError or VerificationFailed, nothing else."""
+    return verify_list(envelope, signer)
 
 
 class RevocationStore:
@@ -195,6 +192,11 @@ class RevocationStore:
 
 class _Rebooted:
     """Marker: the step's remaining commands died with the reboot."""
+
+
+class _BootFailed(Exception):
+    """A reboot could not boot an image (or reach its storage): not a job's fault, and
+    nothing the agent can go on without; it stops the agent like a failed first boot."""
 
 
 _REBOOTED = _Rebooted()
@@ -387,27 +389,61 @@ class Runtime:
         self._generation += 1
         self._reboots += 1
         log.info("rebooting %s", self.config.thing_name)
-        self._boot_and_connect()
+        try:
+            self._boot_and_connect()
+        except PowerLost:
+            raise
+        except Exception as exc:
+            raise _BootFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def _feed(self, first: Event) -> None:
+        """Handle `first` and the events its commands produce, in order.
+
+        This is the one boundary between the agent and what the network sends it (issue
+        12, finding 9): an unexpected exception while handling any event, in `handle()`
+        or in a command it produced, is logged with its traceback and becomes a
+        `HandlingFailed` event, which fails the job concerned (journaled first, so a
+        restart does not replay the poison) and reports it FAILED; the rest of that
+        step is dropped and the agent goes on serving. Only what ends the device itself
+        stops the agent: a reboot that cannot boot (`_BootFailed`: no image, no
+        storage) or a loss of power (`PowerLost`, injected by the power-cut suite)."""
         pending: deque[Event] = deque([first])
         while pending:
             event = pending.popleft()
-            old = self._state
-            new, commands = handle(old, event, self._clock())
-            self._state = new
-            if new.journal is not old.journal and new.journal != old.journal:
-                self._journal_store.save(new.journal)  # journal before acting
-            for command in commands:
-                result = self._execute(command)
-                if result is _REBOOTED:
+            try:
+                if self._step(event, pending):
                     return
-                if isinstance(result, PlatformFailed):
-                    pending.append(result)
-                    break  # the rest of the step depended on this command
-                if result is not None:
-                    assert not isinstance(result, _Rebooted)
-                    pending.append(result)
+            except (_BootFailed, PowerLost):
+                raise  # the device cannot go on: not a job's fault
+            except Exception as exc:
+                if isinstance(event, HandlingFailed):
+                    log.exception("agent %s: containing a defect failed too; the event is dropped",
+                                  self.config.thing_name)
+                    return
+                log.exception("agent %s: defect while handling %s: failing the job concerned",
+                              self.config.thing_name, type(event).__name__)
+                pending.clear()
+                pending.append(HandlingFailed(event, f"{type(exc).__name__}: {exc}"))
+
+    def _step(self, event: Event, pending: deque[Event]) -> bool:
+        """One step: handle, journal, run the commands (their results join `pending`);
+        True when a command rebooted the device (the rest of the step died with it)."""
+        old = self._state
+        new, commands = handle(old, event, self._clock())
+        self._state = new
+        if new.journal is not old.journal and new.journal != old.journal:
+            self._journal_store.save(new.journal)  # journal before acting
+        for command in commands:
+            result = self._execute(command)
+            if result is _REBOOTED:
+                return True
+            if isinstance(result, PlatformFailed):
+                pending.append(result)
+                break  # the rest of the step depended on this command
+            if result is not None:
+                assert not isinstance(result, _Rebooted)
+                pending.append(result)
+        return False
 
     def _execute(self, command: cmd.Command) -> Event | _Rebooted | None:
         transport = self._transport
@@ -564,30 +600,20 @@ class Runtime:
     # --- image verification ------------------------------------------------------------
 
     def _verify(self, file: FileSpec) -> VerifyResult:
+        """Check the staged image; the signer chain is the job's, never a file the job
+        names (its `certfile` is not read: agent/verify.py)."""
         try:
             data = self._platform.read_staging()
         except PlatformError as exc:
             return VerifyResult(False, check="StorageError", message=exc.message)
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
-        certfile = self._certfile(file.certfile)
-        result = verify_image(data, file, self._trust, now, certfile)
+        result = verify_image(data, file, self._trust, now)
         remember = getattr(self._platform, "set_staging_signature", None)
         if result.ok and remember is not None:
             # Secure boot (P2) checks the signature again at every boot of this image.
-            chain = signer_chain(file, certfile)
+            chain = signer_chain(file)
             remember(file.signature, [c.public_bytes(serialization.Encoding.DER) for c in chain])
         return result
-
-    def _certfile(self, name: str) -> bytes | None:
-        """The job's `certfile`, looked up by base name in the trust directory only."""
-        base = Path(name).name
-        if base in ("", ".", ".."):
-            return None
-        path = self.config.trust.signer_certs_dir / base
-        try:
-            return path.read_bytes() if path.is_file() else None
-        except OSError:
-            return None
 
     def _run_self_test(self, job_id: str, deadline: float) -> SelfTestResult | None:
         command = self.config.self_test.command.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -40,14 +41,17 @@ def init(data_dir: DataDirOption,
          http_port: int = 8080, mqtt_port: int = 8883,
          download_port: Annotated[int, typer.Option(help="HTTPS port for device downloads.")] = 8443,
          database_url: Annotated[str, typer.Option(help="PostgreSQL URL; default SQLite.")] = "",
+         firmware_bucket: Annotated[list[str] | None, typer.Option(
+             help="Bucket the overair-ota service role may read firmware from (repeatable; "
+                  "default: firmware).")] = None,
          force: Annotated[bool, typer.Option(help="Destroy an existing data directory.")] = False) -> None:
     """Create a data directory: CAs, certificates, keys, database, admin credentials."""
-    from overair.server.bootstrap import initialize
+    from overair.server.bootstrap import DEFAULT_FIRMWARE_BUCKETS, initialize
 
     try:
         result = initialize(data_dir, hostnames=tuple(hostname or ()), http_port=http_port,
                             mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
-                            force=force)
+                            force=force, firmware_buckets=tuple(firmware_bucket or DEFAULT_FIRMWARE_BUCKETS))
     except OverairError as exc:
         _fail(exc)
         return
@@ -66,10 +70,17 @@ def serve(data_dir: DataDirOption,
           mqtt_port: Annotated[int | None, typer.Option(help="MQTT (mutual TLS) port.")] = None,
           http_host: Annotated[str | None, typer.Option(help="Address the API binds to.")] = None,
           broker: Annotated[str | None, typer.Option(
-              help="Use an existing broker (mqtts://host:port) instead of running Mosquitto.")] = None,
+              help="Use an existing broker (mqtts://host:port) instead of running Mosquitto; it must "
+                   "use overair's ACL and CRL (docs/security.md, External broker).")] = None,
+          broker_reload_command: Annotated[str | None, typer.Option(
+              help="With --broker: the command that makes it reload overair's ACL and CRL "
+                   "(e.g. 'systemctl reload mosquitto').")] = None,
           tls_cert: Annotated[Path | None, typer.Option(help="HTTPS certificate for the API.")] = None,
           tls_key: Annotated[Path | None, typer.Option(help="HTTPS key for the API.")] = None,
           database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL.")] = None,
+          trusted_proxy: Annotated[list[str] | None, typer.Option(
+              help="A reverse proxy (address or CIDR) whose X-Forwarded-For/-Proto are believed; "
+                   "repeat for several. Default: none, only the connection counts.")] = None,
           verbose: bool = False) -> None:
     """Run the server: HTTP API, device service and a Mosquitto broker it configures."""
     from overair.server.app import Server
@@ -81,7 +92,10 @@ def serve(data_dir: DataDirOption,
     try:
         settings = load_settings(data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host,
                                  broker_url=broker, http_tls_cert=tls_cert, http_tls_key=tls_key,
-                                 database_url=database_url)
+                                 broker_reload_command=tuple(shlex.split(broker_reload_command))
+                                 if broker_reload_command else None,
+                                 database_url=database_url,
+                                 trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None)
         server = Server(settings)
     except OverairError as exc:
         _fail(exc)
@@ -100,6 +114,31 @@ def serve(data_dir: DataDirOption,
         _fail(exc)
 
 
+@app.command("broker-config")
+def broker_config(data_dir: DataDirOption,
+                  listen_host: Annotated[str, typer.Option(
+                      help="Address the external broker listens on for devices.")] = "127.0.0.1",
+                  listen_port: Annotated[int, typer.Option(help="Its port for devices.")] = 8883) -> None:
+    """Print the Mosquitto settings an external broker (serve --broker) needs, and create the
+    ACL file it reads (granting nothing until `overair serve` writes the real one)."""
+    from overair.server.files import write_atomic
+    from overair.server.gateway.broker import render_external_config
+    from overair.server.settings import load_settings
+
+    try:
+        paths = load_settings(data_dir).paths
+    except OverairError as exc:
+        _fail(exc)
+        return
+    acl = paths.broker / "acl"
+    if not acl.exists():
+        write_atomic(acl, b"# overair serve writes this file; until then it grants nothing.\n", mode=0o640)
+    sys.stdout.write(render_external_config(
+        host=listen_host, port=listen_port, ca=paths.fleet_ca_cert.resolve(),
+        cert=paths.broker_cert.resolve(), key=paths.broker_key.resolve(), crl=paths.crl.resolve(),
+        acl=acl.resolve()))
+
+
 @thing_app.command("create")
 def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to write the device bundle.")],
                  data_dir: DataDirOption,
@@ -114,14 +153,13 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
     from overair.server.settings import DataDir, load_settings
 
     try:
-        settings = load_settings(data_dir)
+        load_settings(data_dir)  # a clear error if it is not a data directory
         clients = ApiClients.from_data_dir(data_dir)
         paths = DataDir(data_dir)
         config = provision_thing(clients.client("iot"), name, out,
                                  fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                  code_signing_roots_pem=paths.code_signing_root.read_bytes(),
                                  revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
-                                 mqtt_host=settings.device_host, mqtt_port=settings.mqtt_port,
                                  group=group, factory_image=factory_image)
     except OverairError as exc:
         _fail(exc)

@@ -1,13 +1,19 @@
 """Provision a device: thing, certificate (CN = thing name), attachment, and the bundle
-an agent starts from (`agent.toml` plus the files it names)."""
+an agent starts from (`agent.toml` plus the files it names).
+
+The bundle names the broker devices really use: by default it asks the server
+(DescribeEndpoint), which answers the external broker when `serve` uses one, so a bundle
+never points at a port nothing listens on.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from overair.core.errors import MisuseError
+from overair.core.errors import MisuseError, PeerInputError
 from overair.server.files import write_atomic, write_private
 from overair.server.registry.api import THING_NAME_HEADER
 
@@ -30,11 +36,27 @@ def create_keys_and_certificate_for(iot: Any, thing_name: str) -> dict[str, Any]
         iot.meta.events.unregister(event, add_header)
 
 
+_ENDPOINT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def device_endpoint(iot: Any) -> tuple[str, int]:
+    """(host, port) of the broker, as the server answers DescribeEndpoint ("host" means
+    port 8883, else "host:port")."""
+    address = str(iot.describe_endpoint(endpointType="iot:Data-ATS").get("endpointAddress", ""))
+    found = _ENDPOINT.fullmatch(address)
+    port = int(found["port"]) if found and found["port"] else 8883
+    if found is None or not 0 < port <= 65535:
+        raise PeerInputError(f"the server's DescribeEndpoint answered {address[:200]!r}, not host[:port]")
+    return found["host"].strip("[]"), port
+
+
 def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
-                    code_signing_roots_pem: bytes, mqtt_host: str, mqtt_port: int,
+                    code_signing_roots_pem: bytes, mqtt_host: str | None = None,
+                    mqtt_port: int | None = None,
                     group: str | None = None, factory_image: Path | None = None,
                     revocation_signer_pem: bytes | None = None) -> Path:
     """Create the thing in the registry and write its bundle; returns the agent.toml path.
+    Without `mqtt_host`/`mqtt_port` the bundle names the broker the server reports.
 
     Refuses a thing that already exists: CreateThing is idempotent in AWS, so without
     the check a typo'd re-run would silently issue the thing a second certificate."""
@@ -45,6 +67,8 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
     else:
         raise MisuseError(f"thing {thing_name} already exists; delete it first or pick another name",
                           code="ResourceAlreadyExistsException")
+    if mqtt_host is None or mqtt_port is None:
+        mqtt_host, mqtt_port = device_endpoint(iot)
     iot.create_thing(thingName=thing_name)
     cert = create_keys_and_certificate_for(iot, thing_name)
     iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])

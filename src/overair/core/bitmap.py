@@ -7,9 +7,12 @@ first. A set bit means the block is still needed.
 from __future__ import annotations
 
 
-def needed_blocks(bitmap: bytes, offset: int, total_blocks: int) -> list[int]:
-    """Block indices marked needed, lowest first, clipped to the file's blocks."""
+def needed_blocks(bitmap: bytes, offset: int, total_blocks: int, limit: int | None = None) -> list[int]:
+    """Block indices marked needed, lowest first, clipped to the file's blocks; at most
+    `limit` of them (the caller's budget: a device's bitmap is its own choice)."""
     needed: list[int] = []
+    if offset < 0 or (limit is not None and limit <= 0):
+        return needed
     for byte_index, byte in enumerate(bitmap):
         if not byte:
             continue
@@ -19,6 +22,8 @@ def needed_blocks(bitmap: bytes, offset: int, total_blocks: int) -> list[int]:
                 if block >= total_blocks:
                     return needed
                 needed.append(block)
+                if limit is not None and len(needed) >= limit:
+                    return needed
     return needed
 
 

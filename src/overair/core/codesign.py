@@ -4,8 +4,14 @@ activates): threat N2, mis-signed update.
 A signature is ECDSA P-256 (or RSA PKCS#1 v1.5) over SHA-256 of the whole file, DER,
 base64 in the job document. A signer certificate is accepted only if it chains to a
 trusted code-signing root, is inside its validity period at `now`, has the
-digitalSignature key usage and the codeSigning extended key usage, and is not on the
-revocation list. Each failure names its check in `VerificationFailed.code`.
+digitalSignature key usage and the codeSigning extended key usage, and neither it nor
+any intermediate CA of its chain is on the revocation list. Each failure names its
+check in `VerificationFailed.code`.
+
+The certificates and signatures come from job documents, so from the network: every
+check raises `VerificationFailed` and nothing else, however malformed its input
+(`cryptography` parses extensions and keys lazily and raises ValueError or
+UnsupportedAlgorithm deep inside a check; `require_readable` reads them up front).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -26,6 +32,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from overair.core.errors import DecodeError, VerificationFailed
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+# What `cryptography` raises for a certificate it cannot read: most are ValueError, these
+# are not (InvalidVersion and DuplicateExtension were found by tests/fuzz).
+UNREADABLE = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+              x509.UnsupportedGeneralNameType)
 
 
 def sha256(data: bytes) -> bytes:
@@ -40,6 +50,7 @@ def sign_digest(key: PrivateKey, digest: bytes) -> bytes:
 
 
 def verify_digest(cert: x509.Certificate, digest: bytes, signature: bytes) -> None:
+    require_readable(cert)
     public_key = cert.public_key()
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -48,14 +59,14 @@ def verify_digest(cert: x509.Certificate, digest: bytes, signature: bytes) -> No
             public_key.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         else:
             raise VerificationFailed("signer key type is not supported", code="BadSignerKey")
-    except InvalidSignature as exc:
+    except (InvalidSignature, ValueError) as exc:  # ValueError: a signature that is not even DER
         raise VerificationFailed("signature does not match the file", code="BadSignature") from exc
 
 
 def load_pem_certificates(pem: bytes) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except UNREADABLE as exc:
         raise DecodeError(f"not a PEM certificate: {exc}", code="BadCertificate") from exc
     return certs
 
@@ -113,11 +124,12 @@ def verify_signer_chain(
     trust: TrustPolicy,
     now: dt.datetime,
 ) -> list[x509.Certificate]:
-    """Check leaf usages, validity, revocation and the chain to a trusted root."""
+    """Check leaf usages, validity, the chain to a trusted root, and revocation of every
+    certificate of that chain. Raises only VerificationFailed."""
+    for cert in (leaf, *intermediates):
+        require_readable(cert)
     check_signer_usages(leaf)
     check_validity(leaf, now)
-    if leaf.serial_number in trust.revoked_serials:
-        raise VerificationFailed("signer certificate is revoked", code="CertificateRevoked")
     if not trust.roots:
         raise VerificationFailed("no trusted code-signing root is configured", code="UntrustedChain")
     ee_policy = (
@@ -137,14 +149,57 @@ def verify_signer_chain(
     )
     try:
         chain = verifier.verify(leaf, list(intermediates)).chain
-    except verification.VerificationError as exc:
+    except Exception as exc:
+        # VerificationError is the documented failure, but the verifier also raised
+        # ValueError and KeyError for malformed certificates (fuzzed: tests/fuzz): at this
+        # third-party call, any exception means the chain could not be verified.
         raise VerificationFailed(f"signer certificate does not chain to a trusted root: {exc}",
                                  code="UntrustedChain") from exc
-    for cert in chain[1:]:
-        if cert.serial_number in trust.revoked_serials and cert not in trust.roots:
-            raise VerificationFailed("a certificate in the signer chain is revoked",
-                                     code="CertificateRevoked")
+    refuse_revoked(chain, trust)
     return chain
+
+
+def refuse_revoked(chain: Sequence[x509.Certificate], trust: TrustPolicy) -> None:
+    """Revocation applies to every certificate of a verified chain (signer first): the
+    signer and each intermediate CA (a revoked intermediate revokes everything it
+    issued). Only the trust anchor is exempt: the device's own roots are its
+    configuration, not something a serial on a list may override by collision."""
+    for position, cert in enumerate(chain):
+        if position > 0 and cert in trust.roots:
+            continue
+        if cert.serial_number in trust.revoked_serials:
+            what = "signer certificate" if position == 0 \
+                else f"intermediate CA certificate {position} of the signer chain"
+            raise VerificationFailed(f"{what} is revoked (serial {cert.serial_number:x})",
+                                     code="CertificateRevoked")
+
+
+def require_readable(cert: x509.Certificate) -> None:
+    """`cryptography` parses a certificate's extensions and key lazily, so a malformed
+    one (from a job document) raises ValueError or UnsupportedAlgorithm at the first
+    check that looks, not at load. Read both now and refuse the certificate cleanly."""
+    try:
+        _ = cert.extensions
+        _ = cert.public_key()
+        _ = cert.signature_hash_algorithm  # an unknown signature algorithm OID raises here
+    except UNREADABLE as exc:
+        raise VerificationFailed(f"signer certificate is not readable: {exc}",
+                                 code="BadCertificate") from exc
+
+
+def load_der_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The signer chain of a job document (DER, signer first), each certificate read in
+    full; raises only VerificationFailed (`BadCertificate`)."""
+    certs = []
+    for der in ders:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except UNREADABLE as exc:
+            raise VerificationFailed(f"signer certificate is not readable: {exc}",
+                                     code="BadCertificate") from exc
+        require_readable(cert)
+        certs.append(cert)
+    return certs
 
 
 def verify_file_signature(

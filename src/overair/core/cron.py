@@ -31,16 +31,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from overair.core.asciinum import parse_uint
 from overair.core.errors import PeerInputError
 
 MIN_YEAR, MAX_YEAR = 1970, 2199
 MONTH_NAMES = {name: i for i, name in enumerate(
     ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), start=1)}
 DAY_NAMES = {name: i for i, name in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), start=1)}
-WRAPPED = re.compile(r"^\s*cron\((.*)\)\s*$", re.IGNORECASE | re.DOTALL)
-NEAREST_WEEKDAY = re.compile(r"^(\d{1,2})W$")
-LAST_OF_MONTH = re.compile(r"^([A-Z]{3}|\d)L$")
-NTH_OF_MONTH = re.compile(r"^([A-Z]{3}|\d)#(\d)$")
+# Matched whole (`fullmatch`), digits ASCII only: `\d` and `str.isdigit` take "²", which
+# `int` then refuses (a crash on `cron(² ...)`).
+WRAPPED = re.compile(r"\s*cron\((.*)\)\s*", re.IGNORECASE | re.DOTALL)
+NEAREST_WEEKDAY = re.compile(r"([0-9]{1,2})W")
+LAST_OF_MONTH = re.compile(r"([A-Z]{3}|[0-9])L")
+NTH_OF_MONTH = re.compile(r"([A-Z]{3}|[0-9])#([0-9])")
 
 DayRule = Callable[[dt.date], bool]
 
@@ -62,10 +65,10 @@ def _value(token: str, low: int, high: int, names: dict[str, int], field: str) -
     upper = token.upper()
     if upper in names:
         return names[upper]
-    if not token.isdigit():
-        raise CronError(f"{field} field: {token!r} is not a number from {low} to {high}"
+    value = parse_uint(token, max_digits=4)
+    if value is None:
+        raise CronError(f"{field} field: {token[:32]!r} is not a number from {low} to {high}"
                         + (" or a name like " + next(iter(names)) if names else ""))
-    value = int(token)
     if not low <= value <= high:
         raise CronError(f"{field} field: {value} is outside {low}-{high}")
     return value
@@ -82,9 +85,10 @@ def _numbers(text: str, low: int, high: int, field: str, *, names: dict[str, int
         if slash:
             if not steps:
                 raise CronError(f"{field} field: '/' steps are not allowed here ({part!r})")
-            if not step_text.isdigit() or int(step_text) < 1:
-                raise CronError(f"{field} field: step {step_text!r} must be a positive whole number")
-            step = int(step_text)
+            parsed_step = parse_uint(step_text, max_digits=4)
+            if parsed_step is None or parsed_step < 1:
+                raise CronError(f"{field} field: step {step_text[:32]!r} must be a positive whole number")
+            step = parsed_step
         if base == "*":
             first, last = low, high
         elif "-" in base:
@@ -110,7 +114,7 @@ def _day_of_month_rule(text: str) -> DayRule:
         return lambda day: day == _last_weekday(day)
     if upper.startswith("L-"):
         raise CronError("Day-of-month field: 'L-n' (days before the last) is not supported")
-    match = NEAREST_WEEKDAY.match(upper)
+    match = NEAREST_WEEKDAY.fullmatch(upper)
     if match:
         target = _value(match.group(1), 1, 31, {}, "Day-of-month")
         return lambda day: day == _nearest_weekday(day, target)
@@ -142,11 +146,11 @@ def _day_of_week_rule(text: str) -> DayRule:
     upper = text.upper()
     if upper == "L":
         return lambda day: aws_weekday(day) == 7
-    match = LAST_OF_MONTH.match(upper)
+    match = LAST_OF_MONTH.fullmatch(upper)
     if match:
         weekday = _value(match.group(1), 1, 7, DAY_NAMES, "Day-of-week")
         return lambda day: aws_weekday(day) == weekday and day.day + 7 > _days_in_month(day)
-    match = NTH_OF_MONTH.match(upper)
+    match = NTH_OF_MONTH.fullmatch(upper)
     if match:
         weekday = _value(match.group(1), 1, 7, DAY_NAMES, "Day-of-week")
         nth = int(match.group(2))
@@ -216,7 +220,7 @@ def parse(text: str) -> CronExpression:
     """Parse an AWS cron expression; CronError (InvalidRequestException) names what is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise CronError("a cron expression must be a non-empty string like cron(0 2 ? * SAT *)")
-    wrapped = WRAPPED.match(text)
+    wrapped = WRAPPED.fullmatch(text)
     fields = (wrapped.group(1) if wrapped else text).split()
     if len(fields) != 6:
         raise CronError(f"{text!r} has {len(fields)} fields; an AWS cron expression has 6: "

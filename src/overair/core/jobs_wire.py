@@ -3,17 +3,25 @@
 Timestamps are integer seconds since the epoch as AWS sends them. `jobDocument` is
 always a JSON object, never a string. A reply with only `clientToken` and `timestamp`
 means "no pending job" to the FreeRTOS agent.
+
+Requests come from devices: they are decoded with the bounded decoder
+(core/wirejson.py) and every field is checked for type and range here, so that
+nothing a device sends reaches the job service unchecked; the only error raised is
+`DecodeError` with a Jobs error code (InvalidJson, InvalidRequest).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from overair.core import wirejson
 from overair.core.errors import DecodeError
 from overair.core.jobstates import ExecStatus
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.core.wiretext import text_field
 
 # Error codes of the Jobs MQTT API, as AWS spells them.
 INVALID_TOPIC = "InvalidTopic"
@@ -25,6 +33,10 @@ VERSION_MISMATCH = "VersionMismatch"
 INTERNAL_ERROR = "InternalError"
 REQUEST_THROTTLED = "RequestThrottled"
 TERMINAL_STATE_REACHED = "TerminalStateReached"
+
+_STATUSES = frozenset(status.value for status in ExecStatus)
+_DETAIL_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+MAX_VERSION = (1 << 63) - 1  # versionNumber and executionNumber are AWS longs
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +86,32 @@ class UpdateRequest:
 
 
 def load_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Parse a device's JSON request body; an empty body is an empty request."""
+    """Parse a device's JSON request body (bounded: core/wirejson.py); an empty body is
+    an empty request. Raises only DecodeError."""
     if len(payload) > limits.max_job_message_bytes:
-        raise DecodeError("request too large", code=INVALID_REQUEST)
+        raise DecodeError(f"request of {len(payload)} bytes exceeds {limits.max_job_message_bytes}",
+                          code=INVALID_REQUEST)
     if not payload.strip():
         return {}
     try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"request is not JSON: {exc}", code=INVALID_JSON) from exc
+        value = wirejson.loads(payload, limits=limits, max_bytes=limits.max_job_message_bytes,
+                               what="request")
+    except DecodeError as exc:
+        raise DecodeError(exc.message, code=INVALID_JSON) from None
     if not isinstance(value, dict):
         raise DecodeError("request must be a JSON object", code=INVALID_JSON)
     return value
 
 
 def client_token(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
-    token = request.get("clientToken", "")
-    if not isinstance(token, str) or len(token) > limits.max_client_token_length:
-        raise DecodeError(f"clientToken must be text of at most {limits.max_client_token_length} chars",
-                          code=INVALID_REQUEST)
-    return token
+    return text_field(request.get("clientToken", ""), name="clientToken",
+                      max_bytes=limits.max_client_token_length, code=INVALID_REQUEST)
 
 
 def parse_status_details(value: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, str] | None:
+    """AWS's statusDetails: at most `max_status_details_entries` entries, keys of
+    [a-zA-Z0-9:_-]{1,128}, values non-empty printable text of bounded length. Everything
+    stored here is bounded, whatever a device sends (finding 11)."""
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) > limits.max_status_details_entries:
@@ -104,36 +119,48 @@ def parse_status_details(value: Any, limits: Limits = DEFAULT_LIMITS) -> dict[st
                           "entries", code=INVALID_REQUEST)
     details: dict[str, str] = {}
     for key, item in value.items():
-        if not isinstance(item, str) or len(key) > 128 or len(item) > limits.max_status_detail_length:
-            raise DecodeError("statusDetails entries must be strings within size limits",
+        if not isinstance(key, str) or _DETAIL_KEY.fullmatch(key) is None:
+            raise DecodeError("statusDetails keys must be 1-128 characters of [a-zA-Z0-9:_-]",
                               code=INVALID_REQUEST)
-        details[key] = item
+        details[key] = text_field(item, name=f"statusDetails.{key}", code=INVALID_REQUEST,
+                                  max_bytes=limits.max_status_detail_length, allow_empty=False)
     return details
 
 
-def _opt_int(request: dict[str, Any], name: str) -> int | None:
+def _opt_int(request: dict[str, Any], name: str, high: int) -> int | None:
     value = request.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DecodeError(f"{name} must be a non-negative integer", code=INVALID_REQUEST)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise DecodeError(f"{name} must be an integer from 0 to {high}", code=INVALID_REQUEST)
+    return value
+
+
+def _opt_bool(request: dict[str, Any], name: str) -> bool:
+    value = request.get(name, False)
+    if not isinstance(value, bool):  # bool("false") is True: never coerce
+        raise DecodeError(f"{name} must be true or false", code=INVALID_REQUEST)
     return value
 
 
 def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> UpdateRequest:
+    """UpdateJobExecution from a device (MQTT or HTTPS): every field typed and bounded,
+    DecodeError (InvalidRequest) naming the first that is not."""
     status_text = request.get("status")
-    try:
-        status = ExecStatus(str(status_text))
-    except ValueError as exc:
-        raise DecodeError(f"unknown status {status_text!r}", code=INVALID_REQUEST) from exc
+    if not isinstance(status_text, str) or status_text not in _STATUSES:
+        raise DecodeError(f"unknown status {str(status_text)[:40]!r}", code=INVALID_REQUEST)
+    step = _opt_int(request, "stepTimeoutInMinutes", limits.max_step_timeout_minutes)
+    if step == 0:
+        raise DecodeError(f"stepTimeoutInMinutes must be from 1 to {limits.max_step_timeout_minutes}",
+                          code=INVALID_REQUEST)
     return UpdateRequest(
-        status=status,
+        status=ExecStatus(status_text),
         status_details=parse_status_details(request.get("statusDetails"), limits),
-        expected_version=_opt_int(request, "expectedVersion"),
-        execution_number=_opt_int(request, "executionNumber"),
-        include_job_execution_state=bool(request.get("includeJobExecutionState", False)),
-        include_job_document=bool(request.get("includeJobDocument", False)),
-        step_timeout_minutes=_opt_int(request, "stepTimeoutInMinutes"),
+        expected_version=_opt_int(request, "expectedVersion", MAX_VERSION),
+        execution_number=_opt_int(request, "executionNumber", MAX_VERSION),
+        include_job_execution_state=_opt_bool(request, "includeJobExecutionState"),
+        include_job_document=_opt_bool(request, "includeJobDocument"),
+        step_timeout_minutes=step,
         client_token=client_token(request, limits),
     )
 

@@ -30,6 +30,57 @@ class Limits:
     max_api_body_bytes: int = 16 * MIB
     max_thing_name_length: int = 128
     max_list_results: int = 250
+    # JSON from any side (core/wirejson.py): whole-document size, nesting, number size.
+    max_json_bytes: int = 16 * MIB
+    max_json_depth: int = 32
+    max_json_integer_digits: int = 40
+    # Operator API edge (server/api/models.py): XML bodies (S3) and form bodies (IAM, STS).
+    # CompleteMultipartUpload's 10,000 parts are ~40,000 elements; no model nests past 10.
+    max_xml_depth: int = 32
+    max_xml_elements: int = 100_000
+    max_query_fields: int = 1000
+    max_query_name_parts: int = 16
+    max_bucket_policy_bytes: int = 20 * KIB  # S3's limit on a bucket policy
+    # What a device can make the server do and write (issue 12: device boundary;
+    # docs/security.md "Limits a device is held to"). Token buckets per thing (MQTT,
+    # downloads) or per certificate (HTTPS Jobs API), one per kind of request: `burst`
+    # requests at once, refilled at `per_second`. Over budget: RequestThrottled (MQTT),
+    # ThrottlingException/429 (HTTPS), audited as one count per device and interval.
+    device_job_updates_burst: int = 30
+    device_job_updates_per_second: float = 10.0
+    device_job_reads_burst: int = 30
+    device_job_reads_per_second: float = 10.0
+    device_stream_requests_burst: int = 200
+    device_stream_requests_per_second: float = 100.0
+    device_https_calls_burst: int = 30
+    device_https_calls_per_second: float = 10.0
+    device_downloads_burst: int = 100
+    device_downloads_per_second: float = 50.0
+    device_messages_in_flight: int = 64  # one thing's MQTT messages waiting for a worker
+    device_budgets_tracked: int = 100_000  # devices whose buckets are kept in memory
+    device_audit_interval_seconds: float = 60.0  # repeated device refusals: one row per interval
+    device_audit_keys: int = 10_000  # (device, action, outcome) counters kept per interval
+    # How long a device's stream or download access may be cached (N4); the job service
+    # also drops it at once when an execution ends: this is the backstop.
+    device_access_cache_seconds: float = 2.0
+    device_access_cache_entries: int = 100_000
+    # CBOR from devices (core/wirecbor.py) and the Jobs API's stepTimeoutInMinutes (AWS: 1-10080).
+    max_cbor_depth: int = 8
+    max_cbor_items: int = 256
+    max_step_timeout_minutes: int = 10_080
+    # The device agent under hostile input (agent/machine, core/jobdoc, core/codesign,
+    # core/revocation): what it takes from a server or broker before it refuses.
+    agent_max_job_message_bytes: int = 64 * KIB  # a notify-next / $next/get reply
+    agent_max_block_overhead: int = 256  # CBOR framing around one block's bytes
+    agent_max_job_text_length: int = 8 * KIB  # any text of a job document (paths, URL)
+    agent_max_signer_chain: int = 8  # certificates in overair.signer_chain
+    agent_max_certificate_bytes: int = 16 * KIB  # one DER certificate
+    agent_max_signature_bytes: int = 1 * KIB  # DER ECDSA or RSA-4096 PKCS#1
+    max_revocation_list_bytes: int = 256 * KIB  # the signed envelope (core/revocation)
+    # IAM policy documents (server/iam/policy.py, threat O1): AWS's largest kind (a bucket
+    # policy, 20 KB) with room, and a depth no valid policy reaches (conditions: 5).
+    max_policy_bytes: int = 64 * KIB
+    max_policy_depth: int = 16
 
     @property
     def device_max_file_size(self) -> int:

@@ -34,9 +34,11 @@ from overair.core.errors import PeerInputError
 MARKER = "${aws:iot:s3-presigned-url"
 PLACEHOLDER = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:([^{}]*)\}")
 S3_HOST = r"s3(?:[.-][a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?"  # s3, s3.<region>, s3-<region>
-PATH_STYLE_HOST = re.compile(rf"^{S3_HOST}$")
-VIRTUAL_HOST = re.compile(rf"^(?P<bucket>[a-z0-9][a-z0-9.-]*[a-z0-9])\.{S3_HOST}$")
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Hosts and bucket names are matched whole (`fullmatch`: `^...$` with `match` accepts a
+# trailing newline).
+PATH_STYLE_HOST = re.compile(S3_HOST)
+VIRTUAL_HOST = re.compile(rf"(?P<bucket>[a-z0-9][a-z0-9.-]*[a-z0-9])\.{S3_HOST}")
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class PlaceholderError(PeerInputError):
@@ -52,25 +54,31 @@ class S3Reference:
 def parse_s3_url(url: str) -> S3Reference:
     """The bucket and key an S3 object URL (or `bucket/key`) names."""
     text = url.strip()
+    # urlsplit silently drops tabs and newlines; a URL carrying them is refused instead.
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in text):
+        raise PlaceholderError(f"{url[:80]!r}: control characters or spaces in an S3 URL")
     if "://" not in text:
         bucket, _, raw_key = text.partition("/")
     else:
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+            host = (parts.hostname or "").lower()
+        except ValueError as exc:  # e.g. "https://[": an unterminated IPv6 host
+            raise PlaceholderError(f"{url[:80]!r} is not a URL: {exc}") from None
         if parts.scheme.lower() != "https":
             raise PlaceholderError(f"{url!r}: only https:// S3 URLs are supported")
         if parts.query or parts.fragment:
             raise PlaceholderError(f"{url!r}: an S3 URL here cannot carry a query or fragment")
-        host = (parts.hostname or "").lower()
-        virtual = VIRTUAL_HOST.match(host)
+        virtual = VIRTUAL_HOST.fullmatch(host)
         if virtual:
             bucket, raw_key = virtual.group("bucket"), parts.path[1:]
-        elif PATH_STYLE_HOST.match(host):
+        elif PATH_STYLE_HOST.fullmatch(host):
             bucket, _, raw_key = parts.path[1:].partition("/")
         else:
             raise PlaceholderError(f"{url!r}: not an Amazon S3 object URL (https://s3.<region>."
                                    "amazonaws.com/<bucket>/<key>)")
     key = unquote(raw_key)
-    if not BUCKET.match(bucket):
+    if not BUCKET.fullmatch(bucket):
         raise PlaceholderError(f"{url!r}: {bucket!r} is not a valid bucket name")
     if not key:
         raise PlaceholderError(f"{url!r} names a bucket but no object key")

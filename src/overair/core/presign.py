@@ -10,21 +10,39 @@ another version, or hand the URL to another thing's name:
 
 Pure: the server's download endpoint checks with `verify`, the job service renders
 with `sign`. Expiry bounds follow AWS's presignedUrlConfig (60-3600 s).
+
+Everything in a URL and its `Range` header is hostile until checked, and reaches here
+before any authentication: each field is matched whole against an ASCII pattern with a
+length bound before it is used (never `int()` on raw text, which takes Unicode digits,
+signs, spaces and underscores; never `hmac.compare_digest` on `str`, which raises
+TypeError on non-ASCII text). `verify` and `parse_range` raise only `UrlRefused`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from overair.core.asciinum import parse_uint
 from overair.core.errors import PeerInputError
+from overair.core.topics import is_thing_name
 
 MIN_EXPIRY, MAX_EXPIRY, DEFAULT_EXPIRY = 60, 3600, 1800
 # CreateJob's presignedUrlConfig defaults to an hour; OTA updates' to DEFAULT_EXPIRY.
 JOB_DEFAULT_EXPIRY = 3600
 PATH_PREFIX = "/ota/"
+
+EXPIRES_DIGITS = 12  # epoch seconds
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex HMAC-SHA256
+_VERSION = re.compile(r"[A-Za-z0-9._+=-]{1,1024}")  # an object version id
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
+MAX_KEY_LENGTH = 1024  # S3's limit on an object key
+MAX_RANGE_HEADER = 64
 
 
 class UrlRefused(PeerInputError):
@@ -59,15 +77,23 @@ def sign(secret: bytes, base_url: str, grant: Grant) -> str:
     return f"{base_url}{PATH_PREFIX}{quote(grant.bucket, safe='')}/{quote(grant.key, safe='/')}?{query}"
 
 
-def verify(secret: bytes, bucket: str, key: str, query: dict[str, str], now: float) -> Grant:
-    """The grant a request's path and query carry, if the signature holds and it has
-    not expired."""
+def verify(secret: bytes, bucket: str, key: str, query: Mapping[str, str], now: float) -> Grant:
+    """The grant a request's path and query carry, if every field is well-formed, the
+    signature holds and it has not expired."""
     try:
-        grant = Grant(bucket, key, query["version"], query["thing"], int(query["expires"]))
-        signature = query["signature"]
-    except (KeyError, ValueError) as exc:
-        raise UrlRefused("the URL lacks version, thing, expires or signature", code="MalformedUrl") from exc
-    if not hmac.compare_digest(_mac(secret, grant), signature):
+        version, thing, expires, signature = (query["version"], query["thing"], query["expires"],
+                                              query["signature"])
+    except KeyError:
+        raise UrlRefused("the URL lacks version, thing, expires or signature", code="MalformedUrl") from None
+    expiry = parse_uint(expires, max_digits=EXPIRES_DIGITS)
+    if (expiry is None or _VERSION.fullmatch(version) is None or not is_thing_name(thing)
+            or not 0 < len(bucket) <= 255 or not 0 < len(key) <= MAX_KEY_LENGTH
+            or _SURROGATE.search(bucket + key) is not None):  # not UTF-8: no object is named so
+        raise UrlRefused("the URL's bucket, key, version, thing or expires is malformed", code="MalformedUrl")
+    if _SIGNATURE.fullmatch(signature) is None:
+        raise UrlRefused("the URL signature does not match", code="SignatureDoesNotMatch")
+    grant = Grant(bucket, key, version, thing, expiry)
+    if not hmac.compare_digest(_mac(secret, grant).encode(), signature.encode()):
         raise UrlRefused("the URL signature does not match", code="SignatureDoesNotMatch")
     if now > grant.expires:
         raise UrlRefused("the URL has expired; ask for the job document again", code="ExpiredUrl")
@@ -76,25 +102,21 @@ def verify(secret: bytes, bucket: str, key: str, query: dict[str, str], now: flo
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single `bytes=a-b` range, clipped to the file; None for
-    no Range header. Raises UrlRefused(code="InvalidRange") for anything unsatisfiable."""
+    no Range header. Raises UrlRefused(code="InvalidRange") for anything malformed or
+    unsatisfiable (a device resumes with a fresh request either way)."""
     if header is None:
         return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        raise UrlRefused("only a single bytes range is supported", code="InvalidRange")
-    first_text, dash, last_text = spec.strip().partition("-")
-    try:
-        if not dash:
-            raise ValueError
-        if first_text == "":  # suffix range: the last N bytes
-            length = int(last_text)
-            if length <= 0:
-                raise ValueError
-            return max(0, size - length), size - 1
-        first = int(first_text)
-        last = int(last_text) if last_text else size - 1
-    except ValueError as exc:
-        raise UrlRefused(f"malformed range {header!r}", code="InvalidRange") from exc
-    if first < 0 or first >= size or last < first:
+    match = _RANGE.fullmatch(header.strip()) if len(header) <= MAX_RANGE_HEADER else None
+    if match is None:
+        raise UrlRefused(f"malformed range {header[:MAX_RANGE_HEADER]!r}: only a single bytes=a-b "
+                         "range is supported", code="InvalidRange")
+    first_text, last_text = match.groups()
+    if first_text == "":  # suffix range: the last N bytes
+        if last_text == "" or int(last_text) == 0 or size == 0:
+            raise UrlRefused(f"unsatisfiable range {header!r}", code="InvalidRange")
+        return max(0, size - int(last_text)), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if first >= size or last < first:
         raise UrlRefused(f"range {header!r} is outside the file of {size} bytes", code="InvalidRange")
     return first, min(last, size - 1)

@@ -288,6 +288,9 @@ class Schedule:
         return starts
 
 
+_LATEST_EPOCH = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
+
+
 def _time(value: Any, name: str) -> float:
     """AWS gives `yyyy-MM-ddTHH:mm` in UTC; full ISO-8601 is accepted too."""
     if not isinstance(value, str):
@@ -298,7 +301,11 @@ def _time(value: Any, name: str) -> float:
         raise InvalidJobConfig(f"{name} {value!r} is not a date-time like 2026-12-01T08:30") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    epoch = parsed.timestamp()
+    # Year 1 at +14:00 is year 0 in UTC: every later formatting of it would crash.
+    if not 0 <= epoch < _LATEST_EPOCH:
+        raise InvalidJobConfig(f"{name} {value!r} is outside 1970-01-01 to 9998-12-31")
+    return epoch
 
 
 def format_time(epoch: float) -> str:

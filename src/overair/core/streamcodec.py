@@ -4,6 +4,10 @@ CBOR and JSON carry the same one-letter keys. In JSON, byte strings (the bitmap 
 and the block payload `p`) are base64 text. Decoding is strict: a request with a key
 of the wrong type, an out-of-range block size or an oversized bitmap is refused with a
 `DecodeError` naming the field, and the caller answers on `.../rejected/<fmt>`.
+
+Both formats are decoded by the bounded decoders every boundary uses (core/wirecbor.py,
+core/wirejson.py), after a size check, so the only error any decoder here raises is
+`DecodeError`, whatever the bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any
 
 import cbor2
 
+from overair.core import wirecbor, wirejson
 from overair.core.errors import DecodeError
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.core.wiretext import text_field
 
 CBOR = "cbor"
 JSON = "json"
@@ -41,16 +47,21 @@ class DataBlock:
     payload: bytes
 
 
-def _loads(payload: bytes, fmt: str, limits: Limits) -> dict[str, Any]:
-    if len(payload) > limits.max_stream_request_bytes:
-        raise DecodeError(f"request of {len(payload)} bytes is too large", code="InvalidRequest")
-    try:
-        value = cbor2.loads(payload) if fmt == CBOR else json.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, UnicodeDecodeError) as exc:
-        code = "InvalidCbor" if fmt == CBOR else "InvalidJson"
-        raise DecodeError(f"undecodable {fmt.upper()}: {exc}", code=code) from exc
+def _loads(payload: bytes, fmt: str, limits: Limits, max_bytes: int | None = None,
+           what: str = "request") -> dict[str, Any]:
+    """One message as a map; `max_bytes` defaults to the bound on a device's request."""
+    bound = limits.max_stream_request_bytes if max_bytes is None else max_bytes
+    if len(payload) > bound:
+        raise DecodeError(f"{what} of {len(payload)} bytes is too large", code="InvalidRequest")
+    if fmt == CBOR:
+        value = wirecbor.loads(payload, limits=limits, what=what)
+    else:
+        try:
+            value = wirejson.loads(payload, limits=limits, max_bytes=bound, what=what)
+        except DecodeError as exc:
+            raise DecodeError(exc.message, code="InvalidJson") from None
     if not isinstance(value, dict):
-        raise DecodeError("request must be a map", code="InvalidRequest")
+        raise DecodeError(f"{what} must be a map", code="InvalidRequest")
     return value
 
 
@@ -62,6 +73,9 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 
 def _bytes(value: Any, name: str, fmt: str) -> bytes:
     if fmt == JSON and isinstance(value, str):
+        # b64decode raises ValueError, not binascii.Error, on non-ASCII text: check first.
+        if not value.isascii():
+            raise DecodeError(f"field {name!r} is not base64")
         try:
             return base64.b64decode(value, validate=True)
         except binascii.Error as exc:
@@ -74,9 +88,8 @@ def _bytes(value: Any, name: str, fmt: str) -> bytes:
 def client_token_of(value: Any, limits: Limits) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value.encode()) > limits.max_client_token_length:
-        raise DecodeError(f"client token must be text of at most {limits.max_client_token_length} bytes")
-    return value
+    return text_field(value, name="client token", max_bytes=limits.max_client_token_length,
+                      code="InvalidRequest")
 
 
 def decode_get_stream(payload: bytes, fmt: str, limits: Limits = DEFAULT_LIMITS) -> GetStreamRequest:
@@ -129,13 +142,11 @@ def encode_data_block(block: DataBlock, fmt: str = CBOR) -> bytes:
                    "p": block.payload}, fmt)
 
 
-def decode_data_block(payload: bytes, fmt: str = CBOR) -> DataBlock:
-    try:
-        msg = cbor2.loads(payload) if fmt == CBOR else json.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"undecodable data block: {exc}") from exc
-    if not isinstance(msg, dict):
-        raise DecodeError("data block must be a map")
+def decode_data_block(payload: bytes, fmt: str = CBOR, limits: Limits = DEFAULT_LIMITS) -> DataBlock:
+    """A data block as a device receives it (the agent's side of §3)."""
+    # The largest block plus its framing; base64 makes JSON a third larger.
+    bound = (limits.max_block_size * 4 // 3 if fmt == JSON else limits.max_block_size) + 1024
+    msg = _loads(payload, fmt, limits, max_bytes=bound, what="data block")
     data = _bytes(msg.get("p"), "p", fmt)
     length = _int(msg.get("l"), "l", 0, 1 << 20)
     if length != len(data):
@@ -154,9 +165,9 @@ def encode_rejection(code: str, message: str, client_token: str, fmt: str) -> by
     return _dumps({"o": code, "m": message, "c": client_token}, fmt)
 
 
-def decode_rejection(payload: bytes, fmt: str) -> tuple[str, str]:
-    msg = _loads(payload, fmt, DEFAULT_LIMITS)
-    return str(msg.get("o", "")), str(msg.get("m", ""))
+def decode_rejection(payload: bytes, fmt: str, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
+    msg = _loads(payload, fmt, limits, max_bytes=limits.max_stream_request_bytes * 4, what="rejection")
+    return str(msg.get("o", ""))[:64], str(msg.get("m", ""))[:512]
 
 
 def _dumps(msg: dict[str, Any], fmt: str) -> bytes:

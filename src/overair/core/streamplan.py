@@ -20,8 +20,7 @@ def plan_blocks(request: GetStreamRequest, file_size: int, limits: Limits) -> li
                              f"({total - 1})", code="InvalidRequest")
     budget = max(1, limits.max_bytes_per_stream_request // request.block_size)
     wanted = request.number_of_blocks if request.number_of_blocks is not None else budget
-    needed = needed_blocks(request.bitmap, request.block_offset, total)
-    return needed[:min(wanted, budget)]
+    return needed_blocks(request.bitmap, request.block_offset, total, limit=min(wanted, budget))
 
 
 def block_bytes(data: bytes, block: int, block_size: int) -> bytes:

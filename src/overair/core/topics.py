@@ -1,7 +1,11 @@
-"""MQTT topics of the AWS IoT Jobs and file-delivery APIs (device-protocol.md §1, §3).
+r"""MQTT topics of the AWS IoT Jobs and file-delivery APIs (device-protocol.md §1, §3).
 
 Parsing returns a typed value or None; a topic we do not serve is not an error here,
 the caller decides whether it is worth a reply.
+
+Names are checked whole: the patterns are anchored with `\A` and `\Z` (not `^` and
+`$`, which let a trailing newline through with `re.match`), and the `is_*` functions use
+`re.fullmatch`, so any way of applying them refuses a name followed by a newline.
 """
 
 from __future__ import annotations
@@ -12,10 +16,22 @@ from enum import Enum
 
 # AWS thing names: 1-128 of [a-zA-Z0-9:_-]. '.' is not allowed, which is why the
 # service's own MQTT identity contains one: no thing can ever be named like it.
-THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-STREAM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+THING_NAME_RE = re.compile(r"\A[a-zA-Z0-9:_-]{1,128}\Z")
+JOB_ID_RE = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
+STREAM_ID_RE = re.compile(r"\A[a-zA-Z0-9_-]{1,128}\Z")
 NEXT = "$next"
+
+
+def is_thing_name(text: str) -> bool:
+    return THING_NAME_RE.fullmatch(text) is not None
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID_RE.fullmatch(text) is not None
+
+
+def is_stream_id(text: str) -> bool:
+    return STREAM_ID_RE.fullmatch(text) is not None
 
 
 class JobsRequest(Enum):
@@ -97,14 +113,14 @@ def parse_request_topic(topic: str) -> JobsTopic | StreamsTopic | None:
     if len(parts) < 5 or parts[0] != "$aws" or parts[1] != "things":
         return None
     thing = parts[2]
-    if not THING_NAME_RE.match(thing):
+    if not is_thing_name(thing):
         return None
     rest = parts[3:]
     if rest[0] == "jobs":
         return _parse_jobs(thing, rest[1:])
     if rest[0] == "streams" and len(rest) == 4:
         stream_id, verb, fmt = rest[1], rest[2], rest[3]
-        if fmt not in ("cbor", "json") or not STREAM_ID_RE.match(stream_id):
+        if fmt not in ("cbor", "json") or not is_stream_id(stream_id):
             return None
         if verb == "get":
             return StreamsTopic(thing, stream_id, StreamsRequest.GET, fmt)
@@ -120,7 +136,7 @@ def _parse_jobs(thing: str, rest: list[str]) -> JobsTopic | None:
         return JobsTopic(thing, JobsRequest.START_NEXT, None)
     if len(rest) == 2:
         job_id, verb = rest
-        if job_id != NEXT and not JOB_ID_RE.match(job_id):
+        if job_id != NEXT and not is_job_id(job_id):
             return None
         if verb == "get":
             return JobsTopic(thing, JobsRequest.DESCRIBE, job_id)
@@ -133,3 +149,15 @@ def thing_of(topic: str) -> str:
     """The thing a `$aws/things/<thing>/...` topic belongs to ("" for any other topic)."""
     parts = topic.split("/", 3)
     return parts[2] if len(parts) > 3 and parts[0] == "$aws" and parts[1] == "things" else ""
+
+
+def jobs_request_thing(topic: str) -> str | None:
+    """The thing of a message under `$aws/things/<thing>/jobs/` that is not a request we
+    serve (e.g. `jobs/<not a job id>/get`): such a request is answered InvalidTopic on
+    `<topic>/rejected`, as AWS does. None for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[:2] != ["$aws", "things"] or parts[3] != "jobs" or not is_thing_name(parts[2]):
+        return None
+    if parts[-1] not in ("get", "update", "start-next"):
+        return None  # never answer on a reply topic (accepted/rejected/notify): no loops
+    return parts[2]

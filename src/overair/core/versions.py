@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from overair.core.asciinum import parse_uint
 from overair.core.errors import DecodeError
 
 
@@ -20,10 +21,11 @@ class Version:
     @classmethod
     def parse(cls, text: str) -> Version:
         """Parse `1.2.3` (the form operators write)."""
-        parts = text.strip().split(".")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise DecodeError(f"version must be MAJOR.MINOR.BUILD, got {text!r}")
-        return cls(int(parts[0]), int(parts[1]), int(parts[2]))
+        numbers = [parse_uint(p, max_digits=5) for p in text.strip().split(".")]
+        if len(numbers) != 3 or None in numbers:
+            raise DecodeError(f"version must be MAJOR.MINOR.BUILD in ASCII digits, got {text[:64]!r}")
+        major, minor, build = (n for n in numbers if n is not None)
+        return cls(major, minor, build)
 
     @classmethod
     def from_u32(cls, value: int) -> Version:

@@ -13,9 +13,9 @@ import os
 import secrets
 import ssl
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import uvicorn
 from cryptography import x509
@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from overair.core import codesign, revocation
+from overair.core.errors import MisuseError, UnavailableError
 from overair.server import pki
 from overair.server.api.contract import ApiError, Caller, OperationTable
 from overair.server.api.edge import build_api_app
@@ -35,18 +36,25 @@ from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
+from overair.server.gateway.access_ledger import AccessLedger
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
+from overair.server.gateway.broker_probe import ExternalBrokerProbe
 from overair.server.gateway.device_service import DeviceService
 from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.gateway.reload import ConfirmedReload, command_trigger
 from overair.server.gateway.session_close import SessionCloser
+from overair.server.gateway.supervisor import BrokerSupervisor
 from overair.server.gateway.tls import client_ssl_context
+from overair.server.gateway.witness import AclWitness
 from overair.server.iam import actions
 from overair.server.iam import api as iam_api
 from overair.server.iam.actions import Check
+from overair.server.iam.arns import Arns
 from overair.server.iam.authorizer import Authorizer
 from overair.server.iam.identity import IdentityStore
 from overair.server.iam.policies import PolicyStore
+from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
@@ -83,8 +91,10 @@ class Server:
         self.roles = RoleStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
         self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes)
-        self.authorizer = Authorizer(self.policies, self.roles, self._bucket_policy,
-                                     self.audit, clock)
+        self.arns = Arns.of(settings)  # every ARN a request carries is parsed by it (O1)
+        self.principals = PrincipalBinder(PrincipalDirectory(self.db), self.arns.scope)
+        self.authorizer = Authorizer(self.policies, self.roles, PrincipalDirectory(self.db),
+                                     self._bucket_policy, self.audit, clock, self.arns)
         self.certificates = CertificateStore(self.db, settings, self.sealer, clock, self._code_signing_roots,
                                              self._publish_revocations)
         self.signing = SigningService(self.db, settings, self.certificates, self.objects, clock)
@@ -99,35 +109,38 @@ class Server:
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
         self.delivery = HttpDelivery(self._url_signing_key(),
                                      f"https://{settings.device_host}:{settings.download_port}",
-                                     self.objects, self.jobs, self.audit, clock)
+                                     self.objects, self.jobs, self.audit, clock, limits=settings.limits)
         self.jobs.render_document = self.delivery.render
         self.jobs.on_pending_changed = self._notify_pending_threadsafe
-        self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit)
+        self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit, settings.limits, clock)
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
-        registry_api.register(self.table, self.registry, (settings.device_host, settings.mqtt_port))
+        registry_api.register(self.table, self.registry, settings.device_mqtt_endpoint,
+                              self.arns)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
-        signing_api.register_signer(self.table, self.signing)
+        signing_api.register_signer(self.table, self.signing, self.authorizer.gate_for)
         signing_api.register_overair(self.table, self.certificates)
         iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
-        iam_api.register_sts(self.table, self.identity, self.roles, settings.account_id)
+        iam_api.register_sts(self.table, self.identity, self.roles, self.arns)
+        # The broker (gateway/): the Mosquitto overair runs and its supervisor, or none
+        # when an external broker is used; the witness and reload that confirm access
+        # changes in both cases.
         self.broker: Broker | None = None
+        self.supervisor: BrokerSupervisor | None = None
+        self.witness: AclWitness | None = None
+        self.reload: ConfirmedReload | None = None
         self.connection: ServiceConnection | None = None
         self.access = AccessSync(self._apply_access)
-        # What the broker enforces now (CN -> things), to see who loses access on a change.
-        self._granted: dict[str, frozenset[str]] = {}
-        self._withdrawn: set[str] = set()
+        self.access_ledger = AccessLedger()
+        self.broker_probe: ExternalBrokerProbe | None = None
         self.session_closer: SessionCloser | None = None
         self.ready = threading.Event()
 
     # Wiring callbacks ----------------------------------------------------------------
-    def _arn(self, service: str, resource: str) -> str:
-        return self.settings.arn(service, resource, regional=service not in ("iam", "sts"))
-
     def _bucket_policy(self, bucket: str) -> str | None:
         try:
             return self.objects.get_bucket_policy(bucket)
@@ -147,8 +160,10 @@ class Server:
 
         return gate
 
-    def _authorize(self, caller: Caller, service: str, operation: str, params: dict[str, Any]) -> None:
-        self.authorizer.check(caller, service, actions.needs(service, operation, params, self._arn).checks)
+    def _authorize(self, caller: Caller, service: str, operation: str, params: dict[str, Any],
+                   headers: Mapping[str, str]) -> None:
+        needs = actions.needs(service, operation, params, self.arns, caller, headers)
+        self.authorizer.check(caller, service, needs.checks)
 
     def _code_signing_roots(self) -> list[x509.Certificate]:
         return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
@@ -179,6 +194,15 @@ class Server:
             self.connection.publish_retained_threadsafe(revocation.REVOCATIONS_TOPIC,
                                                         self.revocation_envelope())
 
+    def _republish_revocations(self) -> None:
+        """On the event loop, whenever the service connects to the broker."""
+        if self.connection is None:
+            return
+        try:
+            self.connection.publish_retained(revocation.REVOCATIONS_TOPIC, self.revocation_envelope())
+        except Exception:
+            log.exception("could not publish the code-signing revocation list")
+
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
             self.connection.notify_next_threadsafe(things)
@@ -208,38 +232,99 @@ class Server:
         self.access.changed()
 
     def _apply_access(self) -> None:
-        before, withdrawn_before = self._granted, self._withdrawn
+        """Regenerate the broker's files, have the broker enforce them (UnavailableError
+        if it cannot confirm that), then disconnect whoever lost all access."""
         self.write_broker_access()
         self.devices.forget_access()
         self.delivery.forget_access()
-        if self.broker is not None:
-            self.broker.reload()
-        # Who lost something: a CN with fewer things than before, or a certificate newly
-        # taken out of service (another ACTIVE certificate may share its CN).
-        lost = {cn for cn, things in before.items() if not things <= self._granted.get(cn, frozenset())}
-        lost |= self._withdrawn - withdrawn_before
-        if lost and self.session_closer is not None:
-            self.session_closer.close_sessions(lost)
+        if self.reload is None:
+            return  # no broker yet: run() starts it with these files
+        self.reload(self.access_ledger.generation)
+        self._close_withdrawn_sessions()
 
-    def write_broker_access(self) -> None:
-        """Regenerate the broker ACL and CRL from the registry."""
+    def _close_withdrawn_sessions(self) -> None:
+        """A certificate that lost some things keeps its session: the broker re-checks
+        the ACL on every message. One that lost all access (revoked, inactive, detached
+        from its last thing) is disconnected (gateway/session_close.py); a failure is
+        retried with the next change and reported."""
+        pending = self.access_ledger.to_close()
+        if not pending or self.session_closer is None:
+            return
+        failed = set(self.session_closer.close_sessions(pending))
+        self.access_ledger.closed(pending.keys() - failed)
+        if failed:
+            raise UnavailableError(f"could not disconnect {len(failed)} client(s) whose access was withdrawn")
+
+    def write_broker_access(self, *, fresh_broker: bool = False) -> None:
+        """Regenerate the broker ACL and CRL from the registry. `fresh_broker`: no session
+        is open (the broker is about to start), so there is nobody to disconnect."""
         paths = self.settings.paths
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-        entries = self.registry.access_entries()
-        granted: dict[str, set[str]] = {}
-        for entry in entries:
-            granted.setdefault(entry.username, set()).add(entry.thing_name)
-        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
-        write_atomic(paths.broker / "acl", render_acl(entries).encode(), mode=0o640)
-        self._granted = {cn: frozenset(things) for cn, things in granted.items()}
-        self._withdrawn = self.registry.withdrawn_common_names()
+        access = self.registry.broker_access()
+        generation = secrets.token_hex(8)
+        control = self.broker_probe.rules() if self.broker_probe is not None else {}
+        if self.witness is not None:
+            control[self.witness.identity] = self.witness.rules(generation)
+        acl = render_acl(service=self._service_identity(), devices=access.grants, control=control)
+        revoked = self.registry.revoked_serials()
+        if self.broker_probe is not None:
+            revoked += self.broker_probe.revoked_serials()
+        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, revoked, now))
+        write_atomic(paths.broker / "acl", acl.encode(), mode=0o640)
+        before = self.access_ledger.record(access, generation, fresh_broker=fresh_broker)
+        if before is None or access.shared != before.shared or access.unnamed != before.unnamed:
+            for identity in sorted(access.shared):
+                log.warning("several ACTIVE certificates share the broker identity %s (issued before "
+                            "unique subjects): it gets only what all of them are attached to; revoke the "
+                            "stale one (docs/security.md, Devices)", identity)
+            if access.unnamed:
+                log.warning("certificates %s have subjects the broker cannot name safely: they reach nothing",
+                            ", ".join(access.unnamed))
+
+    def _service_identity(self) -> str:
+        subject = x509.load_pem_x509_certificate(self.settings.paths.service_cert.read_bytes()).subject
+        identity = pki.broker_username(subject)
+        if identity is None:
+            raise MisuseError(f"the service certificate's subject {subject.rfc4514_string()!r} cannot be a "
+                              "broker identity")
+        return identity
+
+    def _signal_managed_broker(self) -> None:
+        if self.supervisor is None or self.broker is None or not self.supervisor.up:
+            raise UnavailableError("the broker is down; the supervisor is restarting it")
+        self.broker.signal_reload()
+
+    def _regenerate_for_restart(self) -> None:
+        self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
+
+    def broker_health(self) -> tuple[bool, dict[str, object]]:
+        """(healthy, what /health shows about the broker)."""
+        if self.supervisor is not None:
+            status = self.supervisor.status()
+            up = self.supervisor.up
+            return up, {"broker": "up" if up else "down", "brokerState": status["state"],
+                        "brokerRestarts": status["restarts"], "brokerLastExit": status["lastExit"]}
+        if self.witness is not None:  # an external broker: up while overair reaches it
+            up = self.witness.connected
+            return up, {"broker": "up" if up else "down", "brokerState": "external"}
+        return True, {"broker": "up"}  # not started yet
+
+    def broker_metrics(self) -> dict[str, float]:
+        """Counters for a metrics endpoint (broker up, restarts, exits)."""
+        if self.supervisor is not None:
+            return self.supervisor.metrics()
+        return {"overair_broker_up": 1.0 if self.witness is not None and self.witness.connected else 0.0}
 
     def _health(self, _request: Request) -> JSONResponse:
-        broker_up = self.broker is None or (self.broker.process is not None
-                                            and self.broker.process.returncode is None)
-        status = "ok" if broker_up and self.ready.is_set() else "degraded"
-        return JSONResponse({"status": status, "broker": "up" if broker_up else "down"},
-                            status_code=200 if status == "ok" else 503)
+        """Ok only when the broker is up and the database answers (a bounded read of the
+        schema and every table, and no unrecovered database failure: storage/db.py)."""
+        broker_up, broker = self.broker_health()
+        database_problem = self.db.health()
+        database: dict[str, object] = {"database": "up"} if database_problem is None else {
+            "database": "down", "database_error": f"the database is unavailable: {database_problem}"}
+        healthy = broker_up and database_problem is None and self.ready.is_set()
+        status = "ok" if healthy else "degraded"
+        return JSONResponse({"status": status, **broker, **database}, status_code=200 if healthy else 503)
 
     def _http_servers(self) -> list[uvicorn.Server]:
         """The operator API and the device download endpoint (HTTPS, fleet-CA certificate,
@@ -248,16 +333,23 @@ class Server:
         app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
                             max_body_bytes=settings.limits.max_api_body_bytes,
                             extra_routes=[Route("/health", self._health)], now=self.clock,
-                            authorize=self._authorize, s3_authorizer=self.authorizer.check_s3)
+                            authorize=self._authorize, s3_authorizer=self.authorizer.check_s3,
+                            bucket_policies=self.principals, partition=settings.partition,
+                            limits=settings.limits, trusted_proxies=settings.trusted_proxies)
         tls_cert, tls_key = settings.http_tls_cert, settings.http_tls_key
+        # proxy_headers=False on both: uvicorn would otherwise take the client address
+        # and scheme from X-Forwarded-* of any loopback peer (threat O1); the API edge
+        # honours them from `trusted_proxies` only (api/request_context.py).
         return [
             uvicorn.Server(uvicorn.Config(
                 app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off",
+                proxy_headers=False,
                 ssl_certfile=str(tls_cert) if tls_cert else None,
                 ssl_keyfile=str(tls_key) if tls_key else None)),
             uvicorn.Server(uvicorn.Config(
                 Starlette(routes=self.delivery.routes() + self.device_jobs.routes()),
                 host=settings.mqtt_host, port=settings.download_port, log_level="warning", lifespan="off",
+                proxy_headers=False,
                 ssl_certfile=str(paths.broker_cert), ssl_keyfile=str(paths.broker_key),
                 # Downloads need no client certificate (the URL is the grant); the Jobs API
                 # does, and checks it against the registry.
@@ -266,6 +358,34 @@ class Server:
         ]
 
     # Running -------------------------------------------------------------------------
+    async def _start_broker(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
+        """Start the broker overair runs under its supervisor, or check the external one
+        (gateway/broker_probe.py); either way access changes are then confirmed by the
+        witness (gateway/witness.py, reload.py)."""
+        settings, paths = self.settings, self.settings.paths
+        witness = self.witness = AclWitness(self.fleet_ca, paths.fleet_ca_cert, host, port)
+        self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, host, port)
+        if settings.external_broker is None:
+            broker = self.broker = Broker(paths.broker, settings.mosquitto_binary, host, port,
+                                          on_refused=RefusedConnectionRecorder(self.audit))
+            self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
+            broker.write_config(render_config(host=host, port=port, ca=paths.fleet_ca_cert,
+                                              cert=paths.broker_cert, key=paths.broker_key, crl=paths.crl,
+                                              acl=paths.broker / "acl", run_as_root=os.geteuid() == 0))
+            self.supervisor = BrokerSupervisor(broker, service_tls, prepare=self._regenerate_for_restart,
+                                               on_restarted=self.access.changed)
+            await self.supervisor.start()
+            witness.start()
+            self.reload = ConfirmedReload(self._signal_managed_broker, witness)
+            return
+        probe = self.broker_probe = ExternalBrokerProbe(self.fleet_ca, paths.fleet_ca_cert, host, port,
+                                                        witness.base)
+        self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
+        witness.start()
+        reload = ConfirmedReload(command_trigger(settings.broker_reload_command), witness, timeout=15.0)
+        await asyncio.to_thread(probe.run, lambda: reload(self.access_ledger.generation))
+        self.reload = reload
+
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         paths = settings.paths
@@ -273,30 +393,17 @@ class Server:
         check_port_free(settings.mqtt_host, settings.download_port)
         service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
                                          str(paths.service_key))
-        mqtt_host, mqtt_port = settings.mqtt_host, settings.mqtt_port
-        if settings.broker_url is None:
-            self.broker = Broker(paths.broker, settings.mosquitto_binary, settings.mqtt_host,
-                                 settings.mqtt_port, on_refused=RefusedConnectionRecorder(self.audit))
-            self.write_broker_access()
-            self.broker.write(render_config(host=settings.mqtt_host, port=settings.mqtt_port,
-                                            ca=paths.fleet_ca_cert, cert=paths.broker_cert,
-                                            key=paths.broker_key, crl=paths.crl,
-                                            acl=paths.broker / "acl", run_as_root=os.geteuid() == 0),
-                              render_acl(self.registry.access_entries()))
-            await self.broker.start(service_tls)
-            self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, settings.mqtt_host,
-                                                settings.mqtt_port)
-        else:
-            url = urlsplit(settings.broker_url)
-            mqtt_host, mqtt_port = url.hostname or "127.0.0.1", url.port or 8883
+        mqtt_host, mqtt_port = settings.external_broker or (settings.mqtt_host, settings.mqtt_port)
         tasks: list[asyncio.Task[object]] = []
         servers: list[uvicorn.Server] = []  # the operator API and the device download endpoint
         serving: list[asyncio.Task[object]] = []
         try:
-            self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
-            await self.connection.start()
-            # Retained messages do not survive a broker restart: publish the list anew.
-            self.connection.publish_retained(revocation.REVOCATIONS_TOPIC, self.revocation_envelope())
+            await self._start_broker(service_tls, mqtt_host, mqtt_port)
+            connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
+            # Retained messages do not survive a broker restart: publish the list anew
+            # each time the service (re)connects.
+            connection.on_connected = self._republish_revocations
+            await connection.start()
             servers.extend(self._http_servers())
             serving = [asyncio.create_task(server.serve()) for server in servers]
             tasks.append(asyncio.create_task(self._run_scheduler()))
@@ -327,8 +434,10 @@ class Server:
                     await asyncio.wait_for(task, 10)
             if self.connection is not None:
                 await self.connection.stop()
-            if self.broker is not None:
-                await self.broker.stop()
+            if self.witness is not None:
+                await asyncio.to_thread(self.witness.stop)
+            if self.supervisor is not None:
+                await self.supervisor.stop()
             self.background.shutdown(wait=True, cancel_futures=True)
             self.db.close()
             log.info("overair stopped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ from overair.server.storage.objects import ObjectStore
 ADMIN_USER = "admin"
 # The OTA service role `overair init` creates; CreateOTAUpdate's roleArn names it.
 DEFAULT_OTA_ROLE = "overair-ota"
-DEV_PROFILE = "overair-dev"
+# The bucket(s) that role may read firmware from (and write signed results to), unless
+# `init --firmware-bucket` names others: least privilege (threat O1).
+DEFAULT_FIRMWARE_BUCKETS = ("firmware",)
+# Where signing jobs write their results (startSigningJobParameter's usual prefix).
+SIGNED_PREFIX = "signed/"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+DEV_PROFILE = "overair_dev"  # signer's model: profile names are [a-zA-Z0-9_]{2,}, no '-'
 DEV_CERT_PATH_ON_DEVICE = "/certs/overair-dev-code-signing.pem"
 
 
@@ -48,9 +55,10 @@ class InitResult:
 
 def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: int = 8080,
                mqtt_port: int = 8883, download_port: int = 8443, database_url: str = "",
-               force: bool = False,
+               force: bool = False, firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS,
                now: dt.datetime | None = None) -> InitResult:
     paths = DataDir(data_dir)
+    buckets = _checked_buckets(firmware_buckets)
     if paths.config.exists():
         if not force:
             raise MisuseError(f"{data_dir} is already initialised; use --force to start over "
@@ -95,7 +103,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         PolicyStore(db, settings, now.timestamp).attach("user", ADMIN_USER, managed.ADMINISTRATOR_ACCESS.arn)
         key, secret = identity.create_access_key(ADMIN_USER)
         key_id = key.access_key_id
-        create_ota_service_role(db, sealer, settings, now.timestamp)
+        create_ota_service_role(db, sealer, settings, now.timestamp, buckets)
     finally:
         db.close()
     write_private(paths.credentials, (
@@ -106,10 +114,14 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     return InitResult(settings, key_id, secret)
 
 
-def create_ota_service_role(db: Database, sealer: Sealer, settings: Settings, clock: Clock) -> str:
+def create_ota_service_role(db: Database, sealer: Sealer, settings: Settings, clock: Clock,
+                            firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS) -> str:
     """The service role CreateOTAUpdate's roleArn names by default: the OTA service may
-    assume it; it may do what the OTA Update Manager does (AWSIoTOTAUpdate equivalent)
-    and read firmware from any bucket. Narrow `ReadFirmware` to your firmware bucket."""
+    assume it; it may do what the OTA Update Manager does (AWSIoTOTAUpdate equivalent),
+    read firmware from `firmware_buckets` only and write signing results under their
+    `signed/` prefix (as AWS's OTA service role needs s3:GetObject[Version] and
+    s3:PutObject). Firmware elsewhere needs a grant: a bucket policy or another policy on
+    the role (docs/security.md, "The OTA service role")."""
     roles = RoleStore(db, sealer, settings, clock)
     role = roles.create_role(DEFAULT_OTA_ROLE, json.dumps({
         "Version": "2012-10-17",
@@ -117,11 +129,26 @@ def create_ota_service_role(db: Database, sealer: Sealer, settings: Settings, cl
                        "Action": "sts:AssumeRole"}]}), description="overair OTA service role")
     policies = PolicyStore(db, settings, clock)
     policies.attach("role", role.name, managed.AWS_IOT_OTA_UPDATE.arn)
-    policies.put_inline("role", role.name, "ReadFirmware", json.dumps({
+    s3 = f"arn:{settings.partition}:s3:::"
+    policies.put_inline("role", role.name, "Firmware", json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                       "Resource": f"arn:{settings.partition}:s3:::*/*"}]}))
+        "Statement": [
+            {"Sid": "ReadFirmware", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+             "Resource": [f"{s3}{bucket}/*" for bucket in firmware_buckets]},
+            {"Sid": "WriteSignedFirmware", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": [f"{s3}{bucket}/{SIGNED_PREFIX}*" for bucket in firmware_buckets]},
+        ]}))
     return role.arn
+
+
+def _checked_buckets(buckets: tuple[str, ...]) -> tuple[str, ...]:
+    """Bucket names as S3 allows them; a wildcard would undo the least privilege."""
+    if not buckets:
+        raise MisuseError("name at least one firmware bucket (--firmware-bucket)")
+    for bucket in buckets:
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise MisuseError(f"{bucket!r} is not a bucket name (3-63 of a-z, 0-9, '.' and '-')")
+    return tuple(dict.fromkeys(buckets))
 
 
 def _write_pair(cert_path: Path, key_path: Path, issued: pki.Issued) -> None:

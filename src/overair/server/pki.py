@@ -1,15 +1,26 @@
 """X.509 for the fleet: the device CA, broker and service certificates, device
-certificates (CN = thing name), the CRL the broker enforces, and development
-code-signing certificates.
+certificates, the CRL the broker enforces, and development code-signing certificates.
 
 All keys are ECDSA P-256. Validity periods are explicit arguments so tests can make
 expired or not-yet-valid certificates.
+
+Broker identity (threat N4). Mosquitto runs with `use_subject_as_username`: a client's
+username (and, with `use_username_as_clientid`, its client id) is its certificate's
+whole subject as OpenSSL prints it in RFC 2253 form. Every client certificate the fleet
+CA issues (`issue_client_cert`: devices, the service, the server's own probes) carries a
+subject unique to it: O=overair, CN=<name for people and for the agent's check>,
+serialNumber=<the certificate's own X.509 serial, hex>. Two certificates with the same
+CN therefore never share a broker identity, whatever code path minted them; the ACL
+names the subject of each attached certificate (`broker_username`). The one deliberate
+exception is `issue_session_closer_cert`, which copies a subject so the server can take
+that identity's session over (server/gateway/session_close.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,9 +28,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# The service's MQTT identity. '.' is not allowed in thing names, so no device can
-# ever obtain a certificate (and thus a broker username) equal to it.
+# The CN of the service's certificate. '.' is not allowed in thing names, so no device
+# certificate is ever issued with it (and its subject is unique anyway, see above).
 SERVICE_IDENTITY = "overair.service"
+FLEET_ORGANIZATION = "overair"
+
+# The attribute types overair puts in fleet client subjects, by the short names OpenSSL
+# prints (X509_NAME_print_ex with XN_FLAG_RFC2253 uses XN_FLAG_FN_SN).
+_OPENSSL_SHORT_NAMES = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O",
+                        NameOID.SERIAL_NUMBER: "serialNumber"}
+# Values that print as themselves in RFC 2253 (nothing to escape: no ,+"\<>;= # or
+# space, no control or non-ASCII byte) and cannot break a line of Mosquitto's ACL file.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9:_.-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +74,9 @@ def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False) 
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-             not_before: dt.datetime, days: float) -> x509.CertificateBuilder:
+             not_before: dt.datetime, days: float, serial: int | None = None) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-            .public_key(public_key).serial_number(x509.random_serial_number())
+            .public_key(public_key).serial_number(serial or x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_before + dt.timedelta(days=days))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
 
@@ -82,10 +102,12 @@ def issue_leaf(
     san_ip: tuple[str, ...] = (),
     days: float = 825,
     public_key: ec.EllipticCurvePublicKey | None = None,
+    subject: x509.Name | None = None,
+    serial: int | None = None,
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (_builder(_name(cn), issuer.cert.subject, public_key or key.public_key(),
-                        now - dt.timedelta(minutes=5), days)
+    builder = (_builder(subject or _name(cn), issuer.cert.subject, public_key or key.public_key(),
+                        now - dt.timedelta(minutes=5), days, serial)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(_key_usage(digital_signature=digital_signature), critical=True)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
@@ -107,7 +129,44 @@ def issue_server_cert(ca: Issued, hostnames: tuple[str, ...], now: dt.datetime) 
 
 
 def issue_client_cert(ca: Issued, cn: str, now: dt.datetime, days: float = 825) -> Issued:
-    return issue_leaf(ca, cn, now, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
+    """A fleet client certificate whose subject is unique to it (module docstring): the
+    X.520 serialNumber attribute repeats the certificate's own random 159-bit serial."""
+    serial = x509.random_serial_number()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, FLEET_ORGANIZATION),
+                         x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, format(serial, "x"))])
+    return issue_leaf(ca, cn, now, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], days=days,
+                      subject=subject, serial=serial)
+
+
+def issue_session_closer_cert(ca: Issued, subject: x509.Name, now: dt.datetime, days: float) -> Issued:
+    """A short-lived certificate with another certificate's exact subject, hence its broker
+    identity and client id: only for the server's session takeover (session_close.py),
+    held in memory, never stored or handed out."""
+    cn = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return issue_leaf(ca, str(cn[0].value) if cn else "", now, eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+                      days=days, subject=subject)
+
+
+def broker_username(subject: x509.Name) -> str | None:
+    """The username Mosquitto gives a client presenting a certificate with this subject
+    under `use_subject_as_username`: OpenSSL's RFC 2253 form, last RDN first, `SN=value`
+    joined by commas (verified against Mosquitto 2.0.11 in
+    tests/integration/test_broker_identity.py). None for a subject overair does not issue
+    (another attribute type, a multi-valued RDN, a value that would need escaping): such
+    a certificate is granted nothing rather than a name that might not be its own."""
+    parts = []
+    for rdn in reversed(subject.rdns):
+        attributes = list(rdn)
+        if len(attributes) != 1:
+            return None
+        (attribute,) = attributes
+        short = _OPENSSL_SHORT_NAMES.get(attribute.oid)
+        value = attribute.value
+        if short is None or not isinstance(value, str) or not _PLAIN_VALUE.fullmatch(value):
+            return None
+        parts.append(f"{short}={value}")
+    return ",".join(parts) or None
 
 
 def issue_code_signing_cert(root: Issued, cn: str, now: dt.datetime, days: int = 825) -> Issued:

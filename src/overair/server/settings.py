@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from overair.core.errors import MisuseError
 from overair.core.limits import DEFAULT_LIMITS, Limits
@@ -59,7 +60,12 @@ class Settings:
     mqtt_port: int = 8883
     download_port: int = 8443  # HTTPS for devices: pre-signed OTA file downloads
     database_url: str = ""
-    broker_url: str | None = None  # an external broker: mqtts://host:port
+    # An external broker (mqtts://host:port) instead of the Mosquitto overair runs. It must
+    # use overair's ACL and CRL files and be reloaded by `broker_reload_command` (argv),
+    # which overair runs after every access change; `serve` checks it enforces them
+    # (gateway/broker_probe.py, docs/security.md "External broker").
+    broker_url: str | None = None
+    broker_reload_command: tuple[str, ...] = ()
     mosquitto_binary: str = "mosquitto"
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
@@ -69,6 +75,9 @@ class Settings:
     # PKCS#11 modules (.so paths) the certificate store may load for HSM keys. A URI's
     # module-path is operator input: loading any other library would be code execution.
     pkcs11_modules: tuple[str, ...] = ()
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto set a
+    # request's aws:SourceIp and aws:SecureTransport; empty: only the connection counts.
+    trusted_proxies: tuple[str, ...] = ()
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
 
     @property
@@ -86,6 +95,27 @@ class Settings:
         given = [h for h in self.hostnames if h not in ("localhost", "127.0.0.1")]
         return given[0] if given else "localhost"
 
+    @property
+    def external_broker(self) -> tuple[str, int] | None:
+        """(host, port) of the external broker, if one is configured."""
+        if self.broker_url is None:
+            return None
+        url = urlsplit(self.broker_url)
+        try:
+            port = url.port or 8883
+        except ValueError as exc:
+            raise MisuseError(f"broker URL {self.broker_url!r}: {exc}") from exc
+        if url.scheme != "mqtts" or not url.hostname or url.path not in ("", "/") or url.query:
+            raise MisuseError(f"broker URL {self.broker_url!r} must be mqtts://host[:port]: plaintext "
+                              "MQTT is never used")
+        return url.hostname, port
+
+    @property
+    def device_mqtt_endpoint(self) -> tuple[str, int]:
+        """Where devices connect: the external broker if there is one, else the broker
+        overair runs (DescribeEndpoint answers this; device bundles name it)."""
+        return self.external_broker or (self.device_host, self.mqtt_port)
+
     def arn(self, service: str, resource: str, *, regional: bool = True) -> str:
         region = self.region if regional else ""
         return f"arn:{self.partition}:{service}:{region}:{self.account_id}:{resource}"
@@ -99,8 +129,15 @@ class Settings:
         for port in (self.http_port, self.mqtt_port, self.download_port):
             if not 0 <= port <= 65535:
                 raise MisuseError(f"port {port} is out of range")
-        if self.broker_url is not None and not self.broker_url.startswith("mqtts://"):
-            raise MisuseError("--broker must be an mqtts:// URL: plaintext MQTT is never used")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise MisuseError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR network") from exc
+        if self.external_broker is not None and not self.broker_reload_command:
+            raise MisuseError("an external broker (--broker) needs broker_reload_command (e.g. "
+                              "--broker-reload-command 'systemctl reload mosquitto'): overair must make it "
+                              "apply every access change; see docs/security.md, External broker")
 
 
 def _is_loopback(host: str) -> bool:
@@ -125,8 +162,10 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
     unknown = set(raw) - known
     if unknown:
         raise MisuseError(f"{paths.config}: unknown settings {sorted(unknown)}")
-    for key in ("hostnames", "pkcs11_modules"):
+    for key in ("hostnames", "pkcs11_modules", "broker_reload_command", "trusted_proxies"):
         if key in raw:
+            if not isinstance(raw[key], list) or not all(isinstance(item, str) for item in raw[key]):
+                raise MisuseError(f"{paths.config}: {key} must be a list of strings")
             raw[key] = tuple(raw[key])
     settings = Settings(data_dir=data_dir, **raw)
     given = {k: v for k, v in overrides.items() if v is not None}

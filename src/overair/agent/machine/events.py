@@ -103,5 +103,17 @@ class PlatformFailed:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class HandlingFailed:
+    """Handling `cause` raised an unexpected exception (in `handle()` or in one of the
+    commands it produced): a defect, which the runtime's one boundary turns into this
+    event so that the machine fails the job concerned instead of the agent stopping
+    (issue 12, finding 9). `error` describes the exception."""
+
+    cause: Event
+    error: str
+
+
 Event = (Booted | Connected | Disconnected | MessageReceived | BlockStored | HttpRangeReceived
-         | HttpRangeFailed | Tick | VerifyResult | SelfTestResult | ImageCommitted | PlatformFailed)
+         | HttpRangeFailed | Tick | VerifyResult | SelfTestResult | ImageCommitted | PlatformFailed
+         | HandlingFailed)

@@ -14,6 +14,7 @@ from overair.core.versions import Version
 
 # OtaErr_t (ota.h).
 ERR_NONE = 0x00
+ERR_PANIC = 0x02  # OtaErrPanic: the agent could not handle the job (a defect, contained)
 ERR_JOB_PARSER = 0x0C
 ERR_INVALID_DATA_PROTOCOL = 0x0D
 ERR_MOMENTUM_ABORT = 0x0E
@@ -57,6 +58,10 @@ UNKNOWN_CHECK = (PAL_SIGNATURE_CHECK_FAILED, 0xFF)
 # reason is FreeRTOS's downgrade refusal, `rejected: 0x0000000f`.
 SECURITY_COUNTER_CHECK = "SecurityCounter"
 
+# The `check` named when handling a job's input raised an unexpected exception: the job
+# fails with `0x00000002: 0x00000000` (OtaErrPanic) and the agent goes on (issue 12).
+DEFECT_CHECK = "AgentDefect"
+
 # Longest free-text detail the agent puts in statusDetails (the service caps entries).
 MAX_DETAIL = 200
 
@@ -82,4 +87,8 @@ def check_reason(check: str) -> str:
 
 
 def detail(text: str) -> str:
+    """Free text for statusDetails, often quoting what a server or broker sent: printable
+    ASCII only (anything else backslash-escaped, lone surrogates included), bounded."""
+    text = text[:MAX_DETAIL].encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."

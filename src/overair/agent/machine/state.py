@@ -132,9 +132,12 @@ class Journal:
                 return result
         return None
 
-    def with_result(self, result: JobResult) -> Journal:
+    def with_result(self, result: JobResult, *, finishes_current: bool = True) -> Journal:
+        """Remember `result`; it ends the current job unless `finishes_current` is False
+        (a job other than the current one, refused on arrival)."""
         kept = tuple(r for r in self.results if r.job_id != result.job_id)
-        return replace(self, job=None, results=(*kept, result)[-MAX_RESULTS:])
+        return replace(self, job=None if finishes_current else self.job,
+                       results=(*kept, result)[-MAX_RESULTS:])
 
     def to_json_obj(self) -> dict[str, Any]:
         job = None

@@ -44,11 +44,17 @@ quirks are the contract:
 - On connect the agent also subscribes to the retained code-signing revocation list
   (before asking for a job, so that the list arrives first); in any phase a list is
   handed to the runtime (`ApplyRevocations`), which verifies and keeps it (O2).
+- Everything a message carries is hostile until parsed (issue 12): job messages with
+  core.wirejson, documents with core.jobdoc, blocks bounded before they are decoded.
+  `handle()` raises for no message; should handling any event still raise (a defect),
+  the runtime feeds `HandlingFailed`, and the job concerned ends FAILED
+  (`0x00000002: 0x00000000`, `check: AgentDefect`) while the agent goes on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -81,6 +87,7 @@ from overair.agent.machine.events import (
     Connected,
     Disconnected,
     Event,
+    HandlingFailed,
     HttpRangeFailed,
     HttpRangeReceived,
     ImageCommitted,
@@ -102,10 +109,11 @@ from overair.agent.machine.state import (
 )
 from overair.agent.progress import binding as staging_binding
 from overair.agent.progress import missing_blocks, well_formed
-from overair.core import bitmap
+from overair.core import bitmap, wirejson
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
 from overair.core.jobstates import ExecStatus
+from overair.core.limits import DEFAULT_LIMITS
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
 from overair.core.topics import (
@@ -122,8 +130,12 @@ from overair.core.versions import Version
 # FreeRTOS default capacity): files up to 1024 blocks are always requested from offset
 # 0 with the whole bitmap, exactly as FreeRTOS does; larger files slide the window.
 WINDOW_BLOCKS = 1024
-MAX_JOB_MESSAGE = 64 * 1024
-CLIENT_TOKEN_MAX = 64
+LIMITS = DEFAULT_LIMITS
+CLIENT_TOKEN_MAX = LIMITS.max_client_token_length
+MAX_EXECUTION_NUMBER = (1 << 63) - 1  # AWS: a long
+# `updatedBy` as the agent writes it (Version.hex: 0x%08x), or decimal; ASCII only, so
+# that no Unicode digit or oversized number reaches int() (issue 12).
+_VERSION_WORD = re.compile(r"0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10}")
 
 # OtaErr_t OtaErrInitFileTransferFailed: the file transfer cannot start (HTTP chosen but
 # no usable `update_data_url`). Kept here rather than in reasons.py for now.
@@ -201,12 +213,15 @@ def _classify(state: State, event: MessageReceived) -> JobMessage | BlockMessage
 
 
 def _parse_job_message(payload: bytes) -> JobMessage | None:
-    """Lenient where FreeRTOS is (extra keys), strict where a reply could go astray."""
-    if len(payload) > MAX_JOB_MESSAGE:
-        return None
+    """Lenient where FreeRTOS is (extra keys), strict where a reply could go astray.
+
+    The payload is whatever the broker delivered: decoded with core.wirejson (bounded
+    size and depth, only DecodeError), then every field is type-checked; a message that
+    names no usable job is ignored (there is nobody to report to). The job document is
+    parsed later, by the handler of the job (a bad one fails that job)."""
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
+        obj = wirejson.loads(payload, max_bytes=LIMITS.agent_max_job_message_bytes, what="job message")
+    except DecodeError:
         return None
     if not isinstance(obj, dict):
         return None
@@ -216,13 +231,14 @@ def _parse_job_message(payload: bytes) -> JobMessage | None:
     if not isinstance(ex, dict):
         return None
     job_id = ex.get("jobId")
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         return None  # without a usable job id there is nobody to report to
     raw_details = ex.get("statusDetails")
     details = ({k: v for k, v in raw_details.items() if isinstance(k, str) and isinstance(v, str)}
                if isinstance(raw_details, dict) else {})
     number = ex.get("executionNumber")
-    execution_number = number if isinstance(number, int) and not isinstance(number, bool) else None
+    execution_number = number if isinstance(number, int) and not isinstance(number, bool) \
+        and 0 <= number <= MAX_EXECUTION_NUMBER else None
     return JobMessage(Execution(job_id, execution_number, details, ex.get("jobDocument")))
 
 
@@ -323,7 +339,8 @@ def _redacted(url: str) -> str:
 
 
 def _usable_url(url: str | None) -> bool:
-    if url is None or len(url) > MAX_JOB_MESSAGE or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+    if url is None or len(url) > LIMITS.agent_max_job_text_length \
+            or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
         return False
     try:
         parts = urlsplit(url)
@@ -467,7 +484,7 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
     file = doc.files[0]
     stream = doc.stream_name
     protocol = _choose_protocol(state, doc)
-    if protocol is DataProtocol.MQTT and (stream is None or not STREAM_ID_RE.match(stream)):
+    if protocol is DataProtocol.MQTT and (stream is None or not STREAM_ID_RE.fullmatch(stream)):
         return _fail(state, ex.job_id, ex.execution_number,
                      reasons.with_value(reasons.ERR_JOB_PARSER, reasons.PARSE_NON_CONFORMING_JOB_DOC), now,
                      detail=f"invalid stream name {(stream or '')[:64]!r}")
@@ -578,6 +595,12 @@ def on_job_busy(state: State, message: JobMessage, _now: float) -> Step:
 def on_block(state: State, message: BlockMessage, now: float) -> Step:
     dl = state.download
     assert dl is not None
+    bound = state.settings.block_size + LIMITS.agent_max_block_overhead
+    if len(message.payload) > bound:
+        # Refused before decoding: no block of this download can be larger (the CBOR
+        # decoder is never handed an arbitrarily large message).
+        return _fail_download(state, reasons.with_value(reasons.PAL_UNINITIALIZED, 0), now,
+                              detail=f"data block message of {len(message.payload)} bytes exceeds {bound}")
     try:
         block = decode_data_block(message.payload)
     except DecodeError as exc:
@@ -756,11 +779,11 @@ def _self_test_job(state: State, ex: Execution, now: float) -> Step:
 
 
 def _parse_version_word(text: str | None) -> Version | None:
-    if text is None:
+    if text is None or not _VERSION_WORD.fullmatch(text):
         return None
     try:
         return Version.from_u32(int(text, 0))
-    except (ValueError, DecodeError):
+    except (ValueError, DecodeError):  # ValueError: decimal with leading zeros
         return None
 
 
@@ -839,6 +862,75 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
     return replace(state, download=dl), [Log("info", silence), request]
 
 
+# --- defects -------------------------------------------------------------------------------
+
+def on_handling_failed(state: State, event: HandlingFailed, now: float) -> Step:
+    """Contain a defect (issue 12, finding 9): handling `event.cause` raised. The job it
+    concerns ends FAILED with `0x00000002: 0x00000000` (OtaErrPanic) and `check:
+    AgentDefect`; the result is journaled before anything else runs, so that a restart
+    does not replay the poison (the job, offered again, is a replay: its result is
+    repeated, its document never parsed again); every other job is served as usual.
+
+    The job concerned is the one the cause names (a job message), else the one in
+    progress. A job message that names no usable job, with nothing in progress, is only
+    logged: there is nobody to report to."""
+    reason = reasons.with_value(reasons.ERR_PANIC, 0)
+    detail = f"the agent could not handle {_describe(event.cause)}: {event.error}"
+    named = _named_job(state, event.cause)
+    current = _current_job(state)
+    if named is not None and (current is None or named[0] != current[0]):
+        job_id, number = named
+        recorded = state.journal.result_for(job_id)
+        if recorded is not None and _is_replay(recorded, Execution(job_id, number, {}, None)):
+            return state, [Log("error", f"job {job_id} (finished {recorded.status}) could not be handled "
+                                        f"again: {event.error}")]
+        details = {"reason": reason, "check": reasons.DEFECT_CHECK, "detail": reasons.detail(detail)}
+        result = JobResult(job_id, number, ExecStatus.FAILED.value, tuple(details.items()), now)
+        # Recorded without disturbing the job in progress, which goes on.
+        state = replace(state, journal=state.journal.with_result(result, finishes_current=False))
+        return state, [Log("error", f"job {job_id} FAILED: {detail}"),
+                       _status(state, job_id, ExecStatus.FAILED, details)]
+    if current is None:
+        return state, [Log("error", f"{detail}; no job concerned: ignored")]
+    if state.download is not None:
+        return _fail_download(state, reason, now, detail=detail, check=reasons.DEFECT_CHECK)
+    job_id, number = current
+    if isinstance(event.cause, Booted):
+        # The journaled job made the boot fail: fail it, then boot without it.
+        state, failed = _fail(state, job_id, number, reason, now, detail=detail, check=reasons.DEFECT_CHECK)
+        state, booted = on_booted(state, event.cause, now)
+        return state, failed + booted
+    return _fail(state, job_id, number, reason, now, detail=detail, check=reasons.DEFECT_CHECK,
+                 rollback=state.trial)
+
+
+def _current_job(state: State) -> tuple[str, int | None] | None:
+    if state.download is not None:
+        return state.download.job_id, state.download.execution_number
+    record = state.journal.job
+    return None if record is None else (record.job_id, record.execution_number)
+
+
+def _named_job(state: State, cause: Event) -> tuple[str, int | None] | None:
+    """The job a job message names, if it names one. Parsing is what may have failed, so
+    any exception here means "no job named"."""
+    if not isinstance(cause, MessageReceived):
+        return None
+    try:
+        message = _classify(state, cause)
+    except Exception:  # containment: the parse itself is the suspect
+        return None
+    if isinstance(message, JobMessage) and message.execution is not None:
+        return message.execution.job_id, message.execution.execution_number
+    return None
+
+
+def _describe(event: Event) -> str:
+    if isinstance(event, MessageReceived):
+        return f"a message of {len(event.payload)} bytes on {reasons.detail(event.topic)}"
+    return type(event).__name__
+
+
 # --- the table ------------------------------------------------------------------------------
 
 Handler = Callable[[State, Any, float], Step]
@@ -849,6 +941,7 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (None, Disconnected): on_disconnected,
     (None, Tick): on_tick,
     (None, RevocationMessage): on_revocations,  # any phase: it only tightens what is trusted
+    (None, HandlingFailed): on_handling_failed,  # any phase: a defect fails its job, never the agent
     (Phase.IDLE, JobMessage): on_job_idle,
     (Phase.DOWNLOADING, JobMessage): on_job_downloading,
     (None, JobMessage): on_job_busy,

@@ -39,6 +39,12 @@ class PlatformError(OverairError):
     code = "PlatformError"
 
 
+class PowerLost(Exception):
+    """The device lost power in the middle of an operation (a simulated platform injects
+    it to test R2). Nothing runs after it: the agent stops, as the device would; it is
+    never taken for a defect in handling a job (agent/runtime.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BootInfo:
     slot: str

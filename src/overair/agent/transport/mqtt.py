@@ -6,6 +6,12 @@ the broker against the fleet root CA with host-name checking; TLS 1.2 is the min
 (threat L1). MQTT 3.1.1 with a clean session, as FreeRTOS devices use. paho's network
 thread reconnects on its own with a capped exponential backoff (1 s doubling to 30 s
 by default, reset by a successful CONNACK); the runtime re-subscribes on every connect.
+
+Nothing the broker sends may stop the network thread (issue 12): paho re-raises an
+exception from a callback in its loop thread unless told not to, which would end the
+thread and leave the agent deaf for good. The callbacks here only hand messages over,
+a topic that is not UTF-8 (which a hostile broker can send) is dropped with a log line,
+and `suppress_exceptions` keeps the loop alive whatever else may go wrong.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class MqttTransport:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.suppress_exceptions = True  # a callback's error is logged, the loop goes on
+        self._client.enable_logger(log)  # where paho logs such errors
         self._lock = threading.Lock()
         self._unacked: list[mqtt.MQTTMessageInfo] = []
 
@@ -103,4 +111,10 @@ class MqttTransport:
         self._callbacks.on_disconnected(str(reason_code))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._callbacks.on_message(message.topic, bytes(message.payload))
+        try:
+            topic = message.topic  # decodes the topic: UnicodeDecodeError when it is not UTF-8
+        except UnicodeDecodeError:
+            log.warning("dropped a message whose topic is not UTF-8 (%d bytes of payload)",
+                        len(message.payload))
+            return
+        self._callbacks.on_message(topic, bytes(message.payload))

@@ -28,9 +28,16 @@ class Caller:
     access_key_id: str
     principal_arn: str
     principal_name: str
-    source_ip: str
+    source_ip: str  # aws:SourceIp: from the connection, or a trusted proxy (request_context.py)
     principal_kind: str = "user"  # "user" or "role"
     secure_transport: bool = False
+    proxy: str = ""  # the trusted proxy that forwarded the request, "" when direct
+
+    @property
+    def audit_source(self) -> str:
+        """The request's source as the audit log records it: the client, and the proxy
+        when one forwarded the request."""
+        return f"{self.source_ip or 'unknown'} via {self.proxy}" if self.proxy else self.source_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +51,15 @@ class ApiRequest:
 
 
 class ApiError(OverairError):
-    """An error a client should see; `code` is the AWS error code botocore will raise."""
+    """An error a client should see; `code` is the AWS error code botocore will raise.
+    `fields` are extra members of the error (e.g. S3's `Region`), in protocols that have
+    them (XML)."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, *,
+                 fields: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.fields = fields
 
 
 def not_found(what: str) -> ApiError:

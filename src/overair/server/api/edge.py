@@ -1,10 +1,16 @@
 """The HTTP edge of the operator API: one Starlette app for every AWS-shaped service.
 
-Per request: read the body (bounded), verify SigV4, pick the service by the signing
-name in the credential scope, route and parse with the botocore model, run the
-handler in a worker thread, and write the response in the service's protocol.
-`ApiError`s are rendered for the client; anything else becomes a 500 whose details
-stay in the log. Every request is logged at INFO on `overair.api`.
+Per request: read the body (bounded), establish where it came from (the connection, or
+a trusted proxy: `request_context.py`), verify SigV4 (region included), pick the service
+by the signing name in the credential scope, route, parse and check the input against
+the botocore model (`models.py`, `constraints.py`), run the handler in a worker thread,
+and write the response in the service's protocol.
+
+Whatever a request raises is translated once, here, by `faults.py`: client errors and
+domain errors by fault become the service's AWS error (400s, 404s, 503 for a database
+or disk that is down or full). Only a true bug is left over; it becomes a 500 whose
+details stay in the log, and the fuzz suite (tests/fuzz) sends hostile requests to
+prove no input reaches that path. Every request is logged at INFO on `overair.api`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -23,9 +29,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from overair.core.asciinum import parse_uint
+from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.api import s3 as s3api
 from overair.server.api.contract import ApiError, ApiRequest, Caller, CredentialLookup, OperationTable
+from overair.server.api.faults import to_api_error
 from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
+from overair.server.api.request_context import RequestOrigin, TrustedProxies, request_origin
 from overair.server.api.sigv4 import AuthResult, IncomingRequest, peek_service, verify_request
 from overair.server.storage.objects import ObjectStore
 
@@ -42,10 +52,12 @@ class _Log:
     service: str = "-"
     operation: str = "-"
     caller: str = "-"
+    source: str = "-"
 
 
-# (caller, service, operation, params) -> None, or raise ApiError (AccessDenied...).
-Authorize = Callable[[Caller, str, str, dict[str, Any]], None]
+# (caller, service, operation, params, lower-cased headers) -> None, or raise ApiError
+# (AccessDenied...). Headers count for the few overair extensions carried in them.
+Authorize = Callable[[Caller, str, str, dict[str, Any], Mapping[str, str]], None]
 
 
 class _BodyTooLarge(Exception):
@@ -62,6 +74,10 @@ class _Edge:
         max_body_bytes: int,
         now: Callable[[], float],
         authorize: Authorize | None,
+        region: str,
+        partition: str,
+        limits: Limits,
+        trusted_proxies: TrustedProxies,
     ) -> None:
         self.authorize = authorize
         self.table = table
@@ -70,10 +86,23 @@ class _Edge:
         self.services = load_services()
         self.max_body_bytes = max_body_bytes
         self.now = now
+        self.region = region
+        self.partition = partition
+        self.limits = limits
+        self.trusted_proxies = trusted_proxies
 
     async def endpoint(self, request: Request) -> Response:
-        started = time.perf_counter()
         request_id = str(uuid.uuid4())
+        try:
+            return await self._endpoint(request, request_id)
+        except Exception:
+            # A bug in the edge itself (everything a request can raise is handled below).
+            logger.exception("request %s failed in the edge: %s %s", request_id, request.method,
+                             request.url.path)
+            return Response(b"", status_code=500, headers={"x-amzn-RequestId": request_id})
+
+    async def _endpoint(self, request: Request, request_id: str) -> Response:
+        started = time.perf_counter()
         log = _Log()
         head = request.method.upper() == "HEAD"
         incoming = IncomingRequest(
@@ -96,29 +125,35 @@ class _Edge:
             error = ApiError(too_large, f"Request body exceeds the limit of {self.max_body_bytes} bytes", 413)
             response = protocol.render_error(error, request_id, head=head)
         else:
-            client_ip = request.client.host if request.client else ""
+            # The connection says who is calling; proxy headers count only from trusted proxies.
+            origin = request_origin(request.client.host if request.client else "",
+                                    request.url.scheme == "https", incoming.headers, self.trusted_proxies)
             response = await run_in_threadpool(
-                self._process, replace(incoming, body=body), client_ip, request_id, log
+                self._process, replace(incoming, body=body), origin, request_id, log
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info(
-            "%s %s service=%s operation=%s caller=%s status=%d duration_ms=%.1f request_id=%s",
-            incoming.method, incoming.raw_path, log.service, log.operation, log.caller,
+            "%s %s service=%s operation=%s caller=%s source=%s status=%d duration_ms=%.1f request_id=%s",
+            incoming.method, incoming.raw_path, log.service, log.operation, log.caller, log.source,
             response.status, elapsed_ms, request_id,
             extra={
                 "service": log.service, "operation": log.operation, "caller": log.caller,
-                "status": response.status, "duration_ms": round(elapsed_ms, 1), "request_id": request_id,
+                "source": log.source, "status": response.status, "duration_ms": round(elapsed_ms, 1),
+                "request_id": request_id,
             },
         )
         return _to_starlette(response, head)
 
     # -- synchronous part (worker thread)
 
-    def _process(self, incoming: IncomingRequest, client_ip: str, request_id: str, log: _Log) -> HttpResponse:
+    def _process(self, incoming: IncomingRequest, origin: RequestOrigin, request_id: str,
+                 log: _Log) -> HttpResponse:
         protocol = self._protocol_for_errors(incoming)
         head = incoming.method == "HEAD"
+        log.source = f"{origin.client_ip} via {origin.proxy}" if origin.proxy else origin.client_ip
         try:
-            auth = verify_request(incoming, self.credentials, self.now())
+            auth = verify_request(incoming, self.credentials, self.now(), region=self.region,
+                                  partition=self.partition)
             log.service = auth.service
             service = self.services.get(auth.service)
             if service is None:
@@ -130,23 +165,28 @@ class _Edge:
                 access_key_id=auth.credential.access_key_id,
                 principal_arn=auth.credential.principal_arn,
                 principal_name=auth.credential.principal_name,
-                source_ip=client_ip,
+                source_ip=origin.client_ip,
                 principal_kind=auth.credential.principal_kind,
-                secure_transport=incoming.scheme == "https",
+                secure_transport=origin.secure,
+                proxy=origin.proxy,
             )
             log.caller = caller.principal_arn or caller.principal_name
             if auth.service == "s3":
                 return self._s3(service, incoming, auth, caller, request_id, log)
             return self._aws(service, incoming, auth, caller, request_id, log)
-        except ApiError as err:
-            return protocol.render_error(err, request_id, head=head)
-        except Exception:
-            logger.exception(
-                "request %s failed: %s %s (%s %s)",
-                request_id, incoming.method, incoming.raw_path, log.service, log.operation,
-            )
-            code = "InternalError" if protocol.name == "s3" else "InternalFailure"
-            error = ApiError(code, f"We encountered an internal error (request id {request_id})", 500)
+        except Exception as exc:  # the one translation point (faults.py)
+            error = to_api_error(exc, protocol.protocol, protocol.validation_code)
+            if error is None:
+                logger.exception(
+                    "request %s failed: %s %s (%s %s)",
+                    request_id, incoming.method, incoming.raw_path, log.service, log.operation,
+                )
+                code = "InternalError" if protocol.name == "s3" else "InternalFailure"
+                error = ApiError(code, f"We encountered an internal error (request id {request_id})", 500)
+            elif error.status >= 500:
+                logger.error("request %s: %s %s (%s %s) answered %d: %s", request_id, incoming.method,
+                             incoming.raw_path, log.service, log.operation, error.status, error.message,
+                             exc_info=not isinstance(exc, ApiError))
             return protocol.render_error(error, request_id, head=head)
 
     def _aws(
@@ -168,9 +208,9 @@ class _Edge:
                 f"{auth.service}:{resolved.name} is not implemented by overair",
                 501,
             )
-        params = service.parse(resolved, req)
+        params = service.parse(resolved, req, limits=self.limits)
         if self.authorize is not None:
-            self.authorize(caller, auth.service, resolved.name, params)
+            self.authorize(caller, auth.service, resolved.name, params, req.headers)
         result: Any = handler(ApiRequest(auth.service, resolved.name, params, caller,
                                          headers=req.headers))
         return service.serialize(resolved.operation, result or {}, request_id)
@@ -188,7 +228,8 @@ class _Edge:
         req = _http_request(incoming, body, headers)
         resolved = service.resolve(req)
         log.operation = resolved.name
-        params = service.parse(resolved, req) if resolved.name in self.s3.operations() else {}
+        known = resolved.name in self.s3.operations()
+        params = service.parse(resolved, req, limits=self.limits) if known else {}
         reply = self.s3.call(resolved.name, params, caller)
         if reply.raw_body is not None:
             headers_out = [*service.request_id_headers(request_id), ("Content-Type", "application/xml")]
@@ -222,10 +263,10 @@ class _Edge:
         return self.services["s3"]
 
     async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = parse_uint(request.headers.get("content-length", ""))
+        if declared is not None and declared > self.max_body_bytes:
             expects_continue = "100-continue" in request.headers.get("expect", "").lower()
-            if not expects_continue and int(declared) <= _DRAIN_LIMIT:
+            if not expects_continue and declared <= _DRAIN_LIMIT:
                 async for _ in request.stream():
                     pass
             raise _BodyTooLarge
@@ -304,16 +345,25 @@ def build_api_app(
     now: Callable[[], float] = time.time,
     s3_authorizer: s3api.S3Authorizer | None = None,
     authorize: Authorize | None = None,
+    partition: str = "aws",
+    limits: Limits = DEFAULT_LIMITS,
+    trusted_proxies: tuple[str, ...] = (),
+    bucket_policies: s3api.BucketPolicyPrincipals | None = None,
 ) -> Starlette:
-    """The operator API as an ASGI app.
+    """The operator API as an ASGI app, for a server in `region` of `partition`.
 
     `extra_routes` are matched first and are not SigV4-authenticated here (health,
     pre-signed downloads...). Everything else is an AWS request. `s3_authorizer`, if
     given, is called with (caller, IAM action, resource ARN) before each S3 operation
     and may raise `ApiError("AccessDenied", ..., 403)`; `authorize` likewise with
-    (caller, service, operation, parsed params) before every other operation's handler."""
-    s3 = s3api.S3Api(objects, region=region, authorize=s3_authorizer)
-    edge = _Edge(table, credentials, s3, max_body_bytes=max_body_bytes, now=now, authorize=authorize)
+    (caller, service, operation, parsed params) before every other operation's handler.
+    `trusted_proxies` (addresses, CIDRs) may set the client address and scheme through
+    X-Forwarded-For/-Proto; serve the app with uvicorn's `proxy_headers=False`."""
+    s3 = s3api.S3Api(objects, region=region, authorize=s3_authorizer, partition=partition, limits=limits,
+                     bucket_policies=bucket_policies)
+    edge = _Edge(table, credentials, s3, max_body_bytes=max_body_bytes, now=now, authorize=authorize,
+                 region=region, partition=partition, limits=limits,
+                 trusted_proxies=TrustedProxies(trusted_proxies))
     routes: list[BaseRoute] = [
         *(extra_routes or []),
         Route("/{path:path}", edge.endpoint, methods=_METHODS, include_in_schema=False),

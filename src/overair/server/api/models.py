@@ -12,6 +12,15 @@ botocore. Four protocols are covered:
 
 `HttpRequest`/`HttpResponse` are plain values, so this module knows nothing about the
 web framework.
+
+Every input is hostile until parsed (principle 5): JSON goes through `core/wirejson.py`
+(bounded size, depth and numbers), XML through a pull parser that refuses document
+types and stops past `max_xml_depth`/`max_xml_elements`, form bodies past
+`max_query_fields`; numbers in text are ASCII digits only, integers fit the model's
+32/64-bit types, timestamps lie between 1970 and 9999. Then `constraints.py` checks the
+parsed members against the model (required, lengths, patterns, enums, ranges, sizes).
+Parsing raises only `ApiError` (the service's validation error, `SerializationException`
+or `MalformedXML`), so nothing a client sends reaches a handler unchecked.
 """
 
 from __future__ import annotations
@@ -24,17 +33,22 @@ import functools
 import json
 import logging
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 
 from overair.apimodels import MODELS_DIR
+from overair.core import wirejson
+from overair.core.errors import DecodeError
+from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.server.api.constraints import describe, input_problems
 from overair.server.api.contract import ApiError
 
 logger = logging.getLogger("overair.api")
@@ -109,6 +123,49 @@ class _Invalid(Exception):
     """Input that does not fit the model (turned into the service's validation error)."""
 
 
+# Numbers in text (URI, query, header, XML, form): ASCII only, bounded length.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+_FLOAT_TEXT = re.compile(r"-?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][-+]?[0-9]{1,4})?")
+_EPOCH_TEXT = re.compile(r"-?[0-9]{1,12}(?:\.[0-9]{1,9})?")
+# The Smithy integer types' ranges: what a handler may hand to the database.
+_INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+# Timestamps a request may carry: from the epoch to well before datetime's own end, so
+# that arithmetic on them (a rollout's end, a window's next start) cannot overflow.
+_EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+_WHITESPACE = " \t"
+
+
+def _integer(shape: Any, value: int, path: str) -> int:
+    low, high = _INTEGER_RANGES.get(shape.type_name, _INTEGER_RANGES["long"])
+    if not low <= value <= high:
+        raise _Invalid(f"{path}: {shape.type_name} value out of range")
+    return value
+
+
+def _finite(value: float, path: str) -> float:
+    if not math.isfinite(value):
+        raise _Invalid(f"{path}: expected a finite number")
+    return value
+
+
+def _bounded_time(value: dt.datetime, path: str) -> dt.datetime:
+    try:
+        aware = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (OverflowError, ValueError) as exc:
+        raise _Invalid(f"{path}: timestamp out of range") from exc
+    if not _EARLIEST <= aware < _LATEST:
+        raise _Invalid(f"{path}: timestamp out of range (1970 to 9998)")
+    return aware
+
+
+def _epoch_time(seconds: float, path: str) -> dt.datetime:
+    try:
+        return _bounded_time(dt.datetime.fromtimestamp(seconds, tz=dt.UTC), path)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise _Invalid(f"{path}: timestamp out of range") from exc
+
+
 def _to_datetime(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -121,20 +178,19 @@ def _to_datetime(value: Any) -> dt.datetime:
     raise TypeError(f"not a timestamp: {value!r}")
 
 
-def _parse_timestamp_text(text: str) -> dt.datetime:
-    text = text.strip()
-    try:
-        return dt.datetime.fromtimestamp(float(text), tz=dt.UTC)
-    except ValueError:
-        pass
+def _parse_timestamp_text(text: str, path: str = "timestamp") -> dt.datetime:
+    text = text.strip(_WHITESPACE)
+    if _EPOCH_TEXT.fullmatch(text):
+        return _epoch_time(float(text), path)
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         try:
             parsed = parsedate_to_datetime(text)
-        except (TypeError, ValueError) as exc:
-            raise _Invalid(f"invalid timestamp {text!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:
+            # The email date parser raises any of these on hostile text.
+            raise _Invalid(f"{path}: invalid timestamp {text[:64]!r}") from exc
+    return _bounded_time(parsed, path)
 
 
 def _iso8601(value: Any) -> str:
@@ -168,40 +224,41 @@ def _float_text(value: float) -> str:
     return repr(float(value))
 
 
-def _from_text(shape: Any, text: str, path: str) -> Any:
+def _from_text(shape: Any, text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> Any:
     """A scalar (or header list) from its text form (URI, query, header, XML, form)."""
     t = shape.type_name
     if t == "string":
         if shape.serialization.get("jsonvalue"):
             try:
-                return json.loads(base64.b64decode(text))
-            except (ValueError, binascii.Error) as exc:
+                return wirejson.loads(base64.b64decode(text, validate=True), limits=limits, what=path)
+            except (ValueError, binascii.Error, DecodeError) as exc:
                 raise _Invalid(f"{path}: invalid JSON value") from exc
         return text
     if t in ("integer", "long"):
-        try:
-            return int(text.strip())
-        except ValueError as exc:
-            raise _Invalid(f"{path}: expected an integer, got {text!r}") from exc
+        stripped = text.strip(_WHITESPACE)
+        if not _INTEGER_TEXT.fullmatch(stripped):
+            raise _Invalid(f"{path}: expected an integer, got {text[:64]!r}")
+        return _integer(shape, int(stripped), path)
     if t in ("float", "double"):
-        try:
-            return float(text.strip())
-        except ValueError as exc:
-            raise _Invalid(f"{path}: expected a number, got {text!r}") from exc
+        stripped = text.strip(_WHITESPACE)
+        if not _FLOAT_TEXT.fullmatch(stripped):
+            raise _Invalid(f"{path}: expected a number, got {text[:64]!r}")
+        return _finite(float(stripped), path)
     if t == "boolean":
-        low = text.strip().lower()
+        low = text.strip(_WHITESPACE).lower()
         if low not in ("true", "false"):
-            raise _Invalid(f"{path}: expected true or false, got {text!r}")
+            raise _Invalid(f"{path}: expected true or false, got {text[:64]!r}")
         return low == "true"
     if t == "timestamp":
-        return _parse_timestamp_text(text)
+        return _parse_timestamp_text(text, path)
     if t == "blob":
         try:
             return base64.b64decode(text, validate=True)
         except (ValueError, binascii.Error) as exc:
             raise _Invalid(f"{path}: invalid base64") from exc
     if t == "list":
-        return [_from_text(shape.member, part.strip(), path) for part in text.split(",") if part.strip()]
+        return [_from_text(shape.member, part.strip(_WHITESPACE), path, limits)
+                for part in text.split(",") if part.strip(_WHITESPACE)]
     raise _Invalid(f"{path}: a {t} cannot be given as text")
 
 
@@ -256,16 +313,16 @@ def _from_json(shape: Any, value: Any, path: str) -> Any:
     if t in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
+                return _integer(shape, int(value), path)
             raise _Invalid(f"{path}: expected an integer")
-        return value
+        return _integer(shape, value, path)
     if t in ("float", "double"):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"{path}: expected a number")
         try:
-            return float(value)
-        except ValueError as exc:
-            raise _Invalid(f"{path}: expected a number") from exc
+            return _finite(float(value), path)
+        except OverflowError as exc:  # an integer too large for a float
+            raise _Invalid(f"{path}: expected a finite number") from exc
     if t == "boolean":
         if not isinstance(value, bool):
             raise _Invalid(f"{path}: expected a boolean")
@@ -281,9 +338,12 @@ def _from_json(shape: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             raise _Invalid(f"{path}: expected a timestamp")
         if isinstance(value, int | float):
-            return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+            try:
+                return _epoch_time(float(value), path)
+            except OverflowError as exc:
+                raise _Invalid(f"{path}: timestamp out of range") from exc
         if isinstance(value, str):
-            return _parse_timestamp_text(value)
+            return _parse_timestamp_text(value, path)
         raise _Invalid(f"{path}: expected a timestamp")
     return value
 
@@ -329,14 +389,41 @@ def _to_json(shape: Any, value: Any) -> Any:
 # ------------------------------------------------------------------------- XML shapes
 
 
-def _parse_xml(body: bytes) -> ET.Element:
+_XML_FEED = 64 * 1024
+
+
+def _parse_xml(body: bytes, limits: Limits = DEFAULT_LIMITS) -> ET.Element:
+    """The root element of a request's XML body. No document types (entity expansion);
+    parsing stops as soon as the nesting or the element count passes its limit, so a
+    hostile body can neither recurse the shape walk nor build a huge tree."""
     upper = body.upper()
     if b"<!DOCTYPE" in upper or b"<!ENTITY" in upper:
         raise _Invalid("XML document type declarations are not accepted")
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))  # no DTDs
+    root: ET.Element | None = None
+    depth = elements = 0
     try:
-        return ET.fromstring(body)  # noqa: S314 - no DTDs (checked above), size bounded by the edge
+        for offset in range(0, max(len(body), 1), _XML_FEED):
+            parser.feed(body[offset:offset + _XML_FEED])
+            for item in parser.read_events():
+                event, element = cast("tuple[str, Any]", item)
+                if event == "end":
+                    depth -= 1
+                    continue
+                depth += 1
+                elements += 1
+                if root is None and isinstance(element, ET.Element):
+                    root = element
+                if depth > limits.max_xml_depth:
+                    raise _Invalid(f"XML is nested deeper than {limits.max_xml_depth} levels")
+                if elements > limits.max_xml_elements:
+                    raise _Invalid(f"XML has more than {limits.max_xml_elements} elements")
+        parser.close()
     except ET.ParseError as exc:
         raise _Invalid(f"malformed XML: {exc}") from exc
+    if root is None:
+        raise _Invalid("malformed XML: no root element")
+    return root
 
 
 def _local(tag: str) -> str:
@@ -446,28 +533,6 @@ def _xml_bytes(root: ET.Element) -> bytes:
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(text)
 
 
-# --------------------------------------------------------------------- validation
-
-
-def _check_required(shape: Any, value: Any, path: str) -> None:
-    t = shape.type_name
-    if value is None:
-        return
-    if t == "structure" and isinstance(value, dict) and not getattr(shape, "is_document_type", False):
-        for name in shape.required_members:
-            if value.get(name) is None:
-                raise _Invalid(f"Missing required parameter {path + '.' if path else ''}{name}")
-        for name, member in shape.members.items():
-            if name in value:
-                _check_required(member, value[name], f"{path}.{name}" if path else name)
-    elif t == "list" and isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_required(shape.member, item, f"{path}[{i}]")
-    elif t == "map" and isinstance(value, dict):
-        for k, item in value.items():
-            _check_required(shape.value, item, f"{path}.{k}")
-
-
 # ------------------------------------------------------------------------ protocols
 
 
@@ -501,18 +566,23 @@ class ServiceProtocol(abc.ABC):
     def resolve(self, req: HttpRequest) -> ResolvedOperation:
         """Each wire protocol implements this."""
 
-    def parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
+    def parse(self, resolved: ResolvedOperation, req: HttpRequest, *,
+              limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+        """The operation's input members, checked against every constraint of the model;
+        raises only `ApiError`."""
         try:
-            params = self._parse(resolved, req)
-            shape = resolved.operation.input_shape
-            if shape is not None:
-                _check_required(shape, params, "")
+            params = self._parse(resolved, req, limits)
         except _Invalid as exc:
             raise self.invalid(str(exc)) from exc
+        shape = resolved.operation.input_shape
+        if shape is not None:
+            problems = input_problems(shape, params, enums=self.name != "s3")
+            if problems:
+                raise self.invalid(describe(problems))
         return params
 
     @abc.abstractmethod
-    def _parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
+    def _parse(self, resolved: ResolvedOperation, req: HttpRequest, limits: Limits) -> dict[str, Any]:
         """Each wire protocol implements this."""
 
     @abc.abstractmethod
@@ -689,7 +759,7 @@ class RestProtocol(ServiceProtocol):
                 out.append((route, labels))
         return out
 
-    def _parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
+    def _parse(self, resolved: ResolvedOperation, req: HttpRequest, limits: Limits) -> dict[str, Any]:
         shape = resolved.operation.input_shape
         if shape is None:
             return {}
@@ -702,21 +772,21 @@ class RestProtocol(ServiceProtocol):
             wire = str(ser.get("name", name))
             if location == "uri":
                 if wire in resolved.labels:
-                    params[name] = _from_text(member, resolved.labels[wire], name)
+                    params[name] = _from_text(member, resolved.labels[wire], name, limits)
             elif location == "querystring":
                 claimed.add(wire)
                 if member.type_name == "list":
                     values = req.query_values(wire)
                     if values:
-                        params[name] = [_from_text(member.member, v, name) for v in values]
+                        params[name] = [_from_text(member.member, v, name, limits) for v in values]
                 elif member.type_name != "map":
                     value = req.query_value(wire)
                     if value is not None:
-                        params[name] = _from_text(member, value, name)
+                        params[name] = _from_text(member, value, name, limits)
             elif location == "header":
                 value = req.headers.get(wire.lower())
                 if value is not None:
-                    params[name] = _from_text(member, value, name)
+                    params[name] = _from_text(member, value, name, limits)
             elif location == "headers":
                 prefix = wire.lower()
                 found = {k[len(prefix) :]: v for k, v in req.headers.items() if k.startswith(prefix)}
@@ -738,9 +808,9 @@ class RestProtocol(ServiceProtocol):
                 if req.body:
                     params[payload] = req.body.decode("utf-8", "replace")
             elif req.body.strip():
-                params[payload] = self._parse_body(member, req.body, payload_root=True)
+                params[payload] = self._parse_body(member, req.body, payload_root=True, limits=limits)
         elif has_body_members and req.body.strip():
-            params.update(self._parse_body(shape, req.body, payload_root=False))
+            params.update(self._parse_body(shape, req.body, payload_root=False, limits=limits))
         return params
 
     @staticmethod
@@ -749,7 +819,7 @@ class RestProtocol(ServiceProtocol):
         return [(p.partition("=")[0], None) for p in query.split("&") if p]
 
     @abc.abstractmethod
-    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool) -> Any:
+    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool, limits: Limits) -> Any:
         """Each wire protocol implements this."""
 
     def serialize(
@@ -819,12 +889,8 @@ class RestProtocol(ServiceProtocol):
 class RestJsonProtocol(RestProtocol):
     protocol = "rest-json"
 
-    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool) -> Any:
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise ApiError("SerializationException", f"Request body is not valid JSON: {exc}", 400) from exc
-        return _from_json(shape, doc, "")
+    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool, limits: Limits) -> Any:
+        return _from_json(shape, _json_body(body, limits), "")
 
     def _write_body(self, shape: Any, value: Mapping[str, Any], root: str) -> tuple[bytes, str]:
         return json.dumps(_to_json(shape, value)).encode("utf-8"), "application/json"
@@ -851,9 +917,9 @@ class RestXmlProtocol(RestProtocol):
     def request_id_headers(self, request_id: str) -> list[tuple[str, str]]:
         return [("x-amz-request-id", request_id), ("x-amz-id-2", request_id)]
 
-    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool) -> Any:
+    def _parse_body(self, shape: Any, body: bytes, *, payload_root: bool, limits: Limits) -> Any:
         try:
-            root = _parse_xml(body)
+            root = _parse_xml(body, limits)
         except _Invalid as exc:
             raise ApiError("MalformedXML", str(exc), 400) from exc
         return _from_xml(shape, root, "")
@@ -876,9 +942,18 @@ class RestXmlProtocol(RestProtocol):
         root = ET.Element("Error")
         ET.SubElement(root, "Code").text = error.code
         ET.SubElement(root, "Message").text = error.message
+        for name, value in error.fields:
+            ET.SubElement(root, name).text = value
         ET.SubElement(root, "RequestId").text = request_id
         headers.append(("Content-Type", "application/xml"))
         return HttpResponse(error.status, headers, _xml_bytes(root))
+
+
+def _json_body(body: bytes, limits: Limits) -> Any:
+    try:
+        return wirejson.loads(body, limits=limits, what="Request body")
+    except DecodeError as exc:
+        raise ApiError("SerializationException", exc.message, 400) from exc
 
 
 class JsonProtocol(ServiceProtocol):
@@ -900,14 +975,11 @@ class JsonProtocol(ServiceProtocol):
             raise self.unknown_operation(f"{req.method} {target} (only POST)")
         return ResolvedOperation(self.model.operation_model(op_name))
 
-    def _parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
+    def _parse(self, resolved: ResolvedOperation, req: HttpRequest, limits: Limits) -> dict[str, Any]:
         shape = resolved.operation.input_shape
         if shape is None:
             return {}
-        try:
-            doc = json.loads(req.body) if req.body.strip() else {}
-        except ValueError as exc:
-            raise ApiError("SerializationException", f"Request body is not valid JSON: {exc}", 400) from exc
+        doc = _json_body(req.body, limits) if req.body.strip() else {}
         result = _from_json(shape, doc, "")
         return dict(result) if result else {}
 
@@ -939,15 +1011,27 @@ class QueryProtocol(ServiceProtocol):
         self.xmlns = str(model.metadata.get("xmlNamespace", ""))
 
     @staticmethod
-    def _form(req: HttpRequest) -> dict[str, str]:
+    def _form(req: HttpRequest, limits: Limits = DEFAULT_LIMITS) -> dict[str, str]:
+        """The request's parameters (query string and form body). Bounded: at most
+        `max_query_fields` fields, each name at most `max_query_name_parts` dotted parts
+        (the shape walk builds every prefix of every name)."""
         form = dict(req.query)
         ctype = req.headers.get("content-type", "")
         if req.body and (not ctype or ctype.startswith("application/x-www-form-urlencoded")):
             try:
                 text = req.body.decode("utf-8")
+                form.update(parse_qsl(text, keep_blank_values=True, max_num_fields=limits.max_query_fields))
             except UnicodeDecodeError as exc:
                 raise ApiError("MalformedQueryString", "Form body is not UTF-8", 400) from exc
-            form.update(parse_qsl(text, keep_blank_values=True))
+            except ValueError as exc:  # more fields than max_num_fields
+                raise ApiError("MalformedQueryString",
+                               f"Form body has more than {limits.max_query_fields} fields", 400) from exc
+        if len(form) > limits.max_query_fields:
+            raise ApiError("MalformedQueryString", f"More than {limits.max_query_fields} parameters", 400)
+        for key in form:
+            if key.count(".") >= limits.max_query_name_parts:
+                raise ApiError("MalformedQueryString", f"Parameter name {key[:64]!r} has more than "
+                               f"{limits.max_query_name_parts} parts", 400)
         return form
 
     def resolve(self, req: HttpRequest) -> ResolvedOperation:
@@ -958,11 +1042,11 @@ class QueryProtocol(ServiceProtocol):
             raise self.unknown_operation(f"Action={action}")
         return ResolvedOperation(self.model.operation_model(action))
 
-    def _parse(self, resolved: ResolvedOperation, req: HttpRequest) -> dict[str, Any]:
+    def _parse(self, resolved: ResolvedOperation, req: HttpRequest, limits: Limits) -> dict[str, Any]:
         shape = resolved.operation.input_shape
         if shape is None:
             return {}
-        form = self._form(req)
+        form = self._form(req, limits)
         prefixes: set[str] = set()
         for key in form:
             parts = key.split(".")
@@ -1001,6 +1085,8 @@ class QueryProtocol(ServiceProtocol):
         ET.SubElement(err, "Type").text = "Sender" if error.status < 500 else "Receiver"
         ET.SubElement(err, "Code").text = error.code
         ET.SubElement(err, "Message").text = error.message
+        for name, value in error.fields:
+            ET.SubElement(err, name).text = value
         ET.SubElement(top, "RequestId").text = request_id
         headers = [*self.request_id_headers(request_id), ("Content-Type", "text/xml")]
         return HttpResponse(error.status, headers, b"" if head else _xml_bytes(top))

@@ -7,6 +7,7 @@ import binascii
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from overair.core.asciinum import parse_uint
 from overair.server.api.contract import invalid
 
 T = TypeVar("T")
@@ -22,9 +23,13 @@ def paginate(items: Sequence[T], params: dict[str, Any], *, limit_key: str = "ma
     token = params.get(token_key)
     if token:
         try:
-            start = int(base64.urlsafe_b64decode(token.encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            text = base64.urlsafe_b64decode(token.encode("utf-8")).decode("ascii")
+            decoded = parse_uint(text, max_digits=9)
+        except (ValueError, binascii.Error) as exc:  # not base64 / not ASCII
             raise invalid(f"{token_key} is not valid") from exc
+        if decoded is None:
+            raise invalid(f"{token_key} is not valid")
+        start = decoded
     page = list(items[start:start + size])
     end = start + size
     return page, (base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None)

@@ -15,12 +15,15 @@ the multipart upload operations of `s3_multipart.py`. Any other S3 operation ans
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from overair.core import wirejson
+from overair.core.asciinum import parse_uint
+from overair.core.errors import DecodeError, PeerInputError
+from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.api import s3_multipart
 from overair.server.api.contract import ApiError, Caller
 from overair.server.api.models import S3_XMLNS
@@ -47,6 +50,14 @@ from overair.server.storage.objects import (
 
 # (caller, action such as "s3:GetObject", resource ARN) -> None, or raise ApiError (AccessDenied).
 S3Authorizer = Callable[[Caller, str, str], None]
+
+
+class BucketPolicyPrincipals(Protocol):
+    """Binds the IAM users and roles a bucket policy names to their unique ids when it is
+    stored, and shows them as ARNs again (server/iam/principals.py; threat O1)."""
+
+    def bind(self, document: str) -> str: ...  # raises PeerInputError: invalid policy
+    def render(self, document: str) -> str: ...
 Handler = Callable[[dict[str, Any], Caller], S3Reply]
 
 _ROOTS = {
@@ -95,9 +106,9 @@ def decode_body(req: IncomingRequest, auth: AuthResult) -> tuple[bytes, dict[str
         decoded_raw = headers.get("x-amz-decoded-content-length")
         decoded_length: int | None = None
         if decoded_raw is not None:
-            if not decoded_raw.strip().isdigit():
+            decoded_length = parse_uint(decoded_raw.strip())
+            if decoded_length is None:
                 raise ApiError("InvalidArgument", "x-amz-decoded-content-length is not a number", 400)
-            decoded_length = int(decoded_raw)
         body, trailers = decode_aws_chunked(body, auth, decoded_length)
         declared = {t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()}
         for name in trailers:
@@ -129,17 +140,21 @@ def _params_only(handler: Callable[[dict[str, Any]], S3Reply]) -> Handler:
     return lambda params, _caller: handler(params)
 
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# One byte range, ASCII digits of a bounded length (longer is past any object size and
+# parses as "not a range" rather than as a 5,000-digit integer).
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,20})-([0-9]{0,20})")
 
 
-def _parse_range(spec: str, size: int) -> tuple[int, int] | None:
+def parse_range(spec: str, size: int) -> tuple[int, int] | None:
     """Inclusive (start, end) for a single byte range; None to serve the whole object."""
-    match = _RANGE_RE.match(spec.strip())
+    match = _RANGE_RE.fullmatch(spec.strip())
     if match is None:
         return None  # multiple or unknown ranges: S3 serves the whole object
     first, last = match.groups()
     if not first and not last:
         return None
+    if size == 0:  # no byte of an empty object can be selected (RFC 9110 14.1.1)
+        raise _invalid_range(size)
     if not first:
         length = int(last)
         if length == 0:
@@ -166,10 +181,14 @@ class S3Api:
         region: str,
         authorize: S3Authorizer | None = None,
         partition: str = "aws",
+        limits: Limits = DEFAULT_LIMITS,
+        bucket_policies: BucketPolicyPrincipals | None = None,
     ) -> None:
         self.objects = objects
+        self._bucket_policies = bucket_policies
         self.region = region
         self.partition = partition
+        self.limits = limits
         self._authorize = authorize
         self.multipart = s3_multipart.MultipartOps(MultipartStore(objects))
         simple: dict[str, Callable[[dict[str, Any]], S3Reply]] = {
@@ -293,11 +312,17 @@ class S3Api:
     def put_bucket_policy(self, params: dict[str, Any]) -> S3Reply:
         policy = params.get("Policy") or ""
         try:
-            doc = json.loads(policy)
-        except ValueError as exc:
-            raise ApiError("MalformedPolicy", f"Policy is not valid JSON: {exc}", 400) from exc
+            doc = wirejson.loads(policy.encode("utf-8"), limits=self.limits,
+                                 max_bytes=self.limits.max_bucket_policy_bytes, what="Policy")
+        except DecodeError as exc:
+            raise ApiError("MalformedPolicy", exc.message, 400) from exc
         if not isinstance(doc, dict) or "Statement" not in doc:
             raise ApiError("MalformedPolicy", "Policy must be a JSON object with a Statement", 400)
+        if self._bucket_policies is not None:
+            try:
+                policy = self._bucket_policies.bind(policy)
+            except PeerInputError as exc:
+                raise ApiError("MalformedPolicy", exc.message, 400) from None
         self.objects.set_bucket_policy(params["Bucket"], policy)
         return S3Reply(status=204)
 
@@ -305,6 +330,8 @@ class S3Api:
         policy = self.objects.get_bucket_policy(params["Bucket"])
         if policy is None:
             raise ApiError("NoSuchBucketPolicy", "The bucket policy does not exist", 404)
+        if self._bucket_policies is not None:
+            policy = self._bucket_policies.render(policy)
         return S3Reply({"Policy": policy})
 
     def delete_bucket_policy(self, params: dict[str, Any]) -> S3Reply:
@@ -356,7 +383,7 @@ class S3Api:
         apply_overrides(params, output)
         status = None
         spec = params.get("Range")
-        window = _parse_range(spec, obj.size) if spec else None
+        window = parse_range(spec, obj.size) if spec else None
         if window is not None:
             start, end = window
             data = data[start : end + 1]

@@ -106,6 +106,15 @@ def _composite(algorithm: str, parts: list[PartInfo]) -> str:
     return composite_b64(algorithm, values)
 
 
+def _requested_part(part: dict[str, Any]) -> RequestedPart:
+    """One <Part> of a CompleteMultipartUpload body; the model leaves its members optional,
+    S3 does not."""
+    number = part.get("PartNumber")
+    if number is None:
+        raise ApiError("MalformedXML", "Every Part of CompleteMultipartUpload needs a PartNumber", 400)
+    return RequestedPart(int(number), str(part.get("ETag") or ""), sent_checksums(part))
+
+
 class MultipartOps:
     """The handlers; `S3Api` routes to them and authorizes each call first."""
 
@@ -166,10 +175,7 @@ class MultipartOps:
                 "NotImplemented", "Conditional CompleteMultipartUpload is not implemented by overair", 501
             )
         bucket, key, upload_id = params["Bucket"], params["Key"], params["UploadId"]
-        requested = [
-            RequestedPart(int(p["PartNumber"]), str(p.get("ETag") or ""), sent_checksums(p))
-            for p in (params.get("MultipartUpload") or {}).get("Parts") or []
-        ]
+        requested = [_requested_part(p) for p in (params.get("MultipartUpload") or {}).get("Parts") or []]
         upload = self.uploads.get_upload(bucket, key, upload_id)
         claimed = sent_checksums(params)
         unsupported = [m for m in _OTHER_CHECKSUM_MEMBERS if params.get(m)]

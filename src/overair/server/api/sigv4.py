@@ -13,6 +13,10 @@ Failure codes (all raised as `SigV4Error`, an `ApiError`):
 |---|---|---|
 | no Authorization header and no X-Amz-Signature | MissingAuthenticationToken | 403 |
 | malformed header / query parameters / scope | IncompleteSignature | 400 |
+| scope for another region, S3 header | AuthorizationHeaderMalformed | 400 |
+| scope for another region, S3 presigned URL | AuthorizationQueryParametersError | 400 |
+| scope for another region, iam and sts | SignatureDoesNotMatch | 403 |
+| scope for another region, other services | InvalidSignatureException | 403 |
 | unknown access key id | InvalidClientTokenId | 403 |
 | key exists but is not active | InactiveAccessKey | 403 |
 | signature mismatch (also a bad aws-chunked chunk signature) | SignatureDoesNotMatch | 403 |
@@ -25,6 +29,17 @@ S3 pre-signed GET/HEAD URLs in the older query form (`AWSAccessKeyId`, `Signatur
 `Expires`: what boto3's `generate_presigned_url` still produces by default for
 us-east-1) are verified with botocore's `HmacV1QueryAuth` canonicalisation; they
 carry no credential scope, so their `AuthResult.region` is empty.
+
+The region of the credential scope must be this server's (threat O1: a signature for
+another region is a signature for another endpoint, and AWS refuses it). IAM and STS
+are global services whose one endpoint signs with the partition's global region
+(us-east-1 in `aws`), so for them that region is accepted too. The answer is AWS's for
+each service family (see the table).
+
+Every number in a header or the query is read with `core/asciinum.py` (ASCII digits,
+bounded length), and the request URL handed to botocore's signer never contains the
+Host header (which is signed as a header): a hostile Host such as `[x` cannot make
+URL parsing fail.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
+from overair.core.asciinum import parse_hex, parse_uint
 from overair.server.api.contract import ApiError, Credential, CredentialLookup
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -59,7 +75,15 @@ STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 STREAMING_MODES = (STREAMING_UNSIGNED_TRAILER, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SCOPE_DATE = re.compile(r"[0-9]{8}")
+_AMZ_TIMESTAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+# The URL given to botocore's signer: only its path and query are canonicalised, and the
+# Host header is signed as a header, so the URL's host is a constant (see module doc).
+_SIGNING_HOST = "overair.invalid"
+# Services with one global endpoint, and the region that endpoint signs with per partition.
+GLOBAL_SERVICES = frozenset({"iam", "sts"})
+GLOBAL_SIGNING_REGIONS = {"aws": "us-east-1", "aws-cn": "cn-north-1", "aws-us-gov": "us-gov-west-1"}
 _AUTH_PARAM = re.compile(r"(\w+)=([^,\s]*)")
 
 
@@ -160,9 +184,33 @@ def _parse_scope(credential: str) -> tuple[str, str, str, str]:
             f"Credential must have the form AKID/yyyymmdd/region/service/aws4_request, got {credential!r}"
         )
     akid, date, region, service, _ = parts
-    if not re.fullmatch(r"\d{8}", date):
+    if not _SCOPE_DATE.fullmatch(date):
         raise _malformed(f"Invalid credential scope date {date!r}")
     return akid, date, region, service
+
+
+def accepted_regions(service: str, region: str, partition: str = "aws") -> frozenset[str]:
+    """The credential-scope regions a server in `region` accepts for `service`."""
+    if service in GLOBAL_SERVICES and partition in GLOBAL_SIGNING_REGIONS:
+        return frozenset({region, GLOBAL_SIGNING_REGIONS[partition]})
+    return frozenset({region})
+
+
+def check_region(parts: SignatureParts, region: str, partition: str = "aws") -> None:
+    """Refuse a credential scope for another region, in the words AWS uses per service."""
+    if parts.region in accepted_regions(parts.service, region, partition):
+        return
+    wrong = parts.region
+    if parts.service == "s3":
+        if parts.presigned:
+            raise SigV4Error("AuthorizationQueryParametersError",
+                             f"Error parsing the X-Amz-Credential parameter; the region {wrong!r} is wrong; "
+                             f"expecting {region!r}", 400, fields=(("Region", region),))
+        raise SigV4Error("AuthorizationHeaderMalformed",
+                         f"The authorization header is malformed; the region {wrong!r} is wrong; "
+                         f"expecting {region!r}", 400, fields=(("Region", region),))
+    code = "SignatureDoesNotMatch" if parts.service in GLOBAL_SERVICES else "InvalidSignatureException"
+    raise SigV4Error(code, f"Credential should be scoped to a valid region, not {wrong!r}.", 403)
 
 
 def _parse_auth_header(auth: str, req: IncomingRequest) -> SignatureParts:
@@ -200,8 +248,8 @@ def _parse_presigned(q: dict[str, str]) -> SignatureParts:
     if q["X-Amz-Algorithm"] != ALGORITHM:
         raise _malformed(f"Unsupported X-Amz-Algorithm {q['X-Amz-Algorithm']!r}")
     akid, date, region, service = _parse_scope(q["X-Amz-Credential"])
-    expires_raw = q.get("X-Amz-Expires", "")
-    if not expires_raw.isdigit() or not 1 <= int(expires_raw) <= MAX_PRESIGN_EXPIRES:
+    expires = parse_uint(q.get("X-Amz-Expires", ""), max_digits=12)
+    if expires is None or not 1 <= expires <= MAX_PRESIGN_EXPIRES:
         raise _malformed(f"X-Amz-Expires must be between 1 and {MAX_PRESIGN_EXPIRES} seconds")
     return SignatureParts(
         access_key_id=akid,
@@ -212,23 +260,26 @@ def _parse_presigned(q: dict[str, str]) -> SignatureParts:
         signature=q["X-Amz-Signature"],
         timestamp=q["X-Amz-Date"],
         presigned=True,
-        expires=int(expires_raw),
+        expires=expires,
     )
 
 
 def _http_date_to_amz(value: str) -> str:
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError) as exc:
-        raise _malformed(f"Invalid Date header {value!r}") from exc
-    return time.strftime(SIGV4_TIMESTAMP, time.gmtime(parsed.timestamp()))
+        return time.strftime(SIGV4_TIMESTAMP, time.gmtime(parsed.timestamp()))
+    except (TypeError, ValueError, IndexError, OverflowError, OSError) as exc:
+        # The email parser raises any of these on hostile dates; all mean "not a date".
+        raise _malformed(f"Invalid Date header {value[:64]!r}") from exc
 
 
 def amz_timestamp_to_epoch(timestamp: str) -> float:
     try:
+        if not _AMZ_TIMESTAMP.fullmatch(timestamp):
+            raise ValueError(timestamp)
         return float(calendar.timegm(time.strptime(timestamp, SIGV4_TIMESTAMP)))
     except ValueError as exc:
-        raise _malformed(f"Invalid X-Amz-Date {timestamp!r}; expected yyyymmddThhmmssZ") from exc
+        raise _malformed(f"Invalid X-Amz-Date {timestamp[:64]!r}; expected yyyymmddThhmmssZ") from exc
 
 
 class _Reconstructed:
@@ -279,9 +330,8 @@ def compute_signature(
     req: IncomingRequest, parts: SignatureParts, secret: str, payload_hash: str
 ) -> tuple[str, Any]:
     """Recompute the signature with botocore; return it and the signer used."""
-    host = req.header("host") or ""
     query = _strip_signature_param(req.raw_query) if parts.presigned else req.raw_query
-    url = f"{req.scheme}://{host}{req.raw_path or '/'}"
+    url = f"https://{_SIGNING_HOST}{req.raw_path or '/'}"
     if query:
         url += "?" + query
     headers = HTTPHeaders()
@@ -347,8 +397,10 @@ def check_session_token(req: IncomingRequest, credential: Credential, now: float
         raise SigV4Error("ExpiredToken", "The security token included in the request is expired", 403)
 
 
-def verify_request(req: IncomingRequest, lookup: CredentialLookup, now: float) -> AuthResult:
-    """Authenticate a request signed with SigV4; raise `SigV4Error` naming the failed check.
+def verify_request(req: IncomingRequest, lookup: CredentialLookup, now: float, *, region: str,
+                   partition: str = "aws") -> AuthResult:
+    """Authenticate a request signed with SigV4 for this server's `region`; raise
+    `SigV4Error` naming the failed check.
 
     S3 pre-signed GET/HEAD URLs in the older query form (`AWSAccessKeyId`, `Signature`,
     `Expires`), which boto3 still generates by default for us-east-1, are accepted too."""
@@ -356,6 +408,7 @@ def verify_request(req: IncomingRequest, lookup: CredentialLookup, now: float) -
     if v2 is not None and req.header("authorization") is None:
         return _verify_v2_query(req, v2, lookup, now)
     parts = parse_signature(req)
+    check_region(parts, region, partition)
     if "host" not in {h.strip().lower() for h in parts.signed_headers}:
         raise _malformed("SignedHeaders must include 'host'")
     if parts.timestamp[:8] != parts.date:
@@ -423,8 +476,9 @@ def _verify_v2_query(req: IncomingRequest, q: dict[str, str], lookup: Credential
                      now: float) -> AuthResult:
     if req.method not in ("GET", "HEAD"):
         raise _malformed("Query-string signature version 2 is only accepted for GET and HEAD")
-    expires = q.get("Expires", "")
-    if not expires.isdigit():
+    expires_text = q.get("Expires", "")
+    expires = parse_uint(expires_text, max_digits=12)
+    if expires is None:
         raise _malformed("Query-string authentication requires a numeric Expires parameter")
     credential = _lookup(lookup, q["AWSAccessKeyId"])
     headers = HTTPHeaders()
@@ -437,8 +491,9 @@ def _verify_v2_query(req: IncomingRequest, q: dict[str, str], lookup: Credential
         if lname in ("content-md5", "content-type") or lname.startswith("x-amz-"):
             del headers[lname]
             headers.add_header(lname, value)
-    signer = _V2QueryVerifier(Credentials(credential.access_key_id, credential.secret_access_key), expires)
-    url = f"{req.scheme}://{req.header('host') or ''}{req.raw_path or '/'}?{req.raw_query}"
+    signer = _V2QueryVerifier(Credentials(credential.access_key_id, credential.secret_access_key),
+                              expires_text)
+    url = f"https://{_SIGNING_HOST}{req.raw_path or '/'}?{req.raw_query}"
     canonical = signer.canonical_string(req.method, urlsplit(url), headers)
     expected = str(signer.sign_string(canonical))
     if not hmac.compare_digest(expected.encode(), q["Signature"].encode()):
@@ -446,9 +501,9 @@ def _verify_v2_query(req: IncomingRequest, q: dict[str, str], lookup: Credential
     if not credential.active:
         raise SigV4Error("InactiveAccessKey", f"The access key {credential.access_key_id} is not active", 403)
     check_session_token(req, credential, now)
-    if now > int(expires):
+    if now > expires:
         raise SigV4Error("RequestExpired", "Request has expired (presigned URL past Expires)", 403)
-    if int(expires) - now > MAX_PRESIGN_EXPIRES:
+    if expires - now > MAX_PRESIGN_EXPIRES:
         raise _malformed(f"Expires must be within {MAX_PRESIGN_EXPIRES} seconds from now")
 
     def no_chunks(_: str) -> str:
@@ -478,7 +533,7 @@ def _check_payload_hash(req: IncomingRequest, service: str, payload_hash: str) -
         if payload_hash.startswith("STREAMING-") and payload_hash not in STREAMING_MODES:
             raise SigV4Error("XAmzContentSHA256Mismatch", f"Unsupported payload mode {payload_hash}", 400)
         return
-    if not _HEX64.match(payload_hash):
+    if not _HEX64.fullmatch(payload_hash):
         raise SigV4Error("XAmzContentSHA256Mismatch", "x-amz-content-sha256 is not a SHA-256 hex digest", 400)
     actual = hashlib.sha256(req.body).hexdigest()
     if not hmac.compare_digest(actual, payload_hash):
@@ -513,11 +568,10 @@ def decode_aws_chunked(body: bytes, auth: AuthResult, decoded_length: int | None
         header = body[pos:eol].decode("latin-1")
         pos = eol + 2
         size_text, _, ext = header.partition(";")
-        try:
-            size = int(size_text.strip(), 16)
-        except ValueError as exc:
-            raise _incomplete(f"Invalid aws-chunked chunk size {size_text!r}") from exc
-        if size < 0 or pos + size > len(body):
+        size = parse_hex(size_text.strip())
+        if size is None:
+            raise _incomplete(f"Invalid aws-chunked chunk size {size_text[:32]!r}")
+        if pos + size > len(body):
             raise _incomplete("aws-chunked chunk is longer than the body")
         chunk = body[pos : pos + size]
         pos += size

@@ -24,9 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from overair.core.asciinum import parse_uint
+
 FORMAT = 1
 GENESIS = hashlib.sha256(b"overair audit log genesis v1").hexdigest()
-_HASH = re.compile(r"^[0-9a-f]{64}$")
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,10 @@ EMPTY_HEAD = Head(0, GENESIS)
 def parse_head(text: str) -> Head:
     """`SEQ:HASH` as printed by `overair audit head`; ValueError with the reason otherwise."""
     seq_text, sep, digest = text.strip().partition(":")
-    if not sep or not seq_text.isdigit() or not _HASH.match(digest):
+    seq = parse_uint(seq_text, max_digits=19)  # ASCII digits only: isdigit() passes "²"
+    if not sep or seq is None or not _HASH.fullmatch(digest):
         raise ValueError(f"{text!r} is not a head: expected SEQ:HASH, e.g. 42:{GENESIS}")
-    return Head(int(seq_text), digest)
+    return Head(seq, digest)
 
 
 def canonical_json(value: Any) -> str:

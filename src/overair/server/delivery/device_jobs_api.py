@@ -6,6 +6,14 @@ SigV4, as AWS IoT does for devices.
 Requests are routed, parsed and answered with botocore's iot-jobs-data model, like the
 operator API. The certificate must be ACTIVE and attached to the thing named in the path
 (threat N4); the job logic is the same JobService the MQTT Jobs API uses.
+
+Everything a device sends is hostile until checked, in this order: a client
+certificate, the certificate's request budget (delivery/budgets.py; over it, 429
+ThrottlingException, counted in the audit log), a body of bounded size that is valid,
+bounded JSON (core/wirejson.py) before the model parses it, the thing and job names
+against their patterns, then the same field checks as the MQTT API (core/jobs_wire.py).
+Failures are translated once, in `_endpoint`, to the model's errors (4xx; 503 when a
+dependency is down, through the edge's one translation table, api/faults.py).
 """
 
 from __future__ import annotations
@@ -21,17 +29,25 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from overair.core import jobs_wire as wire
-from overair.core.errors import DecodeError
+from overair.core import topics, wirejson
+from overair.core.asciinum import parse_uint
+from overair.core.errors import PeerInputError
 from overair.core.jobstates import ExecStatus
+from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.api.contract import ApiError
+from overair.server.api.faults import to_api_error
 from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
+from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
+from overair.server.clock import Clock, system_clock
+from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.tls_peer import peer_certificate
 from overair.server.jobs.service import JobService, JobsMqttError
 from overair.server.registry.service import Registry
 
 log = logging.getLogger("overair.devices")
-MAX_BODY = 64 * 1024
+INVALID = "InvalidRequestException"
+THROTTLED_ACTION = "iot-jobs-data:*"  # throttling comes before the operation is known
 # Jobs MQTT error codes as the HTTP API reports them.
 _HTTP_ERRORS = {
     wire.RESOURCE_NOT_FOUND: ("ResourceNotFoundException", 404),
@@ -52,11 +68,36 @@ def _execution(view: wire.ExecutionView, with_document: bool) -> dict[str, Any]:
 _SUPPORTED = frozenset({"GetPendingJobExecutions", "StartNextPendingJobExecution", "DescribeJobExecution",
                         "UpdateJobExecution"})
 
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes without reading the rest."""
+    declared = parse_uint(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class DeviceJobsApi:
-    def __init__(self, jobs: JobService, registry: Registry, audit: AuditLog) -> None:
+    def __init__(self, jobs: JobService, registry: Registry, audit: AuditLog, limits: Limits = DEFAULT_LIMITS,
+                 clock: Clock = system_clock) -> None:
         self._jobs = jobs
         self._registry = registry
         self._audit = audit
+        self._limits = limits
+        self._clock = clock
+        self._budgets = DeviceBudgets(limits)
+        self.events = DeviceEventRecorder(audit, clock, limits)
         self._service: ServiceProtocol = load_services()["iot-jobs-data"]
 
     def routes(self) -> list[BaseRoute]:
@@ -66,54 +107,87 @@ class DeviceJobsApi:
                 Route("/command-executions", self._endpoint, methods=["POST"])]
 
     async def _endpoint(self, request: Request) -> Response:
+        """The one translation point of this API: every failure becomes the model's error."""
         request_id = str(uuid.uuid4())
-        body = await request.body()
-        der = peer_certificate(request.scope)
-        raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
-        http = HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
-                           {k.lower(): v for k, v in request.headers.items()}, body)
         try:
-            if len(body) > MAX_BODY:
-                raise ApiError("InvalidRequestException", "request body too large", 400)
-            reply = await run_in_threadpool(self._handle, http, der, request_id)
-        except ApiError as exc:
-            reply = self._service.render_error(exc, request_id)
+            cert, principal = self._certificate(request)
+            if not self._budgets.take(principal, Kind.HTTPS_API, self._clock()):
+                self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
+                raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
+            try:
+                body = await _bounded_body(request, self._limits.max_job_message_bytes)
+            except _TooLarge:
+                raise ApiError(INVALID, "request body too large", 400) from None
+            raw_path = (request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
+                        or request.url.path)
+            http = HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
+                               {k.lower(): v for k, v in request.headers.items()}, body)
+            reply = await run_in_threadpool(self._handle, http, cert, principal, request_id)
+        except Exception as exc:
+            error = to_api_error(exc, self._service.protocol, INVALID)
+            if error is None:
+                log.exception("device jobs request %s failed", request_id)
+                error = ApiError("ServiceUnavailableException",
+                                 f"internal error (request id {request_id}); try again", 503)
+            reply = self._service.render_error(error, request_id)
         return Response(reply.body, reply.status, headers=dict(reply.headers))
 
-    def _handle(self, http: HttpRequest, der: bytes | None, request_id: str) -> HttpResponse:
+    @staticmethod
+    def _certificate(request: Request) -> tuple[x509.Certificate, str]:
+        der = peer_certificate(request.scope)
+        if der is None:
+            raise ApiError("CertificateValidationException",
+                           "the Jobs API needs the device's client certificate (mutual TLS)", 400)
+        # Verified against the fleet CA by the TLS layer already.
+        cert = x509.load_der_x509_certificate(der)
+        return cert, f"cert/{cert.serial_number:x}"
+
+    def _handle(self, http: HttpRequest, cert: x509.Certificate, principal: str,
+                request_id: str) -> HttpResponse:
+        if http.body.strip():
+            # Bounded decoding first: the model's parser must never see a body nested
+            # 1,000 deep, a number of 400 digits, or anything but the object every
+            # iot-jobs-data body is.
+            body = wirejson.loads(http.body, limits=self._limits,
+                                  max_bytes=self._limits.max_job_message_bytes, what="request body")
+            if not isinstance(body, dict):
+                raise ApiError(INVALID, "the request body must be a JSON object", 400)
         resolved = self._service.resolve(http)
         if resolved.name not in _SUPPORTED:
             raise ApiError("NotImplementedException",
                            f"iot-jobs-data:{resolved.name} is not implemented by overair", 501)
         params = self._service.parse(resolved, http)
-        thing = str(params.get("thingName", ""))
-        self._authorize(der, thing, resolved.name)
+        thing = params.get("thingName")
+        if not isinstance(thing, str) or not topics.is_thing_name(thing):
+            raise ApiError(INVALID, "thingName must be 1-128 characters of [a-zA-Z0-9:_-]", 400)
+        job_id = params.get("jobId")
+        if job_id is not None and (not isinstance(job_id, str) or not topics.is_job_id(job_id)):
+            raise ApiError(INVALID, "jobId must be 1-64 characters of [a-zA-Z0-9_-]", 400)
+        self._authorize(cert, principal, thing, resolved.name)
         updating = resolved.name == "UpdateJobExecution"
-        job_arn = self._jobs.job_arn(str(params.get("jobId", "")))
+        job_arn = self._jobs.job_arn(str(job_id or ""))
         try:
             result = self._operation(resolved.name, thing, params)
-        except (JobsMqttError, DecodeError) as exc:
+        except PeerInputError as exc:  # JobsMqttError, DecodeError: the device's request
             if updating:
-                self._audit.record_status_update(thing, job_arn, "Rejected", {"code": exc.code,
-                                                                              "reason": exc.message})
-            if isinstance(exc, DecodeError):
-                raise ApiError("InvalidRequestException", exc.message, 400) from exc
-            code, status = _HTTP_ERRORS.get(exc.code, ("InvalidRequestException", 400))
-            raise ApiError(code, exc.message, status) from exc
+                self.events.refused(principal=f"thing/{thing}", action="iot:UpdateJobExecution",
+                                    resource=job_arn, decision="Rejected", reason=exc.code,
+                                    detail={"code": exc.code, "message": exc.message[:512]})
+            if isinstance(exc, JobsMqttError):
+                code, status = _HTTP_ERRORS.get(exc.code, (INVALID, 400))
+                raise ApiError(code, exc.message, status) from exc
+            raise ApiError(INVALID, exc.message, 400) from exc
         if updating and ExecStatus(str(params.get("status"))).terminal:
+            # Once per execution: an execution ends once, whatever a device sends.
             self._audit.record_status_update(thing, job_arn, "Accepted", {
                 "status": params.get("status"), "statusDetails": dict(params.get("statusDetails") or {})})
         return self._service.serialize(resolved.operation, result, request_id)
 
-    def _authorize(self, der: bytes | None, thing: str, operation: str) -> None:
-        if der is None:
-            raise ApiError("CertificateValidationException",
-                           "the Jobs API needs the device's client certificate (mutual TLS)", 400)
-        cert = x509.load_der_x509_certificate(der)
+    def _authorize(self, cert: x509.Certificate, principal: str, thing: str, operation: str) -> None:
         if thing not in self._registry.things_of_certificate(cert):
-            self._audit.record(principal=f"cert/{cert.serial_number:x}", action=f"iot-jobs-data:{operation}",
-                               resource=f"thing/{thing}", decision="DENY",
-                               detail={"reason": "certificate not ACTIVE or not attached to the thing"})
+            self.events.refused(principal=principal, action=f"iot-jobs-data:{operation}",
+                                resource=f"thing/{thing}", decision="DENY",
+                                reason="certificate not ACTIVE or not attached to the thing")
             # The same answer as for a thing that does not exist: no existence oracle.
             raise ApiError("ResourceNotFoundException", f"thing {thing} not found", 404)
 
@@ -122,15 +196,15 @@ class DeviceJobsApi:
             in_progress, queued = self._jobs.pending_for_device(thing)
             return {"inProgressJobs": in_progress, "queuedJobs": queued}
         if name == "StartNextPendingJobExecution":
-            details = params.get("statusDetails")
-            execution = self._jobs.start_next(thing, dict(details) if details is not None else None)
+            details = wire.parse_status_details(params.get("statusDetails"), self._limits)
+            execution = self._jobs.start_next(thing, details)
             return {} if execution is None else {"execution": _execution(execution, True)}
         if name == "DescribeJobExecution":
             view = self._jobs.execution_for_device(thing, str(params["jobId"]))
             return {"execution": _execution(view, params.get("includeJobDocument") is not False)}
         if name == "UpdateJobExecution":
             request = {k: v for k, v in params.items() if k not in ("thingName", "jobId")}
-            update = wire.parse_update(request)
+            update = wire.parse_update(request, self._limits)
             outcome = self._jobs.update_execution(thing, str(params["jobId"]), update)
             reply: dict[str, Any] = {}
             if update.include_job_execution_state:

@@ -9,14 +9,19 @@ honoured only if its signature and expiry hold (core/presign.py) and the thing i
 still has a live execution of a job delivering exactly that object version (threat
 N4); refusals are audited. Bytes come from the object store, whose SHA-256 check on read
 means a corrupted file is never served.
+
+The endpoint answers anyone who can open a TLS connection, so every failure is
+translated here, once, to a client error: a malformed URL 400, a forged or expired one or
+no live execution 403, an unknown object 404, a bad Range 416, a device over its
+download budget 429 (delivery/budgets.py), a store that cannot be read 503. The access
+decision is cached (streams/access.py) and dropped as soon as the thing's executions
+change; denials are audited a bounded number of times per device and interval.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import threading
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,21 +32,27 @@ from starlette.routing import BaseRoute, Route
 
 from overair.core import placeholders, presign
 from overair.core.errors import OverairError
+from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.api.contract import ApiError
+from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
+from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job
+from overair.server.streams.access import AccessCache
 from overair.server.streams.service import FileCache
 
 log = logging.getLogger("overair.delivery")
-ACCESS_TTL = 2.0
+DOWNLOAD_ACTION = "iot:DownloadOtaFile"
+# UrlRefused codes and their HTTP status; anything else a URL can be refused for is 403.
+_REFUSAL_STATUS = {"MalformedUrl": 400, "InvalidRange": 416, "ThrottlingException": 429}
 
 
 class HttpDelivery:
     def __init__(self, secret: bytes, base_url: str, objects: ObjectStore, jobs: JobService, audit: AuditLog,
-                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024) -> None:
+                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024, limits: Limits = DEFAULT_LIMITS) -> None:
         self._secret = secret
         self.base_url = base_url
         self._objects = objects
@@ -49,8 +60,11 @@ class HttpDelivery:
         self._audit = audit
         self._clock = clock
         self._cache = FileCache(cache_bytes)
-        self._access: dict[tuple[str, str, str, str], tuple[bool, float]] = {}
-        self._access_lock = threading.Lock()
+        self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
+        self._budgets = DeviceBudgets(limits)
+        self.events = DeviceEventRecorder(audit, clock, limits)
+        # N4: a URL stops working the moment its thing's execution ends.
+        jobs.watch_executions(self._access.forget_things)
 
     # Job documents ----------------------------------------------------------------------
     def render(self, job: Job, thing: str) -> dict[str, Any]:
@@ -93,29 +107,35 @@ class HttpDelivery:
         return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
-        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
-        query = dict(request.query_params)
         try:
+            bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+            query = dict(request.query_params)
             return await run_in_threadpool(self._serve, request.method, bucket, key, query,
                                            request.headers.get("range"))
         except presign.UrlRefused as exc:
-            status = 416 if exc.code == "InvalidRange" else 403
-            log.info("download %s/%s refused: %s %s", bucket, key, exc.code, exc.message)
-            return Response(f"{exc.code}: {exc.message}\n", status, media_type="text/plain")
+            log.info("download refused: %s %s", exc.code, exc.message)
+            return _text(_REFUSAL_STATUS.get(exc.code, 403), exc.code, exc.message)
         except ApiError as exc:
-            return Response(f"{exc.code}: {exc.message}\n", 404 if exc.status == 404 else 500,
-                            media_type="text/plain")
+            if exc.status < 500:  # the object or version is gone: the device asks for the job again
+                return _text(404, exc.code, exc.message)
+            log.error("download failed: %s", exc.message)
+            return _text(503, "ServiceUnavailable", "file unavailable, try again")
         except OverairError as exc:
-            log.error("download %s/%s failed: %s", bucket, key, exc.message)
-            return Response("InternalError: file unavailable\n", 500, media_type="text/plain")
+            log.error("download failed: %s", exc.message)
+            return _text(503, "ServiceUnavailable", "file unavailable, try again")
 
     def _serve(self, method: str, bucket: str, key: str, query: dict[str, str],
                range_header: str | None) -> Response:
         grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        # The thing is authenticated from here on (the URL's signature binds it).
+        if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
+            self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
+                                  resource=f"thing/{grant.thing}")
+            raise presign.UrlRefused("download rate exceeds the device's budget", code="ThrottlingException")
         if not self._may_read(grant):
-            self._audit.record(principal=f"thing/{grant.thing}", action="iot:DownloadOtaFile",
-                               resource=f"s3://{bucket}/{key}?versionId={grant.version}", decision="DENY",
-                               detail={"reason": "no live execution delivers this file"})
+            self.events.refused(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
+                                resource=f"s3://{bucket}/{key}?versionId={grant.version}", decision="DENY",
+                                reason="no live execution delivers this file")
             raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
         data = self._file(grant)
         span = presign.parse_range(range_header, len(data))
@@ -131,23 +151,19 @@ class HttpDelivery:
                         media_type="application/octet-stream")
 
     def _may_read(self, grant: presign.Grant) -> bool:
-        now = time.monotonic()
-        cache_key = (grant.thing, grant.bucket, grant.key, grant.version)
-        with self._access_lock:
-            cached = self._access.get(cache_key)
-            if cached is not None and cached[1] > now:
-                return cached[0]
+        """N4: cached (streams/access.py), dropped when the thing's executions change."""
+        item = (grant.bucket, grant.key, grant.version)
+        cached = self._access.get(grant.thing, item, self._clock())
+        if cached is not None:
+            return cached
+        generation = self._access.generation()
         jobs = self._jobs.jobs_delivering_object(grant.bucket, grant.key, grant.version)
         allowed = self._jobs.live_execution_references(grant.thing, jobs)
-        with self._access_lock:
-            if len(self._access) > 100_000:
-                self._access.clear()
-            self._access[cache_key] = (allowed, now + ACCESS_TTL)
+        self._access.put(grant.thing, item, allowed, self._clock(), generation)
         return allowed
 
     def forget_access(self) -> None:
-        with self._access_lock:
-            self._access.clear()
+        self._access.clear()
 
     def _file(self, grant: presign.Grant) -> bytes:
         cache_key = ("http", grant.bucket, grant.key, grant.version)
@@ -156,3 +172,7 @@ class HttpDelivery:
             _, data = self._objects.get_object(grant.bucket, grant.key, grant.version)
             self._cache.put(cache_key, data)
         return data
+
+
+def _text(status: int, code: str, message: str) -> Response:
+    return Response(f"{code}: {message}\n", status, media_type="text/plain")

@@ -7,32 +7,55 @@ worker serialised per thing, so one device's messages are answered in order.
 The broker ACL guarantees that a message under `$aws/things/T/...` was published by a
 client whose certificate is attached to thing T, so the thing named in the topic is an
 authenticated identity here.
+
+Everything else in a message is hostile. This class is the one place where the device
+side of MQTT is translated: decoders raise `DecodeError`/`PeerInputError`, the job
+service `JobsMqttError`, and each becomes AWS's error reply on `<request>/rejected`
+(jobs) or `.../rejected/<fmt>` (streams); nothing else is ever published under a
+device's `streams/` topics. No message can raise out of `handle`, `admit` or
+`handle_from_cache`.
+
+What a device can make the service do is bounded (finding 11): `admit` spends a token
+of the device's budget (delivery/budgets.py) before anything else and refuses an
+over-budget request with RequestThrottled, counted in the audit log rather than
+recorded one by one (audit/device_events.py); refusals and rejected updates are audited
+the same bounded way.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from overair.core import jobs_wire as wire
 from overair.core import streamcodec, topics
-from overair.core.errors import DecodeError, OverairError, PeerInputError
+from overair.core.errors import DecodeError, OverairError, PeerInputError, UnavailableError
 from overair.core.limits import Limits
 from overair.core.streamplan import plan_blocks
 from overair.core.topics import JobsRequest, JobsTopic, StreamsRequest, StreamsTopic
 from overair.server.api.contract import ApiError
+from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
+from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.jobs.service import JobService, JobsMqttError
+from overair.server.streams.access import AccessCache
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.devices")
 
 QOS_CONTROL = 1
 QOS_BLOCKS = 0  # blocks are re-requested by the device's bitmap; QoS 1 would only add round trips
-STREAM_ACCESS_TTL = 2.0
+QOS_THROTTLED = 0  # a refusal for a flood: never worth a PUBACK round trip
+# What each kind of request is called in the audit log.
+_KIND_ACTIONS = {Kind.JOB_UPDATE: "iot:UpdateJobExecution", Kind.JOB_READ: "iot:DescribeJobExecution",
+                 Kind.STREAM: "iot:GetStream"}
+
+
+_JOBS_CODES = frozenset({wire.INVALID_TOPIC, wire.INVALID_JSON, wire.INVALID_REQUEST,
+                         wire.INVALID_STATE_TRANSITION, wire.RESOURCE_NOT_FOUND, wire.VERSION_MISMATCH,
+                         wire.INTERNAL_ERROR, wire.REQUEST_THROTTLED, wire.TERMINAL_STATE_REACHED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +73,73 @@ class DeviceService:
         self._audit = audit
         self._limits = limits
         self._clock = clock
-        self._access: dict[tuple[str, str], tuple[bool, float]] = {}
-        self._access_lock = threading.Lock()
+        self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
+        self._budgets = DeviceBudgets(limits)
+        self.events = DeviceEventRecorder(audit, clock, limits)
+        # N4: a thing's cached stream access goes the moment its executions change.
+        jobs.watch_executions(self._access.forget_things)
+
+    # Admission (on the event loop: never waits) -------------------------------------
+    def admit(self, topic: str, in_flight: int = 0) -> list[Outgoing] | None:
+        """None if the message may be handled; else what to publish instead (a
+        RequestThrottled refusal, or nothing for a topic we do not serve). `in_flight`:
+        the thing's messages already waiting for a worker."""
+        try:
+            parsed = topics.parse_request_topic(topic)
+            if parsed is None:
+                thing = topics.jobs_request_thing(topic)
+                kind = Kind.JOB_READ
+            else:
+                thing = parsed.thing_name
+                kind = self._kind(parsed)
+            if thing is None:
+                return []  # not a request we serve and not worth an answer
+            if in_flight < self._limits.device_messages_in_flight and self._budgets.take(
+                    thing, kind, self._clock()):
+                return None
+            self.events.throttled(principal=f"thing/{thing}", action=_KIND_ACTIONS[kind],
+                                  resource=f"thing/{thing}")
+            message = "request rate exceeds the device's budget"
+            if isinstance(parsed, StreamsTopic):
+                return [self._stream_error(parsed, wire.REQUEST_THROTTLED, message, "", QOS_THROTTLED)]
+            return [Outgoing(topics.jobs_reply_topic(topic, accepted=False),
+                             wire.encode(wire.error_reply(wire.REQUEST_THROTTLED, message, "", self._now())),
+                             QOS_THROTTLED)]
+        except Exception:
+            log.exception("admitting a message on %r failed", topic[:200])
+            return []
+
+    @staticmethod
+    def _kind(parsed: JobsTopic | StreamsTopic) -> Kind:
+        if isinstance(parsed, StreamsTopic):
+            return Kind.STREAM
+        if parsed.request in (JobsRequest.UPDATE, JobsRequest.START_NEXT):
+            return Kind.JOB_UPDATE
+        return Kind.JOB_READ
 
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
         parsed = topics.parse_request_topic(topic)
         if parsed is None:
-            log.warning("ignored message on unserved topic %s", topic)
+            if topics.jobs_request_thing(topic) is not None:
+                # A request under a device's jobs topics we do not serve: AWS's answer.
+                return [self._jobs_error(topic, wire.INVALID_TOPIC, "no Jobs API matches this topic", "")]
+            log.debug("ignored message on unserved topic %r", topic[:200])
             return []
         try:
             if isinstance(parsed, JobsTopic):
                 return self._handle_jobs(topic, parsed, payload)
             return self._handle_stream(parsed, payload)
         except Exception:
-            # Never let one bad message take the service down; answer InternalError.
+            # A defect, not the device's input: never let it take the service down;
+            # answer InternalError and say where it happened.
             log.exception("failed to handle %s", topic)
             if isinstance(parsed, JobsTopic):
                 return [self._jobs_error(topic, wire.INTERNAL_ERROR, "internal error", "")]
             return [self._stream_error(parsed, "InternalError", "internal error", "")]
+
+    def close(self) -> None:
+        """Write the audit counts still open (the service is stopping)."""
+        self.events.close()
 
     # Jobs ---------------------------------------------------------------------------
     def _now(self) -> int:
@@ -98,20 +170,27 @@ class DeviceService:
                 execution = self._jobs.start_next(thing, details)
                 return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
             return self._update(topic, parsed, request)
-        except JobsMqttError as exc:
-            log.info("jobs request %s rejected: %s %s", topic, exc.code, exc.message)
+        except PeerInputError as exc:  # JobsMqttError, DecodeError and the rest of the device's faults
+            code = exc.code if exc.code in _JOBS_CODES else wire.INVALID_REQUEST
+            log.info("jobs request %s rejected: %s %s", topic, code, exc.message)
             if parsed.request is JobsRequest.UPDATE:
-                self._audit_update(parsed, "Rejected", {"code": exc.code, "reason": exc.message})
-            return [self._jobs_error(topic, exc.code, exc.message, token, exc.execution_state)]
-        except DecodeError as exc:
-            log.info("jobs request %s rejected: %s %s", topic, exc.code, exc.message)
-            if parsed.request is JobsRequest.UPDATE:
-                self._audit_update(parsed, "Rejected", {"code": exc.code, "reason": exc.message})
-            return [self._jobs_error(topic, exc.code, exc.message, token)]
+                self._audit_rejected_update(parsed, code, exc.message)
+            state = exc.execution_state if isinstance(exc, JobsMqttError) else None
+            return [self._jobs_error(topic, code, exc.message, token, state)]
+        except ApiError as exc:  # a domain error of the job service, by its HTTP status
+            if exc.status >= 500:
+                log.error("jobs request %s failed: %s", topic, exc.message)
+                return [self._jobs_error(topic, wire.INTERNAL_ERROR, "service unavailable, try again", token)]
+            code = wire.RESOURCE_NOT_FOUND if exc.status == 404 else wire.INVALID_REQUEST
+            return [self._jobs_error(topic, code, exc.message, token)]
+        except UnavailableError as exc:
+            log.error("jobs request %s failed: %s", topic, exc.message)
+            return [self._jobs_error(topic, wire.INTERNAL_ERROR, "service unavailable, try again", token)]
 
-    def _audit_update(self, parsed: JobsTopic, decision: str, detail: dict[str, Any]) -> None:
-        self._audit.record_status_update(parsed.thing_name, self._jobs.job_arn(parsed.job_id or ""), decision,
-                                         detail)
+    def _audit_rejected_update(self, parsed: JobsTopic, code: str, message: str) -> None:
+        self.events.refused(principal=f"thing/{parsed.thing_name}", action="iot:UpdateJobExecution",
+                            resource=self._jobs.job_arn(parsed.job_id or ""), decision="Rejected",
+                            reason=code, detail={"code": code, "message": message[:512]})
 
     def _describe(self, topic: str, thing: str, job_id: str, token: str) -> list[Outgoing]:
         if job_id == topics.NEXT:
@@ -130,8 +209,10 @@ class DeviceService:
         update = wire.parse_update(request, self._limits)
         outcome = self._jobs.update_execution(thing, parsed.job_id or "", update)
         if update.status.terminal:
-            self._audit_update(parsed, "Accepted", {"status": update.status.value,
-                                                    "statusDetails": update.status_details})
+            # Once per execution: an execution ends once, whatever a device sends.
+            self._audit.record_status_update(thing, self._jobs.job_arn(parsed.job_id or ""), "Accepted",
+                                             {"status": update.status.value,
+                                              "statusDetails": update.status_details})
         body: dict[str, Any] = {"clientToken": update.client_token, "timestamp": self._now()}
         if update.include_job_execution_state:
             view = outcome.execution
@@ -161,30 +242,23 @@ class DeviceService:
                          wire.encode(wire.notify_pending(in_progress, queued, self._now())))]
 
     # File delivery -----------------------------------------------------------------
-    def _stream_error(self, parsed: StreamsTopic, code: str, message: str, token: str) -> Outgoing:
+    def _stream_error(self, parsed: StreamsTopic, code: str, message: str, token: str,
+                      qos: int = QOS_CONTROL) -> Outgoing:
         return Outgoing(topics.stream_rejected_topic(parsed.thing_name, parsed.stream_id, parsed.fmt),
-                        streamcodec.encode_rejection(code, message, token, parsed.fmt))
+                        streamcodec.encode_rejection(code, message, token, parsed.fmt), qos)
 
     def _may_read(self, thing: str, stream_id: str) -> bool:
-        """N4: only a thing with a live execution whose job delivers this stream."""
-        now = self._clock()
-        key = (thing, stream_id)
-        with self._access_lock:
-            cached = self._access.get(key)
-            if cached is not None and cached[1] > now:
-                return cached[0]
+        """N4: only a thing with a live execution whose job delivers this stream. Cached
+        (streams/access.py): dropped when the thing's executions change, and in any case
+        after `Limits.device_access_cache_seconds`."""
+        cached = self._access.get(thing, stream_id, self._clock())
+        if cached is not None:
+            return cached
+        generation = self._access.generation()
         allowed = self._jobs.live_execution_references(
             thing, self._jobs.jobs_referencing_stream(stream_id))
-        with self._access_lock:
-            if len(self._access) > 100_000:
-                self._access.clear()
-            self._access[key] = (allowed, now + STREAM_ACCESS_TTL)
+        self._access.put(thing, stream_id, allowed, self._clock(), generation)
         return allowed
-
-    def _cached_access(self, thing: str, stream_id: str) -> bool | None:
-        with self._access_lock:
-            cached = self._access.get((thing, stream_id))
-        return cached[0] if cached is not None and cached[1] > self._clock() else None
 
     def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
         """Answer a block request from what is already in memory, or return None.
@@ -194,10 +268,17 @@ class DeviceService:
         driver answers these on its event loop, skipping two thread hand-offs per request;
         anything that needs the database, the object store, an audit entry or an error
         reply returns None and goes the normal way (`handle`)."""
+        try:
+            return self._answer_from_cache(topic, payload)
+        except Exception:
+            # Whatever went wrong, the normal path answers it (and says what it was).
+            return None
+
+    def _answer_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
         parsed = topics.parse_request_topic(topic)
         if not isinstance(parsed, StreamsTopic) or parsed.request is not StreamsRequest.GET:
             return None
-        if not self._cached_access(parsed.thing_name, parsed.stream_id):
+        if not self._access.get(parsed.thing_name, parsed.stream_id, self._clock()):
             return None
         stream = self._streams.cached_stream(parsed.stream_id)
         if stream is None:
@@ -217,8 +298,7 @@ class DeviceService:
             return None
 
     def forget_access(self) -> None:
-        with self._access_lock:
-            self._access.clear()
+        self._access.clear()
 
     def _handle_stream(self, parsed: StreamsTopic, payload: bytes) -> list[Outgoing]:
         token = ""
@@ -229,9 +309,9 @@ class DeviceService:
                 request = streamcodec.decode_get_stream(payload, parsed.fmt, self._limits)
                 token = request.client_token
             if not self._may_read(parsed.thing_name, parsed.stream_id):
-                self._audit.record(principal=f"thing/{parsed.thing_name}", action="iot:GetStream",
-                                   resource=f"stream/{parsed.stream_id}", decision="DENY",
-                                   detail={"reason": "no live execution references this stream"})
+                self.events.refused(principal=f"thing/{parsed.thing_name}", action="iot:GetStream",
+                                    resource=f"stream/{parsed.stream_id}", decision="DENY",
+                                    reason="no live execution references this stream")
                 # Same answer as for a stream that does not exist: no existence oracle.
                 return [self._stream_error(parsed, "ResourceNotFound",
                                            f"stream {parsed.stream_id} not found", token)]
@@ -244,6 +324,9 @@ class DeviceService:
                                                                 parsed.fmt))]
             return self._serve_blocks(parsed, stream, request)
         except ApiError as exc:
+            if exc.status >= 500:
+                log.error("stream %s unavailable: %s", parsed.stream_id, exc.message)
+                return [self._stream_error(parsed, "InternalError", "file unavailable", token)]
             return [self._stream_error(parsed, "ResourceNotFound", exc.message, token)]
         except PeerInputError as exc:
             log.info("stream request from %s rejected: %s %s", parsed.thing_name, exc.code, exc.message)

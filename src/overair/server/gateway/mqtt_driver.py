@@ -3,6 +3,12 @@
 Each incoming message is handled in a worker thread picked by the thing name, so one
 device's requests are answered in the order it sent them while different devices are
 served in parallel. Replies are published from the event loop.
+
+The message callback runs on the event loop that also keeps the broker connection
+alive, so nothing a device sends may raise out of it or make it wait: each message is
+first admitted against its device's budget (`DeviceService.admit`, which also refuses a
+thing with too many messages already waiting for a worker), and any defect past that is
+logged and the message dropped, never propagated into gmqtt.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import logging
 import ssl
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +50,9 @@ class ServiceConnection:
         self._client = GmqttClient(SERVICE_IDENTITY)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
+        # Called on the event loop after every (re)connect, e.g. to republish what the
+        # broker lost in a restart (server/app.py: the retained revocation list).
+        self.on_connected: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         # Messages per thing handed to a worker and not answered yet (event loop only).
@@ -63,6 +72,8 @@ class ServiceConnection:
         # Subscribing here also restores the subscriptions after a reconnect.
         client.subscribe([Subscription(t, qos=1) for t in topics.SERVICE_SUBSCRIPTIONS])
         log.info("service connected to the broker and subscribed")
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _executor_for(self, topic: str) -> ThreadPoolExecutor:
         parts = topic.split("/", 4)
@@ -71,21 +82,31 @@ class ServiceConnection:
         return pool[zlib.crc32(thing.encode()) % len(pool)]
 
     def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> int:
+        try:
+            self._dispatch(topic, payload)
+        except Exception:
+            log.exception("dropped a device message on %r", str(topic)[:200])
+        return 0
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
         thing = topics.thing_of(topic)
+        refusal = self._service.admit(topic, self._in_worker.get(thing, 0))
+        if refusal is not None:
+            self.publish(refusal)
+            return
         # A block request answerable from memory is answered here, on the loop, unless
         # an earlier message of the same thing is still in a worker (order per thing).
         if not self._in_worker.get(thing):
             answer = self._service.handle_from_cache(topic, bytes(payload))
             if answer is not None:
                 self.publish(answer)
-                return 0
+                return
         self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
         future = self._loop.run_in_executor(self._executor_for(topic), self._service.handle,
                                             topic, bytes(payload))
         self._tasks.add(future)
         future.add_done_callback(lambda done: self._published(thing, done))
-        return 0
 
     def _published(self, thing: str, future: asyncio.Future[list[Outgoing]]) -> None:
         left = self._in_worker.get(thing, 1) - 1
@@ -100,7 +121,10 @@ class ServiceConnection:
         if exc is not None:
             log.error("device message handler failed: %s", exc)
             return
-        self.publish(future.result())
+        try:
+            self.publish(future.result())
+        except Exception:
+            log.exception("publishing a reply to %s failed", thing)
 
     def publish(self, messages: Iterable[Outgoing]) -> None:
         """Publish in order. Consecutive QoS 0 messages (a GetStream answer is 8 or more
@@ -174,6 +198,7 @@ class ServiceConnection:
             log.warning("broker did not acknowledge the disconnect")
         for executor in (*self._executors, *self._stream_executors):
             executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._service.close)  # the audit counts still open
 
 
 def qos0_publish_packet(topic: str, payload: bytes) -> bytes:

@@ -1,46 +1,39 @@
-"""Disconnect devices whose access was taken away (threat N4: a compromised device is cut
-off in seconds, not at its next reconnect).
+"""Disconnect clients whose access was taken away entirely (threat N4: a compromised
+device is cut off in seconds, not at its next reconnect).
 
-Mosquitto re-reads its CRL and ACL on SIGHUP but keeps established connections: a
-revoked device that is already connected stays connected, and a detached one keeps its
-TCP session open. MQTT's session takeover closes it: the broker disconnects an existing
-client when another connects with the same client id [MQTT-3.1.4-2], and with
-`use_username_as_clientid` the client id is the certificate's CN. So we connect once with
-a certificate for that CN, minted from the fleet CA for a few minutes and never written
-to a file system, and disconnect at once. The CRL, already reloaded, keeps the device out when it
-tries to reconnect; a detached certificate reconnects to an ACL that grants nothing.
+Mosquitto re-reads its CRL and ACL on SIGHUP and re-checks the ACL on every message, so
+a client that loses some of its things simply stops reaching them; but it keeps
+established TLS sessions, so a revoked certificate stays connected. MQTT's session
+takeover closes it: the broker disconnects an existing client when another connects
+with the same client id [MQTT-3.1.4-2], and with `use_subject_as_username` plus
+`use_username_as_clientid` the client id is the certificate's subject. So we connect once
+with a certificate for that exact subject, minted from the fleet CA for a few minutes
+and never written to a file system (pki.issue_session_closer_cert), and disconnect at
+once. The CRL, already reloaded, keeps a revoked device out when it tries to reconnect;
+a certificate detached from its last thing reconnects to an ACL that grants nothing.
+Only the server can mint such a certificate: a device presenting its own certificate
+has its own subject, so it can never take another device's session over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from overair.server import pki
+from overair.server.gateway.ephemeral import client_context
 
 log = logging.getLogger("overair.broker")
 # Long enough for one connection attempt; the key exists only in this process's memory.
 CLOSER_LIFETIME_DAYS = 10 / (24 * 60)
-
-
-def _load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
-    """`ssl` loads a certificate chain only from a path: give it an anonymous in-memory
-    file (Linux memfd) so the key never touches a file system."""
-    fd = os.memfd_create("overair-closer", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, pem)
-        context.load_cert_chain(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
 
 
 class SessionCloser:
@@ -50,40 +43,34 @@ class SessionCloser:
         self._host = host
         self._port = port
 
-    def close_sessions(self, common_names: Iterable[str], timeout: float = 5.0) -> list[str]:
-        """Disconnect the clients with these CNs; returns the CNs it could not reach."""
+    def close_sessions(self, subjects: Mapping[str, x509.Name], timeout: float = 5.0) -> list[str]:
+        """Disconnect the clients with these broker identities (identity -> certificate
+        subject); returns the identities it could not reach."""
         failed = []
-        for cn in sorted(set(common_names)):
+        for identity, subject in sorted(subjects.items()):
             try:
-                if not self._take_over(cn, timeout):
-                    failed.append(cn)
+                if not self._take_over(identity, subject, timeout):
+                    failed.append(identity)
             except (OSError, ssl.SSLError) as exc:
-                log.warning("could not close the session of %s: %s", cn, exc)
-                failed.append(cn)
+                log.warning("could not close the session of %s: %s", identity, exc)
+                failed.append(identity)
         return failed
 
-    def _context(self, cn: str) -> ssl.SSLContext:
-        issued = pki.issue_client_cert(self._ca, cn, dt.datetime.now(dt.UTC), days=CLOSER_LIFETIME_DAYS)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=str(self._ca_file))
-        pem = issued.cert.public_bytes(serialization.Encoding.PEM) + issued.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        _load_chain_from_memory(context, pem)
-        return context
-
-    def _take_over(self, cn: str, timeout: float) -> bool:
+    def _take_over(self, identity: str, subject: x509.Name, timeout: float) -> bool:
+        issued = pki.issue_session_closer_cert(self._ca, subject, dt.datetime.now(dt.UTC),
+                                               days=CLOSER_LIFETIME_DAYS)
         connected = threading.Event()
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cn,
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=identity,
                              protocol=mqtt.MQTTv311, clean_session=True)
-        client.tls_set_context(self._context(cn))
-        client.on_connect = lambda *_args: connected.set()
+        client.tls_set_context(client_context(issued, self._ca_file))
+        client.on_connect = lambda _c, _u, _f, reason, _p: None if reason.is_failure else connected.set()
         client.connect(self._host, self._port, keepalive=10)
         client.loop_start()
         try:
             if not connected.wait(timeout):
-                log.warning("session takeover for %s got no CONNACK within %.0f s", cn, timeout)
+                log.warning("session takeover for %s got no CONNACK within %.0f s", identity, timeout)
                 return False
-            log.info("closed the MQTT session of %s (access withdrawn)", cn)
+            log.info("closed the MQTT session of %s (access withdrawn)", identity)
             return True
         finally:
             client.disconnect()

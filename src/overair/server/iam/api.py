@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable
+from overair.server.iam.actions import target_user
+from overair.server.iam.arns import Arns
 from overair.server.iam.errors import invalid_input
 from overair.server.iam.identity import GroupView, IdentityStore, KeyView, UserView
 from overair.server.iam.policies import PolicyStore, PolicyView, VersionView
-from overair.server.iam.roles import RoleStore, RoleView, role_name_from_arn
+from overair.server.iam.roles import RoleStore, RoleView
 
 T = TypeVar("T")
 
@@ -55,9 +57,10 @@ def group_out(g: GroupView) -> dict[str, Any]:
             "CreateDate": g.created_at}
 
 
-def role_out(r: RoleView) -> dict[str, Any]:
+def role_out(r: RoleView, trust_policy: str) -> dict[str, Any]:
+    """`trust_policy`: as shown (RoleStore.shown_trust_policy), not as stored."""
     out = {"Path": r.path, "RoleName": r.name, "RoleId": r.role_id, "Arn": r.arn, "CreateDate": r.created_at,
-           "AssumeRolePolicyDocument": quote(r.trust_policy), "MaxSessionDuration": r.max_session_duration}
+           "AssumeRolePolicyDocument": quote(trust_policy), "MaxSessionDuration": r.max_session_duration}
     if r.description:
         out["Description"] = r.description
     return out
@@ -89,13 +92,9 @@ def _paged(key: str, items: Sequence[Any], params: dict[str, Any],
 
 
 def _caller_user(r: ApiRequest) -> str:
-    """Operations whose UserName defaults to the caller (as AWS)."""
-    name = r.params.get("UserName")
-    if name:
-        return str(name)
-    if r.caller.principal_kind != "user":
-        raise invalid_input("UserName is required when the caller is not an IAM user")
-    return r.caller.principal_name
+    """Operations whose UserName defaults to the caller (as AWS); the authorizer checked
+    the same user (server/iam/actions.py `target_user`)."""
+    return target_user(r.params, r.caller)
 
 
 Ops = dict[str, Callable[[ApiRequest], dict[str, Any]]]
@@ -112,7 +111,9 @@ def register_iam(table: OperationTable, identity: IdentityStore, roles: RoleStor
 def _user_ops(identity: IdentityStore, policies: PolicyStore) -> Ops:
     # Users and keys
     def create_user(r: ApiRequest) -> dict[str, Any]:
-        return {"User": user_out(identity.create_user(r.params["UserName"], r.params.get("Path") or "/"))}
+        user = identity.create_user(r.params["UserName"], r.params.get("Path") or "/")
+        policies.changed()  # a re-created name is another principal (its unique id)
+        return {"User": user_out(user)}
 
     def get_user(r: ApiRequest) -> dict[str, Any]:
         return {"User": user_out(identity.get_user(_caller_user(r)))}
@@ -122,6 +123,7 @@ def _user_ops(identity: IdentityStore, policies: PolicyStore) -> Ops:
 
     def delete_user(r: ApiRequest) -> dict[str, Any]:
         identity.delete_user(r.params["UserName"])
+        policies.changed()
         return {}
 
     def create_access_key(r: ApiRequest) -> dict[str, Any]:
@@ -193,13 +195,17 @@ def _role_ops(roles: RoleStore, policies: PolicyStore) -> Ops:
         role = roles.create_role(r.params["RoleName"], r.params["AssumeRolePolicyDocument"],
                                  r.params.get("Path") or "/", r.params.get("Description") or "",
                                  r.params.get("MaxSessionDuration") or 3600)
-        return {"Role": role_out(role)}
+        policies.changed()  # a re-created name is another principal (its unique id)
+        return {"Role": shown(role)}
+
+    def shown(role: RoleView) -> dict[str, Any]:
+        return role_out(role, roles.shown_trust_policy(role))
 
     def get_role(r: ApiRequest) -> dict[str, Any]:
-        return {"Role": role_out(roles.get_role(r.params["RoleName"]))}
+        return {"Role": shown(roles.get_role(r.params["RoleName"]))}
 
     def list_roles(r: ApiRequest) -> dict[str, Any]:
-        return _paged("Roles", roles.list_roles(r.params.get("PathPrefix") or "/"), r.params, role_out)
+        return _paged("Roles", roles.list_roles(r.params.get("PathPrefix") or "/"), r.params, shown)
 
     def update_assume_role_policy(r: ApiRequest) -> dict[str, Any]:
         roles.update_trust_policy(r.params["RoleName"], r.params["PolicyDocument"])
@@ -331,7 +337,7 @@ SESSION_OPTIONS_NOT_SUPPORTED = frozenset({"Policy", "PolicyArns", "Tags", "Tran
                                            "SerialNumber", "TokenCode", "SourceIdentity", "ProvidedContexts"})
 
 
-def register_sts(table: OperationTable, identity: IdentityStore, roles: RoleStore, account_id: str) -> None:
+def register_sts(table: OperationTable, identity: IdentityStore, roles: RoleStore, arns: Arns) -> None:
     def get_caller_identity(r: ApiRequest) -> dict[str, Any]:
         if r.caller.principal_kind == "role":
             role = roles.get_role(r.caller.principal_name)
@@ -339,22 +345,19 @@ def register_sts(table: OperationTable, identity: IdentityStore, roles: RoleStor
             user_id = f"{role.role_id}:{session}"
         else:
             user_id = identity.get_user(r.caller.principal_name).user_id
-        return {"UserId": user_id, "Account": account_id, "Arn": r.caller.principal_arn}
+        return {"UserId": user_id, "Account": arns.scope.account, "Arn": r.caller.principal_arn}
 
     def assume_role(r: ApiRequest) -> dict[str, Any]:
-        # The edge has authorized sts:AssumeRole against the caller's policies and the
-        # role's trust policy (with sts:ExternalId) before this runs.
+        # The edge has authorized sts:AssumeRole on this canonical role ARN, by the
+        # caller's policies and the role's trust policy (with sts:ExternalId), before
+        # this runs; the role acted on is the one that ARN names, path included.
         unsupported = sorted(SESSION_OPTIONS_NOT_SUPPORTED & {k for k, v in r.params.items() if v})
         if unsupported:
             # A session policy narrows the session; ignoring it would grant more than asked.
             raise ApiError("ValidationError", f"AssumeRole with {', '.join(unsupported)} is not supported "
                            "by overair (sessions carry the role's policies only)", 400)
-        name = role_name_from_arn(r.params["RoleArn"])
-        try:
-            role = roles.get_role(name or "")
-        except ApiError:
-            role = None
-        if role is None or role.arn != r.params["RoleArn"]:
+        role = roles.role_by_arn(arns.require("sts", "RoleArn", r.params["RoleArn"], "iam", ("role",)))
+        if role is None:
             # As AWS: a role that does not exist is a refusal, not an existence oracle.
             raise ApiError("AccessDenied", f"User: {r.caller.principal_arn} is not authorized to perform: "
                            f"sts:AssumeRole on resource: {r.params['RoleArn']}", 403)

@@ -40,8 +40,9 @@ from overair.server.iam.wildcards import (
 # Condition key (lower-cased) -> its values in the request; a missing key is absent.
 ContextValues = Mapping[str, tuple[str, ...]]
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
-_EPOCH = re.compile(r"-?\d+(?:\.\d+)?")
+# ASCII digits only (`\d` would take any Unicode digit, which Decimal and float then read).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})")
+_EPOCH = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
 
 class ConditionError(ValueError):

@@ -6,9 +6,11 @@ import re
 
 from overair.server.api.contract import ApiError
 
-# AWS's name rules: users, roles and groups are [\w+=,.@-]; paths start and end in "/".
-_NAME_RE = re.compile(r"^[\w+=,.@-]+$")
-_PATH_RE = re.compile(r"^/([\x21-\x7e]*/)?$")
+# AWS's name rules: users, roles and groups are [\w+=,.@-] in ASCII (Python's \w would
+# admit any Unicode letter); paths start and end in "/". Matched in full (`re.match` with
+# `$` would accept a trailing newline).
+_NAME_RE = re.compile(r"[A-Za-z0-9_+=,.@-]+")
+_PATH_RE = re.compile(r"/(?:[\x21-\x7e]*/)?")
 
 
 def no_such_entity(what: str) -> ApiError:
@@ -36,13 +38,13 @@ def malformed_policy(message: str) -> ApiError:
 
 
 def check_name(kind: str, name: str, max_length: int) -> None:
-    if not 1 <= len(name) <= max_length or not _NAME_RE.match(name):
+    if not 1 <= len(name) <= max_length or not _NAME_RE.fullmatch(name):
         raise ApiError("ValidationError",
                        f"The specified value for {kind} is invalid: it must be 1 to {max_length} "
                        "characters from letters, digits and +=,.@_-", 400)
 
 
 def check_path(path: str) -> None:
-    if len(path) > 512 or not _PATH_RE.match(path):
+    if len(path) > 512 or not _PATH_RE.fullmatch(path):
         raise ApiError("ValidationError", "The specified value for path is invalid: it must begin "
                        "and end with / and contain printable ASCII characters only", 400)

@@ -98,11 +98,28 @@ OTA_OPERATOR_ACTIONS = (
 
 OTA_SERVICE_PRINCIPAL = "iot.amazonaws.com"
 
+# The roles an OTA operator may hand to the OTA service: OTA service roles, by naming
+# convention, never any role (the Update Manager acts as the role passed, so passing an
+# administrator role would let an operator read any firmware bucket or target any thing
+# through it). The role `overair init` creates, and roles named `ota-*` (path "/").
+OTA_SERVICE_ROLES = ("arn:*:iam::*:role/overair-ota", "arn:*:iam::*:role/ota-*")
+
+# An operator who starts a rollout must be able to stop it: list and delete the OTA
+# updates, and cancel the jobs the Update Manager creates for them (AFR_OTA-<id>).
+OTA_OPERATOR_CONTROL = (
+    {"Sid": "ListOTAUpdates", "Effect": "Allow", "Action": "iot:ListOTAUpdates", "Resource": "*"},
+    {"Sid": "DeleteOTAUpdates", "Effect": "Allow", "Action": "iot:DeleteOTAUpdate",
+     "Resource": "arn:*:iot:*:*:otaupdate/*"},
+    {"Sid": "CancelOTAJobs", "Effect": "Allow", "Action": "iot:CancelJob",
+     "Resource": "arn:*:iot:*:*:job/AFR_OTA-*"},
+)
+
 OVERAIR_OTA_OPERATOR = _policy(
     "OverairOTAOperator", "/",
     "What an operator needs to run the FreeRTOS OTA workflow, and nothing else",
     [
         {"Sid": "OTAWorkflow", "Effect": "Allow", "Action": list(OTA_OPERATOR_ACTIONS), "Resource": "*"},
+        *OTA_OPERATOR_CONTROL,
         # CreateOTAUpdate names a service role (roleArn) that the OTA Update Manager will
         # act as, so the caller must be allowed to pass that role; the condition limits
         # this to handing roles to the IoT service, not to any other consumer of roles.
@@ -110,7 +127,7 @@ OVERAIR_OTA_OPERATOR = _policy(
             "Sid": "PassOTAServiceRole",
             "Effect": "Allow",
             "Action": "iam:PassRole",
-            "Resource": "arn:*:iam::*:role/*",
+            "Resource": list(OTA_SERVICE_ROLES),
             "Condition": {"StringEquals": {"iam:PassedToService": OTA_SERVICE_PRINCIPAL}},
         },
     ],

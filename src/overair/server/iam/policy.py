@@ -16,12 +16,17 @@ Evaluation is AWS's single-account logic: a matching Deny in any policy denies; 
 a matching Allow in an identity policy, or in a resource policy whose Principal names the
 caller, allows; otherwise the request is implicitly denied. Actions match
 case-insensitively, resource ARNs case-sensitively; `*` in an ARN spans `:` and `/`.
+sts:AssumeRole has its own rule (`evaluate_assume_role`): the role's trust policy must
+let the caller in, and an identity Allow alone never does.
+
+Resource and trust policies name IAM users and roles by unique id (`_Principals`), so a
+principal deleted and re-created under the same name is a stranger to them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +34,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from overair.core.errors import MisuseError, PeerInputError
+from overair.core import wirejson
+from overair.core.errors import DecodeError, MisuseError, PeerInputError
+from overair.core.limits import DEFAULT_LIMITS
 from overair.server.iam.conditions import Condition, ConditionError, ContextValues, compile_condition
 from overair.server.iam.wildcards import (
     Part,
@@ -80,7 +87,9 @@ class RequestContext:
     `role_arn` is the role's own ARN (a resource policy naming the role matches all
     its sessions); `service_principal` is set when a service (e.g. iot.amazonaws.com)
     calls, on its own behalf (`principal_arn` is then the service name) or through a
-    role (`principal_arn` the session): resource policies naming either then match."""
+    role (`principal_arn` the session): resource policies naming either then match.
+    `principal_id` is the unique id of the user (AIDA...) or of the session's role
+    (AROA...): what a stored resource or trust policy names (see `_Principals`)."""
 
     principal_arn: str
     action: str  # service:Operation, e.g. iot:CreateJob
@@ -88,6 +97,7 @@ class RequestContext:
     keys: Mapping[str, ConditionValue] = field(default_factory=dict)
     role_arn: str | None = None
     service_principal: str | None = None
+    principal_id: str | None = None
     # Derived once, so that statements do not redo it.
     action_lower: str = field(init=False, repr=False, compare=False)
     service: str = field(init=False, repr=False, compare=False)
@@ -141,15 +151,38 @@ class _Resources:
         return None if unresolved else False
 
 
+# What a stored policy names an IAM user or role by: its unique id, as AWS rewrites it
+# (AIDA... users, AROA... roles; server/iam/principals.py binds names to ids on storage).
+UNIQUE_ID = re.compile(r"(?:AIDA|AROA)[A-Z0-9]{17}")
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+# The ARN of an IAM user or role (any account): never matched by name in a grant.
+IAM_ENTITY_ARN = re.compile(r"arn:[a-z][a-z0-9-]*:iam::[0-9]{12}:(?:user|role)/.+", re.DOTALL)
+_ROOT_ARN = re.compile(r"arn:[a-z][a-z0-9-]*:iam::(?P<account>[0-9]{12}):root")
+
+
+class PrincipalMatch(Enum):
+    """How a statement's principals name the caller."""
+
+    NONE = 0
+    ACCOUNT = 1  # only through the caller's account: the account delegates to its own policies
+    DIRECT = 2  # by unique id, session, service, "*", or the root itself
+
+
 class _Principals:
-    """Principal / NotPrincipal of a resource policy.
+    """Principal / NotPrincipal of a resource or trust policy.
 
-    An account (`123456789012` or `arn:aws:iam::123456789012:root`) in an Allow grants to
-    the account itself, which then delegates through its own IAM policies: it lets the
-    root principal in, and other principals only through their identity policies (which
-    the evaluator checks anyway). In a Deny it covers every principal of the account."""
+    * An account (`123456789012` or `arn:aws:iam::123456789012:root`) names the account
+      itself: in an Allow it delegates to the account's own IAM policies (`ACCOUNT`), so
+      it lets the root in and other principals only through their identity policies;
+      in a Deny it covers every principal of the account.
+    * An IAM user or role is named by its unique id (AIDA.../AROA...): a user deleted and
+      re-created with the same name is another principal and inherits no grant (threat
+      O1). Stored documents are bound to ids when saved; a user or role ARN still in a
+      document (never bound) is matched by name only where that takes permissions away
+      (a Deny, or an Allow's NotPrincipal), never to grant them.
+    * Session ARNs (`arn:aws:sts::...:assumed-role/r/s`) and services match by name."""
 
-    __slots__ = ("accounts", "any_aws", "anyone", "arns", "services")
+    __slots__ = ("accounts", "any_aws", "anyone", "arns", "entity_names", "services", "unique_ids")
 
     def __init__(self, raw: object, where: str) -> None:
         self.anyone = False
@@ -157,6 +190,8 @@ class _Principals:
         arns: set[str] = set()
         accounts: set[str] = set()
         services: set[str] = set()
+        unique_ids: set[str] = set()
+        entity_names: set[str] = set()
         if raw == "*":
             self.anyone = True
         elif isinstance(raw, dict) and raw:
@@ -164,50 +199,65 @@ class _Principals:
                 if kind not in _PRINCIPAL_TYPES:
                     raise _malformed(where, f"unknown principal type {kind!r}")
                 for item in _string_list(value, f"{where} {kind}"):
-                    self._add(kind, item, where, arns, accounts, services)
+                    self._add(kind, item, where, arns, accounts, services, unique_ids, entity_names)
         else:
             raise _malformed(where, 'must be "*" or an object such as {"AWS": ...} or {"Service": ...}')
         self.arns = frozenset(arns)
         self.accounts = frozenset(accounts)
         self.services = frozenset(services)
+        self.unique_ids = frozenset(unique_ids)
+        self.entity_names = frozenset(entity_names)
 
     def _add(self, kind: str, item: str, where: str, arns: set[str], accounts: set[str],
-             services: set[str]) -> None:
+             services: set[str], unique_ids: set[str], entity_names: set[str]) -> None:
+        root = _ROOT_ARN.fullmatch(item)
         if item == "*":
             if kind != "AWS":
                 raise _malformed(where, f'"*" is only accepted for AWS principals, not {kind}')
             self.any_aws = True
         elif has_wildcards(item):
             raise _malformed(where, f'wildcards are not allowed in principals ({item!r}); use "*" alone')
-        elif kind == "AWS" and item.isdigit() and len(item) == 12:
-            accounts.add(item)
-        elif kind == "AWS" and item.startswith("arn:") and item.endswith(":root") and item.count(":") == 5:
-            accounts.add(item.split(":")[4])
-        elif kind == "AWS" and not item.startswith("arn:"):
-            raise _malformed(where, f"AWS principal must be an ARN, an account id or \"*\", got {item!r}")
         elif kind == "Service":
             services.add(item)
-        else:
+        elif kind != "AWS":
             arns.add(item)
+        elif _ACCOUNT_ID.fullmatch(item):
+            accounts.add(item)
+        elif root is not None:
+            accounts.add(root["account"])
+        elif UNIQUE_ID.fullmatch(item):
+            unique_ids.add(item)
+        elif IAM_ENTITY_ARN.fullmatch(item):
+            entity_names.add(item)
+        elif item.startswith("arn:"):
+            arns.add(item)
+        else:
+            raise _malformed(where, f'AWS principal must be an ARN, an account id, a unique id or "*", '
+                                    f"got {item!r}")
 
-    def match(self, ctx: RequestContext, deny: bool) -> bool:
+    def match(self, ctx: RequestContext, widen: bool) -> PrincipalMatch:
+        """How these principals name the caller. `widen`: also count an unbound user or
+        role ARN naming the caller (only where a match takes permissions away)."""
         # A service acting through a role is both: statements naming the service and
         # statements naming the role (or its account) apply, so that a Deny on the role
         # cannot be sidestepped by going through the service.
         if self.anyone:
-            return True
+            return PrincipalMatch.DIRECT
         if ctx.service_principal is not None and ctx.service_principal in self.services:
-            return True
+            return PrincipalMatch.DIRECT
         if not ctx.principal_arn.startswith("arn:"):
             # Anonymous callers count as "any AWS principal"; a bare service does not.
-            return self.any_aws and ctx.service_principal is None
+            anonymous_match = self.any_aws and ctx.service_principal is None
+            return PrincipalMatch.DIRECT if anonymous_match else PrincipalMatch.NONE
         if self.any_aws or ctx.principal_arn in self.arns:
-            return True
-        if ctx.role_arn is not None and ctx.role_arn in self.arns:
-            return True
+            return PrincipalMatch.DIRECT
+        if ctx.principal_id is not None and ctx.principal_id in self.unique_ids:
+            return PrincipalMatch.DIRECT
+        if widen and (ctx.principal_arn in self.entity_names or ctx.role_arn in self.entity_names):
+            return PrincipalMatch.DIRECT
         if ctx.principal_account in self.accounts:
-            return deny or ctx.principal_arn.endswith(":root")
-        return False
+            return PrincipalMatch.DIRECT if ctx.principal_arn.endswith(":root") else PrincipalMatch.ACCOUNT
+        return PrincipalMatch.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,18 +280,50 @@ class CompiledStatement:
         return self.sid if self.sid else f"Statement[{self.index}]"
 
     def applies(self, ctx: RequestContext, resource_policy: bool) -> bool:
-        """Does this statement match the request (whatever its effect)?"""
+        """Does this statement match the request (whatever its effect)? In a resource
+        policy an Allow must name the caller directly; an account grant delegates to the
+        caller's identity policies (see `trust_applies` for sts:AssumeRole)."""
+        if not self._matches_request(ctx):
+            return False
+        if resource_policy:
+            found = self.principal_match(ctx)
+            # A Deny naming the caller's account covers the caller; an Allow does not.
+            if found is PrincipalMatch.NONE or (self.allow and found is PrincipalMatch.ACCOUNT):
+                return False
+        return self.condition is None or self.condition.holds(ctx.values)
+
+    def principal_match(self, ctx: RequestContext) -> PrincipalMatch:
+        """How the statement's Principal (or NotPrincipal) covers the caller. For a
+        NotPrincipal statement: DIRECT if it covers the caller (the caller is not listed)."""
+        if self.principals is None:
+            return PrincipalMatch.NONE
+        # Widen (count anything that might be the caller) exactly where matching takes
+        # permissions away: a Deny's Principal, an Allow's NotPrincipal.
+        found = self.principals.match(ctx, widen=self.allow == self.not_principal)
+        if not self.not_principal:
+            return found
+        # NotPrincipal: an Allow excludes anyone its list might name (an account listing
+        # covers the account's principals); a Deny spares only those listed directly.
+        listed = found is not PrincipalMatch.NONE if self.allow else found is PrincipalMatch.DIRECT
+        return PrincipalMatch.NONE if listed else PrincipalMatch.DIRECT
+
+    def trust_applies(self, ctx: RequestContext) -> PrincipalMatch:
+        """For a trust policy: NONE if the statement does not apply to the request, else
+        how its principals name the caller (ACCOUNT needs the caller's identity policy)."""
+        if not self._matches_request(ctx):
+            return PrincipalMatch.NONE
+        found = self.principal_match(ctx)
+        if found is PrincipalMatch.NONE or not (self.condition is None or self.condition.holds(ctx.values)):
+            return PrincipalMatch.NONE
+        return found
+
+    def _matches_request(self, ctx: RequestContext) -> bool:
         if self.actions.matches(ctx.action_lower) == self.not_action:
             return False
         plain = self.resources.plain
         found = plain(ctx.resource) if plain is not None else self.resources.match(ctx)
-        if found is None or found == self.not_resource:
-            return False  # a variable without a value makes the statement not apply
-        if resource_policy and (
-            self.principals is None or self.principals.match(ctx, not self.allow) == self.not_principal
-        ):
-            return False
-        return self.condition is None or self.condition.holds(ctx.values)
+        # A variable without a value (None) makes the statement not apply.
+        return found is not None and found != self.not_resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,27 +392,70 @@ class Decision:
 IMPLICIT_DENY = Decision(allowed=False, explicit=False)
 
 
-def evaluate(context: RequestContext, identity_policies: Sequence[NamedPolicy],
-             resource_policies: Sequence[NamedPolicy] = ()) -> Decision:
-    """Decide one request; see the module docstring for the logic."""
+def _check_kinds(identity_policies: Sequence[NamedPolicy], resource_policies: Sequence[NamedPolicy]) -> None:
     for named in identity_policies:
         if named.policy.kind is not PolicyKind.IDENTITY:
             raise MisuseError(f"{named.name} is a {named.policy.kind.value} policy, passed as identity")
     for named in resource_policies:
         if named.policy.kind is PolicyKind.IDENTITY:
             raise MisuseError(f"{named.name} is a {named.policy.kind.value} policy, passed as resource")
-    service = context.service
-    # Denies first: one anywhere decides, so the first Allow found can end the search.
+
+
+def _first_deny(context: RequestContext, identity_policies: Sequence[NamedPolicy],
+                resource_policies: Sequence[NamedPolicy]) -> Decision | None:
     for on_resource, group in ((False, identity_policies), (True, resource_policies)):
         for named in group:
-            for st in named.policy.denies.get(service):
+            for st in named.policy.denies.get(context.service):
                 if st.applies(context, on_resource):
                     return Decision(False, True, named.name, st.label, on_resource)
-    for on_resource, group in ((False, identity_policies), (True, resource_policies)):
-        for named in group:
-            for st in named.policy.allows.get(service):
-                if st.applies(context, on_resource):
-                    return Decision(True, True, named.name, st.label, on_resource)
+    return None
+
+
+def _first_allow(context: RequestContext, policies: Sequence[NamedPolicy],
+                 on_resource: bool) -> Decision | None:
+    for named in policies:
+        for st in named.policy.allows.get(context.service):
+            if st.applies(context, on_resource):
+                return Decision(True, True, named.name, st.label, on_resource)
+    return None
+
+
+def evaluate(context: RequestContext, identity_policies: Sequence[NamedPolicy],
+             resource_policies: Sequence[NamedPolicy] = ()) -> Decision:
+    """Decide one request; see the module docstring for the logic."""
+    _check_kinds(identity_policies, resource_policies)
+    # Denies first: one anywhere decides, so the first Allow found can end the search.
+    return (_first_deny(context, identity_policies, resource_policies)
+            or _first_allow(context, identity_policies, False)
+            or _first_allow(context, resource_policies, True)
+            or IMPLICIT_DENY)
+
+
+def evaluate_assume_role(context: RequestContext, identity_policies: Sequence[NamedPolicy],
+                         trust: NamedPolicy | None) -> Decision:
+    """Decide sts:AssumeRole by AWS's rule (one account): the role's trust policy must
+    let the caller in. A trust statement naming the caller itself (its unique id, its
+    session, its service, "*") suffices; one naming only the caller's account delegates
+    to the account, so the caller's identity policies must allow sts:AssumeRole on the
+    role too. An explicit Deny in either wins. An identity Allow alone never suffices:
+    a role trusted only by iot.amazonaws.com, or only by another user, cannot be assumed
+    by a user whose policies allow everything (threat O1). `trust` is None when the role
+    does not exist (implicitly denied, as AWS answers)."""
+    trusts = (trust,) if trust is not None else ()
+    _check_kinds(identity_policies, trusts)
+    if trust is not None and trust.policy.kind is not PolicyKind.TRUST:
+        raise MisuseError(f"{trust.name} is a {trust.policy.kind.value} policy, passed as trust")
+    denied = _first_deny(context, identity_policies, trusts)
+    if denied is not None or trust is None:
+        return denied or IMPLICIT_DENY
+    delegated = False
+    for st in trust.policy.allows.get(context.service):
+        found = st.trust_applies(context)
+        if found is PrincipalMatch.DIRECT:
+            return Decision(True, True, trust.name, st.label, resource_policy=True)
+        delegated = delegated or found is PrincipalMatch.ACCOUNT
+    if delegated:
+        return _first_allow(context, identity_policies, False) or IMPLICIT_DENY
     return IMPLICIT_DENY
 
 
@@ -341,28 +466,18 @@ def _malformed(where: str, problem: str) -> MalformedPolicyError:
     return MalformedPolicyError(f"{where}: {problem}" if where else problem)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "Effect"s in one statement would be read differently by different tools.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _malformed("", f"duplicate key {key!r} in the policy document")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise _malformed("", f"{name} is not a valid JSON value")
-
-
-def _load(document: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+def load_document(document: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(document, Mapping):
         return document
     try:
-        loaded = json.loads(document, object_pairs_hook=_reject_duplicates,
-                            parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise _malformed("", f"the policy is not valid JSON ({exc})") from None
+        # Policies come from operators over the network: the bounded decoder (size,
+        # depth, numbers). Duplicate keys are refused: two "Effect"s in one statement
+        # would be read differently by different tools.
+        loaded = wirejson.loads(document, max_bytes=DEFAULT_LIMITS.max_policy_bytes,
+                                max_depth=DEFAULT_LIMITS.max_policy_depth, reject_duplicate_keys=True,
+                                what="the policy")
+    except DecodeError as exc:
+        raise _malformed("", exc.message) from None
     if not isinstance(loaded, dict):
         raise _malformed("", "the policy must be a JSON object")
     return loaded
@@ -445,6 +560,8 @@ def _compile_statement(stmt: object, index: int, kind: PolicyKind, variables: bo
                             required=kind is not PolicyKind.IDENTITY)
     if principal_key is not None and kind is PolicyKind.IDENTITY:
         raise _malformed(where, f"{principal_key} is not allowed in an identity-based policy")
+    if principal_key == "NotPrincipal" and kind is PolicyKind.TRUST:
+        raise _malformed(where, "NotPrincipal is not allowed in a role trust policy (as in AWS)")
     principals = None
     if principal_key is not None:
         principals = _Principals(stmt[principal_key], f"{where} {principal_key}")
@@ -474,7 +591,7 @@ def _compile_statement(stmt: object, index: int, kind: PolicyKind, variables: bo
 def compile_policy(document: str | bytes | Mapping[str, Any],
                    kind: PolicyKind = PolicyKind.IDENTITY) -> CompiledPolicy:
     """Parse and validate a policy document (JSON text or an already-parsed object)."""
-    doc = _load(document)
+    doc = load_document(document)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     if unknown:
         raise _malformed("", f"unknown top-level element {unknown[0]!r}")

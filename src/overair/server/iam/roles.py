@@ -11,19 +11,23 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
+from overair.core.arn import Arn
 from overair.server.api.contract import ApiError
 from overair.server.clock import Clock
+from overair.server.iam.arns import Arns
 from overair.server.iam.errors import (
     already_exists,
     check_name,
     check_path,
     delete_conflict,
     invalid_input,
+    malformed_policy,
     no_such_entity,
 )
 from overair.server.iam.identity import random_id, secret_context, token_digest
 from overair.server.iam.policies import checked_document
-from overair.server.iam.policy import PolicyKind
+from overair.server.iam.policy import MalformedPolicyError, PolicyKind
+from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
@@ -40,7 +44,7 @@ class RoleView:
     role_id: str
     arn: str
     path: str
-    trust_policy: str
+    trust_policy: str  # as stored: principals bound to unique ids (see shown_trust_policy)
     description: str
     max_session_duration: int
     created_at: float
@@ -61,20 +65,33 @@ def _role(row: IamRole) -> RoleView:
                     row.max_session_duration, row.created_at)
 
 
-def role_name_from_arn(arn: str) -> str | None:
-    """`arn:aws:iam::<account>:role/<path/>name` -> name."""
-    parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[2] != "iam" or not parts[5].startswith("role/"):
-        return None
-    return parts[5].rsplit("/", 1)[-1] or None
-
-
 class RoleStore:
     def __init__(self, db: Database, sealer: Sealer, settings: Settings, clock: Clock) -> None:
         self._db = db
         self._sealer = sealer
         self._settings = settings
         self._clock = clock
+        self._principals = PrincipalBinder(PrincipalDirectory(db), Arns.of(settings).scope)
+
+    def role_by_arn(self, arn: Arn) -> RoleView | None:
+        """The role a parsed role ARN names (path included), or None."""
+        try:
+            role = self.get_role(arn.leaf)
+        except ApiError:
+            return None
+        return role if role.arn == str(arn) else None
+
+    def shown_trust_policy(self, role: RoleView) -> str:
+        """The trust policy as GetRole shows it: principals' unique ids as ARNs."""
+        return self._principals.render(role.trust_policy)
+
+    def _bound_trust_policy(self, trust_policy: str) -> str:
+        """Validated, and naming users and roles by unique id (server/iam/principals.py)."""
+        text = checked_document(trust_policy, PolicyKind.TRUST)
+        try:
+            return self._principals.bind(text, PolicyKind.TRUST)
+        except MalformedPolicyError as exc:
+            raise malformed_policy(exc.message) from None
 
     def session_arn(self, role: str, session: str) -> str:
         return self._settings.arn("sts", f"assumed-role/{role}/{session}", regional=False)
@@ -85,7 +102,7 @@ class RoleStore:
         check_path(path)
         if not MIN_SESSION_SECONDS <= max_session_duration <= MAX_SESSION_CEILING:
             raise invalid_input(f"MaxSessionDuration must be {MIN_SESSION_SECONDS}..{MAX_SESSION_CEILING}")
-        text = checked_document(trust_policy, PolicyKind.TRUST)
+        text = self._bound_trust_policy(trust_policy)
         with self._db.session() as s:
             if s.get(IamRole, name) is not None:
                 raise already_exists(f"Role with name {name}")
@@ -110,7 +127,7 @@ class RoleStore:
             return [_role(r) for r in rows if r.path.startswith(path_prefix)]
 
     def update_trust_policy(self, name: str, trust_policy: str) -> None:
-        text = checked_document(trust_policy, PolicyKind.TRUST)
+        text = self._bound_trust_policy(trust_policy)
         with self._db.session() as s:
             row = s.get(IamRole, name)
             if row is None:

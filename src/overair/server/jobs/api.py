@@ -70,18 +70,6 @@ _REFUSED = {
 }
 
 
-def _inline_document(text: Any) -> dict[str, Any]:
-    if not isinstance(text, str):
-        raise invalid("document must be a string of JSON")
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise invalid(f"document is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise invalid("document must be a JSON object")
-    return document
-
-
 def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
              notify: Callable[[list[str]], None], objects: ObjectStore, max_document_bytes: int,
              may_read: ReadCheck) -> None:
@@ -91,7 +79,7 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         inline, source = r.params.get("document"), r.params.get("documentSource")
         if (inline is None) == (source is None):
             raise invalid("give exactly one of document and documentSource")
-        document = (_inline_document(inline) if source is None
+        document = (documents.inline(inline) if source is None
                     else documents.load_source(r.caller, str(source)))
         keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
                 "jobExecutionsRetryConfig", "schedulingConfig")

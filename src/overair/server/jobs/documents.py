@@ -9,15 +9,19 @@ bucket does not change what a running job delivers.
 The caller must be allowed `s3:GetObject` on every object it names this way (threat
 O1): otherwise iot:CreateJob alone would let an operator read any object, through
 GetJobDocument or a URL delivered to a device of its own.
+
+Documents, inline or stored, are decoded with `core/wirejson.py` (bounded size, depth
+and numbers): a document nested a thousand deep is an InvalidRequestException, not a
+RecursionError.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
-from overair.core import placeholders
+from overair.core import placeholders, wirejson
+from overair.core.errors import DecodeError
 from overair.server.api.contract import ApiError, Caller, invalid
 from overair.server.storage.objects import ObjectStore, StoredObject
 
@@ -32,6 +36,21 @@ class JobDocuments:
         self._max_bytes = max_document_bytes
         self._may_read = may_read
 
+    def inline(self, text: Any) -> dict[str, Any]:
+        """CreateJob's `document` member."""
+        if not isinstance(text, str):
+            raise invalid("document must be a string of JSON")
+        return self._decode(text.encode("utf-8"), "document")
+
+    def _decode(self, data: bytes, what: str) -> dict[str, Any]:
+        try:
+            document = wirejson.loads(data, max_bytes=self._max_bytes, what=what)
+        except DecodeError as exc:
+            raise invalid(exc.message) from exc
+        if not isinstance(document, dict):
+            raise invalid(f"{what} must hold a JSON object")
+        return document
+
     def load_source(self, caller: Caller, url: str) -> dict[str, Any]:
         """The JSON document stored at a `documentSource` S3 URL (its current version)."""
         try:
@@ -43,13 +62,7 @@ class JobDocuments:
         if stored.size > self._max_bytes:
             raise invalid(f"documentSource {url} is {stored.size} bytes; the limit is {self._max_bytes}")
         _, data = self._objects.get_object(reference.bucket, reference.key, stored.version_id)
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise invalid(f"documentSource {url} is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise invalid(f"documentSource {url} must hold a JSON object")
-        return document
+        return self._decode(data, f"documentSource {url}")
 
     def resolve_placeholders(self, caller: Caller, document: dict[str, Any],
                              presigned_url_config: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -68,6 +68,7 @@ class JobScheduler:
                 continue
             next_changed.update(changed)
             touched.update(seen)
+        self._jobs.executions_changed(sorted(touched))  # timed out, canceled, released: access changed (N4)
         return TickResult(sorted(next_changed), sorted(touched - next_changed))
 
     def _tick_job(self, job_id: str, now: float) -> tuple[list[str], list[str]]:

@@ -76,9 +76,23 @@ class JobService:
         # Things whose pending list changed while their next job did not (e.g. a second
         # job queued behind a running one): they get `notify`, not notify-next.
         self.on_pending_changed: Callable[[list[str]], None] = lambda _things: None
+        # Called (after the commit) with the things whose executions changed in a way that
+        # can change what they may download: an execution ended (SUCCEEDED, FAILED,
+        # REJECTED, CANCELED, TIMED_OUT, REMOVED), a job was created or deleted. The
+        # device service and the download endpoint drop cached access decisions (N4).
+        self._execution_watchers: list[Callable[[list[str]], None]] = []
 
     def job_arn(self, job_id: str) -> str:
         return self._settings.arn("iot", f"job/{job_id}")
+
+    def watch_executions(self, watcher: Callable[[list[str]], None]) -> None:
+        self._execution_watchers.append(watcher)
+
+    def executions_changed(self, things: list[str]) -> None:
+        """Tell the watchers; the scheduler calls this too after each tick's commits."""
+        if things:
+            for watcher in self._execution_watchers:
+                watcher(things)
 
     # Operator side ----------------------------------------------------------------
     def create_job(self, job_id: str, targets: list[str], document: dict[str, Any], *,
@@ -86,7 +100,7 @@ class JobService:
                    config: dict[str, Any] | None = None) -> tuple[Job, list[str]]:
         """Create the job and one QUEUED execution per target thing. Returns the job
         and the things whose next job changed (to be notified)."""
-        if not JOB_ID_RE.match(job_id):
+        if JOB_ID_RE.fullmatch(job_id) is None:
             raise invalid("jobId must be 1-64 characters of [a-zA-Z0-9_-]")
         if not targets:
             raise invalid("a job needs at least one target")
@@ -132,6 +146,7 @@ class JobService:
                     for t in things])
             else:
                 self.maybe_complete(s, job)
+        self.executions_changed(things)
         # A new QUEUED job is only next for a thing that had nothing active before.
         if released_at is not None:
             self.on_pending_changed([t for t in things if t in had_next])
@@ -158,7 +173,9 @@ class JobService:
                                    execution_number=1,
                                    released_at=now if releasing and not limited else None))
             s.flush()
-            return [thing] if self.next_id_in(s, thing) != before else []
+            changed = [thing] if self.next_id_in(s, thing) != before else []
+        self.executions_changed([thing])
+        return changed
 
     def next_id_in(self, s: Any, thing: str) -> int | None:
         row = self._next_row(s, thing)
@@ -251,7 +268,8 @@ class JobService:
             job.comment = comment
             job.reason_code = reason_code
             job.last_updated_at = now
-            return things
+        self.executions_changed(things)
+        return things
 
     def cancel_execution(self, job_id: str, thing: str, *, force: bool, expected_version: int | None = None,
                          status_details: dict[str, str] | None = None) -> list[str]:
@@ -281,7 +299,9 @@ class JobService:
             if job is not None:
                 self.maybe_complete(s, job)
             s.flush()
-            return [thing] if self.next_id_in(s, thing) != before else []
+            changed = [thing] if self.next_id_in(s, thing) != before else []
+        self.executions_changed([thing])
+        return changed
 
     def delete_job(self, job_id: str, *, force: bool) -> None:
         with self._db.session() as s:
@@ -292,7 +312,9 @@ class JobService:
                 JobExecution.job_id == job_id, JobExecution.status == ExecStatus.IN_PROGRESS.value))
             if in_progress and not force:
                 raise invalid(f"job {job_id} has {in_progress} execution(s) in progress; use force")
+            things = list(s.scalars(select(JobExecution.thing_name).where(JobExecution.job_id == job_id)))
             s.delete(job)
+        self.executions_changed(things)
 
     # Device side ------------------------------------------------------------------
     @staticmethod
@@ -424,8 +446,11 @@ class JobService:
                 s.flush()
                 after = self._next_row(s, thing)
                 next_changed = (before.id if before else None) != (after.id if after else None)
-            return UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
-                                 next_changed)
+            outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
+                                    next_changed)
+        if request.status.terminal:
+            self.executions_changed([thing])
+        return outcome
 
     @staticmethod
     def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:

@@ -92,7 +92,7 @@ class OtaManager:
 
     def create(self, request: dict[str, Any]) -> OtaUpdate:
         ota_id = request.get("otaUpdateId", "")
-        if not OTA_ID_RE.match(ota_id):
+        if not OTA_ID_RE.fullmatch(ota_id):
             raise invalid("otaUpdateId must be 1-128 characters of [a-zA-Z0-9_-]")
         protocols = request.get("protocols") or ["MQTT"]
         if not protocols or not set(protocols) <= {"MQTT", "HTTP"}:
@@ -311,11 +311,12 @@ class OtaManager:
             self._ensure_profile(gate, profile, start.get("signingProfileParameter"))
             gate("signer:StartSigningJob",
                           self._settings.arn("signer", f"/signing-profiles/{profile}"))
+            # The signing job reads the image and writes the signed object as the role.
             return self._signing.sign_object(profile, location["bucket"], location["key"],
                                              location.get("version"),
                                              destination.get("bucket") or location["bucket"],
                                              destination.get("prefix", "signed/"),
-                                             requested_by=f"ota/{row.ota_update_id}")
+                                             requested_by=f"ota/{row.ota_update_id}", authorize=gate)
         custom = code_signing.get("customCodeSigning")
         if custom:
             return self._custom(custom)

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from overair.server.api.contract import ApiRequest, OperationTable
+from overair.server.api.contract import ApiRequest, OperationTable, invalid
 from overair.server.api.paging import page_out, paginate
 from overair.server.api.unsupported import refusing
+from overair.server.iam.actions import THING_NAME_HEADER
+from overair.server.iam.arns import Arns
 from overair.server.registry.service import Registry, thing_view
 
-# overair extension: the CLI names the thing so the certificate's CN can be the thing
-# name (the device agent checks it); AWS clients that omit it get a unique CN.
-THING_NAME_HEADER = "x-overair-thing-name"
+# overair extension: the CLI names the thing (header THING_NAME_HEADER) so the
+# certificate's CN can be the thing name (the device agent checks it); AWS clients that
+# omit it get a unique CN. Naming a thing needs iot:AttachThingPrincipal on it
+# (server/iam/actions.py), as attaching the certificate would.
+__all__ = ["THING_NAME_HEADER", "register"]
 
 # Members refused by name (docs/compatibility.md): no billing groups, thing types are not
 # managed, thing groups are flat.
@@ -58,7 +62,18 @@ def _certificate_summaries(registry: Registry, ascending: bool) -> list[dict[str
     return certs if ascending else certs[::-1]  # AWS: newest first unless asked otherwise
 
 
-def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int]) -> None:
+def _group_and_thing(arns: Arns, params: dict[str, Any]) -> tuple[str, str]:
+    """The group and thing of Add/RemoveThingToThingGroup, by name or by canonical ARN,
+    read exactly as the authorizer read them (server/iam/actions.py; threat O1)."""
+    group = arns.named("iot", params, "thingGroupName", "thingGroupArn", "iot", "thinggroup")
+    thing = arns.named("iot", params, "thingName", "thingArn", "iot", "thing")
+    if group is None or thing is None:
+        raise invalid("name the thing group (thingGroupName or thingGroupArn) and the thing "
+                      "(thingName or thingArn)")
+    return group, thing
+
+
+def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int], arns: Arns) -> None:
     def create_thing(r: ApiRequest) -> dict[str, Any]:
         attributes = (r.params.get("attributePayload") or {}).get("attributes")
         thing = registry.create_thing(r.params["thingName"], attributes, r.params.get("thingTypeName"))
@@ -105,17 +120,12 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         registry.delete_group(r.params["thingGroupName"])
         return {}
 
-    def _group_and_thing(r: ApiRequest) -> tuple[str, str]:
-        group = r.params.get("thingGroupName") or str(r.params.get("thingGroupArn", "")).rpartition("/")[2]
-        thing = r.params.get("thingName") or str(r.params.get("thingArn", "")).rpartition("/")[2]
-        return group, thing
-
     def add_to_group(r: ApiRequest) -> dict[str, Any]:
-        registry.add_to_group(*_group_and_thing(r))
+        registry.add_to_group(*_group_and_thing(arns, r.params))
         return {}
 
     def remove_from_group(r: ApiRequest) -> dict[str, Any]:
-        registry.remove_from_group(*_group_and_thing(r))
+        registry.remove_from_group(*_group_and_thing(arns, r.params))
         return {}
 
     def things_in_group(r: ApiRequest) -> dict[str, Any]:

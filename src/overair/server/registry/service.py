@@ -1,10 +1,19 @@
 """The device registry.
 
-A device's identity is its X.509 certificate, issued by the fleet CA. The broker learns
-who may touch which topics from `access_entries()`: one entry per ACTIVE certificate
-attached to a thing, so a certificate that is unattached, detached, inactive or
-revoked reaches nothing (threat N4), and `revoked_serials()` feeds the broker's CRL.
-Any change to either calls `on_access_change` so the gateway can regenerate and reload.
+A device's identity is its X.509 certificate, issued by the fleet CA. The broker knows a
+client by its certificate's subject (server/pki.py: unique per certificate) and learns
+what each may touch from `broker_access()`: an ACTIVE certificate reaches the topics of
+the things it is attached to and nothing else, so a certificate that is unattached,
+detached, inactive or revoked reaches nothing (threat N4), and `revoked_serials()`
+feeds the broker's CRL. Any change to either calls `on_access_change` so the gateway
+can regenerate and reload.
+
+Certificates from before unique subjects (CN and O only) can share a subject when one
+thing name was issued twice. The broker cannot tell such certificates apart, so their
+shared identity is granted only the things every ACTIVE one of them is attached to (the
+intersection): a twin never inherits what another certificate was given because the
+names match. `BrokerAccess.shared` names these identities so the operator can revoke
+the stale twin (docs/security.md, "Devices (N4)").
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from overair.core.errors import PeerInputError
 from overair.core.topics import THING_NAME_RE
 from overair.server.api.contract import already_exists, invalid, not_found
 from overair.server.clock import Clock
-from overair.server.pki import Issued, certificate_id, issue_client_cert
+from overair.server.iam.arns import Arns
+from overair.server.pki import Issued, broker_username, certificate_id, issue_client_cert
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.schema import (
@@ -38,9 +48,14 @@ CERT_STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "PENDING_A
 
 
 @dataclass(frozen=True, slots=True)
-class AccessEntry:
-    username: str  # the certificate's CN, which Mosquitto uses as the username
-    thing_name: str
+class BrokerAccess:
+    """What the broker must enforce, by broker identity (pki.broker_username)."""
+
+    grants: dict[str, frozenset[str]]  # identity -> things; only identities granted something
+    subjects: dict[str, x509.Name]  # every identity above or in `withdrawn` -> its subject
+    withdrawn: frozenset[str]  # identities of certificates that are not ACTIVE
+    shared: frozenset[str]  # identities presented by more than one ACTIVE certificate
+    unnamed: tuple[str, ...]  # certificate ids whose subject has no broker identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,8 @@ class Registry:
         self._ca = fleet_ca
         self._clock = clock
         self.on_access_change = on_access_change
+        # certificate id -> (broker identity or None, subject): a stored PEM never changes.
+        self._identities: dict[str, tuple[str | None, x509.Name]] = {}
         # (thing, group ARN) after a thing joined a group: CONTINUOUS jobs reach it.
         self.on_group_join: Callable[[str, str], None] = lambda _thing, _group: None
 
@@ -203,17 +220,17 @@ class Registry:
                                   .order_by(ThingGroupMember.thing_name)))
 
     def resolve_targets(self, target_arns: list[str]) -> list[str]:
-        """Thing and thing-group ARNs -> distinct thing names, sorted."""
+        """Thing and thing-group ARNs -> distinct thing names, sorted. Each target is
+        parsed strictly (core/arn.py): exactly the thing or group IAM checked (O1)."""
+        arns = Arns.of(self._settings)
         things: set[str] = set()
-        for arn in target_arns:
-            kind, _, name = arn.rpartition(":")[2].partition("/")
-            if kind == "thing":
-                self.describe_thing(name)
-                things.add(name)
-            elif kind == "thinggroup":
-                things.update(self.things_in_group(name))
+        for text in target_arns:
+            target = arns.require("iot", "targets", text, "iot", ("thing", "thinggroup"))
+            if target.resource_type == "thing":
+                self.describe_thing(target.resource_name)
+                things.add(target.resource_name)
             else:
-                raise invalid(f"target {arn!r} is neither a thing nor a thing group ARN")
+                things.update(self.things_in_group(target.resource_name))
         return sorted(things)
 
     # Certificates ---------------------------------------------------------------
@@ -294,23 +311,49 @@ class Registry:
                                   .where(ThingPrincipal.thing_name == thing)))
 
     def _cert_id_of(self, principal: str) -> str:
-        prefix = self._settings.arn("iot", "cert/")
-        if not principal.startswith(prefix):
-            raise invalid(f"principal {principal!r} is not a certificate ARN of this account")
-        return principal.removeprefix(prefix)
+        """The certificate id of a certificate ARN of this deployment (core/arn.py)."""
+        return Arns.of(self._settings).require("iot", "principal", principal, "iot", ("cert",)).resource_name
 
     # What the broker enforces ------------------------------------------------------
-    def access_entries(self) -> list[AccessEntry]:
+    def broker_access(self) -> BrokerAccess:
         with self._db.reading() as s:
-            rows = s.execute(select(DeviceCertificate.pem, ThingPrincipal.thing_name)
-                             .join(ThingPrincipal, ThingPrincipal.principal == DeviceCertificate.arn)
-                             .where(DeviceCertificate.status == "ACTIVE")).all()
-        entries = []
-        for pem, thing in rows:
-            cn = _common_name(pem)
-            if cn is not None:
-                entries.append(AccessEntry(cn, thing))
-        return sorted(set(entries), key=lambda e: (e.username, e.thing_name))
+            certs = s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.arn,
+                                     DeviceCertificate.status)).all()
+            new = [cert_id for cert_id, _, _ in certs if cert_id not in self._identities]
+            for start in range(0, len(new), 500):
+                batch = new[start:start + 500]
+                for cert_id, pem in s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.pem)
+                                              .where(DeviceCertificate.certificate_id.in_(batch))):
+                    subject = x509.load_pem_x509_certificate(pem.encode()).subject
+                    self._identities[cert_id] = (broker_username(subject), subject)
+            attached: dict[str, set[str]] = {}
+            for principal, thing in s.execute(select(ThingPrincipal.principal, ThingPrincipal.thing_name)):
+                attached.setdefault(principal, set()).add(thing)
+        # identity -> the things of each ACTIVE certificate presenting it
+        presented: dict[str, list[frozenset[str]]] = {}
+        subjects: dict[str, x509.Name] = {}
+        withdrawn: set[str] = set()
+        unnamed: list[str] = []
+        for cert_id, arn, status in certs:
+            identity, subject = self._identities[cert_id]
+            if identity is None:
+                unnamed.append(cert_id)
+                continue
+            subjects[identity] = subject
+            if status == "ACTIVE":
+                presented.setdefault(identity, []).append(frozenset(attached.get(arn, ())))
+            else:
+                withdrawn.add(identity)
+        grants = {}
+        for identity, thing_sets in presented.items():
+            things = frozenset.intersection(*thing_sets)
+            if things:
+                grants[identity] = things
+        keep = grants.keys() | withdrawn
+        return BrokerAccess(grants=grants, subjects={i: n for i, n in subjects.items() if i in keep},
+                            withdrawn=frozenset(withdrawn),
+                            shared=frozenset(i for i, sets in presented.items() if len(sets) > 1),
+                            unnamed=tuple(sorted(unnamed)))
 
     def things_of_certificate(self, cert: x509.Certificate) -> list[str]:
         """The things an ACTIVE device certificate is attached to (none otherwise)."""
@@ -322,24 +365,12 @@ class Registry:
             return list(s.scalars(select(ThingPrincipal.thing_name)
                                   .where(ThingPrincipal.principal == self.cert_arn(cert_id))))
 
-    def withdrawn_common_names(self) -> set[str]:
-        """The CNs of device certificates that are not ACTIVE (revoked or inactive)."""
-        with self._db.reading() as s:
-            pems = s.scalars(select(DeviceCertificate.pem).where(DeviceCertificate.status != "ACTIVE")).all()
-        return {cn for cn in map(_common_name, pems) if cn is not None}
-
     def revoked_serials(self) -> list[int]:
         """Every device certificate that must not connect: not ACTIVE."""
         with self._db.reading() as s:
             serials = s.scalars(select(DeviceCertificate.serial)
                                 .where(DeviceCertificate.status != "ACTIVE"))
             return [int(serial, 16) for serial in serials]
-
-
-def _common_name(pem: str) -> str | None:
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    values = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(values[0].value) if values else None
 
 
 def thing_view(thing: Thing) -> dict[str, Any]:

@@ -8,15 +8,16 @@ ListTagsForCertificate and by the `overair signing list` command.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from overair.server.api.contract import ApiError, ApiRequest, OperationTable
+from overair.server.api.contract import ApiError, ApiRequest, Caller, OperationTable
 from overair.server.api.paging import page_out, paginate
 from overair.server.signing.certstore import CertificateStore
-from overair.server.signing.service import PLATFORMS, SigningService
+from overair.server.signing.service import PLATFORMS, Gate, SigningService
 from overair.server.storage.schema import SigningCertificate, SigningJob, SigningProfile
 
 _ACM_KEY_ALGORITHMS = {
@@ -213,7 +214,11 @@ def _job_view(row: SigningJob, profile: SigningProfile | None) -> dict[str, Any]
     return view
 
 
-def register_signer(table: OperationTable, signing: SigningService) -> None:
+# (caller, service) -> a gate that checks further (action, resource) pairs as the caller.
+GateFor = Callable[[Caller, str], Gate]
+
+
+def register_signer(table: OperationTable, signing: SigningService, gate_for: GateFor) -> None:
     def platforms(r: ApiRequest) -> dict[str, Any]:
         items = [p.to_api() for p in PLATFORMS.values()]
         page, token = paginate(items, r.params)
@@ -279,10 +284,10 @@ def register_signer(table: OperationTable, signing: SigningService) -> None:
         "RevokeSigningProfile": revoke_profile,
     }.items():
         table.register("signer", name, handler)
-    _register_signing_jobs(table, signing)
+    _register_signing_jobs(table, signing, gate_for)
 
 
-def _register_signing_jobs(table: OperationTable, signing: SigningService) -> None:
+def _register_signing_jobs(table: OperationTable, signing: SigningService, gate_for: GateFor) -> None:
     def start_job(r: ApiRequest) -> dict[str, Any]:
         source = (r.params.get("source") or {}).get("s3") or {}
         destination = (r.params.get("destination") or {}).get("s3") or {}
@@ -297,6 +302,8 @@ def _register_signing_jobs(table: OperationTable, signing: SigningService) -> No
             source.get("version"),
             destination["bucketName"],
             destination.get("prefix", ""),
+            # The job reads the source and writes the result for the caller (O1).
+            authorize=gate_for(r.caller, "signer"),
             client_request_token=r.params.get("clientRequestToken"),
             requested_by=r.caller.principal_arn,
         )

@@ -9,6 +9,12 @@ documents carry it base64.
 The signed object is a JSON envelope: the base64 signature, the algorithm, the source
 object version and the certificate chain in PEM, i.e. everything a device or a script
 needs to check the image independently.
+
+A job reads and writes objects for whoever asked for it (threat O1): `start_job` takes an
+`authorize` gate and asks it for `s3:GetObject` (`s3:GetObjectVersion` when a version is
+named) on the source and `s3:PutObject` on the signed object's key before touching
+either. The API passes the caller's gate, the OTA Update Manager its service role's, so a
+signing job can read and write only what its requester could.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +43,9 @@ from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import SigningJob, SigningProfile
 
 log = logging.getLogger("overair.signing")
+
+# (IAM action, resource ARN) -> None, or raise ApiError (AccessDenied) if the requester may not.
+Gate = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,11 @@ class Signed:
     certificate_path_on_device: str
     signature_key: str
     job_id: str
+
+
+def signed_key(prefix: str, job_id: str) -> str:
+    """Where a job writes its signed object: `<prefix><job id>.json`."""
+    return f"{prefix}{job_id}.json"
 
 
 class SigningFailed(OverairError):
@@ -224,11 +239,16 @@ class SigningService:
         destination_bucket: str,
         prefix: str = "",
         *,
+        authorize: Gate,
         client_request_token: str | None = None,
         requested_by: str = "",
     ) -> SigningJob:
         """Run a signing job to its end; a repeated `client_request_token` returns the
-        job it started the first time."""
+        job it started the first time. `authorize` is asked first for reading the source
+        and writing the signed object; a refusal raises before anything is read, written
+        or recorded."""
+        source_arn = self._object_arn(bucket, key)
+        authorize("s3:GetObjectVersion" if version else "s3:GetObject", source_arn)
         if client_request_token:
             with self._db.reading() as s:
                 earlier = s.scalar(
@@ -244,6 +264,7 @@ class SigningService:
         if profile.status != "Active":
             raise ApiError("ValidationException", f"signing profile {profile_name} is {profile.status}")
         job_id = str(uuid.uuid4())
+        authorize("s3:PutObject", self._object_arn(destination_bucket, signed_key(prefix, job_id)))
         now = self._clock()
         job = SigningJob(
             job_id=job_id,
@@ -297,13 +318,16 @@ class SigningService:
         ).encode()
         out = self._objects.put_object(
             destination["bucketName"],
-            f"{destination['prefix']}{job.job_id}.json",
+            signed_key(destination["prefix"], job.job_id),
             envelope,
             content_type="application/json",
         )
         job.signature = signature
         job.signed_object = {"s3": {"bucketName": destination["bucketName"], "key": out.key}}
         job.status = "Succeeded"
+
+    def _object_arn(self, bucket: str, key: str) -> str:
+        return f"arn:{self._settings.partition}:s3:::{bucket}/{key}"
 
     def describe_job(self, job_id: str) -> SigningJob:
         with self._db.reading() as s:
@@ -337,9 +361,12 @@ class SigningService:
         destination_bucket: str,
         prefix: str = "",
         requested_by: str = "",
+        *,
+        authorize: Gate,
     ) -> Signed:
         job = self.start_job(
-            profile_name, bucket, key, version, destination_bucket, prefix, requested_by=requested_by
+            profile_name, bucket, key, version, destination_bucket, prefix, authorize=authorize,
+            requested_by=requested_by,
         )
         return self.signed_by_job(job.job_id)
 

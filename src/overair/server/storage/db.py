@@ -12,22 +12,47 @@ starts with BEGIN IMMEDIATE (takes SQLite's single write lock up front, waiting 
 up to the busy timeout, which makes each transaction serializable), `reading()` with a
 plain BEGIN (a consistent snapshot that never blocks writers). On PostgreSQL both are
 ordinary transactions and writers lock rows with SELECT ... FOR UPDATE.
+
+Health (`/health`, issue 12 finding 13): a database that is corrupt, locked, full or gone
+must show there, not only as failing API calls. `health()` reads the schema and the
+first row of every table (the pages every query starts from) on a separate thread,
+bounded in time, and also reports the last database failure any transaction met if no
+transaction has succeeded since (the server's scheduler runs one every second, so a
+passing condition clears quickly). `unavailable_cause` tells such failures (answered
+503 at the API) from defects (a constraint violation, bad SQL), which stay bugs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, literal_column, select, table
+from sqlalchemy import exc as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+HEALTH_TIMEOUT_SECONDS = 2.0
+# DatabaseError subclasses that mean a defect in overair, not an unavailable database.
+_DEFECTS = (sa.IntegrityError, sa.ProgrammingError, sa.DataError, sa.NotSupportedError)
+
+
+def unavailable_cause(exc: BaseException) -> str | None:
+    """Why the database is unavailable, if `exc` says so (a corrupt file, a lock held too
+    long, a full disk, a server gone, no free connection); None for anything else."""
+    if isinstance(exc, sa.TimeoutError):
+        return "no database connection became free in time"
+    if not isinstance(exc, sa.DBAPIError) or isinstance(exc, _DEFECTS):
+        return None
+    text = str(exc.orig).strip()
+    return text.splitlines()[0] if text else type(exc.orig).__name__
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -83,6 +108,19 @@ class Database:
         else:
             self._read_engine = None
             self._read_sessions = self._sessions
+        # (monotonic time, cause) of the last unavailable-database failure; time of the
+        # last transaction that succeeded. Plain assignments: atomic enough for a health view.
+        self._last_failure: tuple[float, str] | None = None
+        self._last_success = 0.0
+        self._probe_lock = threading.Lock()
+        self._probe: Future[None] | None = None
+        for engine in {self.engine, self._read_engine or self.engine}:
+            event.listen(engine, "handle_error", self._note_failure)
+
+    def _note_failure(self, context: Any) -> None:
+        cause = unavailable_cause(context.sqlalchemy_exception) if context.sqlalchemy_exception else None
+        if cause is not None:
+            self._last_failure = (time.monotonic(), cause)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -91,9 +129,10 @@ class Database:
         if self._write_lock is None:
             with self._sessions() as session, session.begin():
                 yield session
-            return
-        with self._write_lock, self._sessions() as session, session.begin():
-            yield session
+        else:
+            with self._write_lock, self._sessions() as session, session.begin():
+                yield session
+        self._last_success = time.monotonic()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -103,6 +142,48 @@ class Database:
         # what was loaded, so results stay readable after the block.
         with self._read_sessions() as session:
             yield session
+        self._last_success = time.monotonic()
+
+    def health(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> str | None:
+        """None if the database answers; otherwise why not. Never raises, never waits
+        longer than `timeout`; a probe still running from an earlier call is waited for
+        rather than a second one started."""
+        with self._probe_lock:
+            if self._probe is None or self._probe.done():
+                self._probe = self._start_probe()
+            probe = self._probe
+        try:
+            probe.result(timeout)
+        except TimeoutError:
+            return f"the database did not answer within {timeout:g} seconds"
+        except Exception as exc:  # reported, not raised: this is the health view
+            return unavailable_cause(exc) or f"{type(exc).__name__}: {exc}"
+        failure = self._last_failure
+        if failure is not None and failure[0] > self._last_success:
+            return failure[1]
+        return None
+
+    def _start_probe(self) -> Future[None]:
+        future: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                self._read_schema_and_tables()
+            except BaseException as exc:  # handed to the waiting health() call
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        # A daemon thread: a probe stuck on a dead database must not hold up shutdown.
+        threading.Thread(target=run, name="db-health", daemon=True).start()
+        return future
+
+    def _read_schema_and_tables(self) -> None:
+        """Read the schema and one row of every table: the root pages each query uses."""
+        with (self._read_engine or self.engine).connect() as connection:
+            for name in inspect(connection).get_table_names():
+                connection.execute(select(literal_column("1")).select_from(table(name)).limit(1)).all()
+            connection.rollback()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -40,6 +40,7 @@ from overair.server.storage.objects import (
     MAX_LIST_KEYS,
     ObjectStore,
     StoredObject,
+    disk_writes,
     no_such_bucket,
     page_by_key,
     validate_key,
@@ -304,12 +305,12 @@ class MultipartStore:
         self._objects.check_size(len(data))
         sha = hashlib.sha256(data).hexdigest()
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        tmp = self._objects.write_temp([data])
+        tmp = self._objects.write_temp([data], what="writing the part")
         final: Path | None = None
         preexisting = False
         replaced: Path | None = None
         try:
-            with self._lock:
+            with self._lock, disk_writes("writing the part"):
                 try:
                     with self._db.session() as session:
                         self._upload(session, bucket, key, upload_id)
@@ -403,7 +404,8 @@ class MultipartStore:
             handles = self._open_parts(upload_id, chosen)
         try:
             whole = hashlib.sha256()
-            tmp = self._objects.write_temp(self._stream(upload, chosen, handles, whole, observe))
+            tmp = self._objects.write_temp(self._stream(upload, chosen, handles, whole, observe),
+                                           what="assembling the object")
         finally:
             for handle in handles:
                 handle.close()

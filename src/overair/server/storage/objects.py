@@ -17,12 +17,18 @@ delete, `Suspended` writes the `null` version again while keeping older versions
 Mutations of rows and files run under one process-local lock; reads do not take it.
 Multipart uploads (`multipart.py`) assemble their parts into a temporary file and hand
 it to `commit_file`, the same installation path a single PUT takes.
+
+A full disk (ENOSPC, EDQUOT) while writing is an `UnavailableError` naming what was
+being written ("no space left on device while writing the object"), which the API
+answers with 503; by the order above, nothing of the failed write is visible: the
+temporary file is removed, and no row refers to bytes that were not installed.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -39,6 +45,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from overair.core.errors import UnavailableError
 from overair.core.limits import DEFAULT_LIMITS
 from overair.server.api.contract import ApiError
 from overair.server.storage.db import Database
@@ -52,8 +59,9 @@ MAX_LIST_KEYS = 1000
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 VERSIONING_STATES = ("Enabled", "Suspended")
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+# Matched whole (`fullmatch`: `^...$` with `match` accepts a trailing newline).
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
 _STALE_TMP_SECONDS = 3600.0
 
 T = TypeVar("T")
@@ -186,11 +194,11 @@ def no_such_bucket(name: str) -> ApiError:
 def validate_bucket_name(name: str) -> None:
     """S3 bucket naming rules (the DNS-compatible subset)."""
     if (
-        not _BUCKET_RE.match(name)
+        not _BUCKET_RE.fullmatch(name)
         or ".." in name
         or ".-" in name
         or "-." in name
-        or _IPV4_RE.match(name)
+        or _IPV4_RE.fullmatch(name)
         or name.startswith("xn--")
     ):
         raise ApiError("InvalidBucketName", f"The specified bucket is not valid: {name!r}", 400)
@@ -222,6 +230,22 @@ def _to_object(row: ObjectVersion) -> StoredObject:
         metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
         delete_marker=row.delete_marker,
     )
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_writes(what: str) -> Iterator[None]:
+    """A full disk inside the block is an UnavailableError that says so (503 at the API)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            logger.error("no space left on device while %s", what)
+            raise UnavailableError(f"no space left on device while {what}",
+                                   code="NoSpaceLeftOnDevice") from exc
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -341,7 +365,7 @@ class ObjectStore:
         validate_key(key)
         self.check_size(len(data))
         tmp = self.write_temp([data])
-        return self.commit_file(
+        return self.commit_file(  # removes tmp whatever happens
             bucket,
             key,
             tmp,
@@ -356,20 +380,21 @@ class ObjectStore:
         if size > self.max_object_bytes:
             raise entity_too_large(size, self.max_object_bytes)
 
-    def write_temp(self, chunks: Iterable[bytes]) -> Path:
+    def write_temp(self, chunks: Iterable[bytes], *, what: str = "writing the object") -> Path:
         """Write `chunks` to a new file under the store's temporary directory and fsync
         it. If writing fails (or a chunk producer raises), nothing is left behind."""
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise
+        with disk_writes(what):
+            fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+                raise
         return Path(name)
 
     def commit_file(
@@ -396,7 +421,7 @@ class ObjectStore:
         preexisting = False
         old_files: list[Path] = []
         try:
-            with self._lock:
+            with self._lock, disk_writes("writing the object"):
                 try:
                     with self._db.session() as session:
                         versioning = self._bucket(session, bucket).versioning

@@ -7,7 +7,6 @@ block is a slice, not a disk read: the block server is the hot path of a rollout
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from overair.core import streamcodec
+from overair.core import streamcodec, topics
 from overair.core.streamplan import block_bytes
 from overair.server.api.contract import already_exists, invalid, not_found
 from overair.server.clock import Clock
@@ -23,7 +22,6 @@ from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Stream
 
-STREAM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 STREAM_ROW_TTL = 2.0
 
 
@@ -82,7 +80,7 @@ class StreamService:
 
     def create_stream(self, stream_id: str, files: list[dict[str, Any]], description: str = "",
                       role_arn: str = "") -> Stream:
-        if not STREAM_ID_RE.match(stream_id):
+        if not topics.is_stream_id(stream_id):
             raise invalid("streamId must be 1-128 characters of [a-zA-Z0-9_-]")
         self._check_files(files)
         now = self._clock()

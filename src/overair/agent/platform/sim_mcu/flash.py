@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from overair.agent.platform.base import PlatformError
+from overair.agent.platform.base import PlatformError, PowerLost
 
 ERASED = 0xFF
 _WEAR_BYTES = 4
@@ -34,7 +34,7 @@ class FlashError(PlatformError):
     code = "FlashError"
 
 
-class PowerCut(Exception):
+class PowerCut(PowerLost):
     """The power failed during a flash operation (injected fault)."""
 
 

@@ -258,7 +258,7 @@ class SimMcu:
             raise PlatformError("no boot state that authenticates (no image installed)")
         try:
             state = _BootState.from_bytes(raw)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, DecodeError) as exc:
             raise PlatformError(f"unreadable boot state: {exc}") from exc
         if state.confirmed not in SLOT_NAMES or state.pending not in (*SLOT_NAMES, None) \
                 or state.pending == state.confirmed:

@@ -1,0 +1,73 @@
+"""Cached answers to "may this thing read this stream / this file now?" (threat N4).
+
+A device may read a stream, or download a file with a pre-signed URL, only while it has
+a live (QUEUED or IN_PROGRESS) execution of a job that delivers it (device-protocol.md
+§3, §4). Asking the database on every block request would make the database the cost
+of a rollout, so decisions are cached, and a cached "yes" must not outlive the
+execution that justified it. Two mechanisms bound it:
+
+- the job service calls `forget_things` as soon as a thing's executions change (one
+  ends, is canceled or times out, a job is created or deleted): in this process the
+  next request after the change is decided afresh;
+- every entry expires after `ttl` seconds of the server clock, the backstop for changes
+  made where no hook runs (another server process sharing the database). An entry
+  stamped in the future (the clock went back) counts as expired.
+
+A lookup that started before an invalidation must not store its (possibly stale) answer
+after it: `generation()` is taken before the lookup and `put` drops the answer if any
+invalidation happened in between. Size is bounded: past `max_entries`, everything is
+dropped and decided again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterable
+
+
+class AccessCache:
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._lock = threading.Lock()
+        # thing -> item -> (allowed, when it was decided)
+        self._entries: dict[str, dict[Hashable, tuple[bool, float]]] = {}
+        self._count = 0
+        self._generation = 0
+
+    def get(self, thing: str, item: Hashable, now: float) -> bool | None:
+        """The cached decision, or None if there is none still valid."""
+        with self._lock:
+            entry = self._entries.get(thing, {}).get(item)
+        if entry is None:
+            return None
+        allowed, stamped = entry
+        return allowed if stamped <= now < stamped + self._ttl else None
+
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def put(self, thing: str, item: Hashable, allowed: bool, now: float, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # something changed while the decision was being made
+            if self._count >= self._max:
+                self._entries.clear()
+                self._count = 0
+            items = self._entries.setdefault(thing, {})
+            if item not in items:
+                self._count += 1
+            items[item] = (allowed, now)
+
+    def forget_things(self, things: Iterable[str]) -> None:
+        with self._lock:
+            self._generation += 1
+            for thing in things:
+                self._count -= len(self._entries.pop(thing, {}))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+            self._count = 0

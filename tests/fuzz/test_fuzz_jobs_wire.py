@@ -1,0 +1,57 @@
+"""Fuzz target: the Jobs API requests a device sends (core/jobs_wire.py), the body of
+every MQTT Jobs request and of the HTTPS UpdateJobExecution (issue 12, finding 10).
+
+`load_request`, `client_token`, `parse_status_details` and `parse_update` may raise only
+`DecodeError`, with a Jobs error code; what they accept is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hypothesis import given
+
+from overair.core import jobs_wire as wire
+from overair.core.errors import DecodeError
+from overair.core.limits import DEFAULT_LIMITS
+from tests.fuzz.device_strategies import JSON_VALUES, job_messages, json_payloads
+
+CODES = {wire.INVALID_JSON, wire.INVALID_REQUEST}
+
+
+@given(json_payloads(job_messages()))
+def test_fuzz_jobs_request_bytes_raise_only_decode_error(payload: bytes) -> None:
+    code: str | None = None
+    try:
+        request = wire.load_request(payload)
+        wire.client_token(request)
+        wire.parse_update(request)
+    except DecodeError as exc:
+        code = exc.code
+    assert code is None or code in CODES
+
+
+@given(job_messages())
+def test_fuzz_accepted_updates_are_bounded(request: dict[str, Any]) -> None:
+    code: str | None = None
+    try:
+        update = wire.parse_update(request)
+    except DecodeError as exc:
+        code = exc.code
+    if code is not None:
+        assert code in CODES
+        return
+    details = update.status_details or {}
+    assert len(details) <= DEFAULT_LIMITS.max_status_details_entries
+    assert all(len(v.encode()) <= DEFAULT_LIMITS.max_status_detail_length for v in details.values())
+    assert update.step_timeout_minutes is None or 1 <= update.step_timeout_minutes <= 10_080
+    assert len(update.client_token.encode()) <= DEFAULT_LIMITS.max_client_token_length
+
+
+@given(JSON_VALUES)
+def test_fuzz_status_details_raise_only_decode_error(value: Any) -> None:
+    with contextlib.suppress(DecodeError):
+        wire.parse_status_details(value)
+    with contextlib.suppress(DecodeError):
+        wire.parse_status_details({"reason": value})

@@ -1,0 +1,196 @@
+"""The broker is supervised (finding: a Mosquitto that died left every device offline
+until a person restarted `overair serve`, and access changes answered 200 meanwhile).
+
+The real server runs its Mosquitto through a wrapper script that the test can make
+fail (a "block" file), so the broker can be held down for as long as the test needs:
+SIGKILL it, see /health report it down with the cause, see an AttachThingPrincipal
+answer 503 while it is down, let it come back, and see the attach in force and the
+device reconnected on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from botocore.exceptions import ClientError
+from paho.mqtt.enums import CallbackAPIVersion
+
+from overair.cli.provisioning import create_keys_and_certificate_for
+from overair.core.revocation import REVOCATIONS_TOPIC
+from overair.server.files import write_atomic, write_private
+from tests.server_harness import MOSQUITTO, RunningServer, running_server
+
+WAIT = 60.0  # generous: restarts back off (0.5 s, 1 s, 2 s, ...)
+
+
+@pytest.fixture
+def block(tmp_path: Path) -> Path:
+    return tmp_path / "block-the-broker"
+
+
+@pytest.fixture
+def srv(tmp_path: Path, block: Path) -> Iterator[RunningServer]:
+    wrapper = tmp_path / "mosquitto-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nif [ -e "{block}" ]; then echo "held down by the test" >&2; exit 3; fi\n'
+                       f'exec {MOSQUITTO} "$@"\n')
+    wrapper.chmod(0o755)
+    with running_server(tmp_path / "data", settings_toml=f'mosquitto_binary = "{wrapper}"') as running:
+        yield running
+
+
+class ReconnectingDevice:
+    """A device that reconnects by itself (paho's loop does) and subscribes again each
+    time, as the overair agent and FreeRTOS do."""
+
+    def __init__(self, srv: RunningServer, cert: Path, key: Path, thing: str) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
+        context.load_cert_chain(str(cert), str(key))
+        self.thing = thing
+        self.connects = 0
+        self.received: list[tuple[str, bytes]] = []
+        self.changed = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing, protocol=mqtt.MQTTv311)
+        self.client.tls_set_context(context)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect_async("127.0.0.1", srv.settings.mqtt_port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe([(f"$aws/things/{self.thing}/jobs/#", 1), (REVOCATIONS_TOPIC, 1)])
+            with self.changed:
+                self.connects += 1
+                self.changed.notify_all()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self.changed:
+            self.received.append((message.topic, bytes(message.payload)))
+            self.changed.notify_all()
+
+    def wait_connects(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.connects >= count, WAIT), f"{self.connects} connects"
+
+    def answered(self, timeout: float) -> bool:
+        """Ask for the next job until the service answers (subscriptions take a moment
+        after each reconnect); True once it has."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            token = secrets.token_hex(6)
+            self.client.publish(f"$aws/things/{self.thing}/jobs/$next/get",
+                                json.dumps({"clientToken": token}), qos=1)
+            if self._got(token.encode()):
+                return True
+        return False
+
+    def _got(self, token: bytes) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: any(token in p for _, p in self.received), 1.0)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _health(srv: RunningServer) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(srv.endpoint + "/health", timeout=5) as response:
+            body: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+    return body
+
+
+def _wait_health(srv: RunningServer, predicate: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        health = _health(srv)
+        if predicate(health):
+            return health
+        time.sleep(0.1)
+    raise AssertionError(f"/health never matched: {_health(srv)}")
+
+
+def test_killed_broker_is_restarted_and_an_access_change_meanwhile_is_refused_then_applied(
+        srv: RunningServer, block: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="overair.broker")
+    iot = srv.client("iot")
+    thing = "supervised-device"
+    iot.create_thing(thingName=thing)
+    cert = create_keys_and_certificate_for(iot, thing)  # not attached yet
+    write_atomic(tmp_path / "device.crt", cert["certificatePem"].encode())
+    write_private(tmp_path / "device.key", cert["keyPair"]["PrivateKey"].encode())
+    device = ReconnectingDevice(srv, tmp_path / "device.crt", tmp_path / "device.key", thing)
+    try:
+        device.wait_connects(1)
+        assert _health(srv)["brokerRestarts"] == 0
+        broker = srv.server.broker
+        assert broker is not None
+        assert broker.process is not None
+        block.touch()
+        os.kill(broker.process.pid, signal.SIGKILL)
+
+        down = _wait_health(srv, lambda h: h["broker"] == "down")
+        assert down["status"] != "ok"
+        with pytest.raises(ClientError) as refused:
+            iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert refused.value.response["Error"]["Code"] == "ServiceUnavailableException"
+        assert iot.list_thing_principals(thingName=thing)["principals"] == [cert["certificateArn"]]  # saved
+
+        block.unlink()
+        health = _wait_health(srv, lambda h: h["broker"] == "up" and h["brokerRestarts"] >= 1)
+        assert health["status"] == "ok"
+        assert health["brokerLastExit"]["cause"] in ("killed by SIGKILL", "exited with status 3")
+        device.wait_connects(2)  # it reconnected by itself
+        assert device.answered(WAIT), "the attach made while the broker was down is not in force"
+        with device.changed:  # the retained revocation list is back too (it is not persisted)
+            assert device.changed.wait_for(
+                lambda: sum(1 for t, _ in device.received if t == REVOCATIONS_TOPIC) >= 2, WAIT)
+    finally:
+        device.close()
+    logged = caplog.text
+    assert "killed by SIGKILL" in logged
+    assert "held down by the test" in logged  # a failed restart's own output is logged
+    assert "mosquitto is back (restart 1)" in logged
+
+
+def test_access_change_answers_503_when_the_broker_cannot_confirm_it(srv: RunningServer) -> None:
+    """A broker that is alive but does not apply the reload (stopped): the change is
+    saved, the API says 503, and it is in force once the broker runs again."""
+    iot = srv.client("iot")
+    iot.create_thing(thingName="frozen-broker")
+    cert = iot.create_keys_and_certificate(setAsActive=True)
+    broker = srv.server.broker
+    assert broker is not None
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ClientError) as refused:
+            iot.attach_thing_principal(thingName="frozen-broker", principal=cert["certificateArn"])
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+    # The next change applies everything saved so far, and the broker confirms it.
+    iot.update_certificate(certificateId=cert["certificateId"], newStatus="ACTIVE")
+    server = srv.server
+    assert server.witness is not None
+    assert server.witness.in_force(server.access_ledger.generation)
+    assert "topic readwrite $aws/things/frozen-broker/#" in (srv.settings.paths.broker / "acl").read_text()

@@ -1,0 +1,95 @@
+"""N4: a broker identity is the certificate itself (server/pki.py), and the ACL file
+overair writes means exactly what the registry says (gateway/broker.py). Pure logic;
+tests/integration/test_broker_identity.py checks the same against the real Mosquitto."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from overair.core.errors import MisuseError
+from overair.core.revocation import REVOCATIONS_TOPIC
+from overair.server import pki
+from overair.server.gateway.broker import AclRule, render_acl
+
+NOW = dt.datetime.now(dt.UTC)
+CA = pki.make_root_ca("unit fleet CA", NOW)
+A = x509.NameAttribute
+
+
+def test_n4_two_certificates_with_one_cn_never_share_a_broker_identity() -> None:
+    first, second = (pki.issue_client_cert(CA, "dev-1", NOW) for _ in range(2))
+    names = {pki.broker_username(cert.cert.subject) for cert in (first, second)}
+    assert len(names) == 2
+    for issued in (first, second):
+        subject = issued.cert.subject
+        assert subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-1"  # the agent's check
+        assert (subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value
+                == format(issued.cert.serial_number, "x"))
+        assert pki.broker_username(subject) == (
+            f"serialNumber={issued.cert.serial_number:x},CN=dev-1,O=overair")
+
+
+def test_n4_session_closer_certificate_takes_the_exact_identity_it_copies() -> None:
+    device = pki.issue_client_cert(CA, "dev-1", NOW)
+    closer = pki.issue_session_closer_cert(CA, device.cert.subject, NOW, days=0.01)
+    assert closer.cert.subject == device.cert.subject
+    assert closer.cert.serial_number != device.cert.serial_number  # not on the device's CRL entry
+
+
+def test_n4_subjects_from_before_unique_subjects_keep_their_rfc2253_name() -> None:
+    legacy = x509.Name([A(NameOID.ORGANIZATION_NAME, "overair"), A(NameOID.COMMON_NAME, "dev-1")])
+    assert pki.broker_username(legacy) == "CN=dev-1,O=overair"
+
+
+@pytest.mark.parametrize("subject", [
+    x509.Name([A(NameOID.COMMON_NAME, "dev-1,O=overair")]),  # would need RFC 2253 escaping
+    x509.Name([A(NameOID.COMMON_NAME, "dev-1\ntopic readwrite #")]),  # an ACL line of its own
+    x509.Name([A(NameOID.COMMON_NAME, "dev 1")]),
+    x509.Name([A(NameOID.COMMON_NAME, "dév-1")]),
+    x509.Name([A(NameOID.COMMON_NAME, "#dev")]),
+    x509.Name([A(NameOID.ORGANIZATIONAL_UNIT_NAME, "fleet"), A(NameOID.COMMON_NAME, "dev-1")]),
+    x509.Name([x509.RelativeDistinguishedName([A(NameOID.COMMON_NAME, "dev-1"),
+                                              A(NameOID.ORGANIZATION_NAME, "overair")])]),
+    x509.Name([]),
+])
+def test_n4_a_subject_that_cannot_be_named_exactly_has_no_broker_identity(subject: x509.Name) -> None:
+    assert pki.broker_username(subject) is None
+
+
+def _acl_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_n4_acl_grants_each_identity_only_its_things_and_devices_only_read_revocations() -> None:
+    acl = render_acl(service="CN=overair.service,O=overair",
+                     devices={"serialNumber=1,CN=a,O=overair": ["a", "b"],
+                              "serialNumber=2,CN=a,O=overair": []},
+                     control={"serialNumber=3,CN=overair.witness,O=overair": [
+                         AclRule("readwrite", "overair/x")]})
+    assert _acl_lines(acl) == [
+        f"pattern read {REVOCATIONS_TOPIC}",
+        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
+        f"topic readwrite {REVOCATIONS_TOPIC}",
+        "user serialNumber=3,CN=overair.witness,O=overair", "topic readwrite overair/x",
+        "user serialNumber=1,CN=a,O=overair",
+        "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#",
+    ]
+
+
+def test_n4_acl_leaves_out_what_would_change_its_meaning() -> None:
+    acl = render_acl(service="CN=overair.service,O=overair",
+                     devices={"serialNumber=1,CN=a,O=overair": ["a", "x\n/#", "y/+", "z #"],
+                              "CN=b\ntopic readwrite #": ["b"], "CN=c d": ["c"]})
+    assert _acl_lines(acl)[4:] == ["user serialNumber=1,CN=a,O=overair", "topic readwrite $aws/things/a/#"]
+
+
+def test_n4_acl_refuses_an_unsafe_service_or_control_identity() -> None:
+    with pytest.raises(MisuseError):
+        render_acl(service="CN=x\ntopic readwrite #", devices={})
+    with pytest.raises(MisuseError):
+        render_acl(service="CN=overair.service", devices={},
+                   control={"CN=w": [AclRule("readwrite", "a\ntopic readwrite #")]})
