@@ -69,7 +69,8 @@ class Injector:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
         context.load_cert_chain(str(workdir / "injector.crt"), str(workdir / "injector.key"))
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="injector",
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=f"{thing}#injector",
                                   protocol=mqtt.MQTTv311)
         self.client.tls_set_context(context)
         self._seen: set[bytes] = set()

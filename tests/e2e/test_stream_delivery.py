@@ -112,7 +112,7 @@ class ThingTap:
         context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
         context.load_cert_chain(str(workdir / "tap.crt"), str(workdir / "tap.key"))
         self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="tap", protocol=mqtt.MQTTv311
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{thing}#tap", protocol=mqtt.MQTTv311
         )
         self.client.tls_set_context(context)
         self.messages: list[tuple[str, bytes]] = []

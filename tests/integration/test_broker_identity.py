@@ -112,7 +112,7 @@ def _run_broker(root: Path, *, with_acl: bool) -> Iterator[Env]:
     write({})
     config = render_config(host="127.0.0.1", port=port, ca=root / "ca.pem", cert=root / "server.pem",
                            key=root / "server.key", crl=root / "crl.pem", acl=broker.acl_path,
-                           run_as_root=os.geteuid() == 0)
+                           run_as_root=os.geteuid() == 0, workdir=broker.workdir)
     if not with_acl:
         config = "\n".join(line for line in config.splitlines() if not line.startswith("acl_file")) + "\n"
     broker.write_config(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -19,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from overair.server import pki
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway.broker import Broker, render_acl, render_config
+from overair.server.gateway.broker_plugin import build_plugin
 from overair.server.gateway.tls import client_ssl_context
 
 NOW = dt.datetime.now(dt.UTC)
@@ -41,6 +43,7 @@ class BrokerEnv:
         write_private(root / "server.key", server.key_pem)
         write_atomic(root / "crl.pem", pki.make_crl(self.ca, [], NOW))
         self.identities: dict[str, str] = {}  # file name -> broker identity
+        self.startup_log: tuple[str, ...] = ()
         self.service = self.client_files("service", pki.SERVICE_IDENTITY)
         self.a = self.client_files("a", "thing-a")
         self.b = self.client_files("b", "thing-b")
@@ -56,20 +59,26 @@ class BrokerEnv:
         return str(cert), str(key)
 
 
-@pytest.fixture
-def broker_env(tmp_path: Path) -> Iterator[BrokerEnv]:
+@pytest.fixture(params=["plugin", "subject"])
+def broker_env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerEnv]:
+    """The broker as overair runs it, with its access plugin and without (the client id
+    forced to the certificate's subject): both must hold L1 and N4."""
     env = BrokerEnv(tmp_path)
-    acl = render_acl(service=env.identities["service"],
-                     devices={env.identities["a"]: ["thing-a"], env.identities["b"]: ["thing-b"]})
     broker = Broker(tmp_path / "broker", "mosquitto", "127.0.0.1", env.port)
+    plugin = build_plugin(broker.workdir).path if request.param == "plugin" else None
+    assert request.param == "subject" or plugin is not None
+    acl = render_acl(service=env.identities["service"],
+                     devices={env.identities["a"]: ["thing-a"], env.identities["b"]: ["thing-b"]},
+                     for_plugin=plugin is not None)
     write_atomic(broker.acl_path, acl.encode())
     broker.write_config(render_config(host="127.0.0.1", port=env.port, ca=tmp_path / "ca.pem",
                                       cert=tmp_path / "server.pem", key=tmp_path / "server.key",
                                       crl=tmp_path / "crl.pem", acl=broker.acl_path,
-                                      run_as_root=os.geteuid() == 0))
+                                      run_as_root=os.geteuid() == 0, workdir=broker.workdir, plugin=plugin))
     loop = asyncio.new_event_loop()
     context = client_ssl_context(str(tmp_path / "ca.pem"), *env.service)
     loop.run_until_complete(broker.start(context))
+    env.startup_log = broker.log_tail()
     try:
         yield env
     finally:
@@ -113,6 +122,14 @@ def test_l1_no_plaintext_listener(broker_env: BrokerEnv) -> None:
     assert not _connects(client, broker_env.port)
 
 
+def test_l1_the_broker_opens_only_the_mutual_tls_listener(broker_env: BrokerEnv) -> None:
+    """Mosquitto 2.0.11 opens a plaintext listener on port 1883 for any listener option
+    written before the first `listener` line (found while adding the access plugin)."""
+    opened = [line for line in broker_env.startup_log if "listen socket on port" in line]
+    assert opened
+    assert all(line.endswith(f"listen socket on port {broker_env.port}.") for line in opened), opened
+
+
 def test_n4_device_cannot_read_or_write_another_devices_topics(broker_env: BrokerEnv) -> None:
     a = _client(broker_env, broker_env.a, "thing-a")
     b = _client(broker_env, broker_env.b, "thing-b")
@@ -128,11 +145,13 @@ def test_n4_device_cannot_read_or_write_another_devices_topics(broker_env: Broke
         b.subscribe("$aws/things/thing-a/#", qos=1)  # not allowed: nothing may arrive
         b.subscribe("$aws/things/thing-b/#", qos=1)
         time.sleep(0.3)
-        # B tries to inject into A's stream and A's jobs; A publishes its own message.
-        b.publish("$aws/things/thing-a/streams/s1/data/cbor", b"forged", qos=1).wait_for_publish(2)
-        b.publish("$aws/things/thing-a/jobs/notify-next", b"{}", qos=1).wait_for_publish(2)
-        a.publish("$aws/things/thing-a/jobs/$next/get", b"{}", qos=1).wait_for_publish(2)
+        # Each publishes its own message; then B tries to inject into A's stream and A's
+        # jobs (with the access plugin its first try ends its MQTT 3.1.1 connection).
         b.publish("$aws/things/thing-b/jobs/$next/get", b"{}", qos=1).wait_for_publish(2)
+        a.publish("$aws/things/thing-a/jobs/$next/get", b"{}", qos=1).wait_for_publish(2)
+        for topic in ("$aws/things/thing-a/streams/s1/data/cbor", "$aws/things/thing-a/jobs/notify-next"):
+            with contextlib.suppress(RuntimeError):  # B is no longer connected
+                b.publish(topic, b"forged", qos=1).wait_for_publish(2)
         time.sleep(0.5)
     finally:
         for client in (a, b):

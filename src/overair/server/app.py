@@ -39,6 +39,7 @@ from overair.server.files import write_atomic, write_private
 from overair.server.gateway.access_ledger import AccessLedger
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
+from overair.server.gateway.broker_plugin import PluginBuild, build_plugin
 from overair.server.gateway.broker_probe import ExternalBrokerProbe
 from overair.server.gateway.device_service import DeviceService
 from overair.server.gateway.mqtt_driver import ServiceConnection
@@ -77,6 +78,10 @@ log = logging.getLogger("overair.server")
 
 
 class Server:
+    # overair's access plugin in the broker it runs (gateway/broker_plugin.py); None for
+    # an external broker or before the start.
+    broker_plugin: PluginBuild | None = None
+
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings = settings
         paths = settings.paths
@@ -248,6 +253,11 @@ class Server:
         from its last thing) is disconnected (gateway/session_close.py); a failure is
         retried with the next change and reported."""
         pending = self.access_ledger.to_close()
+        if self.broker_plugin is not None and self.broker_plugin.available:
+            # The access plugin re-authenticates every session at the reload just
+            # confirmed, and disconnected these there (plugin/overair_access.c).
+            self.access_ledger.closed(set(pending))
+            return
         if not pending or self.session_closer is None:
             return
         failed = set(self.session_closer.close_sessions(pending))
@@ -265,7 +275,12 @@ class Server:
         control = self.broker_probe.rules() if self.broker_probe is not None else {}
         if self.witness is not None:
             control[self.witness.identity] = self.witness.rules(generation)
-        acl = render_acl(service=self._service_identity(), devices=access.grants, control=control)
+        service = self._service_identity()
+        client_ids = {service: [pki.SERVICE_IDENTITY]}  # the service connection's client id
+        if self.witness is not None:
+            client_ids[self.witness.identity] = [self.witness.identity]
+        acl = render_acl(service=service, devices=access.grants, control=control, client_ids=client_ids,
+                         for_plugin=self.broker_plugin is not None and self.broker_plugin.available)
         revoked = self.registry.revoked_serials()
         if self.broker_probe is not None:
             revoked += self.broker_probe.revoked_serials()
@@ -303,11 +318,17 @@ class Server:
             status = self.supervisor.status()
             up = self.supervisor.up
             return up, {"broker": "up" if up else "down", "brokerState": status["state"],
-                        "brokerRestarts": status["restarts"], "brokerLastExit": status["lastExit"]}
+                        "brokerRestarts": status["restarts"], "brokerLastExit": status["lastExit"],
+                        "brokerAccess": self._broker_access_mode()}
         if self.witness is not None:  # an external broker: up while overair reaches it
             up = self.witness.connected
             return up, {"broker": "up" if up else "down", "brokerState": "external"}
         return True, {"broker": "up"}  # not started yet
+
+    def _broker_access_mode(self) -> str:
+        """`plugin`: overair's access plugin decides (AWS's client ids, SUBACK and PUBLISH
+        refusals); `subject`: the client id is forced to the certificate's subject."""
+        return "plugin" if self.broker_plugin is not None and self.broker_plugin.available else "subject"
 
     def broker_metrics(self) -> dict[str, float]:
         """Counters for a metrics endpoint (broker up, restarts, exits)."""
@@ -368,10 +389,18 @@ class Server:
         if settings.external_broker is None:
             broker = self.broker = Broker(paths.broker, settings.mosquitto_binary, host, port,
                                           on_refused=RefusedConnectionRecorder(self.audit))
+            plugin = self.broker_plugin = await asyncio.to_thread(build_plugin, paths.broker)
+            if not plugin.available:
+                log.error("the broker runs without overair's access plugin, so devices' client ids are "
+                          "forced to their certificate's subject and out-of-bounds SUBSCRIBEs are granted "
+                          "(docs/compatibility.md, MQTT): %s", plugin.reason)
             self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
             broker.write_config(render_config(host=host, port=port, ca=paths.fleet_ca_cert,
                                               cert=paths.broker_cert, key=paths.broker_key, crl=paths.crl,
-                                              acl=paths.broker / "acl", run_as_root=os.geteuid() == 0))
+                                              acl=paths.broker / "acl", run_as_root=os.geteuid() == 0,
+                                              workdir=paths.broker, plugin=plugin.path,
+                                              session_expiry_hours=settings.mqtt_session_expiry_hours,
+                                              max_queued_messages=settings.mqtt_max_queued_messages))
             self.supervisor = BrokerSupervisor(broker, service_tls, prepare=self._regenerate_for_restart,
                                                on_restarted=self.access.changed)
             await self.supervisor.start()

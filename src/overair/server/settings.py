@@ -67,6 +67,11 @@ class Settings:
     broker_url: str | None = None
     broker_reload_command: tuple[str, ...] = ()
     mosquitto_binary: str = "mosquitto"
+    # MQTT persistent sessions at the broker overair runs (gateway/broker.py): how long
+    # one outlives its device's disconnection (AWS: 1 hour by default, at most 7 days;
+    # Mosquitto counts in hours), and how many QoS 1 messages it queues meanwhile.
+    mqtt_session_expiry_hours: int = 1
+    mqtt_max_queued_messages: int = 1000
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
     dev_mode: bool = False
@@ -134,6 +139,10 @@ class Settings:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError as exc:
                 raise MisuseError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR network") from exc
+        if not 1 <= self.mqtt_session_expiry_hours <= 7 * 24:
+            raise MisuseError("mqtt_session_expiry_hours must be 1 to 168 (7 days, AWS's maximum)")
+        if not 1 <= self.mqtt_max_queued_messages <= 100_000:
+            raise MisuseError("mqtt_max_queued_messages must be 1 to 100000")
         if self.external_broker is not None and not self.broker_reload_command:
             raise MisuseError("an external broker (--broker) needs broker_reload_command (e.g. "
                               "--broker-reload-command 'systemctl reload mosquitto'): overair must make it "

@@ -1,19 +1,38 @@
 """The Mosquitto broker that `overair serve` runs and configures.
 
-One listener, mutual TLS only (`require_certificate`), the certificate's whole subject is
-the username and the client id (`use_subject_as_username`, `use_username_as_clientid`;
-every fleet client certificate has a subject of its own, server/pki.py), and the ACL is
-generated from the registry: the service identity may use `$aws/things/#`; each device
-identity only `$aws/things/<thing>/#` of the things its certificate is attached to;
-the server's own control identities (gateway/witness.py) only their topics under
-`overair/broker/`. No plaintext listener exists (threat L1).
+One listener, mutual TLS only (`require_certificate`; no plaintext listener exists,
+threat L1). A client is known by its certificate's whole subject (every fleet client
+certificate has a subject of its own, server/pki.py), and what it may do comes from the
+registry: the service identity may use `$aws/things/#`; each device identity only
+`$aws/things/<thing>/#` of the things its certificate is attached to; the server's own
+control identities (gateway/witness.py) only their topics under `overair/broker/`.
 
-Mosquitto 2.0.11, observed: it checks the ACL on every PUBLISH it receives and again on
-every delivery, and a SIGHUP reload re-reads the ACL and CRL and re-derives each live
+Two ways to enforce that, measured on Mosquitto 2.0.11 (Debian bookworm):
+
+- With overair's access plugin (gateway/broker_plugin.py, plugin/overair_access.c), the
+  default when it can be built: the client keeps its own client id, which must be one of
+  its things' (`dev-1`, `dev-1#2`), so one certificate may hold several connections and
+  no device can take another's session over; a SUBSCRIBE outside its topics is refused
+  in the SUBACK, and a PUBLISH outside them is answered PUBACK 0x87 (MQTT 5) or closes
+  the connection (MQTT 3.1.1), as AWS does. The access file the plugin reads is
+  `render_acl(..., for_plugin=True)`.
+- Without it (no compiler here, or an external broker): `use_subject_as_username` and
+  `use_username_as_clientid` make the subject the username and the client id, and the
+  ACL file is Mosquitto's own. Mosquitto then grants every SUBSCRIBE (the ACL only filters
+  delivery), drops a PUBLISH outside the client's topics (PUBACK success on MQTT 3.1.1,
+  0x87 on MQTT 5), and two connections of one certificate take each other over.
+
+Either way Mosquitto checks access on every PUBLISH it receives and again on every
+delivery, and a SIGHUP reload re-reads the rules and the CRL and re-derives each live
 client's grants, so a connected client that loses a grant stops receiving and sending on
-those topics at once, without being disconnected (tests/integration/test_broker_identity.py).
-It grants every SUBSCRIBE (the ACL filters delivery), and keeps established TLS sessions
-of certificates the new CRL revokes (hence gateway/session_close.py).
+those topics at once (tests/integration/test_broker_identity.py). It keeps established
+TLS sessions of certificates the new CRL revokes: with the plugin the reload's
+re-authentication disconnects them, without it gateway/session_close.py does.
+
+Sessions survive restarts (threat-free, and what devices using persistent sessions rely
+on): persistence in the broker's directory, saved when Mosquitto stops and every
+`AUTOSAVE_SECONDS`, sessions expiring `session_expiry_hours` after the device left (AWS's
+default: one hour), at most `max_queued_messages` QoS 1 messages queued per session.
 
 `Broker` is the child process alone (start, signal a reload, stop, how it ended);
 gateway/supervisor.py keeps it running.
@@ -52,6 +71,11 @@ LOG_TAIL_LINES = 20
 _ACL_IDENTITY = re.compile(r"[A-Za-z0-9:_.=,-]{1,1024}")
 _ACL_TOPIC = re.compile(r"[A-Za-z0-9:_.$/#+-]{1,512}")
 _ACCESS = ("read", "write", "readwrite")
+# A client id the access file reserves for one of the server's identities: printable
+# ASCII without spaces, at most AWS's 128 bytes.
+_CLIENT_ID = re.compile(r"[!-~]{1,128}")
+# A crash loses at most this much of the session state (a clean stop saves it all).
+AUTOSAVE_SECONDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,25 +85,35 @@ class AclRule:
 
 
 def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
-               control: Mapping[str, Sequence[AclRule]] | None = None) -> str:
-    """Mosquitto's ACL file. `service`: the service's broker identity; `devices`: device
-    identity -> the things whose topics it may use; `control`: the server's own
-    identities -> their rules. Entries that could not be written safely are left out
-    (granting nothing) and logged."""
+               control: Mapping[str, Sequence[AclRule]] | None = None,
+               client_ids: Mapping[str, Sequence[str]] | None = None, for_plugin: bool = False) -> str:
+    """Mosquitto's ACL file, or with `for_plugin` the access plugin's (the same lines,
+    plus each device's `thing` lines and the server identities' reserved `clientid`s).
+    `service`: the service's broker identity; `devices`: device identity -> the things
+    whose topics it may use; `control`: the server's own identities -> their rules;
+    `client_ids`: server identity -> the client ids it connects with. Entries that could
+    not be written safely are left out (granting nothing) and logged."""
     if not _ACL_IDENTITY.fullmatch(service):
         raise MisuseError(f"the service certificate's subject {service!r} cannot be a broker identity")
+    reserved = dict(client_ids or {}) if for_plugin else {}
+    for identity, ids in reserved.items():
+        if not all(_CLIENT_ID.fullmatch(client_id) for client_id in ids):
+            raise MisuseError(f"the client ids {list(ids)!r} of {identity!r} cannot be written to the "
+                              "access file")
     lines = ["# Generated by overair from the registry; do not edit.",
              # Every client may read the signed code-signing revocation list; only the
              # service may publish it (tests/e2e/test_n4_identity.py).
              f"pattern read {REVOCATIONS_TOPIC}", "",
              f"user {service}", "topic readwrite $aws/things/#",
-             f"topic readwrite {REVOCATIONS_TOPIC}", ""]
+             f"topic readwrite {REVOCATIONS_TOPIC}",
+             *(f"clientid {client_id}" for client_id in reserved.get(service, ())), ""]
     for identity, rules in sorted((control or {}).items()):
         if not _ACL_IDENTITY.fullmatch(identity) or not all(
                 r.access in _ACCESS and _ACL_TOPIC.fullmatch(r.topic) for r in rules):
             raise MisuseError(f"control identity {identity!r} has rules that cannot be written to the ACL")
         lines.append(f"user {identity}")
         lines.extend(f"topic {rule.access} {rule.topic}" for rule in rules)
+        lines.extend(f"clientid {client_id}" for client_id in reserved.get(identity, ()))
         lines.append("")
     for identity, things in sorted(devices.items()):
         safe = sorted(t for t in things if THING_NAME_RE.fullmatch(t))
@@ -94,40 +128,69 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
             continue
         lines.append(f"user {identity}")
         lines.extend(f"topic readwrite $aws/things/{thing}/#" for thing in safe)
+        if for_plugin:
+            lines.extend(f"thing {thing}" for thing in safe)
         lines.append("")
     return "\n".join(lines)
 
 
 def _device_listener(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl: Path,
-                     acl: Path) -> list[str]:
+                     acl: Path, plugin: Path | None = None) -> list[str]:
     """What device security rests on, for the broker overair runs and for an external one
     alike (the external-broker probe checks each of these behaviours)."""
+    if plugin is not None:
+        # The access plugin names each client by its certificate's whole subject and
+        # decides client ids, subscriptions and publishes (plugin/overair_access.c).
+        access = [f"plugin {plugin}", f"plugin_opt_access_file {acl}"]
+        identity = []
+    else:
+        access = [f"acl_file {acl}"]
+        identity = [
+            # The username is the certificate's whole subject, unique to each certificate
+            # (server/pki.py): never a CN another certificate may share (threat N4).
+            "use_subject_as_username true",
+            # The client id becomes that identity too: no client can connect with another's
+            # client id and so take its session over (kick it off); the server can, to cut
+            # off a revoked device (session_close.py).
+            "use_username_as_clientid true",
+        ]
     return [
         "per_listener_settings false",
         "allow_anonymous false",
-        f"acl_file {acl}",
+        *access,
+        # Every listener option comes after this line: Mosquitto 2.0.11 applies one that
+        # comes before it to a default listener it then opens on port 1883, plaintext.
         f"listener {port} {host}",
         f"cafile {ca}",
         f"certfile {cert}",
         f"keyfile {key}",
         f"crlfile {crl}",
         "require_certificate true",
-        # The username is the certificate's whole subject, unique to each certificate
-        # (server/pki.py): never a CN another certificate may share (threat N4).
-        "use_subject_as_username true",
-        # The client id becomes that identity too: no client can connect with another's
-        # client id and so take its session over (kick it off); the server can, to cut
-        # off a revoked device (session_close.py).
-        "use_username_as_clientid true",
+        *identity,
         "tls_version tlsv1.2",
     ]
 
 
 def render_config(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl: Path,
-                  acl: Path, run_as_root: bool) -> str:
+                  acl: Path, run_as_root: bool, workdir: Path, plugin: Path | None = None,
+                  session_expiry_hours: int = 1, max_queued_messages: int = 1000) -> str:
+    """`plugin`: the access plugin, when it could be built (broker_plugin.py). Sessions
+    persist in `workdir` across restarts."""
     lines = [
         "# Generated by overair serve; do not edit.",
-        "persistence false",
+        # Persistent sessions and their queued QoS 1 messages outlive a restart of the
+        # broker or of overair (AWS keeps them; an MQTT 3.1.1 device does not resubscribe
+        # when its CONNACK says the session is present).
+        "persistence true",
+        f"persistence_location {workdir}/",
+        "persistence_file mosquitto.db",
+        f"autosave_interval {AUTOSAVE_SECONDS}",
+        # AWS: "Persistent sessions have a default expiry period of 1 hour" (MQTT
+        # persistent sessions, AWS IoT Developer Guide), adjustable up to 7 days; it also
+        # caps an MQTT 5 client's Session Expiry Interval, as this setting does.
+        f"persistent_client_expiration {session_expiry_hours}h",
+        # AWS stores QoS 1 messages only, as queue_qos0_messages false (the default) does.
+        f"max_queued_messages {max_queued_messages}",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
@@ -138,7 +201,7 @@ def render_config(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl:
         # Blocks of one GetStream answer go out back to back; without this the kernel holds
         # them for delayed ACKs (tens of ms per answer, measured by bench/stream_throughput).
         "set_tcp_nodelay true",
-        *_device_listener(host=host, port=port, ca=ca, cert=cert, key=key, crl=crl, acl=acl),
+        *_device_listener(host=host, port=port, ca=ca, cert=cert, key=key, crl=crl, acl=acl, plugin=plugin),
     ]
     if run_as_root:
         # Keep root so the broker can read key files that only root may read.

@@ -59,8 +59,10 @@ class AclWitness:
         self._received: dict[str, set[str]] = {}  # attempt nonce -> topics it came back on
         self._changed = threading.Condition()
         self._connected = False
+        # MQTT 5: a refused PUBLISH (the never-granted one) is answered PUBACK 0x87, where
+        # the access plugin closes an MQTT 3.1.1 connection, as AWS does.
         self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=identity,
-                                   protocol=mqtt.MQTTv311, clean_session=True)
+                                   protocol=mqtt.MQTTv5)
         self._client.tls_set_context(client_context(issued, ca_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.on_connect = self._on_connect
@@ -76,7 +78,10 @@ class AclWitness:
 
     def rules(self, generation: str) -> list[AclRule]:
         """What the ACL of `generation` grants the witness."""
-        return [AclRule("readwrite", self.generation_topic(generation)),
+        # It may read all its topics (with the access plugin a SUBSCRIBE beyond them is
+        # refused); what proves a generation is being allowed to *publish* into it.
+        return [AclRule("read", f"{self.base}/#"),
+                AclRule("readwrite", self.generation_topic(generation)),
                 AclRule("readwrite", self.echo_topic)]
 
     # Connection ---------------------------------------------------------------------
