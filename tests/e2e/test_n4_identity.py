@@ -22,7 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from overair.cli.provisioning import create_keys_and_certificate_for
@@ -81,7 +81,7 @@ def _minted_client(out: Path, srv: RunningServer, client_id: str) -> Client:
     return Client(srv, out / "cert.pem", out / "key.pem", client_id)
 
 
-def _refusal(srv: RunningServer, out: Path, client_id: str, protocol: int) -> ReasonCode:
+def _refusal(srv: RunningServer, out: Path, client_id: str, protocol: MQTTProtocolVersion) -> ReasonCode:
     """How the broker answers a CONNECT with these files and this client id."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
@@ -90,7 +90,12 @@ def _refusal(srv: RunningServer, out: Path, client_id: str, protocol: int) -> Re
     done = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     client.tls_set_context(context)
-    client.on_connect = lambda _c, _u, _f, reason, _p: (answered.append(reason), done.set())
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        answered.append(reason)
+        done.set()
+
+    client.on_connect = on_connect
     client.connect("127.0.0.1", srv.settings.mqtt_port, keepalive=30)
     client.loop_start()
     try:
@@ -122,8 +127,8 @@ def test_n4_unattached_certificate_minted_with_a_things_name_reaches_nothing_and
     try:
         device.subscribe(f"$aws/things/{thing}/jobs/#")
         for client_id in (thing, f"{thing}#2", "anything-else"):
-            assert _refusal(srv, out, client_id, mqtt.MQTTv311) == "Not authorized"
-            assert _refusal(srv, out, client_id, mqtt.MQTTv5) == "Not authorized"
+            assert _refusal(srv, out, client_id, MQTTProtocolVersion.MQTTv311) == "Not authorized"
+            assert _refusal(srv, out, client_id, MQTTProtocolVersion.MQTTv5) == "Not authorized"
         iot.create_job(jobId="n4-victim-job", targets=[iot.describe_thing(thingName=thing)["thingArn"]],
                        document='{"operation":"x"}')
         device.wait_for(f"$aws/things/{thing}/jobs/notify-next", "n4-victim-job")
