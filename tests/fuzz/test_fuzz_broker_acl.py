@@ -2,7 +2,9 @@
 `broker_username`) and the ACL file written from it and from thing names
 (gateway/broker.py `render_acl`). Whatever a subject or a stored thing name holds, the
 ACL keeps one meaning: every line is a comment, blank, or a `user`/`topic`/`pattern`
-line overair means, and no device line grants a wildcard outside its own thing."""
+line overair means (plus `thing`/`clientid` in the access plugin's form, which the plugin
+splits at single spaces), and no device line grants a wildcard or a client id outside its
+own thing."""
 
 from __future__ import annotations
 
@@ -35,10 +37,11 @@ def test_fuzz_broker_username_is_none_or_one_safe_line(
         assert all(c.isascii() and (c.isalnum() or c in ":_.-=,") for c in username)
 
 
-@given(st.dictionaries(_VALUE, st.lists(_VALUE, max_size=4), max_size=5))
-def test_fuzz_acl_lines_keep_their_meaning(devices: dict[str, list[str]]) -> None:
+@given(st.dictionaries(_VALUE, st.lists(_VALUE, max_size=4), max_size=5), st.booleans())
+def test_fuzz_acl_lines_keep_their_meaning(devices: dict[str, list[str]], for_plugin: bool) -> None:
     try:
-        acl = render_acl(service="CN=overair.service,O=overair", devices=devices)
+        acl = render_acl(service="CN=overair.service,O=overair", devices=devices, for_plugin=for_plugin,
+                         client_ids={"CN=overair.service,O=overair": ["overair.service"]})
     except MisuseError:
         raise AssertionError("device entries are left out, never fatal") from None
     user = None
@@ -46,9 +49,16 @@ def test_fuzz_acl_lines_keep_their_meaning(devices: dict[str, list[str]]) -> Non
         if not line or line.startswith("#"):
             continue
         kind, _, rest = line.partition(" ")
-        assert kind in ("user", "topic", "pattern"), line
+        assert kind in ("user", "topic", "pattern", *(("thing", "clientid") if for_plugin else ())), line
+        assert "" not in line.split(" "), line  # one space between words
+        assert "\r" not in line, line
         if kind == "user":
             user = rest
+        elif kind == "thing":
+            assert rest in devices.get(user or "", [])
+            assert not set(rest) & set("#+/ \n\r")
+        elif kind == "clientid":
+            assert user == "CN=overair.service,O=overair"
         elif kind == "topic" and user != "CN=overair.service,O=overair":
             access, _, topic = rest.partition(" ")
             assert access == "readwrite"

@@ -5,6 +5,7 @@ tests/integration/test_broker_identity.py checks the same against the real Mosqu
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -13,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from overair.core.errors import MisuseError
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.server import pki
-from overair.server.gateway.broker import AclRule, render_acl
+from overair.server.gateway.broker import AclRule, render_acl, render_config
 
 NOW = dt.datetime.now(dt.UTC)
 CA = pki.make_root_ca("unit fleet CA", NOW)
@@ -93,3 +94,56 @@ def test_n4_acl_refuses_an_unsafe_service_or_control_identity() -> None:
     with pytest.raises(MisuseError):
         render_acl(service="CN=overair.service", devices={},
                    control={"CN=w": [AclRule("readwrite", "a\ntopic readwrite #")]})
+
+
+def test_n4_access_plugin_file_names_each_devices_things_and_reserves_the_servers_client_ids() -> None:
+    acl = render_acl(service="CN=overair.service,O=overair",
+                     devices={"serialNumber=1,CN=a,O=overair": ["a", "b"]},
+                     control={"serialNumber=3,CN=overair.witness,O=overair": [
+                         AclRule("read", "overair/x/#")]},
+                     client_ids={"CN=overair.service,O=overair": ["overair.service"],
+                                 "serialNumber=3,CN=overair.witness,O=overair": ["w"]},
+                     for_plugin=True)
+    assert _acl_lines(acl) == [
+        f"pattern read {REVOCATIONS_TOPIC}",
+        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
+        f"topic readwrite {REVOCATIONS_TOPIC}", "clientid overair.service",
+        "user serialNumber=3,CN=overair.witness,O=overair", "topic read overair/x/#", "clientid w",
+        "user serialNumber=1,CN=a,O=overair",
+        "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#", "thing a", "thing b",
+    ]
+    # Mosquitto's own ACL file (no plugin) has neither kind of line: it would refuse them.
+    plain = render_acl(service="CN=overair.service,O=overair",
+                       devices={"serialNumber=1,CN=a,O=overair": ["a"]},
+                       client_ids={"CN=overair.service,O=overair": ["overair.service"]})
+    assert not [line for line in _acl_lines(plain) if line.split(" ")[0] in ("thing", "clientid")]
+
+
+def test_n4_access_plugin_file_refuses_a_client_id_that_would_change_its_meaning() -> None:
+    for client_id in ("a b", "a\nuser x", "", "x" * 129):
+        with pytest.raises(MisuseError):
+            render_acl(service="CN=overair.service", devices={},
+                       client_ids={"CN=overair.service": [client_id]}, for_plugin=True)
+
+
+@pytest.mark.parametrize("plugin", [None, Path("/plugins/overair_access.so")], ids=["subject", "plugin"])
+def test_broker_config_opens_one_listener_and_keeps_sessions_within_awss_limits(plugin: Path | None) -> None:
+    config = render_config(host="127.0.0.1", port=8883, ca=Path("/d/ca.pem"), cert=Path("/d/b.pem"),
+                           key=Path("/d/b.key"), crl=Path("/d/crl.pem"), acl=Path("/d/broker/acl"),
+                           run_as_root=False, workdir=Path("/d/broker"), plugin=plugin,
+                           session_expiry_hours=1, max_queued_messages=1000).splitlines()
+    listener = config.index("listener 8883 127.0.0.1")
+    # Mosquitto 2.0.11 applies a listener option written before `listener` to a plaintext
+    # default listener on port 1883 that it then opens.
+    for option in ("cafile", "certfile", "keyfile", "crlfile", "require_certificate",
+                   "use_subject_as_username", "use_username_as_clientid", "tls_version"):
+        assert all(i > listener for i, line in enumerate(config) if line.startswith(option + " ")), option
+    assert sum(line.startswith("listener ") for line in config) == 1
+    assert {"persistence true", "persistence_location /d/broker/", "persistent_client_expiration 1h",
+            "max_queued_messages 1000"} <= set(config)
+    if plugin is None:
+        assert {"acl_file /d/broker/acl", "use_subject_as_username true",
+                "use_username_as_clientid true"} <= set(config)
+    else:
+        assert {f"plugin {plugin}", "plugin_opt_access_file /d/broker/acl"} <= set(config)
+        assert not [line for line in config if line.startswith(("acl_file", "use_"))]
