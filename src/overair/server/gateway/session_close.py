@@ -1,5 +1,7 @@
 """Disconnect clients whose access was taken away entirely (threat N4: a compromised
-device is cut off in seconds, not at its next reconnect).
+device is cut off in seconds, not at its next reconnect), on a broker that runs without
+overair's access plugin (an external one, or where the plugin could not be built; with
+it, the reload's re-authentication closes those sessions, plugin/overair_access.c).
 
 Mosquitto re-reads its CRL and ACL on SIGHUP and re-checks the ACL on every message, so
 a client that loses some of its things simply stops reaching them; but it keeps
