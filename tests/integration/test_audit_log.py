@@ -371,19 +371,26 @@ def _connect_refusals_after(srv: RunningServer, before: int) -> list[chain.Chain
 
 
 # MQTT 3.1.1 CONNECT: protocol "MQTT" level 4, clean session, keep-alive 60 s, client id "probe".
-CONNECT = bytes([0x10, 17, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 5]) + b"probe"
+def _connect_packet(client_id: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) with this client id."""
+    ident = client_id.encode()
+    variable = b"\x00\x04MQTT" + bytes([4, 0x02, 0, 60]) + len(ident).to_bytes(2, "big") + ident
+    return bytes([0x10, len(variable)]) + variable
+
+
 CONNACK_ACCEPTED = bytes([0x20, 2, 0, 0])
 
 
-def _mqtt_connects(srv: RunningServer, cert: Path, key: Path) -> bool:
-    """True if the broker accepts an MQTT connection with this client certificate."""
+def _mqtt_connects(srv: RunningServer, cert: Path, key: Path, client_id: str = "probe") -> bool:
+    """True if the broker accepts an MQTT connection with this client certificate (and
+    client id: a device may use only its own things' ids)."""
     context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
     context.check_hostname = False
     context.load_cert_chain(str(cert), str(key))
     try:
         with socket.create_connection(("127.0.0.1", srv.settings.mqtt_port), timeout=5) as raw, \
                 context.wrap_socket(raw) as tls:
-            tls.sendall(CONNECT)
+            tls.sendall(_connect_packet(client_id))
             return tls.recv(4) == CONNACK_ACCEPTED
     except (ssl.SSLError, OSError):
         return False
@@ -409,13 +416,13 @@ def test_l1_refused_connection_with_a_foreign_certificate_is_audited(srv: Runnin
 def test_n4_revoked_device_connection_is_audited(srv: RunningServer, tmp_path: Path) -> None:
     bundle = srv.provision("audited-device", tmp_path / "device")
     cert, key = bundle / "device.crt", bundle / "device.key"
-    assert _mqtt_connects(srv, cert, key)
+    assert _mqtt_connects(srv, cert, key, "audited-device")
     iot = srv.client("iot")
     principal = iot.list_thing_principals(thingName="audited-device")["principals"][0]
     iot.update_certificate(certificateId=principal.rsplit("/", 1)[1], newStatus="REVOKED")
     before = len(_entries(srv, Query(action="iot:Connect")))
     deadline = time.monotonic() + 20
-    while _mqtt_connects(srv, cert, key):  # until the broker has reloaded its CRL
+    while _mqtt_connects(srv, cert, key, "audited-device"):  # until the broker has reloaded its CRL
         assert time.monotonic() < deadline, "the revoked certificate was never refused"
         time.sleep(0.2)
     refused = _connect_refusals_after(srv, before)
