@@ -94,6 +94,8 @@ def test_n2_import_refuses_a_certificate_a_device_would_not_accept(
     }[case]()
     message = _refusal(srv, signer)
     assert message.startswith(f"[{code}]"), message
+    if code == "UntrustedChain":  # the operator is told where the trusted roots live
+        assert "pki/code-signing-root.pem" in message
 
 
 def _self_signed_signer() -> Issued:
@@ -507,6 +509,9 @@ def test_cli_imports_creates_a_profile_signs_and_revokes(
     assert "s3://overair-signing/signed/" in printed
     listing = run("signing", "list")
     assert "development-only" in listing
+    # Listed by the full ARN that `signing profile create --certificate-arn` takes.
+    listed = [json.loads(line) for line in run("signing", "list", "--json").splitlines() if line]
+    assert arn in {row["certificateArn"] for row in listed}
     revoked = run("signing", "revoke", arn, "--reason", "retired")
     assert "revoked" in revoked
     refused = runner.invoke(overair_cli, ["sign", str(image), "--profile", "p_cli", "--data-dir", data_dir])

@@ -65,12 +65,16 @@ def _cli(*args: str) -> Result:
     return CliRunner().invoke(overair_cli, ["audit", *args])
 
 
+# What the authorizer writes: every 4th entry a denial, implicit or explicit.
+_DECISIONS = {i: "Allow" for i in range(8)} | {4: "ImplicitDeny", 0: "ExplicitDeny"}
+
+
 def _fill(audit: AuditLog, n: int) -> None:
     for i in range(1, n + 1):
         audit.record(principal=f"arn:aws:iam::{ACCOUNT}:user/{'alice' if i % 2 else 'bob'}",
                      action="iot:CreateJob" if i % 3 else "s3:GetObject",
                      resource=f"arn:aws:iot:us-east-1:{ACCOUNT}:job/j{i}",
-                     decision="Allow" if i % 4 else "Deny", statement="OverairOTAOperator#Jobs",
+                     decision=_DECISIONS[i % 8], statement="OverairOTAOperator#Jobs",
                      source="127.0.0.1", detail={"i": i})
 
 
@@ -319,7 +323,10 @@ def test_list_filters_by_principal_action_decision_and_time(data_dir: Path, data
     assert [e["seq"] for e in _listed(data_dir, "--principal", "*:user/b?b")] == [2, 4, 6, 8, 10, 12]
     assert [e["seq"] for e in _listed(data_dir, "--action", "s3:*")] == [3, 6, 9, 12]
     assert [e["seq"] for e in _listed(data_dir, "--action", "IOT:*")] == []  # globs are case-sensitive
+    # `Deny` is every denial, implicit or explicit; the exact outcome narrows it.
     assert [e["seq"] for e in _listed(data_dir, "--decision", "deny")] == [4, 8, 12]
+    assert [e["seq"] for e in _listed(data_dir, "--decision", "ImplicitDeny")] == [4, 12]
+    assert [e["seq"] for e in _listed(data_dir, "--decision", "explicitdeny")] == [8]
     window = _listed(data_dir, "--since", "2024-05-01T02:00:00Z", "--until", "2024-05-01T04:00:00+00:00")
     assert [e["seq"] for e in window] == [3, 4, 5]
     assert [e["seq"] for e in _listed(data_dir, "--since", "2024-05-01T09:00")] == [10, 11, 12]

@@ -20,14 +20,18 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from overair.agent.config import load_config
+from overair.core.versions import Version
 from overair.server.bootstrap import initialize
+from overair.sim.firmware import make_firmware
 from tests.server_harness import free_port
 
 OVERAIR = str(Path(sys.executable).parent / "overair")
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([OVERAIR, *args], capture_output=True, text=True, timeout=timeout, check=False)
+def _run(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([OVERAIR, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=cwd)
 
 
 def _init(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -73,6 +77,33 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     forced = _init(data, "--force")
     assert forced.returncode == 0, forced.stderr
     assert (data / "credentials").read_text() != before
+
+
+def test_init_refuses_a_database_that_is_not_empty_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    assert _init(tmp_path / "first").returncode == 0
+    # A second installation pointed at the first one's database (as with a shared
+    # PostgreSQL database that is already in use).
+    taken = f"sqlite:///{tmp_path / 'first' / 'overair.db'}"
+    second = tmp_path / "second"
+    refused = _init(second, "--database-url", taken)
+    assert refused.returncode == 2
+    assert "DatabaseNotEmpty" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not second.exists() or not any(second.iterdir())  # no half-made data directory
+    assert _init(second).returncode == 0  # and the directory is still usable
+
+
+def test_overair_without_the_server_extra_says_what_to_install(tmp_path: Path) -> None:
+    # `pip install overair` alone: the server's packages are missing.
+    script = ("import sys; sys.modules['sqlalchemy'] = None; sys.modules['botocore'] = None\n"
+              "from overair.cli.main import main\n"
+              f"sys.argv = ['overair', 'init', '--data-dir', {str(tmp_path / 'data')!r}]\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2
+    assert "MissingServerExtra" in done.stderr
+    assert "overair[server]" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -152,6 +183,25 @@ def test_serve_runs_the_broker_answers_health_and_sigterm_stops_everything(
     assert duplicate.returncode == 2
     assert "ResourceAlreadyExists" in duplicate.stderr
     assert "Traceback" not in duplicate.stderr
+
+    # A factory image named relative to where the operator stands is copied into the
+    # bundle, so the agent (which resolves paths against its bundle) finds it.
+    image = make_firmware(Version(1, 0, 0), 8192, seed="factory")
+    (tmp_path / "factory.bin").write_bytes(image)
+    with_image = _run("thing", "create", "dev-2", "--out", "dev-2", "--factory-image", "factory.bin",
+                      "--data-dir", str(data), cwd=tmp_path)
+    assert with_image.returncode == 0, with_image.stderr
+    storage = load_config(tmp_path / "dev-2" / "agent.toml").storage
+    assert storage.factory_image == (tmp_path / "dev-2" / "factory.bin").resolve()
+    assert storage.factory_image.read_bytes() == image
+    # A missing image stops the command before anything is created.
+    missing = _run("thing", "create", "dev-3", "--out", str(tmp_path / "dev-3"), "--factory-image",
+                   str(tmp_path / "nope.bin"), "--data-dir", str(data))
+    assert missing.returncode == 2
+    assert "FileError" in missing.stderr
+    assert "nope.bin" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not (tmp_path / "dev-3").exists()
 
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from overair.agent.config import AgentConfig, load_config
@@ -23,6 +24,7 @@ from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.select import build_platform
 from overair.agent.progress import block_total, missing_blocks
 from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer, load_trust
+from overair.cli.common import print_error
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair device agent (FreeRTOS OTA compatible).", no_args_is_help=True,
@@ -66,7 +68,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _fail(exc: OverairError) -> None:
-    console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    print_error(console, exc.code, exc.message)
     raise typer.Exit(2)
 
 
@@ -75,7 +77,7 @@ def run(config: ConfigOption,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info") -> None:
     """Run the agent until SIGINT or SIGTERM."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
-        console.print(f"[red]error[/red]: unknown log level {log_level!r}")
+        print_error(console, "InvalidOption", f"unknown log level {log_level!r}")
         raise typer.Exit(2)
     _setup_logging(log_level)
     try:
@@ -204,7 +206,8 @@ def status(config: ConfigOption,
     if revocations is None:
         out.print("revocation list: none")
     elif revocations["sequence"] is None:
-        out.print(f"revocation list: [yellow]held but not used[/yellow] ({revocations['problem']})")
+        problem = escape(str(revocations["problem"]))
+        out.print(f"revocation list: [yellow]held but not used[/yellow] ({problem})")
     else:
         out.print(f"revocation list: sequence {revocations['sequence']} "
                   f"({len(revocations['revoked_serials'])} revoked)")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from overair.cli.common import print_error
 from overair.core.errors import MisuseError, OverairError
 
 if TYPE_CHECKING:
@@ -66,14 +67,14 @@ def _database(data_dir: Path, database_url: str | None) -> Iterator[Database]:
         finally:
             db.close()
     except OverairError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
+        print_error(err, exc.code, exc.message)
         raise typer.Exit(2) from None
     except Exception as exc:  # a database that cannot be opened or read: say what, no traceback
         from sqlalchemy.exc import SQLAlchemyError
 
         if not isinstance(exc, SQLAlchemyError | OSError):
             raise
-        err.print(f"[red]error[/red] (DatabaseUnavailable): {exc}", soft_wrap=True)
+        print_error(err, "DatabaseUnavailable", exc)
         raise typer.Exit(2) from None
 
 
@@ -95,14 +96,13 @@ def verify(
         try:
             expected = chain.parse_head(expect_head)
         except ValueError as exc:
-            err.print(f"[red]error[/red] (InvalidHead): {exc}", soft_wrap=True)
+            print_error(err, "InvalidHead", exc)
             raise typer.Exit(2) from None
     with _database(data_dir, database_url) as db:
         report = verify_log(db, expected)
     if report.problem is not None:
         problem = report.problem
-        err.print(f"[red]TAMPERED[/red] ({problem.code}) at seq {problem.seq}: {problem.message}",
-                  soft_wrap=True)
+        print_error(err, problem.code, f"at seq {problem.seq}: {problem.message}", label="TAMPERED")
         raise typer.Exit(EXIT_TAMPERED)
     saved = f"; contains the saved head {expected}" if expected is not None else ""
     typer.echo(f"OK: {report.count} entries, head {report.head}{saved}")
@@ -125,7 +125,9 @@ def list_entries(
     data_dir: DataDirOption,
     principal: Annotated[str | None, typer.Option(help="Only this principal (* and ? allowed).")] = None,
     action: Annotated[str | None, typer.Option(help="Only this action, e.g. 'iot:*Job*'.")] = None,
-    decision: Annotated[str | None, typer.Option(help="Only this decision, e.g. Deny, Refused.")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="Only this decision: Allow, Deny (every denial), ImplicitDeny, ExplicitDeny, Refused, "
+             "Rejected.")] = None,
     since: Annotated[str | None, typer.Option(help="From this time on (ISO 8601; UTC if no offset).")] = None,
     until: Annotated[str | None, typer.Option(help="Up to this time (ISO 8601).")] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Only the newest N matches.")] = None,
@@ -141,7 +143,7 @@ def list_entries(
                       since=parse_time(since) if since is not None else None,
                       until=parse_time(until) if until is not None else None, limit=limit)
     except MisuseError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
+        print_error(err, exc.code, exc.message)
         raise typer.Exit(2) from None
     with _database(data_dir, database_url) as db:
         for entry in query_entries(db, query):

@@ -10,11 +10,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from overair.core.errors import OverairError
 
 out = Console(soft_wrap=True)  # ARNs, keys and signatures must stay copyable: never wrapped
 err = Console(stderr=True)
+
+def print_error(console: Console, code: str, message: object, *, label: str = "error") -> None:
+    """One error line: `error (Code): message`. The text is escaped, so brackets in a
+    message (`[storage] factory_image: ...`, an ARN, a path) are printed, not taken for
+    Rich markup and silently dropped."""
+    console.print(f"[red]{label}[/red] ({escape(code)}): {escape(str(message))}", soft_wrap=True)
+
 
 DataDirOption = Annotated[
     Path, typer.Option("--data-dir", help="The server's data directory.", envvar="OVERAIR_DATA_DIR")
@@ -29,20 +37,17 @@ def api_errors() -> Iterator[None]:
     try:
         yield
     except OverairError as exc:
-        err.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
+        print_error(err, exc.code, exc.message)
         raise typer.Exit(2) from None
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        err.print(
-            f"[red]error[/red] ({error.get('Code', 'ClientError')}): {error.get('Message', exc)}",
-            soft_wrap=True,
-        )
+        print_error(err, error.get("Code", "ClientError"), error.get("Message", exc))
         raise typer.Exit(2) from None
     except BotoCoreError as exc:
-        err.print(f"[red]error[/red] (Unavailable): {exc}; is `overair serve` running?", soft_wrap=True)
+        print_error(err, "Unavailable", f"{exc}; is `overair serve` running?")
         raise typer.Exit(2) from None
     except OSError as exc:
-        err.print(f"[red]error[/red] (FileError): {exc}", soft_wrap=True)
+        print_error(err, "FileError", exc)
         raise typer.Exit(2) from None
 
 

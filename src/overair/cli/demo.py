@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -113,7 +114,7 @@ def _rollout(root: Path, settings: Any, devices: int, console: Console, timeout:
             while time.monotonic() < deadline:
                 info = iot.get_ota_update(otaUpdateId="demo-1-1-0")["otaUpdateInfo"]
                 if info["otaUpdateStatus"] == "CREATE_FAILED":
-                    console.print(f"[red]OTA update failed[/red]: {info.get('errorInfo')}")
+                    console.print(f"[red]OTA update failed[/red]: {escape(str(info.get('errorInfo')))}")
                     break
                 if info["otaUpdateStatus"] == "CREATE_COMPLETE":
                     summaries = iot.list_job_executions_for_job(jobId=info["awsIotJobId"])

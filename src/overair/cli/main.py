@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from overair.cli import audit, iam, signing
+from overair.cli.common import api_errors, print_error
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT fleets.",
@@ -28,9 +29,28 @@ console = Console(stderr=True)
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",
                                              envvar="OVERAIR_DATA_DIR")]
 
+# Top-level packages of the `server` extra (pyproject.toml): `pip install overair` alone
+# gives the device agent, and these commands then need the extra.
+_SERVER_EXTRA_MODULES = frozenset({"alembic", "boto3", "botocore", "gmqtt", "pkcs11", "psycopg", "sqlalchemy",
+                                   "starlette", "uvicorn"})
+
+
+def main() -> None:
+    """The `overair` command: the CLI, with a clear answer instead of a traceback when a
+    command needs the server extra that is not installed."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _SERVER_EXTRA_MODULES:
+            raise
+        print_error(console, "MissingServerExtra",
+                    f"this command needs overair's server extra ({exc.name} is not installed): "
+                    "pip install 'overair[server]'")
+        sys.exit(2)
+
 
 def _fail(exc: OverairError) -> None:
-    console.print(f"[red]error[/red] ({exc.code}): {exc.message}", soft_wrap=True)
+    print_error(console, exc.code, exc.message)
     raise typer.Exit(2)
 
 
@@ -145,14 +165,14 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
                  group: Annotated[str | None, typer.Option(help="Add the thing to this group.")] = None,
                  factory_image: Annotated[Path | None, typer.Option(
                      help="The image the device runs before its first update.")] = None) -> None:
-    """Register a device and write the bundle its agent starts from."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """Register a device and write the bundle its agent starts from. Without
+    --factory-image the agent has no image to boot until its first update arrives: give
+    it the image the device ships with (it is copied into the bundle)."""
     from overair.cli.client import ApiClients
     from overair.cli.provisioning import provision_thing
     from overair.server.settings import DataDir, load_settings
 
-    try:
+    with api_errors():
         load_settings(data_dir)  # a clear error if it is not a data directory
         clients = ApiClients.from_data_dir(data_dir)
         paths = DataDir(data_dir)
@@ -161,17 +181,6 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
                                  code_signing_roots_pem=paths.code_signing_root.read_bytes(),
                                  revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
                                  group=group, factory_image=factory_image)
-    except OverairError as exc:
-        _fail(exc)
-        return
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        console.print(f"[red]error[/red] ({error.get('Code', 'ClientError')}): {error.get('Message', exc)}",
-                      soft_wrap=True)
-        raise typer.Exit(2) from None
-    except BotoCoreError as exc:
-        console.print(f"[red]error[/red] (Unavailable): {exc}; is `overair serve` running?", soft_wrap=True)
-        raise typer.Exit(2) from None
     console.print(f"[green]created[/green] thing {name}; start its agent with: "
                   f"overair-agent run --config {config}")
 

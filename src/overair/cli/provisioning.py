@@ -50,6 +50,9 @@ def device_endpoint(iot: Any) -> tuple[str, int]:
     return found["host"].strip("[]"), port
 
 
+BUNDLE_FACTORY_IMAGE = "factory.bin"
+
+
 def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: bytes,
                     code_signing_roots_pem: bytes, mqtt_host: str | None = None,
                     mqtt_port: int | None = None,
@@ -60,6 +63,8 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
 
     Refuses a thing that already exists: CreateThing is idempotent in AWS, so without
     the check a typo'd re-run would silently issue the thing a second certificate."""
+    # Read the factory image first: a missing file must stop us before anything is created.
+    factory_bytes = factory_image.read_bytes() if factory_image is not None else None
     try:
         iot.describe_thing(thingName=thing_name)
     except iot.exceptions.ResourceNotFoundException:
@@ -82,7 +87,13 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
     write_atomic(out_dir / "code-signing-root.pem", code_signing_roots_pem)
     if revocation_signer_pem:
         write_atomic(out_dir / "revocation-signer.pem", revocation_signer_pem)
-    factory = f'factory_image = "{factory_image}"\n' if factory_image else ""
+    factory = ""
+    if factory_bytes is not None:
+        # Copied into the bundle: the agent resolves paths against the bundle, and a
+        # bundle must be movable to the device as one directory.
+        write_atomic(out_dir / BUNDLE_FACTORY_IMAGE, factory_bytes)
+        factory = f'factory_image = "{BUNDLE_FACTORY_IMAGE}"\n'
+
     config = (
         f'thing_name = "{thing_name}"\n\n'
         f'[mqtt]\nhost = "{mqtt_host}"\nport = {mqtt_port}\nclient_cert = "device.crt"\n'

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from overair.cli.common import DataDirOption, api_client, api_errors, out
@@ -49,28 +50,35 @@ def import_cert(
 
 
 @signing_app.command("list")
-def list_certs(data_dir: DataDirOption) -> None:
-    """The certificate store, with expiry and warnings."""
+def list_certs(data_dir: DataDirOption,
+               json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+               ) -> None:
+    """The certificate store, with expiry and warnings. Certificates are shown by their
+    full ARN, which is what `signing profile create --certificate-arn` takes."""
+    rows: list[dict[str, Any]] = []
     with api_errors():
         acm = api_client(data_dir, "acm")
-        table = Table(title="code-signing certificates")
-        for column in ("certificate", "subject", "key", "status", "expires", "warnings"):
-            table.add_column(column)
         for page in acm.get_paginator("list_certificates").paginate():
             for summary in page["CertificateSummaryList"]:
                 arn = summary["CertificateArn"]
-                flags = [
-                    t["Key"].removeprefix("overair:")
-                    for t in acm.list_tags_for_certificate(CertificateArn=arn)["Tags"]
-                ]
-                table.add_row(
-                    arn.rpartition("/")[2],
-                    summary.get("DomainName", ""),
-                    summary.get("KeyAlgorithm", ""),
-                    summary["Status"],
-                    summary["NotAfter"].date().isoformat(),
-                    f"[yellow]{', '.join(flags)}[/yellow]" if flags else "",
-                )
+                flags = [t["Key"].removeprefix("overair:")
+                         for t in acm.list_tags_for_certificate(CertificateArn=arn)["Tags"]]
+                rows.append({"certificateArn": arn, "subject": summary.get("DomainName", ""),
+                             "keyAlgorithm": summary.get("KeyAlgorithm", ""), "status": summary["Status"],
+                             "notAfter": summary["NotAfter"].isoformat(), "warnings": flags})
+    if json_output:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table(title="code-signing certificates")
+    # ARNs are folded, never cut: they must stay whole to be copied.
+    table.add_column("certificate ARN", overflow="fold")
+    for column in ("subject", "key", "status", "expires", "warnings"):
+        table.add_column(column)
+    for row in rows:
+        warnings = f"[yellow]{escape(', '.join(row['warnings']))}[/yellow]" if row["warnings"] else ""
+        table.add_row(escape(row["certificateArn"]), escape(row["subject"]), row["keyAlgorithm"],
+                      row["status"], row["notAfter"][:10], warnings)
     out.print(table)
 
 

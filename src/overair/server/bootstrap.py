@@ -17,6 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import inspect
+from sqlalchemy.exc import SQLAlchemyError
+
 from overair.core.errors import MisuseError
 from overair.server import pki
 from overair.server.clock import Clock
@@ -64,6 +67,45 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
             raise MisuseError(f"{data_dir} is already initialised; use --force to start over "
                               "(this destroys its keys, certificates and database)")
         shutil.rmtree(data_dir)
+    if database_url:
+        _require_empty_database(database_url)
+    fresh = not data_dir.exists() or not any(data_dir.iterdir())
+    try:
+        return _initialize(data_dir, paths, buckets, hostnames=hostnames, http_port=http_port,
+                           mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
+                           now=now)
+    except BaseException:
+        if fresh and data_dir.exists():  # nothing half-written stays: the directory is as it was
+            for entry in data_dir.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        raise
+
+
+def _require_empty_database(url: str) -> None:
+    """Refuse, before anything is written, a database that already holds tables: it is
+    another installation's (its keys are elsewhere) or not overair's at all."""
+    db = Database(url)
+    try:
+        tables = sorted(inspect(db.engine).get_table_names())
+    except SQLAlchemyError as exc:
+        raise MisuseError(f"cannot open the database {db.engine.url!r}: {exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0]}", code="DatabaseUnavailable") from None
+    finally:
+        db.close()
+    if tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise MisuseError(f"the database {db.engine.url!r} is not empty (tables: {shown}); "
+                          "`overair init` needs an empty database: create one, or point "
+                          "--database-url at the installation's own data directory instead",
+                          code="DatabaseNotEmpty")
+
+
+def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hostnames: tuple[str, ...],
+                http_port: int, mqtt_port: int, download_port: int, database_url: str,
+                now: dt.datetime | None) -> InitResult:
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     now = now or dt.datetime.now(dt.UTC)

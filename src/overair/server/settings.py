@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import tomli_w
+
 from overair.core.errors import MisuseError
 from overair.core.limits import DEFAULT_LIMITS, Limits
 
@@ -184,15 +186,17 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 def dump_settings(settings: Settings) -> str:
-    lines = [
-        "# overair server settings; command-line flags of `overair serve` override them.",
-        f'account_id = "{settings.account_id}"',
-        f'region = "{settings.region}"',
-        "hostnames = [" + ", ".join(f'"{h}"' for h in settings.hostnames) + "]",
-        f"http_port = {settings.http_port}",
-        f"mqtt_port = {settings.mqtt_port}",
-        f"download_port = {settings.download_port}",
-    ]
+    """overair.toml for these settings, written by a TOML library: any value (a
+    database URL with quotes or backslashes) reads back exactly as given."""
+    values: dict[str, Any] = {
+        "account_id": settings.account_id,
+        "region": settings.region,
+        "hostnames": list(settings.hostnames),
+        "http_port": settings.http_port,
+        "mqtt_port": settings.mqtt_port,
+        "download_port": settings.download_port,
+    }
     if settings.database_url:
-        lines.append(f'database_url = "{settings.database_url}"')
-    return "\n".join(lines) + "\n"
+        values["database_url"] = settings.database_url
+    return "# overair server settings; command-line flags of `overair serve` override them.\n" + \
+        tomli_w.dumps(values)

@@ -90,7 +90,7 @@ class Query:
 
     principal: str | None = None
     action: str | None = None
-    decision: str | None = None  # case-insensitive
+    decision: str | None = None  # case-insensitive; "Deny" is every kind of denial
     since: float | None = None  # epoch seconds, inclusive
     until: float | None = None  # epoch seconds, inclusive
     limit: int | None = None  # the newest `limit` matches
@@ -109,6 +109,18 @@ def _glob_condition(column: Any, pattern: str) -> ColumnElement[bool]:
     return column == pattern  # type: ignore[no-any-return]
 
 
+# `Deny` names a family: IAM's ImplicitDeny and ExplicitDeny and the device side's DENY.
+_DENIALS = ("deny", "implicitdeny", "explicitdeny")
+
+
+def _decision_condition(decision: str) -> ColumnElement[bool]:
+    column = func.lower(AuditEntry.decision)
+    wanted = decision.lower()
+    if wanted == "deny":
+        return column.in_(_DENIALS)
+    return column == wanted
+
+
 def _matches(pattern: str | None, value: str) -> bool:
     return pattern is None or fnmatch.fnmatchcase(value, pattern)
 
@@ -122,7 +134,7 @@ def list_entries(db: Database, query: Query) -> Iterator[chain.ChainEntry]:
     if query.action is not None:
         statement = statement.where(_glob_condition(AuditEntry.action, query.action))
     if query.decision is not None:
-        statement = statement.where(func.lower(AuditEntry.decision) == query.decision.lower())
+        statement = statement.where(_decision_condition(query.decision))
     if query.since is not None:
         statement = statement.where(AuditEntry.at >= query.since)
     if query.until is not None:

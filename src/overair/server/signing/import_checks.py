@@ -79,6 +79,10 @@ def is_self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+# Where the trusted code-signing roots live, relative to the data directory (DataDir).
+TRUSTED_ROOTS_FILE = "pki/code-signing-root.pem"
+
+
 def check_import(cert: x509.Certificate, chain: Sequence[x509.Certificate], key_public: object,
                  trusted_roots: Sequence[x509.Certificate], now: dt.datetime, *,
                  allow_self_signed: bool) -> Accepted:
@@ -101,7 +105,10 @@ def check_import(cert: x509.Certificate, chain: Sequence[x509.Certificate], key_
         codesign.verify_signer_chain(cert, list(chain), codesign.TrustPolicy(tuple(trusted_roots)), now)
     except VerificationFailed as exc:
         raise ImportRejected(f"the certificate does not lead to a trusted code-signing root: "
-                             f"{exc.message}", code="UntrustedChain") from exc
+                             f"{exc.message}. The trusted roots are the PEM bundle "
+                             f"{TRUSTED_ROOTS_FILE} in the server's data directory (device bundles "
+                             f"copy it): add the root that issued this certificate there, or pass "
+                             f"the intermediates as CertificateChain", code="UntrustedChain") from exc
     return Accepted(algorithm, self_signed=False)
 
 
