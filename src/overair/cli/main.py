@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from overair.cli import audit, iam, signing
+from overair.cli import audit, db, iam, signing
 from overair.cli.common import api_errors, print_error
 from overair.core.errors import OverairError
 
@@ -24,6 +24,7 @@ app.add_typer(thing_app, name="thing")
 signing.register(app)
 audit.register(app)
 iam.register(app)
+db.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",

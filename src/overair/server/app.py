@@ -31,6 +31,7 @@ from overair.server.api.contract import ApiError, Caller, OperationTable
 from overair.server.api.edge import build_api_app
 from overair.server.audit.device_events import RefusedConnectionRecorder
 from overair.server.audit.log import AuditLog
+from overair.server.bootstrap import upgrade_installation
 from overair.server.clock import Clock, system_clock
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
@@ -69,7 +70,7 @@ from overair.server.settings import Settings
 from overair.server.signing import api as signing_api
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
-from overair.server.storage.db import Database, migrate
+from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
 from overair.server.streams.service import StreamService
@@ -87,8 +88,8 @@ class Server:
         paths = settings.paths
         self.clock = clock
         self.db = Database(settings.db_url)
-        migrate(self.db.engine)
         self.sealer = Sealer.load(paths.master_key)
+        self.upgrade = upgrade_installation(self.db, self.sealer, settings, clock)
         self.fleet_ca = pki.load_issued(paths.fleet_ca_cert.read_bytes(), paths.fleet_ca_key.read_bytes())
         self.audit = AuditLog(self.db, clock)
         self.identity = IdentityStore(self.db, self.sealer, settings, clock)

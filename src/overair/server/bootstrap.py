@@ -35,6 +35,7 @@ from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import DEFAULT_PLATFORM, SigningService
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
+from overair.server.storage.upgrade import UpgradeReport, upgrade_database
 
 ADMIN_USER = "admin"
 # The OTA service role `overair init` creates; CreateOTAUpdate's roleArn names it.
@@ -154,6 +155,17 @@ def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hos
         f"region = {settings.region}\n").encode())
     write_atomic(paths.config, dump_settings(settings).encode())
     return InitResult(settings, key_id, secret)
+
+
+def upgrade_installation(db: Database, sealer: Sealer, settings: Settings, clock: Clock) -> UpgradeReport:
+    """Bring an installation made by an older overair up to this one (storage/upgrade.py):
+    refuse a newer schema, back up, migrate, and create what `init` creates since."""
+    def ota_role() -> None:
+        create_ota_service_role(db, sealer, settings, clock)
+
+    sqlite_file = settings.paths.database if not settings.database_url else None
+    return upgrade_database(db.engine, sqlite_file=sqlite_file, backups=settings.paths.backups,
+                            completions=(("0006", f"the OTA service role {DEFAULT_OTA_ROLE}", ota_role),))
 
 
 def create_ota_service_role(db: Database, sealer: Sealer, settings: Settings, clock: Clock,

@@ -32,6 +32,7 @@ class DataDir:
     master_key = property(lambda self: self.root / "master.key")
     credentials = property(lambda self: self.root / "credentials")
     database = property(lambda self: self.root / "overair.db")
+    backups = property(lambda self: self.root / "backups")  # taken before schema upgrades
     objects = property(lambda self: self.root / "objects")
     pki = property(lambda self: self.root / "pki")
     broker = property(lambda self: self.root / "broker")
