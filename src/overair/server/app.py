@@ -37,6 +37,7 @@ from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
+from overair.server.gateway import capacity
 from overair.server.gateway.access_ledger import AccessLedger
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
@@ -82,6 +83,7 @@ class Server:
     # overair's access plugin in the broker it runs (gateway/broker_plugin.py); None for
     # an external broker or before the start.
     broker_plugin: PluginBuild | None = None
+    _capacity_warned = False  # the last /health was above the warning level (log once per crossing)
 
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings = settings
@@ -320,11 +322,38 @@ class Server:
             up = self.supervisor.up
             return up, {"broker": "up" if up else "down", "brokerState": status["state"],
                         "brokerRestarts": status["restarts"], "brokerLastExit": status["lastExit"],
-                        "brokerAccess": self._broker_access_mode()}
+                        "brokerAccess": self._broker_access_mode(), **self._broker_load()}
         if self.witness is not None:  # an external broker: up while overair reaches it
             up = self.witness.connected
             return up, {"broker": "up" if up else "down", "brokerState": "external"}
         return True, {"broker": "up"}  # not started yet
+
+    def _broker_load(self) -> dict[str, object]:
+        """Device connections against what the managed broker can hold (gateway/capacity.py);
+        a warning from 90 % on."""
+        broker = self.broker
+        if broker is None or broker.process is None or self.settings.external_broker is not None:
+            return {}
+        held = capacity.capacity(broker.process.pid)
+        connected = capacity.connections(self.settings.mqtt_port)
+        load: dict[str, object] = {"brokerConnections": connected, "brokerCapacity": held}
+        if held is not None and connected is not None and connected >= capacity.WARN_AT * held:
+            load["brokerWarning"] = (f"{connected} connections of a capacity of {held}: raise the open-file "
+                                     "limit (ulimit -n, LimitNOFILE=) before more devices are refused")
+            if not self._capacity_warned:
+                log.warning("the broker holds %d connections of a capacity of %d", connected, held)
+            self._capacity_warned = True
+        else:
+            self._capacity_warned = False
+        return load
+
+    def _log_capacity(self) -> None:
+        broker = self.broker
+        held = capacity.capacity(broker.process.pid) if broker is not None and broker.process else None
+        if held is None:
+            log.info("the broker's open-file limit is unlimited or unknown")
+        else:
+            log.info("the broker can hold about %d device connections (its open-file limit)", held)
 
     def _broker_access_mode(self) -> str:
         """`plugin`: overair's access plugin decides (AWS's client ids, SUBACK and PUBLISH
@@ -404,7 +433,9 @@ class Server:
                                               max_queued_messages=settings.mqtt_max_queued_messages))
             self.supervisor = BrokerSupervisor(broker, service_tls, prepare=self._regenerate_for_restart,
                                                on_restarted=self.access.changed)
+            capacity.raise_descriptor_limit()  # the broker inherits it: one descriptor per device
             await self.supervisor.start()
+            self._log_capacity()
             witness.start()
             self.reload = ConfirmedReload(self._signal_managed_broker, witness)
             return
