@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, SSLError
 from sqlalchemy import select
 
 from overair.server.storage.schema import AuditEntry
+from tests.e2e.conftest import ShiftableClock
 from tests.pki_helpers import issue, make_ca
 from tests.server_harness import RunningServer
 
@@ -72,10 +74,9 @@ def test_device_polls_starts_and_finishes_a_job_over_https(
         jobs.update_job_execution(
             thingName=name, jobId=f"{name}-job", status="FAILED", expectedVersion=version
         )
-    assert stale.value.response["Error"]["Code"] in (
-        "InvalidStateTransitionException",
-        "TerminalStateException",
-    )
+    # AWS: an update of an ended execution is an invalid state transition (UpdateJobExecution
+    # has no TerminalStateException in the iot-jobs-data model); the version is checked first.
+    assert stale.value.response["Error"]["Code"] == "InvalidStateTransitionException"
     described = jobs.describe_job_execution(thingName=name, jobId=f"{name}-job")["execution"]
     assert described["statusDetails"] == {"result": "ok"}
     # Polling devices are audited like MQTT ones: the update that ended the execution,
@@ -161,3 +162,63 @@ def test_no_500_hostile_request_bodies_get_invalid_request(srv: RunningServer,
         assert (status, error.get("code")) == (400, "InvalidRequestException"), (body[:80], status, error)
     assert _jobs_client(srv, bundle).describe_job_execution(thingName=name, jobId=f"{name}-job")[
         "execution"]["status"] == "QUEUED"
+
+
+def test_execution_number_and_include_job_document_over_https(srv: RunningServer,
+                                                              polling_device: tuple[str, Path]) -> None:
+    """Issue 13, items 6 and 8, on the HTTPS API: after a retry, DescribeJobExecution
+    with executionNumber 1 returns #1 and without it the latest; includeJobDocument=false
+    leaves the document out; UpdateJobExecution with executionNumber addresses that
+    execution (#1 has ended: InvalidStateTransitionException; #5 does not exist:
+    ResourceNotFoundException)."""
+    name, bundle = polling_device
+    iot = srv.client("iot")
+    job = f"{name}-job"
+    retry = {"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]}
+    iot.create_job(jobId=job, targets=[iot.describe_thing(thingName=name)["thingArn"]],
+                   document=json.dumps({"operation": "reboot"}), jobExecutionsRetryConfig=retry)
+    jobs = _jobs_client(srv, bundle)
+    jobs.start_next_pending_job_execution(thingName=name)
+    jobs.update_job_execution(thingName=name, jobId=job, status="FAILED", statusDetails={"reason": "disk"})
+    first = jobs.describe_job_execution(thingName=name, jobId=job, executionNumber=1)["execution"]
+    assert (first["executionNumber"], first["status"]) == (1, "FAILED")
+    assert first["statusDetails"] == {"reason": "disk"}
+    latest = jobs.describe_job_execution(thingName=name, jobId=job)["execution"]
+    assert (latest["executionNumber"], latest["status"]) == (2, "QUEUED")
+    assert json.loads(latest["jobDocument"]) == {"operation": "reboot"}
+    bare = jobs.describe_job_execution(thingName=name, jobId=job, includeJobDocument=False)["execution"]
+    assert "jobDocument" not in bare
+    for number, code in ((1, "InvalidStateTransitionException"), (5, "ResourceNotFoundException")):
+        with pytest.raises(ClientError) as refused:
+            jobs.update_job_execution(thingName=name, jobId=job, status="IN_PROGRESS", executionNumber=number)
+        assert refused.value.response["Error"]["Code"] == code
+    with pytest.raises(ClientError) as missing:
+        jobs.describe_job_execution(thingName=name, jobId=job, executionNumber=5)
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    done = jobs.update_job_execution(thingName=name, jobId=job, status="SUCCEEDED", executionNumber=2,
+                                     includeJobExecutionState=True)
+    assert done["executionState"]["status"] == "SUCCEEDED"
+
+
+def test_start_next_step_timeout_times_the_execution_out_over_https(
+        clocked_srv: RunningServer, clock: ShiftableClock, tmp_path: Path) -> None:
+    """Issue 13, item 5, on the HTTPS API: StartNextPendingJobExecution's
+    stepTimeoutInMinutes starts the step timer; not updated in time, the execution is
+    TIMED_OUT (AWS's iot-jobs-data model)."""
+    name = "poll-step-timeout"
+    bundle = clocked_srv.provision(name, tmp_path / name)
+    iot = clocked_srv.client("iot")
+    iot.create_job(jobId=f"{name}-job", targets=[iot.describe_thing(thingName=name)["thingArn"]],
+                   document=json.dumps({"operation": "reboot"}))
+    jobs = _jobs_client(clocked_srv, bundle)
+    started = jobs.start_next_pending_job_execution(thingName=name, stepTimeoutInMinutes=1)["execution"]
+    assert started["status"] == "IN_PROGRESS"
+    try:
+        clock.offset += 61
+        deadline = time.monotonic() + 10
+        while jobs.describe_job_execution(thingName=name,
+                                          jobId=f"{name}-job")["execution"]["status"] != "TIMED_OUT":
+            assert time.monotonic() < deadline, "the step timer did not time the execution out"
+            time.sleep(0.1)
+    finally:
+        clock.offset = 0.0

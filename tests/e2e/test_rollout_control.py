@@ -132,7 +132,7 @@ def test_a_device_gone_silent_times_out(
         device.client.publish(f"$aws/things/{name}/jobs/{job_id}/update", late, qos=1)
         rejected = device.wait_for(f"/jobs/{job_id}/update/rejected")
         assert rejected
-        assert b"TerminalStateReached" in rejected[-1][1]
+        assert b"InvalidStateTransition" in rejected[-1][1]
     finally:
         clock.offset = 0.0
         device.close()

@@ -209,7 +209,7 @@ def test_n3_replayed_status_update_changes_nothing(
     while not tap.captured("/update/rejected"):
         assert time.monotonic() < deadline, "the replay was not answered"
         time.sleep(0.05)
-    assert b"TerminalStateReached" in tap.captured("/update/rejected")[0][1]
+    assert b"InvalidStateTransition" in tap.captured("/update/rejected")[0][1]
     after = iot.describe_job_execution(jobId=f"AFR_OTA-ota-{name}", thingName=name)["execution"]
     assert (after["status"], after["versionNumber"]) == ("SUCCEEDED", before["versionNumber"])
 

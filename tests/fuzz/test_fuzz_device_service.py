@@ -40,6 +40,22 @@ JOB_TOPICS = [
     f"$aws/things/{THING}/jobs/other-job/update",
     f"$aws/things/{OTHER_THING}/jobs/{JOB}/update",
     f"$aws/things/{THING}/jobs/$next/update",
+    # Topics that map to no API (InvalidTopic): the service takes all of `jobs/#`.
+    f"$aws/things/{THING}/jobs",
+    f"$aws/things/{THING}/jobs/describe",
+    f"$aws/things/{THING}/jobs/{JOB}/describe",
+    f"$aws/things/{THING}/jobs/{JOB}/get/more",
+]
+# The service's own replies come back through its `jobs/#` subscription: never answered.
+REPLY_TOPICS = [
+    f"$aws/things/{THING}/jobs/notify-next",
+    f"$aws/things/{THING}/jobs/notify",
+    f"$aws/things/{THING}/jobs/get/accepted",
+    f"$aws/things/{THING}/jobs/start-next/rejected",
+    f"$aws/things/{THING}/jobs/$next/get/accepted",
+    f"$aws/things/{THING}/jobs/{JOB}/update/accepted",
+    f"$aws/things/{THING}/jobs/{JOB}/update/rejected",
+    f"$aws/things/{THING}/jobs/describe/rejected",
 ]
 STREAM_TOPICS = [
     f"$aws/things/{t}/streams/{s}/{verb}/{fmt}"
@@ -52,7 +68,7 @@ _SEGMENT = st.one_of(
     HOSTILE_TEXT.filter(lambda t: "/" not in t), st.sampled_from(["get", "update", "$next", JOB])
 )
 HOSTILE_TOPICS = st.one_of(
-    st.tuples(_SEGMENT, _SEGMENT).map(lambda p: f"$aws/things/{THING}/jobs/{p[0]}/{p[1]}"),
+    st.lists(_SEGMENT, min_size=1, max_size=4).map(lambda p: f"$aws/things/{THING}/jobs/{'/'.join(p)}"),
     st.tuples(_SEGMENT, _SEGMENT, _SEGMENT).map(
         lambda p: f"$aws/things/{THING}/streams/{p[0]}/{p[1]}/{p[2]}"
     ),
@@ -124,6 +140,14 @@ def test_fuzz_device_service_jobs_requests_get_a_reply_or_a_rejection(
     jobs_world: DeviceWorld, topic: str, payload: bytes
 ) -> None:
     _check(jobs_world, topic, payload)
+
+
+@given(st.sampled_from(REPLY_TOPICS), json_payloads(job_messages()))
+def test_fuzz_device_service_never_answers_its_own_replies(world: DeviceWorld, topic: str,
+                                                           payload: bytes) -> None:
+    devices = world.server.devices
+    assert devices.admit(topic) == []
+    assert devices.handle(topic, payload) == []
 
 
 @given(st.sampled_from(STREAM_TOPICS), st.data())

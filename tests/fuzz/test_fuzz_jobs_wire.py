@@ -1,8 +1,10 @@
 """Fuzz target: the Jobs API requests a device sends (core/jobs_wire.py), the body of
-every MQTT Jobs request and of the HTTPS UpdateJobExecution (issue 12, finding 10).
+every MQTT Jobs request and of the HTTPS UpdateJobExecution, DescribeJobExecution and
+StartNextPendingJobExecution (issue 12, finding 10; issue 13, items 5 and 6).
 
-`load_request`, `client_token`, `parse_status_details` and `parse_update` may raise only
-`DecodeError`, with a Jobs error code; what they accept is bounded.
+`load_request`, `client_token`, `parse_status_details`, `parse_update`,
+`parse_describe` and `parse_start_next` may raise only `DecodeError`, with a Jobs error
+code; what they accept is bounded. `is_freertos_next_request` never raises.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 from typing import Any
 
 from hypothesis import given
+from hypothesis import strategies as st
 
 from overair.core import jobs_wire as wire
 from overair.core.errors import DecodeError
@@ -26,10 +29,34 @@ def test_fuzz_jobs_request_bytes_raise_only_decode_error(payload: bytes) -> None
     try:
         request = wire.load_request(payload)
         wire.client_token(request)
+        wire.is_freertos_next_request(request, "thing-1")
         wire.parse_update(request)
     except DecodeError as exc:
         code = exc.code
     assert code is None or code in CODES
+
+
+@given(job_messages(), st.sampled_from(["thing-1", "t", "x" * 128]))
+def test_fuzz_describe_and_start_next_are_bounded(request: dict[str, Any], thing: str) -> None:
+    wire.is_freertos_next_request(request, thing)
+    codes: list[str] = []
+    describe = start = None
+    try:
+        describe = wire.parse_describe(request)
+    except DecodeError as exc:
+        codes.append(exc.code)
+    try:
+        start = wire.parse_start_next(request)
+    except DecodeError as exc:
+        codes.append(exc.code)
+    assert set(codes) <= CODES
+    if describe is not None:
+        assert describe.execution_number is None or 0 <= describe.execution_number <= wire.MAX_VERSION
+        assert isinstance(describe.include_job_document, bool)
+        assert len(describe.client_token.encode()) <= DEFAULT_LIMITS.max_client_token_length
+    if start is not None:
+        assert start.step_timeout_minutes is None or 1 <= start.step_timeout_minutes <= 10_080
+        assert len(start.status_details or {}) <= DEFAULT_LIMITS.max_status_details_entries
 
 
 @given(job_messages())
@@ -45,7 +72,8 @@ def test_fuzz_accepted_updates_are_bounded(request: dict[str, Any]) -> None:
     details = update.status_details or {}
     assert len(details) <= DEFAULT_LIMITS.max_status_details_entries
     assert all(len(v.encode()) <= DEFAULT_LIMITS.max_status_detail_length for v in details.values())
-    assert update.step_timeout_minutes is None or 1 <= update.step_timeout_minutes <= 10_080
+    step = update.step_timeout_minutes
+    assert step in (None, wire.CANCEL_STEP_TIMER) or 1 <= step <= 10_080
     assert len(update.client_token.encode()) <= DEFAULT_LIMITS.max_client_token_length
 
 

@@ -457,7 +457,7 @@ def test_job_status_updates_are_audited_when_final_or_rejected(srv: RunningServe
     assert update({"status": "BOGUS"}) == "rejected"
     entries = _entries(srv, Query(principal=f"thing/{thing}", action="iot:UpdateJobExecution"))
     assert [(e.fields.decision, e.fields.detail.get("status") or e.fields.detail.get("code"))
-            for e in entries] == [("Accepted", "SUCCEEDED"), ("Rejected", "TerminalStateReached"),
+            for e in entries] == [("Accepted", "SUCCEEDED"), ("Rejected", "InvalidStateTransition"),
                                   ("Rejected", "InvalidRequest")]
     assert entries[0].fields.resource == f"arn:aws:iot:us-east-1:{srv.settings.account_id}:job/{job}"
     assert entries[0].fields.detail["statusDetails"] == {"result": "ok"}

@@ -136,12 +136,13 @@ def test_in_progress_timeout_times_out_silent_devices_and_retries_them(world: Wo
         jobExecutionsRetryConfig={"criteriaList": [{"failureType": "TIMED_OUT", "numberOfRetries": 1}]},
     )
     world.update(a, ExecStatus.IN_PROGRESS)
-    world.update(b, ExecStatus.IN_PROGRESS, step_minutes=10)  # the device asked for longer
+    # A longer step timer does not extend the in-progress timer: AWS, "setting or resetting
+    # the step timeout has no effect on the in progress timeout" (UpdateJobExecution).
+    world.update(b, ExecStatus.IN_PROGRESS, step_minutes=10)
     world.clock.advance(119)
     assert world.scheduler.tick().next_changed == []
     world.clock.advance(2)
-    assert world.scheduler.tick().next_changed == [a]  # a's next job changed: its retry
-    assert world.jobs.describe_execution("job-1", b).status == "IN_PROGRESS"
+    assert world.scheduler.tick().next_changed == [a, b]  # their next job changed: their retries
     retry = world.jobs.next_execution(a)
     assert retry is not None
     assert (retry.status, retry.execution_number) == (ExecStatus.QUEUED, 2)
@@ -150,13 +151,53 @@ def test_in_progress_timeout_times_out_silent_devices_and_retries_them(world: Wo
     world.scheduler.tick()
     assert world.jobs.describe_execution("job-1", a).status == "TIMED_OUT"
     assert world.jobs.next_execution(a) is None  # no retries left
-    world.clock.advance(600)  # b's own 10-minute step timeout passes too: it gets its retry
-    world.scheduler.tick()
     assert sorted((r.execution_number, r.status) for r in world.jobs.executions_for_thing(b)) == [
         (1, "TIMED_OUT"),
         (2, "QUEUED"),
     ]
     assert world.jobs.describe_job("job-1")[0].status == "IN_PROGRESS"
+
+
+def test_step_timers_start_restart_and_cancel_alongside_the_in_progress_timer(world: World) -> None:
+    """Issue 13, item 5. AWS (iot-jobs-data model): StartNextPendingJobExecution and
+    UpdateJobExecution(IN_PROGRESS) with stepTimeoutInMinutes start the step timer, a new
+    value restarts it, -1 cancels it; the job's in-progress timer runs regardless, and
+    whichever expires first times the execution out."""
+    started, restarted, canceled, long_step, untimed = world.things(5)
+    world.create(timeoutConfig={"inProgressTimeoutInMinutes": 10})
+    for thing in (started, restarted, canceled):
+        view = world.jobs.start_next(thing, None, step_timeout_minutes=1)
+        assert view is not None
+        assert view.status is ExecStatus.IN_PROGRESS
+    world.update(long_step, ExecStatus.IN_PROGRESS, step_minutes=30)
+    world.update(untimed, ExecStatus.IN_PROGRESS)
+    world.clock.advance(50)
+    world.update(restarted, ExecStatus.IN_PROGRESS, step_minutes=2)
+    world.update(canceled, ExecStatus.IN_PROGRESS, step_minutes=-1)
+    world.update(started, ExecStatus.IN_PROGRESS)  # a progress report: the step timer runs on
+    world.clock.advance(11)
+    world.scheduler.tick()
+    assert world.visible() == {started: "TIMED_OUT", restarted: "IN_PROGRESS", canceled: "IN_PROGRESS",
+                               long_step: "IN_PROGRESS", untimed: "IN_PROGRESS"}
+    world.clock.advance(110)  # 171 s: the restarted step timer (50 s + 2 min) has expired
+    world.scheduler.tick()
+    assert world.visible()[restarted] == "TIMED_OUT"
+    world.clock.advance(600 - 171 - 1)
+    world.scheduler.tick()
+    assert {t: s for t, s in world.visible().items() if s == "IN_PROGRESS"} == {
+        canceled: "IN_PROGRESS", long_step: "IN_PROGRESS", untimed: "IN_PROGRESS"}
+    world.clock.advance(2)  # the in-progress timer ends the rest, the 30-minute step timer too
+    world.scheduler.tick()
+    assert set(world.visible().values()) == {"TIMED_OUT"}
+
+
+def test_start_next_without_a_step_timeout_leaves_only_the_in_progress_timer(world: World) -> None:
+    (thing,) = world.things(1)
+    world.create()
+    assert world.jobs.start_next(thing, {"step": "1"}) is not None
+    world.clock.advance(7 * 24 * 3600)
+    world.scheduler.tick()
+    assert world.visible() == {thing: "IN_PROGRESS"}
 
 
 def test_timed_out_execution_refuses_a_late_device_update(world: World) -> None:

@@ -122,7 +122,7 @@ def test_job_executions_follow_the_state_table_and_versions(db: Database, settin
     assert outcome.next_changed
     with pytest.raises(JobsMqttError) as final:
         jobs.update_execution("dev-1", "job-1", _update(ExecStatus.FAILED))
-    assert final.value.code == "TerminalStateReached"
+    assert final.value.code == "InvalidStateTransition"  # AWS: an update of an ended execution
     row = jobs.describe_execution("job-1", "dev-1")
     assert (row.status, row.version_number, row.status_details) == ("SUCCEEDED", 3, {"reason": "ok"})
     job, counts = jobs.describe_job("job-1")

@@ -85,3 +85,58 @@ def test_free_text_reasons_keep_newlines_and_the_largest_step_timeout_is_accepte
     )
     assert update.status_details == {"reason": "line 1\nline 2\ttab"}
     assert update.step_timeout_minutes == 10_080
+
+
+def test_update_step_timeout_minus_one_cancels_the_step_timer_and_only_there() -> None:
+    # AWS: UpdateJobExecution's "-1 ... will cancel the current step timer";
+    # StartNextPendingJobExecution documents 1 to 10080 only.
+    assert wire.parse_update({"status": "IN_PROGRESS", "stepTimeoutInMinutes": -1}).step_timeout_minutes == -1
+    assert wire.parse_start_next({"stepTimeoutInMinutes": 1}).step_timeout_minutes == 1
+    for value in (-1, 0, 10_081, True, "5", 2.0):
+        with pytest.raises(DecodeError) as err:
+            wire.parse_start_next({"stepTimeoutInMinutes": value})
+        assert err.value.code == wire.INVALID_REQUEST
+
+
+def test_describe_includes_the_job_document_unless_told_not_to() -> None:
+    # AWS: "includeJobDocument: Unless set to false, the response contains the job document."
+    assert wire.parse_describe({}) == wire.DescribeRequest(None, True, "")
+    assert wire.parse_describe({"includeJobDocument": False, "executionNumber": 1, "clientToken": "c"}) == \
+        wire.DescribeRequest(1, False, "c")
+    for patch in ({"includeJobDocument": "false"}, {"executionNumber": -1}, {"executionNumber": 1.0},
+                  {"clientToken": "t" * 65}):
+        with pytest.raises(DecodeError) as err:
+            wire.parse_describe(patch)
+        assert err.value.code == wire.INVALID_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("token", "thing", "freertos"),
+    [
+        (":dev-1", "dev-1", True),  # v3.0.0-v3.4.1, first request: counter 0 rendered empty
+        ("1:dev-1", "dev-1", True),
+        ("4294967295:dev-1", "dev-1", True),
+        ("12:a:b", "a:b", True),  # thing names may contain ':'
+        ("3:" + "t" * 53, "t" * 60, True),  # main branch: thing name cut to 53 characters
+        ("3:" + "t" * 61, "t" * 70, True),  # overair's agent: the token cut to 64 characters
+        ("3:" + "t" * 52, "t" * 60, False),  # a shorter prefix is not the library's
+        ("1:dev-2", "dev-1", False),  # another thing
+        ("1:dev-1x", "dev-1", False),
+        ("x:dev-1", "dev-1", False),
+        ("1 :dev-1", "dev-1", False),
+        ("dev-1", "dev-1", False),
+        ("1:", "dev-1", False),
+        ("8d3e0f2c-3a1b-4c57-9e4f-2b7f5a8c9d10", "dev-1", False),  # the SDK's V2 client
+        ("12345678901:dev-1", "dev-1", False),  # more digits than a uint32
+    ],
+)
+def test_only_requests_shaped_as_the_freertos_ota_librarys_are_freertos(token: str, thing: str,
+                                                                         freertos: bool) -> None:
+    assert wire.is_freertos_next_request({"clientToken": token}, thing) is freertos
+
+
+def test_a_freertos_token_with_any_other_field_is_not_the_librarys_request() -> None:
+    assert wire.is_freertos_next_request(wire.load_request(b'{"clientToken":"1:dev-1"}'), "dev-1")
+    assert not wire.is_freertos_next_request({"clientToken": "1:dev-1", "includeJobDocument": True}, "dev-1")
+    assert not wire.is_freertos_next_request({}, "dev-1")
+    assert not wire.is_freertos_next_request({"clientToken": 1}, "dev-1")

@@ -37,6 +37,9 @@ TERMINAL_STATE_REACHED = "TerminalStateReached"
 _STATUSES = frozenset(status.value for status in ExecStatus)
 _DETAIL_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 MAX_VERSION = (1 << 63) - 1  # versionNumber and executionNumber are AWS longs
+# UpdateJobExecution's stepTimeoutInMinutes: "A value of -1 is also valid and will cancel
+# the current step timer" (botocore's iot-jobs-data model, UpdateJobExecutionRequest).
+CANCEL_STEP_TIMER = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,25 @@ class UpdateRequest:
     execution_number: int | None
     include_job_execution_state: bool
     include_job_document: bool
-    step_timeout_minutes: int | None
+    step_timeout_minutes: int | None  # 1..max, CANCEL_STEP_TIMER, or None (timer unchanged)
+    client_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeRequest:
+    """DescribeJobExecution (`J/get`, `$next/get`; HTTPS GET /things/T/jobs/J)."""
+
+    execution_number: int | None  # None: the latest execution (AWS's default)
+    include_job_document: bool  # AWS's default: true
+    client_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartNextRequest:
+    """StartNextPendingJobExecution (`start-next`; HTTPS PUT /things/T/jobs/$next)."""
+
+    status_details: dict[str, str] | None
+    step_timeout_minutes: int | None  # 1..max, or None: no step timer
     client_token: str
 
 
@@ -136,11 +157,27 @@ def _opt_int(request: dict[str, Any], name: str, high: int) -> int | None:
     return value
 
 
-def _opt_bool(request: dict[str, Any], name: str) -> bool:
-    value = request.get(name, False)
+def _opt_bool(request: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = request.get(name, default)
     if not isinstance(value, bool):  # bool("false") is True: never coerce
         raise DecodeError(f"{name} must be true or false", code=INVALID_REQUEST)
     return value
+
+
+def _step_timeout(request: dict[str, Any], limits: Limits, *, may_cancel: bool) -> int | None:
+    """stepTimeoutInMinutes: 1 to 10080 (AWS), and on UpdateJobExecution also -1, which
+    cancels the step timer."""
+    value = request.get("stepTimeoutInMinutes")
+    if value is None:
+        return None
+    high = limits.max_step_timeout_minutes
+    if isinstance(value, int) and not isinstance(value, bool) and (
+            1 <= value <= high or (may_cancel and value == CANCEL_STEP_TIMER)):
+        return value
+    allowed = f"from 1 to {high}"
+    if may_cancel:
+        allowed += f" (or {CANCEL_STEP_TIMER} to cancel the step timer)"
+    raise DecodeError(f"stepTimeoutInMinutes must be an integer {allowed}", code=INVALID_REQUEST)
 
 
 def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> UpdateRequest:
@@ -149,10 +186,6 @@ def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Up
     status_text = request.get("status")
     if not isinstance(status_text, str) or status_text not in _STATUSES:
         raise DecodeError(f"unknown status {str(status_text)[:40]!r}", code=INVALID_REQUEST)
-    step = _opt_int(request, "stepTimeoutInMinutes", limits.max_step_timeout_minutes)
-    if step == 0:
-        raise DecodeError(f"stepTimeoutInMinutes must be from 1 to {limits.max_step_timeout_minutes}",
-                          code=INVALID_REQUEST)
     return UpdateRequest(
         status=ExecStatus(status_text),
         status_details=parse_status_details(request.get("statusDetails"), limits),
@@ -160,9 +193,54 @@ def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Up
         execution_number=_opt_int(request, "executionNumber", MAX_VERSION),
         include_job_execution_state=_opt_bool(request, "includeJobExecutionState"),
         include_job_document=_opt_bool(request, "includeJobDocument"),
-        step_timeout_minutes=step,
+        step_timeout_minutes=_step_timeout(request, limits, may_cancel=True),
         client_token=client_token(request, limits),
     )
+
+
+def parse_describe(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> DescribeRequest:
+    """DescribeJobExecution from a device (MQTT or HTTPS). AWS: "includeJobDocument:
+    Unless set to false, the response contains the job document"; "executionNumber: ...
+    If not specified, the latest job execution is returned" (iot-jobs-data model)."""
+    return DescribeRequest(
+        execution_number=_opt_int(request, "executionNumber", MAX_VERSION),
+        include_job_document=_opt_bool(request, "includeJobDocument", default=True),
+        client_token=client_token(request, limits),
+    )
+
+
+def parse_start_next(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> StartNextRequest:
+    """StartNextPendingJobExecution from a device (MQTT or HTTPS): stepTimeoutInMinutes
+    1 to 10080 (AWS documents no -1 here)."""
+    return StartNextRequest(
+        status_details=parse_status_details(request.get("statusDetails"), limits),
+        step_timeout_minutes=_step_timeout(request, limits, may_cancel=False),
+        client_token=client_token(request, limits),
+    )
+
+
+# The FreeRTOS OTA library (aws/ota-for-aws-iot-embedded-sdk, source/ota_mqtt.c,
+# requestJob_Mqtt) publishes `$next/get` with exactly one member, built from the template
+# pOtaGetNextJobMsgTemplate `{"clientToken":"%u:%s"}`: a request counter, a colon, the
+# thing name. Releases v3.0.0-v3.4.1 render the first counter (0) as an empty string
+# (stringBuilderUInt32Decimal); the main branch truncates the thing name to
+# OTA_CLIENT_TOKEN_MAX_THINGNAME_LEN (53) characters and loses the counter's last digit.
+_FREERTOS_NEXT_TOKEN = re.compile(r"[0-9]{0,10}:(?P<thing>[a-zA-Z0-9:_-]{1,128})")
+_FREERTOS_THING_NAME_CUT = 53
+
+
+def is_freertos_next_request(request: dict[str, Any], thing: str) -> bool:
+    """True for a `$next/get` shaped exactly as the FreeRTOS OTA library sends it, from
+    `thing`: the library never subscribes to `$next/get/accepted` (device-protocol.md §1),
+    so only such a request gets its answer on `notify-next` too."""
+    token = request.get("clientToken")
+    if request.keys() != {"clientToken"} or not isinstance(token, str):
+        return False
+    match = _FREERTOS_NEXT_TOKEN.fullmatch(token)
+    if match is None:
+        return False
+    named = match.group("thing")
+    return named == thing or (len(named) >= _FREERTOS_THING_NAME_CUT and thing.startswith(named))
 
 
 def error_reply(code: str, message: str, token: str, now: int,
@@ -175,11 +253,13 @@ def error_reply(code: str, message: str, token: str, now: int,
     return reply
 
 
-def execution_reply(execution: ExecutionView | None, token: str, now: int) -> dict[str, Any]:
-    """Reply to `$next/get` and `J/get`; no `execution` key means nothing pending."""
+def execution_reply(execution: ExecutionView | None, token: str, now: int,
+                    include_document: bool = True) -> dict[str, Any]:
+    """Reply to `$next/get`, `J/get` and `start-next`; no `execution` key means nothing
+    pending."""
     reply: dict[str, Any] = {"clientToken": token, "timestamp": now}
     if execution is not None:
-        reply["execution"] = execution.to_json_obj()
+        reply["execution"] = execution.to_json_obj(include_document)
     return reply
 
 

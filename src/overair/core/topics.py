@@ -94,13 +94,15 @@ def stream_get_topic(thing: str, stream_id: str, fmt: str) -> str:
 
 
 # The subscriptions the service needs. A generic broker never matches `$` topics with
-# a leading wildcard, so each is spelled out, and none of them matches our own replies
-# (accepted/rejected/notify), which would otherwise loop back to us.
+# a leading wildcard, so each is spelled out. Every topic under a thing's `jobs/` is
+# taken, because AWS answers a request on one that maps to no API with InvalidTopic
+# (Jobs device API, ErrorResponse); our own replies under `jobs/` (accepted, rejected,
+# notify, notify-next) loop back with it and are dropped unanswered (`jobs_request_thing`).
+# Filters must not overlap: Mosquitto delivers a message once per matching subscription.
+# The streams filters match none of our replies (data, description, rejected), the bulk
+# of the traffic, which so never loops back.
 SERVICE_SUBSCRIPTIONS = (
-    "$aws/things/+/jobs/get",
-    "$aws/things/+/jobs/start-next",
-    "$aws/things/+/jobs/+/get",
-    "$aws/things/+/jobs/+/update",
+    "$aws/things/+/jobs/#",
     "$aws/things/+/streams/+/get/cbor",
     "$aws/things/+/streams/+/get/json",
     "$aws/things/+/streams/+/describe/cbor",
@@ -151,13 +153,20 @@ def thing_of(topic: str) -> str:
     return parts[2] if len(parts) > 3 and parts[0] == "$aws" and parts[1] == "things" else ""
 
 
+# Last segments of the topics the service itself publishes under `jobs/`: a message
+# there is a reply (ours, looped back by the `jobs/#` subscription), never a request.
+_JOBS_REPLY_SEGMENTS = frozenset({"accepted", "rejected", "notify", "notify-next"})
+
+
 def jobs_request_thing(topic: str) -> str | None:
-    """The thing of a message under `$aws/things/<thing>/jobs/` that is not a request we
-    serve (e.g. `jobs/<not a job id>/get`): such a request is answered InvalidTopic on
-    `<topic>/rejected`, as AWS does. None for anything else."""
+    """The thing of a message under `$aws/things/<thing>/jobs` that is not a request we
+    serve (e.g. `jobs/<not a job id>/get`, `jobs/J/describe`, `jobs/foo`): AWS answers it
+    InvalidTopic on `<topic>/rejected` ("The request was sent to a topic in the AWS IoT
+    Jobs namespace that doesn't map to any API operation"). None for anything else,
+    including every reply topic, so an answer never answers itself."""
     parts = topic.split("/")
-    if len(parts) < 5 or parts[:2] != ["$aws", "things"] or parts[3] != "jobs" or not is_thing_name(parts[2]):
+    if len(parts) < 4 or parts[:2] != ["$aws", "things"] or parts[3] != "jobs" or not is_thing_name(parts[2]):
         return None
-    if parts[-1] not in ("get", "update", "start-next"):
-        return None  # never answer on a reply topic (accepted/rejected/notify): no loops
+    if parts[-1] in _JOBS_REPLY_SEGMENTS:
+        return None
     return parts[2]

@@ -48,7 +48,9 @@ from overair.server.registry.service import Registry
 log = logging.getLogger("overair.devices")
 INVALID = "InvalidRequestException"
 THROTTLED_ACTION = "iot-jobs-data:*"  # throttling comes before the operation is known
-# Jobs MQTT error codes as the HTTP API reports them.
+# Jobs MQTT error codes as the HTTP API reports them. An update of an execution in a
+# terminal state is InvalidStateTransitionException (409), as on MQTT: the model lists no
+# TerminalStateException among UpdateJobExecution's errors.
 _HTTP_ERRORS = {
     wire.RESOURCE_NOT_FOUND: ("ResourceNotFoundException", 404),
     wire.INVALID_STATE_TRANSITION: ("InvalidStateTransitionException", 409),
@@ -63,6 +65,11 @@ def _execution(view: wire.ExecutionView, with_document: bool) -> dict[str, Any]:
     if with_document and view.job_document is not None:
         execution["jobDocument"] = wire.encode(view.job_document).decode()
     return execution
+
+
+def _body_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The request's fields other than the path's, for the same checks as on MQTT."""
+    return {k: v for k, v in params.items() if k not in ("thingName", "jobId")}
 
 
 _SUPPORTED = frozenset({"GetPendingJobExecutions", "StartNextPendingJobExecution", "DescribeJobExecution",
@@ -196,15 +203,16 @@ class DeviceJobsApi:
             in_progress, queued = self._jobs.pending_for_device(thing)
             return {"inProgressJobs": in_progress, "queuedJobs": queued}
         if name == "StartNextPendingJobExecution":
-            details = wire.parse_status_details(params.get("statusDetails"), self._limits)
-            execution = self._jobs.start_next(thing, details)
+            start = wire.parse_start_next(_body_fields(params), self._limits)
+            execution = self._jobs.start_next(thing, start.status_details, start.step_timeout_minutes)
             return {} if execution is None else {"execution": _execution(execution, True)}
         if name == "DescribeJobExecution":
-            view = self._jobs.execution_for_device(thing, str(params["jobId"]))
-            return {"execution": _execution(view, params.get("includeJobDocument") is not False)}
+            describe = wire.parse_describe(_body_fields(params), self._limits)
+            view = self._jobs.execution_for_device(thing, str(params["jobId"]), describe.execution_number,
+                                                   describe.include_job_document)
+            return {"execution": _execution(view, describe.include_job_document)}
         if name == "UpdateJobExecution":
-            request = {k: v for k, v in params.items() if k not in ("thingName", "jobId")}
-            update = wire.parse_update(request, self._limits)
+            update = wire.parse_update(_body_fields(params), self._limits)
             outcome = self._jobs.update_execution(thing, str(params["jobId"]), update)
             reply: dict[str, Any] = {}
             if update.include_job_execution_state:

@@ -121,8 +121,11 @@ class DeviceService:
         parsed = topics.parse_request_topic(topic)
         if parsed is None:
             if topics.jobs_request_thing(topic) is not None:
-                # A request under a device's jobs topics we do not serve: AWS's answer.
-                return [self._jobs_error(topic, wire.INVALID_TOPIC, "no Jobs API matches this topic", "")]
+                # A request under a device's jobs topics we do not serve: AWS's answer,
+                # with the request's clientToken when it has a usable one (SDKs match
+                # replies by it).
+                return [self._jobs_error(topic, wire.INVALID_TOPIC, "no Jobs API matches this topic",
+                                         self._token_if_any(payload))]
             log.debug("ignored message on unserved topic %r", topic[:200])
             return []
         try:
@@ -136,6 +139,12 @@ class DeviceService:
             if isinstance(parsed, JobsTopic):
                 return [self._jobs_error(topic, wire.INTERNAL_ERROR, "internal error", "")]
             return [self._stream_error(parsed, "InternalError", "internal error", "")]
+
+    def _token_if_any(self, payload: bytes) -> str:
+        try:
+            return wire.client_token(wire.load_request(payload, self._limits), self._limits)
+        except PeerInputError:
+            return ""
 
     def close(self) -> None:
         """Write the audit counts still open (the service is stopping)."""
@@ -160,14 +169,14 @@ class DeviceService:
             token = wire.client_token(request, self._limits)
             thing = parsed.thing_name
             if parsed.request is JobsRequest.DESCRIBE:
-                return self._describe(topic, thing, parsed.job_id or topics.NEXT, token)
+                return self._describe(topic, thing, parsed.job_id or topics.NEXT, request)
             if parsed.request is JobsRequest.GET_PENDING:
                 in_progress, queued = self._jobs.pending_for_device(thing)
                 return [self._accepted(topic, {"inProgressJobs": in_progress, "queuedJobs": queued,
                                                "clientToken": token, "timestamp": self._now()})]
             if parsed.request is JobsRequest.START_NEXT:
-                details = wire.parse_status_details(request.get("statusDetails"), self._limits)
-                execution = self._jobs.start_next(thing, details)
+                start = wire.parse_start_next(request, self._limits)
+                execution = self._jobs.start_next(thing, start.status_details, start.step_timeout_minutes)
                 return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
             return self._update(topic, parsed, request)
         except PeerInputError as exc:  # JobsMqttError, DecodeError and the rest of the device's faults
@@ -192,17 +201,25 @@ class DeviceService:
                             resource=self._jobs.job_arn(parsed.job_id or ""), decision="Rejected",
                             reason=code, detail={"code": code, "message": message[:512]})
 
-    def _describe(self, topic: str, thing: str, job_id: str, token: str) -> list[Outgoing]:
-        if job_id == topics.NEXT:
-            execution = self._jobs.next_execution(thing)
-            reply = wire.encode(wire.execution_reply(execution, token, self._now()))
-            # FreeRTOS quirk: the agent never subscribes to $next/get/accepted (AWS
-            # delivers it anyway; a standard broker does not), so the same reply also
-            # goes to notify-next, which it does subscribe to. Never leave it unanswered.
-            return [Outgoing(topics.jobs_reply_topic(topic, accepted=True), reply),
-                    Outgoing(topics.notify_next_topic(thing), reply)]
-        execution = self._jobs.execution_for_device(thing, job_id)
-        return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
+    def _describe(self, topic: str, thing: str, job_id: str, request: dict[str, Any]) -> list[Outgoing]:
+        describe = wire.parse_describe(request, self._limits)
+        if job_id == topics.NEXT and describe.execution_number is None:
+            execution = self._jobs.next_execution(thing, describe.include_job_document)
+        else:
+            execution = self._jobs.execution_for_device(thing, job_id, describe.execution_number,
+                                                        describe.include_job_document)
+        reply = wire.encode(wire.execution_reply(execution, describe.client_token, self._now(),
+                                                 describe.include_job_document))
+        out = [Outgoing(topics.jobs_reply_topic(topic, accepted=True), reply)]
+        if job_id == topics.NEXT and wire.is_freertos_next_request(request, thing):
+            # FreeRTOS quirk (device-protocol.md §1): the OTA library never subscribes to
+            # $next/get/accepted (AWS delivers it anyway; a standard broker does not), so
+            # the answer to a request shaped exactly as the library's also goes to
+            # notify-next, which it does subscribe to. Any other client (an AWS SDK, whose
+            # tokens never have that shape) gets only what AWS sends: no notify-next
+            # unless its next job changes (docs/compatibility.md, Device Jobs API).
+            out.append(Outgoing(topics.notify_next_topic(thing), reply))
+        return out
 
     def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
         thing = parsed.thing_name

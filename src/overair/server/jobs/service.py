@@ -346,22 +346,43 @@ class JobService:
                 return row
         return None
 
-    def next_execution(self, thing: str) -> ExecutionView | None:
+    def next_execution(self, thing: str, include_document: bool = True) -> ExecutionView | None:
         with self._db.reading() as s:
             row = self._next_row(s, thing)
-            return None if row is None else self._view(s, row)
+            return None if row is None else self._view(s, row, with_document=include_document)
 
     def next_job_id(self, thing: str) -> str | None:
         with self._db.reading() as s:
             row = self._next_row(s, thing)
             return None if row is None else row.job_id
 
-    def execution_for_device(self, thing: str, job_id: str) -> ExecutionView:
+    @staticmethod
+    def _numbered(job_id: str, thing: str, execution_number: int) -> Select[tuple[JobExecution]]:
+        return select(JobExecution).where(JobExecution.job_id == job_id, JobExecution.thing_name == thing,
+                                          JobExecution.execution_number == execution_number, RELEASED)
+
+    def _addressed(self, job_id: str, thing: str,
+                   execution_number: int | None) -> Select[tuple[JobExecution]]:
+        """The execution a device request names: that number, else the latest (AWS)."""
+        if execution_number is None:
+            return self._latest(job_id, thing)
+        return self._numbered(job_id, thing, execution_number)
+
+    def execution_for_device(self, thing: str, job_id: str, execution_number: int | None = None,
+                             include_document: bool = True) -> ExecutionView:
+        """DescribeJobExecution: `job_id` may be `$next`; `execution_number` None means the
+        latest execution, else exactly that one (after a retry, #1 is still #1)."""
         with self._db.reading() as s:
-            row = self._next_row(s, thing) if job_id == "$next" else s.scalar(self._latest(job_id, thing))
+            if job_id == "$next":
+                row = self._next_row(s, thing)
+                if row is not None and execution_number not in (None, row.execution_number):
+                    row = None
+            else:
+                row = s.scalar(self._addressed(job_id, thing, execution_number))
             if row is None:
-                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution of {job_id} for {thing}")
-            return self._view(s, row)
+                number = "" if execution_number is None else f" number {execution_number}"
+                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
+            return self._view(s, row, with_document=include_document)
 
     def pending_for_device(self, thing: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(inProgressJobs, queuedJobs) summaries for `$aws/things/T/jobs/get`."""
@@ -379,8 +400,11 @@ class JobService:
             summaries[row.status].append(summary)
         return summaries[ExecStatus.IN_PROGRESS.value], summaries[ExecStatus.QUEUED.value]
 
-    def start_next(self, thing: str, details: dict[str, str] | None) -> ExecutionView | None:
-        """`start-next`: the next execution, moved to IN_PROGRESS if it was QUEUED."""
+    def start_next(self, thing: str, details: dict[str, str] | None,
+                   step_timeout_minutes: int | None = None) -> ExecutionView | None:
+        """`start-next`: the next execution, moved to IN_PROGRESS if it was QUEUED, with
+        the device's step timer if it gave one (it times out unless updated in time).
+        One already IN_PROGRESS is returned as it is."""
         now = self._clock()
         with self._db.session() as s:
             row = self._next_row(s, thing)
@@ -391,7 +415,7 @@ class JobService:
                 row.started_at = now
                 row.last_updated_at = now
                 row.version_number += 1
-                row.timeout_at = self._deadline(s, row, None, now)
+                row.timeout_at = self._deadline(s, row, step_timeout_minutes, now)
                 if details is not None:
                     row.status_details = details
             return self._view(s, row)
@@ -399,12 +423,12 @@ class JobService:
     def update_execution(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome:
         now = self._clock()
         with self._db.session() as s:
-            row = s.scalar(self._latest(job_id, thing).with_for_update())
+            # An executionNumber addresses that execution (after a retry, #1 is still #1);
+            # without one, the latest.
+            row = s.scalar(self._addressed(job_id, thing, request.execution_number).with_for_update())
             if row is None:
-                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution of {job_id} for {thing}")
-            if request.execution_number is not None and request.execution_number != row.execution_number:
-                raise JobsMqttError(wire.RESOURCE_NOT_FOUND,
-                                    f"execution number {request.execution_number} does not exist")
+                number = "" if request.execution_number is None else f" number {request.execution_number}"
+                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
             current = ExecStatus(row.status)
             state = {"status": row.status, "statusDetails": dict(row.status_details),
                      "versionNumber": row.version_number}
@@ -413,7 +437,10 @@ class JobService:
                                     f"expected version {request.expected_version}, "
                                     f"current is {row.version_number}", state)
             if current.terminal:
-                raise JobsMqttError(wire.TERMINAL_STATE_REACHED,
+                # AWS: InvalidStateTransition, "for example, an attempt to change a request
+                # in state SUCCEEDED to state IN_PROGRESS", with executionState (Jobs
+                # device API, ErrorResponse); TerminalStateReached is for describing.
+                raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
                                     f"execution is already {current.value}", state)
             if not can_transition(current, request.status, Actor.DEVICE):
                 raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
@@ -430,8 +457,9 @@ class JobService:
             row.version_number += 1
             if request.status is ExecStatus.IN_PROGRESS and (
                     current is not ExecStatus.IN_PROGRESS or request.step_timeout_minutes is not None):
-                # The clock starts when the execution enters IN_PROGRESS (or a device sets
-                # a step timeout); progress reports leave it alone and cost no Job read.
+                # The clock starts when the execution enters IN_PROGRESS; a step timeout
+                # (re)starts the step timer, -1 cancels it. Progress reports without one
+                # leave both timers alone and cost no Job read.
                 row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
             elif request.status.terminal:
                 row.timeout_at = None
@@ -454,15 +482,18 @@ class JobService:
 
     @staticmethod
     def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:
-        """When this IN_PROGRESS execution times out: the device's step timeout if it
-        gave one, else the job's in-progress timeout counted from its start, else never."""
-        if step_minutes is not None and step_minutes > 0:
-            return now + 60.0 * step_minutes
-        if row.timeout_at is not None:
-            return row.timeout_at
+        """When this IN_PROGRESS execution times out: the earlier of the job's in-progress
+        timer (timeoutConfig, counted from its start) and the device's step timer (from
+        now, if it set one), else never. AWS: "setting or resetting the step timeout has
+        no effect on the in progress timeout" (UpdateJobExecution, iot-jobs-data model),
+        so both run and whichever expires first times the execution out; a step timeout
+        of -1 (or none) leaves only the in-progress timer."""
         job = s.get(Job, row.job_id)
         limit = rollout.in_progress_timeout(job.config.get("timeoutConfig")) if job is not None else None
-        return None if limit is None else (row.started_at or now) + limit
+        deadlines = [] if limit is None else [(row.started_at or now) + limit]
+        if step_minutes is not None and step_minutes > 0:
+            deadlines.append(now + 60.0 * step_minutes)
+        return min(deadlines, default=None)
 
     def retry_if_allowed(self, s: Any, job: Job, row: JobExecution, now: float) -> bool:
         """jobExecutionsRetryConfig: queue a new attempt (the next execution number)."""
