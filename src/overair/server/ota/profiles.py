@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
 
 from overair.core import jobs_wire as wire
 from overair.core import topics
@@ -53,32 +54,42 @@ class DeviceProfiles:
 
     def resolve(self, things: Sequence[str]) -> dict[str, Resolution]:
         """Each existing thing's profile (things that do not exist are left out)."""
-        found: dict[str, Resolution] = {}
         with self._db.reading() as s:
-            for i in range(0, len(things), _CHUNK):
-                chunk = list(things[i:i + _CHUNK])
-                rows = s.execute(select(Thing.name, Thing.attributes, Thing.thing_type_name)
-                                 .where(Thing.name.in_(chunk))).all()
-                groups: dict[str, list[str]] = {}
-                for thing, group in s.execute(select(ThingGroupMember.thing_name, ThingGroupMember.group_name)
-                                              .where(ThingGroupMember.thing_name.in_(chunk))):
-                    groups.setdefault(thing, []).append(group)
-                for name, attributes, thing_type in rows:
-                    found[name] = self.config.resolve(name, attributes or {}, thing_type,
-                                                      groups.get(name, ()))
+            return self._resolve_in(s, things)
+
+    def _resolve_in(self, s: Session, things: Sequence[str]) -> dict[str, Resolution]:
+        found: dict[str, Resolution] = {}
+        for i in range(0, len(things), _CHUNK):
+            chunk = list(things[i:i + _CHUNK])
+            rows = s.execute(select(Thing.name, Thing.attributes, Thing.thing_type_name)
+                             .where(Thing.name.in_(chunk))).all()
+            groups: dict[str, list[str]] = {}
+            for thing, group in s.execute(select(ThingGroupMember.thing_name, ThingGroupMember.group_name)
+                                          .where(ThingGroupMember.thing_name.in_(chunk))):
+                groups.setdefault(thing, []).append(group)
+            for name, attributes, thing_type in rows:
+                found[name] = self.config.resolve(name, attributes or {}, thing_type, groups.get(name, ()))
         return found
 
-    def profile_of(self, thing: str) -> DeviceProfile:
-        resolution = self.resolve([thing]).get(thing)
+    def _profile_in(self, s: Session, thing: str) -> DeviceProfile:
+        resolution = self._resolve_in(s, [thing]).get(thing)
         return resolution.profile if resolution else self.config.profiles[self.config.default]
 
     def tailor(self, job: Job, thing: str, document: dict[str, Any]) -> dict[str, Any]:
         """The document as `thing` receives it: with the `overair` extension if the job
-        has one and the thing's profile takes it."""
+        has one and the thing's profile takes it. The job service renders inside its own
+        transaction (the job was loaded there): the lookup runs in that one, so a
+        delivery never holds two database connections at once."""
         extension = job.config.get(OVERAIR_EXTENSION)
-        if not extension or not self.profile_of(thing).overair_extension:
+        if not extension:
             return document
-        return {**document, "overair": extension}
+        session = object_session(job)
+        if session is not None:
+            profile = self._profile_in(session, thing)
+        else:
+            with self._db.reading() as s:
+                profile = self._profile_in(s, thing)
+        return {**document, "overair": extension} if profile.overair_extension else document
 
     def renderer(self, inner: DocumentRenderer) -> DocumentRenderer:
         """`inner` (fresh pre-signed URLs: delivery/http_download.py), then `tailor`."""
