@@ -329,9 +329,9 @@ class OtaManager:
         warnings = []
         for profile, things in sorted(profiles.items(), key=lambda item: item[0].name):
             longest = max(things, key=len) if things else "x" * 128  # a later member: AWS's longest name
-            rendered = self._jobs.render_document(job, longest) if things else _with_extension(
-                document, config, profile)
-            size = largest_job_message(job_id, longest, rendered)
+            # As delivered (a fresh URL), with the extension exactly as this profile gets it.
+            delivered = {k: v for k, v in self._jobs.render_document(job, longest).items() if k != "overair"}
+            size = largest_job_message(job_id, longest, _with_extension(delivered, config, profile))
             if size > profile.message_budget_bytes:
                 shown = ", ".join(things[:SHOWN_THINGS]) + (", ..." if len(things) > SHOWN_THINGS else "")
                 warnings.append(
