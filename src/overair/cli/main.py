@@ -99,6 +99,10 @@ def serve(data_dir: DataDirOption,
           tls_cert: Annotated[Path | None, typer.Option(help="HTTPS certificate for the API.")] = None,
           tls_key: Annotated[Path | None, typer.Option(help="HTTPS key for the API.")] = None,
           database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL.")] = None,
+          download_url: Annotated[str | None, typer.Option(
+              help="The download endpoint's address as devices reach it, https://host[:port] (the "
+                   "port is left out of URLs when it is 443, as FreeRTOS HTTP devices need). Default: "
+                   "https://<first --hostname of init>:<download port>.")] = None,
           trusted_proxy: Annotated[list[str] | None, typer.Option(
               help="A reverse proxy (address or CIDR) whose X-Forwarded-For/-Proto are believed; "
                    "repeat for several. Default: none, only the connection counts.")] = None,
@@ -115,7 +119,7 @@ def serve(data_dir: DataDirOption,
                                  broker_url=broker, http_tls_cert=tls_cert, http_tls_key=tls_key,
                                  broker_reload_command=tuple(shlex.split(broker_reload_command))
                                  if broker_reload_command else None,
-                                 database_url=database_url,
+                                 database_url=database_url, download_public_url=download_url,
                                  trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None)
         server = Server(settings)
     except OverairError as exc:

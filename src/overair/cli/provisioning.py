@@ -1,6 +1,12 @@
 """Provision a device: thing, certificate (CN = thing name), attachment, and the bundle
 an agent starts from (`agent.toml` plus the files it names).
 
+The thing is marked as an overair agent with the attribute `overair:deviceProfile =
+overair-agent` (an ordinary AWS thing attribute, visible in DescribeThing and settable
+with UpdateThing): its job documents then carry the `overair` extension (the signer
+chain the agent checks) and files larger than a FreeRTOS device takes may target it
+(server/ota/profile_config.py).
+
 The bundle names the broker devices really use: by default it asks the server
 (DescribeEndpoint), which answers the external broker when `serve` uses one, so a bundle
 never points at a port nothing listens on.
@@ -15,6 +21,7 @@ from typing import Any
 
 from overair.core.errors import MisuseError, PeerInputError
 from overair.server.files import write_atomic, write_private
+from overair.server.ota.profile_config import OVERAIR_AGENT, PROFILE_ATTRIBUTE
 from overair.server.registry.api import THING_NAME_HEADER
 
 
@@ -74,7 +81,8 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
                           code="ResourceAlreadyExistsException")
     if mqtt_host is None or mqtt_port is None:
         mqtt_host, mqtt_port = device_endpoint(iot)
-    iot.create_thing(thingName=thing_name)
+    iot.create_thing(thingName=thing_name,
+                     attributePayload={"attributes": {PROFILE_ATTRIBUTE: OVERAIR_AGENT}})
     cert = create_keys_and_certificate_for(iot, thing_name)
     iot.attach_thing_principal(thingName=thing_name, principal=cert["certificateArn"])
     if group:

@@ -3,8 +3,11 @@
 Quirks that are the contract (device-protocol.md §2): compact JSON so that the raw
 `protocols` text stays within 19 characters; `/` never escaped in the base64
 signature; only `files[0]` is read; numbers within 32 bits. The top-level `overair`
-key carries what only overair agents read (the signer's certificate chain); FreeRTOS
-agents ignore it.
+key carries what only overair agents read (the signer's certificate chain). The server
+stores and sends FreeRTOS devices the document without it, as AWS would (`afr_ota`
+only: its size counts against the device's 4 KiB MQTT buffer), and adds it when it
+delivers a document to a thing whose device profile takes it (server/ota/profiles.py);
+the agent reads it here, where it arrives.
 
 Parsing is the agent's first contact with what a server or broker sends (finding 9 of
 issue 12: a non-ASCII signature crashed the agent at every restart). `parse_job_document`
@@ -77,9 +80,14 @@ class OtaJobDocument:
         ota["files"] = [_file_obj(f) for f in self.files]
         doc: dict[str, Any] = {"afr_ota": ota}
         if self.signer_chain:
-            doc["overair"] = {"signer_chain": [base64.b64encode(c).decode() for c in self.signer_chain]}
+            doc["overair"] = overair_extension(self.signer_chain)
         doc.update(self.extra)
         return doc
+
+
+def overair_extension(signer_chain: tuple[bytes, ...]) -> dict[str, Any]:
+    """The value of the document's `overair` key: DER certificates, signer first."""
+    return {"signer_chain": [base64.b64encode(c).decode() for c in signer_chain]}
 
 
 def _file_obj(f: OtaFile) -> dict[str, Any]:

@@ -5,8 +5,14 @@ A URL names one object version for one thing and expires; an HMAC-SHA256 under t
 server's URL-signing key covers all of it, so a device cannot stretch the expiry, fetch
 another version, or hand the URL to another thing's name:
 
-    https://HOST:PORT/ota/<bucket>/<key>?version=V&thing=T&expires=E&signature=S
+    https://HOST[:PORT]/ota/<bucket>/<key>?version=V&thing=T&expires=E&signature=S
     S = hex(HMAC-SHA256(url_key, "GET\\n<bucket>\\n<key>\\n<V>\\n<T>\\n<E>"))
+
+`https://HOST[:PORT]` is the download endpoint's public address (`base_url`): the port is
+left out when it is 443, as in the S3 URLs FreeRTOS devices were written for. The
+FreeRTOS HTTP demo takes everything between `://` and the first `/` as the host name
+and always connects to port 443, so `https://host:8443/...` fails there (DNS error on
+"host:8443"; device-protocol.md §2).
 
 Pure: the server's download endpoint checks with `verify`, the job service renders
 with `sign`. Expiry bounds follow AWS's presignedUrlConfig (60-3600 s).
@@ -25,7 +31,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from overair.core.asciinum import parse_uint
 from overair.core.errors import PeerInputError
@@ -69,6 +75,33 @@ def expiry_seconds(presigned_url_config: dict[str, object] | None, default: int 
         raise PeerInputError(f"expiresInSec must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}",
                              code="InvalidRequestException")
     return value
+
+
+HTTPS_PORT = 443
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def base_url(public_url: str) -> str:
+    """`https://host[:port]` in its canonical form (no port when it is 443), from an
+    operator's setting; ValueError naming what is wrong. Only https: the endpoint serves
+    TLS, and a URL a device follows must never be plaintext (threat L1). No path: a
+    TLS-passthrough proxy cannot route by path."""
+    parts = urlsplit(public_url.strip())
+    try:
+        given = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{public_url!r}: {exc}") from None
+    port = HTTPS_PORT if given is None else given
+    host = parts.netloc.rpartition(":")[0] if given is not None else parts.netloc
+    if parts.scheme != "https":
+        raise ValueError(f"{public_url!r} must start with https:// (devices download over TLS only)")
+    if _HOST.fullmatch(host) is None or "@" in parts.netloc:
+        raise ValueError(f"{public_url!r} must be https://host[:port] with a host name or address")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{public_url!r} must have no path, query or fragment")
+    if not 0 < port <= 65535:
+        raise ValueError(f"{public_url!r}: the port must be 1 to 65535")
+    return f"https://{host}" if port == HTTPS_PORT else f"https://{host}:{port}"
 
 
 def sign(secret: bytes, base_url: str, grant: Grant) -> str:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from cryptography import x509
@@ -64,6 +65,7 @@ from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
+from overair.server.ota.profiles import DeviceProfiles
 from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
@@ -112,13 +114,15 @@ class Server:
         self.scheduler = JobScheduler(self.db, self.jobs, clock)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
-                              self._code_signing_roots, clock, self._notify_threadsafe,
+                              self._code_signing_roots, clock,
+                              DeviceProfiles(self.db, settings.device_profiles),
+                              self.registry.resolve_targets, self._notify_threadsafe,
                               assume_role=self._assume_ota_role)
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
-        self.delivery = HttpDelivery(self._url_signing_key(),
-                                     f"https://{settings.device_host}:{settings.download_port}",
+        self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
                                      self.objects, self.jobs, self.audit, clock, limits=settings.limits)
-        self.jobs.render_document = self.delivery.render
+        # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
+        self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
         self.jobs.on_pending_changed = self._notify_pending_threadsafe
         self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit, settings.limits, clock)
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
@@ -147,6 +151,22 @@ class Server:
         self.broker_probe: ExternalBrokerProbe | None = None
         self.session_closer: SessionCloser | None = None
         self.ready = threading.Event()
+
+    def _check_download_host(self) -> None:
+        """Devices check the download endpoint's certificate (the broker's) against the
+        host of the URL they are given: say so at start if it cannot match."""
+        host = urlsplit(self.settings.download_base_url).hostname or ""
+        cert = x509.load_pem_x509_certificate(self.settings.paths.broker_cert.read_bytes())
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            names = x509.SubjectAlternativeName([])
+        dns = {name.lower() for name in names.get_values_for_type(x509.DNSName)}
+        addresses = {str(address) for address in names.get_values_for_type(x509.IPAddress)}
+        if host.lower() not in dns and host not in addresses:
+            log.error("download URLs name %s, which the endpoint's certificate (%s) does not: devices will "
+                      "refuse it; add it with `overair init --hostname` or set download_public_url",
+                      host, self.settings.paths.broker_cert)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:
@@ -452,6 +472,7 @@ class Server:
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)
         check_port_free(settings.mqtt_host, settings.download_port)
+        self._check_download_host()
         service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
                                          str(paths.service_key))
         mqtt_host, mqtt_port = settings.external_broker or (settings.mqtt_host, settings.mqtt_port)
@@ -480,9 +501,10 @@ class Server:
             gc.collect()
             gc.freeze()
             self.ready.set()
-            log.info("overair ready: API http%s://%s:%s, MQTT mqtts://%s:%s, downloads https://%s:%s",
-                     "s" if settings.http_tls_cert else "", settings.http_host, settings.http_port,
-                     mqtt_host, mqtt_port, settings.mqtt_host, settings.download_port)
+            log.info("overair ready: API http%s://%s:%s, MQTT mqtts://%s:%s, downloads https://%s:%s "
+                     "(devices are sent %s)", "s" if settings.http_tls_cert else "", settings.http_host,
+                     settings.http_port, mqtt_host, mqtt_port, settings.mqtt_host, settings.download_port,
+                     settings.download_base_url)
             await stop.wait()
         finally:
             self.ready.clear()

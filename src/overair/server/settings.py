@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
+from overair.core import presign
 from overair.core.errors import MisuseError
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.server.ota.profile_config import DeviceProfileConfig, parse_device_profiles
 
 CONFIG_NAME = "overair.toml"
 
@@ -62,6 +64,14 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 8883
     download_port: int = 8443  # HTTPS for devices: pre-signed OTA file downloads
+    # The download endpoint's address as devices reach it, https://host[:port], which every
+    # pre-signed URL starts with; "" means https://<device_host>:<download_port>. A port
+    # of 443 is left out: FreeRTOS HTTP devices connect to 443 of everything between
+    # `://` and the first `/` (core/presign.py; README, "HTTP delivery").
+    download_public_url: str = ""
+    # What each kind of device takes, and which things are which kind (server/ota/
+    # profile_config.py; `[device_profiles]` in overair.toml).
+    device_profiles: DeviceProfileConfig = field(default_factory=DeviceProfileConfig)
     database_url: str = ""
     # An external broker (mqtts://host:port) instead of the Mosquitto overair runs. It must
     # use overair's ACL and CRL files and be reloaded by `broker_reload_command` (argv),
@@ -102,6 +112,16 @@ class Settings:
         --hostname`, else localhost."""
         given = [h for h in self.hostnames if h not in ("localhost", "127.0.0.1")]
         return given[0] if given else "localhost"
+
+    @property
+    def download_base_url(self) -> str:
+        """What every pre-signed download URL starts with (no port when it is 443)."""
+        host = f"[{self.device_host}]" if ":" in self.device_host else self.device_host
+        given = self.download_public_url or f"https://{host}:{self.download_port}"
+        try:
+            return presign.base_url(given)
+        except ValueError as exc:
+            raise MisuseError(f"download_public_url: {exc}") from exc
 
     @property
     def external_broker(self) -> tuple[str, int] | None:
@@ -146,6 +166,7 @@ class Settings:
             raise MisuseError("mqtt_session_expiry_hours must be 1 to 168 (7 days, AWS's maximum)")
         if not 1 <= self.mqtt_max_queued_messages <= 100_000:
             raise MisuseError("mqtt_max_queued_messages must be 1 to 100000")
+        _ = self.download_base_url  # refuses a URL devices could not use
         if self.external_broker is not None and not self.broker_reload_command:
             raise MisuseError("an external broker (--broker) needs broker_reload_command (e.g. "
                               "--broker-reload-command 'systemctl reload mosquitto'): overair must make it "
@@ -179,6 +200,8 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
             if not isinstance(raw[key], list) or not all(isinstance(item, str) for item in raw[key]):
                 raise MisuseError(f"{paths.config}: {key} must be a list of strings")
             raw[key] = tuple(raw[key])
+    if "device_profiles" in raw:
+        raw["device_profiles"] = parse_device_profiles(raw["device_profiles"])
     settings = Settings(data_dir=data_dir, **raw)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = replace(settings, **given)

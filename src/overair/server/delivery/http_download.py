@@ -114,7 +114,9 @@ class HttpDelivery:
                                            request.headers.get("range"))
         except presign.UrlRefused as exc:
             log.info("download refused: %s %s", exc.code, exc.message)
-            return _text(_REFUSAL_STATUS.get(exc.code, 403), exc.code, exc.message)
+            status = _REFUSAL_STATUS.get(exc.code, 403)
+            # Over its budget a device may ask again as soon as its bucket refills (RFC 9110).
+            return _text(status, exc.code, exc.message, {"Retry-After": "1"} if status == 429 else None)
         except ApiError as exc:
             if exc.status < 500:  # the object or version is gone: the device asks for the job again
                 return _text(404, exc.code, exc.message)
@@ -174,5 +176,5 @@ class HttpDelivery:
         return data
 
 
-def _text(status: int, code: str, message: str) -> Response:
-    return Response(f"{code}: {message}\n", status, media_type="text/plain")
+def _text(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(f"{code}: {message}\n", status, headers=headers, media_type="text/plain")

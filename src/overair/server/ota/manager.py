@@ -8,7 +8,15 @@ created), so an update interrupted by a restart is simply processed again.
 
 Nothing reaches a device unless its signature verifies against the configured trusted
 code-signing roots with a valid, unrevoked signer certificate (threat N2), and the file
-fits the device's block bitmap (a FreeRTOS agent silently ignores files that do not).
+fits every target's device profile (server/ota/profile_config.py: a default-built
+FreeRTOS device silently ignores a file over 4 MiB; overair agents take far more).
+
+The job document is AWS's (`afr_ota` only); the signer chain overair agents need goes
+into the job's configuration and reaches them at delivery (server/ota/profiles.py).
+When the largest job message a target would receive exceeds its profile's message
+budget, the update is still created (AWS would create it too) but says so: a warning
+in the log and in GetOTAUpdate's `errorInfo` (code `DeviceMessageOverBudget`) while the
+status is CREATE_COMPLETE.
 """
 
 from __future__ import annotations
@@ -26,19 +34,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from overair.core import codesign, presign
+from overair.core import certchain, codesign, presign, rollout
+from overair.core.arn import ArnError, parse_arn
 from overair.core.errors import DecodeError, OverairError, PeerInputError
 from overair.core.image import parse_header
-from overair.core.jobdoc import OtaFile, OtaJobDocument
+from overair.core.jobdoc import OtaFile, OtaJobDocument, overair_extension
+from overair.core.limits import Limits
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
+from overair.server.ota.profile_config import DeviceProfile
+from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
-from overair.server.storage.schema import OtaUpdate
+from overair.server.storage.schema import Job, OtaUpdate
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.ota")
@@ -47,6 +59,12 @@ JOB_PREFIX = "AFR_OTA-"
 CREATE_PENDING, CREATE_IN_PROGRESS = "CREATE_PENDING", "CREATE_IN_PROGRESS"
 CREATE_COMPLETE, CREATE_FAILED = "CREATE_COMPLETE", "CREATE_FAILED"
 ALLOW_DOWNGRADE = "overair:allowDowngrade"
+# additionalParameters that end the job's rollout (schedulingConfig endTime/endBehavior,
+# which CreateOTAUpdate has no member for): a device that never reports (stays QUEUED;
+# AWS's in-progress timeout starts only at IN_PROGRESS) is then CANCELED at the end.
+END_TIME, END_BEHAVIOR = "overair:endTime", "overair:endBehavior"
+OVER_BUDGET = "DeviceMessageOverBudget"
+SHOWN_THINGS = 5  # things named in a message
 
 
 class OtaFailure(OverairError):
@@ -74,9 +92,12 @@ def job_id_for(ota_update_id: str) -> str:
 class OtaManager:
     def __init__(self, db: Database, settings: Settings, objects: ObjectStore, signing: SigningService,
                  streams: StreamService, jobs: JobService, trust_roots: Callable[[], list[x509.Certificate]],
-                 clock: Clock, on_job_created: Callable[[list[str]], None] = lambda _things: None,
+                 clock: Clock, profiles: DeviceProfiles, resolve_targets: Callable[[list[str]], list[str]],
+                 on_job_created: Callable[[list[str]], None] = lambda _things: None,
                  assume_role: RoleAssumer | None = None) -> None:
         self._db = db
+        self.profiles = profiles
+        self._resolve_targets = resolve_targets
         self._assume_role: RoleAssumer = assume_role or _no_iam
         self._settings = settings
         self._objects = objects
@@ -107,6 +128,13 @@ class OtaManager:
         if not files:
             raise invalid("files must contain at least one file")
         now = self._clock()
+        scheduling = scheduling_from_ota(request)
+        try:
+            plan = rollout.schedule(scheduling)
+        except PeerInputError as exc:
+            raise invalid(f"additionalParameters: {exc.message}") from exc
+        if plan.end is not None and plan.end <= now:
+            raise invalid(f"additionalParameters: {END_TIME} must be in the future")
         with self._db.session() as s:
             if s.get(OtaUpdate, ota_id) is not None:
                 raise already_exists(f"OTA update {ota_id}")
@@ -156,7 +184,7 @@ class OtaManager:
             row = self.get(ota_id)
             # The role is assumed once per update; every step below is checked against it.
             gate = self._assume_role(str(row.request.get("roleArn", "")), ota_id)
-            things = self._build(row, gate)
+            things, warnings = self._build(row, gate)
         except (OtaFailure, OverairError) as exc:
             log.warning("OTA update %s failed: %s %s", ota_id, exc.code, exc.message)
             self._set(ota_id, status=CREATE_FAILED, error_info={"code": exc.code, "message": exc.message})
@@ -167,7 +195,12 @@ class OtaManager:
                       error_info={"code": "InternalError",
                                   "message": f"internal error: {type(exc).__name__}"})
             return
-        self._set(ota_id, status=CREATE_COMPLETE)
+        if warnings:
+            message = "; ".join(warnings)
+            log.warning("OTA update %s: %s", ota_id, message)
+            self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": OVER_BUDGET, "message": message})
+        else:
+            self._set(ota_id, status=CREATE_COMPLETE)
         log.info("OTA update %s created: job %s for %d thing(s)", ota_id, job_id_for(ota_id), len(things))
         self.on_job_created(things)
 
@@ -180,9 +213,11 @@ class OtaManager:
                 setattr(row, key, value)
             row.last_modified_at = self._clock()
 
-    def _build(self, row: OtaUpdate, gate: StepGate) -> list[str]:
+    def _build(self, row: OtaUpdate, gate: StepGate) -> tuple[list[str], list[str]]:
+        """Creates the stream and the job; returns the things to notify and the warnings."""
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
+        profiles = self._target_profiles(list(request["targets"]))
         existing = self._existing_stream(request["files"])
         stream_id = existing or row.stream_id or self._new_stream_id()
         self._set(row.ota_update_id, stream_id=stream_id)
@@ -200,7 +235,7 @@ class OtaManager:
                           f"arn:{self._settings.partition}:s3:::{location['bucket']}/{location['key']}")
             stored, data = self._objects.get_object(location["bucket"], location["key"],
                                                     location.get("version"))
-            self._check_size(spec.get("fileName", ""), len(data))
+            self._check_size(spec.get("fileName", ""), len(data), profiles)
             signed = self._signature(spec, location, row, gate)
             self._verify(data, signed)
             version = image_version(data, spec.get("fileVersion"))
@@ -218,23 +253,20 @@ class OtaManager:
             http_files.append({"fileId": file_id, "bucket": location["bucket"], "key": location["key"],
                                "version": stored.version_id})
         if "MQTT" in protocols:
-            try:
-                self._streams.describe_stream(stream_id)
-            except ApiError:
-                gate("iot:CreateStream", self._settings.arn("iot", f"stream/{stream_id}"))
-                self._streams.create_stream(stream_id, stream_files,
-                                            f"OTA update {row.ota_update_id}", request.get("roleArn", ""))
-        document = OtaJobDocument(
-            protocols=protocols, files=tuple(ota_files),
-            stream_name=stream_id if "MQTT" in protocols else None,
-            signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
-        ).to_json_obj()
+            self._ensure_stream(stream_id, stream_files, row, gate)
+        # AWS's document; the chain goes to overair agents only, at delivery.
+        document = OtaJobDocument(protocols=protocols, files=tuple(ota_files),
+                                  stream_name=stream_id if "MQTT" in protocols else None).to_json_obj()
         config = job_config_from_ota(request)
+        if chain:
+            config[OVERAIR_EXTENSION] = overair_extension(
+                tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
         if image_versions:
             config[IMAGE_VERSION] = str(image_versions[0])
         if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
+        warnings = self._over_budget(job_id, document, config, profiles)
         for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
             gate("iot:CreateJob", resource)
         self._set(row.ota_update_id, job_id=job_id)
@@ -248,7 +280,65 @@ class OtaManager:
             if exc.code != "ResourceAlreadyExistsException":
                 raise
             notify = []  # an earlier attempt created it; its devices were notified then
-        return notify
+        return notify, warnings
+
+    def _ensure_stream(self, stream_id: str, files: list[dict[str, Any]], row: OtaUpdate,
+                       gate: StepGate) -> None:
+        try:
+            self._streams.describe_stream(stream_id)
+        except ApiError:
+            gate("iot:CreateStream", self._settings.arn("iot", f"stream/{stream_id}"))
+            self._streams.create_stream(stream_id, files, f"OTA update {row.ota_update_id}",
+                                        row.request.get("roleArn", ""))
+
+    def _target_profiles(self, targets: list[str]) -> dict[DeviceProfile, list[str]]:
+        """The device profiles among the targets, each with its things (sorted). A group
+        target given a profile in overair.toml counts with that profile even while empty
+        (a CONTINUOUS job reaches its later members); with no thing at all, the default
+        profile counts (the things that join later are most likely of that kind)."""
+        things = self._resolve_targets(targets)
+        resolved = self.profiles.resolve(things)
+        unknown = sorted((thing, r.unknown) for thing, r in resolved.items() if r.unknown)
+        if unknown:
+            shown = ", ".join(f"{thing} names {name!r}" for thing, name in unknown[:SHOWN_THINGS])
+            raise OtaFailure(f"targets name device profiles that do not exist ({shown}); known profiles: "
+                             f"{sorted(self.profiles.config.profiles)} (attribute overair:deviceProfile)",
+                             code="InvalidRequestException")
+        by_profile: dict[DeviceProfile, list[str]] = {}
+        for thing in things:
+            by_profile.setdefault(resolved[thing].profile, []).append(thing)
+        for target in targets:
+            try:
+                arn = parse_arn(target)
+            except ArnError:
+                continue  # resolve_targets refused anything it could not use
+            group = self.profiles.config.group_profile(arn.resource_name) \
+                if arn.resource_type == "thinggroup" else None
+            if group is not None:
+                by_profile.setdefault(group, [])
+        if not by_profile:
+            by_profile[self.profiles.config.profiles[self.profiles.config.default]] = []
+        return by_profile
+
+    def _over_budget(self, job_id: str, document: dict[str, Any], config: dict[str, Any],
+                     profiles: dict[DeviceProfile, list[str]]) -> list[str]:
+        """For each profile among the targets: the largest job message its thing with the
+        longest name would receive (the document as delivered to it: fresh URL, and the
+        overair extension if the profile takes it), against the profile's budget."""
+        job = Job(job_id=job_id, document=document, config=config)  # not stored: only rendered
+        warnings = []
+        for profile, things in sorted(profiles.items(), key=lambda item: item[0].name):
+            longest = max(things, key=len) if things else "x" * 128  # a later member: AWS's longest name
+            # As delivered (a fresh URL), with the extension exactly as this profile gets it.
+            delivered = {k: v for k, v in self._jobs.render_document(job, longest).items() if k != "overair"}
+            size = largest_job_message(job_id, longest, _with_extension(delivered, config, profile))
+            if size > profile.message_budget_bytes:
+                shown = ", ".join(things[:SHOWN_THINGS]) + (", ..." if len(things) > SHOWN_THINGS else "")
+                warnings.append(
+                    f"the job message for {len(things)} target(s) with {profile.describe()} would be "
+                    f"{size} bytes, over their budget of {profile.message_budget_bytes}: such devices drop "
+                    f"it and never see the job" + (f" ({shown})" if things else ""))
+        return warnings
 
     def _new_stream_id(self) -> str:
         # Short ids leave room in the device's receive buffer (device-protocol.md §2).
@@ -283,15 +373,25 @@ class OtaManager:
                              "fileLocation.stream", code="InvalidRequestException")
         return location
 
-    def _check_size(self, name: str, size: int) -> None:
-        limits = self._settings.limits
+    @staticmethod
+    def _check_size(name: str, size: int, profiles: dict[DeviceProfile, list[str]]) -> None:
+        """Each target's profile must take the file: a FreeRTOS device silently ignores
+        one larger than its block bitmap tracks (device-protocol.md §2)."""
         if size == 0:
             raise OtaFailure(f"file {name!r} is empty; devices ignore empty files",
                              code="InvalidRequestException")
-        if size > limits.device_max_file_size:
-            raise OtaFailure(f"file {name!r} is {size} bytes; devices hold at most "
-                             f"{limits.device_max_blocks} blocks of {limits.device_block_size} bytes "
-                             f"({limits.device_max_file_size} bytes)", code="InvalidRequestException")
+        too_small = sorted((p for p in profiles if size > p.max_file_bytes), key=lambda p: p.name)
+        if too_small:
+            parts = []
+            for profile in too_small:
+                things = profiles[profile]
+                shown = ", ".join(things[:SHOWN_THINGS]) + (", ..." if len(things) > SHOWN_THINGS else "")
+                parts.append(f"{len(things)} target(s) with {profile.describe()}"
+                             + (f": {shown}" if things else ""))
+            raise OtaFailure(f"file {name!r} is {size} bytes, larger than these devices take: "
+                             + "; ".join(parts) + " (a FreeRTOS device ignores such a file; give the things "
+                             "a device profile that takes it in overair.toml [device_profiles], or target "
+                             "overair agents only)", code="InvalidRequestException")
 
     def _signature(self, spec: dict[str, Any], location: dict[str, Any], row: OtaUpdate,
                    gate: StepGate) -> Signed:
@@ -319,7 +419,7 @@ class OtaManager:
                                              requested_by=f"ota/{row.ota_update_id}", authorize=gate)
         custom = code_signing.get("customCodeSigning")
         if custom:
-            return self._custom(custom)
+            return self._custom(custom, self._settings.limits)
         raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
                          "customCodeSigning", code="InvalidRequestException")
 
@@ -355,7 +455,7 @@ class OtaManager:
                                   str(parameter.get("certificatePathOnDevice", "")))
 
     @staticmethod
-    def _custom(custom: dict[str, Any]) -> Signed:
+    def _custom(custom: dict[str, Any], limits: Limits) -> Signed:
         signature = (custom.get("signature") or {}).get("inlineDocument")
         chain_spec = custom.get("certificateChain") or {}
         if not isinstance(signature, bytes | str) or not chain_spec.get("inlineDocument"):
@@ -365,7 +465,12 @@ class OtaManager:
             signature = base64.b64decode(signature)
         algorithm = str(custom.get("signatureAlgorithm", "ECDSA")).upper()
         key = "sig-sha256-rsa" if algorithm == "RSA" else "sig-sha256-ecdsa"
-        chain = codesign.load_pem_certificates(str(chain_spec["inlineDocument"]).encode())
+        try:  # base64 DER as AWS documents it, or PEM (core/certchain.py)
+            chain = certchain.parse_chain_document(str(chain_spec["inlineDocument"]),
+                                                   max_certificates=limits.agent_max_signer_chain)
+        except DecodeError as exc:
+            raise OtaFailure(f"customCodeSigning.certificateChain.inlineDocument: {exc.message}",
+                             code="InvalidRequestException") from exc
         return Signed(signature, chain, chain_spec.get("certificateName", "/certs/code-signing.pem"),
                       key, "")
 
@@ -404,7 +509,28 @@ def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
         config["timeoutConfig"] = request["awsJobTimeoutConfig"]
     if request.get("awsJobPresignedUrlConfig"):
         config["presignedUrlConfig"] = request["awsJobPresignedUrlConfig"]
+    scheduling = scheduling_from_ota(request)
+    if scheduling:
+        config["schedulingConfig"] = scheduling
     return config
+
+
+def scheduling_from_ota(request: dict[str, Any]) -> dict[str, Any]:
+    """CreateJob's schedulingConfig from the additionalParameters overair:endTime (AWS's
+    `yyyy-MM-ddTHH:mm`, UTC) and overair:endBehavior (STOP_ROLLOUT, CANCEL, FORCE_CANCEL)."""
+    params = request.get("additionalParameters") or {}
+    scheduling: dict[str, Any] = {}
+    if params.get(END_TIME):
+        scheduling["endTime"] = params[END_TIME]
+    if params.get(END_BEHAVIOR):
+        scheduling["endBehavior"] = params[END_BEHAVIOR]
+    return scheduling
+
+
+def _with_extension(document: dict[str, Any], config: dict[str, Any],
+                    profile: DeviceProfile) -> dict[str, Any]:
+    extension = config.get(OVERAIR_EXTENSION)
+    return {**document, "overair": extension} if extension and profile.overair_extension else document
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,114 @@
+"""Each thing's device profile (profile_config.py), read from the registry, and what it
+changes: the job document a thing receives, and what CreateOTAUpdate checks.
+
+The document an OTA job stores (and GetJobDocument returns) is AWS's: `afr_ota` only.
+What only overair agents read (the signer chain, under the top-level `overair` key) is
+kept in the job's configuration (`OVERAIR_EXTENSION`) and added when the document is
+delivered to a thing whose profile takes it (`tailor`, composed into the job service's
+document renderer). A FreeRTOS device never receives it, so it costs that device
+nothing (issue 13: a chain with two intermediates pushed the notify-next message past
+the demo's 4,224-byte buffer and the device never saw the job).
+
+`largest_job_message` gives the size of the largest job message a thing receives for a document (the
+`$next/get` answer after its reboot, as the demo sees it on notify-next), so that
+CreateOTAUpdate can warn before a rollout strands devices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
+
+from overair.core import jobs_wire as wire
+from overair.core import topics
+from overair.core.jobstates import ExecStatus
+from overair.core.mqttsize import publish_packet_size
+from overair.server.ota.profile_config import DeviceProfile, DeviceProfileConfig, Resolution
+from overair.server.storage.db import Database
+from overair.server.storage.schema import Job, Thing, ThingGroupMember
+
+log = logging.getLogger("overair.ota")
+# Job config key: the `overair` extension of an OTA job's document, for overair agents.
+OVERAIR_EXTENSION = "overair_extension"
+DocumentRenderer = Callable[[Job, str], dict[str, Any]]
+_CHUNK = 500  # things per registry query
+# The largest job message a FreeRTOS device receives for an update: the `$next/get`
+# answer after its reboot, with the library's client token (at most 64 characters, as
+# AWS allows), the self-test status details it stored before rebooting, and room for
+# 10-digit times and 5-digit version numbers.
+_TOKEN = "9" * 64
+_SELF_TEST_DETAILS = {"self_test": "ready", "updatedBy": "0xffffffff"}
+_WIDE_NUMBER = 99_999
+_WIDE_TIME = 9_999_999_999
+_QOS = 1  # job messages are QoS 1 (gateway/device_service.py)
+
+
+class DeviceProfiles:
+    def __init__(self, db: Database, config: DeviceProfileConfig) -> None:
+        self._db = db
+        self.config = config
+
+    def resolve(self, things: Sequence[str]) -> dict[str, Resolution]:
+        """Each existing thing's profile (things that do not exist are left out)."""
+        with self._db.reading() as s:
+            return self._resolve_in(s, things)
+
+    def _resolve_in(self, s: Session, things: Sequence[str]) -> dict[str, Resolution]:
+        found: dict[str, Resolution] = {}
+        for i in range(0, len(things), _CHUNK):
+            chunk = list(things[i:i + _CHUNK])
+            rows = s.execute(select(Thing.name, Thing.attributes, Thing.thing_type_name)
+                             .where(Thing.name.in_(chunk))).all()
+            groups: dict[str, list[str]] = {}
+            for thing, group in s.execute(select(ThingGroupMember.thing_name, ThingGroupMember.group_name)
+                                          .where(ThingGroupMember.thing_name.in_(chunk))):
+                groups.setdefault(thing, []).append(group)
+            for name, attributes, thing_type in rows:
+                found[name] = self.config.resolve(name, attributes or {}, thing_type, groups.get(name, ()))
+        return found
+
+    def _profile_in(self, s: Session, thing: str) -> DeviceProfile:
+        resolution = self._resolve_in(s, [thing]).get(thing)
+        return resolution.profile if resolution else self.config.profiles[self.config.default]
+
+    def tailor(self, job: Job, thing: str, document: dict[str, Any]) -> dict[str, Any]:
+        """The document as `thing` receives it: with the `overair` extension if the job
+        has one and the thing's profile takes it. The job service renders inside its own
+        transaction (the job was loaded there): the lookup runs in that one, so a
+        delivery never holds two database connections at once."""
+        extension = job.config.get(OVERAIR_EXTENSION)
+        if not extension:
+            return document
+        session = object_session(job)
+        if session is not None:
+            profile = self._profile_in(session, thing)
+        else:
+            with self._db.reading() as s:
+                profile = self._profile_in(s, thing)
+        return {**document, "overair": extension} if profile.overair_extension else document
+
+    def renderer(self, inner: DocumentRenderer) -> DocumentRenderer:
+        """`inner` (fresh pre-signed URLs: delivery/http_download.py), then `tailor`."""
+        def render(job: Job, thing: str) -> dict[str, Any]:
+            return self.tailor(job, thing, inner(job, thing))
+
+        return render
+
+
+def largest_job_message(job_id: str, thing: str, document: dict[str, Any]) -> int:
+    """Bytes of the largest MQTT packet with this job document that `thing` receives
+    (see `_TOKEN`): what must fit the device's receive buffer."""
+    execution = wire.ExecutionView(
+        job_id=job_id, thing_name=thing, status=ExecStatus.IN_PROGRESS,
+        status_details=dict(_SELF_TEST_DETAILS), queued_at=_WIDE_TIME, started_at=_WIDE_TIME,
+        last_updated_at=_WIDE_TIME, version_number=_WIDE_NUMBER, execution_number=_WIDE_NUMBER,
+        job_document=document)
+    payload = wire.encode(wire.execution_reply(execution, _TOKEN, _WIDE_TIME))
+    # AWS answers on `$next/get/accepted` (the demo takes it there too); overair also
+    # on notify-next, a shorter topic: count the longer one.
+    accepted = topics.jobs_reply_topic(f"{topics.jobs_prefix(thing)}/{topics.NEXT}/get", accepted=True)
+    return publish_packet_size(max(accepted, topics.notify_next_topic(thing), key=len), len(payload), _QOS)
