@@ -195,6 +195,15 @@ def test_execution_number_and_include_job_document_over_https(srv: RunningServer
     with pytest.raises(ClientError) as missing:
         jobs.describe_job_execution(thingName=name, jobId=job, executionNumber=5)
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    # The operator's DescribeJobExecution addresses executions the same way.
+    asked: dict[str, int]
+    for asked, number, status in (({"executionNumber": 1}, 1, "FAILED"),
+                                  ({"executionNumber": 2}, 2, "QUEUED"), ({}, 2, "QUEUED")):
+        seen = iot.describe_job_execution(jobId=job, thingName=name, **asked)["execution"]
+        assert (seen["executionNumber"], seen["status"]) == (number, status)
+    with pytest.raises(ClientError) as missing:
+        iot.describe_job_execution(jobId=job, thingName=name, executionNumber=5)
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
     done = jobs.update_job_execution(thingName=name, jobId=job, status="SUCCEEDED", executionNumber=2,
                                      includeJobExecutionState=True)
     assert done["executionState"]["status"] == "SUCCEEDED"
@@ -222,3 +231,29 @@ def test_start_next_step_timeout_times_the_execution_out_over_https(
             time.sleep(0.1)
     finally:
         clock.offset = 0.0
+
+
+def test_an_execution_ended_over_https_notifies_the_device_mqtt_session(
+    srv: RunningServer, polling_device: tuple[str, Path]
+) -> None:
+    """A device that ends its execution over HTTPS and listens on MQTT hears of its next
+    job on notify-next, as when it ends it over MQTT."""
+    from tests.e2e.test_server_security import Device  # the module's MQTT test device
+
+    name, bundle = polling_device
+    iot = srv.client("iot")
+    arn = iot.describe_thing(thingName=name)["thingArn"]
+    for job in ("first", "second"):
+        iot.create_job(jobId=f"{name}-{job}", targets=[arn], document=json.dumps({"step": job}))
+    device = Device(srv, bundle, name)
+    try:
+        assert device.connect()
+        device.subscribe(f"$aws/things/{name}/jobs/notify-next")
+        time.sleep(0.3)
+        jobs = _jobs_client(srv, bundle)
+        assert jobs.start_next_pending_job_execution(thingName=name)["execution"]["jobId"] == f"{name}-first"
+        jobs.update_job_execution(thingName=name, jobId=f"{name}-first", status="SUCCEEDED")
+        (message,) = device.wait_for("/jobs/notify-next", timeout=10)
+        assert json.loads(message[1])["execution"]["jobId"] == f"{name}-second"
+    finally:
+        device.close()

@@ -225,6 +225,48 @@ def test_device_flood_is_throttled_bounded_in_the_database_and_counted(
         neighbour.close()
 
 
+def test_progress_reports_cannot_use_up_the_budget_of_a_state_change(
+    srv: RunningServer, tmp_path: Path
+) -> None:
+    """A device reporting progress faster than its job-update budget is throttled on
+    progress only: its `self_test: ready` report right after is still applied (a
+    throttled `ready` once made agents roll back good updates and download them again)."""
+    iot = srv.client("iot")
+    srv.provision("reporter", tmp_path / "reporter")
+    arn = iot.describe_thing(thingName="reporter")["thingArn"]
+    info = create_ota(srv, "reporter", [arn], make_firmware(Version(2, 0, 0), 8192, seed="reporter"))
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
+    job = "AFR_OTA-reporter"
+    device = Device(srv, tmp_path / "reporter", "reporter")
+    try:
+        assert device.connect()
+        device.subscribe(f"$aws/things/reporter/jobs/{job}/update/accepted")
+        device.subscribe(f"$aws/things/reporter/jobs/{job}/update/rejected")
+        time.sleep(0.3)
+        update = f"$aws/things/reporter/jobs/{job}/update"
+        for i in range(1000):
+            device.client.publish(update, json.dumps({"status": "IN_PROGRESS",
+                                                      "statusDetails": {"receive": f"{i}/1000"}}), qos=0)
+        device.client.publish(update, json.dumps({"status": "IN_PROGRESS", "clientToken": "ready-1",
+                                                  "statusDetails": {"self_test": "ready",
+                                                                    "updatedBy": "0x10000"}}), qos=1)
+
+        def answered() -> tuple[str, dict[str, Any]] | None:
+            for topic, payload in list(device.messages):
+                body = json.loads(payload)
+                if body.get("clientToken") == "ready-1":
+                    return topic, body
+            return None
+
+        topic, body = wait_for(answered, 30, "the answer to the self_test report")
+        assert topic.endswith("/update/accepted"), body
+        assert any(b"RequestThrottled" in m[1] for m in device.messages), "the flood was not throttled"
+        execution = iot.describe_job_execution(jobId=job, thingName="reporter")["execution"]
+        assert execution["statusDetails"]["detailsMap"]["self_test"] == "ready"
+    finally:
+        device.close()
+
+
 def _jobs_client(srv: RunningServer, bundle: Path) -> Any:
     config = botocore.config.Config(
         signature_version=UNSIGNED,

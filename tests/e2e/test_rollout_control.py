@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from sqlalchemy import select
 
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
+from overair.server.storage.schema import AuditEntry
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.conftest import ShiftableClock
@@ -155,6 +157,32 @@ def test_continuous_job_reaches_a_thing_added_to_the_group_later(
         )
         assert fleet.snapshots()["late-comer"].version == "1.1.0"
     assert iot.describe_job(jobId=job_id)["job"]["status"] == "IN_PROGRESS"  # continuous jobs stay open
+
+
+def test_continuous_job_is_not_given_to_a_joining_thing_whose_profile_cannot_take_the_file(
+    clocked_srv: RunningServer,
+) -> None:
+    """CreateOTAUpdate refuses targets whose device profile cannot take the file; a thing
+    joining a CONTINUOUS update's group later is checked the same way (issue 13, item 4):
+    no execution a FreeRTOS device would ignore and leave QUEUED, and the refusal is
+    audited; an overair agent joining gets the update."""
+    iot = clocked_srv.client("iot")
+    group = iot.create_thing_group(thingGroupName="big-fleet")["thingGroupArn"]
+    agent = {"attributes": {"overair:deviceProfile": "overair-agent"}}
+    iot.create_thing(thingName="big-agent", attributePayload=agent)
+    iot.add_thing_to_thing_group(thingGroupName="big-fleet", thingName="big-agent")
+    job_id = _ota(clocked_srv, "continuous-big", [group], size=5 * 1024 * 1024, targetSelection="CONTINUOUS")
+    iot.create_thing(thingName="small-mcu")  # the default profile: FreeRTOS, files up to 4 MiB
+    iot.create_thing(thingName="big-agent-2", attributePayload=agent)
+    for thing in ("small-mcu", "big-agent-2"):
+        iot.add_thing_to_thing_group(thingGroupName="big-fleet", thingName=thing)
+    assert _statuses(clocked_srv, job_id) == {"big-agent": "QUEUED", "big-agent-2": "QUEUED"}
+    with clocked_srv.server.db.reading() as s:
+        refused = [e for e in s.scalars(select(AuditEntry).where(AuditEntry.decision == "Refused"))
+                   if e.detail.get("thing") == "small-mcu"]
+    assert len(refused) == 1
+    assert refused[0].resource.endswith(f"job/{job_id}")
+    assert "5242880 bytes" in refused[0].detail["reason"]
 
 
 def test_job_canceled_during_a_download_stops_it(clocked_srv: RunningServer, tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ StartNextPendingJobExecution (issue 12, finding 10; issue 13, items 5 and 6).
 
 `load_request`, `client_token`, `parse_status_details`, `parse_update`,
 `parse_describe` and `parse_start_next` may raise only `DecodeError`, with a Jobs error
-code; what they accept is bounded. `is_freertos_next_request` never raises.
+code; what they accept is bounded. `is_freertos_next_request` and
+`is_progress_report` (the budget's classification, run before anything else) never
+raise.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CODES = {wire.INVALID_JSON, wire.INVALID_REQUEST}
 @given(json_payloads(job_messages()))
 def test_fuzz_jobs_request_bytes_raise_only_decode_error(payload: bytes) -> None:
     code: str | None = None
+    assert wire.is_progress_report(payload) in (True, False)
     try:
         request = wire.load_request(payload)
         wire.client_token(request)

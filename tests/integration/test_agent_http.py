@@ -140,6 +140,8 @@ class FileServer:
                     content_range = f"bytes {first + 1}-{last + 1}/{len(data)}"
                 elif fault == "longer":
                     body, framed = data[first:last + 2] + b"!", False
+                elif fault is not None and fault.startswith("throttled"):  # "throttled:<Retry-After>"
+                    status, body, content_range = 429, b"slow down", fault.partition(":")[2]
                 else:
                     self.served[path] += 1
                     if self.served[path] == self.expire_after.get(path):
@@ -194,7 +196,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, content_range, framed = self.server.owner.answer(parts.path, sig,
                                                                        self.headers.get("Range", ""))
         self.send_response(status)
-        if content_range:
+        if status == 429:
+            if content_range:  # FileServer.answer: a 429 carries its Retry-After here
+                self.send_header("Retry-After", content_range)
+        elif content_range:
             self.send_header("Content-Range", content_range)
         self.send_header("Content-Type", "application/octet-stream")
         if framed:
@@ -311,6 +316,29 @@ def test_http_only_job_succeeds_with_the_same_status_sequence_as_mqtt(
     assert files.connections == 1  # one kept-alive TLS connection for all 60 requests
 
 
+def test_agent_defaults_fetch_runs_of_blocks_and_pace_progress_by_time(
+        broker: BrokerEnv, service: Service, files: FileServer, tmp_path: Path,
+        runtimes: list[Runtime]) -> None:
+    # The agent's own defaults (not FreeRTOS's): 16 blocks per Range request, at most one
+    # progress report a second; the rest of the sequence is the same.
+    image = make_firmware(V2, IMAGE_SIZE, seed="http-spans")
+    path = add_http_job(service, files, broker.signer, "h-spans", image)
+    bundle = http_bundle(broker, tmp_path, "h-spans")
+    toml = bundle / "agent.toml"
+    toml.write_text(toml.read_text().replace("status_min_interval_seconds = 0\n", "")
+                    .replace("http_range_blocks = 1\n", ""))
+    assert (load_config(bundle).ota.http_range_blocks, load_config(bundle).ota.status_min_interval_seconds) \
+        == (16, 1.0)
+    start(bundle, runtimes)
+    ex = service.wait_terminal("h-spans")
+    assert ex.updates[-3:] == SUCCESS_UPDATES[-3:]
+    progress = [u for u in ex.updates if "receive" in u[1]]
+    assert progress[0] == ("IN_PROGRESS", {"receive": "1/60"})
+    assert len(progress) <= 3
+    hits = files.hits_for(path)
+    assert [(h.offset, h.status) for h in hits] == [(i * 16 * BLOCK, 206) for i in range(-(-BLOCKS // 16))]
+
+
 def test_both_protocols_go_over_https_when_the_device_prefers_http(
         broker: BrokerEnv, service: Service, files: FileServer, tmp_path: Path,
         runtimes: list[Runtime]) -> None:
@@ -389,13 +417,19 @@ def test_range_client_refuses_anything_but_the_exact_range(broker: BrokerEnv, fi
         assert expired.value.status == 403
         assert "sig=" not in expired.value.reason
         assert client.fetch(url, 0, 4) == data[:4]  # a refused answer does not spoil the next
+        # A throttled request says when to come back (the agent waits that long, capped).
+        for header, after in (("7", 7.0), ("", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("-1", None)):
+            files.faults = [f"throttled:{header}"]
+            with pytest.raises(RangeError) as throttled:
+                client.fetch(url, 0, 10)
+            assert (throttled.value.status, throttled.value.retry_after) == (429, after)
         with pytest.raises(RangeError, match="not an https URL") as plain:
             client.fetch(url.replace("https:", "http:"), 0, 10)
         assert plain.value.status == 0
     finally:
         client.close()
     # Kept alive between good answers; a new connection after each refused one.
-    assert files.connections == 5
+    assert files.connections == 8
 
 
 @pytest.mark.parametrize(("issuer", "names", "why"), [

@@ -227,7 +227,11 @@ def make_bundle(env: BrokerEnv, root: Path, thing: str, *, command: str = "") ->
         '[trust]\ncode_signing_roots = "code-signing-root.pem"\n'
         '[storage]\ndata_dir = "state"\nfactory_image = "factory.bin"\n'
         f'[self_test]\ndeadline_seconds = 20\ncommand = "{command}"\n'
-        f'[ota]\nblock_size = {BLOCK}\nblocks_per_request = 8\n')
+        # FreeRTOS's pacing (one block per HTTPS request, progress by block count), so that
+        # the status sequences below are the FreeRTOS ones; the agent's defaults are
+        # tested in tests/unit/test_agent_machine.py and test_agent_http.py.
+        f'[ota]\nblock_size = {BLOCK}\nblocks_per_request = 8\nstatus_min_interval_seconds = 0\n'
+        'http_range_blocks = 1\n')
     return bundle
 
 

@@ -51,8 +51,11 @@ from overair.core.versions import Version
 THING = "dev-1"
 STREAM = "stream-1"
 BS = 256
+# FreeRTOS's own pacing: one block per Range request, progress by block count alone
+# (the agent's defaults, larger ranges and time-paced progress, have their own tests).
 SETTINGS = Settings(thing_name=THING, block_size=BS, blocks_per_request=4, status_every_blocks=5,
-                    request_timeout=10.0, max_request_momentum=32, self_test_deadline=60.0)
+                    request_timeout=10.0, max_request_momentum=32, self_test_deadline=60.0,
+                    status_min_interval=0.0, http_range_blocks=1)
 V0_9 = Version(0, 9, 0)
 V1 = Version(1, 0, 0)
 V2 = Version(1, 1, 0)
@@ -276,10 +279,22 @@ def test_duplicate_blocks_are_ignored() -> None:
 
 
 def test_progress_is_reported_at_qos0_after_first_block_and_every_few_blocks() -> None:
-    _, commands = deliver(downloading(), list(range(10)))
+    state, commands = downloading(), []
+    for i in range(10):  # one block a second: the time pacing never holds a report back
+        state, delivered = deliver(state, [i], now=float(i))
+        commands += delivered
     progress = [(s, d, q) for s, d, q in statuses(commands) if "receive" in d]
     # First block, then every 5; the last block goes to verification instead.
     assert progress == [("IN_PROGRESS", {"receive": "1/10"}, 0), ("IN_PROGRESS", {"receive": "5/10"}, 0)]
+
+
+def test_progress_reports_are_paced_by_time_so_a_fast_download_keeps_its_update_budget() -> None:
+    # Every block at once: only the first is reported; "5/10" falls within
+    # status_min_interval of it. The budget is then left for self_test and the result.
+    state, _ = run(booted(settings=replace(SETTINGS, status_min_interval=1.0)), [job()])
+    _, commands = deliver(state, list(range(10)), now=0.5)
+    progress = [d for _, d, _ in statuses(commands) if "receive" in d]
+    assert progress == [{"receive": "1/10"}]
 
 
 def test_silence_of_ten_seconds_re_requests_and_momentum_aborts() -> None:
@@ -451,6 +466,30 @@ def test_trial_image_without_a_self_test_job_rolls_back_at_the_deadline() -> Non
     _, commands = run(state, [Tick()], now=59.0)
     assert not of(commands, c.RollbackAndReboot)
     _, commands = run(state, [Tick()], now=60.0)
+    assert of(commands, c.RollbackAndReboot)
+
+
+@pytest.mark.parametrize("details", [None, {"receive": "10/10"}])
+def test_self_test_runs_when_the_ready_report_was_lost_but_the_journal_activated_this_job(
+        details: dict[str, str] | None) -> None:
+    # `self_test: ready` was throttled or lost: the service still holds the last progress
+    # (or nothing). The journal is trusted: the booted image is the one this execution
+    # activated, so it is self-tested, not rolled back and downloaded again.
+    state = booted(V2, trial=True, journal=after_activation(), now=1000.0)
+    state, commands = run(state, [job(details=details)], now=1001.0)
+    assert not of(commands, c.RollbackAndReboot)
+    assert statuses(commands) == [("IN_PROGRESS", {"self_test": "active", "updatedBy": V2.hex()}, 1)]
+    assert of(commands, c.RunSelfTest) == [c.RunSelfTest("job-1", 1060.0)]
+
+
+@pytest.mark.parametrize(("job_id", "number", "running"), [
+    ("job-1", 2, V2),  # another execution of the job (a retry the device never activated)
+    ("job-2", 1, V2),  # another job
+])
+def test_trial_image_offered_another_execution_without_self_test_rolls_back(
+        job_id: str, number: int, running: Version) -> None:
+    state = booted(running, trial=True, journal=after_activation())
+    _, commands = run(state, [job(job_id, number=number)])
     assert of(commands, c.RollbackAndReboot)
 
 
@@ -658,12 +697,12 @@ def http_downloading(now: float = 0.0, url: str = URL) -> tuple[State, c.HttpGet
 
 def answer(state: State, request: c.HttpGetRange, now: float = 0.0) -> tuple[State, list[c.Command]]:
     """The server answers 206 with the block; the runtime stores it."""
-    block_id = request.offset // BS
+    last = (request.offset + request.length - 1) // BS
+    data = b"".join(bytes([block_id]) * BS for block_id in range(request.offset // BS, last + 1))
     state, out = run(state, [HttpRangeReceived(request.request, request.offset,
-                                               bytes([block_id]) * request.length)], now)
-    writes = of(out, c.WriteBlock)
-    if writes:
-        state, commands = run(state, [BlockStored(writes[0].block_id)], now)
+                                               data[:request.length])], now)
+    for write in of(out, c.WriteBlock):
+        state, commands = run(state, [BlockStored(write.block_id)], now)
         out += commands
     return state, out
 
@@ -704,6 +743,60 @@ def test_http_job_fetches_one_block_per_range_request_in_order() -> None:
     # The rest (verification, activation, self-test) is the same as over MQTT.
     _, commands = run(state, [VerifyResult(True, V2)])
     assert statuses(commands) == [("IN_PROGRESS", READY, 1)]
+
+
+def test_http_agent_fetches_runs_of_missing_blocks_per_range_request() -> None:
+    # The agent's default: up to http_range_blocks blocks per request, each block of the
+    # answer written where it belongs; a block already held is never asked for again.
+    settings = replace(SETTINGS, http_range_blocks=4)
+    state, commands = run(booted(settings=settings), [job(doc=http_doc())])
+    (request,) = ranges(commands)
+    asked = [(request.offset, request.length)]
+    out: list[c.Command] = []
+    while state.phase is Phase.DOWNLOADING:
+        state, commands = answer(state, request)
+        out += commands
+        more = ranges(commands)
+        if more:
+            (request,) = more
+            asked.append((request.offset, request.length))
+    assert asked == [(0, 4 * BS), (4 * BS, 4 * BS), (8 * BS, SIZE - 8 * BS)]
+    assert [(w.block_id, w.offset, w.data[:1]) for w in of(out, c.WriteBlock)] == \
+        [(i, i * BS, bytes([i])) for i in range(10)]
+    assert state.phase is Phase.VERIFYING
+
+
+def test_http_range_stops_at_a_block_already_held() -> None:
+    settings = replace(SETTINGS, http_range_blocks=8)
+    state, _ = run(booted(settings=settings), [job(doc=http_doc())])
+    assert state.download is not None
+    held = bytearray(state.download.needed)
+    held[0] &= ~(1 << 3) & 0xFF  # block 3 already stored (a resumed download)
+    dl = replace(state.download, needed=bytes(held), remaining=state.download.remaining - 1, in_flight=None)
+    state, commands = run(replace(state, download=dl), [Tick()], now=20.0)
+    (request,) = ranges(commands)
+    assert (request.offset, request.length) == (0, 3 * BS)
+
+
+def test_http_throttled_request_waits_for_retry_after_not_the_request_timeout() -> None:
+    state, request = http_downloading(now=100.0)
+    throttled = HttpRangeFailed(request.request, request.offset, 429, "429 Too Many", retry_after=2.0)
+    state, commands = run(state, [throttled], now=100.5)
+    assert not ranges(commands)
+    _, commands = run(state, [Tick()], now=102.4)
+    assert not ranges(commands)  # the server asked for 2 s
+    _, commands = run(state, [Tick()], now=102.5)
+    (again,) = ranges(commands)
+    assert again.offset == request.offset
+
+
+def test_http_hostile_retry_after_is_capped() -> None:
+    # A Retry-After of days cannot park the download: at most max_next_job_retry.
+    state, request = http_downloading(now=0.0)
+    state, _ = run(state, [HttpRangeFailed(request.request, request.offset, 503, "busy",
+                                           retry_after=999_999.0)], now=1.0)
+    _, commands = run(state, [Tick()], now=1.0 + SETTINGS.max_next_job_retry)
+    assert len(ranges(commands)) == 1
 
 
 def test_http_range_requests_are_numbered_and_their_url_redacted_in_logs() -> None:

@@ -43,6 +43,8 @@ command = ["./app", "--serve"]     # optional: the application, started after ev
 block_size = 4096
 blocks_per_request = 8
 status_every_blocks = 25           # optional: "receive k/N" progress frequency
+status_min_interval_seconds = 1    # optional: and at most one progress report per interval
+http_range_blocks = 16             # optional: blocks per HTTPS Range request (FreeRTOS: 1)
 request_timeout_seconds = 10       # optional: re-request after this much silence
 max_file_size = 67108864           # optional
 prefer_http = false                # optional: a job offering MQTT and HTTP downloads over HTTPS
@@ -132,6 +134,8 @@ class OtaConfig:
     block_size: int = 4096
     blocks_per_request: int = 8
     status_every_blocks: int = 25
+    status_min_interval_seconds: float = 1.0
+    http_range_blocks: int = 16
     request_timeout_seconds: float = 10.0
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # both protocols offered: download over HTTPS, not MQTT
@@ -353,6 +357,8 @@ class _Loader:
             block_size=block_size,
             blocks_per_request=self.integer(t, w, "blocks_per_request", 8, 1, max_blocks),
             status_every_blocks=self.integer(t, w, "status_every_blocks", 25, 1, 1 << 20),
+            status_min_interval_seconds=self.number(t, w, "status_min_interval_seconds", 1.0, 0.0, 3600.0),
+            http_range_blocks=self.integer(t, w, "http_range_blocks", min(16, max_blocks), 1, max_blocks),
             request_timeout_seconds=self.number(t, w, "request_timeout_seconds", 10.0, 0.1, 3600.0),
             max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
             prefer_http=self.boolean(t, w, "prefer_http", False),

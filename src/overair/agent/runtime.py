@@ -124,6 +124,8 @@ def settings_from_config(config: AgentConfig) -> Settings:
         block_size=config.ota.block_size,
         blocks_per_request=config.ota.blocks_per_request,
         status_every_blocks=config.ota.status_every_blocks,
+        status_min_interval=config.ota.status_min_interval_seconds,
+        http_range_blocks=config.ota.http_range_blocks,
         request_timeout=config.ota.request_timeout_seconds,
         self_test_deadline=config.self_test.deadline_seconds,
         max_file_size=config.ota.max_file_size,
@@ -528,9 +530,9 @@ class Runtime:
                                                 name=self.config.thing_name)
         generation = self._generation
 
-        def done(data: bytes | None, status: int, reason: str) -> None:
+        def done(data: bytes | None, status: int, reason: str, retry_after: float | None) -> None:
             event: Event = HttpRangeReceived(request, offset, data) if data is not None \
-                else HttpRangeFailed(request, offset, status, reason)
+                else HttpRangeFailed(request, offset, status, reason, retry_after)
             self._post(generation, event)
 
         ranges.submit(url, offset, length, done)

@@ -198,6 +198,21 @@ def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Up
     )
 
 
+def is_progress_report(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """An UpdateJobExecution that only reports progress: IN_PROGRESS without a
+    `self_test` step (the OTA convention FreeRTOS and the overair agent share). Such
+    reports may be throttled before the device's state-changing updates are (see
+    server/delivery/budgets.py). Anything unparsable is not progress: it is charged like
+    a state change and answered by the usual error."""
+    try:
+        request = load_request(payload, limits)
+    except DecodeError:
+        return False
+    details = request.get("statusDetails")
+    return request.get("status") == ExecStatus.IN_PROGRESS.value and not (
+        isinstance(details, dict) and "self_test" in details)
+
+
 def parse_describe(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> DescribeRequest:
     """DescribeJobExecution from a device (MQTT or HTTPS). AWS: "includeJobDocument:
     Unless set to false, the response contains the job document"; "executionNumber: ...

@@ -48,6 +48,10 @@ class Limits:
     # ThrottlingException/429 (HTTPS), audited as one count per device and interval.
     device_job_updates_burst: int = 30
     device_job_updates_per_second: float = 10.0
+    # Of the job-update burst, what progress reports (IN_PROGRESS without a self_test
+    # step) can never spend: a device reporting progress fast still has tokens for its
+    # self-test and final reports, which change what the device does next.
+    device_job_updates_reserved: int = 10
     device_job_reads_burst: int = 30
     device_job_reads_per_second: float = 10.0
     device_stream_requests_burst: int = 200

@@ -121,10 +121,8 @@ class Server:
         self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
         self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
                                      self.objects, self.jobs, self.audit, clock, limits=settings.limits)
-        # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
-        self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
-        self.jobs.on_pending_changed = self._notify_pending_threadsafe
         self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit, settings.limits, clock)
+        self._connect_job_hooks()
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, settings.device_mqtt_endpoint,
@@ -234,6 +232,23 @@ class Server:
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
             self.connection.notify_next_threadsafe(things)
+
+    def _connect_job_hooks(self) -> None:
+        # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
+        self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
+        self.jobs.on_pending_changed = self._notify_pending_threadsafe
+        # A thing joining a CONTINUOUS job's group is checked as CreateOTAUpdate checks targets.
+        self.jobs.refuse_target = self.ota.profiles.refusal
+        self.jobs.on_target_refused = self._audit_refused_target
+        self.device_jobs.on_next_changed = self._notify_threadsafe
+
+    def _audit_refused_target(self, job_id: str, thing: str, reason: str) -> None:
+        try:
+            self.audit.record(principal="service/overair", action="iot:CreateJobExecution",
+                              resource=self.jobs.job_arn(job_id), decision="Refused",
+                              detail={"thing": thing, "reason": reason})
+        except UnavailableError as exc:
+            log.error("could not audit the refused target %s of job %s: %s", thing, job_id, exc.message)
 
     def _thing_joined_group(self, thing: str, group_arn: str) -> None:
         self._notify_threadsafe(self.jobs.add_thing_to_continuous_jobs(thing, group_arn))

@@ -64,6 +64,7 @@ class HttpRangeFailed:
     offset: int
     status: int  # the HTTP status; 0 when no response came
     reason: str
+    retry_after: float | None = None  # seconds, from the response's Retry-After header
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,12 @@ class Settings:
     block_size: int = 4096
     blocks_per_request: int = 8
     status_every_blocks: int = 25
+    # Progress reports are also paced by time: a fast download must not spend the
+    # device's job-update budget on them (the server throttles a device past it).
+    status_min_interval: float = 1.0
+    # HTTP: blocks fetched per Range request (FreeRTOS fetches one; a larger range costs
+    # the server one request per span instead of one per 4 KiB block).
+    http_range_blocks: int = 16
     request_timeout: float = 10.0
     max_request_momentum: int = 32
     max_next_job_retry: float = 300.0  # cap of the backoff re-asking an unanswered $next/get
@@ -186,7 +192,8 @@ class Journal:
 class Download:
     """A file download in progress (FreeRTOS file context), over an MQTT stream or HTTPS.
 
-    Over HTTP one Range request of one block is in flight at a time, as FreeRTOS does;
+    Over HTTP one Range request is in flight at a time, as FreeRTOS does, but it asks
+    for a run of up to `http_range_blocks` missing blocks (FreeRTOS: one block);
     `url` is the pre-signed URL of the latest job document (a re-sent document replaces
     it without restarting the download) and `in_flight` the number of the request whose
     answer is awaited (`HttpGetRange.request`), so that a late answer to an older request
@@ -206,7 +213,10 @@ class Download:
     protocol: DataProtocol = DataProtocol.MQTT
     url: str | None = None  # HTTP: the pre-signed URL blocks are fetched from
     in_flight: int | None = None  # HTTP: the range request awaiting its answer
-    in_flight_block: int = 0  # HTTP: the block that request asked for
+    in_flight_block: int = 0  # HTTP: the first block that request asked for
+    in_flight_count: int = 1  # HTTP: how many blocks it asked for
+    retry_at: float | None = None  # HTTP: when a failed request is sent again (Retry-After)
+    reported_at: float | None = None  # when progress was last reported
     binding: bytes = b""  # agent/progress.py binding of this download
     saved: int = 0  # blocks stored when the bitmap was last saved
     resumed: int = 0  # blocks already held when the download (re)started
@@ -217,6 +227,13 @@ class Download:
 
     def is_needed(self, block: int) -> bool:
         return bool(self.needed[block // 8] & (1 << (block % 8)))
+
+    def needed_run(self, first: int, limit: int) -> int:
+        """How many blocks from `first` on are needed in a row, at most `limit`."""
+        count = 0
+        while count < limit and first + count < self.total_blocks and self.is_needed(first + count):
+            count += 1
+        return count
 
     def first_needed(self) -> int | None:
         """The lowest block still needed, None when every block was received."""

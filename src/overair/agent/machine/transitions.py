@@ -15,13 +15,15 @@ quirks are the contract:
   undecodable or out-of-range block fails the job.
 - HTTP delivery (device-protocol.md §4; a job offering only "HTTP", or both protocols
   when `prefer_http`): one `Range` request of one block at a time on the document's
-  pre-signed `update_data_url`, first missing block first, as FreeRTOS does; 400, 403 or
+  pre-signed `update_data_url`, first missing block first, as FreeRTOS does, for a run of
+  up to `http_range_blocks` missing blocks (FreeRTOS: one); 400, 403 or
   404 means the URL expired: ask `$next/get`, and the re-sent document's fresh URL
   replaces the old one, the download going on from the first missing block. Other
-  failures are retried after `request_timeout`, with the same momentum abort as MQTT
+  failures are retried after the response's Retry-After or else `request_timeout`,
+  with the same momentum abort as MQTT
   requests. A document that chooses HTTP without a usable https URL fails the job.
 - Progress `IN_PROGRESS {"receive": "k/N"}` (QoS 0) after the first block and every
-  `status_every_blocks` blocks.
+  `status_every_blocks` blocks, at most one per `status_min_interval`.
 - Resumable download (R2): every `save_progress_every` stored blocks the bitmap is
   saved with the partial file (SaveProgress). After a reboot the platform hands it
   back (`Booted.staged`); if the first job started is the same download (same binding:
@@ -33,7 +35,9 @@ quirks are the contract:
   newer than the running version (N1: `rejected: 0x0000000f` older, `0x00000010`
   same), report
   `self_test: ready` with `updatedBy` = the running version, activate, reboot.
-- After the reboot the execution comes back with `statusDetails.self_test`: the agent
+- After the reboot the execution comes back with `statusDetails.self_test` (or the
+  journal says this execution was activated and its image is the one running: a
+  `self_test: ready` report lost on its way does not roll a good image back): the agent
   compares the running version with `updatedBy` like FreeRTOS, reports
   `self_test: active`, runs the self-test, commits, reports SUCCEEDED; a failed or
   late self-test reports FAILED and rolls back (R1).
@@ -300,16 +304,17 @@ def _request_blocks(state: State, dl: Download, now: float) -> tuple[Download, P
 
 
 def _request_range(state: State, dl: Download, now: float) -> tuple[State, HttpGetRange | None]:
-    """The HTTP request for the first missing block (None when every block is in)."""
+    """The HTTP request for the first missing block and the missing ones right after it,
+    up to `http_range_blocks` (None when every block is in)."""
     block = dl.first_needed()
     url = dl.url
     if block is None or url is None:
         return replace(state, download=dl), None
-    size = state.settings.block_size
+    count = dl.needed_run(block, max(1, state.settings.http_range_blocks))
     seq = state.range_requests + 1
-    dl = replace(dl, awaiting=1, last_activity=now, momentum=dl.momentum + 1, in_flight=seq,
-                 in_flight_block=block)
-    request = HttpGetRange(url, block * size, _block_length(state, dl, block), seq)
+    dl = replace(dl, awaiting=count, last_activity=now, momentum=dl.momentum + 1, in_flight=seq,
+                 in_flight_block=block, in_flight_count=count, retry_at=None)
+    request = HttpGetRange(url, block * state.settings.block_size, _span_length(state, dl, block, count), seq)
     return replace(state, download=dl, range_requests=seq), request
 
 
@@ -323,9 +328,10 @@ def _request_next(state: State, dl: Download, now: float) -> tuple[State, list[C
     return replace(state, download=dl), [publish]
 
 
-def _block_length(state: State, dl: Download, block: int) -> int:
+def _span_length(state: State, dl: Download, first: int, count: int) -> int:
+    """Bytes of blocks `first` .. `first + count - 1` (the last block of the file is short)."""
     size = state.settings.block_size
-    return dl.file.size - block * size if block == dl.total_blocks - 1 else size
+    return min(count * size, dl.file.size - first * size)
 
 
 def _release(state: State, dl: Download) -> list[Command]:
@@ -454,7 +460,7 @@ def on_job_idle(state: State, message: JobMessage, now: float) -> Step:
         return state, [Log("warning", f"job {ex.job_id} was already finished ({recorded.status}): "
                                       "not applying it again"),
                        _status(state, ex.job_id, ExecStatus(recorded.status), recorded.details_dict)]
-    if "self_test" in ex.status_details:
+    if "self_test" in ex.status_details or _activated_here(state, ex):
         return _self_test_job(state, ex, now)
     if state.trial:
         # FreeRTOS: the platform is in self-test but the job is not; reset so the
@@ -463,6 +469,18 @@ def on_job_idle(state: State, message: JobMessage, now: float) -> Step:
             Log("warning", f"job {ex.job_id} is not in self-test while the platform is: rolling back"),
             RollbackAndReboot()]
     return _start_job(state, ex, now)
+
+
+def _activated_here(state: State, ex: Execution) -> bool:
+    """The device's journal says it activated this very execution and booted its image,
+    whatever the service recorded: a `self_test: ready` report lost or throttled on its
+    way must not turn a good update into a rollback (and a download again)."""
+    record = state.journal.job
+    return (state.trial and record is not None and record.job_id == ex.job_id
+            and record.stage in (JobStage.ACTIVATING, JobStage.SELF_TEST)
+            and record.new_version == state.running
+            and (ex.execution_number is None or record.execution_number is None
+                 or ex.execution_number == record.execution_number))
 
 
 def _is_replay(recorded: JobResult, ex: Execution) -> bool:
@@ -631,16 +649,25 @@ def on_range_received(state: State, event: HttpRangeReceived, now: float) -> Ste
     assert dl is not None
     if not _answers_in_flight(state, dl, event.request, event.offset):
         return state, [Log("debug", f"late answer to range request {event.request} ignored")]
-    block = dl.in_flight_block
+    first, count = dl.in_flight_block, dl.in_flight_count
     dl = replace(dl, in_flight=None)
-    if len(event.data) != _block_length(state, dl, block):
+    expected = _span_length(state, dl, first, count)
+    if len(event.data) != expected:
         # The runtime refuses such responses already; never write what was not asked for.
         return replace(state, download=dl), [
-            Log("warning", f"block {block}: {len(event.data)} bytes instead of "
-                           f"{_block_length(state, dl, block)}: requesting it again")]
-    if not dl.is_needed(block):  # pragma: no cover - one request in flight, for a needed block
-        return replace(state, download=dl), [Log("debug", f"duplicate block {block} ignored")]
-    return _accept_block(state, dl, block, event.data, now)
+            Log("warning", f"blocks {first}+{count}: {len(event.data)} bytes instead of {expected}: "
+                           "requesting them again")]
+    size = state.settings.block_size
+    commands: list[Command] = []
+    for block in range(first, first + count):
+        if not dl.is_needed(block):  # pragma: no cover - one request in flight, for needed blocks
+            continue
+        start = (block - first) * size
+        state, stored = _accept_block(state, dl, block, event.data[start:start + size], now)
+        assert state.download is not None
+        dl = state.download
+        commands += stored
+    return state, commands
 
 
 def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
@@ -649,7 +676,15 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
     if not _answers_in_flight(state, dl, event.request, event.offset):
         return state, [Log("debug", f"late failure of range request {event.request} ignored")]
     block = dl.in_flight_block
-    state = replace(state, download=replace(dl, in_flight=None))
+    # The server's Retry-After (429, 503) says when to ask again; without one, a
+    # request_timeout after the failed request was sent. Bounded: a hostile header
+    # cannot park the download.
+    if event.retry_after is None:
+        retry_at = dl.last_activity + state.settings.request_timeout
+    else:
+        retry_at = now + min(max(event.retry_after, 0.0), state.settings.max_next_job_retry)
+    delay = max(0.0, retry_at - now)
+    state = replace(state, download=replace(dl, in_flight=None, retry_at=retry_at))
     what = f"HTTP {event.status}" if event.status else "no response"
     if event.status in URL_REFRESH_STATUSES:
         # The pre-signed URL expired (or was refused): the job document, asked again,
@@ -657,8 +692,7 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
         state, ask = _ask_next_job(state, now)
         return state, [Log("warning", f"block {block}: {what} ({event.reason}): asking for the job "
                                       "again for a fresh URL"), ask]
-    return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after "
-                                  f"{state.settings.request_timeout:g} s")]
+    return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after {delay:g} s")]
 
 
 def _answers_in_flight(state: State, dl: Download, request: int, offset: int) -> bool:
@@ -681,13 +715,23 @@ def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
     if dl.unstored == 0 and received - dl.saved >= state.settings.save_progress_every:
         dl = replace(dl, saved=received)
         commands.append(SaveProgress(dl.needed))
-    if received == 1 or received % state.settings.status_every_blocks == 0:
+    if _progress_due(state, dl, received, now):
+        dl = replace(dl, reported_at=now)
         commands.append(_status(state, dl.job_id, ExecStatus.IN_PROGRESS,
                                 {"receive": f"{received}/{dl.total_blocks}"}, qos=0))
     if dl.awaiting <= 0:
         state, requests = _request_next(state, dl, now)
         return state, commands + requests
     return replace(state, download=dl), commands
+
+
+def _progress_due(state: State, dl: Download, received: int, now: float) -> bool:
+    """FreeRTOS reports after the first block and every `status_every_blocks`; the agent
+    also leaves `status_min_interval` between two reports, so that a fast download does
+    not spend the job-update budget its self-test and result reports need."""
+    if received != 1 and received % state.settings.status_every_blocks != 0:
+        return False
+    return dl.reported_at is None or now - dl.reported_at >= state.settings.status_min_interval
 
 
 def on_download_platform_failed(state: State, event: PlatformFailed, now: float) -> Step:
@@ -845,7 +889,16 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
                        Subscribe(notify_next_topic(state.settings.thing_name), 1), ask]
     dl = state.download
     timeout = state.settings.request_timeout
-    if state.phase is not Phase.DOWNLOADING or dl is None or now - dl.last_activity < timeout:
+    if state.phase is not Phase.DOWNLOADING or dl is None:
+        return state, []
+    if dl.protocol is DataProtocol.HTTP and dl.retry_at is not None and dl.in_flight is None:
+        # A failed range request goes out again when its Retry-After (or request_timeout)
+        # is over, not earlier (the server asked for the pause) and not later.
+        if now < dl.retry_at or dl.unstored:
+            return state, []
+        log = Log("info", f"requesting block {dl.first_needed()} again")
+        return _retry_range(state, replace(dl, retry_at=None), now, [log])
+    if now - dl.last_activity < timeout:
         return state, []
     if dl.protocol is DataProtocol.HTTP:
         if dl.in_flight is not None and now - dl.last_activity < HTTP_LOST_AFTER_TIMEOUTS * timeout:

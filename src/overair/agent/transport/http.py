@@ -38,9 +38,12 @@ READ_CHUNK = 64 * 1024
 DEADLINE_TIMEOUTS = 3.0  # a response body must be complete this many timeouts after the request
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
-RangeDone = Callable[[bytes | None, int, str], None]
-"""Result of a submitted fetch: (data, status, reason); data None when it failed,
-status 0 when no response came (connection, TLS, timeout)."""
+RangeDone = Callable[[bytes | None, int, str, float | None], None]
+"""Result of a submitted fetch: (data, status, reason, retry_after); data None when it
+failed, status 0 when no response came (connection, TLS, timeout), retry_after the
+seconds the server's Retry-After header asked for (None: none, or not usable)."""
+
+MAX_RETRY_AFTER_DIGITS = 6  # about 11 days: anything longer is not a delay we honour
 
 
 def https_context(ca_file: Path) -> ssl.SSLContext:
@@ -59,9 +62,10 @@ def redact(url: str) -> str:
 class RangeError(Exception):
     """A range request got no acceptable answer; `status` is the HTTP status (0: none)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
+        self.retry_after = retry_after
         self.reason = reason
 
 
@@ -82,7 +86,7 @@ class RangeClient:
         """Fetch in the worker thread; `done` is called from there, exactly once."""
         with self._lock:
             if self._closed:
-                done(None, 0, "the download client is closed")
+                done(None, 0, "the download client is closed", None)
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"http-{self._name}", daemon=True)
@@ -110,12 +114,12 @@ class RangeClient:
                 try:
                     data = self.fetch(url, offset, length)
                 except RangeError as exc:
-                    done(None, exc.status, exc.reason)
+                    done(None, exc.status, exc.reason, exc.retry_after)
                 except Exception as exc:  # never leave a request unanswered
                     log.exception("range request to %s failed unexpectedly", redact(url))
-                    done(None, 0, f"unexpected {type(exc).__name__}")
+                    done(None, 0, f"unexpected {type(exc).__name__}", None)
                 else:
-                    done(data, 206, "")
+                    done(data, 206, "", None)
         finally:
             self._close_connections()
 
@@ -182,7 +186,8 @@ def _read_range(response: http.client.HTTPResponse, offset: int, length: int, de
     if status != 206:
         if status == 200:
             raise RangeError(status, f"200 with the whole file instead of {asked}: refused")
-        raise RangeError(status, f"{status} {response.reason}".strip())
+        raise RangeError(status, f"{status} {response.reason}".strip(),
+                         parse_retry_after(response.getheader("Retry-After")))
     encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise RangeError(status, f"content encoded with {encoding!r}: refused")
@@ -208,6 +213,17 @@ def _read_range(response: http.client.HTTPResponse, offset: int, length: int, de
         which = "more" if len(body) > length else "fewer"
         raise RangeError(status, f"{which} bytes than the {length} asked: refused")
     return bytes(body)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header's delay in seconds (RFC 9110 §10.2.3: delay-seconds); None for
+    no header, the HTTP-date form or anything malformed (the caller's own pause applies)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_RETRY_AFTER_DIGITS:
+        return None
+    return float(int(text))
 
 
 def _describe(exc: BaseException, query: str) -> str:

@@ -61,8 +61,10 @@ class DeviceBudgets:
         # (device, kind) -> (tokens left, when they were counted)
         self._buckets: OrderedDict[tuple[str, Kind], tuple[float, float]] = OrderedDict()
 
-    def take(self, device: str, kind: Kind, now: float) -> bool:
-        """Spend one token of `device`'s `kind` bucket; False if it is empty."""
+    def take(self, device: str, kind: Kind, now: float, *, keep: float = 0.0) -> bool:
+        """Spend one token of `device`'s `kind` bucket; False if it is empty, or if
+        spending it would leave fewer than `keep` tokens (a reserve that lower-priority
+        requests may not touch)."""
         rate = self._rates[kind]
         key = (device, kind)
         with self._lock:
@@ -70,7 +72,7 @@ class DeviceBudgets:
             # A clock that went back refills nothing; one that jumped ahead refills at most
             # the burst.
             tokens = min(rate.burst, tokens + max(0.0, now - then) * rate.per_second)
-            allowed = tokens >= 1.0
+            allowed = tokens >= 1.0 + keep
             self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
             self._buckets.move_to_end(key)
             while len(self._buckets) > self._max:

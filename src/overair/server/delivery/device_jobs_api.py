@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -106,6 +107,7 @@ class DeviceJobsApi:
         self._budgets = DeviceBudgets(limits)
         self.events = DeviceEventRecorder(audit, clock, limits)
         self._service: ServiceProtocol = load_services()["iot-jobs-data"]
+        self.on_next_changed: Callable[[list[str]], None] = lambda _things: None
 
     def routes(self) -> list[BaseRoute]:
         # Everything else the model routes (StartCommandExecution) is answered too, with
@@ -214,6 +216,9 @@ class DeviceJobsApi:
         if name == "UpdateJobExecution":
             update = wire.parse_update(_body_fields(params), self._limits)
             outcome = self._jobs.update_execution(thing, str(params["jobId"]), update)
+            if outcome.next_changed:
+                # As over MQTT: the device's MQTT session (if any) hears of its next job.
+                self.on_next_changed([thing])
             reply: dict[str, Any] = {}
             if update.include_job_execution_state:
                 view = outcome.execution

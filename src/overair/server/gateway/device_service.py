@@ -80,10 +80,11 @@ class DeviceService:
         jobs.watch_executions(self._access.forget_things)
 
     # Admission (on the event loop: never waits) -------------------------------------
-    def admit(self, topic: str, in_flight: int = 0) -> list[Outgoing] | None:
+    def admit(self, topic: str, in_flight: int = 0, payload: bytes = b"") -> list[Outgoing] | None:
         """None if the message may be handled; else what to publish instead (a
         RequestThrottled refusal, or nothing for a topic we do not serve). `in_flight`:
-        the thing's messages already waiting for a worker."""
+        the thing's messages already waiting for a worker. A progress report may not
+        spend the reserve of the job-update budget kept for state-changing updates."""
         try:
             parsed = topics.parse_request_topic(topic)
             if parsed is None:
@@ -94,8 +95,12 @@ class DeviceService:
                 kind = self._kind(parsed)
             if thing is None:
                 return []  # not a request we serve and not worth an answer
+            keep = 0.0
+            if isinstance(parsed, JobsTopic) and parsed.request is JobsRequest.UPDATE \
+                    and wire.is_progress_report(payload, self._limits):
+                keep = float(self._limits.device_job_updates_reserved)
             if in_flight < self._limits.device_messages_in_flight and self._budgets.take(
-                    thing, kind, self._clock()):
+                    thing, kind, self._clock(), keep=keep):
                 return None
             self.events.throttled(principal=f"thing/{thing}", action=_KIND_ACTIONS[kind],
                                   resource=f"thing/{thing}")

@@ -91,7 +91,7 @@ class ServiceConnection:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
         thing = topics.thing_of(topic)
-        refusal = self._service.admit(topic, self._in_worker.get(thing, 0))
+        refusal = self._service.admit(topic, self._in_worker.get(thing, 0), bytes(payload))
         if refusal is not None:
             self.publish(refusal)
             return

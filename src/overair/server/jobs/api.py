@@ -146,7 +146,9 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return {}
 
     def describe_execution(r: ApiRequest) -> dict[str, Any]:
-        row = jobs.describe_execution(r.params["jobId"], r.params["thingName"])
+        number = r.params.get("executionNumber")
+        row = jobs.describe_execution(r.params["jobId"], r.params["thingName"],
+                                      None if number is None else int(number))
         execution = {"jobId": row.job_id, "status": row.status, "thingArn": thing_arn(row.thing_name),
                      "statusDetails": {"detailsMap": dict(row.status_details)},
                      "queuedAt": row.queued_at, "lastUpdatedAt": row.last_updated_at,

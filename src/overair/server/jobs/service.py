@@ -12,6 +12,7 @@ always sends the full map), and `versionNumber` is bumped on every applied updat
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Job, JobExecution
+
+log = logging.getLogger("overair.jobs")
 
 JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
@@ -73,9 +76,13 @@ class JobService:
         self._registry = registry
         self._clock = clock
         self.render_document: DocumentRenderer = lambda job, _thing: job.document
+        # Why a thing joining a CONTINUOUS job's group cannot take that job (None: it can);
+        # the OTA Update Manager's device-profile check (ota/profiles.py `refusal`).
+        self.refuse_target: Callable[[Job, str], str | None] = lambda _job, _thing: None
         # Things whose pending list changed while their next job did not (e.g. a second
         # job queued behind a running one): they get `notify`, not notify-next.
         self.on_pending_changed: Callable[[list[str]], None] = lambda _things: None
+        self.on_target_refused: Callable[[str, str, str], None] = lambda _job, _thing, _why: None
         # Called (after the commit) with the things whose executions changed in a way that
         # can change what they may download: an execution ended (SUCCEEDED, FAILED,
         # REJECTED, CANCELED, TIMED_OUT, REMOVED), a job was created or deleted. The
@@ -163,9 +170,19 @@ class JobService:
             if not jobs:
                 return []
             before = self.next_id_in(s, thing)
+            refused: list[tuple[str, str]] = []
             for job in jobs:
                 if s.scalar(self._latest(job.job_id, thing, released_only=False)) is not None:
                     continue  # it already has (or had) an execution of this job
+                refusal = self.refuse_target(job, thing)
+                if refusal is not None:
+                    # As CreateOTAUpdate refuses such a target: no execution the device
+                    # would ignore and leave QUEUED; said in the log (and the audit log
+                    # by the caller's hook).
+                    log.warning("thing %s joined %s but gets no execution of job %s: %s", thing,
+                                group_arn, job.job_id, refusal)
+                    refused.append((job.job_id, refusal))
+                    continue
                 limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited
                 releasing = rollout.schedule(job.config.get("schedulingConfig")).releasing(now)
                 s.add(JobExecution(job_id=job.job_id, thing_name=thing, status=ExecStatus.QUEUED.value,
@@ -174,6 +191,8 @@ class JobService:
                                    released_at=now if releasing and not limited else None))
             s.flush()
             changed = [thing] if self.next_id_in(s, thing) != before else []
+        for job_id, refusal in refused:  # audited once the transaction is over
+            self.on_target_refused(job_id, thing, refusal)
         self.executions_changed([thing])
         return changed
 
@@ -238,11 +257,14 @@ class JobService:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.queued_at)))
 
-    def describe_execution(self, job_id: str, thing: str) -> JobExecution:
+    def describe_execution(self, job_id: str, thing: str,
+                           execution_number: int | None = None) -> JobExecution:
+        """DescribeJobExecution (operator): the latest execution, or the one numbered."""
         with self._db.reading() as s:
-            row = s.scalar(self._latest(job_id, thing))
+            row = s.scalar(self._addressed(job_id, thing, execution_number))
             if row is None:
-                raise not_found(f"execution of job {job_id} on {thing}")
+                number = "" if execution_number is None else f" number {execution_number}"
+                raise not_found(f"execution{number} of job {job_id} on {thing}")
             return row
 
     def cancel_job(self, job_id: str, *, force: bool, comment: str = "",

@@ -91,12 +91,37 @@ class DeviceProfiles:
                 profile = self._profile_in(s, thing)
         return {**document, "overair": extension} if profile.overair_extension else document
 
+    def refusal(self, job: Job, thing: str) -> str | None:
+        """Why `thing` cannot take OTA job `job` (a file larger than its profile takes),
+        None if it can or the job is not an OTA job. The check CreateOTAUpdate makes of its
+        targets, made again for a thing that joins a CONTINUOUS job's group later."""
+        sizes = [f.get("filesize") for f in _ota_files(job.document)]
+        largest = max((n for n in sizes if isinstance(n, int) and not isinstance(n, bool)), default=0)
+        if largest == 0:
+            return None
+        session = object_session(job)
+        if session is not None:
+            profile = self._profile_in(session, thing)
+        else:
+            with self._db.reading() as s:
+                profile = self._profile_in(s, thing)
+        if largest <= profile.max_file_bytes:
+            return None
+        return (f"its file of {largest} bytes is larger than {profile.describe()} takes (a FreeRTOS device "
+                "ignores such a file; give the thing a device profile that takes it)")
+
     def renderer(self, inner: DocumentRenderer) -> DocumentRenderer:
         """`inner` (fresh pre-signed URLs: delivery/http_download.py), then `tailor`."""
         def render(job: Job, thing: str) -> dict[str, Any]:
             return self.tailor(job, thing, inner(job, thing))
 
         return render
+
+
+def _ota_files(document: Any) -> list[dict[str, Any]]:
+    ota = document.get("afr_ota") if isinstance(document, dict) else None
+    files = ota.get("files") if isinstance(ota, dict) else None
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
 
 
 def largest_job_message(job_id: str, thing: str, document: dict[str, Any]) -> int:
