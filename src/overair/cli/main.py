@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from overair.cli import audit, db, iam, signing
+from overair.cli import audit, common, db, fleet, iam, image, ota, signing
 from overair.cli.common import api_errors, print_error
 from overair.core.errors import OverairError
 
@@ -21,10 +21,34 @@ app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT
                   no_args_is_help=True, pretty_exceptions_enable=False)
 thing_app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 app.add_typer(thing_app, name="thing")
+
+
+ProfileOption = Annotated[str | None, typer.Option(
+    "--profile", envvar="AWS_PROFILE", help="AWS profile for API commands run without --data-dir.")]
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="The overair server's API URL (else AWS_ENDPOINT_URL or the profile's "
+                           "endpoint_url).")]
+RegionOption = Annotated[str | None, typer.Option(
+    "--region", help="Region (else AWS_REGION, AWS_DEFAULT_REGION or the profile's).")]
+
+
+@app.callback()
+def connect(profile: ProfileOption = None, endpoint_url: EndpointOption = None,
+            region: RegionOption = None) -> None:
+    """overair: self-hosted secure over-the-air updates for IoT fleets. API commands run on
+    the server host with --data-dir, or anywhere as an IAM user of an AWS profile."""
+    common.connection.profile = profile
+    common.connection.endpoint_url = endpoint_url
+    common.connection.region = region
+
+
 signing.register(app)
 audit.register(app)
 iam.register(app)
 db.register(app)
+ota.register(app)
+fleet.register(app, thing_app)
+image.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",
