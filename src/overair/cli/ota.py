@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
@@ -15,11 +15,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from overair.cli.client import ApiClients
 from overair.cli.common import DataDirOption, api_clients, api_errors, out
 from overair.cli.rollout_view import RolloutView, read_rollout
 from overair.core.errors import DecodeError, MisuseError
 from overair.core.image import parse_header
+
+if TYPE_CHECKING:  # the server extra (boto3) is imported only when a command runs
+    from overair.cli.client import ApiClients
 
 ota_app = typer.Typer(
     help="Rollouts: create from an image file, watch, cancel, retry the failed devices.", no_args_is_help=True

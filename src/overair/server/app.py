@@ -63,6 +63,7 @@ from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
+from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
@@ -426,7 +427,7 @@ class Server:
         # proxy_headers=False on both: uvicorn would otherwise take the client address
         # and scheme from X-Forwarded-* of any loopback peer (threat O1); the API edge
         # honours them from `trusted_proxies` only (api/request_context.py).
-        return [
+        servers = [
             uvicorn.Server(uvicorn.Config(
                 app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off",
                 proxy_headers=False,
@@ -442,6 +443,12 @@ class Server:
                 ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
                 http=PeerCertificateProtocol)),
         ]
+        if settings.metrics_port:
+            collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
+            servers.append(uvicorn.Server(uvicorn.Config(
+                metrics_app(collector), host=settings.http_host, port=settings.metrics_port,
+                log_level="warning", lifespan="off", proxy_headers=False)))
+        return servers
 
     # Running -------------------------------------------------------------------------
     async def _start_broker(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
@@ -487,6 +494,8 @@ class Server:
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)
         check_port_free(settings.mqtt_host, settings.download_port)
+        if settings.metrics_port:
+            check_port_free(settings.http_host, settings.metrics_port)
         self._check_download_host()
         service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
                                          str(paths.service_key))
@@ -520,6 +529,8 @@ class Server:
                      "(devices are sent %s)", "s" if settings.http_tls_cert else "", settings.http_host,
                      settings.http_port, mqtt_host, mqtt_port, settings.mqtt_host, settings.download_port,
                      settings.download_base_url)
+            if settings.metrics_port:
+                log.info("metrics: http://%s:%s/metrics", settings.http_host, settings.metrics_port)
             await stop.wait()
         finally:
             self.ready.clear()

@@ -59,7 +59,8 @@ class InitResult:
 
 def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: int = 8080,
                mqtt_port: int = 8883, download_port: int = 8443, database_url: str = "",
-               force: bool = False, firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS,
+               metrics_port: int = 0, force: bool = False,
+               firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS,
                now: dt.datetime | None = None) -> InitResult:
     paths = DataDir(data_dir)
     buckets = _checked_buckets(firmware_buckets)
@@ -74,7 +75,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
     try:
         return _initialize(data_dir, paths, buckets, hostnames=hostnames, http_port=http_port,
                            mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
-                           now=now)
+                           metrics_port=metrics_port, now=now)
     except BaseException:
         if fresh and data_dir.exists():  # nothing half-written stays: the directory is as it was
             for entry in data_dir.iterdir():
@@ -106,14 +107,14 @@ def _require_empty_database(url: str) -> None:
 
 def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hostnames: tuple[str, ...],
                 http_port: int, mqtt_port: int, download_port: int, database_url: str,
-                now: dt.datetime | None) -> InitResult:
+                metrics_port: int, now: dt.datetime | None) -> InitResult:
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     now = now or dt.datetime.now(dt.UTC)
     names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *hostnames)))
     settings = Settings(data_dir=data_dir, account_id=f"{secrets.randbelow(10**12):012d}",
                         hostnames=names, http_port=http_port, mqtt_port=mqtt_port,
-                        download_port=download_port,
+                        download_port=download_port, metrics_port=metrics_port,
                         database_url=database_url)
 
     create_master_key(paths.master_key)

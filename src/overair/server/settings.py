@@ -64,6 +64,9 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 8883
     download_port: int = 8443  # HTTPS for devices: pre-signed OTA file downloads
+    # Prometheus metrics (server/metrics.py) on http://<http_host>:<metrics_port>/metrics,
+    # without credentials (bind the API's host to a monitoring network); 0: off.
+    metrics_port: int = 0
     # The download endpoint's address as devices reach it, https://host[:port], which every
     # pre-signed URL starts with; "" means https://<device_host>:<download_port>. A port
     # of 443 is left out: FreeRTOS HTTP devices connect to 443 of everything between
@@ -154,7 +157,7 @@ class Settings:
             raise MisuseError(
                 f"HTTP on {self.http_host} needs TLS (--tls-cert/--tls-key): plain HTTP is only "
                 "allowed on loopback")
-        for port in (self.http_port, self.mqtt_port, self.download_port):
+        for port in (self.http_port, self.mqtt_port, self.download_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise MisuseError(f"port {port} is out of range")
         for proxy in self.trusted_proxies:
@@ -220,6 +223,8 @@ def dump_settings(settings: Settings) -> str:
         "mqtt_port": settings.mqtt_port,
         "download_port": settings.download_port,
     }
+    if settings.metrics_port:
+        values["metrics_port"] = settings.metrics_port
     if settings.database_url:
         values["database_url"] = settings.database_url
     return "# overair server settings; command-line flags of `overair serve` override them.\n" + \
