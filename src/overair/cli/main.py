@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from overair.cli import audit, common, db, fleet, iam, image, ota, signing
+from overair.cli import audit, backup, common, db, fleet, iam, image, ota, signing
 from overair.cli.common import api_errors, print_error
 from overair.cli.logs import LogFormat, configure_logging
 from overair.core.errors import OverairError
@@ -49,6 +49,7 @@ db.register(app)
 ota.register(app)
 fleet.register(app, thing_app)
 image.register(app)
+backup.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",

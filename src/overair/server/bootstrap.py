@@ -70,7 +70,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
                               "(this destroys its keys, certificates and database)")
         shutil.rmtree(data_dir)
     if database_url:
-        _require_empty_database(database_url)
+        require_empty_database(database_url)
     fresh = not data_dir.exists() or not any(data_dir.iterdir())
     try:
         return _initialize(data_dir, paths, buckets, hostnames=hostnames, http_port=http_port,
@@ -86,7 +86,7 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         raise
 
 
-def _require_empty_database(url: str) -> None:
+def require_empty_database(url: str) -> None:
     """Refuse, before anything is written, a database that already holds tables: it is
     another installation's (its keys are elsewhere) or not overair's at all."""
     db = Database(url)
