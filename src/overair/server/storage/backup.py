@@ -45,7 +45,7 @@ from typing import Any
 import tomli_w
 
 from overair.core.errors import MisuseError, UnavailableError
-from overair.server.settings import CONFIG_NAME, DataDir, Settings
+from overair.server.settings import CONFIG_NAME, DataDir, Settings, split_password
 
 FORMAT = "overair-backup/1"
 MANIFEST = "manifest.json"
@@ -90,13 +90,18 @@ def libpq_url(sqlalchemy_url: str) -> str:
     return f"postgresql://{rest}"
 
 
-def _run(argv: list[str], what: str) -> None:
+def _run_pg(tool: str, args: list[str], url: str) -> None:
+    """pg_dump or pg_restore against `url`; its password goes in PGPASSWORD, never on
+    the command line (where every user of the host could read it)."""
+    plain, password = split_password(libpq_url(url))
+    env = {**os.environ, **({"PGPASSWORD": password} if password is not None else {})}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_PG_TIMEOUT, check=False)
+        done = subprocess.run([_pg_tool(tool), *args, f"--dbname={plain}"], capture_output=True, text=True,
+                              timeout=_PG_TIMEOUT, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UnavailableError(f"{what} failed: {exc}") from exc
+        raise UnavailableError(f"{tool} failed: {exc}") from exc
     if done.returncode != 0:
-        raise UnavailableError(f"{what} failed: {done.stderr.strip()[-500:]}")
+        raise UnavailableError(f"{tool} failed: {done.stderr.strip()[-500:]}")
 
 
 def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o600) -> None:
@@ -131,16 +136,7 @@ def create_backup(settings: Settings, out: Path, revision: str | None, now: dt.d
             # The database first (see the module docstring), then what it refers to.
             if postgres:
                 dump = Path(scratch) / PGDUMP_MEMBER
-                _run(
-                    [
-                        _pg_tool("pg_dump"),
-                        "--format=custom",
-                        "--no-owner",
-                        f"--file={dump}",
-                        f"--dbname={libpq_url(settings.database_url)}",
-                    ],
-                    "pg_dump",
-                )
+                _run_pg("pg_dump", ["--format=custom", "--no-owner", f"--file={dump}"], settings.db_url)
                 archive.add(dump, PGDUMP_MEMBER)
             else:
                 copy = Path(scratch) / SQLITE_MEMBER
@@ -223,23 +219,17 @@ def restore_backup(backup: Path, data_dir: Path, database_url: str = "") -> dict
             key.chmod(0o600)
         (data_dir / MANIFEST).unlink()
         if postgres:
-            from overair.server.bootstrap import require_empty_database
+            from overair.server.bootstrap import keep_password_apart, require_empty_database
 
             require_empty_database(database_url)
             dump = data_dir / PGDUMP_MEMBER
-            _run(
-                [
-                    _pg_tool("pg_restore"),
-                    "--no-owner",
-                    "--exit-on-error",
-                    f"--dbname={libpq_url(database_url)}",
-                    str(dump),
-                ],
-                "pg_restore",
-            )
+            _run_pg("pg_restore", ["--no-owner", "--exit-on-error", str(dump)], database_url)
             dump.unlink()
             config = tomllib.loads(paths.config.read_text())
-            config["database_url"] = database_url
+            config["database_url"], password_file = keep_password_apart(data_dir, database_url)
+            config.pop("database_password_file", None)
+            if password_file:
+                config["database_password_file"] = password_file
             paths.config.write_text(
                 "# overair server settings; restored from a backup.\n" + tomli_w.dumps(config)
             )
