@@ -1,4 +1,4 @@
-"""Every shell example in README.md runs as written (issue 16, item 6).
+"""Every shell example in README.md and docs/cli.md runs as written (issue 16, item 6).
 
 The `sh` blocks are taken from README.md in order and run by bash in a fresh directory
 (with this checkout's `.venv` linked in and on PATH, as after `scripts/dev setup`),
@@ -31,10 +31,15 @@ BACKGROUND = re.compile(r"^(\S*(overair serve|overair-agent run)\b.*?)(\s+#.*)?$
 PORTS = (8080, 8883, 8443)
 
 
-def readme_blocks() -> list[str]:
+def readme_blocks() -> list[tuple[str, str]]:
+    """(where, block) for every sh block of README.md, then of docs/cli.md (whose
+    examples continue from the README's server)."""
     blocks = BLOCK.findall((ROOT / "README.md").read_text())
     assert blocks[0].startswith("scripts/dev"), "the README's first block is the set-up; it moved"
-    return blocks[1:]
+    found = [(f"README.md block {n}", block) for n, block in enumerate(blocks[1:], start=2)]
+    found += [(f"docs/cli.md block {n}", block)
+              for n, block in enumerate(BLOCK.findall((ROOT / "docs" / "cli.md").read_text()), start=1)]
+    return found
 
 
 def to_script(block: str) -> str:
@@ -96,7 +101,7 @@ def test_every_readme_shell_example_runs_as_written(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     try:
-        for number, block in enumerate(readme_blocks(), start=2):
+        for where, block in readme_blocks():
             script = to_script(block)
             done = subprocess.run(
                 ["bash", "-c", script],
@@ -109,7 +114,7 @@ def test_every_readme_shell_example_runs_as_written(tmp_path: Path) -> None:
             )
             logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
             assert done.returncode == 0, (
-                f"README sh block {number} failed:\n{block}\n--- stdout\n"
+                f"{where} failed:\n{block}\n--- stdout\n"
                 f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}{logs}"
             )
     finally:
