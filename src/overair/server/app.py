@@ -298,10 +298,8 @@ class Server:
         assert self.witness is not None
         self._change_seq += 1
         self.witness.change(self._change_seq, render_change(self._change_seq, access.things))
-        paths = self.settings.paths
-        # For the broker's next start (the plugin already refuses what left the registry).
-        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(),
-                                             dt.datetime.fromtimestamp(self.clock(), dt.UTC)))
+        # The CRL and the access file are regenerated whole when the broker (re)starts
+        # (_regenerate_for_restart); until then the plugin refuses what left the registry.
         self.devices.forget_access()
         self.delivery.forget_access()
 
