@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 
 from overair.core.errors import PeerInputError
 from overair.core.topics import THING_NAME_RE
@@ -151,6 +151,64 @@ class Registry:
             if prefix:
                 query = query.where(Thing.name.startswith(prefix, autoescape=True))
             return list(s.scalars(query))
+
+    def page_things(self, after: str | None, size: int, keep: Callable[[Thing], bool] = lambda _t: True,
+                    thing_type: str | None = None) -> tuple[list[Thing], bool]:
+        """Up to `size` things named after `after`, in name order, that `keep` accepts
+        (ListThings' attribute filter); and whether more follow. Read in key order over
+        the primary key, `size + 1` rows at a time, so a page never reads the rows before
+        it (keyset pagination; a selective filter reads further, never everything)."""
+        found: list[Thing] = []
+        with self._db.reading() as s:
+            while True:
+                query = select(Thing).order_by(Thing.name).limit(size + 1)
+                if after is not None:
+                    query = query.where(Thing.name > after)
+                if thing_type is not None:
+                    query = query.where(Thing.thing_type_name == thing_type)
+                rows = list(s.scalars(query))
+                found.extend(row for row in rows if keep(row))
+                if len(found) > size or len(rows) <= size:
+                    return found[:size], len(found) > size
+                after = rows[-1].name
+
+    def page_group_members(self, group: str, after: str | None, size: int) -> tuple[list[str], bool]:
+        with self._db.reading() as s:
+            if s.get(ThingGroup, group) is None:
+                raise not_found(f"thing group {group}")
+            query = (select(ThingGroupMember.thing_name).where(ThingGroupMember.group_name == group)
+                     .order_by(ThingGroupMember.thing_name).limit(size + 1))
+            if after is not None:
+                query = query.where(ThingGroupMember.thing_name > after)
+            names = list(s.scalars(query))
+        return names[:size], len(names) > size
+
+    def page_thing_principals(self, thing: str, after: str | None, size: int) -> tuple[list[str], bool]:
+        with self._db.reading() as s:
+            if s.get(Thing, thing) is None:
+                raise not_found(f"thing {thing}")
+            query = (select(ThingPrincipal.principal).where(ThingPrincipal.thing_name == thing)
+                     .order_by(ThingPrincipal.principal).limit(size + 1))
+            if after is not None:
+                query = query.where(ThingPrincipal.principal > after)
+            principals = list(s.scalars(query))
+        return principals[:size], len(principals) > size
+
+    def page_certificates(self, after: tuple[float, str] | None, size: int,
+                          ascending: bool) -> tuple[list[DeviceCertificate], bool]:
+        """By creation time (then id), oldest or newest first, after (time, id)."""
+        order = (DeviceCertificate.created_at, DeviceCertificate.certificate_id)
+        query = (select(DeviceCertificate).order_by(*(c if ascending else c.desc() for c in order))
+                 .limit(size + 1))
+        if after is not None:
+            at, cert_id = after
+            later = (DeviceCertificate.created_at > at) if ascending else (DeviceCertificate.created_at < at)
+            tie = (DeviceCertificate.certificate_id > cert_id) if ascending \
+                else (DeviceCertificate.certificate_id < cert_id)
+            query = query.where(or_(later, and_(DeviceCertificate.created_at == at, tie)))
+        with self._db.reading() as s:
+            certs = list(s.scalars(query))
+        return certs[:size], len(certs) > size
 
     def delete_thing(self, name: str, expected_version: int | None = None) -> None:
         with self._db.session() as s:
