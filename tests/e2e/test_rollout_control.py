@@ -97,7 +97,9 @@ def test_rollout_aborts_after_the_failure_threshold(clocked_srv: RunningServer, 
         assert job["reasonCode"] == "ABORTED_FAILED"
         statuses = _statuses(clocked_srv, job_id)
         assert {statuses[t] for t in failing} == {"FAILED"}
-        assert not set(healthy) & statuses.keys()  # never released
+        # Never released, and counted: the abort canceled them (issue 15).
+        assert {statuses[t] for t in healthy} == {"CANCELED"}
+        assert job["jobProcessDetails"]["numberOfCanceledThings"] == len(healthy)
         assert bad.wait(lambda s: all(x.version == "1.0.0" for x in s.values()), 20)  # rolled back
         assert all(s.version == "1.0.0" and s.job_id is None for s in good.snapshots().values())
 
@@ -200,15 +202,51 @@ def test_n1_create_ota_update_refuses_a_downgrade_unless_allowed(
             clocked_srv, ota_id, [arn], make_firmware(image_version, SIZE, seed=ota_id), **extra
         )
 
-    for ota_id, image_version in (("same-1-1-0", V2), ("older-1-0-5", Version(1, 0, 5))):
-        info = attempt(ota_id, image_version)
-        assert info["otaUpdateStatus"] == "CREATE_FAILED", ota_id
-        assert f"{name} runs 1.1.0" in info["errorInfo"]["message"]
+    older = attempt("older-1-0-5", Version(1, 0, 5))
+    assert older["otaUpdateStatus"] == "CREATE_FAILED"
+    assert f"{name} runs 1.1.0" in older["errorInfo"]["message"]
+    # The version it runs is not a downgrade: the update is made, and leaves it out
+    # (issue 15: re-sending a version reaches only the targets that do not run it).
+    same = attempt("same-1-1-0", V2)
+    assert same["otaUpdateStatus"] == "CREATE_COMPLETE"
+    assert _statuses(clocked_srv, same["awsIotJobId"]) == {}
+    assert iot.describe_job(jobId=same["awsIotJobId"])["job"]["status"] == "COMPLETED"
     allowed = attempt(
         "older-allowed", Version(1, 0, 5), additionalParameters={"overair:allowDowngrade": "true"}
     )
     assert allowed["otaUpdateStatus"] == "CREATE_COMPLETE"
     assert attempt("newer-1-2-0", Version(1, 2, 0))["otaUpdateStatus"] == "CREATE_COMPLETE"
+
+
+def _report(srv: RunningServer, bundle: Path, name: str, job_id: str, status: str) -> None:
+    device = Device(srv, bundle, name)
+    try:
+        assert device.connect()
+        topic = f"$aws/things/{name}/jobs/{job_id}/update"
+        device.client.publish(topic, json.dumps({"status": status}), qos=1)
+        wait_for(lambda: _statuses(srv, job_id).get(name) == status, what=status)
+    finally:
+        device.close()
+
+
+def test_resending_a_version_to_a_group_reaches_only_the_members_that_do_not_run_it(
+    clocked_srv: RunningServer, tmp_path: Path
+) -> None:
+    """Retrying the devices that failed an update is one CreateOTAUpdate to the same group
+    (issue 15): the member that installed it is left out, the one that failed and the one
+    that never got it are targeted again; nothing is refused as a downgrade."""
+    iot = clocked_srv.client("iot")
+    group = iot.create_thing_group(thingGroupName="resend-fleet")["thingGroupArn"]
+    names = ["resend-ok", "resend-failed", "resend-offline"]
+    bundles = _bundles(clocked_srv, tmp_path, names, "resend-fleet")
+    job_id = _ota(clocked_srv, "resend-1", [group])
+    _report(clocked_srv, bundles[0], names[0], job_id, "SUCCEEDED")
+    _report(clocked_srv, bundles[1], names[1], job_id, "FAILED")
+    again = create_ota(clocked_srv, "resend-2", [group], make_firmware(V2, SIZE, seed="resend-1"))
+    assert again["otaUpdateStatus"] == "CREATE_COMPLETE", again.get("errorInfo")
+    assert _statuses(clocked_srv, again["awsIotJobId"]) == {names[1]: "QUEUED", names[2]: "QUEUED"}
+    details = iot.describe_job(jobId=again["awsIotJobId"])["job"]["jobProcessDetails"]
+    assert details["numberOfQueuedThings"] == 2
 
 
 def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path: Path) -> None:

@@ -61,8 +61,12 @@ from overair.server.iam.policies import PolicyStore
 from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
+from overair.server.jobs import steering_api
+from overair.server.jobs.documents import JobDocuments
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
+from overair.server.jobs.steering import JobSteering
+from overair.server.jobs.templates import JobTemplates
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
@@ -129,8 +133,7 @@ class Server:
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, settings.device_mqtt_endpoint,
                               self.arns)
-        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
-                          self.objects, settings.limits.max_job_document_bytes, self._caller_may_read)
+        self._register_jobs(settings, clock)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
@@ -167,6 +170,17 @@ class Server:
             log.error("download URLs name %s, which the endpoint's certificate (%s) does not: devices will "
                       "refuse it; add it with `overair init --hostname` or set download_public_url",
                       host, self.settings.paths.broker_cert)
+
+    def _register_jobs(self, settings: Settings, clock: Clock) -> None:
+        templates = JobTemplates(self.db, settings, clock)
+        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
+                          self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
+                          templates)
+        steering_api.register(self.table, self.jobs, JobSteering(self.db, self.jobs, self.registry, clock),
+                              templates,
+                              JobDocuments(self.objects, settings.limits.max_job_document_bytes,
+                                           self._caller_may_read),
+                              self._notify_threadsafe)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:

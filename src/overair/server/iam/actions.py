@@ -99,6 +99,8 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
         ArnMember("principal", "iot", ("cert",), "reference"),
         ArnMember("roleArn", "iam", ("role",), "passrole"),
         ArnMember("presignedUrlConfig.roleArn", "iam", ("role",), "passrole"),
+        ArnMember("jobTemplateArn", "iot", ("jobtemplate",), "resource"),
+        ArnMember("jobArn", "iot", ("job",), "resource"),
         ArnMember("files[].codeSigning.startSigningJobParameter.signingProfileParameter.certificateArn",
                   *_ACM_CERTIFICATE, "reference"),
     ),
@@ -109,7 +111,7 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
     "sts": (ArnMember("RoleArn", "iam", ("role",), "resource"),),
 }
 # ARN members of routed operations that the operation refuses by name (docs/compatibility.md).
-REFUSED_ARN_MEMBERS = frozenset({("iot", "jobTemplateArn"), ("sts", "PolicyArns[].arn"),
+REFUSED_ARN_MEMBERS = frozenset({("sts", "PolicyArns[].arn"),
                                  ("sts", "ProvidedContexts[].ProviderArn")})
 
 
@@ -142,7 +144,8 @@ def values_at(params: Mapping[str, Any], path: str) -> Iterator[object]:
 
 _IOT_NAMED = (("jobId", None, "job"), ("otaUpdateId", None, "otaupdate"), ("streamId", None, "stream"),
               ("thingGroupName", "thingGroupArn", "thinggroup"), ("thingName", "thingArn", "thing"),
-              ("certificateId", None, "cert"), ("thingTypeName", None, "thingtype"))
+              ("certificateId", None, "cert"), ("thingTypeName", None, "thingtype"),
+              ("jobTemplateId", None, "jobtemplate"))
 
 
 def _iot_resources(service: str, params: Mapping[str, Any], arns: Arns) -> list[str]:

@@ -19,6 +19,7 @@ from overair.server.api.paging import page_out, paginate
 from overair.server.api.unsupported import refusing
 from overair.server.jobs.documents import JobDocuments, ReadCheck
 from overair.server.jobs.service import PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.templates import JobTemplates, job_from_template
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, JobExecution
 
@@ -61,10 +62,10 @@ def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[s
     return view
 
 
-# Members refused by name (docs/compatibility.md): no namespaces, job templates, document
+# Members refused by name (docs/compatibility.md): no namespaces, document
 # parameters or software packages; ListJobs filters groups by name only.
 _REFUSED = {
-    "CreateJob": ("namespaceId", "jobTemplateArn", "documentParameters", "destinationPackageVersions"),
+    "CreateJob": ("namespaceId", "documentParameters", "destinationPackageVersions"),
     "ListJobs": ("thingGroupId", "namespaceId"),
     "ListJobExecutionsForThing": ("namespaceId",),
 }
@@ -72,18 +73,28 @@ _REFUSED = {
 
 def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
              notify: Callable[[list[str]], None], objects: ObjectStore, max_document_bytes: int,
-             may_read: ReadCheck) -> None:
+             may_read: ReadCheck, templates: JobTemplates) -> None:
     documents = JobDocuments(objects, max_document_bytes, may_read)
 
     def create_job(r: ApiRequest) -> dict[str, Any]:
         inline, source = r.params.get("document"), r.params.get("documentSource")
-        if (inline is None) == (source is None):
-            raise invalid("give exactly one of document and documentSource")
-        document = (documents.inline(inline) if source is None
-                    else documents.load_source(r.caller, str(source)))
+        template_arn = r.params.get("jobTemplateArn")
         keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
                 "jobExecutionsRetryConfig", "schedulingConfig")
-        config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
+        config: dict[str, Any] = {}
+        document: dict[str, Any] | None = None
+        if template_arn is not None:
+            # The ARN was parsed strictly before authorization (iam/actions.py, O1).
+            template = templates.describe(str(template_arn).rpartition("/")[2])
+            document, config = job_from_template(template, r.params)
+        if inline is not None and source is not None:
+            raise invalid("give at most one of document and documentSource")
+        if inline is not None or source is not None:
+            document = (documents.inline(inline) if source is None
+                        else documents.load_source(r.caller, str(source)))
+        if document is None:
+            raise invalid("give one of document, documentSource and jobTemplateArn")
+        config.update({k: r.params[k] for k in keys if k in r.params})
         pinned = documents.resolve_placeholders(r.caller, document, config.get("presignedUrlConfig"))
         if pinned:
             config[PRESIGNED_OBJECTS] = pinned

@@ -44,6 +44,10 @@ HTTP_FILES = "http_files"
 PRESIGNED_OBJECTS = "presigned_objects"
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
 IMAGE_VERSION = "image_version"
+# Job config key of the things a job leaves out although its targets name them: an OTA
+# update's targets that already run the image it sends (server/ota/manager.py), so that
+# re-sending a version to a group reaches only the members that do not run it.
+SKIPPED_THINGS = "skipped_things"
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 
@@ -121,7 +125,8 @@ class JobService:
         if len(encoded) > self._settings.limits.max_job_document_bytes:
             raise invalid(f"job document is {len(encoded)} bytes; the limit is "
                           f"{self._settings.limits.max_job_document_bytes}")
-        things = self._registry.resolve_targets(targets)
+        skipped = set(config.get(SKIPPED_THINGS, []))
+        things = [t for t in self._registry.resolve_targets(targets) if t not in skipped]
         now = self._clock()
         with self._db.session() as s:
             if s.get(Job, job_id) is not None:
@@ -159,7 +164,7 @@ class JobService:
         with self._db.session() as s:
             jobs = [job for job in s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value,
                                                               Job.target_selection == "CONTINUOUS"))
-                    if group_arn in job.targets]
+                    if group_arn in job.targets and thing not in job.config.get(SKIPPED_THINGS, [])]
             if not jobs:
                 return []
             before = self.next_id_in(s, thing)
@@ -196,9 +201,18 @@ class JobService:
             job = s.get(Job, job_id)
             if job is None:
                 raise not_found(f"job {job_id}")
-            counts = dict(s.execute(select(JobExecution.status, func.count())
-                                    .where(JobExecution.job_id == job_id, RELEASED)
-                                    .group_by(JobExecution.status)).tuples().all())
+            # Every target counts from the start, released or not (QUEUED until the rollout
+            # sends it, CANCELED when the job ends before): AWS's jobProcessDetails count
+            # the job's executions, and a staged rollout only paces the notifications.
+            # A thing counts once, by its latest execution (a retried thing is the retry).
+            latest = (select(JobExecution.thing_name, func.max(JobExecution.execution_number).label("n"))
+                      .where(JobExecution.job_id == job_id).group_by(JobExecution.thing_name).subquery())
+            counts = dict(s.execute(
+                select(JobExecution.status, func.count())
+                .join(latest, (JobExecution.thing_name == latest.c.thing_name)
+                      & (JobExecution.execution_number == latest.c.n))
+                .where(JobExecution.job_id == job_id)
+                .group_by(JobExecution.status)).tuples().all())
             return job, counts
 
     def scheduled_rollouts(self, job: Job) -> list[float]:
@@ -226,21 +240,22 @@ class JobService:
         with self._db.reading() as s:
             if s.get(Job, job_id) is None:
                 raise not_found(f"job {job_id}")
-            query = select(JobExecution).where(JobExecution.job_id == job_id, RELEASED)
+            # Operators see every execution, released or not (devices see released ones).
+            query = select(JobExecution).where(JobExecution.job_id == job_id)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.thing_name)))
 
     def executions_for_thing(self, thing: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:
-            query = select(JobExecution).where(JobExecution.thing_name == thing, RELEASED)
+            query = select(JobExecution).where(JobExecution.thing_name == thing)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.queued_at)))
 
     def describe_execution(self, job_id: str, thing: str) -> JobExecution:
         with self._db.reading() as s:
-            row = s.scalar(self._latest(job_id, thing))
+            row = s.scalar(self._latest(job_id, thing, released_only=False))
             if row is None:
                 raise not_found(f"execution of job {job_id} on {thing}")
             return row
@@ -277,7 +292,7 @@ class JobService:
         CANCELED. Returns the thing if its next job changed."""
         now = self._clock()
         with self._db.session() as s:
-            row = s.scalar(self._latest(job_id, thing).with_for_update())
+            row = s.scalar(self._latest(job_id, thing, released_only=False).with_for_update())
             if row is None:
                 raise not_found(f"execution of job {job_id} on {thing}")
             if expected_version is not None and expected_version != row.version_number:

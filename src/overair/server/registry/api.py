@@ -185,3 +185,22 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         "DescribeEndpoint": describe_endpoint,
     }.items():
         table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))
+    _register_inventory(table, registry)
+
+
+def _register_inventory(table: OperationTable, registry: Registry) -> None:
+    """ListThingGroupsForThing and DeleteCertificate (issue 15)."""
+
+    def groups_of_thing(r: ApiRequest) -> dict[str, Any]:
+        groups = [{"groupName": g.name, "groupArn": g.arn}
+                  for g in registry.groups_of_thing(r.params["thingName"])]
+        page, token = paginate(groups, r.params)
+        return page_out("thingGroups", page, token)
+
+    def delete_certificate(r: ApiRequest) -> dict[str, Any]:
+        # forceDelete concerns attached policies (AWS): device certificates here carry none.
+        registry.delete_certificate(r.params["certificateId"])
+        return {}
+
+    table.register("iot", "ListThingGroupsForThing", groups_of_thing)
+    table.register("iot", "DeleteCertificate", delete_certificate)

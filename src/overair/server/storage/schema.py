@@ -175,6 +175,16 @@ class DeviceCertificate(Base):
     last_modified_at: Mapped[float] = mapped_column(Float)
 
 
+class RetiredCertificate(Base):
+    """A deleted device certificate's serial, kept so the broker's CRL still refuses it
+    (migration 0007)."""
+
+    __tablename__ = "retired_certificates"
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(64))
+    retired_at: Mapped[float] = mapped_column(Float)
+
+
 class ThingPrincipal(Base):
     __tablename__ = "thing_principals"
     thing_name: Mapped[str] = mapped_column(
@@ -330,6 +340,22 @@ class Job(Base):
     last_updated_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rollout_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobTemplate(Base):
+    """A job template (CreateJobTemplate; migration 0007): a document and the job
+    configuration blocks that CreateJob with `jobTemplateArn` starts from."""
+
+    __tablename__ = "job_templates"
+    template_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    document: Mapped[dict[str, Any]] = mapped_column()
+    document_source: Mapped[str] = mapped_column(Text, default="")
+    # AWS config blocks kept as given (rollout, abort, timeout, presigned URL, retry,
+    # maintenanceWindows).
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class JobExecution(Base):
