@@ -182,6 +182,11 @@ def world(srv: RunningServer) -> World:
         iot.create_job_template(jobTemplateId=template, description="conformance",
                                 document='{"operation": "noop"}')
     doomed_cert = iot.create_keys_and_certificate(setAsActive=False)["certificateId"]
+    data = srv.client("iot-data")
+    for name in names[:2]:
+        data.update_thing_shadow(thingName=name, payload=b'{"state": {"reported": {"on": true}}}')
+    data.update_thing_shadow(thingName=names[0], shadowName="conf-named",
+                             payload=b'{"state": {"desired": {"on": false}}}')
     info = create_ota(srv, "conf-ota", [arns[1]], make_firmware(Version(3, 0, 0), 8192, seed="conf"))
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
 
@@ -402,7 +407,14 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListMultipartUploads": b,
     }
     overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"}}
-    tables = {"iot": iot, "signer": signer, "acm": acm, "iam": iam, "sts": sts, "s3": s3, "overair": overair}
+    iot_data: dict[str, dict[str, Any]] = {
+        "GetThingShadow": {"thingName": thing1},
+        "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},
+        "DeleteThingShadow": {"thingName": thing2},
+        "ListNamedShadowsForThing": {"thingName": thing1},
+    }
+    tables = {"iot": iot, "iot-data": iot_data, "signer": signer, "acm": acm, "iam": iam, "sts": sts,
+              "s3": s3, "overair": overair}
     return {(service, op): params for service, table in tables.items() for op, params in table.items()}
 
 
@@ -488,7 +500,8 @@ def test_every_other_operation_is_refused_by_name(srv: RunningServer) -> None:
                 error = exc.response["Error"]
                 expected = "NotImplemented" if service == "s3" else "NotImplementedException"
                 # A deprecated operation shares its route with its successor, which is named.
-                named = f"{service}:{'' if model.deprecated else op}" in str(error.get("Message"))
+                signing_name = client.meta.service_model.signing_name
+                named = f"{signing_name}:{'' if model.deprecated else op}" in str(error.get("Message"))
                 if REFUSED_BEFORE_ROUTING.get((service, op)) == error["Code"]:
                     continue
                 if error["Code"] != expected or not named:

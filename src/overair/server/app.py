@@ -44,7 +44,7 @@ from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.broker_plugin import PluginBuild, build_plugin
 from overair.server.gateway.broker_probe import ExternalBrokerProbe
-from overair.server.gateway.device_service import DeviceService
+from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.gateway.mqtt_driver import ServiceConnection
 from overair.server.gateway.reload import ConfirmedReload, command_trigger
 from overair.server.gateway.session_close import SessionCloser
@@ -74,6 +74,9 @@ from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
+from overair.server.shadow import api as shadow_api
+from overair.server.shadow.mqtt import ShadowMqtt
+from overair.server.shadow.service import ShadowService
 from overair.server.signing import api as signing_api
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
@@ -133,7 +136,7 @@ class Server:
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, settings.device_mqtt_endpoint,
                               self.arns)
-        self._register_jobs(settings, clock)
+        self._register_fleet(settings, clock)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
@@ -171,11 +174,15 @@ class Server:
                       "refuse it; add it with `overair init --hostname` or set download_public_url",
                       host, self.settings.paths.broker_cert)
 
-    def _register_jobs(self, settings: Settings, clock: Clock) -> None:
+    def _register_fleet(self, settings: Settings, clock: Clock) -> None:
+        """Jobs, job steering and templates, and the Device Shadow service (MQTT and iot-data)."""
+        self.shadows = ShadowService(self.db, settings.limits, clock)
+        self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
         templates = JobTemplates(self.db, settings, clock)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
                           templates)
+        shadow_api.register(self.table, self.shadows, self._publish_threadsafe, clock, settings.limits)
         steering_api.register(self.table, self.jobs, JobSteering(self.db, self.jobs, self.registry, clock),
                               templates,
                               JobDocuments(self.objects, settings.limits.max_job_document_bytes,
@@ -244,6 +251,10 @@ class Server:
             self.connection.publish_retained(revocation.REVOCATIONS_TOPIC, self.revocation_envelope())
         except Exception:
             log.exception("could not publish the code-signing revocation list")
+
+    def _publish_threadsafe(self, messages: list[tuple[str, bytes]]) -> None:
+        if self.connection is not None:
+            self.connection.publish_threadsafe([Outgoing(topic, payload) for topic, payload in messages])
 
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:

@@ -33,7 +33,8 @@ from overair.server.api.contract import Caller
 from overair.server.iam.arns import Arns, validation_error
 
 # The IAM service prefix differs from the SigV4 signing name for a few services.
-_ACTION_PREFIX = {"iot-jobs-data": "iotjobsdata"}
+# iot-data's shadow operations are AWS's iot:GetThingShadow, iot:UpdateThingShadow, ...
+_ACTION_PREFIX = {"iot-jobs-data": "iotjobsdata", "iotdata": "iot"}
 
 # Operations every authenticated caller may use, as in AWS: GetCallerIdentity needs no
 # permission (it only tells callers who they are, which they already know).
@@ -183,7 +184,7 @@ def _iam_resources(operation: str, params: Mapping[str, Any], arns: Arns, caller
 
 def _named_resources(service: str, operation: str, params: Mapping[str, Any], arns: Arns,
                      caller: Caller) -> list[str]:
-    if service in ("iot", "iot-jobs-data"):
+    if service in ("iot", "iot-jobs-data", "iotdata"):
         return _iot_resources(service, params, arns)
     if service == "signer":
         return _signer_resources(params, arns)

@@ -380,6 +380,21 @@ class JobExecution(Base):
     timeout_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class ThingShadow(Base):
+    """A thing's classic (shadow_name "") or named shadow (migration 0008). A deleted
+    shadow keeps its row (`present` false) so its version carries on, as in AWS."""
+
+    __tablename__ = "thing_shadows"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    shadow_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    desired: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reported: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    version: Mapped[int] = mapped_column(Integer)
+    present: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class OtaUpdate(Base):
     __tablename__ = "ota_updates"
     ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
