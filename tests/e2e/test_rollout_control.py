@@ -49,8 +49,9 @@ def _bundles(
     return bundles
 
 
-def _ota(srv: RunningServer, ota_id: str, targets: list[str], size: int = SIZE, **extra: Any) -> str:
-    info = create_ota(srv, ota_id, targets, make_firmware(V2, size, seed=ota_id), **extra)
+def _ota(srv: RunningServer, ota_id: str, targets: list[str], size: int = SIZE,
+         image_version: Version = V2, **extra: Any) -> str:
+    info = create_ota(srv, ota_id, targets, make_firmware(image_version, size, seed=ota_id), **extra)
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     return str(info["awsIotJobId"])
 
@@ -314,10 +315,55 @@ def test_maintenance_window_holds_a_job_until_it_opens(
     assert job["schedulingConfig"] == scheduling
     assert job["scheduledJobRollouts"] == [{"startTime": start.strftime("%Y-%m-%dT%H:%M")}]
     clocked_srv.server.scheduler.tick()  # a tick outside the window releases nothing
-    assert _statuses(clocked_srv, "window-job") == {}
+    names = [arn.rpartition("/")[2] for arn in arns]
+    jobs = clocked_srv.server.jobs
+
+    def released() -> int:  # what devices see: their next job
+        return sum(jobs.next_job_id(name) == "window-job" for name in names)
+
+    assert released() == 0
+    # The operator sees every target waiting (QUEUED) from the start (issue 15).
+    assert _statuses(clocked_srv, "window-job") == dict.fromkeys(names, "QUEUED")
     try:
         clock.offset += start.timestamp() - clock() + 30
-        wait_for(lambda: len(_statuses(clocked_srv, "window-job")) == 3, timeout=15, what="the window")
+        wait_for(lambda: released() == 3, timeout=15, what="the window")
     finally:
         clock.offset = 0.0
     assert set(_statuses(clocked_srv, "window-job").values()) == {"QUEUED"}
+
+
+def test_the_version_a_succeeded_ota_installed_is_what_the_thing_runs_since_then(
+    clocked_srv: RunningServer, clock: ShiftableClock, tmp_path: Path
+) -> None:
+    """FreeRTOS devices report nothing of what they run: the server records the version
+    each SUCCEEDED OTA execution installed, and reports it in the thing's `$package`
+    shadow (AWS's Software Package Catalog shape), the metadata saying since when."""
+    iot, data = clocked_srv.client("iot"), clocked_srv.client("iot-data")
+    name = "inventory-device"
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None)
+    arn = iot.describe_thing(thingName=name)["thingArn"]
+
+    def package_shadow() -> dict[str, Any]:
+        response = data.get_thing_shadow(thingName=name, shadowName="$package")
+        return dict(json.loads(response["payload"].read()))
+
+    first = _ota(clocked_srv, "inventory-1", [arn])  # V2 = 1.1.0
+    _report(clocked_srv, bundle, name, first, "SUCCEEDED")
+    shadow = package_shadow()
+    assert shadow["state"]["reported"] == {
+        "firmware": {"version": "1.1.0", "attributes": {"installedByJob": first}}}
+    since = shadow["metadata"]["reported"]["firmware"]["version"]["timestamp"]
+    assert abs(since - clocked_srv.server.clock()) < 60
+    clock.offset += 600.0  # (under SigV4's 15 minutes of allowed skew)
+    try:
+        failed = _ota(clocked_srv, "inventory-2", [arn], image_version=Version(1, 2, 0))
+        _report(clocked_srv, bundle, name, failed, "FAILED")
+        assert package_shadow()["state"]["reported"]["firmware"]["version"] == "1.1.0"  # still
+        newer = _ota(clocked_srv, "inventory-3", [arn], image_version=Version(1, 3, 0))
+        _report(clocked_srv, bundle, name, newer, "SUCCEEDED")
+        shadow = package_shadow()
+        assert shadow["state"]["reported"]["firmware"]["version"] == "1.3.0"
+        assert shadow["metadata"]["reported"]["firmware"]["version"]["timestamp"] >= since + 600
+        assert data.list_named_shadows_for_thing(thingName=name)["results"] == ["$package"]
+    finally:
+        clock.offset = 0.0

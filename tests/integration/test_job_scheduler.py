@@ -20,6 +20,7 @@ from overair.server.api.contract import ApiError
 from overair.server.jobs.scheduler import JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.jobs.steering import JobSteering
+from overair.server.packages.inventory import Installed, Inventory
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
@@ -484,3 +485,23 @@ def test_steering_on_both_databases(world: World) -> None:
         steering.delete_execution("job-1", first[0], 1, force=False)
     assert caught.value.code == "InvalidStateTransitionException"
     assert world.jobs.describe_job("job-1")[0].description == "faster"
+
+
+def test_a_succeeded_ota_execution_records_what_the_thing_runs(world: World) -> None:
+    """packages/inventory.py on both databases: written with the execution's status;
+    a FAILED one records nothing, a repeated SUCCEEDED of the same version keeps `since`."""
+    a, b = world.things(2)
+    seen: list[Installed] = []
+    world.jobs.on_installed = seen.append
+    world.create("ota-1", image_version="1.1.0")
+    world.update(a, ExecStatus.SUCCEEDED, "ota-1")
+    world.update(b, ExecStatus.FAILED, "ota-1")
+    recorded = [(i.thing, i.package, i.version, i.since) for i in seen]
+    assert recorded == [(a, "firmware", "1.1.0", world.clock.now)]
+    since = world.clock.now
+    world.clock.advance(100)
+    world.create("ota-2", image_version="1.1.0")
+    world.update(a, ExecStatus.SUCCEEDED, "ota-2")
+    assert len(seen) == 1
+    assert [(i.version, i.since) for i in Inventory(world.db).running(a)] == [("1.1.0", since)]
+    assert world.jobs.running_versions([a, b]) == {a: "1.1.0"}

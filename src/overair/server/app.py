@@ -70,6 +70,7 @@ from overair.server.jobs.templates import JobTemplates
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
+from overair.server.packages.shadow_sync import PackageShadowSync
 from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
@@ -178,6 +179,7 @@ class Server:
         """Jobs, job steering and templates, and the Device Shadow service (MQTT and iot-data)."""
         self.shadows = ShadowService(self.db, settings.limits, clock)
         self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
+        self.jobs.on_installed = PackageShadowSync(self.shadows, self._publish_threadsafe).installed
         templates = JobTemplates(self.db, settings, clock)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,

@@ -27,10 +27,11 @@ from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
-from overair.server.storage.schema import Job, JobExecution
+from overair.server.storage.schema import Job, JobExecution, Thing
 
 JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
@@ -44,6 +45,9 @@ HTTP_FILES = "http_files"
 PRESIGNED_OBJECTS = "presigned_objects"
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
 IMAGE_VERSION = "image_version"
+# Job config key of the package that version belongs to (packages/inventory.py; default
+# DEFAULT_PACKAGE).
+PACKAGE_NAME = "package_name"
 # Job config key of the things a job leaves out although its targets name them: an OTA
 # update's targets that already run the image it sends (server/ota/manager.py), so that
 # re-sending a version to a group reaches only the members that do not run it.
@@ -85,6 +89,9 @@ class JobService:
         # REJECTED, CANCELED, TIMED_OUT, REMOVED), a job was created or deleted. The
         # device service and the download endpoint drop cached access decisions (N4).
         self._execution_watchers: list[Callable[[list[str]], None]] = []
+        # Called (after the commit) when a thing starts running a version an OTA job
+        # installed (packages/shadow_sync.py reports it in the thing's $package shadow).
+        self.on_installed: Callable[[Installed], None] = lambda _installed: None
 
     def job_arn(self, job_id: str) -> str:
         return self._settings.arn("iot", f"job/{job_id}")
@@ -480,9 +487,11 @@ class JobService:
                 row.timeout_at = None
             s.flush()
             next_changed = False
+            installed: Installed | None = None
             if request.status.terminal:
                 job = s.get(Job, job_id)
                 if job is not None:
+                    installed = self._record_installed(s, job, row, now)
                     self.retry_if_allowed(s, job, row, now)
                     job.last_updated_at = now
                     self.maybe_complete(s, job)
@@ -493,7 +502,19 @@ class JobService:
                                     next_changed)
         if request.status.terminal:
             self.executions_changed([thing])
+        if installed is not None:
+            self.on_installed(installed)
         return outcome
+
+    @staticmethod
+    def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> Installed | None:
+        """An OTA job that SUCCEEDED on a thing: the thing runs its image version from now
+        (packages/inventory.py), in this transaction."""
+        version = job.config.get(IMAGE_VERSION)
+        if row.status != ExecStatus.SUCCEEDED.value or not version or s.get(Thing, row.thing_name) is None:
+            return None
+        return record_installed(s, row.thing_name, str(job.config.get(PACKAGE_NAME) or DEFAULT_PACKAGE),
+                                str(version), job.job_id, now)
 
     @staticmethod
     def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:
@@ -551,6 +572,11 @@ class JobService:
                     version = Version.parse(jobs[job_id])
                     best[thing] = max(best.get(thing, version), version)
         return {thing: str(version) for thing, version in best.items()}
+
+    def running_versions(self, things: list[str]) -> dict[str, str]:
+        """For each of `things` (names): the firmware version it runs now, as recorded
+        when an OTA job last changed it (packages/inventory.py)."""
+        return Inventory(self._db).running_versions(things)
 
     def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
         """Jobs still running that deliver this object version over HTTP: an OTA job's

@@ -440,7 +440,9 @@ class OtaManager:
         if allowed:
             return []
         installed = self._jobs.installed_versions(list(request["targets"]))
-        running = sorted(t for t, v in installed.items() if Version.parse(v) == version)
+        # What a target runs now (a later, allowed downgrade may have replaced the highest).
+        now_running = {**installed, **self._jobs.running_versions(list(installed))} if installed else {}
+        running = sorted(t for t, v in now_running.items() if Version.parse(v) == version)
         newer = sorted((v, t) for t, v in installed.items() if Version.parse(v) > version)
         if newer:
             shown = ", ".join(f"{thing} runs {v}" for v, thing in newer[:5])

@@ -395,6 +395,18 @@ class ThingShadow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class InstalledSoftware(Base):
+    """What a thing runs, per package, since when (server/packages/inventory.py;
+    migration 0009)."""
+
+    __tablename__ = "installed_software"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    package: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    since: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+
+
 class OtaUpdate(Base):
     __tablename__ = "ota_updates"
     ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
