@@ -182,6 +182,10 @@ def world(srv: RunningServer) -> World:
         iot.create_job_template(jobTemplateId=template, description="conformance",
                                 document='{"operation": "noop"}')
     doomed_cert = iot.create_keys_and_certificate(setAsActive=False)["certificateId"]
+    for package in ("conf-package", "conf-doomed-package"):
+        iot.create_package(packageName=package)
+    for version_name in ("1.0.0", "doomed"):
+        iot.create_package_version(packageName="conf-package", versionName=version_name)
     data = srv.client("iot-data")
     for name in names[:2]:
         data.update_thing_shadow(thingName=name, payload=b'{"state": {"reported": {"on": true}}}')
@@ -309,6 +313,18 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListJobTemplates": {},
         "DeleteJobTemplate": {"jobTemplateId": "conf-doomed-template"},
         "ListThingGroupsForThing": {"thingName": thing1},
+        "CreatePackage": {"packageName": "conf-new-package"},
+        "GetPackage": {"packageName": "conf-package"},
+        "ListPackages": {},
+        "UpdatePackage": {"packageName": "conf-package", "description": "updated"},
+        "DeletePackage": {"packageName": "conf-doomed-package"},
+        "CreatePackageVersion": {"packageName": "conf-package", "versionName": "2.0.0"},
+        "GetPackageVersion": {"packageName": "conf-package", "versionName": "1.0.0"},
+        "ListPackageVersions": {"packageName": "conf-package"},
+        "UpdatePackageVersion": {"packageName": "conf-package", "versionName": "1.0.0", "action": "PUBLISH"},
+        "DeletePackageVersion": {"packageName": "conf-package", "versionName": "doomed"},
+        "GetPackageConfiguration": {},
+        "UpdatePackageConfiguration": {"versionUpdateByJobsConfig": {"enabled": False}},
         "DeleteCertificate": {"certificateId": w.doomed_cert_id},
         "CreateOTAUpdate": {
             "otaUpdateId": "conf-new-ota", "targets": [w.thing_arns[1]], "protocols": ["MQTT"],

@@ -70,6 +70,8 @@ from overair.server.jobs.templates import JobTemplates
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
+from overair.server.packages import api as packages_api
+from overair.server.packages.catalog import Catalog
 from overair.server.packages.shadow_sync import PackageShadowSync
 from overair.server.registry import api as registry_api
 from overair.server.registry.service import Registry
@@ -176,14 +178,19 @@ class Server:
                       host, self.settings.paths.broker_cert)
 
     def _register_fleet(self, settings: Settings, clock: Clock) -> None:
-        """Jobs, job steering and templates, and the Device Shadow service (MQTT and iot-data)."""
+        """Jobs, job steering and templates, the Software Package Catalog and the Device Shadow
+        service (MQTT and iot-data)."""
         self.shadows = ShadowService(self.db, settings.limits, clock)
         self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
-        self.jobs.on_installed = PackageShadowSync(self.shadows, self._publish_threadsafe).installed
+        catalog = Catalog(self.db, settings, clock)
+        packages_api.register(self.table, catalog)
+        self.jobs.on_installed = PackageShadowSync(
+            self.shadows, self._publish_threadsafe,
+            lambda: catalog.configuration().jobs_update_versions).installed
         templates = JobTemplates(self.db, settings, clock)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
-                          templates)
+                          templates, catalog.published_versions)
         shadow_api.register(self.table, self.shadows, self._publish_threadsafe, clock, settings.limits)
         steering_api.register(self.table, self.jobs, JobSteering(self.db, self.jobs, self.registry, clock),
                               templates,

@@ -102,6 +102,8 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
         ArnMember("presignedUrlConfig.roleArn", "iam", ("role",), "passrole"),
         ArnMember("jobTemplateArn", "iot", ("jobtemplate",), "resource"),
         ArnMember("jobArn", "iot", ("job",), "resource"),
+        ArnMember("destinationPackageVersions[]", "iot", ("package",), "resource"),
+        ArnMember("versionUpdateByJobsConfig.roleArn", "iam", ("role",), "passrole"),
         ArnMember("files[].codeSigning.startSigningJobParameter.signingProfileParameter.certificateArn",
                   *_ACM_CERTIFICATE, "reference"),
     ),
@@ -155,6 +157,12 @@ def _iot_resources(service: str, params: Mapping[str, Any], arns: Arns) -> list[
         name = arns.named(service, params, name_member, arn_member, "iot", kind)
         if name:
             out.append(arns.arn("iot", f"{kind}/{name}"))
+    # Software Package Catalog: the package, and for version operations the version too.
+    package, version = params.get("packageName"), params.get("versionName")
+    if isinstance(package, str) and package:
+        out.append(arns.arn("iot", f"package/{package}"))
+        if isinstance(version, str) and version:
+            out.append(arns.arn("iot", f"package/{package}/version/{version}"))
     return out
 
 

@@ -48,6 +48,9 @@ IMAGE_VERSION = "image_version"
 # Job config key of the package that version belongs to (packages/inventory.py; default
 # DEFAULT_PACKAGE).
 PACKAGE_NAME = "package_name"
+# Job config key of the catalog package versions a job installs ([[package, version]],
+# from destinationPackageVersions): what a thing runs once its execution SUCCEEDS.
+PACKAGE_VERSIONS = "package_versions"
 # Job config key of the things a job leaves out although its targets name them: an OTA
 # update's targets that already run the image it sends (server/ota/manager.py), so that
 # re-sending a version to a group reaches only the members that do not run it.
@@ -487,7 +490,7 @@ class JobService:
                 row.timeout_at = None
             s.flush()
             next_changed = False
-            installed: Installed | None = None
+            installed: list[Installed] = []
             if request.status.terminal:
                 job = s.get(Job, job_id)
                 if job is not None:
@@ -502,19 +505,25 @@ class JobService:
                                     next_changed)
         if request.status.terminal:
             self.executions_changed([thing])
-        if installed is not None:
-            self.on_installed(installed)
+        for change in installed:
+            self.on_installed(change)
         return outcome
 
     @staticmethod
-    def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> Installed | None:
-        """An OTA job that SUCCEEDED on a thing: the thing runs its image version from now
-        (packages/inventory.py), in this transaction."""
+    def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> list[Installed]:
+        """A job that SUCCEEDED on a thing: from now, the thing runs the image version of
+        an OTA job and the package versions the job names (packages/inventory.py), in
+        this transaction. Only the changes are returned."""
+        if row.status != ExecStatus.SUCCEEDED.value or s.get(Thing, row.thing_name) is None:
+            return []
+        installs: list[tuple[str, str, bool]] = [(str(p), str(v), True)
+                                                 for p, v in job.config.get(PACKAGE_VERSIONS, [])]
         version = job.config.get(IMAGE_VERSION)
-        if row.status != ExecStatus.SUCCEEDED.value or not version or s.get(Thing, row.thing_name) is None:
-            return None
-        return record_installed(s, row.thing_name, str(job.config.get(PACKAGE_NAME) or DEFAULT_PACKAGE),
-                                str(version), job.job_id, now)
+        if version:
+            installs.append((str(job.config.get(PACKAGE_NAME) or DEFAULT_PACKAGE), str(version), False))
+        changes = [record_installed(s, row.thing_name, package, v, job.job_id, now, catalog=catalog)
+                   for package, v, catalog in installs]
+        return [change for change in changes if change is not None]
 
     @staticmethod
     def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:

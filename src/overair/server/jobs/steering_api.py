@@ -16,12 +16,11 @@ from overair.server.jobs.service import JobService
 from overair.server.jobs.steering import UPDATABLE_CONFIGS, JobSteering
 from overair.server.jobs.templates import TEMPLATE_CONFIGS, JobTemplates, template_view
 
-# Members refused by name (docs/compatibility.md): no namespaces, no software packages.
+# Members refused by name (docs/compatibility.md): no namespaces.
 _REFUSED = {
     "UpdateJob": ("namespaceId",),
     "AssociateTargetsWithJob": ("namespaceId",),
     "DeleteJobExecution": ("namespaceId",),
-    "CreateJobTemplate": ("destinationPackageVersions",),
 }
 
 

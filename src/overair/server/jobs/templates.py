@@ -23,7 +23,7 @@ from overair.server.storage.schema import Job, JobTemplate
 TEMPLATE_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # The configuration blocks a template carries (iot model, CreateJobTemplateRequest).
 TEMPLATE_CONFIGS = ("presignedUrlConfig", "jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig",
-                    "jobExecutionsRetryConfig", "maintenanceWindows")
+                    "jobExecutionsRetryConfig", "maintenanceWindows", "destinationPackageVersions")
 
 
 class JobTemplates:

@@ -34,10 +34,11 @@ class Installed:
     version: str
     since: float
     job_id: str
+    catalog: bool = False  # a Software Package Catalog version (destinationPackageVersions)
 
 
 def record_installed(s: Any, thing: str, package: str, version: str, job_id: str,
-                     now: float) -> Installed | None:
+                     now: float, *, catalog: bool = False) -> Installed | None:
     """In the caller's transaction: `thing` runs `version` of `package` from `now`.
     None when it already ran exactly that version (nothing changed; `since` stays)."""
     row = s.get(InstalledSoftware, (thing, package))
@@ -47,7 +48,7 @@ def record_installed(s: Any, thing: str, package: str, version: str, job_id: str
         row.version, row.since, row.job_id = version, now, job_id
     else:
         return None
-    return Installed(thing, package, version, now, job_id)
+    return Installed(thing, package, version, now, job_id, catalog)
 
 
 class Inventory:

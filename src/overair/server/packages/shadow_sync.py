@@ -25,11 +25,18 @@ Publish = Callable[[list[tuple[str, bytes]]], None]
 
 
 class PackageShadowSync:
-    def __init__(self, shadows: ShadowService, publish: Publish) -> None:
+    def __init__(self, shadows: ShadowService, publish: Publish,
+                 catalog_reporting: Callable[[], bool]) -> None:
         self._shadows = shadows
         self._publish = publish
+        # AWS reports a job's destinationPackageVersions only while the package
+        # configuration's versionUpdateByJobsConfig is enabled (UpdatePackageConfiguration).
+        # The firmware an OTA update installed is overair's own record: always reported.
+        self._catalog_reporting = catalog_reporting
 
     def installed(self, installed: Installed) -> None:
+        if installed.catalog and not self._catalog_reporting():
+            return
         request = {"state": {"reported": {installed.package: {
             "version": installed.version, "attributes": {"installedByJob": installed.job_id}}}}}
         try:

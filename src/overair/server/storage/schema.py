@@ -407,6 +407,44 @@ class InstalledSoftware(Base):
     job_id: Mapped[str] = mapped_column(String(64), default="")
 
 
+class SoftwarePackage(Base):
+    """A Software Package Catalog package (CreatePackage; migration 0010)."""
+
+    __tablename__ = "software_packages"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SoftwarePackageVersion(Base):
+    """A version of a package (CreatePackageVersion): DRAFT, PUBLISHED or DEPRECATED."""
+
+    __tablename__ = "software_package_versions"
+    package: Mapped[str] = mapped_column(ForeignKey("software_packages.name", ondelete="CASCADE"),
+                                         primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(512))
+    description: Mapped[str] = mapped_column(Text, default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    artifact: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    recipe: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PackageConfiguration(Base):
+    """UpdatePackageConfiguration's one row (id 1): may jobs report package versions."""
+
+    __tablename__ = "package_configuration"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    jobs_update_versions: Mapped[bool] = mapped_column(Boolean, default=False)
+    role_arn: Mapped[str] = mapped_column(String(256), default="")
+
+
 class OtaUpdate(Base):
     __tablename__ = "ota_updates"
     ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
