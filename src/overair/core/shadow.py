@@ -120,11 +120,17 @@ def token_if_any(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> st
         return None
 
 
-def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> UpdateRequest:
-    token = client_token(request, limits)
+def parse_version(request: dict[str, Any]) -> int | None:
+    """The request's `version` (update and delete requests may carry one)."""
     version = request.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 0):
         raise ShadowError(400, "Invalid version")
+    return version
+
+
+def parse_update(request: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> UpdateRequest:
+    token = client_token(request, limits)
+    version = parse_version(request)
     if "state" not in request:
         raise ShadowError(400, "Missing required node: state")
     state = request["state"]

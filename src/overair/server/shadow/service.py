@@ -99,7 +99,7 @@ class ShadowService:
         """delete/accepted's body. `version`, when given, must match (AWS's DELETE
         request takes one too)."""
         token = doc.client_token(request, self._limits)
-        version = request.get("version")
+        version = doc.parse_version(request)
         with self._db.session() as s:
             self._check(s.get(Thing, thing) is not None, name)
             row = s.get(ThingShadow, (thing, name), with_for_update=True)
