@@ -313,6 +313,7 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListJobTemplates": {},
         "DeleteJobTemplate": {"jobTemplateId": "conf-doomed-template"},
         "ListThingGroupsForThing": {"thingName": thing1},
+        "GetThingConnectivityData": {"thingName": thing1},
         "CreatePackage": {"packageName": "conf-new-package"},
         "GetPackage": {"packageName": "conf-package"},
         "ListPackages": {},

@@ -14,7 +14,7 @@ import secrets
 import ssl
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,6 +46,7 @@ from overair.server.gateway.broker_plugin import PluginBuild, build_plugin
 from overair.server.gateway.broker_probe import ExternalBrokerProbe
 from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.gateway.presence import PresenceEvent
 from overair.server.gateway.reload import ConfirmedReload, command_trigger
 from overair.server.gateway.session_close import SessionCloser
 from overair.server.gateway.supervisor import BrokerSupervisor
@@ -74,6 +75,7 @@ from overair.server.packages import api as packages_api
 from overair.server.packages.catalog import Catalog
 from overair.server.packages.shadow_sync import PackageShadowSync
 from overair.server.registry import api as registry_api
+from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
@@ -90,6 +92,12 @@ from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
 
+
+
+def _log_presence_failure(future: Future[None]) -> None:
+    exc = future.exception() if not future.cancelled() else None
+    if exc is not None:
+        log.error("recording a device connection event failed: %s", exc)
 
 class Server:
     # overair's access plugin in the broker it runs (gateway/broker_plugin.py); None for
@@ -184,6 +192,10 @@ class Server:
         self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
         catalog = Catalog(self.db, settings, clock)
         packages_api.register(self.table, catalog)
+        self.connectivity = Connectivity(self.db, clock)
+        # One thread applies the broker's connection events in order, off the event loop.
+        self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
+        registry_api.register_connectivity(self.table, self.registry, self.connectivity)
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
             lambda: catalog.configuration().jobs_update_versions).installed
@@ -264,6 +276,11 @@ class Server:
     def _publish_threadsafe(self, messages: list[tuple[str, bytes]]) -> None:
         if self.connection is not None:
             self.connection.publish_threadsafe([Outgoing(topic, payload) for topic, payload in messages])
+
+    def _presence_event(self, event: PresenceEvent) -> None:
+        """On the event loop: hand the event to the presence worker (never waits)."""
+        future = self.presence_worker.submit(self.connectivity.apply, [event])
+        future.add_done_callback(_log_presence_failure)
 
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
@@ -368,6 +385,9 @@ class Server:
 
     def _regenerate_for_restart(self) -> None:
         self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
+        # The broker died with its connections, logging none of their ends: after the
+        # events it did log (same worker, so in order), every thing is disconnected.
+        self.presence_worker.submit(self.connectivity.restarted).result()
 
     def broker_health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, what /health shows about the broker)."""
@@ -471,8 +491,10 @@ class Server:
         witness = self.witness = AclWitness(self.fleet_ca, paths.fleet_ca_cert, host, port)
         self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, host, port)
         if settings.external_broker is None:
+            await asyncio.to_thread(self.connectivity.restarted)
             broker = self.broker = Broker(paths.broker, settings.mosquitto_binary, host, port,
-                                          on_refused=RefusedConnectionRecorder(self.audit))
+                                          on_refused=RefusedConnectionRecorder(self.audit),
+                                          on_presence=self._presence_event)
             plugin = self.broker_plugin = await asyncio.to_thread(build_plugin, paths.broker)
             if not plugin.available:
                 log.error("the broker runs without overair's access plugin, so devices' client ids are "
@@ -556,6 +578,7 @@ class Server:
             if self.supervisor is not None:
                 await self.supervisor.stop()
             self.background.shutdown(wait=True, cancel_futures=True)
+            self.presence_worker.shutdown(wait=True)
             self.db.close()
             log.info("overair stopped")
 

@@ -445,6 +445,17 @@ class PackageConfiguration(Base):
     role_arn: Mapped[str] = mapped_column(String(256), default="")
 
 
+class ThingConnectivity(Base):
+    """Whether a thing is connected, since when, and why it last disconnected, from the
+    broker's log (gateway/presence.py; migration 0011)."""
+
+    __tablename__ = "thing_connectivity"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    connected: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[float] = mapped_column(Float)
+    disconnect_reason: Mapped[str] = mapped_column(String(64), default="")
+
+
 class OtaUpdate(Base):
     __tablename__ = "ota_updates"
     ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
