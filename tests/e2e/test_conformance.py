@@ -314,6 +314,7 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "DeleteJobTemplate": {"jobTemplateId": "conf-doomed-template"},
         "ListThingGroupsForThing": {"thingName": thing1},
         "GetThingConnectivityData": {"thingName": thing1},
+        "SearchIndex": {"queryString": "thingName:conf-* AND attributes.color:red"},
         "CreatePackage": {"packageName": "conf-new-package"},
         "GetPackage": {"packageName": "conf-package"},
         "ListPackages": {},

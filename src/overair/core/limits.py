@@ -91,6 +91,9 @@ class Limits:
     max_shadow_depth: int = 6
     max_shadow_request_bytes: int = 64 * KIB
     max_named_shadows_per_thing: int = 100
+    # SearchIndex (server/fleet/search.py) reads the whole fleet per query: served up to
+    # this many things (overair's bound; AWS's index has none).
+    max_search_things: int = 100_000
 
     @property
     def device_max_file_size(self) -> int:

@@ -38,6 +38,8 @@ from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
+from overair.server.fleet import api as fleet_api
+from overair.server.fleet.search import FleetSearch
 from overair.server.gateway import capacity
 from overair.server.gateway.access_ledger import AccessLedger
 from overair.server.gateway.access_sync import AccessSync
@@ -196,6 +198,7 @@ class Server:
         # One thread applies the broker's connection events in order, off the event loop.
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
+        fleet_api.register(self.table, FleetSearch(self.db, settings.limits))
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
             lambda: catalog.configuration().jobs_update_versions).installed
