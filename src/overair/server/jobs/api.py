@@ -14,11 +14,12 @@ from typing import Any
 
 from overair.core import rollout
 from overair.core.jobstates import ExecStatus
-from overair.server.api.contract import ApiRequest, OperationTable, invalid
+from overair.server.api.contract import ApiError, ApiRequest, OperationTable, invalid
 from overair.server.api.paging import page_out, paginate
 from overair.server.api.unsupported import refusing
 from overair.server.jobs.documents import JobDocuments, ReadCheck
-from overair.server.jobs.service import PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.service import PACKAGE_VERSIONS, PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.templates import JobTemplates, job_from_template
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, JobExecution
 
@@ -53,7 +54,7 @@ def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[s
     if job.reason_code:
         view["reasonCode"] = job.reason_code
     for key in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
-                "jobExecutionsRetryConfig", "schedulingConfig"):
+                "jobExecutionsRetryConfig", "schedulingConfig", "destinationPackageVersions"):
         if key in job.config:
             view[key] = job.config[key]
     if rollouts:
@@ -61,29 +62,58 @@ def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[s
     return view
 
 
-# Members refused by name (docs/compatibility.md): no namespaces, job templates, document
+# Members refused by name (docs/compatibility.md): no namespaces, document
 # parameters or software packages; ListJobs filters groups by name only.
 _REFUSED = {
-    "CreateJob": ("namespaceId", "jobTemplateArn", "documentParameters", "destinationPackageVersions"),
+    "CreateJob": ("namespaceId", "documentParameters"),
     "ListJobs": ("thingGroupId", "namespaceId"),
     "ListJobExecutionsForThing": ("namespaceId",),
 }
 
 
+def _job_input(r: ApiRequest, documents: JobDocuments, templates: JobTemplates,
+               package_versions: Callable[[list[str]], list[tuple[str, str]]]) -> tuple[dict[str, Any],
+                                                                                        dict[str, Any]]:
+    """CreateJob's document and configuration: from `jobTemplateArn` if given, then the
+    request's own members over it."""
+    inline, source = r.params.get("document"), r.params.get("documentSource")
+    template_arn = r.params.get("jobTemplateArn")
+    keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
+            "jobExecutionsRetryConfig", "schedulingConfig")
+    config: dict[str, Any] = {}
+    document: dict[str, Any] | None = None
+    if template_arn is not None:
+        # The ARN was parsed strictly before authorization (iam/actions.py, O1).
+        template = templates.describe(str(template_arn).rpartition("/")[2])
+        document, config = job_from_template(template, r.params)
+    if inline is not None and source is not None:
+        raise invalid("give at most one of document and documentSource")
+    if inline is not None or source is not None:
+        document = (documents.inline(inline) if source is None
+                    else documents.load_source(r.caller, str(source)))
+    if document is None:
+        raise invalid("give one of document, documentSource and jobTemplateArn")
+    config.update({k: r.params[k] for k in keys if k in r.params})
+    destinations = r.params.get("destinationPackageVersions", config.pop("destinationPackageVersions", None))
+    if destinations:
+        # Reported in the thing's $package shadow when its execution SUCCEEDS
+        # (packages/shadow_sync.py); each must be PUBLISHED, as AWS deploys only those.
+        try:
+            config[PACKAGE_VERSIONS] = [list(pair) for pair in package_versions(list(destinations))]
+        except ApiError as exc:
+            raise invalid(exc.message) from exc
+        config["destinationPackageVersions"] = list(destinations)
+    return document, config
+
+
 def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
              notify: Callable[[list[str]], None], objects: ObjectStore, max_document_bytes: int,
-             may_read: ReadCheck) -> None:
+             may_read: ReadCheck, templates: JobTemplates,
+             package_versions: Callable[[list[str]], list[tuple[str, str]]]) -> None:
     documents = JobDocuments(objects, max_document_bytes, may_read)
 
     def create_job(r: ApiRequest) -> dict[str, Any]:
-        inline, source = r.params.get("document"), r.params.get("documentSource")
-        if (inline is None) == (source is None):
-            raise invalid("give exactly one of document and documentSource")
-        document = (documents.inline(inline) if source is None
-                    else documents.load_source(r.caller, str(source)))
-        keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
-                "jobExecutionsRetryConfig", "schedulingConfig")
-        config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
+        document, config = _job_input(r, documents, templates, package_versions)
         pinned = documents.resolve_placeholders(r.caller, document, config.get("presignedUrlConfig"))
         if pinned:
             config[PRESIGNED_OBJECTS] = pinned

@@ -10,6 +10,7 @@ from overair.server.api.paging import key_after, key_token, page_out, page_size,
 from overair.server.api.unsupported import refusing
 from overair.server.iam.actions import THING_NAME_HEADER
 from overair.server.iam.arns import Arns
+from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.service import Registry, thing_view
 
 # overair extension: the CLI names the thing (header THING_NAME_HEADER) so the
@@ -195,3 +196,39 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         "DescribeEndpoint": describe_endpoint,
     }.items():
         table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))
+    _register_inventory(table, registry)
+
+
+def _register_inventory(table: OperationTable, registry: Registry) -> None:
+    """ListThingGroupsForThing and DeleteCertificate (issue 15)."""
+
+    def groups_of_thing(r: ApiRequest) -> dict[str, Any]:
+        groups = [{"groupName": g.name, "groupArn": g.arn}
+                  for g in registry.groups_of_thing(r.params["thingName"])]
+        page, token = paginate(groups, r.params)
+        return page_out("thingGroups", page, token)
+
+    def delete_certificate(r: ApiRequest) -> dict[str, Any]:
+        # forceDelete concerns attached policies (AWS): device certificates here carry none.
+        registry.delete_certificate(r.params["certificateId"])
+        return {}
+
+    table.register("iot", "ListThingGroupsForThing", groups_of_thing)
+    table.register("iot", "DeleteCertificate", delete_certificate)
+
+
+def register_connectivity(table: OperationTable, registry: Registry, connectivity: Connectivity) -> None:
+    """GetThingConnectivityData: connected or not, when that last changed, and AWS's
+    disconnectReason (from the broker, registry/connectivity.py)."""
+
+    def connectivity_data(r: ApiRequest) -> dict[str, Any]:
+        thing = registry.describe_thing(r.params["thingName"]).name
+        row = connectivity.get(thing)
+        if row is None:
+            return {"thingName": thing, "connected": False}  # never seen connected
+        out: dict[str, Any] = {"thingName": thing, "connected": row.connected, "timestamp": row.changed_at}
+        if not row.connected and row.disconnect_reason:
+            out["disconnectReason"] = row.disconnect_reason
+        return out
+
+    table.register("iot", "GetThingConnectivityData", connectivity_data)
