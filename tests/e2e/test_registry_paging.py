@@ -16,7 +16,13 @@ import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import event, insert
 
-from overair.server.storage.schema import DeviceCertificate, Thing, ThingGroupMember, ThingPrincipal
+from overair.server.storage.schema import (
+    DeviceCertificate,
+    JobExecution,
+    Thing,
+    ThingGroupMember,
+    ThingPrincipal,
+)
 from tests.server_harness import RunningServer
 
 THINGS = 1_050
@@ -166,3 +172,50 @@ def test_a_token_that_is_not_one_of_ours_is_refused(fleet: RunningServer, token:
     with pytest.raises(ClientError) as refused:
         fleet.client("iot").list_things(nextToken=token)
     assert refused.value.response["Error"]["Code"] == "InvalidRequestException"
+
+
+def test_a_rollouts_executions_and_the_jobs_page_in_the_database(fleet: RunningServer) -> None:
+    iot = fleet.client("iot")
+    group = iot.describe_thing_group(thingGroupName="paged")["thingGroupArn"]
+    iot.create_job(jobId="paged-job", targets=[group], document='{"step": 1}')
+    for n in range(12):
+        iot.create_job(
+            jobId=f"paged-small-{n}",
+            targets=[iot.describe_thing(thingName="page-00001")["thingArn"]],
+            document='{"step": 2}',
+        )
+    things = [
+        e["thingArn"].rpartition("/")[2]
+        for e in all_pages(
+            iot,
+            "list_job_executions_for_job",
+            "executionSummaries",
+            jobId="paged-job",
+            PaginationConfig={"PageSize": PAGE},
+        )
+    ]
+    assert things == [f"page-{i:05d}" for i in range(THINGS)]
+    token = None
+    counts = []
+    for _ in range(THINGS // PAGE):
+        with loads(JobExecution) as loaded:
+            page = iot.list_job_executions_for_job(
+                jobId="paged-job", maxResults=PAGE, **({"nextToken": token} if token else {})
+            )
+        counts.append(loaded[0])
+        token = page.get("nextToken")
+    assert max(counts) <= PAGE + 1, counts
+    jobs = [j["jobId"] for j in all_pages(iot, "list_jobs", "jobs", PaginationConfig={"PageSize": 5})]
+    assert {"paged-job", *(f"paged-small-{n}" for n in range(12))} <= set(jobs)
+    assert len(jobs) == len(set(jobs))
+    mine = [
+        e["jobId"]
+        for e in all_pages(
+            iot,
+            "list_job_executions_for_thing",
+            "executionSummaries",
+            thingName="page-00001",
+            PaginationConfig={"PageSize": 4},
+        )
+    ]
+    assert sorted(mine) == sorted(["paged-job", *(f"paged-small-{n}" for n in range(12))])

@@ -9,13 +9,14 @@ while GetJobDocument returns the document as given, placeholders and all, as AWS
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from overair.core import rollout
 from overair.core.jobstates import ExecStatus
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable, invalid
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_after, key_token, page_out, page_size
 from overair.server.api.unsupported import refusing
 from overair.server.jobs.documents import JobDocuments, ReadCheck
 from overair.server.jobs.service import PACKAGE_VERSIONS, PRESIGNED_OBJECTS, JobService
@@ -129,15 +130,17 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return {"job": _job_view(job, counts, jobs.scheduled_rollouts(job))}
 
     def list_jobs(r: ApiRequest) -> dict[str, Any]:
-        selection, group = r.params.get("targetSelection"), r.params.get("thingGroupName")
+        group = r.params.get("thingGroupName")
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_jobs(
+            r.params.get("status"), r.params.get("targetSelection"),
+            lambda j: group is None or any(t.endswith(f":thinggroup/{group}") for t in j.targets),
+            None if after is None else (_number(after[0]), after[1]), page_size(r.params))
         items = [{"jobArn": j.arn, "jobId": j.job_id, "targetSelection": j.target_selection,
                   "status": j.status, "createdAt": j.created_at, "lastUpdatedAt": j.last_updated_at,
-                  **({"completedAt": j.completed_at} if j.completed_at is not None else {})}
-                 for j in jobs.list_jobs(r.params.get("status"))
-                 if (selection is None or j.target_selection == selection)
-                 and (group is None or any(t.endswith(f":thinggroup/{group}") for t in j.targets))]
-        page, token = paginate(items, r.params)
-        return page_out("jobs", page, token)
+                  **({"completedAt": j.completed_at} if j.completed_at is not None else {})} for j in rows]
+        token = key_token(repr(rows[-1].created_at), rows[-1].job_id) if more else None
+        return page_out("jobs", items, token)
 
     def get_job_document(r: ApiRequest) -> dict[str, Any]:
         return {"document": json.dumps(jobs.get_document(r.params["jobId"]), separators=(",", ":"))}
@@ -155,18 +158,23 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return {}
 
     def executions_for_job(r: ApiRequest) -> dict[str, Any]:
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_executions_for_job(
+            r.params["jobId"], r.params.get("status"),
+            None if after is None else (after[0], int(_number(after[1]))), page_size(r.params))
         items = [{"thingArn": thing_arn(row.thing_name), "jobExecutionSummary": _summary(row)}
-                 for row in jobs.executions_for_job(r.params["jobId"], r.params.get("status"))]
-        page, token = paginate(items, r.params)
-        return page_out("executionSummaries", page, token)
+                 for row in rows]
+        token = key_token(rows[-1].thing_name, str(rows[-1].execution_number)) if more else None
+        return page_out("executionSummaries", items, token)
 
     def executions_for_thing(r: ApiRequest) -> dict[str, Any]:
-        job_id = r.params.get("jobId")
-        items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)}
-                 for row in jobs.executions_for_thing(r.params["thingName"], r.params.get("status"))
-                 if job_id is None or row.job_id == job_id]
-        page, token = paginate(items, r.params)
-        return page_out("executionSummaries", page, token)
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_executions_for_thing(
+            r.params["thingName"], r.params.get("status"), r.params.get("jobId"),
+            None if after is None else (_number(after[0]), int(_number(after[1]))), page_size(r.params))
+        items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)} for row in rows]
+        token = key_token(repr(rows[-1].queued_at), str(rows[-1].id)) if more else None
+        return page_out("executionSummaries", items, token)
 
     def cancel_execution(r: ApiRequest) -> dict[str, Any]:
         notify(jobs.cancel_execution(r.params["jobId"], r.params["thingName"],
@@ -196,3 +204,14 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         "DescribeJobExecution": describe_execution, "CancelJobExecution": cancel_execution,
     }.items():
         table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))
+
+
+def _number(text: str) -> float:
+    """A number from a page token (a float written with repr, or an integer)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise invalid("nextToken is not valid") from None
+    if not math.isfinite(value):
+        raise invalid("nextToken is not valid")
+    return value

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -264,6 +264,60 @@ class JobService:
             if job is None:
                 raise not_found(f"job {job_id}")
             return job.document
+
+    # Keyset pages (api/paging.py): each reads `size + 1` rows after the previous page's
+    # last key, over an index, whatever the depth.
+    def page_jobs(self, status: str | None, selection: str | None, keep: Callable[[Job], bool],
+                  after: tuple[float, str] | None, size: int) -> tuple[list[Job], bool]:
+        found: list[Job] = []
+        with self._db.reading() as s:
+            while True:
+                query = select(Job).order_by(Job.created_at, Job.job_id).limit(size + 1)
+                if status:
+                    query = query.where(Job.status == status)
+                if selection:
+                    query = query.where(Job.target_selection == selection)
+                if after is not None:
+                    query = query.where(or_(Job.created_at > after[0],
+                                            and_(Job.created_at == after[0], Job.job_id > after[1])))
+                rows = list(s.scalars(query))
+                found.extend(row for row in rows if keep(row))
+                if len(found) > size or len(rows) <= size:
+                    return found[:size], len(found) > size
+                after = (rows[-1].created_at, rows[-1].job_id)
+
+    def page_executions_for_job(self, job_id: str, status: str | None, after: tuple[str, int] | None,
+                                size: int) -> tuple[list[JobExecution], bool]:
+        """Every execution, released or not, by thing then execution number."""
+        with self._db.reading() as s:
+            if s.get(Job, job_id) is None:
+                raise not_found(f"job {job_id}")
+            query = (select(JobExecution).where(JobExecution.job_id == job_id)
+                     .order_by(JobExecution.thing_name, JobExecution.execution_number).limit(size + 1))
+            if status:
+                query = query.where(JobExecution.status == status)
+            if after is not None:
+                query = query.where(or_(JobExecution.thing_name > after[0],
+                                        and_(JobExecution.thing_name == after[0],
+                                             JobExecution.execution_number > after[1])))
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
+
+    def page_executions_for_thing(self, thing: str, status: str | None, job_id: str | None,
+                                  after: tuple[float, int] | None,
+                                  size: int) -> tuple[list[JobExecution], bool]:
+        with self._db.reading() as s:
+            query = (select(JobExecution).where(JobExecution.thing_name == thing)
+                     .order_by(JobExecution.queued_at, JobExecution.id).limit(size + 1))
+            if status:
+                query = query.where(JobExecution.status == status)
+            if job_id:
+                query = query.where(JobExecution.job_id == job_id)
+            if after is not None:
+                query = query.where(or_(JobExecution.queued_at > after[0],
+                                        and_(JobExecution.queued_at == after[0], JobExecution.id > after[1])))
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
 
     def executions_for_job(self, job_id: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:

@@ -326,6 +326,8 @@ class Stream(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # ListJobs pages by (created_at, job_id) (migration 0012).
+    __table_args__ = (Index("ix_jobs_created", "created_at", "job_id"),)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(32), index=True)

@@ -1,5 +1,6 @@
 """Indexes that keyset pagination reads pages over (issue 20): certificates by creation
-time, so ListCertificates reads one page, not the whole table, at any depth
+time and jobs by creation time, so ListCertificates and ListJobs read one page, not the
+whole table, at any depth
 
 Revision ID: 0012
 Revises: 0011
@@ -17,7 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index('ix_device_certificates_created', 'device_certificates', ['created_at', 'certificate_id'])
+    op.create_index('ix_jobs_created', 'jobs', ['created_at', 'job_id'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_jobs_created', table_name='jobs')
     op.drop_index('ix_device_certificates_created', table_name='device_certificates')
