@@ -22,6 +22,9 @@ then with N:
 - revocation: a device holds a mutual-TLS session; UpdateCertificate INACTIVE is called;
   the time from the call until the device's client sees its connection closed.
 
+- ListThings: a first page of 100 and a page at the end of the listing (its token made
+  for the last things' names), against the first page with 100 things registered.
+
 Left out: the device side of a reconnect storm, PostgreSQL, more than one server.
 """
 
@@ -45,9 +48,11 @@ from sqlalchemy import insert
 from tests.server_harness import RunningServer, running_server
 
 from overair.server import pki
+from overair.server.api.paging import key_token
 from overair.server.storage.schema import DeviceCertificate, Thing, ThingPrincipal
 
 CHUNK = 2000
+PAGE = 100
 
 
 def bulk_fleet(srv: RunningServer, start: int, count: int) -> None:
@@ -138,7 +143,7 @@ def revocation_seconds(srv: RunningServer, root: Path, name: str) -> float:
         client.loop_stop()
 
 
-def measure(srv: RunningServer, root: Path, label: str, changes: int) -> dict[str, float]:
+def measure(srv: RunningServer, root: Path, label: str, changes: int, things: int) -> dict[str, float]:
     iot = srv.client("iot")
     print(f"\n{label}:")
     tag = uuid.uuid4().hex[:6]
@@ -156,9 +161,17 @@ def measure(srv: RunningServer, root: Path, label: str, changes: int) -> dict[st
         f"= {change / create:.2f}x CreateThing"
     )
     full = timed("whole access file + reload (before, per change)", 5, lambda _i: srv.server.access.changed())
+    deep = key_token(f"bench-{things - PAGE - 1:d}") if things > PAGE + 1 else None
+    first = timed("ListThings, first page of 100", 20, lambda _i: iot.list_things(maxResults=PAGE))
+    last = timed(
+        "ListThings, a page at the end",
+        20,
+        lambda _i: iot.list_things(maxResults=PAGE, **({"nextToken": deep} if deep else {})),
+    )
+    print(f"  {'a deep page costs':<44} {last / first:8.2f}x the first")
     revoke = statistics.median(revocation_seconds(srv, root, f"rev-{tag}-{i}") for i in range(5))
     print(f"  {'deactivated device disconnected after':<44} median {revoke * 1000:8.2f} ms")
-    return {"create": create, "change": change, "full": full, "revoke": revoke}
+    return {"create": create, "change": change, "full": full, "revoke": revoke, "first": first, "last": last}
 
 
 def main() -> None:
@@ -177,7 +190,7 @@ def main() -> None:
             raise SystemExit("the broker does not take access changes on its control topic (plugin missing?)")
         bulk_fleet(srv, 0, 100)
         srv.server.access.changed()
-        small = measure(srv, root, "100 things", args.changes)
+        small = measure(srv, root, "100 things", args.changes, 100)
         started = time.perf_counter()
         bulk_fleet(srv, 100, args.things - 100)
         srv.server.access.changed()
@@ -185,14 +198,15 @@ def main() -> None:
             f"\n(set-up: {args.things} things with certificates inserted and enforced in "
             f"{time.perf_counter() - started:.1f} s)"
         )
-        large = measure(srv, root, f"{args.things} things", args.changes)
+        large = measure(srv, root, f"{args.things} things", args.changes, args.things)
     print(
         f"\naccess change at {args.things} things / at 100: {large['change'] / small['change']:.2f}x "
         f"(target: within 2x); at {args.things} things "
         f"{large['change'] / large['create']:.2f}x a CreateThing "
         f"(target: within 3x); whole-file reload at {args.things}: {large['full'] * 1000:.0f} ms "
         f"({large['full'] / large['change']:.0f}x a change); revocation "
-        f"{large['revoke'] * 1000:.0f} ms (target: under 1 s)"
+        f"{large['revoke'] * 1000:.0f} ms (target: under 1 s); a 100-item page deep in {args.things} things "
+        f"{large['last'] / small['first']:.2f}x the first page with 100 things (target: within 2x)"
     )
 
 
