@@ -349,3 +349,29 @@ def test_audit_rows_stay_few_when_a_device_repeats_a_refused_request(
     assert rows[0].detail["count"] == 24
     with srv.server.db.reading() as s:
         assert (s.scalar(select(func.count()).select_from(AuditEntry)) or 0) - before <= 3
+
+
+def test_https_progress_reports_cannot_use_up_the_budget_of_a_state_change(
+    srv: RunningServer, tmp_path: Path
+) -> None:
+    """The same over the HTTPS Jobs API: after a flood of progress reports, most of
+    them throttled, the device's SUCCEEDED is still applied."""
+    iot = srv.client("iot")
+    bundle = srv.provision("https-reporter", tmp_path / "https-reporter")
+    arn = iot.describe_thing(thingName="https-reporter")["thingArn"]
+    iot.create_job(jobId="https-reporter-job", targets=[arn], document=json.dumps({"step": 1}))
+    jobs = _jobs_client(srv, bundle)
+    jobs.start_next_pending_job_execution(thingName="https-reporter")
+    codes = []
+    for i in range(200):
+        try:
+            jobs.update_job_execution(thingName="https-reporter", jobId="https-reporter-job",
+                                      status="IN_PROGRESS", statusDetails={"receive": f"{i}/200"})
+            codes.append("ok")
+        except ClientError as exc:
+            codes.append(exc.response["Error"]["Code"])
+    assert "ThrottlingException" in codes
+    jobs.update_job_execution(thingName="https-reporter", jobId="https-reporter-job",
+                              status="SUCCEEDED")
+    execution = iot.describe_job_execution(jobId="https-reporter-job", thingName="https-reporter")["execution"]
+    assert execution["status"] == "SUCCEEDED"

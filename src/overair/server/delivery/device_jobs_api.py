@@ -120,13 +120,17 @@ class DeviceJobsApi:
         request_id = str(uuid.uuid4())
         try:
             cert, principal = self._certificate(request)
-            if not self._budgets.take(principal, Kind.HTTPS_API, self._clock()):
-                self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
-                raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
             try:
                 body = await _bounded_body(request, self._limits.max_job_message_bytes)
             except _TooLarge:
                 raise ApiError(INVALID, "request body too large", 400) from None
+            # As over MQTT (gateway/device_service.py): progress reports (UpdateJobExecution
+            # is the API's one POST) may not spend the reserve kept for state changes.
+            keep = float(self._limits.device_job_updates_reserved) \
+                if request.method == "POST" and wire.is_progress_report(body, self._limits) else 0.0
+            if not self._budgets.take(principal, Kind.HTTPS_API, self._clock(), keep=keep):
+                self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
+                raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
             raw_path = (request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
                         or request.url.path)
             http = HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
