@@ -373,5 +373,5 @@ def test_https_progress_reports_cannot_use_up_the_budget_of_a_state_change(
     assert "ThrottlingException" in codes
     jobs.update_job_execution(thingName="https-reporter", jobId="https-reporter-job",
                               status="SUCCEEDED")
-    execution = iot.describe_job_execution(jobId="https-reporter-job", thingName="https-reporter")["execution"]
-    assert execution["status"] == "SUCCEEDED"
+    execution = iot.describe_job_execution(jobId="https-reporter-job", thingName="https-reporter")
+    assert execution["execution"]["status"] == "SUCCEEDED"
