@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
+from overair.agent.machine.events import VerifyResult
 from overair.agent.machine.state import FileSpec
-from overair.agent.verify import verify_image
+from overair.agent.trust import DeviceTrust
 from overair.cli.main import app as overair_cli
 from overair.core import codesign
 from overair.core.versions import Version
@@ -34,6 +35,11 @@ from overair.sim.firmware import make_firmware
 from tests.pki_helpers import DAY, NOW, Issued, SignerKey, make_ca, make_signer, sign_file
 from tests.server_harness import RunningServer, running_server
 from tests.softhsm_harness import USER_PIN, SoftHsm
+
+
+def admit_image(data: bytes, spec: FileSpec, trust: codesign.TrustPolicy, now: dt.datetime) -> VerifyResult:
+    """N2 as the agent decides it (agent/trust.py), for a plain code-signing policy."""
+    return DeviceTrust.of(trust).admit_image(data, spec, now)
 
 BUCKET = "firmware"
 
@@ -274,7 +280,7 @@ def test_signing_job_signature_verifies_with_openssl_and_with_the_agent(
         signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
     )
     trust = codesign.TrustPolicy((operator_root.cert,))
-    result = verify_image(data, spec, trust, dt.datetime.now(dt.UTC))
+    result = admit_image(data, spec, trust, dt.datetime.now(dt.UTC))
     assert result.ok, result.message
     assert result.version == Version(4, 0, 0)
 

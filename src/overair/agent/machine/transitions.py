@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from overair.agent import trust
 from overair.agent.machine import reasons
 from overair.agent.machine.commands import (
     AbortStaging,
@@ -411,10 +412,8 @@ def on_booted(state: State, event: Booted, now: float) -> Step:
     if journal.job is not None and journal.job.stage is JobStage.DOWNLOADING:
         # The staging file did not survive as a whole: the download restarts from block 0.
         journal = replace(journal, job=None)
-    floor = journal.version_floor
-    if not event.trial and (floor is None or event.running > floor):
-        floor = event.running
-    journal = replace(journal, version_floor=floor)
+    journal = replace(journal, version_floor=trust.floor_after_boot(journal.version_floor, event.running,
+                                                                    trial=event.trial))
     deadline = now + state.settings.self_test_deadline if event.trial else None
     if event.staged is not None:
         commands.append(Log("info", f"a partial download was kept ({missing_blocks(event.staged)} blocks "
@@ -484,12 +483,7 @@ def _activated_here(state: State, ex: Execution) -> bool:
 
 
 def _is_replay(recorded: JobResult, ex: Execution) -> bool:
-    """A new execution of a failed job (a retry) may run; anything else is a replay."""
-    if recorded.status == ExecStatus.SUCCEEDED.value:
-        return True
-    if ex.execution_number is None or recorded.execution_number is None:
-        return True
-    return ex.execution_number <= recorded.execution_number
+    return trust.is_replay(recorded, ex.execution_number)
 
 
 def _start_job(state: State, ex: Execution, now: float) -> Step:
@@ -749,20 +743,11 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
                                 check=check, detail=event.message)
         return state, [AbortStaging(), *commands]
-    if event.security_counter < state.security_counter:
-        # N1: an image from before a security fix never runs again, whatever its version.
-        refused = reasons.rejected(reasons.ERR_DOWNGRADE_NOT_ALLOWED)
-        state, commands = _fail(state, job_id, number, refused, now, check=reasons.SECURITY_COUNTER_CHECK,
-                                detail=f"image security counter {event.security_counter} is below the "
-                                       f"device's {state.security_counter}")
-        return state, [AbortStaging(), *commands]
-    reference = max(state.running, state.journal.version_floor or state.running)
-    if event.version <= reference:
-        # N1 anti-rollback: a correctly signed older (or the same) image never runs.
-        code = reasons.ERR_SAME_FIRMWARE_VERSION if event.version == reference \
-            else reasons.ERR_DOWNGRADE_NOT_ALLOWED
-        state, commands = _fail(state, job_id, number, reasons.rejected(code), now,
-                                detail=f"image version {event.version} is not newer than {reference}")
+    refusal = trust.admit_version(event.version, event.security_counter, running=state.running,
+                                  floor=state.journal.version_floor, device_counter=state.security_counter)
+    if refusal is not None:
+        state, commands = _fail(state, job_id, number, refusal.reason, now, check=refusal.check,
+                                detail=refusal.detail)
         return state, [AbortStaging(), *commands]
     record = JobRecord(job_id, number, JobStage.ACTIVATING, updated_by=state.running,
                        new_version=event.version)
