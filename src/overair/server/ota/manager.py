@@ -47,6 +47,7 @@ from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
+from overair.server.signing.import_checks import EXPIRY_WARNING
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
@@ -64,6 +65,11 @@ ALLOW_DOWNGRADE = "overair:allowDowngrade"
 # AWS's in-progress timeout starts only at IN_PROGRESS) is then CANCELED at the end.
 END_TIME, END_BEHAVIOR = "overair:endTime", "overair:endBehavior"
 OVER_BUDGET = "DeviceMessageOverBudget"
+# errorInfo code of a CREATE_COMPLETE update whose signer certificate (or a CA of its
+# chain) expires before the rollout ends: devices verify the signer's validity against
+# their clock when they admit an image (N2), so a device reached after that instant
+# refuses the update. Without an endTime the horizon is the certificate store's 30 days.
+SIGNER_EXPIRES = "SignerExpiresBeforeRolloutEnd"
 SHOWN_THINGS = 5  # things named in a message
 
 
@@ -196,9 +202,9 @@ class OtaManager:
                                   "message": f"internal error: {type(exc).__name__}"})
             return
         if warnings:
-            message = "; ".join(warnings)
+            message = "; ".join(text for _, text in warnings)
             log.warning("OTA update %s: %s", ota_id, message)
-            self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": OVER_BUDGET, "message": message})
+            self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": warnings[0][0], "message": message})
         else:
             self._set(ota_id, status=CREATE_COMPLETE)
         log.info("OTA update %s created: job %s for %d thing(s)", ota_id, job_id_for(ota_id), len(things))
@@ -213,8 +219,9 @@ class OtaManager:
                 setattr(row, key, value)
             row.last_modified_at = self._clock()
 
-    def _build(self, row: OtaUpdate, gate: StepGate) -> tuple[list[str], list[str]]:
-        """Creates the stream and the job; returns the things to notify and the warnings."""
+    def _build(self, row: OtaUpdate, gate: StepGate) -> tuple[list[str], list[tuple[str, str]]]:
+        """Creates the stream and the job; returns the things to notify and the warnings
+        (errorInfo code, message)."""
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
         profiles = self._target_profiles(list(request["targets"]))
@@ -266,7 +273,7 @@ class OtaManager:
         if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
-        warnings = self._over_budget(job_id, document, config, profiles)
+        warnings = self._warnings(job_id, document, config, profiles, chain)
         for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
             gate("iot:CreateJob", resource)
         self._set(row.ota_update_id, job_id=job_id)
@@ -319,6 +326,17 @@ class OtaManager:
         if not by_profile:
             by_profile[self.profiles.config.profiles[self.profiles.config.default]] = []
         return by_profile
+
+    def _warnings(self, job_id: str, document: dict[str, Any], config: dict[str, Any],
+                  profiles: dict[DeviceProfile, list[str]],
+                  chain: list[x509.Certificate]) -> list[tuple[str, str]]:
+        """What CREATE_COMPLETE reports in errorInfo: (code, message) pairs."""
+        warnings = [(OVER_BUDGET, text) for text in self._over_budget(job_id, document, config, profiles)]
+        expiry = signer_expiry_warning(chain, rollout.schedule(config.get("schedulingConfig")).end,
+                                       self._clock())
+        if expiry is not None:
+            warnings.append((SIGNER_EXPIRES, expiry))
+        return warnings
 
     def _over_budget(self, job_id: str, document: dict[str, Any], config: dict[str, Any],
                      profiles: dict[DeviceProfile, list[str]]) -> list[str]:
@@ -496,6 +514,24 @@ def image_version(data: bytes, file_version: Any) -> Version | None:
         return Version.parse(str(file_version)) if file_version else None
     except (ValueError, DecodeError):
         return None
+
+
+def signer_expiry_warning(chain: list[x509.Certificate], end: float | None, now: float) -> str | None:
+    """The warning for a signer chain that expires before the rollout's end (its endTime,
+    else 30 days from now, the horizon of `overair signing list`); None if it does not."""
+    if not chain:
+        return None
+    first = min(chain, key=lambda cert: cert.not_valid_after_utc)
+    expires = first.not_valid_after_utc.timestamp()
+    horizon = end if end is not None else now + EXPIRY_WARNING.total_seconds()
+    if expires >= horizon:
+        return None
+    what = "the signer certificate" if first is chain[0] else "a CA certificate of the signer chain"
+    until = "the rollout's endTime" if end is not None else "30 days from now"
+    when = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+    return (f"{what} ({first.subject.rfc4514_string()}) expires at {when} UTC, before {until}: devices "
+            "that receive the job after that refuse the image (CertificateExpired); sign it with a "
+            "certificate that outlives the rollout")
 
 
 def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
