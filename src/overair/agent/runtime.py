@@ -71,6 +71,7 @@ from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
 from overair.agent.trust import DeviceTrust, RevocationVerdict, signer_chain
+from overair.core import deployment
 from overair.core.codesign import load_pem_certificates
 from overair.core.errors import DecodeError
 from overair.core.revocation import RevocationList, verify_list
@@ -131,7 +132,24 @@ def settings_from_config(config: AgentConfig) -> Settings:
         max_file_size=config.ota.max_file_size,
         prefer_http=config.ota.prefer_http,
         save_progress_every=config.ota.save_progress_every_blocks,
+        deployment_keys=load_deployment_keys(config),
+        require_deployment=config.trust.require_deployment_metadata,
     )
+
+
+def load_deployment_keys(config: AgentConfig) -> tuple[ec.EllipticCurvePublicKey, ...]:
+    """The public keys that sign deployment metadata (F1 F2); () when none is configured."""
+    path = config.trust.deployment_keys
+    if path is None:
+        return ()
+    where = f"{config.source}: [trust] deployment_keys {path}"
+    try:
+        keys = deployment.load_public_keys(path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if not keys:
+        raise ConfigError(f"{where} holds no PUBLIC KEY")
+    return tuple(keys)
 
 
 def load_trust(config: AgentConfig) -> DeviceTrust:

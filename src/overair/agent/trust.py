@@ -28,6 +28,9 @@ One home per decision:
 | O2     | a revocation list is signed and never goes back            | `DeviceTrust.admit_revocations` |
 | O2     | revoked serials (configured and signed) refuse signers     | `DeviceTrust.policy`   |
 | P2     | an installed image boots only under the trust held now     | `DeviceTrust.admit_boot` |
+| F1 F2  | signed, fresh deployment metadata for this thing and files | `admit_deployment`     |
+| F1 F2  | the downloaded file is the one the metadata describes      | `admit_deployed_image` |
+| F1     | a job whose metadata expired is not acted on               | `deployment_expired`   |
 """
 
 from __future__ import annotations
@@ -36,16 +39,20 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from overair.agent.machine import reasons
 from overair.agent.machine.events import VerifyResult
-from overair.agent.machine.state import FileSpec, JobResult
+from overair.agent.machine.state import FileSpec, JobResult, Settings
+from overair.core import deployment as signed_deployment
 from overair.core.codesign import TrustPolicy, load_der_chain, sha256, verify_file_signature
+from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError, VerificationFailed
 from overair.core.image import parse_header
+from overair.core.jobdoc import OtaJobDocument
 from overair.core.jobstates import ExecStatus
 from overair.core.revocation import RevocationList, merged_serials, verify_list
 from overair.core.versions import Version
@@ -102,6 +109,89 @@ def is_replay(recorded: JobResult, execution_number: int | None) -> bool:
     if execution_number is None or recorded.execution_number is None:
         return True
     return execution_number <= recorded.execution_number
+
+
+# --- F1 F2: signed, expiring deployment metadata ----------------------------------------------
+
+
+def _deployment_refusal(check: str, detail: str) -> Refusal:
+    return Refusal(reasons.check_reason(check), check, detail)
+
+
+def admit_deployment(envelope: Any, settings: Settings, *, held_sequence: int, job_id: str,
+                     doc: OtaJobDocument, url: str | None, now: float) -> Deployment | Refusal | None:
+    """F1 F2: the job document's `overair.deployment` (a DSSE envelope, core/deployment.py)
+    is admitted only if a trusted deployment key signed it, it has not expired, its
+    sequence is not below the newest admitted (a replayed older delivery), and it binds
+    exactly this job, this thing, the document's files (name and size; the SHA-256,
+    version and counter are checked on the downloaded file by `admit_deployed_image`),
+    stream and URL path. None: no metadata, and none is required (the job goes on
+    unsigned, as before); a Refusal fails the job."""
+    if envelope is None or not settings.deployment_keys:
+        if settings.require_deployment:
+            return _deployment_refusal("MissingDeploymentMetadata",
+                                       "the job carries no signed deployment metadata and this device "
+                                       "requires it")
+        return None
+    try:
+        stated = signed_deployment.verify(envelope, settings.deployment_keys)
+    except DecodeError as exc:
+        return _deployment_refusal("BadDeploymentMetadata", exc.message)
+    except VerificationFailed as exc:
+        return _deployment_refusal(exc.code, exc.message)
+    if stated.expires <= now:
+        return _deployment_refusal("DeploymentMetadataExpired",
+                                   f"deployment metadata expired {now - stated.expires:.0f} s ago")
+    if stated.sequence < held_sequence:
+        return _deployment_refusal("DeploymentMetadataReplayed",
+                                   f"deployment metadata {stated.sequence} is older than the newest "
+                                   f"admitted, {held_sequence}")
+    if stated.thing != settings.thing_name:
+        return _deployment_refusal("DeploymentForAnotherThing",
+                                   f"deployment metadata is for thing {stated.thing[:128]!r}")
+    if stated.job_id != job_id:
+        return _deployment_refusal("DeploymentForAnotherJob",
+                                   f"deployment metadata is for job {stated.job_id[:128]!r}")
+    described = [(f.name, f.size) for f in stated.files]
+    offered = [(f.filepath, f.filesize) for f in doc.files]
+    if described != offered:
+        return _deployment_refusal("DeploymentFilesMismatch",
+                                   "the job's files are not the ones its deployment metadata describes")
+    if stated.stream != (doc.stream_name or "") or stated.url_path != _url_path(url):
+        return _deployment_refusal("DeploymentSourceMismatch",
+                                   "the job's stream or URL is not the one its deployment metadata names")
+    return stated
+
+
+def admit_deployed_image(stated: Deployment | None, verified: VerifyResult, now: float) -> Refusal | None:
+    """F1 F2 after the download: the verified file is the one the metadata describes
+    (SHA-256, version, security counter), and the metadata is still fresh."""
+    if stated is None:
+        return None
+    if deployment_expired(stated, now):
+        return _deployment_refusal("DeploymentMetadataExpired",
+                                   "the deployment metadata expired before the image was activated")
+    first = stated.files[0]
+    version = "" if verified.version is None else str(verified.version)
+    if (first.sha256, first.version, first.security_counter) != (verified.sha256, version,
+                                                                  verified.security_counter):
+        return _deployment_refusal("DeploymentFilesMismatch",
+                                   "the downloaded file is not the one the deployment metadata describes")
+    return None
+
+
+def deployment_expired(stated: Deployment, now: float) -> bool:
+    """F1: a job whose metadata expired is not acted on any further."""
+    return now >= stated.expires
+
+
+def _url_path(url: str | None) -> str:
+    if url is None:
+        return ""
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return "\0"  # matches no stated path
 
 
 # --- O2 and N2 and P2: the code-signing trust ---------------------------------------------------
@@ -214,15 +304,17 @@ class DeviceTrust:
         if len(data) != file.size:
             return VerifyResult(False, check="SizeMismatch",
                                 message=f"received {len(data)} bytes, the job announced {file.size}")
+        digest = sha256(data)
         try:
-            verify_file_signature(sha256(data), file.signature, signer_chain(file), self.policy, now)
+            verify_file_signature(digest, file.signature, signer_chain(file), self.policy, now)
         except VerificationFailed as exc:
             return VerifyResult(False, check=exc.code, message=exc.message)
         try:
             header = parse_header(data)
         except DecodeError as exc:
             return VerifyResult(False, check="BadImage", message=exc.message)
-        return VerifyResult(True, version=header.version, security_counter=header.security_counter)
+        return VerifyResult(True, version=header.version, security_counter=header.security_counter,
+                            sha256=digest)
 
     # -- P2 --
 
