@@ -44,6 +44,7 @@ from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
+from overair.server.ota.deployment import DEPLOYMENT_FILES, describe_file
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
@@ -233,6 +234,7 @@ class OtaManager:
         http_files: list[dict[str, Any]] = []
         image_versions: list[Version] = []
         chain: list[x509.Certificate] = []
+        described: list[dict[str, Any]] = []  # DEPLOYMENT_FILES: bound by the signed metadata
         for index, spec in enumerate(request["files"]):
             stream_ref = (spec.get("fileLocation") or {}).get("stream") or {}
             # A file of an existing stream keeps its id there: devices ask the stream for it.
@@ -250,6 +252,7 @@ class OtaManager:
                 self._refuse_downgrade(request, version)
                 image_versions.append(version)
             chain = chain or signed.chain
+            described.append(describe_file(data))
             ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
                                      filesize=len(data), fileid=file_id,
                                      certfile=signed.certificate_path_on_device,
@@ -264,7 +267,7 @@ class OtaManager:
         # AWS's document; the chain goes to overair agents only, at delivery.
         document = OtaJobDocument(protocols=protocols, files=tuple(ota_files),
                                   stream_name=stream_id if "MQTT" in protocols else None).to_json_obj()
-        config = job_config_from_ota(request)
+        config = {**job_config_from_ota(request), DEPLOYMENT_FILES: described}
         if chain:
             config[OVERAIR_EXTENSION] = overair_extension(
                 tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
