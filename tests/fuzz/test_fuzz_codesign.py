@@ -1,5 +1,5 @@
 """Fuzz target: core/codesign.py loading and checking the signer chain a job document
-carries (N2), and agent/verify.py around it. `cryptography` parses a certificate's
+carries (N2), and agent/trust.py around it. `cryptography` parses a certificate's
 extensions and key lazily, so a certificate that loads can still raise ValueError in
 the middle of a check (a crash of the agent before issue 12). Whatever the chain, the
 signature or the image, only `VerificationFailed` may escape the codesign functions,
