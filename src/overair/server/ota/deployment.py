@@ -4,7 +4,7 @@ each delivery of an OTA job to an overair agent (core/deployment.py; threats F1,
 The key (ECDSA P-256) is separate from code signing and from the revocation key: it
 says "this thing is to install these exact files now", not "this image is genuine". It
 is kept sealed at rest with the master key (`pki/deployment.key`, as imported signing
-keys are), and its public key is `pki/deployment-keys.pem`, which `overair thing create`
+keys are), and its public key is `pki/deployment.pem`, which `overair thing create`
 copies into each bundle. A rotation appends the new public key there before the new key
 signs (docs/security.md).
 
