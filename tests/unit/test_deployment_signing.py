@@ -16,6 +16,8 @@ from overair.server.ota.deployment import (
     describe_file,
     load_or_create_key,
 )
+from overair.server.ota.manager import _with_extension
+from overair.server.ota.profile_config import FREERTOS, OVERAIR_AGENT, builtin_profiles
 from overair.server.sealing import Sealer
 from overair.server.storage.schema import Job
 from overair.sim.firmware import make_firmware
@@ -76,3 +78,18 @@ def test_the_key_is_sealed_at_rest_and_reopened(tmp_path: Path) -> None:
     assert secret not in (tmp_path / "k").read_bytes()
     again = load_or_create_key(tmp_path / "k", tmp_path / "k.pem", sealer)
     assert deployment.key_id(again.public_key()) == deployment.key_id(key.public_key())
+
+
+def test_the_budget_check_counts_the_metadata_an_agent_receives(tmp_path: Path) -> None:
+    """CreateOTAUpdate's size estimate (issue 13) includes the metadata, within the few
+    bytes a DER signature's length varies; a FreeRTOS profile gets none."""
+
+    config = {DEPLOYMENT_FILES: [describe_file(IMAGE)]}
+    job = _job(**config)
+    profiles = builtin_profiles()
+    estimated = _with_extension(_document(), config, profiles[OVERAIR_AGENT], job, "dev-7")
+    real = _signer(tmp_path, [9_999_999_999.0]).sign_delivery(job, "dev-7", _document())
+    assert real is not None
+    size = len(str(real))
+    assert abs(len(str(estimated["overair"]["deployment"])) - size) <= 4
+    assert "overair" not in _with_extension(_document(), config, profiles[FREERTOS], job, "dev-7")

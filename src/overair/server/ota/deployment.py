@@ -34,12 +34,13 @@ from overair.core import deployment
 from overair.core.errors import DecodeError
 from overair.core.image import parse_header
 from overair.server.files import write_atomic, write_private
+from overair.server.ota import profiles
 from overair.server.sealing import Sealer
 from overair.server.storage.schema import Job
 
 # Job config key: what the metadata says of each file beyond the document (SHA-256,
 # version, security counter), computed once when CreateOTAUpdate reads the files.
-DEPLOYMENT_FILES = "overair:deployment_files"
+DEPLOYMENT_FILES = profiles.DEPLOYMENT_FILES
 DEFAULT_TTL_SECONDS = 3600
 _SEAL_CONTEXT = "overair:deployment-key"
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from overair.core import certchain, codesign, presign, rollout
@@ -44,7 +45,7 @@ from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
-from overair.server.ota.deployment import DEPLOYMENT_FILES, describe_file
+from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner, describe_file
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
@@ -352,7 +353,8 @@ class OtaManager:
             longest = max(things, key=len) if things else "x" * 128  # a later member: AWS's longest name
             # As delivered (a fresh URL), with the extension exactly as this profile gets it.
             delivered = {k: v for k, v in self._jobs.render_document(job, longest).items() if k != "overair"}
-            size = largest_job_message(job_id, longest, _with_extension(delivered, config, profile))
+            as_received = _with_extension(delivered, config, profile, job, longest)
+            size = largest_job_message(job_id, longest, as_received)
             if size > profile.message_budget_bytes:
                 shown = ", ".join(things[:SHOWN_THINGS]) + (", ..." if len(things) > SHOWN_THINGS else "")
                 warnings.append(
@@ -567,9 +569,22 @@ def scheduling_from_ota(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_extension(document: dict[str, Any], config: dict[str, Any],
-                    profile: DeviceProfile) -> dict[str, Any]:
-    extension = config.get(OVERAIR_EXTENSION)
-    return {**document, "overair": extension} if extension and profile.overair_extension else document
+                    profile: DeviceProfile, job: Job | None = None, thing: str = "") -> dict[str, Any]:
+    """The document as `profile` receives it: with the signer chain and, for `job`, signed
+    deployment metadata as large as the real one (a throwaway key of the same type, the
+    widest expiry and sequence), so that the budget check counts it."""
+    if not profile.overair_extension:
+        return document
+    extension = dict(config.get(OVERAIR_EXTENSION) or {})
+    if job is not None:
+        signed = _SIZE_ESTIMATOR.sign_delivery(job, thing, document)
+        if signed is not None:
+            extension["deployment"] = signed
+    return {**document, "overair": extension} if extension else document
+
+
+# Signs only to measure: never delivered, its key never trusted by anyone.
+_SIZE_ESTIMATOR = DeploymentSigner(ec.generate_private_key(ec.SECP256R1()), lambda: 9_999_999_999.0)
 
 
 def _jsonable(value: Any) -> Any:

@@ -34,6 +34,8 @@ from overair.server.storage.schema import Job, Thing, ThingGroupMember
 log = logging.getLogger("overair.ota")
 # Job config key: the `overair` extension of an OTA job's document, for overair agents.
 OVERAIR_EXTENSION = "overair_extension"
+# Job config key of the file descriptions deployment metadata binds (server/ota/deployment.py).
+DEPLOYMENT_FILES = "overair:deployment_files"
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 # Signs deployment metadata for one delivery (server/ota/deployment.py); None: nothing to sign.
 DeploymentSigning = Callable[[Job, str, dict[str, Any]], dict[str, Any] | None]
@@ -85,7 +87,8 @@ class DeviceProfiles:
         transaction (the job was loaded there): the lookup runs in that one, so a
         delivery never holds two database connections at once."""
         extension = job.config.get(OVERAIR_EXTENSION)
-        if not extension:
+        signs = self.sign_deployment is not None and DEPLOYMENT_FILES in job.config
+        if not extension and not signs:
             return document
         session = object_session(job)
         if session is not None:
@@ -96,7 +99,8 @@ class DeviceProfiles:
         if not profile.overair_extension:
             return document
         signed = self.sign_deployment(job, thing, document) if self.sign_deployment is not None else None
-        return {**document, "overair": extension if signed is None else {**extension, "deployment": signed}}
+        merged = {**(extension or {}), **({"deployment": signed} if signed is not None else {})}
+        return {**document, "overair": merged} if merged else document
 
     def refusal(self, job: Job, thing: str) -> str | None:
         """Why `thing` cannot take OTA job `job` (a file larger than its profile takes),
