@@ -3,6 +3,8 @@ built with tests/pki_helpers.py's types; ECDSA P-256, generated in memory."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -12,7 +14,8 @@ from tests.pki_helpers import DAY, NOW, Issued, make_signer
 
 
 def make_intermediate(root: Issued, cn: str = "test code-signing intermediate", *,
-                      path_length: int = 0) -> Issued:
+                      path_length: int = 0, not_before: dt.datetime = NOW - DAY,
+                      not_after: dt.datetime = NOW + 365 * DAY) -> Issued:
     """A CA certificate issued by `root` with `path_length` CAs allowed below it (0: it
     issues signers only)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -22,7 +25,7 @@ def make_intermediate(root: Issued, cn: str = "test code-signing intermediate", 
         .issuer_name(root.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
+        .not_valid_before(not_before).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False, key_agreement=False,

@@ -50,15 +50,22 @@ class RunningServer:
         return self.clients.client(service)
 
     def provision(self, thing: str, out_dir: Path, *, group: str | None = None,
-                  factory_image: Path | None = None, code_signing_roots_pem: bytes | None = None) -> Path:
+                  factory_image: Path | None = None, code_signing_roots_pem: bytes | None = None,
+                  require_deployment_metadata: bool = True) -> Path:
         """Register `thing` and write its agent bundle; returns the bundle directory. The
-        agent trusts the server's code-signing root unless other roots are given."""
+        agent trusts the server's code-signing root unless other roots are given, and
+        requires signed deployment metadata (F1 F2) as `overair thing create` makes it,
+        unless told not to (for jobs made by CreateJob, which carry none)."""
         paths = self.settings.paths
         roots = code_signing_roots_pem or paths.code_signing_root.read_bytes()
         return provision_thing(self.client("iot"), thing, out_dir,
                                fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                code_signing_roots_pem=roots,
                                revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
+                               # As `overair thing create`: the agent requires signed deployment
+                               # metadata (F1 F2).
+                               deployment_keys_pem=paths.deployment_keys.read_bytes()
+                               if require_deployment_metadata else None,
                                mqtt_host="127.0.0.1", mqtt_port=self.settings.mqtt_port,
                                group=group, factory_image=factory_image).parent
 

@@ -132,7 +132,9 @@ def test_agent_survives_hostile_jobs_and_messages_restarts_and_then_updates(
     iot = srv.client("iot")
     factory = tmp_path / "factory.bin"
     factory.write_bytes(make_firmware(V1, 8192, seed="factory"))
-    bundle = srv.provision(name, tmp_path / name, factory_image=factory)
+    # Its jobs are made with CreateJob (hostile documents), which carry no signed deployment
+    # metadata: a device requiring it would refuse them all before parsing (F2).
+    bundle = srv.provision(name, tmp_path / name, factory_image=factory, require_deployment_metadata=False)
     thing_arn = iot.describe_thing(thingName=name)["thingArn"]
     runtime = _start(bundle)
     injector = Injector(srv, name, tmp_path)

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
+from overair.agent.machine.events import VerifyResult
 from overair.agent.machine.state import FileSpec
-from overair.agent.verify import verify_image
+from overair.agent.trust import DeviceTrust
 from overair.cli.main import app as overair_cli
 from overair.core import codesign
 from overair.core.versions import Version
@@ -34,6 +35,11 @@ from overair.sim.firmware import make_firmware
 from tests.pki_helpers import DAY, NOW, Issued, SignerKey, make_ca, make_signer, sign_file
 from tests.server_harness import RunningServer, running_server
 from tests.softhsm_harness import USER_PIN, SoftHsm
+
+
+def admit_image(data: bytes, spec: FileSpec, trust: codesign.TrustPolicy, now: dt.datetime) -> VerifyResult:
+    """N2 as the agent decides it (agent/trust.py), for a plain code-signing policy."""
+    return DeviceTrust.of(trust).admit_image(data, spec, now)
 
 BUCKET = "firmware"
 
@@ -274,7 +280,7 @@ def test_signing_job_signature_verifies_with_openssl_and_with_the_agent(
         signer_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
     )
     trust = codesign.TrustPolicy((operator_root.cert,))
-    result = verify_image(data, spec, trust, dt.datetime.now(dt.UTC))
+    result = admit_image(data, spec, trust, dt.datetime.now(dt.UTC))
     assert result.ok, result.message
     assert result.version == Version(4, 0, 0)
 
@@ -343,11 +349,13 @@ def test_a_profile_refuses_a_certificate_of_the_wrong_key_type(
 # --- the three options of CreateOTAUpdate, and revocation (O2) ---------------------------
 
 
-def _ota(srv: RunningServer, ota_id: str, code_signing: dict[str, Any], key: str) -> dict[str, Any]:
+def _ota(srv: RunningServer, ota_id: str, code_signing: dict[str, Any], key: str,
+         **extra: Any) -> dict[str, Any]:
     iot, s3 = srv.client("iot"), srv.client("s3")
     thing = iot.create_thing(thingName=f"t-{ota_id}")["thingArn"]
     version = s3.head_object(Bucket=BUCKET, Key=key)["VersionId"]
     iot.create_ota_update(
+        **extra,
         otaUpdateId=ota_id,
         targets=[thing],
         protocols=["MQTT"],
@@ -415,6 +423,37 @@ def test_o2_revoked_certificate_signs_nothing_and_its_signatures_are_refused(
     after = _sign(srv, "p_revoked", data, "after-revocation")
     assert after["status"] == "Failed"
     assert "REVOKED" in after["statusReason"]
+
+
+def _custom_signing(signer: Issued, data: bytes) -> dict[str, Any]:
+    return {"customCodeSigning": {
+        "signature": {"inlineDocument": sign_file(signer, data)},
+        "certificateChain": {"certificateName": "/certs/s.pem", "inlineDocument": signer.cert_pem.decode()},
+        "hashAlgorithm": "SHA256", "signatureAlgorithm": "ECDSA"}}
+
+
+def test_create_ota_update_warns_when_the_signer_expires_before_the_rollout_ends(
+    srv: RunningServer, operator_root: Issued
+) -> None:
+    data = make_firmware(Version(5, 1, 0), 10_000, seed="expiry")
+    key = "in/expiry.bin"
+    srv.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)
+    end = {"additionalParameters": {"overair:endTime": (NOW + 60 * DAY).strftime("%Y-%m-%dT%H:%M")}}
+    cases = [  # (ota id, signer's notAfter, extra request fields, warned)
+        ("exp-soon", NOW + 10 * DAY, {}, True),  # no endTime: the 30-day horizon
+        ("exp-later", NOW + 300 * DAY, {}, False),
+        ("exp-before-end", NOW + 45 * DAY, end, True),
+        ("exp-after-end", NOW + 90 * DAY, end, False),
+    ]
+    for ota_id, not_after, extra, warned in cases:
+        signer = make_signer(operator_root, cn=f"signer {ota_id}", not_after=not_after)
+        info = _ota(srv, ota_id, _custom_signing(signer, data), key, **extra)
+        assert info["otaUpdateStatus"] == "CREATE_COMPLETE", (ota_id, info.get("errorInfo"))
+        if warned:
+            assert info["errorInfo"]["code"] == "SignerExpiresBeforeRolloutEnd", ota_id
+            assert "CertificateExpired" in info["errorInfo"]["message"]
+        else:
+            assert "errorInfo" not in info or not info["errorInfo"].get("code"), (ota_id, info["errorInfo"])
 
 
 def test_revoke_signature_and_profile_refuse_those_signatures(

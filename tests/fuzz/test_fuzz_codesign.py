@@ -1,5 +1,5 @@
 """Fuzz target: core/codesign.py loading and checking the signer chain a job document
-carries (N2), and agent/verify.py around it. `cryptography` parses a certificate's
+carries (N2), and agent/trust.py around it. `cryptography` parses a certificate's
 extensions and key lazily, so a certificate that loads can still raise ValueError in
 the middle of a check (a crash of the agent before issue 12). Whatever the chain, the
 signature or the image, only `VerificationFailed` may escape the codesign functions,
@@ -12,6 +12,7 @@ correctly signed by the trusted root whose extensions hold garbage.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -21,13 +22,19 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from overair.agent.machine.events import VerifyResult
 from overair.agent.machine.state import FileSpec
-from overair.agent.verify import verify_image
+from overair.agent.trust import DeviceTrust
 from overair.core.codesign import TrustPolicy, load_der_chain, sha256, verify_file_signature
 from overair.core.errors import VerificationFailed
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from tests.pki_helpers import DAY, NOW, make_ca, make_signer, sign_file
+
+
+def admit_image(data: bytes, spec: FileSpec, trust: TrustPolicy, now: dt.datetime) -> VerifyResult:
+    """N2 as the agent decides it (agent/trust.py), for a plain code-signing policy."""
+    return DeviceTrust.of(trust).admit_image(data, spec, now)
 
 ROOT = make_ca("fuzz code-signing root")
 SIGNER = make_signer(ROOT)
@@ -46,7 +53,7 @@ def _check(chain: list[bytes], signature: bytes = SIGNATURE) -> None:
         verify_file_signature(sha256(IMAGE), signature, load_der_chain(chain), TRUST, NOW)
     spec = FileSpec(stream="s", file_id=0, size=len(IMAGE), signature=signature,
                     signature_key="sig-sha256-ecdsa", certfile="", signer_chain=tuple(chain))
-    if verify_image(IMAGE, spec, TRUST, NOW).ok:
+    if admit_image(IMAGE, spec, TRUST, NOW).ok:
         # Accepted only with the content the root signed (DER may differ where unsigned).
         assert load_der_chain(chain)[0].tbs_certificate_bytes == SIGNER.cert.tbs_certificate_bytes
 

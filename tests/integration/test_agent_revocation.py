@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,7 @@ def test_n3_replaying_an_older_list_does_not_unrevoke(
     assert runtime.wait(lambda s: s.revocation_sequence == 2, 10)
 
     publish_list(before)  # the captured older list, replayed while the agent listens
-    assert logged(agent_logs, logging.WARNING, "revocation list 1 refused: the held list is 2")
+    assert logged(agent_logs, logging.WARNING, "revocation list 1 refused: older than the held list 2")
     assert runtime.snapshot().revocation_sequence == 2
     held = RevocationStore(bundle / "state").load(revocation_signer.cert)
     assert held is not None
@@ -187,6 +188,25 @@ def test_n3_replaying_an_older_list_does_not_unrevoke(
     add_signed_job(service, "dev-n3-replay", broker.signer, "replay")
     offer(service, "dev-n3-replay")
     assert_refused_as_revoked(service, runtime, "dev-n3-replay")
+
+
+def test_o2_the_held_list_signed_again_at_a_server_restart_is_not_taken_for_a_replay(
+        broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime],
+        revocation_signer: Issued, publish_list: Publisher, agent_logs: pytest.LogCaptureFixture) -> None:
+    """The server signs the list afresh (a new issued_at) whenever it connects to the
+    broker: the same sequence with the same serials is the held list, said quietly."""
+    agent_logs.set_level(logging.DEBUG, logger="overair.agent")
+    listed = revocations(1, broker.signer)
+    publish_list(signed_list(listed, revocation_signer))
+    bundle = bundle_with_revocations(broker, tmp_path, "dev-o2-resigned", revocation_signer)
+    runtime = start_agent(bundle, runtimes)
+    assert runtime.wait(lambda s: s.revocation_sequence == 1, 10)
+    publish_list(signed_list(replace(listed, issued_at=listed.issued_at + 3600), revocation_signer))
+    assert logged(agent_logs, logging.DEBUG, "revocation list 1 is the one held")
+    warned = [r for r in agent_logs.records
+              if r.levelno >= logging.WARNING and "revocation" in r.getMessage()]
+    assert not warned
+    assert runtime.snapshot().revocation_sequence == 1
 
 
 def test_o2_held_list_survives_an_agent_restart(

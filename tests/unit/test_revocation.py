@@ -34,7 +34,6 @@ from overair.core.revocation import (
     RevocationList,
     encode_body,
     merged_serials,
-    newer,
     sign_list,
     verify_list,
 )
@@ -132,13 +131,6 @@ def test_o2_deeply_nested_envelope_is_a_decode_error_for_the_agent(signer: Issue
     """json recurses on nesting; the agent must see a malformed list, not a crash."""
     with pytest.raises(DecodeError):
         verify_revocations(b"[" * 100_000, signer.cert)
-
-
-@pytest.mark.parametrize(("candidate", "held", "accepted"), [
-    (3, None, True), (4, 3, True), (3, 3, False), (2, 3, False), (0, 3, False)])
-def test_n3_older_or_same_sequence_is_refused(candidate: int, held: int | None, accepted: bool) -> None:
-    held_list = None if held is None else RevocationList(held, 0, frozenset({1}))
-    assert newer(RevocationList(candidate, 0, frozenset()), held_list) is accepted
 
 
 def test_o2_static_and_held_serials_are_merged() -> None:

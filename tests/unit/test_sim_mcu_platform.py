@@ -4,7 +4,6 @@ storage bound to the device (P3)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.linux_slots import LinuxSlots
 from overair.agent.platform.select import build_platform
 from overair.agent.platform.sim_mcu import EfsAuthError, ImageMeta, SimMcu, signature_verifier
+from overair.agent.trust import DeviceTrust
 from overair.core.codesign import TrustPolicy
 from overair.core.image import parse_header
 from overair.core.versions import Version
@@ -364,7 +364,7 @@ def _device(root: Path) -> SimMcu:
         '[storage]\ndata_dir = "state"\nfactory_image = "factory.bin"\nplatform = "sim_mcu"\n'
         f'flash_file = "flash.bin"\nunique_id = "{UID.hex()}"\ndevice_secret_file = "secret.bin"\n'
         f"image_capacity = {CAPACITY}\n")
-    platform = build_platform(load_config(root), lambda: P2_TRUST)
+    platform = build_platform(load_config(root), lambda: DeviceTrust.of(P2_TRUST))
     assert isinstance(platform, SimMcu)
     if platform.is_empty():
         platform.install_factory(factory)
@@ -421,8 +421,7 @@ def test_p2_secure_boot_checks_the_signature_chain(tmp_path: Path) -> None:
     # Unsigned (the runtime does not pass signatures yet): refused by a strict verifier...
     assert not strict(image, ImageMeta("b", V2, len(image), seen[-1].sha256))
     # ...accepted on integrity alone by a lenient one.
-    lenient = signature_verifier(trust, require_signature=False,
-                                 clock=lambda: dt.datetime.now(dt.UTC).timestamp())
+    lenient = signature_verifier(trust, require_signature=False)
     assert lenient(image, ImageMeta("b", V2, len(image), seen[-1].sha256))
     assert not lenient(image[:-1] + b"\0", ImageMeta("b", V2, len(image), seen[-1].sha256))
 

@@ -18,6 +18,8 @@ keepalive_seconds = 30             # optional
 code_signing_roots = "code-signing-root.pem"
 revoked_serials = []               # optional: signer serials (int or "0x..") never trusted
 revocation_signer = "revocation-signer.pem"  # optional: verifies signed revocation lists
+deployment_keys = "deployment-keys.pem"  # optional: public keys that sign deployment metadata
+require_deployment_metadata = false   # true: refuse jobs without valid signed metadata (F1, F2)
 [storage]
 data_dir = "state"
 factory_image = "factory.bin"      # optional: installed when the slot store is empty
@@ -108,6 +110,10 @@ class TrustConfig:
     revoked_serials: frozenset[int] = frozenset()
     # Verifies the revocation lists the server publishes (core.revocation); None: ignore them.
     revocation_signer: Path | None = None
+    # Public keys (PEM) that sign deployment metadata (core/deployment.py, F1 F2); and
+    # whether a job without valid metadata is refused (set by `overair thing create`).
+    deployment_keys: Path | None = None
+    require_deployment_metadata: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +306,11 @@ class _Loader:
                 raise self.fail(f"{w} revoked_serials", f"entry {item!r} is not an integer") from exc
             serials.add(serial)
         signer = self.path(t, w, "revocation_signer", must_exist=True) if "revocation_signer" in t else None
-        return TrustConfig(roots, frozenset(serials), signer)
+        keys = self.path(t, w, "deployment_keys", must_exist=True) if "deployment_keys" in t else None
+        required = self.boolean(t, w, "require_deployment_metadata", False)
+        if required and keys is None:
+            raise self.fail(f"{w} require_deployment_metadata", "needs deployment_keys")
+        return TrustConfig(roots, frozenset(serials), signer, keys, required)
 
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         w = "[storage]"

@@ -14,10 +14,10 @@ pending reports, disconnect, let the platform pick the boot image, rebuild the
 machine from the journal, reconnect. Events still queued from before the reboot carry
 an older generation number and are dropped, as a real reset would drop them.
 
-The runtime also owns the trust policy used to verify images: the code-signing roots,
-the configured revoked serials and the newest signed revocation list it has accepted
-(threat O2), which it keeps in `<data_dir>/revocations.json` and verifies again at
-every boot.
+The runtime also holds the device's trust (agent/trust.py, where every trust decision
+is made): it offers each revocation list to it and persists the newest one admitted in
+`<data_dir>/revocations.json` (threat O2), verified again at every boot; it hands the
+trust to the verification of staged images and to the platform's secure boot.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,11 @@ from overair.agent.sealed_key import prepare_client_key
 from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
-from overair.agent.verify import signer_chain, verify_image
-from overair.core.codesign import TrustPolicy, load_pem_certificates
-from overair.core.errors import DecodeError, VerificationFailed
-from overair.core.revocation import RevocationList, merged_serials, newer, verify_list
+from overair.agent.trust import DeviceTrust, RevocationVerdict, signer_chain
+from overair.core import deployment
+from overair.core.codesign import load_pem_certificates
+from overair.core.errors import DecodeError
+from overair.core.revocation import RevocationList, verify_list
 from overair.core.versions import Version
 
 log = logging.getLogger("overair.agent")
@@ -131,10 +132,28 @@ def settings_from_config(config: AgentConfig) -> Settings:
         max_file_size=config.ota.max_file_size,
         prefer_http=config.ota.prefer_http,
         save_progress_every=config.ota.save_progress_every_blocks,
+        deployment_keys=load_deployment_keys(config),
+        require_deployment=config.trust.require_deployment_metadata,
     )
 
 
-def load_trust(config: AgentConfig) -> TrustPolicy:
+def load_deployment_keys(config: AgentConfig) -> tuple[ec.EllipticCurvePublicKey, ...]:
+    """The public keys that sign deployment metadata (F1 F2); () when none is configured."""
+    path = config.trust.deployment_keys
+    if path is None:
+        return ()
+    where = f"{config.source}: [trust] deployment_keys {path}"
+    try:
+        keys = deployment.load_public_keys(path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if not keys:
+        raise ConfigError(f"{where} holds no PUBLIC KEY")
+    return tuple(keys)
+
+
+def load_trust(config: AgentConfig) -> DeviceTrust:
+    """The bundle's trust, before any revocation list held on the device is added."""
     path = config.trust.code_signing_roots
     try:
         roots = load_pem_certificates(path.read_bytes())
@@ -142,7 +161,7 @@ def load_trust(config: AgentConfig) -> TrustPolicy:
         raise ConfigError(f"{config.source}: [trust] code_signing_roots {path}: {exc}") from exc
     if not roots:
         raise ConfigError(f"{config.source}: [trust] code_signing_roots {path} holds no certificate")
-    return TrustPolicy(tuple(roots), config.trust.revoked_serials)
+    return DeviceTrust(tuple(roots), config.trust.revoked_serials, load_revocation_signer(config))
 
 
 def load_revocation_signer(config: AgentConfig) -> x509.Certificate | None:
@@ -181,11 +200,15 @@ class RevocationStore:
     def load(self, signer: x509.Certificate) -> RevocationList | None:
         """The held list, None if there is none; DecodeError/VerificationFailed if the
         file does not verify with `signer`."""
+        envelope = self.read()
+        return None if envelope is None else verify_revocations(envelope, signer)
+
+    def read(self) -> bytes | None:
+        """The held envelope as stored, unverified (DeviceTrust verifies it)."""
         try:
-            envelope = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             return None
-        return verify_revocations(envelope, signer)
 
     def save(self, envelope: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,10 +236,8 @@ class Runtime:
         config = prepare_client_key(config)  # P1: the key is sealed at rest on a Linux device
         self.config = config
         self._settings = settings_from_config(config)
-        self._trust = load_trust(config)
-        self._revocation_signer = load_revocation_signer(config)
         self._revocation_store = RevocationStore(config.storage.data_dir)
-        self._revocations: RevocationList | None = None
+        self._trust = load_trust(config)  # and the held revocation list, at each boot
         self._said_revocations_ignored = False
         check_certificate_identity(config)
         self._platform: Platform = platform or build_platform(config, lambda: self._trust)
@@ -334,7 +355,7 @@ class Runtime:
             last_result=state.journal.last_result,
             reboots=self._reboots,
             error=self._error,
-            revocation_sequence=None if self._revocations is None else self._revocations.sequence,
+            revocation_sequence=self._trust.revocation_sequence,
         )
 
     def wait(self, predicate: Callable[[AgentSnapshot], bool], timeout: float) -> bool:
@@ -358,9 +379,10 @@ class Runtime:
                                   "factory_image is not set: there is no image to run")
             self._platform.install_factory(factory.read_bytes())
             log.info("installed the factory image %s", factory)
+        # The held list is verified again at every (re)boot, before secure boot needs it.
+        self._trust = self._with_held_revocations(self._trust)
         info = self._platform.boot()
         self._state = State(self._settings, journal=self._journal_store.load())
-        self._hold_revocations(self._load_revocations())
         self._feed(Booted(info.version, info.slot, info.trial, info.fell_back, self._staged_progress(),
                           self._platform.security_counter()))
         self._app.start(info)
@@ -545,54 +567,43 @@ class Runtime:
 
     # --- revocation lists (O2) ------------------------------------------------------------
 
-    def _load_revocations(self) -> RevocationList | None:
-        signer = self._revocation_signer
-        if signer is None:
-            if self._revocation_store.path.exists():
-                self._say_revocations_ignored()
-            return None
+    def _with_held_revocations(self, trust: DeviceTrust) -> DeviceTrust:
         try:
-            return self._revocation_store.load(signer)
-        except (DecodeError, VerificationFailed) as exc:
+            envelope = self._revocation_store.read()
+        except OSError as exc:
+            log.warning("the held revocation list %s is unreadable (%s)", self._revocation_store.path, exc)
+            return trust
+        if envelope is None:
+            return trust
+        outcome = trust.with_held_revocations(envelope)
+        if outcome.verdict is RevocationVerdict.IGNORED:
+            self._say_revocations_ignored()
+        elif outcome.verdict is RevocationVerdict.REFUSED:
             # Ignored, not deleted: a valid list from the server replaces it, and an
             # operator can still look at it.
             log.warning("the held revocation list %s does not verify (%s): ignored until a valid "
-                        "list arrives", self._revocation_store.path, exc.message)
-            return None
+                        "list arrives", self._revocation_store.path, outcome.message)
+        return outcome.trust
 
     def _apply_revocations(self, envelope: bytes) -> None:
-        signer = self._revocation_signer
-        if signer is None:
-            self._say_revocations_ignored()
-            return
-        try:
-            candidate = verify_revocations(envelope, signer)
-        except (DecodeError, VerificationFailed) as exc:
-            log.warning("revocation list refused: %s", exc.message)
-            return
-        held = self._revocations
-        if not newer(candidate, held):
-            assert held is not None
-            if candidate == held:  # the retained list, delivered again at each connect
-                log.debug("revocation list %d is the one held", held.sequence)
-            else:
-                log.warning("revocation list %d refused: the held list is %d and a list never goes back "
-                            "(replay?)", candidate.sequence, held.sequence)
-            return
-        try:
-            self._revocation_store.save(envelope)
-        except OSError as exc:
-            # Applied anyway: refusing more signers is always safe; it only will not
-            # survive a restart, after which the retained list is delivered again.
-            log.error("could not persist revocation list %d: %s", candidate.sequence, exc)
-        self._hold_revocations(candidate)
-        log.info("revocation list %d accepted: %d code-signing certificate(s) revoked",
-                 candidate.sequence, len(candidate.serials))
-
-    def _hold_revocations(self, revocations: RevocationList | None) -> None:
-        self._revocations = revocations
-        serials = merged_serials(self.config.trust.revoked_serials, revocations)
-        self._trust = replace(self._trust, revoked_serials=serials)
+        """I/O only: DeviceTrust decides (O2); an admitted list is persisted, then held."""
+        outcome = self._trust.admit_revocations(envelope)
+        match outcome.verdict:
+            case RevocationVerdict.IGNORED:
+                self._say_revocations_ignored()
+            case RevocationVerdict.UNCHANGED:
+                log.debug("%s", outcome.message)
+            case RevocationVerdict.REFUSED:
+                log.warning("%s", outcome.message)
+            case RevocationVerdict.ADMITTED:
+                try:
+                    self._revocation_store.save(envelope)
+                except OSError as exc:
+                    # Applied anyway: refusing more signers is always safe; it only will not
+                    # survive a restart, after which the retained list is delivered again.
+                    log.error("could not persist %s: %s", outcome.message, exc)
+                self._trust = outcome.trust
+                log.info("%s", outcome.message)
 
     def _say_revocations_ignored(self) -> None:
         if not self._said_revocations_ignored:
@@ -609,7 +620,7 @@ class Runtime:
         except PlatformError as exc:
             return VerifyResult(False, check="StorageError", message=exc.message)
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
-        result = verify_image(data, file, self._trust, now)
+        result = self._trust.admit_image(data, file, now)
         remember = getattr(self._platform, "set_staging_signature", None)
         if result.ok and remember is not None:
             # Secure boot (P2) checks the signature again at every boot of this image.

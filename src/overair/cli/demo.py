@@ -82,6 +82,8 @@ def _rollout(root: Path, settings: Any, devices: int, console: Console, timeout:
                                fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                code_signing_roots_pem=paths.code_signing_root.read_bytes(),
                                revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
+                               deployment_keys_pem=paths.deployment_keys.read_bytes()
+                               if paths.deployment_keys.exists() else None,
                                mqtt_host="127.0.0.1", mqtt_port=settings.mqtt_port, group=GROUP,
                                factory_image=factory).parent
                for i in range(1, devices + 1)]

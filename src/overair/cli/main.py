@@ -195,6 +195,12 @@ def broker_config(data_dir: DataDirOption,
         acl=acl.resolve()))
 
 
+def _deployment_keys(path: Path) -> bytes | None:
+    """The deployment public keys for bundles (F1 F2); None for a data directory made
+    before deployment keys (its server creates them at its next start)."""
+    return path.read_bytes() if path.exists() else None
+
+
 @thing_app.command("create")
 def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to write the device bundle.")],
                  data_dir: DataDirOption,
@@ -216,6 +222,7 @@ def thing_create(name: str, out: Annotated[Path, typer.Option(help="Where to wri
                                  fleet_ca_pem=paths.fleet_ca_cert.read_bytes(),
                                  code_signing_roots_pem=paths.code_signing_root.read_bytes(),
                                  revocation_signer_pem=paths.revocation_signer_cert.read_bytes(),
+                                 deployment_keys_pem=_deployment_keys(paths.deployment_keys),
                                  group=group, factory_image=factory_image)
     console.print(f"[green]created[/green] thing {name}; start its agent with: "
                   f"overair-agent run --config {config}")

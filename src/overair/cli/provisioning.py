@@ -64,7 +64,8 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
                     code_signing_roots_pem: bytes, mqtt_host: str | None = None,
                     mqtt_port: int | None = None,
                     group: str | None = None, factory_image: Path | None = None,
-                    revocation_signer_pem: bytes | None = None) -> Path:
+                    revocation_signer_pem: bytes | None = None,
+                    deployment_keys_pem: bytes | None = None) -> Path:
     """Create the thing in the registry and write its bundle; returns the agent.toml path.
     Without `mqtt_host`/`mqtt_port` the bundle names the broker the server reports.
 
@@ -95,6 +96,9 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
     write_atomic(out_dir / "code-signing-root.pem", code_signing_roots_pem)
     if revocation_signer_pem:
         write_atomic(out_dir / "revocation-signer.pem", revocation_signer_pem)
+    if deployment_keys_pem:
+        # F1 F2: the agent refuses any job without deployment metadata signed by these keys.
+        write_atomic(out_dir / "deployment-keys.pem", deployment_keys_pem)
     factory = ""
     if factory_bytes is not None:
         # Copied into the bundle: the agent resolves paths against the bundle, and a
@@ -107,7 +111,9 @@ def provision_thing(iot: Any, thing_name: str, out_dir: Path, *, fleet_ca_pem: b
         f'[mqtt]\nhost = "{mqtt_host}"\nport = {mqtt_port}\nclient_cert = "device.crt"\n'
         'client_key = "device.key"\nca_file = "root-ca.pem"\n\n'
         '[trust]\ncode_signing_roots = "code-signing-root.pem"\n'
-        + ('revocation_signer = "revocation-signer.pem"\n' if revocation_signer_pem else "") + "\n"
+        + ('revocation_signer = "revocation-signer.pem"\n' if revocation_signer_pem else "")
+        + ('deployment_keys = "deployment-keys.pem"\nrequire_deployment_metadata = true\n'
+           if deployment_keys_pem else "") + "\n"
         f'[storage]\ndata_dir = "state"\n{factory}\n'
         '[self_test]\ndeadline_seconds = 60\ncommand = ""\n\n'
         '[ota]\nblock_size = 4096\nblocks_per_request = 8\n'

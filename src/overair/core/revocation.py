@@ -12,7 +12,8 @@ the server signs a small list with its own revocation key (ECDSA P-256, created 
 
 `sequence` only grows (it is the number of revocations so far, and a revocation is
 final), so an agent refuses a list older than the one it holds: replaying an old list
-cannot un-revoke a certificate. The server publishes the envelope retained on
+cannot un-revoke a certificate (decided by agent/trust.py `DeviceTrust.admit_revocations`).
+The server publishes the envelope retained on
 `REVOCATIONS_TOPIC`, which every device may read and none may write.
 """
 
@@ -114,11 +115,6 @@ def _decode_body(body: bytes, limits: Limits) -> RevocationList:
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def newer(candidate: RevocationList, held: RevocationList | None) -> bool:
-    """Whether `candidate` may replace `held` (a list never goes back in sequence)."""
-    return held is None or candidate.sequence > held.sequence
 
 
 def merged_serials(static: Iterable[int], held: RevocationList | None) -> frozenset[int]:

@@ -73,6 +73,7 @@ from overair.server.jobs.steering import JobSteering
 from overair.server.jobs.templates import JobTemplates
 from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
+from overair.server.ota.deployment import DeploymentSigner, load_or_create_key
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
 from overair.server.packages import api as packages_api
@@ -294,6 +295,10 @@ class Server:
     def _connect_job_hooks(self) -> None:
         # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
         self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
+        paths = self.settings.paths
+        self.deployment_signer = DeploymentSigner(
+            load_or_create_key(paths.deployment_key, paths.deployment_keys, self.sealer), self.clock)
+        self.ota.profiles.sign_deployment = self.deployment_signer.sign_delivery
         self.jobs.on_pending_changed = self._notify_pending_threadsafe
         # A thing joining a CONTINUOUS job's group is checked as CreateOTAUpdate checks targets.
         self.jobs.refuse_target = self.ota.profiles.refusal

@@ -29,6 +29,7 @@ from overair.server.iam.authorizer import OTA_SERVICE
 from overair.server.iam.identity import IdentityStore
 from overair.server.iam.policies import PolicyStore
 from overair.server.iam.roles import RoleStore
+from overair.server.ota.deployment import load_or_create_key
 from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import DataDir, Settings, dump_settings, split_password
 from overair.server.signing.certstore import CertificateStore
@@ -138,6 +139,8 @@ def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hos
     write_atomic(paths.crl, pki.make_crl(fleet_ca, [], now))
     write_private(paths.url_signing_key, secrets.token_bytes(32))
     _write_pair(paths.revocation_signer_cert, paths.revocation_signer_key, pki.make_revocation_signer(now))
+    # The deployment key (F1 F2), sealed; its public key goes into every bundle.
+    load_or_create_key(paths.deployment_key, paths.deployment_keys, Sealer.load(paths.master_key))
 
     dev_root = pki.make_root_ca("overair DEVELOPMENT ONLY code-signing root", now,
                                 org="overair development (not for production)")

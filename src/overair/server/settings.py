@@ -53,6 +53,9 @@ class DataDir:
     revocation_signer_cert = property(lambda self: self.pki / "revocation-signer.pem")
     revocation_signer_key = property(lambda self: self.pki / "revocation-signer.key")
     crl = property(lambda self: self.pki / "crl.pem")
+    # The deployment key (sealed with the master key) and its public key(s) for bundles (F1 F2).
+    deployment_key = property(lambda self: self.pki / "deployment.key")
+    deployment_keys = property(lambda self: self.pki / "deployment.pem")
     url_signing_key = property(lambda self: self.root / "url-signing.key")
 
 

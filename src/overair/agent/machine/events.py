@@ -81,6 +81,7 @@ class VerifyResult:
     check: str = ""  # the failing check's code when not ok (reasons.CHECK_CODES)
     message: str = ""
     security_counter: int = 0  # from the verified image's header
+    sha256: bytes = b""  # of the verified file (checked against the deployment metadata)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,18 @@ CHECK_CODES: dict[str, tuple[int, int]] = {
     "BadCertificate": (PAL_BAD_SIGNER_CERT, 0x08),
     "MissingSignerCertificate": (PAL_BAD_SIGNER_CERT, 0x09),
     "StorageError": (PAL_FILE_CLOSE, 0x00),
+    # Deployment metadata (agent/trust.py admit_deployment; F1 F2): the job is refused
+    # before any block is downloaded, or the image before it is activated.
+    "MissingDeploymentMetadata": (PAL_SIGNATURE_CHECK_FAILED, 0x10),
+    "BadDeploymentMetadata": (PAL_SIGNATURE_CHECK_FAILED, 0x11),
+    "UnknownDeploymentKey": (PAL_SIGNATURE_CHECK_FAILED, 0x12),
+    "BadDeploymentSignature": (PAL_SIGNATURE_CHECK_FAILED, 0x13),
+    "DeploymentMetadataExpired": (PAL_SIGNATURE_CHECK_FAILED, 0x14),
+    "DeploymentMetadataReplayed": (PAL_SIGNATURE_CHECK_FAILED, 0x15),
+    "DeploymentForAnotherThing": (PAL_SIGNATURE_CHECK_FAILED, 0x16),
+    "DeploymentForAnotherJob": (PAL_SIGNATURE_CHECK_FAILED, 0x17),
+    "DeploymentFilesMismatch": (PAL_SIGNATURE_CHECK_FAILED, 0x18),
+    "DeploymentSourceMismatch": (PAL_SIGNATURE_CHECK_FAILED, 0x19),
 }
 UNKNOWN_CHECK = (PAL_SIGNATURE_CHECK_FAILED, 0xFF)
 

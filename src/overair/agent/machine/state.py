@@ -18,7 +18,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from overair.agent.progress import StagedProgress
+from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
 from overair.core.limits import MIB
 from overair.core.versions import Version
@@ -77,6 +80,12 @@ class Settings:
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # a job offering both protocols is downloaded over HTTPS
     save_progress_every: int = 8  # blocks between two saves of a resumable download's bitmap
+    # Deployment metadata (core/deployment.py, F1 F2): the trusted public keys, whether a
+    # job without valid metadata is refused, and how long before its expiry a download
+    # asks for the job again (the server signs fresh metadata into each delivery).
+    deployment_keys: tuple[ec.EllipticCurvePublicKey, ...] = ()
+    require_deployment: bool = False
+    deployment_refresh_margin: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,7 @@ class Journal:
     job: JobRecord | None = None
     results: tuple[JobResult, ...] = ()
     version_floor: Version | None = None
+    deployment_sequence: int = 0  # of the newest deployment metadata admitted (F1: never goes back)
 
     @property
     def last_result(self) -> JobResult | None:
@@ -154,7 +164,8 @@ class Journal:
                    "new_version": _version_text(self.job.new_version)}
         return {"format": JOURNAL_FORMAT, "job": job,
                 "results": [r.to_json_obj() for r in self.results],
-                "version_floor": _version_text(self.version_floor)}
+                "version_floor": _version_text(self.version_floor),
+                "deployment_sequence": self.deployment_sequence}
 
     @classmethod
     def from_json_obj(cls, obj: Any) -> Journal:
@@ -182,8 +193,11 @@ class Journal:
                 )
                 for r in obj.get("results", [])
             )
+            sequence = obj.get("deployment_sequence", 0)
+            if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+                raise DecodeError("malformed journal: deployment_sequence", code="BadJournal")
             return cls(job=job, results=results[-MAX_RESULTS:],
-                       version_floor=_version(obj.get("version_floor")))
+                       version_floor=_version(obj.get("version_floor")), deployment_sequence=sequence)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"malformed journal: {exc}", code="BadJournal") from exc
 
@@ -220,6 +234,8 @@ class Download:
     binding: bytes = b""  # agent/progress.py binding of this download
     saved: int = 0  # blocks stored when the bitmap was last saved
     resumed: int = 0  # blocks already held when the download (re)started
+    deployment: Deployment | None = None  # the admitted signed metadata of this job (F1 F2)
+    deployment_refresh_asked: bool = False  # fresh metadata was asked for before expiry
 
     @property
     def stored(self) -> int:

@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from overair.agent import trust
 from overair.agent.machine import reasons
 from overair.agent.machine.commands import (
     AbortStaging,
@@ -114,6 +115,7 @@ from overair.agent.machine.state import (
 from overair.agent.progress import binding as staging_binding
 from overair.agent.progress import missing_blocks, well_formed
 from overair.core import bitmap, wirejson
+from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
 from overair.core.jobstates import ExecStatus
@@ -411,10 +413,8 @@ def on_booted(state: State, event: Booted, now: float) -> Step:
     if journal.job is not None and journal.job.stage is JobStage.DOWNLOADING:
         # The staging file did not survive as a whole: the download restarts from block 0.
         journal = replace(journal, job=None)
-    floor = journal.version_floor
-    if not event.trial and (floor is None or event.running > floor):
-        floor = event.running
-    journal = replace(journal, version_floor=floor)
+    journal = replace(journal, version_floor=trust.floor_after_boot(journal.version_floor, event.running,
+                                                                    trial=event.trial))
     deadline = now + state.settings.self_test_deadline if event.trial else None
     if event.staged is not None:
         commands.append(Log("info", f"a partial download was kept ({missing_blocks(event.staged)} blocks "
@@ -484,12 +484,7 @@ def _activated_here(state: State, ex: Execution) -> bool:
 
 
 def _is_replay(recorded: JobResult, ex: Execution) -> bool:
-    """A new execution of a failed job (a retry) may run; anything else is a replay."""
-    if recorded.status == ExecStatus.SUCCEEDED.value:
-        return True
-    if ex.execution_number is None or recorded.execution_number is None:
-        return True
-    return ex.execution_number <= recorded.execution_number
+    return trust.is_replay(recorded, ex.execution_number)
 
 
 def _start_job(state: State, ex: Execution, now: float) -> Step:
@@ -519,6 +514,15 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
     if file.filesize > state.settings.max_file_size:
         return _fail(state, ex.job_id, ex.execution_number, reasons.aborted(reasons.ERR_FILE_SIZE_OVERFLOW),
                      now, detail=f"file of {file.filesize} bytes exceeds {state.settings.max_file_size}")
+    stated = trust.admit_deployment(_deployment_envelope(ex.document), state.settings,
+                                    held_sequence=state.journal.deployment_sequence, job_id=ex.job_id,
+                                    doc=doc, url=file.update_data_url, now=now)
+    if isinstance(stated, trust.Refusal):  # F1 F2: nothing is downloaded
+        return _fail(state, ex.job_id, ex.execution_number, stated.reason, now, check=stated.check,
+                     detail=stated.detail)
+    if stated is not None:
+        state = replace(state, journal=replace(state.journal, deployment_sequence=max(
+            state.journal.deployment_sequence, stated.sequence)))
     spec = FileSpec(stream=stream or "", file_id=file.fileid, size=file.filesize, signature=file.signature,
                     signature_key=file.signature_key, certfile=file.certfile, signer_chain=doc.signer_chain)
     block_size = state.settings.block_size
@@ -534,13 +538,13 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
         missing = missing_blocks(kept)
         dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
                       needed=kept.needed, remaining=missing, protocol=protocol, url=url, binding=key,
-                      saved=total - missing, resumed=total - missing)
+                      saved=total - missing, resumed=total - missing, deployment=stated)
         staging = ResumeStaging(kept)
         what = f"resuming: {total - missing} of {total} blocks already held"
     else:
         dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
                       needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=protocol,
-                      url=url, binding=key)
+                      url=url, binding=key, deployment=stated)
         staging = CreateStaging(file.filesize, key, block_size)
         what = f"{total} blocks"
     source = f"from stream {stream}" if url is None else f"over HTTPS from {_redacted(url)}"
@@ -559,9 +563,11 @@ def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
     assert dl is not None
     ex = message.execution
     if ex is not None and ex.job_id == dl.job_id:
+        state, dl, fresh = _refresh_deployment(state, dl, ex, now)
         if dl.protocol is DataProtocol.HTTP:
-            return _refresh_url(state, dl, ex, now)
-        return state, [Log("debug", f"job {ex.job_id} notified again: download continues")]
+            state, commands = _refresh_url(state, dl, ex, now)
+            return state, fresh + commands
+        return state, [*fresh, Log("debug", f"job {ex.job_id} notified again: download continues")]
     # FreeRTOS jobNotificationHandler: abort the current file and ask for the next job.
     other = "no job" if ex is None else f"job {ex.job_id}"
     journal = replace(state.journal, job=None)
@@ -569,6 +575,39 @@ def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
     state, ask = _ask_next_job(state, now)
     return state, [Log("warning", f"{other} notified during the download of {dl.job_id}: aborting it"),
                    *_release(state, dl), AbortStaging(), ask]
+
+
+def _deployment_envelope(document: Any) -> Any:
+    """The document's `overair.deployment` (None when absent); core/deployment.py checks
+    whatever shape it has."""
+    extension = document.get("overair") if isinstance(document, dict) else None
+    return extension.get("deployment") if isinstance(extension, dict) else None
+
+
+def _refresh_deployment(state: State, dl: Download, ex: Execution,
+                        now: float) -> tuple[State, Download, list[Command]]:
+    """The current job delivered again carries freshly signed deployment metadata (the
+    server signs each delivery): admitted like the first, it extends the download's
+    deadline (F1). Anything else leaves the old metadata, which then expires."""
+    if dl.deployment is None:
+        return replace(state, download=dl), dl, []
+    try:
+        doc = parse_job_document(ex.document)
+    except DecodeError as exc:
+        return replace(state, download=dl), dl, [Log("warning", f"job {ex.job_id} re-sent unparsable: "
+                                                                f"{exc.message}")]
+    stated = trust.admit_deployment(_deployment_envelope(ex.document), state.settings,
+                                    held_sequence=state.journal.deployment_sequence, job_id=ex.job_id,
+                                    doc=doc, url=doc.files[0].update_data_url, now=now)
+    if not isinstance(stated, Deployment):
+        why = "none" if stated is None else stated.detail
+        return replace(state, download=dl), dl, [
+            Log("warning", f"job {ex.job_id} re-sent without fresh deployment metadata ({why})")]
+    dl = replace(dl, deployment=stated, deployment_refresh_asked=False)
+    journal = replace(state.journal,
+                      deployment_sequence=max(state.journal.deployment_sequence, stated.sequence))
+    return replace(state, download=dl, journal=journal), dl, [
+        Log("info", f"job {ex.job_id}: deployment metadata renewed until {stated.expires}")]
 
 
 def _refresh_url(state: State, dl: Download, ex: Execution, now: float) -> Step:
@@ -749,20 +788,12 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
                                 check=check, detail=event.message)
         return state, [AbortStaging(), *commands]
-    if event.security_counter < state.security_counter:
-        # N1: an image from before a security fix never runs again, whatever its version.
-        refused = reasons.rejected(reasons.ERR_DOWNGRADE_NOT_ALLOWED)
-        state, commands = _fail(state, job_id, number, refused, now, check=reasons.SECURITY_COUNTER_CHECK,
-                                detail=f"image security counter {event.security_counter} is below the "
-                                       f"device's {state.security_counter}")
-        return state, [AbortStaging(), *commands]
-    reference = max(state.running, state.journal.version_floor or state.running)
-    if event.version <= reference:
-        # N1 anti-rollback: a correctly signed older (or the same) image never runs.
-        code = reasons.ERR_SAME_FIRMWARE_VERSION if event.version == reference \
-            else reasons.ERR_DOWNGRADE_NOT_ALLOWED
-        state, commands = _fail(state, job_id, number, reasons.rejected(code), now,
-                                detail=f"image version {event.version} is not newer than {reference}")
+    refusal = trust.admit_deployed_image(dl.deployment, event, now) \
+        or trust.admit_version(event.version, event.security_counter, running=state.running,
+                                  floor=state.journal.version_floor, device_counter=state.security_counter)
+    if refusal is not None:
+        state, commands = _fail(state, job_id, number, refusal.reason, now, check=refusal.check,
+                                detail=refusal.detail)
         return state, [AbortStaging(), *commands]
     record = JobRecord(job_id, number, JobStage.ACTIVATING, updated_by=state.running,
                        new_version=event.version)
@@ -882,6 +913,13 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
         return replace(state, phase=Phase.REBOOTING), [
             Log("warning", f"no self-test within {limit} of booting the new image: rolling back"),
             RollbackAndReboot()]
+    dl = state.download
+    if state.phase is Phase.DOWNLOADING and dl is not None and dl.deployment is not None \
+            and trust.deployment_expired(dl.deployment, now):
+        # F1: a device held on expired instructions stops acting on them, and says so.
+        return _fail_download(state, reasons.check_reason("DeploymentMetadataExpired"), now,
+                              check="DeploymentMetadataExpired",
+                              detail="the deployment metadata expired during the download")
     if _next_job_retry_due(state, now):
         unanswered = state.next_job_unanswered + 1
         state, ask = _ask_next_job(replace(state, next_job_unanswered=unanswered), now)
@@ -891,6 +929,13 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
     timeout = state.settings.request_timeout
     if state.phase is not Phase.DOWNLOADING or dl is None:
         return state, []
+    if dl.deployment is not None:
+        renew_at = dl.deployment.expires - state.settings.deployment_refresh_margin
+        if not dl.deployment_refresh_asked and now >= renew_at:
+            asked = replace(dl, deployment_refresh_asked=True)
+            state, ask = _ask_next_job(replace(state, download=asked), now)
+            return state, [Log("info", f"job {dl.job_id}: deployment metadata expires soon: asking for "
+                                       "the job again"), ask]
     if dl.protocol is DataProtocol.HTTP and dl.retry_at is not None and dl.in_flight is None:
         # A failed range request goes out again when its Retry-After (or request_timeout)
         # is over, not earlier (the server asked for the pause) and not later.

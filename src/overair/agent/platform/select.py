@@ -8,12 +8,12 @@ from collections.abc import Callable
 from overair.agent.config import AgentConfig, ConfigError
 from overair.agent.platform.base import Platform
 from overair.agent.platform.linux_slots import LinuxSlots
-from overair.agent.platform.sim_mcu.platform import ImageMeta, SimMcu, integrity_verifier, signature_verifier
+from overair.agent.platform.sim_mcu.platform import ImageMeta, SimMcu, integrity_verifier
 from overair.agent.sealed_key import at_rest_key
-from overair.core.codesign import TrustPolicy
+from overair.agent.trust import DeviceTrust
 
 
-def build_platform(config: AgentConfig, trust: Callable[[], TrustPolicy] | None) -> Platform:
+def build_platform(config: AgentConfig, trust: Callable[[], DeviceTrust] | None) -> Platform:
     """`trust` is read at every boot, so a revocation list received since is honoured;
     None (read-only tools such as `status`) checks images for integrity only. With a
     trust, secure boot (sim_mcu) requires every image to be signed, except the bundle's
@@ -37,15 +37,12 @@ def build_platform(config: AgentConfig, trust: Callable[[], TrustPolicy] | None)
             raise ConfigError(f"{config.source}: [storage] factory_image: {exc}") from exc
 
     def secure_boot(data: bytes, meta: ImageMeta) -> bool:
-        # P2: an image installed by an update boots only with its signature, by a signer
-        # that chains to the current trust (revocations included). The factory image is
-        # installed unsigned: it boots only if it is the bundle's factory image, whose
-        # SHA-256 is pinned here, outside the flash (whoever can write the flash can
-        # write the hash recorded in it, so that one proves nothing).
+        # P2: the platform checks integrity (the bytes are the ones recorded at
+        # installation); the trust held now decides whether they may run
+        # (agent/trust.py: signature, chain, revocation; the factory image by its
+        # SHA-256 pinned here, outside the flash).
         assert trust is not None
-        if meta.signature is None:
-            return meta.sha256 == factory_sha256 and integrity_verifier(data, meta)
-        return signature_verifier(trust(), require_signature=True)(data, meta)
+        return integrity_verifier(data, meta) and trust().admit_boot(meta, factory_sha256=factory_sha256)
 
     return SimMcu.open(storage.flash_file, device_secret=secret, unique_id=storage.unique_id,
                        image_capacity=storage.image_capacity,

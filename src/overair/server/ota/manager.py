@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from overair.core import certchain, codesign, presign, rollout
@@ -44,9 +45,11 @@ from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
+from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner, describe_file
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
+from overair.server.signing.import_checks import EXPIRY_WARNING
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
@@ -64,6 +67,11 @@ ALLOW_DOWNGRADE = "overair:allowDowngrade"
 # AWS's in-progress timeout starts only at IN_PROGRESS) is then CANCELED at the end.
 END_TIME, END_BEHAVIOR = "overair:endTime", "overair:endBehavior"
 OVER_BUDGET = "DeviceMessageOverBudget"
+# errorInfo code of a CREATE_COMPLETE update whose signer certificate (or a CA of its
+# chain) expires before the rollout ends: devices verify the signer's validity against
+# their clock when they admit an image (N2), so a device reached after that instant
+# refuses the update. Without an endTime the horizon is the certificate store's 30 days.
+SIGNER_EXPIRES = "SignerExpiresBeforeRolloutEnd"
 SHOWN_THINGS = 5  # things named in a message
 
 
@@ -196,9 +204,9 @@ class OtaManager:
                                   "message": f"internal error: {type(exc).__name__}"})
             return
         if warnings:
-            message = "; ".join(warnings)
+            message = "; ".join(text for _, text in warnings)
             log.warning("OTA update %s: %s", ota_id, message)
-            self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": OVER_BUDGET, "message": message})
+            self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": warnings[0][0], "message": message})
         else:
             self._set(ota_id, status=CREATE_COMPLETE)
         # Every target counts, also those a staged rollout has not released yet (`things`
@@ -217,8 +225,9 @@ class OtaManager:
                 setattr(row, key, value)
             row.last_modified_at = self._clock()
 
-    def _build(self, row: OtaUpdate, gate: StepGate) -> tuple[list[str], list[str]]:
-        """Creates the stream and the job; returns the things to notify and the warnings."""
+    def _build(self, row: OtaUpdate, gate: StepGate) -> tuple[list[str], list[tuple[str, str]]]:
+        """Creates the stream and the job; returns the things to notify and the warnings
+        (errorInfo code, message)."""
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
         profiles = self._target_profiles(list(request["targets"]))
@@ -231,6 +240,7 @@ class OtaManager:
         image_versions: list[Version] = []
         running: list[str] = []  # targets that already run the image: left out of the job
         chain: list[x509.Certificate] = []
+        described: list[dict[str, Any]] = []  # DEPLOYMENT_FILES: bound by the signed metadata
         for index, spec in enumerate(request["files"]):
             stream_ref = (spec.get("fileLocation") or {}).get("stream") or {}
             # A file of an existing stream keeps its id there: devices ask the stream for it.
@@ -248,6 +258,7 @@ class OtaManager:
                 running = self._refuse_downgrade(request, version)
                 image_versions.append(version)
             chain = chain or signed.chain
+            described.append(describe_file(data))
             ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
                                      filesize=len(data), fileid=file_id,
                                      certfile=signed.certificate_path_on_device,
@@ -262,17 +273,10 @@ class OtaManager:
         # AWS's document; the chain goes to overair agents only, at delivery.
         document = OtaJobDocument(protocols=protocols, files=tuple(ota_files),
                                   stream_name=stream_id if "MQTT" in protocols else None).to_json_obj()
-        config = job_config_from_ota(request)
-        if chain:
-            config[OVERAIR_EXTENSION] = overair_extension(
-                tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
-        if image_versions:
-            config[IMAGE_VERSION] = str(image_versions[0])
-        config.update({SKIPPED_THINGS: running} if running else {})
-        if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
-            config[HTTP_FILES] = http_files
+        config = _job_config(request, described, chain, image_versions, running,
+                             http_files if "HTTP" in protocols else None)
         job_id = job_id_for(row.ota_update_id)
-        warnings = self._over_budget(job_id, document, config, profiles)
+        warnings = self._warnings(job_id, document, config, profiles, chain)
         for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
             gate("iot:CreateJob", resource)
         self._set(row.ota_update_id, job_id=job_id)
@@ -326,6 +330,17 @@ class OtaManager:
             by_profile[self.profiles.config.profiles[self.profiles.config.default]] = []
         return by_profile
 
+    def _warnings(self, job_id: str, document: dict[str, Any], config: dict[str, Any],
+                  profiles: dict[DeviceProfile, list[str]],
+                  chain: list[x509.Certificate]) -> list[tuple[str, str]]:
+        """What CREATE_COMPLETE reports in errorInfo: (code, message) pairs."""
+        warnings = [(OVER_BUDGET, text) for text in self._over_budget(job_id, document, config, profiles)]
+        expiry = signer_expiry_warning(chain, rollout.schedule(config.get("schedulingConfig")).end,
+                                       self._clock())
+        if expiry is not None:
+            warnings.append((SIGNER_EXPIRES, expiry))
+        return warnings
+
     def _over_budget(self, job_id: str, document: dict[str, Any], config: dict[str, Any],
                      profiles: dict[DeviceProfile, list[str]]) -> list[str]:
         """For each profile among the targets: the largest job message its thing with the
@@ -337,7 +352,8 @@ class OtaManager:
             longest = max(things, key=len) if things else "x" * 128  # a later member: AWS's longest name
             # As delivered (a fresh URL), with the extension exactly as this profile gets it.
             delivered = {k: v for k, v in self._jobs.render_document(job, longest).items() if k != "overair"}
-            size = largest_job_message(job_id, longest, _with_extension(delivered, config, profile))
+            as_received = _with_extension(delivered, config, profile, job, longest)
+            size = largest_job_message(job_id, longest, as_received)
             if size > profile.message_budget_bytes:
                 shown = ", ".join(things[:SHOWN_THINGS]) + (", ..." if len(things) > SHOWN_THINGS else "")
                 warnings.append(
@@ -511,6 +527,24 @@ def image_version(data: bytes, file_version: Any) -> Version | None:
         return None
 
 
+def signer_expiry_warning(chain: list[x509.Certificate], end: float | None, now: float) -> str | None:
+    """The warning for a signer chain that expires before the rollout's end (its endTime,
+    else 30 days from now, the horizon of `overair signing list`); None if it does not."""
+    if not chain:
+        return None
+    first = min(chain, key=lambda cert: cert.not_valid_after_utc)
+    expires = first.not_valid_after_utc.timestamp()
+    horizon = end if end is not None else now + EXPIRY_WARNING.total_seconds()
+    if expires >= horizon:
+        return None
+    what = "the signer certificate" if first is chain[0] else "a CA certificate of the signer chain"
+    until = "the rollout's endTime" if end is not None else "30 days from now"
+    when = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+    return (f"{what} ({first.subject.rfc4514_string()}) expires at {when} UTC, before {until}: devices "
+            "that receive the job after that refuse the image (CertificateExpired); sign it with a "
+            "certificate that outlives the rollout")
+
+
 def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
     """CreateOTAUpdate's awsJob* blocks in CreateJob's terms (the abort list is renamed)."""
     config: dict[str, Any] = {}
@@ -541,9 +575,22 @@ def scheduling_from_ota(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_extension(document: dict[str, Any], config: dict[str, Any],
-                    profile: DeviceProfile) -> dict[str, Any]:
-    extension = config.get(OVERAIR_EXTENSION)
-    return {**document, "overair": extension} if extension and profile.overair_extension else document
+                    profile: DeviceProfile, job: Job | None = None, thing: str = "") -> dict[str, Any]:
+    """The document as `profile` receives it: with the signer chain and, for `job`, signed
+    deployment metadata as large as the real one (a throwaway key of the same type, the
+    widest expiry and sequence), so that the budget check counts it."""
+    if not profile.overair_extension:
+        return document
+    extension = dict(config.get(OVERAIR_EXTENSION) or {})
+    if job is not None:
+        signed = _SIZE_ESTIMATOR.sign_delivery(job, thing, document)
+        if signed is not None:
+            extension["deployment"] = signed
+    return {**document, "overair": extension} if extension else document
+
+
+# Signs only to measure: never delivered, its key never trusted by anyone.
+_SIZE_ESTIMATOR = DeploymentSigner(ec.generate_private_key(ec.SECP256R1()), lambda: 9_999_999_999.0)
 
 
 def _jsonable(value: Any) -> Any:
@@ -557,3 +604,22 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _job_config(request: dict[str, Any], described: list[dict[str, Any]], chain: list[x509.Certificate],
+                image_versions: list[Version], running: list[str],
+                http_files: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The OTA job's configuration: AWS's job options from the request, plus what overair
+    keeps for delivery (the files the deployment metadata binds, the chain for overair
+    agents, the image version, the targets left out, the files HTTP delivery signs URLs for)."""
+    config = {**job_config_from_ota(request), DEPLOYMENT_FILES: described}
+    if chain:
+        config[OVERAIR_EXTENSION] = overair_extension(
+            tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
+    if image_versions:
+        config[IMAGE_VERSION] = str(image_versions[0])
+    if running:
+        config[SKIPPED_THINGS] = running
+    if http_files is not None:  # the job service renders a fresh URL into each delivery
+        config[HTTP_FILES] = http_files
+    return config

@@ -34,7 +34,11 @@ from overair.server.storage.schema import Job, Thing, ThingGroupMember
 log = logging.getLogger("overair.ota")
 # Job config key: the `overair` extension of an OTA job's document, for overair agents.
 OVERAIR_EXTENSION = "overair_extension"
+# Job config key of the file descriptions deployment metadata binds (server/ota/deployment.py).
+DEPLOYMENT_FILES = "overair:deployment_files"
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
+# Signs deployment metadata for one delivery (server/ota/deployment.py); None: nothing to sign.
+DeploymentSigning = Callable[[Job, str, dict[str, Any]], dict[str, Any] | None]
 _CHUNK = 500  # things per registry query
 # The largest job message a FreeRTOS device receives for an update: the `$next/get`
 # answer after its reboot, with the library's client token (at most 64 characters, as
@@ -51,6 +55,8 @@ class DeviceProfiles:
     def __init__(self, db: Database, config: DeviceProfileConfig) -> None:
         self._db = db
         self.config = config
+        # Set by the app: signed deployment metadata for overair agents (F1 F2).
+        self.sign_deployment: DeploymentSigning | None = None
 
     def resolve(self, things: Sequence[str]) -> dict[str, Resolution]:
         """Each existing thing's profile (things that do not exist are left out)."""
@@ -81,7 +87,8 @@ class DeviceProfiles:
         transaction (the job was loaded there): the lookup runs in that one, so a
         delivery never holds two database connections at once."""
         extension = job.config.get(OVERAIR_EXTENSION)
-        if not extension:
+        signs = self.sign_deployment is not None and DEPLOYMENT_FILES in job.config
+        if not extension and not signs:
             return document
         session = object_session(job)
         if session is not None:
@@ -89,7 +96,11 @@ class DeviceProfiles:
         else:
             with self._db.reading() as s:
                 profile = self._profile_in(s, thing)
-        return {**document, "overair": extension} if profile.overair_extension else document
+        if not profile.overair_extension:
+            return document
+        signed = self.sign_deployment(job, thing, document) if self.sign_deployment is not None else None
+        merged = {**(extension or {}), **({"deployment": signed} if signed is not None else {})}
+        return {**document, "overair": merged} if merged else document
 
     def refusal(self, job: Job, thing: str) -> str | None:
         """Why `thing` cannot take OTA job `job` (a file larger than its profile takes),

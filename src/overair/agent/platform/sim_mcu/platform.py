@@ -56,26 +56,23 @@ the file system authenticates every chunk).
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from overair.agent.journal import JournalStore, RecordJournalStore
 from overair.agent.platform.base import BootInfo, PlatformError, SlotInfo
 from overair.agent.platform.sim_mcu.efs import Efs, EfsFile
 from overair.agent.platform.sim_mcu.flash import Flash
 from overair.agent.progress import StagedProgress, mark_needed, well_formed
-from overair.core.codesign import TrustPolicy, verify_file_signature
-from overair.core.errors import DecodeError, VerificationFailed
+from overair.agent.trust import installed_signature_holds
+from overair.core.codesign import TrustPolicy
+from overair.core.errors import DecodeError
 from overair.core.image import parse_header
 from overair.core.versions import Version
 
@@ -117,23 +114,17 @@ def integrity_verifier(data: bytes, meta: ImageMeta) -> bool:
             and hashlib.sha256(data).digest() == meta.sha256)
 
 
-def signature_verifier(trust: TrustPolicy, *, require_signature: bool = True,
-                       clock: Callable[[], float] = time.time) -> Verifier:
+def signature_verifier(trust: TrustPolicy, *, require_signature: bool = True) -> Verifier:
     """Secure boot: integrity, then the signature over the whole image by a signer that
-    chains to one of `trust`'s code-signing roots (core.codesign rules)."""
+    chains to one of `trust`'s code-signing roots and is not revoked, under the rules of
+    agent/trust.py (the signer's validity period is not compared with today's clock)."""
 
     def verify(data: bytes, meta: ImageMeta) -> bool:
         if not integrity_verifier(data, meta):
             return False
         if meta.signature is None:
             return not require_signature
-        try:
-            chain = [x509.load_der_x509_certificate(der) for der in meta.signer_chain]
-            verify_file_signature(meta.sha256, meta.signature, chain, trust,
-                                  dt.datetime.fromtimestamp(clock(), dt.UTC))
-        except (ValueError, VerificationFailed):
-            return False
-        return True
+        return installed_signature_holds(trust, meta.sha256, meta.signature, meta.signer_chain)
 
     return verify
 

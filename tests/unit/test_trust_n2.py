@@ -1,4 +1,4 @@
-"""Image verification before activation (N2): every failing check is named."""
+"""N2 (mis-signed update): `DeviceTrust.admit_image` (agent/trust.py), every failing check named."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ import pytest
 
 from overair.agent.machine import commands as c
 from overair.agent.machine import reasons
+from overair.agent.machine.events import VerifyResult
 from overair.agent.machine.state import FileSpec
-from overair.agent.verify import verify_image
+from overair.agent.trust import DeviceTrust
 from overair.core.codesign import TrustPolicy
 from overair.core.image import parse_header
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from tests.pki_helpers import DAY, NOW, make_ca, make_signer, sign_file
 from tests.unit.test_agent_machine import run, statuses, verifying
+
+
+def admit_image(data: bytes, spec: FileSpec, trust: TrustPolicy, now: dt.datetime) -> VerifyResult:
+    """N2 as the agent decides it (agent/trust.py), for a plain code-signing policy."""
+    return DeviceTrust.of(trust).admit_image(data, spec, now)
 
 ROOT = make_ca("code-signing root")
 SIGNER = make_signer(ROOT)
@@ -31,13 +37,13 @@ def _spec(data: bytes = IMAGE, signature: bytes | None = None, chain: tuple[byte
 
 
 def test_good_image_yields_its_header_version() -> None:
-    result = verify_image(IMAGE, _spec(), TRUST, NOW)
+    result = admit_image(IMAGE, _spec(), TRUST, NOW)
     assert result.ok
     assert result.version == Version(2, 0, 1)
 
 
 def test_n2_image_without_a_signer_chain_in_its_job_is_refused() -> None:
-    result = verify_image(IMAGE, _spec(chain=()), TRUST, NOW)
+    result = admit_image(IMAGE, _spec(chain=()), TRUST, NOW)
     assert (result.ok, result.check) == (False, "MissingSignerCertificate")
 
 
@@ -54,7 +60,7 @@ def test_n2_image_without_a_signer_chain_in_its_job_is_refused() -> None:
 ])
 def test_each_failing_check_is_named(data: bytes, spec: FileSpec, trust: TrustPolicy, now: dt.datetime,
                                      check: str) -> None:
-    result = verify_image(data, spec, trust, now)
+    result = admit_image(data, spec, trust, now)
     assert (result.ok, result.check) == (False, check)
     assert result.version is None
 
@@ -90,7 +96,7 @@ N2_CASES = _n2_cases()
 def test_n2_agent_refuses_a_mis_signed_image_with_a_named_reason(
         case: str, data: bytes, spec: FileSpec, trust: TrustPolicy, now: dt.datetime, check: str,
         reason: str) -> None:
-    result = verify_image(data, spec, trust, now)
+    result = admit_image(data, spec, trust, now)
     assert (result.ok, result.check) == (False, check), case
     state, commands = run(verifying(), [result])
     (status,) = statuses(commands)
@@ -105,10 +111,10 @@ def test_n1_security_counter_comes_from_the_signed_header_and_cannot_be_changed(
     image = make_firmware(Version(2, 0, 1), 3000, seed="counter", security_counter=7)
     assert parse_header(image).security_counter == 7
     assert parse_header(IMAGE).security_counter == 0  # images from before the counter: 0
-    result = verify_image(image, _spec(image), TRUST, NOW)
+    result = admit_image(image, _spec(image), TRUST, NOW)
     assert (result.ok, result.security_counter) == (True, 7)
     lowered = image[:5] + (1).to_bytes(3, "big") + image[8:]  # an attacker lowers the counter
-    result = verify_image(lowered, _spec(lowered, signature=sign_file(SIGNER, image)), TRUST, NOW)
+    result = admit_image(lowered, _spec(lowered, signature=sign_file(SIGNER, image)), TRUST, NOW)
     assert (result.ok, result.check) == (False, "BadSignature")
     with pytest.raises(ValueError):
         make_firmware(Version(2, 0, 1), 3000, security_counter=1 << 24)

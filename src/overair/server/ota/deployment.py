@@ -1,0 +1,111 @@
+"""The deployment key and the signed, expiring deployment metadata the server puts in
+each delivery of an OTA job to an overair agent (core/deployment.py; threats F1, F2).
+
+The key (ECDSA P-256) is separate from code signing and from the revocation key: it
+says "this thing is to install these exact files now", not "this image is genuine". It
+is kept sealed at rest with the master key (`pki/deployment.key`, as imported signing
+keys are), and its public key is `pki/deployment.pem`, which `overair thing create`
+copies into each bundle. A rotation appends the new public key there before the new key
+signs (docs/security.md).
+
+Metadata is signed at delivery, for the thing it is delivered to, over the document as
+rendered for it (its fresh pre-signed URL's path included), so every delivery carries
+fresh metadata: the freshness heartbeat is the delivery itself, and an agent whose
+metadata nears expiry asks for its job again (`$next/get`). A delivery never signed
+cannot be produced by a broker or a server process without the key (F2); one captured
+and replayed is refused when it has expired or is older than what the device admitted
+(F1). The sequence is the signing time in milliseconds, forced strictly increasing in
+this process: it only goes up as long as the server's clock does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from overair.core import deployment
+from overair.core.errors import DecodeError
+from overair.core.image import parse_header
+from overair.server.files import write_atomic, write_private
+from overair.server.ota import profiles
+from overair.server.sealing import Sealer
+from overair.server.storage.schema import Job
+
+# Job config key: what the metadata says of each file beyond the document (SHA-256,
+# version, security counter), computed once when CreateOTAUpdate reads the files.
+DEPLOYMENT_FILES = profiles.DEPLOYMENT_FILES
+DEFAULT_TTL_SECONDS = 3600
+_SEAL_CONTEXT = "overair:deployment-key"
+
+
+def describe_file(data: bytes) -> dict[str, Any]:
+    """A file's entry in DEPLOYMENT_FILES (version and counter from an overair image header)."""
+    try:
+        header = parse_header(data)
+        version, counter = str(header.version), header.security_counter
+    except DecodeError:
+        version, counter = "", 0
+    return {"sha256": hashlib.sha256(data).hexdigest(), "version": version, "security_counter": counter}
+
+
+def load_or_create_key(sealed_path: Path, public_path: Path, sealer: Sealer) -> ec.EllipticCurvePrivateKey:
+    """The deployment key, created (sealed) on first use; its public key is (re)written
+    to `public_path` when that file does not exist yet."""
+    if sealed_path.exists():
+        opened = sealer.open(sealed_path.read_bytes(), _SEAL_CONTEXT)
+        key = serialization.load_der_private_key(opened, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{sealed_path} does not hold an EC key")
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        write_private(sealed_path, sealer.seal(der, _SEAL_CONTEXT))
+    if not public_path.exists():
+        write_atomic(public_path, deployment.public_pem(key.public_key()))
+    return key
+
+
+class DeploymentSigner:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, clock: Callable[[], float],
+                 ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        self._key = key
+        self._clock = clock
+        self.ttl_seconds = ttl_seconds
+        self._lock = threading.Lock()
+        self._last_sequence = 0
+
+    def _next_sequence(self, now: float) -> int:
+        with self._lock:
+            self._last_sequence = max(int(now * 1000), self._last_sequence + 1)
+            return self._last_sequence
+
+    def sign_delivery(self, job: Job, thing: str, document: dict[str, Any]) -> dict[str, Any] | None:
+        """The envelope for `document` as delivered to `thing`; None for a job that is not
+        an OTA job created by CreateOTAUpdate (it has no file descriptions to bind)."""
+        described = job.config.get(DEPLOYMENT_FILES)
+        ota = document.get("afr_ota")
+        if not isinstance(described, list) or not isinstance(ota, dict):
+            return None
+        files = ota.get("files") or []
+        if len(files) != len(described):
+            return None
+        now = self._clock()
+        url = files[0].get("update_data_url") if files else None
+        stated = deployment.Deployment(
+            job_id=job.job_id, thing=thing,
+            files=tuple(deployment.DeployedFile(str(f["filepath"]), int(f["filesize"]),
+                                                bytes.fromhex(d["sha256"]), str(d["version"]),
+                                                int(d["security_counter"]))
+                        for f, d in zip(files, described, strict=True)),
+            stream=str(ota.get("streamname") or ""),
+            url_path=urlsplit(url).path if isinstance(url, str) else "",
+            expires=int(now) + self.ttl_seconds, sequence=self._next_sequence(now))
+        return deployment.sign(stated, self._key)
