@@ -1,0 +1,376 @@
+"""What the dashboard's pages read, straight from the database, a page at a time.
+
+Every listing is paged in SQL (keyset on an indexed column, a bounded LIMIT) and every
+summary is an aggregate the database computes (COUNT ... GROUP BY), so a page costs the
+same for 100 devices as for 10,000: nothing here loads a whole table. Read-only; the
+dashboard's one action (cancel) goes through the API's own handler (routes.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session
+
+from overair.core.errors import OverairError
+from overair.core.jobstates import ExecStatus
+from overair.core.versions import Version
+from overair.server.audit.reader import _decision_condition, _glob_condition
+from overair.server.jobs.service import IMAGE_VERSION, RELEASED
+from overair.server.storage.db import Database
+from overair.server.storage.schema import (
+    AuditEntry,
+    Job,
+    JobExecution,
+    OtaUpdate,
+    SigningCertificate,
+    Thing,
+    ThingGroup,
+    ThingGroupMember,
+)
+
+T = TypeVar("T")
+
+PAGE_SIZE = 50
+# Operator actions on one thing are found by its ARN, a column without an index: the
+# device page looks for them among this many newest entries only (its own entries, by
+# principal, are indexed and found in the whole log).
+RECENT_AUDIT_WINDOW = 20_000
+EXPIRY_WARNING_DAYS = 30
+STATES = [s.value for s in ExecStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_key: str | None  # the keyset value to ask for the next page with, None at the end
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    things: int
+    groups: int
+    # version -> things whose newest firmware installed by an OTA job of this server is it
+    versions: list[tuple[str, int]]
+    unknown_version: int  # things no OTA job of this server has updated
+    executions: dict[str, int]  # execution state -> count, jobs still IN_PROGRESS only
+    active_jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThingRow:
+    name: str
+    thing_type: str
+    attributes: dict[str, Any]
+    version: str  # "" when unknown
+    last_activity: float | None  # the newest job execution update of the thing
+    last_job: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    job_id: str
+    status: str
+    created_at: float
+    description: str
+    ota_update_id: str
+    image_version: str
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for state, n in self.counts.items() if ExecStatus(state).terminal)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRow:
+    job_id: str
+    thing_name: str
+    status: str
+    status_details: dict[str, Any]
+    execution_number: int
+    last_updated_at: float
+    released: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    name: str
+    arn: str
+    thing_type: str
+    attributes: dict[str, Any]
+    created_at: float
+    groups: list[str]
+    version: str
+    executions: list[ExecutionRow]
+    audit: list[AuditRow]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRow:
+    arn: str
+    subject: str
+    serial: str
+    not_after: float
+    status: str
+    key_backend: str
+    development_only: bool
+    days_left: float
+
+    @property
+    def expiring(self) -> bool:
+        return self.days_left < EXPIRY_WARNING_DAYS
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    seq: int
+    at: float
+    principal: str
+    action: str
+    resource: str
+    decision: str
+    statement: str
+    source: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    principal: str | None = None
+    action: str | None = None
+    decision: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+def _version_key(text: str) -> Version | None:
+    try:
+        return Version.parse(text)
+    except (OverairError, ValueError):
+        return None
+
+
+class DashboardQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # Fleet ---------------------------------------------------------------------------
+    def _ota_versions(self, s: Session) -> list[tuple[str, str]]:
+        """(job id, firmware version) of the OTA jobs that install a known version,
+        lowest version first. Jobs are few next to devices; their config is JSON, so
+        the version is read here rather than in SQL."""
+        versioned = []
+        for job_id, config in s.execute(select(Job.job_id, Job.config)):
+            text = config.get(IMAGE_VERSION) if isinstance(config, dict) else None
+            key = _version_key(text) if isinstance(text, str) else None
+            if key is not None:
+                versioned.append((key, job_id, str(key)))
+        versioned.sort()
+        return [(job_id, text) for _, job_id, text in versioned]
+
+    def fleet_summary(self) -> FleetSummary:
+        with self._db.reading() as s:
+            things = s.scalar(select(func.count()).select_from(Thing)) or 0
+            groups = s.scalar(select(func.count()).select_from(ThingGroup)) or 0
+            ranked = self._ota_versions(s)
+            versions: list[tuple[str, int]] = []
+            if ranked:
+                # Each thing's newest installed version, in two aggregates: the highest
+                # rank per thing, then things per rank.
+                rank = case({job_id: i for i, (job_id, _) in enumerate(ranked)}, value=JobExecution.job_id)
+                per_thing = (select(JobExecution.thing_name, func.max(rank).label("r"))
+                             .where(JobExecution.status == ExecStatus.SUCCEEDED.value,
+                                    JobExecution.job_id.in_([job_id for job_id, _ in ranked]))
+                             .group_by(JobExecution.thing_name).subquery())
+                by_rank: dict[str, int] = {}
+                for r, n in s.execute(select(per_thing.c.r, func.count()).group_by(per_thing.c.r)):
+                    by_rank[ranked[r][1]] = by_rank.get(ranked[r][1], 0) + n
+                versions = sorted(by_rank.items(), key=lambda item: _version_key(item[0]) or Version(0, 0, 0),
+                                  reverse=True)
+            active = select(Job.job_id).where(Job.status == "IN_PROGRESS")
+            executions = {state: n for state, n in s.execute(
+                select(JobExecution.status, func.count()).where(JobExecution.job_id.in_(active), RELEASED)
+                .group_by(JobExecution.status))}
+            active_jobs = s.scalar(select(func.count()).select_from(Job)
+                                   .where(Job.status == "IN_PROGRESS")) or 0
+        return FleetSummary(things, groups, versions, max(0, things - sum(n for _, n in versions)),
+                            executions, active_jobs)
+
+    def things(self, after: str = "", prefix: str = "", limit: int = PAGE_SIZE) -> Page[ThingRow]:
+        with self._db.reading() as s:
+            statement = select(Thing.name, Thing.thing_type_name, Thing.attributes).order_by(Thing.name)
+            if after:
+                statement = statement.where(Thing.name > after)
+            if prefix:
+                statement = statement.where(Thing.name.startswith(prefix, autoescape=True))
+            rows = list(s.execute(statement.limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            names = [row.name for row in rows]
+            versions = self._versions_of(s, names)
+            activity: dict[str, tuple[float, str]] = {}
+            if names:
+                latest = (select(JobExecution.thing_name, func.max(JobExecution.last_updated_at).label("at"))
+                          .where(JobExecution.thing_name.in_(names), RELEASED)
+                          .group_by(JobExecution.thing_name).subquery())
+                for thing, at, job_id in s.execute(
+                        select(latest.c.thing_name, latest.c.at, JobExecution.job_id)
+                        .join(JobExecution, (JobExecution.thing_name == latest.c.thing_name)
+                              & (JobExecution.last_updated_at == latest.c.at))):
+                    activity[thing] = (at, job_id)
+        items = [ThingRow(row.name, row.thing_type_name or "", dict(row.attributes or {}),
+                          versions.get(row.name, ""), *activity.get(row.name, (None, "")))
+                 for row in rows]
+        return Page(items, names[-1] if more and names else None)
+
+    def _versions_of(self, s: Session, names: Sequence[str]) -> dict[str, str]:
+        """Each named thing's newest firmware installed by an OTA job of this server."""
+        if not names:
+            return {}
+        ranked = self._ota_versions(s)
+        if not ranked:
+            return {}
+        order = {job_id: i for i, (job_id, _) in enumerate(ranked)}
+        best: dict[str, int] = {}
+        for thing, job_id in s.execute(select(JobExecution.thing_name, JobExecution.job_id).where(
+                JobExecution.thing_name.in_(list(names)), JobExecution.status == ExecStatus.SUCCEEDED.value,
+                JobExecution.job_id.in_(list(order)))):
+            best[thing] = max(best.get(thing, -1), order[job_id])
+        return {thing: ranked[i][1] for thing, i in best.items()}
+
+    # Device --------------------------------------------------------------------------
+    def device(self, name: str, thing_arn: str) -> DeviceView | None:
+        with self._db.reading() as s:
+            thing = s.get(Thing, name)
+            if thing is None:
+                return None
+            groups = list(s.scalars(select(ThingGroupMember.group_name)
+                                    .where(ThingGroupMember.thing_name == name)
+                                    .order_by(ThingGroupMember.group_name).limit(PAGE_SIZE)))
+            executions = [_execution(row) for row in s.scalars(
+                select(JobExecution).where(JobExecution.thing_name == name)
+                .order_by(JobExecution.queued_at.desc(), JobExecution.id.desc()).limit(PAGE_SIZE))]
+            version = self._versions_of(s, [name]).get(name, "")
+            own = list(s.scalars(select(AuditEntry).where(AuditEntry.principal == f"thing/{name}")
+                                 .order_by(AuditEntry.seq.desc()).limit(PAGE_SIZE)))
+            newest = s.scalar(select(func.max(AuditEntry.seq))) or 0
+            about = list(s.scalars(select(AuditEntry).where(
+                AuditEntry.seq > newest - RECENT_AUDIT_WINDOW,
+                AuditEntry.resource.in_([thing_arn, f"client/{name}"]))
+                .order_by(AuditEntry.seq.desc()).limit(PAGE_SIZE)))
+            entries = sorted({row.seq: row for row in own + about}.values(), key=lambda row: -row.seq)
+            return DeviceView(thing.name, thing.arn, thing.thing_type_name or "",
+                              dict(thing.attributes or {}), thing.created_at, groups, version, executions,
+                              [_audit(row) for row in entries[:PAGE_SIZE]])
+
+    # Rollouts ------------------------------------------------------------------------
+    def jobs(self, offset: int = 0, limit: int = PAGE_SIZE) -> tuple[list[JobRow], bool]:
+        with self._db.reading() as s:
+            rows = list(s.scalars(select(Job).order_by(Job.created_at.desc(), Job.job_id)
+                                  .offset(offset).limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return [self._job_row(s, job, counts) for job, counts in
+                    zip(rows, self._counts(s, [job.job_id for job in rows]), strict=True)], more
+
+    def job(self, job_id: str) -> JobRow | None:
+        with self._db.reading() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return None
+            return self._job_row(s, job, self._counts(s, [job_id])[0])
+
+    def _counts(self, s: Session, job_ids: list[str]) -> list[dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+        if job_ids:
+            for job_id, state, n in s.execute(
+                    select(JobExecution.job_id, JobExecution.status, func.count())
+                    .where(JobExecution.job_id.in_(job_ids), RELEASED)
+                    .group_by(JobExecution.job_id, JobExecution.status)):
+                counts[job_id][state] = n
+        return [counts[job_id] for job_id in job_ids]
+
+    def _job_row(self, s: Session, job: Job, counts: dict[str, int]) -> JobRow:
+        ota = s.scalar(select(OtaUpdate.ota_update_id).where(OtaUpdate.job_id == job.job_id).limit(1))
+        version = job.config.get(IMAGE_VERSION) if isinstance(job.config, dict) else None
+        return JobRow(job.job_id, job.status, job.created_at, job.description, ota or "",
+                      version if isinstance(version, str) else "", counts)
+
+    def executions(self, job_id: str, status: str = "", after: str = "",
+                   limit: int = PAGE_SIZE) -> Page[ExecutionRow]:
+        with self._db.reading() as s:
+            statement = (select(JobExecution).where(JobExecution.job_id == job_id)
+                         .order_by(JobExecution.thing_name, JobExecution.execution_number))
+            if status:
+                statement = statement.where(JobExecution.status == status)
+            if after:
+                statement = statement.where(JobExecution.thing_name > after)
+            rows = [_execution(row) for row in s.scalars(statement.limit(limit + 1))]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].thing_name if more and rows else None)
+
+    # Signing certificates ------------------------------------------------------------
+    def certificates(self, now: float) -> list[CertificateRow]:
+        with self._db.reading() as s:
+            rows = list(s.scalars(select(SigningCertificate).order_by(SigningCertificate.not_after)
+                                  .limit(1000)))
+            return [CertificateRow(row.arn, row.subject, row.serial, row.not_after,
+                                   "REVOKED" if row.revoked_at is not None else row.status, row.key_backend,
+                                   row.development_only, (row.not_after - now) / 86400) for row in rows]
+
+    # Audit ---------------------------------------------------------------------------
+    def audit(self, wanted: AuditFilter, before: int | None = None, limit: int = PAGE_SIZE) -> Page[AuditRow]:
+        """Newest first. Patterns may use * and ? as `overair audit list` (audit/reader.py)."""
+        conditions: list[ColumnElement[bool]] = []
+        if wanted.principal:
+            conditions.append(_glob_condition(AuditEntry.principal, wanted.principal))
+        if wanted.action:
+            conditions.append(_glob_condition(AuditEntry.action, wanted.action))
+        if wanted.decision:
+            conditions.append(_decision_condition(wanted.decision))
+        if wanted.since is not None:
+            conditions.append(AuditEntry.at >= wanted.since)
+        if wanted.until is not None:
+            conditions.append(AuditEntry.at <= wanted.until)
+        if before is not None:
+            conditions.append(AuditEntry.seq < before)
+        with self._db.reading() as s:
+            rows = [_audit(row) for row in s.scalars(
+                select(AuditEntry).where(*conditions).order_by(AuditEntry.seq.desc()).limit(limit + 1))]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        # LIKE is only a prefilter (case-insensitive on SQLite): the exact glob decides.
+        shown = [row for row in rows
+                 if _glob(wanted.principal, row.principal) and _glob(wanted.action, row.action)]
+        return Page(shown, str(rows[-1].seq) if more and rows else None)
+
+
+def _glob(pattern: str | None, value: str) -> bool:
+    return not pattern or fnmatch.fnmatchcase(value, pattern)
+
+
+def _execution(row: JobExecution) -> ExecutionRow:
+    return ExecutionRow(row.job_id, row.thing_name, row.status, dict(row.status_details or {}),
+                        row.execution_number, row.last_updated_at, row.released_at is not None)
+
+
+def _audit(row: AuditEntry) -> AuditRow:
+    return AuditRow(row.seq, row.at, row.principal, row.action, row.resource, row.decision, row.statement,
+                    row.source, dict(row.detail or {}))
+
+
+def iso(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
