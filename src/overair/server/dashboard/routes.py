@@ -309,12 +309,13 @@ class Dashboard:
     # Pages ---------------------------------------------------------------------------
     async def fleet(self, request: Request) -> Response:
         after = request.query_params.get("after", "")[:128]
-        prefix = request.query_params.get("prefix", "")[:128]
+        name_prefix = request.query_params.get("prefix", "")[:128]
 
         def work(viewer: Viewer) -> Response:
             self._permit(viewer, "iot", "ListThings", {})
             return self._render("fleet.html", viewer=viewer, summary=self.queries.fleet_summary(),
-                                page=self.queries.things(after, prefix), after=after, prefix=prefix,
+                                page=self.queries.things(after, name_prefix), after=after,
+                                name_prefix=name_prefix,
                                 connections=self.connections())
         return await self._page(request, work)
 
