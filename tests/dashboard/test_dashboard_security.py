@@ -246,3 +246,20 @@ def test_sign_in_redirects_only_to_dashboard_paths(srv: RunningServer) -> None:
         reply = browser.post("/dashboard/signin", {"access_key_id": admin.access_key_id,
                                                    "secret_access_key": admin.secret, "next": target})
         assert reply.headers["location"] == expected
+
+
+def test_o1_the_read_only_policy_shows_every_page_and_allows_no_action(srv: RunningServer) -> None:
+    _job(srv, "read-only-job", ["read-only-thing"])
+    iam = srv.client("iam")
+    iam.create_user(UserName="auditor")
+    iam.attach_user_policy(UserName="auditor", PolicyArn="arn:aws:iam::aws:policy/OverairReadOnly")
+    created = iam.create_access_key(UserName="auditor")["AccessKey"]
+    browser = web(srv)
+    assert browser.sign_in(Key(created["AccessKeyId"], created["SecretAccessKey"])).status == 303
+    for path in ("/dashboard/fleet", "/dashboard/rollouts", "/dashboard/rollouts/read-only-job",
+                 "/dashboard/things/read-only-thing", "/dashboard/certificates", "/dashboard/audit"):
+        assert browser.get(path).status == 200, path
+    reply = browser.post("/dashboard/rollouts/read-only-job/cancel",
+                         {"csrf": browser.csrf("/dashboard/rollouts/read-only-job")})
+    assert reply.status == 403
+    assert _job_status(srv, "read-only-job") == "IN_PROGRESS"
