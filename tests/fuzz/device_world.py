@@ -62,7 +62,7 @@ def build(data_dir: Path) -> DeviceWorld:
         device_downloads_burst=UNLIMITED,
     )
     server = Server(dataclasses.replace(settings, limits=limits))
-    server.registry.on_access_change = lambda: None  # no broker in this world
+    server.registry.on_access_change = lambda _principals: None  # no broker in this world
     server.objects.create_bucket(BUCKET)
     server.objects.set_versioning(BUCKET, "Enabled")
     stored = server.objects.put_object(BUCKET, "fw.bin", FILE)

@@ -34,7 +34,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from overair.server import pki
 from overair.server.files import write_atomic
-from overair.server.gateway.broker import Broker, render_acl, render_config
+from overair.server.gateway.access_change import CONTROL_TOPIC, RESPONSE_TOPIC, render_change
+from overair.server.gateway.broker import AclRule, Broker, render_acl, render_config
 from overair.server.gateway.broker_plugin import build_plugin
 from overair.server.gateway.ephemeral import client_context
 from overair.server.gateway.tls import client_ssl_context
@@ -44,6 +45,7 @@ NOW = dt.datetime.now(dt.UTC)
 V311, V5 = MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5
 PROTOCOLS = pytest.mark.parametrize("protocol", [V311, V5], ids=["mqtt3.1.1", "mqtt5"])
 SERVICE_CLIENT_ID = "overair.service"
+CONTROLLER_CLIENT_ID = "overair.controller"
 
 
 class Device:
@@ -151,7 +153,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
              "dev-2": pki.issue_client_cert(ca, "dev-2", NOW),
              "unattached": pki.issue_client_cert(ca, "dev-1", NOW),
              # a device whose thing is named like the start of the service's client id
-             "overair": pki.issue_client_cert(ca, "overair", NOW)}
+             "overair": pki.issue_client_cert(ca, "overair", NOW),
+             # what the server's witness is: the one identity that may change access
+             "controller": pki.issue_client_cert(ca, "overair.controller", NOW)}
     write_atomic(tmp_path / "service.pem", certs["service"].cert_pem)
     write_atomic(tmp_path / "service.key", certs["service"].key_pem, mode=0o600)
     port = _free_port()
@@ -162,7 +166,10 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
     def write(grants: Mapping[str, Sequence[str]]) -> None:
         acl = render_acl(service=identity["service"], devices={identity[c]: t for c, t in grants.items()},
-                         client_ids={identity["service"]: [SERVICE_CLIENT_ID]}, for_plugin=True)
+                         control={identity["controller"]: [AclRule("write", CONTROL_TOPIC),
+                                                           AclRule("read", RESPONSE_TOPIC)]},
+                         client_ids={identity["service"]: [SERVICE_CLIENT_ID],
+                                     identity["controller"]: [CONTROLLER_CLIENT_ID]}, for_plugin=True)
         write_atomic(broker.acl_path, acl.encode())
 
     write({"dev-1": ["dev-1"], "dev-1-spare": ["dev-1"], "dev-2": ["dev-2"], "overair": ["overair"]})
@@ -312,3 +319,104 @@ def test_an_access_file_that_is_not_valid_grants_nothing(env: Env) -> None:
     env.broker.signal_reload()
     assert device.gone.wait(WAIT)  # re-authenticated against nothing
     assert env.connect("dev-2", "dev-2", V311).connack == "Not authorized"
+
+
+# --- access changes on the control topic (issue 20, item 1) ----------------------------
+
+def _controller(env: Env) -> Device:
+    controller = env.connect("controller", CONTROLLER_CLIENT_ID, V5)
+    assert not controller.connack.is_failure
+    assert controller.subscribe(RESPONSE_TOPIC).value == 1
+    return controller
+
+
+def _change(controller: Device, payload: bytes, seq: int) -> str:
+    """Send a change; the plugin's answer to it."""
+    mark = len(controller.events)
+    controller.publish(CONTROL_TOPIC, payload)
+    while True:
+        topic, answer = controller.next("message", mark)
+        mark = controller.events.index(("message", (topic, answer)), mark) + 1
+        text: str = bytes(answer).decode()
+        if topic == RESPONSE_TOPIC and text.split(":", maxsplit=1)[0].rsplit(" ", maxsplit=1)[-1] == str(seq):
+            return text
+
+
+def test_a_change_grants_a_new_device_without_touching_the_file_or_reloading(env: Env) -> None:
+    controller = _controller(env)
+    before = env.broker.acl_path.read_bytes()
+    # dev-2's certificate is attached to a second thing: it may use its client id now.
+    assert env.connect("dev-2", "dev-2b", V311).connack == "Not authorized"
+    answer = _change(controller, render_change(1, {env.identity("dev-2"): frozenset({"dev-2", "dev-2b"})}), 1)
+    assert answer == "applied 1"
+    device = env.connect("dev-2", "dev-2b", V311)
+    assert not device.connack.is_failure
+    assert device.subscribe("$aws/things/dev-2b/jobs/notify-next").value == 1
+    assert env.broker.acl_path.read_bytes() == before
+
+
+@PROTOCOLS
+def test_a_change_that_drops_a_certificate_closes_its_sessions_at_once(env: Env, protocol: MQTTProtocolVersion
+                                                                       ) -> None:
+    controller = _controller(env)
+    dropped = env.connect("dev-1", "dev-1", protocol)
+    kept = env.connect("dev-2", "dev-2", protocol)
+    assert not dropped.connack.is_failure
+    assert not kept.connack.is_failure
+    assert _change(controller, render_change(7, {env.identity("dev-1"): frozenset()}), 7) == "applied 7"
+    assert dropped.gone.wait(WAIT)
+    assert env.connect("dev-1", "dev-1", V311).connack == "Not authorized"
+    assert not kept.gone.is_set()
+
+
+def test_a_change_that_takes_one_thing_closes_the_session_and_the_rest_stays(env: Env) -> None:
+    controller = _controller(env)
+    both = render_change(1, {env.identity("dev-2"): frozenset({"dev-2", "dev-2b"})})
+    assert _change(controller, both, 1) == "applied 1"
+    device = env.connect("dev-2", "dev-2b", V311)
+    assert not device.connack.is_failure
+    one = render_change(2, {env.identity("dev-2"): frozenset({"dev-2"})})
+    assert _change(controller, one, 2) == "applied 2"
+    assert device.gone.wait(WAIT)
+    assert env.connect("dev-2", "dev-2b", V311).connack == "Not authorized"
+    assert not env.connect("dev-2", "dev-2", V311).connack.is_failure
+
+
+@pytest.mark.parametrize("payload", [
+    b"user X\nthing dev-1\n",  # no seq
+    b"seq 3\npattern read #\n",  # global rules only with the whole file
+    b"seq 3\nuser {me}\nclientid overair.service\n",  # a reserved client id: a takeover of the service
+    b"seq 3\nuser {me}\nthing dev-1\nuser {me}\nthing dev-2\n",  # one user twice
+    b"seq 3\ndrop {me}\nuser {me}\n",  # both dropped and set
+    b"seq 3\nuser {me}\ntopic  readwrite #\n",  # two spaces
+    b"seq 3\nuser {me}\nthing dev-1\x00\nthing dev-2\n",  # a NUL
+    b"seq 3\ntopic readwrite #\n",  # a grant before any user
+])
+def test_a_change_that_is_not_valid_is_refused_and_changes_nothing(env: Env, payload: bytes) -> None:
+    controller = _controller(env)
+    device = env.connect("dev-2", "dev-2", V311)
+    assert not device.connack.is_failure
+    sent = payload.replace(b"{me}", env.identity("dev-2").encode())
+    controller.publish(CONTROL_TOPIC, sent)
+    answer = controller.next("message")
+    assert answer[0] == RESPONSE_TOPIC
+    assert answer[1].decode().startswith("refused")
+    # dev-2 keeps exactly its access: connected, its own topics only.
+    assert not device.gone.is_set()
+    assert device.subscribe("$aws/things/dev-1/jobs/notify-next").value == 0x80
+    assert device.subscribe("$aws/things/dev-2/jobs/notify-next").value == 1
+
+
+def test_n4_a_device_cannot_change_access_through_the_control_topic(env: Env) -> None:
+    """A device that publishes a change granting itself another thing is refused (MQTT
+    5: PUBACK 0x87; nothing reaches the plugin) and gains nothing."""
+    controller = _controller(env)
+    attacker = env.connect("dev-2", "dev-2", V5)
+    assert not attacker.connack.is_failure
+    mark = len(attacker.events)
+    attacker.publish(CONTROL_TOPIC, render_change(99, {env.identity("dev-2"): frozenset({"dev-2", "dev-1"})}))
+    assert attacker.next("puback", mark) == "Not authorized"
+    _echo(_service(env))
+    assert ("message", (RESPONSE_TOPIC, b"applied 99")) not in controller.events
+    assert env.connect("dev-2", "dev-1", V311).connack == "Not authorized"
+    assert attacker.subscribe("$aws/things/dev-1/jobs/notify-next").value == 0x87

@@ -24,6 +24,7 @@ from overair.agent.config import load_config
 from overair.core.versions import Version
 from overair.server.bootstrap import initialize
 from overair.sim.firmware import make_firmware
+from tests.postgres_harness import PostgresCluster
 from tests.server_harness import free_port
 
 OVERAIR = str(Path(sys.executable).parent / "overair")
@@ -91,6 +92,21 @@ def test_init_refuses_a_database_that_is_not_empty_and_leaves_nothing_behind(tmp
     assert "Traceback" not in refused.stderr
     assert not second.exists() or not any(second.iterdir())  # no half-made data directory
     assert _init(second).returncode == 0  # and the directory is still usable
+
+
+def test_init_keeps_a_database_password_out_of_overair_toml(
+    tmp_path: Path, postgres: PostgresCluster
+) -> None:
+    url = postgres.new_database().replace("@", ":n0t-in-the-toml@", 1)  # the cluster trusts any password
+    data = tmp_path / "data"
+    done = _init(data, "--database-url", url)
+    assert done.returncode == 0, done.stderr
+    assert "n0t-in-the-toml" not in (data / "overair.toml").read_text()
+    assert (data / "database-password").read_text() == "n0t-in-the-toml"
+    assert _mode(data / "database-password") == 0o600
+    status = _run("db", "status", "--data-dir", str(data))
+    assert status.returncode == 0, status.stderr
+    assert "up to date" in status.stdout
 
 
 def test_overair_without_the_server_extra_says_what_to_install(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -25,6 +23,7 @@ from overair.agent.platform.select import build_platform
 from overair.agent.progress import block_total, missing_blocks
 from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer, load_trust
 from overair.cli.common import print_error
+from overair.cli.logs import LogFormat, configure_logging
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair device agent (FreeRTOS OTA compatible).", no_args_is_help=True,
@@ -34,39 +33,6 @@ console = Console(stderr=True)
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="OVERAIR_AGENT_CONFIG",
                                             help="The agent's TOML file or bundle directory.")]
 
-# Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
-_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any `extra` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                plain = isinstance(value, str | int | float | bool) or value is None
-                entry[key] = value if plain else str(value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"))
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("paho").setLevel(logging.WARNING)
-
-
 def _fail(exc: OverairError) -> None:
     print_error(console, exc.code, exc.message)
     raise typer.Exit(2)
@@ -74,12 +40,14 @@ def _fail(exc: OverairError) -> None:
 
 @app.command()
 def run(config: ConfigOption,
-        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info") -> None:
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+        log_format: Annotated[LogFormat, typer.Option(help="Log lines as JSON or text.")] = LogFormat.JSON,
+        ) -> None:
     """Run the agent until SIGINT or SIGTERM."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         print_error(console, "InvalidOption", f"unknown log level {log_level!r}")
         raise typer.Exit(2)
-    _setup_logging(log_level)
+    configure_logging(log_format, level=logging.getLevelName(log_level.upper()))
     try:
         runtime = Runtime(load_config(config))
     except OverairError as exc:

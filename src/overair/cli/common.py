@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from overair.core.errors import OverairError
+
+if TYPE_CHECKING:
+    from overair.cli.client import ApiClients
 
 out = Console(soft_wrap=True)  # ARNs, keys and signatures must stay copyable: never wrapped
 err = Console(stderr=True)
@@ -24,9 +28,31 @@ def print_error(console: Console, code: str, message: object, *, label: str = "e
     console.print(f"[red]{label}[/red] ({escape(code)}): {escape(str(message))}", soft_wrap=True)
 
 
-DataDirOption = Annotated[
+LocalDataDirOption = Annotated[
     Path, typer.Option("--data-dir", help="The server's data directory.", envvar="OVERAIR_DATA_DIR")
 ]
+# Commands that only call the API run anywhere: with --data-dir (on the server host) as
+# its administrator, else as the AWS profile the AWS CLI would use (cli/client.py).
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="OVERAIR_DATA_DIR",
+                 help="On the server host: act as its administrator. Leave it out to use an AWS profile "
+                      "instead (`overair --profile P --endpoint-url URL ...`, or AWS_PROFILE, "
+                      "AWS_ENDPOINT_URL and the AWS config files)."),
+]
+
+
+@dataclass
+class Connection:
+    """How API commands reach the server when no data directory is given: the global
+    options of `overair` (its callback fills this in)."""
+
+    profile: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+connection = Connection()
 
 
 @contextmanager
@@ -51,8 +77,16 @@ def api_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def api_client(data_dir: Path, service: str) -> Any:
-    """A boto3 client for `service`, with the data directory's administrator credentials."""
+def api_clients(data_dir: Path | None) -> ApiClients:
+    """The data directory's administrator credentials if one is given, else the AWS
+    profile and endpoint (global options, environment, AWS config files)."""
     from overair.cli.client import ApiClients
 
-    return ApiClients.from_data_dir(data_dir).client(service)
+    if data_dir is not None:
+        return ApiClients.from_data_dir(data_dir)
+    return ApiClients.from_profile(connection.profile, connection.endpoint_url, connection.region)
+
+
+def api_client(data_dir: Path | None, service: str) -> Any:
+    """A boto3 client for `service` (see `api_clients`)."""
+    return api_clients(data_dir).client(service)

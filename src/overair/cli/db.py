@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from overair.cli.common import DataDirOption, err, out, print_error
+from overair.cli.common import LocalDataDirOption as DataDirOption
+from overair.cli.common import err, out, print_error
 from overair.core.errors import OverairError
 
 db_app = typer.Typer(help="The database schema: status and upgrades.", no_args_is_help=True)

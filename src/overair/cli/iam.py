@@ -50,8 +50,9 @@ def _principal(user: str | None, group: str | None, role: str | None) -> tuple[s
 
 # Users ---------------------------------------------------------------------------------
 @user_app.command("create")
-def user_create(data_dir: DataDirOption, name: str, policy: PolicyOption = None,
-                access_key: Annotated[bool, typer.Option(help="Also create an access key.")] = True) -> None:
+def user_create(name: str, policy: PolicyOption = None,
+                access_key: Annotated[bool, typer.Option(help="Also create an access key.")] = True,
+                data_dir: DataDirOption = None) -> None:
     """Create a user, attach policies, and print its access key (the secret only now)."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -66,7 +67,7 @@ def user_create(data_dir: DataDirOption, name: str, policy: PolicyOption = None,
 
 
 @user_app.command("list")
-def user_list(data_dir: DataDirOption) -> None:
+def user_list(data_dir: DataDirOption = None) -> None:
     """Users with their groups and attached policies."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -86,9 +87,9 @@ def user_list(data_dir: DataDirOption) -> None:
 
 
 @user_app.command("delete")
-def user_delete(data_dir: DataDirOption, name: str,
+def user_delete(name: str,
                 force: Annotated[bool, typer.Option(help="First remove its keys, policies and groups.")]
-                = False) -> None:
+                = False, data_dir: DataDirOption = None) -> None:
     """Delete a user (AWS refuses while it has keys, policies or groups: use --force)."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -106,7 +107,7 @@ def user_delete(data_dir: DataDirOption, name: str,
 
 
 @user_app.command("deactivate-key")
-def user_deactivate_key(data_dir: DataDirOption, name: str, access_key_id: str) -> None:
+def user_deactivate_key(name: str, access_key_id: str, data_dir: DataDirOption = None) -> None:
     """Make an access key inactive: requests signed with it are refused from now on."""
     with api_errors():
         api_client(data_dir, "iam").update_access_key(UserName=name, AccessKeyId=access_key_id,
@@ -116,9 +117,9 @@ def user_deactivate_key(data_dir: DataDirOption, name: str, access_key_id: str) 
 
 # Groups --------------------------------------------------------------------------------
 @group_app.command("create")
-def group_create(data_dir: DataDirOption, name: str, policy: PolicyOption = None,
+def group_create(name: str, policy: PolicyOption = None,
                  member: Annotated[list[str] | None, typer.Option(help="A user to add (repeatable).")]
-                 = None) -> None:
+                 = None, data_dir: DataDirOption = None) -> None:
     """Create a group, attach policies and add members."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -133,12 +134,11 @@ def group_create(data_dir: DataDirOption, name: str, policy: PolicyOption = None
 # Roles ---------------------------------------------------------------------------------
 @role_app.command("create")
 def role_create(
-    data_dir: DataDirOption,
     name: str,
     trust_service: Annotated[str | None, typer.Option(
         help="A service that may assume the role, e.g. iot.amazonaws.com for an OTA service role.")] = None,
     trust_file: Annotated[Path | None, typer.Option(help="A trust policy document (JSON) instead.")] = None,
-    policy: PolicyOption = None,
+    policy: PolicyOption = None, data_dir: DataDirOption = None,
 ) -> None:
     """Create a role with a trust policy and attach policies."""
     with api_errors():
@@ -156,7 +156,7 @@ def role_create(
 
 
 @role_app.command("list")
-def role_list(data_dir: DataDirOption) -> None:
+def role_list(data_dir: DataDirOption = None) -> None:
     """Roles, who may assume them, and their policies."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -176,7 +176,7 @@ def role_list(data_dir: DataDirOption) -> None:
 
 # Policies ------------------------------------------------------------------------------
 @policy_app.command("list")
-def policy_list(data_dir: DataDirOption) -> None:
+def policy_list(data_dir: DataDirOption = None) -> None:
     """Built-in and customer managed policies."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -191,7 +191,7 @@ def policy_list(data_dir: DataDirOption) -> None:
 
 
 @policy_app.command("show")
-def policy_show(data_dir: DataDirOption, policy: str) -> None:
+def policy_show(policy: str, data_dir: DataDirOption = None) -> None:
     """Print a managed policy's default document."""
     with api_errors():
         iam = api_client(data_dir, "iam")
@@ -202,8 +202,9 @@ def policy_show(data_dir: DataDirOption, policy: str) -> None:
 
 
 @policy_app.command("create")
-def policy_create(data_dir: DataDirOption, name: str,
-                  file: Annotated[Path, typer.Option(help="The policy document (JSON).")]) -> None:
+def policy_create(name: str,
+                  file: Annotated[Path, typer.Option(help="The policy document (JSON).")],
+                  data_dir: DataDirOption = None) -> None:
     """Create a customer managed policy from a document."""
     with api_errors():
         arn = api_client(data_dir, "iam").create_policy(PolicyName=name, PolicyDocument=file.read_text())[
@@ -211,7 +212,7 @@ def policy_create(data_dir: DataDirOption, name: str,
     out.print(arn)
 
 
-def _change_attachment(data_dir: Path, verb: str, policy: str, user: str | None, group: str | None,
+def _change_attachment(data_dir: Path | None, verb: str, policy: str, user: str | None, group: str | None,
                        role: str | None) -> None:
     """`verb` is attach or detach; exactly one of user, group, role."""
     with api_errors():
@@ -223,25 +224,25 @@ def _change_attachment(data_dir: Path, verb: str, policy: str, user: str | None,
 
 
 @policy_app.command("attach")
-def policy_attach(data_dir: DataDirOption, policy: str,
+def policy_attach(policy: str,
                   user: Annotated[str | None, typer.Option()] = None,
                   group: Annotated[str | None, typer.Option()] = None,
-                  role: Annotated[str | None, typer.Option()] = None) -> None:
+                  role: Annotated[str | None, typer.Option()] = None, data_dir: DataDirOption = None) -> None:
     """Attach a managed policy to a user, group or role."""
     _change_attachment(data_dir, "attach", policy, user, group, role)
 
 
 @policy_app.command("detach")
-def policy_detach(data_dir: DataDirOption, policy: str,
+def policy_detach(policy: str,
                   user: Annotated[str | None, typer.Option()] = None,
                   group: Annotated[str | None, typer.Option()] = None,
-                  role: Annotated[str | None, typer.Option()] = None) -> None:
+                  role: Annotated[str | None, typer.Option()] = None, data_dir: DataDirOption = None) -> None:
     """Detach a managed policy from a user, group or role."""
     _change_attachment(data_dir, "detach", policy, user, group, role)
 
 
 @iam_app.command("whoami")
-def whoami(data_dir: DataDirOption) -> None:
+def whoami(data_dir: DataDirOption = None) -> None:
     """The identity the data directory's credentials sign as (sts GetCallerIdentity)."""
     with api_errors():
         identity = api_client(data_dir, "sts").get_caller_identity()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import shlex
 import signal
 import sys
@@ -13,18 +12,44 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from overair.cli import audit, db, iam, signing
+from overair.cli import audit, backup, common, db, fleet, iam, image, ota, signing
 from overair.cli.common import api_errors, print_error
+from overair.cli.logs import LogFormat, configure_logging
 from overair.core.errors import OverairError
 
 app = typer.Typer(help="overair: self-hosted secure over-the-air updates for IoT fleets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 thing_app = typer.Typer(help="Devices in the registry.", no_args_is_help=True)
 app.add_typer(thing_app, name="thing")
+
+
+ProfileOption = Annotated[str | None, typer.Option(
+    "--profile", envvar="AWS_PROFILE", help="AWS profile for API commands run without --data-dir.")]
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="The overair server's API URL (else AWS_ENDPOINT_URL or the profile's "
+                           "endpoint_url).")]
+RegionOption = Annotated[str | None, typer.Option(
+    "--region", help="Region (else AWS_REGION, AWS_DEFAULT_REGION or the profile's).")]
+
+
+@app.callback()
+def connect(profile: ProfileOption = None, endpoint_url: EndpointOption = None,
+            region: RegionOption = None) -> None:
+    """overair: self-hosted secure over-the-air updates for IoT fleets. API commands run on
+    the server host with --data-dir, or anywhere as an IAM user of an AWS profile."""
+    common.connection.profile = profile
+    common.connection.endpoint_url = endpoint_url
+    common.connection.region = region
+
+
 signing.register(app)
 audit.register(app)
 iam.register(app)
 db.register(app)
+ota.register(app)
+fleet.register(app, thing_app)
+image.register(app)
+backup.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",
@@ -33,7 +58,7 @@ DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's da
 # Top-level packages of the `server` extra (pyproject.toml): `pip install overair` alone
 # gives the device agent, and these commands then need the extra.
 _SERVER_EXTRA_MODULES = frozenset({"alembic", "boto3", "botocore", "gmqtt", "pkcs11", "psycopg", "sqlalchemy",
-                                   "starlette", "uvicorn"})
+                                   "starlette", "uvicorn", "prometheus_client"})
 
 
 def main() -> None:
@@ -61,6 +86,8 @@ def init(data_dir: DataDirOption,
              help="Extra name or address devices use to reach the broker (repeatable).")] = None,
          http_port: int = 8080, mqtt_port: int = 8883,
          download_port: Annotated[int, typer.Option(help="HTTPS port for device downloads.")] = 8443,
+         metrics_port: Annotated[int, typer.Option(
+             help="Serve Prometheus metrics on this port of the API's host (0: off).")] = 0,
          database_url: Annotated[str, typer.Option(help="PostgreSQL URL; default SQLite.")] = "",
          firmware_bucket: Annotated[list[str] | None, typer.Option(
              help="Bucket the overair-ota service role may read firmware from (repeatable; "
@@ -72,7 +99,8 @@ def init(data_dir: DataDirOption,
     try:
         result = initialize(data_dir, hostnames=tuple(hostname or ()), http_port=http_port,
                             mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
-                            force=force, firmware_buckets=tuple(firmware_bucket or DEFAULT_FIRMWARE_BUCKETS))
+                            metrics_port=metrics_port, force=force,
+                            firmware_buckets=tuple(firmware_bucket or DEFAULT_FIRMWARE_BUCKETS))
     except OverairError as exc:
         _fail(exc)
         return
@@ -103,6 +131,10 @@ def serve(data_dir: DataDirOption,
               help="The download endpoint's address as devices reach it, https://host[:port] (the "
                    "port is left out of URLs when it is 443, as FreeRTOS HTTP devices need). Default: "
                    "https://<first --hostname of init>:<download port>.")] = None,
+          metrics_port: Annotated[int | None, typer.Option(
+              help="Serve Prometheus metrics at http://<http host>:PORT/metrics (0: off; default: "
+                   "overair.toml's metrics_port).")] = None,
+          log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON.")] = LogFormat.TEXT,
           trusted_proxy: Annotated[list[str] | None, typer.Option(
               help="A reverse proxy (address or CIDR) whose X-Forwarded-For/-Proto are believed; "
                    "repeat for several. Default: none, only the connection counts.")] = None,
@@ -111,15 +143,14 @@ def serve(data_dir: DataDirOption,
     from overair.server.app import Server
     from overair.server.settings import load_settings
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl ..." on every start
+    configure_logging(log_format, verbose=verbose)
     try:
         settings = load_settings(data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host,
                                  broker_url=broker, http_tls_cert=tls_cert, http_tls_key=tls_key,
                                  broker_reload_command=tuple(shlex.split(broker_reload_command))
                                  if broker_reload_command else None,
                                  database_url=database_url, download_public_url=download_url,
+                                 metrics_port=metrics_port,
                                  trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None)
         server = Server(settings)
     except OverairError as exc:

@@ -13,7 +13,7 @@ import os
 import secrets
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +40,7 @@ from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
 from overair.server.gateway import capacity
+from overair.server.gateway.access_change import render_change
 from overair.server.gateway.access_ledger import AccessLedger
 from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
@@ -64,6 +65,7 @@ from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
+from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
@@ -87,6 +89,8 @@ class Server:
     # an external broker or before the start.
     broker_plugin: PluginBuild | None = None
     _capacity_warned = False  # the last /health was above the warning level (log once per crossing)
+    _change_seq = 0  # access changes sent to the access plugin
+    _control_works = False  # the broker answers them (_probe_access_control)
 
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings = settings
@@ -272,8 +276,48 @@ class Server:
     def _schedule_ota(self, ota_id: str) -> None:
         self.background.submit(self.ota.process, ota_id)
 
-    def _access_changed(self) -> None:
-        self.access.changed()
+    def _access_changed(self, principals: Sequence[str] = ()) -> None:
+        """A registry change of these certificates' access (none named: anything may have
+        changed). With overair's access plugin the change goes to the broker alone, in
+        constant time; otherwise the broker's files are regenerated and reloaded."""
+        if principals and self._changes_in_place():
+            self.access.one(lambda: self._apply_change(principals))
+        else:
+            self.access.changed()
+
+    def _changes_in_place(self) -> bool:
+        return (self.supervisor is not None and self.witness is not None and self.reload is not None
+                and self.broker_plugin is not None and self.broker_plugin.available and self._control_works)
+
+    def _apply_change(self, principals: Sequence[str]) -> None:
+        access = self.registry.identity_access(principals)
+        if access.shared:
+            # Several ACTIVE certificates present one identity (certificates issued before
+            # unique subjects): only the CRL keeps a withdrawn one out, so reload it too.
+            self._apply_access()
+            return
+        assert self.witness is not None
+        self._change_seq += 1
+        self.witness.change(self._change_seq, render_change(self._change_seq, access.things))
+        paths = self.settings.paths
+        # For the broker's next start (the plugin already refuses what left the registry).
+        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(),
+                                             dt.datetime.fromtimestamp(self.clock(), dt.UTC)))
+        self.devices.forget_access()
+        self.delivery.forget_access()
+
+    def _probe_access_control(self) -> None:
+        """Does the broker hand the control topic to the access plugin (Mosquitto built
+        with control topics)? An empty change must be answered."""
+        assert self.witness is not None
+        try:
+            self._change_seq += 1
+            self.witness.change(self._change_seq, render_change(self._change_seq, {}), timeout=5.0)
+            self._control_works = True
+        except UnavailableError as exc:
+            self._control_works = False
+            log.warning("access changes go by reloading the broker (its cost grows with the fleet): %s",
+                        exc.message)
 
     def _apply_access(self) -> None:
         """Regenerate the broker's files, have the broker enforce them (UnavailableError
@@ -437,7 +481,7 @@ class Server:
         # proxy_headers=False on both: uvicorn would otherwise take the client address
         # and scheme from X-Forwarded-* of any loopback peer (threat O1); the API edge
         # honours them from `trusted_proxies` only (api/request_context.py).
-        return [
+        servers = [
             uvicorn.Server(uvicorn.Config(
                 app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off",
                 proxy_headers=False,
@@ -453,6 +497,12 @@ class Server:
                 ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
                 http=PeerCertificateProtocol)),
         ]
+        if settings.metrics_port:
+            collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
+            servers.append(uvicorn.Server(uvicorn.Config(
+                metrics_app(collector), host=settings.http_host, port=settings.metrics_port,
+                log_level="warning", lifespan="off", proxy_headers=False)))
+        return servers
 
     # Running -------------------------------------------------------------------------
     async def _start_broker(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
@@ -484,6 +534,8 @@ class Server:
             self._log_capacity()
             witness.start()
             self.reload = ConfirmedReload(self._signal_managed_broker, witness)
+            if plugin.available:
+                await asyncio.to_thread(self.access.exclusively, self._probe_access_control)
             return
         probe = self.broker_probe = ExternalBrokerProbe(self.fleet_ca, paths.fleet_ca_cert, host, port,
                                                         witness.base)
@@ -498,6 +550,8 @@ class Server:
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)
         check_port_free(settings.mqtt_host, settings.download_port)
+        if settings.metrics_port:
+            check_port_free(settings.http_host, settings.metrics_port)
         self._check_download_host()
         service_tls = client_ssl_context(str(paths.fleet_ca_cert), str(paths.service_cert),
                                          str(paths.service_key))
@@ -531,6 +585,8 @@ class Server:
                      "(devices are sent %s)", "s" if settings.http_tls_cert else "", settings.http_host,
                      settings.http_port, mqtt_host, mqtt_port, settings.mqtt_host, settings.download_port,
                      settings.download_base_url)
+            if settings.metrics_port:
+                log.info("metrics: http://%s:%s/metrics", settings.http_host, settings.metrics_port)
             await stop.wait()
         finally:
             self.ready.clear()

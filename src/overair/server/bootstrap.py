@@ -30,7 +30,7 @@ from overair.server.iam.identity import IdentityStore
 from overair.server.iam.policies import PolicyStore
 from overair.server.iam.roles import RoleStore
 from overair.server.sealing import Sealer, create_master_key
-from overair.server.settings import DataDir, Settings, dump_settings
+from overair.server.settings import DataDir, Settings, dump_settings, split_password
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import DEFAULT_PLATFORM, SigningService
 from overair.server.storage.db import Database, migrate
@@ -46,6 +46,7 @@ DEFAULT_FIRMWARE_BUCKETS = ("firmware",)
 # Where signing jobs write their results (startSigningJobParameter's usual prefix).
 SIGNED_PREFIX = "signed/"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+DATABASE_PASSWORD_FILE = "database-password"
 DEV_PROFILE = "overair_dev"  # signer's model: profile names are [a-zA-Z0-9_]{2,}, no '-'
 DEV_CERT_PATH_ON_DEVICE = "/certs/overair-dev-code-signing.pem"
 
@@ -59,7 +60,8 @@ class InitResult:
 
 def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: int = 8080,
                mqtt_port: int = 8883, download_port: int = 8443, database_url: str = "",
-               force: bool = False, firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS,
+               metrics_port: int = 0, force: bool = False,
+               firmware_buckets: tuple[str, ...] = DEFAULT_FIRMWARE_BUCKETS,
                now: dt.datetime | None = None) -> InitResult:
     paths = DataDir(data_dir)
     buckets = _checked_buckets(firmware_buckets)
@@ -69,12 +71,12 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
                               "(this destroys its keys, certificates and database)")
         shutil.rmtree(data_dir)
     if database_url:
-        _require_empty_database(database_url)
+        require_empty_database(database_url)
     fresh = not data_dir.exists() or not any(data_dir.iterdir())
     try:
         return _initialize(data_dir, paths, buckets, hostnames=hostnames, http_port=http_port,
                            mqtt_port=mqtt_port, download_port=download_port, database_url=database_url,
-                           now=now)
+                           metrics_port=metrics_port, now=now)
     except BaseException:
         if fresh and data_dir.exists():  # nothing half-written stays: the directory is as it was
             for entry in data_dir.iterdir():
@@ -85,7 +87,17 @@ def initialize(data_dir: Path, *, hostnames: tuple[str, ...] = (), http_port: in
         raise
 
 
-def _require_empty_database(url: str) -> None:
+def keep_password_apart(data_dir: Path, database_url: str) -> tuple[str, str]:
+    """A password inside `database_url` goes to DATA/database-password (0600), never into
+    overair.toml: returns the URL without it and the file's name ("" without a password)."""
+    url, password = split_password(database_url)
+    if password is None:
+        return url, ""
+    write_private(data_dir / DATABASE_PASSWORD_FILE, password.encode())
+    return url, DATABASE_PASSWORD_FILE
+
+
+def require_empty_database(url: str) -> None:
     """Refuse, before anything is written, a database that already holds tables: it is
     another installation's (its keys are elsewhere) or not overair's at all."""
     db = Database(url)
@@ -106,15 +118,16 @@ def _require_empty_database(url: str) -> None:
 
 def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hostnames: tuple[str, ...],
                 http_port: int, mqtt_port: int, download_port: int, database_url: str,
-                now: dt.datetime | None) -> InitResult:
+                metrics_port: int, now: dt.datetime | None) -> InitResult:
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     now = now or dt.datetime.now(dt.UTC)
     names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *hostnames)))
+    database_url, password_file = keep_password_apart(data_dir, database_url)
     settings = Settings(data_dir=data_dir, account_id=f"{secrets.randbelow(10**12):012d}",
                         hostnames=names, http_port=http_port, mqtt_port=mqtt_port,
-                        download_port=download_port,
-                        database_url=database_url)
+                        download_port=download_port, metrics_port=metrics_port,
+                        database_url=database_url, database_password_file=password_file)
 
     create_master_key(paths.master_key)
     fleet_ca = pki.make_root_ca("overair fleet root CA", now)

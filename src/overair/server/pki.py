@@ -169,8 +169,12 @@ def broker_username(subject: x509.Name) -> str | None:
     return ",".join(parts) or None
 
 
-def issue_code_signing_cert(root: Issued, cn: str, now: dt.datetime, days: int = 825) -> Issued:
-    return issue_leaf(root, cn, now, eku=[ExtendedKeyUsageOID.CODE_SIGNING], days=days)
+def issue_code_signing_cert(root: Issued, cn: str, now: dt.datetime, days: int = 825,
+                            public_key: ec.EllipticCurvePublicKey | None = None) -> Issued:
+    """A code-signing certificate (digitalSignature, codeSigning EKU). With `public_key`
+    (a key held in an HSM) the certificate is for that key; the returned `key` is then a
+    throwaway that matches nothing and must not be used."""
+    return issue_leaf(root, cn, now, eku=[ExtendedKeyUsageOID.CODE_SIGNING], days=days, public_key=public_key)
 
 
 def make_revocation_signer(now: dt.datetime, days: int = 3650) -> Issued:

@@ -8,11 +8,12 @@ flags override it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import tomli_w
 
@@ -22,6 +23,9 @@ from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.ota.profile_config import DeviceProfileConfig, parse_device_profiles
 
 CONFIG_NAME = "overair.toml"
+# The database password, for deployments that pass secrets in the environment (the one
+# variable load_settings reads: settings are otherwise files and flags).
+DATABASE_PASSWORD_ENV = "OVERAIR_DATABASE_PASSWORD"
 
 
 class DataDir:
@@ -64,6 +68,9 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 8883
     download_port: int = 8443  # HTTPS for devices: pre-signed OTA file downloads
+    # Prometheus metrics (server/metrics.py) on http://<http_host>:<metrics_port>/metrics,
+    # without credentials (bind the API's host to a monitoring network); 0: off.
+    metrics_port: int = 0
     # The download endpoint's address as devices reach it, https://host[:port], which every
     # pre-signed URL starts with; "" means https://<device_host>:<download_port>. A port
     # of 443 is left out: FreeRTOS HTTP devices connect to 443 of everything between
@@ -73,6 +80,11 @@ class Settings:
     # profile_config.py; `[device_profiles]` in overair.toml).
     device_profiles: DeviceProfileConfig = field(default_factory=DeviceProfileConfig)
     database_url: str = ""
+    # The database password never sits in overair.toml: it comes from the environment
+    # (OVERAIR_DATABASE_PASSWORD) or this file (relative to the data directory, mode
+    # 0600; `init` writes a password given in --database-url there).
+    database_password_file: str = ""
+    database_password: str = field(default="", repr=False)  # from the environment (load_settings)
     # An external broker (mqtts://host:port) instead of the Mosquitto overair runs. It must
     # use overair's ACL and CRL files and be reloaded by `broker_reload_command` (argv),
     # which overair runs after every access change; `serve` checks it enforces them
@@ -104,7 +116,20 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.paths.database}"
+        """The URL the database is opened with, password included."""
+        if not self.database_url:
+            return f"sqlite:///{self.paths.database}"
+        password = self.database_password or self._password_from_file()
+        return with_password(self.database_url, password) if password else self.database_url
+
+    def _password_from_file(self) -> str | None:
+        if not self.database_password_file:
+            return None
+        path = self.data_dir / self.database_password_file
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            raise MisuseError(f"database_password_file {path}: {exc.strerror}") from None
 
     @property
     def device_host(self) -> str:
@@ -154,7 +179,7 @@ class Settings:
             raise MisuseError(
                 f"HTTP on {self.http_host} needs TLS (--tls-cert/--tls-key): plain HTTP is only "
                 "allowed on loopback")
-        for port in (self.http_port, self.mqtt_port, self.download_port):
+        for port in (self.http_port, self.mqtt_port, self.download_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise MisuseError(f"port {port} is out of range")
         for proxy in self.trusted_proxies:
@@ -191,22 +216,76 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
                           f"`overair init --data-dir {data_dir}` first") from exc
     except tomllib.TOMLDecodeError as exc:
         raise MisuseError(f"{paths.config} is not valid TOML: {exc}") from exc
-    known = {f for f in Settings.__dataclass_fields__ if f not in ("data_dir", "limits")}
+    known = {f for f in Settings.__dataclass_fields__ if f not in ("data_dir", "limits", "database_password")}
     unknown = set(raw) - known
     if unknown:
         raise MisuseError(f"{paths.config}: unknown settings {sorted(unknown)}")
+    _check_types(raw, paths.config)
     for key in ("hostnames", "pkcs11_modules", "broker_reload_command", "trusted_proxies"):
         if key in raw:
-            if not isinstance(raw[key], list) or not all(isinstance(item, str) for item in raw[key]):
-                raise MisuseError(f"{paths.config}: {key} must be a list of strings")
             raw[key] = tuple(raw[key])
+    for key in ("http_tls_cert", "http_tls_key"):
+        if key in raw:
+            raw[key] = Path(raw[key])
     if "device_profiles" in raw:
         raw["device_profiles"] = parse_device_profiles(raw["device_profiles"])
-    settings = Settings(data_dir=data_dir, **raw)
+    settings = Settings(data_dir=data_dir, database_password=os.environ.get(DATABASE_PASSWORD_ENV, ""), **raw)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = replace(settings, **given)
     settings.check()
     return settings
+
+
+# What each overair.toml key must be (a string "hostnames" would otherwise be read as a
+# list of its characters). device_profiles has its own parser (ota/profile_config.py).
+_KINDS: dict[str, str] = {
+    "account_id": "str", "region": "str", "partition": "str", "hostnames": "strings", "http_host": "str",
+    "http_port": "int", "mqtt_host": "str", "mqtt_port": "int", "download_port": "int", "metrics_port": "int",
+    "download_public_url": "str", "database_url": "str", "database_password_file": "str",
+    "broker_url": "str", "broker_reload_command": "strings", "mosquitto_binary": "str",
+    "mqtt_session_expiry_hours": "int", "mqtt_max_queued_messages": "int", "http_tls_cert": "str",
+    "http_tls_key": "str", "dev_mode": "bool", "allow_self_signed_code_signing": "bool",
+    "pkcs11_modules": "strings", "trusted_proxies": "strings", "device_profiles": "table",
+}
+_KIND_TEXT = {"str": "a string", "int": "an integer", "bool": "true or false", "strings": "a list of strings",
+              "table": "a table"}
+
+
+def _is(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, dict)
+
+
+def _check_types(raw: dict[str, Any], where: Path) -> None:
+    for key, value in raw.items():
+        kind = _KINDS.get(key)
+        if kind is not None and not _is(kind, value):
+            raise MisuseError(f"{where}: {key} must be {_KIND_TEXT[kind]}, got {type(value).__name__} "
+                              f"{str(value)[:60]!r} (docs/configuration.md)")
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """A database URL without its password, and the password (None if it had none)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), unquote(parts.password)
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def dump_settings(settings: Settings) -> str:
@@ -220,7 +299,11 @@ def dump_settings(settings: Settings) -> str:
         "mqtt_port": settings.mqtt_port,
         "download_port": settings.download_port,
     }
+    if settings.metrics_port:
+        values["metrics_port"] = settings.metrics_port
     if settings.database_url:
-        values["database_url"] = settings.database_url
+        values["database_url"] = split_password(settings.database_url)[0]  # never the password
+    if settings.database_password_file:
+        values["database_password_file"] = settings.database_password_file
     return "# overair server settings; command-line flags of `overair serve` override them.\n" + \
         tomli_w.dumps(values)

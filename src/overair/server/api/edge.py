@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from overair.core.asciinum import parse_uint
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.server import metrics
 from overair.server.api import s3 as s3api
 from overair.server.api.contract import ApiError, ApiRequest, Caller, CredentialLookup, OperationTable
 from overair.server.api.faults import to_api_error
@@ -132,6 +133,7 @@ class _Edge:
                 self._process, replace(incoming, body=body), origin, request_id, log
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.observe_request(log.service, log.operation, response.status, elapsed_ms / 1000)
         logger.info(
             "%s %s service=%s operation=%s caller=%s source=%s status=%d duration_ms=%.1f request_id=%s",
             incoming.method, incoming.raw_path, log.service, log.operation, log.caller, log.source,

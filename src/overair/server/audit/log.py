@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, select, update
 
 from overair.core.errors import MisuseError, UnavailableError
+from overair.server import metrics
 from overair.server.audit import chain
 from overair.server.audit.fields import clean_detail, clean_text
 from overair.server.clock import Clock
@@ -120,6 +121,7 @@ class AuditLog:
             connection.execute(_INSERT_ENTRY, [_row(entry) for entry in sealed])
             last = sealed[-1]
             connection.execute(_MOVE_HEAD, {"new_seq": last.seq, "new_hash": last.entry_hash})
+        metrics.AUDIT_ENTRIES.inc(len(sealed))
 
 
 _log_table: Table = AuditEntry.__table__  # type: ignore[assignment]

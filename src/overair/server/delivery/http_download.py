@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 from overair.core import placeholders, presign
 from overair.core.errors import OverairError
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.server import metrics
 from overair.server.api.contract import ApiError
 from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
@@ -149,6 +150,8 @@ class HttpDelivery:
             body, status = data[first:last + 1], 206
             headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
         headers["Content-Length"] = str(len(body))
+        if method != "HEAD":
+            metrics.BYTES_SERVED.labels("https").inc(len(body))
         return Response(b"" if method == "HEAD" else body, status, headers=headers,
                         media_type="application/octet-stream")
 

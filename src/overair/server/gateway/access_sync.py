@@ -69,6 +69,21 @@ class AccessSync:
             with self._counts:
                 self._applied = max(self._applied, target)
 
+    def one(self, change: Callable[[], None]) -> None:
+        """Apply one device's change on its own (the access plugin's control topic: its
+        cost does not grow with the fleet), serialized with every other apply, so the
+        last change applied is computed from the registry after every earlier commit.
+        UnavailableError (503) if the broker could not confirm it."""
+        with self._apply_lock:
+            try:
+                change()
+            except UnavailableError as exc:
+                log.warning("device access change committed but not confirmed at the broker: %s",
+                            exc.message)
+                raise UnavailableError(f"the change is saved but the broker could not confirm it: "
+                                       f"{exc.message}; it is applied when the broker is back",
+                                       code="ServiceUnavailableException") from exc
+
     def exclusively(self, work: Callable[[], T]) -> T:
         """Run `work` with no apply running (the supervisor regenerates the broker's
         files this way before it restarts the broker)."""

@@ -68,7 +68,7 @@ LOG_TAIL_LINES = 20
 
 # What a line of Mosquitto's ACL file may contain: a username or topic with a newline,
 # or with leading/trailing space, would change the meaning of the file (ACL injection).
-_ACL_IDENTITY = re.compile(r"[A-Za-z0-9:_.=,-]{1,1024}")
+ACL_IDENTITY = re.compile(r"[A-Za-z0-9:_.=,-]{1,1024}")
 _ACL_TOPIC = re.compile(r"[A-Za-z0-9:_.$/#+-]{1,512}")
 _ACCESS = ("read", "write", "readwrite")
 # A client id the access file reserves for one of the server's identities: printable
@@ -93,7 +93,7 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
     whose topics it may use; `control`: the server's own identities -> their rules;
     `client_ids`: server identity -> the client ids it connects with. Entries that could
     not be written safely are left out (granting nothing) and logged."""
-    if not _ACL_IDENTITY.fullmatch(service):
+    if not ACL_IDENTITY.fullmatch(service):
         raise MisuseError(f"the service certificate's subject {service!r} cannot be a broker identity")
     reserved = dict(client_ids or {}) if for_plugin else {}
     for identity, ids in reserved.items():
@@ -108,7 +108,7 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
              f"topic readwrite {REVOCATIONS_TOPIC}",
              *(f"clientid {client_id}" for client_id in reserved.get(service, ())), ""]
     for identity, rules in sorted((control or {}).items()):
-        if not _ACL_IDENTITY.fullmatch(identity) or not all(
+        if not ACL_IDENTITY.fullmatch(identity) or not all(
                 r.access in _ACCESS and _ACL_TOPIC.fullmatch(r.topic) for r in rules):
             raise MisuseError(f"control identity {identity!r} has rules that cannot be written to the ACL")
         lines.append(f"user {identity}")
@@ -120,7 +120,7 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
         if len(safe) != len(set(things)):
             log.error("not granting %r the things %r: not valid thing names", identity,
                       sorted(set(things) - set(safe)))
-        if not _ACL_IDENTITY.fullmatch(identity):
+        if not ACL_IDENTITY.fullmatch(identity):
             log.error("not granting anything to the broker identity %r: it cannot be written to the ACL",
                       identity)
             continue

@@ -34,6 +34,7 @@ from overair.core.errors import DecodeError, OverairError, PeerInputError, Unava
 from overair.core.limits import Limits
 from overair.core.streamplan import plan_blocks
 from overair.core.topics import JobsRequest, JobsTopic, StreamsRequest, StreamsTopic
+from overair.server import metrics
 from overair.server.api.contract import ApiError
 from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
@@ -366,6 +367,9 @@ class DeviceService:
     def _blocks(self, parsed: StreamsTopic, request: streamcodec.GetStreamRequest, stream: Any,
                 data: bytes) -> list[Outgoing]:
         blocks = plan_blocks(request, len(data), self._limits)
+        metrics.BLOCKS_SERVED.inc(len(blocks))
+        metrics.BYTES_SERVED.labels("mqtt").inc(
+            sum(min(request.block_size, len(data) - block * request.block_size) for block in blocks))
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
         return [Outgoing(topic, self._streams.data_block(stream, request.file_id, data, request.block_size,
                                                          block, parsed.fmt), QOS_BLOCKS)

@@ -35,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from overair.core.errors import UnavailableError
 from overair.server import pki
+from overair.server.gateway.access_change import CONTROL_TOPIC, RESPONSE_TOPIC, parse_answer
 from overair.server.gateway.broker import AclRule
 from overair.server.gateway.ephemeral import client_context
 
@@ -59,6 +60,7 @@ class AclWitness:
         self._received: dict[str, set[str]] = {}  # attempt nonce -> topics it came back on
         self._changed = threading.Condition()
         self._connected = False
+        self._answers: dict[int, str | None] = {}  # access change seq -> None (applied) or why refused
         # MQTT 5: a refused PUBLISH (the never-granted one) is answered PUBACK 0x87, where
         # the access plugin closes an MQTT 3.1.1 connection, as AWS does.
         self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=identity,
@@ -82,7 +84,10 @@ class AclWitness:
         # refused); what proves a generation is being allowed to *publish* into it.
         return [AclRule("read", f"{self.base}/#"),
                 AclRule("readwrite", self.generation_topic(generation)),
-                AclRule("readwrite", self.echo_topic)]
+                AclRule("readwrite", self.echo_topic),
+                # The access plugin's control topic (gateway/access_change.py): the witness
+                # is the one client that may send it changes, and read its answers.
+                AclRule("write", CONTROL_TOPIC), AclRule("read", RESPONSE_TOPIC)]
 
     # Connection ---------------------------------------------------------------------
     def start(self) -> None:
@@ -102,7 +107,7 @@ class AclWitness:
         if reason.is_failure:
             log.warning("the broker refused the ACL witness: %s", reason)
             return
-        client.subscribe(f"{self.base}/#", qos=1)
+        client.subscribe([(f"{self.base}/#", 1), (RESPONSE_TOPIC, 1)])
         # Then an echo of its own marks it connected (broker_health reads that), without
         # waiting for the next access change to ask.
         client.publish(self.echo_topic, READY.encode(), qos=1)
@@ -114,6 +119,13 @@ class AclWitness:
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         nonce = bytes(message.payload).decode(errors="replace")
+        if message.topic == RESPONSE_TOPIC:
+            answer = parse_answer(nonce)
+            if answer is not None:
+                with self._changed:
+                    self._answers[answer[0]] = answer[1]
+                    self._changed.notify_all()
+            return
         with self._changed:
             if message.topic == self.echo_topic and nonce == READY:
                 self._connected = True
@@ -165,3 +177,24 @@ class AclWitness:
             raise UnavailableError("the broker delivered a message its ACL forbids: it does not enforce "
                                    "overair's ACL (see docs/security.md, External broker)")
         return self.generation_topic(generation) in came_back
+
+    # Access changes through the plugin's control topic -------------------------------
+    def change(self, seq: int, payload: bytes, timeout: float = 5.0) -> None:
+        """Send an access change to the access plugin and return once it answers that it
+        applied it: its answer is the broker's own acknowledgement, sent after the rules
+        changed. UnavailableError if it refuses or does not answer in time."""
+        deadline = time.monotonic() + timeout
+        self._ready(deadline)
+        with self._changed:
+            self._answers.pop(seq, None)
+        self._client.publish(CONTROL_TOPIC, payload, qos=1)
+        try:
+            if not self._wait(lambda: seq in self._answers, deadline):
+                raise UnavailableError("the broker's access plugin did not answer an access change in time")
+            with self._changed:
+                refused = self._answers[seq]
+        finally:
+            with self._changed:
+                self._answers.pop(seq, None)
+        if refused is not None:
+            raise UnavailableError(f"the broker's access plugin refused an access change: {refused}")

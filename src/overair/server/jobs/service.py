@@ -286,6 +286,8 @@ class JobService:
                       .values(status=ExecStatus.CANCELED.value, last_updated_at=now,
                               version_number=JobExecution.version_number + 1))
             job.status = JobStatus.CANCELED.value
+            log.info("job %s canceled (force=%s): %d execution(s) canceled", job_id, force, len(things),
+                     extra={"job": job_id, "jobStatus": job.status})
             job.force_canceled = force
             job.comment = comment
             job.reason_code = reason_code
@@ -499,6 +501,7 @@ class JobService:
             outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
                                     next_changed)
         if request.status.terminal:
+            _log_ended(thing, job_id, outcome.execution.execution_number, request)
             self.executions_changed([thing])
         return outcome
 
@@ -540,6 +543,7 @@ class JobService:
             job.status = JobStatus.COMPLETED.value
             job.completed_at = self._clock()
             job.last_updated_at = job.completed_at
+            log.info("job %s completed", job.job_id, extra={"job": job.job_id, "jobStatus": job.status})
 
     def installed_versions(self, targets: list[str]) -> dict[str, str]:
         """For each thing among `targets` (thing or group ARNs): the highest firmware
@@ -586,3 +590,13 @@ class JobService:
             return [job.job_id for job in jobs
                     if isinstance(job.document.get("afr_ota"), dict)
                     and job.document["afr_ota"].get("streamname") == stream_id]
+
+
+def _log_ended(thing: str, job_id: str, number: int | None, request: UpdateRequest) -> None:
+    """One line per execution that ended: a failure at WARNING with the device's reason
+    (its statusDetails), success at INFO."""
+    failed = request.status is not ExecStatus.SUCCEEDED
+    details = ", ".join(f"{k}={v}" for k, v in sorted((request.status_details or {}).items()))[:300]
+    log.log(logging.WARNING if failed else logging.INFO, "job %s on %s (execution %s): %s%s", job_id, thing,
+            number, request.status.value, f" ({details})" if details else "",
+            extra={"job": job_id, "thing": thing, "executionStatus": request.status.value})

@@ -19,8 +19,9 @@ the stale twin (docs/security.md, "Devices (N4)").
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,14 @@ class BrokerAccess:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityAccess:
+    """The access of some broker identities (Registry.identity_access)."""
+
+    things: dict[str, frozenset[str]]  # identity -> the things it may use (empty: none)
+    shared: frozenset[str]  # identities presented by more than one ACTIVE certificate
+
+
+@dataclass(frozen=True, slots=True)
 class NewCertificate:
     certificate_id: str
     arn: str
@@ -74,7 +83,7 @@ def check_thing_name(name: str) -> None:
 
 class Registry:
     def __init__(self, db: Database, settings: Settings, fleet_ca: Issued, clock: Clock,
-                 on_access_change: Callable[[], None] = lambda: None) -> None:
+                 on_access_change: Callable[[Sequence[str]], None] = lambda _principals: None) -> None:
         self._db = db
         self._settings = settings
         self._ca = fleet_ca
@@ -82,6 +91,8 @@ class Registry:
         self.on_access_change = on_access_change
         # certificate id -> (broker identity or None, subject): a stored PEM never changes.
         self._identities: dict[str, tuple[str | None, x509.Name]] = {}
+        self._by_identity: dict[str, set[str]] = {}  # broker identity -> certificate ids
+        self._identity_lock = threading.Lock()
         # (thing, group ARN) after a thing joined a group: CONTINUOUS jobs reach it.
         self.on_group_join: Callable[[str, str], None] = lambda _thing, _group: None
 
@@ -282,7 +293,7 @@ class Registry:
                 raise invalid("a revoked certificate cannot be reactivated")
             cert.status = status
             cert.last_modified_at = self._clock()
-        self.on_access_change()
+        self.on_access_change([self.cert_arn(cert_id)])
 
     def attach_principal(self, thing: str, principal: str) -> None:
         cert_id = self._cert_id_of(principal)
@@ -293,7 +304,7 @@ class Registry:
                 raise not_found(f"certificate {cert_id}")
             if s.get(ThingPrincipal, (thing, principal)) is None:
                 s.add(ThingPrincipal(thing_name=thing, principal=principal))
-        self.on_access_change()
+        self.on_access_change([principal])
 
     def detach_principal(self, thing: str, principal: str) -> None:
         with self._db.session() as s:
@@ -301,7 +312,7 @@ class Registry:
             if link is None:
                 raise not_found(f"principal {principal} on thing {thing}")
             s.delete(link)
-        self.on_access_change()
+        self.on_access_change([principal])
 
     def thing_principals(self, thing: str) -> list[str]:
         with self._db.reading() as s:
@@ -319,13 +330,7 @@ class Registry:
         with self._db.reading() as s:
             certs = s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.arn,
                                      DeviceCertificate.status)).all()
-            new = [cert_id for cert_id, _, _ in certs if cert_id not in self._identities]
-            for start in range(0, len(new), 500):
-                batch = new[start:start + 500]
-                for cert_id, pem in s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.pem)
-                                              .where(DeviceCertificate.certificate_id.in_(batch))):
-                    subject = x509.load_pem_x509_certificate(pem.encode()).subject
-                    self._identities[cert_id] = (broker_username(subject), subject)
+            self._learn_identities(s, [cert_id for cert_id, _, _ in certs])
             attached: dict[str, set[str]] = {}
             for principal, thing in s.execute(select(ThingPrincipal.principal, ThingPrincipal.thing_name)):
                 attached.setdefault(principal, set()).add(thing)
@@ -354,6 +359,49 @@ class Registry:
                             withdrawn=frozenset(withdrawn),
                             shared=frozenset(i for i, sets in presented.items() if len(sets) > 1),
                             unnamed=tuple(sorted(unnamed)))
+
+    def _learn_identities(self, s: Any, cert_ids: Sequence[str]) -> None:
+        """Fill the identity cache for these certificates (a stored PEM never changes)."""
+        new = [cert_id for cert_id in cert_ids if cert_id not in self._identities]
+        for start in range(0, len(new), 500):
+            batch = new[start:start + 500]
+            for cert_id, pem in s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.pem)
+                                          .where(DeviceCertificate.certificate_id.in_(batch))):
+                subject = x509.load_pem_x509_certificate(pem.encode()).subject
+                identity = broker_username(subject)
+                with self._identity_lock:
+                    self._identities[cert_id] = (identity, subject)
+                    if identity is not None:
+                        self._by_identity.setdefault(identity, set()).add(cert_id)
+
+    def identity_access(self, principals: Sequence[str]) -> IdentityAccess:
+        """What the broker must now enforce for the identities these certificates present,
+        read for them alone (a cost independent of the fleet's size): each identity's
+        things (the things every ACTIVE certificate presenting it is attached to; none:
+        it loses all access). Same rule as `broker_access`."""
+        cert_ids = [self._cert_id_of(p) for p in principals]
+        with self._db.reading() as s:
+            self._learn_identities(s, cert_ids)
+            with self._identity_lock:
+                identities = {self._identities[c][0] for c in cert_ids if c in self._identities} - {None}
+                related = {c for identity in identities for c in self._by_identity.get(identity or "", ())}
+            rows = s.execute(select(DeviceCertificate.certificate_id, DeviceCertificate.arn,
+                                    DeviceCertificate.status)
+                             .where(DeviceCertificate.certificate_id.in_(sorted(related)))).all()
+            active_arns = [arn for _, arn, status in rows if status == "ACTIVE"]
+            attached: dict[str, set[str]] = {}
+            for principal, thing in s.execute(select(ThingPrincipal.principal, ThingPrincipal.thing_name)
+                                              .where(ThingPrincipal.principal.in_(active_arns))):
+                attached.setdefault(principal, set()).add(thing)
+        presented: dict[str, list[frozenset[str]]] = {identity: [] for identity in identities if identity}
+        for cert_id, arn, status in rows:
+            identity = self._identities[cert_id][0]
+            if identity is not None and status == "ACTIVE":
+                presented.setdefault(identity, []).append(frozenset(attached.get(arn, ())))
+        things = {identity: frozenset.intersection(*sets) if sets else frozenset()
+                  for identity, sets in presented.items()}
+        return IdentityAccess(things=things,
+                              shared=frozenset(i for i, sets in presented.items() if len(sets) > 1))
 
     def things_of_certificate(self, cert: x509.Certificate) -> list[str]:
         """The things an ACTIVE device certificate is attached to (none otherwise)."""

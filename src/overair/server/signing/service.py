@@ -34,6 +34,7 @@ from sqlalchemy import select
 
 from overair.core import codesign
 from overair.core.errors import OverairError
+from overair.server import metrics
 from overair.server.api.contract import ApiError, already_exists
 from overair.server.clock import Clock
 from overair.server.settings import Settings
@@ -286,6 +287,7 @@ class SigningService:
             job.status, job.status_reason = "Failed", getattr(exc, "message", str(exc))
             log.warning("signing job %s failed: %s", job_id, job.status_reason)
         job.completed_at = self._clock()
+        metrics.SIGNING_JOBS.labels(job.status.lower()).inc()
         with self._db.session() as s:
             s.add(job)
         return job

@@ -33,6 +33,22 @@
  * After a reload Mosquitto re-authenticates every session (mosquitto_security_apply), so
  * a certificate that lost its last thing, or that left the file (revoked, inactive), is
  * disconnected there and then.
+ *
+ * Access changes of single devices do not rewrite the file: overair sends them on the
+ * broker's control topic $CONTROL/overair-access/v1 (Mosquitto hands such messages to
+ * this plugin after the ACL check, so only a client granted `write` to that topic, the
+ * server's witness identity, can send one). A change is lines of the file's format:
+ *
+ *     seq <n>                              first line: answered with that number
+ *     user <certificate subject>           replaces that user's rules as a whole
+ *     topic ... / thing ...                (as in the file)
+ *     drop <certificate subject>           the user loses all access
+ *
+ * It is applied in constant time (users are kept in a hash table), clients of a user that
+ * was dropped or lost a thing are disconnected at once, and the plugin answers
+ * `applied <n>` (or `refused <n>: <why>`, changing nothing) on
+ * $CONTROL/overair-access/v1/response. The file is rewritten whole only when the broker
+ * (re)starts, so it and the changes since describe the same rules.
  */
 
 #include <stdbool.h>
@@ -51,6 +67,9 @@
 #define MAX_CLIENT_ID 128
 #define READ_ACCESS 1
 #define WRITE_ACCESS 2
+#define CONTROL_TOPIC "$CONTROL/overair-access/v1"
+#define RESPONSE_TOPIC "$CONTROL/overair-access/v1/response"
+#define MAX_CHANGE_BYTES (1024 * 1024)
 
 struct grant {
 	int access;
@@ -70,12 +89,17 @@ struct user {
 	struct list client_ids;
 };
 
+/* Users by name: open addressing with linear probing (at most half full), so a lookup,
+ * an insertion and a removal cost the same with 100 and with 100,000 devices. */
 struct rules {
-	struct user *users;
-	size_t user_count, user_capacity;
+	struct user **slots;
+	size_t slot_count, user_count;
+	struct user *last; /* the user the following lines of a file or change belong to */
 	struct grant *everyone;
 	size_t everyone_count, everyone_capacity;
 	struct list reserved; /* every `clientid` of every user */
+	struct list dropped; /* in a change: the users it drops */
+	long seq; /* in a change: its number */
 };
 
 static mosquitto_plugin_id_t *plugin_id;
@@ -125,34 +149,105 @@ static bool grant_add(struct grant **grants, size_t *count, size_t *capacity, in
 	return items[(*count)++].filter != NULL;
 }
 
+static void user_free(struct user *user)
+{
+	if(!user) return;
+	free(user->name);
+	for(size_t j = 0; j < user->grant_count; j++) free(user->grants[j].filter);
+	free(user->grants);
+	list_free(&user->things);
+	list_free(&user->client_ids);
+	free(user);
+}
+
 static void rules_free(struct rules *rules)
 {
-	for(size_t i = 0; i < rules->user_count; i++){
-		struct user *user = &rules->users[i];
-		free(user->name);
-		for(size_t j = 0; j < user->grant_count; j++) free(user->grants[j].filter);
-		free(user->grants);
-		list_free(&user->things);
-		list_free(&user->client_ids);
-	}
-	free(rules->users);
+	for(size_t i = 0; i < rules->slot_count; i++) user_free(rules->slots[i]);
+	free(rules->slots);
 	for(size_t i = 0; i < rules->everyone_count; i++) free(rules->everyone[i].filter);
 	free(rules->everyone);
 	list_free(&rules->reserved);
+	list_free(&rules->dropped);
 	memset(rules, 0, sizeof(*rules));
 }
 
-static int user_compare(const void *a, const void *b)
+static size_t name_hash(const char *name)
 {
-	return strcmp(((const struct user *)a)->name, ((const struct user *)b)->name);
+	size_t hash = 1469598103934665603ULL; /* FNV-1a */
+	for(const unsigned char *c = (const unsigned char *)name; *c; c++){
+		hash ^= *c;
+		hash *= 1099511628211ULL;
+	}
+	return hash;
+}
+
+/* The slot holding `name`, or the empty slot where it would go. */
+static size_t slot_of(const struct rules *rules, const char *name)
+{
+	size_t mask = rules->slot_count - 1;
+	size_t i = name_hash(name) & mask;
+	while(rules->slots[i] && strcmp(rules->slots[i]->name, name)) i = (i + 1) & mask;
+	return i;
 }
 
 static const struct user *find_user(const struct rules *rules, const char *name)
 {
-	struct user key;
-	if(!name || !rules->users) return NULL;
-	key.name = (char *)name;
-	return bsearch(&key, rules->users, rules->user_count, sizeof(struct user), user_compare);
+	if(!name || !rules->slot_count) return NULL;
+	return rules->slots[slot_of(rules, name)];
+}
+
+static bool table_grow(struct rules *rules)
+{
+	size_t count = rules->slot_count ? rules->slot_count * 2 : 64;
+	struct user **slots = calloc(count, sizeof(struct user *));
+	struct rules bigger = *rules;
+	if(!slots) return false;
+	bigger.slots = slots;
+	bigger.slot_count = count;
+	for(size_t i = 0; i < rules->slot_count; i++){
+		if(rules->slots[i]) slots[slot_of(&bigger, rules->slots[i]->name)] = rules->slots[i];
+	}
+	free(rules->slots);
+	rules->slots = slots;
+	rules->slot_count = count;
+	return true;
+}
+
+/* Put `user` in the table; false if its name is there already (or out of memory). */
+static bool user_insert(struct rules *rules, struct user *user)
+{
+	size_t i;
+	if((rules->user_count + 1) * 2 > rules->slot_count && !table_grow(rules)) return false;
+	i = slot_of(rules, user->name);
+	if(rules->slots[i]) return false;
+	rules->slots[i] = user;
+	rules->user_count++;
+	return true;
+}
+
+/* Take `name` out of the table and return it (NULL if absent); the entries after it in
+ * its probe run move back, so no lookup ever stops at the hole. */
+static struct user *user_remove(struct rules *rules, const char *name)
+{
+	size_t mask, i, j;
+	struct user *removed;
+	if(!rules->slot_count) return NULL;
+	mask = rules->slot_count - 1;
+	i = slot_of(rules, name);
+	removed = rules->slots[i];
+	if(!removed) return NULL;
+	rules->slots[i] = NULL;
+	rules->user_count--;
+	for(j = (i + 1) & mask; rules->slots[j]; j = (j + 1) & mask){
+		size_t home = name_hash(rules->slots[j]->name) & mask;
+		/* Move it into the hole unless its home lies cyclically in (i, j]. */
+		if((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))){
+			rules->slots[i] = rules->slots[j];
+			rules->slots[j] = NULL;
+			i = j;
+		}
+	}
+	return removed;
 }
 
 static int parse_access(const char *word)
@@ -166,12 +261,12 @@ static int parse_access(const char *word)
 /* One line: words separated by single spaces, as many as its kind takes; false if it is
  * not a line of the access file (so a stray space or newline can never change a rule).
  * Lines after `user` belong to that user, the last one added. */
-static bool parse_line(struct rules *rules, char *line)
+static bool parse_line(struct rules *rules, char *line, bool change)
 {
 	char *words[4];
 	size_t count = 0;
 	char *cursor = line;
-	struct user *user = rules->user_count ? &rules->users[rules->user_count - 1] : NULL;
+	struct user *user = rules->last;
 
 	while(true){
 		char *space;
@@ -186,13 +281,24 @@ static bool parse_line(struct rules *rules, char *line)
 		if(words[i][0] == '\0') return false;
 	}
 	if(count == 2 && !strcmp(words[0], "user")){
-		struct user *users = grow(rules->users, &rules->user_capacity, rules->user_count, sizeof(struct user));
-		if(!users) return false;
-		rules->users = users;
-		user = &users[rules->user_count++];
-		memset(user, 0, sizeof(*user));
+		user = calloc(1, sizeof(*user));
+		if(!user) return false;
 		user->name = strdup(words[1]);
-		return user->name != NULL;
+		if(!user->name || list_has(&rules->dropped, words[1]) || !user_insert(rules, user)){
+			user_free(user); /* a name given twice (or both set and dropped) */
+			return false;
+		}
+		rules->last = user;
+		return true;
+	}
+	if(change && count == 2 && !strcmp(words[0], "drop")){
+		if(find_user(rules, words[1]) || list_has(&rules->dropped, words[1])) return false;
+		rules->last = NULL;
+		return list_add(&rules->dropped, words[1]);
+	}
+	if(change && count == 2 && !strcmp(words[0], "seq")) return false; /* only as the first line */
+	if(change && (!strcmp(words[0], "pattern") || !strcmp(words[0], "clientid"))){
+		return false; /* the server's own identities change only with the whole file */
 	}
 	if(count == 3 && !strcmp(words[0], "pattern")){
 		return !strcmp(words[1], "read")
@@ -228,22 +334,13 @@ static bool rules_load(const char *path, struct rules *rules)
 		number++;
 		if(length > 0 && line[length - 1] == '\n') line[--length] = '\0';
 		if(length == 0 || line[0] == '#') continue;
-		if(!parse_line(rules, line)){
+		if(!parse_line(rules, line, false)){
 			mosquitto_log_printf(MOSQ_LOG_ERR, "overair access: %s line %ld is not valid", path, number);
 			ok = false;
 		}
 	}
 	free(line);
 	fclose(file);
-	if(ok && rules->user_count){
-		qsort(rules->users, rules->user_count, sizeof(struct user), user_compare);
-		for(size_t i = 1; i < rules->user_count; i++){
-			if(!strcmp(rules->users[i - 1].name, rules->users[i].name)){
-				mosquitto_log_printf(MOSQ_LOG_ERR, "overair access: %s names a user twice", path);
-				ok = false;
-			}
-		}
-	}
 	if(!ok) rules_free(rules);
 	return ok;
 }
@@ -417,6 +514,114 @@ static int on_reload(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+static void respond(const char *text)
+{
+	size_t length = strlen(text);
+	void *payload = mosquitto_calloc(1, length + 1);
+	if(!payload) return;
+	memcpy(payload, text, length);
+	/* Ownership of payload passes to the broker. */
+	mosquitto_broker_publish(NULL, RESPONSE_TOPIC, (int)length, payload, 1, false, NULL);
+}
+
+static bool same_things(const struct user *before, const struct user *after)
+{
+	if(!after) return false;
+	for(size_t i = 0; i < before->things.count; i++){
+		if(!list_has(&after->things, before->things.items[i])) return false;
+	}
+	return true;
+}
+
+/* Parse a change: `seq <n>` first, then lines of the file's format plus `drop`. */
+static bool change_parse(char *text, struct rules *change, const char **why)
+{
+	char *line = text, *next;
+	bool first = true;
+	memset(change, 0, sizeof(*change));
+	change->seq = -1;
+	for(; line && *line; line = next){
+		next = strchr(line, '\n');
+		if(next) *next++ = '\0';
+		if(line[0] == '\0') continue;
+		if(first){
+			char *end;
+			first = false;
+			if(strncmp(line, "seq ", 4)){ *why = "the first line is not seq"; return false; }
+			change->seq = strtol(line + 4, &end, 10);
+			if(*end || change->seq < 0){ *why = "bad seq"; return false; }
+			continue;
+		}
+		if(!parse_line(change, line, true)){ *why = "a line is not valid"; return false; }
+	}
+	if(first){ *why = "empty"; return false; }
+	return true;
+}
+
+static int on_control(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_control *control = event_data;
+	struct rules change;
+	char answer[128];
+	char *text;
+	const char *why = NULL;
+	(void)event;
+	(void)userdata;
+
+	/* Defence in depth: Mosquitto checked the ACL before calling us; check it again. */
+	if(!allowed(mosquitto_client_username(control->client), WRITE_ACCESS, CONTROL_TOPIC, false)){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "overair access: client %s may not change access",
+				mosquitto_client_id(control->client));
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(control->payloadlen == 0 || control->payloadlen > MAX_CHANGE_BYTES) return MOSQ_ERR_INVAL;
+	text = malloc(control->payloadlen + 1);
+	if(!text) return MOSQ_ERR_NOMEM;
+	memcpy(text, control->payload, control->payloadlen);
+	text[control->payloadlen] = '\0';
+	if(strlen(text) != control->payloadlen){
+		why = "NUL in the change";
+		memset(&change, 0, sizeof(change));
+		change.seq = -1;
+	}else if(!change_parse(text, &change, &why)){
+		/* nothing applied */
+	}else{
+		/* Apply: every user named is replaced, every dropped one removed; clients of a
+		 * user that lost any thing (or everything) are disconnected now, as the
+		 * re-authentication after a reload would. */
+		for(size_t i = 0; i < change.slot_count; i++){
+			struct user *user = change.slots[i];
+			struct user *before;
+			if(!user) continue;
+			change.slots[i] = NULL;
+			before = user_remove(&current, user->name);
+			if(!user_insert(&current, user)){
+				user_free(user);
+				why = "out of memory";
+			}
+			if(before && !same_things(before, user)) mosquitto_kick_client_by_username(before->name, false);
+			user_free(before);
+		}
+		for(size_t i = 0; i < change.dropped.count; i++){
+			struct user *before = user_remove(&current, change.dropped.items[i]);
+			if(before){
+				mosquitto_kick_client_by_username(before->name, false);
+				user_free(before);
+			}
+		}
+	}
+	if(why){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "overair access: change %ld refused: %s", change.seq, why);
+		snprintf(answer, sizeof(answer), "refused %ld: %s", change.seq, why);
+	}else{
+		snprintf(answer, sizeof(answer), "applied %ld", change.seq);
+	}
+	respond(answer);
+	rules_free(&change);
+	free(text);
+	return MOSQ_ERR_SUCCESS;
+}
+
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
 {
 	for(int i = 0; i < supported_version_count; i++){
@@ -443,6 +648,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)){
 		return MOSQ_ERR_INVAL;
 	}
+	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, NULL)){
+		/* Changes then go by rewriting the file and reloading, as for an external broker. */
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "overair access: this Mosquitto has no control topics");
+	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "overair access: %zu users from %s", current.user_count, access_file);
 	return MOSQ_ERR_SUCCESS;
 }
@@ -455,6 +664,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
 	rules_free(&current);
 	free(access_file);
 	access_file = NULL;
