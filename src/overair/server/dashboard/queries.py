@@ -43,6 +43,9 @@ PAGE_SIZE = 50
 RECENT_AUDIT_WINDOW = 20_000
 EXPIRY_WARNING_DAYS = 30
 STATES = [s.value for s in ExecStatus]
+# The states a retry sends the update again for: the device does not run the new version
+# (as `overair ota retry-failed`).
+FAILED_STATES = (ExecStatus.FAILED.value, ExecStatus.REJECTED.value, ExecStatus.TIMED_OUT.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,10 @@ class JobRow:
     @property
     def done(self) -> int:
         return sum(n for state, n in self.counts.items() if ExecStatus(state).terminal)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.counts.get(state, 0) for state in FAILED_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +326,32 @@ class DashboardQueries:
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, rows[-1].thing_name if more and rows else None)
+
+    def failed_things(self, job_id: str) -> list[str]:
+        """Things whose execution of the job failed and that have none queued, running or
+        succeeded since (an execution retried by the job's own retry config)."""
+        with self._db.reading() as s:
+            settled = select(JobExecution.thing_name).where(
+                JobExecution.job_id == job_id,
+                JobExecution.status.not_in(
+                    (*FAILED_STATES, ExecStatus.CANCELED.value, ExecStatus.REMOVED.value)))
+            return list(s.scalars(select(JobExecution.thing_name).distinct().where(
+                JobExecution.job_id == job_id, JobExecution.status.in_(FAILED_STATES),
+                JobExecution.thing_name.not_in(settled)).order_by(JobExecution.thing_name)))
+
+    def ota_request(self, ota_update_id: str) -> dict[str, Any] | None:
+        """The CreateOTAUpdate request as the OTA Update Manager stored and acts on it."""
+        with self._db.reading() as s:
+            row = s.get(OtaUpdate, ota_update_id)
+            return dict(row.request) if row is not None else None
+
+    def free_retry_id(self, ota_update_id: str) -> str:
+        """`<id>-retry-<n>` with the first n not taken (as `overair ota retry-failed`)."""
+        stem = f"{ota_update_id}-retry-"
+        with self._db.reading() as s:
+            taken = set(s.scalars(select(OtaUpdate.ota_update_id).where(
+                OtaUpdate.ota_update_id.startswith(stem, autoescape=True))))
+        return next(f"{stem}{n}" for n in range(1, len(taken) + 2) if f"{stem}{n}" not in taken)
 
     # Signing certificates ------------------------------------------------------------
     def certificates(self, now: float) -> list[CertificateRow]:

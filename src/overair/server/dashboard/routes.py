@@ -56,6 +56,7 @@ from overair.server.iam.actions import Check
 from overair.server.iam.arns import Arns
 from overair.server.iam.authorizer import Authorizer, Principal
 from overair.server.iam.identity import IdentityStore
+from overair.server.ota.manager import job_id_for
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
@@ -71,6 +72,10 @@ MAX_FORM_BYTES = 16 * 1024  # the largest form (sign-in with a session token) is
 # dashboard's sign-ins are audited under that name.
 SIGN_IN_ACTION = "signin:ConsoleLogin"
 AUDIT_READ = Check("cloudtrail:LookupEvents", "*")
+# What a retry keeps of the OTA update it retries (the rest: a new id, the failed devices).
+RETRY_KEEPS = ("description", "files", "protocols", "roleArn", "additionalParameters",
+               "awsJobPresignedUrlConfig", "awsJobExecutionsRolloutConfig", "awsJobAbortConfig",
+               "awsJobTimeoutConfig")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
@@ -143,6 +148,7 @@ class Dashboard:
             Route("/rollouts/{job_id}", self.rollout),
             Route("/rollouts/{job_id}/progress", self.progress),
             Route("/rollouts/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/rollouts/{job_id}/retry-failed", self.retry_failed, methods=["POST"]),
             Route("/certificates", self.certificates),
             Route("/audit", self.audit_page),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
@@ -362,8 +368,11 @@ class Dashboard:
             context = self._rollout_context(viewer, job_id, request)
             if context is None:
                 return self._render("error.html", 404, viewer, message=f"There is no job {job_id}.")
-            return self._render("rollout.html", viewer=viewer, notice=request.query_params.get("notice", ""),
-                                **context)
+            params = request.query_params
+            retry = params.get("retry", "")[:128]
+            return self._render("rollout.html", viewer=viewer, notice=params.get("notice", ""),
+                                retry=retry, retry_job=job_id_for(retry) if retry else "",
+                                devices=params.get("devices", "")[:8], **context)
         return await self._page(request, work)
 
     async def progress(self, request: Request) -> Response:
@@ -392,6 +401,38 @@ class Dashboard:
             except (ApiError, OverairError) as exc:
                 return self._render("error.html", getattr(exc, "status", 400), viewer, message=exc.message)
             return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?notice=canceled", 303,
+                                    headers=SECURITY_HEADERS)
+        return await self._action(request, work)
+
+    async def retry_failed(self, request: Request) -> Response:
+        """A new OTA update of the same files, role and job options to the devices whose
+        execution failed (as `overair ota retry-failed`; AWS has no retry operation, a
+        retry is a new CreateOTAUpdate), authorized and created exactly as that call."""
+        job_id = request.path_params["job_id"][:64]
+
+        def work(viewer: Viewer, _form: dict[str, str]) -> Response:
+            job = self.queries.job(job_id)
+            stored = self.queries.ota_request(job.ota_update_id) if job and job.ota_update_id else None
+            if job is None or stored is None:
+                return self._render("error.html", 404, viewer,
+                                    message=f"{job_id} is not the job of an OTA update: nothing to retry.")
+            self._permit(viewer, "iot", "GetOTAUpdate", {"otaUpdateId": job.ota_update_id})
+            failed = self.queries.failed_things(job_id)
+            if not failed:
+                return self._render("error.html", 409, viewer, message=f"No device failed {job_id}.")
+            params = {key: stored[key] for key in RETRY_KEEPS if key in stored}
+            params |= {"otaUpdateId": self.queries.free_retry_id(job.ota_update_id),
+                       "targets": [self.thing_arn(thing) for thing in failed], "targetSelection": "SNAPSHOT"}
+            self._permit(viewer, "iot", "CreateOTAUpdate", params)
+            handler = self.table.get("iot", "CreateOTAUpdate")
+            if handler is None:  # registered by ota/api.py at start
+                raise UnavailableError("CreateOTAUpdate is not available")
+            try:
+                handler(ApiRequest("iot", "CreateOTAUpdate", params, viewer.caller))
+            except (ApiError, OverairError) as exc:
+                return self._render("error.html", getattr(exc, "status", 400), viewer, message=exc.message)
+            query = urlencode({"notice": "retried", "retry": params["otaUpdateId"], "devices": len(failed)})
+            return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?{query}", 303,
                                     headers=SECURITY_HEADERS)
         return await self._action(request, work)
 
