@@ -15,6 +15,7 @@ from overair.server.api.contract import Credential
 from overair.server.dashboard.routes import _day_or_time, _local_next
 from overair.server.dashboard.session import SESSION_SECONDS, BadSession, SessionCodec, load_session_key
 from overair.server.dashboard.signin import SignInRefused, sign_in
+from overair.server.dashboard.throttle import SignInThrottle
 from overair.server.sealing import Sealer
 
 KEY = bytes(range(32))
@@ -127,3 +128,21 @@ def test_the_audit_time_filter_reads_utc_days_and_times() -> None:
     assert _day_or_time("2026-12-05T21:00") == 1_796_428_800.0 + 21 * 3600
     assert _day_or_time("yesterday") is None
     assert _day_or_time("") is None
+
+
+def test_o1_failed_sign_ins_are_bounded_per_source_and_window() -> None:
+    throttle = SignInThrottle(max_failures=3, window=60, max_sources=2)
+    assert [throttle.failed("10.0.0.1", NOW) for _ in range(3)] == [False, False, True]
+    assert not throttle.allowed("10.0.0.1", NOW + 59)
+    assert throttle.allowed("10.0.0.2", NOW + 59)
+    assert throttle.allowed("10.0.0.1", NOW + 60)  # a new window
+
+
+def test_o1_sources_beyond_the_table_share_one_budget() -> None:
+    throttle = SignInThrottle(max_failures=2, window=60, max_sources=2)
+    throttle.failed("a", NOW)
+    throttle.failed("b", NOW)
+    throttle.failed("c", NOW)
+    throttle.failed("d", NOW)
+    assert not throttle.allowed("e", NOW)
+    assert throttle.allowed("a", NOW)

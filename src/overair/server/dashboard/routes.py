@@ -51,6 +51,7 @@ from overair.server.dashboard.session import (
     load_session_key,
 )
 from overair.server.dashboard.signin import SIGN_IN_REFUSED, SignInRefused, sign_in, still_valid
+from overair.server.dashboard.throttle import MAX_FAILURES, WINDOW_SECONDS, SignInThrottle
 from overair.server.iam import actions
 from overair.server.iam.actions import Check
 from overair.server.iam.arns import Arns
@@ -71,6 +72,7 @@ MAX_FORM_BYTES = 16 * 1024  # the largest form (sign-in with a session token) is
 # CloudTrail records a console sign-in as ConsoleLogin from signin.amazonaws.com; the
 # dashboard's sign-ins are audited under that name.
 SIGN_IN_ACTION = "signin:ConsoleLogin"
+CROSS_ORIGIN = "This form was sent from another site: open the dashboard and try again."
 AUDIT_READ = Check("cloudtrail:LookupEvents", "*")
 # What a retry keeps of the OTA update it retries (the rest: a new id, the failed devices).
 RETRY_KEEPS = ("description", "files", "protocols", "roleArn", "additionalParameters",
@@ -130,6 +132,7 @@ class Dashboard:
         self.proxies = TrustedProxies(trusted_proxies)
         self.thing_arn = thing_arn
         self.connections = connections
+        self.throttle = SignInThrottle()
         self.templates = Environment(loader=FileSystemLoader(_HERE / "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True))
         self.templates.filters["iso"] = q.iso
@@ -238,6 +241,8 @@ class Dashboard:
 
     async def _action(self, request: Request, work: Callable[[Viewer, dict[str, str]], Response]) -> Response:
         """A POST: signed in and carrying this session's CSRF token, else refused."""
+        if not _same_origin(request):
+            return self._render("error.html", 403, None, message=CROSS_ORIGIN)
         try:
             form = await self._form(request)
         except _FormTooLarge:
@@ -269,6 +274,8 @@ class Dashboard:
         return self._render("signin.html", next=_local_next(request.query_params.get("next", "")))
 
     async def signin(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return self._render("signin.html", 403, error=CROSS_ORIGIN, next=PREFIX + "/fleet")
         try:
             form = await self._form(request)
         except (_FormTooLarge, ValueError):
@@ -280,11 +287,17 @@ class Dashboard:
         target = _local_next(form.get("next", ""))
         caller = self._origin_caller(request, key_id, "", "", "user")
         now = self.clock()
+        if not self.throttle.allowed(caller.source_ip, now):
+            return self._render("signin.html", 429, next=target,
+                                error="Too many failed sign-ins from your address: wait a minute.")
         try:
             credential = sign_in(self.credentials, key_id, form.get("secret_access_key", ""),
                                  form.get("session_token", ""), now)
         except SignInRefused as refused:
             self._audit_sign_in(key_id or "-", key_id, "Refused", caller.audit_source, refused.reason)
+            if self.throttle.failed(caller.source_ip, now):
+                log.warning("dashboard: %s failed to sign in %d times; its sign-ins are refused unread for "
+                            "%.0f s", caller.audit_source, MAX_FAILURES, WINDOW_SECONDS)
             return self._render("signin.html", 403, error=SIGN_IN_REFUSED, next=target)
         self._audit_sign_in(credential.principal_arn, key_id, "Allow", caller.audit_source, None)
         cookie, _ = self.codec.issue(credential.access_key_id, now, credential.expires_at)
@@ -459,6 +472,19 @@ class Dashboard:
                                 form={k: params.get(k, "") for k in ("principal", "action", "decision",
                                                                      "since", "until")})
         return await self._page(request, work)
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's POST names the page it came from in Origin: refuse forms sent from
+    other sites (login CSRF; the CSRF token already covers the signed-in actions).
+    Clients that send no Origin are judged by the CSRF token alone."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    # Behind a proxy that rewrites Host, X-Forwarded-Host names the browser's host (a
+    # page of another site cannot add that header to a form it sends).
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
+    return origin != "null" and origin.partition("://")[2] in hosts
 
 
 def _day_or_time(text: str) -> float | None:
