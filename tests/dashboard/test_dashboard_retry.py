@@ -12,7 +12,7 @@ import pytest
 
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
-from tests.dashboard.conftest import admin_key, make_user, policy, web
+from tests.dashboard.conftest import Key, admin_key, make_user, policy, web
 from tests.dashboard.test_dashboard_security import READ_ROLLOUTS, _device_jobs
 from tests.e2e.ota_helpers import BUCKET, create_ota, wait_for
 from tests.server_harness import RunningServer, running_server
@@ -83,3 +83,25 @@ def test_o1_retry_needs_create_ota_update_and_pass_role(ota_srv: RunningServer, 
         assert f'<code id="missing-action">{missing}</code>' in reply.body
     updates = ota_srv.client("iot").list_ota_updates()["otaUpdates"]
     assert not any(u["otaUpdateId"].startswith("retry-guarded-retry") for u in updates)
+
+
+def test_the_ota_operator_policy_watches_retries_and_cancels_its_rollouts(
+        ota_srv: RunningServer, tmp_path: Path) -> None:
+    job_id = _rollout_with_one_failure(ota_srv, tmp_path, "operated")
+    iam = ota_srv.client("iam")
+    iam.create_user(UserName="ota-operator")
+    iam.attach_user_policy(UserName="ota-operator", PolicyArn="arn:aws:iam::aws:policy/OverairOTAOperator")
+    created = iam.create_access_key(UserName="ota-operator")["AccessKey"]
+    browser = web(ota_srv)
+    assert browser.sign_in(Key(created["AccessKeyId"], created["SecretAccessKey"])).status == 303
+    for path in ("/dashboard/fleet", "/dashboard/rollouts", f"/dashboard/rollouts/{job_id}",
+                 "/dashboard/certificates"):
+        assert browser.get(path).status == 200, path
+    assert browser.get("/dashboard/things/operated-a").status == 403  # no iot:DescribeThing
+    assert browser.get("/dashboard/audit").status == 403
+    csrf = browser.csrf(f"/dashboard/rollouts/{job_id}")
+    assert browser.post(f"/dashboard/rollouts/{job_id}/retry-failed", {"csrf": csrf}).status == 303
+    retry_job = wait_for(lambda: ota_srv.client("iot").get_ota_update(otaUpdateId="operated-retry-1")
+                         ["otaUpdateInfo"].get("awsIotJobId"), what="the retry's job")
+    assert browser.post(f"/dashboard/rollouts/{retry_job}/cancel", {"csrf": csrf}).status == 303
+    assert ota_srv.client("iot").describe_job(jobId=retry_job)["job"]["status"] == "CANCELED"
