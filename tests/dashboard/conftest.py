@@ -55,7 +55,7 @@ class WebClient:
                 sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
             body = None
             if form is not None:
-                body = urlencode(form).encode()
+                body = urlencode(form, errors="surrogatepass").encode()
                 sent["Content-Type"] = "application/x-www-form-urlencoded"
             connection.request(method, path, body=body, headers=sent)
             response = connection.getresponse()
