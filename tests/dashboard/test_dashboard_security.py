@@ -263,3 +263,14 @@ def test_o1_the_read_only_policy_shows_every_page_and_allows_no_action(srv: Runn
                          {"csrf": browser.csrf("/dashboard/rollouts/read-only-job")})
     assert reply.status == 403
     assert _job_status(srv, "read-only-job") == "IN_PROGRESS"
+
+
+def test_an_action_the_api_refuses_shows_its_error(srv: RunningServer) -> None:
+    browser = web(srv)
+    browser.sign_in(admin_key(srv))
+    reply = browser.post("/dashboard/rollouts/no-such-job/cancel",
+                         {"csrf": browser.csrf("/dashboard/rollouts")})
+    assert reply.status == 404
+    assert "job no-such-job does not exist" in reply.body
+    assert browser.get("/dashboard/rollouts/no-such-job").status == 404
+    assert browser.get("/dashboard/things/no-such-thing").status == 404

@@ -36,8 +36,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from overair.core.asciinum import parse_uint
-from overair.core.errors import OverairError, UnavailableError
+from overair.core.errors import UnavailableError
 from overair.server.api.contract import ApiError, ApiRequest, Caller, CredentialLookup, OperationTable
+from overair.server.api.faults import to_api_error
 from overair.server.api.request_context import TrustedProxies, request_origin
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
@@ -212,20 +213,32 @@ class Dashboard:
 
     async def _page(self, request: Request, work: Callable[[Viewer], Response]) -> Response:
         """A GET page: signed in (else to the sign-in page), then `work` in a worker thread."""
-        def run() -> Response:
-            viewer = self._viewer(request)
+        def run(viewer: Viewer | None) -> Response:
             if viewer is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"{PREFIX}/signin?{urlencode({'next': target})}", 303,
                                         headers=SECURITY_HEADERS)
-            try:
-                return work(viewer)
-            except Refused as refused:
-                return self._refused(viewer, refused)
-            except (UnavailableError, ApiError, OverairError) as exc:
-                status = exc.status if isinstance(exc, ApiError) else 503
-                return self._render("error.html", status, viewer, message=exc.message)
-        return await run_in_threadpool(run)
+            return work(viewer)
+        return await run_in_threadpool(self._guarded, request, run)
+
+    def _guarded(self, request: Request, run: Callable[[Viewer | None], Response]) -> Response:
+        """Who is asking, then `run`; whatever escapes is answered as the API would
+        (api/faults.py: 403 for a refusal, 4xx for the caller's mistakes, 503 for a
+        database that is down), never as an unhandled exception."""
+        viewer: Viewer | None = None
+        try:
+            viewer = self._viewer(request)
+            return run(viewer)
+        except Refused as refused:
+            assert viewer is not None  # refusals come from `_permit`, after sign-in
+            return self._refused(viewer, refused)
+        except Exception as exc:
+            error = to_api_error(exc, "rest-json", "InvalidRequestException")
+            if error is None:
+                log.exception("dashboard: %s %s failed", request.method, request.url.path)
+                return self._render("error.html", 500, viewer,
+                                    message="An internal error occurred; the server's log has the details.")
+            return self._render("error.html", error.status, viewer, message=error.message)
 
     async def _form(self, request: Request) -> dict[str, str]:
         body = bytearray()
@@ -250,8 +263,7 @@ class Dashboard:
         except ValueError:  # more fields than any form of ours has
             return self._render("error.html", 400, None, message="The form is malformed.")
 
-        def run() -> Response:
-            viewer = self._viewer(request)
+        def run(viewer: Viewer | None) -> Response:
             if viewer is None:
                 return self._render("error.html", 403, None,
                                     message="You are not signed in (or your session has expired).")
@@ -260,11 +272,8 @@ class Dashboard:
                             request.url.path, viewer.caller.principal_arn)
                 return self._render("error.html", 403, viewer,
                                     message="The form's CSRF token is missing or wrong: reload the page.")
-            try:
-                return work(viewer, form)
-            except Refused as refused:
-                return self._refused(viewer, refused)
-        return await run_in_threadpool(run)
+            return work(viewer, form)
+        return await run_in_threadpool(self._guarded, request, run)
 
     # Sign-in -------------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
@@ -280,7 +289,7 @@ class Dashboard:
             form = await self._form(request)
         except (_FormTooLarge, ValueError):
             return self._render("signin.html", 400, error="The form is malformed.", next=PREFIX + "/fleet")
-        return await run_in_threadpool(self._signin, request, form)
+        return await run_in_threadpool(self._guarded, request, lambda _viewer: self._signin(request, form))
 
     def _signin(self, request: Request, form: dict[str, str]) -> Response:
         key_id = form.get("access_key_id", "").strip()[:128]
@@ -409,10 +418,7 @@ class Dashboard:
             handler = self.table.get("iot", "CancelJob")
             if handler is None:  # registered by jobs/api.py at start
                 raise UnavailableError("CancelJob is not available")
-            try:
-                handler(ApiRequest("iot", "CancelJob", params, viewer.caller))
-            except (ApiError, OverairError) as exc:
-                return self._render("error.html", getattr(exc, "status", 400), viewer, message=exc.message)
+            handler(ApiRequest("iot", "CancelJob", params, viewer.caller))
             return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?notice=canceled", 303,
                                     headers=SECURITY_HEADERS)
         return await self._action(request, work)
@@ -440,10 +446,7 @@ class Dashboard:
             handler = self.table.get("iot", "CreateOTAUpdate")
             if handler is None:  # registered by ota/api.py at start
                 raise UnavailableError("CreateOTAUpdate is not available")
-            try:
-                handler(ApiRequest("iot", "CreateOTAUpdate", params, viewer.caller))
-            except (ApiError, OverairError) as exc:
-                return self._render("error.html", getattr(exc, "status", 400), viewer, message=exc.message)
+            handler(ApiRequest("iot", "CreateOTAUpdate", params, viewer.caller))
             query = urlencode({"notice": "retried", "retry": params["otaUpdateId"], "devices": len(failed)})
             return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?{query}", 303,
                                     headers=SECURITY_HEADERS)
