@@ -5,7 +5,9 @@ shared/design/threat-model.md: O1 (unauthorized job operator)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from overair.server.dashboard.session import COOKIE_NAME, SessionCodec, load_ses
 from overair.server.sealing import Sealer
 from overair.server.storage.schema import AuditEntry, Job
 from tests.dashboard.conftest import Key, admin_key, make_user, policy, web
+from tests.pki_helpers import make_ca, make_signer
 from tests.server_harness import RunningServer
 
 READ_ROLLOUTS = {"Effect": "Allow", "Resource": "*",
@@ -274,3 +277,19 @@ def test_an_action_the_api_refuses_shows_its_error(srv: RunningServer) -> None:
     assert "job no-such-job does not exist" in reply.body
     assert browser.get("/dashboard/rollouts/no-such-job").status == 404
     assert browser.get("/dashboard/things/no-such-thing").status == 404
+
+
+def test_certificates_expiring_within_30_days_are_highlighted(srv: RunningServer) -> None:
+    root = make_ca("dashboard test root")
+    roots = srv.settings.paths.code_signing_root
+    roots.write_bytes(roots.read_bytes() + root.cert_pem)  # the operator trusts its root
+    soon = make_signer(root, "signer expiring soon",
+                       not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=10))
+    acm = srv.client("acm")
+    acm.import_certificate(Certificate=soon.cert_pem, PrivateKey=soon.key_pem)
+    browser = web(srv)
+    browser.sign_in(admin_key(srv))
+    body = browser.get("/dashboard/certificates").body
+    rows = re.findall(r'<tr class="([^"]*)">\s*<td>([^<]*)', body)
+    assert ("expiring", "CN=signer expiring soon") in rows
+    assert any(cls == "" and "DEVELOPMENT ONLY" in subject for cls, subject in rows)
