@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MATRIX = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
-SERVICES = ("iot", "iot-jobs-data", "signer", "acm", "iam", "sts", "s3", "overair")
+SERVICES = ("iot", "iot-jobs-data", "iot-data", "signer", "acm", "iam", "sts", "s3", "overair")
 _NAME = re.compile(r"`([A-Za-z0-9]+)`")
 
 

@@ -141,6 +141,11 @@ class SdkDevice:
         self._subscribed: set[str] = set()
         self._streams: list[Any] = []
 
+    @property
+    def transport(self) -> Any:
+        """The SDK client (MQTT 5) or connection (MQTT 3.1.1) the service clients take."""
+        return self._mqtt5 if self._mqtt5 is not None else self._connection
+
     def close(self) -> None:
         if self._mqtt5 is not None:
             self._mqtt5.stop()

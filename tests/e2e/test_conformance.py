@@ -145,6 +145,7 @@ class World:
     complete_upload_id: str
     complete_etag: str
     abort_upload_id: str
+    doomed_cert_id: str
 
 
 CONF_BUCKET = "conf-bucket"
@@ -172,8 +173,24 @@ def world(srv: RunningServer) -> World:
     role_arn = f"arn:aws:iam::{account}:role/overair-ota"
     for stream in ("conf-stream", "conf-doomed-stream"):
         iot.create_stream(streamId=stream, files=files, roleArn=role_arn)
-    for job in ("conf-job", "conf-cancel-job", "conf-doomed-job"):
+    for job in ("conf-job", "conf-cancel-job", "conf-doomed-job", "conf-update-job"):
         iot.create_job(jobId=job, targets=[arns[0]], document='{"operation": "noop"}')
+    iot.create_job(jobId="conf-continuous-job", targets=[arns[0]], document='{"operation": "noop"}',
+                   targetSelection="CONTINUOUS")
+    iot.create_job(jobId="conf-exec-job", targets=[arns[2]], document='{"operation": "noop"}')
+    for template in ("conf-template", "conf-doomed-template"):
+        iot.create_job_template(jobTemplateId=template, description="conformance",
+                                document='{"operation": "noop"}')
+    doomed_cert = iot.create_keys_and_certificate(setAsActive=False)["certificateId"]
+    for package in ("conf-package", "conf-doomed-package"):
+        iot.create_package(packageName=package)
+    for version_name in ("1.0.0", "doomed"):
+        iot.create_package_version(packageName="conf-package", versionName=version_name)
+    data = srv.client("iot-data")
+    for name in names[:2]:
+        data.update_thing_shadow(thingName=name, payload=b'{"state": {"reported": {"on": true}}}')
+    data.update_thing_shadow(thingName=names[0], shadowName="conf-named",
+                             payload=b'{"state": {"desired": {"on": false}}}')
     info = create_ota(srv, "conf-ota", [arns[1]], make_firmware(Version(3, 0, 0), 8192, seed="conf"))
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
 
@@ -237,6 +254,7 @@ def world(srv: RunningServer) -> World:
         revoke_profile_version=signer.get_signing_profile(profileName="conf_revoked_profile")["profileVersion"],
         policy_arn=policy_arn, doomed_policy_arn=doomed_policy, access_key=keys[1], doomed_access_key=keys[0],
         upload_id=uploads[0], complete_upload_id=uploads[1], complete_etag=etag, abort_upload_id=uploads[2],
+        doomed_cert_id=doomed_cert,
     )
 
 
@@ -284,6 +302,32 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListJobExecutionsForThing": {"thingName": thing1},
         "DescribeJobExecution": {"jobId": w.job, "thingName": thing1},
         "CancelJobExecution": {"jobId": w.job, "thingName": thing1},
+        "UpdateJob": {"jobId": "conf-update-job", "description": "updated",
+                      "timeoutConfig": {"inProgressTimeoutInMinutes": 10}},
+        "AssociateTargetsWithJob": {"jobId": "conf-continuous-job", "targets": [w.thing_arns[1]]},
+        "DeleteJobExecution": {"jobId": "conf-exec-job", "thingName": thing3, "executionNumber": 1,
+                               "force": True},
+        "CreateJobTemplate": {"jobTemplateId": "conf-new-template", "description": "new",
+                              "document": '{"operation": "x"}'},
+        "DescribeJobTemplate": {"jobTemplateId": "conf-template"},
+        "ListJobTemplates": {},
+        "DeleteJobTemplate": {"jobTemplateId": "conf-doomed-template"},
+        "ListThingGroupsForThing": {"thingName": thing1},
+        "GetThingConnectivityData": {"thingName": thing1},
+        "SearchIndex": {"queryString": "thingName:conf-* AND attributes.color:red"},
+        "CreatePackage": {"packageName": "conf-new-package"},
+        "GetPackage": {"packageName": "conf-package"},
+        "ListPackages": {},
+        "UpdatePackage": {"packageName": "conf-package", "description": "updated"},
+        "DeletePackage": {"packageName": "conf-doomed-package"},
+        "CreatePackageVersion": {"packageName": "conf-package", "versionName": "2.0.0"},
+        "GetPackageVersion": {"packageName": "conf-package", "versionName": "1.0.0"},
+        "ListPackageVersions": {"packageName": "conf-package"},
+        "UpdatePackageVersion": {"packageName": "conf-package", "versionName": "1.0.0", "action": "PUBLISH"},
+        "DeletePackageVersion": {"packageName": "conf-package", "versionName": "doomed"},
+        "GetPackageConfiguration": {},
+        "UpdatePackageConfiguration": {"versionUpdateByJobsConfig": {"enabled": False}},
+        "DeleteCertificate": {"certificateId": w.doomed_cert_id},
         "CreateOTAUpdate": {
             "otaUpdateId": "conf-new-ota", "targets": [w.thing_arns[1]], "protocols": ["MQTT"],
             "roleArn": w.role_arn,
@@ -381,7 +425,14 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListMultipartUploads": b,
     }
     overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"}}
-    tables = {"iot": iot, "signer": signer, "acm": acm, "iam": iam, "sts": sts, "s3": s3, "overair": overair}
+    iot_data: dict[str, dict[str, Any]] = {
+        "GetThingShadow": {"thingName": thing1},
+        "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},
+        "DeleteThingShadow": {"thingName": thing2},
+        "ListNamedShadowsForThing": {"thingName": thing1},
+    }
+    tables = {"iot": iot, "iot-data": iot_data, "signer": signer, "acm": acm, "iam": iam, "sts": sts,
+              "s3": s3, "overair": overair}
     return {(service, op): params for service, table in tables.items() for op, params in table.items()}
 
 
@@ -467,7 +518,8 @@ def test_every_other_operation_is_refused_by_name(srv: RunningServer) -> None:
                 error = exc.response["Error"]
                 expected = "NotImplemented" if service == "s3" else "NotImplementedException"
                 # A deprecated operation shares its route with its successor, which is named.
-                named = f"{service}:{'' if model.deprecated else op}" in str(error.get("Message"))
+                signing_name = client.meta.service_model.signing_name
+                named = f"{signing_name}:{'' if model.deprecated else op}" in str(error.get("Message"))
                 if REFUSED_BEFORE_ROUTING.get((service, op)) == error["Code"]:
                     continue
                 if error["Code"] != expected or not named:
@@ -568,8 +620,9 @@ def test_every_routed_list_operation_pages(srv: RunningServer, world: World) -> 
     ("create_thing_group", {"thingGroupName": "conf-child", "parentGroupName": "conf-group"}),
     ("list_thing_groups", {"parentGroup": "conf-group"}),
     ("list_jobs", {"thingGroupId": "x"}),
-    ("create_job", {"jobId": "conf-templated", "targets": ["arn:aws:iot:r:1:thing/x"],
-                    "jobTemplateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t"}),
+    ("create_job", {"jobId": "conf-namespaced", "targets": ["arn:aws:iot:r:1:thing/x"],
+                    "document": "{}", "namespaceId": "n"}),
+    ("update_job", {"jobId": "conf-job", "namespaceId": "n"}),
     ("list_job_executions_for_thing", {"thingName": "conf-thing-1", "namespaceId": "n"}),
 ])
 def test_unsupported_members_are_refused_by_name(
@@ -583,7 +636,7 @@ def test_unsupported_members_are_refused_by_name(
     error = caught.value.response["Error"]
     assert error["Code"] == "InvalidRequestException"
     member = next(k for k in params if k in ("billingGroupName", "thingTypeName", "parentGroupName",
-                                             "parentGroup", "thingGroupId", "jobTemplateArn", "namespaceId"))
+                                             "parentGroup", "thingGroupId", "namespaceId"))
     assert member in error["Message"]
     assert iot.list_things(attributeName="color", attributeValue="x")["things"] == []  # nothing created
     with pytest.raises(ClientError):

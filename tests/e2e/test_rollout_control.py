@@ -51,8 +51,9 @@ def _bundles(
     return bundles
 
 
-def _ota(srv: RunningServer, ota_id: str, targets: list[str], size: int = SIZE, **extra: Any) -> str:
-    info = create_ota(srv, ota_id, targets, make_firmware(V2, size, seed=ota_id), **extra)
+def _ota(srv: RunningServer, ota_id: str, targets: list[str], size: int = SIZE,
+         image_version: Version = V2, **extra: Any) -> str:
+    info = create_ota(srv, ota_id, targets, make_firmware(image_version, size, seed=ota_id), **extra)
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     return str(info["awsIotJobId"])
 
@@ -99,7 +100,9 @@ def test_rollout_aborts_after_the_failure_threshold(clocked_srv: RunningServer, 
         assert job["reasonCode"] == "ABORTED_FAILED"
         statuses = _statuses(clocked_srv, job_id)
         assert {statuses[t] for t in failing} == {"FAILED"}
-        assert not set(healthy) & statuses.keys()  # never released
+        # Never released, and counted: the abort canceled them (issue 15).
+        assert {statuses[t] for t in healthy} == {"CANCELED"}
+        assert job["jobProcessDetails"]["numberOfCanceledThings"] == len(healthy)
         assert bad.wait(lambda s: all(x.version == "1.0.0" for x in s.values()), 20)  # rolled back
         assert all(s.version == "1.0.0" and s.job_id is None for s in good.snapshots().values())
 
@@ -228,15 +231,51 @@ def test_n1_create_ota_update_refuses_a_downgrade_unless_allowed(
             clocked_srv, ota_id, [arn], make_firmware(image_version, SIZE, seed=ota_id), **extra
         )
 
-    for ota_id, image_version in (("same-1-1-0", V2), ("older-1-0-5", Version(1, 0, 5))):
-        info = attempt(ota_id, image_version)
-        assert info["otaUpdateStatus"] == "CREATE_FAILED", ota_id
-        assert f"{name} runs 1.1.0" in info["errorInfo"]["message"]
+    older = attempt("older-1-0-5", Version(1, 0, 5))
+    assert older["otaUpdateStatus"] == "CREATE_FAILED"
+    assert f"{name} runs 1.1.0" in older["errorInfo"]["message"]
+    # The version it runs is not a downgrade: the update is made, and leaves it out
+    # (issue 15: re-sending a version reaches only the targets that do not run it).
+    same = attempt("same-1-1-0", V2)
+    assert same["otaUpdateStatus"] == "CREATE_COMPLETE"
+    assert _statuses(clocked_srv, same["awsIotJobId"]) == {}
+    assert iot.describe_job(jobId=same["awsIotJobId"])["job"]["status"] == "COMPLETED"
     allowed = attempt(
         "older-allowed", Version(1, 0, 5), additionalParameters={"overair:allowDowngrade": "true"}
     )
     assert allowed["otaUpdateStatus"] == "CREATE_COMPLETE"
     assert attempt("newer-1-2-0", Version(1, 2, 0))["otaUpdateStatus"] == "CREATE_COMPLETE"
+
+
+def _report(srv: RunningServer, bundle: Path, name: str, job_id: str, status: str) -> None:
+    device = Device(srv, bundle, name)
+    try:
+        assert device.connect()
+        topic = f"$aws/things/{name}/jobs/{job_id}/update"
+        device.client.publish(topic, json.dumps({"status": status}), qos=1)
+        wait_for(lambda: _statuses(srv, job_id).get(name) == status, what=status)
+    finally:
+        device.close()
+
+
+def test_resending_a_version_to_a_group_reaches_only_the_members_that_do_not_run_it(
+    clocked_srv: RunningServer, tmp_path: Path
+) -> None:
+    """Retrying the devices that failed an update is one CreateOTAUpdate to the same group
+    (issue 15): the member that installed it is left out, the one that failed and the one
+    that never got it are targeted again; nothing is refused as a downgrade."""
+    iot = clocked_srv.client("iot")
+    group = iot.create_thing_group(thingGroupName="resend-fleet")["thingGroupArn"]
+    names = ["resend-ok", "resend-failed", "resend-offline"]
+    bundles = _bundles(clocked_srv, tmp_path, names, "resend-fleet")
+    job_id = _ota(clocked_srv, "resend-1", [group])
+    _report(clocked_srv, bundles[0], names[0], job_id, "SUCCEEDED")
+    _report(clocked_srv, bundles[1], names[1], job_id, "FAILED")
+    again = create_ota(clocked_srv, "resend-2", [group], make_firmware(V2, SIZE, seed="resend-1"))
+    assert again["otaUpdateStatus"] == "CREATE_COMPLETE", again.get("errorInfo")
+    assert _statuses(clocked_srv, again["awsIotJobId"]) == {names[1]: "QUEUED", names[2]: "QUEUED"}
+    details = iot.describe_job(jobId=again["awsIotJobId"])["job"]["jobProcessDetails"]
+    assert details["numberOfQueuedThings"] == 2
 
 
 def test_ota_update_from_an_existing_stream(clocked_srv: RunningServer, tmp_path: Path) -> None:
@@ -304,10 +343,55 @@ def test_maintenance_window_holds_a_job_until_it_opens(
     assert job["schedulingConfig"] == scheduling
     assert job["scheduledJobRollouts"] == [{"startTime": start.strftime("%Y-%m-%dT%H:%M")}]
     clocked_srv.server.scheduler.tick()  # a tick outside the window releases nothing
-    assert _statuses(clocked_srv, "window-job") == {}
+    names = [arn.rpartition("/")[2] for arn in arns]
+    jobs = clocked_srv.server.jobs
+
+    def released() -> int:  # what devices see: their next job
+        return sum(jobs.next_job_id(name) == "window-job" for name in names)
+
+    assert released() == 0
+    # The operator sees every target waiting (QUEUED) from the start (issue 15).
+    assert _statuses(clocked_srv, "window-job") == dict.fromkeys(names, "QUEUED")
     try:
         clock.offset += start.timestamp() - clock() + 30
-        wait_for(lambda: len(_statuses(clocked_srv, "window-job")) == 3, timeout=15, what="the window")
+        wait_for(lambda: released() == 3, timeout=15, what="the window")
     finally:
         clock.offset = 0.0
     assert set(_statuses(clocked_srv, "window-job").values()) == {"QUEUED"}
+
+
+def test_the_version_a_succeeded_ota_installed_is_what_the_thing_runs_since_then(
+    clocked_srv: RunningServer, clock: ShiftableClock, tmp_path: Path
+) -> None:
+    """FreeRTOS devices report nothing of what they run: the server records the version
+    each SUCCEEDED OTA execution installed, and reports it in the thing's `$package`
+    shadow (AWS's Software Package Catalog shape), the metadata saying since when."""
+    iot, data = clocked_srv.client("iot"), clocked_srv.client("iot-data")
+    name = "inventory-device"
+    (bundle,) = _bundles(clocked_srv, tmp_path, [name], None)
+    arn = iot.describe_thing(thingName=name)["thingArn"]
+
+    def package_shadow() -> dict[str, Any]:
+        response = data.get_thing_shadow(thingName=name, shadowName="$package")
+        return dict(json.loads(response["payload"].read()))
+
+    first = _ota(clocked_srv, "inventory-1", [arn])  # V2 = 1.1.0
+    _report(clocked_srv, bundle, name, first, "SUCCEEDED")
+    shadow = package_shadow()
+    assert shadow["state"]["reported"] == {
+        "firmware": {"version": "1.1.0", "attributes": {"installedByJob": first}}}
+    since = shadow["metadata"]["reported"]["firmware"]["version"]["timestamp"]
+    assert abs(since - clocked_srv.server.clock()) < 60
+    clock.offset += 600.0  # (under SigV4's 15 minutes of allowed skew)
+    try:
+        failed = _ota(clocked_srv, "inventory-2", [arn], image_version=Version(1, 2, 0))
+        _report(clocked_srv, bundle, name, failed, "FAILED")
+        assert package_shadow()["state"]["reported"]["firmware"]["version"] == "1.1.0"  # still
+        newer = _ota(clocked_srv, "inventory-3", [arn], image_version=Version(1, 3, 0))
+        _report(clocked_srv, bundle, name, newer, "SUCCEEDED")
+        shadow = package_shadow()
+        assert shadow["state"]["reported"]["firmware"]["version"] == "1.3.0"
+        assert shadow["metadata"]["reported"]["firmware"]["version"]["timestamp"] >= since + 600
+        assert data.list_named_shadows_for_thing(thingName=name)["results"] == ["$package"]
+    finally:
+        clock.offset = 0.0

@@ -37,7 +37,7 @@ from overair.server.settings import load_settings
 from tests.fuzz.hostile import digits_or_not, hostile_text
 from tests.server_harness import free_port
 
-SERVICES = ("iot", "iot-jobs-data", "signer", "acm", "iam", "sts", "s3", "overair")
+SERVICES = ("iot", "iot-jobs-data", "iot-data", "signer", "acm", "iam", "sts", "s3", "overair")
 
 
 class _Raw:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
@@ -18,9 +19,12 @@ from overair.server import pki
 from overair.server.api.contract import ApiError
 from overair.server.jobs.scheduler import JobScheduler
 from overair.server.jobs.service import JobService
+from overair.server.jobs.steering import JobSteering
+from overair.server.packages.inventory import Installed, Inventory
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
+from overair.server.storage.schema import JobExecution
 
 CA = pki.make_root_ca("scheduler test CA", dt.datetime.now(dt.UTC))
 
@@ -74,7 +78,15 @@ class World:
         return notify
 
     def visible(self, job_id: str = "job-1") -> dict[str, str]:
+        """What the operator sees (ListJobExecutionsForJob): every target, released or not."""
         return {row.thing_name: row.status for row in self.jobs.executions_for_job(job_id)}
+
+    def released(self, job_id: str = "job-1") -> dict[str, str]:
+        """The executions the rollout has released to their devices."""
+        with self.db.reading() as s:
+            rows = s.scalars(select(JobExecution).where(JobExecution.job_id == job_id,
+                                                        JobExecution.released_at.is_not(None)))
+            return {row.thing_name: row.status for row in rows}
 
     def update(
         self,
@@ -113,11 +125,14 @@ def world(database_url: str, tmp_path: Path) -> Iterator[World]:
 def test_staged_rollout_releases_at_most_the_rate_per_minute_and_survives_a_restart(world: World) -> None:
     things = world.things(12)
     assert world.create(jobExecutionsRolloutConfig={"maximumPerMinute": 5}) == []  # nobody notified yet
-    assert world.visible() == {}
+    assert world.released() == {}
     assert world.jobs.next_execution(things[0]) is None  # unreleased: the device sees nothing
+    # ...but the operator sees every target QUEUED from the start (AWS's jobProcessDetails).
+    assert world.visible() == dict.fromkeys(things, "QUEUED")
+    assert world.jobs.describe_job("job-1")[1] == {"QUEUED": 12}
     first = world.scheduler.tick().next_changed
     assert len(first) == 5
-    assert len(world.visible()) == 5
+    assert len(world.released()) == 5
     world.clock.advance(30)
     assert world.scheduler.tick().next_changed == []  # same minute: nothing more
     world.restart()
@@ -125,7 +140,7 @@ def test_staged_rollout_releases_at_most_the_rate_per_minute_and_survives_a_rest
     assert len(world.scheduler.tick().next_changed) == 5  # next minute, after the "restart"
     world.clock.advance(60)
     world.scheduler.tick()
-    assert len(world.visible()) == 12
+    assert len(world.released()) == 12
     assert world.jobs.describe_job("job-1")[1]["QUEUED"] == 12
 
 
@@ -331,13 +346,19 @@ def test_end_time_stops_the_rollout_or_cancels_the_job(
         schedulingConfig={"endTime": _at(end), "endBehavior": behavior},
     )
     world.scheduler.tick()
-    running, queued = sorted(world.visible())
+    running, queued = sorted(world.released())
     world.update(running, ExecStatus.IN_PROGRESS)
     world.clock.now = end
     world.scheduler.tick()
-    statuses = world.visible()
+    statuses = world.released()
     assert (statuses[running], statuses[queued]) == (running_after, queued_after)
     assert len(statuses) == 2  # the 4 never released are never released now
+    # The operator sees them CANCELED, and counts them.
+    never = {t: s for t, s in world.visible().items() if t not in statuses}
+    assert len(never) == 4
+    assert set(never.values()) == {"CANCELED"}
+    counts = world.jobs.describe_job("job-1")[1]
+    assert counts.get("CANCELED", 0) == 4 + list(statuses.values()).count("CANCELED")
     assert world.jobs.describe_job("job-1")[0].status == job_status
     assert len(things) == 6
 
@@ -384,7 +405,7 @@ def test_maintenance_windows_pause_the_rollout_outside_them_across_restarts(worl
     assert world.scheduler.tick().next_changed == []  # 01:58: outside the window
     world.clock.now = _epoch("2026-03-10T01:59:59")
     assert world.scheduler.tick().next_changed == []
-    assert world.visible() == {}
+    assert world.released() == {}
     world.clock.now = _epoch("2026-03-10T02:00")
     first = world.scheduler.tick().next_changed
     assert len(first) == 5
@@ -395,7 +416,7 @@ def test_maintenance_windows_pause_the_rollout_outside_them_across_restarts(worl
     assert len(world.scheduler.tick().next_changed) == 5
     world.clock.now = _epoch("2026-03-10T02:02")  # closed: no more releases...
     assert world.scheduler.tick().next_changed == []
-    assert len(world.visible()) == 10
+    assert len(world.released()) == 10
     world.update(first[0], ExecStatus.SUCCEEDED)  # ...but released executions carry on
     world.clock.now = _epoch("2026-03-10T02:03:01")
     world.scheduler.tick()  # and so do timeouts
@@ -405,7 +426,7 @@ def test_maintenance_windows_pause_the_rollout_outside_them_across_restarts(worl
     assert world.scheduler.tick().next_changed == []
     world.clock.now = _epoch("2026-03-11T02:00:30")  # the next window: the rest goes out
     assert len(world.scheduler.tick().next_changed) == 2
-    assert len(world.visible()) == len(things)
+    assert len(world.released()) == len(things)
 
 
 def test_job_created_inside_a_window_releases_at_once_and_a_late_group_member_waits(world: World) -> None:
@@ -433,3 +454,54 @@ def test_maintenance_windows_never_opening_before_the_end_time_are_refused(world
     assert caught.value.code == "InvalidRequestException"
     assert "before endTime" in caught.value.message
     assert world.jobs.list_jobs() == []
+
+
+def test_counts_take_each_thing_once_by_its_latest_execution(world: World) -> None:
+    """A retried thing counts as its retry (QUEUED), not also as the attempt that failed."""
+    a, b = world.things(2)
+    world.create(jobExecutionsRetryConfig={"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]})
+    world.update(a, ExecStatus.IN_PROGRESS)
+    world.update(a, ExecStatus.FAILED)
+    assert world.jobs.describe_job("job-1")[1] == {"QUEUED": 2}
+    assert sorted(world.visible(), key=str) == [a, b]
+    assert len(world.jobs.executions_for_job("job-1")) == 3  # the listing keeps both of a's attempts
+
+
+def test_steering_on_both_databases(world: World) -> None:
+    """UpdateJob, AssociateTargetsWithJob and DeleteJobExecution (jobs/steering.py)."""
+    steering = JobSteering(world.db, world.jobs, world.registry, world.clock)
+    first = world.things(2)
+    world.registry.create_group("later")
+    world.registry.create_thing("late-1")
+    world.registry.add_to_group("later", "late-1")
+    world.create(selection="CONTINUOUS", jobExecutionsRolloutConfig={"maximumPerMinute": 1})
+    assert world.scheduler.tick().next_changed == [first[0]]
+    steering.update_job("job-1", "faster", {"jobExecutionsRolloutConfig": {"maximumPerMinute": 10}})
+    assert steering.associate_targets("job-1", [world.registry.group_arn("later")], "more") == []
+    assert world.visible() == dict.fromkeys([*first, "late-1"], "QUEUED")
+    assert sorted(world.scheduler.tick().next_changed) == [first[1], "late-1"]  # the new rate, at once
+    assert steering.delete_execution("job-1", "late-1", 1, force=True) == ["late-1"]
+    with pytest.raises(ApiError) as caught:
+        steering.delete_execution("job-1", first[0], 1, force=False)
+    assert caught.value.code == "InvalidStateTransitionException"
+    assert world.jobs.describe_job("job-1")[0].description == "faster"
+
+
+def test_a_succeeded_ota_execution_records_what_the_thing_runs(world: World) -> None:
+    """packages/inventory.py on both databases: written with the execution's status;
+    a FAILED one records nothing, a repeated SUCCEEDED of the same version keeps `since`."""
+    a, b = world.things(2)
+    seen: list[Installed] = []
+    world.jobs.on_installed = seen.append
+    world.create("ota-1", image_version="1.1.0")
+    world.update(a, ExecStatus.SUCCEEDED, "ota-1")
+    world.update(b, ExecStatus.FAILED, "ota-1")
+    recorded = [(i.thing, i.package, i.version, i.since) for i in seen]
+    assert recorded == [(a, "firmware", "1.1.0", world.clock.now)]
+    since = world.clock.now
+    world.clock.advance(100)
+    world.create("ota-2", image_version="1.1.0")
+    world.update(a, ExecStatus.SUCCEEDED, "ota-2")
+    assert len(seen) == 1
+    assert [(i.version, i.since) for i in Inventory(world.db).running(a)] == [("1.1.0", since)]
+    assert world.jobs.running_versions([a, b]) == {a: "1.1.0"}

@@ -57,6 +57,9 @@ _KINDS: dict[tuple[str, str], _Kind] = {
     ("iot", "thinggroup"): _Kind(r"[a-zA-Z0-9:_-]{1,128}", True),
     ("iot", "thingtype"): _Kind(r"[a-zA-Z0-9:_-]{1,128}", True),
     ("iot", "job"): _Kind(r"[a-zA-Z0-9_-]{1,64}", True),
+    ("iot", "jobtemplate"): _Kind(r"[a-zA-Z0-9_-]{1,64}", True),
+    # Software Package Catalog: package/<name> and package/<name>/version/<version>.
+    ("iot", "package"): _Kind(r"[a-zA-Z0-9._-]{1,128}(?:/version/[a-zA-Z0-9._-]{1,64})?", True),
     ("iot", "stream"): _Kind(r"[a-zA-Z0-9_-]{1,128}", True),
     ("iot", "otaupdate"): _Kind(r"[a-zA-Z0-9_-]{1,128}", True),
     ("iot", "cert"): _Kind(r"[a-f0-9]{64}", True),

@@ -85,6 +85,19 @@ class Limits:
     # policy, 20 KB) with room, and a depth no valid policy reaches (conditions: 5).
     max_policy_bytes: int = 64 * KIB
     max_policy_depth: int = 16
+    # Device Shadow service (core/shadow.py), AWS's documented limits: "The device's shadow
+    # supports 8 KB of data only ... Only the data for desired and reported state ...
+    # counts" (Diagnosing problems with shadows); "JSON contains too many levels of
+    # nesting; maximum is 6" and "A client token that is longer than 64 bytes" (Device
+    # Shadow error messages). A request message itself is bounded more loosely (metadata,
+    # clientToken and nulls do not count toward the state size).
+    max_shadow_state_bytes: int = 8 * KIB
+    max_shadow_depth: int = 6
+    max_shadow_request_bytes: int = 64 * KIB
+    max_named_shadows_per_thing: int = 100
+    # SearchIndex (server/fleet/search.py) reads the whole fleet per query: served up to
+    # this many things (overair's bound; AWS's index has none).
+    max_search_things: int = 100_000
 
     @property
     def device_max_file_size(self) -> int:

@@ -14,7 +14,7 @@ import secrets
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +39,8 @@ from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
+from overair.server.fleet import api as fleet_api
+from overair.server.fleet.search import FleetSearch
 from overair.server.gateway import capacity
 from overair.server.gateway.access_change import render_change
 from overair.server.gateway.access_ledger import AccessLedger
@@ -46,8 +48,9 @@ from overair.server.gateway.access_sync import AccessSync
 from overair.server.gateway.broker import Broker, check_port_free, render_acl, render_config
 from overair.server.gateway.broker_plugin import PluginBuild, build_plugin
 from overair.server.gateway.broker_probe import ExternalBrokerProbe
-from overair.server.gateway.device_service import DeviceService
+from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.gateway.mqtt_driver import ServiceConnection
+from overair.server.gateway.presence import PresenceEvent
 from overair.server.gateway.reload import ConfirmedReload, command_trigger
 from overair.server.gateway.session_close import SessionCloser
 from overair.server.gateway.supervisor import BrokerSupervisor
@@ -63,16 +66,27 @@ from overair.server.iam.policies import PolicyStore
 from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
+from overair.server.jobs import steering_api
+from overair.server.jobs.documents import JobDocuments
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
+from overair.server.jobs.steering import JobSteering
+from overair.server.jobs.templates import JobTemplates
 from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
+from overair.server.packages import api as packages_api
+from overair.server.packages.catalog import Catalog
+from overair.server.packages.shadow_sync import PackageShadowSync
 from overair.server.registry import api as registry_api
+from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
+from overair.server.shadow import api as shadow_api
+from overair.server.shadow.mqtt import ShadowMqtt
+from overair.server.shadow.service import ShadowService
 from overair.server.signing import api as signing_api
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
@@ -83,6 +97,12 @@ from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
 
+
+
+def _log_presence_failure(future: Future[None]) -> None:
+    exc = future.exception() if not future.cancelled() else None
+    if exc is not None:
+        log.error("recording a device connection event failed: %s", exc)
 
 class Server:
     # overair's access plugin in the broker it runs (gateway/broker_plugin.py); None for
@@ -132,8 +152,7 @@ class Server:
         self.table = OperationTable()
         registry_api.register(self.table, self.registry, settings.device_mqtt_endpoint,
                               self.arns)
-        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
-                          self.objects, settings.limits.max_job_document_bytes, self._caller_may_read)
+        self._register_fleet(settings, clock)
         streams_api.register(self.table, self.streams)
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
@@ -170,6 +189,32 @@ class Server:
             log.error("download URLs name %s, which the endpoint's certificate (%s) does not: devices will "
                       "refuse it; add it with `overair init --hostname` or set download_public_url",
                       host, self.settings.paths.broker_cert)
+
+    def _register_fleet(self, settings: Settings, clock: Clock) -> None:
+        """Jobs, job steering and templates, the Software Package Catalog and the Device Shadow
+        service (MQTT and iot-data)."""
+        self.shadows = ShadowService(self.db, settings.limits, clock)
+        self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
+        catalog = Catalog(self.db, settings, clock)
+        packages_api.register(self.table, catalog)
+        self.connectivity = Connectivity(self.db, clock)
+        # One thread applies the broker's connection events in order, off the event loop.
+        self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
+        registry_api.register_connectivity(self.table, self.registry, self.connectivity)
+        fleet_api.register(self.table, FleetSearch(self.db, settings.limits))
+        self.jobs.on_installed = PackageShadowSync(
+            self.shadows, self._publish_threadsafe,
+            lambda: catalog.configuration().jobs_update_versions).installed
+        templates = JobTemplates(self.db, settings, clock)
+        jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
+                          self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
+                          templates, catalog.published_versions)
+        shadow_api.register(self.table, self.shadows, self._publish_threadsafe, clock, settings.limits)
+        steering_api.register(self.table, self.jobs, JobSteering(self.db, self.jobs, self.registry, clock),
+                              templates,
+                              JobDocuments(self.objects, settings.limits.max_job_document_bytes,
+                                           self._caller_may_read),
+                              self._notify_threadsafe)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:
@@ -233,6 +278,15 @@ class Server:
             self.connection.publish_retained(revocation.REVOCATIONS_TOPIC, self.revocation_envelope())
         except Exception:
             log.exception("could not publish the code-signing revocation list")
+
+    def _publish_threadsafe(self, messages: list[tuple[str, bytes]]) -> None:
+        if self.connection is not None:
+            self.connection.publish_threadsafe([Outgoing(topic, payload) for topic, payload in messages])
+
+    def _presence_event(self, event: PresenceEvent) -> None:
+        """On the event loop: hand the event to the presence worker (never waits)."""
+        future = self.presence_worker.submit(self.connectivity.apply, [event])
+        future.add_done_callback(_log_presence_failure)
 
     def _notify_threadsafe(self, things: list[str]) -> None:
         if self.connection is not None:
@@ -299,10 +353,8 @@ class Server:
         assert self.witness is not None
         self._change_seq += 1
         self.witness.change(self._change_seq, render_change(self._change_seq, access.things))
-        paths = self.settings.paths
-        # For the broker's next start (the plugin already refuses what left the registry).
-        write_atomic(paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(),
-                                             dt.datetime.fromtimestamp(self.clock(), dt.UTC)))
+        # The CRL and the access file are regenerated whole when the broker (re)starts
+        # (_regenerate_for_restart); until then the plugin refuses what left the registry.
         self.devices.forget_access()
         self.delivery.forget_access()
 
@@ -394,6 +446,9 @@ class Server:
 
     def _regenerate_for_restart(self) -> None:
         self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
+        # The broker died with its connections, logging none of their ends: after the
+        # events it did log (same worker, so in order), every thing is disconnected.
+        self.presence_worker.submit(self.connectivity.restarted).result()
 
     def broker_health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, what /health shows about the broker)."""
@@ -513,8 +568,10 @@ class Server:
         witness = self.witness = AclWitness(self.fleet_ca, paths.fleet_ca_cert, host, port)
         self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, host, port)
         if settings.external_broker is None:
+            await asyncio.to_thread(self.connectivity.restarted)
             broker = self.broker = Broker(paths.broker, settings.mosquitto_binary, host, port,
-                                          on_refused=RefusedConnectionRecorder(self.audit))
+                                          on_refused=RefusedConnectionRecorder(self.audit),
+                                          on_presence=self._presence_event)
             plugin = self.broker_plugin = await asyncio.to_thread(build_plugin, paths.broker)
             if not plugin.available:
                 log.error("the broker runs without overair's access plugin, so devices' client ids are "
@@ -604,6 +661,7 @@ class Server:
             if self.supervisor is not None:
                 await self.supervisor.stop()
             self.background.shutdown(wait=True, cancel_futures=True)
+            self.presence_worker.shutdown(wait=True)
             self.db.close()
             log.info("overair stopped")
 

@@ -35,7 +35,7 @@ from overair.server import metrics
 from overair.server.api import s3 as s3api
 from overair.server.api.contract import ApiError, ApiRequest, Caller, CredentialLookup, OperationTable
 from overair.server.api.faults import to_api_error
-from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
+from overair.server.api.models import TABLE_NAMES, HttpRequest, HttpResponse, ServiceProtocol, load_services
 from overair.server.api.request_context import RequestOrigin, TrustedProxies, request_origin
 from overair.server.api.sigv4 import AuthResult, IncomingRequest, peek_service, verify_request
 from overair.server.storage.objects import ObjectStore
@@ -203,7 +203,9 @@ class _Edge:
         req = _http_request(incoming, incoming.body, _header_map(incoming))
         resolved = service.resolve(req)
         log.operation = resolved.name
-        handler = self.table.get(auth.service, resolved.name)
+        # The table is keyed by botocore's model name (boto3's client name), which differs
+        # from the SigV4 signing name for iot-data ("iotdata").
+        handler = self.table.get(TABLE_NAMES.get(auth.service, auth.service), resolved.name)
         if handler is None:
             raise ApiError(
                 "NotImplementedException",

@@ -53,13 +53,16 @@ from overair.server.api.contract import ApiError
 
 logger = logging.getLogger("overair.api")
 
-SERVICE_NAMES = ("iot", "iot-jobs-data", "signer", "acm", "iam", "sts", "s3", "overair")
+SERVICE_NAMES = ("iot", "iot-jobs-data", "iot-data", "signer", "acm", "iam", "sts", "s3", "overair")
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
+# SigV4 signing name -> the model name the operation table uses, where they differ.
+TABLE_NAMES = {"iotdata": "iot-data"}
 
 # The error code for input that does not satisfy the model, per service.
 VALIDATION_CODES = {
     "iot": "InvalidRequestException",
     "iot-jobs-data": "InvalidRequestException",
+    "iotdata": "InvalidRequestException",  # iot-data, by its SigV4 signing name
     "signer": "ValidationException",
     "acm": "ValidationException",
     "iam": "ValidationError",

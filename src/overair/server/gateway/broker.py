@@ -60,6 +60,7 @@ from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.topics import THING_NAME_RE
 from overair.server.files import write_atomic
 from overair.server.gateway.broker_log import BrokerLogParser, RefusedConnection
+from overair.server.gateway.presence import PresenceEvent, parse_line
 
 log = logging.getLogger("overair.broker")
 DEFAULT_MOSQUITTO = "mosquitto"
@@ -272,11 +273,14 @@ class Broker:
     """A Mosquitto child process: start, signal a reload (SIGHUP), stop, how it ended."""
 
     def __init__(self, workdir: Path, binary: str, host: str, port: int,
-                 on_refused: Callable[[RefusedConnection], None] | None = None) -> None:
+                 on_refused: Callable[[RefusedConnection], None] | None = None,
+                 on_presence: Callable[[PresenceEvent], None] | None = None) -> None:
         """`on_refused` hears of every connection Mosquitto refuses (broker_log.py); it is
         called on the event loop, so it must not block."""
         self.workdir = workdir
         self.on_refused = on_refused
+        # Hears of every device connection and disconnection (gateway/presence.py).
+        self.on_presence = on_presence
         self.binary = binary
         self.host = host
         self.port = port
@@ -339,6 +343,9 @@ class Broker:
             if self.on_refused is not None:
                 for refused in refusals.feed(text):
                     self.on_refused(refused)
+            presence = parse_line(text) if self.on_presence is not None else None
+            if presence is not None and self.on_presence is not None:
+                self.on_presence(presence)
             log.info("mosquitto: %s", text)
 
     async def _wait_ready(self, ssl_context: ssl.SSLContext, timeout: float) -> None:

@@ -32,6 +32,7 @@ from overair.core import jobs_wire as wire
 from overair.core import streamcodec, topics
 from overair.core.errors import DecodeError, OverairError, PeerInputError, UnavailableError
 from overair.core.limits import Limits
+from overair.core.shadow import ShadowError
 from overair.core.streamplan import plan_blocks
 from overair.core.topics import JobsRequest, JobsTopic, StreamsRequest, StreamsTopic
 from overair.server import metrics
@@ -41,6 +42,7 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.jobs.service import JobService, JobsMqttError
+from overair.server.shadow.mqtt import ShadowMqtt, ShadowTopic, ShadowVerb, parse_topic
 from overair.server.streams.access import AccessCache
 from overair.server.streams.service import StreamService
 
@@ -79,6 +81,8 @@ class DeviceService:
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a thing's cached stream access goes the moment its executions change.
         jobs.watch_executions(self._access.forget_things)
+        # The Device Shadow service's topics (server/shadow/mqtt.py), when wired.
+        self.shadows: ShadowMqtt | None = None
 
     # Admission (on the event loop: never waits) -------------------------------------
     def admit(self, topic: str, in_flight: int = 0, payload: bytes = b"") -> list[Outgoing] | None:
@@ -87,6 +91,9 @@ class DeviceService:
         the thing's messages already waiting for a worker. A progress report may not
         spend the reserve of the job-update budget kept for state-changing updates."""
         try:
+            shadow = parse_topic(topic) if self.shadows is not None else None
+            if shadow is not None:
+                return self._admit_shadow(shadow, in_flight)
             parsed = topics.parse_request_topic(topic)
             if parsed is None:
                 thing = topics.jobs_request_thing(topic)
@@ -115,6 +122,20 @@ class DeviceService:
             log.exception("admitting a message on %r failed", topic[:200])
             return []
 
+    def _admit_shadow(self, parsed: ShadowTopic, in_flight: int) -> list[Outgoing] | None:
+        # Shadow requests spend the device's job budgets (delivery/budgets.py): reads
+        # the read budget, updates and deletes the update budget.
+        kind = Kind.JOB_READ if parsed.verb is ShadowVerb.GET else Kind.JOB_UPDATE
+        if in_flight < self._limits.device_messages_in_flight and self._budgets.take(
+                parsed.thing, kind, self._clock()):
+            return None
+        assert self.shadows is not None
+        action = "iot:GetThingShadow" if kind is Kind.JOB_READ else "iot:UpdateThingShadow"
+        self.events.throttled(principal=f"thing/{parsed.thing}", action=action,
+                              resource=f"thing/{parsed.thing}")
+        error = ShadowError(429, "request rate exceeds the device's budget")
+        return [Outgoing(t, p, QOS_THROTTLED) for t, p in self.shadows.rejected(parsed, error, None)]
+
     @staticmethod
     def _kind(parsed: JobsTopic | StreamsTopic) -> Kind:
         if isinstance(parsed, StreamsTopic):
@@ -124,6 +145,14 @@ class DeviceService:
         return Kind.JOB_READ
 
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        shadow = parse_topic(topic) if self.shadows is not None else None
+        if shadow is not None and self.shadows is not None:
+            try:
+                return [Outgoing(t, p) for t, p in self.shadows.handle(shadow, payload)]
+            except Exception:
+                log.exception("failed to handle %s", topic)
+                error = ShadowError(500, "Internal service failure")
+                return [Outgoing(t, p) for t, p in self.shadows.rejected(shadow, error, None)]
         parsed = topics.parse_request_topic(topic)
         if parsed is None:
             if topics.jobs_request_thing(topic) is not None:

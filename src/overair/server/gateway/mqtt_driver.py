@@ -29,6 +29,7 @@ from overair.core import topics
 from overair.core.errors import UnavailableError
 from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.pki import SERVICE_IDENTITY
+from overair.server.shadow import mqtt as shadow_mqtt
 
 log = logging.getLogger("overair.devices")
 NOTIFY_BATCH = 256  # notify-next lookups in flight at once (bounds memory for huge fleets)
@@ -70,7 +71,8 @@ class ServiceConnection:
 
     def _on_connect(self, client: Any, _flags: Any, _rc: Any, _properties: Any) -> None:
         # Subscribing here also restores the subscriptions after a reconnect.
-        client.subscribe([Subscription(t, qos=1) for t in topics.SERVICE_SUBSCRIPTIONS])
+        client.subscribe([Subscription(t, qos=1)
+                          for t in (*topics.SERVICE_SUBSCRIPTIONS, *shadow_mqtt.SUBSCRIPTIONS)])
         log.info("service connected to the broker and subscribed")
         if self.on_connected is not None:
             self.on_connected()
@@ -159,6 +161,11 @@ class ServiceConnection:
     def publish_retained_threadsafe(self, topic: str, payload: bytes) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.publish_retained, topic, payload)
+
+    def publish_threadsafe(self, messages: list[Outgoing]) -> None:
+        """Publish from another thread (e.g. shadow messages of an iot-data call)."""
+        if self._loop is not None and messages:
+            self._loop.call_soon_threadsafe(self.publish, messages)
 
     async def notify_pending(self, things: Iterable[str]) -> None:
         """Push `notify` to things whose pending list changed but whose next job did not."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -107,6 +108,11 @@ class AclWitness:
         if reason.is_failure:
             log.warning("the broker refused the ACL witness: %s", reason)
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # Each check and access change is a small publish right after a small PUBACK:
+            # with Nagle's algorithm it waits for the broker's delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(f"{self.base}/#", 1), (RESPONSE_TOPIC, 1)])
         # Then an echo of its own marks it connected (broker_health reads that), without
         # waiting for the next access change to ask.

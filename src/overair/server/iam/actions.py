@@ -33,7 +33,8 @@ from overair.server.api.contract import Caller
 from overair.server.iam.arns import Arns, validation_error
 
 # The IAM service prefix differs from the SigV4 signing name for a few services.
-_ACTION_PREFIX = {"iot-jobs-data": "iotjobsdata"}
+# iot-data's shadow operations are AWS's iot:GetThingShadow, iot:UpdateThingShadow, ...
+_ACTION_PREFIX = {"iot-jobs-data": "iotjobsdata", "iotdata": "iot"}
 
 # Operations every authenticated caller may use, as in AWS: GetCallerIdentity needs no
 # permission (it only tells callers who they are, which they already know).
@@ -99,6 +100,10 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
         ArnMember("principal", "iot", ("cert",), "reference"),
         ArnMember("roleArn", "iam", ("role",), "passrole"),
         ArnMember("presignedUrlConfig.roleArn", "iam", ("role",), "passrole"),
+        ArnMember("jobTemplateArn", "iot", ("jobtemplate",), "resource"),
+        ArnMember("jobArn", "iot", ("job",), "resource"),
+        ArnMember("destinationPackageVersions[]", "iot", ("package",), "resource"),
+        ArnMember("versionUpdateByJobsConfig.roleArn", "iam", ("role",), "passrole"),
         ArnMember("files[].codeSigning.startSigningJobParameter.signingProfileParameter.certificateArn",
                   *_ACM_CERTIFICATE, "reference"),
     ),
@@ -109,7 +114,7 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
     "sts": (ArnMember("RoleArn", "iam", ("role",), "resource"),),
 }
 # ARN members of routed operations that the operation refuses by name (docs/compatibility.md).
-REFUSED_ARN_MEMBERS = frozenset({("iot", "jobTemplateArn"), ("sts", "PolicyArns[].arn"),
+REFUSED_ARN_MEMBERS = frozenset({("sts", "PolicyArns[].arn"),
                                  ("sts", "ProvidedContexts[].ProviderArn")})
 
 
@@ -142,7 +147,8 @@ def values_at(params: Mapping[str, Any], path: str) -> Iterator[object]:
 
 _IOT_NAMED = (("jobId", None, "job"), ("otaUpdateId", None, "otaupdate"), ("streamId", None, "stream"),
               ("thingGroupName", "thingGroupArn", "thinggroup"), ("thingName", "thingArn", "thing"),
-              ("certificateId", None, "cert"), ("thingTypeName", None, "thingtype"))
+              ("certificateId", None, "cert"), ("thingTypeName", None, "thingtype"),
+              ("jobTemplateId", None, "jobtemplate"))
 
 
 def _iot_resources(service: str, params: Mapping[str, Any], arns: Arns) -> list[str]:
@@ -151,6 +157,12 @@ def _iot_resources(service: str, params: Mapping[str, Any], arns: Arns) -> list[
         name = arns.named(service, params, name_member, arn_member, "iot", kind)
         if name:
             out.append(arns.arn("iot", f"{kind}/{name}"))
+    # Software Package Catalog: the package, and for version operations the version too.
+    package, version = params.get("packageName"), params.get("versionName")
+    if isinstance(package, str) and package:
+        out.append(arns.arn("iot", f"package/{package}"))
+        if isinstance(version, str) and version:
+            out.append(arns.arn("iot", f"package/{package}/version/{version}"))
     return out
 
 
@@ -180,7 +192,7 @@ def _iam_resources(operation: str, params: Mapping[str, Any], arns: Arns, caller
 
 def _named_resources(service: str, operation: str, params: Mapping[str, Any], arns: Arns,
                      caller: Caller) -> list[str]:
-    if service in ("iot", "iot-jobs-data"):
+    if service in ("iot", "iot-jobs-data", "iotdata"):
         return _iot_resources(service, params, arns)
     if service == "signer":
         return _signer_resources(params, arns)

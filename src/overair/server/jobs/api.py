@@ -9,16 +9,18 @@ while GetJobDocument returns the document as given, placeholders and all, as AWS
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from overair.core import rollout
 from overair.core.jobstates import ExecStatus
-from overair.server.api.contract import ApiRequest, OperationTable, invalid
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.contract import ApiError, ApiRequest, OperationTable, invalid
+from overair.server.api.paging import key_after, key_token, page_out, page_size
 from overair.server.api.unsupported import refusing
 from overair.server.jobs.documents import JobDocuments, ReadCheck
-from overair.server.jobs.service import PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.service import PACKAGE_VERSIONS, PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.templates import JobTemplates, job_from_template
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, JobExecution
 
@@ -53,7 +55,7 @@ def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[s
     if job.reason_code:
         view["reasonCode"] = job.reason_code
     for key in ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
-                "jobExecutionsRetryConfig", "schedulingConfig"):
+                "jobExecutionsRetryConfig", "schedulingConfig", "destinationPackageVersions"):
         if key in job.config:
             view[key] = job.config[key]
     if rollouts:
@@ -61,29 +63,58 @@ def _job_view(job: Job, counts: dict[str, int], rollouts: list[float]) -> dict[s
     return view
 
 
-# Members refused by name (docs/compatibility.md): no namespaces, job templates, document
+# Members refused by name (docs/compatibility.md): no namespaces, document
 # parameters or software packages; ListJobs filters groups by name only.
 _REFUSED = {
-    "CreateJob": ("namespaceId", "jobTemplateArn", "documentParameters", "destinationPackageVersions"),
+    "CreateJob": ("namespaceId", "documentParameters"),
     "ListJobs": ("thingGroupId", "namespaceId"),
     "ListJobExecutionsForThing": ("namespaceId",),
 }
 
 
+def _job_input(r: ApiRequest, documents: JobDocuments, templates: JobTemplates,
+               package_versions: Callable[[list[str]], list[tuple[str, str]]]) -> tuple[dict[str, Any],
+                                                                                        dict[str, Any]]:
+    """CreateJob's document and configuration: from `jobTemplateArn` if given, then the
+    request's own members over it."""
+    inline, source = r.params.get("document"), r.params.get("documentSource")
+    template_arn = r.params.get("jobTemplateArn")
+    keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
+            "jobExecutionsRetryConfig", "schedulingConfig")
+    config: dict[str, Any] = {}
+    document: dict[str, Any] | None = None
+    if template_arn is not None:
+        # The ARN was parsed strictly before authorization (iam/actions.py, O1).
+        template = templates.describe(str(template_arn).rpartition("/")[2])
+        document, config = job_from_template(template, r.params)
+    if inline is not None and source is not None:
+        raise invalid("give at most one of document and documentSource")
+    if inline is not None or source is not None:
+        document = (documents.inline(inline) if source is None
+                    else documents.load_source(r.caller, str(source)))
+    if document is None:
+        raise invalid("give one of document, documentSource and jobTemplateArn")
+    config.update({k: r.params[k] for k in keys if k in r.params})
+    destinations = r.params.get("destinationPackageVersions", config.pop("destinationPackageVersions", None))
+    if destinations:
+        # Reported in the thing's $package shadow when its execution SUCCEEDS
+        # (packages/shadow_sync.py); each must be PUBLISHED, as AWS deploys only those.
+        try:
+            config[PACKAGE_VERSIONS] = [list(pair) for pair in package_versions(list(destinations))]
+        except ApiError as exc:
+            raise invalid(exc.message) from exc
+        config["destinationPackageVersions"] = list(destinations)
+    return document, config
+
+
 def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str], str],
              notify: Callable[[list[str]], None], objects: ObjectStore, max_document_bytes: int,
-             may_read: ReadCheck) -> None:
+             may_read: ReadCheck, templates: JobTemplates,
+             package_versions: Callable[[list[str]], list[tuple[str, str]]]) -> None:
     documents = JobDocuments(objects, max_document_bytes, may_read)
 
     def create_job(r: ApiRequest) -> dict[str, Any]:
-        inline, source = r.params.get("document"), r.params.get("documentSource")
-        if (inline is None) == (source is None):
-            raise invalid("give exactly one of document and documentSource")
-        document = (documents.inline(inline) if source is None
-                    else documents.load_source(r.caller, str(source)))
-        keys = ("jobExecutionsRolloutConfig", "abortConfig", "timeoutConfig", "presignedUrlConfig",
-                "jobExecutionsRetryConfig", "schedulingConfig")
-        config: dict[str, Any] = {k: r.params[k] for k in keys if k in r.params}
+        document, config = _job_input(r, documents, templates, package_versions)
         pinned = documents.resolve_placeholders(r.caller, document, config.get("presignedUrlConfig"))
         if pinned:
             config[PRESIGNED_OBJECTS] = pinned
@@ -99,15 +130,17 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return {"job": _job_view(job, counts, jobs.scheduled_rollouts(job))}
 
     def list_jobs(r: ApiRequest) -> dict[str, Any]:
-        selection, group = r.params.get("targetSelection"), r.params.get("thingGroupName")
+        group = r.params.get("thingGroupName")
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_jobs(
+            r.params.get("status"), r.params.get("targetSelection"),
+            lambda j: group is None or any(t.endswith(f":thinggroup/{group}") for t in j.targets),
+            None if after is None else (_number(after[0]), after[1]), page_size(r.params))
         items = [{"jobArn": j.arn, "jobId": j.job_id, "targetSelection": j.target_selection,
                   "status": j.status, "createdAt": j.created_at, "lastUpdatedAt": j.last_updated_at,
-                  **({"completedAt": j.completed_at} if j.completed_at is not None else {})}
-                 for j in jobs.list_jobs(r.params.get("status"))
-                 if (selection is None or j.target_selection == selection)
-                 and (group is None or any(t.endswith(f":thinggroup/{group}") for t in j.targets))]
-        page, token = paginate(items, r.params)
-        return page_out("jobs", page, token)
+                  **({"completedAt": j.completed_at} if j.completed_at is not None else {})} for j in rows]
+        token = key_token(repr(rows[-1].created_at), rows[-1].job_id) if more else None
+        return page_out("jobs", items, token)
 
     def get_job_document(r: ApiRequest) -> dict[str, Any]:
         return {"document": json.dumps(jobs.get_document(r.params["jobId"]), separators=(",", ":"))}
@@ -125,18 +158,23 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         return {}
 
     def executions_for_job(r: ApiRequest) -> dict[str, Any]:
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_executions_for_job(
+            r.params["jobId"], r.params.get("status"),
+            None if after is None else (after[0], int(_number(after[1]))), page_size(r.params))
         items = [{"thingArn": thing_arn(row.thing_name), "jobExecutionSummary": _summary(row)}
-                 for row in jobs.executions_for_job(r.params["jobId"], r.params.get("status"))]
-        page, token = paginate(items, r.params)
-        return page_out("executionSummaries", page, token)
+                 for row in rows]
+        token = key_token(rows[-1].thing_name, str(rows[-1].execution_number)) if more else None
+        return page_out("executionSummaries", items, token)
 
     def executions_for_thing(r: ApiRequest) -> dict[str, Any]:
-        job_id = r.params.get("jobId")
-        items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)}
-                 for row in jobs.executions_for_thing(r.params["thingName"], r.params.get("status"))
-                 if job_id is None or row.job_id == job_id]
-        page, token = paginate(items, r.params)
-        return page_out("executionSummaries", page, token)
+        after = key_after(r.params, parts=2)
+        rows, more = jobs.page_executions_for_thing(
+            r.params["thingName"], r.params.get("status"), r.params.get("jobId"),
+            None if after is None else (_number(after[0]), int(_number(after[1]))), page_size(r.params))
+        items = [{"jobId": row.job_id, "jobExecutionSummary": _summary(row)} for row in rows]
+        token = key_token(repr(rows[-1].queued_at), str(rows[-1].id)) if more else None
+        return page_out("executionSummaries", items, token)
 
     def cancel_execution(r: ApiRequest) -> dict[str, Any]:
         notify(jobs.cancel_execution(r.params["jobId"], r.params["thingName"],
@@ -166,3 +204,14 @@ def register(table: OperationTable, jobs: JobService, thing_arn: Callable[[str],
         "DescribeJobExecution": describe_execution, "CancelJobExecution": cancel_execution,
     }.items():
         table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))
+
+
+def _number(text: str) -> float:
+    """A number from a page token (a float written with repr, or an integer)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise invalid("nextToken is not valid") from None
+    if not math.isfinite(value):
+        raise invalid("nextToken is not valid")
+    return value

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -28,10 +28,11 @@ from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
-from overair.server.storage.schema import Job, JobExecution
+from overair.server.storage.schema import Job, JobExecution, Thing
 
 log = logging.getLogger("overair.jobs")
 
@@ -47,6 +48,16 @@ HTTP_FILES = "http_files"
 PRESIGNED_OBJECTS = "presigned_objects"
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
 IMAGE_VERSION = "image_version"
+# Job config key of the package that version belongs to (packages/inventory.py; default
+# DEFAULT_PACKAGE).
+PACKAGE_NAME = "package_name"
+# Job config key of the catalog package versions a job installs ([[package, version]],
+# from destinationPackageVersions): what a thing runs once its execution SUCCEEDS.
+PACKAGE_VERSIONS = "package_versions"
+# Job config key of the things a job leaves out although its targets name them: an OTA
+# update's targets that already run the image it sends (server/ota/manager.py), so that
+# re-sending a version to a group reaches only the members that do not run it.
+SKIPPED_THINGS = "skipped_things"
 # Rewrites a stored document for one delivery (e.g. a fresh pre-signed URL).
 DocumentRenderer = Callable[[Job, str], dict[str, Any]]
 
@@ -88,6 +99,9 @@ class JobService:
         # REJECTED, CANCELED, TIMED_OUT, REMOVED), a job was created or deleted. The
         # device service and the download endpoint drop cached access decisions (N4).
         self._execution_watchers: list[Callable[[list[str]], None]] = []
+        # Called (after the commit) when a thing starts running a version an OTA job
+        # installed (packages/shadow_sync.py reports it in the thing's $package shadow).
+        self.on_installed: Callable[[Installed], None] = lambda _installed: None
 
     def job_arn(self, job_id: str) -> str:
         return self._settings.arn("iot", f"job/{job_id}")
@@ -128,7 +142,8 @@ class JobService:
         if len(encoded) > self._settings.limits.max_job_document_bytes:
             raise invalid(f"job document is {len(encoded)} bytes; the limit is "
                           f"{self._settings.limits.max_job_document_bytes}")
-        things = self._registry.resolve_targets(targets)
+        skipped = set(config.get(SKIPPED_THINGS, []))
+        things = [t for t in self._registry.resolve_targets(targets) if t not in skipped]
         now = self._clock()
         with self._db.session() as s:
             if s.get(Job, job_id) is not None:
@@ -166,7 +181,7 @@ class JobService:
         with self._db.session() as s:
             jobs = [job for job in s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value,
                                                               Job.target_selection == "CONTINUOUS"))
-                    if group_arn in job.targets]
+                    if group_arn in job.targets and thing not in job.config.get(SKIPPED_THINGS, [])]
             if not jobs:
                 return []
             before = self.next_id_in(s, thing)
@@ -215,9 +230,18 @@ class JobService:
             job = s.get(Job, job_id)
             if job is None:
                 raise not_found(f"job {job_id}")
-            counts = dict(s.execute(select(JobExecution.status, func.count())
-                                    .where(JobExecution.job_id == job_id, RELEASED)
-                                    .group_by(JobExecution.status)).tuples().all())
+            # Every target counts from the start, released or not (QUEUED until the rollout
+            # sends it, CANCELED when the job ends before): AWS's jobProcessDetails count
+            # the job's executions, and a staged rollout only paces the notifications.
+            # A thing counts once, by its latest execution (a retried thing is the retry).
+            latest = (select(JobExecution.thing_name, func.max(JobExecution.execution_number).label("n"))
+                      .where(JobExecution.job_id == job_id).group_by(JobExecution.thing_name).subquery())
+            counts = dict(s.execute(
+                select(JobExecution.status, func.count())
+                .join(latest, (JobExecution.thing_name == latest.c.thing_name)
+                      & (JobExecution.execution_number == latest.c.n))
+                .where(JobExecution.job_id == job_id)
+                .group_by(JobExecution.status)).tuples().all())
             return job, counts
 
     def scheduled_rollouts(self, job: Job) -> list[float]:
@@ -241,18 +265,73 @@ class JobService:
                 raise not_found(f"job {job_id}")
             return job.document
 
+    # Keyset pages (api/paging.py): each reads `size + 1` rows after the previous page's
+    # last key, over an index, whatever the depth.
+    def page_jobs(self, status: str | None, selection: str | None, keep: Callable[[Job], bool],
+                  after: tuple[float, str] | None, size: int) -> tuple[list[Job], bool]:
+        found: list[Job] = []
+        with self._db.reading() as s:
+            while True:
+                query = select(Job).order_by(Job.created_at, Job.job_id).limit(size + 1)
+                if status:
+                    query = query.where(Job.status == status)
+                if selection:
+                    query = query.where(Job.target_selection == selection)
+                if after is not None:
+                    query = query.where(or_(Job.created_at > after[0],
+                                            and_(Job.created_at == after[0], Job.job_id > after[1])))
+                rows = list(s.scalars(query))
+                found.extend(row for row in rows if keep(row))
+                if len(found) > size or len(rows) <= size:
+                    return found[:size], len(found) > size
+                after = (rows[-1].created_at, rows[-1].job_id)
+
+    def page_executions_for_job(self, job_id: str, status: str | None, after: tuple[str, int] | None,
+                                size: int) -> tuple[list[JobExecution], bool]:
+        """Every execution, released or not, by thing then execution number."""
+        with self._db.reading() as s:
+            if s.get(Job, job_id) is None:
+                raise not_found(f"job {job_id}")
+            query = (select(JobExecution).where(JobExecution.job_id == job_id)
+                     .order_by(JobExecution.thing_name, JobExecution.execution_number).limit(size + 1))
+            if status:
+                query = query.where(JobExecution.status == status)
+            if after is not None:
+                query = query.where(or_(JobExecution.thing_name > after[0],
+                                        and_(JobExecution.thing_name == after[0],
+                                             JobExecution.execution_number > after[1])))
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
+
+    def page_executions_for_thing(self, thing: str, status: str | None, job_id: str | None,
+                                  after: tuple[float, int] | None,
+                                  size: int) -> tuple[list[JobExecution], bool]:
+        with self._db.reading() as s:
+            query = (select(JobExecution).where(JobExecution.thing_name == thing)
+                     .order_by(JobExecution.queued_at, JobExecution.id).limit(size + 1))
+            if status:
+                query = query.where(JobExecution.status == status)
+            if job_id:
+                query = query.where(JobExecution.job_id == job_id)
+            if after is not None:
+                query = query.where(or_(JobExecution.queued_at > after[0],
+                                        and_(JobExecution.queued_at == after[0], JobExecution.id > after[1])))
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
+
     def executions_for_job(self, job_id: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:
             if s.get(Job, job_id) is None:
                 raise not_found(f"job {job_id}")
-            query = select(JobExecution).where(JobExecution.job_id == job_id, RELEASED)
+            # Operators see every execution, released or not (devices see released ones).
+            query = select(JobExecution).where(JobExecution.job_id == job_id)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.thing_name)))
 
     def executions_for_thing(self, thing: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:
-            query = select(JobExecution).where(JobExecution.thing_name == thing, RELEASED)
+            query = select(JobExecution).where(JobExecution.thing_name == thing)
             if status:
                 query = query.where(JobExecution.status == status)
             return list(s.scalars(query.order_by(JobExecution.queued_at)))
@@ -261,7 +340,11 @@ class JobService:
                            execution_number: int | None = None) -> JobExecution:
         """DescribeJobExecution (operator): the latest execution, or the one numbered."""
         with self._db.reading() as s:
-            row = s.scalar(self._addressed(job_id, thing, execution_number))
+            # The operator sees executions a staged rollout has not released yet.
+            query = self._latest(job_id, thing, released_only=False) if execution_number is None else \
+                select(JobExecution).where(JobExecution.job_id == job_id, JobExecution.thing_name == thing,
+                                           JobExecution.execution_number == execution_number)
+            row = s.scalar(query)
             if row is None:
                 number = "" if execution_number is None else f" number {execution_number}"
                 raise not_found(f"execution{number} of job {job_id} on {thing}")
@@ -301,7 +384,7 @@ class JobService:
         CANCELED. Returns the thing if its next job changed."""
         now = self._clock()
         with self._db.session() as s:
-            row = s.scalar(self._latest(job_id, thing).with_for_update())
+            row = s.scalar(self._latest(job_id, thing, released_only=False).with_for_update())
             if row is None:
                 raise not_found(f"execution of job {job_id} on {thing}")
             if expected_version is not None and expected_version != row.version_number:
@@ -489,9 +572,11 @@ class JobService:
                 row.timeout_at = None
             s.flush()
             next_changed = False
+            installed: list[Installed] = []
             if request.status.terminal:
                 job = s.get(Job, job_id)
                 if job is not None:
+                    installed = self._record_installed(s, job, row, now)
                     self.retry_if_allowed(s, job, row, now)
                     job.last_updated_at = now
                     self.maybe_complete(s, job)
@@ -503,7 +588,25 @@ class JobService:
         if request.status.terminal:
             _log_ended(thing, job_id, outcome.execution.execution_number, request)
             self.executions_changed([thing])
+        for change in installed:
+            self.on_installed(change)
         return outcome
+
+    @staticmethod
+    def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> list[Installed]:
+        """A job that SUCCEEDED on a thing: from now, the thing runs the image version of
+        an OTA job and the package versions the job names (packages/inventory.py), in
+        this transaction. Only the changes are returned."""
+        if row.status != ExecStatus.SUCCEEDED.value or s.get(Thing, row.thing_name) is None:
+            return []
+        installs: list[tuple[str, str, bool]] = [(str(p), str(v), True)
+                                                 for p, v in job.config.get(PACKAGE_VERSIONS, [])]
+        version = job.config.get(IMAGE_VERSION)
+        if version:
+            installs.append((str(job.config.get(PACKAGE_NAME) or DEFAULT_PACKAGE), str(version), False))
+        changes = [record_installed(s, row.thing_name, package, v, job.job_id, now, catalog=catalog)
+                   for package, v, catalog in installs]
+        return [change for change in changes if change is not None]
 
     @staticmethod
     def _deadline(s: Any, row: JobExecution, step_minutes: int | None, now: float) -> float | None:
@@ -562,6 +665,11 @@ class JobService:
                     version = Version.parse(jobs[job_id])
                     best[thing] = max(best.get(thing, version), version)
         return {thing: str(version) for thing, version in best.items()}
+
+    def running_versions(self, things: list[str]) -> dict[str, str]:
+        """For each of `things` (names): the firmware version it runs now, as recorded
+        when an OTA job last changed it (packages/inventory.py)."""
+        return Inventory(self._db).running_versions(things)
 
     def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
         """Jobs still running that deliver this object version over HTTP: an OTA job's

@@ -43,7 +43,7 @@ from overair.core.limits import Limits
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
-from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, JobService
+from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
 from overair.server.settings import Settings
@@ -201,7 +201,11 @@ class OtaManager:
             self._set(ota_id, status=CREATE_COMPLETE, error_info={"code": OVER_BUDGET, "message": message})
         else:
             self._set(ota_id, status=CREATE_COMPLETE)
-        log.info("OTA update %s created: job %s for %d thing(s)", ota_id, job_id_for(ota_id), len(things))
+        # Every target counts, also those a staged rollout has not released yet (`things`
+        # are only the ones notified now).
+        _, counts = self._jobs.describe_job(job_id_for(ota_id))
+        log.info("OTA update %s created: job %s for %d thing(s), %d notified now", ota_id,
+                 job_id_for(ota_id), sum(counts.values()), len(things))
         self.on_job_created(things)
 
     def _set(self, ota_id: str, **values: Any) -> None:
@@ -225,6 +229,7 @@ class OtaManager:
         stream_files: list[dict[str, Any]] = []
         http_files: list[dict[str, Any]] = []
         image_versions: list[Version] = []
+        running: list[str] = []  # targets that already run the image: left out of the job
         chain: list[x509.Certificate] = []
         for index, spec in enumerate(request["files"]):
             stream_ref = (spec.get("fileLocation") or {}).get("stream") or {}
@@ -240,7 +245,7 @@ class OtaManager:
             self._verify(data, signed)
             version = image_version(data, spec.get("fileVersion"))
             if index == 0 and version is not None:
-                self._refuse_downgrade(request, version)
+                running = self._refuse_downgrade(request, version)
                 image_versions.append(version)
             chain = chain or signed.chain
             ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
@@ -263,6 +268,7 @@ class OtaManager:
                 tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
         if image_versions:
             config[IMAGE_VERSION] = str(image_versions[0])
+        config.update({SKIPPED_THINGS: running} if running else {})
         if "HTTP" in protocols:  # the job service renders a fresh URL into each delivery
             config[HTTP_FILES] = http_files
         job_id = job_id_for(row.ota_update_id)
@@ -423,20 +429,27 @@ class OtaManager:
         raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
                          "customCodeSigning", code="InvalidRequestException")
 
-    def _refuse_downgrade(self, request: dict[str, Any], version: Version) -> None:
-        """Threat N1 at the source: an image not newer than what this server already
+    def _refuse_downgrade(self, request: dict[str, Any], version: Version) -> list[str]:
+        """Threat N1 at the source: an image older than what this server already
         installed on a target is refused, unless additionalParameters says
-        `overair:allowDowngrade` = "true" (devices refuse it anyway: anti-rollback)."""
+        `overair:allowDowngrade` = "true" (devices refuse it anyway: anti-rollback).
+        Targets that already run this very version are returned, to be left out of the job:
+        re-sending a version to a group reaches the members that failed it or never got
+        it (issue 15), and never the ones that run it."""
         allowed = (request.get("additionalParameters") or {}).get(ALLOW_DOWNGRADE, "").lower() == "true"
         if allowed:
-            return
+            return []
         installed = self._jobs.installed_versions(list(request["targets"]))
-        newer = sorted((v, t) for t, v in installed.items() if Version.parse(v) >= version)
+        # What a target runs now (a later, allowed downgrade may have replaced the highest).
+        now_running = {**installed, **self._jobs.running_versions(list(installed))} if installed else {}
+        running = sorted(t for t, v in now_running.items() if Version.parse(v) == version)
+        newer = sorted((v, t) for t, v in installed.items() if Version.parse(v) > version)
         if newer:
             shown = ", ".join(f"{thing} runs {v}" for v, thing in newer[:5])
-            raise OtaFailure(f"image version {version} is not newer than what targets already run ({shown}); "
+            raise OtaFailure(f"image version {version} is older than what targets already run ({shown}); "
                              f"set additionalParameters {ALLOW_DOWNGRADE}=true to send it anyway",
                              code="InvalidRequestException")
+        return running
 
     def _ensure_profile(self, gate: StepGate, name: str, parameter: dict[str, Any] | None) -> None:
         """As in AWS: a signingProfileParameter creates the named profile when it does

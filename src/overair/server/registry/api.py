@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable, invalid
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_after, key_token, page_out, page_size, paginate
 from overair.server.api.unsupported import refusing
 from overair.server.iam.actions import THING_NAME_HEADER
 from overair.server.iam.arns import Arns
+from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.service import Registry, thing_view
 
 # overair extension: the CLI names the thing (header THING_NAME_HEADER) so the
@@ -49,17 +50,29 @@ def _attribute_filter(params: dict[str, Any]) -> Callable[[dict[str, Any]], bool
     return keep
 
 
-def _listed_things(registry: Registry, params: dict[str, Any]) -> list[dict[str, Any]]:
+def _listed_things(registry: Registry, params: dict[str, Any]) -> dict[str, Any]:
     keep = _attribute_filter(params)
-    return [{k: v for k, v in view.items() if k != "thingId"}  # not a member of ThingAttribute
-            for view in map(thing_view, registry.list_things()) if keep(view)]
+    (after,) = key_after(params) or (None,)
+    things, more = registry.page_things(after, page_size(params), lambda t: keep(thing_view(t)),
+                                        params.get("thingTypeName"))
+    views = [{k: v for k, v in thing_view(t).items() if k != "thingId"}  # not a member of ThingAttribute
+             for t in things]
+    return page_out("things", views, key_token(things[-1].name) if more else None)
 
 
-def _certificate_summaries(registry: Registry, ascending: bool) -> list[dict[str, Any]]:
-    certs = [{"certificateArn": c.arn, "certificateId": c.certificate_id, "status": c.status,
-              "creationDate": c.created_at, "certificateMode": "DEFAULT"}
-             for c in registry.list_certificates()]
-    return certs if ascending else certs[::-1]  # AWS: newest first unless asked otherwise
+def _certificate_summaries(registry: Registry, params: dict[str, Any]) -> dict[str, Any]:
+    # AWS: newest first unless asked otherwise.
+    after = key_after(params, token_key="marker", parts=2)
+    try:
+        start = None if after is None else (float(after[0]), after[1])
+    except ValueError:
+        raise invalid("marker is not valid") from None
+    certs, more = registry.page_certificates(start, page_size(params, limit_key="pageSize"),
+                                             bool(params.get("ascendingOrder")))
+    summaries = [{"certificateArn": c.arn, "certificateId": c.certificate_id, "status": c.status,
+                  "creationDate": c.created_at, "certificateMode": "DEFAULT"} for c in certs]
+    token = key_token(repr(certs[-1].created_at), certs[-1].certificate_id) if more else None
+    return page_out("certificates", summaries, token, token_key="nextMarker")
 
 
 def _group_and_thing(arns: Arns, params: dict[str, Any]) -> tuple[str, str]:
@@ -84,9 +97,7 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return {**thing_view(thing), "defaultClientId": thing.name}
 
     def list_things(r: ApiRequest) -> dict[str, Any]:
-        things = _listed_things(registry, r.params)
-        page, token = paginate(things, r.params)
-        return page_out("things", page, token)
+        return _listed_things(registry, r.params)
 
     def update_thing(r: ApiRequest) -> dict[str, Any]:
         payload = r.params.get("attributePayload") or {}
@@ -129,8 +140,9 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return {}
 
     def things_in_group(r: ApiRequest) -> dict[str, Any]:
-        page, token = paginate(registry.things_in_group(r.params["thingGroupName"]), r.params)
-        return page_out("things", page, token)
+        (after,) = key_after(r.params) or (None,)
+        names, more = registry.page_group_members(r.params["thingGroupName"], after, page_size(r.params))
+        return page_out("things", names, key_token(names[-1]) if more else None)
 
     def create_keys_and_certificate(r: ApiRequest) -> dict[str, Any]:
         new = registry.create_keys_and_certificate(bool(r.params.get("setAsActive", False)),
@@ -147,9 +159,7 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
             "lastModifiedDate": cert.last_modified_at, "certificateMode": "DEFAULT"}}
 
     def list_certificates(r: ApiRequest) -> dict[str, Any]:
-        certs = _certificate_summaries(registry, bool(r.params.get("ascendingOrder")))
-        page, token = paginate(certs, r.params, limit_key="pageSize", token_key="marker")
-        return page_out("certificates", page, token, token_key="nextMarker")
+        return _certificate_summaries(registry, r.params)
 
     def update_certificate(r: ApiRequest) -> dict[str, Any]:
         registry.update_certificate(r.params["certificateId"], r.params["newStatus"])
@@ -164,8 +174,9 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return {}
 
     def principals(r: ApiRequest) -> dict[str, Any]:
-        page, token = paginate(registry.thing_principals(r.params["thingName"]), r.params)
-        return page_out("principals", page, token)
+        (after,) = key_after(r.params) or (None,)
+        arns, more = registry.page_thing_principals(r.params["thingName"], after, page_size(r.params))
+        return page_out("principals", arns, key_token(arns[-1]) if more else None)
 
     def describe_endpoint(_r: ApiRequest) -> dict[str, Any]:
         host, port = endpoint
@@ -185,3 +196,39 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         "DescribeEndpoint": describe_endpoint,
     }.items():
         table.register("iot", name, refusing(_REFUSED.get(name, ()), handler))
+    _register_inventory(table, registry)
+
+
+def _register_inventory(table: OperationTable, registry: Registry) -> None:
+    """ListThingGroupsForThing and DeleteCertificate (issue 15)."""
+
+    def groups_of_thing(r: ApiRequest) -> dict[str, Any]:
+        groups = [{"groupName": g.name, "groupArn": g.arn}
+                  for g in registry.groups_of_thing(r.params["thingName"])]
+        page, token = paginate(groups, r.params)
+        return page_out("thingGroups", page, token)
+
+    def delete_certificate(r: ApiRequest) -> dict[str, Any]:
+        # forceDelete concerns attached policies (AWS): device certificates here carry none.
+        registry.delete_certificate(r.params["certificateId"])
+        return {}
+
+    table.register("iot", "ListThingGroupsForThing", groups_of_thing)
+    table.register("iot", "DeleteCertificate", delete_certificate)
+
+
+def register_connectivity(table: OperationTable, registry: Registry, connectivity: Connectivity) -> None:
+    """GetThingConnectivityData: connected or not, when that last changed, and AWS's
+    disconnectReason (from the broker, registry/connectivity.py)."""
+
+    def connectivity_data(r: ApiRequest) -> dict[str, Any]:
+        thing = registry.describe_thing(r.params["thingName"]).name
+        row = connectivity.get(thing)
+        if row is None:
+            return {"thingName": thing, "connected": False}  # never seen connected
+        out: dict[str, Any] = {"thingName": thing, "connected": row.connected, "timestamp": row.changed_at}
+        if not row.connected and row.disconnect_reason:
+            out["disconnectReason"] = row.disconnect_reason
+        return out
+
+    table.register("iot", "GetThingConnectivityData", connectivity_data)

@@ -27,11 +27,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 
 from overair.core.errors import PeerInputError
 from overair.core.topics import THING_NAME_RE
-from overair.server.api.contract import already_exists, invalid, not_found
+from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.iam.arns import Arns
 from overair.server.pki import Issued, broker_username, certificate_id, issue_client_cert
@@ -39,6 +39,7 @@ from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.schema import (
     DeviceCertificate,
+    RetiredCertificate,
     Thing,
     ThingGroup,
     ThingGroupMember,
@@ -152,6 +153,64 @@ class Registry:
                 query = query.where(Thing.name.startswith(prefix, autoescape=True))
             return list(s.scalars(query))
 
+    def page_things(self, after: str | None, size: int, keep: Callable[[Thing], bool] = lambda _t: True,
+                    thing_type: str | None = None) -> tuple[list[Thing], bool]:
+        """Up to `size` things named after `after`, in name order, that `keep` accepts
+        (ListThings' attribute filter); and whether more follow. Read in key order over
+        the primary key, `size + 1` rows at a time, so a page never reads the rows before
+        it (keyset pagination; a selective filter reads further, never everything)."""
+        found: list[Thing] = []
+        with self._db.reading() as s:
+            while True:
+                query = select(Thing).order_by(Thing.name).limit(size + 1)
+                if after is not None:
+                    query = query.where(Thing.name > after)
+                if thing_type is not None:
+                    query = query.where(Thing.thing_type_name == thing_type)
+                rows = list(s.scalars(query))
+                found.extend(row for row in rows if keep(row))
+                if len(found) > size or len(rows) <= size:
+                    return found[:size], len(found) > size
+                after = rows[-1].name
+
+    def page_group_members(self, group: str, after: str | None, size: int) -> tuple[list[str], bool]:
+        with self._db.reading() as s:
+            if s.get(ThingGroup, group) is None:
+                raise not_found(f"thing group {group}")
+            query = (select(ThingGroupMember.thing_name).where(ThingGroupMember.group_name == group)
+                     .order_by(ThingGroupMember.thing_name).limit(size + 1))
+            if after is not None:
+                query = query.where(ThingGroupMember.thing_name > after)
+            names = list(s.scalars(query))
+        return names[:size], len(names) > size
+
+    def page_thing_principals(self, thing: str, after: str | None, size: int) -> tuple[list[str], bool]:
+        with self._db.reading() as s:
+            if s.get(Thing, thing) is None:
+                raise not_found(f"thing {thing}")
+            query = (select(ThingPrincipal.principal).where(ThingPrincipal.thing_name == thing)
+                     .order_by(ThingPrincipal.principal).limit(size + 1))
+            if after is not None:
+                query = query.where(ThingPrincipal.principal > after)
+            principals = list(s.scalars(query))
+        return principals[:size], len(principals) > size
+
+    def page_certificates(self, after: tuple[float, str] | None, size: int,
+                          ascending: bool) -> tuple[list[DeviceCertificate], bool]:
+        """By creation time (then id), oldest or newest first, after (time, id)."""
+        order = (DeviceCertificate.created_at, DeviceCertificate.certificate_id)
+        query = (select(DeviceCertificate).order_by(*(c if ascending else c.desc() for c in order))
+                 .limit(size + 1))
+        if after is not None:
+            at, cert_id = after
+            later = (DeviceCertificate.created_at > at) if ascending else (DeviceCertificate.created_at < at)
+            tie = (DeviceCertificate.certificate_id > cert_id) if ascending \
+                else (DeviceCertificate.certificate_id < cert_id)
+            query = query.where(or_(later, and_(DeviceCertificate.created_at == at, tie)))
+        with self._db.reading() as s:
+            certs = list(s.scalars(query))
+        return certs[:size], len(certs) > size
+
     def delete_thing(self, name: str, expected_version: int | None = None) -> None:
         with self._db.session() as s:
             thing = s.get(Thing, name)
@@ -230,6 +289,15 @@ class Registry:
                                   .where(ThingGroupMember.group_name == group)
                                   .order_by(ThingGroupMember.thing_name)))
 
+    def groups_of_thing(self, thing: str) -> list[ThingGroup]:
+        """ListThingGroupsForThing: the thing's groups, by name."""
+        with self._db.reading() as s:
+            if s.get(Thing, thing) is None:
+                raise not_found(f"thing {thing}")
+            return list(s.scalars(select(ThingGroup).join(
+                ThingGroupMember, ThingGroupMember.group_name == ThingGroup.name)
+                .where(ThingGroupMember.thing_name == thing).order_by(ThingGroup.name)))
+
     def resolve_targets(self, target_arns: list[str]) -> list[str]:
         """Thing and thing-group ARNs -> distinct thing names, sorted. Each target is
         parsed strictly (core/arn.py): exactly the thing or group IAM checked (O1)."""
@@ -294,6 +362,36 @@ class Registry:
             cert.status = status
             cert.last_modified_at = self._clock()
         self.on_access_change([self.cert_arn(cert_id)])
+
+    def delete_certificate(self, cert_id: str) -> None:
+        """DeleteCertificate. AWS: "A certificate cannot be deleted if it has a policy
+        or IoT thing attached to it or if its status is set to ACTIVE" (iot API
+        reference); CertificateStateException and DeleteConflictException. The serial
+        stays in the broker's CRL (RetiredCertificate), so a deleted certificate can
+        never connect again, whatever it was before."""
+        with self._db.session() as s:
+            cert = s.get(DeviceCertificate, cert_id, with_for_update=True)
+            if cert is None:
+                raise not_found(f"certificate {cert_id}")
+            if cert.status == "ACTIVE":
+                raise ApiError("CertificateStateException",
+                               f"certificate {cert_id} is ACTIVE; make it INACTIVE first", 406)
+            things = list(s.scalars(select(ThingPrincipal.thing_name)
+                                    .where(ThingPrincipal.principal == cert.arn)))
+            if things:
+                raise ApiError("DeleteConflictException",
+                               f"certificate {cert_id} is attached to {', '.join(sorted(things))}; "
+                               "detach it first", 409)
+            if s.get(RetiredCertificate, cert.serial) is None:
+                s.add(RetiredCertificate(serial=cert.serial, certificate_id=cert_id,
+                                         retired_at=self._clock()))
+            s.delete(cert)
+        with self._identity_lock:
+            identity = self._identities.pop(cert_id, (None, None))[0]
+            if identity is not None:
+                self._by_identity.get(identity, set()).discard(cert_id)
+        # The CRL gains its serial: the broker's files are regenerated (a rare change).
+        self.on_access_change([])
 
     def attach_principal(self, thing: str, principal: str) -> None:
         cert_id = self._cert_id_of(principal)
@@ -416,9 +514,10 @@ class Registry:
     def revoked_serials(self) -> list[int]:
         """Every device certificate that must not connect: not ACTIVE."""
         with self._db.reading() as s:
-            serials = s.scalars(select(DeviceCertificate.serial)
-                                .where(DeviceCertificate.status != "ACTIVE"))
-            return [int(serial, 16) for serial in serials]
+            serials = set(s.scalars(select(DeviceCertificate.serial)
+                                    .where(DeviceCertificate.status != "ACTIVE")))
+            serials.update(s.scalars(select(RetiredCertificate.serial)))
+            return [int(serial, 16) for serial in sorted(serials)]
 
 
 def thing_view(thing: Thing) -> dict[str, Any]:

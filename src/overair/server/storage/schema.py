@@ -166,6 +166,8 @@ class ThingGroupMember(Base):
 
 class DeviceCertificate(Base):
     __tablename__ = "device_certificates"
+    # ListCertificates pages by (created_at, certificate_id) (migration 0012).
+    __table_args__ = (Index("ix_device_certificates_created", "created_at", "certificate_id"),)
     certificate_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     pem: Mapped[str] = mapped_column(Text)
@@ -173,6 +175,16 @@ class DeviceCertificate(Base):
     status: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
     last_modified_at: Mapped[float] = mapped_column(Float)
+
+
+class RetiredCertificate(Base):
+    """A deleted device certificate's serial, kept so the broker's CRL still refuses it
+    (migration 0007)."""
+
+    __tablename__ = "retired_certificates"
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(64))
+    retired_at: Mapped[float] = mapped_column(Float)
 
 
 class ThingPrincipal(Base):
@@ -314,6 +326,8 @@ class Stream(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # ListJobs pages by (created_at, job_id) (migration 0012).
+    __table_args__ = (Index("ix_jobs_created", "created_at", "job_id"),)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(32), index=True)
@@ -330,6 +344,22 @@ class Job(Base):
     last_updated_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rollout_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobTemplate(Base):
+    """A job template (CreateJobTemplate; migration 0007): a document and the job
+    configuration blocks that CreateJob with `jobTemplateArn` starts from."""
+
+    __tablename__ = "job_templates"
+    template_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    document: Mapped[dict[str, Any]] = mapped_column()
+    document_source: Mapped[str] = mapped_column(Text, default="")
+    # AWS config blocks kept as given (rollout, abort, timeout, presigned URL, retry,
+    # maintenanceWindows).
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class JobExecution(Base):
@@ -352,6 +382,82 @@ class JobExecution(Base):
     # NULL until the rollout releases it (devices and listings do not see it before).
     released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     timeout_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ThingShadow(Base):
+    """A thing's classic (shadow_name "") or named shadow (migration 0008). A deleted
+    shadow keeps its row (`present` false) so its version carries on, as in AWS."""
+
+    __tablename__ = "thing_shadows"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    shadow_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    desired: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reported: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    version: Mapped[int] = mapped_column(Integer)
+    present: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class InstalledSoftware(Base):
+    """What a thing runs, per package, since when (server/packages/inventory.py;
+    migration 0009)."""
+
+    __tablename__ = "installed_software"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    package: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    since: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+
+
+class SoftwarePackage(Base):
+    """A Software Package Catalog package (CreatePackage; migration 0010)."""
+
+    __tablename__ = "software_packages"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SoftwarePackageVersion(Base):
+    """A version of a package (CreatePackageVersion): DRAFT, PUBLISHED or DEPRECATED."""
+
+    __tablename__ = "software_package_versions"
+    package: Mapped[str] = mapped_column(ForeignKey("software_packages.name", ondelete="CASCADE"),
+                                         primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(512))
+    description: Mapped[str] = mapped_column(Text, default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    artifact: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    recipe: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PackageConfiguration(Base):
+    """UpdatePackageConfiguration's one row (id 1): may jobs report package versions."""
+
+    __tablename__ = "package_configuration"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    jobs_update_versions: Mapped[bool] = mapped_column(Boolean, default=False)
+    role_arn: Mapped[str] = mapped_column(String(256), default="")
+
+
+class ThingConnectivity(Base):
+    """Whether a thing is connected, since when, and why it last disconnected, from the
+    broker's log (gateway/presence.py; migration 0011)."""
+
+    __tablename__ = "thing_connectivity"
+    thing_name: Mapped[str] = mapped_column(ForeignKey("things.name", ondelete="CASCADE"), primary_key=True)
+    connected: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[float] = mapped_column(Float)
+    disconnect_reason: Mapped[str] = mapped_column(String(64), default="")
 
 
 class OtaUpdate(Base):

@@ -1,0 +1,214 @@
+"""Device access changes at fleet size: what an attach, a detach and a deactivation cost
+with 100 and with N things registered, and how long a deactivated device keeps its
+session.
+
+    .venv/bin/python -m bench.registry [--things 10000] [--changes 200]
+
+A real server runs (`tests.server_harness`: API, device service, its own Mosquitto with
+overair's access plugin) on a fresh SQLite data directory. Setup is not measured: N
+things, each with its own certificate (unique subject, signed by the fleet CA) attached
+to it, are inserted directly into the database, then the broker's access is regenerated
+once from the registry (the whole access file, as at a broker start), so the broker
+enforces all N.
+
+Measured, through the API (boto3, SigV4, the one IAM check, audit) with 100 things and
+then with N:
+- AttachThingPrincipal + DetachThingPrincipal pairs of a fresh certificate (each call
+  returns once the broker enforces it: the access plugin's answer on its control topic);
+- the limit it is compared to, in the same run: CreateThing calls (a registry write
+  that touches no broker);
+- what one change cost before (and still costs on an external broker): the whole access
+  file regenerated from the registry and the broker reloaded, confirmed by the witness;
+- revocation: a device holds a mutual-TLS session; UpdateCertificate INACTIVE is called;
+  the time from the call until the device's client sees its connection closed.
+
+- ListThings: a first page of 100 and a page at the end of the listing (its token made
+  for the last things' names), against the first page with 100 things registered.
+
+Left out: the device side of a reconnect storm, PostgreSQL, more than one server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ssl
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import insert
+from tests.server_harness import RunningServer, running_server
+
+from overair.server import pki
+from overair.server.api.paging import key_token
+from overair.server.storage.schema import DeviceCertificate, Thing, ThingPrincipal
+
+CHUNK = 2000
+PAGE = 100
+
+
+def bulk_fleet(srv: RunningServer, start: int, count: int) -> None:
+    """`count` things named bench-<i>, each with an ACTIVE certificate of its own attached."""
+    server = srv.server
+    now = dt.datetime.now(dt.UTC)
+    settings = srv.settings
+    for base in range(start, start + count, CHUNK):
+        things: list[dict[str, object]] = []
+        certs: list[dict[str, object]] = []
+        links: list[dict[str, object]] = []
+        for i in range(base, min(base + CHUNK, start + count)):
+            name = f"bench-{i}"
+            issued = pki.issue_client_cert(server.fleet_ca, name, now)
+            cert_id = pki.certificate_id(issued.cert)
+            arn = settings.arn("iot", f"cert/{cert_id}")
+            things.append(
+                {
+                    "name": name,
+                    "thing_id": uuid.uuid4().hex,
+                    "arn": settings.arn("iot", f"thing/{name}"),
+                    "thing_type_name": None,
+                    "attributes": {},
+                    "version": 1,
+                    "created_at": time.time(),
+                }
+            )
+            certs.append(
+                {
+                    "certificate_id": cert_id,
+                    "arn": arn,
+                    "pem": issued.cert.public_bytes(serialization.Encoding.PEM).decode(),
+                    "serial": format(issued.cert.serial_number, "x"),
+                    "status": "ACTIVE",
+                    "created_at": time.time(),
+                    "last_modified_at": time.time(),
+                }
+            )
+            links.append({"thing_name": name, "principal": arn})
+        with server.db.session() as s:
+            s.execute(insert(Thing), things)
+            s.execute(insert(DeviceCertificate), certs)
+            s.execute(insert(ThingPrincipal), links)
+
+
+def timed(label: str, runs: int, action: Callable[[int], None]) -> float:
+    """Median seconds of `action(i)` over `runs` runs."""
+    seconds = []
+    for i in range(runs):
+        started = time.perf_counter()
+        action(i)
+        seconds.append(time.perf_counter() - started)
+    median = statistics.median(seconds)
+    print(
+        f"  {label:<44} median {median * 1000:8.2f} ms   "
+        f"p90 {sorted(seconds)[int(runs * 0.9)] * 1000:8.2f} ms"
+    )
+    return median
+
+
+def revocation_seconds(srv: RunningServer, root: Path, name: str) -> float:
+    """A device connects; the time from UpdateCertificate INACTIVE to its session's end."""
+    iot = srv.client("iot")
+    iot.create_thing(thingName=name)
+    cert = iot.create_keys_and_certificate(setAsActive=True)
+    iot.attach_thing_principal(thingName=name, principal=cert["certificateArn"])
+    (root / f"{name}.crt").write_text(cert["certificatePem"])
+    (root / f"{name}.key").write_text(cert["keyPair"]["PrivateKey"])
+    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
+    context.load_cert_chain(str(root / f"{name}.crt"), str(root / f"{name}.key"))
+    connected, gone = threading.Event(), threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+    client.tls_set_context(context)
+    client.reconnect_delay_set(min_delay=60, max_delay=60)
+    client.on_connect = lambda *_a: connected.set()
+    client.on_disconnect = lambda *_a: gone.set()
+    client.connect("127.0.0.1", srv.settings.mqtt_port, keepalive=30)
+    client.loop_start()
+    try:
+        if not connected.wait(30):
+            raise RuntimeError("the device could not connect")
+        started = time.perf_counter()
+        iot.update_certificate(certificateId=cert["certificateId"], newStatus="INACTIVE")
+        if not gone.wait(30):
+            raise RuntimeError("the deactivated device kept its session for 30 s")
+        return time.perf_counter() - started
+    finally:
+        client.loop_stop()
+
+
+def measure(srv: RunningServer, root: Path, label: str, changes: int, things: int) -> dict[str, float]:
+    iot = srv.client("iot")
+    print(f"\n{label}:")
+    tag = uuid.uuid4().hex[:6]
+    create = timed("CreateThing (the limit)", changes, lambda i: iot.create_thing(thingName=f"lim-{tag}-{i}"))
+    cert = iot.create_keys_and_certificate(setAsActive=True)["certificateArn"]
+    iot.create_thing(thingName=f"chg-{tag}")
+
+    def pair(_i: int) -> None:
+        iot.attach_thing_principal(thingName=f"chg-{tag}", principal=cert)
+        iot.detach_thing_principal(thingName=f"chg-{tag}", principal=cert)
+
+    change = timed("Attach + Detach (per call)", changes // 2, pair) / 2
+    print(
+        f"  {'one access change, in force at return':<44} median {change * 1000:8.2f} ms   "
+        f"= {change / create:.2f}x CreateThing"
+    )
+    full = timed("whole access file + reload (before, per change)", 5, lambda _i: srv.server.access.changed())
+    deep = key_token(f"bench-{things - PAGE - 1:d}") if things > PAGE + 1 else None
+    first = timed("ListThings, first page of 100", 20, lambda _i: iot.list_things(maxResults=PAGE))
+    last = timed(
+        "ListThings, a page at the end",
+        20,
+        lambda _i: iot.list_things(maxResults=PAGE, **({"nextToken": deep} if deep else {})),
+    )
+    print(f"  {'a deep page costs':<44} {last / first:8.2f}x the first")
+    revoke = statistics.median(revocation_seconds(srv, root, f"rev-{tag}-{i}") for i in range(5))
+    print(f"  {'deactivated device disconnected after':<44} median {revoke * 1000:8.2f} ms")
+    return {"create": create, "change": change, "full": full, "revoke": revoke, "first": first, "last": last}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--things", type=int, default=10_000)
+    parser.add_argument("--changes", type=int, default=200)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp,
+        running_server(Path(tmp) / "data") as srv,
+    ):
+        root = Path(tmp)
+        if not srv.server._changes_in_place():
+            raise SystemExit("the broker does not take access changes on its control topic (plugin missing?)")
+        bulk_fleet(srv, 0, 100)
+        srv.server.access.changed()
+        small = measure(srv, root, "100 things", args.changes, 100)
+        started = time.perf_counter()
+        bulk_fleet(srv, 100, args.things - 100)
+        srv.server.access.changed()
+        print(
+            f"\n(set-up: {args.things} things with certificates inserted and enforced in "
+            f"{time.perf_counter() - started:.1f} s)"
+        )
+        large = measure(srv, root, f"{args.things} things", args.changes, args.things)
+    print(
+        f"\naccess change at {args.things} things / at 100: {large['change'] / small['change']:.2f}x "
+        f"(target: within 2x); at {args.things} things "
+        f"{large['change'] / large['create']:.2f}x a CreateThing "
+        f"(target: within 3x); whole-file reload at {args.things}: {large['full'] * 1000:.0f} ms "
+        f"({large['full'] / large['change']:.0f}x a change); revocation "
+        f"{large['revoke'] * 1000:.0f} ms (target: under 1 s); a 100-item page deep in {args.things} things "
+        f"{large['last'] / small['first']:.2f}x the first page with 100 things (target: within 2x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Fleet indexing: searching things by registry, shadow and connectivity fields."""

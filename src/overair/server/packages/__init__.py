@@ -1,0 +1,1 @@
+"""What each device runs: installed software per thing, the $package shadow."""

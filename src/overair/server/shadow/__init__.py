@@ -1,0 +1,1 @@
+"""The Device Shadow service: storage, MQTT topics and the iot-data API."""

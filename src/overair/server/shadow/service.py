@@ -1,0 +1,122 @@
+"""Shadows in the database: get, update, delete and list, each one transaction.
+
+The document logic is core/shadow.py's; this module adds storage, the thing's
+existence ("Thing not found") and optimistic locking under a row lock, so two updates
+racing on one shadow serialise and a stale `version` is refused. Every accepted change
+returns the messages AWS publishes for it, which the caller sends on MQTT whether the
+change came from a device (MQTT) or an operator (iot-data over HTTPS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from overair.core import shadow as doc
+from overair.core.limits import Limits
+from overair.core.shadow import Shadow, ShadowError
+from overair.server.clock import Clock
+from overair.server.storage.db import Database
+from overair.server.storage.schema import Thing, ThingShadow
+
+CLASSIC = ""  # the classic (unnamed) shadow's name in storage
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A message for `$aws/things/<thing>/shadow[/name/<name>]/<suffix>`."""
+
+    suffix: str  # e.g. "update/accepted"
+    body: dict[str, Any]
+
+
+def _shadow(row: ThingShadow) -> Shadow:
+    return Shadow(dict(row.desired), dict(row.reported), dict(row.metadata_), row.version)
+
+
+class ShadowService:
+    def __init__(self, db: Database, limits: Limits, clock: Clock) -> None:
+        self._db = db
+        self._limits = limits
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    @staticmethod
+    def _check(thing_exists: bool, name: str) -> None:
+        if not thing_exists:
+            raise ShadowError(404, "Thing not found")
+        if name != CLASSIC and not doc.is_shadow_name(name):
+            raise ShadowError(400, "Invalid shadow name")
+
+    @staticmethod
+    def _missing(name: str) -> ShadowError:
+        return ShadowError(404, f"No shadow exists with name: '{name}'" if name else "No shadow exists")
+
+    def get(self, thing: str, name: str, token: str | None) -> dict[str, Any]:
+        with self._db.reading() as s:
+            self._check(s.get(Thing, thing) is not None, name)
+            row = s.get(ThingShadow, (thing, name))
+            if row is None or not row.present:
+                raise self._missing(name)
+            return doc.get_document(_shadow(row), self._now(), token)
+
+    def update(self, thing: str, name: str, request: dict[str, Any]) -> list[Published]:
+        """An accepted update: update/accepted, update/documents and (when desired and
+        reported differ after it) update/delta, in that order."""
+        update = doc.parse_update(request, self._limits)
+        now = self._now()
+        with self._db.session() as s:
+            self._check(s.get(Thing, thing) is not None, name)
+            row = s.get(ThingShadow, (thing, name), with_for_update=True)
+            if row is None and name != CLASSIC:
+                count = s.scalar(select(func.count()).select_from(ThingShadow).where(
+                    ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC)) or 0
+                if count >= self._limits.max_named_shadows_per_thing:
+                    raise ShadowError(400, f"a thing has at most {self._limits.max_named_shadows_per_thing} "
+                                           "named shadows (overair's bound)")
+            current = _shadow(row) if row is not None and row.present else None
+            applied = doc.apply_update(current, (row.version if row is not None else 0) + 1, update, now,
+                                       self._limits)
+            new = applied.current
+            if row is None:
+                row = ThingShadow(thing_name=thing, shadow_name=name)
+                s.add(row)
+            row.desired, row.reported, row.metadata_ = new.desired, new.reported, new.metadata
+            row.version, row.present, row.updated_at = new.version, True, self._clock()
+        token = update.client_token
+        accepted = {**applied.accepted, "timestamp": now, **({"clientToken": token} if token else {})}
+        out = [Published("update/accepted", accepted),
+               Published("update/documents", doc.documents_message(applied, now, token))]
+        if applied.delta:
+            out.append(Published("update/delta", doc.delta_message(applied, now, token)))
+        return out
+
+    def delete(self, thing: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        """delete/accepted's body. `version`, when given, must match (AWS's DELETE
+        request takes one too)."""
+        token = doc.client_token(request, self._limits)
+        version = doc.parse_version(request)
+        with self._db.session() as s:
+            self._check(s.get(Thing, thing) is not None, name)
+            row = s.get(ThingShadow, (thing, name), with_for_update=True)
+            if row is None or not row.present:
+                raise self._missing(name)
+            if version is not None and version != row.version:
+                raise ShadowError(409, "Version conflict")
+            row.present = False
+            row.desired, row.reported, row.metadata_ = {}, {}, {}
+            row.updated_at = self._clock()
+            deleted = row.version
+        return {"version": deleted, "timestamp": self._now(), **({"clientToken": token} if token else {})}
+
+    def named_shadows(self, thing: str) -> list[str]:
+        with self._db.reading() as s:
+            if s.get(Thing, thing) is None:
+                raise ShadowError(404, "Thing not found")
+            return list(s.scalars(select(ThingShadow.shadow_name).where(
+                ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC, ThingShadow.present)
+                .order_by(ThingShadow.shadow_name)))
