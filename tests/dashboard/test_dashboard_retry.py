@@ -63,6 +63,12 @@ def test_retry_failed_creates_an_ota_update_for_the_failed_devices_only(
     assert info["otaUpdateFiles"] == original["otaUpdateFiles"]
     executions = iot.list_job_executions_for_job(jobId=info["awsIotJobId"])["executionSummaries"]
     assert [e["thingArn"].rpartition("/")[2] for e in executions] == ["retry-me-a"]
+    # What the device that succeeded runs now: the server's record, its $package shadow.
+    device = browser.get("/dashboard/things/retry-me-b").body
+    assert '<dd id="version">2.0.0</dd>' in device
+    assert "<td>firmware</td><td>2.0.0</td>" in device
+    assert "$package" in device
+    assert '<span class="never">never connected</span>' in device  # it used HTTPS only
     # A second retry gets the next free name.
     reply = browser.post(f"/dashboard/rollouts/{job_id}/retry-failed",
                          {"csrf": browser.csrf(f"/dashboard/rollouts/{job_id}")})

@@ -58,6 +58,10 @@ def _scenario(tmp_path: Path, count: int) -> None:
         for version, things in (("1.2.0", on_120), ("1.1.0", on_110), ("1.0.0", count - on_120 - on_110)):
             assert f"<tr><td>{version}</td><td>{things}</td></tr>" in fleet
         assert fleet.count('href="/dashboard/things/') == 50  # one page of rows, not the fleet
+        presence = {"online": range(7), "offline": (7, 8), "never-seen": (9,)}
+        for label, digits in presence.items():
+            expected = sum(1 for i in range(count) if i % 10 in digits)
+            assert f'<span class="n" id="{label}">{expected}</span>' in fleet
         assert names[50] in bodies["fleet, page 2"]
         assert names[49] not in bodies["fleet, page 2"]
         rollout = bodies["rollout"]

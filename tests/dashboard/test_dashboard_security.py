@@ -137,6 +137,9 @@ def test_o1_user_without_cancel_job_cannot_cancel_and_the_refusal_is_audited(srv
     assert browser.sign_in(viewer).status == 303
     page = browser.get("/dashboard/rollouts/guarded-job")
     assert page.status == 200
+    fleet = browser.get("/dashboard/fleet").body  # without iot:GetThingConnectivityData
+    assert "Connectivity is hidden" in fleet
+    assert 'id="online"' not in fleet
     reply = browser.post("/dashboard/rollouts/guarded-job/cancel",
                          {"csrf": browser.csrf("/dashboard/rollouts/guarded-job"), "force": "on"})
     assert reply.status == 403
@@ -262,6 +265,7 @@ def test_o1_the_read_only_policy_shows_every_page_and_allows_no_action(srv: Runn
     for path in ("/dashboard/fleet", "/dashboard/rollouts", "/dashboard/rollouts/read-only-job",
                  "/dashboard/things/read-only-thing", "/dashboard/certificates", "/dashboard/audit"):
         assert browser.get(path).status == 200, path
+    assert 'id="online"' in browser.get("/dashboard/fleet").body  # iot:Get* covers connectivity
     reply = browser.post("/dashboard/rollouts/read-only-job/cancel",
                          {"csrf": browser.csrf("/dashboard/rollouts/read-only-job")})
     assert reply.status == 403

@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from collections.abc import Sequence
+import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from overair.core.errors import OverairError
 from overair.core.jobstates import ExecStatus
-from overair.core.versions import Version
 from overair.server.audit.reader import _decision_condition, _glob_condition
 from overair.server.jobs.service import IMAGE_VERSION, RELEASED
+from overair.server.packages.inventory import DEFAULT_PACKAGE
 from overair.server.storage.db import Database
 from overair.server.storage.schema import (
     AuditEntry,
+    InstalledSoftware,
     Job,
     JobExecution,
     OtaUpdate,
     SigningCertificate,
     Thing,
+    ThingConnectivity,
     ThingGroup,
     ThingGroupMember,
+    ThingShadow,
 )
 
 T = TypeVar("T")
@@ -41,6 +43,8 @@ PAGE_SIZE = 50
 # device page looks for them among this many newest entries only (its own entries, by
 # principal, are indexed and found in the whole log).
 RECENT_AUDIT_WINDOW = 20_000
+MAX_SHADOWS = 20
+FIRMWARE_PACKAGE = DEFAULT_PACKAGE  # what an OTA update's image installs
 EXPIRY_WARNING_DAYS = 30
 STATES = [s.value for s in ExecStatus]
 # The states a retry sends the update again for: the device does not run the new version
@@ -58,11 +62,39 @@ class Page(Generic[T]):
 class FleetSummary:
     things: int
     groups: int
-    # version -> things whose newest firmware installed by an OTA job of this server is it
+    # (firmware version, things running it), most common first: the server's record of
+    # what each thing runs (server/packages/inventory.py, written when an OTA job succeeds)
     versions: list[tuple[str, int]]
     unknown_version: int  # things no OTA job of this server has updated
     executions: dict[str, int]  # execution state -> count, jobs still IN_PROGRESS only
     active_jobs: int
+    online: int  # from the broker's connection log (gateway/presence.py)
+    offline: int
+    never_seen: int  # things the broker has not reported a connection of
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    connected: bool | None  # None: never seen by the broker
+    since: float | None
+    disconnect_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Software:
+    package: str
+    version: str
+    since: float
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRow:
+    name: str
+    reported: str  # JSON text, shown as text
+    desired: str
+    version: int
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +103,7 @@ class ThingRow:
     thing_type: str
     attributes: dict[str, Any]
     version: str  # "" when unknown
+    presence: Presence
     last_activity: float | None  # the newest job execution update of the thing
     last_job: str
 
@@ -118,6 +151,9 @@ class DeviceView:
     created_at: float
     groups: list[str]
     version: str
+    presence: Presence
+    software: list[Software]
+    shadows: list[ShadowRow]
     executions: list[ExecutionRow]
     audit: list[AuditRow]
 
@@ -160,58 +196,32 @@ class AuditFilter:
     until: float | None = None
 
 
-def _version_key(text: str) -> Version | None:
-    try:
-        return Version.parse(text)
-    except (OverairError, ValueError):
-        return None
-
-
 class DashboardQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     # Fleet ---------------------------------------------------------------------------
-    def _ota_versions(self, s: Session) -> list[tuple[str, str]]:
-        """(job id, firmware version) of the OTA jobs that install a known version,
-        lowest version first. Jobs are few next to devices; their config is JSON, so
-        the version is read here rather than in SQL."""
-        versioned = []
-        for job_id, config in s.execute(select(Job.job_id, Job.config)):
-            text = config.get(IMAGE_VERSION) if isinstance(config, dict) else None
-            key = _version_key(text) if isinstance(text, str) else None
-            if key is not None:
-                versioned.append((key, job_id, str(key)))
-        versioned.sort()
-        return [(job_id, text) for _, job_id, text in versioned]
-
     def fleet_summary(self) -> FleetSummary:
         with self._db.reading() as s:
             things = s.scalar(select(func.count()).select_from(Thing)) or 0
             groups = s.scalar(select(func.count()).select_from(ThingGroup)) or 0
-            ranked = self._ota_versions(s)
-            versions: list[tuple[str, int]] = []
-            if ranked:
-                # Each thing's newest installed version, in two aggregates: the highest
-                # rank per thing, then things per rank.
-                rank = case({job_id: i for i, (job_id, _) in enumerate(ranked)}, value=JobExecution.job_id)
-                per_thing = (select(JobExecution.thing_name, func.max(rank).label("r"))
-                             .where(JobExecution.status == ExecStatus.SUCCEEDED.value,
-                                    JobExecution.job_id.in_([job_id for job_id, _ in ranked]))
-                             .group_by(JobExecution.thing_name).subquery())
-                by_rank: dict[str, int] = {}
-                for r, n in s.execute(select(per_thing.c.r, func.count()).group_by(per_thing.c.r)):
-                    by_rank[ranked[r][1]] = by_rank.get(ranked[r][1], 0) + n
-                versions = sorted(by_rank.items(), key=lambda item: _version_key(item[0]) or Version(0, 0, 0),
-                                  reverse=True)
+            versions = [(version, n) for version, n in s.execute(
+                select(InstalledSoftware.version, func.count())
+                .where(InstalledSoftware.package == FIRMWARE_PACKAGE)
+                .group_by(InstalledSoftware.version).order_by(func.count().desc()).limit(PAGE_SIZE))]
+            recorded = s.scalar(select(func.count()).select_from(InstalledSoftware)
+                                .where(InstalledSoftware.package == FIRMWARE_PACKAGE)) or 0
+            presence = {bool(connected): n for connected, n in s.execute(
+                select(ThingConnectivity.connected, func.count()).group_by(ThingConnectivity.connected))}
             active = select(Job.job_id).where(Job.status == "IN_PROGRESS")
             executions = {state: n for state, n in s.execute(
                 select(JobExecution.status, func.count()).where(JobExecution.job_id.in_(active), RELEASED)
                 .group_by(JobExecution.status))}
             active_jobs = s.scalar(select(func.count()).select_from(Job)
                                    .where(Job.status == "IN_PROGRESS")) or 0
-        return FleetSummary(things, groups, versions, max(0, things - sum(n for _, n in versions)),
-                            executions, active_jobs)
+        online, offline = presence.get(True, 0), presence.get(False, 0)
+        return FleetSummary(things, groups, versions, max(0, things - recorded), executions, active_jobs,
+                            online, offline, max(0, things - online - offline))
 
     def things(self, after: str = "", prefix: str = "", limit: int = PAGE_SIZE) -> Page[ThingRow]:
         with self._db.reading() as s:
@@ -224,9 +234,16 @@ class DashboardQueries:
             more = len(rows) > limit
             rows = rows[:limit]
             names = [row.name for row in rows]
-            versions = self._versions_of(s, names)
+            versions: dict[str, str] = {}
+            presence: dict[str, ThingConnectivity] = {}
             activity: dict[str, tuple[float, str]] = {}
             if names:
+                versions = {thing: version for thing, version in s.execute(
+                    select(InstalledSoftware.thing_name, InstalledSoftware.version)
+                    .where(InstalledSoftware.thing_name.in_(names),
+                           InstalledSoftware.package == FIRMWARE_PACKAGE))}
+                presence = {row.thing_name: row for row in s.scalars(
+                    select(ThingConnectivity).where(ThingConnectivity.thing_name.in_(names)))}
                 latest = (select(JobExecution.thing_name, func.max(JobExecution.last_updated_at).label("at"))
                           .where(JobExecution.thing_name.in_(names), RELEASED)
                           .group_by(JobExecution.thing_name).subquery())
@@ -235,25 +252,11 @@ class DashboardQueries:
                         .join(JobExecution, (JobExecution.thing_name == latest.c.thing_name)
                               & (JobExecution.last_updated_at == latest.c.at))):
                     activity[thing] = (at, job_id)
-        items = [ThingRow(row.name, row.thing_type_name or "", dict(row.attributes or {}),
-                          versions.get(row.name, ""), *activity.get(row.name, (None, "")))
-                 for row in rows]
+            items = [ThingRow(row.name, row.thing_type_name or "", dict(row.attributes or {}),
+                              versions.get(row.name, ""), _presence(presence.get(row.name)),
+                              *activity.get(row.name, (None, "")))
+                     for row in rows]
         return Page(items, names[-1] if more and names else None)
-
-    def _versions_of(self, s: Session, names: Sequence[str]) -> dict[str, str]:
-        """Each named thing's newest firmware installed by an OTA job of this server."""
-        if not names:
-            return {}
-        ranked = self._ota_versions(s)
-        if not ranked:
-            return {}
-        order = {job_id: i for i, (job_id, _) in enumerate(ranked)}
-        best: dict[str, int] = {}
-        for thing, job_id in s.execute(select(JobExecution.thing_name, JobExecution.job_id).where(
-                JobExecution.thing_name.in_(list(names)), JobExecution.status == ExecStatus.SUCCEEDED.value,
-                JobExecution.job_id.in_(list(order)))):
-            best[thing] = max(best.get(thing, -1), order[job_id])
-        return {thing: ranked[i][1] for thing, i in best.items()}
 
     # Device --------------------------------------------------------------------------
     def device(self, name: str, thing_arn: str) -> DeviceView | None:
@@ -267,7 +270,13 @@ class DashboardQueries:
             executions = [_execution(row) for row in s.scalars(
                 select(JobExecution).where(JobExecution.thing_name == name)
                 .order_by(JobExecution.queued_at.desc(), JobExecution.id.desc()).limit(PAGE_SIZE))]
-            version = self._versions_of(s, [name]).get(name, "")
+            software = [Software(row.package, row.version, row.since, row.job_id) for row in s.scalars(
+                select(InstalledSoftware).where(InstalledSoftware.thing_name == name)
+                .order_by(InstalledSoftware.package).limit(PAGE_SIZE))]
+            shadows = [ShadowRow(row.shadow_name or "(classic)", _json(row.reported), _json(row.desired),
+                                 row.version, row.updated_at) for row in s.scalars(
+                select(ThingShadow).where(ThingShadow.thing_name == name, ThingShadow.present)
+                .order_by(ThingShadow.shadow_name).limit(MAX_SHADOWS))]
             own = list(s.scalars(select(AuditEntry).where(AuditEntry.principal == f"thing/{name}")
                                  .order_by(AuditEntry.seq.desc()).limit(PAGE_SIZE)))
             newest = s.scalar(select(func.max(AuditEntry.seq))) or 0
@@ -276,8 +285,10 @@ class DashboardQueries:
                 AuditEntry.resource.in_([thing_arn, f"client/{name}"]))
                 .order_by(AuditEntry.seq.desc()).limit(PAGE_SIZE)))
             entries = sorted({row.seq: row for row in own + about}.values(), key=lambda row: -row.seq)
+            firmware = next((item.version for item in software if item.package == FIRMWARE_PACKAGE), "")
             return DeviceView(thing.name, thing.arn, thing.thing_type_name or "",
-                              dict(thing.attributes or {}), thing.created_at, groups, version, executions,
+                              dict(thing.attributes or {}), thing.created_at, groups, firmware,
+                              _presence(s.get(ThingConnectivity, name)), software, shadows, executions,
                               [_audit(row) for row in entries[:PAGE_SIZE]])
 
     # Rollouts ------------------------------------------------------------------------
@@ -391,6 +402,16 @@ class DashboardQueries:
 
 def _glob(pattern: str | None, value: str) -> bool:
     return not pattern or fnmatch.fnmatchcase(value, pattern)
+
+
+def _presence(row: ThingConnectivity | None) -> Presence:
+    if row is None:
+        return Presence(None, None, "")
+    return Presence(bool(row.connected), row.changed_at, row.disconnect_reason)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(", ", ": ")) if value else ""
 
 
 def _execution(row: JobExecution) -> ExecutionRow:

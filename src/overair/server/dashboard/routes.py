@@ -75,6 +75,7 @@ MAX_FORM_BYTES = 16 * 1024  # the largest form (sign-in with a session token) is
 SIGN_IN_ACTION = "signin:ConsoleLogin"
 CROSS_ORIGIN = "This form was sent from another site: open the dashboard and try again."
 AUDIT_READ = Check("cloudtrail:LookupEvents", "*")
+CONNECTIVITY_ALL = Check("iot:GetThingConnectivityData", "*")
 # What a retry keeps of the OTA update it retries (the rest: a new id, the failed devices).
 RETRY_KEEPS = ("description", "files", "protocols", "roleArn", "additionalParameters",
                "awsJobPresignedUrlConfig", "awsJobExecutionsRolloutConfig", "awsJobAbortConfig",
@@ -200,6 +201,13 @@ class Dashboard:
         """Authorize as the API would authorize `operation` with `params`."""
         self._require(viewer, actions.needs(service, operation, params, self.arns, viewer.caller).checks,
                       service)
+
+    def _may(self, viewer: Viewer, service: str, operation: str, params: Mapping[str, Any]) -> bool:
+        """For the optional parts of a page: would the API allow `operation`? (Decided and
+        audited as a call would be; a refusal only leaves the part out.)"""
+        principal = Principal.of(viewer.caller)
+        return all(self.authorizer.decide(principal, check).allowed
+                   for check in actions.needs(service, operation, params, self.arns, viewer.caller).checks)
 
     def _require(self, viewer: Viewer, checks: tuple[Check, ...] | list[Check], service: str) -> None:
         principal = Principal.of(viewer.caller)
@@ -341,7 +349,10 @@ class Dashboard:
 
         def work(viewer: Viewer) -> Response:
             self._permit(viewer, "iot", "ListThings", {})
+            # Connectivity of the whole fleet: GetThingConnectivityData on every thing.
+            presence = self.authorizer.decide(Principal.of(viewer.caller), CONNECTIVITY_ALL).allowed
             return self._render("fleet.html", viewer=viewer, summary=self.queries.fleet_summary(),
+                                presence_allowed=presence, presence_action=CONNECTIVITY_ALL.action,
                                 page=self.queries.things(after, name_prefix), after=after,
                                 name_prefix=name_prefix,
                                 connections=self.connections())
@@ -353,11 +364,15 @@ class Dashboard:
         def work(viewer: Viewer) -> Response:
             self._permit(viewer, "iot", "DescribeThing", {"thingName": name})
             self._permit(viewer, "iot", "ListJobExecutionsForThing", {"thingName": name})
-            audit_allowed = self.authorizer.decide(Principal.of(viewer.caller), AUDIT_READ).allowed
             device = self.queries.device(name, self.thing_arn(name))
             if device is None:
                 return self._render("error.html", 404, viewer, message=f"There is no thing named {name}.")
-            return self._render("device.html", viewer=viewer, device=device, audit_allowed=audit_allowed,
+            allowed = {
+                "audit": self.authorizer.decide(Principal.of(viewer.caller), AUDIT_READ).allowed,
+                "presence": self._may(viewer, "iot", "GetThingConnectivityData", {"thingName": name}),
+                "shadow": self._may(viewer, "iot", "GetThingShadow", {"thingName": name}),
+            }
+            return self._render("device.html", viewer=viewer, device=device, allowed=allowed,
                                 audit_action=AUDIT_READ.action)
         return await self._page(request, work)
 
