@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.dashboard.conftest import Key, admin_key, chromium_path, make_user, policy
 from tests.dashboard.test_dashboard_security import HOSTILE, READ_ROLLOUTS, SCRIPT, _device_jobs
+from tests.e2e.ota_helpers import wait_for
+from tests.mqtt_peer import MqttPeer
 from tests.server_harness import RunningServer
 
 SIGN_IN_URL = re.compile(r".*/dashboard/signin.*")
@@ -139,3 +142,31 @@ def test_o1_hostile_status_details_and_descriptions_stay_text_in_the_browser(
         assert page.locator("main img").count() == 0
         assert page.locator("main script").count() == 0
         assert page.title() != "pwned"
+
+
+def _device_tls(bundle: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(bundle / "root-ca.pem"))
+    context.load_cert_chain(str(bundle / "device.crt"), str(bundle / "device.key"))
+    return context
+
+
+def _presence_text(page: Page, thing: str) -> str:
+    page.goto(f"/dashboard/fleet?prefix={thing}")
+    return page.inner_text("#things td.presence")
+
+
+def test_a_device_connecting_and_leaving_shows_online_then_offline(
+        srv: RunningServer, page: Page, tmp_path: Path) -> None:
+    bundle = srv.provision("web-online", tmp_path / "web-online")
+    _sign_in(page, admin_key(srv))
+    assert _presence_text(page, "web-online") == "never connected"
+    peer = MqttPeer(_device_tls(bundle), srv.settings.mqtt_port, "web-online")
+    try:
+        wait_for(lambda: _presence_text(page, "web-online").startswith("online since"), 30, "online")
+        page.click("#things >> text=web-online")
+        expect(page.locator("#presence")).to_contain_text("online since")
+    finally:
+        peer.close()
+    wait_for(lambda: _presence_text(page, "web-online").startswith("offline since"), 30, "offline")
+    assert "DISCONNECT" in _presence_text(page, "web-online")
