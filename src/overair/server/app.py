@@ -23,7 +23,7 @@ from cryptography import x509
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from overair.core import codesign, revocation
 from overair.core.errors import MisuseError, UnavailableError
@@ -34,6 +34,7 @@ from overair.server.audit.device_events import RefusedConnectionRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.bootstrap import upgrade_installation
 from overair.server.clock import Clock, system_clock
+from overair.server.dashboard.routes import build_dashboard
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
@@ -516,13 +517,23 @@ class Server:
         status = "ok" if healthy else "degraded"
         return JSONResponse({"status": status, **broker, **database}, status_code=200 if healthy else 503)
 
+    def _dashboard_routes(self) -> list[BaseRoute]:
+        """The web dashboard under /dashboard/ (server/dashboard/)."""
+        def connections() -> int | None:
+            if self.broker is None or self.settings.external_broker is not None:
+                return None
+            return capacity.connections(self.settings.mqtt_port)
+
+        return build_dashboard(self, connections)
+
     def _http_servers(self) -> list[uvicorn.Server]:
         """The operator API and the device download endpoint (HTTPS, fleet-CA certificate,
         which devices authenticate like the broker's)."""
         settings, paths = self.settings, self.settings.paths
         app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
                             max_body_bytes=settings.limits.max_api_body_bytes,
-                            extra_routes=[Route("/health", self._health)], now=self.clock,
+                            extra_routes=[Route("/health", self._health), *self._dashboard_routes()],
+                            now=self.clock,
                             authorize=self._authorize, s3_authorizer=self.authorizer.check_s3,
                             bucket_policies=self.principals, partition=settings.partition,
                             limits=settings.limits, trusted_proxies=settings.trusted_proxies)

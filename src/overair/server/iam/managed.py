@@ -149,6 +149,9 @@ READ_ONLY_ACTIONS = (
     "s3:List*",
     # Not sts:Get*: GetSessionToken and GetFederationToken mint credentials.
     "sts:GetCallerIdentity",
+    # Reading the audit log in the dashboard (server/dashboard/), AWS's action for reading
+    # the API activity log (CloudTrail), which AWS's ReadOnlyAccess grants too.
+    "cloudtrail:LookupEvents",
 )
 
 OVERAIR_READ_ONLY = _policy(
