@@ -52,7 +52,7 @@ MANIFEST = "manifest.json"
 SQLITE_MEMBER = "database.sqlite"
 PGDUMP_MEMBER = "database.pgdump"
 # What of the data directory goes into a backup (besides the database and objects).
-SECRET_FILES = ("master.key", "credentials", "url-signing.key")
+SECRET_FILES = ("master.key", "credentials", "url-signing.key", "dashboard-session.key")
 _PG_TIMEOUT = 3600.0
 
 
