@@ -27,6 +27,7 @@ int mosquitto_set_username(struct mosquitto *c, const char *u){ (void)c; (void)u
 int mosquitto_client_protocol_version(const struct mosquitto *c){ (void)c; return 4; }
 void *mosquitto_client_certificate(const struct mosquitto *c){ (void)c; return NULL; }
 int mosquitto_kick_client_by_username(const char *u, bool w){ (void)u; (void)w; return 0; }
+int mosquitto_kick_client_by_clientid(const char *c, bool w){ (void)c; (void)w; return 0; }
 int mosquitto_broker_publish(const char *a, const char *b, int c, void *d, int e, bool f,
         mosquitto_property *g){ (void)a; (void)b; (void)c; free(d); (void)e; (void)f; (void)g; return 0; }
 void *mosquitto_calloc(size_t n, size_t s){ return calloc(n, s); }

@@ -369,17 +369,24 @@ def test_a_change_that_drops_a_certificate_closes_its_sessions_at_once(env: Env,
     assert not kept.gone.is_set()
 
 
-def test_a_change_that_takes_one_thing_closes_the_session_and_the_rest_stays(env: Env) -> None:
+def test_a_change_that_takes_one_thing_closes_its_sessions_and_keeps_the_others(env: Env) -> None:
     controller = _controller(env)
     both = render_change(1, {env.identity("dev-2"): frozenset({"dev-2", "dev-2b"})})
     assert _change(controller, both, 1) == "applied 1"
     device = env.connect("dev-2", "dev-2b", V311)
-    assert not device.connack.is_failure
+    also = env.connect("dev-2", "dev-2b#2", V5)
+    other = env.connect("dev-2", "dev-2", V311)  # the same certificate, its other thing
+    for connection in (device, also, other):
+        assert not connection.connack.is_failure
     one = render_change(2, {env.identity("dev-2"): frozenset({"dev-2"})})
     assert _change(controller, one, 2) == "applied 2"
     assert device.gone.wait(WAIT)
+    assert also.gone.wait(WAIT)
     assert env.connect("dev-2", "dev-2b", V311).connack == "Not authorized"
-    assert not env.connect("dev-2", "dev-2", V311).connack.is_failure
+    service = _service(env)
+    other.publish("$aws/things/dev-2/jobs/$next/get", b"still-here")  # it kept its session
+    service.wait_message("$aws/things/dev-2/jobs/$next/get", b"still-here")
+    assert not other.gone.is_set()
 
 
 @pytest.mark.parametrize("payload", [

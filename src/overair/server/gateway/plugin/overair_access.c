@@ -105,6 +105,11 @@ struct rules {
 static mosquitto_plugin_id_t *plugin_id;
 static char *access_file;
 static struct rules current;
+/* Who is connected: per certificate subject, the client ids of its live connections (an
+ * id appears once per connection, so a takeover's old connection leaving does not forget
+ * the new one). A change that takes a thing from a user closes exactly the connections
+ * whose client id belongs to it; the others stay, as after a reload. */
+static struct rules connected;
 
 static void *grow(void *items, size_t *capacity, size_t count, size_t size)
 {
@@ -122,6 +127,17 @@ static bool list_add(struct list *list, const char *text)
 	list->items = items;
 	list->items[list->count] = strdup(text);
 	return list->items[list->count++] != NULL;
+}
+
+static void list_remove_one(struct list *list, const char *text)
+{
+	for(size_t i = 0; i < list->count; i++){
+		if(!strcmp(list->items[i], text)){
+			free(list->items[i]);
+			list->items[i] = list->items[--list->count];
+			return;
+		}
+	}
 }
 
 static bool list_has(const struct list *list, const char *text)
@@ -440,6 +456,36 @@ static char *certificate_subject(struct mosquitto *client)
 	return subject;
 }
 
+static void session_add(const char *username, const char *client_id)
+{
+	struct user *entry = connected.slot_count ? connected.slots[slot_of(&connected, username)] : NULL;
+	if(!entry){
+		entry = calloc(1, sizeof(*entry));
+		if(!entry) return;
+		entry->name = strdup(username);
+		if(!entry->name || !user_insert(&connected, entry)){
+			user_free(entry);
+			return;
+		}
+	}
+	list_add(&entry->client_ids, client_id);
+}
+
+/* Close the connections of `name` whose client id its (new) rules no longer allow. */
+static void kick_disallowed(const char *name)
+{
+	const struct user *entry = connected.slot_count ? connected.slots[slot_of(&connected, name)] : NULL;
+	struct list doomed;
+	if(!entry) return;
+	memset(&doomed, 0, sizeof(doomed));
+	for(size_t i = 0; i < entry->client_ids.count; i++){
+		if(!client_id_allowed(name, entry->client_ids.items[i])) list_add(&doomed, entry->client_ids.items[i]);
+	}
+	/* Kicking changes `connected` (the disconnect event): kick from a copy. */
+	for(size_t i = 0; i < doomed.count; i++) mosquitto_kick_client_by_clientid(doomed.items[i], false);
+	list_free(&doomed);
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *auth = event_data;
@@ -465,6 +511,25 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!client_id_allowed(username, client_id)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "overair access: client id %s is not one of %s's", client_id, username);
 		return MOSQ_ERR_AUTH;
+	}
+	session_add(username, client_id);
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *gone = event_data;
+	const char *username = mosquitto_client_username(gone->client);
+	const char *client_id = mosquitto_client_id(gone->client);
+	struct user *entry;
+	(void)event;
+	(void)userdata;
+
+	if(!username || !client_id || !connected.slot_count) return MOSQ_ERR_SUCCESS;
+	entry = connected.slots[slot_of(&connected, username)];
+	if(entry){
+		list_remove_one(&entry->client_ids, client_id);
+		if(entry->client_ids.count == 0) user_free(user_remove(&connected, username));
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -506,6 +571,9 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)userdata;
 
 	rules_free(&current);
+	/* Mosquitto re-authenticates every connection after this (security apply), which
+	 * records each live one again. */
+	rules_free(&connected);
 	if(rules_load(access_file, &fresh)){
 		current = fresh;
 	}else{
@@ -599,7 +667,7 @@ static int on_control(int event, void *event_data, void *userdata)
 				user_free(user);
 				why = "out of memory";
 			}
-			if(before && !same_things(before, user)) mosquitto_kick_client_by_username(before->name, false);
+			if(before && !same_things(before, user)) kick_disallowed(user->name);
 			user_free(before);
 		}
 		for(size_t i = 0; i < change.dropped.count; i++){
@@ -645,7 +713,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	if(!rules_load(access_file, &current)) return MOSQ_ERR_INVAL;
 	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)
-			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)){
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL)){
 		return MOSQ_ERR_INVAL;
 	}
 	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, NULL)){
@@ -665,7 +734,9 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 	rules_free(&current);
+	rules_free(&connected);
 	free(access_file);
 	access_file = NULL;
 	return MOSQ_ERR_SUCCESS;
