@@ -193,9 +193,23 @@ def test_access_change_answers_503_when_the_broker_cannot_confirm_it(srv: Runnin
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     finally:
         os.kill(broker.process.pid, signal.SIGCONT)
-    # The next change applies everything saved so far, and the broker confirms it.
+    # The next change of that certificate applies what was saved, and the broker confirms it:
+    # the device may now connect with its thing's client id.
     iot.update_certificate(certificateId=cert["certificateId"], newStatus="ACTIVE")
-    server = srv.server
-    assert server.witness is not None
-    assert server.witness.in_force(server.access_ledger.generation)
-    assert "topic readwrite $aws/things/frozen-broker/#" in (srv.settings.paths.broker / "acl").read_text()
+    device = Path(srv.settings.data_dir) / "frozen-device"
+    device.mkdir()
+    (device / "device.crt").write_text(cert["certificatePem"])
+    (device / "device.key").write_text(cert["keyPair"]["PrivateKey"])
+    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
+    context.load_cert_chain(str(device / "device.crt"), str(device / "device.key"))
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="frozen-broker", protocol=mqtt.MQTTv311)
+    client.tls_set_context(context)
+    client.on_connect = lambda _c, _u, _f, reason, _p: None if reason.is_failure else connected.set()
+    client.connect("127.0.0.1", srv.settings.mqtt_port, keepalive=30)
+    client.loop_start()
+    try:
+        assert connected.wait(30), "the attachment saved during the 503 is not in force"
+    finally:
+        client.disconnect()
+        client.loop_stop()

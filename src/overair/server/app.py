@@ -358,8 +358,12 @@ class Server:
         assert self.witness is not None
         self._change_seq += 1
         self.witness.change(self._change_seq, render_change(self._change_seq, access.things))
-        # The CRL and the access file are regenerated whole when the broker (re)starts
-        # (_regenerate_for_restart); until then the plugin refuses what left the registry.
+        if access.withdrawn:
+            # For the broker's next start, where the CRL keeps the certificate out at TLS;
+            # until then the plugin refuses it (its rules are gone). The access file is
+            # regenerated whole at every (re)start (_regenerate_for_restart).
+            now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+            write_atomic(self.settings.paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
         self.devices.forget_access()
         self.delivery.forget_access()
 

@@ -66,6 +66,7 @@ class IdentityAccess:
 
     things: dict[str, frozenset[str]]  # identity -> the things it may use (empty: none)
     shared: frozenset[str]  # identities presented by more than one ACTIVE certificate
+    withdrawn: bool = False  # one of the certificates is not ACTIVE (the CRL changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,7 +500,8 @@ class Registry:
         things = {identity: frozenset.intersection(*sets) if sets else frozenset()
                   for identity, sets in presented.items()}
         return IdentityAccess(things=things,
-                              shared=frozenset(i for i, sets in presented.items() if len(sets) > 1))
+                              shared=frozenset(i for i, sets in presented.items() if len(sets) > 1),
+                              withdrawn=any(status != "ACTIVE" for _, _, status in rows))
 
     def things_of_certificate(self, cert: x509.Certificate) -> list[str]:
         """The things an ACTIVE device certificate is attached to (none otherwise)."""
