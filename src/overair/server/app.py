@@ -363,7 +363,8 @@ class Server:
             # until then the plugin refuses it (its rules are gone). The access file is
             # regenerated whole at every (re)start (_regenerate_for_restart).
             now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-            write_atomic(self.settings.paths.crl, pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now))
+            crl = pki.make_crl(self.fleet_ca, self.registry.revoked_serials(), now)
+            write_atomic(self.settings.paths.crl, crl)
         self.devices.forget_access()
         self.delivery.forget_access()
 
