@@ -5,8 +5,8 @@ The `sh` blocks are taken from README.md in order and run by bash in a fresh dir
 with only what a reader does in other terminals changed: `overair serve` and
 `overair-agent run` go to the background (the test waits until the server answers
 /health). The first block (`scripts/dev demo|test`) is CI itself and is left out. The
-sequence is a new user's: init, serve, a device and its agent, the AWS CLI, a wrapped
-binary rolled out to the agent and watched to the end, IAM users, the audit log.
+sequence is a new user's: init, serve, two devices and their agents, the AWS CLI, a wrapped
+binary rolled out to both agents and watched to the end, IAM users, the audit log.
 
 The examples use the README's default ports (8080, 8883, 8443): they must be free."""
 
