@@ -219,3 +219,21 @@ def test_a_rollouts_executions_and_the_jobs_page_in_the_database(fleet: RunningS
         )
     ]
     assert sorted(mine) == sorted(["paged-job", *(f"paged-small-{n}" for n in range(12))])
+
+
+def test_ota_updates_and_streams_page_in_the_database(fleet: RunningServer) -> None:
+    iot = fleet.client("iot")
+    fleet.client("s3").put_object(Bucket="firmware", Key="paged.bin", Body=b"firmware")
+    for n in range(7):
+        iot.create_stream(
+            streamId=f"paged-stream-{n}",
+            files=[{"fileId": 0, "s3Location": {"bucket": "firmware", "key": "paged.bin"}}],
+            roleArn=f"arn:aws:iam::{fleet.settings.account_id}:role/x",
+        )
+    streams = [
+        s["streamId"] for s in all_pages(iot, "list_streams", "streams", PaginationConfig={"PageSize": 2})
+    ]
+    assert [s for s in streams if s.startswith("paged-stream-")] == [f"paged-stream-{n}" for n in range(7)]
+    assert len(streams) == len(set(streams))
+    updates = all_pages(iot, "list_ota_updates", "otaUpdates", PaginationConfig={"PageSize": 2})
+    assert len(updates) == len({u["otaUpdateId"] for u in updates})

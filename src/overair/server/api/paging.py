@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -82,3 +83,17 @@ def key_after(params: dict[str, Any], *, token_key: str = "nextToken",
 
 def key_token(*key: str) -> str:
     return base64.urlsafe_b64encode((KEYSET_PREFIX + json.dumps(list(key))).encode("utf-8")).decode("ascii")
+
+
+def time_key_after(params: dict[str, Any], *, token_key: str = "nextToken") -> tuple[float, str] | None:
+    """A (creation time, id) key: the time written with repr, finite."""
+    after = key_after(params, token_key=token_key, parts=2)
+    if after is None:
+        return None
+    try:
+        at = float(after[0])
+    except ValueError:
+        raise invalid(f"{token_key} is not valid") from None
+    if not math.isfinite(at):
+        raise invalid(f"{token_key} is not valid")
+    return at, after[1]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_token, page_out, page_size, time_key_after
 from overair.server.ota.manager import OtaManager, job_id_for
 from overair.server.storage.schema import OtaUpdate
 
@@ -42,11 +42,12 @@ def register(table: OperationTable, manager: OtaManager, job_arn: Callable[[str]
         return {"otaUpdateInfo": _info(manager.get(r.params["otaUpdateId"]), job_arn)}
 
     def list_(r: ApiRequest) -> dict[str, Any]:
-        items = [{"otaUpdateId": row.ota_update_id, "otaUpdateArn": row.arn,
-                  "creationDate": row.created_at}
-                 for row in manager.list_updates(r.params.get("otaUpdateStatus"))]
-        page, token = paginate(items, r.params)
-        return page_out("otaUpdates", page, token)
+        rows, more = manager.page_updates(r.params.get("otaUpdateStatus"), time_key_after(r.params),
+                                          page_size(r.params))
+        items = [{"otaUpdateId": row.ota_update_id, "otaUpdateArn": row.arn, "creationDate": row.created_at}
+                 for row in rows]
+        token = key_token(repr(rows[-1].created_at), rows[-1].ota_update_id) if more else None
+        return page_out("otaUpdates", items, token)
 
     def delete(r: ApiRequest) -> dict[str, Any]:
         manager.delete(r.params["otaUpdateId"], bool(r.params.get("deleteStream", False)),

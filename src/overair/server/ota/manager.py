@@ -33,7 +33,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from overair.core import certchain, codesign, presign, rollout
 from overair.core.arn import ArnError, parse_arn
@@ -164,6 +164,20 @@ class OtaManager:
             if status:
                 query = query.where(OtaUpdate.status == status)
             return list(s.scalars(query))
+
+    def page_updates(self, status: str | None, after: tuple[float, str] | None,
+                     size: int) -> tuple[list[OtaUpdate], bool]:
+        """ListOTAUpdates by creation time then id, one page (keyset: api/paging.py)."""
+        query = select(OtaUpdate).order_by(OtaUpdate.created_at, OtaUpdate.ota_update_id).limit(size + 1)
+        if status:
+            query = query.where(OtaUpdate.status == status)
+        if after is not None:
+            query = query.where(or_(OtaUpdate.created_at > after[0],
+                                    and_(OtaUpdate.created_at == after[0],
+                                         OtaUpdate.ota_update_id > after[1])))
+        with self._db.reading() as s:
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
 
     def pending_ids(self) -> list[str]:
         return [row.ota_update_id for row in self.list_updates() if row.status in (CREATE_PENDING,

@@ -313,6 +313,7 @@ class SigningJob(Base):
 
 class Stream(Base):
     __tablename__ = "streams"
+    __table_args__ = (Index("ix_streams_created", "created_at", "stream_id"),)  # ListStreams (0012)
     stream_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -462,6 +463,8 @@ class ThingConnectivity(Base):
 
 class OtaUpdate(Base):
     __tablename__ = "ota_updates"
+    # ListOTAUpdates pages by (created_at, ota_update_id) (migration 0012).
+    __table_args__ = (Index("ix_ota_updates_created", "created_at", "ota_update_id"),)
     ota_update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(32))

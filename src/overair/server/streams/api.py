@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_token, page_out, page_size, time_key_after
 from overair.server.streams.service import StreamService
 
 
@@ -23,10 +23,11 @@ def register(table: OperationTable, streams: StreamService) -> None:
                                "lastUpdatedAt": s.updated_at, "roleArn": s.role_arn}}
 
     def list_(r: ApiRequest) -> dict[str, Any]:
+        rows, more = streams.page_streams(time_key_after(r.params), page_size(r.params))
         items = [{"streamId": s.stream_id, "streamArn": s.arn, "streamVersion": s.version,
-                  "description": s.description} for s in streams.list_streams()]
-        page, token = paginate(items, r.params)
-        return page_out("streams", page, token)
+                  "description": s.description} for s in rows]
+        token = key_token(repr(rows[-1].created_at), rows[-1].stream_id) if more else None
+        return page_out("streams", items, token)
 
     def update(r: ApiRequest) -> dict[str, Any]:
         s = streams.update_stream(r.params["streamId"], r.params.get("files"),

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from overair.core import streamcodec, topics
 from overair.core.streamplan import block_bytes
@@ -148,6 +148,16 @@ class StreamService:
     def list_streams(self) -> list[Stream]:
         with self._db.reading() as s:
             return list(s.scalars(select(Stream).order_by(Stream.created_at, Stream.stream_id)))
+
+    def page_streams(self, after: tuple[float, str] | None, size: int) -> tuple[list[Stream], bool]:
+        """ListStreams by creation time then id, one page (keyset: api/paging.py)."""
+        query = select(Stream).order_by(Stream.created_at, Stream.stream_id).limit(size + 1)
+        if after is not None:
+            query = query.where(or_(Stream.created_at > after[0],
+                                    and_(Stream.created_at == after[0], Stream.stream_id > after[1])))
+        with self._db.reading() as s:
+            rows = list(s.scalars(query))
+        return rows[:size], len(rows) > size
 
     def update_stream(self, stream_id: str, files: list[dict[str, Any]] | None,
                       description: str | None, role_arn: str | None) -> Stream:

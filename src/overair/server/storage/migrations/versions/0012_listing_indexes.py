@@ -19,8 +19,12 @@ depends_on = None
 def upgrade() -> None:
     op.create_index('ix_device_certificates_created', 'device_certificates', ['created_at', 'certificate_id'])
     op.create_index('ix_jobs_created', 'jobs', ['created_at', 'job_id'])
+    op.create_index('ix_streams_created', 'streams', ['created_at', 'stream_id'])
+    op.create_index('ix_ota_updates_created', 'ota_updates', ['created_at', 'ota_update_id'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_ota_updates_created', table_name='ota_updates')
+    op.drop_index('ix_streams_created', table_name='streams')
     op.drop_index('ix_jobs_created', table_name='jobs')
     op.drop_index('ix_device_certificates_created', table_name='device_certificates')
