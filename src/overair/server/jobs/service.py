@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, func, insert, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -32,6 +32,7 @@ from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Invent
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import Job, JobExecution, Thing
 
 log = logging.getLogger("overair.jobs")
@@ -272,18 +273,15 @@ class JobService:
         found: list[Job] = []
         with self._db.reading() as s:
             while True:
-                query = select(Job).order_by(Job.created_at, Job.job_id).limit(size + 1)
+                query = select(Job)
                 if status:
                     query = query.where(Job.status == status)
                 if selection:
                     query = query.where(Job.target_selection == selection)
-                if after is not None:
-                    query = query.where(or_(Job.created_at > after[0],
-                                            and_(Job.created_at == after[0], Job.job_id > after[1])))
-                rows = list(s.scalars(query))
+                rows = list(s.scalars(page_query(query, [Job.created_at, Job.job_id], after, size)))
                 found.extend(row for row in rows if keep(row))
                 if len(found) > size or len(rows) <= size:
-                    return found[:size], len(found) > size
+                    return split(found, size)
                 after = (rows[-1].created_at, rows[-1].job_id)
 
     def page_executions_for_job(self, job_id: str, status: str | None, after: tuple[str, int] | None,
@@ -292,32 +290,23 @@ class JobService:
         with self._db.reading() as s:
             if s.get(Job, job_id) is None:
                 raise not_found(f"job {job_id}")
-            query = (select(JobExecution).where(JobExecution.job_id == job_id)
-                     .order_by(JobExecution.thing_name, JobExecution.execution_number).limit(size + 1))
+            query = select(JobExecution).where(JobExecution.job_id == job_id)
             if status:
                 query = query.where(JobExecution.status == status)
-            if after is not None:
-                query = query.where(or_(JobExecution.thing_name > after[0],
-                                        and_(JobExecution.thing_name == after[0],
-                                             JobExecution.execution_number > after[1])))
-            rows = list(s.scalars(query))
-        return rows[:size], len(rows) > size
+            query = page_query(query, [JobExecution.thing_name, JobExecution.execution_number], after, size)
+            return split(list(s.scalars(query)), size)
 
     def page_executions_for_thing(self, thing: str, status: str | None, job_id: str | None,
                                   after: tuple[float, int] | None,
                                   size: int) -> tuple[list[JobExecution], bool]:
         with self._db.reading() as s:
-            query = (select(JobExecution).where(JobExecution.thing_name == thing)
-                     .order_by(JobExecution.queued_at, JobExecution.id).limit(size + 1))
+            query = select(JobExecution).where(JobExecution.thing_name == thing)
             if status:
                 query = query.where(JobExecution.status == status)
             if job_id:
                 query = query.where(JobExecution.job_id == job_id)
-            if after is not None:
-                query = query.where(or_(JobExecution.queued_at > after[0],
-                                        and_(JobExecution.queued_at == after[0], JobExecution.id > after[1])))
-            rows = list(s.scalars(query))
-        return rows[:size], len(rows) > size
+            query = page_query(query, [JobExecution.queued_at, JobExecution.id], after, size)
+            return split(list(s.scalars(query)), size)
 
     def executions_for_job(self, job_id: str, status: str | None = None) -> list[JobExecution]:
         with self._db.reading() as s:

@@ -33,7 +33,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from overair.core import certchain, codesign, presign, rollout
 from overair.core.arn import ArnError, parse_arn
@@ -52,6 +52,7 @@ from overair.server.settings import Settings
 from overair.server.signing.import_checks import EXPIRY_WARNING
 from overair.server.signing.service import DEFAULT_PLATFORM, Signed, SigningService
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, OtaUpdate
 from overair.server.streams.service import StreamService
@@ -168,16 +169,12 @@ class OtaManager:
     def page_updates(self, status: str | None, after: tuple[float, str] | None,
                      size: int) -> tuple[list[OtaUpdate], bool]:
         """ListOTAUpdates by creation time then id, one page (keyset: api/paging.py)."""
-        query = select(OtaUpdate).order_by(OtaUpdate.created_at, OtaUpdate.ota_update_id).limit(size + 1)
+        query = select(OtaUpdate)
         if status:
             query = query.where(OtaUpdate.status == status)
-        if after is not None:
-            query = query.where(or_(OtaUpdate.created_at > after[0],
-                                    and_(OtaUpdate.created_at == after[0],
-                                         OtaUpdate.ota_update_id > after[1])))
+        query = page_query(query, [OtaUpdate.created_at, OtaUpdate.ota_update_id], after, size)
         with self._db.reading() as s:
-            rows = list(s.scalars(query))
-        return rows[:size], len(rows) > size
+            return split(list(s.scalars(query)), size)
 
     def pending_ids(self) -> list[str]:
         return [row.ota_update_id for row in self.list_updates() if row.status in (CREATE_PENDING,

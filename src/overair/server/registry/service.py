@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, select
 
 from overair.core.errors import PeerInputError
 from overair.core.topics import THING_NAME_RE
@@ -37,6 +37,7 @@ from overair.server.iam.arns import Arns
 from overair.server.pki import Issued, broker_username, certificate_id, issue_client_cert
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import (
     DeviceCertificate,
     RetiredCertificate,
@@ -163,9 +164,7 @@ class Registry:
         found: list[Thing] = []
         with self._db.reading() as s:
             while True:
-                query = select(Thing).order_by(Thing.name).limit(size + 1)
-                if after is not None:
-                    query = query.where(Thing.name > after)
+                query = page_query(select(Thing), [Thing.name], None if after is None else [after], size)
                 if thing_type is not None:
                     query = query.where(Thing.thing_type_name == thing_type)
                 rows = list(s.scalars(query))
@@ -178,39 +177,27 @@ class Registry:
         with self._db.reading() as s:
             if s.get(ThingGroup, group) is None:
                 raise not_found(f"thing group {group}")
-            query = (select(ThingGroupMember.thing_name).where(ThingGroupMember.group_name == group)
-                     .order_by(ThingGroupMember.thing_name).limit(size + 1))
-            if after is not None:
-                query = query.where(ThingGroupMember.thing_name > after)
-            names = list(s.scalars(query))
-        return names[:size], len(names) > size
+            members = select(ThingGroupMember.thing_name).where(ThingGroupMember.group_name == group)
+            query = page_query(members, [ThingGroupMember.thing_name],
+                               None if after is None else [after], size)
+            return split(list(s.scalars(query)), size)
 
     def page_thing_principals(self, thing: str, after: str | None, size: int) -> tuple[list[str], bool]:
         with self._db.reading() as s:
             if s.get(Thing, thing) is None:
                 raise not_found(f"thing {thing}")
-            query = (select(ThingPrincipal.principal).where(ThingPrincipal.thing_name == thing)
-                     .order_by(ThingPrincipal.principal).limit(size + 1))
-            if after is not None:
-                query = query.where(ThingPrincipal.principal > after)
-            principals = list(s.scalars(query))
-        return principals[:size], len(principals) > size
+            query = page_query(select(ThingPrincipal.principal).where(ThingPrincipal.thing_name == thing),
+                               [ThingPrincipal.principal], None if after is None else [after], size)
+            return split(list(s.scalars(query)), size)
 
     def page_certificates(self, after: tuple[float, str] | None, size: int,
                           ascending: bool) -> tuple[list[DeviceCertificate], bool]:
         """By creation time (then id), oldest or newest first, after (time, id)."""
-        order = (DeviceCertificate.created_at, DeviceCertificate.certificate_id)
-        query = (select(DeviceCertificate).order_by(*(c if ascending else c.desc() for c in order))
-                 .limit(size + 1))
-        if after is not None:
-            at, cert_id = after
-            later = (DeviceCertificate.created_at > at) if ascending else (DeviceCertificate.created_at < at)
-            tie = (DeviceCertificate.certificate_id > cert_id) if ascending \
-                else (DeviceCertificate.certificate_id < cert_id)
-            query = query.where(or_(later, and_(DeviceCertificate.created_at == at, tie)))
+        query = page_query(select(DeviceCertificate),
+                           [DeviceCertificate.created_at, DeviceCertificate.certificate_id], after, size,
+                           descending=not ascending)
         with self._db.reading() as s:
-            certs = list(s.scalars(query))
-        return certs[:size], len(certs) > size
+            return split(list(s.scalars(query)), size)
 
     def delete_thing(self, name: str, expected_version: int | None = None) -> None:
         with self._db.session() as s:

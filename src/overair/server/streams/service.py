@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from overair.core import streamcodec, topics
 from overair.core.streamplan import block_bytes
@@ -20,6 +20,7 @@ from overair.server.api.contract import already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import Stream
 
 STREAM_ROW_TTL = 2.0
@@ -151,13 +152,9 @@ class StreamService:
 
     def page_streams(self, after: tuple[float, str] | None, size: int) -> tuple[list[Stream], bool]:
         """ListStreams by creation time then id, one page (keyset: api/paging.py)."""
-        query = select(Stream).order_by(Stream.created_at, Stream.stream_id).limit(size + 1)
-        if after is not None:
-            query = query.where(or_(Stream.created_at > after[0],
-                                    and_(Stream.created_at == after[0], Stream.stream_id > after[1])))
+        query = page_query(select(Stream), [Stream.created_at, Stream.stream_id], after, size)
         with self._db.reading() as s:
-            rows = list(s.scalars(query))
-        return rows[:size], len(rows) > size
+            return split(list(s.scalars(query)), size)
 
     def update_stream(self, stream_id: str, files: list[dict[str, Any]] | None,
                       description: str | None, role_arn: str | None) -> Stream:
