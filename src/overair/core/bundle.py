@@ -115,6 +115,8 @@ def _read(tar: tarfile.TarFile, limits: Limits) -> Bundle:
         members.append(info)
         if len(members) > MAX_MEMBERS:
             raise _bad(f"a bundle holds at most {MAX_MEMBERS} members")
+        if not info.isreg():  # links, devices, directories: never followed nor created
+            raise _bad(f"member {info.name[:64]!r} is not a regular file")
     if not members or members[0].name != MANIFEST:
         raise _bad(f"the first member of a bundle must be {MANIFEST}")
     manifest = _manifest(_member(tar, members[0], MAX_MANIFEST_BYTES), limits)
