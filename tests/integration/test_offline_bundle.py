@@ -19,6 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from overair.agent.bundle_install import InstallOutcome, install
 from overair.agent.config import load_config
 from overair.agent.machine import reasons
+from overair.agent.platform.select import build_platform
+from overair.agent.platform.sim_mcu import SimMcu
+from overair.agent.runtime import load_trust
+from overair.cli.agent_main import status_report
 from overair.core import deployment
 from overair.core.bundle import write_bundle
 from overair.core.deployment import DeployedFile, Deployment
@@ -204,3 +208,37 @@ def test_offline_bundle_failing_its_self_test_is_rolled_back(broker: BrokerEnv, 
     outcome = install(load_config(device), bundle, timeout=60,
                       self_test_hook=lambda v: "the application did not start" if v == V2 else None)
     assert (outcome.status, outcome.version, outcome.reboots) == ("FAILED", "1.0.0", 2)
+
+
+@pytest.mark.parametrize("share", [0.01, 0.3, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0])
+def test_offline_install_survives_a_power_cut_at_any_flash_operation(
+        broker: BrokerEnv, tmp_path: Path, share: float) -> None:  # noqa: F811
+    """The power fails at the flash operation `share` of the way through an install
+    (download, activation, self-test, commit, final journal); running the install again
+    ends with a committed 1.1.0 or, as online when the cut stops the new image from
+    booting after its `self_test: ready` report, a FAILED job on the old image: never
+    anything in between, and the journal says which."""
+    thing = f"offline-cut-{int(share * 100)}"
+    image = make_firmware(V2, IMAGE_SIZE, seed="power cut")
+    twin = strict_bundle(broker, tmp_path / "twin", thing, "sim_mcu")  # counts the operations
+    counter = _sim_platform(twin)
+    bundle = offline_bundle(broker, tmp_path / "b", thing, "job-c", image)
+    assert install(load_config(twin), bundle, platform=counter, timeout=60).status == "SUCCEEDED"
+    device = strict_bundle(broker, tmp_path, thing, "sim_mcu")
+    platform = _sim_platform(device)
+    platform.flash.cut_after_writes = max(1, round(counter.flash.operations * share))
+    cut = install(load_config(device), bundle, platform=platform, timeout=60)
+    assert "PowerCut" in str(cut.error)
+    again = install(load_config(device), bundle, timeout=60)
+    assert again.error is None
+    assert (again.status, again.version) in {("SUCCEEDED", "1.1.0"), ("FAILED", "1.0.0")}, again
+    report = status_report(device)
+    assert (report["last_result"]["status"], report["running"]["version"], report["running"]["trial"]) == \
+        (again.status, again.version, False)
+
+
+def _sim_platform(device: Path) -> SimMcu:
+    config = load_config(device)
+    platform = build_platform(config, lambda: load_trust(config))
+    assert isinstance(platform, SimMcu)
+    return platform

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from overair.agent.config import AgentConfig, ConfigError
+from overair.agent.fsutil import atomic_write
 from overair.agent.platform.base import Platform
 from overair.agent.runtime import Runtime, SelfTestHook
 from overair.agent.transport.base import Transport, TransportCallbacks
-from overair.core import jobs_wire, streamcodec, topics
+from overair.core import jobs_wire, streamcodec, topics, wirejson
 from overair.core.bitmap import block_count
 from overair.core.bundle import Bundle, read_bundle_file
 from overair.core.errors import DecodeError, OverairError, PeerInputError
@@ -45,20 +46,49 @@ from overair.core.streamplan import block_bytes, plan_blocks
 
 log = logging.getLogger("overair.agent")
 DEFAULT_TIMEOUT = 600.0
+EXECUTION_FILE = "offline-execution.json"  # in the agent's data directory
 
 
 @dataclass
 class BundleSession:
     """The bundle's one job execution as the service would hold it, shared by the
-    transports of each (in-process) boot of one install."""
+    transports of each (in-process) boot of one install, and kept in `store` (replaced
+    atomically) for the next run of `install` after a power cut: what the service holds
+    online, e.g. the `self_test` step reported just before the cut. It is the network's
+    side of the job and trusted no more than a job message is."""
 
     bundle: Bundle
     thing: str
+    store: Path | None = None
     status: ExecStatus = ExecStatus.QUEUED
     status_details: dict[str, str] = field(default_factory=dict)
     version_number: int = 1
     finished: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            return
+        try:
+            held = wirejson.loads(self.store.read_bytes(), max_depth=3, what="offline execution")
+            if not isinstance(held, dict) or held.get("job_id") != self.bundle.job_id:
+                return  # another bundle's, or none: this execution starts QUEUED
+            status = ExecStatus(str(held.get("status")))
+            details = jobs_wire.parse_status_details(held.get("details"))
+        except (OSError, DecodeError, ValueError):
+            return
+        if not status.terminal:  # a finished install is offered again: the agent repeats its result (N3)
+            self.status, self.status_details = status, details or {}
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        record = {"job_id": self.bundle.job_id, "status": self.status.value, "details": self.status_details}
+        try:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.store, json.dumps(record, sort_keys=True).encode())
+        except OSError as exc:
+            log.warning("offline install: could not keep the execution's state in %s: %s", self.store, exc)
 
     @property
     def stream_id(self) -> str:
@@ -93,6 +123,7 @@ class BundleSession:
             if request.status_details is not None:
                 self.status_details = dict(request.status_details)
             self.version_number += 1
+            self._save()
         log.info("offline job %s: %s %s", self.bundle.job_id, request.status.value,
                  json.dumps(request.status_details or {}, sort_keys=True))
         if request.status.terminal:
@@ -192,7 +223,7 @@ def install(config: AgentConfig, bundle_path: Path, *, timeout: float = DEFAULT_
         bundle = read_bundle_file(bundle_path)
     except OSError as exc:
         raise OverairError(f"cannot read {bundle_path}: {exc}", code="FileError") from exc
-    session = BundleSession(bundle, config.thing_name)
+    session = BundleSession(bundle, config.thing_name, config.storage.data_dir / EXECUTION_FILE)
 
     def transport(callbacks: TransportCallbacks) -> Transport:
         return BundleTransport(session, callbacks, clock)
