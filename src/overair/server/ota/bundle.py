@@ -27,7 +27,7 @@ from typing import Any
 
 from overair.core.deployment import BUNDLE_SOURCE_PREFIX
 from overair.core.jobstates import ExecStatus
-from overair.server.api.contract import ApiRequest, OperationTable, invalid
+from overair.server.api.contract import ApiError, ApiRequest, OperationTable
 from overair.server.jobs.service import HTTP_FILES, JobService
 from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner
 from overair.server.ota.manager import OtaManager
@@ -38,6 +38,10 @@ from overair.server.streams.service import StreamService
 DEFAULT_VALID_HOURS = 72
 MAX_VALID_HOURS = 24 * 366
 _PENDING = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError("ValidationException", message, 400)  # the overair model's error
 
 
 def bundle_stream_id(job_id: str) -> str:
@@ -70,23 +74,23 @@ class BundleMaker:
 
     def make(self, ota_update_id: str, thing: str, valid_hours: int) -> dict[str, Any]:
         if not 1 <= valid_hours <= MAX_VALID_HOURS:
-            raise invalid(f"ValidHours must be between 1 and {MAX_VALID_HOURS}")
+            raise _invalid(f"ValidHours must be between 1 and {MAX_VALID_HOURS}")
         row = self._ota.get(ota_update_id)
         if not row.job_id:
-            raise invalid(f"OTA update {ota_update_id} has no job yet (status {row.status})")
+            raise _invalid(f"OTA update {ota_update_id} has no job yet (status {row.status})")
         job, _ = self._jobs.describe_job(row.job_id)
         if DEPLOYMENT_FILES not in job.config or not isinstance(job.document.get("afr_ota"), dict):
-            raise invalid(f"job {job.job_id} is not an OTA job whose files overair describes")
+            raise _invalid(f"job {job.job_id} is not an OTA job whose files overair describes")
         execution = self._jobs.describe_execution(job.job_id, thing)  # ResourceNotFound: not a target
         if execution.status not in _PENDING:
-            raise invalid(f"the execution of job {job.job_id} on {thing} is {execution.status}: "
+            raise _invalid(f"the execution of job {job.job_id} on {thing} is {execution.status}: "
                           "there is nothing to install")
         original = job.document["afr_ota"]
         document = bundle_document(job, bundle_stream_id(job.job_id))
         signed = self._signer().sign_bundle(job, thing, document, f"{BUNDLE_SOURCE_PREFIX}{ota_update_id}",
                                             valid_hours * 3600)
         if signed is None:
-            raise invalid(f"job {job.job_id}: its files cannot be described in deployment metadata")
+            raise _invalid(f"job {job.job_id}: its files cannot be described in deployment metadata")
         document["overair"] = {**(job.config.get(OVERAIR_EXTENSION) or {}), "deployment": signed}
         files = [{"FileName": str(f["filepath"]), "Size": int(f["filesize"]), "Sha256": d["sha256"], **loc}
                  for f, d, loc in zip(original["files"], job.config[DEPLOYMENT_FILES],
@@ -109,7 +113,7 @@ class BundleMaker:
         for f in ota.get("files") or []:
             where = stored.get(int(f.get("fileid", 0)))
             if where is None:
-                raise invalid(f"job {job.job_id}: where file {f.get('filepath')!r} is stored is unknown")
+                raise _invalid(f"job {job.job_id}: where file {f.get('filepath')!r} is stored is unknown")
             out.append({"Bucket": str(where["bucket"]), "Key": str(where["key"]),
                         **({"VersionId": str(where["version"])} if where.get("version") else {})})
         return out
