@@ -26,6 +26,7 @@ from overair.cli.agent_main import status_report
 from overair.core import deployment
 from overair.core.bundle import write_bundle
 from overair.core.deployment import DeployedFile, Deployment
+from overair.core.revocation import RevocationList, sign_list
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from tests.integration.test_agent_deployment import DEPLOYMENT_KEY, strict_bundle
@@ -242,3 +243,33 @@ def _sim_platform(device: Path) -> SimMcu:
     platform = build_platform(config, lambda: load_trust(config))
     assert isinstance(platform, SimMcu)
     return platform
+
+
+def test_o2_revocation_list_carried_by_an_offline_bundle_is_held_and_applied(
+        broker: BrokerEnv, tmp_path: Path) -> None:  # noqa: F811
+    """The server's signed revocation list travels in the bundle: a device that never
+    connected admits it (it is signed and newer than none) before the image is verified,
+    so an image whose signer was revoked is refused; a list signed by another key is not
+    admitted and blocks nothing."""
+    revoker = make_ca("overair revocation signer")
+    listed = RevocationList(3, 1_800_000_000, frozenset({broker.signer.cert.serial_number}))
+    assert isinstance(revoker.key, ec.EllipticCurvePrivateKey)
+    image = make_firmware(V2, IMAGE_SIZE, seed="revoked")
+    outcomes = {}
+    for case, key in (("signed", revoker.key), ("forged", make_ca("overair revocation signer").key)):
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        thing = f"offline-revoked-{case}"
+        device = strict_bundle(broker, tmp_path, thing)
+        (device / "revocation-signer.pem").write_bytes(revoker.cert_pem)
+        toml = device / "agent.toml"
+        trusts_revoker = '[trust]\nrevocation_signer = "revocation-signer.pem"\n'
+        toml.write_text(toml.read_text().replace("[trust]\n", trusts_revoker))
+        bundle = offline_bundle(broker, tmp_path / f"{case}.bundle", thing, "job-rv", image,
+                                revocations=sign_list(listed, key))
+        outcomes[case] = (run_install(device, bundle), status_report(device)["revocations"])
+    refused, held = outcomes["signed"]
+    assert_refused(refused, "CertificateRevoked")
+    assert held is not None
+    assert held["sequence"] == 3
+    installed, none_held = outcomes["forged"]
+    assert (installed.status, installed.version, none_held) == ("SUCCEEDED", "1.1.0", None)
