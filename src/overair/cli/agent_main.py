@@ -225,8 +225,7 @@ def install(bundle: Annotated[Path, typer.Argument(help="The bundle file (`overa
             config: ConfigOption,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for the job to finish.")] = 600.0,
             json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-            log_format: Annotated[LogFormat, typer.Option(help="Log lines as JSON or text.")]
-            = LogFormat.TEXT,
+            log_format: Annotated[LogFormat, typer.Option(help="text or json.")] = LogFormat.TEXT,
             ) -> None:
     """Apply an offline bundle with every check of an online update; run it while the
     agent is stopped. Exit 0 if the update was committed, 1 if it was refused or rolled
