@@ -424,7 +424,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListParts": {**b, "Key": "mp.bin", "UploadId": w.upload_id},
         "ListMultipartUploads": b,
     }
-    overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"}}
+    overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
+               "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,10 +232,13 @@ class Runtime:
     def __init__(self, config: AgentConfig, *, platform: Platform | None = None,
                  transport_factory: TransportFactory | None = None,
                  progress: ProgressCallback | None = None, self_test_hook: SelfTestHook | None = None,
-                 clock: Callable[[], float] = time.time, tick_interval: float = 0.2) -> None:
+                 clock: Callable[[], float] = time.time, tick_interval: float = 0.2,
+                 offline_bundle: bool = False) -> None:
         config = prepare_client_key(config)  # P1: the key is sealed at rest on a Linux device
         self.config = config
         self._settings = settings_from_config(config)
+        if offline_bundle:  # agent/bundle_install.py: metadata signed for a bundle, always required
+            self._settings = replace(self._settings, offline_bundle=True, require_deployment=True)
         self._revocation_store = RevocationStore(config.storage.data_dir)
         self._trust = load_trust(config)  # and the held revocation list, at each boot
         self._said_revocations_ignored = False

@@ -157,7 +157,15 @@ def admit_deployment(envelope: Any, settings: Settings, *, held_sequence: int, j
     if described != offered:
         return _deployment_refusal("DeploymentFilesMismatch",
                                    "the job's files are not the ones its deployment metadata describes")
-    if stated.stream != (doc.stream_name or "") or stated.url_path != _url_path(url):
+    if stated.url_path.startswith(signed_deployment.BUNDLE_SOURCE_PREFIX) != settings.offline_bundle:
+        # Metadata signed for an offline bundle is never admitted online, nor the reverse.
+        return _deployment_refusal("DeploymentSourceMismatch",
+                                   "the deployment metadata was signed for an offline bundle"
+                                   if not settings.offline_bundle else
+                                   "an offline bundle needs deployment metadata signed for a bundle")
+    # A bundle's document names no URL: its files come from the bundle (core/bundle.py).
+    url_matches = url is None if settings.offline_bundle else stated.url_path == _url_path(url)
+    if stated.stream != (doc.stream_name or "") or not url_matches:
         return _deployment_refusal("DeploymentSourceMismatch",
                                    "the job's stream or URL is not the one its deployment metadata names")
     return stated

@@ -218,3 +218,35 @@ def reset_to_factory(config_path: Path) -> dict[str, Any]:
     return {"thing_name": config.thing_name, "slot": info.slot, "version": str(info.version),
             "security_counter": platform.security_counter(),
             "version_floor": None if journal.version_floor is None else str(journal.version_floor)}
+
+
+@app.command()
+def install(bundle: Annotated[Path, typer.Argument(help="The bundle file (`overair bundle create`).")],
+            config: ConfigOption,
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for the job to finish.")] = 600.0,
+            json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+            log_format: Annotated[LogFormat, typer.Option(help="text or json.")] = LogFormat.TEXT,
+            ) -> None:
+    """Apply an offline bundle with every check of an online update; run it while the
+    agent is stopped. Exit 0 if the update was committed, 1 if it was refused or rolled
+    back, 2 on an error. The server learns the result when the device next connects."""
+    from overair.agent.bundle_install import install as install_bundle
+
+    configure_logging(log_format, level=logging.INFO)
+    try:
+        outcome = install_bundle(load_config(config), bundle, timeout=timeout)
+    except OverairError as exc:
+        _fail(exc)
+        return
+    if json_output:
+        print(json.dumps(outcome.to_json_obj(), indent=2))
+    else:
+        reason = outcome.details.get("reason", "")
+        check = outcome.details.get("check", "")
+        Console().print(f"job {outcome.job_id}: {outcome.status or 'not finished'} {reason}"
+                        + (f" (check {check})" if check else "")
+                        + f"; running {outcome.version or '-'}")
+    if outcome.error is not None or not outcome.status:
+        raise typer.Exit(2)
+    if outcome.status != "SUCCEEDED":
+        raise typer.Exit(1)

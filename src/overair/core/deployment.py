@@ -45,6 +45,9 @@ PAYLOAD_TYPE = "application/vnd.overair.deployment+json"
 STATEMENT_TYPE = "overair.deployment/v1"
 MAX_FILES = 8
 MAX_SIGNATURES = 4
+# The `url_path` of metadata signed for an offline bundle (core/bundle.py): no URL of an
+# online delivery has a path like it, so metadata made for one way is refused the other.
+BUNDLE_SOURCE_PREFIX = "bundle:"
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEYID = re.compile(r"[0-9a-f]{64}")
 

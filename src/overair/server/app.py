@@ -74,6 +74,7 @@ from overair.server.jobs.steering import JobSteering
 from overair.server.jobs.templates import JobTemplates
 from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
+from overair.server.ota import bundle as bundle_api
 from overair.server.ota.deployment import DeploymentSigner, load_or_create_key
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
@@ -159,6 +160,8 @@ class Server:
         signing_api.register_acm(self.table, self.certificates, self.signing)
         signing_api.register_signer(self.table, self.signing, self.authorizer.gate_for)
         signing_api.register_overair(self.table, self.certificates)
+        bundle_api.register(self.table, bundle_api.BundleMaker(
+            self.ota, self.jobs, self.streams, lambda: self.deployment_signer, self.revocation_envelope))
         iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
         iam_api.register_sts(self.table, self.identity, self.roles, self.arns)
         # The broker (gateway/): the Mosquitto overair runs and its supervisor, or none

@@ -86,6 +86,9 @@ class Settings:
     deployment_keys: tuple[ec.EllipticCurvePublicKey, ...] = ()
     require_deployment: bool = False
     deployment_refresh_margin: float = 60.0
+    # Installing an offline bundle (agent/bundle_install.py): only metadata signed for a
+    # bundle is admitted, and online only metadata that is not.
+    offline_bundle: bool = False
 
 
 @dataclass(frozen=True, slots=True)

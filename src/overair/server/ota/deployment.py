@@ -109,3 +109,29 @@ class DeploymentSigner:
             url_path=urlsplit(url).path if isinstance(url, str) else "",
             expires=int(now) + self.ttl_seconds, sequence=self._next_sequence(now))
         return deployment.sign(stated, self._key)
+
+    def sign_bundle(self, job: Job, thing: str, document: dict[str, Any], source: str,
+                    valid_seconds: int) -> dict[str, Any] | None:
+        """The envelope for an offline bundle's `document` (core/bundle.py): as for a
+        delivery, but valid for `valid_seconds` and naming `source`, a `url_path` that
+        starts with `deployment.BUNDLE_SOURCE_PREFIX` (so that it is refused online);
+        None as `sign_delivery`."""
+        if not source.startswith(deployment.BUNDLE_SOURCE_PREFIX):
+            raise ValueError(f"a bundle's source must start with {deployment.BUNDLE_SOURCE_PREFIX!r}")
+        described = job.config.get(DEPLOYMENT_FILES)
+        ota = document.get("afr_ota")
+        if not isinstance(described, list) or not isinstance(ota, dict):
+            return None
+        files = ota.get("files") or []
+        if not files or len(files) != len(described):
+            return None
+        now = self._clock()
+        stated = deployment.Deployment(
+            job_id=job.job_id, thing=thing,
+            files=tuple(deployment.DeployedFile(str(f["filepath"]), int(f["filesize"]),
+                                                bytes.fromhex(d["sha256"]), str(d["version"]),
+                                                int(d["security_counter"]))
+                        for f, d in zip(files, described, strict=True)),
+            stream=str(ota.get("streamname") or ""), url_path=source,
+            expires=int(now) + valid_seconds, sequence=self._next_sequence(now))
+        return deployment.sign(stated, self._key)
