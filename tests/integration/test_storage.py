@@ -130,6 +130,28 @@ def test_job_executions_follow_the_state_table_and_versions(db: Database, settin
     assert counts.get("SUCCEEDED") == 1
 
 
+def test_notifying_many_things_at_once_reads_what_one_thing_at_a_time_would(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`next_and_pending` (one read for a job's whole target list) answers for each thing
+    exactly as `next_execution` and `pending_for_device` do: no job, one queued, one in
+    progress ahead of an older queued one, an ended one that no longer counts."""
+    things = ["idle", "queued", "running", "ended"]
+    jobs = _jobs(db, settings, registry, things[1:])
+    registry.create_thing("idle")
+    jobs.create_job("job-2", [registry.thing_arn("running")], {"operation": "y"})
+    jobs.update_execution("running", "job-2", _update(ExecStatus.IN_PROGRESS, None, {"step": "1"}))
+    jobs.update_execution("ended", "job-1", _update(ExecStatus.SUCCEEDED, None, {"reason": "ok"}))
+    found = jobs.next_and_pending(things)
+    assert list(found) == things
+    for thing in things:
+        assert found[thing].next == jobs.next_execution(thing), thing
+        assert (found[thing].in_progress, found[thing].queued) == jobs.pending_for_device(thing), thing
+    assert found["idle"].next is None and found["ended"].next is None
+    running = found["running"].next
+    assert running is not None and (running.job_id, running.status) == ("job-2", ExecStatus.IN_PROGRESS)
+    assert [j["jobId"] for j in found["running"].queued] == ["job-1"]
+
+
 def test_concurrent_updates_with_the_same_expected_version_have_exactly_one_winner(
         db: Database, settings: Settings, registry: Registry) -> None:
     """Optimistic concurrency under real contention: 8 writers race for version 1."""
