@@ -115,12 +115,17 @@ def encode_payload(deployment: Deployment) -> bytes:
     }, separators=(",", ":"), sort_keys=True).encode()
 
 
-def sign(deployment: Deployment, key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    """The envelope (a JSON object) to put at the document's `overair.deployment`."""
+def sign(deployment: Deployment, key: ec.EllipticCurvePrivateKey,
+         *more_keys: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """The envelope (a JSON object) to put at the document's `overair.deployment`; signed
+    by each key given (during a rotation, by the current and the next deployment key, so
+    that agents on either side of it admit it)."""
     payload = encode_payload(deployment)
-    signature = key.sign(pae(PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
+    message = pae(PAYLOAD_TYPE, payload)
     return {"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
-            "signatures": [{"keyid": key_id(key.public_key()), "sig": base64.b64encode(signature).decode()}]}
+            "signatures": [{"keyid": key_id(k.public_key()),
+                            "sig": base64.b64encode(k.sign(message, ec.ECDSA(hashes.SHA256()))).decode()}
+                           for k in (key, *more_keys)]}
 
 
 def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
