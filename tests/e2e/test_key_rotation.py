@@ -37,7 +37,7 @@ from overair.sim.fleet import Fleet
 from tests.e2e.ota_helpers import FINISHED, wait_for
 from tests.e2e.test_rollout import SIZE, _bundles, _finished, _hand_made_job
 from tests.freertos_device import FreeRtosDevice, provision
-from tests.pki_helpers import Issued, make_ca, make_signer, sign_file
+from tests.pki_helpers import DAY, NOW, Issued, make_ca, make_signer, sign_file
 from tests.server_harness import RunningServer, running_server
 
 runner = CliRunner()
@@ -105,7 +105,8 @@ def test_o2_f2_roots_and_deployment_key_rotate_on_agents_of_both_platforms_witho
         srv: RunningServer, tmp_path: Path) -> None:
     data_dir = str(srv.settings.data_dir)
     pki = srv.settings.paths.pki
-    root_a, root_b = make_ca("operator root A"), make_ca("operator root B")
+    # Root B ends within 30 days: `trust-list show` flags it (and the metrics show it).
+    root_a, root_b = make_ca("operator root A"), make_ca("operator root B", not_after=NOW + 20 * DAY)
     cert_a, key_a = _write_root(root_a, tmp_path / "holder-a")
     cert_b, key_b = _write_root(root_b, tmp_path / "holder-b")
     # The operator's root A is the server's (and so the bundles') code-signing root.
@@ -192,8 +193,14 @@ def test_o2_f2_roots_and_deployment_key_rotate_on_agents_of_both_platforms_witho
         snaps = again.snapshots()
         assert {(snaps[t].version, snaps[t].trust_list_version, snaps[t].error) for t in both} == \
             {("1.3.0", 2, None)}
-    shown = overair("signing", "trust-list", "show", "--json", "--data-dir", data_dir)
-    assert [line.count('"version"') for line in shown.splitlines()] == [1, 1]
+    shown = [json.loads(line) for line in
+             overair("signing", "trust-list", "show", "--json", "--data-dir", data_dir).splitlines()]
+    flagged = [(v["version"], [(r["subject"], r["expiresWithin30Days"]) for r in v["roots"]]) for v in shown]
+    assert flagged == [
+        (1, [("CN=operator root A", False), ("CN=operator root B", True)]),
+        (2, [("CN=operator root B", True)])]
+    table = overair("signing", "trust-list", "show", "--data-dir", data_dir)
+    assert "expires-within-30-days" in table
 
 
 def _refused(srv: RunningServer, envelope: dict[str, Any]) -> str:

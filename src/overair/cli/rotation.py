@@ -125,17 +125,18 @@ def show(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per version.")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """The published trust lists, oldest first."""
+    """The published trust lists, oldest first; roots within 30 days of expiry are
+    flagged (agents refuse new images under an expired root: rotate before)."""
+    import datetime as dt
+
+    from overair.server.signing.import_checks import EXPIRY_WARNING
+
+    soon = dt.datetime.now(dt.UTC) + EXPIRY_WARNING
     with api_errors():
         answer = api_client(data_dir, "overair").get_trust_list()
         chain = answer.get("Chain")
         lists = trustlist.decode_chain(chain.encode()) if chain else []
-    rows: list[dict[str, Any]] = [{"version": s.trust.version, "threshold": s.trust.threshold,
-             "roots": [{"subject": c.subject.rfc4514_string(), "notAfter": c.not_valid_after_utc.isoformat(),
-                        "keyId": trustlist.key_id(k)} for c, k in zip(s.trust.roots, s.trust.anchor.keys,
-                                                                       strict=True)],
-             "deploymentKeys": [trustlist.key_id(k) for k in s.trust.deployment_keys],
-             "signatures": len(s.signatures)} for s in lists]
+    rows = [_row(signed, soon) for signed in lists]
     if json_output:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -147,10 +148,22 @@ def show(
     for column in ("version", "threshold", "roots", "deployment keys", "signatures"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row["version"]), str(row["threshold"]),
-                      "\n".join(f"{escape(r['subject'])} (until {r['notAfter'][:10]})" for r in row["roots"]),
+        roots = [f"{escape(r['subject'])} (until {r['notAfter'][:10]})"
+                 + (" [yellow]expires-within-30-days[/yellow]" if r["expiresWithin30Days"] else "")
+                 for r in row["roots"]]
+        table.add_row(str(row["version"]), str(row["threshold"]), "\n".join(roots),
                       "\n".join(k[:16] for k in row["deploymentKeys"]), str(row["signatures"]))
     out.print(table)
+
+
+def _row(signed: trustlist.SignedList, soon: Any) -> dict[str, Any]:
+    trust = signed.trust
+    roots = [{"subject": cert.subject.rfc4514_string(), "notAfter": cert.not_valid_after_utc.isoformat(),
+              "keyId": trustlist.key_id(key), "expiresWithin30Days": cert.not_valid_after_utc <= soon}
+             for cert, key in zip(trust.roots, trust.anchor.keys, strict=True)]
+    return {"version": trust.version, "threshold": trust.threshold, "roots": roots,
+            "deploymentKeys": [trustlist.key_id(k) for k in trust.deployment_keys],
+            "signatures": len(signed.signatures)}
 
 
 @key_app.command("next")

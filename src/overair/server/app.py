@@ -94,7 +94,7 @@ from overair.server.signing import trustlist as trust_api
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
 from overair.server.signing.trustlist import CHAIN_FILE as TRUST_CHAIN_FILE
-from overair.server.signing.trustlist import TrustListStore
+from overair.server.signing.trustlist import RootExpiryCollector, TrustListStore
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
@@ -602,7 +602,8 @@ class Server:
         if settings.metrics_port:
             collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
             servers.append(uvicorn.Server(uvicorn.Config(
-                metrics_app(collector), host=settings.http_host, port=settings.metrics_port,
+                metrics_app(collector, RootExpiryCollector(self._code_signing_roots, self.clock)),
+                host=settings.http_host, port=settings.metrics_port,
                 log_level="warning", lifespan="off", proxy_headers=False)))
         return servers
 

@@ -17,13 +17,16 @@ either). The chain is stored in `pki/trust-lists.json`, replaced atomically.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from overair.core import trustlist, wirejson
 from overair.core.errors import DecodeError, VerificationFailed
@@ -33,6 +36,7 @@ from overair.server.api.contract import ApiError, ApiRequest, OperationTable
 from overair.server.files import write_atomic
 
 CHAIN_FILE = "trust-lists.json"
+log = logging.getLogger("overair.server")
 
 
 def _invalid(message: str) -> ApiError:
@@ -100,6 +104,34 @@ class TrustListStore:
                 raise _invalid(f"the chain would exceed {self._limits.max_trust_chain_bytes} bytes")
             write_atomic(self.path, chain)
             return trusted
+
+
+class RootExpiryCollector(Collector):
+    """`overair_code_signing_root_expiry_seconds`: seconds until each code-signing root
+    the server (and, once they take the newest list, every agent) trusts expires. A root
+    past its end makes agents refuse every new image under it (its chain is checked at
+    install time): alert well before, and rotate to a new root with a trust list."""
+
+    def __init__(self, roots: Callable[[], list[x509.Certificate]], clock: Callable[[], float]) -> None:
+        self._roots = roots
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("overair_code_signing_root_expiry_seconds",
+                                  "Seconds until each trusted code-signing root expires (negative: expired)",
+                                  labels=["subject", "key_id"])
+        try:
+            roots = self._roots()
+        except Exception:  # a scrape must answer; the error is logged, the figures left out
+            log.exception("reading the code-signing roots for the metrics failed")
+            return
+        now = self._clock()
+        for root in roots:
+            key = root.public_key()
+            kid = trustlist.key_id(key) if isinstance(key, trustlist.PublicKey) else ""
+            gauge.add_metric([root.subject.rfc4514_string()[:256], kid],
+                             root.not_valid_after_utc.timestamp() - now)
+        yield gauge
 
 
 def register(table: OperationTable, store: TrustListStore, published: Callable[[], None]) -> None:
