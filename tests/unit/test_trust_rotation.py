@@ -18,7 +18,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from overair.agent.machine.state import FileSpec
+from overair.agent.machine import commands as c
+from overair.agent.machine.events import VerifyResult
+from overair.agent.machine.state import FileSpec, Phase
 from overair.agent.trust import DeviceTrust, Refusal, TrustListVerdict, admit_deployment
 from overair.core import deployment, trustlist
 from overair.core.jobdoc import parse_job_document
@@ -26,8 +28,9 @@ from overair.core.trustlist import TrustList
 from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from tests.pki_helpers import NOW, Issued, make_ca, make_signer, sign_file
-from tests.unit.test_agent_machine import SETTINGS, ota_doc
-from tests.unit.test_trust_f1_f2 import stated
+from tests.unit.test_agent_machine import SETTINGS, deliver, of, ota_doc, run, statuses
+from tests.unit.test_agent_machine import V2 as IMAGE_VERSION
+from tests.unit.test_trust_f1_f2 import DIGEST, offered, signed_doc, stated
 
 ROOT_A, ROOT_B, ROOT_C = make_ca("root A"), make_ca("root B"), make_ca("root C")
 ATTACKER = make_ca("attacker root")
@@ -205,3 +208,24 @@ def test_f2_malformed_chains_are_refused_without_raising() -> None:
         assert outcome.verdict is TrustListVerdict.REFUSED
         assert outcome.trust is BUNDLE
 
+
+
+def test_o2_a_retired_deployment_key_stops_the_job_in_progress_at_once() -> None:
+    """The runtime hands the machine the keys of each admitted list at once; a job
+    admitted (during the overlap of version 1) under a key retired since (version 2) is
+    not activated. Signed by the old and the next key (the server's overlap), the same
+    job goes on."""
+    overlap = admitted(BUNDLE, chain(V1)).deployment_keys
+    retired = admitted(BUNDLE, chain(V1, V2)).deployment_keys
+    for signers, activated in (((DEPLOY_OLD,), False), ((DEPLOY_OLD, DEPLOY_NEW), True)):
+        doc = signed_doc()
+        doc["overair"]["deployment"] = deployment.sign(stated(), *signers)
+        state, _ = offered(doc, settings=replace(SETTINGS, deployment_keys=overlap, require_deployment=True))
+        state, _ = deliver(state, list(range(10)), EPOCH)
+        assert state.phase is Phase.VERIFYING
+        state = replace(state, settings=replace(state.settings, deployment_keys=retired))
+        _, commands = run(state, [VerifyResult(True, IMAGE_VERSION, sha256=DIGEST)], EPOCH)
+        assert bool(of(commands, c.ActivateAndReboot)) is activated
+        if not activated:
+            (status, details, _), = statuses(commands)
+            assert (status, details["check"]) == ("FAILED", "UnknownDeploymentKey")

@@ -177,14 +177,20 @@ def admit_deployment(envelope: Any, settings: Settings, *, held_sequence: int, j
     return stated
 
 
-def admit_deployed_image(stated: Deployment | None, verified: VerifyResult, now: float) -> Refusal | None:
+def admit_deployed_image(stated: Deployment | None, verified: VerifyResult, now: float,
+                         trusted_keys: Sequence[ec.EllipticCurvePublicKey]) -> Refusal | None:
     """F1 F2 after the download: the verified file is the one the metadata describes
-    (SHA-256, version, security counter), and the metadata is still fresh."""
+    (SHA-256, version, security counter), the metadata is still fresh, and a key that
+    signed it is still trusted (a trust list that retired every one of them since, in a
+    rotation or to revoke a stolen key, stops the job at once)."""
     if stated is None:
         return None
     if deployment_expired(stated, now):
         return _deployment_refusal("DeploymentMetadataExpired",
                                    "the deployment metadata expired before the image was activated")
+    if not stated.signed_by & {signed_deployment.key_id(k) for k in trusted_keys}:
+        return _deployment_refusal("UnknownDeploymentKey",
+                                   "the deployment key that signed this job's metadata is no longer trusted")
     first = stated.files[0]
     version = "" if verified.version is None else str(verified.version)
     if (first.sha256, first.version, first.security_counter) != (verified.sha256, version,

@@ -804,7 +804,7 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
                                 check=check, detail=event.message)
         return state, [AbortStaging(), *commands]
-    refusal = trust.admit_deployed_image(dl.deployment, event, now) \
+    refusal = trust.admit_deployed_image(dl.deployment, event, now, state.settings.deployment_keys) \
         or trust.admit_version(event.version, event.security_counter, running=state.running,
                                   floor=state.journal.version_floor, device_counter=state.security_counter)
     if refusal is not None:
