@@ -164,7 +164,8 @@ class Server:
         signing_api.register_signer(self.table, self.signing, self.authorizer.gate_for)
         self._register_overair_signing()
         bundle_api.register(self.table, bundle_api.BundleMaker(
-            self.ota, self.jobs, self.streams, lambda: self.deployment_signer, self.revocation_envelope))
+            self.ota, self.jobs, self.streams, lambda: self.deployment_signer, self.revocation_envelope,
+            self.trust_lists.chain))
         iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
         iam_api.register_sts(self.table, self.identity, self.roles, self.arns)
         # The broker (gateway/): the Mosquitto overair runs and its supervisor, or none
