@@ -27,11 +27,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from overair.core import deployment, trustlist
 from overair.core.versions import Version
+from overair.server.signing.keys import Pkcs11Key
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.ota_helpers import FINISHED, wait_for
@@ -39,6 +41,7 @@ from tests.e2e.test_rollout import SIZE, _bundles, _finished, _hand_made_job
 from tests.freertos_device import FreeRtosDevice, provision
 from tests.pki_helpers import DAY, NOW, Issued, make_ca, make_signer, sign_file
 from tests.server_harness import RunningServer, running_server
+from tests.softhsm_harness import USER_PIN, SoftHsm
 
 runner = CliRunner()
 BUCKET = "firmware"
@@ -256,3 +259,50 @@ def test_f2_server_refuses_to_publish_a_trust_list_a_device_would_refuse(tmp_pat
         refused = runner.invoke(app, ["signing", "deployment-key", "promote", "--data-dir", data_dir])
         assert refused.exit_code == 2
         assert "NextKeyNotPublished" in refused.output
+
+
+def _certificate_for(public_key: Any, issuer: Issued, name: str) -> bytes:
+    """A CA certificate for a key held in a token (issued by `issuer`: the token's key
+    cannot sign here). A trust list needs only its public key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer.cert.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer.key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_f2_a_root_key_in_an_hsm_signs_in_the_key_ceremony(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """Two roots, threshold 2: the list is published only once the root held in the HSM
+    signed it too (`overair signing trust-list sign --pkcs11-uri`)."""
+    label = "trust-root"
+    softhsm.generate_ec(label)
+    probe = Pkcs11Key(softhsm.ref(label), USER_PIN)
+    hsm_public = probe.public_key()
+    probe.close()
+    uri = (f"pkcs11:token={softhsm.token_label};object={label};type=private"
+           f"?module-path={softhsm.module}&pin-value={USER_PIN}")
+    with running_server(tmp_path / "server") as server:
+        data_dir, pki = str(server.settings.data_dir), server.settings.paths.pki
+        root_a = make_ca("root A")
+        server.settings.paths.code_signing_root.write_bytes(root_a.cert_pem)
+        cert_a, key_a = _write_root(root_a, tmp_path / "holder-a")
+        cert_h = tmp_path / "hsm-root.pem"
+        cert_h.write_bytes(_certificate_for(hsm_public, root_a, "HSM root"))
+        draft = tmp_path / "trust.json"
+        overair("signing", "trust-list", "create", "--root", str(cert_a), "--root", str(cert_h),
+                "--threshold", "2", "--deployment-keys", str(pki / "deployment.pem"), "--out", str(draft),
+                "--data-dir", data_dir)
+        overair("signing", "trust-list", "sign", str(draft), "--key", str(key_a))
+        with pytest.raises(ClientError) as caught:  # the new root has not signed
+            server.client("overair").publish_trust_list(TrustList=draft.read_text())
+        assert "TrustListNotSignedByNewKeys" in caught.value.response["Error"]["Message"]
+        signed = overair("signing", "trust-list", "sign", str(draft), "--pkcs11-uri", uri)
+        assert "2 of its own roots" in signed
+        assert "published trust list 1" in overair("signing", "trust-list", "publish", str(draft),
+                                                   "--data-dir", data_dir)

@@ -82,29 +82,51 @@ def create(
 @trust_app.command("sign")
 def sign(
     draft: Annotated[Path, typer.Argument(help="The list (from `create`), signed in place.", exists=True)],
-    key: Annotated[Path, typer.Option(help="A code-signing root's private key (PEM, unencrypted).",
-                                      exists=True)],
+    key: Annotated[Path | None, typer.Option(help="A code-signing root's private key (PEM, unencrypted).",
+                                             exists=True)] = None,
+    pkcs11_uri: Annotated[str | None, typer.Option(
+        help="Instead of --key: an RFC 7512 URI of the root's key in an HSM (with its PIN), e.g. "
+             "'pkcs11:token=T;object=L?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234'. "
+             "The key never leaves the HSM.")] = None,
 ) -> None:
     """Add this root key's signature. A list needs a threshold of the roots trusted now
     and a threshold of the roots it names (the new ones prove they are held)."""
     with api_errors():
+        if (key is None) == (pkcs11_uri is None):
+            raise MisuseError("give exactly one of --key and --pkcs11-uri")
+        signer = _pem_key(key) if key is not None else _hsm_key(str(pkcs11_uri))
         try:
-            private = serialization.load_pem_private_key(key.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise _misuse(f"{key} is not an unencrypted PEM private key: {exc}", "InvalidKey") from None
-        if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise _misuse(f"{key} is not an EC or RSA key", "InvalidKey")
-        try:
-            signed = trustlist.add_signature(_read_draft(draft), private)
+            signed = trustlist.add_signature(_read_draft(draft), signer)
             listed = trustlist.decode_envelope(signed)
         except DecodeError as exc:
             raise _misuse(f"{draft}: {exc.message}") from None
+        finally:
+            close = getattr(signer, "close", None)
+            if close is not None:
+                close()
         own = trustlist.signed_by(listed, listed.trust.anchor.keys)
         _write(draft, signed)
-    named = "one of its roots" if trustlist.key_id(private.public_key()) in {
-        trustlist.key_id(k) for k in listed.trust.anchor.keys} else "a key it does not name"
+    names = {trustlist.key_id(k) for k in listed.trust.anchor.keys}
+    named = "one of its roots" if signed["signatures"][-1]["keyid"] in names else "a key it does not name"
     out.print(f"signed {escape(str(draft))} with {named}; {len(listed.signatures)} signature(s), "
               f"{own} of its own roots")
+
+
+def _pem_key(path: Path) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise _misuse(f"{path} is not an unencrypted PEM private key: {exc}", "InvalidKey") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise _misuse(f"{path} is not an EC or RSA key", "InvalidKey")
+    return private
+
+
+def _hsm_key(uri: str) -> trustlist.DigestSigner:
+    from overair.server.signing.keys import Pkcs11Key, parse_pkcs11_uri
+
+    ref, pin = parse_pkcs11_uri(uri)
+    return Pkcs11Key(ref, pin)
 
 
 @trust_app.command("publish")

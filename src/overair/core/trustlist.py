@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from overair.core import wirejson
+from overair.core.codesign import sign_digest
 from overair.core.deployment import pae
 from overair.core.errors import DecodeError, VerificationFailed
 from overair.core.limits import DEFAULT_LIMITS, Limits
@@ -128,17 +129,26 @@ def unsigned_envelope(trust: TrustList) -> dict[str, Any]:
             "signatures": []}
 
 
-def add_signature(envelope: Any, key: PrivateKey) -> dict[str, Any]:
+class DigestSigner(Protocol):
+    """A key that signs a SHA-256 digest where it is kept (a PKCS#11 token:
+    server/signing/keys.py `Pkcs11Key`); DER ECDSA or RSA PKCS#1 v1.5."""
+
+    def public_key(self) -> Any: ...
+
+    def sign_digest(self, digest: bytes) -> bytes: ...
+
+
+def add_signature(envelope: Any, key: PrivateKey | DigestSigner) -> dict[str, Any]:
     """The envelope with `key`'s signature added (replacing an earlier one by the same
-    key). DecodeError if the envelope is malformed."""
+    key). DecodeError if the envelope is malformed or the key is neither EC nor RSA."""
     signed = decode_envelope(envelope)
     public = key.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise DecodeError("a trust list is signed by an EC or RSA key")
     kid = key_id(public)
-    message = pae(PAYLOAD_TYPE, signed.payload)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        sig = key.sign(message, ec.ECDSA(hashes.SHA256()))
-    else:
-        sig = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    digest = hashlib.sha256(pae(PAYLOAD_TYPE, signed.payload)).digest()
+    sig = key.sign_digest(digest) if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) \
+        else sign_digest(key, digest)
     kept = [(k, s) for k, s in signed.signatures if k != kid] + [(kid, sig)]
     return {"payload": base64.b64encode(signed.payload).decode(), "payloadType": PAYLOAD_TYPE,
             "signatures": [{"keyid": k, "sig": base64.b64encode(s).decode()} for k, s in kept]}
