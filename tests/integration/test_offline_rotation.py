@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from typer.testing import CliRunner
 
+from overair.cli.agent_main import app as agent_app
+from overair.cli.agent_main import status_report
 from overair.core import deployment, trustlist
 from overair.core.bundle import write_bundle
 from overair.core.trustlist import TrustList
@@ -53,7 +56,13 @@ def test_f2_offline_bundle_carries_the_rotation_that_trusts_its_deployment_key(
     assert_refused(run_install(device, rotated_bundle(broker, tmp_path / "forged.bundle", thing, forged)),
                    "UnknownDeploymentKey")
     assert not (device / "state" / "trust-list.json").exists()
+    assert status_report(device)["trust_list"]["version"] == 0
     chain = chain_to_new_key(broker.code_root)
     outcome = run_install(device, rotated_bundle(broker, tmp_path / "rotated.bundle", thing, chain))
     assert (outcome.status, outcome.version, outcome.error) == ("SUCCEEDED", "1.1.0", None), outcome
     assert (device / "state" / "trust-list.json").read_bytes() == chain  # held, walked again at boot
+    trusted = status_report(device)["trust_list"]
+    assert (trusted["version"], trusted["deployment_keys"], "problem" in trusted) == (1, 1, False)
+    shown = CliRunner().invoke(agent_app, ["status", "--config", str(device)])
+    assert shown.exit_code == 0, shown.output
+    assert "trusted (trust list 1): CN=test code-signing root" in shown.output

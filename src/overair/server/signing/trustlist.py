@@ -57,9 +57,12 @@ class TrustListStore:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        lists = wirejson.loads(data, limits=self._limits, max_bytes=self._limits.max_trust_chain_bytes,
-                               what=str(self.path)).get("lists")
-        return list(lists)
+        chain = wirejson.loads(data, limits=self._limits, max_bytes=self._limits.max_trust_chain_bytes,
+                               what=str(self.path))
+        lists = chain.get("lists") if isinstance(chain, dict) else None
+        if not isinstance(lists, list):
+            raise DecodeError(f"{self.path} is not a trust list chain")
+        return lists
 
     def chain(self) -> bytes | None:
         """The chain to publish (retained) to agents; None before the first list."""
