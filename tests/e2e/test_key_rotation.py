@@ -22,6 +22,7 @@ it), so that the image signed under A can reach them in a job the server did not
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
+from overair.agent.config import load_config
+from overair.agent.runtime import Runtime
 from overair.core import deployment, trustlist
 from overair.core.versions import Version
 from overair.server.signing.keys import Pkcs11Key
@@ -44,6 +47,7 @@ from tests.server_harness import RunningServer, running_server
 from tests.softhsm_harness import USER_PIN, SoftHsm
 
 runner = CliRunner()
+HOUR = DAY / 24
 BUCKET = "firmware"
 CERTFILE = "/certs/signer.pem"
 LINUX, MCU, FREERTOS = "rot-linux", "rot-mcu", "rot-freertos"
@@ -65,13 +69,15 @@ def _write_root(root: Issued, where: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _agents(srv: RunningServer, tmp: Path) -> list[Path]:
-    linux, mcu = _bundles(srv, tmp, [LINUX, MCU])
+def _agents(srv: RunningServer, tmp: Path, names: tuple[str, str] = (LINUX, MCU), *,
+            require_deployment_metadata: bool = False) -> list[Path]:
+    linux, mcu = _bundles(srv, tmp, list(names))
     (mcu / "device-secret.bin").write_bytes(bytes(range(32)))
     for bundle in (linux, mcu):
         config = bundle / "agent.toml"
-        text = config.read_text().replace("require_deployment_metadata = true",
-                                          "require_deployment_metadata = false")
+        text = config.read_text()
+        if not require_deployment_metadata:
+            text = text.replace("require_deployment_metadata = true", "require_deployment_metadata = false")
         if bundle == mcu:
             text = text.replace(
                 '[storage]\ndata_dir = "state"\n',
@@ -306,3 +312,39 @@ def test_f2_a_root_key_in_an_hsm_signs_in_the_key_ceremony(softhsm: SoftHsm, tmp
         assert "2 of its own roots" in signed
         assert "published trust list 1" in overair("signing", "trust-list", "publish", str(draft),
                                                    "--data-dir", data_dir)
+
+
+def test_p2_image_signed_while_its_signer_was_valid_keeps_booting_after_it_expired_on_both_platforms(
+        clocked_srv: RunningServer, tmp_path: Path) -> None:
+    """A device installs, through the real server's jobs and streams, an image whose
+    signer certificate is valid by the device's clock (half a day back); at its next cold
+    start, on the real clock, the signer has expired two hours ago: both platforms still
+    boot the image (no fall-back to the factory image: P2 has no time bomb). The server
+    itself refuses an expired signer (CreateOTAUpdate, ImportCertificate), so the job is
+    made with CreateJob and the device checks the signature alone. (A server of its own:
+    the module's other server sends the trust lists of the rotation test to its agents.)"""
+    srv = clocked_srv
+    things = ("expiry-linux", "expiry-mcu")
+    root = make_ca("expiry root", not_before=NOW - 400 * DAY, not_after=NOW + 3650 * DAY)
+    signer = make_signer(root, "signer that expired", not_before=NOW - 20 * HOUR, not_after=NOW - 2 * HOUR)
+    roots = srv.settings.paths.code_signing_root
+    roots.write_bytes(roots.read_bytes() + root.cert_pem)
+    agents = _agents(srv, tmp_path, things)
+    image = make_firmware(Version(1, 1, 0), SIZE, seed="expiry")
+    runtimes = [Runtime(load_config(bundle), clock=lambda: time.time() - 12 * 3600) for bundle in agents]
+    for runtime in runtimes:
+        runtime.start()
+    try:
+        assert all(r.wait(lambda s: s.connected and s.version == "1.0.0", 30) for r in runtimes)
+        signature = sign_file(signer, image)
+        jobs = {t: _hand_made_job(srv, t, image, signature, signer, f"expiry-{t}") for t in things}
+        for thing, job_id in jobs.items():
+            assert wait_for(_finished(srv.client("iot"), job_id, [thing]))[thing] == "SUCCEEDED"
+        assert all(r.wait(lambda s: s.version == "1.1.0" and not s.trial, 30) for r in runtimes)
+    finally:
+        for runtime in runtimes:
+            runtime.stop()
+    with Fleet(agents) as fleet:  # the real clock
+        assert fleet.wait(lambda s: all(s[t].connected for t in things), 30)
+        snaps = fleet.snapshots()
+    assert {(snaps[t].version, snaps[t].slot, snaps[t].error) for t in things} == {("1.1.0", "b", None)}
