@@ -81,6 +81,7 @@ class Limits:
     agent_max_certificate_bytes: int = 16 * KIB  # one DER certificate
     agent_max_signature_bytes: int = 1 * KIB  # DER ECDSA or RSA-4096 PKCS#1
     max_revocation_list_bytes: int = 256 * KIB  # the signed envelope (core/revocation)
+    max_trust_chain_bytes: int = 256 * KIB  # the published trust lists, all versions (core/trustlist)
     # IAM policy documents (server/iam/policy.py, threat O1): AWS's largest kind (a bucket
     # policy, 20 KB) with room, and a depth no valid policy reaches (conditions: 5).
     max_policy_bytes: int = 64 * KIB
