@@ -259,6 +259,8 @@ class DeviceService:
     def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
         thing = parsed.thing_name
         update = wire.parse_update(request, self._limits)
+        if self._jobs.report_progress(thing, parsed.job_id or "", update):
+            return [self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
         outcome = self._jobs.update_execution(thing, parsed.job_id or "", update)
         if update.status.terminal:
             # Once per execution: an execution ends once, whatever a device sends.
