@@ -334,6 +334,7 @@ class Server:
     def _connect_job_hooks(self) -> None:
         # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
         self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
+        self.jobs.prepare_render = self.ota.profiles.prefetch
         paths = self.settings.paths
         keys = DeploymentKeys(paths.deployment_key, paths.deployment_keys, self.sealer)
         self.deployment_signer = DeploymentSigner(keys()[0], self.clock, keys=keys)

@@ -88,6 +88,9 @@ class JobService:
         self._registry = registry
         self._clock = clock
         self.render_document: DocumentRenderer = lambda job, _thing: job.document
+        # Called with a session and the things whose documents are about to be rendered in
+        # it, so that the renderer can read what it needs for all of them at once.
+        self.prepare_render: Callable[[Any, list[str]], None] = lambda _s, _things: None
         # Why a thing joining a CONTINUOUS job's group cannot take that job (None: it can);
         # the OTA Update Manager's device-profile check (ota/profiles.py `refusal`).
         self.refuse_target: Callable[[Job, str], str | None] = lambda _job, _thing: None
@@ -501,6 +504,7 @@ class JobService:
             by_thing: dict[str, list[JobExecution]] = {thing: [] for thing in things}
             for row in rows:
                 by_thing[row.thing_name].append(row)
+            self.prepare_render(s, [thing for thing, mine in by_thing.items() if mine])
             out = {}
             for thing, mine in by_thing.items():
                 # As `_next_row`: the oldest IN_PROGRESS, else the oldest QUEUED.

@@ -9,6 +9,9 @@ within one QoS, and Mosquitto holds QoS 1 deliveries to a subscriber behind a wi
 that is busy for a moment receives the QoS 0 request first. The test makes the service
 busy on purpose (its event loop sleeps while 30 devices send both messages), so that
 the window is full every time, then checks every answer.
+
+Also here: notify-next to many things at once (a job's creation) still tailors each
+document to its thing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from overair.core.versions import Version
+from overair.sim.firmware import make_firmware
+from tests.e2e.ota_helpers import create_ota
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer, running_server
 
@@ -63,3 +69,24 @@ def test_self_test_report_at_qos1_is_seen_by_the_next_get_at_qos0(srv: RunningSe
     finally:
         for device in devices:
             device.close()
+
+
+def test_one_notification_batch_tailors_each_document_to_its_things_profile(srv: RunningServer,
+                                                                            tmp_path: Path) -> None:
+    """notify-next for a job's whole target list is rendered from one read (profiles
+    prefetched for the batch): an overair agent's document still carries its signed
+    deployment metadata, a FreeRTOS device's stays AWS's alone."""
+    iot, s3 = srv.client("iot"), srv.client("s3")
+    s3.create_bucket(Bucket="firmware")
+    s3.put_bucket_versioning(Bucket="firmware", VersioningConfiguration={"Status": "Enabled"})
+    srv.provision("batch-agent", tmp_path / "agent")
+    iot.create_thing(thingName="batch-freertos")
+    arns = [iot.describe_thing(thingName=name)["thingArn"] for name in ("batch-agent", "batch-freertos")]
+    info = create_ota(srv, "batch", arns, make_firmware(Version(1, 1, 0), 8192, seed="batch"))
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info
+    messages = srv.server.devices.notify_next_many(["batch-agent", "batch-freertos"])
+    documents = {m.topic.split("/")[2]: json.loads(m.payload)["execution"]["jobDocument"]
+                 for m in messages if m.topic.endswith("/notify-next")}
+    assert "deployment" in documents["batch-agent"]["overair"]
+    assert "overair" not in documents["batch-freertos"]
+    assert documents["batch-freertos"]["afr_ota"]["files"] == documents["batch-agent"]["afr_ota"]["files"]
