@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_PERCENTS = (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0)
+# overair's bound: values beyond it are not aggregated (as values of another type), so
+# that sums and sums of squares over the largest fleet served stay finite doubles.
+MAX_MAGNITUDE = 1e150
 
 
 def number(text: str) -> float | None:
@@ -24,7 +27,7 @@ def number(text: str) -> float | None:
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= MAX_MAGNITUDE else None
 
 
 def typed(values: Sequence[str], kind: str) -> list[str]:
