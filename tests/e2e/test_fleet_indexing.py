@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from overair.cli.client import ApiClients
 from tests.server_harness import RunningServer
 
 BATTERIES = {"agg-0": 10, "agg-1": 20, "agg-2": 30, "agg-3": 40, "agg-4": 100}
@@ -178,3 +179,31 @@ def test_thing_group_index(fleet: RunningServer) -> None:
     assert _code(iot.search_index, indexName="AWS_ThingGroups", queryString="thingGroupName:agg-*") == \
         "ResourceNotFoundException"
     assert _names(iot, "thingName:agg-0") == ["agg-0"]  # the thing index is unchanged
+
+
+def test_iam_authorizes_queries_on_the_index_and_dynamic_groups_by_name(fleet: RunningServer) -> None:
+    """AWS's resources: SearchIndex and the aggregations act on `index/<indexName>`
+    (AWS_Things when none is named), the dynamic group operations on `thinggroup/<name>`,
+    the indexing configuration on `*`."""
+    iam = fleet.client("iam")
+    prefix = f"arn:aws:iot:{fleet.settings.region}:{fleet.settings.account_id}"
+    iam.create_user(UserName="fleet-analyst")
+    iam.put_user_policy(UserName="fleet-analyst", PolicyName="things-index", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["iot:SearchIndex", "iot:GetStatistics"],
+             "Resource": f"{prefix}:index/AWS_Things"},
+            {"Effect": "Allow", "Action": "iot:CreateDynamicThingGroup",
+             "Resource": f"{prefix}:thinggroup/analyst-*"}]}))
+    key = iam.create_access_key(UserName="fleet-analyst")["AccessKey"]
+    iot = ApiClients(fleet.endpoint, key["AccessKeyId"], key["SecretAccessKey"],
+                     fleet.clients.region).client("iot")
+    assert _names(iot, "thingName:agg-0") == ["agg-0"]
+    assert iot.get_statistics(queryString="thingName:agg-*")["statistics"] == {"count": 5}
+    assert _code(iot.search_index, indexName="AWS_ThingGroups", queryString="thingGroupName:x") == \
+        "AccessDeniedException"
+    assert _code(iot.get_percentiles, queryString="thingName:agg-*") == "AccessDeniedException"
+    iot.create_dynamic_thing_group(thingGroupName="analyst-low", queryString="attributes.battery<20")
+    assert _code(iot.create_dynamic_thing_group, thingGroupName="ops-low",
+                 queryString="attributes.battery<20") == "AccessDeniedException"
+    assert _code(iot.update_indexing_configuration,
+                 thingIndexingConfiguration={"thingIndexingMode": "REGISTRY"}) == "AccessDeniedException"
