@@ -119,3 +119,28 @@ def test_a_thing_that_stops_matching_before_release_loses_its_execution(fleet: F
     fleet.settle(lambda: fleet.members("beta") == ["j-0"])
     statuses = {e.thing_name: e.status for e in fleet.jobs.executions_for_job("held")}
     assert statuses == {"j-0": "QUEUED", "j-1": "REMOVED"}
+
+
+def test_a_restart_applies_changes_the_stopped_worker_had_not(fleet: Fleet, database_url: str) -> None:
+    fleet.registry.create_thing("r-0", {"zone": "cold"})
+    fleet.dynamic.create("hot", {"queryString": "attributes.zone:hot"})
+    fleet.settle(lambda: fleet.registry.describe_group("hot").status == "ACTIVE")
+    fleet.dynamic.stop()
+    # Marked changed, never applied:
+    fleet.registry.update_thing("r-0", {"zone": "hot"}, merge=True, expected_version=None)
+    assert fleet.members("hot") == []
+    db = Database(database_url)
+    try:
+        indexing = IndexingStore(db, time.time)
+        restarted = DynamicGroups(db, FleetSearch(db, DEFAULT_LIMITS, indexing.get), indexing, DEFAULT_LIMITS,
+                                  time.time, fleet.registry.group_arn)
+        restarted.start()
+        try:
+            deadline = time.monotonic() + 15
+            while fleet.members("hot") != ["r-0"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert fleet.members("hot") == ["r-0"]
+        finally:
+            restarted.stop()
+    finally:
+        db.close()

@@ -82,13 +82,15 @@ class DynamicGroups:
     # Lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         with self._db.reading() as s:
-            rows = list(s.execute(select(ThingGroup.name, ThingGroup.query_string, ThingGroup.status)
+            rows = list(s.execute(select(ThingGroup.name, ThingGroup.query_string)
                                   .where(ThingGroup.query_string.is_not(None))))
         with self._lock:
-            for name, query, status in rows:
+            for name, query in rows:
                 self._queries[name] = (query, fleetquery.parse(query))
-                if status != "ACTIVE":  # a build a stop interrupted
-                    self._rebuild.add(name)
+                # Changes marked but not applied when the server last stopped are lost with
+                # the set: one pass over the fleet brings every group up to date (a
+                # BUILDING or REBUILDING status a stop interrupted becomes ACTIVE then).
+                self._rebuild.add(name)
         self._thread = threading.Thread(target=self._run, name="dynamic-groups", daemon=True)
         self._thread.start()
         self._wake.set()
