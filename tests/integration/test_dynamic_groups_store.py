@@ -5,6 +5,7 @@ execution from a thing that stopped matching."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from overair.core.limits import DEFAULT_LIMITS
 from overair.server import pki
+from overair.server.api.contract import ApiError
 from overair.server.fleet.config import IndexingStore
 from overair.server.fleet.dynamic import DynamicGroups
 from overair.server.fleet.search import FleetSearch
@@ -142,5 +144,22 @@ def test_a_restart_applies_changes_the_stopped_worker_had_not(fleet: Fleet, data
             assert fleet.members("hot") == ["r-0"]
         finally:
             restarted.stop()
+    finally:
+        db.close()
+
+
+def test_groups_are_served_up_to_the_fleet_size_searching_is(fleet: Fleet, database_url: str) -> None:
+    for name in ("b-0", "b-1", "b-2"):
+        fleet.registry.create_thing(name)
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_search_things=2)
+    db = Database(database_url)
+    try:
+        indexing = IndexingStore(db, time.time)
+        bounded = DynamicGroups(db, FleetSearch(db, limits, indexing.get), indexing, limits, time.time,
+                                fleet.registry.group_arn)
+        with pytest.raises(ApiError) as refused:
+            bounded.create("too-big", {"queryString": "thingName:b-*"})
+        assert refused.value.code == "InvalidRequestException"
+        assert "3 things" in refused.value.message
     finally:
         db.close()

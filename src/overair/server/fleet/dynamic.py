@@ -43,7 +43,7 @@ from overair.server.fleet.config import IndexingStore
 from overair.server.fleet.search import THINGS_INDEX, FleetSearch, Indexed, parse_query
 from overair.server.registry.service import check_thing_name
 from overair.server.storage.db import Database
-from overair.server.storage.schema import ThingGroup, ThingGroupMember
+from overair.server.storage.schema import Thing, ThingGroup, ThingGroupMember
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,19 @@ class DynamicGroups:
             raise invalid(f"queryVersion must be {QUERY_VERSION}")
         parse_query(text)
 
+    def _check_fleet(self) -> None:
+        """A group is built from the whole fleet, as SearchIndex reads it: the same bound."""
+        with self._db.reading() as s:
+            count = s.scalar(select(func.count()).select_from(Thing)) or 0
+        if count > self._limits.max_search_things:
+            raise invalid(f"the fleet has {count} things; dynamic thing groups are served up to "
+                          f"{self._limits.max_search_things} (overair's bound)")
+
     def create(self, name: str, params: Mapping[str, Any]) -> ThingGroup:
         check_thing_name(name)
         text = str(params["queryString"])
         self._check_query(params.get("indexName"), params.get("queryVersion"), text)
+        self._check_fleet()
         props = params.get("thingGroupProperties") or {}
         attributes = dict((props.get("attributePayload") or {}).get("attributes") or {})
         with self._db.session() as s:
@@ -180,6 +189,7 @@ class DynamicGroups:
                 group.attributes = merged
             requery = text is not None and text != group.query_string
             if requery:
+                self._check_fleet()
                 group.query_string, group.status = str(text), "REBUILDING"
             group.version += 1
             version = group.version
@@ -235,6 +245,8 @@ class DynamicGroups:
                         self._apply(None, rebuild)
                     if batch:
                         self._apply(batch, None)
+                except ApiError as exc:  # the fleet outgrew max_search_things: said, not retried
+                    log.error("dynamic thing groups %s: cannot rebuild: %s", ", ".join(rebuild), exc.message)
                 except Exception:  # a database fault: retried with the next change
                     log.exception("dynamic thing groups: could not apply membership changes")
                     with self._lock:
