@@ -318,6 +318,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "GetThingConnectivityData": {"thingName": thing1},
         "SearchIndex": {"queryString": "thingName:conf-* AND attributes.color:red"},
         "GetIndexingConfiguration": {},
+        "ListIndices": {},
+        "DescribeIndex": {"indexName": "AWS_Things"},
         "UpdateIndexingConfiguration": {"thingIndexingConfiguration": {
             "thingIndexingMode": "REGISTRY_AND_SHADOW", "thingConnectivityIndexingMode": "STATUS",
             "namedShadowIndexingMode": "ON", "filter": {"namedShadowNames": ["conf-named"]},

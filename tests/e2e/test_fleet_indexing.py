@@ -60,6 +60,7 @@ def test_indexing_configuration_decides_what_search_index_sees(fleet: RunningSer
     # A shadow field is not indexed: its terms match nothing; registry terms still do.
     assert _names(iot, "thingName:agg-* AND shadow.reported.temp:20") == []
     assert _names(iot, "attributes.model:m2") == ["agg-3", "agg-4"]
+    assert iot.describe_index(indexName="AWS_Things")["schema"] == "REGISTRY"
     thing = iot.search_index(queryString="thingName:agg-0")["things"][0]
     assert "shadow" not in thing
     assert "connectivity" not in thing
@@ -170,6 +171,9 @@ def test_aggregating_a_field_not_indexed_with_a_type_is_refused(
 
 def test_thing_group_index(fleet: RunningServer) -> None:
     iot = fleet.client("iot")
+    assert iot.list_indices()["indexNames"] == ["AWS_ThingGroups", "AWS_Things"]
+    assert iot.describe_index(indexName="AWS_ThingGroups")["schema"] == "THING_GROUPS"
+    assert iot.describe_index(indexName="AWS_Things")["indexStatus"] == "ACTIVE"
     iot.create_thing_group(thingGroupName="agg-lab", thingGroupProperties={"thingGroupDescription": "lab"})
     found = iot.search_index(indexName="AWS_ThingGroups", queryString="thingGroupName:agg-*")["thingGroups"]
     assert [(g["thingGroupName"], g["thingGroupDescription"]) for g in found] == [("agg-lab", "lab")]
@@ -178,6 +182,8 @@ def test_thing_group_index(fleet: RunningServer) -> None:
     assert group_config["thingGroupIndexingMode"] == "OFF"
     assert _code(iot.search_index, indexName="AWS_ThingGroups", queryString="thingGroupName:agg-*") == \
         "ResourceNotFoundException"
+    assert iot.list_indices()["indexNames"] == ["AWS_Things"]
+    assert _code(iot.describe_index, indexName="AWS_ThingGroups") == "ResourceNotFoundException"
     assert _names(iot, "thingName:agg-0") == ["agg-0"]  # the thing index is unchanged
 
 

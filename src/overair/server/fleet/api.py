@@ -111,7 +111,41 @@ def register(table: OperationTable, search: FleetSearch, store: IndexingStore, d
         "GetIndexingConfiguration": get_configuration, "UpdateIndexingConfiguration": update_configuration,
     }.items():
         table.register("iot", name, handler)
+    _register_indices(table, store)
     _register_dynamic(table, dynamic)
+
+
+def _schema(config: IndexingConfig) -> str:
+    """DescribeIndex's schema for AWS_Things (iot API reference, DescribeIndex)."""
+    if config.named_shadows == "ON":
+        return "MULTI_INDEXING_MODE"  # AWS: "multiple data sources" (named shadows)
+    schema = "REGISTRY_AND_SHADOW" if config.shadows_indexed else "REGISTRY"
+    return schema + ("_AND_CONNECTIVITY_STATUS" if config.connectivity == "STATUS" else "")
+
+
+def _register_indices(table: OperationTable, store: IndexingStore) -> None:
+    """ListIndices and DescribeIndex: the indexes the configuration enables, always
+    ACTIVE (overair builds nothing ahead: a query reads the fleet)."""
+
+    def indices(config: IndexingConfig) -> dict[str, str]:
+        out = {THINGS_INDEX: _schema(config)} if config.things_indexed else {}
+        if config.group_mode == "ON":
+            out[GROUPS_INDEX] = "THING_GROUPS"
+        return out
+
+    def list_indices(r: ApiRequest) -> dict[str, Any]:
+        page, token = paginate(sorted(indices(store.get())), r.params)
+        return page_out("indexNames", page, token)
+
+    def describe_index(r: ApiRequest) -> dict[str, Any]:
+        name = r.params["indexName"]
+        schema = indices(store.get()).get(name)
+        if schema is None:
+            raise ApiError("ResourceNotFoundException", f"index {name} does not exist", 404)
+        return {"indexName": name, "indexStatus": "ACTIVE", "schema": schema}
+
+    table.register("iot", "ListIndices", list_indices)
+    table.register("iot", "DescribeIndex", describe_index)
 
 
 def _register_dynamic(table: OperationTable, dynamic: DynamicGroups) -> None:

@@ -193,7 +193,7 @@ def _iam_resources(operation: str, params: Mapping[str, Any], arns: Arns, caller
 # Fleet indexing queries act on an index (AWS's resource type "index",
 # arn:...:index/<indexName>; SearchIndex and the aggregations default to AWS_Things).
 _INDEX_OPERATIONS = frozenset({"SearchIndex", "GetStatistics", "GetPercentiles", "GetCardinality",
-                               "GetBucketsAggregation"})
+                               "GetBucketsAggregation", "DescribeIndex"})
 
 
 def _named_resources(service: str, operation: str, params: Mapping[str, Any], arns: Arns,
