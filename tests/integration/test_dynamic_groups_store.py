@@ -71,6 +71,7 @@ def fleet(database_url: str, tmp_path: Path) -> Iterator[Fleet]:
 
     dynamic.on_join = joined
     dynamic.on_leave = jobs.withdraw_unreleased
+    dynamic.followed = jobs.continuous_targets
     indexing.on_change = dynamic.rebuild_all
     registry.on_things_changed = dynamic.touch
     shadows.on_change = lambda thing: dynamic.touch((thing,))

@@ -231,6 +231,7 @@ class Server:
                                                       self.registry.group_arn)
         dynamic.on_join = self._thing_joined_group
         dynamic.on_leave = self.jobs.withdraw_unreleased
+        dynamic.followed = self.jobs.continuous_targets
         indexing.on_change = dynamic.rebuild_all
         self.registry.on_things_changed = dynamic.touch
         self.shadows.on_change = lambda thing: dynamic.touch((thing,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,11 +22,21 @@ class IndexingStore:
         self._clock = clock
         # Called after a change that alters what is indexed (dynamic groups rebuild).
         self.on_change: Callable[[], None] = lambda: None
+        # The server is the one writer of this row: read once, then kept (every query and
+        # every membership batch asks for it).
+        self._cached: IndexingConfig | None = None
+        self._lock = threading.Lock()
 
     def get(self) -> IndexingConfig:
+        with self._lock:
+            if self._cached is not None:
+                return self._cached
         with self._db.reading() as s:
             row = s.get(FleetIndexing, 1)
-            return indexing.DEFAULT if row is None else indexing.from_stored(row.config)
+            config = indexing.DEFAULT if row is None else indexing.from_stored(row.config)
+        with self._lock:
+            self._cached = self._cached or config
+            return self._cached
 
     def update(self, thing_spec: Mapping[str, Any] | None, group_spec: Mapping[str, Any] | None) -> None:
         with self._db.session() as s:
@@ -51,5 +62,7 @@ class IndexingStore:
                 s.add(row)
             row.config, row.updated_at = indexing.to_stored(new), self._clock()
             changed = new != current
+        with self._lock:
+            self._cached = new
         if changed:
             self.on_change()

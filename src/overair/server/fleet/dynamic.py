@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -48,6 +49,8 @@ from overair.server.storage.schema import Thing, ThingGroup, ThingGroupMember
 log = logging.getLogger(__name__)
 
 QUERY_VERSION = "2017-09-30"  # AWS's one query version
+REBUILD_GATHER_SECONDS = 0.2
+DIRTY_GATHER_SECONDS = 0.05
 Membership = Callable[[str, str], None]  # (thing, group ARN)
 
 
@@ -70,6 +73,9 @@ class DynamicGroups:
         self._arn = group_arn
         self.on_join: Membership = lambda _thing, _group: None
         self.on_leave: Membership = lambda _thing, _group: None
+        # The group ARNs whose joins and leaves matter to jobs (CONTINUOUS jobs' targets):
+        # asked once per batch, so a group no job follows costs no job work per member.
+        self.followed: Callable[[], set[str]] = set
         self._queries: dict[str, tuple[str, fleetquery.Query]] = {}  # dynamic group -> its query
         self._dirty: set[str] = set()
         self._rebuild: set[str] = set()
@@ -232,6 +238,14 @@ class DynamicGroups:
             self._wake.wait(timeout=5)
             self._wake.clear()
             while not self._stopping:
+                if self._rebuild:
+                    # A rebuild reads the whole fleet: groups created or changed together
+                    # (a script, a configuration change) share one read.
+                    time.sleep(REBUILD_GATHER_SECONDS)
+                elif 0 < len(self._dirty) < self._limits.dynamic_group_batch:
+                    # Changes arriving one by one are taken a few at a time: fewer, larger
+                    # batches (fewer queries per change) for a little latency.
+                    time.sleep(DIRTY_GATHER_SECONDS)
                 with self._lock:
                     rebuild = sorted(self._rebuild)
                     self._rebuild.clear()
@@ -259,6 +273,14 @@ class DynamicGroups:
                     with self._lock:
                         self._busy = False
 
+    @staticmethod
+    def _members(s: Any, groups: list[str], things: list[str] | None) -> set[tuple[str, str]]:
+        query = select(ThingGroupMember.group_name, ThingGroupMember.thing_name).where(
+            ThingGroupMember.group_name.in_(groups))
+        if things is not None:
+            query = query.where(ThingGroupMember.thing_name.in_(things))
+        return {(g, t) for g, t in s.execute(query)}
+
     def _apply(self, things: list[str] | None, groups: list[str] | None) -> None:
         """Recompute membership of `things` (None: every thing) in `groups` (None: every
         dynamic group), write the differences, then tell the job service."""
@@ -271,30 +293,37 @@ class DynamicGroups:
         documents: list[Indexed] = self._search.documents(things, config) if config.things_indexed else []
         wanted = {(group, doc.name) for doc in documents for group, (_text, query) in queries.items()
                   if fleetquery.matches(query, doc.fields)}
-        with self._db.session() as s:
-            rows = {g.name: g for g in s.scalars(select(ThingGroup).where(
-                ThingGroup.name.in_(list(queries)), ThingGroup.query_string.is_not(None)).with_for_update())}
-            # A group deleted, or given another query, meanwhile is left to its own turn.
-            live = [name for name in queries if name in rows and rows[name].query_string == texts[name]]
-            current_q = select(ThingGroupMember.group_name, ThingGroupMember.thing_name).where(
-                ThingGroupMember.group_name.in_(live))
-            if things is not None:
-                current_q = current_q.where(ThingGroupMember.thing_name.in_(things))
-            current = {(g, t) for g, t in s.execute(current_q)}
-            wanted = {(g, t) for g, t in wanted if g in live}
-            joins, leaves = sorted(wanted - current), sorted(current - wanted)
-            now = self._clock()
-            if joins:
-                s.execute(insert(ThingGroupMember), [{"group_name": g, "thing_name": t, "added_at": now}
-                                                     for g, t in joins])
-            for group, thing in leaves:
-                s.execute(delete(ThingGroupMember).where(ThingGroupMember.group_name == group,
-                                                         ThingGroupMember.thing_name == thing))
-            if groups is not None:
-                for name in live:
-                    rows[name].status = "ACTIVE"
+        live = list(queries)
+        with self._db.reading() as s:  # most changes move nobody: no write, no write lock
+            current = self._members(s, live, things)
+        joins, leaves = sorted(wanted - current), sorted(current - wanted)
+        if joins or leaves or groups is not None:
+            with self._db.session() as s:
+                rows = {g.name: g for g in s.scalars(select(ThingGroup).where(
+                    ThingGroup.name.in_(live), ThingGroup.query_string.is_not(None)).with_for_update())}
+                # A group deleted, or given another query, meanwhile is left to its own turn;
+                # the worker alone writes dynamic groups' members, so the rest still holds.
+                live = [name for name in live if name in rows and rows[name].query_string == texts[name]]
+                current = self._members(s, live, things)
+                names = select(Thing.name)  # a thing deleted meanwhile joins nothing
+                existing = set(s.scalars(names if things is None else names.where(Thing.name.in_(things))))
+                joins = sorted({(g, t) for g, t in wanted if g in live and t in existing} - current)
+                leaves = sorted({(g, t) for g, t in current if (g, t) not in wanted})
+                now = self._clock()
+                if joins:
+                    s.execute(insert(ThingGroupMember), [{"group_name": g, "thing_name": t, "added_at": now}
+                                                         for g, t in joins])
+                for group, thing in leaves:
+                    s.execute(delete(ThingGroupMember).where(ThingGroupMember.group_name == group,
+                                                             ThingGroupMember.thing_name == thing))
+                if groups is not None:
+                    for name in live:
+                        rows[name].status = "ACTIVE"
+        followed = self.followed() if joins or leaves else set()
         for effect, changes in ((self.on_leave, leaves), (self.on_join, joins)):
             for group, thing in changes:
+                if self._arn(group) not in followed:
+                    continue
                 try:
                     effect(thing, self._arn(group))
                 except Exception:  # the membership stands; the job service logs its own faults

@@ -216,6 +216,15 @@ class JobService:
         self.executions_changed([thing])
         return changed
 
+    def continuous_targets(self) -> set[str]:
+        """The targets (ARNs) of CONTINUOUS jobs that can still reach a thing: joins and
+        leaves of other groups need no job work (server/fleet/dynamic.py asks once per batch)."""
+        with self._db.reading() as s:
+            rows = s.scalars(select(Job.targets).where(
+                Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)),
+                Job.target_selection == "CONTINUOUS"))
+            return {arn for targets in rows for arn in targets}
+
     def withdraw_unreleased(self, thing: str, group_arn: str) -> None:
         """A thing left a group (a dynamic group's query stopped matching it): CONTINUOUS
         jobs aimed at that group, whose staged rollout has not released the thing's
