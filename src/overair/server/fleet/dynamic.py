@@ -123,8 +123,9 @@ class DynamicGroups:
 
     def rebuild_all(self) -> None:
         with self._lock:
-            self._rebuild.update(self._queries)
-        self._mark_status(list(self._queries), "REBUILDING")
+            names = list(self._queries)
+            self._rebuild.update(names)
+        self._mark_status(names, "REBUILDING")
         self._wake.set()
 
     # Operations ------------------------------------------------------------------------
@@ -170,6 +171,8 @@ class DynamicGroups:
 
     def update(self, name: str, params: Mapping[str, Any]) -> int:
         text = params.get("queryString")
+        if text is not None:
+            self._check_fleet()
         with self._db.session() as s:
             group = s.get(ThingGroup, name, with_for_update=True)
             if group is None:
@@ -195,7 +198,6 @@ class DynamicGroups:
                 group.attributes = merged
             requery = text is not None and text != group.query_string
             if requery:
-                self._check_fleet()
                 group.query_string, group.status = str(text), "REBUILDING"
             group.version += 1
             version = group.version
