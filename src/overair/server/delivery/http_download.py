@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -70,6 +71,7 @@ class HttpDelivery:
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
         self.gate = gate
+        self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a URL stops working the moment its thing's execution ends.
         jobs.watch_executions(self._access.forget_things)
@@ -115,6 +117,11 @@ class HttpDelivery:
         return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
+        response = await self._answer(request)
+        self.answered[response.status_code] += 1  # on the event loop: no lock needed
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
             query = dict(request.query_params)

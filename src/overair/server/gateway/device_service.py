@@ -25,6 +25,7 @@ the same bounded way.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,7 @@ class DeviceService:
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
         self._gate = gate  # the fleet download policy (delivery/policy.py)
+        self.requests: Counter[Kind] = Counter()  # device requests by kind (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a thing's cached stream access goes the moment its executions change.
         jobs.watch_executions(self._access.forget_things)
@@ -105,6 +107,7 @@ class DeviceService:
                 kind = self._kind(parsed)
             if thing is None:
                 return []  # not a request we serve and not worth an answer
+            self.requests[kind] += 1
             keep = 0.0
             if isinstance(parsed, JobsTopic) and parsed.request is JobsRequest.UPDATE \
                     and wire.is_progress_report(payload, self._limits):
