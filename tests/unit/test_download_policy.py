@@ -4,9 +4,12 @@ that keeps FreeRTOS devices alive, and the parsers of its configuration."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from overair.core.errors import PeerInputError
+from overair.core.errors import MisuseError, PeerInputError
 from overair.server.delivery.policy import (
     BANDWIDTH,
     DEVICE_RATE,
@@ -17,6 +20,7 @@ from overair.server.delivery.policy import (
     parse_parameters,
     parse_settings,
 )
+from overair.server.settings import load_settings
 
 KIB = 1024
 
@@ -158,3 +162,17 @@ def test_settings_table() -> None:
                 {"serve_after_seconds": 301}):
         with pytest.raises(PeerInputError):
             parse_settings(bad)
+
+
+def test_the_documented_example_is_what_overair_toml_takes(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    (example,) = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[download_policy]" in b]
+    (tmp_path / "overair.toml").write_text('account_id = "123456789012"\n' + example)
+    settings = load_settings(tmp_path)
+    assert settings.download_policy == DownloadLimits(max_concurrent_downloads=200,
+                                                      bytes_per_second=50_000_000,
+                                                      device_bytes_per_second=1_000_000)
+    bad = 'account_id = "123456789012"\n[download_policy]\nbytes_per_second = -5\n'
+    (tmp_path / "overair.toml").write_text(bad)
+    with pytest.raises(MisuseError, match=r"\[download_policy\]: bytes_per_second must be a whole number"):
+        load_settings(tmp_path)
