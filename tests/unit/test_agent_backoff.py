@@ -95,3 +95,18 @@ def test_an_undecodable_rejection_is_ignored() -> None:
     after, commands = run(state, [MessageReceived(REJECTED, b"\xff\x00not cbor")], now=1.0)
     assert after == state
     assert not statuses(commands)
+
+
+def test_throttled_stream_request_waits_for_the_time_the_service_names() -> None:
+    state = _downloading()
+    message = "DownloadSlotsFull: 2 of 2 rollout download slots are taken; retry after 5 s"
+    state, _ = run(state, [_rejected("RequestThrottled", message)], now=10.0)
+    assert state.download is not None
+    assert state.download.retry_at is not None
+    assert 15.0 <= state.download.retry_at < 15.0 + SETTINGS.retry_base
+    assert state.download.retries == 0
+    # A hostile hint is capped like a Retry-After header.
+    state, _ = run(_downloading(), [_rejected("RequestThrottled", "retry after 999999 s")], now=0.0)
+    assert state.download is not None
+    assert state.download.retry_at is not None
+    assert state.download.retry_at < SETTINGS.max_next_job_retry + SETTINGS.retry_base

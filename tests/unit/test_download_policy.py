@@ -176,3 +176,28 @@ def test_the_documented_example_is_what_overair_toml_takes(tmp_path: Path) -> No
     (tmp_path / "overair.toml").write_text(bad)
     with pytest.raises(MisuseError, match=r"\[download_policy\]: bytes_per_second must be a whole number"):
         load_settings(tmp_path)
+
+
+def test_a_slot_frees_at_the_end_of_the_file_or_when_the_execution_changes() -> None:
+    policy = DownloadPolicy(DownloadLimits(max_concurrent_downloads=2, lease_seconds=600.0))
+    assert policy.admit("a", KIB, 0.0).admitted
+    assert policy.admit("b", KIB, 0.0).admitted
+    assert not policy.admit("c", KIB, 1.0).admitted
+    assert policy.admit("a", KIB, 2.0, final=True).admitted  # a's last blocks: its slot frees
+    assert policy.downloading() == 1
+    assert policy.admit("c", KIB, 2.0).admitted
+    assert not policy.admit("d", KIB, 3.0).admitted
+    policy.release(["b"])  # b's execution ended (the job service's watcher)
+    assert policy.admit("d", KIB, 3.0).admitted
+
+
+def test_devices_waiting_for_a_slot_do_not_thin_the_others_share() -> None:
+    cap = 100 * KIB
+    policy = DownloadPolicy(DownloadLimits(max_concurrent_downloads=2, bytes_per_second=cap,
+                                           lease_seconds=600.0))
+    asking = {"a": 8 * KIB, "b": 8 * KIB, **{f"waiting{i}": KIB for i in range(10)}}
+    served = _bytes_per_device(policy, asking, seconds=60)
+    # The two holding the slots share the whole bandwidth (the ten waiting would have
+    # cut their shares to a twelfth each).
+    assert served["a"] + served["b"] >= 0.8 * cap * 60
+    assert abs(served["a"] - served["b"]) <= 0.1 * served["a"]

@@ -144,6 +144,8 @@ MAX_EXECUTION_NUMBER = (1 << 63) - 1  # AWS: a long
 # `updatedBy` as the agent writes it (Version.hex: 0x%08x), or decimal; ASCII only, so
 # that no Unicode digit or oversized number reaches int() (issue 12).
 _VERSION_WORD = re.compile(r"0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10}")
+# The end of overair's throttled stream rejection (server/gateway/device_service.py).
+_RETRY_HINT = re.compile(r"retry after ([0-9]{1,6}) s\Z")
 
 # OtaErr_t OtaErrInitFileTransferFailed: the file transfer cannot start (HTTP chosen but
 # no usable `update_data_url`). Kept here rather than in reasons.py for now.
@@ -755,10 +757,11 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
     dl = replace(dl, in_flight=None)
     if event.status in THROTTLED_STATUSES and event.retry_after is not None:
         # The server asks the device to slow down and says when (the download policy,
-        # a device budget): waited out, with jitter on top so that the devices it
-        # refused together do not come back together; no retry budget is spent.
+        # a device budget): waited out, with up to `retry_base` of jitter on top so that
+        # the devices it refused together do not come back together; no retry budget is
+        # spent.
         asked = min(max(event.retry_after, 0.0), state.settings.max_next_job_retry)
-        wait = asked + _jitter(state, dl.throttled)
+        wait = asked + _spread(state, dl.throttled)
         dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1)
         return replace(state, download=dl), [
             Log("info", f"block {block}: {what} ({event.reason}): asked to wait; "
@@ -778,10 +781,20 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
     return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after {delay:.1f} s")]
 
 
-def _jitter(state: State, attempt: int) -> float:
+def _jitter_key(state: State) -> str:
     dl = state.download
-    key = f"{state.settings.thing_name}/{dl.job_id if dl is not None else ''}"
-    return backoff.full_jitter(attempt, state.settings.retry_base, state.settings.retry_cap, key)
+    return f"{state.settings.thing_name}/{dl.job_id if dl is not None else ''}"
+
+
+def _jitter(state: State, attempt: int) -> float:
+    """Capped exponential backoff with full jitter after `attempt` failures in a row."""
+    settings = state.settings
+    return backoff.full_jitter(attempt, settings.retry_base, settings.retry_cap, _jitter_key(state))
+
+
+def _spread(state: State, attempt: int) -> float:
+    """Up to `retry_base` on top of a wait the server asked for."""
+    return state.settings.retry_base * backoff.fraction(_jitter_key(state) + "/asked", attempt)
 
 
 def _spend_retry(state: State, dl: Download, why: str, now: float) -> tuple[State, Download, Step | None]:
@@ -818,7 +831,11 @@ def on_stream_rejected(state: State, message: StreamRejection, now: float) -> St
         return state, [Log("warning", f"undecodable stream rejection ignored: {exc.message}")]
     why = f"stream request rejected: {code} ({text[:200]})"
     if code == REQUEST_THROTTLED:
-        wait = _jitter(state, dl.throttled)
+        # overair's download policy says when to come back at the end of its message
+        # ("... retry after N s"); without it, the backoff of a failure (no budget spent).
+        hint = _RETRY_HINT.search(text)
+        asked = min(float(hint[1]), state.settings.max_next_job_retry) if hint else None
+        wait = _jitter(state, dl.throttled) if asked is None else asked + _spread(state, dl.throttled)
         dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1, last_activity=now)
         return replace(state, download=dl), [Log("info", f"{why}: retrying after {wait:.1f} s")]
     state, dl, failed = _spend_retry(state, dl, why, now)

@@ -38,23 +38,29 @@ class DownloadGate:
         self._clock = clock
         self._lookups: OrderedDict[tuple[str, ...], tuple[float, Rollout]] = OrderedDict()
         self._lock = threading.Lock()
+        # A thing whose execution ended (or changed) is done downloading: its slot frees
+        # at once rather than when its lease runs out.
+        jobs.watch_executions(policy.release)
 
-    def for_object(self, thing: str, bucket: str, key: str, version: str, nbytes: int) -> Decision:
+    def for_object(self, thing: str, bucket: str, key: str, version: str, nbytes: int, *,
+                   final: bool = False) -> Decision:
+        """`final`: the request reaches the end of the file (the device's slot frees)."""
         rollout = self._rollout(("object", bucket, key, version),
                                 lambda: self._jobs.jobs_delivering_object(bucket, key, version), False)
         assert rollout is not None
-        return self._admit(thing, nbytes, rollout)
+        return self._admit(thing, nbytes, rollout, final)
 
-    def for_stream(self, thing: str, stream_id: str, nbytes: int, *,
+    def for_stream(self, thing: str, stream_id: str, nbytes: int, *, final: bool = False,
                    cached_only: bool = False) -> Decision | None:
         """None only with `cached_only`, when the stream's rollout is not cached."""
         rollout = self._rollout(("stream", stream_id), lambda: self._jobs.jobs_referencing_stream(stream_id),
                                 cached_only)
-        return None if rollout is None else self._admit(thing, nbytes, rollout)
+        return None if rollout is None else self._admit(thing, nbytes, rollout, final)
 
-    def _admit(self, thing: str, nbytes: int, rollout: Rollout) -> Decision:
+    def _admit(self, thing: str, nbytes: int, rollout: Rollout, final: bool) -> Decision:
         job_id, limits = rollout
-        return self.policy.admit(thing, nbytes, self._clock(), rollout=job_id, rollout_limits=limits)
+        return self.policy.admit(thing, nbytes, self._clock(), rollout=job_id, rollout_limits=limits,
+                                 final=final)
 
     def _rollout(self, key: tuple[str, ...], job_ids: Callable[[], list[str]],
                  cached_only: bool) -> Rollout | None:

@@ -162,7 +162,9 @@ class HttpDelivery:
         span = presign.parse_range(range_header, len(data))
         if self.gate is not None and method != "HEAD":
             size = len(data) if span is None else span[1] - span[0] + 1
-            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, size)
+            final = span is None or span[1] == len(data) - 1
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, size,
+                                            final=final)
             if not decision.admitted:
                 raise PolicyRefusal(decision)
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}

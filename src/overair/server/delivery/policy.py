@@ -7,14 +7,18 @@ network, nor let a few fast devices starve the others. Two scopes each carry
 (one HTTPS Range request, or one GetStream request over MQTT) must pass both:
 
 - **Concurrent downloads**: a device counts as downloading from its first admitted
-  request until `lease_seconds` after its latest. A device that is not downloading is
-  admitted only while fewer than `max_concurrent_downloads` are; otherwise it is told to
-  come back when the oldest lease runs out (`DownloadSlotsFull`).
+  request until `lease_seconds` after its latest, or until it asked for the end of the
+  file, or its execution changed (ended): whichever comes first. A device that is not
+  downloading is admitted only while fewer than `max_concurrent_downloads` are;
+  otherwise it is told to come back when the oldest lease runs out (`DownloadSlotsFull`).
 - **Bytes per second**, fleet-wide and per device, with fair sharing: each downloading
-  device gets at most `bytes_per_second / downloading devices` (and at most
+  device gets at most `bytes_per_second / devices asking` (the devices that asked
+  within `lease_seconds` and were not turned away for want of a slot; at most
   `device_bytes_per_second`), so that the devices of a scope share its bandwidth evenly
   however fast each one asks. Buckets may go into debt: a request larger than a second's
-  share is served, and the debt is the wait before the device's next one.
+  share is served, and the debt is the wait before the device's next one. A device's
+  bucket holds at most one second of its share; the fleet's a quarter of a second, so
+  that no second carries much more than the cap even after an idle spell.
 
 A refused request carries a reason (`Decision.code`) and how long to wait. The HTTPS
 endpoint answers 429 (the device's own rate) or 503 (the scope's capacity) with
@@ -53,6 +57,7 @@ JOB_CONFIG_KEY = "overair:downloadPolicy"  # where a rollout's limits sit in its
 MAX_VALUE = 10**12  # bytes per second (1 TB/s) or devices: anything larger is a mistake
 MAX_VALUE_DIGITS = 13
 MAX_ROLLOUTS = 1024
+SCOPE_BURST_SECONDS = 0.25  # what a scope's bucket holds, in seconds of its rate
 # Reasons a request is refused (stable error codes: HTTPS body and Error header, MQTT `o`
 # message prefix; docs/configuration.md "Download policy").
 SLOTS_FULL = "DownloadSlotsFull"
@@ -67,7 +72,7 @@ class DownloadLimits:
     max_concurrent_downloads: int = 0
     bytes_per_second: int = 0
     device_bytes_per_second: int = 0
-    lease_seconds: float = 30.0
+    lease_seconds: float = 10.0
     serve_after_refusals: int = 8
     serve_after_seconds: float = 30.0
 
@@ -113,7 +118,7 @@ def parse_settings(table: Mapping[str, Any]) -> DownloadLimits:
         raise PeerInputError(f"unknown keys {sorted(unknown)}")
     given: dict[str, Any] = {name: _bounded(name, table[name])
                              for name in PARAMETERS.values() if name in table}
-    lease = table.get("lease_seconds", 30.0)
+    lease = table.get("lease_seconds", 10.0)
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not 1.0 <= lease <= 3600.0:
         raise PeerInputError("lease_seconds must be a number of seconds from 1 to 3600")
     refusals = _bounded("serve_after_refusals", table.get("serve_after_refusals", 8))
@@ -172,27 +177,34 @@ class _Bucket:
 class _Scope:
     limits: DownloadLimits
     leases: OrderedDict[str, float] = field(default_factory=OrderedDict)  # device -> lease end, oldest first
+    # Devices sharing the bandwidth: they asked within a lease and had (or got) a slot.
+    asking: OrderedDict[str, float] = field(default_factory=OrderedDict)
     devices: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     bucket: _Bucket | None = None
 
     def expire(self, now: float) -> None:
-        while self.leases and next(iter(self.leases.values())) <= now:
-            self.leases.popitem(last=False)
+        for table in (self.leases, self.asking):
+            while table and next(iter(table.values())) <= now:
+                table.popitem(last=False)
 
     def device_rate(self) -> float:
         """The fair share of one downloading device (0: unlimited)."""
         rates = [float(self.limits.device_bytes_per_second)] if self.limits.device_bytes_per_second else []
         if self.limits.bytes_per_second:
-            rates.append(self.limits.bytes_per_second / max(1, len(self.leases)))
+            rates.append(self.limits.bytes_per_second / max(1, len(self.asking)))
         return min(rates) if rates else 0.0
 
-    def check(self, device: str, scope_name: str, now: float) -> Decision:
+    def check(self, device: str, scope_name: str, now: float, max_devices: int) -> Decision:
         self.expire(now)
         cap = self.limits.max_concurrent_downloads
         if cap and device not in self.leases and len(self.leases) >= cap:
             wait = next(iter(self.leases.values())) - now
             return Decision(False, SLOTS_FULL, f"{len(self.leases)} of {cap} {scope_name} download slots "
                                                "are taken", wait)
+        self.asking[device] = now + self.limits.lease_seconds
+        self.asking.move_to_end(device)
+        while len(self.asking) > max_devices:
+            self.asking.popitem(last=False)
         rate = self.device_rate()
         if rate:
             bucket = self._device_bucket(device, rate, now)
@@ -211,8 +223,14 @@ class _Scope:
                                 -bucket.tokens / total)
         return ADMITTED
 
-    def spend(self, device: str, nbytes: int, now: float, *, lease: bool, max_devices: int) -> None:
-        if lease:
+    def spend(self, device: str, nbytes: int, now: float, *, lease: bool, done: bool,
+              max_devices: int) -> None:
+        """Account for an admitted request; `lease`: it holds (or renews) a slot, `done`:
+        it was the device's last (its slot and its share free at once)."""
+        if done:
+            self.leases.pop(device, None)
+            self.asking.pop(device, None)
+        elif lease:
             self.leases[device] = now + self.limits.lease_seconds
             self.leases.move_to_end(device)
         rate = self.device_rate()
@@ -233,9 +251,10 @@ class _Scope:
 
     def _scope_bucket(self, now: float) -> _Bucket:
         rate = float(self.limits.bytes_per_second)
+        burst = rate * SCOPE_BURST_SECONDS
         if self.bucket is None:
-            self.bucket = _Bucket(rate, now)
-        self.bucket.refill(rate, rate, now)
+            self.bucket = _Bucket(burst, now)
+        self.bucket.refill(rate, burst, now)
         return self.bucket
 
 
@@ -265,8 +284,9 @@ class DownloadPolicy:
         return self._server_limits
 
     def admit(self, device: str, nbytes: int, now: float, *, rollout: str | None = None,
-              rollout_limits: DownloadLimits | None = None) -> Decision:
-        """May `device` be sent `nbytes` now? Admitted requests are accounted for."""
+              rollout_limits: DownloadLimits | None = None, final: bool = False) -> Decision:
+        """May `device` be sent `nbytes` now? Admitted requests are accounted for; a
+        `final` one (it reaches the end of the file) frees the device's slot."""
         with self._lock:
             scopes: list[tuple[_Scope, str]] = [(self._server, "server")]
             if rollout is not None and rollout_limits is not None and not rollout_limits.unlimited:
@@ -275,7 +295,7 @@ class DownloadPolicy:
                 self.counters.admitted += 1
                 self.counters.bytes_admitted += nbytes
                 return ADMITTED
-            checks = (scope.check(device, name, now) for scope, name in scopes)
+            checks = (scope.check(device, name, now, self._max_devices) for scope, name in scopes)
             refused = next((d for d in checks if not d.admitted), None)
             if refused is not None:
                 count, since = self._refusals.get(device, (0, now))
@@ -291,7 +311,8 @@ class DownloadPolicy:
                 self.counters.forced += 1  # starvation guard: served, but no slot taken
             self._refusals.pop(device, None)
             for scope, _ in scopes:
-                scope.spend(device, nbytes, now, lease=refused is None, max_devices=self._max_devices)
+                scope.spend(device, nbytes, now, lease=refused is None, done=final,
+                            max_devices=self._max_devices)
             self.counters.admitted += 1
             self.counters.bytes_admitted += nbytes
             return ADMITTED
@@ -309,6 +330,14 @@ class DownloadPolicy:
         while len(self._rollouts) > MAX_ROLLOUTS:
             self._rollouts.popitem(last=False)
         return scope
+
+    def release(self, devices: list[str]) -> None:
+        """These devices are done downloading (their executions changed): free their slots."""
+        with self._lock:
+            for scope in (self._server, *self._rollouts.values()):
+                for device in devices:
+                    scope.leases.pop(device, None)
+                    scope.asking.pop(device, None)
 
     def downloading(self, rollout: str | None = None, now: float | None = None) -> int:
         """Devices holding a download slot (server-wide, or of one rollout)."""

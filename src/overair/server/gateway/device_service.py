@@ -409,7 +409,9 @@ class DeviceService:
         blocks = plan_blocks(request, len(data), self._limits)
         nbytes = sum(min(request.block_size, len(data) - block * request.block_size) for block in blocks)
         if self._gate is not None and blocks:
-            decision = self._gate.for_stream(parsed.thing_name, parsed.stream_id, nbytes,
+            # The last blocks the device still needs: its slot frees once they are sent.
+            final = len(blocks) >= int.from_bytes(request.bitmap, "little").bit_count()
+            decision = self._gate.for_stream(parsed.thing_name, parsed.stream_id, nbytes, final=final,
                                              cached_only=cached_only)
             if decision is None:
                 return None
