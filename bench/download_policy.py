@@ -9,7 +9,9 @@ from the agents' clocks.
 
 1. Bytes per second against the cap: `[download_policy] bytes_per_second` set to
    `--cap-kib` KiB/s and a concurrency cap; the fleet's rate while every device
-   downloads, and the largest one-second window, compared to the cap.
+   downloads, and the largest one-second window, compared to the cap, and to the same
+   rollout without limits in the same run (what server, broker and agents manage on
+   this machine: the limit the cap is compared to when it is above it).
 2. The artifact deleted mid-rollout, with the policy (agents: backoff with full jitter,
    retry budget) and without it (agents retrying at once until FreeRTOS's momentum
    abort, 32 requests, which is what the agent did before; no server limits): requests
@@ -141,7 +143,9 @@ def all_ended(srv: RunningServer, job_id: str, devices: int) -> bool:
 
 
 def bandwidth(tmp: Path, devices: int, size: int, cap: int) -> None:
-    toml = f"[download_policy]\nbytes_per_second = {cap}\nmax_concurrent_downloads = {devices // 2}\n"
+    """`cap` 0: no limits."""
+    toml = f"[download_policy]\nbytes_per_second = {cap}\nmax_concurrent_downloads = {devices // 2}\n" \
+        if cap else ""
     with server(tmp, toml) as srv, Sampler(srv) as sampler:
         fleet, job_id = fleet_rollout(srv, tmp, "bw", devices, size, "", {})
         try:
@@ -154,6 +158,11 @@ def bandwidth(tmp: Path, devices: int, size: int, cap: int) -> None:
         mean = (last.bytes_admitted - first.bytes_admitted) / (last.at - first.at)
         peak = peak_per_second(sampler.samples, "bytes_admitted", first.at, last.at)
         counters = srv.server.downloads.policy.counters
+        if not cap:
+            print(f"bandwidth: {devices} agents, {size // 1024} KiB each, no limits: "
+                  f"mean {mean / 1024:.0f} KiB/s, largest 1 s window {peak / 1024:.0f} KiB/s; "
+                  f"all done in {last.at - first.at:.1f} s")
+            return
         print(f"bandwidth: {devices} agents, {size // 1024} KiB each, cap {cap / 1024:.0f} KiB/s, "
               f"{devices // 2} at once: mean {mean / 1024:.0f} KiB/s ({mean / cap:.2f} of the cap), "
               f"largest 1 s window {peak / 1024:.0f} KiB/s ({peak / cap:.2f}); "
@@ -205,10 +214,10 @@ def main() -> None:
     parser.add_argument("--cap-kib", type=int, default=2048)
     args = parser.parse_args()
     size = args.size_kib * 1024
-    for step in ("bandwidth", "policy", "none"):
+    for step in ("uncapped", "bandwidth", "policy", "none"):
         with tempfile.TemporaryDirectory() as tmp:
-            if step == "bandwidth":
-                bandwidth(Path(tmp), args.devices, size, args.cap_kib * 1024)
+            if step in ("uncapped", "bandwidth"):
+                bandwidth(Path(tmp), args.devices, size, args.cap_kib * 1024 if step == "bandwidth" else 0)
             else:
                 deleted(Path(tmp), args.devices, size, policy=step == "policy")
 

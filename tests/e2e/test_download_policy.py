@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 from collections import Counter
@@ -127,6 +128,7 @@ def test_https_rollout_concurrency_cap_answers_503_with_retry_after_and_a_code(
     assert refused.status == 503
     assert refused.getheader("x-amzn-ErrorType") == SLOTS_FULL
     assert 1 <= int(refused.getheader("Retry-After") or "0") <= 1  # the oldest lease (1 s) ends
+    assert 0 < int(refused.getheader("x-overair-retry-after-ms") or "0") <= 1000  # the same, to the ms
     assert policy.downloading("AFR_OTA-cap") == 2
     assert _get(srv, things[0], urls[0], 4096, 8191).status == 206  # a slot holder goes on
     # The slots free up once their holders stop asking (lease_seconds = 1).
@@ -147,6 +149,7 @@ def test_https_device_rate_answers_429_and_mqtt_refusal_is_the_aws_rejected_resp
     assert refused.status == 429
     assert refused.getheader("x-amzn-ErrorType") == DEVICE_RATE
     assert int(refused.getheader("Retry-After") or "0") >= 6
+    assert int(refused.getheader("x-overair-retry-after-ms") or "0") > 5000
     # The same device, the same file over MQTT: the policy is one for both ways.
     stream = document["afr_ota"]["streamname"]
     thing.device.messages.clear()
@@ -158,6 +161,7 @@ def test_https_device_rate_answers_429_and_mqtt_refusal_is_the_aws_rejected_resp
     code, message = decode_rejection(payload, "cbor")
     assert code == "RequestThrottled"
     assert message.startswith(f"{DEVICE_RATE}: ")
+    assert re.search(r"; retry after [0-9]+\.[0-9]{3} s\Z", message), message
     assert not [m for m in thing.device.messages if "/data/cbor" in m[0]]
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from overair.agent.machine.events import MessageReceived
 from overair.agent.machine.transitions import handle
+from overair.agent.transport.http import MAX_RETRY_AFTER_DIGITS, parse_retry_after_ms
 from overair.core.errors import PeerInputError
 from overair.server.delivery.policy import (
     MAX_VALUE,
@@ -117,3 +118,36 @@ def test_fuzz_agent_stream_rejections(rejection: Any, now: float) -> None:
         assert new.download.retries == 0
     elif isinstance(rejection, dict):
         assert new.download.retries in (0, 1)  # 0: not a rejection the agent could read
+
+
+HEADERS = HOSTILE_TEXT | st.integers(-10**30, 10**30).map(str) | st.floats().map(str) \
+    | st.sampled_from(["", " 1500 ", "1e9", "0x10", "٣", "1.5"])
+
+
+@given(st.none() | HEADERS)
+def test_fuzz_retry_after_ms_header(header: str | None) -> None:
+    """`x-overair-retry-after-ms` as the agent reads it: a bounded, finite wait or None."""
+    wait = parse_retry_after_ms(header)
+    if wait is not None:
+        assert header is not None
+        assert header.strip().isdigit()
+        assert 0.0 <= wait < 10 ** MAX_RETRY_AFTER_DIGITS
+
+
+@given(HOSTILE_TEXT | st.floats(0, 10**7).map(lambda f: f"retry after {f} s") | st.integers(0, 10**9).map(
+    lambda n: f"DownloadSlotsFull: x; retry after {n} s"))
+def test_fuzz_throttled_rejection_hint(message: str) -> None:
+    """The "retry after N s" hint of a throttled stream rejection: any text is safe, and
+    the wait it sets is capped."""
+    state = downloading()
+    try:
+        payload = cbor2.dumps({"o": "RequestThrottled", "m": message})
+    except UnicodeEncodeError:
+        assume(False)
+    new, _ = handle(state, MessageReceived(REJECTED, payload), 100.0)
+    assert new.download is not None
+    assert new.download.retry_at is not None
+    settings = state.settings
+    assert 100.0 <= new.download.retry_at <= 100.0 + max(settings.max_next_job_retry + settings.retry_base,
+                                                          settings.retry_cap)
+    assert new.download.retries == 0

@@ -145,7 +145,7 @@ MAX_EXECUTION_NUMBER = (1 << 63) - 1  # AWS: a long
 # that no Unicode digit or oversized number reaches int() (issue 12).
 _VERSION_WORD = re.compile(r"0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10}")
 # The end of overair's throttled stream rejection (server/gateway/device_service.py).
-_RETRY_HINT = re.compile(r"retry after ([0-9]{1,6}) s\Z")
+_RETRY_HINT = re.compile(r"retry after ([0-9]{1,6}(?:\.[0-9]{1,3})?) s\Z")
 
 # OtaErr_t OtaErrInitFileTransferFailed: the file transfer cannot start (HTTP chosen but
 # no usable `update_data_url`). Kept here rather than in reasons.py for now.
@@ -761,7 +761,7 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
         # the devices it refused together do not come back together; no retry budget is
         # spent.
         asked = min(max(event.retry_after, 0.0), state.settings.max_next_job_retry)
-        wait = asked + _spread(state, dl.throttled)
+        wait = asked + _spread(state, dl.throttled, asked)
         dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1)
         return replace(state, download=dl), [
             Log("info", f"block {block}: {what} ({event.reason}): asked to wait; "
@@ -792,9 +792,12 @@ def _jitter(state: State, attempt: int) -> float:
     return backoff.full_jitter(attempt, settings.retry_base, settings.retry_cap, _jitter_key(state))
 
 
-def _spread(state: State, attempt: int) -> float:
-    """Up to `retry_base` on top of a wait the server asked for."""
-    return state.settings.retry_base * backoff.fraction(_jitter_key(state) + "/asked", attempt)
+def _spread(state: State, attempt: int, asked: float) -> float:
+    """Jitter on top of a wait the server asked for: up to a quarter of it, at most
+    `retry_base`; enough to part devices told the same instant, not so much that a
+    device's fair share goes unused."""
+    ceiling = min(state.settings.retry_base, asked / 4)
+    return ceiling * backoff.fraction(_jitter_key(state) + "/asked", attempt)
 
 
 def _spend_retry(state: State, dl: Download, why: str, now: float) -> tuple[State, Download, Step | None]:
@@ -835,7 +838,7 @@ def on_stream_rejected(state: State, message: StreamRejection, now: float) -> St
         # ("... retry after N s"); without it, the backoff of a failure (no budget spent).
         hint = _RETRY_HINT.search(text)
         asked = min(float(hint[1]), state.settings.max_next_job_retry) if hint else None
-        wait = _jitter(state, dl.throttled) if asked is None else asked + _spread(state, dl.throttled)
+        wait = _jitter(state, dl.throttled) if asked is None else asked + _spread(state, dl.throttled, asked)
         dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1, last_activity=now)
         return replace(state, download=dl), [Log("info", f"{why}: retrying after {wait:.1f} s")]
     state, dl, failed = _spend_retry(state, dl, why, now)

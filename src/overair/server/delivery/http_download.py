@@ -55,6 +55,9 @@ log = logging.getLogger("overair.delivery")
 DOWNLOAD_ACTION = "iot:DownloadOtaFile"
 # UrlRefused codes and their HTTP status; anything else a URL can be refused for is 403.
 _REFUSAL_STATUS = {"MalformedUrl": 400, "InvalidRange": 416, "ThrottlingException": 429}
+# overair's refusals also say when to come back to the millisecond (Retry-After has whole
+# seconds: a device whose fair share allows it back in 1.2 s would wait 2).
+RETRY_AFTER_MS = "x-overair-retry-after-ms"
 
 
 class HttpDelivery:
@@ -129,7 +132,8 @@ class HttpDelivery:
                                            request.headers.get("range"))
         except PolicyRefusal as exc:
             decision = exc.decision
-            headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code}
+            headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
+                       RETRY_AFTER_MS: str(decision.retry_after_ms)}
             return _text(429 if decision.own_rate else 503, decision.code, decision.message, headers)
         except presign.UrlRefused as exc:
             log.info("download refused: %s %s", exc.code, exc.message)

@@ -158,6 +158,12 @@ class Decision:
         """For a Retry-After header (whole seconds, at least one)."""
         return max(1, math.ceil(self.retry_after))
 
+    @property
+    def retry_after_ms(self) -> int:
+        """The same to the millisecond (`x-overair-retry-after-ms`, the MQTT message): a
+        device that knows it comes back when its share allows, not at the next second."""
+        return max(1, math.ceil(self.retry_after * 1000))
+
 
 ADMITTED = Decision(True)
 

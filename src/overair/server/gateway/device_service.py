@@ -416,7 +416,8 @@ class DeviceService:
             if decision is None:
                 return None
             if not decision.admitted:
-                message = f"{decision.code}: {decision.message}; retry after {decision.retry_after_seconds} s"
+                wait = f"{decision.retry_after_ms / 1000:.3f}"
+                message = f"{decision.code}: {decision.message}; retry after {wait} s"
                 return [self._stream_error(parsed, wire.REQUEST_THROTTLED, message, request.client_token,
                                            QOS_THROTTLED)]
         metrics.BLOCKS_SERVED.inc(len(blocks))
