@@ -153,8 +153,10 @@ def bandwidth(tmp: Path, devices: int, size: int, cap: int) -> None:
                 time.sleep(0.5)
         finally:
             fleet.stop()
-        moving = [s for s in sampler.samples if s.bytes_admitted > 0]
-        first, last = moving[0], moving[-1]
+        # From the first bytes admitted to the last (not the verification and reboots after).
+        total = sampler.samples[-1].bytes_admitted
+        first = next(s for s in sampler.samples if s.bytes_admitted > 0)
+        last = next(s for s in sampler.samples if s.bytes_admitted == total)
         mean = (last.bytes_admitted - first.bytes_admitted) / (last.at - first.at)
         peak = peak_per_second(sampler.samples, "bytes_admitted", first.at, last.at)
         counters = srv.server.downloads.policy.counters
@@ -212,9 +214,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--size-kib", type=int, default=256)
     parser.add_argument("--cap-kib", type=int, default=2048)
+    parser.add_argument("--steps", default="uncapped,bandwidth,policy,none",
+                        help="which measurements, comma-separated (default: all, in this order)")
     args = parser.parse_args()
     size = args.size_kib * 1024
-    for step in ("uncapped", "bandwidth", "policy", "none"):
+    for step in args.steps.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             if step in ("uncapped", "bandwidth"):
                 bandwidth(Path(tmp), args.devices, size, args.cap_kib * 1024 if step == "bandwidth" else 0)

@@ -204,7 +204,10 @@ class _Scope:
         self.expire(now)
         cap = self.limits.max_concurrent_downloads
         if cap and device not in self.leases and len(self.leases) >= cap:
-            wait = next(iter(self.leases.values())) - now
+            # When the oldest lease runs out at the latest; slots also free earlier (a
+            # device's last blocks, an execution's end), so ask again after a quarter
+            # of a lease at most.
+            wait = min(next(iter(self.leases.values())) - now, max(1.0, self.limits.lease_seconds / 4))
             return Decision(False, SLOTS_FULL, f"{len(self.leases)} of {cap} {scope_name} download slots "
                                                "are taken", wait)
         self.asking[device] = now + self.limits.lease_seconds
