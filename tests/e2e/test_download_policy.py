@@ -172,11 +172,25 @@ def test_additional_parameters_that_are_not_counts_are_refused(srv: RunningServe
                    additionalParameters={"overair:maxBytesPerSecond": "fast"})
 
 
-def test_unmodified_freertos_devices_are_slowed_by_the_cap_never_failed(srv: RunningServer,
-                                                                        tmp_path: Path) -> None:
-    """FreeRTOS reads no rejection: it asks again after its request wait and aborts after
-    32 requests without a block. Under a rollout cap of one download at a time, the
-    policy's starvation guard serves it before that: every device updates."""
+@pytest.fixture(scope="module")
+def srv443(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose URLs name port 443, as FreeRTOS HTTP devices need (README)."""
+    toml = 'download_public_url = "https://localhost:443"\n' + SERVER_TOML
+    with running_server(tmp_path_factory.mktemp("server443"), settings_toml=toml) as running:
+        s3 = running.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield running
+
+
+@pytest.mark.parametrize("protocol", ["MQTT", "HTTP"])
+def test_unmodified_freertos_devices_are_slowed_by_the_cap_never_failed(
+        request: pytest.FixtureRequest, tmp_path: Path, protocol: str) -> None:
+    """FreeRTOS reads no rejection (MQTT) and takes a 503 as a failed request (HTTP): it
+    asks again after its request wait and aborts after 32 requests without a block. Under
+    a rollout cap of one download at a time, the policy's starvation guard serves it
+    before that: every device updates."""
+    srv: RunningServer = request.getfixturevalue("srv" if protocol == "MQTT" else "srv443")
     signer = srv.client("signer").get_signing_profile(profileName=DEV_PROFILE)
     signer_pem = srv.client("acm").get_certificate(
         CertificateArn=signer["signingMaterial"]["certificateArn"])["Certificate"].encode()
@@ -184,18 +198,20 @@ def test_unmodified_freertos_devices_are_slowed_by_the_cap_never_failed(srv: Run
     # The library's default of one block per request, a short request wait (32 of them:
     # under 10 s); the rollout lets one device download at a time, at 4 KiB/s: the first
     # holds the slot for 12 s, past the others' 32 requests without a block.
-    quick = DeviceSettings(request_wait=0.3, blocks_per_request=1)
-    names = [f"fr-cap-{i}" for i in range(3)]
+    quick = DeviceSettings(request_wait=0.3, blocks_per_request=1, data_protocols=(protocol,))
+    nat = {("127.0.0.1", 443): ("127.0.0.1", srv.settings.download_port)}  # the device's network
+    names = [f"fr-cap-{protocol}-{i}" for i in range(3)]
     devices = [FreeRtosDevice(name, provision(srv.client("iot"), name, tmp_path / name, fleet_ca),
                               srv.settings.mqtt_port, V1, certfiles={DEV_CERT_PATH_ON_DEVICE: signer_pem},
-                              settings=quick) for name in names]
+                              settings=quick, network=nat) for name in names]
     refused_before = srv.server.downloads.policy.counters.refused.get(SLOTS_FULL, 0)
     for device in devices:
         device.start()
     try:
         iot = srv.client("iot")
         arns = [iot.describe_thing(thingName=name)["thingArn"] for name in names]
-        info = create_ota(srv, "fr-cap", arns, make_firmware(Version(1, 1, 0), 48 * 1024, seed="fr-cap"),
+        image = make_firmware(Version(1, 1, 0), 48 * 1024, seed="fr-cap")
+        info = create_ota(srv, f"fr-cap-{protocol}", arns, image, protocols=(protocol,),
                           additionalParameters={"overair:maxConcurrentDownloads": "1",
                                                 "overair:maxDeviceBytesPerSecond": "4096"})
         assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info
