@@ -4,6 +4,8 @@ FreeRTOS device never reads, on which the overair agent backs off)."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import replace
 
 from overair.agent.machine import backoff
@@ -110,3 +112,17 @@ def test_throttled_stream_request_waits_for_the_time_the_service_names() -> None
     assert state.download is not None
     assert state.download.retry_at is not None
     assert state.download.retry_at < SETTINGS.max_next_job_retry + SETTINGS.retry_base
+
+
+def test_reconnect_delays_double_to_the_cap_with_full_jitter() -> None:
+    draws = random.Random(7)
+    for failures in range(12):
+        ceiling = min(60, 2**failures)
+        delays = [backoff.reconnect_delay(failures, 1, 60, draws.randint) for _ in range(500)]
+        assert min(delays) >= 1
+        assert max(delays) <= ceiling
+        if ceiling >= 8:  # spread over the whole interval, not lock-step
+            assert len(set(delays)) >= ceiling // 2
+    # A fleet of 1000 losing its broker at the cap: no second gets more than a few percent.
+    counts = Counter(backoff.reconnect_delay(10, 1, 60, draws.randint) for _ in range(1000))
+    assert max(counts.values()) <= 40

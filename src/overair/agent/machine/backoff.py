@@ -14,6 +14,7 @@ from one another, and a test can replay a run exactly.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 MAX_DOUBLINGS = 32  # 2**32 times any base is past every cap
 
@@ -31,3 +32,11 @@ def fraction(key: str, attempt: int) -> float:
 def full_jitter(attempt: int, base: float, cap: float, key: str) -> float:
     """Seconds to wait before retry number `attempt + 1`."""
     return ceiling(attempt, base, cap) * fraction(key, attempt)
+
+
+def reconnect_delay(failures: int, min_delay: int, max_delay: int, draw: Callable[[int, int], int]) -> int:
+    """Whole seconds before the next MQTT connection attempt (paho counts in seconds):
+    drawn by `draw(low, high)` (random.randint) between `min_delay` and the capped
+    doubling ceiling after `failures` lost or refused connections in a row. The floor of
+    `min_delay` keeps a fleet from reconnecting in a tight loop."""
+    return draw(min_delay, max(min_delay, int(ceiling(failures, min_delay, max_delay))))

@@ -71,9 +71,8 @@ class MqttTransport:
     def _next_backoff(self) -> None:
         """paho waits `min_delay` before its next attempt when the delay was just set: a
         full-jitter draw in whole seconds (paho's unit), at least one."""
-        ceiling = max(self._min_backoff, int(backoff.ceiling(self._failures, self._min_backoff,
-                                                             self._max_backoff)))
-        delay = self._jitter.randint(self._min_backoff, ceiling)
+        delay = backoff.reconnect_delay(self._failures, self._min_backoff, self._max_backoff,
+                                        self._jitter.randint)
         self._client.reconnect_delay_set(min_delay=delay, max_delay=max(delay, self._max_backoff))
 
     def connect(self) -> None:
