@@ -31,7 +31,7 @@ from overair.server import pki
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 
-BUCKET = "bench-firmware"
+BUCKET = "firmware"  # the bucket the default OTA service role may read (least privilege)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -51,7 +51,7 @@ from overair.server.bootstrap import DEV_PROFILE
 from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroupMember
 from overair.sim.firmware import make_firmware
 
-BUCKET = "bench-firmware"
+BUCKET = "firmware"  # the bucket the default OTA service role may read (least privilege)
 GROUP = "bench-rollout"
 KEY = "app/firmware-1.1.0.bin"
 LIMIT_JOB = "bench-bulk-insert-limit"

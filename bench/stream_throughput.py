@@ -79,7 +79,7 @@ from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 
-BUCKET = "bench-firmware"
+BUCKET = "firmware"  # the bucket the default OTA service role may read (least privilege)
 GROUP = "bench-stream"
 OTA_ID = "bench-stream"
 BLOCK_SIZE = 4096  # what provisioning writes into agent.toml ([ota] block_size)
@@ -458,7 +458,7 @@ def stream_phase(root: Path, devices: int, size: int, timeout: float, agent_proc
             time.sleep(1.0)
             agents.arm()
             timer.arm()
-            profiler = _start_py_spy(py_spy, root / "profile.txt") if py_spy else None
+            profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
             broker = srv.server.broker
             broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
             cpu0, broker0 = _self_cpu(), _proc_cpu(broker_pid)
@@ -493,7 +493,7 @@ def stream_phase(root: Path, devices: int, size: int, timeout: float, agent_proc
             t_end = time.perf_counter()
             cpu_self, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
             cpu_agents = sum(_proc_cpu(pid) for pid in agents.pids) - agents0
-            profile = _stop_py_spy(profiler) if profiler else None
+            profile = stop_py_spy(profiler) if profiler else None
             data = agents.finish()
             stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
     total_blocks = -(-size // BLOCK_SIZE)
@@ -665,7 +665,7 @@ class _Profiler:
     output: Path
 
 
-def _start_py_spy(binary: str, output: Path) -> _Profiler:
+def start_py_spy(binary: str, output: Path) -> _Profiler:
     # --nonblocking: pausing 200+ threads 100 times a second slows this process down
     # several-fold (mostly in the kernel) and so measures another program. --gil: only the
     # thread holding the GIL is sampled, i.e. where the Python CPU time goes; with --idle
@@ -694,10 +694,11 @@ COMPONENTS = (
     ("Client._thread_main", "agents: paho network threads (TLS, MQTT framing)"),
     ("ServerThread._main", "server: event loop (gmqtt link to the broker, HTTP API)"),
     ("stream_phase", "bench: main thread (polling the job counts)"),
+    ("rollout_phase", "bench: main thread (polling DescribeJob)"),
 )
 
 
-def _stop_py_spy(profiler: _Profiler) -> Profile | None:
+def stop_py_spy(profiler: _Profiler) -> Profile | None:
     profiler.process.send_signal(signal.SIGINT)
     try:
         profiler.process.wait(30)
@@ -711,7 +712,7 @@ def _stop_py_spy(profiler: _Profiler) -> Profile | None:
     own: Counter[str] = Counter()
     overair: Counter[str] = Counter()
     total = 0
-    for line in profiler.output.read_text().splitlines():
+    for line in profiler.output.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
@@ -999,16 +1000,21 @@ def report(stream: StreamResult, raw_runs: list[RawResult]) -> None:
     print(f"stream goodput: {goodput:8.2f} MiB/s ({image_mib:.0f} MiB of image to {n} devices)")
     best = raw_summary(raw_runs)
     print(f"ratio stream goodput / raw forwarding: {goodput / best:.3f} (target >= 0.6)")
-    if stream.profile is not None and stream.profile.samples:
-        prof = stream.profile
-        print(f"\nwhere the Python time goes (py-spy --gil, {prof.samples} samples of the thread "
-              "holding the GIL, CreateOTAUpdate -> all SUCCEEDED)")
-        for title, rows in (("by thread / service:", prof.components),
-                            ("innermost Python function:", prof.own),
-                            ("overair functions, inclusive (anywhere on the stack):", prof.overair)):
-            print(f"  {title}")
-            for name, count in rows:
-                print(f"    {100 * count / prof.samples:5.1f}%  {name}")
+    if stream.profile is not None:
+        print_profile(stream.profile)
+
+
+def print_profile(prof: Profile) -> None:
+    if not prof.samples:
+        return
+    print(f"\nwhere the Python time goes (py-spy --gil, {prof.samples} samples of the thread "
+          "holding the GIL, CreateOTAUpdate -> all SUCCEEDED)")
+    for title, rows in (("by thread / service:", prof.components),
+                        ("innermost Python function:", prof.own),
+                        ("overair functions, inclusive (anywhere on the stack):", prof.overair)):
+        print(f"  {title}")
+        for name, count in rows:
+            print(f"    {100 * count / prof.samples:5.1f}%  {name}")
 
 
 if __name__ == "__main__":

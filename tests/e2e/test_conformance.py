@@ -25,6 +25,8 @@ import pytest
 from botocore import UNSIGNED, xform_name
 from botocore.exceptions import ClientError, ParamValidationError
 
+from overair.core import deployment, trustlist
+from overair.core.codesign import load_pem_certificates
 from overair.core.versions import Version
 from overair.server.api.s3 import S3Api
 from overair.server.bootstrap import DEV_PROFILE
@@ -32,7 +34,7 @@ from overair.sim.firmware import make_firmware
 from tests.compat_matrix import SERVICES, read_matrix
 from tests.e2e.ota_helpers import BUCKET, create_ota
 from tests.model_params import minimal_input
-from tests.pki_helpers import make_ca, make_signer
+from tests.pki_helpers import Issued, make_ca, make_signer
 from tests.server_harness import RunningServer
 
 # iot-jobs-data is served to devices (mutual TLS), not on the SigV4 endpoint.
@@ -132,6 +134,7 @@ class World:
     acm_arn: str
     doomed_acm_arn: str
     revoke_acm_arn: str
+    trust_list: str  # PublishTrustList's next version, signed by the conformance root
     new_signer_pem: bytes
     new_signer_key: bytes
     signing_job: str
@@ -249,6 +252,7 @@ def world(srv: RunningServer) -> World:
         acm_arn=imported[0], doomed_acm_arn=imported[1],
         revoke_acm_arn=acm.import_certificate(Certificate=signers[2].cert_pem,
                                               PrivateKey=signers[2].key_pem)["CertificateArn"],
+        trust_list=_next_trust_list(srv, root),
         new_signer_pem=signers[3].cert_pem, new_signer_key=signers[3].key_pem,
         signing_job=signing_jobs[0], revoke_signing_job=signing_jobs[1],
         revoke_profile_version=signer.get_signing_profile(profileName="conf_revoked_profile")["profileVersion"],
@@ -425,7 +429,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListMultipartUploads": b,
     }
     overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
-               "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]}}
+               "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]},
+               "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},
@@ -435,6 +440,15 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
     tables = {"iot": iot, "iot-data": iot_data, "signer": signer, "acm": acm, "iam": iam, "sts": sts,
               "s3": s3, "overair": overair}
     return {(service, op): params for service, table in tables.items() for op, params in table.items()}
+
+
+def _next_trust_list(srv: RunningServer, root: Issued) -> str:
+    """Trust list 1: the server's roots (the conformance root among them) and its
+    deployment key, unchanged, signed by the conformance root (core/trustlist.py)."""
+    paths = srv.settings.paths
+    trust = trustlist.TrustList(1, 1, tuple(load_pem_certificates(paths.code_signing_root.read_bytes())),
+                                tuple(deployment.load_public_keys(paths.deployment_keys.read_bytes())))
+    return json.dumps(trustlist.add_signature(trustlist.unsigned_envelope(trust), root.key))
 
 
 def _modelled_codes(operation: Any) -> set[str]:

@@ -109,6 +109,9 @@ def test_a_rollout_shows_in_the_metrics_and_the_log(
     ]
     assert expiries
     assert all(v > 0 for v in expiries)
+    roots = [v for (name, _), v in after.items() if name == "overair_code_signing_root_expiry_seconds"]
+    assert len(roots) == 1  # the data directory's code-signing root
+    assert roots[0] > 0
     ended = [r for r in caplog.records if r.name == "overair.jobs" and "metered-1" in r.getMessage()]
     assert any("SUCCEEDED" in r.getMessage() for r in ended)
     assert any(f"job {job} completed" in r.getMessage() for r in caplog.records)

@@ -81,7 +81,8 @@ def test_fuzz_bundle_hostile_members(members: list[tuple[str, bytes, bytes]]) ->
     "files": st.lists(st.fixed_dictionaries({}, optional={
         "member": st.just("file-0") | JSON_VALUES, "size": JSON_VALUES | st.integers(),
         "sha256": st.just(hashlib.sha256(b"image").hexdigest()) | JSON_VALUES}), max_size=3) | JSON_VALUES,
-    "revocations": JSON_VALUES | HOSTILE_TEXT}), st.binary(max_size=32))
+    "revocations": JSON_VALUES | HOSTILE_TEXT, "trust_lists": JSON_VALUES | HOSTILE_TEXT}),
+    st.binary(max_size=32))
 def test_fuzz_bundle_hostile_manifest(manifest: dict[str, object], file_data: bytes) -> None:
     _read(_archive([(MANIFEST, tarfile.REGTYPE, json.dumps(manifest).encode()),
                     ("file-0", tarfile.REGTYPE, file_data)]))

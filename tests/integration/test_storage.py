@@ -130,6 +130,54 @@ def test_job_executions_follow_the_state_table_and_versions(db: Database, settin
     assert counts.get("SUCCEEDED") == 1
 
 
+def test_notifying_many_things_at_once_reads_what_one_thing_at_a_time_would(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`next_and_pending` (one read for a job's whole target list) answers for each thing
+    exactly as `next_execution` and `pending_for_device` do: no job, one queued, one in
+    progress ahead of an older queued one, an ended one that no longer counts."""
+    things = ["idle", "queued", "running", "ended"]
+    jobs = _jobs(db, settings, registry, things[1:])
+    registry.create_thing("idle")
+    jobs.create_job("job-2", [registry.thing_arn("running")], {"operation": "y"})
+    jobs.update_execution("running", "job-2", _update(ExecStatus.IN_PROGRESS, None, {"step": "1"}))
+    jobs.update_execution("ended", "job-1", _update(ExecStatus.SUCCEEDED, None, {"reason": "ok"}))
+    found = jobs.next_and_pending(things)
+    assert list(found) == things
+    for thing in things:
+        assert found[thing].next == jobs.next_execution(thing), thing
+        assert (found[thing].in_progress, found[thing].queued) == jobs.pending_for_device(thing), thing
+    assert found["idle"].next is None
+    assert found["ended"].next is None
+    running = found["running"].next
+    assert running is not None
+    assert (running.job_id, running.status) == ("job-2", ExecStatus.IN_PROGRESS)
+    assert [j["jobId"] for j in found["running"].queued] == ["job-1"]
+
+
+def test_a_progress_report_takes_the_short_path_with_the_same_effect_as_a_full_update(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`report_progress` (one UPDATE) leaves an execution exactly as `update_execution`
+    does, and declines everything else, which then goes the full way and is answered."""
+    jobs = _jobs(db, settings, registry, ["short", "full"])
+    for thing in ("short", "full"):
+        jobs.update_execution(thing, "job-1", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}))
+    progress = _update(ExecStatus.IN_PROGRESS, None, {"receive": "25/9"})
+    assert jobs.report_progress("short", "job-1", progress)
+    jobs.update_execution("full", "job-1", progress)
+    short, full = jobs.describe_execution("job-1", "short"), jobs.describe_execution("job-1", "full")
+    assert (short.status, short.status_details, short.version_number, short.timeout_at) == (
+        full.status, full.status_details, full.version_number, full.timeout_at)
+    assert short.version_number == 3
+    # Declined: a version check, a state change, a QUEUED execution, an unknown job.
+    assert not jobs.report_progress("short", "job-1", _update(ExecStatus.IN_PROGRESS, 3, {"receive": "x"}))
+    assert not jobs.report_progress("short", "job-1", _update(ExecStatus.SUCCEEDED, None, {"reason": "ok"}))
+    registry.create_thing("queued")
+    jobs.create_job("job-q", [registry.thing_arn("queued")], {"operation": "x"})
+    assert not jobs.report_progress("queued", "job-q", progress)
+    assert not jobs.report_progress("short", "no-such-job", progress)
+    assert jobs.describe_execution("job-1", "short").version_number == 3
+
+
 def test_concurrent_updates_with_the_same_expected_version_have_exactly_one_winner(
         db: Database, settings: Settings, registry: Registry) -> None:
     """Optimistic concurrency under real contention: 8 writers race for version 1."""

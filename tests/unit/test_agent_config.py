@@ -58,6 +58,7 @@ def test_optional_sections_default(tmp_path: Path) -> None:
     assert config.storage.factory_image is None
     assert config.self_test.command == ""
     assert config.ota.request_timeout_seconds == 10.0
+    assert config.trust.trust_list_threshold == 1
 
 
 @pytest.mark.parametrize(
@@ -74,6 +75,7 @@ def test_optional_sections_default(tmp_path: Path) -> None:
         (("[storage]", "[storage_typo]"), "[storage] section is missing"),
         (('data_dir = "state"', "data_dir = 3"), "[storage] data_dir must be a string"),
         (("thing_name", "thing_name = = "), "not valid TOML"),
+        (("[trust]\n", "[trust]\ntrust_list_threshold = 0\n"), "[trust] trust_list_threshold"),
     ],
 )
 def test_invalid_configuration_is_refused_with_a_clear_message(

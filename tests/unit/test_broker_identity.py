@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from overair.core.errors import MisuseError
 from overair.core.revocation import REVOCATIONS_TOPIC
+from overair.core.trustlist import TRUST_TOPIC
 from overair.server import pki
 from overair.server.gateway.broker import AclRule, render_acl, render_config
 
@@ -72,9 +73,9 @@ def test_n4_acl_grants_each_identity_only_its_things_and_devices_only_read_revoc
                      control={"serialNumber=3,CN=overair.witness,O=overair": [
                          AclRule("readwrite", "overair/x")]})
     assert _acl_lines(acl) == [
-        f"pattern read {REVOCATIONS_TOPIC}",
+        f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
         "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
-        f"topic readwrite {REVOCATIONS_TOPIC}",
+        f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic readwrite overair/x",
         "user serialNumber=1,CN=a,O=overair",
         "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#",
@@ -85,7 +86,7 @@ def test_n4_acl_leaves_out_what_would_change_its_meaning() -> None:
     acl = render_acl(service="CN=overair.service,O=overair",
                      devices={"serialNumber=1,CN=a,O=overair": ["a", "x\n/#", "y/+", "z #"],
                               "CN=b\ntopic readwrite #": ["b"], "CN=c d": ["c"]})
-    assert _acl_lines(acl)[4:] == ["user serialNumber=1,CN=a,O=overair", "topic readwrite $aws/things/a/#"]
+    assert _acl_lines(acl)[6:] == ["user serialNumber=1,CN=a,O=overair", "topic readwrite $aws/things/a/#"]
 
 
 def test_n4_acl_refuses_an_unsafe_service_or_control_identity() -> None:
@@ -105,9 +106,9 @@ def test_n4_access_plugin_file_names_each_devices_things_and_reserves_the_server
                                  "serialNumber=3,CN=overair.witness,O=overair": ["w"]},
                      for_plugin=True)
     assert _acl_lines(acl) == [
-        f"pattern read {REVOCATIONS_TOPIC}",
+        f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
         "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
-        f"topic readwrite {REVOCATIONS_TOPIC}", "clientid overair.service",
+        f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}", "clientid overair.service",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic read overair/x/#", "clientid w",
         "user serialNumber=1,CN=a,O=overair",
         "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#", "thing a", "thing b",

@@ -43,6 +43,7 @@ from overair.core.jobstates import ExecStatus
 from overair.core.limits import DEFAULT_LIMITS
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamplan import block_bytes, plan_blocks
+from overair.core.trustlist import TRUST_TOPIC
 
 log = logging.getLogger("overair.agent")
 DEFAULT_TIMEOUT = 600.0
@@ -154,6 +155,11 @@ class BundleTransport:
             # As the broker delivers the retained list on SUBSCRIBE; the agent's trust
             # admits it only if the server signed it and it is newer than the held one (O2).
             self._callbacks.on_message(REVOCATIONS_TOPIC, revocations)
+        trust_lists = self._session.bundle.trust_lists
+        if topic == TRUST_TOPIC and trust_lists is not None and self._connected:
+            # Likewise the trust list chain: a rotation reaches a device without a network
+            # path too (admitted only by the rule of agent/trust.py admit_trust_chain).
+            self._callbacks.on_message(TRUST_TOPIC, trust_lists)
 
     def unsubscribe(self, topic: str) -> None:
         return None

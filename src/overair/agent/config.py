@@ -20,6 +20,7 @@ revoked_serials = []               # optional: signer serials (int or "0x..") ne
 revocation_signer = "revocation-signer.pem"  # optional: verifies signed revocation lists
 deployment_keys = "deployment-keys.pem"  # optional: public keys that sign deployment metadata
 require_deployment_metadata = false   # true: refuse jobs without valid signed metadata (F1, F2)
+trust_list_threshold = 1           # optional: root signatures the first trust list needs (rotation)
 [storage]
 data_dir = "state"
 factory_image = "factory.bin"      # optional: installed when the slot store is empty
@@ -125,6 +126,9 @@ class TrustConfig:
     # whether a job without valid metadata is refused (set by `overair thing create`).
     deployment_keys: Path | None = None
     require_deployment_metadata: bool = False
+    # Signatures by distinct code-signing roots that the first trust list (rotation of
+    # roots and deployment keys, core/trustlist.py) needs; later lists say their own.
+    trust_list_threshold: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +329,8 @@ class _Loader:
         required = self.boolean(t, w, "require_deployment_metadata", False)
         if required and keys is None:
             raise self.fail(f"{w} require_deployment_metadata", "needs deployment_keys")
-        return TrustConfig(roots, frozenset(serials), signer, keys, required)
+        threshold = self.integer(t, w, "trust_list_threshold", 1, 1, 8)
+        return TrustConfig(roots, frozenset(serials), signer, keys, required, threshold)
 
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         w = "[storage]"

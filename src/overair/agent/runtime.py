@@ -16,8 +16,11 @@ an older generation number and are dropped, as a real reset would drop them.
 
 The runtime also holds the device's trust (agent/trust.py, where every trust decision
 is made): it offers each revocation list to it and persists the newest one admitted in
-`<data_dir>/revocations.json` (threat O2), verified again at every boot; it hands the
-trust to the verification of staged images and to the platform's secure boot.
+`<data_dir>/revocations.json` (threat O2), verified again at every boot; likewise the
+trust list chain that rotates code-signing roots and deployment keys, in
+`<data_dir>/trust-list.json` (walked again from the bundle at every boot, before secure
+boot); it hands the trust to the verification of staged images, to the platform's
+secure boot, and its deployment keys to the machine's settings.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from overair.agent.sealed_key import prepare_client_key
 from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
-from overair.agent.trust import DeviceTrust, RevocationVerdict, signer_chain
+from overair.agent.trust import DeviceTrust, RevocationVerdict, TrustListVerdict, signer_chain
 from overair.core import deployment
 from overair.core.codesign import load_pem_certificates
 from overair.core.errors import DecodeError
@@ -85,6 +88,7 @@ TransportFactory = Callable[[TransportCallbacks], Transport]
 
 FLUSH_BEFORE_REBOOT = 5.0
 REVOCATIONS_FILE = "revocations.json"
+TRUST_LIST_FILE = "trust-list.json"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -106,6 +110,7 @@ class AgentSnapshot:
     reboots: int  # in-process reboots since start()
     error: str | None
     revocation_sequence: int | None = None  # of the signed revocation list held, if any
+    trust_list_version: int = 0  # of the trust list held (0: the bundle's roots and keys)
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -116,6 +121,7 @@ class AgentSnapshot:
             "last_result": None if self.last_result is None else self.last_result.to_json_obj(),
             "reboots": self.reboots, "error": self.error,
             "revocation_sequence": self.revocation_sequence,
+            "trust_list_version": self.trust_list_version,
         }
 
 
@@ -164,7 +170,9 @@ def load_trust(config: AgentConfig) -> DeviceTrust:
         raise ConfigError(f"{config.source}: [trust] code_signing_roots {path}: {exc}") from exc
     if not roots:
         raise ConfigError(f"{config.source}: [trust] code_signing_roots {path} holds no certificate")
-    return DeviceTrust(tuple(roots), config.trust.revoked_serials, load_revocation_signer(config))
+    return DeviceTrust(tuple(roots), config.trust.revoked_serials, load_revocation_signer(config),
+                       bundle_deployment_keys=load_deployment_keys(config),
+                       trust_list_threshold=config.trust.trust_list_threshold)
 
 
 def load_revocation_signer(config: AgentConfig) -> x509.Certificate | None:
@@ -197,8 +205,8 @@ class RevocationStore:
     atomically (R2): a power cut leaves the old list or the new one, never neither.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / REVOCATIONS_FILE
+    def __init__(self, data_dir: Path, name: str = REVOCATIONS_FILE) -> None:
+        self.path = Path(data_dir) / name
 
     def load(self, signer: x509.Certificate) -> RevocationList | None:
         """The held list, None if there is none; DecodeError/VerificationFailed if the
@@ -243,6 +251,7 @@ class Runtime:
         if offline_bundle:  # agent/bundle_install.py: metadata signed for a bundle, always required
             self._settings = replace(self._settings, offline_bundle=True, require_deployment=True)
         self._revocation_store = RevocationStore(config.storage.data_dir)
+        self._trust_list_store = RevocationStore(config.storage.data_dir, TRUST_LIST_FILE)  # the same rules
         self._trust = load_trust(config)  # and the held revocation list, at each boot
         self._said_revocations_ignored = False
         check_certificate_identity(config)
@@ -363,6 +372,7 @@ class Runtime:
             reboots=self._reboots,
             error=self._error,
             revocation_sequence=self._trust.revocation_sequence,
+            trust_list_version=self._trust.trust_list_version,
         )
 
     def wait(self, predicate: Callable[[AgentSnapshot], bool], timeout: float) -> bool:
@@ -387,8 +397,9 @@ class Runtime:
             self._platform.install_factory(factory.read_bytes())
             log.info("installed the factory image %s", factory)
         # The held list is verified again at every (re)boot, before secure boot needs it.
-        self._trust = self._with_held_revocations(self._trust)
+        self._trust = self._with_held_trust_list(self._with_held_revocations(self._trust))
         info = self._platform.boot()
+        self._settings = replace(self._settings, deployment_keys=self._trust.deployment_keys)
         self._state = State(self._settings, journal=self._journal_store.load())
         self._feed(Booted(info.version, info.slot, info.trial, info.fell_back, self._staged_progress(),
                           self._platform.security_counter()))
@@ -535,6 +546,8 @@ class Runtime:
                 return _REBOOTED
             case cmd.ApplyRevocations(envelope):
                 self._apply_revocations(envelope)
+            case cmd.ApplyTrustList(chain):
+                self._apply_trust_list(chain)
         return None
 
     def _platform_op(self, operation: str, action: Callable[[], None]) -> PlatformFailed | None:
@@ -610,6 +623,42 @@ class Runtime:
                     # survive a restart, after which the retained list is delivered again.
                     log.error("could not persist %s: %s", outcome.message, exc)
                 self._trust = outcome.trust
+                log.info("%s", outcome.message)
+
+    # --- trust lists: rotated roots and deployment keys (O2 F2) ---------------------------
+
+    def _with_held_trust_list(self, trust: DeviceTrust) -> DeviceTrust:
+        try:
+            chain = self._trust_list_store.read()
+        except OSError as exc:
+            log.warning("the held trust list %s is unreadable (%s)", self._trust_list_store.path, exc)
+            chain = None
+        outcome = trust.with_held_trust_chain(chain)
+        if outcome.verdict is TrustListVerdict.REFUSED:
+            log.warning("the held trust list %s does not verify from the bundle (%s): the bundle's "
+                        "roots and keys hold until a valid list arrives", self._trust_list_store.path,
+                        outcome.message)
+        return outcome.trust
+
+    def _apply_trust_list(self, chain: bytes) -> None:
+        """I/O only: DeviceTrust decides; an admitted chain is persisted, then held, and
+        the machine checks deployment metadata with its keys from the next input on (a
+        key the list leaves out stops working at once)."""
+        outcome = self._trust.admit_trust_chain(chain)
+        match outcome.verdict:
+            case TrustListVerdict.UNCHANGED:
+                log.debug("%s", outcome.message)
+            case TrustListVerdict.REFUSED:
+                log.warning("%s", outcome.message)
+            case TrustListVerdict.ADMITTED:
+                try:
+                    self._trust_list_store.save(chain)
+                except OSError as exc:
+                    # Held anyway until the next boot, when the retained chain comes again.
+                    log.error("could not persist %s: %s", outcome.message, exc)
+                self._trust = outcome.trust
+                self._settings = replace(self._settings, deployment_keys=self._trust.deployment_keys)
+                self._state = replace(self._state, settings=self._settings)
                 log.info("%s", outcome.message)
 
     def _say_revocations_ignored(self) -> None:

@@ -8,10 +8,12 @@ atomically, and hands the platform's boot loader `admit_boot`.
 
 What is trusted, and where it is kept:
 
-- `DeviceTrust` (this module): the code-signing roots and the revoked serials of the
-  bundle (configuration), the revocation signer's certificate and the newest signed
-  revocation list admitted (persisted by the runtime as the exact signed envelope, so
-  that it proves itself again at every start).
+- `DeviceTrust` (this module): the code-signing roots, deployment keys and revoked
+  serials of the bundle (configuration), the revocation signer's certificate, the newest
+  signed revocation list admitted, and the newest trust list admitted (core/trustlist.py:
+  the roots and deployment keys that replace the bundle's after a rotation). The runtime
+  persists the signed revocation list and the trust list chain exactly as received, so
+  that each proves itself again (from the bundle) at every start.
 - The version floor and the finished jobs are in the machine's journal, and the
   security counter in the platform's boot state, because each must change in the same
   atomic write as the job stage or the commit it belongs to (R2). The decisions on them
@@ -27,6 +29,8 @@ One home per decision:
 | N3     | a finished job offered again is a replay                   | `is_replay`            |
 | O2     | a revocation list is signed and never goes back            | `DeviceTrust.admit_revocations` |
 | O2     | revoked serials (configured and signed) refuse signers     | `DeviceTrust.policy`   |
+| O2 F2  | a trust list rotates roots and deployment keys (TUF rule)  | `DeviceTrust.admit_trust_chain` |
+| O2 F2  | the roots and deployment keys that hold now                | `DeviceTrust` properties |
 | P2     | an installed image boots only under the trust held now     | `DeviceTrust.admit_boot` |
 | F1 F2  | signed, fresh deployment metadata for this thing and files | `admit_deployment`     |
 | F1 F2  | the downloaded file is the one the metadata describes      | `admit_deployed_image` |
@@ -43,6 +47,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from overair.agent.machine import reasons
 from overair.agent.machine.events import VerifyResult
@@ -55,6 +60,7 @@ from overair.core.image import parse_header
 from overair.core.jobdoc import OtaJobDocument
 from overair.core.jobstates import ExecStatus
 from overair.core.revocation import RevocationList, merged_serials, verify_list
+from overair.core.trustlist import TrustList, admit_next, anchor_of, decode_chain
 from overair.core.versions import Version
 
 # --- N1: anti-rollback -------------------------------------------------------------------------
@@ -171,14 +177,20 @@ def admit_deployment(envelope: Any, settings: Settings, *, held_sequence: int, j
     return stated
 
 
-def admit_deployed_image(stated: Deployment | None, verified: VerifyResult, now: float) -> Refusal | None:
+def admit_deployed_image(stated: Deployment | None, verified: VerifyResult, now: float,
+                         trusted_keys: Sequence[ec.EllipticCurvePublicKey]) -> Refusal | None:
     """F1 F2 after the download: the verified file is the one the metadata describes
-    (SHA-256, version, security counter), and the metadata is still fresh."""
+    (SHA-256, version, security counter), the metadata is still fresh, and a key that
+    signed it is still trusted (a trust list that retired every one of them since, in a
+    rotation or to revoke a stolen key, stops the job at once)."""
     if stated is None:
         return None
     if deployment_expired(stated, now):
         return _deployment_refusal("DeploymentMetadataExpired",
                                    "the deployment metadata expired before the image was activated")
+    if not stated.signed_by & {signed_deployment.key_id(k) for k in trusted_keys}:
+        return _deployment_refusal("UnknownDeploymentKey",
+                                   "the deployment key that signed this job's metadata is no longer trusted")
     first = stated.files[0]
     version = "" if verified.version is None else str(verified.version)
     if (first.sha256, first.version, first.security_counter) != (verified.sha256, version,
@@ -212,6 +224,19 @@ class RevocationVerdict(StrEnum):
     IGNORED = "ignored"  # no revocation signer is configured
 
 
+class TrustListVerdict(StrEnum):
+    ADMITTED = "admitted"  # at least one newer version: the next trust holds the newest
+    UNCHANGED = "unchanged"  # the held version again (the retained chain at each connect)
+    REFUSED = "refused"  # malformed, older, conflicting, or its next version fails: unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class TrustListOutcome:
+    verdict: TrustListVerdict
+    trust: DeviceTrust  # the next state (the same object unless ADMITTED)
+    message: str
+
+
 @dataclass(frozen=True, slots=True)
 class RevocationOutcome:
     verdict: RevocationVerdict
@@ -237,10 +262,14 @@ class InstalledImage(Protocol):
 class DeviceTrust:
     """The code-signing trust of one device: immutable; each admission returns the next."""
 
-    roots: tuple[x509.Certificate, ...]
+    roots: tuple[x509.Certificate, ...]  # the bundle's; see `code_signing_roots`
     configured_revoked: frozenset[int] = frozenset()
     revocation_signer: x509.Certificate | None = None
     revocations: RevocationList | None = None  # the newest signed list admitted
+    bundle_deployment_keys: tuple[ec.EllipticCurvePublicKey, ...] = ()  # see `deployment_keys`
+    trust_list_threshold: int = 1  # signatures of the bundle's roots the first trust list needs
+    trust_list: TrustList | None = None  # the newest trust list admitted
+    trust_list_payload: bytes = b""  # its signed payload (the same version must be the same list)
 
     @classmethod
     def of(cls, policy: TrustPolicy) -> DeviceTrust:
@@ -249,8 +278,72 @@ class DeviceTrust:
 
     @property
     def policy(self) -> TrustPolicy:
-        """O2: the roots, and every serial revoked by the bundle or by the held list."""
-        return TrustPolicy(self.roots, merged_serials(self.configured_revoked, self.revocations))
+        """O2: the roots that hold now, and every serial revoked by the bundle or by the
+        held list."""
+        return TrustPolicy(self.code_signing_roots, merged_serials(self.configured_revoked, self.revocations))
+
+    @property
+    def code_signing_roots(self) -> tuple[x509.Certificate, ...]:
+        """The held trust list's roots once one is admitted (a root it leaves out is
+        retired: nothing under it installs or boots from then on), else the bundle's."""
+        return self.roots if self.trust_list is None else self.trust_list.roots
+
+    @property
+    def deployment_keys(self) -> tuple[ec.EllipticCurvePublicKey, ...]:
+        """F1 F2: the keys whose deployment metadata is admitted now, by the same rule."""
+        return self.bundle_deployment_keys if self.trust_list is None else self.trust_list.deployment_keys
+
+    @property
+    def trust_list_version(self) -> int:
+        return 0 if self.trust_list is None else self.trust_list.version
+
+    # -- rotation (O2 F2) --
+
+    def admit_trust_chain(self, message: bytes) -> TrustListOutcome:
+        """A published trust list chain (core/trustlist.py), walked one version at a
+        time from the one held (version 0: the bundle) by TUF's root rotation rule: each
+        next version must be exactly one higher and signed by a threshold of the keys
+        trusted until then and by a threshold of its own keys. The versions admitted
+        before one that fails are kept (TUF persists each root it admits); the held
+        version again, with the same payload, is UNCHANGED. Never raises."""
+        try:
+            lists = decode_chain(message)
+        except DecodeError as exc:
+            return TrustListOutcome(TrustListVerdict.REFUSED, self, f"trust list refused: {exc.message}")
+        held = self.trust_list_version
+        pending = [signed for signed in lists if signed.trust.version > held]
+        if not pending:
+            newest = lists[-1]
+            if newest.trust.version == held and newest.payload == self.trust_list_payload:
+                return TrustListOutcome(TrustListVerdict.UNCHANGED, self,
+                                        f"trust list {held} is the one held")
+            pending = [newest]  # older, or another list of the held version: refused below
+        trust, refusal = self, ""
+        for signed in pending:
+            anchor = trust.trust_list.anchor if trust.trust_list is not None \
+                else anchor_of(trust.roots, trust.trust_list_threshold)
+            try:
+                admitted = admit_next(signed, anchor)
+            except VerificationFailed as exc:
+                refusal = f"trust list {signed.trust.version} refused ({exc.code}): {exc.message}"
+                break
+            trust = replace(trust, trust_list=admitted, trust_list_payload=signed.payload)
+        if trust is self:
+            return TrustListOutcome(TrustListVerdict.REFUSED, self, refusal)
+        current = trust.trust_list
+        assert current is not None
+        return TrustListOutcome(TrustListVerdict.ADMITTED, trust,
+                                f"trust list {current.version} accepted: {len(current.roots)} code-signing "
+                                f"root(s), {len(current.deployment_keys)} deployment key(s)"
+                                + (f"; {refusal}" if refusal else ""))
+
+    def with_held_trust_chain(self, message: bytes | None) -> TrustListOutcome:
+        """At start: the chain persisted by the runtime is walked again from the bundle
+        (a file changed or planted on the device is never trusted for being there)."""
+        start = replace(self, trust_list=None, trust_list_payload=b"")
+        if message is None:
+            return TrustListOutcome(TrustListVerdict.UNCHANGED, start, "no trust list is held")
+        return start.admit_trust_chain(message)
 
     @property
     def revocation_sequence(self) -> int | None:

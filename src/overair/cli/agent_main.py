@@ -21,7 +21,14 @@ from overair.agent.machine.state import Journal
 from overair.agent.platform.base import Platform, PlatformError
 from overair.agent.platform.select import build_platform
 from overair.agent.progress import block_total, missing_blocks
-from overair.agent.runtime import RevocationStore, Runtime, load_revocation_signer, load_trust
+from overair.agent.runtime import (
+    TRUST_LIST_FILE,
+    RevocationStore,
+    Runtime,
+    load_revocation_signer,
+    load_trust,
+)
+from overair.agent.trust import TrustListVerdict
 from overair.cli.common import print_error
 from overair.cli.logs import LogFormat, configure_logging
 from overair.core.errors import OverairError
@@ -108,6 +115,7 @@ def status_report(config_path: Path) -> dict[str, Any]:
         "last_result": None if journal.last_result is None else journal.last_result.to_json_obj(),
         "version_floor": None if journal.version_floor is None else str(journal.version_floor),
         "revocations": _revocation_report(config),
+        "trust_list": _trust_list_report(config),
     }
 
 
@@ -128,10 +136,27 @@ def _revocation_report(config: AgentConfig) -> dict[str, Any] | None:
             "revoked_serials": [format(serial, "x") for serial in sorted(held.serials)]}
 
 
+def _trust_list_report(config: AgentConfig) -> dict[str, Any]:
+    """The roots and deployment keys the device trusts, as its agent decides at boot
+    (the held trust list walked again from the bundle: agent/trust.py)."""
+    try:
+        trust = load_trust(config)
+        chain = RevocationStore(config.storage.data_dir, TRUST_LIST_FILE).read()
+    except (OverairError, OSError) as exc:
+        return {"version": None, "problem": str(exc)}
+    outcome = trust.with_held_trust_chain(chain)
+    held = outcome.trust
+    return {"version": held.trust_list_version,
+            "code_signing_roots": [c.subject.rfc4514_string() for c in held.code_signing_roots],
+            "deployment_keys": len(held.deployment_keys),
+            **({"problem": outcome.message} if outcome.verdict is TrustListVerdict.REFUSED else {})}
+
+
 @app.command()
 def status(config: ConfigOption,
            json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show slots, versions, the current job, the last result and the revocation list."""
+    """Show slots, versions, the current job, the last result, the revocation list and
+    the roots and deployment keys the device trusts (after key rotations)."""
     try:
         report = status_report(config)
     except OverairError as exc:
@@ -179,6 +204,15 @@ def status(config: ConfigOption,
     else:
         out.print(f"revocation list: sequence {revocations['sequence']} "
                   f"({len(revocations['revoked_serials'])} revoked)")
+    trusted = report["trust_list"]
+    if trusted["version"] is None:
+        out.print(f"trust list: [yellow]unreadable[/yellow] ({escape(str(trusted['problem']))})")
+    else:
+        where = "the bundle's" if trusted["version"] == 0 else f"trust list {trusted['version']}"
+        out.print(f"trusted ({where}): {escape(', '.join(trusted['code_signing_roots']))}; "
+                  f"{trusted['deployment_keys']} deployment key(s)"
+                  + (f" [yellow]held list refused: {escape(trusted['problem'])}[/yellow]"
+                     if "problem" in trusted else ""))
 
 
 @app.command("factory-reset")

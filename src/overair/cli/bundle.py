@@ -51,11 +51,12 @@ def create(
         files = [_download(s3, entry) for entry in answer["Files"]]
         document = json.loads(answer["Document"])
         revocations = answer.get("RevocationList") or None
+        trust_lists = answer.get("TrustLists") or None
         partial = out_file.with_name(f".{out_file.name}.partial")
         try:
             with partial.open("wb") as f:
                 write_bundle(f, answer["ThingName"], answer["JobId"], int(answer["ExecutionNumber"]),
-                             document, files, revocations)
+                             document, files, revocations, trust_lists)
                 f.flush()
                 os.fsync(f.fileno())
             partial.replace(out_file)

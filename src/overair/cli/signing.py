@@ -246,5 +246,8 @@ def _ensure_bucket(s3: Any, bucket: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from overair.cli import rotation
+
+    rotation.register(signing_app)  # trust-list, deployment-key: key rotation
     app.add_typer(signing_app, name="signing")
     app.command("sign")(sign)

@@ -8,12 +8,15 @@ reader then needs no decompressor whose output could balloon) holding, in this o
                      "execution_number": <int>, "document": <the job document as the
                      thing receives it, `overair.deployment` included>,
                      "files": [{"member": "file-0", "size": ..., "sha256": hex}],
-                     "revocations": <base64 of the server's signed revocation list> | ""}
+                     "revocations": <base64 of the server's signed revocation list> | "",
+                     "trust_lists": <base64 of the published trust list chain> | ""}  (optional)
     file-0 ...      the signed image(s), exactly the bytes the OTA update signed
 
 Nothing in a bundle is trusted for being there: the manifest only says where things
 are. The agent admits the document's deployment metadata, the image's signature and
-chain, the revocation list, the version and counter exactly as it admits an online job
+chain, the revocation list, the trust lists (key rotation: core/trustlist.py, so that a
+device without a network path takes a rotation too), the version and counter exactly as
+it admits an online job
 (agent/trust.py, through the same state machine: agent/bundle_install.py).
 
 The metadata of a bundle names the source `url_path` "bundle:<OTA update id>"
@@ -49,7 +52,8 @@ from overair.core.topics import is_job_id, is_thing_name
 
 FORMAT = "overair.bundle/v1"
 MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 256 * 1024  # a job document (32 KiB) and a revocation list (256 KiB, as base64 below)
+# A job document (32 KiB), a revocation list and a trust list chain (256 KiB each, as base64).
+MAX_MANIFEST_BYTES = 768 * 1024
 MAX_MEMBERS = 1 + MAX_FILES
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -68,6 +72,7 @@ class Bundle:
     document: dict[str, Any]
     files: tuple[BundleFile, ...]
     revocations: bytes | None  # the signed revocation list envelope, if the bundle carries one
+    trust_lists: bytes | None = None  # the published trust list chain, if the bundle carries one
 
 
 def member_name(index: int) -> str:
@@ -75,7 +80,7 @@ def member_name(index: int) -> str:
 
 
 def write_bundle(out: IO[bytes], thing: str, job_id: str, execution_number: int, document: dict[str, Any],
-                 files: Sequence[bytes], revocations: bytes | None) -> None:
+                 files: Sequence[bytes], revocations: bytes | None, trust_lists: bytes | None = None) -> None:
     """Write a bundle to `out` (a binary file open for writing)."""
     manifest = {
         "format": FORMAT, "thing": thing, "job_id": job_id, "execution_number": execution_number,
@@ -83,6 +88,7 @@ def write_bundle(out: IO[bytes], thing: str, job_id: str, execution_number: int,
         "files": [{"member": member_name(i), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                   for i, data in enumerate(files)],
         "revocations": "" if revocations is None else base64.b64encode(revocations).decode(),
+        "trust_lists": "" if trust_lists is None else base64.b64encode(trust_lists).decode(),
     }
     encoded = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -132,7 +138,7 @@ def _read(tar: tarfile.TarFile, limits: Limits) -> Bundle:
             raise _bad(f"{name} does not match the SHA-256 its manifest gives")
         files.append(BundleFile(name, data))
     return Bundle(manifest["thing"], manifest["job_id"], manifest["execution_number"], manifest["document"],
-                  tuple(files), manifest["revocations"])
+                  tuple(files), manifest["revocations"], manifest["trust_lists"])
 
 
 def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, max_bytes: int) -> bytes:
@@ -174,14 +180,18 @@ def _manifest(raw: bytes, limits: Limits) -> dict[str, Any]:
                 and isinstance(digest, str) and _HEX_SHA256.fullmatch(digest)):
             raise _bad(f"the manifest's file {index} needs member {member_name(index)!r}, a size, a sha256")
         described.append((member_name(index), size, bytes.fromhex(digest)))
-    if not isinstance(revocations, str):
-        raise _bad("the manifest's revocations must be base64 text")
-    try:
-        held = base64.b64decode(revocations, validate=True) if revocations else None
-    except (binascii.Error, ValueError):
-        raise _bad("the manifest's revocations are not base64") from None
     return {"thing": thing, "job_id": job_id, "execution_number": number, "document": document,
-            "files": described, "revocations": held}
+            "files": described, "revocations": _optional_b64(revocations, "revocations"),
+            "trust_lists": _optional_b64(obj.get("trust_lists", ""), "trust_lists")}
+
+
+def _optional_b64(value: object, name: str) -> bytes | None:
+    if not isinstance(value, str):
+        raise _bad(f"the manifest's {name} must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True) if value else None
+    except (binascii.Error, ValueError):
+        raise _bad(f"the manifest's {name} are not base64") from None
 
 
 def _bad(message: str) -> DecodeError:

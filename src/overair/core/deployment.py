@@ -30,7 +30,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
@@ -70,6 +70,9 @@ class Deployment:
     url_path: str
     expires: int
     sequence: int
+    # Key ids of the trusted keys whose signatures verified (set by `verify`, not signed):
+    # a job whose every signing key was retired since is refused (agent/trust.py).
+    signed_by: frozenset[str] = frozenset()
 
 
 _PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
@@ -115,12 +118,17 @@ def encode_payload(deployment: Deployment) -> bytes:
     }, separators=(",", ":"), sort_keys=True).encode()
 
 
-def sign(deployment: Deployment, key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    """The envelope (a JSON object) to put at the document's `overair.deployment`."""
+def sign(deployment: Deployment, key: ec.EllipticCurvePrivateKey,
+         *more_keys: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """The envelope (a JSON object) to put at the document's `overair.deployment`; signed
+    by each key given (during a rotation, by the current and the next deployment key, so
+    that agents on either side of it admit it)."""
     payload = encode_payload(deployment)
-    signature = key.sign(pae(PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
+    message = pae(PAYLOAD_TYPE, payload)
     return {"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
-            "signatures": [{"keyid": key_id(key.public_key()), "sig": base64.b64encode(signature).decode()}]}
+            "signatures": [{"keyid": key_id(k.public_key()),
+                            "sig": base64.b64encode(k.sign(message, ec.ECDSA(hashes.SHA256()))).decode()}
+                           for k in (key, *more_keys)]}
 
 
 def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
@@ -139,6 +147,7 @@ def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
     by_id = {key_id(k): k for k in trusted}
     message = pae(PAYLOAD_TYPE, payload)
     known = False
+    valid: set[str] = set()
     for entry in signatures:
         if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) \
                 or not _KEYID.fullmatch(entry["keyid"]):
@@ -152,7 +161,9 @@ def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
             key.verify(sig, message, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError):
             continue
-        return decode_payload(payload, limits)
+        valid.add(entry["keyid"])
+    if valid:
+        return replace(decode_payload(payload, limits), signed_by=frozenset(valid))
     if not known:
         raise VerificationFailed("deployment metadata is not signed by a deployment key this device trusts",
                                  code="UnknownDeploymentKey")

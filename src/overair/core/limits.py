@@ -65,8 +65,10 @@ class Limits:
     device_audit_interval_seconds: float = 60.0  # repeated device refusals: one row per interval
     device_audit_keys: int = 10_000  # (device, action, outcome) counters kept per interval
     # How long a device's stream or download access may be cached (N4); the job service
-    # also drops it at once when an execution ends: this is the backstop.
-    device_access_cache_seconds: float = 2.0
+    # also drops it at once when an execution ends: this is the backstop, for changes made
+    # by another server process. At 2 s, a fleet downloading for half a minute re-decided
+    # every device's access 15 times: a third of the server's time (bench/fleet.py).
+    device_access_cache_seconds: float = 10.0
     device_access_cache_entries: int = 100_000
     # CBOR from devices (core/wirecbor.py) and the Jobs API's stepTimeoutInMinutes (AWS: 1-10080).
     max_cbor_depth: int = 8
@@ -81,6 +83,7 @@ class Limits:
     agent_max_certificate_bytes: int = 16 * KIB  # one DER certificate
     agent_max_signature_bytes: int = 1 * KIB  # DER ECDSA or RSA-4096 PKCS#1
     max_revocation_list_bytes: int = 256 * KIB  # the signed envelope (core/revocation)
+    max_trust_chain_bytes: int = 256 * KIB  # the published trust lists, all versions (core/trustlist)
     # IAM policy documents (server/iam/policy.py, threat O1): AWS's largest kind (a bucket
     # policy, 20 KB) with room, and a depth no valid policy reaches (conditions: 5).
     max_policy_bytes: int = 64 * KIB

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from overair.core import codesign, revocation
+from overair.core import codesign, revocation, trustlist
 from overair.core.errors import MisuseError, UnavailableError
 from overair.server import pki
 from overair.server.api.contract import ApiError, Caller, OperationTable
@@ -77,7 +77,7 @@ from overair.server.jobs.templates import JobTemplates
 from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
 from overair.server.ota import bundle as bundle_api
-from overair.server.ota.deployment import DeploymentSigner, load_or_create_key
+from overair.server.ota.deployment import DeploymentKeys, DeploymentSigner
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
 from overair.server.packages import api as packages_api
@@ -92,8 +92,11 @@ from overair.server.shadow import api as shadow_api
 from overair.server.shadow.mqtt import ShadowMqtt
 from overair.server.shadow.service import ShadowService
 from overair.server.signing import api as signing_api
+from overair.server.signing import trustlist as trust_api
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
+from overair.server.signing.trustlist import CHAIN_FILE as TRUST_CHAIN_FILE
+from overair.server.signing.trustlist import RootExpiryCollector, TrustListStore
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
@@ -159,9 +162,10 @@ class Server:
         ota_api.register(self.table, self.ota, self.jobs.job_arn, self._schedule_ota)
         signing_api.register_acm(self.table, self.certificates, self.signing)
         signing_api.register_signer(self.table, self.signing, self.authorizer.gate_for)
-        signing_api.register_overair(self.table, self.certificates)
+        self._register_overair_signing()
         bundle_api.register(self.table, bundle_api.BundleMaker(
-            self.ota, self.jobs, self.streams, lambda: self.deployment_signer, self.revocation_envelope))
+            self.ota, self.jobs, self.streams, lambda: self.deployment_signer, self.revocation_envelope,
+            self.trust_lists.chain))
         iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
         iam_api.register_sts(self.table, self.identity, self.roles, self.arns)
         # The broker (gateway/): the Mosquitto overair runs and its supervisor, or none
@@ -206,6 +210,14 @@ class Server:
             log.error("download URLs name %s, which the endpoint's certificate (%s) does not: devices will "
                       "refuse it; add it with `overair init --hostname` or set download_public_url",
                       host, self.settings.paths.broker_cert)
+
+    def _register_overair_signing(self) -> None:
+        """overair's revocation and key rotation operations. The published trust lists'
+        roots are the server's once one is published (`_code_signing_roots`)."""
+        signing_api.register_overair(self.table, self.certificates)
+        self.trust_lists = TrustListStore(self.settings.paths.pki / TRUST_CHAIN_FILE, self._configured_roots,
+                                          lambda: self.deployment_signer.public_key, self.settings.limits)
+        trust_api.register(self.table, self.trust_lists, self._publish_trust_lists)
 
     def _register_fleet(self, settings: Settings, clock: Clock) -> None:
         """Jobs, job steering and templates, the Software Package Catalog and the Device Shadow
@@ -258,8 +270,13 @@ class Server:
         needs = actions.needs(service, operation, params, self.arns, caller, headers)
         self.authorizer.check(caller, service, needs.checks)
 
-    def _code_signing_roots(self) -> list[x509.Certificate]:
+    def _configured_roots(self) -> list[x509.Certificate]:
         return codesign.load_pem_certificates(self.settings.paths.code_signing_root.read_bytes())
+
+    def _code_signing_roots(self) -> list[x509.Certificate]:
+        """The newest published trust list's roots (a retired root signs nothing more),
+        else the data directory's."""
+        return self.trust_lists.roots() or self._configured_roots()
 
     def _url_signing_key(self) -> bytes:
         path = self.settings.paths.url_signing_key
@@ -296,6 +313,24 @@ class Server:
         except Exception:
             log.exception("could not publish the code-signing revocation list")
 
+    def _publish_trust_lists(self) -> None:
+        chain = self.trust_lists.chain()
+        if self.connection is not None and chain is not None:
+            self.connection.publish_retained_threadsafe(trustlist.TRUST_TOPIC, chain)
+
+    def _republish_retained(self) -> None:
+        """On the event loop, whenever the service connects to the broker: the signed
+        revocation list and the trust list chain."""
+        self._republish_revocations()
+        if self.connection is None:
+            return
+        try:
+            chain = self.trust_lists.chain()
+            if chain is not None:
+                self.connection.publish_retained(trustlist.TRUST_TOPIC, chain)
+        except Exception:
+            log.exception("could not publish the trust list chain")
+
     def _publish_threadsafe(self, messages: list[tuple[str, bytes]]) -> None:
         if self.connection is not None:
             self.connection.publish_threadsafe([Outgoing(topic, payload) for topic, payload in messages])
@@ -312,9 +347,10 @@ class Server:
     def _connect_job_hooks(self) -> None:
         # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
         self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
+        self.jobs.prepare_render = self.ota.profiles.prefetch
         paths = self.settings.paths
-        self.deployment_signer = DeploymentSigner(
-            load_or_create_key(paths.deployment_key, paths.deployment_keys, self.sealer), self.clock)
+        keys = DeploymentKeys(paths.deployment_key, paths.deployment_keys, self.sealer)
+        self.deployment_signer = DeploymentSigner(keys()[0], self.clock, keys=keys)
         self.ota.profiles.sign_deployment = self.deployment_signer.sign_delivery
         self.jobs.on_pending_changed = self._notify_pending_threadsafe
         # A thing joining a CONTINUOUS job's group is checked as CreateOTAUpdate checks targets.
@@ -581,7 +617,8 @@ class Server:
         if settings.metrics_port:
             collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
             servers.append(uvicorn.Server(uvicorn.Config(
-                metrics_app(collector), host=settings.http_host, port=settings.metrics_port,
+                metrics_app(collector, RootExpiryCollector(self._code_signing_roots, self.clock)),
+                host=settings.http_host, port=settings.metrics_port,
                 log_level="warning", lifespan="off", proxy_headers=False)))
         return servers
 
@@ -647,7 +684,7 @@ class Server:
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             # Retained messages do not survive a broker restart: publish the list anew
             # each time the service (re)connects.
-            connection.on_connected = self._republish_revocations
+            connection.on_connected = self._republish_retained
             await connection.start()
             servers.extend(self._http_servers())
             serving = [asyncio.create_task(server.serve()) for server in servers]

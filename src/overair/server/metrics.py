@@ -173,8 +173,8 @@ def render(collectors: Iterable[Collector]) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(registry)
 
 
-def metrics_app(collector: Collector) -> Starlette:
+def metrics_app(*collectors: Collector) -> Starlette:
     def endpoint(_request: Request) -> Response:
-        return Response(render([collector]), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(collectors), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/metrics", endpoint)])

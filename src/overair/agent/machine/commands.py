@@ -134,6 +134,15 @@ class ApplyRevocations:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyTrustList:
+    """Walk a published trust list chain (core/trustlist.py) from the held version and,
+    if it admits a newer one, persist it and trust its roots and deployment keys from
+    then on. Produces no event: the runtime holds the trust (agent/trust.py)."""
+
+    chain: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     level: str  # "debug" | "info" | "warning" | "error"
     message: str
@@ -141,4 +150,4 @@ class Log:
 
 Command = (Subscribe | Unsubscribe | Publish | CreateStaging | ResumeStaging | SaveProgress | WriteBlock
            | HttpGetRange | AbortStaging | VerifyImage | ActivateAndReboot | RunSelfTest | CommitImage
-           | RollbackAndReboot | ReportProgress | ApplyRevocations | Log)
+           | RollbackAndReboot | ReportProgress | ApplyRevocations | ApplyTrustList | Log)

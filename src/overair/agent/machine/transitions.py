@@ -47,7 +47,9 @@ quirks are the contract:
   the agent re-sends the result it recorded (N3).
 - On connect the agent also subscribes to the retained code-signing revocation list
   (before asking for a job, so that the list arrives first); in any phase a list is
-  handed to the runtime (`ApplyRevocations`), which verifies and keeps it (O2).
+  handed to the runtime (`ApplyRevocations`), which verifies and keeps it (O2). So is
+  the retained trust list chain that rotates code-signing roots and deployment keys
+  (`ApplyTrustList`, core/trustlist.py).
 - Everything a message carries is hostile until parsed (issue 12): job messages with
   core.wirejson, documents with core.jobdoc, blocks bounded before they are decoded.
   `handle()` raises for no message; should handling any event still raise (a defect),
@@ -70,6 +72,7 @@ from overair.agent.machine.commands import (
     AbortStaging,
     ActivateAndReboot,
     ApplyRevocations,
+    ApplyTrustList,
     Command,
     CommitImage,
     CreateStaging,
@@ -132,6 +135,7 @@ from overair.core.topics import (
     stream_get_topic,
     stream_rejected_topic,
 )
+from overair.core.trustlist import TRUST_TOPIC
 from overair.core.versions import Version
 
 # A request's bitmap covers at most this many blocks from its offset (128 bytes, the
@@ -201,6 +205,13 @@ class RevocationMessage:
     envelope: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class TrustListMessage:
+    """The (retained) trust list chain; unverified until the runtime's trust walks it."""
+
+    chain: bytes
+
+
 # --- entry point --------------------------------------------------------------------------
 
 def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
@@ -220,7 +231,7 @@ def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command
     return new_state, tuple(commands)
 
 
-Classified = JobMessage | BlockMessage | RevocationMessage | StreamRejection
+Classified = JobMessage | BlockMessage | RevocationMessage | TrustListMessage | StreamRejection
 
 
 def _classify(state: State, event: MessageReceived) -> Classified | None:
@@ -229,6 +240,8 @@ def _classify(state: State, event: MessageReceived) -> Classified | None:
         return _parse_job_message(event.payload)
     if event.topic == REVOCATIONS_TOPIC:
         return RevocationMessage(event.payload)
+    if event.topic == TRUST_TOPIC:
+        return TrustListMessage(event.payload)
     dl = state.download
     if dl is not None and dl.protocol is DataProtocol.MQTT and event.topic == _data_topic(state, dl.file):
         return BlockMessage(event.payload)
@@ -465,7 +478,9 @@ def on_connected(state: State, _event: Connected, now: float) -> Step:
     # The broker sends the retained revocation list while handling the SUBSCRIBE, so it
     # is queued before any reply to the `$next/get` below: a job offered at this connect
     # is verified against the newest list (O2).
-    commands: list[Command] = [Subscribe(notify_next_topic(thing), 1), Subscribe(REVOCATIONS_TOPIC, 1)]
+    # The trust list chain likewise: a job at this connect is checked with rotated keys.
+    commands: list[Command] = [Subscribe(notify_next_topic(thing), 1), Subscribe(REVOCATIONS_TOPIC, 1),
+                               Subscribe(TRUST_TOPIC, 1)]
     dl = state.download
     mqtt = dl is not None and dl.protocol is DataProtocol.MQTT
     if dl is not None and mqtt:
@@ -897,7 +912,7 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,
                                 check=check, detail=event.message)
         return state, [AbortStaging(), *commands]
-    refusal = trust.admit_deployed_image(dl.deployment, event, now) \
+    refusal = trust.admit_deployed_image(dl.deployment, event, now, state.settings.deployment_keys) \
         or trust.admit_version(event.version, event.security_counter, running=state.running,
                                   floor=state.journal.version_floor, device_counter=state.security_counter)
     if refusal is not None:
@@ -1009,6 +1024,13 @@ def on_revocations(state: State, message: RevocationMessage, _now: float) -> Ste
         # and the held list stays (a revocation is final).
         return state, [Log("info", "the revocation list was cleared on the broker: keeping the held one")]
     return state, [ApplyRevocations(message.envelope)]
+
+
+def on_trust_list(state: State, message: TrustListMessage, _now: float) -> Step:
+    if not message.chain:
+        # A cleared retained message names no list: the held one stays (it never goes back).
+        return state, [Log("info", "the trust list was cleared on the broker: keeping the held one")]
+    return state, [ApplyTrustList(message.chain)]
 
 
 def on_tick(state: State, _event: Tick, now: float) -> Step:
@@ -1155,6 +1177,7 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (None, Disconnected): on_disconnected,
     (None, Tick): on_tick,
     (None, RevocationMessage): on_revocations,  # any phase: it only tightens what is trusted
+    (None, TrustListMessage): on_trust_list,  # any phase: a retired key stops working at once
     (None, HandlingFailed): on_handling_failed,  # any phase: a defect fails its job, never the agent
     (Phase.IDLE, JobMessage): on_job_idle,
     (Phase.DOWNLOADING, JobMessage): on_job_downloading,

@@ -2,9 +2,10 @@
 
 The HTTPS endpoint asks per Range request (the object version a URL names), the device
 service per GetStream request (the stream). Both need the rollout the request belongs
-to, for its own limits: the running jobs delivering that object or stream, the first
-one whose config carries `overair:downloadPolicy` (CreateOTAUpdate's additionalParameters).
-That lookup reads the database, so it is cached for `LOOKUP_SECONDS`; the MQTT driver's
+to, for its own limits: the first running job delivering that object or stream whose
+config carries `overair:downloadPolicy` (CreateOTAUpdate's additionalParameters). That
+lookup reads the running jobs, so it is cached per object or stream for
+`LOOKUP_SECONDS` (one read per stream and interval, not per device); the MQTT driver's
 fast path, which must never wait on the database, asks with `cached_only` and takes the
 normal path when the answer is not cached yet.
 """
@@ -16,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from overair.core.jobstates import JobStatus
 from overair.server.clock import Clock
 from overair.server.delivery.policy import (
     JOB_CONFIG_KEY,
@@ -24,7 +26,8 @@ from overair.server.delivery.policy import (
     DownloadPolicy,
     parse_job_config,
 )
-from overair.server.jobs.service import JobService
+from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
+from overair.server.storage.schema import Job
 
 LOOKUP_SECONDS = 2.0
 MAX_LOOKUPS = 10_000
@@ -45,16 +48,24 @@ class DownloadGate:
     def for_object(self, thing: str, bucket: str, key: str, version: str, nbytes: int, *,
                    final: bool = False) -> Decision:
         """`final`: the request reaches the end of the file (the device's slot frees)."""
-        rollout = self._rollout(("object", bucket, key, version),
-                                lambda: self._jobs.jobs_delivering_object(bucket, key, version), False)
+        wanted = {"bucket": bucket, "key": key, "version": version}
+
+        def delivers(job: Job) -> bool:
+            return any({k: f.get(k) for k in wanted} == wanted
+                       for name in (HTTP_FILES, PRESIGNED_OBJECTS) for f in job.config.get(name, []))
+
+        rollout = self._rollout(("object", bucket, key, version), delivers, False)
         assert rollout is not None
         return self._admit(thing, nbytes, rollout, final)
 
     def for_stream(self, thing: str, stream_id: str, nbytes: int, *, final: bool = False,
                    cached_only: bool = False) -> Decision | None:
         """None only with `cached_only`, when the stream's rollout is not cached."""
-        rollout = self._rollout(("stream", stream_id), lambda: self._jobs.jobs_referencing_stream(stream_id),
-                                cached_only)
+        def delivers(job: Job) -> bool:
+            ota = job.document.get("afr_ota")
+            return isinstance(ota, dict) and ota.get("streamname") == stream_id
+
+        rollout = self._rollout(("stream", stream_id), delivers, cached_only)
         return None if rollout is None else self._admit(thing, nbytes, rollout, final)
 
     def _admit(self, thing: str, nbytes: int, rollout: Rollout, final: bool) -> Decision:
@@ -62,7 +73,7 @@ class DownloadGate:
         return self.policy.admit(thing, nbytes, self._clock(), rollout=job_id, rollout_limits=limits,
                                  final=final)
 
-    def _rollout(self, key: tuple[str, ...], job_ids: Callable[[], list[str]],
+    def _rollout(self, key: tuple[str, ...], delivers: Callable[[Job], bool],
                  cached_only: bool) -> Rollout | None:
         now = time.monotonic()
         with self._lock:
@@ -72,10 +83,10 @@ class DownloadGate:
         if cached_only:
             return None
         found: Rollout = (None, None)
-        for job_id in job_ids():
-            limits = parse_job_config(self._jobs.describe_job(job_id)[0].config.get(JOB_CONFIG_KEY))
-            if limits is not None and not limits.unlimited:
-                found = (job_id, limits)
+        for job in self._jobs.list_jobs(JobStatus.IN_PROGRESS.value):
+            limits = parse_job_config(job.config.get(JOB_CONFIG_KEY))
+            if limits is not None and not limits.unlimited and delivers(job):
+                found = (job.job_id, limits)
                 break
         with self._lock:
             self._lookups[key] = (now + LOOKUP_SECONDS, found)

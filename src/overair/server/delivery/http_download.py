@@ -190,7 +190,7 @@ class HttpDelivery:
         cached = self._access.get(grant.thing, item, self._clock())
         if cached is not None:
             return cached
-        generation = self._access.generation()
+        generation = self._access.generation(grant.thing)
         jobs = self._jobs.jobs_delivering_object(grant.bucket, grant.key, grant.version)
         allowed = self._jobs.live_execution_references(grant.thing, jobs)
         self._access.put(grant.thing, item, allowed, self._clock(), generation)

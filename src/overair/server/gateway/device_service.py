@@ -264,6 +264,8 @@ class DeviceService:
     def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
         thing = parsed.thing_name
         update = wire.parse_update(request, self._limits)
+        if self._jobs.report_progress(thing, parsed.job_id or "", update):
+            return [self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
         outcome = self._jobs.update_execution(thing, parsed.job_id or "", update)
         if update.status.terminal:
             # Once per execution: an execution ends once, whatever a device sends.
@@ -291,6 +293,17 @@ class DeviceService:
                          wire.encode(wire.notify_next(execution, self._now()))),
                 *self.notify_pending(thing)]
 
+    def notify_next_many(self, things: list[str]) -> list[Outgoing]:
+        """`notify_next` for many things from one database read (a job's creation)."""
+        now = self._now()
+        out: list[Outgoing] = []
+        for thing, found in self._jobs.next_and_pending(things).items():
+            out.append(Outgoing(topics.notify_next_topic(thing),
+                                wire.encode(wire.notify_next(found.next, now))))
+            out.append(Outgoing(topics.notify_topic(thing),
+                                wire.encode(wire.notify_pending(found.in_progress, found.queued, now))))
+        return out
+
     def notify_pending(self, thing: str) -> list[Outgoing]:
         """`notify` for a thing whose list of pending executions changed. FreeRTOS agents
         do not subscribe to it, so it never disturbs a download."""
@@ -311,9 +324,8 @@ class DeviceService:
         cached = self._access.get(thing, stream_id, self._clock())
         if cached is not None:
             return cached
-        generation = self._access.generation()
-        allowed = self._jobs.live_execution_references(
-            thing, self._jobs.jobs_referencing_stream(stream_id))
+        generation = self._access.generation(thing)
+        allowed = self._jobs.may_read_stream(thing, stream_id)
         self._access.put(thing, stream_id, allowed, self._clock(), generation)
         return allowed
 

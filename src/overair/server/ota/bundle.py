@@ -65,12 +65,14 @@ def bundle_document(job: Job, stream_id: str) -> dict[str, Any]:
 
 class BundleMaker:
     def __init__(self, ota: OtaManager, jobs: JobService, streams: StreamService,
-                 signer: Callable[[], DeploymentSigner], revocations: Callable[[], bytes]) -> None:
+                 signer: Callable[[], DeploymentSigner], revocations: Callable[[], bytes],
+                 trust_lists: Callable[[], bytes | None] = lambda: None) -> None:
         self._ota = ota
         self._jobs = jobs
         self._streams = streams
         self._signer = signer
         self._revocations = revocations
+        self._trust_lists = trust_lists  # the published chain (key rotation), for offline devices too
 
     def make(self, ota_update_id: str, thing: str, valid_hours: int) -> dict[str, Any]:
         if not 1 <= valid_hours <= MAX_VALID_HOURS:
@@ -95,9 +97,11 @@ class BundleMaker:
         files = [{"FileName": str(f["filepath"]), "Size": int(f["filesize"]), "Sha256": d["sha256"], **loc}
                  for f, d, loc in zip(original["files"], job.config[DEPLOYMENT_FILES],
                                       self._locations(job, original), strict=True)]
+        chain = self._trust_lists()
         return {"ThingName": thing, "JobId": job.job_id, "ExecutionNumber": execution.execution_number,
                 "Document": json.dumps(document, separators=(",", ":"), sort_keys=True),
-                "Files": files, "RevocationList": base64.b64encode(self._revocations()).decode()}
+                "Files": files, "RevocationList": base64.b64encode(self._revocations()).decode(),
+                **({"TrustLists": base64.b64encode(chain).decode()} if chain is not None else {})}
 
     def _locations(self, job: Job, ota: dict[str, Any]) -> list[dict[str, str]]:
         """Where each file of the document is stored (the version the job delivers)."""

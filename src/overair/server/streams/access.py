@@ -13,10 +13,12 @@ execution that justified it. Two mechanisms bound it:
   made where no hook runs (another server process sharing the database). An entry
   stamped in the future (the clock went back) counts as expired.
 
-A lookup that started before an invalidation must not store its (possibly stale) answer
-after it: `generation()` is taken before the lookup and `put` drops the answer if any
-invalidation happened in between. Size is bounded: past `max_entries`, everything is
-dropped and decided again.
+A lookup that started before an invalidation of its thing must not store its (possibly
+stale) answer after it: `generation(thing)` is taken before the lookup and `put` drops
+the answer if that thing was invalidated in between (or everything was). Per thing, not
+global: with a fleet reporting, some execution ends every few milliseconds, and a
+global counter made nearly every lookup's answer unstorable (bench/fleet.py). Size is
+bounded: past `max_entries`, everything is dropped and decided again.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class AccessCache:
         # thing -> item -> (allowed, when it was decided)
         self._entries: dict[str, dict[Hashable, tuple[bool, float]]] = {}
         self._count = 0
-        self._generation = 0
+        self._epoch = 0  # bumped when everything is dropped
+        self._invalidated: dict[str, int] = {}  # thing -> times its entries were dropped
 
     def get(self, thing: str, item: Hashable, now: float) -> bool | None:
         """The cached decision, or None if there is none still valid."""
@@ -44,17 +47,17 @@ class AccessCache:
         allowed, stamped = entry
         return allowed if stamped <= now < stamped + self._ttl else None
 
-    def generation(self) -> int:
+    def generation(self, thing: str) -> tuple[int, int]:
         with self._lock:
-            return self._generation
+            return self._epoch, self._invalidated.get(thing, 0)
 
-    def put(self, thing: str, item: Hashable, allowed: bool, now: float, generation: int) -> None:
+    def put(self, thing: str, item: Hashable, allowed: bool, now: float, generation: tuple[int, int]) -> None:
         with self._lock:
-            if generation != self._generation:
-                return  # something changed while the decision was being made
+            if generation != (self._epoch, self._invalidated.get(thing, 0)):
+                return  # the thing's executions changed while the decision was being made
             if self._count >= self._max:
-                self._entries.clear()
-                self._count = 0
+                self._drop_all()
+                # This answer was decided before the drop, but nothing invalidated its thing.
             items = self._entries.setdefault(thing, {})
             if item not in items:
                 self._count += 1
@@ -62,12 +65,20 @@ class AccessCache:
 
     def forget_things(self, things: Iterable[str]) -> None:
         with self._lock:
-            self._generation += 1
             for thing in things:
+                self._invalidated[thing] = self._invalidated.get(thing, 0) + 1
                 self._count -= len(self._entries.pop(thing, {}))
+            if len(self._invalidated) > self._max:
+                self._drop_all()  # the counters are bounded too
 
     def clear(self) -> None:
         with self._lock:
-            self._generation += 1
-            self._entries.clear()
-            self._count = 0
+            self._drop_all()
+
+    def _drop_all(self) -> None:
+        # A new epoch: every generation handed out before is stale, so the per-thing
+        # counters can start again.
+        self._epoch += 1
+        self._invalidated.clear()
+        self._entries.clear()
+        self._count = 0

@@ -1,0 +1,409 @@
+"""A whole signed OTA rollout to N FreeRTOS-shaped devices, end to end, against raw
+Mosquitto forwarding of the same bytes measured in the same run.
+
+    .venv/bin/python -m bench.fleet [--devices 1000] [--size-mib 1] [--device-processes 4]
+    .venv/bin/python -m bench.fleet --devices 10000          # minutes; not in CI
+
+The rollout is the product path: a real server (`tests.server_harness`: API, device
+service, its own Mosquitto with mutual TLS, SQLite or `--database-url`), N things each
+with its own certificate in one thing group, one image uploaded and signed through
+CreateOTAUpdate (`overair-dev` profile, MQTT, SNAPSHOT). The devices
+(`bench/fleet_devices.py`, in `--device-processes` child processes) do on the wire what
+the FreeRTOS OTA library does: notify-next, `$next/get`, progress updates, CBOR blocks
+of 4 KiB 8 per request, SHA-256 check, self_test ready, a reconnect as the reboot,
+self_test active, SUCCEEDED. Nothing is skipped on the service's side.
+
+It prints, from the CreateOTAUpdate call (t0): every device notified, every image
+downloaded, every SUCCEEDED published by the devices, and every execution SUCCEEDED as
+the API reports it (DescribeJob through boto3, polled every 0.5 s: the figure is at most
+0.5 s late); CPU and peak RSS of the server (this process: it also runs the benchmark's
+own boto3 polling, so its figures are an upper bound), its Mosquitto and the devices;
+failures, restarts and status updates; where the server's device-service time went.
+
+The limit: a Mosquitto of our own (same version, TLS 1.2, client certificates), one
+subscriber per device in the same child processes with the same TLS code, and one
+publisher sending every block of every device (the same CBOR messages on the same
+topics) as fast as TCP takes them. The ratio compares image bytes per second delivered
+during the rollout's download phase (first block request -> last image complete) with
+that. What the limit leaves out: the request/answer round trips a real download needs,
+and all the Jobs traffic, which is exactly what the rollout adds on top of forwarding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import socket
+import ssl
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from tests.server_harness import RunningServer, running_server
+
+from bench import fleet_devices, lean_devices
+from bench.stream_throughput import (
+    Profile,
+    RawBroker,
+    ServiceTimer,
+    _proc_cpu,
+    _self_cpu,
+    print_profile,
+    start_py_spy,
+    stop_py_spy,
+)
+from overair.cli.provisioning import create_keys_and_certificate_for
+from overair.core import streamcodec, topics
+from overair.core.versions import Version
+from overair.server.bootstrap import DEV_PROFILE
+from overair.sim.firmware import make_firmware
+
+BUCKET = "firmware"  # the bucket the default OTA service role may read (least privilege)
+GROUP = "bench-fleet"
+OTA_ID = "bench-fleet"
+MIB = 1024 * 1024
+OLD_VERSION = Version(1, 0, 0)
+NEW_VERSION = Version(1, 1, 0)
+
+
+def _vm(pid: int | str, field_name: str) -> int:
+    """VmRSS / VmHWM of a process in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Provisioned:
+    specs: list[fleet_devices.DeviceSpec]
+    seconds: float
+
+
+def provision(srv: RunningServer, root: Path, devices: int, workers: int = 8) -> Provisioned:
+    """N things as an operator registers FreeRTOS devices with plain AWS calls: CreateThing,
+    CreateKeysAndCertificate (CN = thing), AttachThingPrincipal, AddThingToThingGroup; one
+    boto3 client per worker thread."""
+    names = [f"fleet-{i:05d}" for i in range(devices)]
+    clients = [srv.client("iot") for _ in range(workers)]
+    root.mkdir(parents=True, exist_ok=True)
+
+    def one(client: Any, chunk: list[str]) -> list[fleet_devices.DeviceSpec]:
+        specs = []
+        for name in chunk:
+            client.create_thing(thingName=name)
+            cert = create_keys_and_certificate_for(client, name)
+            client.attach_thing_principal(thingName=name, principal=cert["certificateArn"])
+            client.add_thing_to_thing_group(thingGroupName=GROUP, thingName=name)
+            crt, key = root / f"{name}.crt", root / f"{name}.key"
+            crt.write_text(cert["certificatePem"])
+            key.write_text(cert["keyPair"]["PrivateKey"])
+            specs.append(fleet_devices.DeviceSpec(name, crt, key))
+        return specs
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        chunks = list(pool.map(one, clients, [names[i::workers] for i in range(workers)]))
+    by_name = {spec.thing: spec for chunk in chunks for spec in chunk}
+    return Provisioned([by_name[name] for name in names], time.perf_counter() - started)
+
+
+@dataclass
+class RolloutResult:
+    devices: int
+    file_size: int
+    provisioning_s: float
+    results: list[fleet_devices.FleetDeviceResult]
+    t0: float
+    all_succeeded_api_s: float | None  # t0 -> DescribeJob says every execution SUCCEEDED
+    statuses: dict[str, int]
+    cpu_server_s: float
+    cpu_broker_s: float
+    cpu_devices_s: float
+    rss_server_connected: int  # VmRSS of the server process with every device connected, before t0
+    hwm_server: int
+    hwm_broker: int
+    hwm_devices: int  # the sum over device processes
+    stream_id: str
+    elapsed_s: float  # t0 -> the end of the polling (all SUCCEEDED, all ended, or the timeout)
+    service_calls: dict[str, list[float]] = field(default_factory=dict)
+    profile: Profile | None = None
+
+
+class DeviceProcesses:
+    """The devices, spread over child processes (spawned: no inherited server threads)."""
+
+    def __init__(self, specs: list[fleet_devices.DeviceSpec], processes: int, ca: Path, port: int,
+                 image_sha256: str, connect_rate: float, timeout: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.procs: list[BaseProcess] = []
+        for i in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=fleet_devices.device_process, daemon=True, args=(
+                specs[i::processes], ca, "127.0.0.1", port, image_sha256, OLD_VERSION.to_u32(),
+                connect_rate / processes, timeout, child))
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def wait_ready(self, timeout: float) -> None:
+        for pipe in self.pipes:
+            if not pipe.poll(timeout) or pipe.recv() != "ready":
+                raise RuntimeError("the devices did not connect")
+
+    def cpu(self) -> float:
+        return sum(_proc_cpu(p.pid) for p in self.procs if p.pid is not None)
+
+    def results(self, timeout: float) -> tuple[list[fleet_devices.FleetDeviceResult], int]:
+        """Every device's result, and the sum of the processes' peak RSS."""
+        out: list[fleet_devices.FleetDeviceResult] = []
+        peak = 0
+        for pipe in self.pipes:
+            if not pipe.poll(timeout):
+                raise RuntimeError("the devices did not finish")
+            results, rss = pipe.recv()
+            out.extend(results)
+            peak += rss
+        for proc in self.procs:
+            proc.join(10)
+        return out, peak
+
+
+def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
+                  timeout: float, database_url: str, py_spy: str | None) -> RolloutResult:
+    with running_server(root / "server", database_url=database_url) as srv:
+        iot, s3 = srv.client("iot"), srv.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        group = iot.create_thing_group(thingGroupName=GROUP)
+        provisioned = provision(srv, root / "devices", devices)
+        print(f"provisioned {devices} things (4 API calls each, 8 threads) in {provisioned.seconds:.1f} s",
+              flush=True)
+        image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
+        version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
+        fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
+                                srv.settings.mqtt_port, hashlib.sha256(image).hexdigest(), connect_rate,
+                                timeout)
+        connecting = time.perf_counter()
+        fleet.wait_ready(timeout)
+        print(f"{devices} devices connected and subscribed in {time.perf_counter() - connecting:.1f} s",
+              flush=True)
+        time.sleep(1.0)  # the answers to their first $next/get land before t0
+        broker = srv.server.broker
+        broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
+        rss_connected = _vm("self", "VmRSS")
+        timer = ServiceTimer(srv.server.devices)
+        timer.arm()
+        profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
+        cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
+        t0 = time.perf_counter()
+        iot.create_ota_update(
+            otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            targetSelection="SNAPSHOT",
+            roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
+            files=[{"fileName": "/firmware/app.bin", "fileVersion": str(NEW_VERSION),
+                    "fileLocation": {"s3Location": {"bucket": BUCKET, "key": "app/firmware.bin",
+                                                    "version": version}},
+                    "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}}}])
+        statuses: dict[str, int] = {}
+        all_succeeded: float | None = None
+        deadline = t0 + timeout
+        job_id = f"AFR_OTA-{OTA_ID}"
+        while time.perf_counter() < deadline:
+            time.sleep(0.5)
+            try:
+                details = iot.describe_job(jobId=job_id)["job"].get("jobProcessDetails", {})
+            except iot.exceptions.ResourceNotFoundException:
+                ota = srv.server.ota.get(OTA_ID)
+                if ota.status == "CREATE_FAILED":
+                    raise RuntimeError(f"CreateOTAUpdate failed: {ota.error_info}") from None
+                continue
+            statuses = {key.removeprefix("numberOf").removesuffix("Things"): value
+                        for key, value in details.items() if key.startswith("numberOf")}
+            if statuses.get("Succeeded", 0) >= devices:
+                all_succeeded = time.perf_counter() - t0
+                break
+            if sum(v for k, v in statuses.items() if k not in ("Queued", "InProgress", "Succeeded")) \
+                    + statuses.get("Succeeded", 0) >= devices:
+                break  # every execution ended, not all of them well
+        elapsed = time.perf_counter() - t0
+        cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
+        cpu_devices = fleet.cpu() - devices0
+        hwm_broker = _vm(broker_pid, "VmHWM") if broker_pid else 0
+        profile = stop_py_spy(profiler) if profiler else None
+        results, hwm_devices = fleet.results(timeout)
+        stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
+    return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
+                         cpu_server, cpu_broker, cpu_devices, rss_connected, _vm("self", "VmHWM"), hwm_broker,
+                         hwm_devices, stream_id, elapsed, timer.calls, profile)
+
+
+# --- the limit -----------------------------------------------------------------------------
+
+@dataclass
+class RawRun:
+    seconds: float
+    complete: bool
+    image_bytes: int
+    cpu_broker_s: float
+
+
+def raw_phase(root: Path, things: list[str], stream_id: str, image: bytes, processes: int,
+              timeout: float) -> RawRun:
+    broker = RawBroker(root / "raw-broker")
+    sub_cert, pub_cert = broker.client_cert("raw-subscriber"), broker.client_cert("raw-publisher")
+    broker.start()
+    try:
+        block = fleet_devices.BLOCK_SIZE
+        messages = [streamcodec.encode_data_block(streamcodec.DataBlock(0, i, image[off:off + block]))
+                    for i, off in enumerate(range(0, len(image), block))]
+        data_topics = [topics.stream_data_topic(thing, stream_id, "cbor") for thing in things]
+        context = multiprocessing.get_context("spawn")
+        pipes, procs = [], []
+        for i in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=fleet_devices.raw_receiver_process, daemon=True, args=(
+                data_topics[i::processes], broker.ca, sub_cert[0], sub_cert[1], "127.0.0.1", broker.port,
+                len(messages), timeout, child))
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        for pipe in pipes:
+            if not pipe.poll(timeout) or pipe.recv() != "ready":
+                raise RuntimeError("the raw subscribers did not connect")
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(broker.ca))
+        tls.load_cert_chain(str(pub_cert[0]), str(pub_cert[1]))
+        raw_socket = socket.create_connection(("127.0.0.1", broker.port))
+        raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        publisher = tls.wrap_socket(raw_socket, server_hostname="127.0.0.1")
+        publisher.sendall(lean_devices.mqtt_connect("raw-publisher"))
+        if publisher.recv(4)[:1] != b"\x20":
+            raise RuntimeError("the raw broker refused the publisher")
+        pid = broker.process.pid if broker.process is not None else None
+        broker0 = _proc_cpu(pid)
+        started = time.perf_counter()
+        # As the service answers: 8 blocks for one device, then the next device.
+        for start in range(0, len(messages), fleet_devices.BLOCKS_PER_REQUEST):
+            batch = messages[start:start + fleet_devices.BLOCKS_PER_REQUEST]
+            for topic in data_topics:
+                publisher.sendall(b"".join(lean_devices.mqtt_publish_qos0(topic, m) for m in batch))
+        results: list[fleet_devices.RawReceiverResult] = [pipe.recv() for pipe in pipes
+                                                           if pipe.poll(timeout)]
+        cpu_broker = _proc_cpu(pid) - broker0
+        publisher.close()
+        for proc in procs:
+            proc.join(10)
+    finally:
+        broker.stop()
+    complete = len(results) == processes and all(n >= len(messages) for r in results for n in r.received)
+    last = max((r.last for r in results), default=started)
+    return RawRun(last - started, complete, len(image) * len(things), cpu_broker)
+
+
+# --- report --------------------------------------------------------------------------------
+
+def _span(values: list[float], t0: float) -> str:
+    if not values:
+        return "never"
+    return f"first {min(values) - t0:7.2f} s, last {max(values) - t0:7.2f} s"
+
+
+def report(rollout: RolloutResult, raw: RawRun, processes: int) -> None:
+    n, size, t0 = rollout.devices, rollout.file_size, rollout.t0
+    results = rollout.results
+    print(f"\ndevices: {n} FreeRTOS-shaped (MQTT, mutual TLS 1.2, own certificate each) in {processes} "
+          f"processes; image {size / MIB:.2f} MiB ({-(-size // fleet_devices.BLOCK_SIZE)} blocks of "
+          f"{fleet_devices.BLOCK_SIZE} B, {fleet_devices.BLOCKS_PER_REQUEST} per request); "
+          f"{os.cpu_count()} CPUs")
+    print(f"provisioning: {rollout.provisioning_s:.1f} s ({n / rollout.provisioning_s:.0f} things/s)")
+    print(f"executions (DescribeJob): {rollout.statuses}")
+    failed = [r for r in results if r.error]
+    print(f"devices with a verified image: {sum(r.verified for r in results)}/{n}; "
+          f"SUCCEEDED published: {sum(bool(r.succeeded) for r in results)}/{n}; failures: {len(failed)}")
+    for reason, count in Counter(r.error for r in failed).most_common(5):
+        print(f"  {count} x {reason}")
+    print(f"download restarts (a job message during a download): {sum(r.restarts for r in results)}")
+    print(f"status updates sent: {sum(r.status_updates for r in results)}; "
+          f"block requests: {sum(r.requests for r in results)}")
+    notified = [r.notified for r in results if r.notified]
+    print(f"CreateOTAUpdate -> notify-next at the devices:   {_span(notified, t0)}")
+    print(f"CreateOTAUpdate -> image downloaded and checked: "
+          f"{_span([r.downloaded for r in results if r.downloaded], t0)}")
+    print(f"CreateOTAUpdate -> SUCCEEDED sent by the devices: "
+          f"{_span([r.succeeded for r in results if r.succeeded], t0)}")
+    api = "never (see the executions above)" if rollout.all_succeeded_api_s is None \
+        else f"{rollout.all_succeeded_api_s:.2f} s (0.5 s poll)"
+    print(f"CreateOTAUpdate -> every execution SUCCEEDED per the API: {api}")
+    firsts = [r.first_request for r in results if r.first_request]
+    downloads = [r.downloaded for r in results if r.downloaded]
+    download_s = (max(downloads) - min(firsts)) if firsts and downloads else 0.0
+    wall = rollout.elapsed_s
+    print(f"CPU from t0 to the end ({wall:.1f} s): server process {rollout.cpu_server_s:.1f} s "
+          f"({100 * rollout.cpu_server_s / wall:.0f}% of one core), "
+          f"its Mosquitto {rollout.cpu_broker_s:.1f} s "
+          f"({100 * rollout.cpu_broker_s / wall:.0f}%), devices {rollout.cpu_devices_s:.1f} s")
+    print(f"memory: server RSS with every device connected {rollout.rss_server_connected / MIB:.0f} MiB, "
+          f"peak {rollout.hwm_server / MIB:.0f} MiB; Mosquitto peak {rollout.hwm_broker / MIB:.0f} MiB; "
+          f"device processes peak {rollout.hwm_devices / MIB:.0f} MiB in all")
+    for kind, durations in sorted(rollout.service_calls.items()):
+        ordered = sorted(durations)
+        p99 = ordered[int(0.99 * (len(ordered) - 1))]
+        print(f"server DeviceService {kind:<22}: {len(ordered):7d} calls, "
+              f"mean {1000 * statistics.fmean(ordered):6.2f} ms, p99 {1000 * p99:6.2f} ms, "
+              f"total {sum(ordered):7.2f} s")
+    goodput = size * len(downloads) / MIB / download_s if download_s > 0 else 0.0
+    raw_rate = raw.image_bytes / MIB / raw.seconds if raw.seconds > 0 else 0.0
+    print(f"download phase (first block request -> last image complete): {download_s:.2f} s, "
+          f"{goodput:.1f} MiB/s of image")
+    print(f"raw Mosquitto forwarding of the same messages: {raw.seconds:.2f} s, {raw_rate:.1f} MiB/s "
+          f"(Mosquitto CPU {raw.cpu_broker_s:.1f} s){'' if raw.complete else '  <-- messages lost'}")
+    if raw_rate:
+        print(f"ratio rollout download goodput / raw forwarding: {goodput / raw_rate:.3f}")
+        total = rollout.all_succeeded_api_s
+        if total:
+            print(f"ratio end-to-end (image bytes / (t0 -> all SUCCEEDED)) / raw forwarding: "
+                  f"{size * n / MIB / total / raw_rate:.3f}")
+    if rollout.profile is not None:
+        print_profile(rollout.profile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--size-mib", type=float, default=1.0, help="image size (at most 4: 1024 blocks)")
+    parser.add_argument("--device-processes", type=int, default=4)
+    parser.add_argument("--connect-rate", type=float, default=1000.0,
+                        help="new device connections per second, fleet-wide, before the rollout")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://... (default SQLite)")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile the server from t0 with this py-spy binary "
+                        "(.venv/bin/py-spy)")
+    args = parser.parse_args()
+    size = int(args.size_mib * MIB)
+    with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
+        root = Path(tmp)
+        rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
+                                args.timeout, args.database_url, args.py_spy)
+        image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
+        raw = raw_phase(root, [r.thing for r in rollout.results], rollout.stream_id or "ota-0123456789",
+                        image, args.device_processes, args.timeout)
+    report(rollout, raw, args.device_processes)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

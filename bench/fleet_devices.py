@@ -1,0 +1,492 @@
+"""FreeRTOS-shaped devices at the protocol level for the fleet benchmark (bench/fleet.py).
+
+Each device is its own mutual-TLS connection with its own certificate and does on the
+wire what the FreeRTOS OTA library (v3.4.0, MQTT demo) does for one update, in order
+(facts from `tests/freertos_device.py`, which cites the library's source):
+
+1. CONNECT (client id = thing name, clean session), SUBSCRIBE `jobs/notify-next` at
+   QoS 1, publish `jobs/$next/get` with the library's client token; the answer comes on
+   `notify-next` (the library never subscribes to `$next/get/accepted`).
+2. A job arrives: SUBSCRIBE `streams/<S>/data/cbor`, GetStream requests of 8 blocks of
+   4 KiB (the next when the last block of an answer is in), `IN_PROGRESS {"receive":
+   "k/N"}` at QoS 0 on the first block and every 25th. A job message that arrives during
+   the download aborts it and starts it again from block 0, as in the library (counted
+   as a restart: the service should never cause one).
+3. Every block in: SHA-256 of the assembled file checked against the image's, then
+   `IN_PROGRESS {"self_test": "ready", "updatedBy": "0x<old>"}` at QoS 1.
+4. "Reboot": the connection is closed and a new one made (new TLS handshake, CONNECT,
+   SUBSCRIBE, `$next/get`), all without blocking the loop.
+5. The execution comes back with `self_test` in its details: `IN_PROGRESS {"self_test":
+   "active"}`, then `SUCCEEDED` with the library's `reason`/`updatedBy` strings.
+
+What a device skips: the ECDSA signature check (one verification, ~0.1 ms of C per
+device), flash writes, the real reboot's seconds. No `expectedVersion` is sent: the
+library never sends one (the issue's wording aside, this is the wire a fleet of FreeRTOS
+devices produces).
+
+Devices run many per child process on one selector loop over non-blocking TLS sockets
+(TLS in C); MQTT framing by hand (CONNECT, SUBSCRIBE, PUBLISH QoS 0/1, PUBACK).
+`raw_receiver_process` is the same loop as a plain subscriber, for the limit run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import resource
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from bench.lean_devices import _Packets, mqtt_connect, mqtt_publish_qos0, mqtt_subscribe
+from overair.core.bitmap import block_count, make_bitmap
+from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
+
+BLOCK_SIZE = 4096
+BLOCKS_PER_REQUEST = 8
+RECEIVE_EVERY = 25  # the library's progress interval (blocks)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    thing: str
+    cert: Path
+    key: Path
+
+
+@dataclass
+class FleetDeviceResult:
+    thing: str
+    notified: float = 0.0  # time.perf_counter (CLOCK_MONOTONIC: comparable across processes)
+    first_request: float = 0.0
+    downloaded: float = 0.0  # last block in, SHA-256 checked
+    succeeded: float = 0.0  # SUCCEEDED published
+    blocks: int = 0
+    requests: int = 0
+    status_updates: int = 0
+    restarts: int = 0
+    verified: bool = False
+    error: str = ""
+
+
+def mqtt_publish_qos1(topic: str, payload: bytes, packet_id: int) -> bytes:
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + packet_id.to_bytes(2, "big") + payload
+    length = bytearray()
+    remaining = len(body)
+    while True:
+        byte, remaining = remaining % 128, remaining // 128
+        length.append(byte | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    return b"\x32" + bytes(length) + body
+
+
+def _parse_publish(first: int, body: bytes) -> tuple[str, bytes, int | None]:
+    """(topic, payload, packet id to acknowledge or None)."""
+    topic_length = int.from_bytes(body[:2], "big")
+    topic = body[2:2 + topic_length].decode()
+    rest = body[2 + topic_length:]
+    if first & 0x06:  # QoS 1 or 2 (we subscribe at most at 1)
+        return topic, rest[2:], int.from_bytes(rest[:2], "big")
+    return topic, rest, None
+
+
+class Phase(Enum):
+    CONNECTING = "connecting"
+    WAITING = "waiting for a job"
+    DOWNLOADING = "downloading"
+    ACTIVATING = "waiting for the PUBACK of self_test ready"
+    REBOOTING = "rebooting"
+    TESTING = "waiting for the self-test job"
+    DONE = "done"
+
+
+class _Link:
+    """One non-blocking mutual-TLS MQTT connection: TCP connect and TLS handshake driven
+    by selector events, then CONNECT and the subscriptions; `ready` once every ack is in."""
+
+    def __init__(self, context: ssl.SSLContext, host: str, port: int, client_id: str,
+                 subscriptions: list[tuple[str, int]]) -> None:
+        # The TCP connect blocks (on loopback it completes at once unless the broker's
+        # accept backlog is full); wrapping a socket whose connect is still in progress
+        # makes Python's pre-handshake check raise.
+        raw = socket.create_connection((host, port), timeout=30)
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+        self.client_id = client_id
+        self.subscriptions = subscriptions
+        self.handshaken = False
+        self.acks_missing = 1 + len(subscriptions)
+        self.packets = _Packets()
+        self.outbox = bytearray()
+
+    @property
+    def ready(self) -> bool:
+        return self.handshaken and self.acks_missing == 0
+
+    def wants_write(self) -> bool:
+        return not self.handshaken or bool(self.outbox)
+
+    def send(self, data: bytes) -> None:
+        self.outbox += data
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.handshaken:
+            return
+        while self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                return
+            del self.outbox[:sent]
+
+    def advance(self) -> list[tuple[int, bytes]]:
+        """Progress the handshake, flush, read what is there; returns MQTT packets."""
+        if not self.handshaken:
+            try:
+                self.sock.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return []
+            self.handshaken = True
+            hello = mqtt_connect(self.client_id)
+            for i, (topic, qos) in enumerate(self.subscriptions, 1):
+                hello += mqtt_subscribe(topic, i)[:-1] + bytes([qos])
+            self.outbox[:0] = hello
+        self.flush()
+        packets: list[tuple[int, bytes]] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            for first, body in self.packets.feed(data):
+                if first in (0x20, 0x90):
+                    if first == 0x20 and body[1:2] != b"\x00":
+                        raise ConnectionError(f"CONNACK refused: {body[1]}")
+                    if first == 0x90 and body[2:3] == b"\x80":
+                        raise ConnectionError("SUBSCRIBE refused")
+                    self.acks_missing -= 1
+                else:
+                    packets.append((first, body))
+            if not self.sock.pending():
+                break
+        return packets
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class FleetDevice:
+    """One device's update as the FreeRTOS library makes it; driven by `on_packet`."""
+
+    def __init__(self, spec: DeviceSpec, image_sha256: str, old_version: int,
+                 connect: Callable[[FleetDevice, list[tuple[str, int]]], _Link]) -> None:
+        self.spec = spec
+        self.result = FleetDeviceResult(spec.thing)
+        self.base = f"$aws/things/{spec.thing}"
+        self.sha256 = image_sha256
+        self.old_version = old_version
+        self._connect = connect
+        self.phase = Phase.CONNECTING
+        self.tokens = 0
+        self.packet_id = 0
+        self.job_id = ""
+        self.stream = ""
+        self.file_size = 0
+        self.total = 0
+        self.offset = 0
+        self.wanted: set[int] = set()
+        self.received = 0
+        self.ready_packet = 0
+        self.image = bytearray()
+        self.link = connect(self, [(f"{self.base}/jobs/notify-next", 1)])
+
+    # --- wire ---------------------------------------------------------------------------
+    def _next_id(self) -> int:
+        self.packet_id = self.packet_id % 65535 + 1
+        return self.packet_id
+
+    def ask_next(self) -> None:
+        self.tokens += 1
+        token = f"{self.tokens}:{self.spec.thing}"
+        self.link.send(mqtt_publish_qos0(f"{self.base}/jobs/$next/get",
+                                         json.dumps({"clientToken": token}).encode()))
+
+    def update(self, status: str, details: dict[str, str], qos: int = 1) -> None:
+        payload = json.dumps({"status": status, "statusDetails": details}).encode()
+        topic = f"{self.base}/jobs/{self.job_id}/update"
+        packet = (mqtt_publish_qos1(topic, payload, self._next_id()) if qos
+                  else mqtt_publish_qos0(topic, payload))
+        self.result.status_updates += 1
+        self.link.send(packet)
+
+    def request_blocks(self) -> None:
+        wanted = range(self.offset, min(self.total, self.offset + BLOCKS_PER_REQUEST))
+        self.wanted = set(wanted)
+        bitmap = make_bitmap(wanted, self.offset, len(wanted))
+        request = GetStreamRequest(client_token="rdy", file_id=0, block_size=BLOCK_SIZE,
+                                   block_offset=self.offset, bitmap=bitmap, number_of_blocks=len(wanted),
+                                   stream_version=None)
+        self.result.requests += 1
+        self.result.first_request = self.result.first_request or time.perf_counter()
+        self.link.send(mqtt_publish_qos0(f"{self.base}/streams/{self.stream}/get/cbor",
+                                         encode_get_stream(request)))
+
+    # --- events -------------------------------------------------------------------------
+    def on_ready(self) -> None:
+        """The connection (first or after the reboot) is up and subscribed."""
+        self.phase = Phase.WAITING if self.phase is Phase.CONNECTING else Phase.TESTING
+        self.ask_next()
+
+    def on_packet(self, first: int, body: bytes) -> None:
+        if first & 0xF0 == 0x40:
+            if self.phase is Phase.ACTIVATING and int.from_bytes(body[:2], "big") == self.ready_packet:
+                self.phase = Phase.REBOOTING
+            return
+        if first & 0xF0 != 0x30:
+            return
+        topic, payload, packet_id = _parse_publish(first, body)
+        if packet_id is not None:
+            self.link.send(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+        if topic.endswith("/data/cbor"):
+            self._on_block(payload)
+        elif topic.endswith("/notify-next"):
+            self._on_job(json.loads(payload))
+
+    def _on_job(self, message: dict[str, object]) -> None:
+        execution = message.get("execution")
+        if not isinstance(execution, dict):
+            return  # no job pending
+        if self.phase is Phase.DOWNLOADING:
+            self.result.restarts += 1  # the library aborts and starts again from block 0
+        if self.phase in (Phase.WAITING, Phase.DOWNLOADING):
+            self._start_download(execution)
+        elif self.phase is Phase.TESTING:
+            details = execution.get("statusDetails") or {}
+            if not isinstance(details, dict) or "self_test" not in details:
+                self.fail(f"the job came back after the reboot without self_test: {details}")
+                return
+            self.update("IN_PROGRESS", {"self_test": "active", "updatedBy": "0x01010000"})
+            self.update("SUCCEEDED", {"reason": "accepted  v1.1.0", "updatedBy": "  v1.1.0"})
+            self.result.succeeded = time.perf_counter()
+            self.phase = Phase.DONE
+
+    def _start_download(self, execution: dict[str, object]) -> None:
+        self.result.notified = self.result.notified or time.perf_counter()
+        document = execution.get("jobDocument")
+        ota = document.get("afr_ota") if isinstance(document, dict) else None
+        if not isinstance(ota, dict):
+            self.fail(f"not an OTA job document: {document}")
+            return
+        new_stream = str(ota["streamname"]) != self.stream
+        self.job_id = str(execution["jobId"])
+        self.stream = str(ota["streamname"])
+        self.file_size = int(ota["files"][0]["filesize"])
+        self.total = block_count(self.file_size, BLOCK_SIZE)
+        self.image = bytearray(self.file_size)
+        self.offset = self.received = 0
+        self.phase = Phase.DOWNLOADING
+        if new_stream:
+            self.link.send(mqtt_subscribe(f"{self.base}/streams/{self.stream}/data/cbor", self._next_id()))
+        self.request_blocks()
+
+    def _on_block(self, payload: bytes) -> None:
+        if self.phase is not Phase.DOWNLOADING:
+            return
+        block = decode_data_block(payload)
+        if block.block_id not in self.wanted:
+            return
+        start = block.block_id * BLOCK_SIZE
+        self.image[start:start + len(block.payload)] = block.payload
+        self.wanted.discard(block.block_id)
+        self.received += 1
+        self.result.blocks += 1
+        if self.received == 1 or self.received % RECEIVE_EVERY == 0:
+            self.update("IN_PROGRESS", {"receive": f"{self.received}/{self.total}"}, qos=0)
+        if self.wanted:
+            return
+        self.offset += BLOCKS_PER_REQUEST
+        if self.offset < self.total:
+            self.request_blocks()
+            return
+        self.result.downloaded = time.perf_counter()
+        self.result.verified = hashlib.sha256(self.image).hexdigest() == self.sha256
+        if not self.result.verified:
+            self.update("FAILED", {"reason": "0x000000e3: 0x00000000"})
+            self.fail("SHA-256 of the assembled image does not match")
+            return
+        self.image = bytearray()
+        self.update("IN_PROGRESS", {"self_test": "ready", "updatedBy": f"0x{self.old_version:08x}"})
+        # The demo's publish waits for the PUBACK of a QoS 1 message; only then does the
+        # agent activate the image and reset.
+        self.ready_packet = self.packet_id
+        self.phase = Phase.ACTIVATING
+
+    def fail(self, why: str) -> None:
+        self.result.error = self.result.error or why
+        self.phase = Phase.DONE
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set, bytes (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, image_sha256: str,
+                   old_version: int, connect_rate: float, timeout: float, conn: Connection) -> None:
+    """Child process: connect every device (at most `connect_rate` new connections per
+    second, as a fleet powering up would), report "ready" once all are subscribed and
+    have asked for their next job, run every update to its end, send the results."""
+    _raise_fd_limit()
+    selector = selectors.DefaultSelector()
+    links: dict[FleetDevice, _Link] = {}
+
+    def connect(device: FleetDevice, subscriptions: list[tuple[str, int]]) -> _Link:
+        link = _Link(_context(ca, device.spec.cert, device.spec.key), host, port, device.spec.thing,
+                     subscriptions)
+        links[device] = link
+        selector.register(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, device)
+        return link
+
+    def service(device: FleetDevice) -> None:
+        link = device.link
+        was_ready = link.ready
+        try:
+            packets = link.advance()
+            if link.ready and not was_ready:
+                device.on_ready()
+            for first, body in packets:
+                device.on_packet(first, body)
+                if device.phase is Phase.REBOOTING:
+                    reboot(device)
+                    return
+        except (OSError, ConnectionError, ValueError, KeyError, TypeError) as exc:
+            device.fail(f"{type(exc).__name__}: {exc}")
+            close(device)
+            return
+        # A device that is done stays connected, as a real one would, until the run ends.
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.wants_write() else 0)
+        selector.modify(link.sock, events, device)
+
+    def close(device: FleetDevice) -> None:
+        link = links.pop(device, None)
+        if link is not None:
+            selector.unregister(link.sock)
+            link.close()
+
+    def reboot(device: FleetDevice) -> None:
+        device.link.flush()  # the self_test report goes out before the "power cycle"
+        close(device)
+        device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
+
+    def run_for(seconds: float) -> None:
+        for key, _ in selector.select(timeout=max(0.0, seconds)):
+            service(key.data)
+
+    devices: list[FleetDevice] = []
+    pace = 1.0 / connect_rate if connect_rate > 0 else 0.0
+    started = time.perf_counter()
+    for i, spec in enumerate(specs):
+        devices.append(FleetDevice(spec, image_sha256, old_version, connect))
+        while (wait := started + (i + 1) * pace - time.perf_counter()) > 0:
+            run_for(wait)
+    ready_sent = False
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline and any(d.phase is not Phase.DONE for d in devices):
+        if not ready_sent and all(d.phase is not Phase.CONNECTING for d in devices):
+            conn.send("ready")
+            ready_sent = True
+        run_for(0.5)
+    for device in devices:
+        if device.phase is not Phase.DONE:
+            device.fail(f"timed out while {device.phase.value}")
+    end = time.perf_counter() + 1.0
+    while time.perf_counter() < end and any(link.outbox for link in links.values()):
+        run_for(0.05)  # the last SUCCEEDED reports leave before the connections close
+    for device in devices:
+        close(device)
+    if not ready_sent:
+        conn.send("ready")
+    conn.send(([d.result for d in devices], _peak_rss()))
+
+
+# --- the limit run: plain subscribers ------------------------------------------------------
+
+@dataclass
+class RawReceiverResult:
+    received: list[int] = field(default_factory=list)  # messages per receiver
+    last: float = 0.0  # perf_counter of the last message any receiver got
+    connected: int = 0
+
+
+def raw_receiver_process(topics: list[str], ca: Path, cert: Path, key: Path, host: str, port: int,
+                         expected: int, timeout: float, conn: Connection) -> None:
+    """Child process of the limit run: one mutual-TLS subscriber per topic (the same loop
+    and TLS as the devices), counting messages until each has `expected`."""
+    _raise_fd_limit()
+    context = _context(ca, cert, key)
+    selector = selectors.DefaultSelector()
+    # Client ids from the topic (the thing): unique across processes, or the broker would
+    # take each id over from the process that used it first.
+    links = [_Link(context, host, port, "raw-" + topic.split("/")[2], [(topic, 0)]) for topic in topics]
+    counts = dict.fromkeys(range(len(links)), 0)
+    for i, link in enumerate(links):
+        selector.register(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
+    result = RawReceiverResult()
+    ready_sent = False
+    deadline = time.perf_counter() + timeout
+    open_links = len(links)
+    while open_links and time.perf_counter() < deadline:
+        if not ready_sent and all(link.ready for link in links):
+            conn.send("ready")
+            ready_sent = True
+        for event, _ in selector.select(timeout=0.5):
+            i = event.data
+            link = links[i]
+            try:
+                packets = link.advance()
+            except (OSError, ConnectionError):
+                selector.unregister(link.sock)
+                open_links -= 1
+                continue
+            counts[i] += sum(1 for first, _ in packets if first & 0xF0 == 0x30)
+            if packets:
+                result.last = time.perf_counter()
+            if counts[i] >= expected:
+                selector.unregister(link.sock)
+                link.close()
+                open_links -= 1
+            else:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.wants_write() else 0)
+                selector.modify(link.sock, events, i)
+    if not ready_sent:
+        conn.send("ready")
+    result.received = [counts[i] for i in range(len(links))]
+    result.connected = sum(1 for link in links if link.handshaken)
+    conn.send(result)
