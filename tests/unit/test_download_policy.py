@@ -133,6 +133,11 @@ def test_memory_is_bounded() -> None:
         policy.admit(f"d{i}", 2 * KIB, 0.0)
     assert len(policy._refusals) <= 50
     assert len(policy._server.devices) <= 50
+    unlimited = DownloadPolicy(DownloadLimits(device_bytes_per_second=KIB), max_devices=50)
+    for i in range(1000):
+        unlimited.admit(f"d{i}", 2 * KIB, 0.0)
+    assert unlimited.downloading() <= 50  # leases without a cap
+    assert len(unlimited._server.asking) <= 50
 
 
 def test_parameters_parse_and_refuse_what_is_not_a_count() -> None:

@@ -242,6 +242,8 @@ class _Scope:
         elif lease:
             self.leases[device] = now + self.limits.lease_seconds
             self.leases.move_to_end(device)
+            while len(self.leases) > max_devices:  # only without a cap could they grow so
+                self.leases.popitem(last=False)
         rate = self.device_rate()
         if rate:
             self._device_bucket(device, rate, now).tokens -= nbytes
