@@ -164,6 +164,8 @@ def world(srv: RunningServer) -> World:
             for n, c in zip(names, ["red", "blue", "reddish", "red"], strict=True)]
     iot.create_thing_group(thingGroupName="conf-group")
     iot.create_thing_group(thingGroupName="conf-doomed-group")
+    for dynamic in ("conf-dynamic", "conf-doomed-dynamic"):
+        iot.create_dynamic_thing_group(thingGroupName=dynamic, queryString="attributes.color:red")
     for name in names[:3]:
         iot.add_thing_to_thing_group(thingGroupName="conf-group", thingName=name)
     certs = [iot.create_keys_and_certificate(setAsActive=True) for _ in range(3)]
@@ -319,6 +321,23 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListThingGroupsForThing": {"thingName": thing1},
         "GetThingConnectivityData": {"thingName": thing1},
         "SearchIndex": {"queryString": "thingName:conf-* AND attributes.color:red"},
+        "GetIndexingConfiguration": {},
+        "ListIndices": {},
+        "DescribeIndex": {"indexName": "AWS_Things"},
+        "UpdateIndexingConfiguration": {"thingIndexingConfiguration": {
+            "thingIndexingMode": "REGISTRY_AND_SHADOW", "thingConnectivityIndexingMode": "STATUS",
+            "namedShadowIndexingMode": "ON", "filter": {"namedShadowNames": ["conf-named"]},
+            "customFields": [{"name": "attributes.color", "type": "String"}]}},
+        "GetStatistics": {"queryString": "thingName:conf-*", "aggregationField": "registry.version"},
+        "GetPercentiles": {"queryString": "thingName:conf-*", "aggregationField": "registry.version"},
+        "GetCardinality": {"queryString": "thingName:conf-*", "aggregationField": "thingName"},
+        "GetBucketsAggregation": {"queryString": "thingName:conf-*", "aggregationField": "thingGroupNames",
+                                  "bucketsAggregationType": {"termsAggregation": {"maxBuckets": 5}}},
+        "CreateDynamicThingGroup": {"thingGroupName": "conf-new-dynamic",
+                                    "queryString": "attributes.color:blue"},
+        "UpdateDynamicThingGroup": {"thingGroupName": "conf-dynamic", "queryString": "attributes.color:blue",
+                                    "thingGroupProperties": {"thingGroupDescription": "updated"}},
+        "DeleteDynamicThingGroup": {"thingGroupName": "conf-doomed-dynamic"},
         "CreatePackage": {"packageName": "conf-new-package"},
         "GetPackage": {"packageName": "conf-package"},
         "ListPackages": {},

@@ -65,7 +65,7 @@ def test_search_by_registry_shadow_package_and_connectivity(srv: RunningServer, 
 @pytest.mark.parametrize(("query", "index", "code"), [
     ("thingName:a/b", "AWS_Things", "InvalidQueryException"),
     ("thingName:(", "AWS_Things", "InvalidQueryException"),
-    ("thingName:a", "AWS_ThingGroups", "ResourceNotFoundException"),
+    ("thingName:a", "AWS_Nothing", "ResourceNotFoundException"),
 ])
 def test_bad_queries_and_indexes_are_refused(srv: RunningServer, query: str, index: str, code: str) -> None:
     with pytest.raises(ClientError) as caught:

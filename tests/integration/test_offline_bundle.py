@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from overair.agent.bundle_install import InstallOutcome, install
 from overair.agent.config import load_config
+from overair.agent.fsutil import DataDirLock
 from overair.agent.machine import reasons
 from overair.agent.platform.select import build_platform
 from overair.agent.platform.sim_mcu import SimMcu
@@ -273,3 +274,23 @@ def test_o2_revocation_list_carried_by_an_offline_bundle_is_held_and_applied(
     assert held["sequence"] == 3
     installed, none_held = outcomes["forged"]
     assert (installed.status, installed.version, none_held) == ("SUCCEEDED", "1.1.0", None)
+
+
+def test_an_offline_install_is_refused_while_the_agent_runs_on_the_same_storage(
+        broker: BrokerEnv, tmp_path: Path) -> None:  # noqa: F811
+    """`overair-agent install` and `run` share the journal, slots and staged image: the
+    install must not start beside a running agent (and leaves the device unchanged)."""
+    thing = "offline-busy"
+    device = strict_bundle(broker, tmp_path, thing)
+    image = make_firmware(V2, IMAGE_SIZE, seed=thing)
+    bundle = offline_bundle(broker, tmp_path / "busy.bundle", thing, "job-busy", image)
+    lock = DataDirLock(load_config(device).storage.data_dir)
+    lock.acquire()  # what a running agent holds
+    try:
+        outcome = run_install(device, bundle)
+    finally:
+        lock.release()
+    assert outcome.status == ""
+    assert outcome.error is not None
+    assert "another overair agent" in outcome.error
+    assert run_install(device, bundle).status == "SUCCEEDED"  # once the agent is gone

@@ -9,8 +9,11 @@ the old content or the new content, never a torn mix.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
+
+from overair.core.errors import MisuseError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -59,3 +62,35 @@ def atomic_symlink(link: Path, target: str) -> None:
             tmp.unlink()
         raise
     fsync_dir(link.parent)
+
+
+LOCK_FILE = "agent.lock"
+
+
+class DataDirLock:
+    """One agent at a time on a device's storage: `overair-agent run` and
+    `overair-agent install BUNDLE` (or two runs) would otherwise both write the journal,
+    the slots and the staged image. An advisory lock (flock) on a file in the data
+    directory, held while the agent runs; the kernel drops it if the process dies, so a
+    power cut or a crash never leaves it held."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MisuseError(f"another overair agent is using {self._path.parent} (stop it first: "
+                              "`overair-agent install` and `run` share the device's storage)",
+                              code="AgentAlreadyRunning") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the lock

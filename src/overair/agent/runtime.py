@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from overair.agent.app_runner import AppRunner
 from overair.agent.config import AgentConfig, ConfigError
-from overair.agent.fsutil import atomic_write
+from overair.agent.fsutil import DataDirLock, atomic_write
 from overair.agent.identity import check_certificate_identity
 from overair.agent.machine import commands as cmd
 from overair.agent.machine.events import (
@@ -250,6 +250,7 @@ class Runtime:
         self._settings = settings_from_config(config)
         if offline_bundle:  # agent/bundle_install.py: metadata signed for a bundle, always required
             self._settings = replace(self._settings, offline_bundle=True, require_deployment=True)
+        self._data_lock = DataDirLock(config.storage.data_dir)
         self._revocation_store = RevocationStore(config.storage.data_dir)
         self._trust_list_store = RevocationStore(config.storage.data_dir, TRUST_LIST_FILE)  # the same rules
         self._trust = load_trust(config)  # and the held revocation list, at each boot
@@ -313,6 +314,7 @@ class Runtime:
         """Run the agent in the calling thread until `stop()`."""
         self._alive = True
         try:
+            self._data_lock.acquire()
             self._boot_and_connect()
             last_tick = self._clock()
             while not self._stopping.is_set():
@@ -336,6 +338,7 @@ class Runtime:
                 raise  # run() in the foreground: the caller decides (start(): see snapshot().error)
         finally:
             self._shutdown()
+            self._data_lock.release()
             self._alive = False
 
     def _shutdown(self) -> None:

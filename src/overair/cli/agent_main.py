@@ -280,6 +280,8 @@ def install(bundle: Annotated[Path, typer.Argument(help="The bundle file (`overa
         Console().print(f"job {outcome.job_id}: {outcome.status or 'not finished'} {reason}"
                         + (f" (check {check})" if check else "")
                         + f"; running {outcome.version or '-'}")
+    if outcome.error is not None:
+        print_error(console, "InstallFailed", outcome.error)
     if outcome.error is not None or not outcome.status:
         raise typer.Exit(2)
     if outcome.status != "SUCCEEDED":

@@ -101,6 +101,12 @@ class Limits:
     # SearchIndex (server/fleet/search.py) reads the whole fleet per query: served up to
     # this many things (overair's bound; AWS's index has none).
     max_search_things: int = 100_000
+    # Dynamic thing groups (server/fleet/dynamic.py): AWS's quota of dynamic groups per
+    # account, and how many changed things the membership worker evaluates per batch.
+    max_dynamic_thing_groups: int = 100
+    dynamic_group_batch: int = 500
+    # GetBucketsAggregation's termsAggregation.maxBuckets (AWS's model: 1 to 10,000).
+    max_aggregation_buckets: int = 10_000
 
     @property
     def device_max_file_size(self) -> int:

@@ -42,6 +42,8 @@ from overair.server.delivery.policy import DownloadPolicy
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
 from overair.server.fleet import api as fleet_api
+from overair.server.fleet.config import IndexingStore
+from overair.server.fleet.dynamic import DynamicGroups
 from overair.server.fleet.search import FleetSearch
 from overair.server.gateway import capacity
 from overair.server.gateway.access_change import render_change
@@ -230,7 +232,7 @@ class Server:
         # One thread applies the broker's connection events in order, off the event loop.
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
-        fleet_api.register(self.table, FleetSearch(self.db, settings.limits))
+        self._register_fleet_index(settings, clock)
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
             lambda: catalog.configuration().jobs_update_versions).installed
@@ -244,6 +246,22 @@ class Server:
                               JobDocuments(self.objects, settings.limits.max_job_document_bytes,
                                            self._caller_may_read),
                               self._notify_threadsafe)
+
+    def _register_fleet_index(self, settings: Settings, clock: Clock) -> None:
+        """Fleet indexing (SearchIndex, aggregations, the indexing configuration) and the
+        dynamic thing groups, whose worker is told of every change to a thing's data."""
+        indexing = IndexingStore(self.db, clock)
+        search = FleetSearch(self.db, settings.limits, indexing.get)
+        dynamic = self.dynamic_groups = DynamicGroups(self.db, search, indexing, settings.limits, clock,
+                                                      self.registry.group_arn)
+        dynamic.on_join = self._thing_joined_group
+        dynamic.on_leave = self.jobs.withdraw_unreleased
+        dynamic.followed = self.jobs.continuous_targets
+        indexing.on_change = dynamic.rebuild_all
+        self.registry.on_things_changed = dynamic.touch
+        self.shadows.on_change = lambda thing: dynamic.touch((thing,))
+        self.connectivity.on_change = dynamic.touch
+        fleet_api.register(self.table, search, indexing, dynamic, settings.limits)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:
@@ -680,6 +698,7 @@ class Server:
         servers: list[uvicorn.Server] = []  # the operator API and the device download endpoint
         serving: list[asyncio.Task[object]] = []
         try:
+            self.dynamic_groups.start()
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             # Retained messages do not survive a broker restart: publish the list anew
@@ -723,10 +742,15 @@ class Server:
                 await asyncio.to_thread(self.witness.stop)
             if self.supervisor is not None:
                 await self.supervisor.stop()
-            self.background.shutdown(wait=True, cancel_futures=True)
-            self.presence_worker.shutdown(wait=True)
+            await asyncio.to_thread(self._stop_workers)
             self.db.close()
             log.info("overair stopped")
+
+
+    def _stop_workers(self) -> None:
+        self.background.shutdown(wait=True, cancel_futures=True)
+        self.presence_worker.shutdown(wait=True)
+        self.dynamic_groups.stop()
 
 
 class ServerThread:

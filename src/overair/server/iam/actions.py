@@ -190,8 +190,17 @@ def _iam_resources(operation: str, params: Mapping[str, Any], arns: Arns, caller
     return out
 
 
+# Fleet indexing queries act on an index (AWS's resource type "index",
+# arn:...:index/<indexName>; SearchIndex and the aggregations default to AWS_Things).
+_INDEX_OPERATIONS = frozenset({"SearchIndex", "GetStatistics", "GetPercentiles", "GetCardinality",
+                               "GetBucketsAggregation", "DescribeIndex"})
+
+
 def _named_resources(service: str, operation: str, params: Mapping[str, Any], arns: Arns,
                      caller: Caller) -> list[str]:
+    if service == "iot" and operation in _INDEX_OPERATIONS:
+        index = params.get("indexName")
+        return [arns.arn("iot", f"index/{index if isinstance(index, str) and index else 'AWS_Things'}")]
     if service in ("iot", "iot-jobs-data", "iotdata"):
         return _iot_resources(service, params, arns)
     if service == "signer":

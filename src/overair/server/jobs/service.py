@@ -33,7 +33,7 @@ from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.keyset import page_query, split
-from overair.server.storage.schema import Job, JobExecution, Thing
+from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroupMember
 
 log = logging.getLogger("overair.jobs")
 
@@ -191,8 +191,12 @@ class JobService:
             before = self.next_id_in(s, thing)
             refused: list[tuple[str, str]] = []
             for job in jobs:
-                if s.scalar(self._latest(job.job_id, thing, released_only=False)) is not None:
+                latest = s.scalar(self._latest(job.job_id, thing, released_only=False))
+                if latest is not None and latest.status != ExecStatus.REMOVED.value:
                     continue  # it already has (or had) an execution of this job
+                # A thing a dynamic group let go of before its release and that matches
+                # again is a target again (withdraw_unreleased).
+                number = 1 if latest is None else latest.execution_number + 1
                 refusal = self.refuse_target(job, thing)
                 if refusal is not None:
                     # As CreateOTAUpdate refuses such a target: no execution the device
@@ -206,7 +210,7 @@ class JobService:
                 releasing = rollout.schedule(job.config.get("schedulingConfig")).releasing(now)
                 s.add(JobExecution(job_id=job.job_id, thing_name=thing, status=ExecStatus.QUEUED.value,
                                    status_details={}, queued_at=now, last_updated_at=now, version_number=1,
-                                   execution_number=1,
+                                   execution_number=number,
                                    released_at=now if releasing and not limited else None))
             s.flush()
             changed = [thing] if self.next_id_in(s, thing) != before else []
@@ -214,6 +218,44 @@ class JobService:
             self.on_target_refused(job_id, thing, refusal)
         self.executions_changed([thing])
         return changed
+
+    def continuous_targets(self) -> set[str]:
+        """The targets (ARNs) of CONTINUOUS jobs that can still reach a thing: joins and
+        leaves of other groups need no job work (server/fleet/dynamic.py asks once per batch)."""
+        with self._db.reading() as s:
+            rows = s.scalars(select(Job.targets).where(
+                Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)),
+                Job.target_selection == "CONTINUOUS"))
+            return {arn for targets in rows for arn in targets}
+
+    def withdraw_unreleased(self, thing: str, group_arn: str) -> None:
+        """A thing left a group (a dynamic group's query stopped matching it): CONTINUOUS
+        jobs aimed at that group, whose staged rollout has not released the thing's
+        execution yet, no longer reach it: the execution is REMOVED, AWS's state for
+        "things that are no longer scheduled to execute the job because they have been
+        deleted or removed from the group that was a target of the job" (iot API
+        reference, JobProcessDetails.numberOfRemovedThings). A released execution stays:
+        the device may be running it. A thing the job still targets otherwise (by name,
+        or through another of its groups) keeps it."""
+        now = self._clock()
+        with self._db.session() as s:
+            jobs = [job for job in s.scalars(select(Job).where(
+                Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)),
+                Job.target_selection == "CONTINUOUS")) if group_arn in job.targets]
+            if not jobs:
+                return
+            still = {self._registry.group_arn(name) for name in s.scalars(
+                select(ThingGroupMember.group_name).where(ThingGroupMember.thing_name == thing))}
+            still.add(self._registry.thing_arn(thing))
+            for job in jobs:
+                if still & set(job.targets):
+                    continue
+                s.execute(update(JobExecution).where(
+                    JobExecution.job_id == job.job_id, JobExecution.thing_name == thing,
+                    JobExecution.status == ExecStatus.QUEUED.value, JobExecution.released_at.is_(None))
+                    .values(status=ExecStatus.REMOVED.value, last_updated_at=now,
+                            version_number=JobExecution.version_number + 1))
+        self.executions_changed([thing])
 
     def next_id_in(self, s: Any, thing: str) -> int | None:
         row = self._next_row(s, thing)

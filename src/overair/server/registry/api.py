@@ -12,6 +12,7 @@ from overair.server.iam.actions import THING_NAME_HEADER
 from overair.server.iam.arns import Arns
 from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.service import Registry, thing_view
+from overair.server.storage.schema import ThingGroup
 
 # overair extension: the CLI names the thing (header THING_NAME_HEADER) so the
 # certificate's CN can be the thing name (the device agent checks it); AWS clients that
@@ -75,6 +76,22 @@ def _certificate_summaries(registry: Registry, params: dict[str, Any]) -> dict[s
     return page_out("certificates", summaries, token, token_key="nextMarker")
 
 
+def _group_view(group: ThingGroup) -> dict[str, Any]:
+    """DescribeThingGroup; a dynamic group (server/fleet/dynamic.py) adds its query and
+    AWS's status BUILDING, REBUILDING or ACTIVE."""
+    out: dict[str, Any] = {
+        "thingGroupName": group.name, "thingGroupId": group.group_id,
+        "thingGroupArn": group.arn, "version": group.version, "status": group.status,
+        "thingGroupProperties": {"thingGroupDescription": group.description},
+        "thingGroupMetadata": {"creationDate": group.created_at}}
+    if group.attributes:
+        out["thingGroupProperties"]["attributePayload"] = {"attributes": dict(group.attributes)}
+    if group.query_string is not None:
+        out.update(indexName=group.index_name, queryString=group.query_string,
+                   queryVersion=group.query_version)
+    return out
+
+
 def _group_and_thing(arns: Arns, params: dict[str, Any]) -> tuple[str, str]:
     """The group and thing of Add/RemoveThingToThingGroup, by name or by canonical ARN,
     read exactly as the authorizer read them (server/iam/actions.py; threat O1)."""
@@ -115,11 +132,7 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return {"thingGroupName": group.name, "thingGroupArn": group.arn, "thingGroupId": group.group_id}
 
     def describe_group(r: ApiRequest) -> dict[str, Any]:
-        group = registry.describe_group(r.params["thingGroupName"])
-        return {"thingGroupName": group.name, "thingGroupId": group.group_id,
-                "thingGroupArn": group.arn, "version": group.version, "status": "ACTIVE",
-                "thingGroupProperties": {"thingGroupDescription": group.description},
-                "thingGroupMetadata": {"creationDate": group.created_at}}
+        return _group_view(registry.describe_group(r.params["thingGroupName"]))
 
     def list_groups(r: ApiRequest) -> dict[str, Any]:
         groups = [{"groupName": g.name, "groupArn": g.arn}

@@ -11,6 +11,8 @@ it, so at start every thing recorded as connected is recorded as disconnected
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select, update
 
 from overair.server.clock import Clock
@@ -24,13 +26,19 @@ class Connectivity:
         self._db = db
         self._clock = clock
         self._live: dict[str, set[str]] = {}  # thing -> its client ids connected now
+        # Called with the things whose state was written (dynamic thing groups).
+        self.on_change: Callable[[list[str]], None] = lambda _things: None
 
     def restarted(self) -> None:
         with self._db.session() as s:
+            was_connected = list(s.scalars(select(ThingConnectivity.thing_name)
+                                           .where(ThingConnectivity.connected.is_(True))))
             s.execute(update(ThingConnectivity).where(ThingConnectivity.connected.is_(True))
                       .values(connected=False, changed_at=self._clock(),
                               disconnect_reason="SERVER_INITIATED_DISCONNECT"))
         self._live.clear()
+        if was_connected:
+            self.on_change(was_connected)
 
     def apply(self, events: list[PresenceEvent]) -> None:
         """Called by one thread only, in the broker's order."""
@@ -51,6 +59,7 @@ class Connectivity:
                 changes[thing] = (bool(live), event.reason)
         if changes:
             self._write(changes)
+            self.on_change(list(changes))
 
     def _write(self, changes: dict[str, tuple[bool, str]]) -> None:
         now = self._clock()

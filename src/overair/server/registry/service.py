@@ -98,6 +98,9 @@ class Registry:
         self._identity_lock = threading.Lock()
         # (thing, group ARN) after a thing joined a group: CONTINUOUS jobs reach it.
         self.on_group_join: Callable[[str, str], None] = lambda _thing, _group: None
+        # Things whose registry data (attributes, groups) changed: dynamic thing groups
+        # re-evaluate them (server/fleet/dynamic.py).
+        self.on_things_changed: Callable[[list[str]], None] = lambda _things: None
 
     # Things ---------------------------------------------------------------------
     def thing_arn(self, name: str) -> str:
@@ -120,7 +123,8 @@ class Registry:
                           thing_type_name=thing_type, attributes=dict(attributes or {}), version=1,
                           created_at=self._clock())
             s.add(thing)
-            return thing
+        self.on_things_changed([name])
+        return thing
 
     def describe_thing(self, name: str) -> Thing:
         with self._db.reading() as s:
@@ -147,6 +151,7 @@ class Registry:
                         new[key] = value
                 thing.attributes = new
             thing.version += 1
+        self.on_things_changed([name])
 
     def list_things(self, prefix: str | None = None) -> list[Thing]:
         with self._db.reading() as s:
@@ -221,7 +226,7 @@ class Registry:
         with self._db.session() as s:
             existing = s.get(ThingGroup, name)
             if existing is not None:
-                if existing.description == description:
+                if existing.description == description and existing.query_string is None:
                     return existing
                 raise already_exists(f"thing group {name}")
             group = ThingGroup(name=name, group_id=str(uuid.uuid4()), arn=self.group_arn(name),
@@ -248,13 +253,16 @@ class Registry:
         with self._db.session() as s:
             group = s.get(ThingGroup, name)
             if group is not None:
+                _refuse_dynamic(group, "DeleteDynamicThingGroup deletes it")
                 s.execute(delete(ThingGroupMember).where(ThingGroupMember.group_name == name))
                 s.delete(group)
 
     def add_to_group(self, group: str, thing: str) -> None:
         with self._db.session() as s:
-            if s.get(ThingGroup, group) is None:
+            row = s.get(ThingGroup, group)
+            if row is None:
                 raise not_found(f"thing group {group}")
+            _refuse_dynamic(row, "its members are the things its query matches")
             if s.get(Thing, thing) is None:
                 raise not_found(f"thing {thing}")
             joined = s.get(ThingGroupMember, (group, thing)) is None
@@ -262,12 +270,17 @@ class Registry:
                 s.add(ThingGroupMember(group_name=group, thing_name=thing, added_at=self._clock()))
         if joined:
             self.on_group_join(thing, self.group_arn(group))
+            self.on_things_changed([thing])
 
     def remove_from_group(self, group: str, thing: str) -> None:
         with self._db.session() as s:
+            row = s.get(ThingGroup, group)
+            if row is not None:
+                _refuse_dynamic(row, "its members are the things its query matches")
             member = s.get(ThingGroupMember, (group, thing))
             if member is not None:
                 s.delete(member)
+        self.on_things_changed([thing])
 
     def things_in_group(self, group: str) -> list[str]:
         with self._db.reading() as s:
@@ -507,6 +520,13 @@ class Registry:
                                     .where(DeviceCertificate.status != "ACTIVE")))
             serials.update(s.scalars(select(RetiredCertificate.serial)))
             return [int(serial, 16) for serial in sorted(serials)]
+
+
+def _refuse_dynamic(group: ThingGroup, why: str) -> None:
+    """AWS: "You use a different set of commands to create, update, and delete dynamic
+    thing groups" (developer guide, "Dynamic thing groups")."""
+    if group.query_string is not None:
+        raise invalid(f"thing group {group.name} is a dynamic thing group: {why}")
 
 
 def thing_view(thing: Thing) -> dict[str, Any]:

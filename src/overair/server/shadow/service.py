@@ -9,6 +9,7 @@ change came from a device (MQTT) or an operator (iot-data over HTTPS).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,9 @@ class ShadowService:
         self._db = db
         self._limits = limits
         self._clock = clock
+        # Called after each accepted update or delete with the thing (dynamic thing groups
+        # re-evaluate it; server/fleet/dynamic.py: constant time, never waits).
+        self.on_change: Callable[[str], None] = lambda _thing: None
 
     def _now(self) -> int:
         return int(self._clock())
@@ -87,6 +91,7 @@ class ShadowService:
                 s.add(row)
             row.desired, row.reported, row.metadata_ = new.desired, new.reported, new.metadata
             row.version, row.present, row.updated_at = new.version, True, self._clock()
+        self.on_change(thing)
         token = update.client_token
         accepted = {**applied.accepted, "timestamp": now, **({"clientToken": token} if token else {})}
         out = [Published("update/accepted", accepted),
@@ -111,6 +116,7 @@ class ShadowService:
             row.desired, row.reported, row.metadata_ = {}, {}, {}
             row.updated_at = self._clock()
             deleted = row.version
+        self.on_change(thing)
         return {"version": deleted, "timestamp": self._now(), **({"clientToken": token} if token else {})}
 
     def named_shadows(self, thing: str) -> list[str]:

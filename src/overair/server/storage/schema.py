@@ -153,6 +153,13 @@ class ThingGroup(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[float] = mapped_column(Float)
+    # Dynamic thing groups (server/fleet/dynamic.py; migration 0013): the query that
+    # decides membership (None: a static group), and AWS's status BUILDING, REBUILDING
+    # or ACTIVE while the members are (re)computed.
+    query_string: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    query_version: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    index_name: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
 
 
 class ThingGroupMember(Base):
@@ -448,6 +455,16 @@ class PackageConfiguration(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     jobs_update_versions: Mapped[bool] = mapped_column(Boolean, default=False)
     role_arn: Mapped[str] = mapped_column(String(256), default="")
+
+
+class FleetIndexing(Base):
+    """UpdateIndexingConfiguration's one row (id 1; core/indexing.py's stored form);
+    no row: overair's default (everything indexed). Migration 0013."""
+
+    __tablename__ = "fleet_indexing"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class ThingConnectivity(Base):
