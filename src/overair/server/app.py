@@ -36,7 +36,9 @@ from overair.server.bootstrap import upgrade_installation
 from overair.server.clock import Clock, system_clock
 from overair.server.dashboard.routes import build_dashboard
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
+from overair.server.delivery.download_gate import DownloadGate
 from overair.server.delivery.http_download import HttpDelivery
+from overair.server.delivery.policy import DownloadPolicy
 from overair.server.delivery.tls_peer import PeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
 from overair.server.fleet import api as fleet_api
@@ -150,9 +152,7 @@ class Server:
                               DeviceProfiles(self.db, settings.device_profiles),
                               self.registry.resolve_targets, self._notify_threadsafe,
                               assume_role=self._assume_ota_role)
-        self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
-        self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
-                                     self.objects, self.jobs, self.audit, clock, limits=settings.limits)
+        self._wire_file_delivery(settings, clock)
         self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit, settings.limits, clock)
         self._connect_job_hooks()
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
@@ -184,6 +184,19 @@ class Server:
         self.session_closer: SessionCloser | None = None
         self.ready = threading.Event()
 
+
+    def _wire_file_delivery(self, settings: Settings, clock: Clock) -> None:
+        """MQTT streams and HTTPS downloads, under one download policy (issue 18:
+        delivery/policy.py); a deleted object leaves their caches at once."""
+        self.downloads = DownloadGate(DownloadPolicy(settings.download_policy,
+                                                     max_devices=settings.limits.device_budgets_tracked),
+                                      self.jobs, clock)
+        self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock,
+                                     gate=self.downloads)
+        self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
+                                     self.objects, self.jobs, self.audit, clock, limits=settings.limits,
+                                     gate=self.downloads)
+        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object]
     def _check_download_host(self) -> None:
         """Devices check the download endpoint's certificate (the broker's) against the
         host of the URL they are given: say so at start if it cannot match."""

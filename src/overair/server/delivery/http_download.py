@@ -13,7 +13,10 @@ means a corrupted file is never served.
 The endpoint answers anyone who can open a TLS connection, so every failure is
 translated here, once, to a client error: a malformed URL 400, a forged or expired one or
 no live execution 403, an unknown object 404, a bad Range 416, a device over its
-download budget 429 (delivery/budgets.py), a store that cannot be read 503. The access
+download budget 429 (delivery/budgets.py), a store that cannot be read 503. The fleet
+download policy (delivery/policy.py) answers 429 (the device's own rate) or 503 (the
+server's or the rollout's capacity) with `Retry-After` and its reason as a stable code
+(body and `x-amzn-ErrorType`). The access
 decision is cached (streams/access.py) and dropped as soon as the thing's executions
 change; denials are audited a bounded number of times per device and interval.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,6 +43,8 @@ from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
+from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.policy import Decision
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job
@@ -49,11 +55,15 @@ log = logging.getLogger("overair.delivery")
 DOWNLOAD_ACTION = "iot:DownloadOtaFile"
 # UrlRefused codes and their HTTP status; anything else a URL can be refused for is 403.
 _REFUSAL_STATUS = {"MalformedUrl": 400, "InvalidRange": 416, "ThrottlingException": 429}
+# overair's refusals also say when to come back to the millisecond (Retry-After has whole
+# seconds: a device whose fair share allows it back in 1.2 s would wait 2).
+RETRY_AFTER_MS = "x-overair-retry-after-ms"
 
 
 class HttpDelivery:
     def __init__(self, secret: bytes, base_url: str, objects: ObjectStore, jobs: JobService, audit: AuditLog,
-                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024, limits: Limits = DEFAULT_LIMITS) -> None:
+                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024, limits: Limits = DEFAULT_LIMITS,
+                 gate: DownloadGate | None = None) -> None:
         self._secret = secret
         self.base_url = base_url
         self._objects = objects
@@ -63,6 +73,8 @@ class HttpDelivery:
         self._cache = FileCache(cache_bytes)
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
+        self.gate = gate
+        self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a URL stops working the moment its thing's execution ends.
         jobs.watch_executions(self._access.forget_things)
@@ -108,11 +120,21 @@ class HttpDelivery:
         return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
+        response = await self._answer(request)
+        self.answered[response.status_code] += 1  # on the event loop: no lock needed
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
             query = dict(request.query_params)
             return await run_in_threadpool(self._serve, request.method, bucket, key, query,
                                            request.headers.get("range"))
+        except PolicyRefusal as exc:
+            decision = exc.decision
+            headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
+                       RETRY_AFTER_MS: str(decision.retry_after_ms)}
+            return _text(429 if decision.own_rate else 503, decision.code, decision.message, headers)
         except presign.UrlRefused as exc:
             log.info("download refused: %s %s", exc.code, exc.message)
             status = _REFUSAL_STATUS.get(exc.code, 403)
@@ -142,6 +164,13 @@ class HttpDelivery:
             raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
         data = self._file(grant)
         span = presign.parse_range(range_header, len(data))
+        if self.gate is not None and method != "HEAD":
+            size = len(data) if span is None else span[1] - span[0] + 1
+            final = span is None or span[1] == len(data) - 1
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, size,
+                                            final=final)
+            if not decision.admitted:
+                raise PolicyRefusal(decision)
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
         if span is None:
             body, status = data, 200
@@ -170,6 +199,10 @@ class HttpDelivery:
     def forget_access(self) -> None:
         self._access.clear()
 
+    def forget_file(self, bucket: str, key: str) -> None:
+        """An object's bytes were deleted: never serve them from the cache again."""
+        self._cache.drop_where(lambda k: k[1:3] == (bucket, key))
+
     def _file(self, grant: presign.Grant) -> bytes:
         cache_key = ("http", grant.bucket, grant.key, grant.version)
         data = self._cache.get(cache_key)
@@ -177,6 +210,14 @@ class HttpDelivery:
             _, data = self._objects.get_object(grant.bucket, grant.key, grant.version)
             self._cache.put(cache_key, data)
         return data
+
+
+class PolicyRefusal(Exception):
+    """The download policy refused a request (delivery/policy.py): answered 429/503."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
 
 
 def _text(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
