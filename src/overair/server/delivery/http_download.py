@@ -27,12 +27,13 @@ import copy
 import logging
 from collections import Counter
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from overair.core import placeholders, presign
 from overair.core.errors import OverairError
@@ -120,16 +121,47 @@ class HttpDelivery:
         return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
-        response = await self._answer(request)
+        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+        response = await run_in_threadpool(self.respond, request.method, bucket, key,
+                                           dict(request.query_params), request.headers.get("range"))
+        assert response is not None  # not memory_only: always an answer
         self.answered[response.status_code] += 1  # on the event loop: no lock needed
         return response
 
-    async def _answer(self, request: Request) -> Response:
+    def fast_app(self, fallback: ASGIApp) -> ASGIApp:
+        """The device endpoint's ASGI app: a download request whose grant, access decision
+        and file are all in memory (nearly every one of a rollout: a device makes one per
+        4 KiB block) is answered here, on the event loop, without Starlette's routing and
+        middleware or a hop to a worker thread, which were most of its cost
+        (bench/fleet.py --protocol HTTP). Everything else goes to `fallback`, the same
+        route with every check, which answers the same."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "") if scope["type"] == "http" else ""
+            if path.startswith(presign.PATH_PREFIX) and scope["method"] in ("GET", "HEAD"):
+                bucket, slash, key = path[len(presign.PATH_PREFIX):].partition("/")
+                if bucket and slash:
+                    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                           keep_blank_values=True))
+                    range_header = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                                         if k == b"range"), None)
+                    response = self.respond(scope["method"], unquote(bucket), unquote(key), query,
+                                            range_header, memory_only=True)
+                    if response is not None:
+                        self.answered[response.status_code] += 1
+                        await response(scope, receive, send)
+                        return
+            await fallback(scope, receive, send)
+
+        return app
+
+    def respond(self, method: str, bucket: str, key: str, query: dict[str, str], range_header: str | None,
+                *, memory_only: bool = False) -> Response | None:
+        """The answer to a download request, refusals included. `memory_only`: None
+        instead if answering needs the database or the object store (nothing was
+        consumed: the caller asks again without it)."""
         try:
-            bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
-            query = dict(request.query_params)
-            return await run_in_threadpool(self._serve, request.method, bucket, key, query,
-                                           request.headers.get("range"))
+            return self._serve(method, bucket, key, query, range_header, memory_only)
         except PolicyRefusal as exc:
             decision = exc.decision
             headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
@@ -150,8 +182,10 @@ class HttpDelivery:
             return _text(503, "ServiceUnavailable", "file unavailable, try again")
 
     def _serve(self, method: str, bucket: str, key: str, query: dict[str, str],
-               range_header: str | None) -> Response:
+               range_header: str | None, memory_only: bool = False) -> Response | None:
         grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        if memory_only and not self._in_memory(grant):
+            return None  # before the budget is spent: the full path spends it once
         # The thing is authenticated from here on (the URL's signature binds it).
         if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
             self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
@@ -183,6 +217,12 @@ class HttpDelivery:
             metrics.BYTES_SERVED.labels("https").inc(len(body))
         return Response(b"" if method == "HEAD" else body, status, headers=headers,
                         media_type="application/octet-stream")
+
+    def _in_memory(self, grant: presign.Grant) -> bool:
+        """Are this grant's access decision (allowed) and file bytes cached?"""
+        item = (grant.bucket, grant.key, grant.version)
+        return bool(self._access.get(grant.thing, item, self._clock())) and \
+            self._cache.get(("http", grant.bucket, grant.key, grant.version)) is not None
 
     def _may_read(self, grant: presign.Grant) -> bool:
         """N4: cached (streams/access.py), dropped when the thing's executions change."""
