@@ -37,7 +37,6 @@ import hashlib
 import multiprocessing
 import os
 import socket
-import ssl
 import statistics
 import subprocess
 import tempfile
@@ -289,14 +288,7 @@ def raw_phase(root: Path, things: list[str], stream_id: str, image: bytes, proce
         for pipe in pipes:
             if not pipe.poll(timeout) or pipe.recv() != "ready":
                 raise RuntimeError("the raw subscribers did not connect")
-        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(broker.ca))
-        tls.load_cert_chain(str(pub_cert[0]), str(pub_cert[1]))
-        raw_socket = socket.create_connection(("127.0.0.1", broker.port))
-        raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        publisher = tls.wrap_socket(raw_socket, server_hostname="127.0.0.1")
-        publisher.sendall(lean_devices.mqtt_connect("raw-publisher"))
-        if publisher.recv(4)[:1] != b"\x20":
-            raise RuntimeError("the raw broker refused the publisher")
+        publisher = broker.publisher(pub_cert, "raw-publisher")
         pid = broker.process.pid if broker.process is not None else None
         broker0 = _proc_cpu(pid)
         started = time.perf_counter()
@@ -409,7 +401,8 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
           f"SUCCEEDED published: {sum(bool(r.succeeded) for r in results)}/{n}; failures: {len(failed)}")
     for reason, count in Counter(r.error for r in failed).most_common(5):
         print(f"  {count} x {reason}")
-    print(f"download restarts (a job message during a download): {sum(r.restarts for r in results)}")
+    print(f"download restarts (a job message during a download): {sum(r.restarts for r in results)}; "
+          f"HTTPS answers 429/503 (asked again when told): {sum(r.throttled for r in results)}")
     print(f"status updates sent: {sum(r.status_updates for r in results)}; "
           f"block requests: {sum(r.requests for r in results)}")
     notified = [r.notified for r in results if r.notified]

@@ -72,6 +72,7 @@ class FleetDeviceResult:
     requests: int = 0
     status_updates: int = 0
     restarts: int = 0
+    throttled: int = 0  # HTTPS answers 429/503 with Retry-After (asked again when told)
     verified: bool = False
     error: str = ""
 
@@ -109,36 +110,22 @@ class Phase(Enum):
     DONE = "done"
 
 
-class _Link:
-    """One non-blocking mutual-TLS MQTT connection: TCP connect and TLS handshake driven
-    by selector events, then CONNECT and the subscriptions; `ready` once every ack is in."""
+class _TlsConnection:
+    """A non-blocking TLS client connection driven by selector events: the TCP connect
+    blocks (on loopback it completes at once unless the server's accept backlog is full;
+    wrapping a socket whose connect is still in progress makes Python's pre-handshake
+    check raise), the handshake and the writes do not."""
 
-    def __init__(self, context: ssl.SSLContext, host: str, port: int, client_id: str,
-                 subscriptions: list[tuple[str, int]]) -> None:
-        # The TCP connect blocks (on loopback it completes at once unless the broker's
-        # accept backlog is full); wrapping a socket whose connect is still in progress
-        # makes Python's pre-handshake check raise.
+    def __init__(self, context: ssl.SSLContext, host: str, port: int, server_hostname: str) -> None:
         raw = socket.create_connection((host, port), timeout=30)
         raw.setblocking(False)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
-        self.client_id = client_id
-        self.subscriptions = subscriptions
+        self.sock = context.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
         self.handshaken = False
-        self.acks_missing = 1 + len(subscriptions)
-        self.packets = _Packets()
         self.outbox = bytearray()
-
-    @property
-    def ready(self) -> bool:
-        return self.handshaken and self.acks_missing == 0
 
     def wants_write(self) -> bool:
         return not self.handshaken or bool(self.outbox)
-
-    def send(self, data: bytes) -> None:
-        self.outbox += data
-        self.flush()
 
     def flush(self) -> None:
         if not self.handshaken:
@@ -150,14 +137,46 @@ class _Link:
                 return
             del self.outbox[:sent]
 
-    def advance(self) -> list[tuple[int, bytes]]:
-        """Progress the handshake, flush, read what is there; returns MQTT packets."""
+    def handshake(self) -> bool:
+        """Progress the handshake; True once it is done."""
         if not self.handshaken:
             try:
                 self.sock.do_handshake()
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                return []
+                return False
             self.handshaken = True
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class _Link(_TlsConnection):
+    """One mutual-TLS MQTT connection: after the handshake, CONNECT and the
+    subscriptions; `ready` once every ack is in."""
+
+    def __init__(self, context: ssl.SSLContext, host: str, port: int, client_id: str,
+                 subscriptions: list[tuple[str, int]]) -> None:
+        super().__init__(context, host, port, host)
+        self.client_id = client_id
+        self.subscriptions = subscriptions
+        self.acks_missing = 1 + len(subscriptions)
+        self.packets = _Packets()
+
+    @property
+    def ready(self) -> bool:
+        return self.handshaken and self.acks_missing == 0
+
+    def send(self, data: bytes) -> None:
+        self.outbox += data
+        self.flush()
+
+    def advance(self) -> list[tuple[int, bytes]]:
+        """Progress the handshake, flush, read what is there; returns MQTT packets."""
+        if not self.handshaken:
+            if not self.handshake():
+                return []
             hello = mqtt_connect(self.client_id)
             for i, (topic, qos) in enumerate(self.subscriptions, 1):
                 hello += mqtt_subscribe(topic, i)[:-1] + bytes([qos])
@@ -184,12 +203,9 @@ class _Link:
                 break
         return packets
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
-class HttpDownload:
+class HttpDownload(_TlsConnection):
     """One device's file over HTTPS as the FreeRTOS HTTP demo fetches it: one TLS
     connection kept alive, one `Range` request per 4 KiB block, the next when the last
     answer is in. Non-blocking, driven by the process's selector loop; `on_block` gets
@@ -199,24 +215,27 @@ class HttpDownload:
                  on_block: Callable[[int, bytes], None], on_error: Callable[[str], None]) -> None:
         rest = url.split("://", 1)[-1]
         authority, _, path = rest.partition("/")
+        super().__init__(context, host, port, authority.split(":")[0])
         self.host = authority.split(":")[0]
         self.path = "/" + path
         self.size = size
         self.total = block_count(size, BLOCK_SIZE)
         self.next_block = 0
         self.on_block, self.on_error = on_block, on_error
-        raw = socket.create_connection((host, port), timeout=30)
-        raw.setblocking(False)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = context.wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
-        self.handshaken = False
         self.buffer = bytearray()
-        self.outbox = bytearray()
         self.requests = 0
+        self.throttled = 0  # answers 429/503 with Retry-After
+        self.retry_at = 0.0  # perf_counter when to ask again after one (0: not waiting)
         self.done = False
 
-    def wants_write(self) -> bool:
-        return not self.handshaken or bool(self.outbox)
+    def retry_if_due(self, now: float) -> bool:
+        """Ask again for the block a refusal deferred, if its time has come."""
+        if not self.retry_at or now < self.retry_at:
+            return False
+        self.retry_at = 0.0
+        self._request()
+        self.flush()
+        return True
 
     def _request(self) -> None:
         first = self.next_block * BLOCK_SIZE
@@ -225,23 +244,12 @@ class HttpDownload:
                         f"Range: bytes={first}-{last}\r\n\r\n").encode()
         self.requests += 1
 
-    def _flush(self) -> None:
-        while self.outbox:
-            try:
-                sent = self.sock.send(self.outbox)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                return
-            del self.outbox[:sent]
-
     def advance(self) -> None:
         if not self.handshaken:
-            try:
-                self.sock.do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            if not self.handshake():
                 return
-            self.handshaken = True
             self._request()
-        self._flush()
+        self.flush()
         while not self.done:
             try:
                 data = self.sock.recv(1 << 16)
@@ -253,7 +261,7 @@ class HttpDownload:
             self._responses()
             if not self.sock.pending():
                 break
-        self._flush()
+        self.flush()
 
     def _responses(self) -> None:
         while True:
@@ -269,6 +277,14 @@ class HttpDownload:
             status = int(lines[0].split(" ")[1])
             body = bytes(self.buffer[end + 4:end + 4 + length])
             del self.buffer[:end + 4 + length]
+            if status in (429, 503) and "retry-after" in headers:
+                # Told to wait: ask for the same block again when the server said. (The
+                # FreeRTOS demo would wait for its 10 s request timer; this device is the
+                # best-behaved one, so the figure is the server's, not the timer's.)
+                wait_ms = headers.get("x-overair-retry-after-ms") or str(1000 * int(headers["retry-after"]))
+                self.retry_at = time.perf_counter() + int(wait_ms) / 1000
+                self.throttled += 1
+                return
             if status != 206:
                 self.done = True
                 self.on_error(f"HTTP {status}: {body[:100]!r}")
@@ -279,10 +295,6 @@ class HttpDownload:
                 self.done = True
                 return
             self._request()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 class FleetDevice:
@@ -411,6 +423,7 @@ class FleetDevice:
 
     def on_http_block(self, index: int, data: bytes) -> None:
         self.result.requests += 1
+        self.result.throttled = self.http.throttled if self.http is not None else self.result.throttled
         self._store(index, data)
         if self.received == self.total:
             self._downloaded()
@@ -557,11 +570,18 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
         device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
 
     def run_for(seconds: float) -> None:
+        waiting = [d for d in devices if d.http is not None and d.http.retry_at]
+        if waiting:
+            seconds = min(seconds, min(d.http.retry_at for d in waiting if d.http) - time.perf_counter())
         for key, _ in selector.select(timeout=max(0.0, seconds)):
             if isinstance(key.data, tuple):
                 service_http(key.data[1])
             else:
                 service(key.data)
+        now = time.perf_counter()
+        for device in waiting:
+            if device.http is not None and device.http.retry_if_due(now):
+                service_http(device)
 
     devices: list[FleetDevice] = []
     pace = 1.0 / connect_rate if connect_rate > 0 else 0.0

@@ -795,6 +795,19 @@ class RawBroker:
         issued = pki.issue_client_cert(self._ca, cn, self._now)
         return self._write(f"{cn}.crt", issued.cert_pem), self._write(f"{cn}.key", issued.key_pem)
 
+    def publisher(self, cert: tuple[Path, Path], client_id: str) -> ssl.SSLSocket:
+        """The limit run's one publisher: mutual TLS, Nagle off, MQTT CONNECT accepted."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+        raw_socket = socket.create_connection(("127.0.0.1", self.port))
+        raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        publisher = context.wrap_socket(raw_socket, server_hostname="127.0.0.1")
+        publisher.sendall(lean_devices.mqtt_connect(client_id))
+        if publisher.recv(4)[:1] != b"\x20":
+            raise RuntimeError("the raw broker refused the publisher")
+        return publisher
+
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -860,15 +873,7 @@ def raw_forwarding(broker: RawBroker, things: list[str], stream_id: str, image: 
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         if not broker.wait_subscribed(len(things), 30):
             raise RuntimeError("the raw subscribers did not all subscribe within 30 s")
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(broker.ca))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(pub_cert[0]), str(pub_cert[1]))
-        raw_socket = socket.create_connection(("127.0.0.1", broker.port))
-        raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        publisher = context.wrap_socket(raw_socket, server_hostname="127.0.0.1")
-        publisher.sendall(lean_devices.mqtt_connect("bench-publisher"))
-        if publisher.recv(4)[:1] != b"\x20":
-            raise RuntimeError("the raw broker refused the publisher")
+        publisher = broker.publisher(pub_cert, "bench-publisher")
         view = memoryview(wire)
         pid = broker.process.pid if broker.process is not None else None
         broker0 = _proc_cpu(pid)
