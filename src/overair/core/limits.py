@@ -107,6 +107,16 @@ class Limits:
     dynamic_group_batch: int = 500
     # GetBucketsAggregation's termsAggregation.maxBuckets (AWS's model: 1 to 10,000).
     max_aggregation_buckets: int = 10_000
+    # Bulk registration and RegisterThing (core/provtemplate.py, server/registry/bulk.py):
+    # AWS's templateBody is at most 10,240 characters (iot API reference); a template
+    # nests no deeper than Fn::Join inside a property of a resource. The input file is
+    # newline-delimited JSON, one device's parameters per line (a CSR is ~0.5 KiB).
+    max_provisioning_template_bytes: int = 10_240
+    max_provisioning_template_depth: int = 10
+    max_registration_file_bytes: int = 128 * MIB
+    max_registration_lines: int = 100_000
+    max_registration_line_bytes: int = 16 * KIB
+    registration_batch: int = 500  # lines per transaction batch and per broker access change
 
     @property
     def device_max_file_size(self) -> int:

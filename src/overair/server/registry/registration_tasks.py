@@ -1,0 +1,225 @@
+"""Bulk registration tasks: StartThingRegistrationTask and what follows it.
+
+Starting a task checks what can be checked at once (the template parses; the service
+role exists, lets iot.amazonaws.com assume it and may s3:GetObject the input file; the
+file exists and is within `max_registration_file_bytes`), so a task that cannot work is
+refused with InvalidRequestException rather than started. AWS: "Only one bulk
+registration operation task can run at a time (per account)" (developer guide, "Bulk
+registration"): a second start while one is InProgress is refused too.
+
+One worker thread then reads the file (at most `max_registration_lines` lines, else the
+task fails before registering anything), registers it batch by batch
+(server/registry/bulk.py: a bad line is reported and registers nothing, the rest
+proceeds), updates the counts after each batch, and finally writes the RESULTS and
+ERRORS reports (newline-delimited JSON) next to the input file:
+`thing-registration-tasks/<taskId>/results.json` and `.../errors.json` in the input
+bucket. StopThingRegistrationTask is honoured between batches (Cancelling, then
+Cancelled; the reports cover the lines done).
+
+A server restart does not resume a task: every task still InProgress or Cancelling at
+start is marked Failed, "interrupted by a server restart after N lines". The lines it
+registered stay registered (each batch is committed); run the file again with the
+registered lines removed, or as it is: they fail as already existing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import select, update
+
+from overair.core.errors import OverairError
+from overair.core.limits import Limits
+from overair.core.provtemplate import Template, TemplateError, parse_line, parse_template
+from overair.server.api.contract import ApiError, invalid, not_found
+from overair.server.clock import Clock
+from overair.server.registry.bulk import BulkRegistrar, LineResult
+from overair.server.storage.db import Database
+from overair.server.storage.objects import ObjectStore
+from overair.server.storage.schema import ThingRegistrationTask
+
+log = logging.getLogger("overair.registry")
+
+RUNNING = ("InProgress", "Cancelling")
+REPORT_PREFIX = "thing-registration-tasks"
+REPORT_FILES = {"RESULTS": "results.json", "ERRORS": "errors.json"}
+
+# (role ARN, bucket, key) -> None, or ApiError: may the role read the input file?
+RoleReadCheck = Callable[[str, str, str], None]
+
+
+def report_key(task_id: str, report_type: str) -> str:
+    return f"{REPORT_PREFIX}/{task_id}/{REPORT_FILES[report_type]}"
+
+
+class RegistrationTasks:
+    def __init__(self, db: Database, objects: ObjectStore, registrar: BulkRegistrar, limits: Limits,
+                 clock: Clock, role_may_read: RoleReadCheck) -> None:
+        self._db = db
+        self._objects = objects
+        self._registrar = registrar
+        self._limits = limits
+        self._clock = clock
+        self._role_may_read = role_may_read
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="registration")
+        self._stop_requested: set[str] = set()
+        self._lock = threading.Lock()
+
+    # API ------------------------------------------------------------------------------
+    def start(self, template_body: str, bucket: str, key: str, role_arn: str) -> str:
+        try:
+            template = parse_template(template_body, self._limits)
+        except TemplateError as exc:
+            raise invalid(f"templateBody: {exc.message}") from None
+        try:
+            self._role_may_read(role_arn, bucket, key)
+            size = self._objects.head_object(bucket, key).size
+        except ApiError as exc:
+            raise invalid(f"the input file s3://{bucket}/{key} cannot be read with {role_arn}: "
+                          f"{exc.message}") from None
+        if size > self._limits.max_registration_file_bytes:
+            raise invalid(f"the input file is {size} bytes; at most "
+                          f"{self._limits.max_registration_file_bytes} are allowed")
+        task_id = str(uuid.uuid4())
+        now = self._clock()
+        with self._db.session() as s:
+            running = s.scalar(select(ThingRegistrationTask.task_id)
+                               .where(ThingRegistrationTask.status.in_(RUNNING)).limit(1))
+            if running is not None:
+                raise invalid(f"bulk registration task {running} is still running: one task runs at a "
+                              "time (as AWS)")
+            s.add(ThingRegistrationTask(task_id=task_id, template_body=template_body, input_bucket=bucket,
+                                        input_key=key, role_arn=role_arn, status="InProgress", message="",
+                                        success_count=0, failure_count=0, percentage=0, created_at=now,
+                                        last_modified_at=now))
+        self._worker.submit(self._run, task_id, template)
+        return task_id
+
+    def describe(self, task_id: str) -> ThingRegistrationTask:
+        with self._db.reading() as s:
+            row = s.get(ThingRegistrationTask, task_id)
+            if row is None:
+                raise not_found(f"thing registration task {task_id}")
+            return row
+
+    def list_ids(self, status: str | None) -> list[str]:
+        query = select(ThingRegistrationTask.task_id).order_by(ThingRegistrationTask.created_at,
+                                                               ThingRegistrationTask.task_id)
+        if status is not None:
+            query = query.where(ThingRegistrationTask.status == status)
+        with self._db.reading() as s:
+            return list(s.scalars(query))
+
+    def stop(self, task_id: str) -> None:
+        with self._db.session() as s:
+            row = s.get(ThingRegistrationTask, task_id)
+            if row is None:
+                raise not_found(f"thing registration task {task_id}")
+            if row.status != "InProgress":
+                raise invalid(f"task {task_id} is {row.status}; only a task InProgress can be stopped")
+            row.status, row.last_modified_at = "Cancelling", self._clock()
+        with self._lock:
+            self._stop_requested.add(task_id)
+
+    def report_links(self, task_id: str, report_type: str) -> list[str]:
+        """The report's object as an s3:// URI, once the task has written it."""
+        row = self.describe(task_id)
+        key = report_key(task_id, report_type)
+        try:
+            self._objects.head_object(row.input_bucket, key)
+        except ApiError:
+            return []
+        return [f"s3://{row.input_bucket}/{key}"]
+
+    # Lifecycle ------------------------------------------------------------------------
+    def interrupted_by_restart(self) -> None:
+        """At start: tasks a previous run left running are Failed (they are not resumed)."""
+        with self._db.session() as s:
+            for row in s.scalars(select(ThingRegistrationTask)
+                                 .where(ThingRegistrationTask.status.in_(RUNNING))):
+                done = row.success_count + row.failure_count
+                row.status = "Failed"
+                row.message = (f"interrupted by a server restart after {done} lines; the lines registered "
+                               "stay registered")
+                row.last_modified_at = self._clock()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop_requested.update(["*"])
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+    # The worker -----------------------------------------------------------------------
+    def _run(self, task_id: str, template: Template) -> None:
+        results: list[LineResult] = []
+        status, message = "Completed", ""
+        try:
+            row = self.describe(task_id)
+            _, data = self._objects.get_object(row.input_bucket, row.input_key)
+            lines = [line for line in data.split(b"\n") if line.strip()]
+            if len(lines) > self._limits.max_registration_lines:
+                raise invalid(f"the input file has {len(lines)} lines; at most "
+                              f"{self._limits.max_registration_lines} are allowed")
+            del data
+            batch = self._limits.registration_batch
+            for start in range(0, len(lines), batch):
+                if self._stopping(task_id):
+                    status, message = "Cancelled", f"stopped after {start} of {len(lines)} lines"
+                    break
+                parsed: list[tuple[str, dict[str, str] | TemplateError]] = []
+                for index, line in enumerate(lines[start:start + batch], start):
+                    try:
+                        parsed.append((str(index), parse_line(line, self._limits)))
+                    except TemplateError as exc:
+                        parsed.append((str(index), exc))
+                results.extend(self._registrar.register(template, parsed))
+                self._progress(task_id, results, len(lines))
+        except OverairError as exc:
+            status, message = "Failed", exc.message
+        except Exception as exc:
+            log.exception("bulk registration task %s failed", task_id)
+            status, message = "Failed", f"internal error: {type(exc).__name__}"
+        try:
+            self._write_reports(task_id, results)
+        except OverairError as exc:
+            status, message = "Failed", f"the reports could not be written: {exc.message}"
+        self._finish(task_id, results, status, message)
+
+    def _stopping(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._stop_requested or "*" in self._stop_requested
+
+    def _progress(self, task_id: str, results: list[LineResult], total: int) -> None:
+        ok = sum(1 for r in results if r.ok)
+        with self._db.session() as s:
+            s.execute(update(ThingRegistrationTask).where(ThingRegistrationTask.task_id == task_id)
+                      .values(success_count=ok, failure_count=len(results) - ok,
+                              percentage=len(results) * 100 // max(total, 1),
+                              last_modified_at=self._clock()))
+
+    def _write_reports(self, task_id: str, results: list[LineResult]) -> None:
+        row = self.describe(task_id)
+        for report_type, keep in (("RESULTS", True), ("ERRORS", False)):
+            body = "".join(json.dumps(r.report_line()) + "\n" for r in results if r.ok == keep)
+            self._objects.put_object(row.input_bucket, report_key(task_id, report_type), body.encode(),
+                                     content_type="application/json")
+
+    def _finish(self, task_id: str, results: list[LineResult], status: str, message: str) -> None:
+        ok = sum(1 for r in results if r.ok)
+        with self._db.session() as s:
+            row = s.get(ThingRegistrationTask, task_id)
+            if row is None:
+                return
+            row.status, row.message = status, message[:2048]
+            row.success_count, row.failure_count = ok, len(results) - ok
+            if status == "Completed":
+                row.percentage = 100
+            row.last_modified_at = self._clock()
+        with self._lock:
+            self._stop_requested.discard(task_id)
+        log.info("bulk registration task %s %s: %d registered, %d failed%s", task_id, status, ok,
+                 len(results) - ok, f" ({message})" if message else "")
