@@ -292,20 +292,22 @@ def test_stop_cancels_a_task_between_batches(srv: RunningServer, role_arn: str) 
     key = ec.generate_private_key(ec.SECP256R1())
     lines = [json.dumps({"ThingName": f"stopped-{i}", "SerialNumber": str(i), "CSR": _csr(key)})
              for i in range(6)]
-    # Hold the task's worker so the stop surely arrives before its first batch.
+    # Hold the tasks' worker so the stop surely arrives before the first batch.
     gate = threading.Event()
     srv.server.registration_tasks._worker.submit(gate.wait, 30)
     try:
         task = _start(srv, role_arn, "stopped.json", "\n".join(lines).encode())
-        # One task runs at a time (as AWS).
-        assert _code(iot.start_thing_registration_task, templateBody=TEMPLATE, inputFileBucket=BUCKET,
-                     inputFileKey="stopped.json", roleArn=role_arn) == "InvalidRequestException"
+        # Tasks run one at a time (as AWS): the next waits for this one.
+        lines = [line.replace("stopped-", "after-") for line in lines]
+        after = _start(srv, role_arn, "after.json", "\n".join(lines).encode())
         iot.stop_thing_registration_task(taskId=task)
         assert iot.describe_thing_registration_task(taskId=task)["status"] == "Cancelling"
+        assert iot.describe_thing_registration_task(taskId=after)["status"] == "InProgress"
     finally:
         gate.set()
     described = _finished(srv, task)
     assert (described["status"], described["successCount"]) == ("Cancelled", 0)
     assert _missing(srv, "stopped-0")
+    assert _finished(srv, after)["successCount"] == len(lines)
     assert _code(iot.stop_thing_registration_task, taskId=task) == "InvalidRequestException"
     assert _code(iot.describe_thing_registration_task, taskId="no-such-task") == "ResourceNotFoundException"

@@ -5,9 +5,10 @@ role exists, lets iot.amazonaws.com assume it and may s3:GetObject the input fil
 file exists and is within `max_registration_file_bytes`), so a task that cannot work is
 refused with InvalidRequestException rather than started. AWS: "Only one bulk
 registration operation task can run at a time (per account)" (developer guide, "Bulk
-registration"): a second start while one is InProgress is refused too.
+registration"): tasks run one at a time, in the order started; one started while
+another runs waits (InProgress, 0 %).
 
-One worker thread then reads the file (at most `max_registration_lines` lines, else the
+One worker thread reads the file (at most `max_registration_lines` lines, else the
 task fails before registering anything), registers it batch by batch
 (server/registry/bulk.py: a bad line is reported and registers nothing, the rest
 proceeds), updates the counts after each batch, and finally writes the RESULTS and
@@ -88,11 +89,6 @@ class RegistrationTasks:
         task_id = str(uuid.uuid4())
         now = self._clock()
         with self._db.session() as s:
-            running = s.scalar(select(ThingRegistrationTask.task_id)
-                               .where(ThingRegistrationTask.status.in_(RUNNING)).limit(1))
-            if running is not None:
-                raise invalid(f"bulk registration task {running} is still running: one task runs at a "
-                              "time (as AWS)")
             s.add(ThingRegistrationTask(task_id=task_id, template_body=template_body, input_bucket=bucket,
                                         input_key=key, role_arn=role_arn, status="InProgress", message="",
                                         success_count=0, failure_count=0, percentage=0, created_at=now,
@@ -127,8 +123,12 @@ class RegistrationTasks:
             self._stop_requested.add(task_id)
 
     def report_links(self, task_id: str, report_type: str) -> list[str]:
-        """The report's object as an s3:// URI, once the task has written it."""
-        row = self.describe(task_id)
+        """The report's object as an s3:// URI, once the task has written it. An unknown
+        task is InvalidRequestException: the operation models no ResourceNotFoundException."""
+        try:
+            row = self.describe(task_id)
+        except ApiError:
+            raise invalid(f"thing registration task {task_id} does not exist") from None
         key = report_key(task_id, report_type)
         try:
             self._objects.head_object(row.input_bucket, key)
