@@ -242,6 +242,7 @@ class Server:
         """RegisterThing and bulk registration tasks (server/registry/bulk.py); the task
         reads its input file as its service role."""
         self.registrar = BulkRegistrar(self.db, self.registry, self.fleet_ca, clock)
+        self.registrar.followed = self.jobs.continuous_targets
 
         def role_may_read(role_arn: str, bucket: str, key: str) -> None:
             principal = self.authorizer.service_role(role_arn, "thing-registration")

@@ -26,13 +26,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, insert, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from overair.core.errors import OverairError
 from overair.core.provtemplate import Plan, Template, TemplateError, plan
@@ -76,6 +78,11 @@ class LineResult:
     def fail(self, exc: OverairError) -> None:
         self.error_code, self.error_message = exc.code, exc.message
 
+    def reset(self) -> None:
+        """Back to not registered and not failed (a batch that failed as a whole)."""
+        self.resource_arns.clear()
+        self.certificate_pem = self.error_code = self.error_message = None
+
     def report_line(self) -> dict[str, object]:
         """A line of the RESULTS or ERRORS report (docs/compatibility.md)."""
         if self.ok:
@@ -99,6 +106,9 @@ class BulkRegistrar:
         self._registry = registry
         self._ca = fleet_ca
         self._clock = clock
+        # The targets of CONTINUOUS jobs (JobService.continuous_targets): a join of any
+        # other group needs no job work, so the batch asks once instead of per thing.
+        self.followed: Callable[[], set[str]] = set
 
     def register(self, template: Template,
                  lines: Sequence[tuple[str, dict[str, str] | TemplateError]]) -> list[LineResult]:
@@ -145,74 +155,92 @@ class BulkRegistrar:
             return
         try:
             with self._db.session() as s:
-                for item in prepared:
-                    self._check_and_add(s, template, item)
+                self._check(s, prepared)
+                self._insert(s, template, [item for item in prepared if item.result.ok])
             return
-        except Exception as exc:
+        except Exception as exc:  # any failure of the whole batch: its lines are retried one by one
             log.warning("a registration batch of %d lines failed as a whole (%s); registering its "
                         "lines one by one", len(prepared), exc)
         for item in prepared:
-            item.result = LineResult(item.result.reference_id)
-        for item in prepared:
+            item.result.reset()
             try:
                 with self._db.session() as s:
-                    self._check_and_add(s, template, item, raise_errors=True)
-            except OverairError as exc:
+                    self._check(s, [item])
+                    if item.result.ok:
+                        self._insert(s, template, [item])
+            except Exception as exc:
+                item.result.reset()
+                item.result.fail(exc if isinstance(exc, OverairError)
+                                 else LineError(f"the line could not be stored: {type(exc).__name__}"))
+
+    def _check(self, s: Session, prepared: list[_Prepared]) -> None:
+        """Check the lines against the registry, a few queries for the whole batch; a
+        line that fails is marked so (it will write nothing). All checks come before the
+        first write."""
+        items = [item for item in prepared if item.result.ok]
+        things = _existing(s, Thing.name, [item.plan.thing_name for item in items])
+        groups = {name: query for name, query in _rows(
+            s, select(ThingGroup.name, ThingGroup.query_string), ThingGroup.name,
+            sorted({g for item in items for g in item.plan.groups}))}
+        certs = {cert_id: status for cert_id, status in _rows(
+            s, select(DeviceCertificate.certificate_id, DeviceCertificate.status),
+            DeviceCertificate.certificate_id,
+            sorted({item.plan.certificate_id for item in items if item.plan.certificate_id}))}
+        for item in items:
+            line = item.plan
+            try:
+                if line.thing_name in things:
+                    raise LineError(f"thing {line.thing_name} already exists")
+                for name in line.groups:
+                    if name not in groups:
+                        raise LineError(f"thing group {name} does not exist")
+                    if groups[name] is not None:
+                        raise LineError(f"thing group {name} is a dynamic thing group: its members are the "
+                                        "things its query matches")
+                if line.certificate_id is not None:
+                    status = certs.get(line.certificate_id)
+                    if status is None:
+                        raise LineError(f"certificate {line.certificate_id} does not exist")
+                    if status == "REVOKED":
+                        raise LineError(f"certificate {line.certificate_id} is revoked")
+            except LineError as exc:
                 item.result.fail(exc)
 
-    def _check_and_add(self, s: Session, template: Template, item: _Prepared,
-                       raise_errors: bool = False) -> None:
-        """Check one line against the registry and write it; a line that fails writes
-        nothing (every check comes before the first write)."""
-        line, result = item.plan, item.result
-        if not result.ok:
-            return
-        try:
-            self._check(s, line)
-        except OverairError as exc:
-            if raise_errors:
-                raise
-            result.fail(exc)
+    def _insert(self, s: Session, template: Template, items: list[_Prepared]) -> None:
+        """Write the checked lines: things, then certificates, attachments and memberships
+        (one multi-row INSERT each)."""
+        if not items:
             return
         registry, now = self._registry, self._clock()
-        s.add(Thing(name=line.thing_name, thing_id=str(uuid.uuid4()), arn=registry.thing_arn(line.thing_name),
-                    thing_type_name=line.thing_type, attributes=dict(line.attributes), version=1,
-                    created_at=now))
-        s.flush()  # the thing first: memberships and attachments refer to it
-        for group in line.groups:
-            s.add(ThingGroupMember(group_name=group, thing_name=line.thing_name, added_at=now))
-        result.resource_arns[template.thing_resource] = registry.thing_arn(line.thing_name)
-        cert_id = line.certificate_id
-        if item.cert is not None:
-            cert_id = pki.certificate_id(item.cert)
-            s.add(DeviceCertificate(certificate_id=cert_id, arn=registry.cert_arn(cert_id), pem=item.cert_pem,
-                                    serial=format(item.cert.serial_number, "x"),
-                                    status=line.certificate_status, created_at=now, last_modified_at=now))
-            result.certificate_pem = item.cert_pem
-        elif cert_id is not None:
-            existing = s.get(DeviceCertificate, cert_id)
-            assert existing is not None  # _check
-            result.certificate_pem = existing.pem
-        if cert_id is not None and template.certificate_resource is not None:
-            s.add(ThingPrincipal(thing_name=line.thing_name, principal=registry.cert_arn(cert_id)))
-            result.resource_arns[template.certificate_resource] = registry.cert_arn(cert_id)
-
-    def _check(self, s: Session, line: Plan) -> None:
-        if s.get(Thing, line.thing_name) is not None:
-            raise LineError(f"thing {line.thing_name} already exists")
-        for name in line.groups:
-            group = s.get(ThingGroup, name)
-            if group is None:
-                raise LineError(f"thing group {name} does not exist")
-            if group.query_string is not None:
-                raise LineError(f"thing group {name} is a dynamic thing group: its members are the things "
-                                "its query matches")
-        if line.certificate_id is not None:
-            cert = s.get(DeviceCertificate, line.certificate_id)
-            if cert is None:
-                raise LineError(f"certificate {line.certificate_id} does not exist")
-            if cert.status == "REVOKED":
-                raise LineError(f"certificate {line.certificate_id} is revoked")
+        things, certs, links, members = [], [], [], []
+        existing_pems = dict(_rows(s, select(DeviceCertificate.certificate_id, DeviceCertificate.pem),
+                                   DeviceCertificate.certificate_id,
+                                   sorted({i.plan.certificate_id for i in items if i.plan.certificate_id})))
+        for item in items:
+            line, result = item.plan, item.result
+            thing_arn = registry.thing_arn(line.thing_name)
+            things.append({"name": line.thing_name, "thing_id": str(uuid.uuid4()), "arn": thing_arn,
+                           "thing_type_name": line.thing_type, "attributes": dict(line.attributes),
+                           "version": 1, "created_at": now})
+            members += [{"group_name": group, "thing_name": line.thing_name, "added_at": now}
+                        for group in line.groups]
+            result.resource_arns[template.thing_resource] = thing_arn
+            cert_id = line.certificate_id
+            if item.cert is not None:
+                cert_id = pki.certificate_id(item.cert)
+                certs.append({"certificate_id": cert_id, "arn": registry.cert_arn(cert_id),
+                              "pem": item.cert_pem, "serial": format(item.cert.serial_number, "x"),
+                              "status": line.certificate_status, "created_at": now, "last_modified_at": now})
+                result.certificate_pem = item.cert_pem
+            elif cert_id is not None:
+                result.certificate_pem = existing_pems[cert_id]
+            if cert_id is not None and template.certificate_resource is not None:
+                links.append({"thing_name": line.thing_name, "principal": registry.cert_arn(cert_id)})
+                result.resource_arns[template.certificate_resource] = registry.cert_arn(cert_id)
+        for table, rows in ((Thing, things), (DeviceCertificate, certs), (ThingPrincipal, links),
+                            (ThingGroupMember, members)):
+            if rows:
+                s.execute(insert(table), rows)
 
     # Step 3: tell the broker and the rest of the server, once per batch ------------------
     def _announce(self, template: Template, done: list[_Prepared]) -> None:
@@ -223,11 +251,26 @@ class BulkRegistrar:
         principals = sorted({item.result.resource_arns[key] for item in done
                              if key is not None and key in item.result.resource_arns})
         registry.on_things_changed([item.plan.thing_name for item in done])
+        followed = self.followed() if any(item.plan.groups for item in done) else set()
         for item in done:
             for group in item.plan.groups:
-                registry.on_group_join(item.plan.thing_name, registry.group_arn(group))
+                if registry.group_arn(group) in followed:
+                    registry.on_group_join(item.plan.thing_name, registry.group_arn(group))
         if principals:
             registry.on_access_change(principals)
+
+
+def _rows(s: Session, query: Select[Any], key: InstrumentedAttribute[str], values: list[str]) -> list[Any]:
+    """`query` for rows whose `key` is one of `values`, read in chunks (SQLite's bound
+    parameters per statement are limited)."""
+    out: list[Any] = []
+    for start in range(0, len(values), 500):
+        out.extend(s.execute(query.where(key.in_(values[start:start + 500]))).all())
+    return out
+
+
+def _existing(s: Session, key: InstrumentedAttribute[str], values: list[str]) -> set[str]:
+    return {row[0] for row in _rows(s, select(key), key, values)}
 
 
 def _csr_key(pem: str) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
