@@ -50,7 +50,8 @@ TEMPLATE = json.dumps({
 
 @contextmanager
 def _server(data_dir: Path) -> Iterator[RunningServer]:
-    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
+    if not (data_dir / "overair.toml").exists():  # else: a restart on the same data directory
+        initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
     settings = load_settings(data_dir)
     settings = dataclasses.replace(settings, limits=dataclasses.replace(
         settings.limits, max_registration_lines=MAX_LINES, max_registration_file_bytes=MAX_FILE,
@@ -239,7 +240,7 @@ def _deep(depth: int) -> str:
 @pytest.mark.parametrize(("template", "why"), [
     (TEMPLATE.replace('"Resources": {', '"Resources": {"policy": {"Type": "AWS::IoT::Policy", '
                       '"Properties": {"PolicyName": "p"}}, '), "AWS::IoT::Policy"),
-    (_deep(12), "nested deeper"),
+    (_deep(8), "nested deeper"),  # within the JSON decoder's own depth bound (32), past the template's
     (TEMPLATE[:-3], "template"),
     # AWS's 10,240 characters: the edge's model constraint answers first.
     (TEMPLATE.replace('"Default": "bulk-fleet"', '"Default": "' + "x" * 11_000 + '"'), "10240"),
@@ -311,3 +312,33 @@ def test_stop_cancels_a_task_between_batches(srv: RunningServer, role_arn: str) 
     assert _finished(srv, after)["successCount"] == len(lines)
     assert _code(iot.stop_thing_registration_task, taskId=task) == "InvalidRequestException"
     assert _code(iot.describe_thing_registration_task, taskId="no-such-task") == "ResourceNotFoundException"
+
+
+def test_a_task_running_when_the_server_stops_is_failed_at_the_next_start(tmp_path: Path) -> None:
+    """Tasks are not resumed: one left InProgress by a stop (or a crash) is Failed at the
+    next start, saying so."""
+    data = tmp_path / "restarted"
+    with _server(data) as first:
+        first.client("s3").create_bucket(Bucket=BUCKET)
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                         "Principal": {"Service": "iot.amazonaws.com"}}]}
+        role = first.client("iam").create_role(RoleName="restart", AssumeRolePolicyDocument=json.dumps(trust))
+        first.client("iam").put_role_policy(RoleName="restart", PolicyName="read", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                    "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}))
+        tasks = first.server.registration_tasks
+        gate = threading.Event()
+        tasks._worker.submit(gate.wait, 30)  # the task waits behind this until the server stops
+        task = _start(first, role["Role"]["Arn"], "restart.json", b'{"ThingName": "restarted"}\n')
+        stopping = threading.Thread(target=first.thread.stop)
+        stopping.start()
+        deadline = time.monotonic() + 30
+        while not tasks._stopping(task) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the shutdown has begun: the queued task will not run
+        gate.set()
+        stopping.join(30)
+    with _server(data) as second:
+        described = second.client("iot").describe_thing_registration_task(taskId=task)
+        assert described["status"] == "Failed"
+        assert "interrupted by a server restart" in described["message"]
+        assert _missing(second, "restarted")

@@ -112,7 +112,7 @@ class Limits:
     # nests no deeper than Fn::Join inside a property of a resource. The input file is
     # newline-delimited JSON, one device's parameters per line (a CSR is ~0.5 KiB).
     max_provisioning_template_bytes: int = 10_240
-    max_provisioning_template_depth: int = 10
+    max_provisioning_template_depth: int = 12
     max_registration_file_bytes: int = 128 * MIB
     max_registration_lines: int = 100_000
     max_registration_line_bytes: int = 16 * KIB
