@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from overair.cli.client import ApiClients
 from overair.server.app import ServerThread
 from overair.server.bootstrap import initialize
 from overair.server.settings import load_settings
+from tests.e2e.test_examples import EXAMPLES, _environment
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer, free_port
 
@@ -342,3 +345,17 @@ def test_a_task_running_when_the_server_stops_is_failed_at_the_next_start(tmp_pa
         assert described["status"] == "Failed"
         assert "interrupted by a server restart" in described["message"]
         assert _missing(second, "restarted")
+
+
+def test_the_bulk_registration_example_runs_as_written(srv: RunningServer, tmp_path: Path) -> None:
+    """examples/bulk_registration_boto3.py, run as a user runs it, registers devices that
+    then connect with the certificates and keys it wrote."""
+    out = tmp_path / "devices"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "bulk_registration_boto3.py"), "--count", "3",
+                           "--out", str(out)], env=_environment(srv), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for n in range(3):
+        bundle = out / f"bulk-example-{n}"
+        (bundle / "root-ca.pem").write_bytes(srv.settings.paths.fleet_ca_cert.read_bytes())
+        assert _answers_jobs(srv, bundle, f"bulk-example-{n}")
