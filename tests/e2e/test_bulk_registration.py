@@ -359,3 +359,16 @@ def test_the_bulk_registration_example_runs_as_written(srv: RunningServer, tmp_p
         bundle = out / f"bulk-example-{n}"
         (bundle / "root-ca.pem").write_bytes(srv.settings.paths.fleet_ca_cert.read_bytes())
         assert _answers_jobs(srv, bundle, f"bulk-example-{n}")
+
+
+def test_registration_tasks_page_oldest_first(srv: RunningServer, role_arn: str) -> None:
+    iot = srv.client("iot")
+    started = [_start(srv, role_arn, f"paged-{i}.json", json.dumps({"ThingName": f"paged-{i}"}).encode(),
+                      template=_deep(0)) for i in range(3)]
+    for task in started:
+        _finished(srv, task)
+    pages = iot.get_paginator("list_thing_registration_tasks").paginate(PaginationConfig={"PageSize": 1})
+    listed = [task for page in pages for task in page["taskIds"]]
+    assert listed == iot.list_thing_registration_tasks(maxResults=250)["taskIds"]
+    assert listed[-3:] == started
+    assert _code(iot.list_thing_registration_tasks, nextToken="bm90IGEgdG9rZW4=") == "InvalidRequestException"

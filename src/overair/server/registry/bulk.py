@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Select, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from overair.core.errors import OverairError
+from overair.core.errors import OverairError, UnavailableError
 from overair.core.provtemplate import Plan, Template, TemplateError, plan
 from overair.core.topics import THING_NAME_RE
 from overair.server import pki
@@ -61,6 +61,15 @@ _CURVES = (ec.SECP256R1, ec.SECP384R1)  # AWS IoT's ECC device certificate curve
 
 class LineError(OverairError):
     code = REGISTRATION_FAILED
+
+
+class AccessNotConfirmed(UnavailableError):
+    """The batch is registered but the broker did not confirm its access change (503,
+    as for AttachThingPrincipal); `results` are the batch's lines."""
+
+    def __init__(self, message: str, results: list[LineResult]) -> None:
+        super().__init__(message, code="ServiceUnavailableException")
+        self.results = results
 
 
 @dataclass(slots=True)
@@ -130,7 +139,10 @@ class BulkRegistrar:
             except OverairError as exc:
                 result.fail(exc)
         self._commit(template, prepared)
-        self._announce(template, [item for item in prepared if item.result.ok])
+        try:
+            self._announce(template, [item for item in prepared if item.result.ok])
+        except UnavailableError as exc:
+            raise AccessNotConfirmed(exc.message, results) from exc
         return results
 
     # Step 1: plan, check and sign --------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 from overair.core.limits import Limits
 from overair.core.provtemplate import TemplateError, parse_template
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable, invalid
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_after, key_token, page_out, page_size, paginate
 from overair.server.registry.bulk import BulkRegistrar
 from overair.server.registry.registration_tasks import RegistrationTasks
 
@@ -33,8 +33,14 @@ def register(table: OperationTable, tasks: RegistrationTasks, registrar: BulkReg
         return out
 
     def list_tasks(r: ApiRequest) -> dict[str, Any]:
-        page, token = paginate(tasks.list_ids(r.params.get("status")), r.params)
-        return page_out("taskIds", page, token)
+        after = key_after(r.params, parts=2)
+        try:
+            start = None if after is None else (float(after[0]), after[1])
+        except ValueError:
+            raise invalid("nextToken is not valid") from None
+        rows, more = tasks.page_ids(r.params.get("status"), start, page_size(r.params))
+        token = key_token(repr(rows[-1][0]), rows[-1][1]) if more else None
+        return page_out("taskIds", [task_id for _, task_id in rows], token)
 
     def reports(r: ApiRequest) -> dict[str, Any]:
         report_type = r.params["reportType"]

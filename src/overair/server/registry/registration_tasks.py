@@ -39,8 +39,9 @@ from overair.core.limits import Limits
 from overair.core.provtemplate import Template, TemplateError, parse_line, parse_template
 from overair.server.api.contract import ApiError, invalid, not_found
 from overair.server.clock import Clock
-from overair.server.registry.bulk import BulkRegistrar, LineResult
+from overair.server.registry.bulk import AccessNotConfirmed, BulkRegistrar, LineResult
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import ThingRegistrationTask
 
@@ -103,13 +104,18 @@ class RegistrationTasks:
                 raise not_found(f"thing registration task {task_id}")
             return row
 
-    def list_ids(self, status: str | None) -> list[str]:
-        query = select(ThingRegistrationTask.task_id).order_by(ThingRegistrationTask.created_at,
-                                                               ThingRegistrationTask.task_id)
+    def page_ids(self, status: str | None, after: tuple[float, str] | None,
+                 size: int) -> tuple[list[tuple[float, str]], bool]:
+        """(creation time, task id) of up to `size` tasks after `after`, oldest first, read
+        by keyset over the (created_at, task_id) index; and whether more follow."""
+        query = select(ThingRegistrationTask.created_at, ThingRegistrationTask.task_id)
         if status is not None:
             query = query.where(ThingRegistrationTask.status == status)
+        query = page_query(query, [ThingRegistrationTask.created_at, ThingRegistrationTask.task_id],
+                           after, size)
         with self._db.reading() as s:
-            return list(s.scalars(query))
+            rows = [(created, task_id) for created, task_id in s.execute(query)]
+        return split(rows, size)
 
     def stop(self, task_id: str) -> None:
         with self._db.session() as s:
@@ -156,7 +162,7 @@ class RegistrationTasks:
     # The worker -----------------------------------------------------------------------
     def _run(self, task_id: str, template: Template) -> None:
         results: list[LineResult] = []
-        status, message = "Completed", ""
+        status, message, unconfirmed = "Completed", "", ""
         try:
             row = self.describe(task_id)
             _, data = self._objects.get_object(row.input_bucket, row.input_key)
@@ -176,13 +182,21 @@ class RegistrationTasks:
                         parsed.append((str(index), parse_line(line, self._limits)))
                     except TemplateError as exc:
                         parsed.append((str(index), exc))
-                results.extend(self._registrar.register(template, parsed))
+                try:
+                    results.extend(self._registrar.register(template, parsed))
+                except AccessNotConfirmed as exc:
+                    # Registered, not yet confirmed at the broker: in force once it is back
+                    # (its restart regenerates every device's access from the registry).
+                    results.extend(exc.results)
+                    unconfirmed = exc.message
                 self._progress(task_id, results, len(lines))
         except OverairError as exc:
             status, message = "Failed", exc.message
         except Exception as exc:
             log.exception("bulk registration task %s failed", task_id)
             status, message = "Failed", f"internal error: {type(exc).__name__}"
+        if status == "Completed" and unconfirmed:
+            message = unconfirmed
         try:
             self._write_reports(task_id, results)
         except OverairError as exc:
