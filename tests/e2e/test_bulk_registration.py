@@ -372,3 +372,33 @@ def test_registration_tasks_page_oldest_first(srv: RunningServer, role_arn: str)
     assert listed == iot.list_thing_registration_tasks(maxResults=250)["taskIds"]
     assert listed[-3:] == started
     assert _code(iot.list_thing_registration_tasks, nextToken="bm90IGEgdG9rZW4=") == "InvalidRequestException"
+
+
+def test_register_thing_attaches_an_existing_certificate_by_id(srv: RunningServer, tmp_path: Path) -> None:
+    iot = srv.client("iot")
+    template = json.dumps({
+        "Parameters": {"ThingName": {"Type": "String"}, "CertificateId": {"Type": "String"}},
+        "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"}}},
+                      "cert": {"Type": "AWS::IoT::Certificate",
+                               "Properties": {"CertificateId": {"Ref": "CertificateId"}}}}})
+    made = iot.create_keys_and_certificate(setAsActive=True)
+    out = iot.register_thing(templateBody=template,
+                             parameters={"ThingName": "by-id", "CertificateId": made["certificateId"]})
+    assert out["resourceArns"] == {"thing": iot.describe_thing(thingName="by-id")["thingArn"],
+                                   "cert": made["certificateArn"]}
+    assert out["certificatePem"] == made["certificatePem"]
+    bundle = tmp_path / "by-id"
+    bundle.mkdir()
+    (bundle / "root-ca.pem").write_bytes(srv.settings.paths.fleet_ca_cert.read_bytes())
+    (bundle / "device.crt").write_text(made["certificatePem"])
+    (bundle / "device.key").write_text(made["keyPair"]["PrivateKey"])
+    assert _answers_jobs(srv, bundle, "by-id")
+    revoked = iot.create_keys_and_certificate(setAsActive=True)["certificateId"]
+    iot.update_certificate(certificateId=revoked, newStatus="REVOKED")
+    for cert_id, why in ((revoked, "revoked"), ("f" * 64, "does not exist")):
+        with pytest.raises(ClientError) as caught:
+            iot.register_thing(templateBody=template,
+                               parameters={"ThingName": "by-id-2", "CertificateId": cert_id})
+        assert caught.value.response["Error"]["Code"] == "ResourceRegistrationFailureException"
+        assert why in caught.value.response["Error"]["Message"]
+    assert _missing(srv, "by-id-2")
