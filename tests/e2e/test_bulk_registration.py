@@ -317,34 +317,57 @@ def test_stop_cancels_a_task_between_batches(srv: RunningServer, role_arn: str) 
     assert _code(iot.describe_thing_registration_task, taskId="no-such-task") == "ResourceNotFoundException"
 
 
-def test_a_task_running_when_the_server_stops_is_failed_at_the_next_start(tmp_path: Path) -> None:
-    """Tasks are not resumed: one left InProgress by a stop (or a crash) is Failed at the
-    next start, saying so."""
+def test_tasks_are_not_resumed_across_a_server_restart(tmp_path: Path) -> None:
+    """A task running when the server stops ends Failed before its next batch; one still
+    queued (or left running by a crash) is Failed at the next start. Neither resumes."""
     data = tmp_path / "restarted"
     with _server(data) as first:
         first.client("s3").create_bucket(Bucket=BUCKET)
+        first.client("iot").create_thing_group(thingGroupName=GROUP)
+        iam = first.client("iam")
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                          "Principal": {"Service": "iot.amazonaws.com"}}]}
-        role = first.client("iam").create_role(RoleName="restart", AssumeRolePolicyDocument=json.dumps(trust))
-        first.client("iam").put_role_policy(RoleName="restart", PolicyName="read", PolicyDocument=json.dumps({
+        role = iam.create_role(RoleName="restart", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        iam.put_role_policy(RoleName="restart", PolicyName="read", PolicyDocument=json.dumps({
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
                                                     "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}))
-        tasks = first.server.registration_tasks
-        gate = threading.Event()
-        tasks._worker.submit(gate.wait, 30)  # the task waits behind this until the server stops
-        task = _start(first, role["Role"]["Arn"], "restart.json", b'{"ThingName": "restarted"}\n')
+        # Hold the running task inside its first batch (after its writes, where the batch
+        # asks which groups CONTINUOUS jobs follow) until the server has begun to stop.
+        inside, release = threading.Event(), threading.Event()
+        registrar = first.server.registrar
+        followed = registrar.followed
+
+        def held() -> set[str]:
+            inside.set()
+            release.wait(30)
+            return followed()
+
+        registrar.followed = held
+        key = ec.generate_private_key(ec.SECP256R1())
+        lines = [json.dumps({"ThingName": f"cut-{i}", "SerialNumber": str(i), "CSR": _csr(key)})
+                 for i in range(6)]
+        running = _start(first, role, "cut.json", "\n".join(lines).encode())
+        queued = _start(first, role, "queued.json", lines[0].replace("cut-", "queued-").encode())
+        assert inside.wait(30)
         stopping = threading.Thread(target=first.thread.stop)
         stopping.start()
+        tasks = first.server.registration_tasks
         deadline = time.monotonic() + 30
-        while not tasks._stopping(task) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the shutdown has begun: the queued task will not run
-        gate.set()
+        while not tasks._server_stopping() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
         stopping.join(30)
     with _server(data) as second:
-        described = second.client("iot").describe_thing_registration_task(taskId=task)
-        assert described["status"] == "Failed"
-        assert "interrupted by a server restart" in described["message"]
-        assert _missing(second, "restarted")
+        iot = second.client("iot")
+        cut = iot.describe_thing_registration_task(taskId=running)
+        assert (cut["status"], cut["successCount"]) == ("Failed", 3)  # the first batch of 3, no more
+        assert "interrupted by the server stopping after 3 of 6 lines" in cut["message"]
+        assert not _missing(second, "cut-0")
+        assert _missing(second, "cut-3")
+        waiting = iot.describe_thing_registration_task(taskId=queued)
+        assert waiting["status"] == "Failed"
+        assert "interrupted by a server restart" in waiting["message"]
+        assert _missing(second, "queued-0")
 
 
 def test_the_bulk_registration_example_runs_as_written(srv: RunningServer, tmp_path: Path) -> None:

@@ -17,10 +17,12 @@ ERRORS reports (newline-delimited JSON) next to the input file:
 bucket. StopThingRegistrationTask is honoured between batches (Cancelling, then
 Cancelled; the reports cover the lines done).
 
-A server restart does not resume a task: every task still InProgress or Cancelling at
-start is marked Failed, "interrupted by a server restart after N lines". The lines it
-registered stay registered (each batch is committed); run the file again with the
-registered lines removed, or as it is: they fail as already existing.
+A server restart does not resume a task. A task running when the server stops ends
+Failed before its next batch ("interrupted by the server stopping after N of M lines");
+one still queued, or left running by a crash, is marked Failed at the next start
+("interrupted by a server restart"). The lines it registered stay registered (each batch
+is committed); run the file again with those lines removed, or as it is: they fail as
+already existing.
 """
 
 from __future__ import annotations
@@ -173,6 +175,10 @@ class RegistrationTasks:
             del data
             batch = self._limits.registration_batch
             for start in range(0, len(lines), batch):
+                if self._server_stopping():
+                    status, message = "Failed", (f"interrupted by the server stopping after {start} of "
+                                                 f"{len(lines)} lines; the lines registered stay registered")
+                    break
                 if self._stopping(task_id):
                     status, message = "Cancelled", f"stopped after {start} of {len(lines)} lines"
                     break
@@ -202,6 +208,10 @@ class RegistrationTasks:
         except OverairError as exc:
             status, message = "Failed", f"the reports could not be written: {exc.message}"
         self._finish(task_id, results, status, message)
+
+    def _server_stopping(self) -> bool:
+        with self._lock:
+            return "*" in self._stop_requested
 
     def _stopping(self, task_id: str) -> bool:
         with self._lock:
