@@ -27,8 +27,10 @@ already existing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -163,7 +165,7 @@ class RegistrationTasks:
 
     # The worker -----------------------------------------------------------------------
     def _run(self, task_id: str, template: Template) -> None:
-        results: list[LineResult] = []
+        reports = _Reports()
         status, message, unconfirmed = "Completed", "", ""
         try:
             row = self.describe(task_id)
@@ -189,13 +191,13 @@ class RegistrationTasks:
                     except TemplateError as exc:
                         parsed.append((str(index), exc))
                 try:
-                    results.extend(self._registrar.register(template, parsed))
+                    reports.add(self._registrar.register(template, parsed))
                 except AccessNotConfirmed as exc:
                     # Registered, not yet confirmed at the broker: in force once it is back
                     # (its restart regenerates every device's access from the registry).
-                    results.extend(exc.results)
+                    reports.add(exc.results)
                     unconfirmed = exc.message
-                self._progress(task_id, results, len(lines))
+                self._progress(task_id, reports, len(lines))
         except OverairError as exc:
             status, message = "Failed", exc.message
         except Exception as exc:
@@ -204,10 +206,14 @@ class RegistrationTasks:
         if status == "Completed" and unconfirmed:
             message = unconfirmed
         try:
-            self._write_reports(task_id, results)
+            row = self.describe(task_id)
+            for report_type in REPORT_FILES:
+                reports.store(report_type, self._objects, row.input_bucket, report_key(task_id, report_type))
         except OverairError as exc:
             status, message = "Failed", f"the reports could not be written: {exc.message}"
-        self._finish(task_id, results, status, message)
+        finally:
+            reports.close()
+        self._finish(task_id, reports, status, message)
 
     def _server_stopping(self) -> bool:
         with self._lock:
@@ -217,33 +223,59 @@ class RegistrationTasks:
         with self._lock:
             return task_id in self._stop_requested or "*" in self._stop_requested
 
-    def _progress(self, task_id: str, results: list[LineResult], total: int) -> None:
-        ok = sum(1 for r in results if r.ok)
+    def _progress(self, task_id: str, reports: _Reports, total: int) -> None:
+        done = reports.ok + reports.failed
         with self._db.session() as s:
             s.execute(update(ThingRegistrationTask).where(ThingRegistrationTask.task_id == task_id)
-                      .values(success_count=ok, failure_count=len(results) - ok,
-                              percentage=len(results) * 100 // max(total, 1),
-                              last_modified_at=self._clock()))
+                      .values(success_count=reports.ok, failure_count=reports.failed,
+                              percentage=done * 100 // max(total, 1), last_modified_at=self._clock()))
 
-    def _write_reports(self, task_id: str, results: list[LineResult]) -> None:
-        row = self.describe(task_id)
-        for report_type, keep in (("RESULTS", True), ("ERRORS", False)):
-            body = "".join(json.dumps(r.report_line()) + "\n" for r in results if r.ok == keep)
-            self._objects.put_object(row.input_bucket, report_key(task_id, report_type), body.encode(),
-                                     content_type="application/json")
-
-    def _finish(self, task_id: str, results: list[LineResult], status: str, message: str) -> None:
-        ok = sum(1 for r in results if r.ok)
+    def _finish(self, task_id: str, reports: _Reports, status: str, message: str) -> None:
         with self._db.session() as s:
             row = s.get(ThingRegistrationTask, task_id)
             if row is None:
                 return
             row.status, row.message = status, message[:2048]
-            row.success_count, row.failure_count = ok, len(results) - ok
+            row.success_count, row.failure_count = reports.ok, reports.failed
             if status == "Completed":
                 row.percentage = 100
             row.last_modified_at = self._clock()
         with self._lock:
             self._stop_requested.discard(task_id)
-        log.info("bulk registration task %s %s: %d registered, %d failed%s", task_id, status, ok,
-                 len(results) - ok, f" ({message})" if message else "")
+        log.info("bulk registration task %s %s: %d registered, %d failed%s", task_id, status, reports.ok,
+                 reports.failed, f" ({message})" if message else "")
+
+
+class _Reports:
+    """The RESULTS and ERRORS lines, spooled to temporary files as batches end (a task's
+    certificates are not held in memory), then stored as objects."""
+
+    def __init__(self) -> None:
+        self.ok = self.failed = 0
+        self._files = {kind: tempfile.TemporaryFile() for kind in REPORT_FILES}  # noqa: SIM115 - closed in close()
+        self._sizes = dict.fromkeys(REPORT_FILES, 0)
+        self._sha256 = {kind: hashlib.sha256() for kind in REPORT_FILES}
+        self._md5 = {kind: hashlib.md5(usedforsecurity=False) for kind in REPORT_FILES}
+
+    def add(self, results: list[LineResult]) -> None:
+        for result in results:
+            kind = "RESULTS" if result.ok else "ERRORS"
+            data = (json.dumps(result.report_line()) + "\n").encode()
+            self._files[kind].write(data)
+            self._sizes[kind] += len(data)
+            self._sha256[kind].update(data)
+            self._md5[kind].update(data)
+            self.ok += result.ok
+            self.failed += not result.ok
+
+    def store(self, kind: str, objects: ObjectStore, bucket: str, key: str) -> None:
+        objects.check_size(self._sizes[kind])
+        spool = self._files[kind]
+        spool.seek(0)
+        tmp = objects.write_temp(iter(lambda: spool.read(1 << 20), b""), what="writing a registration report")
+        objects.commit_file(bucket, key, tmp, size=self._sizes[kind], sha256=self._sha256[kind].hexdigest(),
+                            etag=f'"{self._md5[kind].hexdigest()}"', content_type="application/json")
+
+    def close(self) -> None:
+        for spool in self._files.values():
+            spool.close()
