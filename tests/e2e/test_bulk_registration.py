@@ -170,35 +170,38 @@ def test_bulk_registration_registers_devices_that_connect_and_reports_each_bad_l
                     "CSR": _csr(other_key)}),  # 3: the group does not exist
         json.dumps({"ThingName": "bulk-0", "SerialNumber": "7", "CSR": _csr(other_key)}),  # 4: line 0's thing
         json.dumps({"SerialNumber": "6", "CSR": _csr(other_key)}),  # 5: no thing name
+        json.dumps({"ThingName": "bulk-bad-attribute", "SerialNumber": "no spaces!",
+                    "CSR": _csr(other_key)}),  # 6: not an attribute value
     ]
     certificates_before = len(iot.list_certificates(pageSize=250)["certificates"])
     task = _start(srv, role_arn, "bulk/devices.json", ("\n".join(lines) + "\n").encode())
     assert task in iot.list_thing_registration_tasks()["taskIds"]
     described = _finished(srv, task)
     assert (described["status"], described["successCount"], described["failureCount"],
-            described["percentageProgress"]) == ("Completed", 4, 5, 100)
+            described["percentageProgress"]) == ("Completed", 4, 6, 100)
     assert described["templateBody"] == TEMPLATE
     assert described["roleArn"] == role_arn
     assert task in iot.list_thing_registration_tasks(status="Completed")["taskIds"]
     assert task not in iot.list_thing_registration_tasks(status="InProgress")["taskIds"]
 
     errors = {e["referenceId"]: e for e in _report(srv, task, "ERRORS")}
-    assert sorted(errors) == ["1", "2", "3", "4", "5"]
+    assert sorted(errors) == ["1", "2", "3", "4", "5", "6"]
     assert errors["1"]["errorCode"] == "InvalidRequestException"
     assert "CSR" in errors["2"]["errorMessage"]
     assert errors["3"]["errorCode"] == "ResourceRegistrationFailureException"
     assert "no-such-group" in errors["3"]["errorMessage"]
     assert "already exists" in errors["4"]["errorMessage"] or "earlier line" in errors["4"]["errorMessage"]
     assert "ThingName" in errors["5"]["errorMessage"]
-    for thing in ("bulk-bad-csr", "bulk-no-group"):
+    assert "attribute" in errors["6"]["errorMessage"]
+    for thing in ("bulk-bad-csr", "bulk-no-group", "bulk-bad-attribute"):
         assert _missing(srv, thing)  # registered nothing half-way
     # Four certificates: none for the lines that failed.
     assert len(iot.list_certificates(pageSize=250)["certificates"]) == certificates_before + 4
 
     results = {r["referenceId"]: r["response"] for r in _report(srv, task, "RESULTS")}
-    assert sorted(results) == ["0", "6", "7", "8"]
+    assert sorted(results) == ["0", "7", "8", "9"]
     members = iot.list_things_in_thing_group(thingGroupName=GROUP)["things"]
-    for reference, (name, key) in zip(("0", "6", "7", "8"), keys.items(), strict=True):
+    for reference, (name, key) in zip(("0", "7", "8", "9"), keys.items(), strict=True):
         response = results[reference]
         assert response["resourceArns"]["thing"].endswith(f":thing/{name}")
         cert_id = response["resourceArns"]["certificate"].rpartition("/")[2]

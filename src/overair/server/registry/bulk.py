@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ log = logging.getLogger("overair.registry")
 # AWS's RegisterThing error for a resource it could not create (iot API reference).
 REGISTRATION_FAILED = "ResourceRegistrationFailureException"
 _MAX_CSR_CHARS = 8192
+# A thing's attributes as CreateThing takes them (botocore's iot model: AttributeName,
+# AttributeValue).
+_ATTRIBUTE_NAME = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
+_ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 _CURVES = (ec.SECP256R1, ec.SECP384R1)  # AWS IoT's ECC device certificate curves
 
 
@@ -154,6 +159,11 @@ class BulkRegistrar:
                                     "(1-128 characters of [a-zA-Z0-9:_-])")
         if line.thing_type is not None and not THING_NAME_RE.match(line.thing_type):
             raise TemplateError(f"thing type {line.thing_type!r:.140} is not a valid name")
+        for name, value in line.attributes.items():
+            if not _ATTRIBUTE_NAME.fullmatch(name) or not _ATTRIBUTE_VALUE.fullmatch(value):
+                raise TemplateError(f"attribute {name!r:.140}={value!r:.140} is not valid: names are 1-128 "
+                                    "characters of [a-zA-Z0-9_.,@/:#-], values up to 800 of "
+                                    "[a-zA-Z0-9_.,@/:#=[]-]")
         item = _Prepared(result, line)
         if line.csr_pem is not None:
             now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
