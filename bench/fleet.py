@@ -32,12 +32,14 @@ and all the Jobs traffic, which is exactly what the rollout adds on top of forwa
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import multiprocessing
 import os
 import socket
 import ssl
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -49,7 +51,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from tests.server_harness import RunningServer, running_server
+from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_devices, lean_devices
 from bench.stream_throughput import (
@@ -65,6 +67,7 @@ from bench.stream_throughput import (
 from overair.cli.provisioning import create_keys_and_certificate_for
 from overair.core import streamcodec, topics
 from overair.core.versions import Version
+from overair.server import pki
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 
@@ -147,7 +150,7 @@ class DeviceProcesses:
     """The devices, spread over child processes (spawned: no inherited server threads)."""
 
     def __init__(self, specs: list[fleet_devices.DeviceSpec], processes: int, ca: Path, port: int,
-                 image_sha256: str, connect_rate: float, timeout: float) -> None:
+                 image_sha256: str, connect_rate: float, timeout: float, http_port: int = 0) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[BaseProcess] = []
@@ -155,7 +158,7 @@ class DeviceProcesses:
             parent, child = context.Pipe()
             proc = context.Process(target=fleet_devices.device_process, daemon=True, args=(
                 specs[i::processes], ca, "127.0.0.1", port, image_sha256, OLD_VERSION.to_u32(),
-                connect_rate / processes, timeout, child))
+                connect_rate / processes, timeout, child, http_port))
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
@@ -184,7 +187,8 @@ class DeviceProcesses:
 
 
 def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
-                  timeout: float, database_url: str, py_spy: str | None) -> RolloutResult:
+                  timeout: float, database_url: str, py_spy: str | None,
+                  protocol: str = "MQTT") -> RolloutResult:
     with running_server(root / "server", database_url=database_url) as srv:
         iot, s3 = srv.client("iot"), srv.client("s3")
         s3.create_bucket(Bucket=BUCKET)
@@ -197,7 +201,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
         fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
                                 srv.settings.mqtt_port, hashlib.sha256(image).hexdigest(), connect_rate,
-                                timeout)
+                                timeout, srv.settings.download_port if protocol == "HTTP" else 0)
         connecting = time.perf_counter()
         fleet.wait_ready(timeout)
         print(f"{devices} devices connected and subscribed in {time.perf_counter() - connecting:.1f} s",
@@ -212,7 +216,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
         t0 = time.perf_counter()
         iot.create_ota_update(
-            otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=["MQTT"],
+            otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=[protocol],
             targetSelection="SNAPSHOT",
             roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
             files=[{"fileName": "/firmware/app.bin", "fileVersion": str(NEW_VERSION),
@@ -314,6 +318,75 @@ def raw_phase(root: Path, things: list[str], stream_id: str, image: bytes, proce
     return RawRun(last - started, complete, len(image) * len(things), cpu_broker)
 
 
+NGINX = "/usr/sbin/nginx"
+
+
+def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout: float) -> RawRun:
+    """The HTTPS limit: nginx (Debian's, its default worker count) serving the same image
+    over TLS 1.2+ with a certificate of its own, fetched by the same number of devices
+    with the same client code (one Range GET per 4 KiB block, keep-alive), same run."""
+    workdir = root / "nginx"
+    (workdir / "files").mkdir(parents=True)
+    (workdir / "files" / "firmware.bin").write_bytes(image)
+    now = dt.datetime.now(dt.UTC)
+    ca = pki.make_root_ca("bench nginx CA", now)
+    server = pki.issue_server_cert(ca, ("localhost", "127.0.0.1"), now)
+    (workdir / "ca.pem").write_bytes(ca.cert_pem)
+    (workdir / "server.crt").write_bytes(server.cert_pem)
+    (workdir / "server.key").write_bytes(server.key_pem)
+    port = free_port()
+    temp = "".join(f"{kind}_temp_path {workdir / kind};\n    "
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (workdir / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"worker_processes auto;\ndaemon off;\npid {workdir / 'nginx.pid'};\nerror_log stderr error;\n"
+        "worker_rlimit_nofile 65536;\nevents { worker_connections 65536; }\n"
+        f"http {{\n    access_log off;\n    {temp}keepalive_requests 1000000;\n"
+        f"    server {{\n        listen 127.0.0.1:{port} ssl;\n"
+        f"        ssl_certificate {workdir / 'server.crt'};\n"
+        f"        ssl_certificate_key {workdir / 'server.key'};\n"
+        f"        root {workdir / 'files'};\n    }}\n}}\n")
+    process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("nginx did not start") from None
+                time.sleep(0.05)
+        context = multiprocessing.get_context("spawn")
+        pipes, procs = [], []
+        sha = hashlib.sha256(image).hexdigest()
+        for i in range(processes):
+            parent, child = context.Pipe()
+            count = len(range(i, devices, processes))
+            proc = context.Process(target=fleet_devices.http_fetch_process, daemon=True, args=(
+                count, workdir / "ca.pem", "127.0.0.1", port, f"https://127.0.0.1:{port}/firmware.bin",
+                len(image), sha, timeout, child))
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        for pipe in pipes:
+            if not pipe.poll(60) or pipe.recv() != "ready":
+                raise RuntimeError("the nginx clients did not start")
+        for pipe in pipes:
+            pipe.send("go")
+        results: list[fleet_devices.HttpFetchResult] = [pipe.recv() for pipe in pipes if pipe.poll(timeout)]
+        for proc in procs:
+            proc.join(10)
+    finally:
+        process.terminate()
+        process.wait(10)
+    complete = len(results) == processes and sum(r.verified for r in results) == devices
+    first = min((r.first for r in results), default=0.0)
+    last = max((r.last for r in results), default=first)
+    return RawRun(last - first, complete, len(image) * devices, 0.0)
+
+
 # --- report --------------------------------------------------------------------------------
 
 def _span(values: list[float], t0: float) -> str:
@@ -322,7 +395,7 @@ def _span(values: list[float], t0: float) -> str:
     return f"first {min(values) - t0:7.2f} s, last {max(values) - t0:7.2f} s"
 
 
-def report(rollout: RolloutResult, raw: RawRun, processes: int) -> None:
+def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = "MQTT") -> None:
     n, size, t0 = rollout.devices, rollout.file_size, rollout.t0
     results = rollout.results
     print(f"\ndevices: {n} FreeRTOS-shaped (MQTT, mutual TLS 1.2, own certificate each) in {processes} "
@@ -369,13 +442,18 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int) -> None:
     raw_rate = raw.image_bytes / MIB / raw.seconds if raw.seconds > 0 else 0.0
     print(f"download phase (first block request -> last image complete): {download_s:.2f} s, "
           f"{goodput:.1f} MiB/s of image")
-    print(f"raw Mosquitto forwarding of the same messages: {raw.seconds:.2f} s, {raw_rate:.1f} MiB/s "
-          f"(Mosquitto CPU {raw.cpu_broker_s:.1f} s){'' if raw.complete else '  <-- messages lost'}")
+    if protocol == "HTTP":
+        print(f"nginx serving the same file over TLS to the same number of clients: {raw.seconds:.2f} s, "
+              f"{raw_rate:.1f} MiB/s{'' if raw.complete else '  <-- not every image verified'}")
+    else:
+        print(f"raw Mosquitto forwarding of the same messages: {raw.seconds:.2f} s, {raw_rate:.1f} MiB/s "
+              f"(Mosquitto CPU {raw.cpu_broker_s:.1f} s){'' if raw.complete else '  <-- messages lost'}")
     if raw_rate:
-        print(f"ratio rollout download goodput / raw forwarding: {goodput / raw_rate:.3f}")
+        print(f"ratio rollout download goodput / {'nginx' if protocol == 'HTTP' else 'raw forwarding'}: "
+              f"{goodput / raw_rate:.3f}")
         total = rollout.all_succeeded_api_s
         if total:
-            print(f"ratio end-to-end (image bytes / (t0 -> all SUCCEEDED)) / raw forwarding: "
+            print(f"ratio end-to-end (image bytes / (t0 -> all SUCCEEDED)) / the limit: "
                   f"{size * n / MIB / total / raw_rate:.3f}")
     if rollout.profile is not None:
         print_profile(rollout.profile)
@@ -392,16 +470,22 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://... (default SQLite)")
     parser.add_argument("--py-spy", metavar="PATH", help="profile the server from t0 with this py-spy binary "
                         "(.venv/bin/py-spy)")
+    parser.add_argument("--protocol", choices=("MQTT", "HTTP"), default="MQTT",
+                        help="file delivery: MQTT streams (limit: raw Mosquitto) or HTTPS Range GETs of the "
+                        "pre-signed URL (limit: nginx)")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
     with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
         root = Path(tmp)
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
-                                args.timeout, args.database_url, args.py_spy)
+                                args.timeout, args.database_url, args.py_spy, args.protocol)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
-        raw = raw_phase(root, [r.thing for r in rollout.results], rollout.stream_id or "ota-0123456789",
-                        image, args.device_processes, args.timeout)
-    report(rollout, raw, args.device_processes)
+        if args.protocol == "HTTP":
+            limit = nginx_phase(root, args.devices, image, args.device_processes, args.timeout)
+        else:
+            limit = raw_phase(root, [r.thing for r in rollout.results], rollout.stream_id or "ota-0123456789",
+                              image, args.device_processes, args.timeout)
+    report(rollout, limit, args.device_processes, args.protocol)
 
 
 if __name__ == "__main__":

@@ -189,17 +189,116 @@ class _Link:
             self.sock.close()
 
 
+class HttpDownload:
+    """One device's file over HTTPS as the FreeRTOS HTTP demo fetches it: one TLS
+    connection kept alive, one `Range` request per 4 KiB block, the next when the last
+    answer is in. Non-blocking, driven by the process's selector loop; `on_block` gets
+    each block, `on_error` a refusal (the library asks for the job again on 400/403/404)."""
+
+    def __init__(self, context: ssl.SSLContext, host: str, port: int, url: str, size: int,
+                 on_block: Callable[[int, bytes], None], on_error: Callable[[str], None]) -> None:
+        rest = url.split("://", 1)[-1]
+        authority, _, path = rest.partition("/")
+        self.host = authority.split(":")[0]
+        self.path = "/" + path
+        self.size = size
+        self.total = block_count(size, BLOCK_SIZE)
+        self.next_block = 0
+        self.on_block, self.on_error = on_block, on_error
+        raw = socket.create_connection((host, port), timeout=30)
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = context.wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
+        self.handshaken = False
+        self.buffer = bytearray()
+        self.outbox = bytearray()
+        self.requests = 0
+        self.done = False
+
+    def wants_write(self) -> bool:
+        return not self.handshaken or bool(self.outbox)
+
+    def _request(self) -> None:
+        first = self.next_block * BLOCK_SIZE
+        last = min(self.size, first + BLOCK_SIZE) - 1
+        self.outbox += (f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: keep-alive\r\n"
+                        f"Range: bytes={first}-{last}\r\n\r\n").encode()
+        self.requests += 1
+
+    def _flush(self) -> None:
+        while self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                return
+            del self.outbox[:sent]
+
+    def advance(self) -> None:
+        if not self.handshaken:
+            try:
+                self.sock.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return
+            self.handshaken = True
+            self._request()
+        self._flush()
+        while not self.done:
+            try:
+                data = self.sock.recv(1 << 16)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += data
+            self._responses()
+            if not self.sock.pending():
+                break
+        self._flush()
+
+    def _responses(self) -> None:
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+            fields = (line.partition(":") for line in lines[1:])
+            headers = {k.strip().lower(): v.strip() for k, _, v in fields}
+            length = int(headers.get("content-length", "0"))
+            if len(self.buffer) < end + 4 + length:
+                return
+            status = int(lines[0].split(" ")[1])
+            body = bytes(self.buffer[end + 4:end + 4 + length])
+            del self.buffer[:end + 4 + length]
+            if status != 206:
+                self.done = True
+                self.on_error(f"HTTP {status}: {body[:100]!r}")
+                return
+            self.on_block(self.next_block, body)
+            self.next_block += 1
+            if self.next_block >= self.total:
+                self.done = True
+                return
+            self._request()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 class FleetDevice:
     """One device's update as the FreeRTOS library makes it; driven by `on_packet`."""
 
     def __init__(self, spec: DeviceSpec, image_sha256: str, old_version: int,
-                 connect: Callable[[FleetDevice, list[tuple[str, int]]], _Link]) -> None:
+                 connect: Callable[[FleetDevice, list[tuple[str, int]]], _Link],
+                 fetch: Callable[[FleetDevice, str, int], HttpDownload] | None = None) -> None:
         self.spec = spec
         self.result = FleetDeviceResult(spec.thing)
         self.base = f"$aws/things/{spec.thing}"
         self.sha256 = image_sha256
         self.old_version = old_version
         self._connect = connect
+        self._fetch = fetch
+        self.http: HttpDownload | None = None
         self.phase = Phase.CONNECTING
         self.tokens = 0
         self.packet_id = 0
@@ -291,17 +390,41 @@ class FleetDevice:
         if not isinstance(ota, dict):
             self.fail(f"not an OTA job document: {document}")
             return
-        new_stream = str(ota["streamname"]) != self.stream
         self.job_id = str(execution["jobId"])
-        self.stream = str(ota["streamname"])
-        self.file_size = int(ota["files"][0]["filesize"])
+        first = ota["files"][0]
+        self.file_size = int(first["filesize"])
         self.total = block_count(self.file_size, BLOCK_SIZE)
         self.image = bytearray(self.file_size)
         self.offset = self.received = 0
         self.phase = Phase.DOWNLOADING
+        url = first.get("update_data_url")
+        if self._fetch is not None and isinstance(url, str):
+            # The HTTP demo: blocks from the pre-signed URL, in order, over HTTPS.
+            self.result.first_request = self.result.first_request or time.perf_counter()
+            self.http = self._fetch(self, url, self.file_size)
+            return
+        new_stream = str(ota["streamname"]) != self.stream
+        self.stream = str(ota["streamname"])
         if new_stream:
             self.link.send(mqtt_subscribe(f"{self.base}/streams/{self.stream}/data/cbor", self._next_id()))
         self.request_blocks()
+
+    def on_http_block(self, index: int, data: bytes) -> None:
+        self.result.requests += 1
+        self._store(index, data)
+        if self.received == self.total:
+            self._downloaded()
+
+    def on_http_error(self, why: str) -> None:
+        self.fail(why)
+
+    def _store(self, index: int, data: bytes) -> None:
+        start = index * BLOCK_SIZE
+        self.image[start:start + len(data)] = data
+        self.received += 1
+        self.result.blocks += 1
+        if self.received == 1 or self.received % RECEIVE_EVERY == 0:
+            self.update("IN_PROGRESS", {"receive": f"{self.received}/{self.total}"}, qos=0)
 
     def _on_block(self, payload: bytes) -> None:
         if self.phase is not Phase.DOWNLOADING:
@@ -309,19 +432,17 @@ class FleetDevice:
         block = decode_data_block(payload)
         if block.block_id not in self.wanted:
             return
-        start = block.block_id * BLOCK_SIZE
-        self.image[start:start + len(block.payload)] = block.payload
         self.wanted.discard(block.block_id)
-        self.received += 1
-        self.result.blocks += 1
-        if self.received == 1 or self.received % RECEIVE_EVERY == 0:
-            self.update("IN_PROGRESS", {"receive": f"{self.received}/{self.total}"}, qos=0)
+        self._store(block.block_id, block.payload)
         if self.wanted:
             return
         self.offset += BLOCKS_PER_REQUEST
         if self.offset < self.total:
             self.request_blocks()
             return
+        self._downloaded()
+
+    def _downloaded(self) -> None:
         self.result.downloaded = time.perf_counter()
         self.result.verified = hashlib.sha256(self.image).hexdigest() == self.sha256
         if not self.result.verified:
@@ -359,7 +480,8 @@ def _context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, image_sha256: str,
-                   old_version: int, connect_rate: float, timeout: float, conn: Connection) -> None:
+                   old_version: int, connect_rate: float, timeout: float, conn: Connection,
+                   http_port: int = 0) -> None:
     """Child process: connect every device (at most `connect_rate` new connections per
     second, as a fleet powering up would), report "ready" once all are subscribed and
     have asked for their next job, run every update to its end, send the results."""
@@ -373,6 +495,35 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
         links[device] = link
         selector.register(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, device)
         return link
+
+    http_context = ssl.create_default_context(cafile=str(ca))
+
+    def fetch(device: FleetDevice, url: str, size: int) -> HttpDownload:
+        download = HttpDownload(http_context, host, http_port, url, size, device.on_http_block,
+                                device.on_http_error)
+        selector.register(download.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("http", device))
+        return download
+
+    def service_http(device: FleetDevice) -> None:
+        download = device.http
+        if download is None:
+            return
+        try:
+            download.advance()
+        except (OSError, ConnectionError, ValueError) as exc:
+            device.fail(f"HTTP {type(exc).__name__}: {exc}")
+        if download.done or device.phase is Phase.DONE:
+            selector.unregister(download.sock)
+            download.close()
+            device.http = None
+        else:
+            selector.modify(download.sock,
+                            selectors.EVENT_READ | (selectors.EVENT_WRITE if download.wants_write() else 0),
+                            ("http", device))
+        link = device.link
+        if links.get(device) is link and link.wants_write():
+            # Progress reports and self_test ready went to the MQTT link from here.
+            selector.modify(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, device)
 
     def service(device: FleetDevice) -> None:
         link = device.link
@@ -407,13 +558,16 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
 
     def run_for(seconds: float) -> None:
         for key, _ in selector.select(timeout=max(0.0, seconds)):
-            service(key.data)
+            if isinstance(key.data, tuple):
+                service_http(key.data[1])
+            else:
+                service(key.data)
 
     devices: list[FleetDevice] = []
     pace = 1.0 / connect_rate if connect_rate > 0 else 0.0
     started = time.perf_counter()
     for i, spec in enumerate(specs):
-        devices.append(FleetDevice(spec, image_sha256, old_version, connect))
+        devices.append(FleetDevice(spec, image_sha256, old_version, connect, fetch if http_port else None))
         while (wait := started + (i + 1) * pace - time.perf_counter()) > 0:
             run_for(wait)
     ready_sent = False
@@ -489,4 +643,57 @@ def raw_receiver_process(topics: list[str], ca: Path, cert: Path, key: Path, hos
         conn.send("ready")
     result.received = [counts[i] for i in range(len(links))]
     result.connected = sum(1 for link in links if link.handshaken)
+    conn.send(result)
+
+
+# --- the HTTPS limit run: the same downloads from nginx ------------------------------------
+
+@dataclass
+class HttpFetchResult:
+    verified: int = 0
+    failed: list[str] = field(default_factory=list)
+    first: float = 0.0
+    last: float = 0.0
+
+
+def http_fetch_process(count: int, ca: Path, host: str, port: int, url: str, size: int, image_sha256: str,
+                       timeout: float, conn: Connection) -> None:
+    """Child process of the HTTPS limit run: `count` devices each fetching `url` block by
+    block with the same HttpDownload as the rollout's devices; reports when the first
+    request went out and when the last image was complete."""
+    _raise_fd_limit()
+    context = ssl.create_default_context(cafile=str(ca))
+    selector = selectors.DefaultSelector()
+    result = HttpFetchResult()
+    images = [bytearray(size) for _ in range(count)]
+    downloads: list[HttpDownload] = []
+    conn.send("ready")
+    conn.recv()
+    result.first = time.perf_counter()
+    for i in range(count):
+        def store(index: int, data: bytes, image: bytearray = images[i]) -> None:
+            image[index * BLOCK_SIZE:index * BLOCK_SIZE + len(data)] = data
+
+        download = HttpDownload(context, host, port, url, size, store, result.failed.append)
+        downloads.append(download)
+        selector.register(download.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
+    open_count = count
+    deadline = time.perf_counter() + timeout
+    while open_count and time.perf_counter() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            download = downloads[key.data]
+            try:
+                download.advance()
+            except (OSError, ConnectionError, ValueError) as exc:
+                result.failed.append(f"{type(exc).__name__}: {exc}")
+                download.done = True
+            if download.done:
+                selector.unregister(download.sock)
+                download.close()
+                open_count -= 1
+                result.last = time.perf_counter()
+            else:
+                selector.modify(download.sock, selectors.EVENT_READ
+                                | (selectors.EVENT_WRITE if download.wants_write() else 0), key.data)
+    result.verified = sum(1 for image in images if hashlib.sha256(image).hexdigest() == image_sha256)
     conn.send(result)

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from overair.server.app import Server
 from overair.server.bootstrap import initialize
@@ -46,7 +47,7 @@ class DeviceWorld:
     cert_der: bytes
     url_path: str  # path of a valid pre-signed URL for THING
     url_query: dict[str, str]
-    app: Starlette
+    app: ASGIApp
 
 
 def build(data_dir: Path) -> DeviceWorld:
@@ -93,12 +94,13 @@ def build(data_dir: Path) -> DeviceWorld:
     url = urlsplit(server.delivery.render(job, THING)["afr_ota"]["files"][0]["update_data_url"])
     query = dict(part.split("=", 1) for part in url.query.split("&"))
     der = x509.load_pem_x509_certificate(cert.pem.encode()).public_bytes(Encoding.DER)
-    app = Starlette(routes=server.delivery.routes() + server.device_jobs.routes())
+    # As the server mounts it: the in-memory fast path in front of the routes.
+    app = server.delivery.fast_app(Starlette(routes=server.delivery.routes() + server.device_jobs.routes()))
     return DeviceWorld(server, der, url.path, {k: unquote(v) for k, v in query.items()}, app)
 
 
 def call_asgi(
-    app: Starlette,
+    app: ASGIApp,
     method: str,
     target: str,
     headers: list[tuple[str, str]],
@@ -134,7 +136,10 @@ def call_asgi(
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    async def call() -> None:
+        await app(scope, receive, send)
+
+    asyncio.run(call())
     start = next(m for m in sent if m["type"] == "http.response.start")
     return int(start["status"]), b"".join(
         m.get("body", b"") for m in sent if m["type"] == "http.response.body"

@@ -90,7 +90,7 @@ class Harness:
         initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
         self.settings = load_settings(data_dir)
         self.server = Server(self.settings)
-        self.app = self.server._http_servers()[0].config.app
+        self.app = self.server._http_servers()[0][0].config.app
         credentials = configparser.ConfigParser()
         credentials.read(self.settings.paths.credentials)
         core = botocore.session.get_session()

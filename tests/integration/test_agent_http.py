@@ -474,20 +474,25 @@ def test_wrong_bytes_from_the_server_fail_the_signature_check(
 
 def test_server_with_a_certificate_from_another_ca_is_refused_until_the_job_aborts(
         broker: BrokerEnv, service: Service, tmp_path: Path, runtimes: list[Runtime]) -> None:
-    """FreeRTOS behaviour: a failed request is retried at each request timeout until too
-    many went without a block (momentum), then the job is aborted and reported FAILED."""
+    """A failed request is retried after a jittered backoff until the job's retry budget
+    is spent, then the job is aborted and reported FAILED with the last failure (issue 18;
+    FreeRTOS's own code for too many failed requests)."""
     rogue = FileServer(tmp_path / "rogue",
                        issue(make_ca("someone else's CA"), "files", server_names=("127.0.0.1",)))
     try:
         image = make_firmware(V2, IMAGE_SIZE, seed="http-rogue")
         path = add_http_job(service, rogue, broker.signer, "h-rogue", image)
-        bundle = http_bundle(broker, tmp_path, "h-rogue", "request_timeout_seconds = 0.1\n")
+        retries = "retry_base_seconds = 0.01\nretry_cap_seconds = 0.05\njob_retry_budget = 5\n"
+        bundle = http_bundle(broker, tmp_path, "h-rogue", "request_timeout_seconds = 0.1\n" + retries)
         runtime, platform = start(bundle, runtimes, tick=0.02)
         ex = service.wait_terminal("h-rogue", timeout=60)
-        assert ex.updates == [("FAILED", {"reason": "aborted: 0x0000000e",
-                                          "detail": "32 block requests failed or went unanswered"})]
+        ((status, details),) = ex.updates
+        assert status == "FAILED"
+        assert (details["reason"], details["check"]) == ("aborted: 0x0000000e", "RetryBudgetExhausted")
+        last = "6 requests failed (budget 5); last: no response (TLS certificate refused"
+        assert details["detail"].startswith(last), details
         # Every request was refused at the handshake (the server may count the last alert late).
-        assert eventually(lambda: rogue.handshake_failures == 32), rogue.handshake_failures
+        assert eventually(lambda: rogue.handshake_failures == 6), rogue.handshake_failures
         assert rogue.connections == 0
         assert not rogue.hits_for(path)  # no request ever reached the server
         assert platform.written == 0

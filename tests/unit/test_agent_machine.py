@@ -6,6 +6,7 @@ R1 flawed update, N1 downgrade, N2 mis-signed, N3 replay, O2 revoked signer.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,7 +46,7 @@ from overair.agent.progress import binding as staging_binding
 from overair.core.jobdoc import OtaFile, OtaJobDocument
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.streamcodec import DataBlock, encode_data_block
-from overair.core.topics import notify_next_topic, stream_data_topic
+from overair.core.topics import notify_next_topic, stream_data_topic, stream_rejected_topic
 from overair.core.versions import Version
 
 THING = "dev-1"
@@ -62,6 +63,7 @@ V2 = Version(1, 1, 0)
 SIZE = 10 * BS - 5  # 10 blocks, the last one short
 NEXT_GET = f"$aws/things/{THING}/jobs/$next/get"
 DATA = stream_data_topic(THING, STREAM, "cbor")
+REJECTED = stream_rejected_topic(THING, STREAM, "cbor")
 GET = f"$aws/things/{THING}/streams/{STREAM}/get/cbor"
 
 
@@ -179,14 +181,24 @@ def test_connect_subscribes_notify_next_and_asks_next_job() -> None:
 def test_unanswered_next_job_question_is_asked_again_with_backoff() -> None:
     """A lost `$next/get` reply (or a notify-next subscription refused while the broker
     reloaded its ACL) must not leave the device deaf to its jobs until it reconnects."""
-    state = booted(now=0.0)
-    asks: list[float] = []
-    for second in range(0, 80):
-        state, commands = handle(state, Tick(), float(second))
-        if publishes(list(commands), "/$next/get"):
-            asks.append(second)
-            assert c.Subscribe(notify_next_topic(THING), 1) in commands  # subscription retried too
-    assert asks == [10, 30, 70]  # request_timeout, then doubling
+    def asks_of(thing: str) -> list[int]:
+        state = booted(now=0.0, settings=replace(SETTINGS, thing_name=thing))
+        asks = [0]
+        for second in range(0, 400):
+            state, commands = handle(state, Tick(), float(second))
+            if publishes(list(commands), "/$next/get"):
+                asks.append(second)
+                assert c.Subscribe(notify_next_topic(thing), 1) in commands  # subscription retried too
+        return asks
+
+    asks = asks_of(THING)
+    gaps = [b - a for a, b in itertools.pairwise(asks)]
+    # A request_timeout for the answer, then full jitter below a doubling ceiling (issue 18).
+    assert len(gaps) >= 4
+    for k, gap in enumerate(gaps):
+        assert 10 <= gap <= 10 + min(300, 10 * 2**k) + 1, (k, gaps)
+    # Devices draw differently: a fleet does not ask again in lock-step.
+    assert len({tuple(asks_of(f"dev-{i}")) for i in range(5)}) == 5
 
 
 def test_answered_next_job_question_is_not_asked_again() -> None:
@@ -241,10 +253,10 @@ def test_unparseable_messages_are_ignored() -> None:
 def test_job_creates_file_subscribes_then_requests_with_bitmap() -> None:
     state, commands = run(booted(), [job()])
     kinds = [type(x) for x in commands if not isinstance(x, c.Log)]
-    assert kinds == [c.CreateStaging, c.Subscribe, c.Publish]
+    assert kinds == [c.CreateStaging, c.Subscribe, c.Subscribe, c.Publish]
     bound = staging_binding("job-1", STREAM, 0, SIZE, BS, b"\x30\x45sig")
     assert of(commands, c.CreateStaging) == [c.CreateStaging(SIZE, bound, BS)]
-    assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0)]
+    assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0), c.Subscribe(REJECTED, 0)]
     (request_pub,) = publishes(commands, "/get/cbor")
     assert request_pub.topic == GET
     request = cbor2.loads(request_pub.payload)
@@ -336,7 +348,7 @@ def test_bad_block_fails_the_job(message: MessageReceived, why: str) -> None:
     ((status, details, _),) = statuses(commands)
     assert (status, details["reason"]) == ("FAILED", "0x000000e0: 0x00000000"), why
     assert of(commands, c.AbortStaging)
-    assert of(commands, c.Unsubscribe) == [c.Unsubscribe(DATA)]
+    assert of(commands, c.Unsubscribe) == [c.Unsubscribe(DATA), c.Unsubscribe(REJECTED)]
     assert state.phase is Phase.IDLE
     assert state.download is None
 
@@ -583,7 +595,7 @@ def test_journal_round_trips_through_json() -> None:
 def test_another_job_during_download_aborts_and_asks_again(message: MessageReceived) -> None:
     state, _ = deliver(downloading(), [0, 1])
     state, commands = run(state, [message])
-    assert of(commands, c.Unsubscribe) == [c.Unsubscribe(DATA)]
+    assert of(commands, c.Unsubscribe) == [c.Unsubscribe(DATA), c.Unsubscribe(REJECTED)]
     assert of(commands, c.AbortStaging)
     assert len(publishes(commands, "/$next/get")) == 1
     assert not statuses(commands)
@@ -783,9 +795,14 @@ def test_http_throttled_request_waits_for_retry_after_not_the_request_timeout() 
     throttled = HttpRangeFailed(request.request, request.offset, 429, "429 Too Many", retry_after=2.0)
     state, commands = run(state, [throttled], now=100.5)
     assert not ranges(commands)
+    assert state.download is not None
+    assert state.download.retry_at is not None
+    # The server's 2 s, plus full jitter below the first ceiling (retry_base, 1 s).
+    assert 102.5 <= state.download.retry_at < 103.5
+    assert state.download.retries == 0  # being asked to slow down spends no retry budget
     _, commands = run(state, [Tick()], now=102.4)
     assert not ranges(commands)  # the server asked for 2 s
-    _, commands = run(state, [Tick()], now=102.5)
+    _, commands = run(state, [Tick()], now=state.download.retry_at)
     (again,) = ranges(commands)
     assert again.offset == request.offset
 
@@ -795,7 +812,7 @@ def test_http_hostile_retry_after_is_capped() -> None:
     state, request = http_downloading(now=0.0)
     state, _ = run(state, [HttpRangeFailed(request.request, request.offset, 503, "busy",
                                            retry_after=999_999.0)], now=1.0)
-    _, commands = run(state, [Tick()], now=1.0 + SETTINGS.max_next_job_retry)
+    _, commands = run(state, [Tick()], now=1.0 + SETTINGS.max_next_job_retry + SETTINGS.retry_base)
     assert len(ranges(commands)) == 1
 
 
@@ -821,12 +838,13 @@ def test_http_expired_url_asks_for_the_job_again_and_continues_with_the_fresh_ur
     assert not statuses(commands)
     assert state.phase is Phase.DOWNLOADING
     # The service re-sends the job with a new pre-signed URL (on /accepted and notify-next).
-    state, commands = run(state, [job(doc=http_doc(FRESH_URL), topic=f"{NEXT_GET}/accepted")], now=1.5)
+    # (after the backoff: full jitter below retry_base, 1 s)
+    state, commands = run(state, [job(doc=http_doc(FRESH_URL), topic=f"{NEXT_GET}/accepted")], now=2.0)
     (request,) = ranges(commands)
     assert (request.url, request.offset, request.length) == (FRESH_URL, 3 * BS, BS)
     assert not of(commands, c.CreateStaging)  # the download was not restarted
     assert not of(commands, c.AbortStaging)
-    state, commands = run(state, [job(doc=http_doc(FRESH_URL))], now=1.5)
+    state, commands = run(state, [job(doc=http_doc(FRESH_URL))], now=2.0)
     assert not ranges(commands)  # the copy on notify-next: a request is already in flight
     assert state.download is not None
     assert (state.download.url, state.download.stored) == (FRESH_URL, 3)
@@ -841,44 +859,73 @@ def test_http_expired_url_asks_for_the_job_again_and_continues_with_the_fresh_ur
     assert state.phase is Phase.VERIFYING
 
 
-def test_http_server_errors_are_retried_after_the_request_timeout_then_momentum_aborts() -> None:
+def test_http_server_errors_back_off_with_full_jitter_then_the_retry_budget_fails_the_job() -> None:
     state, request = http_downloading(now=100.0)
     state, commands = answer(state, request, now=100.0)
     (request,) = ranges(commands)
     state, commands = fail(state, request, 503, now=100.5, reason="503 Service Unavailable")
     assert not ranges(commands)
     assert not publishes(commands, "")  # not a URL problem: no job request
-    _, commands = run(state, [Tick()], now=109.9)
-    assert not ranges(commands)
-    state, commands = run(state, [Tick()], now=110.0)
-    (request,) = ranges(commands)
-    assert (request.url, request.offset) == (URL, BS)
-    sent = 2  # momentum counts requests since the last new block
-    now = 110.0
+    failures, waits, now = 1, [], 100.5
     while True:
-        state, commands = fail(state, request, 0 if sent % 2 else 500, now=now + 1.0, reason="timed out")
-        now += 10.0
+        assert state.download is not None
+        assert state.download.retry_at is not None
+        waits.append(state.download.retry_at - now)
+        _, early = run(state, [Tick()], now=state.download.retry_at - 0.01)
+        assert not ranges(early)  # never before its backoff is over
+        now = state.download.retry_at
+        state, commands = run(state, [Tick()], now=now)
+        (request,) = ranges(commands)
+        assert (request.url, request.offset) == (URL, BS)
+        now += 1.0
+        state, commands = fail(state, request, 0 if failures % 2 else 500, now=now, reason="timed out")
+        failures += 1
+        if state.download is None:
+            break
+    assert failures == SETTINGS.job_retry_budget + 1
+    # Capped exponential ceilings with full jitter below them: never above, and spread.
+    for attempt, wait in enumerate(waits):
+        assert 0.0 <= wait <= min(SETTINGS.retry_cap, SETTINGS.retry_base * 2**attempt)
+    assert len({round(w, 3) for w in waits}) == len(waits)
+    (status,) = statuses(commands)
+    assert status[0] == "FAILED"
+    assert status[1]["reason"] == "aborted: 0x0000000e"
+    assert status[1]["check"] == "RetryBudgetExhausted"
+    assert status[1]["detail"].startswith(f"{failures} requests failed (budget {SETTINGS.job_retry_budget}); "
+                                          "last: HTTP 500 (timed out)")
+    assert of(commands, c.AbortStaging)
+    assert not of(commands, c.Unsubscribe)  # HTTP held no subscription
+    assert state.phase is Phase.IDLE
+
+
+def test_http_momentum_still_aborts_requests_that_go_unanswered() -> None:
+    # The runtime answers every request; should one still get lost, the Tick re-sends it
+    # and FreeRTOS's momentum abort remains the backstop.
+    state, _ = http_downloading(now=0.0)
+    now, sent = 0.0, 1
+    while True:
+        now += SETTINGS.request_timeout * 6
         state, commands = run(state, [Tick()], now=now)
         if not ranges(commands):
             break
-        (request,) = ranges(commands)
         sent += 1
     assert sent == 32
     assert statuses(commands) == [("FAILED", {"reason": "aborted: 0x0000000e",
                                               "detail": "32 block requests failed or went unanswered"}, 1)]
-    assert of(commands, c.AbortStaging)
-    assert not of(commands, c.Unsubscribe)  # HTTP held no subscription
-    assert state.phase is Phase.IDLE
-    assert state.download is None
 
 
 def test_http_new_block_resets_momentum() -> None:
     state, request = http_downloading()
-    for second in range(1, 20):
-        state, _ = fail(state, request, 502, now=second * 10.0)
-        state, commands = run(state, [Tick()], now=second * 10.0 + 10.0)
+    now = 0.0
+    for _ in range(1, 20):
+        now += 1.0
+        state, _ = fail(state, request, 502, now=now)
+        assert state.download is not None
+        assert state.download.retry_at is not None
+        now = state.download.retry_at
+        state, commands = run(state, [Tick()], now=now)
         (request,) = ranges(commands)
-    state, commands = answer(state, request, now=300.0)
+    state, commands = answer(state, request, now=now + 1.0)
     assert state.download is not None
     assert state.download.momentum == 1  # the request for the next block only
     assert ranges(commands)[0].offset == BS
@@ -943,7 +990,7 @@ def test_both_protocols_prefer_mqtt_unless_configured(prefer_http: bool, url: st
     assert state.download is not None
     assert state.download.protocol is expected
     if expected is DataProtocol.MQTT:
-        assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0)]
+        assert of(commands, c.Subscribe) == [c.Subscribe(DATA, 0), c.Subscribe(REJECTED, 0)]
         assert len(requests(commands)) == 1
         assert not ranges(commands)
         assert state.download.url is None

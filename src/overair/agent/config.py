@@ -52,6 +52,10 @@ request_timeout_seconds = 10       # optional: re-request after this much silenc
 max_file_size = 67108864           # optional
 prefer_http = false                # optional: a job offering MQTT and HTTP downloads over HTTPS
 save_progress_every_blocks = 8     # optional: a resumable download's bitmap is saved this often
+retry_base_seconds = 1             # optional: backoff of a failed request, first ceiling
+retry_cap_seconds = 60             # optional: and its cap (full jitter below the ceiling)
+job_retry_budget = 20              # optional: failed requests per job before it ends FAILED
+reconnect_cap_seconds = 60         # optional: cap of the MQTT reconnect backoff (full jitter)
 ```
 
 Jobs that offer only HTTP (`"protocols": ["HTTP"]`) are downloaded over HTTPS from the
@@ -59,6 +63,13 @@ job's pre-signed `update_data_url` whatever `prefer_http` says. The HTTPS server
 authenticated like the broker: against `[mqtt] ca_file`, host name checked, TLS 1.2 or
 newer; no client certificate is sent (the pre-signed URL carries the authorization).
 `request_timeout_seconds` is also the timeout of each HTTPS request.
+
+A failed download request (an HTTP error, no response, a refused URL, a rejected stream
+request) is retried after a capped exponential backoff with full jitter, and each one
+spends one of the job's `job_retry_budget` retries: past it the job ends FAILED
+(`0x0000000e`, check `RetryBudgetExhausted`, the last failure in `detail`). A server
+asking the device to slow down (HTTP 429/503 with Retry-After, a throttled stream
+request) is waited out and spends no budget.
 
 `[trust] revocation_signer` is the PEM certificate (EC key) of the server's revocation
 key: with it the agent accepts the signed revocation lists the server publishes
@@ -150,6 +161,10 @@ class OtaConfig:
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # both protocols offered: download over HTTPS, not MQTT
     save_progress_every_blocks: int = 8
+    retry_base_seconds: float = 1.0
+    retry_cap_seconds: float = 60.0
+    job_retry_budget: int = 20
+    reconnect_cap_seconds: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,4 +393,8 @@ class _Loader:
             max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
             prefer_http=self.boolean(t, w, "prefer_http", False),
             save_progress_every_blocks=self.integer(t, w, "save_progress_every_blocks", 8, 1, 1 << 20),
+            retry_base_seconds=self.number(t, w, "retry_base_seconds", 1.0, 0.01, 3600.0),
+            retry_cap_seconds=self.number(t, w, "retry_cap_seconds", 60.0, 0.01, 86400.0),
+            job_retry_budget=self.integer(t, w, "job_retry_budget", 20, 0, 10_000),
+            reconnect_cap_seconds=self.integer(t, w, "reconnect_cap_seconds", 60, 1, 86400),
         )

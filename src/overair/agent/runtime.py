@@ -138,6 +138,9 @@ def settings_from_config(config: AgentConfig) -> Settings:
         max_file_size=config.ota.max_file_size,
         prefer_http=config.ota.prefer_http,
         save_progress_every=config.ota.save_progress_every_blocks,
+        retry_base=config.ota.retry_base_seconds,
+        retry_cap=config.ota.retry_cap_seconds,
+        job_retry_budget=config.ota.job_retry_budget,
         deployment_keys=load_deployment_keys(config),
         require_deployment=config.trust.require_deployment_metadata,
     )
@@ -281,7 +284,8 @@ class Runtime:
             raise ConfigError(f"{self.config.source}: [mqtt] TLS files are unusable: {exc}") from exc
 
         def factory(callbacks: TransportCallbacks) -> Transport:
-            return MqttTransport(self.config.mqtt, self.config.thing_name, callbacks)
+            return MqttTransport(self.config.mqtt, self.config.thing_name, callbacks,
+                                 max_backoff=self.config.ota.reconnect_cap_seconds)
 
         return factory
 

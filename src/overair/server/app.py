@@ -36,8 +36,11 @@ from overair.server.bootstrap import upgrade_installation
 from overair.server.clock import Clock, system_clock
 from overair.server.dashboard.routes import build_dashboard
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
+from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.download_server import DownloadEndpoint
 from overair.server.delivery.http_download import HttpDelivery
-from overair.server.delivery.tls_peer import PeerCertificateProtocol
+from overair.server.delivery.policy import DownloadPolicy
+from overair.server.delivery.tls_peer import FastPeerCertificateProtocol
 from overair.server.files import write_atomic, write_private
 from overair.server.fleet import api as fleet_api
 from overair.server.fleet.config import IndexingStore
@@ -153,9 +156,7 @@ class Server:
                               DeviceProfiles(self.db, settings.device_profiles),
                               self.registry.resolve_targets, self._notify_threadsafe,
                               assume_role=self._assume_ota_role)
-        self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock)
-        self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
-                                     self.objects, self.jobs, self.audit, clock, limits=settings.limits)
+        self._wire_file_delivery(settings, clock)
         self.device_jobs = DeviceJobsApi(self.jobs, self.registry, self.audit, settings.limits, clock)
         self._connect_job_hooks()
         self.background = ThreadPoolExecutor(2, thread_name_prefix="ota")
@@ -187,6 +188,19 @@ class Server:
         self.session_closer: SessionCloser | None = None
         self.ready = threading.Event()
 
+
+    def _wire_file_delivery(self, settings: Settings, clock: Clock) -> None:
+        """MQTT streams and HTTPS downloads, under one download policy (issue 18:
+        delivery/policy.py); a deleted object leaves their caches at once."""
+        self.downloads = DownloadGate(DownloadPolicy(settings.download_policy,
+                                                     max_devices=settings.limits.device_budgets_tracked),
+                                      self.jobs, clock)
+        self.devices = DeviceService(self.jobs, self.streams, self.audit, settings.limits, clock,
+                                     gate=self.downloads)
+        self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
+                                     self.objects, self.jobs, self.audit, clock, limits=settings.limits,
+                                     gate=self.downloads)
+        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object]
     def _check_download_host(self) -> None:
         """Devices check the download endpoint's certificate (the broker's) against the
         host of the URL they are given: say so at start if it cannot match."""
@@ -607,9 +621,10 @@ class Server:
 
         return build_dashboard(self, connections)
 
-    def _http_servers(self) -> list[uvicorn.Server]:
-        """The operator API and the device download endpoint (HTTPS, fleet-CA certificate,
-        which devices authenticate like the broker's)."""
+    def _http_servers(self) -> tuple[list[uvicorn.Server], uvicorn.Config]:
+        """The operator API (and metrics) servers, and the device endpoint's configuration
+        (HTTPS, fleet-CA certificate, which devices authenticate like the broker's; served
+        on a thread of its own: delivery/download_server.py)."""
         settings, paths = self.settings, self.settings.paths
         app = build_api_app(self.table, self.identity.lookup, self.objects, region=settings.region,
                             max_body_bytes=settings.limits.max_api_body_bytes,
@@ -628,23 +643,34 @@ class Server:
                 proxy_headers=False,
                 ssl_certfile=str(tls_cert) if tls_cert else None,
                 ssl_keyfile=str(tls_key) if tls_key else None)),
-            uvicorn.Server(uvicorn.Config(
-                Starlette(routes=self.delivery.routes() + self.device_jobs.routes()),
-                host=settings.mqtt_host, port=settings.download_port, log_level="warning", lifespan="off",
-                proxy_headers=False,
-                ssl_certfile=str(paths.broker_cert), ssl_keyfile=str(paths.broker_key),
-                # Downloads need no client certificate (the URL is the grant); the Jobs API
-                # does, and checks it against the registry.
-                ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
-                http=PeerCertificateProtocol)),
         ]
+        devices = uvicorn.Config(
+            self.delivery.fast_app(Starlette(routes=self.delivery.routes() + self.device_jobs.routes())),
+            host=settings.mqtt_host, port=settings.download_port, log_level="warning", lifespan="off",
+            proxy_headers=False,
+            ssl_certfile=str(paths.broker_cert), ssl_keyfile=str(paths.broker_key),
+            # Downloads need no client certificate (the URL is the grant); the Jobs API
+            # does, and checks it against the registry.
+            ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
+            http=FastPeerCertificateProtocol, loop="none")
         if settings.metrics_port:
             collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
             servers.append(uvicorn.Server(uvicorn.Config(
                 metrics_app(collector, RootExpiryCollector(self._code_signing_roots, self.clock)),
                 host=settings.http_host, port=settings.metrics_port,
                 log_level="warning", lifespan="off", proxy_headers=False)))
-        return servers
+        return servers, devices
+
+    def _start_http(self, servers: list[uvicorn.Server]) -> list[asyncio.Task[object]]:
+        """Start the HTTP servers (the device endpoint on its own thread); adds them to
+        `servers` and returns the tasks that end when they do."""
+        api_servers, device_config = self._http_servers()
+        endpoint = DownloadEndpoint(device_config)
+        servers.extend([*api_servers, endpoint.server])
+        serving: list[asyncio.Task[object]] = [asyncio.create_task(server.serve()) for server in api_servers]
+        endpoint.start()
+        serving.append(asyncio.create_task(endpoint.serve_until_stopped()))
+        return serving
 
     # Running -------------------------------------------------------------------------
     async def _start_broker(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
@@ -712,8 +738,7 @@ class Server:
             # each time the service (re)connects.
             connection.on_connected = self._republish_retained
             await connection.start()
-            servers.extend(self._http_servers())
-            serving = [asyncio.create_task(server.serve()) for server in servers]
+            serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))
             while not all(server.started for server in servers):
                 for task in serving:

@@ -18,8 +18,10 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import tomli_w
 
 from overair.core import presign
-from overair.core.errors import MisuseError
+from overair.core.errors import MisuseError, PeerInputError
 from overair.core.limits import DEFAULT_LIMITS, Limits
+from overair.server.delivery.policy import DownloadLimits
+from overair.server.delivery.policy import parse_settings as parse_download_policy
 from overair.server.ota.profile_config import DeviceProfileConfig, parse_device_profiles
 
 CONFIG_NAME = "overair.toml"
@@ -111,6 +113,9 @@ class Settings:
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto set a
     # request's aws:SourceIp and aws:SecureTransport; empty: only the connection counts.
     trusted_proxies: tuple[str, ...] = ()
+    # The fleet download policy (`[download_policy]`; server/delivery/policy.py): devices
+    # downloading at once, bytes per second for all of them and for one; 0: unlimited.
+    download_policy: DownloadLimits = field(default_factory=DownloadLimits)
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
 
     @property
@@ -232,6 +237,12 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
             raw[key] = Path(raw[key])
     if "device_profiles" in raw:
         raw["device_profiles"] = parse_device_profiles(raw["device_profiles"])
+    if "download_policy" in raw:
+        try:
+            raw["download_policy"] = parse_download_policy(raw["download_policy"])
+        except PeerInputError as exc:
+            raise MisuseError(f"{paths.config}: [download_policy]: {exc.message} "
+                              "(docs/configuration.md)") from exc
     settings = Settings(data_dir=data_dir, database_password=os.environ.get(DATABASE_PASSWORD_ENV, ""), **raw)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = replace(settings, **given)
@@ -249,6 +260,7 @@ _KINDS: dict[str, str] = {
     "mqtt_session_expiry_hours": "int", "mqtt_max_queued_messages": "int", "http_tls_cert": "str",
     "http_tls_key": "str", "dev_mode": "bool", "allow_self_signed_code_signing": "bool",
     "pkcs11_modules": "strings", "trusted_proxies": "strings", "device_profiles": "table",
+    "download_policy": "table",
 }
 _KIND_TEXT = {"str": "a string", "int": "an integer", "bool": "true or false", "strings": "a list of strings",
               "table": "a table"}

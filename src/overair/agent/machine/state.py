@@ -76,6 +76,15 @@ class Settings:
     request_timeout: float = 10.0
     max_request_momentum: int = 32
     max_next_job_retry: float = 300.0  # cap of the backoff re-asking an unanswered $next/get
+    # Retries of a download (machine/backoff.py, issue 18): capped exponential backoff
+    # with full jitter from `retry_base` to `retry_cap` seconds, and at most
+    # `job_retry_budget` failed requests per job (a refused URL, an HTTP error, no
+    # response, a stream request rejected); past it the job ends FAILED with the last
+    # failure as its reason. A server asking the device to slow down (HTTP 429/503 with
+    # Retry-After, a throttled stream request) spends no budget: it is waited out.
+    retry_base: float = 1.0
+    retry_cap: float = 60.0
+    job_retry_budget: int = 20
     self_test_deadline: float = 60.0
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # a job offering both protocols is downloaded over HTTPS
@@ -232,7 +241,10 @@ class Download:
     in_flight: int | None = None  # HTTP: the range request awaiting its answer
     in_flight_block: int = 0  # HTTP: the first block that request asked for
     in_flight_count: int = 1  # HTTP: how many blocks it asked for
-    retry_at: float | None = None  # HTTP: when a failed request is sent again (Retry-After)
+    retry_at: float | None = None  # when a failed or refused request is sent again (backoff)
+    retries: int = 0  # failed requests of this job (against `job_retry_budget`)
+    throttled: int = 0  # requests the server asked to slow down, in a row (backoff exponent)
+    last_failure: str = ""  # why the latest request failed (the job's reason if the budget runs out)
     reported_at: float | None = None  # when progress was last reported
     binding: bytes = b""  # agent/progress.py binding of this download
     saved: int = 0  # blocks stored when the bitmap was last saved

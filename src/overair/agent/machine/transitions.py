@@ -67,7 +67,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from overair.agent import trust
-from overair.agent.machine import reasons
+from overair.agent.machine import backoff, reasons
 from overair.agent.machine.commands import (
     AbortStaging,
     ActivateAndReboot,
@@ -121,10 +121,11 @@ from overair.core import bitmap, wirejson
 from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
+from overair.core.jobs_wire import REQUEST_THROTTLED
 from overair.core.jobstates import ExecStatus
 from overair.core.limits import DEFAULT_LIMITS
 from overair.core.revocation import REVOCATIONS_TOPIC
-from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
+from overair.core.streamcodec import GetStreamRequest, decode_data_block, decode_rejection, encode_get_stream
 from overair.core.topics import (
     JOB_ID_RE,
     STREAM_ID_RE,
@@ -132,6 +133,7 @@ from overair.core.topics import (
     notify_next_topic,
     stream_data_topic,
     stream_get_topic,
+    stream_rejected_topic,
 )
 from overair.core.trustlist import TRUST_TOPIC
 from overair.core.versions import Version
@@ -146,6 +148,8 @@ MAX_EXECUTION_NUMBER = (1 << 63) - 1  # AWS: a long
 # `updatedBy` as the agent writes it (Version.hex: 0x%08x), or decimal; ASCII only, so
 # that no Unicode digit or oversized number reaches int() (issue 12).
 _VERSION_WORD = re.compile(r"0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10}")
+# The end of overair's throttled stream rejection (server/gateway/device_service.py).
+_RETRY_HINT = re.compile(r"retry after ([0-9]{1,6}(?:\.[0-9]{1,3})?) s\Z")
 
 # OtaErr_t OtaErrInitFileTransferFailed: the file transfer cannot start (HTTP chosen but
 # no usable `update_data_url`). Kept here rather than in reasons.py for now.
@@ -154,6 +158,9 @@ URL_NOT_USABLE = 0x01  # overair sub-code of ERR_INIT_FILE_TRANSFER_FAILED
 # HTTP answers meaning "this pre-signed URL no longer works": ask for a fresh one
 # (the FreeRTOS HTTP demo does the same for these three).
 URL_REFRESH_STATUSES = frozenset({400, 403, 404})
+# "Slow down" answers: with a Retry-After they are waited out and spend no retry budget.
+THROTTLED_STATUSES = frozenset({429, 503})
+RETRY_BUDGET_CHECK = "RetryBudgetExhausted"
 # A range request with no answer at all after this many request timeouts is deemed
 # lost and sent again. The runtime answers every request, within about four timeouts
 # (agent/transport/http.py), so this is only a safety net.
@@ -185,6 +192,13 @@ class BlockMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamRejection:
+    """AWS's rejected response to one of the download's stream requests (undecoded)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RevocationMessage:
     """The (retained) signed revocation list; unverified until the runtime checks it."""
 
@@ -202,7 +216,7 @@ class TrustListMessage:
 
 def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
     """Apply one event; return the new state and the commands to run, in order."""
-    routed: Event | JobMessage | BlockMessage | RevocationMessage | TrustListMessage | None = event
+    routed: Event | Classified | None = event
     if isinstance(event, MessageReceived):
         routed = _classify(state, event)
         if routed is None:
@@ -217,8 +231,10 @@ def handle(state: State, event: Event, now: float) -> tuple[State, tuple[Command
     return new_state, tuple(commands)
 
 
-def _classify(state: State, event: MessageReceived
-              ) -> JobMessage | BlockMessage | RevocationMessage | TrustListMessage | None:
+Classified = JobMessage | BlockMessage | RevocationMessage | TrustListMessage | StreamRejection
+
+
+def _classify(state: State, event: MessageReceived) -> Classified | None:
     thing = state.settings.thing_name
     if event.topic in (notify_next_topic(thing), f"{next_get_topic(thing)}/accepted"):
         return _parse_job_message(event.payload)
@@ -229,6 +245,9 @@ def _classify(state: State, event: MessageReceived
     dl = state.download
     if dl is not None and dl.protocol is DataProtocol.MQTT and event.topic == _data_topic(state, dl.file):
         return BlockMessage(event.payload)
+    if dl is not None and dl.protocol is DataProtocol.MQTT \
+            and event.topic == _rejected_topic(state, dl.file):
+        return StreamRejection(event.payload)
     return None
 
 
@@ -276,6 +295,16 @@ def _data_topic(state: State, file: FileSpec) -> str:
     return stream_data_topic(state.settings.thing_name, file.stream, "cbor")
 
 
+def _rejected_topic(state: State, file: FileSpec) -> str:
+    return stream_rejected_topic(state.settings.thing_name, file.stream, "cbor")
+
+
+def _listen(state: State, file: FileSpec) -> list[Command]:
+    """An MQTT download's subscriptions: its blocks, and the service's rejections of its
+    requests (which FreeRTOS does not read; the overair agent backs off on them)."""
+    return [Subscribe(_data_topic(state, file), 0), Subscribe(_rejected_topic(state, file), 0)]
+
+
 def _status(state: State, job_id: str, status: ExecStatus, details: dict[str, str], qos: int = 1) -> Publish:
     body = json.dumps({"status": status.value, "statusDetails": details}, separators=(",", ":"))
     return Publish(update_topic(state.settings.thing_name, job_id), body.encode(), qos)
@@ -296,8 +325,12 @@ def _next_job_retry_due(state: State, now: float) -> bool:
     asked = state.next_job_asked_at
     if asked is None or not state.connected:
         return False
-    wait = min(state.settings.request_timeout * (1 << min(state.next_job_unanswered, 16)),
-               state.settings.max_next_job_retry)
+    # A request_timeout for the answer, then a full-jitter backoff (machine/backoff.py):
+    # a fleet whose broker restarted does not ask again all at once.
+    timeout = state.settings.request_timeout
+    key = f"{state.settings.thing_name}/$next/get/{state.requests_sent}"
+    cap = state.settings.max_next_job_retry
+    wait = timeout + backoff.full_jitter(state.next_job_unanswered, timeout, cap, key)
     return now - asked >= wait
 
 
@@ -352,7 +385,9 @@ def _span_length(state: State, dl: Download, first: int, count: int) -> int:
 
 def _release(state: State, dl: Download) -> list[Command]:
     """Stop listening for the download's blocks (MQTT; HTTP holds no subscription)."""
-    return [Unsubscribe(_data_topic(state, dl.file))] if dl.protocol is DataProtocol.MQTT else []
+    if dl.protocol is not DataProtocol.MQTT:
+        return []
+    return [Unsubscribe(_data_topic(state, dl.file)), Unsubscribe(_rejected_topic(state, dl.file))]
 
 
 def _redacted(url: str) -> str:
@@ -449,14 +484,14 @@ def on_connected(state: State, _event: Connected, now: float) -> Step:
     dl = state.download
     mqtt = dl is not None and dl.protocol is DataProtocol.MQTT
     if dl is not None and mqtt:
-        commands.append(Subscribe(_data_topic(state, dl.file), 0))
+        commands += _listen(state, dl.file)
     state, ask = _ask_next_job(replace(state, connected=True, next_job_unanswered=0), now)
     commands.append(ask)
     # An HTTP download does not depend on the MQTT session: the reply to this `$next/get`
     # brings a fresh URL, and a request goes out then if none is in flight.
     if dl is not None and mqtt and state.phase is Phase.DOWNLOADING:
         # Requests sent while offline were lost: ask again at once, momentum reset.
-        dl, request = _request_blocks(state, replace(dl, momentum=0), now)
+        dl, request = _request_blocks(state, replace(dl, momentum=0, retry_at=None), now)
         state = replace(state, download=dl)
         commands.append(request)
     return state, commands
@@ -570,7 +605,7 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
         # Every block was stored before the reboot: straight to verification.
         return replace(state, download=dl, phase=Phase.VERIFYING), [*start, VerifyImage(spec)]
     state, requests = _request_next(state, dl, now)
-    listen: list[Command] = [Subscribe(_data_topic(state, spec), 0)] if url is None else []
+    listen: list[Command] = _listen(state, spec) if url is None else []
     return state, [*start, *listen, *requests]
 
 
@@ -645,7 +680,9 @@ def _refresh_url(state: State, dl: Download, ex: Execution, now: float) -> Step:
                                     f"{dl.first_needed()}"))
     if dl.in_flight is not None:  # its answer drives the next request
         return replace(state, download=dl), commands
-    return _retry_range(replace(state, download=dl), dl, now, commands)
+    if dl.retry_at is not None and now < dl.retry_at:  # the backoff is not over: Tick sends it
+        return replace(state, download=dl), commands
+    return _retry_range(replace(state, download=dl), replace(dl, retry_at=None), now, commands)
 
 
 def _retry_range(state: State, dl: Download, now: float, commands: list[Command]) -> Step:
@@ -695,7 +732,7 @@ def _accept_block(state: State, dl: Download, block_id: int, data: bytes, now: f
     needed = bytearray(dl.needed)
     needed[block_id // 8] &= ~(1 << (block_id % 8)) & 0xFF
     dl = replace(dl, needed=bytes(needed), remaining=dl.remaining - 1, unstored=dl.unstored + 1,
-                 last_activity=now, momentum=0)
+                 last_activity=now, momentum=0, throttled=0)
     return replace(state, download=dl), [WriteBlock(block_id, block_id * state.settings.block_size, data)]
 
 
@@ -731,28 +768,99 @@ def on_range_failed(state: State, event: HttpRangeFailed, now: float) -> Step:
     if not _answers_in_flight(state, dl, event.request, event.offset):
         return state, [Log("debug", f"late failure of range request {event.request} ignored")]
     block = dl.in_flight_block
-    # The server's Retry-After (429, 503) says when to ask again; without one, a
-    # request_timeout after the failed request was sent. Bounded: a hostile header
-    # cannot park the download.
-    if event.retry_after is None:
-        retry_at = dl.last_activity + state.settings.request_timeout
-    else:
-        retry_at = now + min(max(event.retry_after, 0.0), state.settings.max_next_job_retry)
-    delay = max(0.0, retry_at - now)
-    state = replace(state, download=replace(dl, in_flight=None, retry_at=retry_at))
     what = f"HTTP {event.status}" if event.status else "no response"
+    dl = replace(dl, in_flight=None)
+    if event.status in THROTTLED_STATUSES and event.retry_after is not None:
+        # The server asks the device to slow down and says when (the download policy,
+        # a device budget): waited out, with up to `retry_base` of jitter on top so that
+        # the devices it refused together do not come back together; no retry budget is
+        # spent.
+        asked = min(max(event.retry_after, 0.0), state.settings.max_next_job_retry)
+        wait = asked + _spread(state, dl.throttled, asked)
+        dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1)
+        return replace(state, download=dl), [
+            Log("info", f"block {block}: {what} ({event.reason}): asked to wait; "
+                        f"retrying after {wait:.1f} s")]
+    state, dl, failed = _spend_retry(state, dl, f"{what} ({event.reason})", now)
+    if failed is not None:
+        return failed
+    assert dl.retry_at is not None
+    delay = dl.retry_at - now
     if event.status in URL_REFRESH_STATUSES:
         # The pre-signed URL expired (or was refused): the job document, asked again,
-        # brings a fresh one (on_job_downloading), and the download goes on from there.
+        # brings a fresh one (on_job_downloading), and the download goes on from there
+        # once the backoff is over.
         state, ask = _ask_next_job(state, now)
         return state, [Log("warning", f"block {block}: {what} ({event.reason}): asking for the job "
-                                      "again for a fresh URL"), ask]
-    return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after {delay:g} s")]
+                                      f"again for a fresh URL; retrying after {delay:.1f} s"), ask]
+    return state, [Log("warning", f"block {block}: {what} ({event.reason}): retrying after {delay:.1f} s")]
+
+
+def _jitter_key(state: State) -> str:
+    dl = state.download
+    return f"{state.settings.thing_name}/{dl.job_id if dl is not None else ''}"
+
+
+def _jitter(state: State, attempt: int) -> float:
+    """Capped exponential backoff with full jitter after `attempt` failures in a row."""
+    settings = state.settings
+    return backoff.full_jitter(attempt, settings.retry_base, settings.retry_cap, _jitter_key(state))
+
+
+def _spread(state: State, attempt: int, asked: float) -> float:
+    """Jitter on top of a wait the server asked for: up to a quarter of it, at most
+    `retry_base`; enough to part devices told the same instant, not so much that a
+    device's fair share goes unused."""
+    ceiling = min(state.settings.retry_base, asked / 4)
+    return ceiling * backoff.fraction(_jitter_key(state) + "/asked", attempt)
+
+
+def _spend_retry(state: State, dl: Download, why: str, now: float) -> tuple[State, Download, Step | None]:
+    """A request of the download failed: one more retry of the job's budget, sent after
+    the backoff (`dl.retry_at`); past the budget the job ends FAILED with `why`
+    (`0x0000000e` as FreeRTOS's momentum abort, check RetryBudgetExhausted)."""
+    retries = dl.retries + 1
+    dl = replace(dl, retries=retries, last_failure=why, last_activity=now)
+    budget = state.settings.job_retry_budget
+    if retries > budget:
+        state = replace(state, download=dl)
+        return state, dl, _fail_download(state, reasons.aborted(reasons.ERR_MOMENTUM_ABORT), now,
+                                         check=RETRY_BUDGET_CHECK,
+                                         detail=f"{retries} requests failed (budget {budget}); last: {why}")
+    dl = replace(dl, retry_at=now + _jitter(replace(state, download=dl), retries - 1))
+    return replace(state, download=dl), dl, None
 
 
 def _answers_in_flight(state: State, dl: Download, request: int, offset: int) -> bool:
     return (dl.protocol is DataProtocol.HTTP and dl.in_flight == request
             and offset == dl.in_flight_block * state.settings.block_size)
+
+
+def on_stream_rejected(state: State, message: StreamRejection, now: float) -> Step:
+    """The service rejected a stream request (AWS's `{"o": code, "m": message}`): a
+    throttled request is retried after a jittered backoff without spending the job's
+    retry budget; any other rejection (the stream or its file gone, an internal error)
+    spends one retry, and past the budget the job ends FAILED with it as the reason."""
+    dl = state.download
+    assert dl is not None
+    try:
+        code, text = decode_rejection(message.payload, "cbor")
+    except DecodeError as exc:
+        return state, [Log("warning", f"undecodable stream rejection ignored: {exc.message}")]
+    why = f"stream request rejected: {code} ({text[:200]})"
+    if code == REQUEST_THROTTLED:
+        # overair's download policy says when to come back at the end of its message
+        # ("... retry after N s"); without it, the backoff of a failure (no budget spent).
+        hint = _RETRY_HINT.search(text)
+        asked = min(float(hint[1]), state.settings.max_next_job_retry) if hint else None
+        wait = _jitter(state, dl.throttled) if asked is None else asked + _spread(state, dl.throttled, asked)
+        dl = replace(dl, retry_at=now + wait, throttled=dl.throttled + 1, last_activity=now)
+        return replace(state, download=dl), [Log("info", f"{why}: retrying after {wait:.1f} s")]
+    state, dl, failed = _spend_retry(state, dl, why, now)
+    if failed is not None:
+        return failed
+    assert dl.retry_at is not None
+    return state, [Log("warning", f"{why}: retrying after {dl.retry_at - now:.1f} s")]
 
 
 def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
@@ -966,6 +1074,13 @@ def on_tick(state: State, _event: Tick, now: float) -> Step:
             return state, []
         log = Log("info", f"requesting block {dl.first_needed()} again")
         return _retry_range(state, replace(dl, retry_at=None), now, [log])
+    if dl.protocol is DataProtocol.MQTT and dl.retry_at is not None:
+        # A rejected stream request goes out again when its backoff is over.
+        if now < dl.retry_at:
+            return state, []
+        dl, request = _request_blocks(state, replace(dl, retry_at=None), now)
+        return replace(state, download=dl), [Log("info", "requesting blocks again after a rejection"),
+                                             request]
     if now - dl.last_activity < timeout:
         return state, []
     if dl.protocol is DataProtocol.HTTP:
@@ -1068,6 +1183,7 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (Phase.DOWNLOADING, JobMessage): on_job_downloading,
     (None, JobMessage): on_job_busy,
     (Phase.DOWNLOADING, BlockMessage): on_block,
+    (Phase.DOWNLOADING, StreamRejection): on_stream_rejected,
     (Phase.DOWNLOADING, BlockStored): on_block_stored,
     (Phase.DOWNLOADING, HttpRangeReceived): on_range_received,
     (Phase.DOWNLOADING, HttpRangeFailed): on_range_failed,

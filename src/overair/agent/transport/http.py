@@ -44,6 +44,7 @@ failed, status 0 when no response came (connection, TLS, timeout), retry_after t
 seconds the server's Retry-After header asked for (None: none, or not usable)."""
 
 MAX_RETRY_AFTER_DIGITS = 6  # about 11 days: anything longer is not a delay we honour
+RETRY_AFTER_MS = "x-overair-retry-after-ms"  # overair's download policy: the same to the millisecond
 
 
 def https_context(ca_file: Path) -> ssl.SSLContext:
@@ -186,8 +187,9 @@ def _read_range(response: http.client.HTTPResponse, offset: int, length: int, de
     if status != 206:
         if status == 200:
             raise RangeError(status, f"200 with the whole file instead of {asked}: refused")
-        raise RangeError(status, f"{status} {response.reason}".strip(),
-                         parse_retry_after(response.getheader("Retry-After")))
+        precise = parse_retry_after_ms(response.getheader(RETRY_AFTER_MS))
+        wait = precise if precise is not None else parse_retry_after(response.getheader("Retry-After"))
+        raise RangeError(status, f"{status} {response.reason}".strip(), wait)
     encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise RangeError(status, f"content encoded with {encoding!r}: refused")
@@ -224,6 +226,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if not text.isascii() or not text.isdigit() or len(text) > MAX_RETRY_AFTER_DIGITS:
         return None
     return float(int(text))
+
+
+def parse_retry_after_ms(value: str | None) -> float | None:
+    """overair's `x-overair-retry-after-ms` (the download policy's wait to the
+    millisecond), in seconds; None for no header or anything but a bounded count."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_RETRY_AFTER_DIGITS + 3:
+        return None
+    return int(text) / 1000.0
 
 
 def _describe(exc: BaseException, query: str) -> str:

@@ -4,8 +4,11 @@ The device proves its identity with its client certificate (the broker takes the
 certificate CN as the user name, so the client id is the thing name) and authenticates
 the broker against the fleet root CA with host-name checking; TLS 1.2 is the minimum
 (threat L1). MQTT 3.1.1 with a clean session, as FreeRTOS devices use. paho's network
-thread reconnects on its own with a capped exponential backoff (1 s doubling to 30 s
-by default, reset by a successful CONNACK); the runtime re-subscribes on every connect.
+thread reconnects on its own; the wait before each attempt is a capped exponential
+backoff with full jitter (agent/machine/backoff.py: uniform up to 1 s doubling to
+`max_backoff`, reset by a successful CONNACK), set before paho waits, so that a fleet
+losing its broker at once does not come back in lock-step; the runtime re-subscribes on
+every connect.
 
 Nothing the broker sends may stop the network thread (issue 12): paho re-raises an
 exception from a callback in its loop thread unless told not to, which would end the
@@ -17,6 +20,7 @@ and `suppress_exceptions` keeps the loop alive whatever else may go wrong.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -28,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from overair.agent.config import MqttConfig
+from overair.agent.machine import backoff
 from overair.agent.transport.base import TransportCallbacks
 
 log = logging.getLogger("overair.agent.mqtt")
@@ -44,13 +49,17 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
 
 class MqttTransport:
     def __init__(self, config: MqttConfig, client_id: str, callbacks: TransportCallbacks, *,
-                 min_backoff: int = 1, max_backoff: int = 30) -> None:
+                 min_backoff: int = 1, max_backoff: int = 60) -> None:
         self._config = config
         self._callbacks = callbacks
         self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
         self._client.tls_set_context(tls_context(config))
-        self._client.reconnect_delay_set(min_delay=min_backoff, max_delay=max_backoff)
+        self._min_backoff, self._max_backoff = min_backoff, max_backoff
+        self._failures = 0  # connections lost or refused in a row
+        self._jitter = random.SystemRandom()
+        self._next_backoff()
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -58,6 +67,13 @@ class MqttTransport:
         self._client.enable_logger(log)  # where paho logs such errors
         self._lock = threading.Lock()
         self._unacked: list[mqtt.MQTTMessageInfo] = []
+
+    def _next_backoff(self) -> None:
+        """paho waits `min_delay` before its next attempt when the delay was just set: a
+        full-jitter draw in whole seconds (paho's unit), at least one."""
+        delay = backoff.reconnect_delay(self._failures, self._min_backoff, self._max_backoff,
+                                        self._jitter.randint)
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=max(delay, self._max_backoff))
 
     def connect(self) -> None:
         self._client.connect_async(self._config.host, self._config.port, self._config.keepalive_seconds)
@@ -100,6 +116,8 @@ class MqttTransport:
         if reason_code.is_failure:
             log.warning("connection refused by %s:%s: %s", self._config.host, self._config.port, reason_code)
             return
+        self._failures = 0
+        self._next_backoff()
         sock = self._client.socket()
         if isinstance(sock, socket.socket):  # ssl.SSLSocket included
             # A GetStream request must leave at once, not wait for the previous ACK (Nagle).
@@ -108,7 +126,13 @@ class MqttTransport:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, _properties: Any) -> None:
+        self._failures += 1
+        self._next_backoff()
         self._callbacks.on_disconnected(str(reason_code))
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._failures += 1
+        self._next_backoff()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

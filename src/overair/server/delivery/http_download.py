@@ -13,7 +13,10 @@ means a corrupted file is never served.
 The endpoint answers anyone who can open a TLS connection, so every failure is
 translated here, once, to a client error: a malformed URL 400, a forged or expired one or
 no live execution 403, an unknown object 404, a bad Range 416, a device over its
-download budget 429 (delivery/budgets.py), a store that cannot be read 503. The access
+download budget 429 (delivery/budgets.py), a store that cannot be read 503. The fleet
+download policy (delivery/policy.py) answers 429 (the device's own rate) or 503 (the
+server's or the rollout's capacity) with `Retry-After` and its reason as a stable code
+(body and `x-amzn-ErrorType`). The access
 decision is cached (streams/access.py) and dropped as soon as the thing's executions
 change; denials are audited a bounded number of times per device and interval.
 """
@@ -22,13 +25,15 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from overair.core import placeholders, presign
 from overair.core.errors import OverairError
@@ -39,6 +44,8 @@ from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
+from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.policy import Decision
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job
@@ -49,11 +56,15 @@ log = logging.getLogger("overair.delivery")
 DOWNLOAD_ACTION = "iot:DownloadOtaFile"
 # UrlRefused codes and their HTTP status; anything else a URL can be refused for is 403.
 _REFUSAL_STATUS = {"MalformedUrl": 400, "InvalidRange": 416, "ThrottlingException": 429}
+# overair's refusals also say when to come back to the millisecond (Retry-After has whole
+# seconds: a device whose fair share allows it back in 1.2 s would wait 2).
+RETRY_AFTER_MS = "x-overair-retry-after-ms"
 
 
 class HttpDelivery:
     def __init__(self, secret: bytes, base_url: str, objects: ObjectStore, jobs: JobService, audit: AuditLog,
-                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024, limits: Limits = DEFAULT_LIMITS) -> None:
+                 clock: Clock, cache_bytes: int = 256 * 1024 * 1024, limits: Limits = DEFAULT_LIMITS,
+                 gate: DownloadGate | None = None) -> None:
         self._secret = secret
         self.base_url = base_url
         self._objects = objects
@@ -63,6 +74,8 @@ class HttpDelivery:
         self._cache = FileCache(cache_bytes)
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
+        self.gate = gate
+        self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a URL stops working the moment its thing's execution ends.
         jobs.watch_executions(self._access.forget_things)
@@ -108,11 +121,52 @@ class HttpDelivery:
         return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
 
     async def _download(self, request: Request) -> Response:
+        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+        response = await run_in_threadpool(self.respond, request.method, bucket, key,
+                                           dict(request.query_params), request.headers.get("range"))
+        assert response is not None  # not memory_only: always an answer
+        self.answered[response.status_code] += 1  # on the event loop: no lock needed
+        return response
+
+    def fast_app(self, fallback: ASGIApp) -> ASGIApp:
+        """The device endpoint's ASGI app: a download request whose grant, access decision
+        and file are all in memory (nearly every one of a rollout: a device makes one per
+        4 KiB block) is answered here, on the event loop, without Starlette's routing and
+        middleware or a hop to a worker thread, which were most of its cost
+        (bench/fleet.py --protocol HTTP). Everything else goes to `fallback`, the same
+        route with every check, which answers the same."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "") if scope["type"] == "http" else ""
+            if path.startswith(presign.PATH_PREFIX) and scope["method"] in ("GET", "HEAD"):
+                bucket, slash, key = path[len(presign.PATH_PREFIX):].partition("/")
+                if bucket and slash:
+                    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                           keep_blank_values=True))
+                    range_header = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                                         if k == b"range"), None)
+                    response = self.respond(scope["method"], unquote(bucket), unquote(key), query,
+                                            range_header, memory_only=True)
+                    if response is not None:
+                        self.answered[response.status_code] += 1
+                        await response(scope, receive, send)
+                        return
+            await fallback(scope, receive, send)
+
+        return app
+
+    def respond(self, method: str, bucket: str, key: str, query: dict[str, str], range_header: str | None,
+                *, memory_only: bool = False) -> Response | None:
+        """The answer to a download request, refusals included. `memory_only`: None
+        instead if answering needs the database or the object store (nothing was
+        consumed: the caller asks again without it)."""
         try:
-            bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
-            query = dict(request.query_params)
-            return await run_in_threadpool(self._serve, request.method, bucket, key, query,
-                                           request.headers.get("range"))
+            return self._serve(method, bucket, key, query, range_header, memory_only)
+        except PolicyRefusal as exc:
+            decision = exc.decision
+            headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
+                       RETRY_AFTER_MS: str(decision.retry_after_ms)}
+            return _text(429 if decision.own_rate else 503, decision.code, decision.message, headers)
         except presign.UrlRefused as exc:
             log.info("download refused: %s %s", exc.code, exc.message)
             status = _REFUSAL_STATUS.get(exc.code, 403)
@@ -128,8 +182,10 @@ class HttpDelivery:
             return _text(503, "ServiceUnavailable", "file unavailable, try again")
 
     def _serve(self, method: str, bucket: str, key: str, query: dict[str, str],
-               range_header: str | None) -> Response:
+               range_header: str | None, memory_only: bool = False) -> Response | None:
         grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        if memory_only and not self._in_memory(grant):
+            return None  # before the budget is spent: the full path spends it once
         # The thing is authenticated from here on (the URL's signature binds it).
         if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
             self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
@@ -142,6 +198,13 @@ class HttpDelivery:
             raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
         data = self._file(grant)
         span = presign.parse_range(range_header, len(data))
+        if self.gate is not None and method != "HEAD":
+            size = len(data) if span is None else span[1] - span[0] + 1
+            final = span is None or span[1] == len(data) - 1
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, size,
+                                            final=final)
+            if not decision.admitted:
+                raise PolicyRefusal(decision)
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
         if span is None:
             body, status = data, 200
@@ -154,6 +217,12 @@ class HttpDelivery:
             metrics.BYTES_SERVED.labels("https").inc(len(body))
         return Response(b"" if method == "HEAD" else body, status, headers=headers,
                         media_type="application/octet-stream")
+
+    def _in_memory(self, grant: presign.Grant) -> bool:
+        """Are this grant's access decision (allowed) and file bytes cached?"""
+        item = (grant.bucket, grant.key, grant.version)
+        return bool(self._access.get(grant.thing, item, self._clock())) and \
+            self._cache.get(("http", grant.bucket, grant.key, grant.version)) is not None
 
     def _may_read(self, grant: presign.Grant) -> bool:
         """N4: cached (streams/access.py), dropped when the thing's executions change."""
@@ -170,6 +239,10 @@ class HttpDelivery:
     def forget_access(self) -> None:
         self._access.clear()
 
+    def forget_file(self, bucket: str, key: str) -> None:
+        """An object's bytes were deleted: never serve them from the cache again."""
+        self._cache.drop_where(lambda k: k[1:3] == (bucket, key))
+
     def _file(self, grant: presign.Grant) -> bytes:
         cache_key = ("http", grant.bucket, grant.key, grant.version)
         data = self._cache.get(cache_key)
@@ -177,6 +250,14 @@ class HttpDelivery:
             _, data = self._objects.get_object(grant.bucket, grant.key, grant.version)
             self._cache.put(cache_key, data)
         return data
+
+
+class PolicyRefusal(Exception):
+    """The download policy refused a request (delivery/policy.py): answered 429/503."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
 
 
 def _text(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

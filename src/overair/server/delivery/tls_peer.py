@@ -14,21 +14,37 @@ import ssl
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def _add_peer_certificate(protocol: Any, transport: asyncio.Transport) -> None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
+    inner = protocol.app
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            scope.setdefault("extensions", {})["tls"] = {"client_cert_chain": [der] if der else []}
+        await inner(scope, receive, send)
+
+    protocol.app = app
 
 
 class PeerCertificateProtocol(H11Protocol):
+    """uvicorn's h11 protocol (pure Python), with the peer certificate in the scope."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
-        inner = self.app
+        _add_peer_certificate(self, transport)
 
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            if scope.get("type") == "http":
-                scope.setdefault("extensions", {})["tls"] = {"client_cert_chain": [der] if der else []}
-            await inner(scope, receive, send)
 
-        self.app = app
+class FastPeerCertificateProtocol(HttpToolsProtocol):
+    """The same on uvicorn's httptools protocol (llhttp, in C): the device endpoint's,
+    where a fleet makes one request per 4 KiB block (server/delivery/download_server.py)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        _add_peer_certificate(self, transport)
 
 
 def peer_certificate(scope: Any) -> bytes | None:

@@ -25,6 +25,7 @@ the same bounded way.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
+from overair.server.delivery.download_gate import DownloadGate
 from overair.server.jobs.service import JobService, JobsMqttError
 from overair.server.shadow.mqtt import ShadowMqtt, ShadowTopic, ShadowVerb, parse_topic
 from overair.server.streams.access import AccessCache
@@ -70,7 +72,7 @@ class Outgoing:
 
 class DeviceService:
     def __init__(self, jobs: JobService, streams: StreamService, audit: AuditLog, limits: Limits,
-                 clock: Clock) -> None:
+                 clock: Clock, gate: DownloadGate | None = None) -> None:
         self._jobs = jobs
         self._streams = streams
         self._audit = audit
@@ -78,6 +80,8 @@ class DeviceService:
         self._clock = clock
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
+        self._gate = gate  # the fleet download policy (delivery/policy.py)
+        self.requests: Counter[Kind] = Counter()  # device requests by kind (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a thing's cached stream access goes the moment its executions change.
         jobs.watch_executions(self._access.forget_things)
@@ -103,6 +107,7 @@ class DeviceService:
                 kind = self._kind(parsed)
             if thing is None:
                 return []  # not a request we serve and not worth an answer
+            self.requests[kind] += 1
             keep = 0.0
             if isinstance(parsed, JobsTopic) and parsed.request is JobsRequest.UPDATE \
                     and wire.is_progress_report(payload, self._limits):
@@ -357,7 +362,7 @@ class DeviceService:
         if data is None:
             return None
         try:
-            return self._blocks(parsed, request, stream, data)
+            return self._blocks(parsed, request, stream, data, cached_only=True)
         except PeerInputError:
             return None
 
@@ -403,14 +408,32 @@ class DeviceService:
                       request: streamcodec.GetStreamRequest) -> list[Outgoing]:
         if request.stream_version is not None and request.stream_version != stream.version:
             raise PeerInputError(f"stream is at version {stream.version}", code="VersionMismatch")
-        return self._blocks(parsed, request, stream, self._streams.file_bytes(stream, request.file_id))
+        served = self._blocks(parsed, request, stream, self._streams.file_bytes(stream, request.file_id))
+        assert served is not None  # only the cached path may defer
+        return served
 
     def _blocks(self, parsed: StreamsTopic, request: streamcodec.GetStreamRequest, stream: Any,
-                data: bytes) -> list[Outgoing]:
+                data: bytes, *, cached_only: bool = False) -> list[Outgoing] | None:
+        """The data-block messages answering `request`, or the download policy's refusal
+        (AWS's rejected response, which FreeRTOS does not read: it asks again after its
+        timeout, and the policy serves it after a few refusals). None only with
+        `cached_only`, when the policy's lookup is not cached (the normal path answers)."""
         blocks = plan_blocks(request, len(data), self._limits)
+        nbytes = sum(min(request.block_size, len(data) - block * request.block_size) for block in blocks)
+        if self._gate is not None and blocks:
+            # The last blocks the device still needs: its slot frees once they are sent.
+            final = len(blocks) >= int.from_bytes(request.bitmap, "little").bit_count()
+            decision = self._gate.for_stream(parsed.thing_name, parsed.stream_id, nbytes, final=final,
+                                             cached_only=cached_only)
+            if decision is None:
+                return None
+            if not decision.admitted:
+                wait = f"{decision.retry_after_ms / 1000:.3f}"
+                message = f"{decision.code}: {decision.message}; retry after {wait} s"
+                return [self._stream_error(parsed, wire.REQUEST_THROTTLED, message, request.client_token,
+                                           QOS_THROTTLED)]
         metrics.BLOCKS_SERVED.inc(len(blocks))
-        metrics.BYTES_SERVED.labels("mqtt").inc(
-            sum(min(request.block_size, len(data) - block * request.block_size) for block in blocks))
+        metrics.BYTES_SERVED.labels("mqtt").inc(nbytes)
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
         return [Outgoing(topic, self._streams.data_block(stream, request.file_id, data, request.block_size,
                                                          block, parsed.fmt), QOS_BLOCKS)

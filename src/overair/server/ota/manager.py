@@ -44,6 +44,7 @@ from overair.core.limits import Limits
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.delivery import policy as download_policy
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
 from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner, describe_file
 from overair.server.ota.profile_config import DeviceProfile
@@ -144,6 +145,10 @@ class OtaManager:
             raise invalid(f"additionalParameters: {exc.message}") from exc
         if plan.end is not None and plan.end <= now:
             raise invalid(f"additionalParameters: {END_TIME} must be in the future")
+        try:  # the rollout's download limits (issue 18), checked before anything is stored
+            download_policy.parse_parameters(request.get("additionalParameters"))
+        except PeerInputError as exc:
+            raise invalid(f"additionalParameters: {exc.message}") from exc
         with self._db.session() as s:
             if s.get(OtaUpdate, ota_id) is not None:
                 raise already_exists(f"OTA update {ota_id}")
@@ -570,6 +575,9 @@ def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
     scheduling = scheduling_from_ota(request)
     if scheduling:
         config["schedulingConfig"] = scheduling
+    limits = download_policy.parse_parameters(request.get("additionalParameters"))
+    if limits is not None:  # read by the download policy (server/delivery/download_gate.py)
+        config[download_policy.JOB_CONFIG_KEY] = limits.to_config()
     return config
 
 

@@ -277,6 +277,9 @@ class ObjectStore:
         self._data.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._sweep_tmp()
+        # Called after an object's stored bytes are deleted (bucket, key): caches of file
+        # bytes (delivery) drop them, so a deleted artifact is no longer served.
+        self.deletion_watchers: list[Callable[[str, str], None]] = []
 
     @property
     def db(self) -> Database:
@@ -544,6 +547,9 @@ class ObjectStore:
                     result = DeleteResult(version_id=marker_id, delete_marker=True)
             for path in doomed:
                 self._unlink(path)
+        if doomed:
+            for watcher in self.deletion_watchers:
+                watcher(bucket, key)
         return result
 
     def list_objects(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -55,6 +56,14 @@ class FileCache:
             while self._size > self._max and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
                 self._size -= len(old)
+
+    def clear(self) -> None:
+        self.drop_where(lambda _key: True)
+
+    def drop_where(self, doomed: Callable[[tuple[str | int, ...]], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._items if doomed(k)]:
+                self._size -= len(self._items.pop(key))
 
     def drop_stream(self, stream_id: str) -> None:
         with self._lock:
@@ -176,6 +185,12 @@ class StreamService:
         self.blocks.drop_stream(stream_id)
         self._forget_row(stream_id)
         return stream
+
+    def forget_object(self, _bucket: str, _key: str) -> None:
+        """An object's bytes were deleted: stream files are keyed by stream, not object,
+        so every cached file goes (deletions are rare; the next request reads again)."""
+        self.cache.clear()
+        self.blocks.clear()
 
     def delete_stream(self, stream_id: str) -> None:
         with self._db.session() as s:
