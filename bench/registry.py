@@ -3,6 +3,15 @@ with 100 and with N things registered, and how long a deactivated device keeps i
 session.
 
     .venv/bin/python -m bench.registry [--things 10000] [--changes 200]
+    .venv/bin/python -m bench.registry --bulk 10000
+
+`--bulk N` measures bulk registration instead: N devices, each a line with its own CSR
+(ECDSA P-256), registered by one StartThingRegistrationTask with a template that makes
+the thing, signs its certificate, attaches it and puts the thing in a group, from the
+call to the task's Completed (every device enforced at the broker). Compared in the same
+run with the limits it is made of: CSRs checked and signed per second in one thread, and
+the same rows INSERTed per second in one transaction; and one broker access change for a
+batch of 500 certificates against 500 changes of one.
 
 A real server runs (`tests.server_harness`: API, device service, its own Mosquitto with
 overair's access plugin) on a fresh SQLite data directory. Setup is not measured: N
@@ -32,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import json
 import ssl
 import statistics
 import tempfile
@@ -42,14 +53,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import insert
 from tests.server_harness import RunningServer, running_server
 
 from overair.server import pki
 from overair.server.api.paging import key_token
-from overair.server.storage.schema import DeviceCertificate, Thing, ThingPrincipal
+from overair.server.storage.schema import DeviceCertificate, Thing, ThingGroupMember, ThingPrincipal
 
 CHUNK = 2000
 PAGE = 100
@@ -174,13 +188,132 @@ def measure(srv: RunningServer, root: Path, label: str, changes: int, things: in
     return {"create": create, "change": change, "full": full, "revoke": revoke, "first": first, "last": last}
 
 
+BULK_TEMPLATE = json.dumps({
+    "Parameters": {"ThingName": {"Type": "String"}, "CSR": {"Type": "String"}},
+    "Resources": {
+        "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"},
+                                                             "ThingGroups": ["bulk-bench"]}},
+        "certificate": {"Type": "AWS::IoT::Certificate",
+                        "Properties": {"CertificateSigningRequest": {"Ref": "CSR"}, "Status": "ACTIVE"}}}})
+
+
+def _csrs(count: int) -> list[str]:
+    """`count` CSRs, a key each (made by the devices in a factory: not measured)."""
+    out = []
+    for _ in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        request = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
+                   .sign(key, hashes.SHA256()))
+        out.append(request.public_bytes(serialization.Encoding.PEM).decode())
+    return out
+
+
+def _signing_rate(srv: RunningServer, csrs: list[str]) -> float:
+    """CSRs checked (signature verified) and signed by the fleet CA per second, one thread."""
+    now = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    for i, pem in enumerate(csrs):
+        request = x509.load_pem_x509_csr(pem.encode())
+        assert request.is_signature_valid
+        cert = pki.sign_client_key(srv.server.fleet_ca, f"rate-{i}", request.public_key(), now)  # type: ignore[arg-type]
+        cert.public_bytes(serialization.Encoding.PEM)
+    return len(csrs) / (time.perf_counter() - started)
+
+
+def _insert_rate(srv: RunningServer, count: int) -> float:
+    """Devices per second as raw INSERTs (thing, certificate, attachment, membership) in
+    one transaction: what the registry's tables take at best."""
+    settings, now = srv.settings, time.time()
+    pem = pki.issue_client_cert(srv.server.fleet_ca, "raw", dt.datetime.now(dt.UTC)).cert_pem.decode()
+    things: list[dict[str, object]] = []
+    certs: list[dict[str, object]] = []
+    links: list[dict[str, object]] = []
+    members: list[dict[str, object]] = []
+    for i in range(count):
+        name, cert_id = f"raw-{i}", uuid.uuid4().hex * 2
+        arn = settings.arn("iot", f"cert/{cert_id}")
+        thing_arn = settings.arn("iot", f"thing/{name}")
+        things.append({"name": name, "thing_id": uuid.uuid4().hex, "arn": thing_arn, "thing_type_name": None,
+                       "attributes": {}, "version": 1, "created_at": now})
+        certs.append({"certificate_id": cert_id, "arn": arn, "pem": pem, "serial": uuid.uuid4().hex,
+                      "status": "INACTIVE", "created_at": now, "last_modified_at": now})
+        links.append({"thing_name": name, "principal": arn})
+        members.append({"group_name": "bulk-bench", "thing_name": name, "added_at": now})
+    started = time.perf_counter()
+    with srv.server.db.session() as s:
+        s.execute(insert(Thing), things)
+        s.execute(insert(DeviceCertificate), certs)
+        s.execute(insert(ThingPrincipal), links)
+        s.execute(insert(ThingGroupMember), members)
+    return count / (time.perf_counter() - started)
+
+
+def bulk(srv: RunningServer, count: int) -> None:
+    iot, s3, iam = srv.client("iot"), srv.client("s3"), srv.client("iam")
+    iot.create_thing_group(thingGroupName="bulk-bench")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "iot.amazonaws.com"}}]}
+    role = iam.create_role(RoleName="bulk-bench", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    iam.put_role_policy(RoleName="bulk-bench", PolicyName="read", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                "Resource": "arn:aws:s3:::bulk-bench/*"}]}))
+    s3.create_bucket(Bucket="bulk-bench")
+    made = time.perf_counter()
+    csrs = _csrs(count)
+    print(f"({count} device keys and CSRs made in {time.perf_counter() - made:.1f} s, not measured)")
+    lines = "".join(json.dumps({"ThingName": f"bulk-{i}", "CSR": csr}) + "\n" for i, csr in enumerate(csrs))
+    # Past 16 MiB a single PUT is refused (max_api_body_bytes): boto3 goes multipart.
+    s3.upload_fileobj(io.BytesIO(lines.encode()), "bulk-bench", "devices.json")
+    started = time.perf_counter()
+    task = iot.start_thing_registration_task(templateBody=BULK_TEMPLATE, inputFileBucket="bulk-bench",
+                                             inputFileKey="devices.json", roleArn=role)["taskId"]
+    while (described := iot.describe_thing_registration_task(taskId=task))["status"] == "InProgress":
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    if (described["status"], described["successCount"]) != ("Completed", count):
+        raise SystemExit(f"the task ended {described['status']} with {described['successCount']} of {count}: "
+                         f"{described.get('message')}")
+    sign = _signing_rate(srv, csrs[:1000])
+    rows = _insert_rate(srv, count)
+    floor = count / sign + count / rows
+    print(f"\nbulk registration of {count} devices (thing + certificate from a CSR + attachment + group):")
+    print(f"  {'StartThingRegistrationTask to Completed':<44} {seconds:8.1f} s   = "
+          f"{count / seconds:7.0f} devices/s   (target: 10,000 within 60 s)")
+    print(f"  {'limit: CSR check + signing, one thread':<44} {sign:8.0f} /s")
+    print(f"  {'limit: raw INSERTs of the same rows':<44} {rows:8.0f} devices/s")
+    print(f"  {'both limits together, one thread':<44} {floor:8.1f} s   "
+          f"(the task: {seconds / floor:.1f}x that)")
+    registry = srv.server.registry
+    arns = [registry.cert_arn(c.certificate_id) for c in registry.list_certificates()
+            if c.status == "ACTIVE"][:500]
+    started = time.perf_counter()
+    registry.on_access_change(arns)
+    batch = time.perf_counter() - started
+    started = time.perf_counter()
+    for arn in arns[:50]:
+        registry.on_access_change([arn])
+    single = (time.perf_counter() - started) / 50
+    print(f"  {'one access change for 500 certificates':<44} {batch * 1000:8.1f} ms   "
+          f"(500 changes of one: {single * 500 * 1000:.0f} ms, {single * 500 / batch:.0f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--things", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--bulk", type=int, default=0, metavar="N",
+                        help="measure bulk registration of N devices instead")
     args = parser.parse_args()
+    if args.bulk:
+        with (
+            tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp,
+            running_server(Path(tmp) / "data") as srv,
+        ):
+            bulk(srv, args.bulk)
+        return
     with (
         tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp,
         running_server(Path(tmp) / "data") as srv,

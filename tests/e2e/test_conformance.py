@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,8 @@ class World:
     complete_etag: str
     abort_upload_id: str
     doomed_cert_id: str
+    registration_task: str  # ended, with reports
+    stoppable_task: str  # waiting behind a held worker
 
 
 CONF_BUCKET = "conf-bucket"
@@ -156,7 +160,7 @@ USER, IAM_GROUP, ROLE = "conf-user", "conf-iam-group", "conf-role"
 
 
 @pytest.fixture(scope="module")
-def world(srv: RunningServer) -> World:
+def world(srv: RunningServer, request: pytest.FixtureRequest) -> World:
     iot, s3, iam, signer, acm = (srv.client(s) for s in ("iot", "s3", "iam", "signer", "acm"))
     account = srv.settings.account_id
     names = ["conf-thing-1", "conf-thing-2", "conf-thing-3", "conf-doomed-thing"]
@@ -246,6 +250,7 @@ def world(srv: RunningServer) -> World:
                for k in ("mp.bin", "mp-complete.bin", "mp-abort.bin")]
     etag = s3.upload_part(Bucket=CONF_BUCKET, Key="mp-complete.bin", UploadId=uploads[1], PartNumber=1,
                           Body=b"part")["ETag"]
+    registration_task, stoppable_task = _registration_tasks(srv, role_arn, request)
     return World(
         account=account, things=names, thing_arns=arns, group="conf-group",
         cert_id=certs[0]["certificateId"], spare_cert_id=certs[1]["certificateId"],
@@ -260,8 +265,31 @@ def world(srv: RunningServer) -> World:
         revoke_profile_version=signer.get_signing_profile(profileName="conf_revoked_profile")["profileVersion"],
         policy_arn=policy_arn, doomed_policy_arn=doomed_policy, access_key=keys[1], doomed_access_key=keys[0],
         upload_id=uploads[0], complete_upload_id=uploads[1], complete_etag=etag, abort_upload_id=uploads[2],
-        doomed_cert_id=doomed_cert,
+        doomed_cert_id=doomed_cert, registration_task=registration_task, stoppable_task=stoppable_task,
     )
+
+
+# A template that registers a thing only (no certificate).
+THING_TEMPLATE = json.dumps({"Parameters": {"ThingName": {"Type": "String"}}, "Resources": {
+    "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"}}}}})
+
+
+def _registration_tasks(srv: RunningServer, role_arn: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A bulk registration task that ended, and one held InProgress (its worker is held
+    until the module ends) for StopThingRegistrationTask."""
+    iot, s3 = srv.client("iot"), srv.client("s3")
+    for name in ("registered", "next", "stoppable"):
+        s3.put_object(Bucket=BUCKET, Key=f"conf/{name}.json", Body=json.dumps({"ThingName": f"conf-{name}"}))
+    ended = iot.start_thing_registration_task(templateBody=THING_TEMPLATE, inputFileBucket=BUCKET,
+                                              inputFileKey="conf/registered.json", roleArn=role_arn)["taskId"]
+    while iot.describe_thing_registration_task(taskId=ended)["status"] == "InProgress":
+        time.sleep(0.05)
+    gate = threading.Event()
+    srv.server.registration_tasks._worker.submit(gate.wait, 600)
+    request.addfinalizer(gate.set)
+    held = iot.start_thing_registration_task(templateBody=THING_TEMPLATE, inputFileBucket=BUCKET,
+                                             inputFileKey="conf/stoppable.json", roleArn=role_arn)["taskId"]
+    return str(ended), str(held)
 
 
 def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
@@ -351,6 +379,13 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "GetPackageConfiguration": {},
         "UpdatePackageConfiguration": {"versionUpdateByJobsConfig": {"enabled": False}},
         "DeleteCertificate": {"certificateId": w.doomed_cert_id},
+        "RegisterThing": {"templateBody": THING_TEMPLATE, "parameters": {"ThingName": "conf-registered-one"}},
+        "StartThingRegistrationTask": {"templateBody": THING_TEMPLATE, "inputFileBucket": BUCKET,
+                                       "inputFileKey": "conf/next.json", "roleArn": w.role_arn},
+        "DescribeThingRegistrationTask": {"taskId": w.registration_task},
+        "ListThingRegistrationTasks": {},
+        "ListThingRegistrationTaskReports": {"taskId": w.registration_task, "reportType": "RESULTS"},
+        "StopThingRegistrationTask": {"taskId": w.stoppable_task},
         "CreateOTAUpdate": {
             "otaUpdateId": "conf-new-ota", "targets": [w.thing_arns[1]], "protocols": ["MQTT"],
             "roleArn": w.role_arn,

@@ -107,6 +107,18 @@ class Limits:
     dynamic_group_batch: int = 500
     # GetBucketsAggregation's termsAggregation.maxBuckets (AWS's model: 1 to 10,000).
     max_aggregation_buckets: int = 10_000
+    # Bulk registration and RegisterThing (core/provtemplate.py, server/registry/bulk.py):
+    # AWS's templateBody is at most 10,240 characters (iot API reference); a template
+    # nests no deeper than Fn::Join inside a property of a resource. The input file is
+    # newline-delimited JSON, one device's parameters per line (a CSR is ~0.5 KiB).
+    max_provisioning_template_bytes: int = 10_240
+    max_provisioning_template_depth: int = 12
+    max_registration_file_bytes: int = 128 * MIB
+    max_registration_lines: int = 100_000
+    max_registration_line_bytes: int = 16 * KIB
+    # Lines per transaction and per broker access change: 500 identities with 128-character
+    # thing names render to 242 KiB, well inside the access plugin's 1 MiB control message.
+    registration_batch: int = 500
 
     @property
     def device_max_file_size(self) -> int:

@@ -87,7 +87,10 @@ from overair.server.packages import api as packages_api
 from overair.server.packages.catalog import Catalog
 from overair.server.packages.shadow_sync import PackageShadowSync
 from overair.server.registry import api as registry_api
+from overair.server.registry import bulk_api
+from overair.server.registry.bulk import BulkRegistrar
 from overair.server.registry.connectivity import Connectivity
+from overair.server.registry.registration_tasks import RegistrationTasks
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
@@ -234,6 +237,7 @@ class Server:
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
         self._register_fleet_index(settings, clock)
+        self._register_bulk_registration(settings, clock)
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
             lambda: catalog.configuration().jobs_update_versions).installed
@@ -247,6 +251,21 @@ class Server:
                               JobDocuments(self.objects, settings.limits.max_job_document_bytes,
                                            self._caller_may_read),
                               self._notify_threadsafe)
+
+    def _register_bulk_registration(self, settings: Settings, clock: Clock) -> None:
+        """RegisterThing and bulk registration tasks (server/registry/bulk.py); the task
+        reads its input file as its service role."""
+        self.registrar = BulkRegistrar(self.db, self.registry, self.fleet_ca, clock)
+        self.registrar.followed = self.jobs.continuous_targets
+
+        def role_may_read(role_arn: str, bucket: str, key: str) -> None:
+            principal = self.authorizer.service_role(role_arn, "thing-registration")
+            resource = f"arn:{settings.partition}:s3:::{bucket}/{key}"
+            self.authorizer.require(principal, Check("s3:GetObject", resource), "iot")
+
+        self.registration_tasks = RegistrationTasks(self.db, self.objects, self.registrar, settings.limits,
+                                                     clock, role_may_read)
+        bulk_api.register(self.table, self.registration_tasks, self.registrar, settings.limits)
 
     def _register_fleet_index(self, settings: Settings, clock: Clock) -> None:
         """Fleet indexing (SearchIndex, aggregations, the indexing configuration) and the
@@ -712,6 +731,7 @@ class Server:
         serving: list[asyncio.Task[object]] = []
         try:
             self.dynamic_groups.start()
+            await asyncio.to_thread(self.registration_tasks.interrupted_by_restart)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             # Retained messages do not survive a broker restart: publish the list anew
@@ -763,6 +783,7 @@ class Server:
         self.background.shutdown(wait=True, cancel_futures=True)
         self.presence_worker.shutdown(wait=True)
         self.dynamic_groups.stop()
+        self.registration_tasks.shutdown()
 
 
 class ServerThread:

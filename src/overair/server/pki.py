@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The CN of the service's certificate. '.' is not allowed in thing names, so no device
@@ -73,7 +73,7 @@ def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False) 
                          encipher_only=False, decipher_only=False)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
              not_before: dt.datetime, days: float, serial: int | None = None) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
             .public_key(public_key).serial_number(serial or x509.random_serial_number())
@@ -137,6 +137,24 @@ def issue_client_cert(ca: Issued, cn: str, now: dt.datetime, days: float = 825) 
                          x509.NameAttribute(NameOID.SERIAL_NUMBER, format(serial, "x"))])
     return issue_leaf(ca, cn, now, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], days=days,
                       subject=subject, serial=serial)
+
+
+def sign_client_key(ca: Issued, cn: str, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+                    now: dt.datetime,
+                    days: float = 825) -> x509.Certificate:
+    """A fleet client certificate for a key the device keeps (a CSR's): the same profile
+    and unique subject as `issue_client_cert`, without minting a key pair."""
+    serial = x509.random_serial_number()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, FLEET_ORGANIZATION),
+                         x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, format(serial, "x"))])
+    return (_builder(subject, ca.cert.subject, public_key, now - dt.timedelta(minutes=5), days, serial)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca.key, hashes.SHA256()))
 
 
 def issue_session_closer_cert(ca: Issued, subject: x509.Name, now: dt.datetime, days: float) -> Issued:

@@ -171,6 +171,25 @@ class ThingGroupMember(Base):
     added_at: Mapped[float] = mapped_column(Float)
 
 
+class ThingRegistrationTask(Base):
+    """A bulk registration task (server/registry/registration_tasks.py), AWS's shape."""
+
+    __tablename__ = "thing_registration_tasks"
+    __table_args__ = (Index("ix_thing_registration_tasks_created", "created_at", "task_id"),)
+    task_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    template_body: Mapped[str] = mapped_column(Text)
+    input_bucket: Mapped[str] = mapped_column(String(256))
+    input_key: Mapped[str] = mapped_column(String(1024))
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    success_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    percentage: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+
+
 class DeviceCertificate(Base):
     __tablename__ = "device_certificates"
     # ListCertificates pages by (created_at, certificate_id) (migration 0012).
