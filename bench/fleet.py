@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import multiprocessing
 import os
 import socket
@@ -50,6 +51,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_devices, lean_devices
@@ -123,6 +128,64 @@ def provision(srv: RunningServer, root: Path, devices: int, workers: int = 8) ->
     return Provisioned([by_name[name] for name in names], time.perf_counter() - started)
 
 
+BULK_ROLE = "bench-fleet-registration"
+
+
+def provision_bulk(srv: RunningServer, root: Path, devices: int) -> Provisioned:
+    """The same things as `provision`, the way a factory registers a fleet: each device
+    makes its key and a CSR, one JSON line per device in the object store, one
+    StartThingRegistrationTask (thing, certificate from the CSR, attachment, group), the
+    certificates read back from the task's RESULTS report. Timed from the upload of the
+    file to the last certificate read (the devices' key generation is not included)."""
+    iot, s3, iam = srv.client("iot"), srv.client("s3"), srv.client("iam")
+    names = [f"fleet-{i:05d}" for i in range(devices)]
+    root.mkdir(parents=True, exist_ok=True)
+    keys, lines = {}, []
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .sign(key, hashes.SHA256()))
+        keys[name] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+        lines.append(json.dumps({"ThingName": name,
+                                 "CSR": csr.public_bytes(serialization.Encoding.PEM).decode()}))
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "iot.amazonaws.com"}}]}
+    role = iam.create_role(RoleName=BULK_ROLE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    iam.put_role_policy(RoleName=BULK_ROLE, PolicyName="read-input", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}))
+    template = {
+        "Parameters": {"ThingName": {"Type": "String"}, "CSR": {"Type": "String"}},
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"},
+                                                                 "ThingGroups": [GROUP]}},
+            "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                "CertificateSigningRequest": {"Ref": "CSR"}, "Status": "ACTIVE"}}}}
+    started = time.perf_counter()
+    s3.put_object(Bucket=BUCKET, Key="fleet-devices.json", Body=("\n".join(lines) + "\n").encode())
+    task = iot.start_thing_registration_task(templateBody=json.dumps(template), inputFileBucket=BUCKET,
+                                             inputFileKey="fleet-devices.json", roleArn=role)["taskId"]
+    while (described := iot.describe_thing_registration_task(taskId=task))["status"] in ("InProgress",
+                                                                                          "Cancelling"):
+        time.sleep(0.2)
+    if described["status"] != "Completed" or described["failureCount"]:
+        raise RuntimeError(f"bulk registration {described['status']}: {described.get('message', '')}")
+    specs = {}
+    for link in iot.list_thing_registration_task_reports(taskId=task, reportType="RESULTS")["resourceLinks"]:
+        bucket, _, key = link.removeprefix("s3://").partition("/")
+        for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines():
+            if line.strip():
+                response = json.loads(line)["response"]
+                name = response["resourceArns"]["thing"].rpartition("/")[2]
+                crt, key_path = root / f"{name}.crt", root / f"{name}.key"
+                crt.write_text(response["certificatePem"])
+                key_path.write_bytes(keys[name])
+                specs[name] = fleet_devices.DeviceSpec(name, crt, key_path)
+    return Provisioned([specs[name] for name in names], time.perf_counter() - started)
+
+
 @dataclass
 class RolloutResult:
     devices: int
@@ -187,15 +250,19 @@ class DeviceProcesses:
 
 def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
                   timeout: float, database_url: str, py_spy: str | None,
-                  protocol: str = "MQTT") -> RolloutResult:
+                  protocol: str = "MQTT", bulk: bool = True) -> RolloutResult:
     with running_server(root / "server", database_url=database_url) as srv:
         iot, s3 = srv.client("iot"), srv.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         group = iot.create_thing_group(thingGroupName=GROUP)
-        provisioned = provision(srv, root / "devices", devices)
-        print(f"provisioned {devices} things (4 API calls each, 8 threads) in {provisioned.seconds:.1f} s",
-              flush=True)
+        if bulk:
+            provisioned = provision_bulk(srv, root / "devices", devices)
+            how = "one StartThingRegistrationTask"
+        else:
+            provisioned = provision(srv, root / "devices", devices)
+            how = "4 API calls each, 8 threads"
+        print(f"provisioned {devices} things ({how}) in {provisioned.seconds:.1f} s", flush=True)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
         fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
@@ -466,12 +533,17 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("MQTT", "HTTP"), default="MQTT",
                         help="file delivery: MQTT streams (limit: raw Mosquitto) or HTTPS Range GETs of the "
                         "pre-signed URL (limit: nginx)")
+    parser.add_argument("--provision", choices=("bulk", "calls"), default="bulk",
+                        help="register the things with one StartThingRegistrationTask (default) or "
+                        "with CreateThing, CreateKeysAndCertificate, AttachThingPrincipal, "
+                        "AddThingToThingGroup per thing")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
     with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
         root = Path(tmp)
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
-                                args.timeout, args.database_url, args.py_spy, args.protocol)
+                                args.timeout, args.database_url, args.py_spy, args.protocol,
+                                args.provision == "bulk")
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         if args.protocol == "HTTP":
             limit = nginx_phase(root, args.devices, image, args.device_processes, args.timeout)
