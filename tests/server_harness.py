@@ -9,9 +9,10 @@ returns a boto3 client with the administrator key from the data directory's
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,21 @@ class RunningServer:
 
 @contextmanager
 def running_server(data_dir: Path, *, database_url: str = "", settings_toml: str = "",
-                   clock: Callable[[], float] = time.time) -> Iterator[RunningServer]:
+                   clock: Callable[[], float] = time.time,
+                   limits: Mapping[str, Any] | None = None) -> Iterator[RunningServer]:
     """`settings_toml`: extra lines for overair.toml (e.g. `pkcs11_modules = [...]`);
-    `clock`: the server's idea of now (tests shift it to make timeouts happen)."""
-    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port(),
-               database_url=database_url)
-    if settings_toml:
-        config = data_dir / "overair.toml"
-        config.write_text(config.read_text() + settings_toml + "\n")
+    `clock`: the server's idea of now (tests shift it to make timeouts happen); `limits`:
+    fields of `Limits` to change. A data directory that already holds an installation is
+    started again as it is (a restart)."""
+    if not (data_dir / "overair.toml").exists():
+        initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port(),
+                   database_url=database_url)
+        if settings_toml:
+            config = data_dir / "overair.toml"
+            config.write_text(config.read_text() + settings_toml + "\n")
     settings = load_settings(data_dir)
+    if limits:
+        settings = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, **limits))
     thread = ServerThread(settings, clock)
     thread.start()
     try:

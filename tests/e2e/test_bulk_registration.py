@@ -8,14 +8,13 @@ The module's server has small registration limits (20 lines, 64 KiB files, batch
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from overair.cli.client import ApiClients
-from overair.server.app import ServerThread
-from overair.server.bootstrap import initialize
-from overair.server.settings import load_settings
 from tests.e2e.test_examples import EXAMPLES, _environment
 from tests.e2e.test_server_security import Device
-from tests.server_harness import RunningServer, free_port
+from tests.server_harness import RunningServer, running_server
 
 BUCKET = "registrations"
 GROUP = "bulk-fleet"
@@ -51,20 +46,9 @@ TEMPLATE = json.dumps({
             "CertificateSigningRequest": {"Ref": "CSR"}, "Status": "Active"}}}})
 
 
-@contextmanager
-def _server(data_dir: Path) -> Iterator[RunningServer]:
-    if not (data_dir / "overair.toml").exists():  # else: a restart on the same data directory
-        initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
-    settings = load_settings(data_dir)
-    settings = dataclasses.replace(settings, limits=dataclasses.replace(
-        settings.limits, max_registration_lines=MAX_LINES, max_registration_file_bytes=MAX_FILE,
-        registration_batch=3))
-    thread = ServerThread(settings)
-    thread.start()
-    try:
-        yield RunningServer(settings, thread, ApiClients.from_data_dir(data_dir))
-    finally:
-        thread.stop()
+def _server(data_dir: Path) -> AbstractContextManager[RunningServer]:
+    return running_server(data_dir, limits={"max_registration_lines": MAX_LINES,
+                                            "max_registration_file_bytes": MAX_FILE, "registration_batch": 3})
 
 
 @pytest.fixture(scope="module")

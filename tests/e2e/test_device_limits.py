@@ -10,14 +10,13 @@ that the counts are written while the test waits (the default interval is a minu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,13 @@ from botocore import UNSIGNED
 from botocore.exceptions import ClientError
 from sqlalchemy import func, select
 
-from overair.cli.client import ApiClients
 from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode_get_stream
 from overair.core.versions import Version
-from overair.server.app import ServerThread
-from overair.server.bootstrap import initialize
-from overair.server.settings import load_settings
 from overair.server.storage.schema import AuditEntry
 from overair.sim.firmware import make_firmware
 from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.e2e.test_server_security import Device
-from tests.server_harness import RunningServer, free_port
+from tests.server_harness import RunningServer, running_server
 
 BUCKET = "firmware"
 FLOOD = 20_000  # messages: half job updates, half stream requests
@@ -52,19 +47,8 @@ MAX_GROUPS = 4
 MAX_GROWTH_BYTES = 512 * 1024  # 20,000 messages: measured 4 KiB (8 rows)
 
 
-@contextmanager
-def _server(data_dir: Path) -> Iterator[RunningServer]:
-    initialize(data_dir, http_port=free_port(), mqtt_port=free_port(), download_port=free_port())
-    settings = load_settings(data_dir)
-    settings = dataclasses.replace(
-        settings, limits=dataclasses.replace(settings.limits, device_audit_interval_seconds=INTERVAL)
-    )
-    thread = ServerThread(settings)
-    thread.start()
-    try:
-        yield RunningServer(settings, thread, ApiClients.from_data_dir(data_dir))
-    finally:
-        thread.stop()
+def _server(data_dir: Path) -> AbstractContextManager[RunningServer]:
+    return running_server(data_dir, limits={"device_audit_interval_seconds": INTERVAL})
 
 
 @pytest.fixture(scope="module")
