@@ -140,7 +140,7 @@ def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
         raise DecodeError("deployment metadata must be an object")
     if envelope.get("payloadType") != PAYLOAD_TYPE:
         raise DecodeError("deployment metadata has another payloadType")
-    payload = _b64(envelope.get("payload"), "payload", limits.max_revocation_list_bytes)
+    payload = bounded_b64(envelope.get("payload"), "payload", limits.max_revocation_list_bytes)
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not 1 <= len(signatures) <= MAX_SIGNATURES:
         raise DecodeError(f"deployment metadata must carry 1 to {MAX_SIGNATURES} signatures")
@@ -152,7 +152,7 @@ def verify(envelope: Any, trusted: Sequence[ec.EllipticCurvePublicKey],
         if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) \
                 or not _KEYID.fullmatch(entry["keyid"]):
             raise DecodeError("deployment metadata signature entries need a keyid (hex SHA-256)")
-        sig = _b64(entry.get("sig"), "sig", 1024)
+        sig = bounded_b64(entry.get("sig"), "sig", 1024)
         key = by_id.get(entry["keyid"])
         if key is None:
             continue
@@ -179,7 +179,7 @@ def decode_payload(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Deploymen
         obj.get("sequence")
     if not (_text(job_id) and _text(thing) and _text(stream) and _text(url_path)):
         raise DecodeError("deployment metadata: job_id, thing, stream and url_path must be text")
-    if not (_uint(expires) and _uint(sequence)):
+    if not (is_uint(expires) and is_uint(sequence)):
         raise DecodeError("deployment metadata: expires and sequence must be non-negative integers")
     if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES:
         raise DecodeError(f"deployment metadata must describe 1 to {MAX_FILES} files")
@@ -191,7 +191,7 @@ def _file(obj: Any) -> DeployedFile:
         raise DecodeError("deployment metadata: a file must be an object")
     name, size, digest, version, counter = (obj.get("name"), obj.get("size"), obj.get("sha256"),
                                             obj.get("version"), obj.get("security_counter"))
-    if not (_text(name) and _text(version) and _uint(size) and _uint(counter)
+    if not (_text(name) and _text(version) and is_uint(size) and is_uint(counter)
             and isinstance(digest, str) and _HEX_SHA256.fullmatch(digest)):
         raise DecodeError("deployment metadata: a file needs name, size, sha256 (hex), version and "
                           "security_counter")
@@ -202,14 +202,17 @@ def _text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= 1024
 
 
-def _uint(value: object) -> TypeGuard[int]:
+def is_uint(value: object) -> TypeGuard[int]:
+    """An unsigned 63-bit integer in a decoded envelope (JSON true is not 1)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
 
-def _b64(value: object, name: str, max_bytes: int) -> bytes:
+def bounded_b64(value: object, name: str, max_bytes: int, subject: str = "deployment metadata") -> bytes:
+    """Base64 text of at most `max_bytes` decoded bytes in a DSSE envelope (this module's
+    and core/trustlist.py's); DecodeError naming `subject` and `name` otherwise."""
     if not isinstance(value, str) or not value.isascii() or len(value) > max_bytes * 4 // 3 + 4:
-        raise DecodeError(f"deployment metadata: {name} is not bounded base64 text")
+        raise DecodeError(f"{subject}: {name} is not bounded base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except binascii.Error as exc:
-        raise DecodeError(f"deployment metadata: {name} is not base64") from exc
+        raise DecodeError(f"{subject}: {name} is not base64") from exc

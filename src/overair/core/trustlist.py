@@ -29,13 +29,12 @@ walks `N.root.json`. Everything here comes from the network: `decode_chain` and
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -44,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from overair.core import wirejson
 from overair.core.codesign import sign_digest
-from overair.core.deployment import pae
+from overair.core.deployment import bounded_b64, is_uint, pae
 from overair.core.errors import DecodeError, VerificationFailed
 from overair.core.limits import DEFAULT_LIMITS, Limits
 
@@ -194,13 +193,13 @@ def decode_payload(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> TrustList
         raise DecodeError("a trust list of an unknown type")
     version, threshold, roots, keys = (obj.get("version"), obj.get("threshold"),
                                        obj.get("code_signing_roots"), obj.get("deployment_keys"))
-    if not (_uint(version) and version >= 1):
+    if not (is_uint(version) and version >= 1):
         raise DecodeError("a trust list's version must be an integer from 1")
     if not isinstance(roots, list) or not 1 <= len(roots) <= MAX_ROOTS:
         raise DecodeError(f"a trust list names 1 to {MAX_ROOTS} code-signing roots")
     if not isinstance(keys, list) or len(keys) > MAX_DEPLOYMENT_KEYS:
         raise DecodeError(f"a trust list names at most {MAX_DEPLOYMENT_KEYS} deployment keys")
-    if not (_uint(threshold) and 1 <= threshold <= len(roots)):
+    if not (is_uint(threshold) and 1 <= threshold <= len(roots)):
         raise DecodeError("a trust list's threshold must be from 1 to its number of roots")
     certs = tuple(_root(r, limits) for r in roots)
     if len({key_id(_public_key(c)) for c in certs}) != len(certs):
@@ -275,14 +274,5 @@ def _deployment_key(value: object) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _uint(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
-
-
 def _b64(value: object, name: str, max_bytes: int) -> bytes:
-    if not isinstance(value, str) or not value.isascii() or len(value) > max_bytes * 4 // 3 + 4:
-        raise DecodeError(f"trust list: {name} is not bounded base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise DecodeError(f"trust list: {name} is not base64") from exc
+    return bounded_b64(value, name, max_bytes, subject="trust list")
