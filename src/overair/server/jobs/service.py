@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, bindparam, func, insert, or_, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -41,6 +41,44 @@ JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
 # Executions a staged rollout has not released yet exist only for the scheduler.
 RELEASED = JobExecution.released_at.is_not(None)
+
+
+def _progress_statement(*, details: bool) -> Any:
+    """`report_progress`'s UPDATE, built once: building and keying a statement per call
+    was most of a progress report's cost (one thread, SQLite: 407 -> 231 us per report;
+    a SUCCEEDED update with the statements below 1,590 -> 1,100 us).
+    The execution a request without executionNumber addresses is the latest; an
+    IN_PROGRESS one is always the latest (a retry is created only after the previous
+    execution ended), so matching IN_PROGRESS finds exactly it."""
+    number = bindparam("number", type_=JobExecution.execution_number.type)
+    values: dict[str, Any] = {"last_updated_at": bindparam("now", type_=JobExecution.last_updated_at.type),
+                              "version_number": JobExecution.version_number + 1}
+    if details:
+        values["status_details"] = bindparam("details", type_=JobExecution.status_details.type)
+    return (update(JobExecution)
+            .where(JobExecution.job_id == bindparam("job"), JobExecution.thing_name == bindparam("thing"),
+                   RELEASED, JobExecution.status == ExecStatus.IN_PROGRESS.value,
+                   or_(number.is_(None), JobExecution.execution_number == number))
+            .values(**values))
+
+
+_PROGRESS = _progress_statement(details=True)
+# The execution an update without executionNumber addresses: the latest released one
+# (`_addressed`), locked for the update.
+_LATEST_FOR_UPDATE = (select(JobExecution)
+                      .where(JobExecution.job_id == bindparam("job"),
+                             JobExecution.thing_name == bindparam("thing"), RELEASED)
+                      .order_by(JobExecution.execution_number.desc()).limit(1).with_for_update())
+# Is any execution of a job still live (`maybe_complete`, once per ended execution)?
+_ANY_LIVE = (select(JobExecution.id)
+             .where(JobExecution.job_id == bindparam("job"), JobExecution.status.in_(ACTIVE)).limit(1))
+# A thing's oldest released execution in one status (`_next_row`), built once for the
+# same reason.
+_NEXT_ROW = (select(JobExecution)
+             .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
+                    JobExecution.status == bindparam("status"))
+             .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
+_PROGRESS_KEEP_DETAILS = _progress_statement(details=False)
 # Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
 HTTP_FILES = "http_files"
 # Job config key of the objects a plain job's pre-signed URL placeholders name, pinned to
@@ -479,10 +517,7 @@ class JobService:
 
     def _next_row(self, s: Any, thing: str) -> JobExecution | None:
         for status in (ExecStatus.IN_PROGRESS.value, ExecStatus.QUEUED.value):
-            row: JobExecution | None = s.scalar(
-                select(JobExecution).where(JobExecution.thing_name == thing, RELEASED,
-                                           JobExecution.status == status)
-                .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
+            row: JobExecution | None = s.scalar(_NEXT_ROW, {"thing": thing, "status": status})
             if row is not None:
                 return row
         return None
@@ -588,20 +623,14 @@ class JobService:
                 or request.step_timeout_minutes is not None or request.include_job_execution_state
                 or request.include_job_document):
             return False
-        values: dict[str, Any] = {"last_updated_at": self._clock(),
-                                  "version_number": JobExecution.version_number + 1}
+        params: dict[str, Any] = {"job": job_id, "thing": thing, "now": self._clock(),
+                                  "number": request.execution_number}
+        statement = _PROGRESS_KEEP_DETAILS
         if request.status_details is not None:
-            values["status_details"] = request.status_details
-        # The execution a request without executionNumber addresses is the latest; an
-        # IN_PROGRESS one is always the latest (a retry is created only after the
-        # previous execution ended), so matching IN_PROGRESS finds exactly it.
-        where = [JobExecution.job_id == job_id, JobExecution.thing_name == thing, RELEASED,
-                 JobExecution.status == ExecStatus.IN_PROGRESS.value]
-        if request.execution_number is not None:
-            where.append(JobExecution.execution_number == request.execution_number)
+            params["details"] = request.status_details
+            statement = _PROGRESS
         with self._db.session() as s:
-            result = s.execute(update(JobExecution).where(*where).values(**values)
-                               .execution_options(synchronize_session=False))
+            result = s.connection().execute(statement, params)
             return bool(getattr(result, "rowcount", 0) == 1)
 
     def update_execution(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome:
@@ -609,7 +638,9 @@ class JobService:
         with self._db.session() as s:
             # An executionNumber addresses that execution (after a retry, #1 is still #1);
             # without one, the latest.
-            row = s.scalar(self._addressed(job_id, thing, request.execution_number).with_for_update())
+            row = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing}) \
+                if request.execution_number is None else \
+                s.scalar(self._numbered(job_id, thing, request.execution_number).with_for_update())
             if row is None:
                 number = "" if request.execution_number is None else f" number {request.execution_number}"
                 raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
@@ -719,8 +750,7 @@ class JobService:
             return
         # Is any execution still live? The first one found answers it (a count visited
         # every live execution each time one of 10,000 devices finished).
-        active = s.scalar(select(JobExecution.id).where(
-            JobExecution.job_id == job.job_id, JobExecution.status.in_(ACTIVE)).limit(1))
+        active = s.scalar(_ANY_LIVE, {"job": job.job_id})
         if active is None:
             job.status = JobStatus.COMPLETED.value
             job.completed_at = self._clock()
