@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,15 @@ def _per_call_us(calls: list[Callable[[], object]]) -> float:
     return (time.perf_counter() - start) / len(calls) * 1e6
 
 
+def _run_all(calls: list[Callable[[], object]]) -> None:
+    for call in calls:
+        call()
+
+
 def _rate(threads: int, work: list[Callable[[], object]]) -> float:
     """Calls per second with `threads` threads taking calls from one shared list."""
     chunks = [work[i::threads] for i in range(threads)]
-    workers = [threading.Thread(target=lambda c=chunk: [call() for call in c]) for chunk in chunks]
+    workers = [threading.Thread(target=_run_all, args=(chunk,)) for chunk in chunks]
     start = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -101,19 +107,17 @@ def measure(url: str, data_dir: Path, things: int, threads: int) -> dict[str, fl
         jobs = JobService(db, settings, registry, time.time)
         jobs.create_job(JOB, [registry.thing_arn(n) for n in names], {"operation": "bench"})
         start = _update(ExecStatus.IN_PROGRESS, {"receive": "0/256"})
-        out = {"start": _per_call_us([lambda n=n: jobs.update_execution(n, JOB, start) for n in names])}
+        out = {"start": _per_call_us([partial(jobs.update_execution, n, JOB, start) for n in names])}
         progress = [_update(ExecStatus.IN_PROGRESS, {"receive": f"{k}/256"}) for k in (25, 50)]
-        out["progress"] = _per_call_us([lambda n=n: jobs.report_progress(n, JOB, progress[0])
-                                        for n in names])
-        out["progress_rate"] = _rate(1, [lambda n=n: jobs.report_progress(n, JOB, progress[1])
-                                         for n in names])
-        out["progress_rate_threads"] = _rate(threads, [lambda n=n: jobs.report_progress(n, JOB, progress[0])
+        out["progress"] = _per_call_us([partial(jobs.report_progress, n, JOB, progress[0]) for n in names])
+        out["progress_rate"] = _rate(1, [partial(jobs.report_progress, n, JOB, progress[1]) for n in names])
+        out["progress_rate_threads"] = _rate(threads, [partial(jobs.report_progress, n, JOB, progress[0])
                                                        for n in names])
         with db.reading() as s:
             ids = [int(i) for i in s.execute(text("SELECT id FROM job_executions")).scalars()]
         out["raw"] = _raw_update_us(db, ids, "%s" if url.startswith("postgresql") else "?")
         done = _update(ExecStatus.SUCCEEDED, {"reason": "accepted"})
-        out["end"] = _per_call_us([lambda n=n: jobs.update_execution(n, JOB, done) for n in names])
+        out["end"] = _per_call_us([partial(jobs.update_execution, n, JOB, done) for n in names])
         return out
     finally:
         db.close()
