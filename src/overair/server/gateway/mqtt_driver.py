@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +27,7 @@ from gmqtt.mqtt.constants import MQTTv311
 from overair.core import topics
 from overair.core.errors import UnavailableError
 from overair.server.gateway.device_service import DeviceService, Outgoing
+from overair.server.gateway.thing_workers import ThingWorkers
 from overair.server.pki import SERVICE_IDENTITY
 from overair.server.shadow import mqtt as shadow_mqtt
 
@@ -42,12 +42,10 @@ class ServiceConnection:
         self._port = port
         self._ssl = ssl_context
         self._service = service
-        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"devices-{i}")
-                           for i in range(workers)]
+        self._workers: ThingWorkers[list[Outgoing]] = ThingWorkers("devices", workers)
         # Block requests read only caches and never wait behind a job update's database
         # write: they have workers of their own (still one per thing, so in order).
-        self._stream_executors = [ThreadPoolExecutor(1, thread_name_prefix=f"streams-{i}")
-                                  for i in range(workers)]
+        self._stream_workers: ThingWorkers[list[Outgoing]] = ThingWorkers("streams", workers)
         # A job's notifications have a worker of their own: in the devices' workers the
         # later batches waited behind the traffic of the devices notified first (10,000
         # devices: the last was told 258 s after CreateOTAUpdate; bench/fleet.py).
@@ -59,17 +57,20 @@ class ServiceConnection:
         # broker lost in a restart (server/app.py: the retained revocation list).
         self.on_connected: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Future[Any]] = set()
         # Messages per thing handed to a worker and not answered yet (event loop only).
         self._in_worker: dict[str, int] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._workers.start(self._loop)
+        self._stream_workers.start(self._loop)
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         try:
             await self._client.connect(self._host, self._port, ssl=self._ssl, version=MQTTv311,
                                        keepalive=30)
         except (OSError, ssl.SSLError) as exc:
+            self._workers.stop()
+            self._stream_workers.stop()
             raise UnavailableError(f"cannot connect to the broker at {self._host}:{self._port}: "
                                    f"{exc}") from exc
 
@@ -87,11 +88,10 @@ class ServiceConnection:
         if self.on_connected is not None:
             self.on_connected()
 
-    def _executor_for(self, topic: str) -> ThreadPoolExecutor:
+    @staticmethod
+    def _is_stream(topic: str) -> bool:
         parts = topic.split("/", 4)
-        thing = topics.thing_of(topic)
-        pool = self._stream_executors if len(parts) > 3 and parts[3] == "streams" else self._executors
-        return pool[zlib.crc32(thing.encode()) % len(pool)]
+        return len(parts) > 3 and parts[3] == "streams"
 
     def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> int:
         try:
@@ -115,28 +115,26 @@ class ServiceConnection:
                 self.publish(answer)
                 return
         self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
-        future = self._loop.run_in_executor(self._executor_for(topic), self._service.handle,
-                                            topic, bytes(payload))
-        self._tasks.add(future)
-        future.add_done_callback(lambda done: self._published(thing, done))
+        workers = self._stream_workers if self._is_stream(topic) else self._workers
+        workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
 
-    def _published(self, thing: str, future: asyncio.Future[list[Outgoing]]) -> None:
+    def _published(self, thing: str, answer: list[Outgoing] | None, error: BaseException | None) -> None:
         left = self._in_worker.get(thing, 1) - 1
         if left:
             self._in_worker[thing] = left
         else:
             self._in_worker.pop(thing, None)
-        self._tasks.discard(future)
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.error("device message handler failed: %s", exc)
+        if error is not None:
+            log.error("device message handler failed: %s", error)
             return
         try:
-            self.publish(future.result())
+            self.publish(answer or [])
         except Exception:
             log.exception("publishing a reply to %s failed", thing)
+
+    def waiting(self) -> int:
+        """Device messages waiting for a worker."""
+        return self._workers.waiting() + self._stream_workers.waiting()
 
     def publish(self, messages: Iterable[Outgoing]) -> None:
         """Publish in order. Consecutive QoS 0 messages (a GetStream answer is 8 or more
@@ -178,15 +176,26 @@ class ServiceConnection:
             self._loop.call_soon_threadsafe(self.publish, messages)
 
     async def notify_pending(self, things: Iterable[str]) -> None:
-        """Push `notify` to things whose pending list changed but whose next job did not."""
-        assert self._loop is not None
+        """Push `notify` to things whose pending list changed but whose next job did not:
+        each looked up on the thing's worker, in order with its own requests."""
+        self._submit_pending(things)
+
+    def _submit_pending(self, things: Iterable[str]) -> None:
         for thing in things:
-            self.publish(await self._loop.run_in_executor(self._executor_for(f"$aws/things/{thing}/"),
-                                                          self._service.notify_pending, thing))
+            self._workers.submit(thing, self._pending, thing, b"", self._pending_done)
+
+    def _pending(self, thing: str, _payload: bytes) -> list[Outgoing]:
+        return self._service.notify_pending(thing)
+
+    def _pending_done(self, thing: str, answer: list[Outgoing] | None, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("notifying %s of its pending jobs failed: %s", thing, error)
+            return
+        self.publish(answer or [])
 
     def notify_pending_threadsafe(self, things: list[str]) -> None:
         if self._loop is not None and things:
-            asyncio.run_coroutine_threadsafe(self.notify_pending(things), self._loop)
+            self._loop.call_soon_threadsafe(self._submit_pending, things)
 
     async def notify_next(self, things: Iterable[str]) -> None:
         """Push notify-next to things whose next job changed (after a job is created).
@@ -214,8 +223,9 @@ class ServiceConnection:
             await asyncio.wait_for(self._client.disconnect(), 5)
         except (TimeoutError, OSError):
             log.warning("broker did not acknowledge the disconnect")
-        for executor in (*self._executors, *self._stream_executors, self._notify_executor):
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.stop()
+        self._stream_workers.stop()
+        self._notify_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._service.close)  # the audit counts still open
 
 
