@@ -1,0 +1,228 @@
+"""Event messages on AWS's reserved topics (issue 15, item 5) through the real server,
+Mosquitto and TLS: UpdateEventConfigurations with boto3 decides what is published, an
+event reader (CreateEventReader) receives job, job execution, presence and registry
+events in AWS's shapes while a device run by the AWS IoT Device SDK v2 does a job, a
+rolled-back change and a disabled type publish nothing, and a device gets nothing on
+`$aws/events/#` (threat N4).
+
+Absence is never waited for: each "nothing" is checked against a later event on the
+same ordered path (one queue, one publishing thread, one subscriber connection)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from overair.server.storage.schema import Thing
+from tests.e2e.sdk_device import Protocol, SdkDevice
+from tests.e2e.test_server_security import Device
+from tests.mqtt_peer import MqttPeer
+from tests.server_harness import RunningServer
+
+ALL_PUBLISHED = ("THING", "THING_GROUP", "THING_GROUP_MEMBERSHIP", "JOB", "JOB_EXECUTION")
+Event = tuple[str, dict[str, Any]]
+
+
+class Reader:
+    """An event reader's MQTT client, with the certificate CreateEventReader returned."""
+
+    def __init__(self, srv: RunningServer, tmp: Path, name: str) -> None:
+        made = srv.client("overair").create_event_reader(Name=name)
+        assert made["TopicFilter"] == "$aws/events/#"
+        (tmp / f"{name}.crt").write_text(made["CertificatePem"])
+        (tmp / f"{name}.key").write_text(made["PrivateKeyPem"])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
+        context.load_cert_chain(str(tmp / f"{name}.crt"), str(tmp / f"{name}.key"))
+        self.made = made
+        self.peer = MqttPeer(context, srv.settings.mqtt_port, made["ClientId"])
+        self.peer.subscribe("$aws/events/#")
+
+    def events(self) -> list[Event]:
+        return [(topic, json.loads(payload)) for topic, payload in self.peer.received]
+
+    def wait(self, topic: str, match: Callable[[dict[str, Any]], bool] = lambda _p: True) -> dict[str, Any]:
+        def found(_received: object) -> bool:
+            return any(t == topic and match(p) for t, p in self.events())
+        self.peer.wait_until(found, f"no event on {topic}")
+        return next(p for t, p in self.events() if t == topic and match(p))
+
+    def before(self, topic: str) -> list[Event]:
+        """Every event received before the first on `topic` (waited for)."""
+        self.wait(topic)
+        received = self.events()
+        return received[:next(i for i, (t, _p) in enumerate(received) if t == topic)]
+
+
+@pytest.fixture
+def reader(srv: RunningServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Reader]:
+    made = Reader(srv, tmp_path, request.node.originalname.removeprefix("test_")[:40].replace("_", "-"))
+    yield made
+    made.peer.close()
+
+
+def _configure(srv: RunningServer, **enabled: bool) -> None:
+    srv.client("iot").update_event_configurations(
+        eventConfigurations={name: {"Enabled": on} for name, on in enabled.items()})
+
+
+def _error(call: Callable[..., Any], **kwargs: Any) -> str:
+    with pytest.raises(ClientError) as caught:
+        call(**kwargs)
+    return str(caught.value.response["Error"]["Code"])
+
+
+def test_event_configurations_start_as_aws_and_refuse_bad_input(srv: RunningServer) -> None:
+    iot = srv.client("iot")
+    described = iot.describe_event_configurations()
+    # AWS: registry and job events "are not available by default".
+    assert described["eventConfigurations"]["JOB"] == {"Enabled": False}
+    assert all(not c["Enabled"] for c in described["eventConfigurations"].values())
+    assert len(described["eventConfigurations"]) == 11
+    assert _error(iot.update_event_configurations,
+                  eventConfigurations={"NOT_A_TYPE": {"Enabled": True}}) == "InvalidRequestException"
+    assert iot.describe_event_configurations()["eventConfigurations"] == described["eventConfigurations"]
+    iot.update_event_configurations(eventConfigurations={"THING_TYPE": {"Enabled": True}})
+    after = iot.describe_event_configurations()
+    assert after["eventConfigurations"]["THING_TYPE"] == {"Enabled": True}
+    assert after["eventConfigurations"]["JOB"] == {"Enabled": False}  # types not named keep their state
+    assert after["lastModifiedDate"] >= after["creationDate"]
+    iot.update_event_configurations(eventConfigurations={"THING_TYPE": {"Enabled": False}})
+
+
+def test_disabled_types_and_rolled_back_changes_publish_nothing(srv: RunningServer, reader: Reader) -> None:
+    iot = srv.client("iot")
+    _configure(srv, THING=False)
+    iot.create_thing(thingName="ev-quiet")  # THING disabled: no event
+    _configure(srv, THING=True)
+    # A change flushed in a transaction that then rolls back (the server's own session).
+    def abandoned() -> None:
+        with srv.server.db.session() as s:
+            s.add(Thing(name="ev-rolled-back", thing_id="x" * 36, arn="arn:x", attributes={}, version=1,
+                        created_at=0.0))
+            s.flush()
+            raise RuntimeError("abandon the transaction")
+
+    with pytest.raises(RuntimeError):
+        abandoned()
+    iot.create_thing(thingName="ev-barrier")
+    earlier = reader.before("$aws/events/thing/ev-barrier/created")
+    assert [t for t, _p in earlier if "ev-quiet" in t or "ev-rolled-back" in t] == []
+    _configure(srv, THING=False)
+
+
+def test_job_presence_and_registry_events_in_aws_shapes(srv: RunningServer, reader: Reader,
+                                                        tmp_path: Path) -> None:
+    iot = srv.client("iot")
+    account = srv.settings.account_id
+    _configure(srv, **dict.fromkeys(ALL_PUBLISHED, True))
+    iot.create_thing_group(thingGroupName="ev-group", thingGroupProperties={"thingGroupDescription": "d"})
+    bundle = srv.provision("ev-dev", tmp_path / "ev-dev")
+    thing = iot.describe_thing(thingName="ev-dev")
+    created = reader.wait("$aws/events/thing/ev-dev/created")
+    assert {k: created[k] for k in ("eventType", "operation", "accountId", "thingId", "thingName",
+                                    "versionNumber", "thingTypeName")} == {
+        "eventType": "THING_EVENT", "operation": "CREATED", "accountId": account,
+        "thingId": thing["thingId"], "thingName": "ev-dev", "versionNumber": 1, "thingTypeName": None}
+    assert isinstance(created["eventId"], str)
+    assert created["timestamp"] > 10**12  # milliseconds
+    group = reader.wait("$aws/events/thingGroup/ev-group/created")
+    assert (group["eventType"], group["thingGroupName"], group["description"]) == (
+        "THING_GROUP_EVENT", "ev-group", "d")
+    iot.add_thing_to_thing_group(thingGroupName="ev-group", thingName="ev-dev")
+    joined = reader.wait("$aws/events/thingGroupMembership/thingGroup/ev-group/thing/ev-dev/added")
+    assert (joined["eventType"], joined["operation"], joined["thingArn"], joined["thingId"]) == (
+        "THING_GROUP_MEMBERSHIP_EVENT", "ADDED", thing["thingArn"], thing["thingId"])
+
+    device = SdkDevice(srv, bundle, "ev-dev", Protocol.MQTT311)
+    try:
+        online = reader.wait("$aws/events/presence/connected/ev-dev")
+        principal = iot.list_thing_principals(thingName="ev-dev")["principals"][0].rsplit("/", 1)[1]
+        assert (online["clientId"], online["eventType"], online["principalIdentifier"],
+                online["ipAddress"]) == ("ev-dev", "connected", principal, "127.0.0.1")
+        assert online["versionNumber"] >= 1
+        assert online["sessionIdentifier"]
+
+        iot.create_job(jobId="ev-job", targets=[thing["thingArn"]], document=json.dumps({"op": "x"}),
+                       description="events")
+        device.v1_start_next()
+        device.v1_update("ev-job", "SUCCEEDED", status_details={"step": "done"})
+        succeeded = reader.wait("$aws/events/jobExecution/ev-job/succeeded")
+        assert {k: succeeded[k] for k in ("eventType", "operation", "jobId", "thingArn", "status",
+                                          "statusDetails")} == {
+            "eventType": "JOB_EXECUTION", "operation": "succeeded", "jobId": "ev-job",
+            "thingArn": thing["thingArn"], "status": "SUCCEEDED", "statusDetails": {"step": "done"}}
+        completed = reader.wait("$aws/events/job/ev-job/completed")
+        assert (completed["eventType"], completed["status"], completed["targets"], completed["description"],
+                completed["jobProcessDetails"]["numberOfSucceededThings"]) == (
+            "JOB", "COMPLETED", [thing["thingArn"]], "events", 1)
+
+        iot.create_job(jobId="ev-cancel", targets=[thing["thingArn"]], document=json.dumps({"op": "y"}))
+        iot.cancel_job(jobId="ev-cancel", comment="not now")
+        canceled = reader.wait("$aws/events/jobExecution/ev-cancel/canceled")
+        assert (canceled["status"], canceled["thingArn"]) == ("CANCELED", thing["thingArn"])
+        order = [t for t, _p in reader.before("$aws/events/job/ev-cancel/canceled") if "/job/ev-cancel/" in t]
+        assert order == ["$aws/events/job/ev-cancel/cancellation_in_progress"]
+        assert reader.wait("$aws/events/job/ev-cancel/canceled")["comment"] == "not now"
+        iot.delete_job(jobId="ev-cancel")
+        reader.wait("$aws/events/job/ev-cancel/deletion_in_progress")
+        assert reader.wait("$aws/events/job/ev-cancel/deleted")["jobId"] == "ev-cancel"
+    finally:
+        device.close()
+    offline = reader.wait("$aws/events/presence/disconnected/ev-dev")
+    assert (offline["disconnectReason"], offline["clientInitiatedDisconnect"], offline["sessionIdentifier"],
+            offline["versionNumber"]) == ("CLIENT_INITIATED_DISCONNECT", True, online["sessionIdentifier"],
+                                          online["versionNumber"])
+
+    iot.update_thing(thingName="ev-dev", attributePayload={"attributes": {"site": "b"}})
+    updated = reader.wait("$aws/events/thing/ev-dev/updated")
+    assert (updated["versionNumber"], updated["attributes"]) == (2, {"site": "b"})
+    iot.remove_thing_from_thing_group(thingGroupName="ev-group", thingName="ev-dev")
+    reader.wait("$aws/events/thingGroupMembership/thingGroup/ev-group/thing/ev-dev/removed")
+    iot.delete_thing_group(thingGroupName="ev-group")
+    reader.wait("$aws/events/thingGroup/ev-group/deleted")
+    _configure(srv, **dict.fromkeys(ALL_PUBLISHED, False))
+
+
+def test_n4_a_device_subscribed_to_events_receives_nothing_a_reader_does(
+        srv: RunningServer, reader: Reader, tmp_path: Path) -> None:
+    """A device's access is its things' topics: `$aws/events/#` (other devices'
+    connections, every job) is refused to it, while the reader gets the same events."""
+    bundle = srv.provision("ev-snoop", tmp_path / "ev-snoop")
+    snoop = Device(srv, bundle, "ev-snoop")
+    assert snoop.connect()
+    try:
+        snoop.subscribe("$aws/events/#")
+        snoop.subscribe("$aws/events/presence/connected/+")
+        other = Device(srv, srv.provision("ev-other", tmp_path / "ev-other"), "ev-other")
+        assert other.connect()
+        other.close()
+        reader.wait("$aws/events/presence/disconnected/ev-other")
+        # A round trip on the snoop's own topics after the events were published: the
+        # broker would have delivered any event to it before this reply.
+        snoop.subscribe("$aws/things/ev-snoop/jobs/get/accepted")
+        snoop.client.publish("$aws/things/ev-snoop/jobs/get", b"{}", qos=1)
+        assert snoop.wait_for("jobs/get/accepted")
+        assert [t for t, _p in snoop.messages if t.startswith("$aws/events/")] == []
+    finally:
+        snoop.close()
+
+
+def test_a_revoked_reader_is_cut_off(srv: RunningServer, tmp_path: Path) -> None:
+    made = Reader(srv, tmp_path, "ev-revoked")
+    overair = srv.client("overair")
+    listed = {r["Name"]: r for r in overair.list_event_readers()["EventReaders"]}
+    assert listed["ev-revoked"]["Status"] == "ACTIVE"
+    assert _error(overair.create_event_reader, Name="ev-revoked") == "ResourceAlreadyExistsException"
+    overair.revoke_event_reader(Name="ev-revoked")
+    assert made.peer.gone.wait(10)
+    made.peer.close()
+    assert {r["Name"]: r for r in overair.list_event_readers()["EventReaders"]}["ev-revoked"]["Status"] == \
+        "REVOKED"
+    assert _error(overair.revoke_event_reader, Name="no-such-reader") == "ResourceNotFoundException"
