@@ -11,7 +11,11 @@ same ordered path (one queue, one publishing thread, one subscriber connection).
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from tests.e2e.test_server_security import Device
 from tests.mqtt_peer import MqttPeer
 from tests.server_harness import RunningServer
 
+OVERAIR = str(Path(sys.executable).parent / "overair")
 ALL_PUBLISHED = ("THING", "THING_GROUP", "THING_GROUP_MEMBERSHIP", "JOB", "JOB_EXECUTION")
 Event = tuple[str, dict[str, Any]]
 
@@ -37,12 +42,10 @@ class Reader:
         assert made["TopicFilter"] == "$aws/events/#"
         (tmp / f"{name}.crt").write_text(made["CertificatePem"])
         (tmp / f"{name}.key").write_text(made["PrivateKeyPem"])
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=str(srv.settings.paths.fleet_ca_cert))
-        context.load_cert_chain(str(tmp / f"{name}.crt"), str(tmp / f"{name}.key"))
+        (tmp / f"{name}-ca.pem").write_text(made["RootCaPem"])
         self.made = made
-        self.peer = MqttPeer(context, srv.settings.mqtt_port, made["ClientId"])
-        self.peer.subscribe("$aws/events/#")
+        self.peer = connect_reader(srv, tmp / f"{name}.crt", tmp / f"{name}.key", tmp / f"{name}-ca.pem",
+                                   made["ClientId"])
 
     def events(self) -> list[Event]:
         return [(topic, json.loads(payload)) for topic, payload in self.peer.received]
@@ -58,6 +61,15 @@ class Reader:
         self.wait(topic)
         received = self.events()
         return received[:next(i for i, (t, _p) in enumerate(received) if t == topic)]
+
+
+def connect_reader(srv: RunningServer, cert: Path, key: Path, root_ca: Path, client_id: str) -> MqttPeer:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(root_ca))
+    context.load_cert_chain(str(cert), str(key))
+    peer = MqttPeer(context, srv.settings.mqtt_port, client_id)
+    peer.subscribe("$aws/events/#")
+    return peer
 
 
 @pytest.fixture
@@ -214,15 +226,34 @@ def test_n4_a_device_subscribed_to_events_receives_nothing_a_reader_does(
         snoop.close()
 
 
-def test_a_revoked_reader_is_cut_off(srv: RunningServer, tmp_path: Path) -> None:
-    made = Reader(srv, tmp_path, "ev-revoked")
+def _cli(srv: RunningServer, *args: str) -> str:
+    result = subprocess.run([OVERAIR, *args, "--data-dir", str(srv.settings.data_dir)], capture_output=True,
+                            text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_reader_made_with_the_cli_reads_until_revoked(srv: RunningServer, tmp_path: Path) -> None:
+    """`overair events reader create NAME --out DIR` writes what the reader connects with;
+    `overair events reader revoke NAME` cuts it off before it returns."""
+    out = tmp_path / "cli-reader"
+    _cli(srv, "events", "reader", "create", "ev-cli", "--out", str(out))
+    assert stat.S_IMODE((out / "reader.key").stat().st_mode) == 0o600
+    client_id = (out / "client-id").read_text().strip()
+    peer = connect_reader(srv, out / "reader.crt", out / "reader.key", out / "root-ca.pem", client_id)
+    _cli(srv, "events", "enable", "THING")
+    assert "THING: on" in _cli(srv, "events", "show")
+    srv.client("iot").create_thing(thingName="ev-cli-thing")
+    peer.wait_until(lambda got: any(t == "$aws/events/thing/ev-cli-thing/created" for t, _p in got),
+                    "the CLI reader got no event")
     overair = srv.client("overair")
+    assert _error(overair.create_event_reader, Name="ev-cli") == "ResourceAlreadyExistsException"
+    assert ["ev-cli", "ACTIVE", client_id] in [line.split() for line in
+                                               _cli(srv, "events", "reader", "list").splitlines()]
+    _cli(srv, "events", "reader", "revoke", "ev-cli")
+    assert peer.gone.wait(10)  # the broker dropped it when the revocation was applied
+    peer.close()
     listed = {r["Name"]: r for r in overair.list_event_readers()["EventReaders"]}
-    assert listed["ev-revoked"]["Status"] == "ACTIVE"
-    assert _error(overair.create_event_reader, Name="ev-revoked") == "ResourceAlreadyExistsException"
-    overair.revoke_event_reader(Name="ev-revoked")
-    assert made.peer.gone.wait(10)
-    made.peer.close()
-    assert {r["Name"]: r for r in overair.list_event_readers()["EventReaders"]}["ev-revoked"]["Status"] == \
-        "REVOKED"
+    assert (listed["ev-cli"]["Status"], listed["ev-cli"]["ClientId"]) == ("REVOKED", client_id)
     assert _error(overair.revoke_event_reader, Name="no-such-reader") == "ResourceNotFoundException"
+    _cli(srv, "events", "disable", "THING")

@@ -32,7 +32,7 @@ def register(table: OperationTable, store: EventConfigStore, readers: EventReade
         new = readers.create(r.params["Name"])
         return {"Name": new.name, "CertificateId": new.certificate_id, "CertificatePem": new.certificate_pem,
                 "PrivateKeyPem": new.private_key_pem, "ClientId": new.client_id,
-                "TopicFilter": EVENTS_TOPIC_FILTER}
+                "TopicFilter": EVENTS_TOPIC_FILTER, "RootCaPem": new.root_ca_pem}
 
     def revoke_reader(r: ApiRequest) -> dict[str, Any]:
         readers.revoke(r.params["Name"])

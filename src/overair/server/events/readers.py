@@ -49,6 +49,7 @@ class NewReader:
     certificate_pem: str
     private_key_pem: str
     client_id: str
+    root_ca_pem: str
 
 
 class EventReaders:
@@ -77,7 +78,8 @@ class EventReaders:
                               status="ACTIVE", created_at=now))
         self._access_changed()
         return NewReader(name, cert_id, issued.cert.public_bytes(Encoding.PEM).decode(),
-                         pki.key_pem(issued.key).decode(), client_id_of(name))
+                         pki.key_pem(issued.key).decode(), client_id_of(name),
+                         self._fleet_ca.cert.public_bytes(Encoding.PEM).decode())
 
     def revoke(self, name: str) -> None:
         with self._db.session() as s:
