@@ -30,6 +30,7 @@ from tests.mqtt_peer import MqttPeer
 from tests.server_harness import RunningServer
 
 OVERAIR = str(Path(sys.executable).parent / "overair")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALL_PUBLISHED = ("THING", "THING_GROUP", "THING_GROUP_MEMBERSHIP", "JOB", "JOB_EXECUTION")
 Event = tuple[str, dict[str, Any]]
 
@@ -257,3 +258,21 @@ def test_a_reader_made_with_the_cli_reads_until_revoked(srv: RunningServer, tmp_
     assert (listed["ev-cli"]["Status"], listed["ev-cli"]["ClientId"]) == ("REVOKED", client_id)
     assert _error(overair.revoke_event_reader, Name="no-such-reader") == "ResourceNotFoundException"
     _cli(srv, "events", "disable", "THING")
+
+
+def test_the_events_example_runs_as_written(srv: RunningServer) -> None:
+    """examples/events_reader_boto3.py with the administrator's keys and the endpoints, as
+    its docstring says, prints the thing's created and deleted events."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(srv.settings.paths.credentials), AWS_CONFIG_FILE=os.devnull,
+               AWS_DEFAULT_REGION=srv.clients.region, OVERAIR_ENDPOINT=srv.endpoint)
+    done = subprocess.run([sys.executable, str(EXAMPLES / "events_reader_boto3.py"), "--mqtt-port",
+                           str(srv.settings.mqtt_port)], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    topics = [line.split(" ", 1)[0] for line in done.stdout.splitlines()]
+    assert topics[-2:] == ["$aws/events/thing/events-example-thing/created",
+                           "$aws/events/thing/events-example-thing/deleted"]
+    readers = srv.client("overair").list_event_readers()["EventReaders"]
+    assert {r["Name"]: r["Status"] for r in readers}["example-reader"] == "REVOKED"
+    _configure(srv, **dict.fromkeys(ALL_PUBLISHED, False))
