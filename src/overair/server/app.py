@@ -203,7 +203,7 @@ class Server:
                                               arn=lambda resource: self.arns.arn("iot", resource),
                                               max_queued=settings.limits.max_queued_events,
                                               publish=self._publish_events)
-        recorder = ChangeRecorder(self.event_config.enabled, self.event_publisher.changes_committed)
+        recorder = ChangeRecorder(self.event_config.enabled_types, self.event_publisher.changes_committed)
         self.db.listen("before_flush", recorder.before_flush)
         self.db.listen("do_orm_execute", recorder.do_orm_execute)
         self.db.listen("after_rollback", forget_pending)

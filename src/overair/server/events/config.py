@@ -31,8 +31,8 @@ class EventConfigStore:
             self._cached = self._cached or config
             return self._cached
 
-    def enabled(self, event_type: str) -> bool:
-        return self.get().on(event_type)
+    def enabled_types(self) -> frozenset[str]:
+        return self.get().enabled
 
     def dates(self) -> tuple[float | None, float | None]:
         """(creationDate, lastModifiedDate): when the configuration was first and last

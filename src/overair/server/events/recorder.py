@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from overair.core.events import EXECUTION_OPERATIONS
+from overair.core.events import EXECUTION_OPERATIONS, PUBLISHED_TYPES
 from overair.server.storage.db import after_commit
 from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroup, ThingGroupMember
 
@@ -49,12 +49,20 @@ class Change:
 
 
 class ChangeRecorder:
-    def __init__(self, enabled: Callable[[str], bool], sink: Callable[[list[Change]], None]) -> None:
-        self._enabled = enabled
+    def __init__(self, enabled_types: Callable[[], frozenset[str]],
+                 sink: Callable[[list[Change]], None]) -> None:
+        """`enabled_types`: the event types UpdateEventConfigurations enabled (cached:
+        asked on every flush); `sink`: takes what a committed transaction changed."""
+        self._enabled_types = enabled_types
         self._sink = sink
+
+    def _enabled(self, event_type: str) -> bool:
+        return event_type in self._enabled_types()
 
     # Listeners ---------------------------------------------------------------------
     def before_flush(self, session: Session, _context: Any, _instances: Any) -> None:
+        if not self._enabled_types() & PUBLISHED_TYPES:
+            return  # AWS's default: nothing to record, nothing to pay
         found: list[Change] = []
         for obj in session.new:
             found.extend(self._created(obj))
@@ -66,7 +74,8 @@ class ChangeRecorder:
         self._keep(session, found)
 
     def do_orm_execute(self, state: ORMExecuteState) -> None:
-        if not (state.is_update or state.is_insert or state.is_delete):
+        if not (state.is_update or state.is_insert or state.is_delete) or not (
+                self._enabled_types() & PUBLISHED_TYPES):
             return
         entity = (getattr(state.statement, "entity_description", None) or {}).get("entity")
         if entity is JobExecution and state.is_update and self._enabled("JOB_EXECUTION"):
@@ -130,6 +139,9 @@ class ChangeRecorder:
 
     def _executions_updated(self, state: ORMExecuteState) -> list[Change]:
         statement: Any = state.statement
+        values = getattr(statement, "_values", None)  # SQLAlchemy's own: the SET columns
+        if values is not None and not any(getattr(column, "key", column) == "status" for column in values):
+            return []  # e.g. a progress report (jobs/service.py report_progress): no status change
         status = statement.compile().params.get("status")
         if status not in EXECUTION_OPERATIONS:
             return []
