@@ -27,7 +27,8 @@ from overair.server.storage.schema import Thing
 from tests.e2e.sdk_device import Protocol, SdkDevice
 from tests.e2e.test_server_security import Device
 from tests.mqtt_peer import MqttPeer
-from tests.server_harness import RunningServer
+from tests.postgres_harness import PostgresCluster
+from tests.server_harness import RunningServer, running_server
 
 OVERAIR = str(Path(sys.executable).parent / "overair")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -276,3 +277,32 @@ def test_the_events_example_runs_as_written(srv: RunningServer) -> None:
     readers = srv.client("overair").list_event_readers()["EventReaders"]
     assert {r["Name"]: r["Status"] for r in readers}["example-reader"] == "REVOKED"
     _configure(srv, **dict.fromkeys(ALL_PUBLISHED, False))
+
+
+def test_events_after_commit_on_postgresql(tmp_path: Path, postgres: PostgresCluster) -> None:
+    """The same recorder on PostgreSQL: a cancel (one UPDATE of the executions, read first
+    in the same transaction) publishes each execution and the job; a rolled-back change
+    nothing."""
+    with running_server(tmp_path / "server", database_url=postgres.new_database()) as pg_srv:
+        reader = Reader(pg_srv, tmp_path, "pg-reader")
+        iot = pg_srv.client("iot")
+        _configure(pg_srv, **dict.fromkeys(ALL_PUBLISHED, True))
+        arns = [iot.create_thing(thingName=f"pg-{n}")["thingArn"] for n in range(2)]
+        iot.create_job(jobId="pg-job", targets=arns, document=json.dumps({"op": "x"}))
+
+        def abandoned() -> None:
+            with pg_srv.server.db.session() as s:
+                s.add(Thing(name="pg-rolled-back", thing_id="y" * 36, arn="arn:y", attributes={}, version=1,
+                            created_at=0.0))
+                s.flush()
+                raise RuntimeError("abandon the transaction")
+
+        with pytest.raises(RuntimeError):
+            abandoned()
+        iot.cancel_job(jobId="pg-job")
+        earlier = reader.before("$aws/events/job/pg-job/canceled")
+        execution_topic = "$aws/events/jobExecution/pg-job/canceled"
+        canceled = sorted(p["thingArn"] for t, p in earlier if t == execution_topic)
+        assert canceled == sorted(arns)
+        assert [t for t, _p in earlier if "pg-rolled-back" in t] == []
+        reader.peer.close()
