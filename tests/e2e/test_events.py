@@ -183,10 +183,19 @@ def test_job_presence_and_registry_events_in_aws_shapes(srv: RunningServer, read
         assert (canceled["status"], canceled["thingArn"]) == ("CANCELED", thing["thingArn"])
         order = [t for t, _p in reader.before("$aws/events/job/ev-cancel/canceled") if "/job/ev-cancel/" in t]
         assert order == ["$aws/events/job/ev-cancel/cancellation_in_progress"]
-        assert reader.wait("$aws/events/job/ev-cancel/canceled")["comment"] == "not now"
+        job_canceled = reader.wait("$aws/events/job/ev-cancel/canceled")
+        assert (job_canceled["status"], job_canceled["comment"], job_canceled["forceCanceled"],
+                job_canceled["jobProcessDetails"]["numberOfCanceledThings"]) == (
+            "CANCELED", "not now", False, 1)
+        starting = reader.wait("$aws/events/job/ev-cancel/cancellation_in_progress")
+        assert starting["status"] == "CANCELLATION_IN_PROGRESS"
+        # AWS's jobs examples give `timestamp` in seconds, createdAt in milliseconds.
+        assert starting["timestamp"] < 10**11 < starting["createdAt"]
         iot.delete_job(jobId="ev-cancel")
-        reader.wait("$aws/events/job/ev-cancel/deletion_in_progress")
-        assert reader.wait("$aws/events/job/ev-cancel/deleted")["jobId"] == "ev-cancel"
+        deleting = reader.wait("$aws/events/job/ev-cancel/deletion_in_progress")
+        assert deleting["status"] == "DELETION_IN_PROGRESS"
+        deleted = reader.wait("$aws/events/job/ev-cancel/deleted")
+        assert (deleted["jobId"], deleted["status"]) == ("ev-cancel", "DELETED")
     finally:
         device.close()
     offline = reader.wait("$aws/events/presence/disconnected/ev-dev")

@@ -33,11 +33,12 @@ def test_payloads_have_aws_fields() -> None:
     assert set(thing) == {"eventType", "eventId", "timestamp", "operation", "accountId", "thingId",
                           "thingName", "versionNumber", "thingTypeName", "attributes"}
     assert (thing["eventType"], thing["timestamp"]) == ("THING_EVENT", 1500)
-    job = events.JobFacts("j1", "COMPLETED", "SNAPSHOT", ("arn:t",), "", "", 1.0, 2.0, 3.0)
+    job = events.JobFacts("j1", False, "SNAPSHOT", ("arn:t",), "", "", 1.0, 2.0, 3.0)
     topic, completed = events.job_event("completed", 4.0, job, {"SUCCEEDED": 2, "FAILED": 1})
     assert topic == "$aws/events/job/j1/completed"
     assert completed["jobProcessDetails"]["numberOfSucceededThings"] == 2
-    assert completed["completedAt"] == 3000
+    assert (completed["completedAt"], completed["timestamp"], completed["status"]) == (3000, 4, "COMPLETED")
+    assert events.job_event("cancellation_in_progress", 4.0, job)[1]["status"] == "CANCELLATION_IN_PROGRESS"
     topic, gone = events.presence_event(1.0, client_id="c1", connected=False, session="s", principal=None,
                                         address=None, version=3, reason="CONNECTION_LOST")
     assert topic == "$aws/events/presence/disconnected/c1"

@@ -21,9 +21,14 @@ Facts, from the AWS IoT Core developer guide:
   `$aws/events/thingGroup/<name>/...`; THING_GROUP_MEMBERSHIP_EVENT on
   `$aws/events/thingGroupMembership/thingGroup/<group>/thing/<thing>/added|removed`.
 - "Jobs events": JOB on `$aws/events/job/<jobId>/completed|canceled|deleted|
-  cancellation_in_progress|deletion_in_progress`; JOB_EXECUTION on
+  cancellation_in_progress|deletion_in_progress`, `status` COMPLETED, CANCELED, DELETED,
+  CANCELLATION_IN_PROGRESS, DELETION_IN_PROGRESS, `jobProcessDetails` on completed and
+  canceled, `forceCanceled` on canceled, `comment`; JOB_EXECUTION on
   `$aws/events/jobExecution/<jobId>/succeeded|failed|rejected|canceled|timed_out|removed|
-  deleted`. A cancel or delete sends the *_in_progress message, then the final one.
+  deleted` ("the `status` field reflects the job execution status prior to the
+  deletion"). A cancel or delete sends the *_in_progress message, then the final one.
+  The guide's job examples give `timestamp` in seconds (createdAt etc. in milliseconds);
+  its registry and lifecycle examples in milliseconds: each is followed here.
 """
 
 from __future__ import annotations
@@ -105,9 +110,15 @@ def from_stored(stored: object) -> EventConfig:
 
 
 # Payloads ------------------------------------------------------------------------
-def _base(event_type: str, now: float, operation: str) -> dict[str, Any]:
-    return {"eventType": event_type, "eventId": str(uuid.uuid4()), "timestamp": int(now * 1000),
-            "operation": operation}
+def _base(event_type: str, now: float, operation: str, *, seconds: bool = False) -> dict[str, Any]:
+    return {"eventType": event_type, "eventId": str(uuid.uuid4()),
+            "timestamp": int(now) if seconds else int(now * 1000), "operation": operation}
+
+
+# A job event's `status` by operation (developer guide, "Jobs events").
+JOB_STATUS = {"completed": "COMPLETED", "canceled": "CANCELED", "deleted": "DELETED",
+              "cancellation_in_progress": "CANCELLATION_IN_PROGRESS",
+              "deletion_in_progress": "DELETION_IN_PROGRESS"}
 
 
 def thing_event(operation: str, now: float, *, account: str, thing_id: str, thing_name: str, version: int,
@@ -144,7 +155,7 @@ def membership_event(operation: str, now: float, *, account: str, group_arn: str
 @dataclass(frozen=True, slots=True)
 class JobFacts:
     job_id: str
-    status: str
+    force_canceled: bool
     target_selection: str
     targets: tuple[str, ...]
     description: str
@@ -157,12 +168,17 @@ class JobFacts:
 def job_event(operation: str, now: float, job: JobFacts,
               counts: Mapping[str, int] | None = None) -> tuple[str, dict[str, Any]]:
     payload: dict[str, Any] = {
-        **_base("JOB", now, operation), "jobId": job.job_id, "status": job.status,
+        **_base("JOB", now, operation, seconds=True), "jobId": job.job_id, "status": JOB_STATUS[operation],
         "targetSelection": job.target_selection, "targets": list(job.targets),
         "description": job.description, "createdAt": int(job.created_at * 1000),
         "lastUpdatedAt": int(job.last_updated_at * 1000)}
+    if job.comment:
+        payload["comment"] = job.comment
     if operation == "completed":
         payload["completedAt"] = int((job.completed_at or now) * 1000)
+    if operation == "canceled":
+        payload["forceCanceled"] = job.force_canceled
+    if operation in ("completed", "canceled"):
         counts = counts or {}
         payload["jobProcessDetails"] = {
             "numberOfCanceledThings": counts.get("CANCELED", 0),
@@ -171,14 +187,12 @@ def job_event(operation: str, now: float, job: JobFacts,
             "numberOfRemovedThings": counts.get("REMOVED", 0),
             "numberOfSucceededThings": counts.get("SUCCEEDED", 0),
             "numberOfTimedOutThings": counts.get("TIMED_OUT", 0)}
-    elif job.comment:
-        payload["comment"] = job.comment
     return f"$aws/events/job/{job.job_id}/{operation}", payload
 
 
 def execution_event(operation: str, now: float, *, job_id: str, thing_arn: str, status: str,
                     status_details: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    payload = {**_base("JOB_EXECUTION", now, operation), "jobId": job_id, "thingArn": thing_arn,
+    payload = {**_base("JOB_EXECUTION", now, operation, seconds=True), "jobId": job_id, "thingArn": thing_arn,
                "status": status}
     if status_details:
         payload["statusDetails"] = dict(status_details)

@@ -164,12 +164,11 @@ class EventPublisher:
                                             thing_id=thing_id, thing_name=thing)]
         if change.event_type == "JOB":
             job = events.JobFacts(
-                job_id=facts["jobId"],
-                status="DELETION_IN_PROGRESS" if change.operation.startswith("delet") else facts["status"],
+                job_id=facts["jobId"], force_canceled=bool(facts["forceCanceled"]),
                 target_selection=facts["targetSelection"], targets=tuple(facts["targets"]),
                 description=facts["description"], comment=facts["comment"], created_at=facts["createdAt"],
                 last_updated_at=facts["lastUpdatedAt"], completed_at=facts["completedAt"])
-            counts = self._counts(job.job_id) if change.operation == "completed" else None
+            counts = self._counts(job.job_id) if change.operation in ("completed", "canceled") else None
             return [events.job_event(change.operation, now, job, counts)]
         if change.event_type == "JOB_EXECUTION":
             return [events.execution_event(change.operation, now, job_id=facts["jobId"],

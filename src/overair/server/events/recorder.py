@@ -220,7 +220,8 @@ def _membership(operation: str, group: str, thing: str) -> Change:
 
 def _job_change(operation: str, job: Job) -> Change:
     return Change("JOB", operation, {
-        "jobId": job.job_id, "status": job.status, "targetSelection": job.target_selection,
+        "jobId": job.job_id, "forceCanceled": bool(job.force_canceled),
+        "targetSelection": job.target_selection,
         "targets": list(job.targets or []), "description": job.description or "",
         "comment": job.comment or "",
         "createdAt": job.created_at, "lastUpdatedAt": job.last_updated_at, "completedAt": job.completed_at})
