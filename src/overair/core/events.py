@@ -149,7 +149,8 @@ def membership_event(operation: str, now: float, *, account: str, group_arn: str
             f"{operation.lower()}",
             {**_base("THING_GROUP_MEMBERSHIP_EVENT", now, operation), "accountId": account,
              "groupArn": group_arn, "groupId": group_id, "thingArn": thing_arn, "thingId": thing_id,
-             "membershipId": f"{group_id}:{thing_id}"})
+             # A UUID, as AWS's: the same for the same group and thing.
+             "membershipId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{group_arn}#{thing_arn}"))})
 
 
 @dataclass(frozen=True, slots=True)
