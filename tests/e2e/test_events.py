@@ -24,6 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from overair.server.storage.schema import Thing
+from tests.e2e.conftest import ShiftableClock
 from tests.e2e.sdk_device import Protocol, SdkDevice
 from tests.e2e.test_server_security import Device
 from tests.mqtt_peer import MqttPeer
@@ -314,4 +315,39 @@ def test_events_after_commit_on_postgresql(tmp_path: Path, postgres: PostgresClu
         canceled = sorted(p["thingArn"] for t, p in earlier if t == execution_topic)
         assert canceled == sorted(arns)
         assert [t for t, _p in earlier if "pg-rolled-back" in t] == []
+        reader.peer.close()
+
+
+def test_a_timeout_and_dynamic_group_membership_publish_events(
+        clocked_srv: RunningServer, clock: ShiftableClock, tmp_path: Path) -> None:
+    """Changes the server makes by itself: the scheduler timing an execution out, and a
+    dynamic group's worker adding and removing members as a thing's attributes change."""
+    reader = Reader(clocked_srv, tmp_path, "clocked-reader")
+    iot = clocked_srv.client("iot")
+    try:
+        _configure(clocked_srv, **dict.fromkeys(ALL_PUBLISHED, True))
+        iot.create_dynamic_thing_group(thingGroupName="ev-dyn", queryString="attributes.evzone:hot")
+        bundle = clocked_srv.provision("ev-slow", tmp_path / "ev-slow")
+        arn = iot.describe_thing(thingName="ev-slow")["thingArn"]
+        iot.update_thing(thingName="ev-slow",
+                         attributePayload={"attributes": {"evzone": "hot"}, "merge": True})
+        added = reader.wait("$aws/events/thingGroupMembership/thingGroup/ev-dyn/thing/ev-slow/added")
+        assert (added["thingArn"], added["operation"]) == (arn, "ADDED")
+        iot.update_thing(thingName="ev-slow",
+                         attributePayload={"attributes": {"evzone": "cold"}, "merge": True})
+        reader.wait("$aws/events/thingGroupMembership/thingGroup/ev-dyn/thing/ev-slow/removed")
+
+        iot.create_job(jobId="ev-slow-job", targets=[arn], document=json.dumps({"op": "x"}),
+                       timeoutConfig={"inProgressTimeoutInMinutes": 1})
+        device = SdkDevice(clocked_srv, bundle, "ev-slow", Protocol.MQTT311)
+        try:
+            device.v1_start_next()
+            clock.offset += 61
+            timed_out = reader.wait("$aws/events/jobExecution/ev-slow-job/timed_out")
+            assert (timed_out["status"], timed_out["thingArn"]) == ("TIMED_OUT", arn)
+        finally:
+            clock.offset = 0.0
+            device.close()
+    finally:
+        _configure(clocked_srv, **dict.fromkeys(ALL_PUBLISHED, False))
         reader.peer.close()
