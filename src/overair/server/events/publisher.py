@@ -67,7 +67,11 @@ class EventPublisher:
         self._offer(list(changes))
 
     def presence(self, event: PresenceEvent) -> None:
-        if event.client_id == SERVICE_IDENTITY or not events.presence_allowed(event.client_id):
+        # The server's own connections (the service's reserved id; the witness and the
+        # session closer connect as certificate subjects, as gateway/presence.py
+        # `thing_of_client` tells) are not the fleet's: no events for them.
+        client = event.client_id
+        if client == SERVICE_IDENTITY or "=" in client or not events.presence_allowed(client):
             return
         self._offer(_Presence(event, self._clock()))
 
