@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from sqlalchemy import select
 
-from overair.server.storage.schema import Thing
+from overair.cli.client import ApiClients
+from overair.server.storage.schema import AuditEntry, Thing
 from tests.e2e.conftest import ShiftableClock
 from tests.e2e.sdk_device import Protocol, SdkDevice
 from tests.e2e.test_server_security import Device
@@ -351,3 +353,24 @@ def test_a_timeout_and_dynamic_group_membership_publish_events(
     finally:
         _configure(clocked_srv, **dict.fromkeys(ALL_PUBLISHED, False))
         reader.peer.close()
+
+
+def test_o1_event_operations_need_their_iam_actions_and_are_audited(srv: RunningServer) -> None:
+    iam = srv.client("iam")
+    iam.create_user(UserName="ev-watcher")
+    iam.put_user_policy(UserName="ev-watcher", PolicyName="read-events", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:DescribeEventConfigurations", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="ev-watcher")["AccessKey"]
+    clients = ApiClients(srv.endpoint, key["AccessKeyId"], key["SecretAccessKey"], srv.clients.region)
+    clients.client("iot").describe_event_configurations()
+    assert _error(clients.client("iot").update_event_configurations,
+                  eventConfigurations={"JOB": {"Enabled": True}}) == "AccessDeniedException"
+    assert _error(clients.client("overair").create_event_reader, Name="ev-sneaky") == "AccessDeniedException"
+    arn = f"arn:aws:iam::{srv.settings.account_id}:user/ev-watcher"
+    with srv.server.db.reading() as s:
+        rows = s.scalars(select(AuditEntry).where(AuditEntry.principal == arn)).all()
+        seen = {(r.action, r.decision) for r in rows}
+    assert {("iot:DescribeEventConfigurations", "Allow"), ("iot:UpdateEventConfigurations", "ImplicitDeny"),
+            ("overair:CreateEventReader", "ImplicitDeny")} <= seen
+    assert not srv.client("iot").describe_event_configurations()["eventConfigurations"]["JOB"]["Enabled"]
