@@ -350,6 +350,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "GetThingConnectivityData": {"thingName": thing1},
         "SearchIndex": {"queryString": "thingName:conf-* AND attributes.color:red"},
         "GetIndexingConfiguration": {},
+        "DescribeEventConfigurations": {},
+        "UpdateEventConfigurations": {"eventConfigurations": {"JOB": {"Enabled": False}}},
         "ListIndices": {},
         "DescribeIndex": {"indexName": "AWS_Things"},
         "UpdateIndexingConfiguration": {"thingIndexingConfiguration": {
@@ -484,7 +486,10 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
     }
     overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
                "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]},
-               "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {}}
+               "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {},
+               # Revoke runs after Create (_order: destructive operations last).
+               "CreateEventReader": {"Name": "conf-reader"}, "RevokeEventReader": {"Name": "conf-reader"},
+               "ListEventReaders": {}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},

@@ -74,7 +74,7 @@ def test_n4_acl_grants_each_identity_only_its_things_and_devices_only_read_revoc
                          AclRule("readwrite", "overair/x")]})
     assert _acl_lines(acl) == [
         f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
-        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
+        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#", "topic write $aws/events/#",
         f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic readwrite overair/x",
         "user serialNumber=1,CN=a,O=overair",
@@ -86,7 +86,7 @@ def test_n4_acl_leaves_out_what_would_change_its_meaning() -> None:
     acl = render_acl(service="CN=overair.service,O=overair",
                      devices={"serialNumber=1,CN=a,O=overair": ["a", "x\n/#", "y/+", "z #"],
                               "CN=b\ntopic readwrite #": ["b"], "CN=c d": ["c"]})
-    assert _acl_lines(acl)[6:] == ["user serialNumber=1,CN=a,O=overair", "topic readwrite $aws/things/a/#"]
+    assert _acl_lines(acl)[7:] == ["user serialNumber=1,CN=a,O=overair", "topic readwrite $aws/things/a/#"]
 
 
 def test_n4_acl_refuses_an_unsafe_service_or_control_identity() -> None:
@@ -107,7 +107,7 @@ def test_n4_access_plugin_file_names_each_devices_things_and_reserves_the_server
                      for_plugin=True)
     assert _acl_lines(acl) == [
         f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
-        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
+        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#", "topic write $aws/events/#",
         f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}", "clientid overair.service",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic read overair/x/#", "clientid w",
         "user serialNumber=1,CN=a,O=overair",

@@ -12,7 +12,9 @@ SUBJECT = "serialNumber=5993fb53,CN=overair.witness,O=overair"
 
 @pytest.mark.parametrize(("line", "event"), [
     ("1796506382: New client connected from 127.0.0.1:38605 as p-1 (p2, c1, k30, u'CN=p-1,O=overair').",
-     PresenceEvent("p-1", True)),
+     PresenceEvent("p-1", True, address="127.0.0.1", username="CN=p-1,O=overair")),
+    ("1796506382: New client connected from ::1:38605 as p-2 (p2, c1, k30).",
+     PresenceEvent("p-2", True, address="::1")),
     ("1796506382: Client p-1 disconnected.", PresenceEvent("p-1", False, "CLIENT_INITIATED_DISCONNECT")),
     ("1796506384: Client p-1 closed its connection.", PresenceEvent("p-1", False, "CONNECTION_LOST")),
     ("1796506384: Client p-1 already connected, closing old connection.",

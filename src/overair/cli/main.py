@@ -14,6 +14,7 @@ from rich.console import Console
 
 from overair.cli import audit, backup, common, db, fleet, iam, image, ota, signing
 from overair.cli import bundle as bundle_cli
+from overair.cli import events as events_cli
 from overair.cli.common import api_errors, print_error
 from overair.cli.logs import LogFormat, configure_logging
 from overair.core.errors import OverairError
@@ -52,6 +53,7 @@ fleet.register(app, thing_app)
 image.register(app)
 backup.register(app)
 bundle_cli.register(app)
+events_cli.register(app)
 console = Console(stderr=True)
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="The server's data directory.",

@@ -119,6 +119,9 @@ class Limits:
     # Lines per transaction and per broker access change: 500 identities with 128-character
     # thing names render to 242 KiB, well inside the access plugin's 1 MiB control message.
     registration_batch: int = 500
+    # Event messages (server/events/publisher.py) waiting to be published; past this they
+    # are dropped and counted, never making a device's request or an API call wait.
+    max_queued_events: int = 10_000
 
     @property
     def device_max_file_size(self) -> int:

@@ -41,6 +41,11 @@ from overair.server.delivery.download_server import DownloadEndpoint
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.policy import DownloadPolicy
 from overair.server.delivery.tls_peer import FastPeerCertificateProtocol
+from overair.server.events import api as events_api
+from overair.server.events.config import EventConfigStore
+from overair.server.events.publisher import EventPublisher
+from overair.server.events.readers import EventReaders
+from overair.server.events.recorder import ChangeRecorder, forget_pending
 from overair.server.files import write_atomic, write_private
 from overair.server.fleet import api as fleet_api
 from overair.server.fleet.config import IndexingStore
@@ -138,6 +143,7 @@ class Server:
         self.policies = PolicyStore(self.db, settings, clock)
         self.roles = RoleStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
+        self._wire_events(settings, clock)
         self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes)
         self.arns = Arns.of(settings)  # every ARN a request carries is parsed by it (O1)
         self.principals = PrincipalBinder(PrincipalDirectory(self.db), self.arns.scope)
@@ -189,6 +195,29 @@ class Server:
         self.ready = threading.Event()
 
 
+    def _wire_events(self, settings: Settings, clock: Clock) -> None:
+        """Event messages (server/events/): every committed change the recorder sees goes
+        to the publisher's queue; event readers get `$aws/events/#` at the broker."""
+        self.event_config = EventConfigStore(self.db, clock)
+        self.event_publisher = EventPublisher(self.db, clock, account=settings.account_id,
+                                              arn=lambda resource: self.arns.arn("iot", resource),
+                                              max_queued=settings.limits.max_queued_events,
+                                              publish=self._publish_events)
+        recorder = ChangeRecorder(self.event_config.enabled_types, self.event_publisher.changes_committed)
+        self.db.listen("before_flush", recorder.before_flush)
+        self.db.listen("do_orm_execute", recorder.do_orm_execute)
+        self.db.listen("after_rollback", forget_pending)
+        self.event_readers = EventReaders(self.db, self.fleet_ca, clock, self._readers_changed)
+
+    def _readers_changed(self) -> None:
+        self.access.changed()  # the full access file: it reserves the readers' client ids
+
+    def _publish_events(self, messages: list[tuple[str, bytes]]) -> None:
+        if self.connection is not None:
+            # QoS 1: a reader with a persistent session gets what was published while it was away.
+            self.connection.publish_threadsafe([Outgoing(topic, payload, qos=1)
+                                                for topic, payload in messages])
+
     def _wire_file_delivery(self, settings: Settings, clock: Clock) -> None:
         """MQTT streams and HTTPS downloads, under one download policy (issue 18:
         delivery/policy.py); a deleted object leaves their caches at once."""
@@ -231,6 +260,7 @@ class Server:
         self.shadows = ShadowService(self.db, settings.limits, clock)
         self.devices.shadows = ShadowMqtt(self.shadows, settings.limits, clock)
         catalog = Catalog(self.db, settings, clock)
+        events_api.register(self.table, self.event_config, self.event_readers)
         packages_api.register(self.table, catalog)
         self.connectivity = Connectivity(self.db, clock)
         # One thread applies the broker's connection events in order, off the event loop.
@@ -375,6 +405,7 @@ class Server:
 
     def _presence_event(self, event: PresenceEvent) -> None:
         """On the event loop: hand the event to the presence worker (never waits)."""
+        self.event_publisher.presence(event)
         future = self.presence_worker.submit(self.connectivity.apply, [event])
         future.add_done_callback(_log_presence_failure)
 
@@ -512,11 +543,14 @@ class Server:
             control[self.witness.identity] = self.witness.rules(generation)
         service = self._service_identity()
         client_ids = {service: [pki.SERVICE_IDENTITY]}  # the service connection's client id
+        readers, reader_ids = self.event_readers.rules()  # `read $aws/events/#` only
+        control.update(readers)
+        client_ids.update(reader_ids)
         if self.witness is not None:
             client_ids[self.witness.identity] = [self.witness.identity]
         acl = render_acl(service=service, devices=access.grants, control=control, client_ids=client_ids,
                          for_plugin=self.broker_plugin is not None and self.broker_plugin.available)
-        revoked = self.registry.revoked_serials()
+        revoked = self.registry.revoked_serials() + self.event_readers.revoked_serials()
         if self.broker_probe is not None:
             revoked += self.broker_probe.revoked_serials()
         write_atomic(paths.crl, pki.make_crl(self.fleet_ca, revoked, now))
@@ -731,6 +765,7 @@ class Server:
         serving: list[asyncio.Task[object]] = []
         try:
             self.dynamic_groups.start()
+            self.event_publisher.start()
             await asyncio.to_thread(self.registration_tasks.interrupted_by_restart)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
@@ -782,6 +817,7 @@ class Server:
     def _stop_workers(self) -> None:
         self.background.shutdown(wait=True, cancel_futures=True)
         self.presence_worker.shutdown(wait=True)
+        self.event_publisher.stop()
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()
 

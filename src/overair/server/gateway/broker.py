@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overair.core.errors import MisuseError, UnavailableError
+from overair.core.events import EVENTS_TOPIC_FILTER
 from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.topics import THING_NAME_RE
 from overair.core.trustlist import TRUST_TOPIC
@@ -108,6 +109,8 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
              # (tests/e2e/test_n4_identity.py, tests/e2e/test_key_rotation.py).
              f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}", "",
              f"user {service}", "topic readwrite $aws/things/#",
+             # The service publishes event messages (server/events/); it alone may.
+             f"topic write {EVENTS_TOPIC_FILTER}",
              f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
              *(f"clientid {client_id}" for client_id in reserved.get(service, ())), ""]
     for identity, rules in sorted((control or {}).items()):

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from overair.server.pki import SERVICE_IDENTITY
 
 _PREFIX = re.compile(r"^\d+: ")
-_CONNECTED = re.compile(r"^New client connected from \S+ as (?P<client>\S+) \(")
+_CONNECTED = re.compile(r"^New client connected from (?P<address>\S+) as (?P<client>\S+) \("
+                        r"(?:[^)']*u'(?P<username>[^']*)')?")
 _CLIENT = r"^Client (?P<client>\S+) "
 _ENDING_TEXTS = (
     (r"disconnected, not authorised\.$", ""),
@@ -48,13 +49,18 @@ class PresenceEvent:
     client_id: str
     connected: bool
     reason: str = ""  # for a disconnection: AWS's disconnectReason
+    # For a connection: the peer's address (without its port) and the username the
+    # broker logged (the certificate's subject with the access plugin), when known.
+    address: str = ""
+    username: str = ""
 
 
 def parse_line(line: str) -> PresenceEvent | None:
     message = _PREFIX.sub("", line.strip(), count=1)
     found = _CONNECTED.match(message)
     if found:
-        return PresenceEvent(found["client"], True)
+        return PresenceEvent(found["client"], True, address=found["address"].rsplit(":", 1)[0],
+                             username=found["username"] or "")
     for pattern, reason in _ENDINGS:
         found = pattern.match(message)
         if found:

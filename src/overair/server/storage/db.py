@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +53,26 @@ def unavailable_cause(exc: BaseException) -> str | None:
         return None
     text = str(exc.orig).strip()
     return text.splitlines()[0] if text else type(exc.orig).__name__
+
+
+# Session.info key: what runs once the session's transaction has committed (`after_commit`).
+_AFTER_COMMIT = "overair.after_commit"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once `session`'s transaction has committed, never if it rolls back
+    (server/events/: event messages tell of committed changes only). Actions run on the
+    committing thread, right after the commit: they must be quick and must not raise."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, ()):
+        action()
+
+
+def _drop_after_commit(session: Session, *_args: Any) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -116,6 +136,13 @@ class Database:
         self._probe: Future[None] | None = None
         for engine in {self.engine, self._read_engine or self.engine}:
             event.listen(engine, "handle_error", self._note_failure)
+        event.listen(self._sessions, "after_commit", _run_after_commit)
+        event.listen(self._sessions, "after_rollback", _drop_after_commit)
+
+    def listen(self, name: str, listener: Callable[..., Any]) -> None:
+        """A SQLAlchemy session event listener on the read-write sessions (e.g. the event
+        recorder's `before_flush`, server/events/recorder.py)."""
+        event.listen(self._sessions, name, listener)
 
     def _note_failure(self, context: Any) -> None:
         cause = unavailable_cause(context.sqlalchemy_exception) if context.sqlalchemy_exception else None

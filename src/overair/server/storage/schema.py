@@ -542,3 +542,29 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class EventConfiguration(Base):
+    """UpdateEventConfigurations' one row (id 1; core/events.py's stored form: the
+    enabled event types); no row: AWS's default, every type disabled. Migration 0015."""
+
+    __tablename__ = "event_configuration"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    enabled: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EventReader(Base):
+    """An event reader (server/events/readers.py; migration 0015): a fleet certificate
+    attached to no thing that may read `$aws/events/#` and nothing else. Its key is
+    handed out once and never stored."""
+
+    __tablename__ = "event_readers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(64), unique=True)
+    serial: Mapped[str] = mapped_column(String(64))  # hex, for the CRL once revoked
+    identity: Mapped[str] = mapped_column(String(1024))  # the broker identity (certificate subject)
+    status: Mapped[str] = mapped_column(String(16))  # ACTIVE | REVOKED
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
