@@ -79,6 +79,9 @@ def test_a_rollout_shows_in_the_metrics_and_the_log(
     assert value(connected, "overair_devices_connected") >= 1
     assert value(connected, "overair_device_capacity") > value(connected, "overair_devices_connected")
     assert value(after, "overair_broker_up") == 1.0
+    # Shown even when nothing was dropped, so that an alert can be written against it.
+    assert ("overair_broker_service_drop_episodes_total", ()) in after
+    assert value(after, "overair_broker_service_drop_episodes_total") == 0.0
     created = value(
         after, "overair_api_requests_total", service="iot", operation="CreateOTAUpdate", status="200"
     )

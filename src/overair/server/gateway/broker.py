@@ -61,8 +61,9 @@ from overair.core.revocation import REVOCATIONS_TOPIC
 from overair.core.topics import THING_NAME_RE
 from overair.core.trustlist import TRUST_TOPIC
 from overair.server.files import write_atomic
-from overair.server.gateway.broker_log import BrokerLogParser, RefusedConnection
+from overair.server.gateway.broker_log import BrokerLogParser, RefusedConnection, dropping_client
 from overair.server.gateway.presence import PresenceEvent, parse_line
+from overair.server.pki import SERVICE_IDENTITY
 
 log = logging.getLogger("overair.broker")
 DEFAULT_MOSQUITTO = "mosquitto"
@@ -292,6 +293,8 @@ class Broker:
         self.process: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        # Episodes of the broker dropping messages to the service (broker_log.dropping_client).
+        self.service_drops = 0
 
     @property
     def config_path(self) -> Path:
@@ -348,10 +351,21 @@ class Broker:
             if self.on_refused is not None:
                 for refused in refusals.feed(text):
                     self.on_refused(refused)
+            if (client := dropping_client(text)) is not None:
+                self._dropping(client)
             presence = parse_line(text) if self.on_presence is not None else None
             if presence is not None and self.on_presence is not None:
                 self.on_presence(presence)
             log.info("mosquitto: %s", text)
+
+    def _dropping(self, client: str) -> None:
+        if client == SERVICE_IDENTITY:
+            self.service_drops += 1
+            log.error("the broker is dropping device messages to the service: the service fell "
+                      "max_queued_messages packets behind, so device requests and status updates "
+                      "are being lost (Mosquitto logs this once per episode)")
+        else:
+            log.warning("the broker is dropping messages to client %s: it is not reading them", client)
 
     async def _wait_ready(self, ssl_context: ssl.SSLContext, timeout: float) -> None:
         loop = asyncio.get_running_loop()

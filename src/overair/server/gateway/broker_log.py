@@ -42,6 +42,19 @@ _SSL_ERROR = re.compile(r"^OpenSSL Error\[\d+\]: (?P<reason>.*)$")
 _ACCEPT_FAILED = re.compile(r"^Client connection from (?P<source>.+) failed: (?P<reason>.*?)\.?$")
 _NOT_AUTHORISED = re.compile(r"^Client (?P<client>\S+) disconnected, not authorised\.$")
 _ENDED = re.compile(r"^Client (?P<client>\S+) (?:disconnected|closed its connection)")
+_DROPPING = re.compile(r"^(?:\d+: )?Outgoing messages are being dropped for client (?P<client>\S+)\.$")
+
+
+def dropping_client(line: str) -> str | None:
+    """The client Mosquitto starts dropping messages to, from its notice line.
+
+    Mosquitto 2.0 drops a QoS 0 message to a connected client once `max_queued_messages`
+    packets wait to be written to it (and a QoS 1 one once its queue is full): source,
+    `db__message_insert` and `db__ready_for_flight` in src/database.c, v2.0.11. It logs
+    this once per episode. For overair's own service connection (subscribed at QoS 0)
+    that means device requests, status updates included, lost without a trace."""
+    found = _DROPPING.match(line.rstrip("\r\n"))
+    return found["client"] if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,4 +131,6 @@ class BrokerSupervisor:
     def metrics(self) -> dict[str, float]:
         return {"overair_broker_up": 1.0 if self.up else 0.0,
                 "overair_broker_restarts_total": float(self.restarts),
-                "overair_broker_exits_total": float(self.exits)}
+                "overair_broker_exits_total": float(self.exits),
+                # Mosquitto dropped device messages to the service (broker.Broker._dropping).
+                "overair_broker_service_drop_episodes_total": float(self.broker.service_drops)}
