@@ -32,6 +32,7 @@ and all the Jobs traffic, which is exactly what the rollout adds on top of forwa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -92,6 +93,15 @@ def _vm(pid: int | str, field_name: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _reset_peak(pid: int | str) -> int:
+    """Start a new peak-RSS (VmHWM) count for the process (Linux: clear_refs 5), so that
+    the peak read later is the rollout's, not the provisioning's; returns the peak so far."""
+    before = _vm(pid, "VmHWM")
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return before
 
 
 @dataclass
@@ -199,7 +209,8 @@ class RolloutResult:
     cpu_broker_s: float
     cpu_devices_s: float
     rss_server_connected: int  # VmRSS of the server process with every device connected, before t0
-    hwm_server: int
+    hwm_server_before: int  # peak RSS of the server process before t0 (provisioning, connecting)
+    hwm_server: int  # from t0 (the count restarts there)
     hwm_broker: int
     hwm_devices: int  # the sum over device processes
     stream_id: str
@@ -276,6 +287,9 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         broker = srv.server.broker
         broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
         rss_connected = _vm("self", "VmRSS")
+        hwm_before = _reset_peak("self")
+        if broker_pid:
+            _reset_peak(broker_pid)
         timer = ServiceTimer(srv.server.devices)
         timer.arm()
         profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
@@ -318,8 +332,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         results, hwm_devices = fleet.results(timeout)
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
-                         cpu_server, cpu_broker, cpu_devices, rss_connected, _vm("self", "VmHWM"), hwm_broker,
-                         hwm_devices, stream_id, elapsed, timer.calls, profile)
+                         cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
+                         hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -490,7 +504,9 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
           f"its Mosquitto {rollout.cpu_broker_s:.1f} s "
           f"({100 * rollout.cpu_broker_s / wall:.0f}%), devices {rollout.cpu_devices_s:.1f} s")
     print(f"memory: server RSS with every device connected {rollout.rss_server_connected / MIB:.0f} MiB, "
-          f"peak {rollout.hwm_server / MIB:.0f} MiB; Mosquitto peak {rollout.hwm_broker / MIB:.0f} MiB; "
+          f"peak from t0 {rollout.hwm_server / MIB:.0f} MiB (before t0: "
+          f"{rollout.hwm_server_before / MIB:.0f} MiB); "
+          f"Mosquitto peak from t0 {rollout.hwm_broker / MIB:.0f} MiB; "
           f"device processes peak {rollout.hwm_devices / MIB:.0f} MiB in all")
     for kind, durations in sorted(rollout.service_calls.items()):
         ordered = sorted(durations)

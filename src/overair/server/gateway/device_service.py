@@ -88,6 +88,10 @@ class DeviceService:
         # The Device Shadow service's topics (server/shadow/mqtt.py), when wired.
         self.shadows: ShadowMqtt | None = None
 
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
     # Admission (on the event loop: never waits) -------------------------------------
     def admit(self, topic: str, in_flight: int = 0, payload: bytes = b"") -> list[Outgoing] | None:
         """None if the message may be handled; else what to publish instead (a

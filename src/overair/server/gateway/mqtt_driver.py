@@ -14,6 +14,7 @@ logged and the message dropped, never propagated into gmqtt.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from overair.server.pki import SERVICE_IDENTITY
 from overair.server.shadow import mqtt as shadow_mqtt
 
 log = logging.getLogger("overair.devices")
+DRAIN_POLL_SECONDS = 0.005  # how often held block requests look at the backlog again
 NOTIFY_BATCH = 500  # things per notify-next database read (within SQLite's 999 bound parameters)
 
 
@@ -59,6 +61,13 @@ class ServiceConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Messages per thing handed to a worker and not answered yet (event loop only).
         self._in_worker: dict[str, int] = {}
+        # Block requests held back while the service's unsent output is over the limit
+        # (event loop only), oldest first, and how many per thing: they count against the
+        # thing's in-flight bound like messages in a worker.
+        self._deferred: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._held: dict[str, int] = {}
+        self._backlog_limit = service.limits.service_write_backlog_bytes
+        self._drain_scheduled = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -103,10 +112,24 @@ class ServiceConnection:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
         thing = topics.thing_of(topic)
-        refusal = self._service.admit(topic, self._in_worker.get(thing, 0), bytes(payload))
+        in_flight = self._in_worker.get(thing, 0) + self._held.get(thing, 0)
+        refusal = self._service.admit(topic, in_flight, bytes(payload))
         if refusal is not None:
             self.publish(refusal)
             return
+        if self._is_stream(topic) and (self._deferred or self._write_backlog() > self._backlog_limit):
+            # An answer is 8 blocks of 4 KiB; a request ~100 bytes. When the broker takes
+            # our output slower than devices ask (a fleet starting its download at once),
+            # hold the requests rather than their answers: 10,000 devices' answers are
+            # 320 MiB. Pausing our reads instead would make Mosquitto drop device messages
+            # (QoS 0 beyond max_queued_messages; broker_log.dropping_client).
+            self._held[thing] = self._held.get(thing, 0) + 1
+            self._deferred.append((thing, topic, bytes(payload)))
+            self._schedule_drain()
+            return
+        self._handle_admitted(thing, topic, payload)
+
+    def _handle_admitted(self, thing: str, topic: str, payload: bytes) -> None:
         # A block request answerable from memory is answered here, on the loop, unless
         # an earlier message of the same thing is still in a worker (order per thing).
         if not self._in_worker.get(thing):
@@ -118,12 +141,36 @@ class ServiceConnection:
         workers = self._stream_workers if self._is_stream(topic) else self._workers
         workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
 
+    def _write_backlog(self) -> int:
+        """Bytes written to the broker connection and not yet sent."""
+        transport = getattr(getattr(self._client, "_connection", None), "_transport", None)
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_later(DRAIN_POLL_SECONDS, self._drain)
+
+    def _drain(self) -> None:
+        """Hand held block requests on, oldest first, while the backlog is under half
+        the limit; look again shortly if some are left."""
+        self._drain_scheduled = False
+        while self._deferred and self._write_backlog() <= self._backlog_limit // 2:
+            thing, topic, payload = self._deferred.popleft()
+            _count_down(self._held, thing)
+            try:
+                self._handle_admitted(thing, topic, payload)
+            except Exception:
+                log.exception("dropped a held device message on %r", topic[:200])
+        if self._deferred:
+            self._schedule_drain()
+
+    def waiting(self) -> int:
+        """Device messages waiting for a worker or held back by the backlog."""
+        return self._workers.waiting() + self._stream_workers.waiting() + len(self._deferred)
+
     def _published(self, thing: str, answer: list[Outgoing] | None, error: BaseException | None) -> None:
-        left = self._in_worker.get(thing, 1) - 1
-        if left:
-            self._in_worker[thing] = left
-        else:
-            self._in_worker.pop(thing, None)
+        _count_down(self._in_worker, thing)
         if error is not None:
             log.error("device message handler failed: %s", error)
             return
@@ -131,10 +178,6 @@ class ServiceConnection:
             self.publish(answer or [])
         except Exception:
             log.exception("publishing a reply to %s failed", thing)
-
-    def waiting(self) -> int:
-        """Device messages waiting for a worker."""
-        return self._workers.waiting() + self._stream_workers.waiting()
 
     def publish(self, messages: Iterable[Outgoing]) -> None:
         """Publish in order. Consecutive QoS 0 messages (a GetStream answer is 8 or more
@@ -227,6 +270,14 @@ class ServiceConnection:
         self._stream_workers.stop()
         self._notify_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._service.close)  # the audit counts still open
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 1) - 1
+    if left:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def qos0_publish_packet(topic: str, payload: bytes) -> bytes:
