@@ -25,7 +25,7 @@ from gmqtt import Client as GmqttClient
 from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv311
 
-from overair.core import topics
+from overair.core import claimwire, topics
 from overair.core.errors import UnavailableError
 from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.pki import SERVICE_IDENTITY
@@ -62,6 +62,11 @@ class ServiceConnection:
         self._tasks: set[asyncio.Future[Any]] = set()
         # Messages per thing handed to a worker and not answered yet (event loop only).
         self._in_worker: dict[str, int] = {}
+        # Fleet provisioning by claim (server/provisioning/device.py), when wired: the
+        # requests the access plugin moves to the service, in a worker of their own
+        # (minting a key takes milliseconds; jobs traffic must not wait behind it).
+        self.claims: Callable[[str, bytes], list[Outgoing]] | None = None
+        self._claim_executor = ThreadPoolExecutor(1, thread_name_prefix="claims")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -83,6 +88,8 @@ class ServiceConnection:
         # durability either: a message is lost with the link at any QoS.
         client.subscribe([Subscription(t, qos=0)
                           for t in (*topics.SERVICE_SUBSCRIPTIONS, *shadow_mqtt.SUBSCRIPTIONS)])
+        if self.claims is not None:
+            client.subscribe([Subscription(claimwire.REQUEST_SUBSCRIPTION, qos=1)])
         log.info("service connected to the broker and subscribed")
         if self.on_connected is not None:
             self.on_connected()
@@ -102,6 +109,11 @@ class ServiceConnection:
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
+        if self.claims is not None and topic.startswith(claimwire.REQUEST_PREFIX):
+            future = self._loop.run_in_executor(self._claim_executor, self.claims, topic, bytes(payload))
+            self._tasks.add(future)
+            future.add_done_callback(self._claim_answered)
+            return
         thing = topics.thing_of(topic)
         refusal = self._service.admit(topic, self._in_worker.get(thing, 0), bytes(payload))
         if refusal is not None:
@@ -119,6 +131,14 @@ class ServiceConnection:
                                             topic, bytes(payload))
         self._tasks.add(future)
         future.add_done_callback(lambda done: self._published(thing, done))
+
+    def _claim_answered(self, future: asyncio.Future[list[Outgoing]]) -> None:
+        self._tasks.discard(future)
+        if not future.cancelled() and future.exception() is None:
+            try:
+                self.publish(future.result())
+            except Exception:
+                log.exception("publishing a claim answer failed")
 
     def _published(self, thing: str, future: asyncio.Future[list[Outgoing]]) -> None:
         left = self._in_worker.get(thing, 1) - 1
@@ -214,7 +234,8 @@ class ServiceConnection:
             await asyncio.wait_for(self._client.disconnect(), 5)
         except (TimeoutError, OSError):
             log.warning("broker did not acknowledge the disconnect")
-        for executor in (*self._executors, *self._stream_executors, self._notify_executor):
+        for executor in (*self._executors, *self._stream_executors, self._notify_executor,
+                         self._claim_executor):
             executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._service.close)  # the audit counts still open
 
