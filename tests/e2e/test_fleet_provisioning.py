@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from awsiot import iotjobs
@@ -350,3 +351,95 @@ def test_n4_a_withdrawn_claim_certificate_cannot_connect(clocked_srv: RunningSer
     finally:
         again.close()
     assert iotjobs  # the SDK's jobs module is what _update_over_https drives
+
+
+def test_cbor_requests_are_answered_in_cbor(clocked_srv: RunningServer, claim: Path) -> None:
+    """The `cbor` topics: the request and the answer are CBOR (AWS: "depending on the
+    payload-format of the topic")."""
+    peer = _Peer(clocked_srv, claim, "claim-cbor")
+    answers: list[tuple[str, bytes]] = []
+    peer.client.on_message = lambda _c, _u, m: answers.append((m.topic, bytes(m.payload)))
+    try:
+        assert peer.connect()
+        for topic in ("$aws/certificates/create/cbor",
+                      f"$aws/provisioning-templates/{TEMPLATE}/provision/cbor"):
+            assert not peer.subscribe_refused(f"{topic}/+")
+        peer.client.publish("$aws/certificates/create/cbor", cbor2.dumps({}), qos=1)
+        wait_for(lambda: answers, 10, "the CreateKeysAndCertificate answer")
+        topic, payload = answers[0]
+        keys = cbor2.loads(payload)
+        assert topic == "$aws/certificates/create/cbor/accepted"
+        assert set(keys) == {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"}
+        peer.client.publish(f"$aws/provisioning-templates/{TEMPLATE}/provision/cbor", cbor2.dumps(
+            {"certificateOwnershipToken": keys["certificateOwnershipToken"],
+             "parameters": {"SerialNumber": "cbor"}}), qos=1)
+        wait_for(lambda: len(answers) > 1, 10, "the RegisterThing answer")
+        assert answers[1][0] == f"$aws/provisioning-templates/{TEMPLATE}/provision/cbor/accepted"
+        assert cbor2.loads(answers[1][1]) == {"thingName": "claimed-cbor",
+                                              "deviceConfiguration": {"otaChannel": "stable"}}
+        peer.client.publish("$aws/certificates/create/cbor", b"\xff\x00", qos=1)
+        wait_for(lambda: len(answers) > 2, 10, "the answer to bad CBOR")
+        assert answers[2][0] == "$aws/certificates/create/cbor/rejected"
+        assert cbor2.loads(answers[2][1])["errorCode"] == "InvalidPayload"
+    finally:
+        peer.close()
+
+
+def test_provisioning_templates_follow_aws_rules(clocked_srv: RunningServer, template: str,
+                                                tmp_path: Path) -> None:
+    """Versions (at most 5, the default one cannot be deleted, setAsDefault), what is
+    refused by name (JITP, a pre-provisioning hook, a template RegisterThing could not
+    bind to the token's certificate, a role IoT cannot assume), and claim marks."""
+    iot, name = clocked_srv.client("iot"), "rules-template"
+    role = _role(clocked_srv)
+    made = iot.create_provisioning_template(templateName=name, templateBody=TEMPLATE_BODY,
+                                            provisioningRoleArn=role)
+    assert made["defaultVersionId"] == 1
+    described = iot.describe_provisioning_template(templateName=name)
+    assert (described["enabled"], described["type"], described["templateBody"]) == (
+        False, "FLEET_PROVISIONING", TEMPLATE_BODY)
+    assert name in [t["templateName"] for t in iot.list_provisioning_templates()["templates"]]
+    for _ in range(4):
+        iot.create_provisioning_template_version(templateName=name, templateBody=TEMPLATE_BODY)
+    with pytest.raises(iot.exceptions.VersionsLimitExceededException):
+        iot.create_provisioning_template_version(templateName=name, templateBody=TEMPLATE_BODY)
+    with pytest.raises(iot.exceptions.DeleteConflictException):
+        iot.delete_provisioning_template_version(templateName=name, versionId=1)
+    iot.delete_provisioning_template_version(templateName=name, versionId=5)
+    latest = iot.create_provisioning_template_version(templateName=name, templateBody=TEMPLATE_BODY,
+                                                      setAsDefault=True)
+    assert (latest["versionId"], latest["isDefaultVersion"]) == (6, True)
+    versions = iot.list_provisioning_template_versions(templateName=name)["versions"]
+    assert [(v["versionId"], v["isDefaultVersion"]) for v in versions] == [
+        (1, False), (2, False), (3, False), (4, False), (6, True)]
+    iot.update_provisioning_template(templateName=name, defaultVersionId=2, enabled=True)
+    assert iot.describe_provisioning_template(templateName=name)["defaultVersionId"] == 2
+
+    hook = {"targetArn": f"arn:aws:lambda:{clocked_srv.settings.region}:{clocked_srv.settings.account_id}"
+                         ":function:pre", "payloadVersion": "2020-04-01"}
+    no_cert = json.dumps({"Parameters": {}, "Resources": {"thing": {"Type": "AWS::IoT::Thing",
+                                                                     "Properties": {"ThingName": "x"}}}})
+    for refused in ({"type": "JITP"}, {"preProvisioningHook": hook}, {"templateBody": no_cert},
+                    {"provisioningRoleArn": f"arn:aws:iam::{clocked_srv.settings.account_id}:role/none"}):
+        params = {"templateName": "refused", "templateBody": TEMPLATE_BODY, "provisioningRoleArn": role,
+                  **refused}
+        with pytest.raises(ClientError) as error:
+            iot.create_provisioning_template(**params)
+        assert error.value.response["Error"]["Code"] in ("InvalidRequestException", "AccessDeniedException")
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_provisioning_template(templateName="refused")
+
+    overair = clocked_srv.client("overair")
+    device = clocked_srv.provision("attached-device", tmp_path / "attached")
+    assert device.is_dir()
+    attached = iot.list_thing_principals(thingName="attached-device")["principals"][0].rsplit("/", 1)[1]
+    with pytest.raises(ClientError):
+        overair.set_claim_certificate_templates(CertificateId=attached, TemplateNames=[name])
+    spare = iot.create_keys_and_certificate(setAsActive=True)["certificateId"]
+    with pytest.raises(ClientError):
+        overair.set_claim_certificate_templates(CertificateId=spare, TemplateNames=["no-such-template"])
+    overair.set_claim_certificate_templates(CertificateId=spare, TemplateNames=[name, template])
+    assert overair.get_claim_certificate_templates(CertificateId=spare)["TemplateNames"] == sorted(
+        [name, template])
+    iot.delete_provisioning_template(templateName=name)
+    assert overair.get_claim_certificate_templates(CertificateId=spare)["TemplateNames"] == [template]
