@@ -9,6 +9,8 @@ certificate it received (issue 20, item 2). Then the attacks on it, by threat id
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from tests.e2e.claim_device import ClaimDevice, ClaimRejected, write_bundle
 from tests.e2e.conftest import ShiftableClock
 from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.e2e.sdk_device import Protocol, SdkDevice
+from tests.e2e.test_examples import EXAMPLES, _environment
 from tests.e2e.test_http_delivery import _get
 from tests.server_harness import RunningServer
 
@@ -443,3 +446,19 @@ def test_provisioning_templates_follow_aws_rules(clocked_srv: RunningServer, tem
         [name, template])
     iot.delete_provisioning_template(templateName=name)
     assert overair.get_claim_certificate_templates(CertificateId=spare)["TemplateNames"] == [template]
+
+
+def test_the_fleet_provisioning_example_runs_as_written(clocked_srv: RunningServer, tmp_path: Path) -> None:
+    """examples/fleet_provisioning_sdk.py, run as a user runs it: the operator half makes
+    the template and claim certificate, the SDK device provisions itself and connects."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / "fleet_provisioning_sdk.py"),
+                           "--ca", str(clocked_srv.settings.paths.fleet_ca_cert),
+                           "--mqtt-port", str(clocked_srv.settings.mqtt_port), "--serial", "ex1",
+                           "--out", str(tmp_path / "out")],
+                          env=_environment(clocked_srv), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "claim-example-ex1 connected with its own certificate" in done.stdout
+    principals = clocked_srv.client("iot").list_thing_principals(thingName="claim-example-ex1")["principals"]
+    assert len(principals) == 1
+    assert (tmp_path / "out" / "claim-example-ex1" / "device.key").is_file()
