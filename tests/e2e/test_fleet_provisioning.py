@@ -462,3 +462,60 @@ def test_the_fleet_provisioning_example_runs_as_written(clocked_srv: RunningServ
     principals = clocked_srv.client("iot").list_thing_principals(thingName="claim-example-ex1")["principals"]
     assert len(principals) == 1
     assert (tmp_path / "out" / "claim-example-ex1" / "device.key").is_file()
+
+
+def test_n4_no_device_can_forge_a_moved_request_or_an_answer(clocked_srv: RunningServer,
+                                                             tmp_path: Path) -> None:
+    """The service trusts that `$overair/claim/v1/...` comes from the access plugin and
+    the plugin that `$CONTROL/overair-claim/v1` comes from the service: a device
+    publishing to either is refused (MQTT 3.1.1: disconnected), and nothing is minted."""
+    thing = "claim-forger"
+    bundle = clocked_srv.provision(thing, tmp_path / thing)
+    before = len(clocked_srv.client("iot").list_certificates(pageSize=250)["certificates"])
+    for topic, payload in ((f"{claimwire.REQUEST_PREFIX}1/{thing}/$aws/certificates/create/json", b"{}"),
+                           (claimwire.ANSWER_TOPIC,
+                            f"1 {thing} $aws/certificates/create/json/accepted\n{{}}".encode())):
+        peer = _Peer(clocked_srv, bundle, thing)
+        try:
+            assert peer.connect()
+            peer.client.publish(topic, payload, qos=1)
+            assert peer.closed.wait(10), topic
+        finally:
+            peer.close()
+    assert len(clocked_srv.client("iot").list_certificates(pageSize=250)["certificates"]) == before
+
+
+def test_n4_a_connection_that_takes_a_claim_client_id_over_gets_nothing_meant_for_the_earlier_one(
+        clocked_srv: RunningServer, claim: Path) -> None:
+    """Device A asks; before the answer, B (same claim certificate) connects with A's
+    client id and takes the session over. A's answer (a private key) goes to nobody:
+    the plugin delivers only while the connection that asked holds the id. B's own
+    request is answered to B. (The service's claim worker is held so that the takeover
+    comes first.)"""
+    connection = clocked_srv.server.connection
+    assert connection is not None
+    gate = threading.Event()
+    connection._claim_executor.submit(gate.wait, 60)
+    queue = connection._claim_executor._work_queue
+    first = _Peer(clocked_srv, claim, "claim-taken-over")
+    second = _Peer(clocked_srv, claim, "claim-taken-over")
+    try:
+        assert first.connect()
+        assert not first.subscribe_refused("$aws/certificates/create/json/+")
+        first.client.publish("$aws/certificates/create/json", b"{}", qos=1)
+        wait_for(lambda: queue.qsize() >= 1, 10, "A's request at the service")
+        assert second.connect()
+        assert first.closed.wait(10)
+        assert not second.subscribe_refused("$aws/certificates/create/json/+")
+        second.client.publish("$aws/certificates/create/json", b"{}", qos=1)
+        wait_for(lambda: queue.qsize() >= 2, 10, "B's request at the service")
+        gate.set()
+        # One worker answers in order, and the broker delivers to one client in order: an
+        # answer to A handed to B would have arrived before B's own.
+        wait_for(lambda: second.messages, 10, "B's own answer")
+        assert second.messages == ["$aws/certificates/create/json/accepted"]
+        assert first.messages == []
+    finally:
+        gate.set()
+        first.close()
+        second.close()
