@@ -519,3 +519,38 @@ def test_n4_a_connection_that_takes_a_claim_client_id_over_gets_nothing_meant_fo
         gate.set()
         first.close()
         second.close()
+
+
+SERIAL_NR = {"SerialNumber": "nr"}
+
+
+def test_registration_needs_an_enabled_template_and_a_role_that_may_create_the_thing(
+        clocked_srv: RunningServer, template: str, tmp_path: Path) -> None:
+    """RegisterThing runs as the template's provisioning role (AWS: the role IoT assumes
+    to create the resources): a role without iot:CreateThing is refused, and so is a
+    disabled template (AWS: NotFound); nothing is registered either way."""
+    iot, iam = clocked_srv.client("iot"), clocked_srv.client("iam")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "iot.amazonaws.com"}}]}
+    powerless = iam.create_role(RoleName="claim-powerless", AssumeRolePolicyDocument=json.dumps(trust))
+    iot.create_provisioning_template(templateName="no-rights", templateBody=TEMPLATE_BODY, enabled=True,
+                                     provisioningRoleArn=powerless["Role"]["Arn"])
+    _cert, bundle = _claim_bundle(clocked_srv, tmp_path / "claim", [template, "no-rights"])
+    device = ClaimDevice(clocked_srv, bundle, "claim-rights")
+    try:
+        device.watch("no-rights")
+        with pytest.raises(ClaimRejected) as denied:
+            device.register("no-rights", device.create_keys().certificate_ownership_token, SERIAL_NR)
+        assert (denied.value.error.status_code, denied.value.error.error_code) == (403, "AccessDenied")
+        iot.update_provisioning_template(templateName="no-rights", enabled=False,
+                                         provisioningRoleArn=_role(clocked_srv))
+        with pytest.raises(ClaimRejected) as disabled:
+            device.register("no-rights", device.create_keys().certificate_ownership_token, SERIAL_NR)
+        assert disabled.value.error.status_code == 404
+        assert disabled.value.error.error_code == "ResourceNotFound"
+        iot.update_provisioning_template(templateName="no-rights", enabled=True)
+        keys = device.create_keys()
+        assert device.register("no-rights", keys.certificate_ownership_token,
+                               {"SerialNumber": "nr"}).thing_name == "claimed-nr"
+    finally:
+        device.close()

@@ -8,6 +8,7 @@ import pytest
 
 from overair.core import claimwire
 from overair.core.claimwire import ClaimError, Operation
+from overair.server.provisioning.device import _Bucket
 
 KEY = b"k" * 32
 CERT = "ab" * 32
@@ -63,3 +64,11 @@ def test_a_claim_certificate_is_granted_its_requests_and_only_subscribe_to_their
     assert ("subscribe", "$aws/certificates/create-from-csr/cbor/+") in grants
     assert {access for access, _ in grants} == {"write", "subscribe"}
     assert not [topic for _, topic in grants if "not a name" in topic]
+
+
+def test_the_fleet_wide_claim_budget_refills_at_its_rate_up_to_its_burst() -> None:
+    bucket = _Bucket(rate=2.0, burst=3)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(0.5)  # one more after half a second at 2/s
+    assert not bucket.take(0.5)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # never above the burst
