@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from overair.core import claimwire
 from overair.core.versions import Version
+from overair.server.provisioning.device import _Bucket
 from overair.sim.firmware import make_firmware
 from tests.e2e.claim_device import ClaimDevice, ClaimRejected, write_bundle
 from tests.e2e.conftest import ShiftableClock
@@ -554,3 +555,23 @@ def test_registration_needs_an_enabled_template_and_a_role_that_may_create_the_t
                                {"SerialNumber": "nr"}).thing_name == "claimed-nr"
     finally:
         device.close()
+
+
+def test_requests_over_the_fleet_wide_budget_are_answered_429(clocked_srv: RunningServer,
+                                                               claim_device: ClaimDevice) -> None:
+    """Every claim device presents the same certificate, so the budget is fleet-wide
+    (Limits.claim_requests_per_second); past it the answer is 429 ThrottlingException,
+    given before any worker or database is involved. (The running service's budget is
+    narrowed to one request for the test.)"""
+    service = clocked_srv.server.claim_service
+    budget = service._budget
+    service._budget = _Bucket(rate=1e-6, burst=1)
+    try:
+        claim_device.create_keys()
+        with pytest.raises(ClaimRejected) as throttled:
+            claim_device.create_keys()
+        assert throttled.value.error.status_code == 429
+        assert throttled.value.error.error_code == "ThrottlingException"
+    finally:
+        service._budget = budget
+    claim_device.create_keys()

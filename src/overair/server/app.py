@@ -772,7 +772,7 @@ class Server:
             # Retained messages do not survive a broker restart: publish the list anew
             # each time the service (re)connects.
             connection.on_connected = self._republish_retained
-            connection.claims = self.claim_service.handle if self._claims_served() else None
+            connection.claims = self.claim_service if self._claims_served() else None
             await connection.start()
             serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))

@@ -19,7 +19,7 @@ import ssl
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from gmqtt import Client as GmqttClient
 from gmqtt import Subscription
@@ -33,6 +33,14 @@ from overair.server.shadow import mqtt as shadow_mqtt
 
 log = logging.getLogger("overair.devices")
 NOTIFY_BATCH = 500  # things per notify-next database read (within SQLite's 999 bound parameters)
+
+
+class ClaimHandler(Protocol):
+    """The device provisioning MQTT API (server/provisioning/device.py ClaimService)."""
+
+    def admit(self, topic: str) -> list[Outgoing] | None: ...
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]: ...
 
 
 class ServiceConnection:
@@ -65,7 +73,7 @@ class ServiceConnection:
         # Fleet provisioning by claim (server/provisioning/device.py), when wired: the
         # requests the access plugin moves to the service, in a worker of their own
         # (minting a key takes milliseconds; jobs traffic must not wait behind it).
-        self.claims: Callable[[str, bytes], list[Outgoing]] | None = None
+        self.claims: ClaimHandler | None = None
         self._claim_executor = ThreadPoolExecutor(1, thread_name_prefix="claims")
 
     async def start(self) -> None:
@@ -110,7 +118,12 @@ class ServiceConnection:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
         if self.claims is not None and topic.startswith(claimwire.REQUEST_PREFIX):
-            future = self._loop.run_in_executor(self._claim_executor, self.claims, topic, bytes(payload))
+            refusal = self.claims.admit(topic)
+            if refusal is not None:
+                self.publish(refusal)
+                return
+            future = self._loop.run_in_executor(self._claim_executor, self.claims.handle, topic,
+                                                bytes(payload))
             self._tasks.add(future)
             future.add_done_callback(self._claim_answered)
             return

@@ -87,17 +87,33 @@ class ClaimService:
         # One RegisterThing at a time: a token's certificate is registered once.
         self._registering = threading.Lock()
 
+    def admit(self, topic: str) -> list[Outgoing] | None:
+        """On the event loop, before a worker: None if the request may be served, else
+        what to answer instead (a 429 over the fleet-wide budget; nothing for a topic that
+        is no request). Cheap and never raises, so a flood queues nothing and writes
+        nothing."""
+        try:
+            request = claimwire.parse_request_topic(topic)
+            if request is None:
+                log.warning("ignored a claim message on %r", topic[:200])
+                return []
+            if self._budget.take(self._clock()):
+                return None
+            log.debug("claim request from %s throttled", request.client_id)
+            return [self._out(request, False, claimwire.rejection(ClaimError(
+                429, "ThrottlingException", "the rate of provisioning requests exceeds "
+                f"{self._limits.claim_requests_per_second:g} per second; try again")))]
+        except Exception:
+            log.exception("admitting a claim message on %r failed", topic[:200])
+            return []
+
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
-        """The answer to one request the plugin moved to the service (none for a topic
-        that is not one). Never raises."""
+        """The answer to one admitted request the plugin moved to the service (none for
+        a topic that is not one). Never raises."""
         request = claimwire.parse_request_topic(topic)
         if request is None:
-            log.warning("ignored a claim message on %r", topic[:200])
             return []
         try:
-            if not self._budget.take(self._clock()):
-                raise ClaimError(429, "ThrottlingException", "the rate of provisioning requests exceeds "
-                                 f"{self._limits.claim_requests_per_second:g} per second; try again")
             doc = claimwire.decode_payload(request, payload, self._limits)
             body, resource = self._serve(request, doc)
             self._record(request, resource, "Allow")
