@@ -26,9 +26,7 @@ def _summary(view: TemplateView) -> dict[str, Any]:
 
 def register(table: OperationTable, templates: ProvisioningTemplates, claims: ClaimCertificates) -> None:
     def create(r: ApiRequest) -> dict[str, Any]:
-        _refuse_hook(r)
-        if r.params.get("tags"):
-            raise invalid("CreateProvisioningTemplate: tags are not supported by overair")
+        _refuse_hook(r)  # tags: accepted and not stored, as for every create (docs/compatibility.md)
         p = r.params
         view = templates.create(p["templateName"], p["templateBody"], p["provisioningRoleArn"],
                                 p.get("description") or "", bool(p.get("enabled", False)),

@@ -42,7 +42,7 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.gateway.device_service import Outgoing
 from overair.server.provisioning.templates import ProvisioningTemplates
-from overair.server.registry.bulk import PENDING_ACTIVATION, BulkRegistrar, csr_key
+from overair.server.registry.bulk import PENDING_ACTIVATION, AccessNotConfirmed, BulkRegistrar, csr_key
 from overair.server.registry.service import Registry
 from overair.server.storage.db import Database
 from overair.server.storage.schema import ClaimCertificate, DeviceCertificate
@@ -197,7 +197,14 @@ class ClaimService:
             except ApiError as exc:
                 raise ClaimError(403, "AccessDenied",
                                  f"the template's provisioning role: {exc.message}") from None
-            (result,) = self._registrar.register(template, [("0", values)])
+            try:
+                (result,) = self._registrar.register(template, [("0", values)])
+            except AccessNotConfirmed as exc:
+                # Registered, and the token spent: the device is told so, and can connect
+                # once the broker applies the change (at the latest at its restart).
+                log.warning("thing %s registered but its broker access is not confirmed: %s", thing,
+                            exc.message)
+                (result,) = exc.results
         if not result.ok:
             raise ClaimError(400, "ResourceRegistrationFailure",
                              result.error_message or "registration failed")
