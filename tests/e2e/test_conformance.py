@@ -153,6 +153,7 @@ class World:
     doomed_cert_id: str
     registration_task: str  # ended, with reports
     stoppable_task: str  # waiting behind a held worker
+    claim_cert_id: str  # attached to nothing: SetClaimCertificateTemplates
 
 
 CONF_BUCKET = "conf-bucket"
@@ -251,6 +252,11 @@ def world(srv: RunningServer, request: pytest.FixtureRequest) -> World:
     etag = s3.upload_part(Bucket=CONF_BUCKET, Key="mp-complete.bin", UploadId=uploads[1], PartNumber=1,
                           Body=b"part")["ETag"]
     registration_task, stoppable_task = _registration_tasks(srv, role_arn, request)
+    for prov in ("conf-prov", "conf-doomed-prov"):
+        iot.create_provisioning_template(templateName=prov, templateBody=FLEET_TEMPLATE,
+                                         provisioningRoleArn=role_arn, enabled=True)
+    iot.create_provisioning_template_version(templateName="conf-prov", templateBody=FLEET_TEMPLATE)
+    claim_cert = iot.create_keys_and_certificate(setAsActive=True)["certificateId"]
     return World(
         account=account, things=names, thing_arns=arns, group="conf-group",
         cert_id=certs[0]["certificateId"], spare_cert_id=certs[1]["certificateId"],
@@ -266,12 +272,21 @@ def world(srv: RunningServer, request: pytest.FixtureRequest) -> World:
         policy_arn=policy_arn, doomed_policy_arn=doomed_policy, access_key=keys[1], doomed_access_key=keys[0],
         upload_id=uploads[0], complete_upload_id=uploads[1], complete_etag=etag, abort_upload_id=uploads[2],
         doomed_cert_id=doomed_cert, registration_task=registration_task, stoppable_task=stoppable_task,
+        claim_cert_id=claim_cert,
     )
 
 
 # A template that registers a thing only (no certificate).
 THING_TEMPLATE = json.dumps({"Parameters": {"ThingName": {"Type": "String"}}, "Resources": {
     "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"}}}}})
+
+
+# A fleet provisioning template: the certificate is the ownership token's.
+FLEET_TEMPLATE = json.dumps({
+    "Parameters": {"Serial": {"Type": "String"}, "AWS::IoT::Certificate::Id": {"Type": "String"}},
+    "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "Serial"}}},
+                  "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                      "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}}})
 
 
 def _registration_tasks(srv: RunningServer, role_arn: str, request: pytest.FixtureRequest) -> tuple[str, str]:
@@ -388,6 +403,16 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListThingRegistrationTasks": {},
         "ListThingRegistrationTaskReports": {"taskId": w.registration_task, "reportType": "RESULTS"},
         "StopThingRegistrationTask": {"taskId": w.stoppable_task},
+        "CreateProvisioningTemplate": {"templateName": "conf-new-prov", "templateBody": FLEET_TEMPLATE,
+                                       "provisioningRoleArn": w.role_arn},
+        "DescribeProvisioningTemplate": {"templateName": "conf-prov"},
+        "ListProvisioningTemplates": {},
+        "UpdateProvisioningTemplate": {"templateName": "conf-prov", "description": "updated"},
+        "DeleteProvisioningTemplate": {"templateName": "conf-doomed-prov"},
+        "CreateProvisioningTemplateVersion": {"templateName": "conf-prov", "templateBody": FLEET_TEMPLATE},
+        "DescribeProvisioningTemplateVersion": {"templateName": "conf-prov", "versionId": 1},
+        "ListProvisioningTemplateVersions": {"templateName": "conf-prov"},
+        "DeleteProvisioningTemplateVersion": {"templateName": "conf-prov", "versionId": 2},
         "CreateOTAUpdate": {
             "otaUpdateId": "conf-new-ota", "targets": [w.thing_arns[1]], "protocols": ["MQTT"],
             "roleArn": w.role_arn,
@@ -484,12 +509,16 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "ListParts": {**b, "Key": "mp.bin", "UploadId": w.upload_id},
         "ListMultipartUploads": b,
     }
-    overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
+    overair: dict[str, dict[str, Any]] = {
+               "RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
                "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]},
                "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {},
                # Revoke runs after Create (_order: destructive operations last).
                "CreateEventReader": {"Name": "conf-reader"}, "RevokeEventReader": {"Name": "conf-reader"},
-               "ListEventReaders": {}}
+               "ListEventReaders": {},
+               "SetClaimCertificateTemplates": {"CertificateId": w.claim_cert_id,
+                                                "TemplateNames": ["conf-prov"]},
+               "GetClaimCertificateTemplates": {"CertificateId": w.claim_cert_id}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},

@@ -360,9 +360,13 @@ def test_notify_carries_the_pending_list_whenever_it_changes(srv: RunningServer,
     device = Device(srv, bundle, name)
 
     def last_notify() -> dict[str, Any]:
-        messages = device.wait_for("/jobs/notify")
-        notified = [json.loads(p) for t, p in messages if t.endswith("/jobs/notify")]
-        assert notified
+        # Wait for jobs/notify itself: the device's own publish to jobs/notify-1/update
+        # comes back to it (jobs/#) and also contains "/jobs/notify".
+        deadline = time.monotonic() + 10
+        while not (notified := [json.loads(p) for t, p in list(device.messages)
+                                if t.endswith("/jobs/notify")]):
+            assert time.monotonic() < deadline, "no jobs/notify"
+            time.sleep(0.05)
         jobs: dict[str, Any] = notified[-1]["jobs"]
         return jobs
 

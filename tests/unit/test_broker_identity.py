@@ -108,7 +108,8 @@ def test_n4_access_plugin_file_names_each_devices_things_and_reserves_the_server
     assert _acl_lines(acl) == [
         f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
         "user CN=overair.service,O=overair", "topic readwrite $aws/things/#", "topic write $aws/events/#",
-        f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}", "clientid overair.service",
+        f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
+        "topic read $overair/claim/v1/#", "topic write $CONTROL/overair-claim/v1", "clientid overair.service",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic read overair/x/#", "clientid w",
         "user serialNumber=1,CN=a,O=overair",
         "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#", "thing a", "thing b",
@@ -148,3 +149,21 @@ def test_broker_config_opens_one_listener_and_keeps_sessions_within_awss_limits(
     else:
         assert {f"plugin {plugin}", "plugin_opt_access_file /d/broker/acl"} <= set(config)
         assert not [line for line in config if line.startswith(("acl_file", "use_"))]
+
+
+def test_n4_a_claim_certificate_gets_its_provisioning_topics_only_and_only_with_the_plugin() -> None:
+    """Write its requests, SUBSCRIBE (never delivery) to their answers, the `claim` mark;
+    a claim identity also attached to things stays a claim identity only; without the
+    plugin nobody could answer one device of many, so nothing is granted."""
+    claims = {"serialNumber=9,CN=claim,O=overair": ["factory", "bad name"]}
+    devices = {"serialNumber=9,CN=claim,O=overair": ["t"]}
+    acl = render_acl(service="CN=overair.service,O=overair", devices=devices, claims=claims, for_plugin=True)
+    block = _acl_lines(acl)[_acl_lines(acl).index("user serialNumber=9,CN=claim,O=overair"):]
+    assert block[-1] == "claim"
+    assert "topic write $aws/certificates/create/json" in block
+    assert "topic subscribe $aws/certificates/create/json/+" in block
+    assert "topic write $aws/provisioning-templates/factory/provision/cbor" in block
+    assert not [line for line in block if "bad name" in line or line.startswith(("thing ", "topic read"))]
+    plain = render_acl(service="CN=overair.service,O=overair", devices={}, claims=claims)
+    assert "claim" not in plain
+    assert "$aws/certificates" not in plain

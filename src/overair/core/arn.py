@@ -63,6 +63,7 @@ _KINDS: dict[tuple[str, str], _Kind] = {
     ("iot", "stream"): _Kind(r"[a-zA-Z0-9_-]{1,128}", True),
     ("iot", "otaupdate"): _Kind(r"[a-zA-Z0-9_-]{1,128}", True),
     ("iot", "cert"): _Kind(r"[a-f0-9]{64}", True),
+    ("iot", "provisioningtemplate"): _Kind(r"[0-9A-Za-z_-]{1,36}", True),
     ("iam", "user"): _Kind(_IAM_PATH + _IAM_NAME + "{1,64}", False),
     ("iam", "role"): _Kind(_IAM_PATH + _IAM_NAME + "{1,64}", False),
     ("iam", "group"): _Kind(_IAM_PATH + _IAM_NAME + "{1,128}", False),

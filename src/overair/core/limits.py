@@ -126,6 +126,20 @@ class Limits:
     # Event messages (server/events/publisher.py) waiting to be published; past this they
     # are dropped and counted, never making a device's request or an API call wait.
     max_queued_events: int = 10_000
+    # Fleet provisioning by claim (server/provisioning/): AWS's quotas (AWS IoT Core
+    # endpoints and quotas, "Fleet provisioning"): 256 templates per account, 5 versions
+    # per template; the certificate ownership token is valid for one hour (developer
+    # guide, "Device provisioning MQTT API"). A device request is a CSR (~0.5-2 KiB) and
+    # the template's parameters; device requests that mint keys are budgeted fleet-wide
+    # (one claim certificate is shared by many devices, so a per-device budget means
+    # nothing) at AWS's default of 10 CreateKeysAndCertificate/RegisterThing per second.
+    max_provisioning_templates: int = 256
+    max_provisioning_template_versions: int = 5
+    claim_ownership_token_seconds: int = 3600
+    max_claim_request_bytes: int = 16 * KIB
+    max_claim_parameters: int = 50
+    claim_requests_per_second: float = 10.0
+    claim_request_burst: int = 50
 
     @property
     def device_max_file_size(self) -> int:

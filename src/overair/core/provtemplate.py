@@ -26,6 +26,7 @@ is not set); where it is required (the thing name, the CSR) the line fails.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Template:
     thing: Mapping[str, Any]  # properties, values not yet evaluated
     certificate_resource: str | None
     certificate: Mapping[str, Any]
+    # Fleet provisioning's DeviceConfiguration: returned as is to the device RegisterThing
+    # provisions (developer guide, "Provisioning templates": "key-value pairs").
+    device_configuration: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,9 @@ class Plan:
     certificate_status: str  # ACTIVE or INACTIVE
 
 
-def parse_template(body: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Template:
+def parse_template(body: str | bytes, limits: Limits = DEFAULT_LIMITS, *, fleet: bool = False) -> Template:
+    """`fleet`: a fleet provisioning template (server/provisioning/), which may also carry
+    a DeviceConfiguration of string values."""
     data = body.encode() if isinstance(body, str) else body
     if len(data) > limits.max_provisioning_template_bytes:
         raise TemplateError(f"the template is {len(data)} bytes; at most "
@@ -90,10 +96,11 @@ def parse_template(body: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Templa
         raise TemplateError(exc.message) from None
     if not isinstance(doc, dict):
         raise TemplateError("the template must be a JSON object")
+    sections = ("Parameters", "Resources", "DeviceConfiguration") if fleet else ("Parameters", "Resources")
     for key in doc:
-        if key not in ("Parameters", "Resources"):
-            raise TemplateError(f"template section {key!r} is not supported in bulk registration "
-                                "(Parameters and Resources are)")
+        if key not in sections:
+            raise TemplateError(f"template section {key!r} is not supported "
+                                f"({', '.join(sections)} are)")
     parameters = _parameters(doc.get("Parameters", {}))
     resources = doc.get("Resources")
     if not isinstance(resources, dict) or not resources:
@@ -126,7 +133,11 @@ def parse_template(body: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Templa
     payload = thing[1].get("AttributePayload")
     if payload is not None and not isinstance(payload, dict):
         raise TemplateError("AttributePayload must be an object of attribute names and values")
-    return Template(parameters, thing[0], thing[1], cert[0] if cert else None, cert[1] if cert else {})
+    configuration = doc.get("DeviceConfiguration", {})
+    if not isinstance(configuration, dict) or not all(isinstance(v, str) for v in configuration.values()):
+        raise TemplateError("DeviceConfiguration must be an object of names and string values")
+    return Template(parameters, thing[0], thing[1], cert[0] if cert else None, cert[1] if cert else {},
+                    configuration)
 
 
 def _parameters(section: object) -> dict[str, str | None]:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import hmac
 import logging
 import os
 import secrets
@@ -91,6 +92,10 @@ from overair.server.ota.profiles import DeviceProfiles
 from overair.server.packages import api as packages_api
 from overair.server.packages.catalog import Catalog
 from overair.server.packages.shadow_sync import PackageShadowSync
+from overair.server.provisioning import api as provisioning_api
+from overair.server.provisioning.claims import ClaimCertificates
+from overair.server.provisioning.device import ClaimService
+from overair.server.provisioning.templates import ProvisioningTemplates
 from overair.server.registry import api as registry_api
 from overair.server.registry import bulk_api
 from overair.server.registry.bulk import BulkRegistrar
@@ -296,6 +301,35 @@ class Server:
         self.registration_tasks = RegistrationTasks(self.db, self.objects, self.registrar, settings.limits,
                                                      clock, role_may_read)
         bulk_api.register(self.table, self.registration_tasks, self.registrar, settings.limits)
+        self._register_fleet_provisioning(settings, clock)
+
+    def _register_fleet_provisioning(self, settings: Settings, clock: Clock) -> None:
+        """Provisioning templates, claim certificates and the device provisioning MQTT
+        API (server/provisioning/). A template's role is checked as bulk registration's
+        is: IoT must be able to assume it; RegisterThing also needs iot:CreateThing."""
+
+        def role_check(role_arn: str) -> None:
+            self.authorizer.service_role(role_arn, "fleet-provisioning")
+
+        def role_may_register(role_arn: str, thing_arn: str) -> None:
+            principal = self.authorizer.service_role(role_arn, "fleet-provisioning")
+            self.authorizer.require(principal, Check("iot:CreateThing", thing_arn), "iot")
+
+        self.provisioning_templates = ProvisioningTemplates(self.db, settings, clock, role_check)
+        self.claims = ClaimCertificates(self.db)
+        # Claim certificates gain or lose topics: the broker's rules are regenerated whole.
+        self.provisioning_templates.on_change = self._access_changed
+        self.claims.on_change = self._access_changed
+        token_key = hmac.new(self._url_signing_key(), b"overair claim ownership token v1", "sha256").digest()
+        self.claim_service = ClaimService(self.db, self.registry, self.registrar, self.provisioning_templates,
+                                          self.fleet_ca, self.audit, settings.limits, clock, token_key,
+                                          role_may_register)
+        provisioning_api.register(self.table, self.provisioning_templates, self.claims)
+
+    def _claims_served(self) -> bool:
+        """Only overair's access plugin can answer one device of the many that share a
+        claim certificate (plugin/overair_access.c); without it no claim is granted."""
+        return self.broker_plugin is not None and self.broker_plugin.available
 
     def _register_fleet_index(self, settings: Settings, clock: Clock) -> None:
         """Fleet indexing (SearchIndex, aggregations, the indexing configuration) and the
@@ -460,7 +494,7 @@ class Server:
         """A registry change of these certificates' access (none named: anything may have
         changed). With overair's access plugin the change goes to the broker alone, in
         constant time; otherwise the broker's files are regenerated and reloaded."""
-        if principals and self._changes_in_place():
+        if principals and self._changes_in_place() and not self.claims.any_claim(principals):
             self.access.one(lambda: self._apply_change(principals))
         else:
             self.access.changed()
@@ -549,7 +583,8 @@ class Server:
         if self.witness is not None:
             client_ids[self.witness.identity] = [self.witness.identity]
         acl = render_acl(service=service, devices=access.grants, control=control, client_ids=client_ids,
-                         for_plugin=self.broker_plugin is not None and self.broker_plugin.available)
+                         for_plugin=self.broker_plugin is not None and self.broker_plugin.available,
+                         claims=self.claims.identities() if self._claims_served() else None)
         revoked = self.registry.revoked_serials() + self.event_readers.revoked_serials()
         if self.broker_probe is not None:
             revoked += self.broker_probe.revoked_serials()
@@ -772,6 +807,7 @@ class Server:
             # Retained messages do not survive a broker restart: publish the list anew
             # each time the service (re)connects.
             connection.on_connected = self._republish_retained
+            connection.claims = self.claim_service if self._claims_served() else None
             await connection.start()
             serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))
@@ -795,24 +831,27 @@ class Server:
                 log.info("metrics: http://%s:%s/metrics", settings.http_host, settings.metrics_port)
             await stop.wait()
         finally:
-            self.ready.clear()
-            for server in servers:
-                server.should_exit = True
-            for task in tasks:
-                task.cancel()
-            for task in serving:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(task, 10)
-            if self.connection is not None:
-                await self.connection.stop()
-            if self.witness is not None:
-                await asyncio.to_thread(self.witness.stop)
-            if self.supervisor is not None:
-                await self.supervisor.stop()
-            await asyncio.to_thread(self._stop_workers)
-            self.db.close()
-            log.info("overair stopped")
+            await self._shut_down(servers, tasks, serving)
 
+    async def _shut_down(self, servers: list[uvicorn.Server], tasks: list[asyncio.Task[object]],
+                         serving: list[asyncio.Task[object]]) -> None:
+        self.ready.clear()
+        for server in servers:
+            server.should_exit = True
+        for task in tasks:
+            task.cancel()
+        for task in serving:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+        if self.connection is not None:
+            await self.connection.stop()
+        if self.witness is not None:
+            await asyncio.to_thread(self.witness.stop)
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await asyncio.to_thread(self._stop_workers)
+        self.db.close()
+        log.info("overair stopped")
 
     def _stop_workers(self) -> None:
         self.background.shutdown(wait=True, cancel_futures=True)

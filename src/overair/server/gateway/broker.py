@@ -55,6 +55,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from overair.core.claimwire import ANSWER_TOPIC as CLAIM_ANSWERS
+from overair.core.claimwire import REQUEST_SUBSCRIPTION as CLAIM_REQUESTS
+from overair.core.claimwire import claim_grants
 from overair.core.errors import MisuseError, UnavailableError
 from overair.core.events import EVENTS_TOPIC_FILTER
 from overair.core.revocation import REVOCATIONS_TOPIC
@@ -90,13 +93,17 @@ class AclRule:
 
 def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
                control: Mapping[str, Sequence[AclRule]] | None = None,
-               client_ids: Mapping[str, Sequence[str]] | None = None, for_plugin: bool = False) -> str:
+               client_ids: Mapping[str, Sequence[str]] | None = None, for_plugin: bool = False,
+               claims: Mapping[str, Sequence[str]] | None = None) -> str:
     """Mosquitto's ACL file, or with `for_plugin` the access plugin's (the same lines,
     plus each device's `thing` lines and the server identities' reserved `clientid`s).
     `service`: the service's broker identity; `devices`: device identity -> the things
     whose topics it may use; `control`: the server's own identities -> their rules;
-    `client_ids`: server identity -> the client ids it connects with. Entries that could
-    not be written safely are left out (granting nothing) and logged."""
+    `client_ids`: server identity -> the client ids it connects with; `claims`: claim
+    certificate identity -> its fleet provisioning templates (plugin only: without it a
+    claim certificate is granted nothing, since only the plugin can answer one device of
+    many sharing it; server/provisioning/claims.py). Entries that could not be written
+    safely are left out (granting nothing) and logged."""
     if not ACL_IDENTITY.fullmatch(service):
         raise MisuseError(f"the service certificate's subject {service!r} cannot be a broker identity")
     reserved = dict(client_ids or {}) if for_plugin else {}
@@ -113,7 +120,12 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
              # The service publishes event messages (server/events/); it alone may.
              f"topic write {EVENTS_TOPIC_FILTER}",
              f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
+             # Fleet provisioning: the claim requests the plugin moves, and the answers it
+             # hands to the requesting connection alone.
+             *((f"topic read {CLAIM_REQUESTS}", f"topic write {CLAIM_ANSWERS}") if for_plugin else ()),
              *(f"clientid {client_id}" for client_id in reserved.get(service, ())), ""]
+    claimed = _claim_lines(claims or {}, service, control or {}) if for_plugin else {}
+    lines.extend(line for block in claimed.values() for line in block)
     for identity, rules in sorted((control or {}).items()):
         if not ACL_IDENTITY.fullmatch(identity) or not all(
                 r.access in _ACCESS and _ACL_TOPIC.fullmatch(r.topic) for r in rules):
@@ -133,12 +145,31 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
             continue
         if not safe or identity == service or identity in (control or {}):
             continue
+        if identity in claimed:
+            log.error("the claim certificate %r is attached to things %r: it stays a claim certificate only",
+                      identity, safe)
+            continue
         lines.append(f"user {identity}")
         lines.extend(f"topic readwrite $aws/things/{thing}/#" for thing in safe)
         if for_plugin:
             lines.extend(f"thing {thing}" for thing in safe)
         lines.append("")
     return "\n".join(lines)
+
+
+def _claim_lines(claims: Mapping[str, Sequence[str]], service: str,
+                 control: Mapping[str, object]) -> dict[str, list[str]]:
+    """The access file's block of each claim certificate (plugin/overair_access.c)."""
+    out: dict[str, list[str]] = {}
+    for identity, templates in sorted(claims.items()):
+        if not ACL_IDENTITY.fullmatch(identity) or identity == service or identity in control:
+            log.error("not granting anything to the claim identity %r: it cannot be written to the ACL",
+                      identity)
+            continue
+        rules = claim_grants(list(templates))
+        out[identity] = [f"user {identity}", *(f"topic {access} {topic}" for access, topic in rules),
+                         "claim", ""]
+    return out
 
 
 def _device_listener(*, host: str, port: int, ca: Path, cert: Path, key: Path, crl: Path,

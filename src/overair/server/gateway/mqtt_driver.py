@@ -19,13 +19,13 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from gmqtt import Client as GmqttClient
 from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv311
 
-from overair.core import topics
+from overair.core import claimwire, topics
 from overair.core.errors import UnavailableError
 from overair.server.gateway.device_service import DeviceService, Outgoing
 from overair.server.gateway.thing_workers import ThingWorkers
@@ -35,6 +35,14 @@ from overair.server.shadow import mqtt as shadow_mqtt
 log = logging.getLogger("overair.devices")
 DRAIN_POLL_SECONDS = 0.005  # how often held block requests look at the backlog again
 NOTIFY_BATCH = 500  # things per notify-next database read (within SQLite's 999 bound parameters)
+
+
+class ClaimHandler(Protocol):
+    """The device provisioning MQTT API (server/provisioning/device.py ClaimService)."""
+
+    def admit(self, topic: str) -> list[Outgoing] | None: ...
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]: ...
 
 
 class ServiceConnection:
@@ -68,6 +76,12 @@ class ServiceConnection:
         self._held: dict[str, int] = {}
         self._backlog_limit = service.limits.service_write_backlog_bytes
         self._drain_scheduled = False
+        # Fleet provisioning by claim (server/provisioning/device.py), when wired: the
+        # requests the access plugin moves to the service, in a worker of their own
+        # (minting a key takes milliseconds; jobs traffic must not wait behind it).
+        self.claims: ClaimHandler | None = None
+        self._claim_executor = ThreadPoolExecutor(1, thread_name_prefix="claims")
+        self._tasks: set[asyncio.Future[Any]] = set()  # claim requests in their worker
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -93,6 +107,8 @@ class ServiceConnection:
         # durability either: a message is lost with the link at any QoS.
         client.subscribe([Subscription(t, qos=0)
                           for t in (*topics.SERVICE_SUBSCRIPTIONS, *shadow_mqtt.SUBSCRIPTIONS)])
+        if self.claims is not None:
+            client.subscribe([Subscription(claimwire.REQUEST_SUBSCRIPTION, qos=1)])
         log.info("service connected to the broker and subscribed")
         if self.on_connected is not None:
             self.on_connected()
@@ -111,6 +127,16 @@ class ServiceConnection:
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         assert self._loop is not None
+        if self.claims is not None and topic.startswith(claimwire.REQUEST_PREFIX):
+            refusal = self.claims.admit(topic)
+            if refusal is not None:
+                self.publish(refusal)
+                return
+            future = self._loop.run_in_executor(self._claim_executor, self.claims.handle, topic,
+                                                bytes(payload))
+            self._tasks.add(future)
+            future.add_done_callback(self._claim_answered)
+            return
         thing = topics.thing_of(topic)
         in_flight = self._in_worker.get(thing, 0) + self._held.get(thing, 0)
         refusal = self._service.admit(topic, in_flight, bytes(payload))
@@ -140,6 +166,14 @@ class ServiceConnection:
         self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
         workers = self._stream_workers if self._is_stream(topic) else self._workers
         workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
+
+    def _claim_answered(self, future: asyncio.Future[list[Outgoing]]) -> None:
+        self._tasks.discard(future)
+        if not future.cancelled() and future.exception() is None:
+            try:
+                self.publish(future.result())
+            except Exception:
+                log.exception("publishing a claim answer failed")
 
     def _write_backlog(self) -> int:
         """Bytes written to the broker connection and not yet sent."""
@@ -268,7 +302,8 @@ class ServiceConnection:
             log.warning("broker did not acknowledge the disconnect")
         self._workers.stop()
         self._stream_workers.stop()
-        self._notify_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._notify_executor, self._claim_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._service.close)  # the audit counts still open
 
 

@@ -99,6 +99,7 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
         ArnMember("thingGroupArn", "iot", ("thinggroup",), "named"),
         ArnMember("principal", "iot", ("cert",), "reference"),
         ArnMember("roleArn", "iam", ("role",), "passrole"),
+        ArnMember("provisioningRoleArn", "iam", ("role",), "passrole"),
         ArnMember("presignedUrlConfig.roleArn", "iam", ("role",), "passrole"),
         ArnMember("jobTemplateArn", "iot", ("jobtemplate",), "resource"),
         ArnMember("jobArn", "iot", ("job",), "resource"),
@@ -115,7 +116,8 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
 }
 # ARN members of routed operations that the operation refuses by name (docs/compatibility.md).
 REFUSED_ARN_MEMBERS = frozenset({("sts", "PolicyArns[].arn"),
-                                 ("sts", "ProvidedContexts[].ProviderArn")})
+                                 ("sts", "ProvidedContexts[].ProviderArn"),
+                                 ("iot", "preProvisioningHook.targetArn")})
 
 
 def target_user(params: Mapping[str, Any], caller: Caller) -> str:
@@ -148,7 +150,7 @@ def values_at(params: Mapping[str, Any], path: str) -> Iterator[object]:
 _IOT_NAMED = (("jobId", None, "job"), ("otaUpdateId", None, "otaupdate"), ("streamId", None, "stream"),
               ("thingGroupName", "thingGroupArn", "thinggroup"), ("thingName", "thingArn", "thing"),
               ("certificateId", None, "cert"), ("thingTypeName", None, "thingtype"),
-              ("jobTemplateId", None, "jobtemplate"))
+              ("jobTemplateId", None, "jobtemplate"), ("templateName", None, "provisioningtemplate"))
 
 
 def _iot_resources(service: str, params: Mapping[str, Any], arns: Arns) -> list[str]:

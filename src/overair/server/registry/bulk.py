@@ -34,7 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from overair.core.errors import OverairError, UnavailableError
@@ -56,6 +56,7 @@ log = logging.getLogger("overair.registry")
 
 # AWS's RegisterThing error for a resource it could not create (iot API reference).
 REGISTRATION_FAILED = "ResourceRegistrationFailureException"
+PENDING_ACTIVATION = "PENDING_ACTIVATION"
 _MAX_CSR_CHARS = 8192
 # A thing's attributes as CreateThing takes them (botocore's iot model: AttributeName,
 # AttributeValue).
@@ -167,7 +168,7 @@ class BulkRegistrar:
         item = _Prepared(result, line)
         if line.csr_pem is not None:
             now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
-            item.cert = pki.sign_client_key(self._ca, line.thing_name, _csr_key(line.csr_pem), now)
+            item.cert = pki.sign_client_key(self._ca, line.thing_name, csr_key(line.csr_pem), now)
             item.cert_pem = item.cert.public_bytes(serialization.Encoding.PEM).decode()
         return item
 
@@ -256,6 +257,13 @@ class BulkRegistrar:
                 result.certificate_pem = item.cert_pem
             elif cert_id is not None:
                 result.certificate_pem = existing_pems[cert_id]
+                # A certificate fleet provisioning issued waits in PENDING_ACTIVATION until
+                # RegisterThing gives it the template's status (AWS: "the certificate
+                # status changes to ACTIVE or INACTIVE as described in the template").
+                s.execute(update(DeviceCertificate)
+                          .where(DeviceCertificate.certificate_id == cert_id,
+                                 DeviceCertificate.status == PENDING_ACTIVATION)
+                          .values(status=line.certificate_status, last_modified_at=now))
             if cert_id is not None and template.certificate_resource is not None:
                 links.append({"thing_name": line.thing_name, "principal": registry.cert_arn(cert_id)})
                 result.resource_arns[template.certificate_resource] = registry.cert_arn(cert_id)
@@ -295,9 +303,10 @@ def _existing(s: Session, key: InstrumentedAttribute[str], values: list[str]) ->
     return {row[0] for row in _rows(s, select(key), key, values)}
 
 
-def _csr_key(pem: str) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+def csr_key(pem: str) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
     """The public key of a CSR whose self-signature verifies: ECDSA P-256/P-384 or RSA of
-    2048 bits or more (AWS IoT's device key types)."""
+    2048 bits or more (AWS IoT's device key types). Fleet provisioning's
+    CreateCertificateFromCsr checks its CSR here too (server/provisioning/device.py)."""
     if len(pem) > _MAX_CSR_CHARS:
         raise LineError(f"the CSR is {len(pem)} characters; at most {_MAX_CSR_CHARS} are allowed")
     try:

@@ -514,10 +514,13 @@ class Registry:
                                   .where(ThingPrincipal.principal == self.cert_arn(cert_id))))
 
     def revoked_serials(self) -> list[int]:
-        """Every device certificate that must not connect: not ACTIVE."""
+        """Every device certificate that must not connect: not ACTIVE. Except one pending
+        activation (fleet provisioning, server/provisioning/): it is granted nothing until
+        RegisterThing activates it, and must then connect without waiting for a reload
+        to re-read the CRL (access changes go to the broker in place)."""
         with self._db.reading() as s:
-            serials = set(s.scalars(select(DeviceCertificate.serial)
-                                    .where(DeviceCertificate.status != "ACTIVE")))
+            serials = set(s.scalars(select(DeviceCertificate.serial).where(
+                DeviceCertificate.status.not_in(("ACTIVE", "PENDING_ACTIVATION")))))
             serials.update(s.scalars(select(RetiredCertificate.serial)))
             return [int(serial, 16) for serial in sorted(serials)]
 

@@ -568,3 +568,38 @@ class EventReader(Base):
     status: Mapped[str] = mapped_column(String(16))  # ACTIVE | REVOKED
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+class ProvisioningTemplate(Base):
+    """A fleet provisioning template (server/provisioning/templates.py), AWS's shape; its
+    bodies are its versions."""
+
+    __tablename__ = "provisioning_templates"
+    name: Mapped[str] = mapped_column(String(36), primary_key=True)
+    template_id: Mapped[str] = mapped_column(String(36))
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    default_version: Mapped[int] = mapped_column(Integer)
+    next_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+
+
+class ProvisioningTemplateVersion(Base):
+    __tablename__ = "provisioning_template_versions"
+    template_name: Mapped[str] = mapped_column(
+        String(36), ForeignKey("provisioning_templates.name", ondelete="CASCADE"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ClaimCertificate(Base):
+    """A certificate a device may provision itself with, for one template (overair's
+    stand-in for AWS's claim IoT policy; server/provisioning/claims.py)."""
+
+    __tablename__ = "claim_certificates"
+    certificate_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("device_certificates.certificate_id", ondelete="CASCADE"), primary_key=True)
+    template_name: Mapped[str] = mapped_column(
+        String(36), ForeignKey("provisioning_templates.name", ondelete="CASCADE"), primary_key=True,
+        index=True)

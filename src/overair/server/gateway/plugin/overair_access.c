@@ -49,6 +49,29 @@
  * `applied <n>` (or `refused <n>: <why>`, changing nothing) on
  * $CONTROL/overair-access/v1/response. The file is rewritten whole only when the broker
  * (re)starts, so it and the changes since describe the same rules.
+ *
+ * Fleet provisioning by claim (server/provisioning/, docs/compatibility.md). A user with
+ * the line `claim` holds a claim certificate, which many devices share. AWS answers the
+ * provisioning MQTT API "through the same MQTT connection used to publish the API
+ * request" (developer guide, "Device provisioning MQTT API"); on a plain broker every
+ * subscriber of $aws/certificates/create/json/accepted would get every device's private
+ * key. So:
+ *
+ *  - a claim user's grants are `write` for its request topics and `subscribe` (granted
+ *    to SUBSCRIBE, never to delivery) for their answers: no message published on a
+ *    topic ever reaches it by routing;
+ *  - every message a claim client publishes is moved (MOSQ_EVT_MESSAGE) to
+ *    $overair/claim/v1/<connection>/<client id>/<its topic>, which only the service may
+ *    read; <connection> is a number given to each connection at its login;
+ *  - the service answers on the control topic $CONTROL/overair-claim/v1 with
+ *    `<connection> <client id> <answer topic>\n<payload>`, and the plugin hands the
+ *    payload to that client id alone (mosquitto_broker_publish with a client id: no
+ *    subscription and no ACL is consulted), only while the same connection holds that id,
+ *    so a later connection that took the id over gets nothing meant for the earlier one;
+ *  - a claim client may use any client id of thing-name characters (at most 128) that no
+ *    live connection of another certificate holds and that names no thing a certificate
+ *    is attached to, so a claim certificate can neither take a device's session over nor
+ *    inherit its persistent session.
  */
 
 #include <stdbool.h>
@@ -70,6 +93,9 @@
 #define CONTROL_TOPIC "$CONTROL/overair-access/v1"
 #define RESPONSE_TOPIC "$CONTROL/overair-access/v1/response"
 #define MAX_CHANGE_BYTES (1024 * 1024)
+#define SUBSCRIBE_ACCESS 4 /* SUBSCRIBE granted, delivery never (a claim user's answers) */
+#define CLAIM_ANSWER_TOPIC "$CONTROL/overair-claim/v1"
+#define CLAIM_REQUEST_PREFIX "$overair/claim/v1/"
 
 struct grant {
 	int access;
@@ -87,6 +113,10 @@ struct user {
 	size_t grant_count, grant_capacity;
 	struct list things;
 	struct list client_ids;
+	bool claim; /* holds a claim certificate (fleet provisioning) */
+	/* In the `live` table: the connection holding this client id. */
+	const void *client;
+	unsigned long connection;
 };
 
 /* Users by name: open addressing with linear probing (at most half full), so a lookup,
@@ -110,6 +140,12 @@ static struct rules current;
  * the new one). A change that takes a thing from a user closes exactly the connections
  * whose client id belongs to it; the others stay, as after a reload. */
 static struct rules connected;
+/* Every live connection by client id (entry name): its username (things.items[0]), its
+ * number and its context. */
+static struct rules live;
+static unsigned long connections_made;
+/* Every thing some user may use, with how many users may (grant_count). */
+static struct rules thing_index;
 
 static void *grow(void *items, size_t *capacity, size_t count, size_t size)
 {
@@ -268,6 +304,7 @@ static struct user *user_remove(struct rules *rules, const char *name)
 
 static int parse_access(const char *word)
 {
+	if(!strcmp(word, "subscribe")) return SUBSCRIBE_ACCESS;
 	if(!strcmp(word, "read")) return READ_ACCESS;
 	if(!strcmp(word, "write")) return WRITE_ACCESS;
 	if(!strcmp(word, "readwrite")) return READ_ACCESS | WRITE_ACCESS;
@@ -321,6 +358,12 @@ static bool parse_line(struct rules *rules, char *line, bool change)
 			&& grant_add(&rules->everyone, &rules->everyone_count, &rules->everyone_capacity, READ_ACCESS, words[2]);
 	}
 	if(!user) return false;
+	if(count == 1 && !strcmp(words[0], "claim")){
+		/* A claim user changes only with the whole file. */
+		if(change || user->claim) return false;
+		user->claim = true;
+		return true;
+	}
 	if(count == 3 && !strcmp(words[0], "topic")){
 		int access = parse_access(words[1]);
 		return access && grant_add(&user->grants, &user->grant_count, &user->grant_capacity, access, words[2]);
@@ -405,7 +448,7 @@ static bool granted(const struct grant *grants, size_t count, int access, const 
 static bool allowed(const char *username, int access, const char *topic, bool subscribe)
 {
 	const struct user *user = find_user(&current, username);
-	if(access == READ_ACCESS && granted(current.everyone, current.everyone_count, access, topic, subscribe)) return true;
+	if((access & READ_ACCESS) && granted(current.everyone, current.everyone_count, access, topic, subscribe)) return true;
 	return user && granted(user->grants, user->grant_count, access, topic, subscribe);
 }
 
@@ -430,6 +473,80 @@ static bool client_id_allowed(const char *username, const char *client_id)
 	memcpy(thing, client_id, thing_length);
 	thing[thing_length] = '\0';
 	return list_has(&user->things, thing);
+}
+
+/* Count `user`'s things in (delta 1) or out of (delta -1) the thing index; an entry's
+ * `connection` field is its count. */
+static void index_things(const struct user *user, int delta)
+{
+	for(size_t i = 0; user && i < user->things.count; i++){
+		const char *thing = user->things.items[i];
+		struct user *entry = thing_index.slot_count ? thing_index.slots[slot_of(&thing_index, thing)] : NULL;
+		if(delta > 0){
+			if(!entry){
+				entry = calloc(1, sizeof(*entry));
+				if(!entry) continue;
+				entry->name = strdup(thing);
+				if(!entry->name || !user_insert(&thing_index, entry)){
+					user_free(entry);
+					continue;
+				}
+			}
+			entry->connection++;
+		}else if(entry && --entry->connection == 0){
+			user_free(user_remove(&thing_index, thing));
+		}
+	}
+}
+
+static void index_rebuild(void)
+{
+	rules_free(&thing_index);
+	for(size_t i = 0; i < current.slot_count; i++) index_things(current.slots[i], 1);
+}
+
+static struct user *live_find(const char *client_id)
+{
+	return client_id && live.slot_count ? live.slots[slot_of(&live, client_id)] : NULL;
+}
+
+/* `client` now holds `client_id` (a takeover replaces the earlier holder). */
+static void live_set(struct mosquitto *client, const char *client_id, const char *username)
+{
+	struct user *entry = NULL;
+	user_free(user_remove(&live, client_id));
+	entry = calloc(1, sizeof(*entry));
+	if(!entry) return;
+	entry->name = strdup(client_id);
+	if(!entry->name || !list_add(&entry->things, username) || !user_insert(&live, entry)){
+		user_free(entry);
+		return;
+	}
+	entry->client = client;
+	entry->connection = ++connections_made;
+}
+
+static void live_drop(struct mosquitto *client, const char *client_id)
+{
+	struct user *entry = live_find(client_id);
+	/* After a takeover the id belongs to the new connection: keep it. */
+	if(entry && entry->client == client) user_free(user_remove(&live, client_id));
+}
+
+/* May a client with a claim certificate use this client id? Thing-name characters only,
+ * not a thing any certificate is attached to (its session, live or persistent, is that
+ * device's), not reserved, and not held by a live connection of another certificate. */
+static bool claim_client_id_allowed(const char *username, const char *client_id)
+{
+	size_t length = strlen(client_id);
+	const struct user *holder = live_find(client_id);
+	if(length == 0 || length > MAX_CLIENT_ID) return false;
+	for(size_t i = 0; i < length; i++){
+		if(!thing_name_char(client_id[i])) return false;
+	}
+	if(list_has(&current.reserved, client_id)) return false;
+	if(thing_index.slot_count && thing_index.slots[slot_of(&thing_index, client_id)]) return false;
+	return !holder || (holder->things.count == 1 && !strcmp(holder->things.items[0], username));
 }
 
 static char *certificate_subject(struct mosquitto *client)
@@ -491,6 +608,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_basic_auth *auth = event_data;
 	const char *client_id = mosquitto_client_id(auth->client);
 	const char *username;
+	const struct user *user;
 	char *subject;
 	(void)event;
 	(void)userdata;
@@ -508,11 +626,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	 * listener that accepts a client without one (require_certificate). */
 	username = mosquitto_client_username(auth->client);
 	if(!username || !client_id) return MOSQ_ERR_AUTH;
-	if(!client_id_allowed(username, client_id)){
+	user = find_user(&current, username);
+	if(user && user->claim ? !claim_client_id_allowed(username, client_id) : !client_id_allowed(username, client_id)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "overair access: client id %s is not one of %s's", client_id, username);
 		return MOSQ_ERR_AUTH;
 	}
 	session_add(username, client_id);
+	live_set(auth->client, client_id, username);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -525,6 +645,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
+	if(client_id) live_drop(gone->client, client_id);
 	if(!username || !client_id || !connected.slot_count) return MOSQ_ERR_SUCCESS;
 	entry = connected.slots[slot_of(&connected, username)];
 	if(entry){
@@ -543,7 +664,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 
 	switch(check->access){
 		case MOSQ_ACL_SUBSCRIBE:
-			return allowed(username, READ_ACCESS, check->topic, true) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+			return allowed(username, READ_ACCESS | SUBSCRIBE_ACCESS, check->topic, true)
+				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_UNSUBSCRIBE:
 			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_READ:
@@ -579,6 +701,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 	}else{
 		mosquitto_log_printf(MOSQ_LOG_ERR, "overair access: the access file is not valid: granting nothing");
 	}
+	index_rebuild();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -663,15 +786,19 @@ static int on_control(int event, void *event_data, void *userdata)
 			if(!user) continue;
 			change.slots[i] = NULL;
 			before = user_remove(&current, user->name);
+			index_things(before, -1);
 			if(!user_insert(&current, user)){
 				user_free(user);
+				user = NULL;
 				why = "out of memory";
 			}
-			if(before && !same_things(before, user)) kick_disallowed(user->name);
+			index_things(user, 1);
+			if(before && !same_things(before, user)) kick_disallowed(before->name);
 			user_free(before);
 		}
 		for(size_t i = 0; i < change.dropped.count; i++){
 			struct user *before = user_remove(&current, change.dropped.items[i]);
+			index_things(before, -1);
 			if(before){
 				mosquitto_kick_client_by_username(before->name, false);
 				user_free(before);
@@ -688,6 +815,73 @@ static int on_control(int event, void *event_data, void *userdata)
 	rules_free(&change);
 	free(text);
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* Everything a claim client publishes goes to the service alone, under a topic naming
+ * its connection and client id (the comment at the top). */
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *message = event_data;
+	const char *client_id = mosquitto_client_id(message->client);
+	const struct user *user = find_user(&current, mosquitto_client_username(message->client));
+	const struct user *entry;
+	size_t length;
+	char *topic;
+	(void)event;
+	(void)userdata;
+
+	if(!user || !user->claim) return MOSQ_ERR_SUCCESS;
+	entry = live_find(client_id);
+	if(!entry || entry->client != message->client) return MOSQ_ERR_ACL_DENIED;
+	length = strlen(CLAIM_REQUEST_PREFIX) + 24 + strlen(client_id) + strlen(message->topic);
+	topic = mosquitto_malloc(length);
+	if(!topic) return MOSQ_ERR_NOMEM;
+	snprintf(topic, length, CLAIM_REQUEST_PREFIX "%lu/%s/%s", entry->connection, client_id, message->topic);
+	/* The broker takes the new topic and does not free the old one. */
+	mosquitto_free(message->topic);
+	message->topic = topic;
+	message->retain = false;
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* The service's answer to one claim request: `<connection> <client id> <topic>\n<body>`,
+ * handed to that connection alone, on one of its answer topics. */
+static int on_claim_answer(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_control *control = event_data;
+	const char *payload = control->payload;
+	const char *newline;
+	char header[512], check[512], client_id[MAX_CLIENT_ID + 1], topic[256];
+	unsigned long connection;
+	const struct user *entry, *holder;
+	size_t header_length;
+	(void)event;
+	(void)userdata;
+
+	if(!allowed(mosquitto_client_username(control->client), WRITE_ACCESS, CLAIM_ANSWER_TOPIC, false)){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(!payload || control->payloadlen == 0 || control->payloadlen > MAX_CHANGE_BYTES) return MOSQ_ERR_INVAL;
+	newline = memchr(payload, '\n', control->payloadlen);
+	if(!newline) return MOSQ_ERR_INVAL;
+	header_length = (size_t)(newline - payload);
+	if(header_length >= sizeof(header)) return MOSQ_ERR_INVAL;
+	memcpy(header, payload, header_length);
+	header[header_length] = '\0';
+	if(sscanf(header, "%lu %128s %255s", &connection, client_id, topic) != 3) return MOSQ_ERR_INVAL;
+	snprintf(check, sizeof(check), "%lu %s %s", connection, client_id, topic);
+	if(strcmp(check, header)) return MOSQ_ERR_INVAL; /* exactly that form, nothing more */
+	entry = live_find(client_id);
+	holder = entry && entry->things.count == 1 ? find_user(&current, entry->things.items[0]) : NULL;
+	if(!entry || entry->connection != connection || !holder || !holder->claim
+			|| !granted(holder->grants, holder->grant_count, SUBSCRIBE_ACCESS, topic, false)){
+		/* That connection is gone (or lost its claim): the answer is nobody else's. */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "overair access: claim answer for %s dropped: its connection is gone",
+				client_id);
+		return MOSQ_ERR_SUCCESS;
+	}
+	return mosquitto_broker_publish_copy(client_id, topic, (int)(control->payloadlen - header_length - 1),
+			newline + 1, 1, false, NULL);
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -711,11 +905,16 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		return MOSQ_ERR_INVAL;
 	}
 	if(!rules_load(access_file, &current)) return MOSQ_ERR_INVAL;
+	index_rebuild();
 	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)
-			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL)){
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL)){
 		return MOSQ_ERR_INVAL;
+	}
+	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_claim_answer, CLAIM_ANSWER_TOPIC, NULL)){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "overair access: no control topics: fleet provisioning by claim is off");
 	}
 	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, NULL)){
 		/* Changes then go by rewriting the file and reloading, as for an external broker. */
@@ -735,8 +934,12 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_claim_answer, CLAIM_ANSWER_TOPIC);
 	rules_free(&current);
 	rules_free(&connected);
+	rules_free(&live);
+	rules_free(&thing_index);
 	free(access_file);
 	access_file = NULL;
 	return MOSQ_ERR_SUCCESS;

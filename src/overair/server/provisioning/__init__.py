@@ -1,0 +1,1 @@
+"""Fleet provisioning by claim (issue 20, item 2)."""
