@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 
+from overair.core import delta as patches
 from overair.core.delta_offer import OFFER_KEY
 from overair.core.image import build_image
 from overair.core.versions import Version
+from overair.server.jobs.service import HTTP_FILES
+from overair.server.ota import delta
 from overair.server.storage.schema import Job
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
@@ -119,3 +122,83 @@ def test_freertos_devices_and_other_versions_get_todays_document(srv: RunningSer
     info = create_ota(srv, f"{tag}-v3", targets[:1], build_image(Version(1, 3, 0), V2[16:]))
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     assert OFFER_KEY not in json.dumps(_delivered(srv, f"AFR_OTA-{tag}-v3", names[0]))
+
+
+# --- adversarial (threat N2; the patch is hostile input) -------------------------------------
+
+EVIL = build_image(Version(1, 2, 0), V1[16:60_000] + b"overair evil  2" + V1[60_015:])  # never signed
+
+
+def _evil_patch(_offer: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A well-formed patch from the right source that rebuilds another (unsigned) image."""
+    return patches.create_patch(V1, EVIL), {}
+
+
+OTHER = build_image(Version(1, 1, 0), V1[16:30_000] + b"another build" + V1[30_013:])
+
+
+def _wrong_source(_offer: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A patch to the signed 1.2.0 from another 1.1.0 build than the device runs."""
+    return patches.create_patch(OTHER, V2), {"sourceSha256": hashlib.sha256(OTHER).hexdigest()}
+
+
+def _garbage(_offer: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A patch whose header claims a huge output (tests/fuzz/test_fuzz_delta.py: any bytes)."""
+    good = patches.create_patch(V1, V2)
+    return good[:1] + b"\xbf\xff\xff\xff\x7f" + good[6:], {}
+
+
+def _swap_patch(srv: RunningServer, job_id: str, tamper: Any) -> None:
+    """What a compromised store or server process could do: the job's patch replaced."""
+    with srv.server.db.reading() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        config = dict(job.config)
+    entry = dict(config[delta.JOB_DELTAS][0])
+    data, changes = tamper(entry)
+    if data:
+        key = entry["key"] + ".tampered"
+        stored = srv.server.objects.put_object(entry["bucket"], key, data)
+        entry.update(key=key, version=stored.version_id, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        config[HTTP_FILES] = [*config[HTTP_FILES], {"fileId": entry["fileId"], "bucket": entry["bucket"],
+                                                    "key": key, "version": stored.version_id}]
+    entry.update(changes)
+    config[delta.JOB_DELTAS] = [entry]
+    with srv.server.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.config = config
+
+
+@pytest.mark.parametrize(("tamper", "why"), [
+    (_evil_patch, "BadSignature"),  # the result is checked as a full image: its signature fails
+    (_wrong_source, "the running image is not the patch's source"),  # never applied
+    (_garbage, "patch makes"),  # refused from its header, nothing written
+], ids=["rebuilds-another-image", "wrong-source", "garbage"])
+def test_n2_a_bad_patch_is_refused_before_activation_and_the_agent_falls_back(
+        srv: RunningServer, tmp_path: Path, tamper: Any, why: str, caplog: pytest.LogCaptureFixture) -> None:
+    tag = f"delta-n2-{tamper.__name__.strip('_').replace('_', '-')}"
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(make_firmware(Version(1, 0, 0), 4096, seed="factory"))
+    names = [f"{tag}-0"]
+    bundles = [srv.provision(n, tmp_path / n, factory_image=factory) for n in names]
+    with Fleet(bundles) as fleet:
+        assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
+        targets = _install_v1(srv, fleet, names, tag, ("HTTP",))
+    info = create_ota(srv, f"{tag}-v2", targets, V2, protocols=("HTTP",),
+                      additionalParameters={"overair:delta": "true"})
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
+    job_id = f"AFR_OTA-{tag}-v2"
+    _swap_patch(srv, job_id, tamper)
+    assert OFFER_KEY in _delivered(srv, job_id, names[0])["afr_ota"]["files"][0]
+    totals: list[int] = []
+    with Fleet(bundles, progress=lambda _t, job, _r, total: totals.append(total) if job == job_id else None) \
+            as fleet:
+        # Never activated: the agent ends on the signed 1.2.0, through the full image.
+        assert fleet.wait(lambda s: all(x.version == "1.2.0" and not x.trial for x in s.values()), 60), \
+            fleet.snapshots()
+        assert wait_for(lambda: _statuses(srv, job_id, names) == {"SUCCEEDED"}, 30, "v2 SUCCEEDED")
+    fell_back = [r.getMessage() for r in caplog.records if "delta update failed" in r.getMessage()]
+    assert len(fell_back) == 1 and why in fell_back[0], fell_back
+    assert totals[-1] == -(-len(V2) // 4096)  # the fallback downloaded the whole image
+    assert min(totals) < totals[-1]  # after the patch's blocks
