@@ -159,7 +159,8 @@ def _swap_patch(srv: RunningServer, job_id: str, tamper: Any) -> None:
     if data:
         key = entry["key"] + ".tampered"
         stored = srv.server.objects.put_object(entry["bucket"], key, data)
-        entry.update(key=key, version=stored.version_id, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        entry.update(key=key, version=stored.version_id, size=len(data),
+                     sha256=hashlib.sha256(data).hexdigest())
         config[HTTP_FILES] = [*config[HTTP_FILES], {"fileId": entry["fileId"], "bucket": entry["bucket"],
                                                     "key": key, "version": stored.version_id}]
     entry.update(changes)
@@ -199,6 +200,7 @@ def test_n2_a_bad_patch_is_refused_before_activation_and_the_agent_falls_back(
             fleet.snapshots()
         assert wait_for(lambda: _statuses(srv, job_id, names) == {"SUCCEEDED"}, 30, "v2 SUCCEEDED")
     fell_back = [r.getMessage() for r in caplog.records if "delta update failed" in r.getMessage()]
-    assert len(fell_back) == 1 and why in fell_back[0], fell_back
+    assert len(fell_back) == 1, fell_back
+    assert why in fell_back[0]
     assert totals[-1] == -(-len(V2) // 4096)  # the fallback downloaded the whole image
     assert min(totals) < totals[-1]  # after the patch's blocks
