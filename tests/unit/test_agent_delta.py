@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from overair.agent.machine import commands as c
-from overair.agent.machine.events import BlockStored, VerifyResult
+from overair.agent.machine.events import BlockStored, Tick, VerifyResult
 from overair.agent.machine.state import Phase, Settings, State
 from overair.core.delta_offer import OFFER_KEY, DeltaOffer
 from overair.core.versions import Version
@@ -98,3 +98,20 @@ def test_n2_a_failed_patch_falls_back_to_the_full_image_of_the_same_job() -> Non
         state, _ = run(state, [BlockStored(i)])
     state, commands = run(state, [VerifyResult(True, V2)])
     assert of(commands, c.ActivateAndReboot)
+
+
+def test_a_patch_that_cannot_be_downloaded_falls_back_to_the_image() -> None:
+    """The stream refuses the patch's file (or its requests go unanswered): the agent does
+    not fail the job, it downloads the image."""
+    state, _ = started()
+    now = 0.0
+    for _ in range(200):
+        now += 11.0
+        state, commands = run(state, [Tick()], now)
+        if state.download is not None and state.download.delta is None:
+            break
+    assert state.download is not None
+    assert state.download.delta is None
+    assert state.download.file.size == SIZE
+    assert of(commands, c.CreateStaging)[0].size == SIZE
+    assert not statuses(commands)

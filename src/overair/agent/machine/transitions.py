@@ -447,6 +447,10 @@ def _fail(state: State, job_id: str, execution_number: int | None, reason: str, 
 def _fail_download(state: State, reason: str, now: float, *, detail: str = "", check: str = "") -> Step:
     dl = state.download
     assert dl is not None
+    if dl.delta is not None:  # the patch could not be downloaded: the full image instead
+        released = _release(state, dl)
+        state, commands = _fall_back_to_image(state, dl, f"{check or reason}: {detail}", now)
+        return state, [*released, *commands]
     cleanup: list[Command] = [*_release(state, dl), AbortStaging()]
     state, commands = _fail(state, dl.job_id, dl.execution_number, reason, now, detail=detail, check=check)
     return state, cleanup + commands

@@ -290,7 +290,8 @@ class OtaManager:
                 "bucket": location["bucket"], "key": location["key"], "version": stored.version_id}})
             http_files.append({"fileId": file_id, "bucket": location["bucket"], "key": location["key"],
                                "version": stored.version_id})
-        deltas = self._make_deltas(request, first, stream_files, http_files)
+        # An existing stream is left as it is: no patch can be added to it.
+        deltas = self._make_deltas(request, first if existing is None else None, stream_files, http_files)
         if "MQTT" in protocols:
             self._ensure_stream(stream_id, stream_files, row, gate)
         # AWS's document; the chain goes to overair agents only, at delivery.
