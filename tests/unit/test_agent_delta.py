@@ -6,14 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 from overair.agent.machine import commands as c
-from overair.agent.machine.events import BlockStored, Tick, VerifyResult
+from overair.agent.machine.events import BlockStored, Booted, Connected, Tick, VerifyResult
 from overair.agent.machine.state import Phase, Settings, State
+from overair.agent.progress import StagedProgress
+from overair.agent.progress import binding as staging_binding
+from overair.core import bitmap
 from overair.core.delta_offer import OFFER_KEY, DeltaOffer
 from overair.core.versions import Version
 from tests.unit.test_agent_machine import (
     BS,
     SETTINGS,
     SIZE,
+    STREAM,
     V1,
     V2,
     block,
@@ -115,3 +119,21 @@ def test_a_patch_that_cannot_be_downloaded_falls_back_to_the_image() -> None:
     assert state.download.file.size == SIZE
     assert of(commands, c.CreateStaging)[0].size == SIZE
     assert not statuses(commands)
+
+
+def test_r2_an_interrupted_patch_download_resumes_where_it_stopped() -> None:
+    """The patch is downloaded like any file: its bitmap, kept with the partial file,
+    makes a reboot ask only for the blocks still missing."""
+    first, _ = started()
+    assert first.download is not None
+    key = first.download.binding
+    assert key == staging_binding("job-1", STREAM, 7, PATCH, BS, first.download.file.signature)
+    kept = StagedProgress(key, PATCH, BS, bitmap.make_bitmap([1], 0, 2))  # block 0 held
+    state, _ = run(State(DELTA), [Booted(V1, "a", False, staged=kept), Connected()])
+    doc = ota_doc()
+    doc["afr_ota"]["files"][0][OFFER_KEY] = offer()
+    state, commands = run(state, [job(doc=doc)])
+    assert of(commands, c.ResumeStaging) == [c.ResumeStaging(kept)]
+    assert state.download is not None
+    assert state.download.remaining == 1
+    assert state.download.delta is not None
