@@ -118,6 +118,12 @@ def test_freertos_devices_and_other_versions_get_todays_document(srv: RunningSer
     assert OFFER_KEY not in json.dumps(freertos)
     agent = _delivered(srv, job_id, names[0])
     assert OFFER_KEY in agent["afr_ota"]["files"][0]
+    # A patch about as large as the image (an unrelated build) is not offered.
+    unrelated = make_firmware(Version(1, 2, 1), 120_000, seed="unrelated")
+    info = create_ota(srv, f"{tag}-unrelated", targets[:1], unrelated,
+                      additionalParameters={"overair:delta": "true"})
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
+    assert OFFER_KEY not in json.dumps(_delivered(srv, f"AFR_OTA-{tag}-unrelated", names[0]))
     # Without the switch no patch is made: the agent gets the full image only.
     info = create_ota(srv, f"{tag}-v3", targets[:1], build_image(Version(1, 3, 0), V2[16:]))
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")

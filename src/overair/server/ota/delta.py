@@ -9,7 +9,8 @@ new image (core/delta.py), stores it as an object beside the image (same bucket,
 `<image key>.overair-delta/<source sha256[:16]>-<target sha256[:16]>`), adds it to the
 update's stream as file `DELTA_FILE_ID_BASE + n` and to its HTTPS files, and records it
 in the job's configuration (`JOB_DELTAS`). A patch larger than
-`Limits.delta_max_patch_percent` of the image is not offered.
+`Limits.delta_max_patch_percent` of the image is not offered, and no patch is made for
+an image over `Limits.delta_max_image_bytes` (making one costs about 11x its size).
 
 At each delivery (`DeltaRenderer`) a thing whose device profile takes overair's
 extension and whose recorded running version is a patch's source receives the patch as
@@ -104,6 +105,10 @@ class DeltaMaker:
              running: dict[str, str]) -> list[Patch]:
         """Patches to `target` (stored at `location`) from the versions in `running`
         (thing -> version) for which this server has the image, most common first."""
+        if len(target) > self._limits.delta_max_image_bytes:
+            log.info("no delta to %s: the image is larger than %d bytes", target_version,
+                     self._limits.delta_max_image_bytes)
+            return []
         counts: dict[str, int] = {}
         for version in running.values():
             if version != str(target_version):
