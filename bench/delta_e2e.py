@@ -11,7 +11,8 @@ access plugin compiled twice with a small change), each wrapped as an overair im
 
 Printed per agent: bytes downloaded (blocks of the file it fetched, 4 KiB each), CPU
 seconds and peak resident memory of the agent process during the second update (read
-from /proc every 50 ms), and the time from CreateOTAUpdate to its SUCCEEDED; for the
+from /proc every 50 ms), its VmHWM (peak since it started: both agents installed the same
+1.1.0 before), and the time from CreateOTAUpdate to its SUCCEEDED; for the
 server, the time CreateOTAUpdate took to complete (it makes the patch).
 """
 
@@ -57,6 +58,12 @@ def _create(srv: Any, ota_id: str, image: bytes, targets: list[str], **extra: An
             raise SystemExit(f"{ota_id}: {iot.get_ota_update(otaUpdateId=ota_id)['otaUpdateInfo']}")
         time.sleep(0.02)
     return time.monotonic() - started
+
+
+def _hwm(pid: int) -> int:
+    """The process's peak resident KiB since it started (VmHWM: no sampling gaps)."""
+    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
 
 
 def _status(srv: Any, job_id: str, thing: str) -> str:
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 create_s = _create(srv, "bench-v2", v2, targets,
                                    additionalParameters={"overair:delta": "true"})
                 done: dict[str, float] = {}
+                hwm: dict[str, int] = {}
                 after: dict[str, tuple[float, int]] = {}
                 while len(done) < len(AGENTS) and time.monotonic() - started < 600:
                     for n, p in processes.items():
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                             if status == "FAILED":
                                 raise SystemExit(f"agent {n}: the update FAILED")
                             done[n], after[n] = time.monotonic() - started, _proc(p.pid)
+                            hwm[n] = _hwm(p.pid)
                     time.sleep(0.05)
                 with srv.server.db.reading() as s:
                     job = s.get(Job, "AFR_OTA-bench-v2")
@@ -134,11 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"pair {pair.name}: image 1.2.0 {len(v2)} bytes, patch {patch} bytes "
           f"({patch / len(v2):.3f} of the image); CreateOTAUpdate with the patch took {create_s:.2f} s")
     print(f"{'agent':<8}{'downloaded B':>14}{'ratio':>8}{'CPU s':>8}{'peak RSS MiB':>14}"
-          f"{'+RSS MiB':>10}{'to SUCCEEDED s':>16}")
+          f"{'+RSS MiB':>10}{'VmHWM MiB':>11}{'to SUCCEEDED s':>16}")
     for n in AGENTS:
         cpu = after[n][0] - before[n][0]
         print(f"{n:<8}{wire[n]:>14}{wire[n] / wire['full']:>8.3f}{cpu:>8.2f}{peak[n] / 1024:>14.1f}"
-              f"{(peak[n] - before[n][1]) / 1024:>10.1f}{done[n]:>16.2f}")
+              f"{(peak[n] - before[n][1]) / 1024:>10.1f}{hwm[n] / 1024:>11.1f}{done[n]:>16.2f}")
 
 
 if __name__ == "__main__":
