@@ -155,11 +155,13 @@ def _garbage(_offer: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
 
 
 def _swap_patch(srv: RunningServer, job_id: str, tamper: Any) -> None:
-    """What a compromised store or server process could do: the job's patch replaced."""
+    """What a compromised store or server process could do: the job's patch replaced (in
+    its HTTPS files, or in its stream through UpdateStream)."""
     with srv.server.db.reading() as s:
         job = s.get(Job, job_id)
         assert job is not None
         config = dict(job.config)
+        stream = job.document["afr_ota"].get("streamname")
     entry = dict(config[delta.JOB_DELTAS][0])
     data, changes = tamper(entry)
     if data:
@@ -167,8 +169,15 @@ def _swap_patch(srv: RunningServer, job_id: str, tamper: Any) -> None:
         stored = srv.server.objects.put_object(entry["bucket"], key, data)
         entry.update(key=key, version=stored.version_id, size=len(data),
                      sha256=hashlib.sha256(data).hexdigest())
-        config[HTTP_FILES] = [*config[HTTP_FILES], {"fileId": entry["fileId"], "bucket": entry["bucket"],
-                                                    "key": key, "version": stored.version_id}]
+        if HTTP_FILES in config:
+            config[HTTP_FILES] = [*config[HTTP_FILES], {"fileId": entry["fileId"], "bucket": entry["bucket"],
+                                                        "key": key, "version": stored.version_id}]
+        if stream:
+            iot = srv.client("iot")
+            files = [f for f in iot.describe_stream(streamId=stream)["streamInfo"]["files"]
+                     if f["fileId"] != entry["fileId"]]
+            iot.update_stream(streamId=stream, files=[*files, {"fileId": entry["fileId"], "s3Location": {
+                "bucket": entry["bucket"], "key": key, "version": stored.version_id}}])
     entry.update(changes)
     config[delta.JOB_DELTAS] = [entry]
     with srv.server.db.session() as s:
@@ -177,22 +186,24 @@ def _swap_patch(srv: RunningServer, job_id: str, tamper: Any) -> None:
         job.config = config
 
 
+@pytest.mark.parametrize("protocol", ["HTTP", "MQTT"])
 @pytest.mark.parametrize(("tamper", "why"), [
     (_evil_patch, "BadSignature"),  # the result is checked as a full image: its signature fails
     (_wrong_source, "the running image is not the patch's source"),  # never applied
     (_garbage, "patch makes"),  # refused from its header, nothing written
 ], ids=["rebuilds-another-image", "wrong-source", "garbage"])
 def test_n2_a_bad_patch_is_refused_before_activation_and_the_agent_falls_back(
-        srv: RunningServer, tmp_path: Path, tamper: Any, why: str, caplog: pytest.LogCaptureFixture) -> None:
-    tag = f"delta-n2-{tamper.__name__.strip('_').replace('_', '-')}"
+        srv: RunningServer, tmp_path: Path, tamper: Any, why: str, protocol: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    tag = f"delta-n2-{protocol.lower()}-{tamper.__name__.strip('_').replace('_', '-')}"
     factory = tmp_path / "factory.bin"
     factory.write_bytes(make_firmware(Version(1, 0, 0), 4096, seed="factory"))
     names = [f"{tag}-0"]
     bundles = [srv.provision(n, tmp_path / n, factory_image=factory) for n in names]
     with Fleet(bundles) as fleet:
         assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
-        targets = _install_v1(srv, fleet, names, tag, ("HTTP",))
-    info = create_ota(srv, f"{tag}-v2", targets, V2, protocols=("HTTP",),
+        targets = _install_v1(srv, fleet, names, tag, (protocol,))
+    info = create_ota(srv, f"{tag}-v2", targets, V2, protocols=(protocol,),
                       additionalParameters={"overair:delta": "true"})
     assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
     job_id = f"AFR_OTA-{tag}-v2"
