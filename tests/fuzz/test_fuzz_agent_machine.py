@@ -13,6 +13,7 @@ is repeated). A defect fed back as `HandlingFailed` never raises either.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import cbor2
@@ -29,6 +30,7 @@ from tests.fuzz.agent_strategies import HOSTILE_TEXT, JSON_VALUES
 from tests.unit.test_agent_machine import (
     DATA,
     NEXT_GET,
+    SETTINGS,
     THING,
     V2,
     booted,
@@ -175,3 +177,37 @@ def test_fuzz_agent_stream_data_blocks_never_raise(phase: str, payload: bytes) -
 def test_fuzz_agent_any_other_message_never_raises(phase_state: tuple[str, State], topic: str,
                                                   payload: bytes) -> None:
     _handle(phase_state[1], MessageReceived(topic, payload))
+
+
+_OFFER = {"fileid": 7, "filesize": 300, "sha256": "11" * 32, "sourceVersion": "1.0.0",
+          "sourceSha256": "22" * 32, "update_data_url": "https://example.invalid/p"}
+
+
+@st.composite
+def delta_documents(draw: st.DrawFn) -> Any:
+    """A valid document whose file entry carries a hostile `overair:delta` offer (a valid
+    offer for the running version with one field replaced, or any JSON value)."""
+    doc = ota_doc()
+    if draw(st.booleans()):
+        offer = dict(_OFFER)
+        offer[draw(st.sampled_from(sorted(_OFFER)))] = draw(JSON_VALUES | HOSTILE_TEXT)
+        doc["afr_ota"]["files"][0]["overair:delta"] = offer
+    else:
+        doc["afr_ota"]["files"][0]["overair:delta"] = draw(JSON_VALUES)
+    if draw(st.booleans()):
+        doc["afr_ota"]["protocols"] = ["HTTP"]
+        doc["afr_ota"]["files"][0]["update_data_url"] = "https://example.invalid/f"
+    return doc
+
+
+@given(delta_documents(), st.sampled_from(JOB_TOPICS))
+def test_fuzz_agent_hostile_delta_offer_starts_a_download_or_fails(document: Any, topic: str) -> None:
+    """An agent that takes deltas, offered a hostile patch: it downloads the patch or the
+    image; never an exception."""
+    state = booted(settings=replace(SETTINGS, accept_delta=True))
+    new, _ = _handle(state, job_message("job-1", doc=document, topic=topic))
+    assert new.phase is Phase.DOWNLOADING
+    assert new.download is not None
+    if new.download.delta is not None:  # only a patch no larger than the image it rebuilds
+        assert new.download.image is not None
+        assert new.download.file.size <= new.download.image.size

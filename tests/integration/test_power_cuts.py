@@ -13,6 +13,13 @@ same file, a new `Runtime`) and runs to the end. For every k: the job ends SUCCE
 reason, the device runs a valid image that matches that outcome, and a fresh boot of
 the flash selects it (never "no bootable image").
 
+The `delta` scenario is the same cycle for a delta update (core/delta.py): the stream
+carries a patch from the factory image, the agent applies it into the inactive slot from
+the running one (which it only reads) and verifies the result; an apply cut short leaves
+no resumable file, so the job starts over with the patch. Measured with every cut point:
+K = 47, 44 SUCCEEDED and 3 (cuts around activation) FAILED cleanly, as the full-image
+`commit` scenario (K = 47, 44 and 3).
+
 By default every 10th cut point (and the last) is tried; all of them run with
 `.venv/bin/pytest -m slow tests/integration/test_power_cuts.py -s` (or `scripts/dev slow`).
 The number of cut points tried is printed (`-s`) and recorded as a junit property.
@@ -20,6 +27,7 @@ The number of cut points tried is printed (`-s`) and recorded as a junit propert
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +39,9 @@ import pytest
 from overair.agent.config import load_config
 from overair.agent.platform.sim_mcu import SimMcu
 from overair.agent.runtime import Runtime
+from overair.core.delta import create_patch
+from overair.core.delta_offer import OFFER_KEY, DeltaOffer
+from overair.core.image import HEADER_SIZE, build_image
 from overair.sim.firmware import make_firmware
 from tests.integration.test_agent_mqtt import (  # noqa: F401 - broker is a fixture
     BLOCK,
@@ -49,6 +60,7 @@ IMAGE_SIZE = 6 * BLOCK - 100
 CAPACITY = 16 * 1024
 EVERY = 10
 RUN_TIMEOUT = 30.0
+FACTORY = make_firmware(V1, 20_000, seed="factory")
 
 
 @dataclass
@@ -66,7 +78,7 @@ def _sim(flash: Path, cut: int | None = None) -> SimMcu:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A provisioned device flash: the factory image (v1.0.0) installed, never booted."""
     path = tmp_path_factory.mktemp("template") / "flash.bin"
-    _sim(path).install_factory(make_firmware(V1, 20_000, seed="factory"))
+    _sim(path).install_factory(FACTORY)
     return path
 
 
@@ -93,8 +105,19 @@ class Device:
                         + "save_progress_every_blocks = 2\n")
         self.flash = root / thing / "flash.bin"
         shutil.copy(template, self.flash)
-        image = make_firmware(V2, IMAGE_SIZE, seed="power")
-        service.add_job(thing, f"job-{thing}", f"s-{thing}", image, ota_job(env.signer, image, f"s-{thing}"))
+        if "-delta-" not in thing:
+            image = make_firmware(V2, IMAGE_SIZE, seed="power")
+            service.add_job(thing, f"job-{thing}", f"s-{thing}", image,
+                            ota_job(env.signer, image, f"s-{thing}"))
+            return
+        # A delta update (core/delta.py): the stream carries a patch from the factory image;
+        # cuts then also hit the patch's writes into the inactive slot.
+        image = build_image(V2, FACTORY[HEADER_SIZE:10_000] + b"a delta" + FACTORY[10_007:])
+        patch = create_patch(FACTORY, image)
+        document = ota_job(env.signer, image, f"s-{thing}")
+        document["afr_ota"]["files"][0][OFFER_KEY] = DeltaOffer(
+            1, len(patch), hashlib.sha256(patch).digest(), V1, hashlib.sha256(FACTORY).digest()).to_json_obj()
+        service.add_job(thing, f"job-{thing}", f"s-{thing}", patch, document)
 
     def _done(self, runtime: Runtime) -> bool:
         ex = self.service.executions[self.thing]
@@ -172,6 +195,7 @@ def _suite(env: BrokerEnv, service: Service, root: Path, template: Path, scenari
 SCENARIOS = pytest.mark.parametrize(("scenario", "self_test", "expected"), [
     ("commit", "", "SUCCEEDED"),
     ("rollback", "false", "FAILED"),
+    ("delta", "", "SUCCEEDED"),
 ])
 
 

@@ -51,6 +51,7 @@ http_range_blocks = 16             # optional: blocks per HTTPS Range request (F
 request_timeout_seconds = 10       # optional: re-request after this much silence
 max_file_size = 67108864           # optional
 prefer_http = false                # optional: a job offering MQTT and HTTP downloads over HTTPS
+accept_delta = true                # optional: download a patch from the running image when offered
 save_progress_every_blocks = 8     # optional: a resumable download's bitmap is saved this often
 retry_base_seconds = 1             # optional: backoff of a failed request, first ceiling
 retry_cap_seconds = 60             # optional: and its cap (full jitter below the ceiling)
@@ -160,6 +161,7 @@ class OtaConfig:
     request_timeout_seconds: float = 10.0
     max_file_size: int = 64 * MIB
     prefer_http: bool = False  # both protocols offered: download over HTTPS, not MQTT
+    accept_delta: bool = True  # a job's `overair:delta` patch is used (core/delta.py)
     save_progress_every_blocks: int = 8
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 60.0
@@ -392,6 +394,7 @@ class _Loader:
             request_timeout_seconds=self.number(t, w, "request_timeout_seconds", 10.0, 0.1, 3600.0),
             max_file_size=self.integer(t, w, "max_file_size", 64 * MIB, 1, 0xFFFFFFFF),
             prefer_http=self.boolean(t, w, "prefer_http", False),
+            accept_delta=self.boolean(t, w, "accept_delta", True),
             save_progress_every_blocks=self.integer(t, w, "save_progress_every_blocks", 8, 1, 1 << 20),
             retry_base_seconds=self.number(t, w, "retry_base_seconds", 1.0, 0.01, 3600.0),
             retry_cap_seconds=self.number(t, w, "retry_cap_seconds", 60.0, 0.01, 86400.0),

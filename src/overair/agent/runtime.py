@@ -26,6 +26,7 @@ secure boot, and its deployment keys to the machine's settings.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import queue
@@ -74,8 +75,10 @@ from overair.agent.transport.base import Transport, TransportCallbacks
 from overair.agent.transport.http import RangeClient, https_context
 from overair.agent.transport.mqtt import MqttTransport, tls_context
 from overair.agent.trust import DeviceTrust, RevocationVerdict, TrustListVerdict, signer_chain
-from overair.core import deployment
+from overair.core import delta, deployment
 from overair.core.codesign import load_pem_certificates
+from overair.core.delta import DeltaError
+from overair.core.delta_offer import DeltaOffer
 from overair.core.errors import DecodeError
 from overair.core.revocation import RevocationList, verify_list
 from overair.core.versions import Version
@@ -143,6 +146,7 @@ def settings_from_config(config: AgentConfig) -> Settings:
         job_retry_budget=config.ota.job_retry_budget,
         deployment_keys=load_deployment_keys(config),
         require_deployment=config.trust.require_deployment_metadata,
+        accept_delta=config.ota.accept_delta,
     )
 
 
@@ -257,6 +261,9 @@ class Runtime:
         self._said_revocations_ignored = False
         check_certificate_identity(config)
         self._platform: Platform = platform or build_platform(config, lambda: self._trust)
+        # A delta is applied to the running image: only a platform that can read it takes one.
+        self._settings = replace(self._settings, accept_delta=self._settings.accept_delta
+                                 and hasattr(self._platform, "running_image"))
         self._journal_store = self._platform.journal_store(config.storage.data_dir)
         if transport_factory is None:
             transport_factory = self._mqtt_factory()
@@ -529,7 +536,12 @@ class Runtime:
                 return self._get_range(url, offset, length, request)
             case cmd.AbortStaging():
                 self._platform_op("abort", self._platform.abort_staging)
-            case cmd.VerifyImage(file):
+            case cmd.VerifyImage(file, offer, image):
+                if offer is not None and image is not None:
+                    refused = self._apply_delta(offer, image)
+                    if refused is not None:
+                        return refused
+                    file = image
                 return self._verify(file)
             case cmd.ActivateAndReboot():
                 failed = self._platform_op("activate", self._platform.activate)
@@ -670,6 +682,32 @@ class Runtime:
             log.info("[trust] revocation_signer is not configured: signed revocation lists are ignored")
 
     # --- image verification ------------------------------------------------------------
+
+    def _apply_delta(self, offer: DeltaOffer, image: FileSpec) -> VerifyResult | None:
+        """Rebuild the image from the staged patch into the staging slot (core/delta.py);
+        None when done (the result is then verified as a full image), else why not. The
+        running slot is only read. The rebuilt file is created without a binding: a power
+        cut in the middle leaves nothing to resume, and the job starts over cleanly."""
+        def refused(message: str) -> VerifyResult:
+            return VerifyResult(False, check=DeltaError.code, message=message)
+
+        read_running = getattr(self._platform, "running_image", None)
+        if read_running is None:
+            return refused("this platform cannot read the running image")
+        try:
+            patch = self._platform.read_staging()
+            if hashlib.sha256(patch).digest() != offer.sha256:
+                return refused("the patch's SHA-256 differs from the offer's")
+            source = read_running()
+            if hashlib.sha256(source).digest() != offer.source_sha256:
+                return refused("the running image is not the patch's source")
+            self._platform.create_staging(image.size)
+            delta.apply_patch(source, patch, image.size, self._platform.write_block)
+        except DeltaError as exc:
+            return refused(exc.message)
+        except PlatformError as exc:
+            return refused(f"storage: {exc.message}")
+        return None
 
     def _verify(self, file: FileSpec) -> VerifyResult:
         """Check the staged image; the signer chain is the job's, never a file the job

@@ -86,6 +86,17 @@ class Limits:
     agent_max_signer_chain: int = 8  # certificates in overair.signer_chain
     agent_max_certificate_bytes: int = 16 * KIB  # one DER certificate
     agent_max_signature_bytes: int = 1 * KIB  # DER ECDSA or RSA-4096 PKCS#1
+    # Delta updates (core/delta.py): a patch is hostile input to the agent. Its lzma
+    # dictionary (allocated up front by liblzma) and its decompressed body (at most this
+    # many times the image, plus the slack) are bounded before anything is applied; the
+    # server offers a patch only while it is at most `delta_max_patch_percent` of the image.
+    delta_max_lzma_dictionary: int = 16 * MIB
+    delta_max_expansion: int = 2
+    delta_body_slack: int = 64 * KIB
+    delta_max_patch_percent: int = 80
+    # Making a patch costs the server about 11x the image in memory (detools' suffix array;
+    # 8 MiB: +88 MiB peak, 0.8 s): larger images are always sent whole.
+    delta_max_image_bytes: int = 16 * MIB
     max_revocation_list_bytes: int = 256 * KIB  # the signed envelope (core/revocation)
     max_trust_chain_bytes: int = 256 * KIB  # the published trust lists, all versions (core/trustlist)
     # IAM policy documents (server/iam/policy.py, threat O1): AWS's largest kind (a bucket

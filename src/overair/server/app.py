@@ -86,6 +86,7 @@ from overair.server.jobs.templates import JobTemplates
 from overair.server.metrics import ServerCollector, metrics_app
 from overair.server.ota import api as ota_api
 from overair.server.ota import bundle as bundle_api
+from overair.server.ota.delta import DeltaRenderer
 from overair.server.ota.deployment import DeploymentKeys, DeploymentSigner
 from overair.server.ota.manager import OtaManager, StepGate
 from overair.server.ota.profiles import DeviceProfiles
@@ -450,6 +451,9 @@ class Server:
     def _connect_job_hooks(self) -> None:
         # Each delivery: fresh pre-signed URLs, then what the thing's device profile adds.
         self.jobs.render_document = self.ota.profiles.renderer(self.delivery.render)
+        # Then a thing's delta patch, for overair agents that run its source (ota/delta.py).
+        deltas = DeltaRenderer(self.db, self.ota.profiles.takes_extension, self.delivery.object_url)
+        self.jobs.render_document = deltas.wrap(self.jobs.render_document)
         self.jobs.prepare_render = self.ota.profiles.prefetch
         paths = self.settings.paths
         keys = DeploymentKeys(paths.deployment_key, paths.deployment_keys, self.sealer)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from overair.agent.machine.state import FileSpec
 from overair.agent.progress import StagedProgress
+from overair.core.delta_offer import DeltaOffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,13 @@ class AbortStaging:
 
 @dataclass(frozen=True, slots=True)
 class VerifyImage:
-    """Close the staging file, then check size, signature, signer chain and header."""
+    """Close the staging file, then check size, signature, signer chain and header. With
+    `delta`, the staged file is that patch: it is applied to the running image into the
+    staging slot first, and the result is checked as `image`."""
 
     file: FileSpec
+    delta: DeltaOffer | None = None
+    image: FileSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

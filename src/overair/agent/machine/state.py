@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from overair.agent.progress import StagedProgress
+from overair.core.delta_offer import DeltaOffer
 from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
 from overair.core.limits import MIB
@@ -98,6 +99,9 @@ class Settings:
     # Installing an offline bundle (agent/bundle_install.py): only metadata signed for a
     # bundle is admitted, and online only metadata that is not.
     offline_bundle: bool = False
+    # Delta updates (core/delta.py): the platform can read the running image, so a patch
+    # from it (the document's `overair:delta`) is downloaded instead of the full image.
+    accept_delta: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,11 @@ class Download:
     resumed: int = 0  # blocks already held when the download (re)started
     deployment: Deployment | None = None  # the admitted signed metadata of this job (F1 F2)
     deployment_refresh_asked: bool = False  # fresh metadata was asked for before expiry
+    # A delta download: `file` is then the patch, `image` the full image it rebuilds
+    # (verified as such), and the download falls back to `image` if the patch fails.
+    delta: DeltaOffer | None = None
+    image: FileSpec | None = None
+    image_url: str | None = None  # HTTP: the full image's pre-signed URL (for the fallback)
 
     @property
     def stored(self) -> int:

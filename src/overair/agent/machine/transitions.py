@@ -118,6 +118,7 @@ from overair.agent.machine.state import (
 from overair.agent.progress import binding as staging_binding
 from overair.agent.progress import missing_blocks, well_formed
 from overair.core import bitmap, wirejson
+from overair.core.delta_offer import DeltaOffer, parse_offer
 from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
@@ -446,6 +447,10 @@ def _fail(state: State, job_id: str, execution_number: int | None, reason: str, 
 def _fail_download(state: State, reason: str, now: float, *, detail: str = "", check: str = "") -> Step:
     dl = state.download
     assert dl is not None
+    if dl.delta is not None:  # the patch could not be downloaded: the full image instead
+        released = _release(state, dl)
+        state, commands = _fall_back_to_image(state, dl, f"{check or reason}: {detail}", now)
+        return state, [*released, *commands]
     cleanup: list[Command] = [*_release(state, dl), AbortStaging()]
     state, commands = _fail(state, dl.job_id, dl.execution_number, reason, now, detail=detail, check=check)
     return state, cleanup + commands
@@ -576,9 +581,15 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
             state.journal.deployment_sequence, stated.sequence)))
     spec = FileSpec(stream=stream or "", file_id=file.fileid, size=file.filesize, signature=file.signature,
                     signature_key=file.signature_key, certfile=file.certfile, signer_chain=doc.signer_chain)
-    block_size = state.settings.block_size
-    total = bitmap.block_count(file.filesize, block_size)
     url = file.update_data_url if protocol is DataProtocol.HTTP else None
+    image: FileSpec | None = None
+    image_url = url
+    offer = _usable_delta(state, ex.document, protocol, file.filesize)
+    if offer is not None:  # download the patch; `image` is what it must rebuild
+        image, spec = spec, replace(spec, file_id=offer.file_id, size=offer.size)
+        url = offer.url if protocol is DataProtocol.HTTP else None
+    block_size = state.settings.block_size
+    total = bitmap.block_count(spec.size, block_size)
     key = staging_binding(ex.job_id, spec.stream, spec.file_id, spec.size, block_size, spec.signature)
     kept = state.resumable
     journal = replace(state.journal, job=JobRecord(ex.job_id, ex.execution_number, JobStage.DOWNLOADING))
@@ -589,24 +600,67 @@ def _start_job(state: State, ex: Execution, now: float) -> Step:
         missing = missing_blocks(kept)
         dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
                       needed=kept.needed, remaining=missing, protocol=protocol, url=url, binding=key,
-                      saved=total - missing, resumed=total - missing, deployment=stated)
+                      saved=total - missing, resumed=total - missing, deployment=stated,
+                      delta=offer, image=image, image_url=image_url)
         staging = ResumeStaging(kept)
         what = f"resuming: {total - missing} of {total} blocks already held"
     else:
         dl = Download(job_id=ex.job_id, execution_number=ex.execution_number, file=spec, total_blocks=total,
                       needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=protocol,
-                      url=url, binding=key, deployment=stated)
-        staging = CreateStaging(file.filesize, key, block_size)
+                      url=url, binding=key, deployment=stated, delta=offer, image=image,
+                      image_url=image_url)
+        staging = CreateStaging(spec.size, key, block_size)
         what = f"{total} blocks"
     source = f"from stream {stream}" if url is None else f"over HTTPS from {_redacted(url)}"
     start: list[Command] = [
-        Log("info", f"job {ex.job_id}: downloading {file.filesize} bytes ({what}) {source}"), staging]
+        Log("info", f"job {ex.job_id}: downloading {spec.size} bytes ({what}) {source}"
+                    + (f", a patch from {offer.source_version}" if offer is not None else "")), staging]
     if dl.remaining == 0:
         # Every block was stored before the reboot: straight to verification.
-        return replace(state, download=dl, phase=Phase.VERIFYING), [*start, VerifyImage(spec)]
+        return replace(state, download=dl, phase=Phase.VERIFYING), [*start, _verify_command(dl)]
     state, requests = _request_next(state, dl, now)
     listen: list[Command] = _listen(state, spec) if url is None else []
     return state, [*start, *listen, *requests]
+
+
+def _usable_delta(state: State, document: Any, protocol: DataProtocol, image_size: int) -> DeltaOffer | None:
+    """The document's delta offer if this agent can use it: a patch from the version it
+    runs, no larger than the image, reachable over the chosen protocol."""
+    if not state.settings.accept_delta:
+        return None
+    ota = document.get("afr_ota") if isinstance(document, dict) else None
+    files = ota.get("files") if isinstance(ota, dict) else None
+    offer = parse_offer(files[0]) if isinstance(files, list) and files else None
+    if offer is None or offer.source_version != state.running or offer.size > image_size:
+        return None
+    if protocol is DataProtocol.HTTP and not _usable_url(offer.url):
+        return None
+    return offer
+
+
+def _verify_command(dl: Download) -> VerifyImage:
+    return VerifyImage(dl.file, dl.delta, dl.image)
+
+
+def _fall_back_to_image(state: State, dl: Download, why: str, now: float) -> Step:
+    """The patch failed (core/delta.py, or its result was refused): download the full
+    image of the same job instead, from scratch, through the same checks."""
+    image = dl.image
+    assert image is not None
+    block_size = state.settings.block_size
+    total = bitmap.block_count(image.size, block_size)
+    key = staging_binding(dl.job_id, image.stream, image.file_id, image.size, block_size, image.signature)
+    url = dl.image_url if dl.protocol is DataProtocol.HTTP else None
+    full = Download(job_id=dl.job_id, execution_number=dl.execution_number, file=image, total_blocks=total,
+                    needed=bitmap.make_bitmap(range(total), 0, total), remaining=total, protocol=dl.protocol,
+                    url=url, binding=key, deployment=dl.deployment)
+    state = replace(state, phase=Phase.DOWNLOADING, download=full)
+    commands: list[Command] = [Log("warning", f"job {dl.job_id}: delta update failed ({why}); "
+                                              f"downloading the full image ({image.size} bytes)"),
+                               CreateStaging(image.size, key, block_size)]
+    state, requests = _request_next(state, full, now)
+    listen: list[Command] = _listen(state, image) if url is None else []
+    return state, [*commands, *listen, *requests]
 
 
 def on_job_downloading(state: State, message: JobMessage, now: float) -> Step:
@@ -669,6 +723,11 @@ def _refresh_url(state: State, dl: Download, ex: Execution, now: float) -> Step:
         url = parse_job_document(ex.document).files[0].update_data_url
     except DecodeError:
         url = None
+    held = dl.delta
+    if held is not None:  # a patch download: the fresh URL is the patch's
+        dl = replace(dl, image_url=url if _usable_url(url) else dl.image_url)
+        offer = _usable_delta(state, ex.document, dl.protocol, dl.image.size if dl.image else 0)
+        url = offer.url if offer is not None and offer.sha256 == held.sha256 else None
     commands: list[Command] = []
     if not _usable_url(url):
         commands.append(Log("warning", f"job {ex.job_id} notified again without a usable update_data_url: "
@@ -872,7 +931,7 @@ def on_block_stored(state: State, _event: BlockStored, now: float) -> Step:
     if dl.remaining == 0:
         if dl.unstored == 0:
             commands += [Log("info", f"job {dl.job_id}: all {dl.total_blocks} blocks received"),
-                         *_release(state, dl), VerifyImage(dl.file)]
+                         *_release(state, dl), _verify_command(dl)]
             return replace(state, download=dl, phase=Phase.VERIFYING), commands
         return replace(state, download=dl), commands
     if dl.unstored == 0 and received - dl.saved >= state.settings.save_progress_every:
@@ -907,6 +966,8 @@ def on_verified(state: State, event: VerifyResult, now: float) -> Step:
     dl = state.download
     assert dl is not None
     job_id, number = dl.job_id, dl.execution_number
+    if (not event.ok or event.version is None) and dl.delta is not None:
+        return _fall_back_to_image(state, dl, f"{event.check}: {event.message}", now)
     if not event.ok or event.version is None:
         check = event.check or "BadImage"
         state, commands = _fail(state, job_id, number, reasons.check_reason(check), now,

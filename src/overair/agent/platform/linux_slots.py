@@ -204,6 +204,14 @@ class LinuxSlots:
     def running_version(self) -> Version:
         return self._image_version(self._running_slot())
 
+    def running_image(self) -> bytes:
+        """The image the device runs (read only): the source of a delta update."""
+        path = self._slot_dir(self._running_slot()) / IMAGE
+        try:
+            return read_whole(path, self.key)
+        except OSError as exc:
+            raise PlatformError(f"cannot read the running image: {exc}") from exc
+
     def _staging_target(self) -> str:
         state = self._load_state()
         running = self._running_slot()

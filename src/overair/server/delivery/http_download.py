@@ -92,6 +92,12 @@ class HttpDelivery:
             document = self._with_placeholder_urls(job, document, pinned, thing)
         return document
 
+    def object_url(self, job: Job, source: dict[str, Any], thing: str) -> str:
+        """A fresh pre-signed URL for another object the job delivers (`source`: one of its
+        HTTP files, e.g. a delta patch, server/ota/delta.py), as for the job's own files."""
+        expires = int(self._clock()) + presign.expiry_seconds(job.config.get("presignedUrlConfig"))
+        return self._url(source, thing, expires)
+
     def _url(self, source: dict[str, Any], thing: str, expires: int) -> str:
         grant = presign.Grant(source["bucket"], source["key"], source["version"], thing, expires)
         return presign.sign(self._secret, self.base_url, grant)

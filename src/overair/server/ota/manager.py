@@ -46,6 +46,8 @@ from overair.server.api.contract import ApiError, already_exists, invalid, not_f
 from overair.server.clock import Clock
 from overair.server.delivery import policy as download_policy
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
+from overair.server.ota import delta
+from overair.server.ota.delta import Patch
 from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner, describe_file
 from overair.server.ota.profile_config import DeviceProfile
 from overair.server.ota.profiles import OVERAIR_EXTENSION, DeviceProfiles, largest_job_message
@@ -117,6 +119,7 @@ class OtaManager:
         self._trust_roots = trust_roots
         self._clock = clock
         self.on_job_created = on_job_created
+        self._deltas = delta.DeltaMaker(db, objects, settings.limits)
 
     def arn(self, ota_update_id: str) -> str:
         return self._settings.arn("iot", f"otaupdate/{ota_update_id}")
@@ -257,6 +260,7 @@ class OtaManager:
         running: list[str] = []  # targets that already run the image: left out of the job
         chain: list[x509.Certificate] = []
         described: list[dict[str, Any]] = []  # DEPLOYMENT_FILES: bound by the signed metadata
+        first: tuple[bytes, Version, dict[str, Any]] | None = None  # file 0's image and object
         for index, spec in enumerate(request["files"]):
             stream_ref = (spec.get("fileLocation") or {}).get("stream") or {}
             # A file of an existing stream keeps its id there: devices ask the stream for it.
@@ -273,6 +277,8 @@ class OtaManager:
             if index == 0 and version is not None:
                 running = self._refuse_downgrade(request, version)
                 image_versions.append(version)
+                first = (data, version, {"bucket": location["bucket"], "key": location["key"],
+                                         "version": stored.version_id})
             chain = chain or signed.chain
             described.append(describe_file(data))
             ota_files.append(OtaFile(filepath=spec.get("fileName") or location["key"],
@@ -284,6 +290,8 @@ class OtaManager:
                 "bucket": location["bucket"], "key": location["key"], "version": stored.version_id}})
             http_files.append({"fileId": file_id, "bucket": location["bucket"], "key": location["key"],
                                "version": stored.version_id})
+        # An existing stream is left as it is: no patch can be added to it.
+        deltas = self._make_deltas(request, first if existing is None else None, stream_files, http_files)
         if "MQTT" in protocols:
             self._ensure_stream(stream_id, stream_files, row, gate)
         # AWS's document; the chain goes to overair agents only, at delivery.
@@ -291,6 +299,7 @@ class OtaManager:
                                   stream_name=stream_id if "MQTT" in protocols else None).to_json_obj()
         config = _job_config(request, described, chain, image_versions, running,
                              http_files if "HTTP" in protocols else None)
+        config.update(delta.job_config(first[2] if first else None, deltas))
         job_id = job_id_for(row.ota_update_id)
         warnings = self._warnings(job_id, document, config, profiles, chain)
         for resource in [self._settings.arn("iot", f"job/{job_id}"), *request["targets"]]:
@@ -307,6 +316,21 @@ class OtaManager:
                 raise
             notify = []  # an earlier attempt created it; its devices were notified then
         return notify, warnings
+
+    def _make_deltas(self, request: dict[str, Any], first: tuple[bytes, Version, dict[str, Any]] | None,
+                     stream_files: list[dict[str, Any]], http_files: list[dict[str, Any]]) -> list[Patch]:
+        """The patches asked for (server/ota/delta.py), added to the files delivered."""
+        if first is None or not delta.requested(request):
+            return []
+        data, version, image_object = first
+        things = self._resolve_targets(list(request["targets"]))
+        deltas = self._deltas.make(data, version, image_object, self._jobs.running_versions(things))
+        for patch in deltas:  # delivered like the update's own files
+            stream_files.append({"fileId": patch.file_id, "s3Location": {
+                "bucket": patch.bucket, "key": patch.key, "version": patch.version}})
+            http_files.append({"fileId": patch.file_id, "bucket": patch.bucket, "key": patch.key,
+                               "version": patch.version})
+        return deltas
 
     def _ensure_stream(self, stream_id: str, files: list[dict[str, Any]], row: OtaUpdate,
                        gate: StepGate) -> None:

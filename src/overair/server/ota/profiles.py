@@ -111,6 +111,15 @@ class DeviceProfiles:
         merged = {**(extension or {}), **({"deployment": signed} if signed is not None else {})}
         return {**document, "overair": merged} if merged else document
 
+    def takes_extension(self, job: Job, thing: str) -> bool:
+        """Whether `thing`'s profile takes overair's extensions (an overair agent), looked
+        up in the job's session as `tailor` does."""
+        session = object_session(job)
+        if session is not None:
+            return self._profile_in(session, thing).overair_extension
+        with self._db.reading() as s:
+            return self._profile_in(s, thing).overair_extension
+
     def refusal(self, job: Job, thing: str) -> str | None:
         """Why `thing` cannot take OTA job `job` (a file larger than its profile takes),
         None if it can or the job is not an OTA job. The check CreateOTAUpdate makes of its

@@ -386,6 +386,16 @@ class SimMcu:
         assert self._running_version is not None
         return self._running_version
 
+    def running_image(self) -> bytes:
+        """The image the device runs, read back from flash (the source of a delta update;
+        only read, never written)."""
+        slot = self._running_slot()
+        image = self._load().images.get(slot)
+        data = None if image is None else self._read_image(slot, image)
+        if data is None:
+            raise PlatformError(f"slot {slot}: the running image cannot be read")
+        return data
+
     def create_staging(self, size: int, binding: bytes = b"", block_size: int = 0) -> None:
         state = self._load()
         running = self._running_slot()
