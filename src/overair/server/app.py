@@ -103,6 +103,7 @@ from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
 from overair.server.signing.trustlist import CHAIN_FILE as TRUST_CHAIN_FILE
 from overair.server.signing.trustlist import RootExpiryCollector, TrustListStore
+from overair.server.storage.blob_config import make_blobs
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
@@ -138,7 +139,8 @@ class Server:
         self.policies = PolicyStore(self.db, settings, clock)
         self.roles = RoleStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
-        self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes)
+        self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes,
+                                   blobs=make_blobs(settings.object_store, settings.data_dir, paths.objects))
         self.arns = Arns.of(settings)  # every ARN a request carries is parsed by it (O1)
         self.principals = PrincipalBinder(PrincipalDirectory(self.db), self.arns.scope)
         self.authorizer = Authorizer(self.policies, self.roles, PrincipalDirectory(self.db),
@@ -731,6 +733,7 @@ class Server:
         serving: list[asyncio.Task[object]] = []
         try:
             self.dynamic_groups.start()
+            await asyncio.to_thread(self._check_object_store)
             await asyncio.to_thread(self.registration_tasks.interrupted_by_restart)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
@@ -778,6 +781,14 @@ class Server:
             self.db.close()
             log.info("overair stopped")
 
+
+    def _check_object_store(self) -> None:
+        """Say at start if the object store cannot be used (wrong endpoint, bucket or
+        credentials); the server still starts and answers object requests with 503."""
+        try:
+            self.objects.blobs.check()
+        except UnavailableError as exc:
+            log.error("the object store is unavailable: %s", exc.message)
 
     def _stop_workers(self) -> None:
         self.background.shutdown(wait=True, cancel_futures=True)

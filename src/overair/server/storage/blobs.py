@@ -61,6 +61,10 @@ class BlobStore(Protocol):
     shared: bool
     description: str  # for logs and errors: "local directory /x", "S3 bucket b at https://..."
 
+    def check(self) -> None:
+        """Raise UnavailableError if the store cannot be used (said once at start)."""
+        ...
+
     def install(self, tmp: Path, name: str) -> None:
         """Make the bytes of `tmp` durable under `name` (replacing what was there). `tmp`
         may be consumed; the caller removes it if it still exists."""
@@ -141,6 +145,9 @@ class LocalBlobs:
 
     def path(self, name: str) -> Path:
         return self._root / name
+
+    def check(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
 
     def install(self, tmp: Path, name: str) -> None:
         final = self.path(name)
