@@ -73,6 +73,7 @@ from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs import steering_api
 from overair.server.jobs.documents import JobDocuments
+from overair.server.jobs.leader import leadership_for
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.jobs.steering import JobSteering
@@ -152,6 +153,9 @@ class Server:
         self.streams = StreamService(self.db, settings, self.objects, clock)
         self.jobs = JobService(self.db, settings, self.registry, clock)
         self.scheduler = JobScheduler(self.db, self.jobs, clock)
+        # Fleet-wide periodic work runs in one process of those sharing the database
+        # (jobs/leader.py; always this one on SQLite).
+        self.leadership = leadership_for(settings.db_url)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock,
@@ -410,8 +414,12 @@ class Server:
         self._notify_threadsafe(self.jobs.add_thing_to_continuous_jobs(thing, group_arn))
 
     async def _run_scheduler(self) -> None:
-        """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second."""
+        """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second, in the
+        leader process only; the others try to become it at every tick."""
         while True:
+            if not await asyncio.to_thread(self.leadership.poll):
+                await asyncio.sleep(TICK_SECONDS)
+                continue
             result = await asyncio.to_thread(self.scheduler.tick)
             if self.connection is not None:
                 if result.next_changed:
@@ -733,8 +741,7 @@ class Server:
         serving: list[asyncio.Task[object]] = []
         try:
             self.dynamic_groups.start()
-            await asyncio.to_thread(self._check_object_store)
-            await asyncio.to_thread(self.registration_tasks.interrupted_by_restart)
+            leading_at_start = await asyncio.to_thread(self._prepare_storage)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
             # Retained messages do not survive a broker restart: publish the list anew
@@ -748,8 +755,8 @@ class Server:
                     if task.done():
                         await task  # raises what stopped it (e.g. a port taken meanwhile)
                 await asyncio.sleep(0.02)
-            for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
-                self._schedule_ota(ota_id)
+            if leading_at_start:
+                self._resume_pending_updates()
             # Everything built at start-up lives as long as the server: keep it out of
             # full collections, which otherwise stall every thread for ~100 ms.
             gc.collect()
@@ -782,6 +789,20 @@ class Server:
             log.info("overair stopped")
 
 
+    def _resume_pending_updates(self) -> None:
+        for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
+            self._schedule_ota(ota_id)
+
+    def _prepare_storage(self) -> bool:
+        """Check the object store; lead? Work left unfinished by a stopped server is
+        taken up by the leader only: a second process starting must not fail or redo
+        what a live one is doing. Returns whether this process leads."""
+        self._check_object_store()
+        leading = self.leadership.poll()
+        if leading:
+            self.registration_tasks.interrupted_by_restart()
+        return leading
+
     def _check_object_store(self) -> None:
         """Say at start if the object store cannot be used (wrong endpoint, bucket or
         credentials); the server still starts and answers object requests with 503."""
@@ -795,6 +816,7 @@ class Server:
         self.presence_worker.shutdown(wait=True)
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()
+        self.leadership.close()  # another process may lead from its next tick
 
 
 class ServerThread:
