@@ -73,6 +73,7 @@ from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs import steering_api
 from overair.server.jobs.documents import JobDocuments
+from overair.server.jobs.fanout import ANY_ACCESS, fanout_for
 from overair.server.jobs.leader import leadership_for
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
@@ -155,7 +156,9 @@ class Server:
         self.scheduler = JobScheduler(self.db, self.jobs, clock)
         # Fleet-wide periodic work runs in one process of those sharing the database
         # (jobs/leader.py; always this one on SQLite).
-        self.leadership = leadership_for(settings.db_url)
+        # ... and the notifications and access changes the other processes must act on
+        # too (jobs/fanout.py; nothing on SQLite).
+        self.leadership, self.fanout = leadership_for(settings.db_url), fanout_for(settings.db_url)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock,
@@ -385,6 +388,10 @@ class Server:
         future.add_done_callback(_log_presence_failure)
 
     def _notify_threadsafe(self, things: list[str]) -> None:
+        self._notify_here(things)
+        self.fanout.announce("next", things)
+
+    def _notify_here(self, things: list[str]) -> None:
         if self.connection is not None:
             self.connection.notify_next_threadsafe(things)
 
@@ -426,18 +433,38 @@ class Server:
                     await self.connection.notify_next(result.next_changed)
                 if result.pending_changed:
                     await self.connection.notify_pending(result.pending_changed)
+            self.fanout.announce("next", result.next_changed)
+            self.fanout.announce("pending", result.pending_changed)
             await asyncio.sleep(TICK_SECONDS)
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:
+        self._notify_pending_here(things)
+        self.fanout.announce("pending", things)
+
+    def _notify_pending_here(self, things: list[str]) -> None:
         if self.connection is not None and things:
             self.connection.notify_pending_threadsafe(things)
+
+    def _on_fanout(self, kind: str, names: list[str]) -> None:
+        """Another server process announced a change (jobs/fanout.py): act on it here."""
+        if kind == "next":
+            self._notify_here(names)
+        elif kind == "pending":
+            self._notify_pending_here(names)
+        else:
+            self._access_changed_here([] if names == [ANY_ACCESS] else names)
 
     def _schedule_ota(self, ota_id: str) -> None:
         self.background.submit(self.ota.process, ota_id)
 
     def _access_changed(self, principals: Sequence[str] = ()) -> None:
         """A registry change of these certificates' access (none named: anything may have
-        changed). With overair's access plugin the change goes to the broker alone, in
+        changed), here and in the other server processes' brokers."""
+        self._access_changed_here(principals)
+        self.fanout.announce("access", list(principals) or [ANY_ACCESS])
+
+    def _access_changed_here(self, principals: Sequence[str] = ()) -> None:
+        """With overair's access plugin the change goes to the broker alone, in
         constant time; otherwise the broker's files are regenerated and reloaded."""
         if principals and self._changes_in_place():
             self.access.one(lambda: self._apply_change(principals))
@@ -725,6 +752,16 @@ class Server:
         await asyncio.to_thread(probe.run, lambda: reload(self.access_ledger.generation))
         self.reload = reload
 
+    async def _connect_service(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
+        connection = self.connection = ServiceConnection(host, port, service_tls, self.devices)
+        # Retained messages do not survive a broker restart: publish the list anew
+        # each time the service (re)connects.
+        connection.on_connected = self._republish_retained
+        await connection.start()
+        # What the other processes announce from now on; after a lost connection, this
+        # broker's access is regenerated whole (what was announced meanwhile is lost).
+        self.fanout.start(self._on_fanout, on_reconnect=self._access_changed_here)
+
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         paths = settings.paths
@@ -743,11 +780,7 @@ class Server:
             self.dynamic_groups.start()
             leading_at_start = await asyncio.to_thread(self._prepare_storage)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
-            connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
-            # Retained messages do not survive a broker restart: publish the list anew
-            # each time the service (re)connects.
-            connection.on_connected = self._republish_retained
-            await connection.start()
+            await self._connect_service(service_tls, mqtt_host, mqtt_port)
             serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))
             while not all(server.started for server in servers):
@@ -817,6 +850,7 @@ class Server:
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()
         self.leadership.close()  # another process may lead from its next tick
+        self.fanout.stop()
 
 
 class ServerThread:

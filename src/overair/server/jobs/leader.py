@@ -122,13 +122,18 @@ class AdvisoryLeader:
             self._leading = False
 
 
-def leadership_for(db_url: str) -> Leadership:
-    """The leadership the database supports: an advisory lock on PostgreSQL, else sole."""
+def postgres_conninfo(db_url: str) -> str | None:
+    """libpq's connection string for a PostgreSQL database URL; None for another database."""
     url = make_url(db_url)
     if url.get_backend_name() != "postgresql":
-        return SoleLeader()
+        return None
     parts = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username,
              "password": url.password}
-    conninfo = make_conninfo(**{k: str(v) for k, v in parts.items() if v is not None},
-                                              **{k: str(v) for k, v in url.query.items()})
-    return AdvisoryLeader(conninfo)
+    return make_conninfo(**{k: str(v) for k, v in parts.items() if v is not None},
+                         **{k: str(v) for k, v in url.query.items()})
+
+
+def leadership_for(db_url: str) -> Leadership:
+    """The leadership the database supports: an advisory lock on PostgreSQL, else sole."""
+    conninfo = postgres_conninfo(db_url)
+    return SoleLeader() if conninfo is None else AdvisoryLeader(conninfo)
