@@ -209,7 +209,12 @@ class Server:
         self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
                                      self.objects, self.jobs, self.audit, clock, limits=settings.limits,
                                      gate=self.downloads)
-        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object]
+        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object,
+                                           self._announce_deletion]
+
+    def _announce_deletion(self, bucket: str, key: str) -> None:
+        self.fanout.announce("deleted", [f"{bucket}/{key}"])
+
     def _check_download_host(self) -> None:
         """Devices check the download endpoint's certificate (the broker's) against the
         host of the URL they are given: say so at start if it cannot match."""
@@ -451,6 +456,11 @@ class Server:
             self._notify_here(names)
         elif kind == "pending":
             self._notify_pending_here(names)
+        elif kind == "deleted":
+            for name in names:
+                bucket, _, key = name.partition("/")
+                self.delivery.forget_file(bucket, key)
+                self.streams.forget_object(bucket, key)
         else:
             self._access_changed_here([] if names == [ANY_ACCESS] else names)
 
@@ -834,7 +844,19 @@ class Server:
         leading = self.leadership.poll()
         if leading:
             self.registration_tasks.interrupted_by_restart()
+            self.background.submit(self._sweep_objects)
         return leading
+
+    def _sweep_objects(self) -> None:
+        """Object bytes a crash left unreferenced (objects.py), once old enough that no
+        process can still be about to commit them."""
+        try:
+            removed = self.objects.sweep_unreferenced()
+        except UnavailableError as exc:
+            log.warning("unreferenced object bytes not swept: %s", exc.message)
+            return
+        if removed:
+            log.info("removed %d unreferenced object bytes", removed)
 
     def _check_object_store(self) -> None:
         """Say at start if the object store cannot be used (wrong endpoint, bucket or

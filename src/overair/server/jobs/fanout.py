@@ -1,5 +1,6 @@
 """What one server process must tell the others sharing its database: which things to
-notify (their next job or pending list changed) and whose broker access changed.
+notify (their next job or pending list changed), whose broker access changed, and which
+objects were deleted (their bytes must leave every process's delivery caches).
 
 With several `overair serve` processes, each with its own broker (docs/scaling.md), a
 device is connected to one of them, but a job can be created, or a certificate revoked,
@@ -37,7 +38,9 @@ from overair.server.jobs.leader import postgres_conninfo
 log = logging.getLogger("overair.fanout")
 
 CHANNEL = "overair_fanout"
-KINDS = ("next", "pending", "access")
+# next / pending: things to notify; access: certificates whose access changed;
+# deleted: objects ("<bucket>/<key>") whose bytes were deleted (caches drop them).
+KINDS = ("next", "pending", "access", "deleted")
 ANY_ACCESS = "*"  # an access change naming no certificate: anything may have changed
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more (its documented default
 # limit): long lists go in several. Names are thing names and certificate ids (short).
