@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from overair.core.errors import MisuseError
+from overair.server.settings import load_settings
 from overair.server.storage.blob_config import ObjectStoreConfig, make_blobs, parse_object_store
 from overair.server.storage.blobs import LocalBlobs
 from overair.server.storage.s3_blobs import S3Blobs
@@ -61,3 +63,20 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MisuseError) as exc:
         make_blobs(config, tmp_path, tmp_path / "objects")
     assert "chmod 600" in exc.value.message
+
+
+def test_the_documented_example_is_what_overair_toml_takes(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    (example,) = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[object_store]" in b]
+    (tmp_path / "overair.toml").write_text('account_id = "123456789012"\n' + example)
+    (tmp_path / "s3.secret").write_text("the-secret\n")
+    os.chmod(tmp_path / "s3.secret", 0o600)
+    settings = load_settings(tmp_path)
+    assert settings.object_store == ObjectStoreConfig(
+        backend="s3", bucket="overair-objects", endpoint_url="https://minio.example.net:9000",
+        region="us-east-1", path_style=True, access_key_id="overair", secret_access_key_file="s3.secret")
+    blobs = make_blobs(settings.object_store, tmp_path, settings.paths.objects)
+    assert blobs.description == "S3 bucket overair-objects at https://minio.example.net:9000"
+    (tmp_path / "overair.toml").write_text('account_id = "123456789012"\n[object_store]\nbackend = "s4"\n')
+    with pytest.raises(MisuseError, match=r"\[object_store\]: backend must be one of"):
+        load_settings(tmp_path)
