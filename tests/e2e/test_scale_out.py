@@ -83,3 +83,20 @@ def test_a_device_on_one_process_is_updated_by_an_ota_created_through_the_other(
                     for n in names}
 
         assert wait_for(lambda: statuses() == {"SUCCEEDED"}, 30, "SUCCEEDED reports")
+
+
+def test_when_the_leader_process_is_killed_the_other_leads_and_serves_on(
+        cluster: list[ServerProcess]) -> None:
+    """(Last in the module: it kills a process.) The first process to start leads; the
+    other takes the leadership over once it is SIGKILLed with its broker, and goes on
+    serving what the first stored."""
+    first, second = cluster
+    assert "scheduler leadership taken" in first.log.read_text(errors="replace")
+    assert "scheduler leadership taken" not in second.log.read_text(errors="replace")
+    s3 = first.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="before-the-kill.bin", Body=b"stored through the first")
+    first.kill()
+    wait_for(lambda: "scheduler leadership taken" in second.log.read_text(errors="replace"), 30,
+             "the second process to take the leadership over")
+    got = second.client("s3").get_object(Bucket=BUCKET, Key="before-the-kill.bin")
+    assert got["Body"].read() == b"stored through the first"
