@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from overair.server.storage.s3_blobs import S3Blobs
 from tests.api_harness import running_api
 from tests.blob_helpers import stored_names, write_stored
 from tests.conftest import BlobFactory
+from tests.postgres_harness import PostgresCluster
 from tests.seaweedfs_harness import SeaweedS3
 
 MIB = 1 << 20
@@ -161,3 +163,50 @@ def test_local_backend_is_the_default(db: Database, tmp_path: Path) -> None:
     objects = ObjectStore(db, tmp_path / "objects")
     assert isinstance(objects.blobs, LocalBlobs)
     assert not objects.blobs.shared
+
+
+def test_processes_overwriting_one_key_at_once_leave_one_version(
+        seaweedfs: SeaweedS3, postgres: PostgresCluster, tmp_path: Path) -> None:
+    """Unversioned PUTs of one key through two stores (two processes) at once: each
+    replaces the `null` version in turn, none fails, one version and its bytes remain;
+    the same for one part number of a multipart upload."""
+    url = postgres.new_database()
+    bucket = seaweedfs.new_bucket()
+    db_a, db_b = Database(url), Database(url)
+    migrate(db_a.engine)
+    try:
+        stores = [ObjectStore(db, tmp_path / name, blobs=S3Blobs(seaweedfs.location(bucket)))
+                  for db, name in ((db_a, "a"), (db_b, "b"))]
+        stores[0].create_bucket("firmware")
+
+        def write(n: int) -> None:
+            stores[n % 2].put_object("firmware", "same.bin", b"writer %d" % n)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(16)))
+        versions = stores[1].list_object_versions("firmware").versions
+        assert [v.object.version_id for v in versions] == ["null"]
+        _, data = stores[1].get_object("firmware", "same.bin")
+        assert data in {b"writer %d" % n for n in range(16)}
+        assert stored_names(stores[0].blobs, "data/") == [
+            f"data/firmware/{hashlib.sha256(b'same.bin').hexdigest()[:2]}/"
+            f"{hashlib.sha256(b'same.bin').hexdigest()}/null.{hashlib.sha256(data).hexdigest()}"]
+
+        # The same part number of one upload, through both at once: one part remains.
+        uploads = [MultipartStore(store) for store in stores]
+        upload = uploads[0].create("firmware", "parts.bin")
+
+        def send_part(n: int) -> None:
+            uploads[n % 2].upload_part("firmware", "parts.bin", upload.upload_id, 1, b"part try %d" % n)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(send_part, range(16)))
+        (part,) = uploads[1].list_parts("firmware", "parts.bin", upload.upload_id).parts
+        assert len(stored_names(stores[0].blobs, f"uploads/{upload.upload_id}/")) == 1
+        with uploads[1].assemble("firmware", "parts.bin", upload.upload_id,
+                                 [RequestedPart(1, part.etag)]) as assembly:
+            uploads[1].commit(assembly)
+        assert stores[0].get_object("firmware", "parts.bin")[1].startswith(b"part try ")
+    finally:
+        db_a.close()
+        db_b.close()

@@ -311,7 +311,9 @@ class MultipartStore:
             with self._lock, disk_writes("writing the part"):
                 try:
                     with self._db.session() as session:
-                        self._upload(session, bucket, key, upload_id)
+                        # Locked: parts of one upload sent through several processes at
+                        # once take turns (one part row per number).
+                        self._upload(session, bucket, key, upload_id, for_update=True)
                         final = self._part_name(upload_id, part_number, sha)
                         preexisting = self._blobs.exists(final)
                         self._blobs.install(tmp, final)  # durable before the row commits
@@ -517,8 +519,10 @@ class MultipartStore:
         )
 
     @staticmethod
-    def _upload(session: Session, bucket: str, key: str, upload_id: str) -> MultipartUpload:
-        row = session.scalar(select(MultipartUpload).where(MultipartUpload.upload_id == upload_id))
+    def _upload(session: Session, bucket: str, key: str, upload_id: str, *,
+                for_update: bool = False) -> MultipartUpload:
+        query = select(MultipartUpload).where(MultipartUpload.upload_id == upload_id)
+        row = session.scalar(query.with_for_update() if for_update else query)
         # An upload id is bound to its bucket and key: a request naming another key (and so
         # authorized against another resource) must not reach it.
         if row is None or row.bucket != bucket or row.key != key:

@@ -415,7 +415,7 @@ class ObjectStore:
             with self._lock, disk_writes("writing the object"):
                 try:
                     with self._db.session() as session:
-                        versioning = self._bucket(session, bucket).versioning
+                        versioning = self._bucket(session, bucket, for_update=True).versioning
                         if in_transaction is not None:
                             in_transaction(session)
                         version_id = _new_version_id() if versioning == "Enabled" else NULL_VERSION
@@ -492,7 +492,7 @@ class ObjectStore:
         doomed: list[str] = []
         with self._lock:
             with self._db.session() as session:
-                versioning = self._bucket(session, bucket).versioning
+                versioning = self._bucket(session, bucket, for_update=True).versioning
                 if version_id is not None:
                     row = session.scalar(
                         select(ObjectVersion).where(
@@ -632,8 +632,12 @@ class ObjectStore:
     # ---------------------------------------------------------------- internals
 
     @staticmethod
-    def _bucket(session: Session, name: str) -> Bucket:
-        row = session.get(Bucket, name)
+    def _bucket(session: Session, name: str, *, for_update: bool = False) -> Bucket:
+        """`for_update`: writers of one bucket take its row in turn (PostgreSQL; SQLite's
+        write transactions are serial anyway). The process lock orders one process's
+        writers; this orders several processes', which would otherwise both replace a
+        key's `null` version and collide on its unique (bucket, key, version) row."""
+        row = session.get(Bucket, name, with_for_update=for_update)
         if row is None:
             raise no_such_bucket(name)
         return row
