@@ -7,10 +7,11 @@ server's disk."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from overair.core.versions import Version
 from overair.server.storage.s3_blobs import S3Blobs
@@ -78,3 +79,32 @@ def test_agents_update_over_mqtt_and_https_from_s3_stored_images(s3_srv: Running
     assert len(stored) >= 2  # the image and its signed copy, in the bucket ...
     local = s3_srv.settings.paths.objects / "data"
     assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))  # ... not on the disk
+
+
+@pytest.mark.slow  # ~1 minute of retries; test_s3_blobs.py has the default run's variant
+def test_an_object_store_going_down_is_503_never_500(tmp_path: Path) -> None:
+    """The server's own SeaweedFS dies while it runs: every object operation through the
+    API is 503 ServiceUnavailable (never a 500, after the server's and the client's
+    retries), listings (database only) and the other APIs go on."""
+    seaweed = SeaweedS3.start()
+    try:
+        toml = s3_settings(seaweed, seaweed.new_bucket(), tmp_path / "s3.secret")
+        with running_server(tmp_path / "data", settings_toml=toml) as srv:
+            s3, iot = srv.client("s3"), srv.client("iot")
+            s3.create_bucket(Bucket=BUCKET)
+            s3.put_object(Bucket=BUCKET, Key="kept.bin", Body=b"stored before the outage")
+            seaweed.process.kill()
+            seaweed.process.wait(10)
+            attempts: list[Callable[[], object]] = [
+                lambda: s3.get_object(Bucket=BUCKET, Key="kept.bin"),
+                lambda: s3.head_object(Bucket=BUCKET, Key="kept.bin"),
+                lambda: s3.put_object(Bucket=BUCKET, Key="new.bin", Body=b"x")]
+            for attempt in attempts:
+                with pytest.raises(ClientError) as exc:
+                    attempt()
+                assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["kept.bin"]
+            iot.create_thing(thingName="still-served")  # the rest of the server goes on
+            assert iot.describe_thing(thingName="still-served")["thingName"] == "still-served"
+    finally:
+        seaweed.stop()
