@@ -75,7 +75,19 @@ class SeaweedS3:
         return name
 
     @classmethod
-    def start(cls) -> SeaweedS3:
+    def start(cls, attempts: int = 3) -> SeaweedS3:
+        """Started on free ports; again on others if one was taken meanwhile (the ports
+        are picked before weed binds them)."""
+        for attempt in range(attempts):
+            try:
+                return cls._start_once()
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _start_once(cls) -> SeaweedS3:
         root = Path(tempfile.mkdtemp(prefix="overair-seaweedfs-"))
         (root / "data").mkdir()
         config = {"identities": [{"name": "overair", "credentials": [
