@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute
 
 from overair.server.api.contract import Credential, OperationTable
 from overair.server.api.edge import build_api_app
+from overair.server.storage.blobs import BlobStore
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
 
@@ -128,11 +129,14 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 @contextmanager
 def running_api(tmp: Path, table: OperationTable | None = None, *, tls: bool = False,
                 max_body_bytes: int = 4 * 1024 * 1024,
-                extra_routes: list[BaseRoute] | None = None) -> Iterator[ApiServer]:
+                extra_routes: list[BaseRoute] | None = None,
+                blobs: BlobStore | None = None) -> Iterator[ApiServer]:
+    """The operator API on a free port; the object store's bytes in `blobs` (default: a
+    local directory under `tmp`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = Database(f"sqlite:///{tmp}/db.sqlite")
     migrate(db.engine)
-    objects = ObjectStore(db, tmp / "objects")
+    objects = ObjectStore(db, tmp / "objects", blobs=blobs)
     credentials = {
         ACCESS_KEY: Credential(ACCESS_KEY, SECRET_KEY, "tester", USER_ARN, True),
         INACTIVE_KEY: Credential(INACTIVE_KEY, INACTIVE_SECRET, "tester", USER_ARN, False),

@@ -1,15 +1,20 @@
 """Shared fixtures. `database_url` runs a test once on SQLite and once on PostgreSQL
 (a throw-away cluster started once per session, a fresh database per test); `softhsm` is
-a SoftHSM2 token for PKCS#11 tests."""
+a SoftHSM2 token for PKCS#11 tests. `blob_backend` runs a test once with the object
+store's bytes in a local directory and once in an S3 bucket of a SeaweedFS server
+(started once per session, a fresh bucket per test)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from overair.server.storage.blobs import BlobStore, LocalBlobs
+from overair.server.storage.s3_blobs import S3Blobs
 from tests.postgres_harness import PostgresCluster
+from tests.seaweedfs_harness import SeaweedS3
 from tests.softhsm_harness import SoftHsm, SoftHsmMissing
 
 
@@ -41,3 +46,24 @@ def softhsm() -> Iterator[SoftHsm]:
         yield hsm
     finally:
         hsm.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedS3]:
+    server = SeaweedS3.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+BlobFactory = Callable[[Path], BlobStore]  # the object store's root -> where its bytes go
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_backend(request: pytest.FixtureRequest) -> BlobFactory:
+    if request.param == "local":
+        return LocalBlobs
+    server: SeaweedS3 = request.getfixturevalue("seaweedfs")
+    bucket = server.new_bucket()
+    return lambda _root: S3Blobs(server.location(bucket, prefix="objects/"))

@@ -19,12 +19,20 @@ from botocore.exceptions import ClientError
 from overair.server.api.contract import ApiError
 from overair.server.api.s3_checksums import checksum_b64, crc32c, crc64nvme, verify_checksums
 from overair.server.storage.objects import ObjectStore
+from overair.server.storage.s3_blobs import S3Blobs
 from tests.api_harness import ApiServer, running_api
+from tests.blob_helpers import read_stored, stored_names, write_stored
+from tests.seaweedfs_harness import SeaweedS3
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    with running_api(tmp_path_factory.mktemp("s3"), max_body_bytes=2 * 1024 * 1024) as server:
+@pytest.fixture(scope="module", params=["local", "s3"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """The API with the object store's bytes on local disk, then in SeaweedFS's S3."""
+    blobs = None
+    if request.param == "s3":
+        seaweed: SeaweedS3 = request.getfixturevalue("seaweedfs")
+        blobs = S3Blobs(seaweed.location(seaweed.new_bucket()))
+    with running_api(tmp_path_factory.mktemp("s3"), max_body_bytes=2 * 1024 * 1024, blobs=blobs) as server:
         yield server
 
 
@@ -59,10 +67,15 @@ def error_of(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
     return exc.value.response["Error"]["Code"], exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def stored_file(api: ApiServer, sha256: str) -> Path:
-    matches = list((api.root / "objects").rglob(f"*.{sha256}"))
+def stored_file(api: ApiServer, sha256: str) -> str:
+    matches = [name for name in stored_names(api.objects.blobs, "data/") if name.endswith(f".{sha256}")]
     assert len(matches) == 1
     return matches[0]
+
+
+def stored_leaves(api: ApiServer, bucket: str) -> list[str]:
+    """The last part of the names of a bucket's stored bytes (`<version>.<sha256>`)."""
+    return [name.rsplit("/", 1)[1] for name in stored_names(api.objects.blobs, f"data/{bucket}/")]
 
 
 # ------------------------------------------------------------------------------ buckets
@@ -159,12 +172,12 @@ def test_unversioned_bucket_overwrites(api: ApiServer, s3: Any, bucket: str) -> 
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"two"
     versions = s3.list_object_versions(Bucket=bucket)["Versions"]
     assert [v["VersionId"] for v in versions] == ["null"]
-    assert len(list((api.root / "objects" / "data" / bucket).rglob("null.*"))) == 1  # old bytes removed
+    assert len([n for n in stored_leaves(api, bucket) if n.startswith("null.")]) == 1  # old bytes removed
     s3.delete_object(Bucket=bucket, Key="k")
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="k")
     assert error_of(exc) == ("404", 404)
-    assert list((api.root / "objects" / "data" / bucket).rglob("null.*")) == []
+    assert stored_leaves(api, bucket) == []
 
 
 def test_range_get_and_head(s3: Any, bucket: str) -> None:
@@ -244,17 +257,17 @@ def test_list_object_versions_paginates(s3: Any, bucket: str) -> None:
 def test_corrupted_object_is_not_served(api: ApiServer, s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="image.bin", Body=b"A" * 1000)
     stored = api.objects.head_object(bucket, "image.bin")
-    path = stored_file(api, stored.sha256)
-    raw = bytearray(path.read_bytes())
+    name = stored_file(api, stored.sha256)
+    raw = bytearray(read_stored(api.objects.blobs, name))
     raw[500] ^= 0x01
-    path.write_bytes(bytes(raw))
+    write_stored(api.objects.blobs, name, bytes(raw))
     with pytest.raises(ClientError) as exc:
         s3.get_object(Bucket=bucket, Key="image.bin")
     assert error_of(exc) == ("CorruptObject", 500)
     with pytest.raises(ApiError) as direct:
         api.objects.get_object(bucket, "image.bin")
     assert direct.value.code == "CorruptObject"
-    path.write_bytes(b"short")
+    write_stored(api.objects.blobs, name, b"short")
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="image.bin")
     assert error_of(exc) == ("500", 500)
@@ -277,17 +290,18 @@ def test_default_checksums_and_bad_digest(api: ApiServer, s3: Any, bucket: str) 
 
 def test_aws_chunked_uploads_over_tls(tls_api: ApiServer) -> None:
     s3 = tls_api.client("s3")
-    s3.create_bucket(Bucket="chunked")
+    bucket = f"chunked-{next(_counter)}"  # tls_api outlives the api fixture's parameters
+    s3.create_bucket(Bucket=bucket)
     data = bytes(range(251)) * 6000  # ~1.5 MB: more than one 1 MiB aws-chunked chunk
-    s3.upload_fileobj(io.BytesIO(data), "chunked", "big.bin")
-    got = s3.get_object(Bucket="chunked", Key="big.bin")
+    s3.upload_fileobj(io.BytesIO(data), bucket, "big.bin")
+    got = s3.get_object(Bucket=bucket, Key="big.bin")
     assert got["Body"].read() == data
     assert got["ContentLength"] == len(data)
-    put = s3.put_object(Bucket="chunked", Key="small", Body=b"trailer checksum")
+    put = s3.put_object(Bucket=bucket, Key="small", Body=b"trailer checksum")
     assert put["ChecksumCRC32"] == checksum_b64("crc32", b"trailer checksum")
-    s3.put_object(Bucket="chunked", Key="sha1", Body=b"sha1 trailer", ChecksumAlgorithm="SHA1")
-    assert s3.get_object(Bucket="chunked", Key="sha1")["Body"].read() == b"sha1 trailer"
-    assert tls_api.objects.head_object("chunked", "small").size == len(b"trailer checksum")
+    s3.put_object(Bucket=bucket, Key="sha1", Body=b"sha1 trailer", ChecksumAlgorithm="SHA1")
+    assert s3.get_object(Bucket=bucket, Key="sha1")["Body"].read() == b"sha1 trailer"
+    assert tls_api.objects.head_object(bucket, "small").size == len(b"trailer checksum")
 
 
 def test_body_too_large(s3: Any, bucket: str) -> None:
@@ -303,7 +317,7 @@ def test_every_checksum_algorithm(request: pytest.FixtureRequest, transport: str
     those values are supplied); over https they travel as aws-chunked trailers."""
     server: ApiServer = request.getfixturevalue("api" if transport == "http" else "tls_api")
     s3 = server.client("s3")
-    name = f"sums-{transport}-{algorithm.lower()}"
+    name = f"sums-{transport}-{algorithm.lower()}-{next(_counter)}"
     s3.create_bucket(Bucket=name)
     body = b"firmware bytes " * 100
     member = f"Checksum{algorithm}"
@@ -377,8 +391,7 @@ def test_failed_overwrite_keeps_previous_version(api: ApiServer, monkeypatch: py
     monkeypatch.undo()
     obj, data = store.get_object(bucket, "keep")
     assert data == b"original bytes"
-    files = [p.name for p in (api.root / "objects" / "data" / bucket).rglob("*") if p.is_file()]
-    assert files == [f"null.{obj.sha256}"]  # the new file was not left behind
+    assert stored_leaves(api, bucket) == [f"null.{obj.sha256}"]  # the new bytes were not left behind
     assert list((api.root / "objects" / "tmp").iterdir()) == []
 
 
@@ -386,7 +399,7 @@ def test_put_into_missing_bucket_leaves_nothing(api: ApiServer) -> None:
     with pytest.raises(ApiError) as exc:
         api.objects.put_object("not-there", "k", b"data")
     assert exc.value.code == "NoSuchBucket"
-    assert not (api.root / "objects" / "data" / "not-there").exists()
+    assert stored_names(api.objects.blobs, "data/not-there/") == []
     assert list((api.root / "objects" / "tmp").iterdir()) == []
 
 

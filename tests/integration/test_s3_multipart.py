@@ -23,10 +23,13 @@ from overair.core.limits import DEFAULT_LIMITS, MIB
 from overair.server.api.contract import ApiError, Caller
 from overair.server.api.s3 import S3Api
 from overair.server.api.s3_checksums import checksum_b64, crc64nvme
+from overair.server.storage import multipart
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.multipart import MultipartStore, RequestedPart
 from overair.server.storage.objects import ObjectStore
 from tests.api_harness import REGION, ApiServer, running_api
+from tests.blob_helpers import read_stored, stored_names, write_stored
+from tests.conftest import BlobFactory
 
 PART = 5 * MIB  # the smallest part S3 accepts before the last one
 
@@ -472,10 +475,12 @@ def test_o1_presigned_get_of_multipart_object_with_urllib(api: ApiServer, bucket
 
 
 @pytest.fixture
-def stores(database_url: str, tmp_path: Path) -> Iterator[tuple[ObjectStore, MultipartStore]]:
+def stores(database_url: str, blob_backend: BlobFactory,
+           tmp_path: Path) -> Iterator[tuple[ObjectStore, MultipartStore]]:
+    """An object store and its multipart uploads, on each database and each blob backend."""
     db = Database(database_url)
     migrate(db.engine)
-    objects = ObjectStore(db, tmp_path / "objects")
+    objects = ObjectStore(db, tmp_path / "objects", blobs=blob_backend(tmp_path / "objects"))
     objects.create_bucket("fw-bucket")
     try:
         yield objects, MultipartStore(objects)
@@ -491,8 +496,12 @@ def _two_parts(uploads: MultipartStore, key: str = "app.bin") -> tuple[str, list
     return upload.upload_id, requested, b"".join(bodies)
 
 
-def _data_files(objects: ObjectStore) -> list[Path]:
-    return [p for p in (objects.root / "data").rglob("*") if p.is_file()]
+def _data_files(objects: ObjectStore) -> list[str]:
+    return stored_names(objects.blobs, "data/")
+
+
+def _part_names(objects: ObjectStore, upload_id: str) -> list[str]:
+    return stored_names(objects.blobs, f"uploads/{upload_id}/")
 
 
 def test_crash_before_commit_leaves_the_upload_and_no_object(stores: tuple[ObjectStore, MultipartStore],
@@ -519,7 +528,7 @@ def test_crash_before_commit_leaves_the_upload_and_no_object(stores: tuple[Objec
         stored = uploads.commit(assembly)
     assert objects.get_object("fw-bucket", "app.bin")[1] == data
     assert stored.etag.endswith('-2"')
-    assert not (objects.root / "uploads" / upload_id).exists()
+    assert _part_names(objects, upload_id) == []
     with pytest.raises(ApiError) as exc:
         uploads.get_upload("fw-bucket", "app.bin", upload_id)
     assert exc.value.code == "NoSuchUpload"
@@ -534,24 +543,27 @@ def test_leftovers_of_a_crash_are_swept_at_start(stores: tuple[ObjectStore, Mult
         uploads.commit(assembly)
     monkeypatch.undo()
     live_id, _, _ = _two_parts(uploads, "live.bin")
-    stray = objects.root / "uploads" / live_id / "00003.deadbeef"  # renamed, never committed
-    stray.write_bytes(b"orphan")
-    live_files = sorted(p.name for p in (objects.root / "uploads" / live_id).iterdir() if p != stray)
+    live_files = _part_names(objects, live_id)
+    write_stored(objects.blobs, f"uploads/{live_id}/00003.deadbeef", b"orphan")  # installed, never committed
+    if objects.blobs.shared:  # another process may be mid-upload: only old leftovers go
+        MultipartStore(objects)  # a restart now leaves the young stray alone ...
+        assert f"uploads/{live_id}/00003.deadbeef" in _part_names(objects, live_id)
+        monkeypatch.setattr(multipart, "SHARED_SWEEP_AGE", -60.0)  # ... and an hour later sweeps it
 
     MultipartStore(objects)  # restart
 
-    assert not (objects.root / "uploads" / done_id).exists()
-    assert sorted(p.name for p in (objects.root / "uploads" / live_id).iterdir()) == live_files
+    assert _part_names(objects, done_id) == []
+    assert _part_names(objects, live_id) == live_files
     assert objects.head_object("fw-bucket", "done.bin").size == PART + len(b"last part")
 
 
 def test_tampered_part_is_never_assembled(stores: tuple[ObjectStore, MultipartStore]) -> None:
     objects, uploads = stores
     upload_id, requested, _ = _two_parts(uploads)
-    first = sorted((objects.root / "uploads" / upload_id).iterdir())[0]
-    raw = bytearray(first.read_bytes())
+    first = _part_names(objects, upload_id)[0]
+    raw = bytearray(read_stored(objects.blobs, first))
     raw[1234] ^= 0x01
-    first.write_bytes(bytes(raw))
+    write_stored(objects.blobs, first, bytes(raw))
     with pytest.raises(ApiError) as exc:  # noqa: SIM117 - raised while the parts are read
         with uploads.assemble("fw-bucket", "app.bin", upload_id, requested) as assembly:
             uploads.commit(assembly)
@@ -567,8 +579,8 @@ def test_reuploaded_part_replaces_the_old_bytes(stores: tuple[ObjectStore, Multi
     upload = uploads.create("fw-bucket", "k")
     uploads.upload_part("fw-bucket", "k", upload.upload_id, 1, b"first try")
     second = uploads.upload_part("fw-bucket", "k", upload.upload_id, 1, b"second try")
-    files = list((objects.root / "uploads" / upload.upload_id).iterdir())
-    assert [f.read_bytes() for f in files] == [b"second try"]
+    files = _part_names(objects, upload.upload_id)
+    assert [read_stored(objects.blobs, f) for f in files] == [b"second try"]
     with uploads.assemble("fw-bucket", "k", upload.upload_id, [RequestedPart(1, second.etag)]) as assembly:
         uploads.commit(assembly)
     assert objects.get_object("fw-bucket", "k")[1] == b"second try"

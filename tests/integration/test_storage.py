@@ -31,6 +31,8 @@ from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
+from tests.blob_helpers import read_stored, stored_names, write_stored
+from tests.conftest import BlobFactory
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -219,8 +221,9 @@ def test_many_devices_updating_at_once_lose_no_update(db: Database, settings: Se
     assert jobs.describe_job("job-1")[0].status == "COMPLETED"
 
 
-def test_object_versions_round_trip_and_corruption_is_never_served(db: Database, tmp_path: Path) -> None:
-    objects = ObjectStore(db, tmp_path / "objects")
+def test_object_versions_round_trip_and_corruption_is_never_served(db: Database, tmp_path: Path,
+                                                                    blob_backend: BlobFactory) -> None:
+    objects = ObjectStore(db, tmp_path / "objects", blobs=blob_backend(tmp_path / "objects"))
     objects.create_bucket("firmware")
     objects.set_versioning("firmware", "Enabled")
     first = objects.put_object("firmware", "app.bin", b"version one")
@@ -228,10 +231,10 @@ def test_object_versions_round_trip_and_corruption_is_never_served(db: Database,
     assert first.version_id != second.version_id
     assert objects.get_object("firmware", "app.bin", first.version_id)[1] == b"version one"
     assert objects.get_object("firmware", "app.bin")[1] == b"version two"
-    stored = [p for p in (tmp_path / "objects").rglob("*")
-              if p.is_file() and p.read_bytes() == b"version one"]
+    stored = [name for name in stored_names(objects.blobs, "data/")
+              if read_stored(objects.blobs, name) == b"version one"]
     assert len(stored) == 1
-    stored[0].write_bytes(b"version 0ne")  # bit rot, or tampering on disk
+    write_stored(objects.blobs, stored[0], b"version 0ne")  # bit rot, or tampering in storage
     with pytest.raises(ApiError) as caught:
         objects.get_object("firmware", "app.bin", first.version_id)
     assert caught.value.status >= 500

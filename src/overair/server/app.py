@@ -79,6 +79,8 @@ from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs import steering_api
 from overair.server.jobs.documents import JobDocuments
+from overair.server.jobs.fanout import ANY_ACCESS, fanout_for
+from overair.server.jobs.leader import leadership_for
 from overair.server.jobs.scheduler import TICK_SECONDS, JobScheduler
 from overair.server.jobs.service import JobService
 from overair.server.jobs.steering import JobSteering
@@ -114,6 +116,7 @@ from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import SigningService
 from overair.server.signing.trustlist import CHAIN_FILE as TRUST_CHAIN_FILE
 from overair.server.signing.trustlist import RootExpiryCollector, TrustListStore
+from overair.server.storage.blob_config import make_blobs
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
@@ -150,7 +153,8 @@ class Server:
         self.roles = RoleStore(self.db, self.sealer, settings, clock)
         self.registry = Registry(self.db, settings, self.fleet_ca, clock, self._access_changed)
         self._wire_events(settings, clock)
-        self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes)
+        self.objects = ObjectStore(self.db, paths.objects, max_object_bytes=settings.limits.max_object_bytes,
+                                   blobs=make_blobs(settings.object_store, settings.data_dir, paths.objects))
         self.arns = Arns.of(settings)  # every ARN a request carries is parsed by it (O1)
         self.principals = PrincipalBinder(PrincipalDirectory(self.db), self.arns.scope)
         self.authorizer = Authorizer(self.policies, self.roles, PrincipalDirectory(self.db),
@@ -162,6 +166,11 @@ class Server:
         self.streams = StreamService(self.db, settings, self.objects, clock)
         self.jobs = JobService(self.db, settings, self.registry, clock)
         self.scheduler = JobScheduler(self.db, self.jobs, clock)
+        # Fleet-wide periodic work runs in one process of those sharing the database
+        # (jobs/leader.py; always this one on SQLite).
+        # ... and the notifications and access changes the other processes must act on
+        # too (jobs/fanout.py; nothing on SQLite).
+        self.leadership, self.fanout = leadership_for(settings.db_url), fanout_for(settings.db_url)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock,
@@ -186,9 +195,13 @@ class Server:
             self.trust_lists.chain))
         iam_api.register_iam(self.table, self.identity, self.roles, self.policies)
         iam_api.register_sts(self.table, self.identity, self.roles, self.arns)
-        # The broker (gateway/): the Mosquitto overair runs and its supervisor, or none
-        # when an external broker is used; the witness and reload that confirm access
-        # changes in both cases.
+        self._init_broker_state()
+        self.ready = threading.Event()
+
+    def _init_broker_state(self) -> None:
+        """The broker (gateway/): the Mosquitto overair runs and its supervisor, or none
+        when an external broker is used; the witness and reload that confirm access
+        changes in both cases. Set at start (run)."""
         self.broker: Broker | None = None
         self.supervisor: BrokerSupervisor | None = None
         self.witness: AclWitness | None = None
@@ -198,8 +211,6 @@ class Server:
         self.access_ledger = AccessLedger()
         self.broker_probe: ExternalBrokerProbe | None = None
         self.session_closer: SessionCloser | None = None
-        self.ready = threading.Event()
-
 
     def _wire_events(self, settings: Settings, clock: Clock) -> None:
         """Event messages (server/events/): every committed change the recorder sees goes
@@ -235,7 +246,12 @@ class Server:
         self.delivery = HttpDelivery(self._url_signing_key(), settings.download_base_url,
                                      self.objects, self.jobs, self.audit, clock, limits=settings.limits,
                                      gate=self.downloads)
-        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object]
+        self.objects.deletion_watchers += [self.delivery.forget_file, self.streams.forget_object,
+                                           self._announce_deletion]
+
+    def _announce_deletion(self, bucket: str, key: str) -> None:
+        self.fanout.announce("deleted", [f"{bucket}/{key}"])
+
     def _check_download_host(self) -> None:
         """Devices check the download endpoint's certificate (the broker's) against the
         host of the URL they are given: say so at start if it cannot match."""
@@ -445,6 +461,10 @@ class Server:
         future.add_done_callback(_log_presence_failure)
 
     def _notify_threadsafe(self, things: list[str]) -> None:
+        self._notify_here(things)
+        self.fanout.announce("next", things)
+
+    def _notify_here(self, things: list[str]) -> None:
         if self.connection is not None:
             self.connection.notify_next_threadsafe(things)
 
@@ -477,26 +497,55 @@ class Server:
         self._notify_threadsafe(self.jobs.add_thing_to_continuous_jobs(thing, group_arn))
 
     async def _run_scheduler(self) -> None:
-        """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second."""
+        """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second, in the
+        leader process only; the others try to become it at every tick."""
         while True:
+            if not await asyncio.to_thread(self.leadership.poll):
+                await asyncio.sleep(TICK_SECONDS)
+                continue
             result = await asyncio.to_thread(self.scheduler.tick)
             if self.connection is not None:
                 if result.next_changed:
                     await self.connection.notify_next(result.next_changed)
                 if result.pending_changed:
                     await self.connection.notify_pending(result.pending_changed)
+            self.fanout.announce("next", result.next_changed)
+            self.fanout.announce("pending", result.pending_changed)
             await asyncio.sleep(TICK_SECONDS)
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:
+        self._notify_pending_here(things)
+        self.fanout.announce("pending", things)
+
+    def _notify_pending_here(self, things: list[str]) -> None:
         if self.connection is not None and things:
             self.connection.notify_pending_threadsafe(things)
+
+    def _on_fanout(self, kind: str, names: list[str]) -> None:
+        """Another server process announced a change (jobs/fanout.py): act on it here."""
+        if kind == "next":
+            self._notify_here(names)
+        elif kind == "pending":
+            self._notify_pending_here(names)
+        elif kind == "deleted":
+            for name in names:
+                bucket, _, key = name.partition("/")
+                self.delivery.forget_file(bucket, key)
+                self.streams.forget_object(bucket, key)
+        else:
+            self._access_changed_here([] if names == [ANY_ACCESS] else names)
 
     def _schedule_ota(self, ota_id: str) -> None:
         self.background.submit(self.ota.process, ota_id)
 
     def _access_changed(self, principals: Sequence[str] = ()) -> None:
         """A registry change of these certificates' access (none named: anything may have
-        changed). With overair's access plugin the change goes to the broker alone, in
+        changed), here and in the other server processes' brokers."""
+        self._access_changed_here(principals)
+        self.fanout.announce("access", list(principals) or [ANY_ACCESS])
+
+    def _access_changed_here(self, principals: Sequence[str] = ()) -> None:
+        """With overair's access plugin the change goes to the broker alone, in
         constant time; otherwise the broker's files are regenerated and reloaded."""
         if principals and self._changes_in_place() and not self.claims.any_claim(principals):
             self.access.one(lambda: self._apply_change(principals))
@@ -788,6 +837,17 @@ class Server:
         await asyncio.to_thread(probe.run, lambda: reload(self.access_ledger.generation))
         self.reload = reload
 
+    async def _connect_service(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
+        connection = self.connection = ServiceConnection(host, port, service_tls, self.devices)
+        # Retained messages do not survive a broker restart: publish the list anew
+        # each time the service (re)connects.
+        connection.on_connected = self._republish_retained
+        connection.claims = self.claim_service if self._claims_served() else None
+        await connection.start()
+        # What the other processes announce from now on; after a lost connection, this
+        # broker's access is regenerated whole (what was announced meanwhile is lost).
+        self.fanout.start(self._on_fanout, on_reconnect=self._access_changed_here)
+
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         paths = settings.paths
@@ -805,14 +865,9 @@ class Server:
         try:
             self.dynamic_groups.start()
             self.event_publisher.start()
-            await asyncio.to_thread(self.registration_tasks.interrupted_by_restart)
+            leading_at_start = await asyncio.to_thread(self._prepare_storage)
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
-            connection = self.connection = ServiceConnection(mqtt_host, mqtt_port, service_tls, self.devices)
-            # Retained messages do not survive a broker restart: publish the list anew
-            # each time the service (re)connects.
-            connection.on_connected = self._republish_retained
-            connection.claims = self.claim_service if self._claims_served() else None
-            await connection.start()
+            await self._connect_service(service_tls, mqtt_host, mqtt_port)
             serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))
             while not all(server.started for server in servers):
@@ -820,8 +875,8 @@ class Server:
                     if task.done():
                         await task  # raises what stopped it (e.g. a port taken meanwhile)
                 await asyncio.sleep(0.02)
-            for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
-                self._schedule_ota(ota_id)
+            if leading_at_start:
+                self._resume_pending_updates()
             # Everything built at start-up lives as long as the server: keep it out of
             # full collections, which otherwise stall every thread for ~100 ms.
             gc.collect()
@@ -857,12 +912,48 @@ class Server:
         self.db.close()
         log.info("overair stopped")
 
+    def _resume_pending_updates(self) -> None:
+        for ota_id in self.ota.pending_ids():  # resume updates interrupted by a restart
+            self._schedule_ota(ota_id)
+
+    def _prepare_storage(self) -> bool:
+        """Check the object store; lead? Work left unfinished by a stopped server is
+        taken up by the leader only: a second process starting must not fail or redo
+        what a live one is doing. Returns whether this process leads."""
+        self._check_object_store()
+        leading = self.leadership.poll()
+        if leading:
+            self.registration_tasks.interrupted_by_restart()
+            self.background.submit(self._sweep_objects)
+        return leading
+
+    def _sweep_objects(self) -> None:
+        """Object bytes a crash left unreferenced (objects.py), once old enough that no
+        process can still be about to commit them."""
+        try:
+            removed = self.objects.sweep_unreferenced()
+        except UnavailableError as exc:
+            log.warning("unreferenced object bytes not swept: %s", exc.message)
+            return
+        if removed:
+            log.info("removed %d unreferenced object bytes", removed)
+
+    def _check_object_store(self) -> None:
+        """Say at start if the object store cannot be used (wrong endpoint, bucket or
+        credentials); the server still starts and answers object requests with 503."""
+        try:
+            self.objects.blobs.check()
+        except UnavailableError as exc:
+            log.error("the object store is unavailable: %s", exc.message)
+
     def _stop_workers(self) -> None:
         self.background.shutdown(wait=True, cancel_futures=True)
         self.presence_worker.shutdown(wait=True)
         self.event_publisher.stop()
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()
+        self.leadership.close()  # another process may lead from its next tick
+        self.fanout.stop()
 
 
 class ServerThread:

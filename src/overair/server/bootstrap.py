@@ -34,6 +34,7 @@ from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import DataDir, Settings, dump_settings, split_password
 from overair.server.signing.certstore import CertificateStore
 from overair.server.signing.service import DEFAULT_PLATFORM, SigningService
+from overair.server.storage.blob_config import make_blobs
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.upgrade import UpgradeReport, upgrade_database
@@ -151,7 +152,8 @@ def _initialize(data_dir: Path, paths: DataDir, buckets: tuple[str, ...], *, hos
     try:
         migrate(db.engine)
         sealer = Sealer.load(paths.master_key)
-        objects = ObjectStore(db, paths.objects)
+        objects = ObjectStore(db, paths.objects,
+                              blobs=make_blobs(settings.object_store, settings.data_dir, paths.objects))
         certificates = CertificateStore(db, settings, sealer, now.timestamp, lambda: [dev_root.cert])
         signing = SigningService(db, settings, certificates, objects, now.timestamp)
         cert_arn = certificates.import_certificate(dev_signer.cert_pem, dev_signer.key_pem,

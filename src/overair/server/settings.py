@@ -23,6 +23,7 @@ from overair.core.limits import DEFAULT_LIMITS, Limits
 from overair.server.delivery.policy import DownloadLimits
 from overair.server.delivery.policy import parse_settings as parse_download_policy
 from overair.server.ota.profile_config import DeviceProfileConfig, parse_device_profiles
+from overair.server.storage.blob_config import ObjectStoreConfig, parse_object_store
 
 CONFIG_NAME = "overair.toml"
 # The database password, for deployments that pass secrets in the environment (the one
@@ -116,6 +117,9 @@ class Settings:
     # The fleet download policy (`[download_policy]`; server/delivery/policy.py): devices
     # downloading at once, bytes per second for all of them and for one; 0: unlimited.
     download_policy: DownloadLimits = field(default_factory=DownloadLimits)
+    # Where object bytes live (`[object_store]`; server/storage/blob_config.py): the data
+    # directory (default) or an S3 bucket several server processes share (docs/scaling.md).
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
 
     @property
@@ -243,6 +247,8 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
         except PeerInputError as exc:
             raise MisuseError(f"{paths.config}: [download_policy]: {exc.message} "
                               "(docs/configuration.md)") from exc
+    if "object_store" in raw:
+        raw["object_store"] = parse_object_store(raw["object_store"], f"{paths.config}: [object_store]")
     settings = Settings(data_dir=data_dir, database_password=os.environ.get(DATABASE_PASSWORD_ENV, ""), **raw)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = replace(settings, **given)
@@ -260,7 +266,7 @@ _KINDS: dict[str, str] = {
     "mqtt_session_expiry_hours": "int", "mqtt_max_queued_messages": "int", "http_tls_cert": "str",
     "http_tls_key": "str", "dev_mode": "bool", "allow_self_signed_code_signing": "bool",
     "pkcs11_modules": "strings", "trusted_proxies": "strings", "device_profiles": "table",
-    "download_policy": "table",
+    "download_policy": "table", "object_store": "table",
 }
 _KIND_TEXT = {"str": "a string", "int": "an integer", "bool": "true or false", "strings": "a list of strings",
               "table": "a table"}

@@ -1,8 +1,10 @@
-"""S3 multipart uploads: parts on local disk, upload and part rows in the database.
+"""S3 multipart uploads: parts in the object store's blob store, upload and part rows
+in the database.
 
-A part is written like an object version (temporary file, fsync, rename into
-`uploads/<upload id>/<part number>.<sha256>`, directory fsync) before its row is
-committed; re-uploading a part number replaces it, and the old file is removed after
+A part is written like an object version (temporary file, installed durably in the
+blob store as `uploads/<upload id>/<part number>.<sha256>`) before its row is
+committed, so a part uploaded through one server process can be completed through
+another sharing the blob store; re-uploading a part number replaces it, and the old file is removed after
 the commit. Completion checks the requested part list against the stored parts (S3's
 InvalidPart, InvalidPartOrder and EntityTooSmall rules), then streams the parts into
 one temporary file while re-checking every part's SHA-256, and hands that file to
@@ -21,26 +23,25 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import os
 import secrets
-import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from overair.core.errors import UnavailableError
 from overair.core.limits import MIB
 from overair.server.api.contract import ApiError
+from overair.server.storage.blobs import BlobReader, disk_writes
 from overair.server.storage.objects import (
     DEFAULT_CONTENT_TYPE,
     MAX_LIST_KEYS,
     ObjectStore,
     StoredObject,
-    disk_writes,
     no_such_bucket,
     page_by_key,
     validate_key,
@@ -52,6 +53,9 @@ logger = logging.getLogger("overair.objects")
 MIN_PART_BYTES = 5 * MIB  # every part but the last (S3's rule)
 MAX_PART_NUMBER = 10_000
 _READ_BLOCK = 1 * MIB
+# With a blob store shared by several processes, part bytes younger than this may belong
+# to an upload_part in flight elsewhere (installed, row not yet committed): not swept.
+SHARED_SWEEP_AGE = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +180,6 @@ def _require_bucket(session: Session, name: str) -> None:
         raise no_such_bucket(name)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class MultipartStore:
     """Multipart uploads into an `ObjectStore`; safe to call from several threads.
 
@@ -192,10 +188,12 @@ class MultipartStore:
     def __init__(self, objects: ObjectStore) -> None:
         self._objects = objects
         self._db = objects.db
-        self._dir = objects.root / "uploads"
+        self._blobs = objects.blobs
         self._lock = threading.Lock()
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._sweep()
+        try:
+            self._sweep()
+        except UnavailableError as exc:  # the object store is down: serve anyway (503s), sweep next start
+            logger.warning("leftover multipart parts not swept: %s", exc.message)
 
     # ----------------------------------------------------------------- uploads
 
@@ -306,25 +304,25 @@ class MultipartStore:
         sha = hashlib.sha256(data).hexdigest()
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         tmp = self._objects.write_temp([data], what="writing the part")
-        final: Path | None = None
+        final: str | None = None
         preexisting = False
-        replaced: Path | None = None
+        replaced: str | None = None
         try:
             with self._lock, disk_writes("writing the part"):
                 try:
                     with self._db.session() as session:
-                        self._upload(session, bucket, key, upload_id)
-                        final = self._part_path(upload_id, part_number, sha)
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        preexisting = final.exists()
-                        os.replace(tmp, final)
-                        _fsync_dir(final.parent)
+                        # Locked: parts of one upload sent through several processes at
+                        # once take turns (one part row per number).
+                        self._upload(session, bucket, key, upload_id, for_update=True)
+                        final = self._part_name(upload_id, part_number, sha)
+                        preexisting = self._blobs.exists(final)
+                        self._blobs.install(tmp, final)  # durable before the row commits
                         row = session.get(MultipartPart, (upload_id, part_number))
                         if row is None:
                             row = MultipartPart(upload_id=upload_id, part_number=part_number)
                             session.add(row)
                         else:
-                            replaced = self._part_path(upload_id, part_number, row.sha256)
+                            replaced = self._part_name(upload_id, part_number, row.sha256)
                         row.size = len(data)
                         row.md5 = md5
                         row.sha256 = sha
@@ -334,13 +332,11 @@ class MultipartStore:
                         session.flush()
                         part = _to_part(row)
                 except BaseException:
-                    if final is not None and not preexisting and final.exists():
-                        with contextlib.suppress(OSError):
-                            final.unlink()
+                    if final is not None and not preexisting:
+                        self._blobs.delete(final)
                     raise
                 if replaced is not None and replaced != final:
-                    with contextlib.suppress(OSError):
-                        replaced.unlink()
+                    self._blobs.delete(replaced)
         finally:
             if tmp.exists():
                 with contextlib.suppress(OSError):
@@ -398,8 +394,9 @@ class MultipartStore:
                 400,
             )
         with self._lock:
-            # Open the chosen files under the lock: a part re-uploaded meanwhile gets a new
-            # file and the old one is unlinked, but what was opened stays readable.
+            # Open the chosen parts under the lock: a part re-uploaded meanwhile gets a new
+            # name and the old one is removed, but what was opened stays readable (local
+            # files; an S3 GET already answering goes on, at worst fails: 503, try again).
             upload, chosen = self._choose_parts(bucket, key, upload_id, requested)
             handles = self._open_parts(upload_id, chosen)
         try:
@@ -479,15 +476,14 @@ class MultipartStore:
         self._objects.check_size(sum(p.size for p in chosen))
         return upload, chosen
 
-    def _open_parts(self, upload_id: str, parts: list[PartInfo]) -> list[BinaryIO]:
-        handles: list[BinaryIO] = []
+    def _open_parts(self, upload_id: str, parts: list[PartInfo]) -> list[BlobReader]:
+        handles: list[BlobReader] = []
         try:
             for part in parts:
-                path = self._part_path(upload_id, part.part_number, part.sha256)
-                try:
-                    handles.append(path.open("rb"))
-                except OSError as exc:
-                    raise self._corrupt(upload_id, part, f"unreadable: {exc}") from exc
+                handle = self._blobs.open(self._part_name(upload_id, part.part_number, part.sha256))
+                if handle is None:
+                    raise self._corrupt(upload_id, part, "missing from " + self._blobs.description)
+                handles.append(handle)
         except BaseException:
             for handle in handles:
                 handle.close()
@@ -498,7 +494,7 @@ class MultipartStore:
         self,
         upload: UploadInfo,
         parts: list[PartInfo],
-        handles: list[BinaryIO],
+        handles: list[BlobReader],
         whole: hashlib._Hash,
         observe: Callable[[bytes], None] | None,
     ) -> Iterator[bytes]:
@@ -523,41 +519,48 @@ class MultipartStore:
         )
 
     @staticmethod
-    def _upload(session: Session, bucket: str, key: str, upload_id: str) -> MultipartUpload:
-        row = session.scalar(select(MultipartUpload).where(MultipartUpload.upload_id == upload_id))
+    def _upload(session: Session, bucket: str, key: str, upload_id: str, *,
+                for_update: bool = False) -> MultipartUpload:
+        query = select(MultipartUpload).where(MultipartUpload.upload_id == upload_id)
+        row = session.scalar(query.with_for_update() if for_update else query)
         # An upload id is bound to its bucket and key: a request naming another key (and so
         # authorized against another resource) must not reach it.
         if row is None or row.bucket != bucket or row.key != key:
             raise no_such_upload()
         return row
 
-    def _part_path(self, upload_id: str, part_number: int, sha: str) -> Path:
-        return self._dir / upload_id / f"{part_number:05d}.{sha}"
+    @staticmethod
+    def _part_name(upload_id: str, part_number: int, sha: str) -> str:
+        return f"uploads/{upload_id}/{part_number:05d}.{sha}"
 
     def _remove_parts(self, upload_id: str) -> None:
-        shutil.rmtree(self._dir / upload_id, ignore_errors=True)
+        self._blobs.delete_prefix(f"uploads/{upload_id}/")
 
     def _sweep(self) -> None:
-        """Remove part files no row refers to (left by a crash between a file operation
-        and its commit, or before a finished upload's cleanup)."""
-        for entry in self._dir.iterdir():
-            if not entry.is_dir():
-                continue
+        """Remove part bytes no row refers to (left by a crash between installing them
+        and the commit, or before a finished upload's cleanup). With a shared blob store
+        only those older than SHARED_SWEEP_AGE: another process may be mid-upload."""
+        cutoff = time.time() - SHARED_SWEEP_AGE if self._blobs.shared else float("inf")
+        by_upload: dict[str, list[str]] = {}
+        for entry in self._blobs.list("uploads/"):
+            parts = entry.name.split("/")
+            if len(parts) == 3 and entry.modified < cutoff:
+                by_upload.setdefault(parts[1], []).append(parts[2])
+        for upload_id, names in by_upload.items():
             with self._db.reading() as session:
                 known = {
                     f"{row.part_number:05d}.{row.sha256}"
                     for row in session.scalars(
-                        select(MultipartPart).where(MultipartPart.upload_id == entry.name)
+                        select(MultipartPart).where(MultipartPart.upload_id == upload_id)
                     )
                 }
                 live = session.scalar(
-                    select(MultipartUpload.id).where(MultipartUpload.upload_id == entry.name)
+                    select(MultipartUpload.id).where(MultipartUpload.upload_id == upload_id)
                 )
             if live is None:
-                logger.info("removing the parts of finished multipart upload %s", entry.name)
-                self._remove_parts(entry.name)
+                logger.info("removing the parts of finished multipart upload %s", upload_id)
+                self._remove_parts(upload_id)
                 continue
-            for part_file in entry.iterdir():
-                if part_file.name not in known:
-                    with contextlib.suppress(OSError):
-                        part_file.unlink()
+            for name in names:
+                if name not in known:
+                    self._blobs.delete(f"uploads/{upload_id}/{name}")

@@ -1,11 +1,14 @@
-"""Versioned object storage: bytes on local disk, metadata in the database.
+"""Versioned object storage: bytes in a blob store, metadata in the database.
 
-Each object version is one file whose name is derived from its metadata row
+Each object version's bytes are stored under a name derived from its metadata row
 (`data/<bucket>/<hh>/<sha256(key)>/<version_id>.<sha256(content)>`), so no path is
-stored. A write goes to a temporary file, is fsync'ed, renamed into place (and the
-directory fsync'ed), and only then is the row committed; an overwritten `null`
-version's old file is removed after the commit. A crash therefore leaves at worst an
-unreferenced file, never a row pointing at missing or half-written bytes.
+stored. Where the bytes live is a `BlobStore` (`blobs.py`): a local directory (the
+default: a temporary file is fsync'ed, renamed into place and the directory fsync'ed)
+or an S3 bucket shared by several server processes (`s3_blobs.py`). A write goes to a
+local temporary file first, is installed durably in the blob store, and only then is
+the row committed; an overwritten `null` version's old bytes are removed after the
+commit. A crash therefore leaves at worst unreferenced bytes (`sweep_unreferenced`
+removes them), never a row pointing at missing or half-written bytes.
 
 The SHA-256 of every version is stored and re-checked on every read: bytes that do
 not match are never returned (`CorruptObject`).
@@ -14,21 +17,24 @@ Buckets follow S3 semantics: unversioned buckets keep one `null` version per key
 versioning `Enabled` creates a new random version id per write and delete markers on
 delete, `Suspended` writes the `null` version again while keeping older versions.
 
-Mutations of rows and files run under one process-local lock; reads do not take it.
+Mutations of rows and bytes run under one process-local lock; reads do not take it.
+With a shared (S3) blob store several processes write at once: the database orders
+their rows, and names carry the version id and content hash, so two writers never
+install different bytes under one name.
 Multipart uploads (`multipart.py`) assemble their parts into a temporary file and hand
 it to `commit_file`, the same installation path a single PUT takes.
 
 A full disk (ENOSPC, EDQUOT) while writing is an `UnavailableError` naming what was
-being written ("no space left on device while writing the object"), which the API
-answers with 503; by the order above, nothing of the failed write is visible: the
-temporary file is removed, and no row refers to bytes that were not installed.
+being written ("no space left on device while writing the object"), and so is an S3
+service that fails or cannot be reached; the API answers them with 503. By the order
+above, nothing of the failed write is visible: the temporary file is removed, and no
+row refers to bytes that were not installed.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -45,9 +51,9 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from overair.core.errors import UnavailableError
 from overair.core.limits import DEFAULT_LIMITS
 from overair.server.api.contract import ApiError
+from overair.server.storage.blobs import READ_BLOCK, BlobStore, LocalBlobs, disk_writes
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Bucket, MultipartUpload, ObjectVersion
 
@@ -232,50 +238,28 @@ def _to_object(row: ObjectVersion) -> StoredObject:
     )
 
 
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-@contextlib.contextmanager
-def disk_writes(what: str) -> Iterator[None]:
-    """A full disk inside the block is an UnavailableError that says so (503 at the API)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _NO_SPACE:
-            logger.error("no space left on device while %s", what)
-            raise UnavailableError(f"no space left on device while {what}",
-                                   code="NoSpaceLeftOnDevice") from exc
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ObjectStore:
-    """Versioned buckets on local disk; safe to call from several threads."""
+    """Versioned buckets, bytes in a blob store; safe to call from several threads.
+
+    `root` is a local directory for temporary files (and, without `blobs`, the bytes)."""
 
     def __init__(
         self,
         db: Database,
         root: Path,
         *,
+        blobs: BlobStore | None = None,
         clock: Callable[[], float] = time.time,
         max_object_bytes: int = DEFAULT_LIMITS.max_object_bytes,
     ) -> None:
         self._db = db
         self._root = Path(root)
-        self._data = self._root / "data"
         self._tmp = self._root / "tmp"
         self.clock = clock
         self.max_object_bytes = max_object_bytes
         self._lock = threading.Lock()
-        self._data.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._blobs: BlobStore = blobs if blobs is not None else LocalBlobs(self._root)
         self._sweep_tmp()
         # Called after an object's stored bytes are deleted (bucket, key): caches of file
         # bytes (delivery) drop them, so a deleted artifact is no longer served.
@@ -288,6 +272,10 @@ class ObjectStore:
     @property
     def root(self) -> Path:
         return self._root
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self._blobs
 
     # ---------------------------------------------------------------- buckets
 
@@ -418,26 +406,24 @@ class ObjectStore:
         before the new row is added and may raise to abandon the write; this is how a
         multipart completion removes its upload atomically with creating the object."""
         validate_key(key)
-        final: Path | None = None
-        # Identical bytes re-written as the `null` version land on the path the old row
-        # uses; such a file must survive a failed commit.
+        name: str | None = None
+        # Identical bytes re-written as the `null` version land on the name the old row
+        # uses; such bytes must survive a failed commit.
         preexisting = False
-        old_files: list[Path] = []
+        old_names: list[str] = []
         try:
             with self._lock, disk_writes("writing the object"):
                 try:
                     with self._db.session() as session:
-                        versioning = self._bucket(session, bucket).versioning
+                        versioning = self._bucket(session, bucket, for_update=True).versioning
                         if in_transaction is not None:
                             in_transaction(session)
                         version_id = _new_version_id() if versioning == "Enabled" else NULL_VERSION
-                        final = self._path(bucket, key, version_id, sha256)
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        preexisting = final.exists()
-                        os.replace(tmp, final)
-                        _fsync_dir(final.parent)
+                        name = self._name(bucket, key, version_id, sha256)
+                        preexisting = self._blobs.exists(name)
+                        self._blobs.install(tmp, name)  # durable before the row commits
                         if version_id == NULL_VERSION:
-                            old_files = self._drop_null(session, bucket, key)
+                            old_names = self._drop_null(session, bucket, key)
                         row = ObjectVersion(
                             bucket=bucket,
                             key=key,
@@ -454,14 +440,13 @@ class ObjectStore:
                         session.flush()
                         stored = _to_object(row)
                 except BaseException:
-                    # Not committed: the new file is unreferenced unless an old row uses it.
-                    if final is not None and not preexisting and final.exists():
-                        with contextlib.suppress(OSError):
-                            final.unlink()
+                    # Not committed: the new bytes are unreferenced unless an old row uses them.
+                    if name is not None and not preexisting:
+                        self._blobs.delete(name)
                     raise
-                for old in old_files:
-                    if old != final:
-                        self._unlink(old)
+                for old in old_names:
+                    if old != name:
+                        self._blobs.delete(old)
         finally:
             if tmp.exists():
                 with contextlib.suppress(OSError):
@@ -504,10 +489,10 @@ class ObjectStore:
 
     def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> DeleteResult:
         validate_key(key)
-        doomed: list[Path] = []
+        doomed: list[str] = []
         with self._lock:
             with self._db.session() as session:
-                versioning = self._bucket(session, bucket).versioning
+                versioning = self._bucket(session, bucket, for_update=True).versioning
                 if version_id is not None:
                     row = session.scalar(
                         select(ObjectVersion).where(
@@ -520,7 +505,7 @@ class ObjectStore:
                         return DeleteResult(version_id=version_id, delete_marker=False)
                     marker = row.delete_marker
                     if not marker:
-                        doomed.append(self._path(bucket, key, row.version_id, row.sha256))
+                        doomed.append(self._name(bucket, key, row.version_id, row.sha256))
                     session.delete(row)
                     result = DeleteResult(version_id=version_id, delete_marker=marker)
                 elif versioning is None:
@@ -545,8 +530,8 @@ class ObjectStore:
                         )
                     )
                     result = DeleteResult(version_id=marker_id, delete_marker=True)
-            for path in doomed:
-                self._unlink(path)
+            for name in doomed:
+                self._blobs.delete(name)
         if doomed:
             for watcher in self.deletion_watchers:
                 watcher(bucket, key)
@@ -647,8 +632,12 @@ class ObjectStore:
     # ---------------------------------------------------------------- internals
 
     @staticmethod
-    def _bucket(session: Session, name: str) -> Bucket:
-        row = session.get(Bucket, name)
+    def _bucket(session: Session, name: str, *, for_update: bool = False) -> Bucket:
+        """`for_update`: writers of one bucket take its row in turn (PostgreSQL; SQLite's
+        write transactions are serial anyway). The process lock orders one process's
+        writers; this orders several processes', which would otherwise both replace a
+        key's `null` version and collide on its unique (bucket, key, version) row."""
+        row = session.get(Bucket, name, with_for_update=for_update)
         if row is None:
             raise no_such_bucket(name)
         return row
@@ -669,8 +658,8 @@ class ObjectStore:
         # substr, not LIKE: LIKE is case-insensitive on SQLite and needs escaping.
         return [func.substr(ObjectVersion.key, 1, len(prefix)) == prefix]
 
-    def _drop_null(self, session: Session, bucket: str, key: str) -> list[Path]:
-        """Delete the `null` version row of a key; return its file to remove after commit."""
+    def _drop_null(self, session: Session, bucket: str, key: str) -> list[str]:
+        """Delete the `null` version row of a key; return its bytes' name to remove after commit."""
         row = session.scalar(
             select(ObjectVersion).where(
                 ObjectVersion.bucket == bucket,
@@ -680,33 +669,56 @@ class ObjectStore:
         )
         if row is None:
             return []
-        files = [] if row.delete_marker else [self._path(bucket, key, NULL_VERSION, row.sha256)]
+        files = [] if row.delete_marker else [self._name(bucket, key, NULL_VERSION, row.sha256)]
         session.delete(row)
         session.flush()
         return files
 
-    def _path(self, bucket: str, key: str, version_id: str, sha: str) -> Path:
+    @staticmethod
+    def _name(bucket: str, key: str, version_id: str, sha: str) -> str:
         key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return self._data / bucket / key_hash[:2] / key_hash / f"{version_id}.{sha}"
+        return f"data/{bucket}/{key_hash[:2]}/{key_hash}/{version_id}.{sha}"
 
     def _check_file(self, obj: StoredObject) -> None:
-        path = self._path(obj.bucket, obj.key, obj.version_id, obj.sha256)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = -1
+        size = self._blobs.size(self._name(obj.bucket, obj.key, obj.version_id, obj.sha256))
         if size != obj.size:
-            raise self._corrupt(obj, f"stored size {size} != {obj.size}")
+            raise self._corrupt(obj, f"stored size {-1 if size is None else size} != {obj.size}")
 
     def _read_verified(self, obj: StoredObject) -> bytes:
-        path = self._path(obj.bucket, obj.key, obj.version_id, obj.sha256)
+        return b"".join(self.iter_verified(obj))
+
+    def iter_verified(self, obj: StoredObject) -> Iterator[bytes]:
+        """The bytes of `obj` in blocks, read from the blob store; the SHA-256 is checked
+        at the end, so a consumer must not act on (or send) them before the iterator is
+        exhausted without raising."""
+        reader = self._blobs.open(self._name(obj.bucket, obj.key, obj.version_id, obj.sha256))
+        if reader is None:
+            raise self._corrupt(obj, "missing from " + self._blobs.description)
+        digest = hashlib.sha256()
+        size = 0
         try:
-            data = path.read_bytes()
+            while block := reader.read(READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+                yield block
         except OSError as exc:
             raise self._corrupt(obj, f"unreadable: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != obj.sha256:
+        finally:
+            reader.close()
+        if size != obj.size or digest.hexdigest() != obj.sha256:
             raise self._corrupt(obj, "SHA-256 mismatch")
-        return data
+
+    def read_range(self, obj: StoredObject, start: int, end: int) -> bytes:
+        """Bytes [start, end) of `obj` as stored, NOT checked against its SHA-256 (only
+        the whole can be): for a caller that verified the whole once (a cache keyed by
+        the version) and re-reads parts. Missing bytes are `CorruptObject`."""
+        reader = self._blobs.open(self._name(obj.bucket, obj.key, obj.version_id, obj.sha256), start, end)
+        if reader is None:
+            raise self._corrupt(obj, "missing from " + self._blobs.description)
+        try:
+            return reader.read()
+        finally:
+            reader.close()
 
     @staticmethod
     def _corrupt(obj: StoredObject, why: str) -> ApiError:
@@ -720,21 +732,40 @@ class ObjectStore:
             500,
         )
 
-    @staticmethod
-    def _unlink(path: Path) -> None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            logger.warning("could not remove %s", path, exc_info=True)
-
     def _sweep_tmp(self) -> None:
         cutoff = time.time() - _STALE_TMP_SECONDS
         for entry in self._tmp.iterdir():
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     entry.unlink()
+
+    def sweep_unreferenced(self, min_age: float = _STALE_TMP_SECONDS) -> int:
+        """Remove stored bytes no row refers to (left by a crash between installing them
+        and committing, or before removing an overwritten version's), if older than
+        `min_age` seconds: a younger name may belong to a write still in flight, here
+        or, with a shared blob store, in another process. Returns how many went."""
+        cutoff = time.time() - min_age
+        removed = 0
+        for entry in self._blobs.list("data/"):
+            if entry.modified >= cutoff or self._referenced(entry.name):
+                continue
+            logger.info("removing unreferenced object bytes %s", entry.name)
+            self._blobs.delete(entry.name)
+            removed += 1
+        return removed
+
+    def _referenced(self, name: str) -> bool:
+        parts = name.split("/")
+        if len(parts) != 5 or "." not in parts[4]:
+            return True  # not a name this store makes: leave it alone
+        _, bucket, _, key_hash, leaf = parts
+        version_id, _, sha = leaf.rpartition(".")
+        with self._db.reading() as session:
+            keys = session.scalars(select(ObjectVersion.key).where(
+                ObjectVersion.bucket == bucket, ObjectVersion.version_id == version_id,
+                ObjectVersion.sha256 == sha, ObjectVersion.delete_marker.is_(False)))
+            return any(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() == key_hash
+                       for key in keys)
 
 
 def encode_marker(value: str) -> str:
