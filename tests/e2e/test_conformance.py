@@ -484,7 +484,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
     }
     overair = {"RevokeCodeSigningCertificate": {"CertificateArn": w.revoke_acm_arn, "Reason": "conformance"},
                "CreateOfflineBundle": {"OtaUpdateId": w.ota, "ThingName": w.things[1]},
-               "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {}}
+               "PublishTrustList": {"TrustList": w.trust_list}, "GetTrustList": {},
+               "DescribeRolloutHealth": {"JobId": w.job}, "ResumeRollout": {"JobId": w.job}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},

@@ -119,6 +119,11 @@ class Limits:
     # Lines per transaction and per broker access change: 500 identities with 128-character
     # thing names render to 242 KiB, well inside the access plugin's 1 MiB control message.
     registration_batch: int = 500
+    # Device health reports (core/health.py, issue 18): the custom metrics one report
+    # carries, any count's ceiling, and the health gates of one rollout.
+    max_health_metrics: int = 16
+    max_health_count: int = 1_000_000
+    max_health_metric_gates: int = 16
 
     @property
     def device_max_file_size(self) -> int:
