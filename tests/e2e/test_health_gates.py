@@ -15,18 +15,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from overair.cli.main import app as cli_app
 from overair.core.versions import Version
-from overair.server.storage.schema import AuditEntry
+from overair.server.storage.schema import AuditEntry, JobExecution, ThingShadow
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.ota_helpers import create_ota, wait_for
+from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
 V1, BAD, GOOD = Version(1, 0, 0), Version(1, 1, 0), Version(1, 2, 0)
 SIZE = 16 * 1024
 THINGS = [f"health-{i}" for i in range(10)]
+runner = CliRunner()
 CRASHING = {"health-0", "health-3", "health-7"}  # 30 %: two in the first cohort of five
 # The application: on the bad image, the crashing devices' exits with 3 after starting.
 APP = (
@@ -121,3 +127,133 @@ def test_a_crashing_image_stops_after_the_first_cohort_and_a_good_one_goes_throu
         assert (second_released - first_released).total_seconds() >= 3
         assert fleet.wait(lambda s: all(x.version == str(GOOD) for x in s.values()), 30)
         assert ops.describe_rollout_health(JobId=good)["Status"] == "PASSED"
+
+
+# --- pause, resume (API and CLI), and hostile reports ------------------------------------------
+
+def _bare_things(srv: RunningServer, names: list[str]) -> list[str]:
+    iot = srv.client("iot")
+    return [iot.create_thing(thingName=name)["thingArn"] for name in names]
+
+
+def _report(srv: RunningServer, thing: str, reported: dict[str, Any]) -> None:
+    payload = json.dumps({"state": {"reported": reported}}).encode()
+    srv.client("iot-data").update_thing_shadow(thingName=thing, shadowName="overair-health", payload=payload)
+
+
+def _cli(srv: RunningServer, *args: str) -> str:
+    result = runner.invoke(cli_app, [*args, "--data-dir", str(srv.settings.paths.root)])
+    assert result.exit_code == 0, result.output
+    return str(result.output)
+
+
+def test_a_paused_rollout_is_explained_and_resumed_from_the_cli(srv: RunningServer) -> None:
+    """A PAUSE gate holds the releases with the figures (reports written through iot-data,
+    as any device or gateway may); a crafted report stored behind the shadow service's back
+    is left out of the figures, never breaking the decision; `overair ota resume` goes on."""
+    iot, ops = srv.client("iot"), srv.client("overair")
+    arns = _bare_things(srv, ["pause-0", "pause-1", "pause-2"])
+    gates = {"overair:healthWindowSeconds": "600", "overair:healthCohortSize": "1",
+             "overair:healthAction": "PAUSE"}
+    image = make_firmware(BAD, SIZE, seed="pause")
+    info = create_ota(srv, "health-pause", arns, image, additionalParameters=gates)
+    job_id = str(info["awsIotJobId"])
+    wait_for(lambda: _released(srv, job_id) == {"pause-0"}, 20, "the first cohort")
+    _report(srv, "pause-1", {"jobId": None, "crashes": 0})
+    with srv.server.db.session() as s:  # as if stored before validation existed
+        s.add(ThingShadow(thing_name="pause-2", shadow_name="overair-health", desired={},
+                          reported={"crashes": "many", "metrics": [1e308]}, metadata_={}, version=1,
+                          present=True, updated_at=0.0))
+    _report(srv, "pause-0", {"jobId": job_id, "crashes": 2, "lastExitCode": 139})
+    paused = wait_for(lambda: (h := ops.describe_rollout_health(JobId=job_id))["Status"] == "PAUSED" and h,
+                      20, "the pause")
+    assert paused["JobStatus"] == "IN_PROGRESS"
+    assert paused["Reason"] == ("crash rate 100% (1/1 updated devices) exceeds 2x the control's 0% (0/1)")
+    output = _cli(srv, "ota", "health", "health-pause")
+    assert "PAUSED" in output
+    assert "crash rate 100%" in output
+    assert _released(srv, job_id) == {"pause-0"}  # held: the second cohort is not released
+    assert "OBSERVING" in _cli(srv, "ota", "resume", "health-pause")
+    assert ops.describe_rollout_health(JobId=job_id)["Status"] == "OBSERVING"
+    assert ops.resume_rollout(JobId=job_id)["Status"] == "OBSERVING"  # idempotent
+    iot.cancel_job(jobId=job_id, force=True)
+
+
+def _released(srv: RunningServer, job_id: str) -> set[str]:
+    with srv.server.db.reading() as s:
+        return set(s.scalars(select(JobExecution.thing_name).where(
+            JobExecution.job_id == job_id, JobExecution.released_at.is_not(None))))
+
+
+def test_n4_a_device_cannot_report_health_for_another_thing(srv: RunningServer, tmp_path: Path) -> None:
+    a, b = "n4-health-a", "n4-health-b"
+    device = Device(srv, srv.provision(a, tmp_path / a), a)
+    srv.provision(b, tmp_path / b)
+    assert device.connect()
+    try:
+        forged = json.dumps({"state": {"reported": {"jobId": "any", "crashes": 5}}})
+        wait_for(lambda: _publish_own(device, a, forged), 20, "the device's own report")
+        device.client.publish(f"$aws/things/{b}/shadow/name/overair-health/update", forged, qos=1)
+        assert device.disconnected.wait(10)  # the broker drops the device's connection ...
+        assert _reported(srv, b) == {}  # ... and the report never reaches the service
+        assert _reported(srv, a)["crashes"] == 5
+    finally:
+        device.close()
+
+
+def _publish_own(device: Device, thing: str, payload: str) -> bool:
+    """Publish to the device's own health shadow until the service answers (its
+    subscription may take a moment to be in place)."""
+    device.subscribe(f"$aws/things/{thing}/shadow/name/overair-health/update/#")
+    device.client.publish(f"$aws/things/{thing}/shadow/name/overair-health/update", payload, qos=1)
+    return bool(device.wait_for("/update/accepted", 1.0))
+
+
+def test_a_malformed_report_is_refused_with_a_stable_code(srv: RunningServer, tmp_path: Path) -> None:
+    name = "bad-report"
+    device = Device(srv, srv.provision(name, tmp_path / name), name)
+    assert device.connect()
+    try:
+        wait_for(lambda: _publish_own(device, name, json.dumps({"state": {"reported": {"crashes": 0}}})),
+                 20, "the device's own report")
+        device.client.publish(f"$aws/things/{name}/shadow/name/overair-health/update",
+                              json.dumps({"state": {"reported": {"crashes": -1}}}), qos=1)
+        rejected = device.wait_for("/update/rejected")
+        assert rejected
+        body = json.loads(rejected[0][1])
+        assert body["code"] == 400
+        assert body["message"].startswith("InvalidHealthReport: crashes must be an integer")
+    finally:
+        device.close()
+    with pytest.raises(ClientError) as raised:
+        _report(srv, name, {"metrics": {f"m{i}": i for i in range(17)}})
+    assert raised.value.response["Error"]["Code"] == "InvalidRequestException"
+    assert raised.value.response["Error"]["Message"].startswith("InvalidHealthReport: at most 16 metrics")
+    assert _reported(srv, name) == {"crashes": 0}  # the refused reports changed nothing
+
+
+def test_a_flood_of_reports_is_bounded(srv: RunningServer, tmp_path: Path) -> None:
+    """A device publishing reports as fast as it can spends its update budget (issue 12):
+    the excess is refused with 429, and the service keeps one document for the thing."""
+    name = "flooding-device"
+    device = Device(srv, srv.provision(name, tmp_path / name), name)
+    assert device.connect()
+    try:
+        wait_for(lambda: _publish_own(device, name, json.dumps({"state": {"reported": {"crashes": 0}}})),
+                 20, "the device's own report")
+        device.messages.clear()
+        for i in range(300):
+            report = {"state": {"reported": {"crashes": i % 3, "metrics": {"n": i}}}}
+            device.client.publish(f"$aws/things/{name}/shadow/name/overair-health/update", json.dumps(report))
+        wait_for(lambda: len([m for m in device.messages if m[0].endswith(("/accepted", "/rejected"))]) >= 300
+                 or None, 30, "the answers")
+        throttled = [json.loads(p) for t, p in device.messages if t.endswith("/update/rejected")]
+        assert throttled
+        assert {body["code"] for body in throttled} == {429}
+    finally:
+        device.close()
+    data = srv.client("iot-data")
+    shadow = data.get_thing_shadow(thingName=name, shadowName="overair-health")
+    document = json.loads(shadow["payload"].read())
+    assert document["version"] < 300  # what the budget let through, in one document
+    assert data.list_named_shadows_for_thing(thingName=name)["results"] == ["overair-health"]
