@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from overair.cli.main import app as cli_app
 from overair.core.versions import Version
+from overair.server.bootstrap import DEV_PROFILE
 from overair.server.storage.schema import AuditEntry, JobExecution, ThingShadow
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
@@ -257,3 +258,21 @@ def test_a_flood_of_reports_is_bounded(srv: RunningServer, tmp_path: Path) -> No
     document = json.loads(shadow["payload"].read())
     assert document["version"] < 300  # what the budget let through, in one document
     assert data.list_named_shadows_for_thing(thingName=name)["results"] == ["overair-health"]
+
+
+def test_the_cli_creates_a_gated_rollout_with_params(srv: RunningServer, tmp_path: Path) -> None:
+    (arn,) = _bare_things(srv, ["cli-gated"])
+    image = tmp_path / "app.img"
+    image.write_bytes(make_firmware(GOOD, SIZE, seed="cli-gated"))
+    _cli(srv, "ota", "create", "health-cli", "--image", str(image), "--target", arn,
+         "--signing-profile", DEV_PROFILE, "--param", "overair:healthWindowSeconds=600",
+         "--param", "overair:healthCohortSize=1", "--param", "overair:healthApproval=true")
+    details = json.loads(_cli(srv, "ota", "health", "health-cli", "--json"))
+    assert details["gates"] == {"windowSeconds": 600, "cohortSize": 1, "maxCrashRatio": 2.0, "minSamples": 1,
+                                "action": "PAUSE", "approval": True, "metricMax": {}}
+    refused = runner.invoke(cli_app, ["ota", "create", "health-cli-2", "--image", str(image), "--target", arn,
+                                      "--signing-profile", DEV_PROFILE, "--param", "overair:healthCohortSize",
+                                      "--data-dir", str(srv.settings.paths.root)])
+    assert refused.exit_code != 0
+    assert "KEY=VALUE" in refused.output
+    srv.client("iot").cancel_job(jobId=details["jobId"], force=True)
