@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from typer.testing import CliRunner
 from overair.cli.main import app as cli_app
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
+from overair.server.jobs.scheduler import TICK_SECONDS
 from overair.server.storage.schema import AuditEntry, JobExecution, ThingShadow
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.ota_helpers import create_ota, wait_for
 from tests.e2e.test_server_security import Device
-from tests.server_harness import RunningServer
+from tests.server_harness import RunningServer, running_server
 
 V1, BAD, GOOD = Version(1, 0, 0), Version(1, 1, 0), Version(1, 2, 0)
 SIZE = 16 * 1024
@@ -276,3 +278,36 @@ def test_the_cli_creates_a_gated_rollout_with_params(srv: RunningServer, tmp_pat
     assert refused.exit_code != 0
     assert "KEY=VALUE" in refused.output
     srv.client("iot").cancel_job(jobId=details["jobId"], force=True)
+
+
+def test_a_restarted_server_keeps_the_decision_and_decides_the_same(tmp_path: Path) -> None:
+    """The decision lives in the job and comes from stored reports and executions: after a
+    restart the rollout is still paused with the same figures, nothing more is released,
+    and the decision is not taken (nor audited) a second time."""
+    data_dir = tmp_path / "server"
+    with running_server(data_dir) as first:
+        s3 = first.client("s3")
+        s3.create_bucket(Bucket="firmware")
+        s3.put_bucket_versioning(Bucket="firmware", VersioningConfiguration={"Status": "Enabled"})
+        arns = _bare_things(first, ["restart-0", "restart-1"])
+        gates = {"overair:healthWindowSeconds": "600", "overair:healthCohortSize": "1"}
+        info = create_ota(first, "health-restart", arns, make_firmware(BAD, SIZE, seed="restart"),
+                          additionalParameters=gates)
+        job_id = str(info["awsIotJobId"])
+        wait_for(lambda: _released(first, job_id) == {"restart-0"}, 20, "the first cohort")
+        _report(first, "restart-1", {"jobId": None, "crashes": 0})
+        _report(first, "restart-0", {"jobId": job_id, "crashes": 1})
+        ops = first.client("overair")
+        before = wait_for(lambda: (h := ops.describe_rollout_health(JobId=job_id))["Status"] == "PAUSED"
+                          and h, 20, "the pause")
+    with running_server(data_dir) as again:
+        ops = again.client("overair")
+        time.sleep(3 * TICK_SECONDS)  # the scheduler and the health monitor ticked again
+        after = ops.describe_rollout_health(JobId=job_id)
+        assert (after["Status"], after["Reason"]) == (before["Status"], before["Reason"])
+        assert json.loads(after["Details"])["decision"] == json.loads(before["Details"])["decision"]
+        assert _released(again, job_id) == {"restart-0"}
+        with again.server.db.reading() as s:
+            gated = select(AuditEntry.decision).where(AuditEntry.action == "overair:HealthGate")
+            decisions = list(s.scalars(gated))
+        assert decisions == ["Paused"]
