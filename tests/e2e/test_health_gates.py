@@ -193,6 +193,9 @@ def test_a_paused_rollout_is_explained_and_resumed_from_the_cli(srv: RunningServ
     paused = wait_for(lambda: (h := ops.describe_rollout_health(JobId=job_id))["Status"] == "PAUSED" and h,
                       20, "the pause")
     assert paused["JobStatus"] == "IN_PROGRESS"
+    job = iot.describe_job(jobId=job_id)["job"]
+    assert job["reasonCode"] == "HEALTH_GATE"
+    assert job["comment"] == f"health gate: paused: {paused['Reason']}"
     assert paused["Reason"] == ("crash rate 100% (1/1 updated devices) exceeds 2x the control's 0% (0/1)")
     output = _cli(srv, "ota", "health", "health-pause")
     assert "PAUSED" in output
@@ -200,6 +203,8 @@ def test_a_paused_rollout_is_explained_and_resumed_from_the_cli(srv: RunningServ
     assert _released(srv, job_id) == {"pause-0"}  # held: the second cohort is not released
     assert "OBSERVING" in _cli(srv, "ota", "resume", "health-pause")
     assert ops.describe_rollout_health(JobId=job_id)["Status"] == "OBSERVING"
+    resumed = iot.describe_job(jobId=job_id)["job"]
+    assert resumed["comment"] == "health gate: resumed from PAUSED (ResumeRollout)"
     assert ops.resume_rollout(JobId=job_id)["Status"] == "OBSERVING"  # idempotent
     iot.cancel_job(jobId=job_id, force=True)
 

@@ -33,6 +33,7 @@ from overair.server.storage.schema import Job, JobExecution, ThingShadow
 
 log = logging.getLogger("overair.health")
 PRINCIPAL = "service/overair-health"
+HELD = {"PAUSED": "paused", "AWAITING_APPROVAL": "awaiting approval (ResumeRollout)"}
 
 
 def gates_of(job: Job) -> HealthGates | None:
@@ -116,6 +117,10 @@ class HealthMonitor:
                     return
                 state = new
                 _store_state(job, state)
+                if state.status in HELD:  # DescribeJob says why the rollout stands still
+                    job.reason_code = gates.REASON_CODE
+                    job.comment = f"health gate: {HELD[state.status]}: {decision.reason}"[:1024]
+                    job.last_updated_at = now
         if decision is not None:
             self._record(job_id, health, state, decision)
         if state.status == "CANCELED":
@@ -198,6 +203,8 @@ class HealthMonitor:
             resumed = RolloutHealthState("OBSERVING", accepted, cohort,
                                          {**state.figures, "resumedFrom": state.status}, now)
             _store_state(job, resumed)
+            job.comment = f"health gate: resumed from {state.status} (ResumeRollout)"
+            job.last_updated_at = now
         try:
             self._audit.record(principal=PRINCIPAL, action="overair:ResumeRollout",
                                resource=self._jobs.job_arn(job_id), decision="Resumed",
