@@ -338,3 +338,38 @@ def test_a_restarted_server_keeps_the_decision_and_decides_the_same(tmp_path: Pa
             gated = select(AuditEntry.decision).where(AuditEntry.action == "overair:HealthGate")
             decisions = list(s.scalars(gated))
         assert decisions == ["Paused"]
+
+
+HOT = Version(1, 5, 0)  # runs without crashing, but hot
+METRICS = (
+    "import json, os\n"
+    f"print(json.dumps({{'temp_c': 91.0 if os.environ['OVERAIR_VERSION'] == '{HOT}' else 40.0}}))\n"
+)
+
+
+def test_a_metric_from_the_agents_hook_pauses_the_rollout(srv: RunningServer, tmp_path: Path) -> None:
+    """Real agents' metrics hook (`[health] metrics_command`): the bad image runs hot, the
+    metric gate pauses the rollout after the first cohort, and nothing more is released."""
+    things = ["metric-0", "metric-1"]
+    (tmp_path / "metrics.py").write_text(METRICS)
+    bundles = _bundles(srv, tmp_path, things)
+    hook = json.dumps(f"{sys.executable} {tmp_path / 'metrics.py'}")
+    for bundle in bundles:  # into the [health] table, which _bundles writes last
+        config = bundle / "agent.toml"
+        config.write_text(config.read_text() + f"metrics_command = {hook}\n")
+    with Fleet(bundles) as fleet:
+        assert fleet.wait(lambda s: all(x.connected for x in s.values()), 30)
+        wait_for(lambda: all(_reported(srv, t).get("metrics") == {"temp_c": 40.0} for t in things), 30,
+                 "baselines with metrics")
+        iot = srv.client("iot")
+        info = create_ota(srv, "health-metric", [iot.describe_thing(thingName=t)["thingArn"] for t in things],
+                          make_firmware(HOT, SIZE, seed="metric"), additionalParameters={
+                              "overair:healthWindowSeconds": "30", "overair:healthCohortSize": "1",
+                              "overair:healthMetricMax.temp_c": "85", "overair:healthAction": "PAUSE"})
+        job_id = str(info["awsIotJobId"])
+        health = wait_for(lambda: (h := srv.client("overair").describe_rollout_health(JobId=job_id))["Status"]
+                          == "PAUSED" and h, 60, "the metric gate")
+        assert health["Reason"] == "metric temp_c reached 91 on 1 updated device(s), above 85"
+        assert _released(srv, job_id) == {"metric-0"}
+        iot.cancel_job(jobId=job_id, force=True)  # and metric-0 rolls back from its trial
+        assert fleet.wait(lambda s: all(x.version == str(V1) for x in s.values()), 60)

@@ -14,6 +14,12 @@ from overair.agent.machine.state import Phase
 from overair.core.health import parse_report
 from tests.unit.test_agent_machine import READY, V2, after_activation, booted, job, of, ota_doc, run, statuses
 
+
+def _sent(reporter: HealthReporter, now: float) -> bytes | None:
+    report = reporter.due(now)
+    return None if report is None else reporter.payload(report)
+
+
 GATED = {**ota_doc(), "overair": {"health": {"windowSeconds": 300}}}
 
 
@@ -44,20 +50,20 @@ def test_an_execution_canceled_during_the_window_rolls_the_image_back() -> None:
 def test_reports_count_since_boot_and_are_sent_on_change_and_every_interval() -> None:
     reporter = HealthReporter(10.0)
     reporter.booted(version="1.1.0", job_id="job-1", trial=True, boot_count=2, now=100.0)
-    first = reporter.due(100.0)
+    first = _sent(reporter, 100.0)
     assert first is not None
-    assert reporter.due(105.0) is None
+    assert _sent(reporter, 105.0) is None
     reporter.crashed(3)
     reporter.crashed(139)
-    crashed = reporter.due(106.0)
+    crashed = _sent(reporter, 106.0)
     assert crashed is not None
     report = parse_report(json.loads(crashed)["state"]["reported"])
     assert (report.job_id, report.crashes, report.last_exit_code, report.reboots, report.self_test) == (
         "job-1", 2, 139, 1, "PENDING")
-    assert reporter.due(115.0) is None
-    assert reporter.due(116.0) is not None
+    assert _sent(reporter, 115.0) is None
+    assert _sent(reporter, 116.0) is not None
     reporter.booted(version="1.0.0", job_id=None, trial=False, boot_count=0, now=200.0)
-    again = parse_report(json.loads(reporter.due(200.0) or b"")["state"]["reported"])
+    again = parse_report(json.loads(_sent(reporter, 200.0) or b"")["state"]["reported"])
     assert (again.job_id, again.crashes, again.self_test) == (None, 0, None)
     assert update_topic("dev-1") == "$aws/things/dev-1/shadow/name/overair-health/update"
     assert HealthReporter(0.0).due(0.0) is None  # reports off
@@ -70,8 +76,8 @@ def test_the_metrics_hook_is_checked_as_the_server_checks_it(tmp_path: Path) -> 
     bad.write_text('print(\'{"temp c": "hot"}\')')
     reporter = HealthReporter(1.0, f"{sys.executable} {good}")
     reporter.booted(version="1.0.0", job_id=None, trial=False, boot_count=0, now=0.0)
-    reported = json.loads(reporter.due(0.0) or b"")["state"]["reported"]
+    reported = json.loads(_sent(reporter, 0.0) or b"")["state"]["reported"]
     assert reported["metrics"] == {"temp_c": 51.5, "queue": 3.0}
     reporter = HealthReporter(1.0, f"{sys.executable} {bad}")
     reporter.booted(version="1.0.0", job_id=None, trial=False, boot_count=0, now=0.0)
-    assert json.loads(reporter.due(0.0) or b"")["state"]["reported"]["metrics"] == {}
+    assert json.loads(_sent(reporter, 0.0) or b"")["state"]["reported"]["metrics"] == {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import subprocess
 import threading
@@ -33,8 +34,10 @@ def update_topic(thing: str) -> str:
 
 
 class HealthReporter:
-    def __init__(self, interval: float, metrics_command: str = "", cwd: Path | None = None) -> None:
+    def __init__(self, interval: float, metrics_command: str = "", cwd: Path | None = None,
+                 thing_name: str = "") -> None:
         self.interval = interval
+        self.thing_name = thing_name
         self.metrics_command = metrics_command.strip()
         self.cwd = cwd
         self._lock = threading.Lock()
@@ -68,8 +71,8 @@ class HealthReporter:
                                         "PASSED" if passed else "FAILED", r.metrics)
             self._dirty = True
 
-    def due(self, now: float) -> bytes | None:
-        """The shadow update to publish now, if one is due."""
+    def due(self, now: float) -> HealthReport | None:
+        """The report to publish now, if one is due (`payload` makes the message)."""
         if not self.enabled:
             return None
         with self._lock:
@@ -77,21 +80,28 @@ class HealthReporter:
                 return None
             self._dirty = False
             self._last_sent = now
-            report = self._report
-        metrics = self._metrics()
+            return self._report
+
+    def payload(self, report: HealthReport) -> bytes:
+        """The shadow update for `report`, with the metrics hook's output (which runs the
+        command: call it off the agent's thread when there is one)."""
+        metrics = self._metrics(report)
         reported = report.to_reported()
         if metrics is not None:
             reported["metrics"] = metrics
         return json.dumps({"state": {"reported": reported}}, separators=(",", ":")).encode()
 
-    def _metrics(self) -> dict[str, float] | None:
+    def _metrics(self, report: HealthReport) -> dict[str, float] | None:
         """The metrics hook's output, checked as the server checks it (None: no hook, or
         its output is unusable: the report goes without metrics rather than refused)."""
         if not self.metrics_command:
             return None
         try:
+            # As the application's: which thing and image the metrics are of.
+            env = {**os.environ, "OVERAIR_THING_NAME": self.thing_name,
+                   "OVERAIR_VERSION": report.version or ""}
             done = subprocess.run(shlex.split(self.metrics_command), cwd=self.cwd, capture_output=True,
-                                  timeout=METRICS_TIMEOUT_SECONDS, check=False)
+                                  env=env, timeout=METRICS_TIMEOUT_SECONDS, check=False)
             if done.returncode != 0 or len(done.stdout) > METRICS_MAX_OUTPUT:
                 raise InvalidHealthReport(f"the metrics command exited {done.returncode}")
             return parse_report({"metrics": wirejson.loads(done.stdout)}).metrics

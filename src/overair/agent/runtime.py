@@ -277,7 +277,7 @@ class Runtime:
         self._alive = False
         self._state = State(self._settings)
         self._health = HealthReporter(config.health.report_interval_seconds, config.health.metrics_command,
-                                      config.base_dir)
+                                      config.base_dir, config.thing_name)
         self._app = AppRunner(config.app.command, cwd=config.base_dir, thing_name=config.thing_name,
                               on_crash=self._health.crashed)
 
@@ -700,9 +700,16 @@ class Runtime:
         transport = self._transport
         if transport is None or not self._state.connected:
             return
-        payload = self._health.due(self._clock())
-        if payload is not None:
-            transport.publish(update_topic(self.config.thing_name), payload, 1)
+        report = self._health.due(self._clock())
+        if report is None:
+            return
+        topic = update_topic(self.config.thing_name)
+        if not self._health.metrics_command:
+            transport.publish(topic, self._health.payload(report), 1)
+            return
+        # The metrics hook may take seconds: never on the agent's thread.
+        threading.Thread(target=lambda: transport.publish(topic, self._health.payload(report), 1),
+                         name=f"health-{self.config.thing_name}", daemon=True).start()
 
     def _run_self_test(self, job_id: str, deadline: float, hold: float = 0.0) -> SelfTestResult | None:
         command = self.config.self_test.command.strip()
