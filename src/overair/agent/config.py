@@ -43,7 +43,7 @@ command = ""                       # optional: must exit 0 for the self-test to 
 [app]
 command = ["./app", "--serve"]     # optional: the application, started after every boot
 [health]                           # optional: health reports (shadow overair-health)
-report_interval_seconds = 60       # 0: none; else also at boot, on a crash and the self-test
+report_interval_seconds = 300      # 0: none; else also at boot, on a crash and the self-test
 metrics_command = ""               # optional: prints a JSON object of numeric metrics
 [ota]
 block_size = 4096
@@ -179,7 +179,7 @@ class AppConfig:
 class HealthConfig:
     """Health reports in the `overair-health` shadow (agent/health.py, core/health.py)."""
 
-    report_interval_seconds: float = 60.0  # 0: no reports
+    report_interval_seconds: float = 300.0  # 0: no reports (a 10,000-device fleet: 33 shadow updates/s)
     metrics_command: str = ""  # prints a JSON object of numbers: the report's metrics
 
 
@@ -303,7 +303,7 @@ class _Loader:
 
     def health(self, t: dict[str, Any]) -> HealthConfig:
         w = "[health]"
-        return HealthConfig(self.number(t, w, "report_interval_seconds", 60.0, 0.0, 24 * 3600.0),
+        return HealthConfig(self.number(t, w, "report_interval_seconds", 300.0, 0.0, 24 * 3600.0),
                             self.string(t, w, "metrics_command", ""))
 
     def app(self, t: dict[str, Any]) -> AppConfig:
