@@ -518,7 +518,8 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
                "ListEventReaders": {},
                "SetClaimCertificateTemplates": {"CertificateId": w.claim_cert_id,
                                                 "TemplateNames": ["conf-prov"]},
-               "GetClaimCertificateTemplates": {"CertificateId": w.claim_cert_id}}
+               "GetClaimCertificateTemplates": {"CertificateId": w.claim_cert_id},
+               "DescribeRolloutHealth": {"JobId": w.job}, "ResumeRollout": {"JobId": w.job}}
     iot_data: dict[str, dict[str, Any]] = {
         "GetThingShadow": {"thingName": thing1},
         "UpdateThingShadow": {"thingName": thing1, "payload": b'{"state": {"reported": {"on": false}}}'},

@@ -1031,7 +1031,7 @@ def test_o1_ota_operator_policy_is_exactly_the_seed_list() -> None:
     assert len(managed.OTA_OPERATOR_ACTIONS) == 21 == len(set(managed.OTA_OPERATOR_ACTIONS))
     assert not any("*" in a or "?" in a for a in managed.OTA_OPERATOR_ACTIONS)
     assert {s["Sid"] for s in statements} == {"OTAWorkflow", "PassOTAServiceRole", "ListOTAUpdates",
-                                              "DeleteOTAUpdates", "CancelOTAJobs"}
+                                              "DeleteOTAUpdates", "CancelOTAJobs", "HealthGatedRollouts"}
 
 
 def test_o1_ota_operator_may_pass_only_ota_service_roles_only_to_iot() -> None:

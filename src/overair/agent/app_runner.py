@@ -18,7 +18,7 @@ import logging
 import os
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from overair.agent.platform.base import BootInfo
@@ -30,8 +30,10 @@ STOP_GRACE_SECONDS = 5.0
 
 class AppRunner:
     def __init__(self, command: Sequence[str], *, cwd: Path, thing_name: str,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None,
+                 on_crash: Callable[[int], None] | None = None) -> None:
         self.command = tuple(command)
+        self.on_crash = on_crash  # an exit with a non-zero code, not caused by stop() (health reports)
         self.cwd = cwd
         self.thing_name = thing_name
         self.extra_env = dict(extra_env or {})
@@ -69,6 +71,8 @@ class AppRunner:
             ours = self._process is process
         if ours:  # not stopped by us
             log.warning("the application (pid %d) exited with %d", process.pid, code)
+            if code != 0 and self.on_crash is not None:
+                self.on_crash(code)
 
     def stop(self) -> None:
         with self._lock:

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from overair.agent.app_runner import AppRunner
 from overair.agent.config import AgentConfig, ConfigError
 from overair.agent.fsutil import DataDirLock, atomic_write
+from overair.agent.health import HealthReporter, update_topic
 from overair.agent.identity import check_certificate_identity
 from overair.agent.machine import commands as cmd
 from overair.agent.machine.events import (
@@ -282,7 +283,10 @@ class Runtime:
         self._error: str | None = None
         self._alive = False
         self._state = State(self._settings)
-        self._app = AppRunner(config.app.command, cwd=config.base_dir, thing_name=config.thing_name)
+        self._health = HealthReporter(config.health.report_interval_seconds, config.health.metrics_command,
+                                      config.base_dir, config.thing_name)
+        self._app = AppRunner(config.app.command, cwd=config.base_dir, thing_name=config.thing_name,
+                              on_crash=self._health.crashed)
 
     def _mqtt_factory(self) -> TransportFactory:
         try:
@@ -338,6 +342,7 @@ class Runtime:
                 if self._clock() - last_tick >= self._tick_interval:
                     last_tick = self._clock()
                     self._feed(Tick())
+                    self._report_health()
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             log.exception("agent %s stopped on an error", self.config.thing_name)
@@ -413,6 +418,10 @@ class Runtime:
         self._state = State(self._settings, journal=self._journal_store.load())
         self._feed(Booted(info.version, info.slot, info.trial, info.fell_back, self._staged_progress(),
                           self._platform.security_counter()))
+        record = self._state.journal.job  # on trial: the job that activated the image
+        job_id = record.job_id if info.trial and record is not None else None
+        self._health.booted(version=str(info.version), job_id=job_id, trial=info.trial,
+                            boot_count=info.boot_count, now=self._clock())
         self._app.start(info)
         generation = self._generation
         callbacks = TransportCallbacks(
@@ -549,8 +558,8 @@ class Runtime:
                     return failed
                 self._reboot()
                 return _REBOOTED
-            case cmd.RunSelfTest(job_id, deadline):
-                return self._run_self_test(job_id, deadline)
+            case cmd.RunSelfTest(job_id, deadline, hold):
+                return self._run_self_test(job_id, deadline, hold)
             case cmd.CommitImage():
                 return (self._platform_op("commit", self._platform.commit)
                         or ImageCommitted(self._platform.security_counter()))
@@ -725,15 +734,39 @@ class Runtime:
             remember(file.signature, [c.public_bytes(serialization.Encoding.DER) for c in chain])
         return result
 
-    def _run_self_test(self, job_id: str, deadline: float) -> SelfTestResult | None:
+    def _report_health(self) -> None:
+        transport = self._transport
+        if transport is None or not self._state.connected:
+            return
+        report = self._health.due(self._clock())
+        if report is None:
+            return
+        topic = update_topic(self.config.thing_name)
+        if not self._health.metrics_command:
+            transport.publish(topic, self._health.payload(report), 1)
+            return
+        # The metrics hook may take seconds: never on the agent's thread.
+        threading.Thread(target=lambda: transport.publish(topic, self._health.payload(report), 1),
+                         name=f"health-{self.config.thing_name}", daemon=True).start()
+
+    def _run_self_test(self, job_id: str, deadline: float, hold: float = 0.0) -> SelfTestResult | None:
         command = self.config.self_test.command.strip()
         hook = self._self_test_hook
-        if not command and hook is None:
+        if not command and hook is None and not hold:
+            self._health.self_test(True)
             return SelfTestResult(True, "built-in checks passed")
         generation, version = self._generation, self._state.running
+        hold_until = self._clock() + hold
 
         def work() -> None:
-            self._post(generation, self._self_test(job_id, version, command, hook, deadline))
+            result = self._self_test(job_id, version, command, hook, deadline)
+            self._health.self_test(result.ok)
+            # The health window: the image stays on trial, the application observed, so
+            # that the rollout's gates can still have it rolled back (core/health.py).
+            while result.ok and self._clock() < hold_until and generation == self._generation \
+                    and not self._stopping.is_set():
+                time.sleep(min(0.2, max(0.0, hold_until - self._clock())))
+            self._post(generation, result)
 
         threading.Thread(target=work, name=f"selftest-{self.config.thing_name}", daemon=True).start()
         return None

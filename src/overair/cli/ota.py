@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from overair.cli import health as health_cli
 from overair.cli.common import DataDirOption, api_clients, api_errors, out
 from overair.cli.rollout_view import RolloutView, read_rollout
 from overair.core.errors import DecodeError, MisuseError
@@ -124,6 +125,11 @@ def create(
     timeout_minutes: Annotated[
         int | None, typer.Option(help="A device IN_PROGRESS longer times out.")
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="An additionalParameters entry KEY=VALUE (e.g. overair:healthWindowSeconds=600); "
+                          "repeat."),
+    ] = None,
     role_arn: Annotated[
         str | None, typer.Option(help="Service role (default: the account's overair-ota).")
     ] = None,
@@ -169,6 +175,7 @@ def create(
                 }
             ],
             **_job_config(max_per_minute, abort_failed_percent, abort_min_executed, timeout_minutes),
+            **({"additionalParameters": _parameters(param)} if param else {}),
         )
         status = answer["otaUpdateStatus"]
         info: dict[str, Any] = {}
@@ -326,6 +333,14 @@ def retry_failed(
     )
 
 
+def _parameters(given: list[str]) -> dict[str, str]:
+    pairs = [p.partition("=") for p in given]
+    bad = [key for key, eq, _ in pairs if not eq or not key]
+    if bad:
+        raise MisuseError(f"--param takes KEY=VALUE, not {bad[0]!r}", code="BadParameter")
+    return {key: value for key, _, value in pairs}
+
+
 def _job_of(iot: Any, ota_id: str) -> str:
     info = iot.get_ota_update(otaUpdateId=ota_id)["otaUpdateInfo"]
     job = info.get("awsIotJobId")
@@ -344,4 +359,5 @@ def _role_of(iot: Any, info: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    health_cli.register(ota_app)  # `ota health`, `ota resume` (cli/health.py)
     app.add_typer(ota_app, name="ota")

@@ -151,6 +151,11 @@ class Limits:
     max_claim_parameters: int = 50
     claim_requests_per_second: float = 10.0
     claim_request_burst: int = 50
+    # Device health reports (core/health.py, issue 18): the custom metrics one report
+    # carries, any count's ceiling, and the health gates of one rollout.
+    max_health_metrics: int = 16
+    max_health_count: int = 1_000_000
+    max_health_metric_gates: int = 16
 
     @property
     def device_max_file_size(self) -> int:

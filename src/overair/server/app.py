@@ -67,6 +67,8 @@ from overair.server.gateway.session_close import SessionCloser
 from overair.server.gateway.supervisor import BrokerSupervisor
 from overair.server.gateway.tls import client_ssl_context
 from overair.server.gateway.witness import AclWitness
+from overair.server.health import api as health_api
+from overair.server.health.monitor import HealthMonitor
 from overair.server.iam import actions
 from overair.server.iam import api as iam_api
 from overair.server.iam.actions import Check
@@ -298,6 +300,11 @@ class Server:
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
                           templates, catalog.published_versions)
         shadow_api.register(self.table, self.shadows, self._publish_threadsafe, clock, settings.limits)
+        # Health-gated rollouts (issue 18): the scheduler asks the gates before releasing.
+        self.health = HealthMonitor(self.db, self.jobs, self.audit, settings.limits, clock,
+                                    self._notify_threadsafe)
+        self.scheduler.release_cap = self.health.release_cap
+        health_api.register(self.table, self.health)
         steering_api.register(self.table, self.jobs, JobSteering(self.db, self.jobs, self.registry, clock),
                               templates,
                               JobDocuments(self.objects, settings.limits.max_job_document_bytes,
@@ -511,6 +518,12 @@ class Server:
                     await self.connection.notify_pending(result.pending_changed)
             self.fanout.announce("next", result.next_changed)
             self.fanout.announce("pending", result.pending_changed)
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _run_health(self) -> None:
+        """The health gates' decisions and actions (server/health/monitor.py), once a second."""
+        while True:
+            await asyncio.to_thread(self.health.tick)
             await asyncio.sleep(TICK_SECONDS)
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:
@@ -870,6 +883,7 @@ class Server:
             await self._connect_service(service_tls, mqtt_host, mqtt_port)
             serving = self._start_http(servers)
             tasks.append(asyncio.create_task(self._run_scheduler()))
+            tasks.append(asyncio.create_task(self._run_health()))
             while not all(server.started for server in servers):
                 for task in serving:
                     if task.done():

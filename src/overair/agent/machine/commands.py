@@ -110,6 +110,10 @@ class ActivateAndReboot:
 class RunSelfTest:
     job_id: str
     deadline: float  # absolute time by which it must have passed
+    # A health-gated rollout's window (core/health.py): after the checks pass, the image
+    # stays on trial this long before the result is given, so that the rollout's health
+    # gates can still cancel the execution and have it rolled back.
+    hold_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,10 @@ quirks are the contract:
   newer than the running version (N1: `rejected: 0x0000000f` older, `0x00000010`
   same), report
   `self_test: ready` with `updatedBy` = the running version, activate, reboot.
+- A health-gated rollout's document carries `overair.health.windowSeconds`: the image
+  stays on trial that long after its self-test passed (the self-test result waits), and
+  a job message naming no job or another one during the self-test means the service
+  ended the execution (a health gate canceled it): the image is rolled back.
 - After the reboot the execution comes back with `statusDetails.self_test` (or the
   journal says this execution was activated and its image is the one running: a
   `self_test: ready` report lost on its way does not roll a good image back): the agent
@@ -121,6 +125,7 @@ from overair.core import bitmap, wirejson
 from overair.core.delta_offer import DeltaOffer, parse_offer
 from overair.core.deployment import Deployment
 from overair.core.errors import DecodeError
+from overair.core.health import health_window
 from overair.core.jobdoc import OtaJobDocument, parse_job_document
 from overair.core.jobs_wire import REQUEST_THROTTLED
 from overair.core.jobstates import ExecStatus
@@ -1027,15 +1032,34 @@ def _self_test_job(state: State, ex: Execution, now: float) -> Step:
     deadline = state.self_test_deadline
     if deadline is None:  # pragma: no cover - set at every trial boot
         return reject(reasons.ERR_IMAGE_STATE_MISMATCH, "no self-test deadline")
+    window = health_window(ex.document)
+    if window:  # the trial lasts the health window, and the self-test's own time after it
+        deadline = max(deadline, now + window + state.settings.self_test_deadline)
     record = JobRecord(ex.job_id, ex.execution_number, JobStage.SELF_TEST, updated_by=updated_by,
                        new_version=running)
-    state = replace(state, phase=Phase.SELF_TEST, journal=replace(state.journal, job=record))
+    state = replace(state, phase=Phase.SELF_TEST, journal=replace(state.journal, job=record),
+                    self_test_deadline=deadline)
     # The built-in part of the self-test already passed: this execution arrived over a
     # mutually authenticated TLS session with the new image running.
     return state, [Log("info", f"job {ex.job_id}: running the self-test of {running}"),
                    _status(state, ex.job_id, ExecStatus.IN_PROGRESS,
                            {"self_test": "active", "updatedBy": running.hex()}),
-                   RunSelfTest(ex.job_id, deadline)]
+                   RunSelfTest(ex.job_id, deadline, window)]
+
+
+def on_job_self_test(state: State, message: JobMessage, now: float) -> Step:
+    """A job message during the self-test (health window included). Our execution stays
+    the thing's next job while it is in progress: a message naming no job or another one
+    means the service ended it (canceled, e.g. by a rollout's health gate), and the image
+    on trial is rolled back rather than committed."""
+    record = state.journal.job
+    ex = message.execution
+    if record is None or (ex is not None and ex.job_id == record.job_id):
+        return on_job_busy(state, message, now)
+    other = "no job" if ex is None else f"job {ex.job_id}"
+    return _fail(state, record.job_id, record.execution_number, reasons.rejected(reasons.ERR_NONE), now,
+                 detail=f"{other} notified during the self-test of {record.job_id}: the execution ended; "
+                        "rolling back", rollback=True)
 
 
 def _parse_version_word(text: str | None) -> Version | None:
@@ -1242,6 +1266,7 @@ TABLE: dict[tuple[Phase | None, type], Handler] = {
     (None, HandlingFailed): on_handling_failed,  # any phase: a defect fails its job, never the agent
     (Phase.IDLE, JobMessage): on_job_idle,
     (Phase.DOWNLOADING, JobMessage): on_job_downloading,
+    (Phase.SELF_TEST, JobMessage): on_job_self_test,
     (None, JobMessage): on_job_busy,
     (Phase.DOWNLOADING, BlockMessage): on_block,
     (Phase.DOWNLOADING, StreamRejection): on_stream_rejected,

@@ -5,7 +5,7 @@ temporary key and token), checked against the same credential store as SigV4
 (`signin.py`); the server then holds it by a signed, HttpOnly, SameSite=Strict cookie
 (`session.py`), re-checking the key on every request.
 
-What they may do: every page and the cancel action name the API operation they stand
+What they may do: every page and the cancel and resume actions name the API operation they stand
 for, and are decided by the one `Authorizer` with the checks `iam/actions.py` derives
 for that operation, so an IAM policy means the same in the browser as for boto3, and
 each decision is in the audit log like an API call's. A refusal is a 403 page naming
@@ -154,6 +154,7 @@ class Dashboard:
             Route("/rollouts/{job_id}/progress", self.progress),
             Route("/rollouts/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/rollouts/{job_id}/retry-failed", self.retry_failed, methods=["POST"]),
+            Route("/rollouts/{job_id}/resume", self.resume, methods=["POST"]),
             Route("/certificates", self.certificates),
             Route("/audit", self.audit_page),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
@@ -409,7 +410,8 @@ class Dashboard:
             retry = params.get("retry", "")[:128]
             return self._render("rollout.html", viewer=viewer, notice=params.get("notice", ""),
                                 retry=retry, retry_job=job_id_for(retry) if retry else "",
-                                devices=params.get("devices", "")[:8], **context)
+                                devices=params.get("devices", "")[:8], health=self._health(viewer, job_id),
+                                **context)
         return await self._page(request, work)
 
     async def progress(self, request: Request) -> Response:
@@ -435,6 +437,32 @@ class Dashboard:
                 raise UnavailableError("CancelJob is not available")
             handler(ApiRequest("iot", "CancelJob", params, viewer.caller))
             return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?notice=canceled", 303,
+                                    headers=SECURITY_HEADERS)
+        return await self._action(request, work)
+
+    def _health(self, viewer: Viewer, job_id: str) -> dict[str, Any] | None:
+        """A health-gated rollout's decision (overair's DescribeRolloutHealth), for a viewer
+        allowed it; None for a job without gates."""
+        params = {"JobId": job_id}
+        handler = self.table.get("overair", "DescribeRolloutHealth")
+        if handler is None or not self._may(viewer, "overair", "DescribeRolloutHealth", params):
+            return None
+        health = handler(ApiRequest("overair", "DescribeRolloutHealth", params, viewer.caller))
+        return None if health["Status"] == "NONE" else health
+
+    async def resume(self, request: Request) -> Response:
+        """overair's ResumeRollout: after a health gate paused the rollout, or to approve
+        its next cohort (docs/health-gates.md), authorized as that call."""
+        job_id = request.path_params["job_id"][:64]
+
+        def work(viewer: Viewer, _form: dict[str, str]) -> Response:
+            params = {"JobId": job_id}
+            self._permit(viewer, "overair", "ResumeRollout", params)
+            handler = self.table.get("overair", "ResumeRollout")
+            if handler is None:  # registered by health/api.py at start
+                raise UnavailableError("ResumeRollout is not available")
+            handler(ApiRequest("overair", "ResumeRollout", params, viewer.caller))
+            return RedirectResponse(f"{PREFIX}/rollouts/{quote(job_id)}?notice=resumed", 303,
                                     headers=SECURITY_HEADERS)
         return await self._action(request, work)
 

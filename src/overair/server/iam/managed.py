@@ -112,6 +112,9 @@ OTA_OPERATOR_CONTROL = (
      "Resource": "arn:*:iot:*:*:otaupdate/*"},
     {"Sid": "CancelOTAJobs", "Effect": "Allow", "Action": "iot:CancelJob",
      "Resource": "arn:*:iot:*:*:job/AFR_OTA-*"},
+    # Health-gated rollouts (docs/health-gates.md): why a gate held the rollout, and resuming it.
+    {"Sid": "HealthGatedRollouts", "Effect": "Allow",
+     "Action": ["overair:DescribeRolloutHealth", "overair:ResumeRollout"], "Resource": "*"},
 )
 
 OVERAIR_OTA_OPERATOR = _policy(
@@ -152,6 +155,7 @@ READ_ONLY_ACTIONS = (
     # Reading the audit log in the dashboard (server/dashboard/), AWS's action for reading
     # the API activity log (CloudTrail), which AWS's ReadOnlyAccess grants too.
     "cloudtrail:LookupEvents",
+    "overair:DescribeRolloutHealth",  # a health-gated rollout's decision and figures
 )
 
 OVERAIR_READ_ONLY = _policy(

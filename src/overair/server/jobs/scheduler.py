@@ -52,6 +52,9 @@ class JobScheduler:
         self._jobs = jobs
         self._clock = clock
         self.on_aborted = on_aborted
+        # How many executions of a job may be released in all (None: no bound); the health
+        # gates' hook (server/health/monitor.py).
+        self.release_cap: Callable[[Session, Job, float], int | None] = lambda _s, _job, _now: None
 
     def tick(self) -> TickResult:
         with self._db.reading() as s:
@@ -186,7 +189,9 @@ class JobScheduler:
                                               succeeded=int(succeeded), now=now)
         # (Without a rollout config every execution is allowed at once: a scheduled job
         # releases its whole target list when its start time comes.)
-        rows = list(s.scalars(unreleased.order_by(JobExecution.id).limit(allowed)))
+        cap = self.release_cap(s, job, now)  # what is not released stays in the window's allowance
+        rows = list(s.scalars(unreleased.order_by(JobExecution.id).limit(
+            allowed if cap is None else max(0, min(allowed, cap - int(released))))))
         remember([row.thing_name for row in rows])
         for row in rows:
             row.released_at = now

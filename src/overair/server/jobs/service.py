@@ -28,6 +28,7 @@ from overair.core.jobstates import Actor, ExecStatus, JobStatus, can_transition
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
 from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -200,7 +201,9 @@ class JobService:
             s.flush()
             # A staged rollout releases executions from the scheduler, and so does a job
             # created outside its maintenance windows; else all at once.
-            released_at = None if rollout_config.limited or not plan.releasing(now) else now
+            # Health gates release in cohorts, from the scheduler too (server/health/gates.py).
+            staged = rollout_config.limited or HEALTH_GATES in config
+            released_at = None if staged or not plan.releasing(now) else now
             had_next = self._things_with_active(s, things) if released_at is not None else set(things)
             if things:
                 s.execute(insert(JobExecution), [
@@ -244,7 +247,8 @@ class JobService:
                                 group_arn, job.job_id, refusal)
                     refused.append((job.job_id, refusal))
                     continue
-                limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited
+                rollout_config = job.config.get("jobExecutionsRolloutConfig")
+                limited = rollout.RolloutConfig.from_aws(rollout_config).limited or HEALTH_GATES in job.config
                 releasing = rollout.schedule(job.config.get("schedulingConfig")).releasing(now)
                 s.add(JobExecution(job_id=job.job_id, thing_name=thing, status=ExecStatus.QUEUED.value,
                                    status_details={}, queued_at=now, last_updated_at=now, version_number=1,

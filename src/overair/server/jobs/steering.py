@@ -17,6 +17,7 @@ from overair.core.errors import PeerInputError
 from overair.core.jobstates import ExecStatus, JobStatus
 from overair.server.api.contract import ApiError, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
 from overair.server.jobs.service import PRESIGNED_OBJECTS, SKIPPED_THINGS, JobService
 from overair.server.registry.service import Registry
 from overair.server.storage.db import Database
@@ -109,7 +110,8 @@ class JobSteering:
             skipped = set(job.config.get(SKIPPED_THINGS, []))
             new = [t for t in things if t not in have and t not in skipped]
             before = {t: self._jobs.next_id_in(s, t) for t in new}
-            limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited
+            limited = rollout.RolloutConfig.from_aws(job.config.get("jobExecutionsRolloutConfig")).limited \
+                or HEALTH_GATES in job.config
             releasing = rollout.schedule(job.config.get("schedulingConfig")).releasing(now)
             for thing in new:
                 s.add(JobExecution(job_id=job_id, thing_name=thing, status=ExecStatus.QUEUED.value,

@@ -45,6 +45,7 @@ from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.delivery import policy as download_policy
+from overair.server.health import gates as health_gates
 from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
 from overair.server.ota import delta
 from overair.server.ota.delta import Patch
@@ -148,8 +149,9 @@ class OtaManager:
             raise invalid(f"additionalParameters: {exc.message}") from exc
         if plan.end is not None and plan.end <= now:
             raise invalid(f"additionalParameters: {END_TIME} must be in the future")
-        try:  # the rollout's download limits (issue 18), checked before anything is stored
+        try:  # the rollout's download limits and health gates (issue 18), checked before anything is stored
             download_policy.parse_parameters(request.get("additionalParameters"))
+            health_gates.parse_parameters(request.get("additionalParameters"), self._settings.limits)
         except PeerInputError as exc:
             raise invalid(f"additionalParameters: {exc.message}") from exc
         with self._db.session() as s:
@@ -602,6 +604,9 @@ def job_config_from_ota(request: dict[str, Any]) -> dict[str, Any]:
     limits = download_policy.parse_parameters(request.get("additionalParameters"))
     if limits is not None:  # read by the download policy (server/delivery/download_gate.py)
         config[download_policy.JOB_CONFIG_KEY] = limits.to_config()
+    gates = health_gates.parse_parameters(request.get("additionalParameters"))
+    if gates is not None:  # read by the health monitor (server/health/monitor.py)
+        config[health_gates.JOB_CONFIG_KEY] = gates.to_config()
     return config
 
 
@@ -659,6 +664,10 @@ def _job_config(request: dict[str, Any], described: list[dict[str, Any]], chain:
     if chain:
         config[OVERAIR_EXTENSION] = overair_extension(
             tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
+    gates = health_gates.HealthGates.from_config(config.get(health_gates.JOB_CONFIG_KEY))
+    if gates is not None:  # overair agents keep the image on trial for the window (core/health.py)
+        config[OVERAIR_EXTENSION] = {**(config.get(OVERAIR_EXTENSION) or {}),
+                                     "health": {"windowSeconds": gates.window_seconds}}
     if image_versions:
         config[IMAGE_VERSION] = str(image_versions[0])
     if running:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from overair.core import health
 from overair.core import shadow as doc
 from overair.core.limits import Limits
 from overair.core.shadow import Shadow, ShadowError
@@ -31,6 +32,15 @@ class Published:
 
     suffix: str  # e.g. "update/accepted"
     body: dict[str, Any]
+
+
+def _check_health(reported: dict[str, Any], limits: Limits) -> None:
+    """The `overair-health` shadow holds a device's health report (core/health.py), read by
+    the health gates: an update leaving anything else there is refused, with the code."""
+    try:
+        health.parse_report(reported, limits)
+    except health.InvalidHealthReport as exc:
+        raise ShadowError(400, f"{exc.code}: {exc.message}") from exc
 
 
 def _shadow(row: ThingShadow) -> Shadow:
@@ -86,6 +96,8 @@ class ShadowService:
             applied = doc.apply_update(current, (row.version if row is not None else 0) + 1, update, now,
                                        self._limits)
             new = applied.current
+            if name == health.SHADOW_NAME:
+                _check_health(new.reported, self._limits)
             if row is None:
                 row = ThingShadow(thing_name=thing, shadow_name=name)
                 s.add(row)
