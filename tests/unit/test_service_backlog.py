@@ -32,6 +32,16 @@ class _Service:
         return [Outgoing(f"{topic}/answer", payload, 0)]
 
 
+def _connection(service: _Service, published: list[Outgoing], backlog: list[int]) -> ServiceConnection:
+    """A service connection on the running loop whose broker backlog is `backlog[0]` and
+    whose published answers land in `published`."""
+    connection = ServiceConnection("127.0.0.1", 1, ssl.create_default_context(), service)  # type: ignore[arg-type]
+    connection._loop = asyncio.get_running_loop()
+    connection._write_backlog = lambda: backlog[0]  # type: ignore[method-assign]
+    connection.publish = published.extend  # type: ignore[method-assign,assignment]
+    return connection
+
+
 def _request(thing: str, n: int) -> tuple[str, bytes]:
     return f"$aws/things/{thing}/streams/s-1/get/cbor", str(n).encode()
 
@@ -42,11 +52,8 @@ def test_block_requests_wait_while_the_backlog_is_over_the_limit_then_go_in_orde
     states: dict[str, Any] = {}
 
     async def run() -> None:
-        service: Any = _Service()
-        connection = ServiceConnection("127.0.0.1", 1, ssl.create_default_context(), service)
-        connection._loop = asyncio.get_running_loop()
-        connection._write_backlog = lambda: backlog[0]  # type: ignore[method-assign]
-        connection.publish = published.extend  # type: ignore[method-assign,assignment]
+        service = _Service()
+        connection = _connection(service, published, backlog)
         for thing, n in (("t1", 1), ("t2", 2), ("t1", 3)):
             connection._dispatch(*_request(thing, n))
         # Held requests count against their device's in-flight bound (admission).
@@ -79,11 +86,7 @@ def test_a_request_behind_held_ones_waits_even_when_the_backlog_is_low() -> None
     backlog = [5 * LIMIT]
 
     async def run() -> None:
-        service: Any = _Service()
-        connection = ServiceConnection("127.0.0.1", 1, ssl.create_default_context(), service)
-        connection._loop = asyncio.get_running_loop()
-        connection._write_backlog = lambda: backlog[0]  # type: ignore[method-assign]
-        connection.publish = published.extend  # type: ignore[method-assign,assignment]
+        connection = _connection(_Service(), published, backlog)
         connection._dispatch(*_request("t1", 1))
         backlog[0] = 0
         connection._dispatch(*_request("t1", 2))  # before the drain has run
