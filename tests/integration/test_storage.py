@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
@@ -154,6 +154,32 @@ def test_notifying_many_things_at_once_reads_what_one_thing_at_a_time_would(
     assert running is not None
     assert (running.job_id, running.status) == ("job-2", ExecStatus.IN_PROGRESS)
     assert [j["jobId"] for j in found["running"].queued] == ["job-1"]
+
+
+def test_notifying_a_jobs_targets_reads_a_fixed_number_of_statements_not_one_per_thing(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """Notifying the targets of a new job must not read the job again for every thing
+    (the session's identity map drops objects nobody refers to): the statements issued
+    for 60 things are those issued for 3."""
+    jobs = _jobs(db, settings, registry, [f"n-{i}" for i in range(60)])
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    engines = {db.engine, db.read_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        few = jobs.next_and_pending([f"n-{i}" for i in range(3)])
+        for_few = len(statements)
+        statements.clear()
+        many = jobs.next_and_pending([f"n-{i}" for i in range(60)])
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+    assert all(found.next is not None for found in (*few.values(), *many.values()))
+    assert len(statements) == for_few, statements
 
 
 def test_a_progress_report_takes_the_short_path_with_the_same_effect_as_a_full_update(

@@ -144,6 +144,11 @@ class Database:
         recorder's `before_flush`, server/events/recorder.py)."""
         event.listen(self._sessions, name, listener)
 
+    @property
+    def read_engine(self) -> Engine:
+        """The engine `reading()` uses (on PostgreSQL the same as `engine`)."""
+        return self._read_engine or self.engine
+
     def _note_failure(self, context: Any) -> None:
         cause = unavailable_cause(context.sqlalchemy_exception) if context.sqlalchemy_exception else None
         if cause is not None:
