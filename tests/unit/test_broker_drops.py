@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytest
-
 from overair.server.gateway.broker import Broker
 from overair.server.gateway.broker_log import dropping_client
 from overair.server.pki import SERVICE_IDENTITY
@@ -22,15 +20,27 @@ def test_the_notice_line_names_the_client_with_or_without_a_timestamp() -> None:
     assert dropping_client("New client connected from 127.0.0.1:5 as dev-7 (p2, c1, k60).") is None
 
 
-def test_drops_to_the_service_are_counted_and_logged_as_errors(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    broker = Broker(tmp_path, "mosquitto", "127.0.0.1", 1)
-    with caplog.at_level(logging.WARNING):
+def test_drops_to_the_service_are_counted_and_logged_as_errors(tmp_path: Path) -> None:
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler(logging.WARNING)
+    keep.emit = records.append  # type: ignore[method-assign,assignment]
+    # Its own handler and level: other tests in the same process reconfigure logging.
+    logger = logging.getLogger("overair.broker")
+    saved = logger.level, logger.disabled
+    logger.addHandler(keep)
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
+    try:
+        broker = Broker(tmp_path, "mosquitto", "127.0.0.1", 1)
         broker._dropping("dev-7")
         assert broker.service_drops == 0
         broker._dropping(SERVICE_IDENTITY)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
     assert broker.service_drops == 1
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r for r in records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "dropping device messages to the service" in errors[0].getMessage()
-    assert any("dev-7" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any("dev-7" in r.getMessage() and r.levelno == logging.WARNING for r in records)

@@ -211,10 +211,12 @@ class Database:
         return future
 
     def _read_schema_and_tables(self) -> None:
-        """Read the schema and one row of every table: the root pages each query uses."""
+        """Read the schema and one whole row of every table: the root pages each query
+        uses. The whole row: for `SELECT 1` SQLite reads a covering index instead of the
+        table, so a corrupt table looked healthy (tests/e2e/test_database_faults.py)."""
         with (self._read_engine or self.engine).connect() as connection:
             for name in inspect(connection).get_table_names():
-                connection.execute(select(literal_column("1")).select_from(table(name)).limit(1)).all()
+                connection.execute(select(literal_column("*")).select_from(table(name)).limit(1)).all()
             connection.rollback()
 
     def close(self) -> None:
