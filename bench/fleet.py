@@ -217,6 +217,7 @@ class RolloutResult:
     elapsed_s: float  # t0 -> the end of the polling (all SUCCEEDED, all ended, or the timeout)
     service_calls: dict[str, list[float]] = field(default_factory=dict)
     profile: Profile | None = None
+    notify_batches_done: list[float] = field(default_factory=list)  # server side, perf_counter
 
 
 class DeviceProcesses:
@@ -333,7 +334,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
-                         hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile)
+                         hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
+                         list(timer.notify_batches_done))
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -487,6 +489,12 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
     print(f"status updates sent: {sum(r.status_updates for r in results)}; "
           f"block requests: {sum(r.requests for r in results)}")
     notified = [r.notified for r in results if r.notified]
+    batches = rollout.notify_batches_done
+    if batches:
+        # The server's side alone: the devices' own processes (sharing the 2 cores) may
+        # read their messages later.
+        print(f"CreateOTAUpdate -> notify-next published by the server: first batch "
+              f"{min(batches) - t0:6.2f} s, last {max(batches) - t0:6.2f} s ({len(batches)} batches)")
     print(f"CreateOTAUpdate -> notify-next at the devices:   {_span(notified, t0)}")
     print(f"CreateOTAUpdate -> image downloaded and checked: "
           f"{_span([r.downloaded for r in results if r.downloaded], t0)}")

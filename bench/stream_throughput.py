@@ -246,7 +246,9 @@ class ServiceTimer:
         self._lock = threading.Lock()
         self._armed = False
         self.calls: dict[str, list[float]] = {}
-        handle, notify_next = devices.handle, devices.notify_next
+        # When each batch of a job's notifications was ready to publish (perf_counter).
+        self.notify_batches_done: list[float] = []
+        handle, notify_next, notify_many = devices.handle, devices.notify_next, devices.notify_next_many
 
         def timed_handle(topic: str, payload: bytes) -> list[Outgoing]:
             started = time.perf_counter()
@@ -264,13 +266,23 @@ class ServiceTimer:
             finally:
                 self._record("notify-next", time.perf_counter() - started)
 
+        def timed_notify_many(things: list[str]) -> list[Outgoing]:
+            try:
+                return notify_many(things)
+            finally:
+                with self._lock:
+                    if self._armed:
+                        self.notify_batches_done.append(time.perf_counter())
+
         devices.handle = timed_handle  # type: ignore[method-assign]
         devices.notify_next = timed_notify_next  # type: ignore[method-assign]
+        devices.notify_next_many = timed_notify_many  # type: ignore[method-assign]
 
     def arm(self) -> None:
         with self._lock:
             self._armed = True
             self.calls.clear()
+            self.notify_batches_done.clear()
 
     def _record(self, kind: str, seconds: float) -> None:
         with self._lock:
