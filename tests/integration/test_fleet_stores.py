@@ -92,9 +92,9 @@ def test_templates_from_documents_and_jobs(stores: Stores) -> None:
     document, config = job_from_template(templates.describe("tpl-doc"), {})
     assert document == {"operation": "y"}
     assert config == {"schedulingConfig": {"maintenanceWindows": [{"a": 1}]}}
-    assert [t.template_id for t in templates.list()] == ["tpl-doc", "tpl-job"]
+    assert [t.template_id for t in templates.page(None, 100)[0]] == ["tpl-doc", "tpl-job"]
     templates.delete("tpl-doc")
-    assert [t.template_id for t in templates.list()] == ["tpl-job"]
+    assert [t.template_id for t in templates.page(None, 100)[0]] == ["tpl-job"]
 
 
 def test_deleted_certificates_stay_revoked_and_groups_of_a_thing(stores: Stores) -> None:
