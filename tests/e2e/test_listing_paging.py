@@ -162,12 +162,15 @@ def test_named_shadows_page_by_name(rows: RunningServer) -> None:
 @pytest.mark.parametrize("token", ["x", "MTA=", "azE6WyJhIl0", "azE6WyJhIiwgImIiXQ=="])
 def test_a_forged_token_is_refused(rows: RunningServer, token: str) -> None:
     iot, signer = rows.client("iot"), rows.client("signer")
-    for call in (lambda: iot.list_thing_groups(nextToken=token),
-                 lambda: iot.list_thing_groups_for_thing(thingName=THING, nextToken=token),
-                 lambda: iot.list_packages(nextToken=token),
-                 lambda: iot.list_package_versions(packageName="pkg-00000", nextToken=token),
-                 lambda: iot.list_job_templates(nextToken=token),
-                 lambda: signer.list_signing_jobs(nextToken=token)):
+    calls: list[Callable[[], Any]] = [
+        lambda: iot.list_thing_groups(nextToken=token),
+        lambda: iot.list_thing_groups_for_thing(thingName=THING, nextToken=token),
+        lambda: iot.list_packages(nextToken=token),
+        lambda: iot.list_package_versions(packageName="pkg-00000", nextToken=token),
+        lambda: iot.list_job_templates(nextToken=token),
+        lambda: signer.list_signing_jobs(nextToken=token),
+    ]
+    for call in calls:
         with pytest.raises(ClientError) as refused:
             call()
         assert refused.value.response["Error"]["Code"] == "InvalidRequestException", refused.value.response
