@@ -3,21 +3,24 @@ ListThingGroups (with a name prefix), ListThingGroupsForThing, ListSigningJobs (
 filters), ListPackages, ListPackageVersions, ListJobTemplates and ListNamedShadowsForThing
 return every row exactly once, in order, through their own parameter names; each request
 deep in a listing loads one page of rows (counted with SQLAlchemy's ORM load events, as
-test_registry_paging.py does), not every row before it; a forged token is refused."""
+test_registry_paging.py does, or for a listing of names, the rows its SELECTs return),
+not every row before it; a forged token is refused."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from sqlalchemy import event, insert
+from sqlalchemy import Result, Select, event, insert
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from overair.server.storage.schema import (
+    Base,
     JobTemplate,
     SigningJob,
     SoftwarePackage,
@@ -87,15 +90,38 @@ def loads(model: type) -> Iterator[list[int]]:
         event.remove(model, "load", loaded)
 
 
+@contextmanager
+def returned(model: type[Base]) -> Iterator[list[int]]:
+    """Counts the rows that SELECTs reading `model`'s table return meanwhile, column
+    selects included (which build no ORM objects, so `loads` does not see them)."""
+    count = [0]
+    table = model.__table__
+
+    def execute(state: ORMExecuteState) -> Result[Any] | None:
+        statement = state.statement
+        if not isinstance(statement, Select) or table not in statement.get_final_froms():
+            return None
+        frozen = state.invoke_statement().freeze()
+        count[0] += len(frozen.data)
+        return frozen()
+
+    event.listen(Session, "do_orm_execute", execute)
+    try:
+        yield count
+    finally:
+        event.remove(Session, "do_orm_execute", execute)
+
+
 def walk(call: Callable[..., dict[str, Any]], key: str, model: type | None, *, size_key: str = "maxResults",
          token_in: str = "nextToken", token_out: str = "nextToken", size: int = PAGE,
+         counter: Callable[[Any], AbstractContextManager[list[int]]] = loads,
          **params: object) -> tuple[list[Any], list[int]]:
     """Every item of a listing, page by page, and the `model` rows each request loaded."""
     items: list[Any] = []
     counts: list[int] = []
     token = None
     while True:
-        with loads(model or Thing) as loaded:
+        with counter(model or Thing) as loaded:
             page = call(**params, **{size_key: size}, **({token_in: token} if token else {}))
         items.extend(page[key])
         counts.append(loaded[0])
@@ -154,9 +180,10 @@ def test_packages_versions_and_job_templates(rows: RunningServer) -> None:
 
 
 def test_named_shadows_page_by_name(rows: RunningServer) -> None:
-    names, _ = walk(rows.client("iot-data").list_named_shadows_for_thing, "results", None,
-                    size_key="pageSize", thingName=THING)
+    names, counts = walk(rows.client("iot-data").list_named_shadows_for_thing, "results", ThingShadow,
+                         size_key="pageSize", counter=returned, thingName=THING)
     assert names == [f"sh-{i:05d}" for i in range(ROWS) if i % 3 != 0]  # deleted shadows are not listed
+    assert max(counts) <= PAGE + 1, counts
 
 
 @pytest.mark.parametrize("token", ["x", "MTA=", "azE6WyJhIl0", "azE6WyJhIiwgImIiXQ=="])
