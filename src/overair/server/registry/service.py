@@ -306,15 +306,6 @@ class Registry:
             return split(list(s.scalars(page_query(query, [ThingGroupMember.group_name],
                                                    None if after is None else [after], size))), size)
 
-    def groups_of_thing(self, thing: str) -> list[ThingGroup]:
-        """ListThingGroupsForThing: the thing's groups, by name."""
-        with self._db.reading() as s:
-            if s.get(Thing, thing) is None:
-                raise not_found(f"thing {thing}")
-            return list(s.scalars(select(ThingGroup).join(
-                ThingGroupMember, ThingGroupMember.group_name == ThingGroup.name)
-                .where(ThingGroupMember.thing_name == thing).order_by(ThingGroup.name)))
-
     def resolve_targets(self, target_arns: list[str]) -> list[str]:
         """Thing and thing-group ARNs -> distinct thing names, sorted. Each target is
         parsed strictly (core/arn.py): exactly the thing or group IAM checked (O1)."""
