@@ -4,6 +4,7 @@ session.
 
     .venv/bin/python -m bench.registry [--things 10000] [--changes 200]
     .venv/bin/python -m bench.registry --bulk 10000
+    .venv/bin/python -m bench.registry --claim 1000 [--claim-workers 16]
 
 `--bulk N` measures bulk registration instead: N devices, each a line with its own CSR
 (ECDSA P-256), registered by one StartThingRegistrationTask with a template that makes
@@ -61,6 +62,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import insert
 from tests.server_harness import RunningServer, running_server
 
+from bench import registry_claim
 from overair.server import pki
 from overair.server.api.paging import key_token
 from overair.server.storage.schema import DeviceCertificate, Thing, ThingGroupMember, ThingPrincipal
@@ -306,7 +308,24 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--bulk", type=int, default=0, metavar="N",
                         help="measure bulk registration of N devices instead")
+    parser.add_argument("--claim", type=int, default=0, metavar="N",
+                        help="measure fleet provisioning by claim of N devices instead "
+                             "(bench/registry_claim.py)")
+    parser.add_argument("--claim-workers", type=int, default=16, metavar="W",
+                        help="devices provisioning at once with --claim")
     args = parser.parse_args()
+    if args.claim:
+        with (
+            tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp,
+            running_server(Path(tmp) / "data", limits=registry_claim.LIFTED) as srv,
+        ):
+            made = time.perf_counter()
+            csrs = _csrs(args.claim)
+            print(f"({args.claim} device keys and CSRs made in {time.perf_counter() - made:.1f} s, "
+                  "not measured)")
+            registry_claim.claim(srv, Path(tmp), args.claim, args.claim_workers, csrs,
+                                 lambda sample: _signing_rate(srv, sample))
+        return
     if args.bulk:
         with (
             tempfile.TemporaryDirectory(prefix="overair-bench-") as tmp,

@@ -8,7 +8,10 @@ The module's server has small registration limits (20 lines, 64 KiB files, batch
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,13 +21,17 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import text
 
+from overair.server.settings import DataDir
 from tests.e2e.test_examples import EXAMPLES, _environment
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer, running_server
@@ -412,3 +419,94 @@ def test_register_thing_attaches_an_existing_certificate_by_id(srv: RunningServe
         assert caught.value.response["Error"]["Code"] == "ResourceRegistrationFailureException"
         assert why in caught.value.response["Error"]["Message"]
     assert _missing(srv, "by-id-2")
+
+
+def test_a_batch_the_broker_cannot_confirm_is_recorded_and_register_thing_answers_503(
+        srv: RunningServer, role_arn: str, tmp_path: Path) -> None:
+    """The broker is alive but stopped (SIGSTOP), so the access plugin never answers: the
+    lines are registered (saved), the task says the change was not confirmed, and
+    RegisterThing answers 503 as AttachThingPrincipal does. Once the broker runs again
+    the attachments are in force."""
+    iot = srv.client("iot")
+    keys = {f"frozen-{i}": ec.generate_private_key(ec.SECP256R1()) for i in range(2)}
+    lines = [json.dumps({"ThingName": name, "SerialNumber": str(i), "CSR": _csr(key)})
+             for i, (name, key) in enumerate(keys.items())]
+    single = ec.generate_private_key(ec.SECP256R1())
+    broker = srv.server.broker
+    assert broker is not None
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ClientError) as refused:  # boto3 retries a 503 unless told not to
+            _iot_without_retries(srv).register_thing(
+                templateBody=TEMPLATE,
+                parameters={"ThingName": "frozen-one", "SerialNumber": "1", "CSR": _csr(single)})
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503, refused.value.response
+        assert refused.value.response["Error"]["Code"] == "ServiceUnavailableException"
+        assert "could not confirm" in refused.value.response["Error"]["Message"]
+        described = _finished(srv, _start(srv, role_arn, "frozen.json", "\n".join(lines).encode()))
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+    assert (described["status"], described["successCount"], described["failureCount"]) == ("Completed", 2, 0)
+    assert "could not confirm" in described["message"]
+    results = {r["referenceId"]: r["response"] for r in _report(srv, described["taskId"], "RESULTS")}
+    assert sorted(results) == ["0", "1"]
+    # Saved during the 503: the thing and its attached certificate are in the registry.
+    assert len(iot.list_thing_principals(thingName="frozen-one")["principals"]) == 1
+    for reference, (name, key) in zip(("0", "1"), keys.items(), strict=True):
+        assert iot.list_thing_principals(thingName=name)["principals"] == \
+            [results[reference]["resourceArns"]["certificate"]]
+        # The control messages queued while it was stopped are applied once it runs.
+        bundle = _bundle(srv, tmp_path / name, key, results[reference]["certificatePem"])
+        assert _eventually(lambda b=bundle, n=name: _answers_jobs(srv, b, n)), name
+
+
+def _iot_without_retries(srv: RunningServer) -> Any:
+    section = configparser.ConfigParser()
+    section.read(DataDir(srv.settings.data_dir).credentials)
+    return boto3.session.Session(
+        aws_access_key_id=section["default"]["aws_access_key_id"],
+        aws_secret_access_key=section["default"]["aws_secret_access_key"], region_name=srv.clients.region,
+    ).client("iot", endpoint_url=srv.endpoint,
+             config=botocore.config.Config(retries={"total_max_attempts": 1}))
+
+
+def _eventually(check: Any, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_batch_whose_transaction_fails_is_registered_line_by_line(
+        srv: RunningServer, role_arn: str) -> None:
+    """The database refuses one line's thing (a real SQLite trigger, as a constraint or a
+    corrupt page would): the batch's single transaction fails, each of its lines is
+    retried in its own, and only that line is reported and leaves nothing behind."""
+    iot = srv.client("iot")
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = ["retry-0", "poison-1", "retry-2"]  # one batch (registration_batch is 3)
+    lines = [json.dumps({"ThingName": name, "SerialNumber": str(i), "CSR": _csr(key)})
+             for i, name in enumerate(names)]
+    certificates_before = len(iot.list_certificates(pageSize=250)["certificates"])
+    with srv.server.db.session() as s:
+        s.execute(text("CREATE TRIGGER refuse_poison BEFORE INSERT ON things WHEN NEW.name LIKE 'poison-%' "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+    try:
+        described = _finished(srv, _start(srv, role_arn, "retry.json", "\n".join(lines).encode()))
+    finally:
+        with srv.server.db.session() as s:
+            s.execute(text("DROP TRIGGER refuse_poison"))
+    assert (described["status"], described["successCount"], described["failureCount"]) == ("Completed", 2, 1)
+    (error,) = _report(srv, described["taskId"], "ERRORS")
+    assert (error["referenceId"], error["errorCode"]) == ("1", "ResourceRegistrationFailureException")
+    assert "could not be stored" in error["errorMessage"]
+    assert sorted(r["referenceId"] for r in _report(srv, described["taskId"], "RESULTS")) == ["0", "2"]
+    assert _missing(srv, "poison-1")
+    for name in ("retry-0", "retry-2"):
+        assert len(iot.list_thing_principals(thingName=name)["principals"]) == 1
+        assert name in iot.list_things_in_thing_group(thingGroupName=GROUP, maxResults=250)["things"]
+    # No certificate for the refused line: its own transaction rolled back whole.
+    assert len(iot.list_certificates(pageSize=250)["certificates"]) == certificates_before + 2

@@ -92,9 +92,9 @@ def test_templates_from_documents_and_jobs(stores: Stores) -> None:
     document, config = job_from_template(templates.describe("tpl-doc"), {})
     assert document == {"operation": "y"}
     assert config == {"schedulingConfig": {"maintenanceWindows": [{"a": 1}]}}
-    assert [t.template_id for t in templates.list()] == ["tpl-doc", "tpl-job"]
+    assert [t.template_id for t in templates.page(None, 100)[0]] == ["tpl-doc", "tpl-job"]
     templates.delete("tpl-doc")
-    assert [t.template_id for t in templates.list()] == ["tpl-job"]
+    assert [t.template_id for t in templates.page(None, 100)[0]] == ["tpl-job"]
 
 
 def test_deleted_certificates_stay_revoked_and_groups_of_a_thing(stores: Stores) -> None:
@@ -103,7 +103,7 @@ def test_deleted_certificates_stay_revoked_and_groups_of_a_thing(stores: Stores)
     for group in ("b-group", "a-group"):
         registry.create_group(group)
         registry.add_to_group(group, "dev-3")
-    assert [g.name for g in registry.groups_of_thing("dev-3")] == ["a-group", "b-group"]
+    assert [g.name for g in registry.page_groups_of_thing("dev-3", None, 100)[0]] == ["a-group", "b-group"]
     cert = registry.create_keys_and_certificate(set_as_active=False)
     serial = int(registry.describe_certificate(cert.certificate_id).serial, 16)
     registry.delete_certificate(cert.certificate_id)

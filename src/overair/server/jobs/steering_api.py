@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable, invalid
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_token, page_out, page_size, time_key_after
 from overair.server.api.unsupported import refusing
 from overair.server.jobs.documents import JobDocuments
 from overair.server.jobs.service import JobService
@@ -60,10 +60,11 @@ def register(table: OperationTable, jobs: JobService, steering: JobSteering, tem
         return template_view(templates.describe(r.params["jobTemplateId"]))
 
     def list_templates(r: ApiRequest) -> dict[str, Any]:
+        rows, more = templates.page(time_key_after(r.params), page_size(r.params))
         items = [{"jobTemplateArn": t.arn, "jobTemplateId": t.template_id, "description": t.description,
-                  "createdAt": t.created_at} for t in templates.list()]
-        page, token = paginate(items, r.params)
-        return page_out("jobTemplates", page, token)
+                  "createdAt": t.created_at} for t in rows]
+        return page_out("jobTemplates", items,
+                        key_token(repr(rows[-1].created_at), rows[-1].template_id) if more else None)
 
     def delete_template(r: ApiRequest) -> dict[str, Any]:
         templates.delete(r.params["jobTemplateId"])

@@ -18,6 +18,7 @@ from overair.server.api.contract import ApiError, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import Job, JobTemplate
 
 TEMPLATE_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -69,10 +70,13 @@ class JobTemplates:
                 raise not_found(f"job template {template_id}")
             return template
 
-    def list(self) -> list[JobTemplate]:
+    def page(self, after: tuple[float, str] | None, size: int) -> tuple[list[JobTemplate], bool]:
+        """ListJobTemplates: oldest first, after (creation time, id), over the
+        creation-time index (0017)."""
+        query = page_query(select(JobTemplate), [JobTemplate.created_at, JobTemplate.template_id],
+                           after, size)
         with self._db.reading() as s:
-            query = select(JobTemplate).order_by(JobTemplate.created_at, JobTemplate.template_id)
-            return list(s.scalars(query))
+            return split(list(s.scalars(query)), size)
 
     def delete(self, template_id: str) -> None:
         with self._db.session() as s:

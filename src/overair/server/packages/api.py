@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_after, key_token, page_out, page_size, time_key_after
 from overair.server.packages.catalog import Catalog
 from overair.server.storage.schema import SoftwarePackage, SoftwarePackageVersion
 
@@ -46,8 +46,10 @@ def register(table: OperationTable, catalog: Catalog) -> None:
         return {**_package_summary(p), "packageArn": p.arn, "description": p.description}
 
     def list_packages(r: ApiRequest) -> dict[str, Any]:
-        page, token = paginate([_package_summary(p) for p in catalog.list_packages()], r.params)
-        return page_out("packageSummaries", page, token)
+        (after,) = key_after(r.params) or (None,)
+        rows, more = catalog.page_packages(after, page_size(r.params))
+        return page_out("packageSummaries", [_package_summary(p) for p in rows],
+                        key_token(rows[-1].name) if more else None)
 
     def update_package(r: ApiRequest) -> dict[str, Any]:
         catalog.update_package(r.params["packageName"], r.params.get("description"),
@@ -70,9 +72,10 @@ def register(table: OperationTable, catalog: Catalog) -> None:
         return _version_view(catalog.get_version(r.params["packageName"], r.params["versionName"]))
 
     def list_versions(r: ApiRequest) -> dict[str, Any]:
-        rows = catalog.list_versions(r.params["packageName"], r.params.get("status"))
-        page, token = paginate([_version_summary(v) for v in rows], r.params)
-        return page_out("packageVersionSummaries", page, token)
+        rows, more = catalog.page_versions(r.params["packageName"], r.params.get("status"),
+                                           time_key_after(r.params), page_size(r.params))
+        token = key_token(repr(rows[-1].created_at), rows[-1].version) if more else None
+        return page_out("packageVersionSummaries", [_version_summary(v) for v in rows], token)
 
     def update_version(r: ApiRequest) -> dict[str, Any]:
         changes: dict[str, Any] = {k: r.params[k] for k in ("description", "attributes", "artifact", "recipe")

@@ -20,6 +20,7 @@ from overair.server.api.contract import ApiError
 from overair.server.clock import Clock
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import PackageConfiguration, SoftwarePackage, SoftwarePackageVersion
 
 DRAFT, PUBLISHED, DEPRECATED = "DRAFT", "PUBLISHED", "DEPRECATED"
@@ -71,9 +72,12 @@ class Catalog:
                 raise missing(f"package {name} does not exist")
             return package
 
-    def list_packages(self) -> list[SoftwarePackage]:
+    def page_packages(self, after: str | None, size: int) -> tuple[list[SoftwarePackage], bool]:
+        """ListPackages: by name after `after`, over the primary key."""
+        query = page_query(select(SoftwarePackage), [SoftwarePackage.name],
+                           None if after is None else [after], size)
         with self._db.reading() as s:
-            return list(s.scalars(select(SoftwarePackage).order_by(SoftwarePackage.name)))
+            return split(list(s.scalars(query)), size)
 
     def update_package(self, name: str, description: str | None, default_version: str | None,
                        unset_default: bool) -> None:
@@ -133,13 +137,17 @@ class Catalog:
                 raise missing(f"package {name} has no version {version}")
             return row
 
-    def list_versions(self, name: str, status: str | None) -> list[SoftwarePackageVersion]:
+    def page_versions(self, name: str, status: str | None, after: tuple[float, str] | None,
+                      size: int) -> tuple[list[SoftwarePackageVersion], bool]:
+        """ListPackageVersions: oldest first, after (creation time, version), over the
+        (package, creation time, version) index (0017)."""
+        query = select(SoftwarePackageVersion).where(SoftwarePackageVersion.package == name)
+        if status:
+            query = query.where(SoftwarePackageVersion.status == status)
+        query = page_query(query, [SoftwarePackageVersion.created_at, SoftwarePackageVersion.version],
+                           after, size)
         with self._db.reading() as s:
-            query = select(SoftwarePackageVersion).where(SoftwarePackageVersion.package == name)
-            if status:
-                query = query.where(SoftwarePackageVersion.status == status)
-            return list(s.scalars(query.order_by(SoftwarePackageVersion.created_at,
-                                                 SoftwarePackageVersion.version)))
+            return split(list(s.scalars(query)), size)
 
     def update_version(self, name: str, version: str, changes: dict[str, Any], action: str | None) -> None:
         """Description always; attributes, artifact and recipe only while DRAFT; `action`

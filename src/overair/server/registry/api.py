@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overair.server.api.contract import ApiRequest, OperationTable, invalid
-from overair.server.api.paging import key_after, key_token, page_out, page_size, paginate
+from overair.server.api.paging import key_after, key_token, page_out, page_size
 from overair.server.api.unsupported import refusing
 from overair.server.iam.actions import THING_NAME_HEADER
 from overair.server.iam.arns import Arns
@@ -76,6 +76,11 @@ def _certificate_summaries(registry: Registry, params: dict[str, Any]) -> dict[s
     return page_out("certificates", summaries, token, token_key="nextMarker")
 
 
+def _group_page(groups: list[ThingGroup], more: bool) -> dict[str, Any]:
+    return page_out("thingGroups", [{"groupName": g.name, "groupArn": g.arn} for g in groups],
+                    key_token(groups[-1].name) if more else None)
+
+
 def _group_view(group: ThingGroup) -> dict[str, Any]:
     """DescribeThingGroup; a dynamic group (server/fleet/dynamic.py) adds its query and
     AWS's status BUILDING, REBUILDING or ACTIVE."""
@@ -135,10 +140,9 @@ def register(table: OperationTable, registry: Registry, endpoint: tuple[str, int
         return _group_view(registry.describe_group(r.params["thingGroupName"]))
 
     def list_groups(r: ApiRequest) -> dict[str, Any]:
-        groups = [{"groupName": g.name, "groupArn": g.arn}
-                  for g in registry.list_groups(r.params.get("namePrefixFilter"))]
-        page, token = paginate(groups, r.params)
-        return page_out("thingGroups", page, token)
+        (after,) = key_after(r.params) or (None,)
+        groups, more = registry.page_groups(r.params.get("namePrefixFilter"), after, page_size(r.params))
+        return _group_page(groups, more)
 
     def delete_group(r: ApiRequest) -> dict[str, Any]:
         registry.delete_group(r.params["thingGroupName"])
@@ -216,10 +220,9 @@ def _register_inventory(table: OperationTable, registry: Registry) -> None:
     """ListThingGroupsForThing and DeleteCertificate (issue 15)."""
 
     def groups_of_thing(r: ApiRequest) -> dict[str, Any]:
-        groups = [{"groupName": g.name, "groupArn": g.arn}
-                  for g in registry.groups_of_thing(r.params["thingName"])]
-        page, token = paginate(groups, r.params)
-        return page_out("thingGroups", page, token)
+        (after,) = key_after(r.params) or (None,)
+        groups, more = registry.page_groups_of_thing(r.params["thingName"], after, page_size(r.params))
+        return _group_page(groups, more)
 
     def delete_certificate(r: ApiRequest) -> dict[str, Any]:
         # forceDelete concerns attached policies (AWS): device certificates here carry none.

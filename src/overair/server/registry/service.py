@@ -242,12 +242,15 @@ class Registry:
                 raise not_found(f"thing group {name}")
             return group
 
-    def list_groups(self, prefix: str | None = None) -> list[ThingGroup]:
+    def page_groups(self, prefix: str | None, after: str | None, size: int) -> tuple[list[ThingGroup], bool]:
+        """ListThingGroups: groups named after `after`, by name over the primary key; a
+        name prefix bounds the same index range."""
+        query = select(ThingGroup)
+        if prefix:
+            query = query.where(ThingGroup.name.startswith(prefix, autoescape=True))
         with self._db.reading() as s:
-            query = select(ThingGroup).order_by(ThingGroup.name)
-            if prefix:
-                query = query.where(ThingGroup.name.startswith(prefix, autoescape=True))
-            return list(s.scalars(query))
+            return split(list(s.scalars(page_query(query, [ThingGroup.name],
+                                                   None if after is None else [after], size))), size)
 
     def delete_group(self, name: str) -> None:
         with self._db.session() as s:
@@ -290,14 +293,18 @@ class Registry:
                                   .where(ThingGroupMember.group_name == group)
                                   .order_by(ThingGroupMember.thing_name)))
 
-    def groups_of_thing(self, thing: str) -> list[ThingGroup]:
-        """ListThingGroupsForThing: the thing's groups, by name."""
+    def page_groups_of_thing(self, thing: str, after: str | None,
+                             size: int) -> tuple[list[ThingGroup], bool]:
+        """ListThingGroupsForThing: the thing's groups by name after `after`, over the
+        (thing, group) index."""
         with self._db.reading() as s:
             if s.get(Thing, thing) is None:
                 raise not_found(f"thing {thing}")
-            return list(s.scalars(select(ThingGroup).join(
-                ThingGroupMember, ThingGroupMember.group_name == ThingGroup.name)
-                .where(ThingGroupMember.thing_name == thing).order_by(ThingGroup.name)))
+            query = (select(ThingGroup)
+                     .join(ThingGroupMember, ThingGroupMember.group_name == ThingGroup.name)
+                     .where(ThingGroupMember.thing_name == thing))
+            return split(list(s.scalars(page_query(query, [ThingGroupMember.group_name],
+                                                   None if after is None else [after], size))), size)
 
     def resolve_targets(self, target_arns: list[str]) -> list[str]:
         """Thing and thing-group ARNs -> distinct thing names, sorted. Each target is

@@ -12,7 +12,7 @@ from typing import Any
 from overair.core import shadow as doc
 from overair.core.shadow import ShadowError
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable
-from overair.server.api.paging import paginate
+from overair.server.api.paging import key_after, key_token, page_size
 from overair.server.clock import Clock
 from overair.server.shadow.mqtt import messages
 from overair.server.shadow.service import CLASSIC, Published, ShadowService
@@ -61,10 +61,12 @@ def register(table: OperationTable, shadows: ShadowService, publish: Publish, cl
 
     def list_named(r: ApiRequest) -> dict[str, Any]:
         try:
-            names = shadows.named_shadows(r.params["thingName"])
+            (after,) = key_after(r.params) or (None,)
+            page, more = shadows.page_named_shadows(r.params["thingName"], after,
+                                                    page_size(r.params, limit_key="pageSize"))
         except ShadowError as exc:
             raise _api_error(exc) from exc
-        page, token = paginate(names, r.params, limit_key="pageSize")
+        token = key_token(page[-1]) if more else None
         out: dict[str, Any] = {"results": page, "timestamp": int(clock())}
         if token:
             out["nextToken"] = token

@@ -21,6 +21,7 @@ from overair.core.limits import Limits
 from overair.core.shadow import Shadow, ShadowError
 from overair.server.clock import Clock
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import Thing, ThingShadow
 
 CLASSIC = ""  # the classic (unnamed) shadow's name in storage
@@ -138,3 +139,13 @@ class ShadowService:
             return list(s.scalars(select(ThingShadow.shadow_name).where(
                 ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC, ThingShadow.present)
                 .order_by(ThingShadow.shadow_name)))
+
+    def page_named_shadows(self, thing: str, after: str | None, size: int) -> tuple[list[str], bool]:
+        """ListNamedShadowsForThing: names after `after`, over the primary key (issue 20)."""
+        with self._db.reading() as s:
+            if s.get(Thing, thing) is None:
+                raise ShadowError(404, "Thing not found")
+            query = select(ThingShadow.shadow_name).where(
+                ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC, ThingShadow.present)
+            return split(list(s.scalars(page_query(query, [ThingShadow.shadow_name],
+                                                   None if after is None else [after], size))), size)

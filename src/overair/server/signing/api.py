@@ -15,9 +15,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from overair.server.api.contract import ApiError, ApiRequest, Caller, OperationTable
-from overair.server.api.paging import page_out, paginate
+from overair.server.api.paging import key_token, page_out, page_size, paginate, time_key_after
 from overair.server.signing.certstore import CertificateStore
-from overair.server.signing.service import PLATFORMS, Gate, SigningService
+from overair.server.signing.service import PLATFORMS, Gate, JobFilters, SigningService
 from overair.server.storage.schema import SigningCertificate, SigningJob, SigningProfile
 
 _ACM_KEY_ALGORITHMS = {
@@ -325,15 +325,13 @@ def _register_signing_jobs(table: OperationTable, signing: SigningService, gate_
             return None
 
     def list_jobs(r: ApiRequest) -> dict[str, Any]:
-        rows = signing.list_jobs(r.params.get("status"))
-        if r.params.get("platformId"):
-            rows = [row for row in rows if row.platform_id == r.params["platformId"]]
-        if "isRevoked" in r.params:
-            rows = [row for row in rows if (row.revoked_at is not None) == bool(r.params["isRevoked"])]
+        filters = JobFilters(r.params.get("status") or None, r.params.get("platformId") or None,
+                             bool(r.params["isRevoked"]) if "isRevoked" in r.params else None)
+        rows, more = signing.page_jobs(filters, time_key_after(r.params), page_size(r.params))
         summaries = [{k: v for k, v in _job_view(row, None).items() if k not in _NOT_IN_SUMMARY}
                      for row in rows]
-        page, token = paginate(summaries, r.params)
-        return page_out("jobs", page, token)
+        token = key_token(repr(rows[-1].created_at), rows[-1].job_id) if more else None
+        return page_out("jobs", summaries, token)
 
     def revoke_signature(r: ApiRequest) -> dict[str, Any]:
         signing.revoke_signature(r.params["jobId"], r.params.get("reason", ""))

@@ -40,6 +40,7 @@ from overair.server.clock import Clock
 from overair.server.settings import Settings
 from overair.server.signing.certstore import CertificateStore
 from overair.server.storage.db import Database
+from overair.server.storage.keyset import page_query, split
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import SigningJob, SigningProfile
 
@@ -47,6 +48,15 @@ log = logging.getLogger("overair.signing")
 
 # (IAM action, resource ARN) -> None, or raise ApiError (AccessDenied) if the requester may not.
 Gate = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    """ListSigningJobs' filters: status, platformId, isRevoked (None: either)."""
+
+    status: str | None = None
+    platform_id: str | None = None
+    revoked: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,12 +348,21 @@ class SigningService:
                 raise ApiError("ResourceNotFoundException", f"signing job {job_id} not found")
             return job
 
-    def list_jobs(self, status: str | None = None) -> list[SigningJob]:
+    def page_jobs(self, filters: JobFilters, after: tuple[float, str] | None,
+                  size: int) -> tuple[list[SigningJob], bool]:
+        """ListSigningJobs: oldest first, after (creation time, id), over the creation-time
+        index (0017); the filters are SQL conditions, so a page loads only its rows."""
+        query = select(SigningJob)
+        if filters.status:
+            query = query.where(SigningJob.status == filters.status)
+        if filters.platform_id:
+            query = query.where(SigningJob.platform_id == filters.platform_id)
+        if filters.revoked is not None:
+            query = query.where(SigningJob.revoked_at.is_not(None) if filters.revoked
+                                else SigningJob.revoked_at.is_(None))
         with self._db.reading() as s:
-            query = select(SigningJob).order_by(SigningJob.created_at)
-            if status:
-                query = query.where(SigningJob.status == status)
-            return list(s.scalars(query))
+            return split(list(s.scalars(page_query(query, [SigningJob.created_at, SigningJob.job_id],
+                                                   after, size))), size)
 
     def revoke_signature(self, job_id: str, reason: str) -> None:
         with self._db.session() as s:

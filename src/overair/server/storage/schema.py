@@ -164,6 +164,7 @@ class ThingGroup(Base):
 
 class ThingGroupMember(Base):
     __tablename__ = "thing_group_members"
+    __table_args__ = (Index("ix_thing_group_members_thing_group", "thing_name", "group_name"),)  # (0017)
     group_name: Mapped[str] = mapped_column(
         ForeignKey("thing_groups.name", ondelete="CASCADE"), primary_key=True)
     thing_name: Mapped[str] = mapped_column(
@@ -320,6 +321,7 @@ class SigningProfile(Base):
 
 class SigningJob(Base):
     __tablename__ = "signing_jobs"
+    __table_args__ = (Index("ix_signing_jobs_created", "created_at", "job_id"),)  # (0017)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     profile_name: Mapped[str] = mapped_column(String(64))
     client_request_token: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
@@ -378,6 +380,7 @@ class JobTemplate(Base):
     configuration blocks that CreateJob with `jobTemplateArn` starts from."""
 
     __tablename__ = "job_templates"
+    __table_args__ = (Index("ix_job_templates_created", "created_at", "template_id"),)  # (0017)
     template_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -454,6 +457,8 @@ class SoftwarePackageVersion(Base):
     """A version of a package (CreatePackageVersion): DRAFT, PUBLISHED or DEPRECATED."""
 
     __tablename__ = "software_package_versions"
+    __table_args__ = (  # ListPackageVersions (0017)
+        Index("ix_software_package_versions_created", "package", "created_at", "version"),)
     package: Mapped[str] = mapped_column(ForeignKey("software_packages.name", ondelete="CASCADE"),
                                          primary_key=True)
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
