@@ -102,11 +102,12 @@ from overair.server.provisioning.claims import ClaimCertificates
 from overair.server.provisioning.device import ClaimService
 from overair.server.provisioning.templates import ProvisioningTemplates
 from overair.server.registry import api as registry_api
-from overair.server.registry import bulk_api
+from overair.server.registry import bulk_api, tags_api
 from overair.server.registry.bulk import BulkRegistrar
 from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.registration_tasks import RegistrationTasks
 from overair.server.registry.service import Registry
+from overair.server.registry.tags import GroupTags
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
 from overair.server.shadow import api as shadow_api
@@ -374,7 +375,9 @@ class Server:
         self.registry.on_things_changed = dynamic.touch
         self.shadows.on_change = lambda thing: dynamic.touch((thing,))
         self.connectivity.on_change = dynamic.touch
-        fleet_api.register(self.table, search, indexing, dynamic, settings.limits)
+        group_tags = GroupTags(self.db)
+        fleet_api.register(self.table, search, indexing, dynamic, settings.limits, group_tags)
+        tags_api.register(self.table, group_tags)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:
