@@ -311,6 +311,7 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
     """Inputs that make each supported operation succeed against the world."""
     thing1, thing2, thing3, doomed_thing = w.things
     files = [{"fileId": 0, "s3Location": {"bucket": BUCKET, "key": w.key, "version": w.version}}]
+    group_arn = w.thing_arns[0].rpartition(":")[0] + f":thinggroup/{w.group}"
     trust = _policy({"Effect": "Allow", "Principal": {"AWS": TRUST_ANYONE_HERE.format(account=w.account)},
                      "Action": "sts:AssumeRole"})
     iot: dict[str, dict[str, Any]] = {
@@ -383,6 +384,9 @@ def _success_params(w: World) -> dict[tuple[str, str], dict[str, Any]]:
         "UpdateDynamicThingGroup": {"thingGroupName": "conf-dynamic", "queryString": "attributes.color:blue",
                                     "thingGroupProperties": {"thingGroupDescription": "updated"}},
         "DeleteDynamicThingGroup": {"thingGroupName": "conf-doomed-dynamic"},
+        "TagResource": {"resourceArn": group_arn, "tags": [{"Key": "conf", "Value": "yes"}]},
+        "UntagResource": {"resourceArn": group_arn, "tagKeys": ["conf-absent"]},
+        "ListTagsForResource": {"resourceArn": group_arn},
         "CreatePackage": {"packageName": "conf-new-package"},
         "GetPackage": {"packageName": "conf-package"},
         "ListPackages": {},
@@ -695,6 +699,10 @@ def _page_size_one(client: Any, op: str, params: dict[str, Any]) -> tuple[list[A
     return everything, paged
 
 
+# Paginated by botocore without a page size member (ListTagsForResource: at most 50 tags).
+NO_PAGE_SIZE = frozenset({("iot", "ListTagsForResource")})
+
+
 def test_every_routed_list_operation_pages(srv: RunningServer, world: World) -> None:
     """PageSize 1 through botocore's paginators gives the same items as one call, one
     per page, for every routed operation that botocore can paginate."""
@@ -706,7 +714,7 @@ def test_every_routed_list_operation_pages(srv: RunningServer, world: World) -> 
             continue
         client = srv.client(service)
         for op in sorted(routed[service]):
-            if not client.can_paginate(xform_name(op)):
+            if not client.can_paginate(xform_name(op)) or (service, op) in NO_PAGE_SIZE:
                 continue
             everything, paged = _page_size_one(client, op, success.get((service, op), {}))
             assert paged == everything, op

@@ -95,7 +95,8 @@ def build(data_dir: Path) -> DeviceWorld:
     query = dict(part.split("=", 1) for part in url.query.split("&"))
     der = x509.load_pem_x509_certificate(cert.pem.encode()).public_bytes(Encoding.DER)
     # As the server mounts it: the in-memory fast path in front of the routes.
-    app = server.delivery.fast_app(Starlette(routes=server.delivery.routes() + server.device_jobs.routes()))
+    app = server.delivery.fast_app(Starlette(routes=server.delivery.routes() + server.device_shadows.routes()
+                                             + server.device_jobs.routes()))
     return DeviceWorld(server, der, url.path, {k: unquote(v) for k, v in query.items()}, app)
 
 

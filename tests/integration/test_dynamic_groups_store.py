@@ -124,6 +124,19 @@ def test_a_thing_that_stops_matching_before_release_loses_its_execution(fleet: F
     assert statuses == {"j-0": "QUEUED", "j-1": "REMOVED"}
 
 
+def test_a_scheduled_continuous_job_covers_things_that_come_to_match_before_its_start(fleet: Fleet) -> None:
+    fleet.dynamic.create("gamma", {"queryString": "attributes.ring:gamma"})
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(hours=2)
+    scheduling = {"schedulingConfig": {"startTime": start.strftime("%Y-%m-%dT%H:%M")}}
+    fleet.jobs.create_job("later", [fleet.registry.group_arn("gamma")], {"op": "x"},
+                          target_selection="CONTINUOUS", config=scheduling)
+    assert fleet.jobs.describe_job("later")[0].status == "SCHEDULED"
+    fleet.registry.create_thing("g-0", {"ring": "gamma"})  # comes to match while the job waits
+    fleet.settle(lambda: fleet.members("gamma") == ["g-0"])
+    fleet.settle(lambda: [e.thing_name for e in fleet.jobs.executions_for_job("later")] == ["g-0"])
+    assert fleet.jobs.next_execution("g-0") is None  # not released before the start
+
+
 def test_a_restart_applies_changes_the_stopped_worker_had_not(fleet: Fleet, database_url: str) -> None:
     fleet.registry.create_thing("r-0", {"zone": "cold"})
     fleet.dynamic.create("hot", {"queryString": "attributes.zone:hot"})

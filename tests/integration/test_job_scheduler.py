@@ -328,6 +328,25 @@ def test_scheduled_job_waits_for_its_start_time_then_releases_everything(world: 
     assert set(world.visible().values()) == {"QUEUED"}
 
 
+def test_scheduled_continuous_job_covers_things_that_joined_its_group_before_the_start(world: World) -> None:
+    things = world.things(2)
+    start = (world.clock.now // 60 + 10) * 60
+    world.create(selection="CONTINUOUS", schedulingConfig={"startTime": _at(start)})
+    world.registry.create_thing("early-joiner")
+    world.registry.add_to_group("fleet", "early-joiner")  # joins while the job is SCHEDULED
+    assert world.jobs.next_execution("early-joiner") is None  # nothing released before the start
+    assert world.visible()["early-joiner"] == "QUEUED"  # but counted from the start
+    assert world.released() == {}
+    world.clock.now = start
+    assert sorted(world.scheduler.tick().next_changed) == sorted([*things, "early-joiner"])
+    execution = world.jobs.next_execution("early-joiner")
+    assert execution is not None
+    assert execution.job_id == "job-1"
+    world.registry.create_thing("late-joiner")  # and after the start, as before
+    world.registry.add_to_group("fleet", "late-joiner")
+    assert world.jobs.next_execution("late-joiner") is not None
+
+
 @pytest.mark.parametrize(
     ("behavior", "queued_after", "running_after", "job_status"),
     [

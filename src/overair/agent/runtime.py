@@ -68,6 +68,7 @@ from overair.agent.machine.events import (
 )
 from overair.agent.machine.state import FileSpec, JobResult, Settings, State
 from overair.agent.machine.transitions import handle
+from overair.agent.package_report import PackageReporter, Running
 from overair.agent.platform.base import Platform, PlatformError, PowerLost
 from overair.agent.platform.select import build_platform
 from overair.agent.progress import StagedProgress
@@ -287,6 +288,7 @@ class Runtime:
                                       config.base_dir, config.thing_name)
         self._app = AppRunner(config.app.command, cwd=config.base_dir, thing_name=config.thing_name,
                               on_crash=self._health.crashed)
+        self._package = PackageReporter(config.thing_name)  # `$package`: what it runs
 
     def _mqtt_factory(self) -> TransportFactory:
         try:
@@ -338,11 +340,12 @@ class Runtime:
                 if item is not None:
                     generation, event = item
                     if generation == self._generation:
-                        self._feed(event)
+                        self._dispatch(event)
                 if self._clock() - last_tick >= self._tick_interval:
                     last_tick = self._clock()
                     self._feed(Tick())
                     self._report_health()
+                    self._report_package()
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             log.exception("agent %s stopped on an error", self.config.thing_name)
@@ -733,6 +736,28 @@ class Runtime:
             chain = signer_chain(file)
             remember(file.signature, [c.public_bytes(serialization.Encoding.DER) for c in chain])
         return result
+
+    def _dispatch(self, event: Event) -> None:
+        """The `$package` shadow's answers are the package reporter's; the rest the machine's."""
+        if isinstance(event, MessageReceived) and self._package.owns(event.topic):
+            self._package.received(event.topic, event.payload)
+            self._report_package()  # the shadow was read: report now if it differs
+            return
+        self._feed(event)
+        transport = self._transport
+        if isinstance(event, Connected) and transport is not None:
+            self._package.connected()
+            for topic in self._package.subscriptions():
+                transport.subscribe(topic, 1)
+            self._report_package()
+
+    def _report_package(self) -> None:
+        transport, state = self._transport, self._state
+        if transport is None or not state.connected:
+            return
+        running = Running(str(state.running), state.slot, state.security_counter) if state.slot else None
+        for topic, payload in self._package.due(running, self._clock()):
+            transport.publish(topic, payload, 1)
 
     def _report_health(self) -> None:
         transport = self._transport

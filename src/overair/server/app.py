@@ -102,14 +102,16 @@ from overair.server.provisioning.claims import ClaimCertificates
 from overair.server.provisioning.device import ClaimService
 from overair.server.provisioning.templates import ProvisioningTemplates
 from overair.server.registry import api as registry_api
-from overair.server.registry import bulk_api
+from overair.server.registry import bulk_api, tags_api
 from overair.server.registry.bulk import BulkRegistrar
 from overair.server.registry.connectivity import Connectivity
 from overair.server.registry.registration_tasks import RegistrationTasks
 from overair.server.registry.service import Registry
+from overair.server.registry.tags import GroupTags
 from overair.server.sealing import Sealer
 from overair.server.settings import Settings
 from overair.server.shadow import api as shadow_api
+from overair.server.shadow.device_api import DeviceShadowApi
 from overair.server.shadow.mqtt import ShadowMqtt
 from overair.server.shadow.service import ShadowService
 from overair.server.signing import api as signing_api
@@ -299,7 +301,11 @@ class Server:
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
                           templates, catalog.published_versions)
-        shadow_api.register(self.table, self.shadows, self._publish_threadsafe, clock, settings.limits)
+        shadow_operations = shadow_api.ShadowOperations(self.shadows, self._publish_threadsafe, clock,
+                                                        settings.limits)
+        shadow_api.register(self.table, shadow_operations)
+        self.device_shadows = DeviceShadowApi(shadow_operations, self.registry, self.device_jobs.budgets,
+                                              self.device_jobs.events, settings.limits, clock)
         # Health-gated rollouts (issue 18): the scheduler asks the gates before releasing.
         self.health = HealthMonitor(self.db, self.jobs, self.audit, settings.limits, clock,
                                     self._notify_threadsafe)
@@ -369,7 +375,9 @@ class Server:
         self.registry.on_things_changed = dynamic.touch
         self.shadows.on_change = lambda thing: dynamic.touch((thing,))
         self.connectivity.on_change = dynamic.touch
-        fleet_api.register(self.table, search, indexing, dynamic, settings.limits)
+        group_tags = GroupTags(self.db)
+        fleet_api.register(self.table, search, indexing, dynamic, settings.limits, group_tags)
+        tags_api.register(self.table, group_tags)
 
     # Wiring callbacks ----------------------------------------------------------------
     def _bucket_policy(self, bucket: str) -> str | None:
@@ -780,7 +788,8 @@ class Server:
                 ssl_keyfile=str(tls_key) if tls_key else None)),
         ]
         devices = uvicorn.Config(
-            self.delivery.fast_app(Starlette(routes=self.delivery.routes() + self.device_jobs.routes())),
+            self.delivery.fast_app(Starlette(routes=self.delivery.routes() + self.device_shadows.routes()
+                                             + self.device_jobs.routes())),
             host=settings.mqtt_host, port=settings.download_port, log_level="warning", lifespan="off",
             proxy_headers=False,
             ssl_certfile=str(paths.broker_cert), ssl_keyfile=str(paths.broker_key),

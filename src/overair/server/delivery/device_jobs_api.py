@@ -77,21 +77,33 @@ _SUPPORTED = frozenset({"GetPendingJobExecutions", "StartNextPendingJobExecution
                         "UpdateJobExecution"})
 
 
-class _TooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
+def device_certificate(request: Request, api: str) -> tuple[x509.Certificate, str]:
+    """The request's client certificate and its principal; refused without one (the
+    device APIs of this endpoint: Jobs here, Device Shadow in shadow/device_api.py)."""
+    der = peer_certificate(request.scope)
+    if der is None:
+        raise ApiError("CertificateValidationException",
+                       f"{api} needs the device's client certificate (mutual TLS)", 400)
+    # Verified against the fleet CA by the TLS layer already.
+    cert = x509.load_der_x509_certificate(der)
+    return cert, f"cert/{cert.serial_number:x}"
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
     """The request body, refused past `limit` bytes without reading the rest."""
     declared = parse_uint(request.headers.get("content-length", ""))
     if declared is not None and declared > limit:
-        raise _TooLarge
+        raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -104,7 +116,7 @@ class DeviceJobsApi:
         self._audit = audit
         self._limits = limits
         self._clock = clock
-        self._budgets = DeviceBudgets(limits)
+        self.budgets = DeviceBudgets(limits)  # per certificate; shared with the shadow API
         self.events = DeviceEventRecorder(audit, clock, limits)
         self._service: ServiceProtocol = load_services()["iot-jobs-data"]
         self.on_next_changed: Callable[[list[str]], None] = lambda _things: None
@@ -119,16 +131,16 @@ class DeviceJobsApi:
         """The one translation point of this API: every failure becomes the model's error."""
         request_id = str(uuid.uuid4())
         try:
-            cert, principal = self._certificate(request)
+            cert, principal = device_certificate(request, "the Jobs API")
             try:
-                body = await _bounded_body(request, self._limits.max_job_message_bytes)
-            except _TooLarge:
+                body = await bounded_body(request, self._limits.max_job_message_bytes)
+            except BodyTooLarge:
                 raise ApiError(INVALID, "request body too large", 400) from None
             # As over MQTT (gateway/device_service.py): progress reports (UpdateJobExecution
             # is the API's one POST) may not spend the reserve kept for state changes.
             keep = float(self._limits.device_job_updates_reserved) \
                 if request.method == "POST" and wire.is_progress_report(body, self._limits) else 0.0
-            if not self._budgets.take(principal, Kind.HTTPS_API, self._clock(), keep=keep):
+            if not self.budgets.take(principal, Kind.HTTPS_API, self._clock(), keep=keep):
                 self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
                 raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
             raw_path = (request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
@@ -144,16 +156,6 @@ class DeviceJobsApi:
                                  f"internal error (request id {request_id}); try again", 503)
             reply = self._service.render_error(error, request_id)
         return Response(reply.body, reply.status, headers=dict(reply.headers))
-
-    @staticmethod
-    def _certificate(request: Request) -> tuple[x509.Certificate, str]:
-        der = peer_certificate(request.scope)
-        if der is None:
-            raise ApiError("CertificateValidationException",
-                           "the Jobs API needs the device's client certificate (mutual TLS)", 400)
-        # Verified against the fleet CA by the TLS layer already.
-        cert = x509.load_der_x509_certificate(der)
-        return cert, f"cert/{cert.serial_number:x}"
 
     def _handle(self, http: HttpRequest, cert: x509.Certificate, principal: str,
                 request_id: str) -> HttpResponse:

@@ -14,6 +14,7 @@ from overair.server.api.paging import page_out, paginate
 from overair.server.fleet.config import IndexingStore
 from overair.server.fleet.dynamic import QUERY_VERSION, DynamicGroups
 from overair.server.fleet.search import GROUPS_INDEX, THINGS_INDEX, FleetSearch, Indexed
+from overair.server.registry.tags import GroupTags, check_tags
 
 
 def _check_version(r: ApiRequest) -> None:
@@ -36,7 +37,7 @@ def _field_type(config: IndexingConfig, index: str, name: str) -> str:
 
 
 def register(table: OperationTable, search: FleetSearch, store: IndexingStore, dynamic: DynamicGroups,
-             limits: Limits) -> None:
+             limits: Limits, tags: GroupTags) -> None:
     def index_of(r: ApiRequest) -> str:
         return str(r.params.get("indexName") or THINGS_INDEX)
 
@@ -112,7 +113,7 @@ def register(table: OperationTable, search: FleetSearch, store: IndexingStore, d
     }.items():
         table.register("iot", name, handler)
     _register_indices(table, store)
-    _register_dynamic(table, dynamic)
+    _register_dynamic(table, dynamic, tags)
 
 
 def _schema(config: IndexingConfig) -> str:
@@ -148,9 +149,12 @@ def _register_indices(table: OperationTable, store: IndexingStore) -> None:
     table.register("iot", "DescribeIndex", describe_index)
 
 
-def _register_dynamic(table: OperationTable, dynamic: DynamicGroups) -> None:
+def _register_dynamic(table: OperationTable, dynamic: DynamicGroups, tags: GroupTags) -> None:
     def create_dynamic(r: ApiRequest) -> dict[str, Any]:
+        wanted = check_tags(r.params.get("tags"))  # before the group exists: all or nothing
         group = dynamic.create(r.params["thingGroupName"], r.params)
+        if wanted:
+            tags.tag(group.name, wanted)
         return {"thingGroupName": group.name, "thingGroupArn": group.arn, "thingGroupId": group.group_id,
                 "indexName": group.index_name, "queryString": group.query_string,
                 "queryVersion": group.query_version}

@@ -97,6 +97,8 @@ ARN_MEMBERS: Mapping[str, tuple[ArnMember, ...]] = {
         ArnMember("targets[]", "iot", ("thing", "thinggroup"), "resource"),
         ArnMember("thingArn", "iot", ("thing",), "named"),
         ArnMember("thingGroupArn", "iot", ("thinggroup",), "named"),
+        # Tagging operations: overair keeps tags of thing groups only (registry/tags.py).
+        ArnMember("resourceArn", "iot", ("thinggroup",), "resource"),
         ArnMember("principal", "iot", ("cert",), "reference"),
         ArnMember("roleArn", "iam", ("role",), "passrole"),
         ArnMember("provisioningRoleArn", "iam", ("role",), "passrole"),

@@ -221,11 +221,16 @@ class JobService:
 
     def add_thing_to_continuous_jobs(self, thing: str, group_arn: str) -> list[str]:
         """A thing joined a group: CONTINUOUS jobs targeting the group reach it too.
-        Returns the things to notify (this one, if its next job changed)."""
+        Returns the things to notify (this one, if its next job changed).
+
+        Also a job still SCHEDULED (before its startTime): the thing gets an execution
+        not released yet, so at the start the job covers every thing in its groups then,
+        as AWS's continuous jobs do; the scheduler releases it with the others."""
         now = self._clock()
         with self._db.session() as s:
-            jobs = [job for job in s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value,
-                                                              Job.target_selection == "CONTINUOUS"))
+            jobs = [job for job in s.scalars(select(Job).where(
+                Job.status.in_((JobStatus.IN_PROGRESS.value, JobStatus.SCHEDULED.value)),
+                Job.target_selection == "CONTINUOUS"))
                     if group_arn in job.targets and thing not in job.config.get(SKIPPED_THINGS, [])]
             if not jobs:
                 return []

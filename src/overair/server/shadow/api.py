@@ -29,49 +29,71 @@ def _api_error(exc: ShadowError) -> ApiError:
     return ApiError(_CODES.get(exc.status, "InvalidRequestException"), exc.message, exc.status)
 
 
-def register(table: OperationTable, shadows: ShadowService, publish: Publish, clock: Clock,
-             limits: Any) -> None:
-    def name_of(r: ApiRequest) -> str:
-        return str(r.params.get("shadowName") or CLASSIC)
+class ShadowOperations:
+    """The four iot-data shadow operations on a request's parsed parameters: the one
+    implementation behind the operators' API (SigV4 + IAM, `register`) and the devices'
+    (mutual TLS, shadow/device_api.py)."""
 
-    def get_shadow(r: ApiRequest) -> dict[str, Any]:
+    def __init__(self, shadows: ShadowService, publish: Publish, clock: Clock, limits: Any) -> None:
+        self._shadows = shadows
+        self._publish = publish
+        self._clock = clock
+        self._limits = limits
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {"GetThingShadow": self.get, "UpdateThingShadow": self.update,
+                "DeleteThingShadow": self.delete, "ListNamedShadowsForThing": self.list_named}
+
+    @staticmethod
+    def _name(params: dict[str, Any]) -> str:
+        return str(params.get("shadowName") or CLASSIC)
+
+    def get(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"payload": doc.encode(shadows.get(r.params["thingName"], name_of(r), None))}
+            return {"payload": doc.encode(self._shadows.get(params["thingName"], self._name(params), None))}
         except ShadowError as exc:
             raise _api_error(exc) from exc
 
-    def update_shadow(r: ApiRequest) -> dict[str, Any]:
-        thing, name = r.params["thingName"], name_of(r)
+    def update(self, params: dict[str, Any]) -> dict[str, Any]:
+        thing, name = params["thingName"], self._name(params)
         try:
-            request = doc.parse_request(bytes(r.params.get("payload") or b""), limits, what="document")
-            published = shadows.update(thing, name, request)
+            request = doc.parse_request(bytes(params.get("payload") or b""), self._limits, what="document")
+            published = self._shadows.update(thing, name, request)
         except ShadowError as exc:
             raise _api_error(exc) from exc
-        publish(messages(thing, name, published))
+        self._publish(messages(thing, name, published))
         return {"payload": doc.encode(published[0].body)}  # the update/accepted document
 
-    def delete_shadow(r: ApiRequest) -> dict[str, Any]:
-        thing, name = r.params["thingName"], name_of(r)
+    def delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        thing, name = params["thingName"], self._name(params)
         try:
-            body = shadows.delete(thing, name, {})
+            body = self._shadows.delete(thing, name, {})
         except ShadowError as exc:
             raise _api_error(exc) from exc
-        publish(messages(thing, name, [Published("delete/accepted", body)]))
+        self._publish(messages(thing, name, [Published("delete/accepted", body)]))
         return {"payload": doc.encode(body)}
 
-    def list_named(r: ApiRequest) -> dict[str, Any]:
+    def list_named(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
-            (after,) = key_after(r.params) or (None,)
-            page, more = shadows.page_named_shadows(r.params["thingName"], after,
-                                                    page_size(r.params, limit_key="pageSize"))
+            (after,) = key_after(params) or (None,)
+            page, more = self._shadows.page_named_shadows(params["thingName"], after,
+                                                          page_size(params, limit_key="pageSize"))
         except ShadowError as exc:
             raise _api_error(exc) from exc
         token = key_token(page[-1]) if more else None
-        out: dict[str, Any] = {"results": page, "timestamp": int(clock())}
+        out: dict[str, Any] = {"results": page, "timestamp": int(self._clock())}
         if token:
             out["nextToken"] = token
         return out
 
-    for name, handler in {"GetThingShadow": get_shadow, "UpdateThingShadow": update_shadow,
-                          "DeleteThingShadow": delete_shadow, "ListNamedShadowsForThing": list_named}.items():
-        table.register(SERVICE, name, handler)
+
+def _on_params(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[ApiRequest], dict[str, Any]]:
+    def handle(r: ApiRequest) -> dict[str, Any]:
+        return handler(r.params)
+
+    return handle
+
+
+def register(table: OperationTable, operations: ShadowOperations) -> None:
+    for name, handler in operations.handlers().items():
+        table.register(SERVICE, name, _on_params(handler))

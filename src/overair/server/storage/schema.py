@@ -608,3 +608,15 @@ class ClaimCertificate(Base):
     template_name: Mapped[str] = mapped_column(
         String(36), ForeignKey("provisioning_templates.name", ondelete="CASCADE"), primary_key=True,
         index=True)
+
+
+class ThingGroupTag(Base):
+    """A tag of a thing group (server/registry/tags.py; migration 0018). Keyed by the
+    group's id, so a deleted group's tags go with it and a new group of the same name
+    starts without them."""
+
+    __tablename__ = "thing_group_tags"
+    group_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("thing_groups.group_id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
