@@ -19,6 +19,7 @@ dependency is down, through the edge's one translation table, api/faults.py).
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,25 @@ async def bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def model_request(request: Request, body: bytes) -> HttpRequest:
+    """The request as the API model's router sees it (the raw path: percent-escapes kept)."""
+    raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
+    return HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
+                       {k.lower(): v for k, v in request.headers.items()}, body)
+
+
+def error_reply(service: ServiceProtocol, request_id: str, what: str) -> HttpResponse:
+    """The exception being handled as the model's error: a fault it knows, else a logged
+    503 naming the request (called from an `except` block of a device API's endpoint)."""
+    exc = sys.exc_info()[1]
+    error = to_api_error(exc, service.protocol, INVALID) if isinstance(exc, Exception) else None
+    if error is None:
+        log.exception("%s request %s failed", what, request_id)
+        error = ApiError("ServiceUnavailableException",
+                         f"internal error (request id {request_id}); try again", 503)
+    return service.render_error(error, request_id)
+
+
 class DeviceJobsApi:
     def __init__(self, jobs: JobService, registry: Registry, audit: AuditLog, limits: Limits = DEFAULT_LIMITS,
                  clock: Clock = system_clock) -> None:
@@ -143,18 +163,10 @@ class DeviceJobsApi:
             if not self.budgets.take(principal, Kind.HTTPS_API, self._clock(), keep=keep):
                 self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
                 raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
-            raw_path = (request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
-                        or request.url.path)
-            http = HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
-                               {k.lower(): v for k, v in request.headers.items()}, body)
-            reply = await run_in_threadpool(self._handle, http, cert, principal, request_id)
-        except Exception as exc:
-            error = to_api_error(exc, self._service.protocol, INVALID)
-            if error is None:
-                log.exception("device jobs request %s failed", request_id)
-                error = ApiError("ServiceUnavailableException",
-                                 f"internal error (request id {request_id}); try again", 503)
-            reply = self._service.render_error(error, request_id)
+            reply = await run_in_threadpool(self._handle, model_request(request, body), cert, principal,
+                                            request_id)
+        except Exception:
+            reply = error_reply(self._service, request_id, "device jobs")
         return Response(reply.body, reply.status, headers=dict(reply.headers))
 
     def _handle(self, http: HttpRequest, cert: x509.Certificate, principal: str,

@@ -34,12 +34,17 @@ from starlette.routing import BaseRoute, Route
 from overair.core import topics
 from overair.core.limits import Limits
 from overair.server.api.contract import ApiError
-from overair.server.api.faults import to_api_error
 from overair.server.api.models import HttpRequest, HttpResponse, ServiceProtocol, load_services
 from overair.server.audit.device_events import DeviceEventRecorder
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
-from overair.server.delivery.device_jobs_api import BodyTooLarge, bounded_body, device_certificate
+from overair.server.delivery.device_jobs_api import (
+    BodyTooLarge,
+    bounded_body,
+    device_certificate,
+    error_reply,
+    model_request,
+)
 from overair.server.registry.service import Registry
 from overair.server.shadow.api import ShadowOperations
 
@@ -78,18 +83,10 @@ class DeviceShadowApi:
             if not self._budgets.take(principal, Kind.HTTPS_API, self._clock()):
                 self.events.throttled(principal=principal, action=THROTTLED_ACTION, resource=principal)
                 raise ApiError("ThrottlingException", "request rate exceeds the device's budget", 429)
-            raw_path = (request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
-                        or request.url.path)
-            http = HttpRequest(request.method, raw_path, HttpRequest.parse_query(request.url.query),
-                               {k.lower(): v for k, v in request.headers.items()}, body)
-            reply = await run_in_threadpool(self._handle, http, cert, principal, request_id)
-        except Exception as exc:
-            error = to_api_error(exc, self._service.protocol, INVALID)
-            if error is None:
-                log.exception("device shadow request %s failed", request_id)
-                error = ApiError("ServiceUnavailableException",
-                                 f"internal error (request id {request_id}); try again", 503)
-            reply = self._service.render_error(error, request_id)
+            reply = await run_in_threadpool(self._handle, model_request(request, body), cert, principal,
+                                            request_id)
+        except Exception:
+            reply = error_reply(self._service, request_id, "device shadow")
         return Response(reply.body, reply.status, headers=dict(reply.headers))
 
     def _handle(self, http: HttpRequest, cert: x509.Certificate, principal: str,
