@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from sqlalchemy import Result, Select, event, insert
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import insert
 
 from overair.server.storage.schema import (
-    Base,
     JobTemplate,
     SigningJob,
     SoftwarePackage,
@@ -30,6 +28,7 @@ from overair.server.storage.schema import (
     ThingGroupMember,
     ThingShadow,
 )
+from tests.row_counting import loads, returned
 from tests.server_harness import RunningServer
 
 ROWS = 1_050
@@ -73,43 +72,6 @@ def rows(srv: RunningServer) -> RunningServer:
             {"thing_name": THING, "shadow_name": f"sh-{i:05d}", "version": 1, "present": i % 3 != 0,
              "updated_at": now} for i in range(ROWS)])
     return srv
-
-
-@contextmanager
-def loads(model: type) -> Iterator[list[int]]:
-    """Counts the `model` rows the ORM builds meanwhile."""
-    count = [0]
-
-    def loaded(_target: object, _context: object) -> None:
-        count[0] += 1
-
-    event.listen(model, "load", loaded)
-    try:
-        yield count
-    finally:
-        event.remove(model, "load", loaded)
-
-
-@contextmanager
-def returned(model: type[Base]) -> Iterator[list[int]]:
-    """Counts the rows that SELECTs reading `model`'s table return meanwhile, column
-    selects included (which build no ORM objects, so `loads` does not see them)."""
-    count = [0]
-    table = model.__table__
-
-    def execute(state: ORMExecuteState) -> Result[Any] | None:
-        statement = state.statement
-        if not isinstance(statement, Select) or table not in statement.get_final_froms():
-            return None
-        frozen = state.invoke_statement().freeze()
-        count[0] += len(frozen.data)
-        return frozen()
-
-    event.listen(Session, "do_orm_execute", execute)
-    try:
-        yield count
-    finally:
-        event.remove(Session, "do_orm_execute", execute)
 
 
 def walk(call: Callable[..., dict[str, Any]], key: str, model: type | None, *, size_key: str = "maxResults",

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 
 from overair.server.storage.schema import (
     DeviceCertificate,
@@ -23,6 +21,7 @@ from overair.server.storage.schema import (
     ThingGroupMember,
     ThingPrincipal,
 )
+from tests.row_counting import loads
 from tests.server_harness import RunningServer
 
 THINGS = 1_050
@@ -69,21 +68,6 @@ def fleet(srv: RunningServer) -> RunningServer:
             insert(ThingPrincipal), [{"thing_name": "page-00000", "principal": c["arn"]} for c in certs]
         )
     return srv
-
-
-@contextmanager
-def loads(model: type) -> Iterator[list[int]]:
-    """Counts the `model` rows the ORM builds meanwhile."""
-    count = [0]
-
-    def loaded(_target: object, _context: object) -> None:
-        count[0] += 1
-
-    event.listen(model, "load", loaded)
-    try:
-        yield count
-    finally:
-        event.remove(model, "load", loaded)
 
 
 def all_pages(client: Any, operation: str, key: str, **params: object) -> list[Any]:
