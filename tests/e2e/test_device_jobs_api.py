@@ -4,9 +4,7 @@ unmodified boto3 exactly as against AWS IoT: no SigV4, the device's X.509 certif
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, SSLError
 from sqlalchemy import select
 
 from overair.server.storage.schema import AuditEntry
+from tests.device_https import device_request
 from tests.e2e.conftest import ShiftableClock
 from tests.pki_helpers import issue, make_ca
 from tests.server_harness import RunningServer
@@ -123,20 +122,6 @@ def test_n4_certificate_from_another_ca_is_refused_by_tls(srv: RunningServer, tm
         _jobs_client(srv, tmp_path).get_pending_job_executions(thingName="rogue-device")
 
 
-def _raw(srv: RunningServer, bundle: Path, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    """One request with the device's certificate and a body boto3 would never send."""
-    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
-    context.load_cert_chain(str(bundle / "device.crt"), str(bundle / "device.key"))
-    connection = http.client.HTTPSConnection("localhost", srv.settings.download_port, context=context,
-                                             timeout=10)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        connection.close()
-
-
 def test_no_500_hostile_request_bodies_get_invalid_request(srv: RunningServer,
                                                            polling_device: tuple[str, Path]) -> None:
     """Issue 12, finding 10: bodies that answered 500 (JSON nested 1,000 deep, a step
@@ -158,7 +143,7 @@ def test_no_500_hostile_request_bodies_get_invalid_request(srv: RunningServer,
         ("PUT", f"/things/{name}/jobs/$next", b'{"statusDetails": {"bad key!": "v"}}'),
         ("PUT", f"/things/{name}/jobs/$next", b'{"statusDetails": ' + b'{"k": "v", ' * 50 + b"}"),
     ]:
-        status, error = _raw(srv, bundle, method, path, body)
+        status, error = device_request(srv, bundle, method, path, body)
         assert (status, error.get("code")) == (400, "InvalidRequestException"), (body[:80], status, error)
     assert _jobs_client(srv, bundle).describe_job_execution(thingName=name, jobId=f"{name}-job")[
         "execution"]["status"] == "QUEUED"

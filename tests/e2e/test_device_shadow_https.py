@@ -5,9 +5,7 @@ Threat ids: N4 unauthorized device (a device may use only its own things' shadow
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import select
 
 from overair.server.storage.schema import AuditEntry
+from tests.device_https import device_request
 from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer
 
@@ -128,19 +127,6 @@ def test_n4_device_cannot_read_or_write_another_things_shadow_over_https(
     assert [e.decision for e in denied] == ["DENY"]
 
 
-def _raw(srv: RunningServer, bundle: Path, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
-    context.load_cert_chain(str(bundle / "device.crt"), str(bundle / "device.key"))
-    connection = http.client.HTTPSConnection("localhost", srv.settings.download_port, context=context,
-                                             timeout=10)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        connection.close()
-
-
 def test_no_500_hostile_shadow_requests_over_https(srv: RunningServer,
                                                    shadow_device: tuple[str, Path]) -> None:
     name, bundle = shadow_device
@@ -159,7 +145,7 @@ def test_no_500_hostile_shadow_requests_over_https(srv: RunningServer,
         ("POST", f"{path}?name=%00", b'{"state": {"reported": {"a": 1}}}'),
         ("POST", path, b"{" * 70_000),
     ]:
-        status, error = _raw(srv, bundle, method, target, body)
+        status, error = device_request(srv, bundle, method, target, body)
         assert 400 <= status < 500, (target, body[:60], status, error)
     data = _device_data(srv, bundle)
     data.update_thing_shadow(thingName=name, payload=b'{"state":{"reported":{"ok":true}}}')
