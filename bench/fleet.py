@@ -224,15 +224,16 @@ class DeviceProcesses:
     """The devices, spread over child processes (spawned: no inherited server threads)."""
 
     def __init__(self, specs: list[fleet_devices.DeviceSpec], processes: int, ca: Path, port: int,
-                 image_sha256: str, connect_rate: float, timeout: float, http_port: int = 0) -> None:
+                 image_sha256: str, connect_rate: float, timeout: float, http_port: int = 0,
+                 *, host: str = "127.0.0.1", reconnect: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[BaseProcess] = []
         for i in range(processes):
             parent, child = context.Pipe()
             proc = context.Process(target=fleet_devices.device_process, daemon=True, args=(
-                specs[i::processes], ca, "127.0.0.1", port, image_sha256, OLD_VERSION.to_u32(),
-                connect_rate / processes, timeout, child, http_port))
+                specs[i::processes], ca, host, port, image_sha256, OLD_VERSION.to_u32(),
+                connect_rate / processes, timeout, child, http_port, reconnect))
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)

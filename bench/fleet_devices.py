@@ -19,6 +19,14 @@ wire what the FreeRTOS OTA library (v3.4.0, MQTT demo) does for one update, in o
 5. The execution comes back with `self_test` in its details: `IN_PROGRESS {"self_test":
    "active"}`, then `SUCCEEDED` with the library's `reason`/`updatedBy` strings.
 
+With `reconnect` (the node-loss tests, docs/scaling.md), a device whose connection drops
+connects again by itself (0.5 s later, then backing off to 4 s) as the FreeRTOS demo's
+MQTT agent does, and asks `$next/get` again: a download in progress starts over from
+block 0 when the job comes back; a device that had sent `self_test: ready` or SUCCEEDED
+looks at the job again and repeats what the server has not recorded (a QoS 1 PUBACK
+comes from the broker, not from the server: a node lost after it may have lost the
+update), so SUCCEEDED counts only once the job is gone from `$next/get`.
+
 What a device skips: the ECDSA signature check (one verification, ~0.1 ms of C per
 device), flash writes, the real reboot's seconds. No `expectedVersion` is sent: the
 library never sends one (the issue's wording aside, this is the wire a fleet of FreeRTOS
@@ -52,6 +60,7 @@ from overair.core.streamcodec import GetStreamRequest, decode_data_block, encode
 BLOCK_SIZE = 4096
 BLOCKS_PER_REQUEST = 8
 RECEIVE_EVERY = 25  # the library's progress interval (blocks)
+RECONNECT_DELAY, RECONNECT_MAX_DELAY = 0.5, 4.0  # seconds, with `reconnect`
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class FleetDeviceResult:
     status_updates: int = 0
     restarts: int = 0
     throttled: int = 0  # HTTPS answers 429/503 with Retry-After (asked again when told)
+    reconnects: int = 0  # connections lost and made again (with `reconnect`)
     verified: bool = False
     error: str = ""
 
@@ -107,6 +117,8 @@ class Phase(Enum):
     ACTIVATING = "waiting for the PUBACK of self_test ready"
     REBOOTING = "rebooting"
     TESTING = "waiting for the self-test job"
+    CONFIRMING = "waiting for the PUBACK of SUCCEEDED"
+    RECONNECTING = "reconnecting"
     DONE = "done"
 
 
@@ -302,8 +314,12 @@ class FleetDevice:
 
     def __init__(self, spec: DeviceSpec, image_sha256: str, old_version: int,
                  connect: Callable[[FleetDevice, list[tuple[str, int]]], _Link],
-                 fetch: Callable[[FleetDevice, str, int], HttpDownload] | None = None) -> None:
+                 fetch: Callable[[FleetDevice, str, int], HttpDownload] | None = None,
+                 resilient: bool = False) -> None:
         self.spec = spec
+        self.resilient = resilient  # reconnects, and checks its reports reached the server
+        self.resume = Phase.CONNECTING  # the phase a lost connection interrupted
+        self.done_packet = 0
         self.result = FleetDeviceResult(spec.thing)
         self.base = f"$aws/things/{spec.thing}"
         self.sha256 = image_sha256
@@ -358,14 +374,33 @@ class FleetDevice:
 
     # --- events -------------------------------------------------------------------------
     def on_ready(self) -> None:
-        """The connection (first or after the reboot) is up and subscribed."""
-        self.phase = Phase.WAITING if self.phase is Phase.CONNECTING else Phase.TESTING
+        """The connection (first, after the reboot or after a lost one) is up and subscribed."""
+        if self.phase is Phase.RECONNECTING:
+            before = (Phase.CONNECTING, Phase.WAITING, Phase.DOWNLOADING)
+            self.phase = Phase.WAITING if self.resume in before else Phase.TESTING
+        else:
+            self.phase = Phase.WAITING if self.phase is Phase.CONNECTING else Phase.TESTING
         self.ask_next()
+
+    def connection_lost(self) -> None:
+        """(`resilient`) The connection dropped: connect again, then ask for the job."""
+        if self.phase is Phase.DOWNLOADING:
+            self.result.restarts += 1  # the download starts over when the job comes back
+        if self.phase is not Phase.RECONNECTING:
+            self.resume = self.phase
+            self.result.reconnects += 1
+        self.phase = Phase.RECONNECTING
+        self.stream = ""  # a clean session: subscribe to the stream again
+        self.wanted = set()
 
     def on_packet(self, first: int, body: bytes) -> None:
         if first & 0xF0 == 0x40:
             if self.phase is Phase.ACTIVATING and int.from_bytes(body[:2], "big") == self.ready_packet:
                 self.phase = Phase.REBOOTING
+            elif self.phase is Phase.CONFIRMING and int.from_bytes(body[:2], "big") == self.done_packet:
+                # The broker has it; whether the server recorded it, the next $next/get says
+                # (after a lost connection).
+                self.phase = Phase.DONE
             return
         if first & 0xF0 != 0x30:
             return
@@ -380,6 +415,8 @@ class FleetDevice:
     def _on_job(self, message: dict[str, object]) -> None:
         execution = message.get("execution")
         if not isinstance(execution, dict):
+            if self.resilient and self.phase is Phase.TESTING and self.result.succeeded:
+                self.phase = Phase.DONE  # the server recorded SUCCEEDED: nothing pending
             return  # no job pending
         if self.phase is Phase.DOWNLOADING:
             self.result.restarts += 1  # the library aborts and starts again from block 0
@@ -388,12 +425,18 @@ class FleetDevice:
         elif self.phase is Phase.TESTING:
             details = execution.get("statusDetails") or {}
             if not isinstance(details, dict) or "self_test" not in details:
+                if self.resilient:
+                    # self_test ready was lost with a node: the library downloads again.
+                    self.result.restarts += 1
+                    self._start_download(execution)
+                    return
                 self.fail(f"the job came back after the reboot without self_test: {details}")
                 return
             self.update("IN_PROGRESS", {"self_test": "active", "updatedBy": "0x01010000"})
             self.update("SUCCEEDED", {"reason": "accepted  v1.1.0", "updatedBy": "  v1.1.0"})
             self.result.succeeded = time.perf_counter()
-            self.phase = Phase.DONE
+            self.done_packet = self.packet_id
+            self.phase = Phase.CONFIRMING if self.resilient else Phase.DONE
 
     def _start_download(self, execution: dict[str, object]) -> None:
         self.result.notified = self.result.notified or time.perf_counter()
@@ -494,13 +537,15 @@ def _context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 
 def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, image_sha256: str,
                    old_version: int, connect_rate: float, timeout: float, conn: Connection,
-                   http_port: int = 0) -> None:
+                   http_port: int = 0, reconnect: bool = False) -> None:
     """Child process: connect every device (at most `connect_rate` new connections per
     second, as a fleet powering up would), report "ready" once all are subscribed and
-    have asked for their next job, run every update to its end, send the results."""
+    have asked for their next job, run every update to its end, send the results.
+    `reconnect`: devices whose connection drops connect again (module docstring)."""
     _raise_fd_limit()
     selector = selectors.DefaultSelector()
     links: dict[FleetDevice, _Link] = {}
+    retry_at: dict[FleetDevice, tuple[float, float]] = {}  # device: (when, next delay)
 
     def connect(device: FleetDevice, subscriptions: list[tuple[str, int]]) -> _Link:
         link = _Link(_context(ca, device.spec.cert, device.spec.key), host, port, device.spec.thing,
@@ -550,7 +595,10 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
                 if device.phase is Phase.REBOOTING:
                     reboot(device)
                     return
-        except (OSError, ConnectionError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ConnectionError) as exc:
+            lost(device, f"{type(exc).__name__}: {exc}")
+            return
+        except (ValueError, KeyError, TypeError) as exc:
             device.fail(f"{type(exc).__name__}: {exc}")
             close(device)
             return
@@ -564,15 +612,37 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
             selector.unregister(link.sock)
             link.close()
 
+    def lost(device: FleetDevice, why: str, delay: float = RECONNECT_DELAY) -> None:
+        close(device)
+        if not reconnect:
+            device.fail(why)
+            return
+        device.connection_lost()
+        retry_at[device] = (time.perf_counter() + delay, min(delay * 2, RECONNECT_MAX_DELAY))
+
+    def reconnect_due(now: float) -> None:
+        for device, (when, delay) in list(retry_at.items()):
+            if when <= now:
+                del retry_at[device]
+                try:
+                    device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
+                except OSError as exc:
+                    lost(device, f"{type(exc).__name__}: {exc}", delay)
+
     def reboot(device: FleetDevice) -> None:
         device.link.flush()  # the self_test report goes out before the "power cycle"
         close(device)
-        device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
+        try:
+            device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
+        except OSError as exc:
+            lost(device, f"{type(exc).__name__}: {exc}")
 
     def run_for(seconds: float) -> None:
         waiting = [d for d in devices if d.http is not None and d.http.retry_at]
         if waiting:
             seconds = min(seconds, min(d.http.retry_at for d in waiting if d.http) - time.perf_counter())
+        if retry_at:
+            seconds = min(seconds, min(when for when, _ in retry_at.values()) - time.perf_counter())
         for key, _ in selector.select(timeout=max(0.0, seconds)):
             if isinstance(key.data, tuple):
                 service_http(key.data[1])
@@ -582,12 +652,14 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
         for device in waiting:
             if device.http is not None and device.http.retry_if_due(now):
                 service_http(device)
+        reconnect_due(now)
 
     devices: list[FleetDevice] = []
     pace = 1.0 / connect_rate if connect_rate > 0 else 0.0
     started = time.perf_counter()
     for i, spec in enumerate(specs):
-        devices.append(FleetDevice(spec, image_sha256, old_version, connect, fetch if http_port else None))
+        devices.append(FleetDevice(spec, image_sha256, old_version, connect, fetch if http_port else None,
+                                   resilient=reconnect))
         while (wait := started + (i + 1) * pace - time.perf_counter()) > 0:
             run_for(wait)
     ready_sent = False

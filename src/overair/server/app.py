@@ -14,11 +14,13 @@ import os
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import uvicorn
 from cryptography import x509
 from starlette.applications import Starlette
@@ -27,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from overair.core import codesign, revocation, trustlist
-from overair.core.errors import MisuseError, UnavailableError
+from overair.core.errors import MisuseError, OverairError, UnavailableError
 from overair.server import pki
 from overair.server.api.contract import ApiError, Caller, OperationTable
 from overair.server.api.edge import build_api_app
@@ -80,6 +82,7 @@ from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs import steering_api
+from overair.server.jobs.claims import RESCAN_SECONDS, claims_for
 from overair.server.jobs.documents import JobDocuments
 from overair.server.jobs.fanout import ANY_ACCESS, fanout_for
 from overair.server.jobs.leader import leadership_for
@@ -175,6 +178,9 @@ class Server:
         # ... and the notifications and access changes the other processes must act on
         # too (jobs/fanout.py; nothing on SQLite).
         self.leadership, self.fanout = leadership_for(settings.db_url), fanout_for(settings.db_url)
+        # Who works on an OTA update being created or a running registration task: the
+        # leader takes over what a dead process left (jobs/claims.py).
+        self.work_claims = claims_for(settings.db_url)
         self.registry.on_group_join = self._thing_joined_group
         self.ota = OtaManager(self.db, settings, self.objects, self.signing, self.streams, self.jobs,
                               self._code_signing_roots, clock,
@@ -329,7 +335,7 @@ class Server:
             self.authorizer.require(principal, Check("s3:GetObject", resource), "iot")
 
         self.registration_tasks = RegistrationTasks(self.db, self.objects, self.registrar, settings.limits,
-                                                     clock, role_may_read)
+                                                     clock, role_may_read, self.work_claims)
         bulk_api.register(self.table, self.registration_tasks, self.registrar, settings.limits)
         self._register_fleet_provisioning(settings, clock)
 
@@ -513,11 +519,18 @@ class Server:
 
     async def _run_scheduler(self) -> None:
         """Timeouts, aborts and staged releases (jobs/scheduler.py), once a second, in the
-        leader process only; the others try to become it at every tick."""
+        leader process only; the others try to become it at every tick. On becoming
+        leader, and every RESCAN_SECONDS while leading, it takes over the work of processes
+        that died (the previous leader, or any other)."""
+        rescan_at = 0.0
         while True:
             if not await asyncio.to_thread(self.leadership.poll):
+                rescan_at = 0.0  # at once when this process leads (again)
                 await asyncio.sleep(TICK_SECONDS)
                 continue
+            if time.monotonic() >= rescan_at and self.ready.is_set():
+                rescan_at = time.monotonic() + RESCAN_SECONDS
+                self.background.submit(self._take_over_orphans)
             result = await asyncio.to_thread(self.scheduler.tick)
             if self.connection is not None:
                 if result.next_changed:
@@ -557,7 +570,32 @@ class Server:
             self._access_changed_here([] if names == [ANY_ACCESS] else names)
 
     def _schedule_ota(self, ota_id: str) -> None:
-        self.background.submit(self.ota.process, ota_id)
+        self.background.submit(self._process_ota, ota_id)
+
+    def _process_ota(self, ota_id: str) -> None:
+        """Create the OTA update under its claim: one process at a time, and the leader
+        takes it over if this process dies meanwhile (jobs/claims.py)."""
+        try:
+            claim = self.work_claims.take("ota", ota_id)
+        except psycopg.Error as exc:
+            log.error("OTA update %s not processed now (the leader's rescan takes it up): %s", ota_id, exc)
+            return
+        if claim is None:
+            return  # a live process is creating it
+        try:
+            if ota_id in self.ota.pending_ids():  # not finished (or deleted) meanwhile
+                self.ota.process(ota_id)
+        finally:
+            claim.release()
+
+    def _take_over_orphans(self) -> None:
+        """As leader: OTA updates still pending and registration tasks still running
+        whose process died (nobody holds their claim) are taken up here."""
+        try:
+            self._resume_pending_updates()
+            self.registration_tasks.interrupted_by_restart()
+        except OverairError as exc:
+            log.warning("work left by stopped server processes not checked now: %s", exc.message)
 
     def _access_changed(self, principals: Sequence[str] = ()) -> None:
         """A registry change of these certificates' access (none named: anything may have

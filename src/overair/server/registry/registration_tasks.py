@@ -36,13 +36,15 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 from sqlalchemy import select, update
 
-from overair.core.errors import OverairError
+from overair.core.errors import OverairError, UnavailableError
 from overair.core.limits import Limits
 from overair.core.provtemplate import Template, TemplateError, parse_line, parse_template
 from overair.server.api.contract import ApiError, invalid, not_found
 from overair.server.clock import Clock
+from overair.server.jobs.claims import Claim, Claims, LocalClaims
 from overair.server.registry.bulk import AccessNotConfirmed, BulkRegistrar, LineResult
 from overair.server.storage.db import Database
 from overair.server.storage.keyset import page_query, split
@@ -65,8 +67,12 @@ def report_key(task_id: str, report_type: str) -> str:
 
 class RegistrationTasks:
     def __init__(self, db: Database, objects: ObjectStore, registrar: BulkRegistrar, limits: Limits,
-                 clock: Clock, role_may_read: RoleReadCheck) -> None:
+                 clock: Clock, role_may_read: RoleReadCheck, claims: Claims | None = None) -> None:
         self._db = db
+        # A running task is claimed by the process running it (jobs/claims.py): the
+        # scheduler leader fails a task whose process died, never one a live process runs.
+        self._claims: Claims = claims or LocalClaims()
+        self._held: dict[str, Claim] = {}  # claims of the tasks queued or running here
         self._objects = objects
         self._registrar = registrar
         self._limits = limits
@@ -92,14 +98,29 @@ class RegistrationTasks:
             raise invalid(f"the input file is {size} bytes; at most "
                           f"{self._limits.max_registration_file_bytes} are allowed")
         task_id = str(uuid.uuid4())
+        self._claim(task_id)  # before the row: a leader never sees it running unclaimed
         now = self._clock()
-        with self._db.session() as s:
-            s.add(ThingRegistrationTask(task_id=task_id, template_body=template_body, input_bucket=bucket,
-                                        input_key=key, role_arn=role_arn, status="InProgress", message="",
-                                        success_count=0, failure_count=0, percentage=0, created_at=now,
-                                        last_modified_at=now))
-        self._worker.submit(self._run, task_id, template)
+        try:
+            with self._db.session() as s:
+                s.add(ThingRegistrationTask(task_id=task_id, template_body=template_body, input_bucket=bucket,
+                                            input_key=key, role_arn=role_arn, status="InProgress", message="",
+                                            success_count=0, failure_count=0, percentage=0, created_at=now,
+                                            last_modified_at=now))
+            self._worker.submit(self._run_claimed, task_id, template)
+        except BaseException:
+            self._release(task_id)
+            raise
         return task_id
+
+    def _claim(self, task_id: str) -> None:
+        try:
+            claim = self._claims.take("registration", task_id)
+        except psycopg.Error as exc:
+            raise UnavailableError(f"the database could not record the task's runner: {exc}") from None
+        if claim is None:  # a fresh uuid4: nobody else can hold it
+            raise UnavailableError(f"thing registration task {task_id} is claimed already")
+        with self._lock:
+            self._held[task_id] = claim
 
     def describe(self, task_id: str) -> ThingRegistrationTask:
         with self._db.reading() as s:
@@ -148,22 +169,55 @@ class RegistrationTasks:
 
     # Lifecycle ------------------------------------------------------------------------
     def interrupted_by_restart(self) -> None:
-        """At start: tasks a previous run left running are Failed (they are not resumed)."""
-        with self._db.session() as s:
-            for row in s.scalars(select(ThingRegistrationTask)
-                                 .where(ThingRegistrationTask.status.in_(RUNNING))):
-                done = row.success_count + row.failure_count
-                row.status = "Failed"
-                row.message = (f"interrupted by a server restart after {done} lines; the lines registered "
-                               "stay registered")
-                row.last_modified_at = self._clock()
+        """Tasks left running by a server process that stopped or died are Failed (they
+        are not resumed): at the leader's start, on a takeover and at its rescans. A task
+        whose claim is still held runs in a live process and is left alone."""
+        with self._db.reading() as s:
+            running = list(s.scalars(select(ThingRegistrationTask.task_id)
+                                     .where(ThingRegistrationTask.status.in_(RUNNING))))
+        for task_id in running:
+            try:
+                claim = self._claims.take("registration", task_id)
+            except psycopg.Error as exc:
+                log.warning("could not check whether registration task %s still runs: %s", task_id, exc)
+                return
+            if claim is None:
+                continue
+            try:
+                with self._db.session() as s:
+                    row = s.get(ThingRegistrationTask, task_id)
+                    if row is None or row.status not in RUNNING:
+                        continue
+                    done = row.success_count + row.failure_count
+                    row.status = "Failed"
+                    row.message = (f"interrupted by a server restart after {done} lines; the lines "
+                                   "registered stay registered")
+                    row.last_modified_at = self._clock()
+                log.warning("registration task %s was left running by a stopped server process: Failed",
+                            task_id)
+            finally:
+                claim.release()
 
     def shutdown(self) -> None:
         with self._lock:
             self._stop_requested.update(["*"])
         self._worker.shutdown(wait=True, cancel_futures=True)
+        for task_id in list(self._held):  # queued tasks the shutdown cancelled
+            self._release(task_id)
 
     # The worker -----------------------------------------------------------------------
+    def _run_claimed(self, task_id: str, template: Template) -> None:
+        try:
+            self._run(task_id, template)
+        finally:
+            self._release(task_id)
+
+    def _release(self, task_id: str) -> None:
+        with self._lock:
+            claim = self._held.pop(task_id, None)
+        if claim is not None:
+            claim.release()
+
     def _run(self, task_id: str, template: Template) -> None:
         reports = _Reports()
         status, message, unconfirmed = "Completed", "", ""

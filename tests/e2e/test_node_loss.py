@@ -1,0 +1,162 @@
+"""Losing a node in the middle of a rollout (issue 17 item 5, docs/scaling.md "Losing a
+node"): two `overair serve` processes, each with its Mosquitto, on one PostgreSQL and one
+S3 bucket (SeaweedFS), HAProxy in front of the two brokers; FreeRTOS-shaped devices
+(bench/fleet_devices.py, each its own mutual-TLS connection and certificate) connect
+through HAProxy only and reconnect by themselves. In the middle of the rollout one node
+is lost: the whole serve process with its broker (SIGKILL). The rollout completes: every execution
+SUCCEEDED exactly once, as the database rows and the API say.
+
+The 1,000-device version runs in `scripts/dev slow`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+import pytest
+from bench.fleet import BUCKET, GROUP, DeviceProcesses, provision_bulk
+
+from overair.core.versions import Version
+from overair.server.jobs.leader import postgres_conninfo
+from overair.sim.firmware import make_firmware
+from tests.e2e.ota_helpers import create_ota, wait_for
+from tests.e2e.test_device_cutoff import CUT_OFF_WITHIN, _gets_nothing
+from tests.e2e.test_s3_backend import s3_settings
+from tests.e2e.test_server_security import Device
+from tests.haproxy_harness import haproxy_config, running_haproxy
+from tests.multi_server import ServerProcess, server_cluster
+from tests.postgres_harness import PostgresCluster
+from tests.seaweedfs_harness import SeaweedS3
+from tests.server_harness import RunningServer, free_port
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
+
+
+class Nodes:
+    def __init__(self, servers: list[ServerProcess], database_url: str, balancer_port: int) -> None:
+        self.servers = servers
+        self.database_url = database_url
+        self.balancer_port = balancer_port
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, postgres: PostgresCluster, seaweedfs: SeaweedS3) -> Iterator[Nodes]:
+    database_url = postgres.new_database()
+    toml = s3_settings(seaweedfs, seaweedfs.new_bucket(), tmp_path / "s3.secret")
+    with server_cluster(tmp_path, database_url, toml) as servers:
+        s3 = servers[0].client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        servers[0].client("iot").create_thing_group(thingGroupName=GROUP)
+        ports = [server.settings.mqtt_port for server in servers]
+        with running_haproxy(tmp_path, free_port(), ports) as balancer:
+            yield Nodes(servers, database_url, balancer.port)
+
+
+def _kill_process(node: ServerProcess) -> None:
+    node.kill()
+
+
+def rollout_losing_a_node(nodes: Nodes, root: Path, devices: int, lose: Callable[[ServerProcess], None],
+                          *, image_size: int, device_processes: int = 1, timeout: float = 240) -> None:
+    first, second = nodes.servers
+    # Registered through the first node (bulk registration); the second node's broker
+    # admits them through the fan-out of access changes.
+    specs = provision_bulk(cast(RunningServer, first), root / "devices", devices).specs
+    image = make_firmware(Version(1, 1, 0), image_size, seed="node-loss")
+    fleet = DeviceProcesses(specs, device_processes, first.settings.paths.fleet_ca_cert, nodes.balancer_port,
+                            hashlib.sha256(image).hexdigest(), connect_rate=500, timeout=timeout,
+                            reconnect=True)
+    fleet.wait_ready(120)
+    group_arn = first.client("iot").describe_thing_group(thingGroupName=GROUP)["thingGroupArn"]
+    info = create_ota(cast(RunningServer, first), "node-loss", [group_arn], image)
+    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
+    iot = second.client("iot")
+    job = "AFR_OTA-node-loss"
+
+    def counts() -> dict[str, Any]:
+        return dict(iot.describe_job(jobId=job)["job"]["jobProcessDetails"])
+
+    # The middle of the rollout: a quarter of the devices are updating and none has
+    # finished; then the node is lost.
+    at_loss = wait_for(lambda: (c := counts())["numberOfInProgressThings"] >= max(1, devices // 4) and c,
+                       120, "the rollout to be under way")
+    lose(first)
+    assert at_loss["numberOfSucceededThings"] < devices  # work was in flight on both nodes
+    results, _ = fleet.results(timeout + 60)
+    assert [r.error for r in results if r.error] == []
+    assert sum(r.reconnects for r in results) > 0  # devices of the lost node came back by themselves
+    done = wait_for(lambda: (c := counts())["numberOfSucceededThings"] == devices and c, 60,
+                    "every execution SUCCEEDED")
+    assert {k: v for k, v in done.items() if k != "numberOfSucceededThings" and v} == {}
+    # Exactly once: one execution per thing, number 1, SUCCEEDED, in the shared database.
+    conninfo = postgres_conninfo(nodes.database_url)
+    assert conninfo is not None
+    with psycopg.connect(conninfo) as connection:
+        rows = connection.execute("SELECT thing_name, status, execution_number FROM job_executions "
+                                  "WHERE job_id = %s", (job,)).fetchall()
+    assert sorted(rows) == sorted((spec.thing, "SUCCEEDED", 1) for spec in specs)
+    listed = iot.list_job_executions_for_job(jobId=job, maxResults=250)
+    assert len(listed["executionSummaries"]) == min(devices, 250)
+
+
+def test_losing_a_serve_process_and_its_broker_in_the_middle_of_a_rollout(nodes: Nodes,
+                                                                          tmp_path: Path) -> None:
+    rollout_losing_a_node(nodes, tmp_path, 20, _kill_process, image_size=2 * 1024 * 1024)
+    second = nodes.servers[1]
+    assert "scheduler leadership taken" in second.log.read_text(errors="replace")  # the first led
+
+
+def _device(node: ServerProcess, bundle: Path, thing: str) -> Device:
+    device = Device(cast(RunningServer, node), bundle, thing)
+    device.port = node.settings.mqtt_port
+    return device
+
+
+def test_access_withdrawn_through_one_node_cuts_the_device_off_on_every_node(nodes: Nodes,
+                                                                             tmp_path: Path) -> None:
+    """Certificates revoked, made INACTIVE or detached through the first node's API cut
+    their devices off the second node's broker at once (the fan-out of access changes),
+    and neither node lets them back in; a bystander on the same broker stays."""
+    first, second = nodes.servers
+    iot = first.client("iot")
+    names = ["revoked", "inactive", "detached", "bystander"]
+    bundles = {name: first.provision(name, tmp_path / name) for name in names}
+    connected = {name: _device(second, bundles[name], name) for name in names}
+    try:
+        for device in connected.values():
+            assert device.connect()
+        principals = {name: iot.list_thing_principals(thingName=name)["principals"][0] for name in names}
+        iot.update_certificate(certificateId=principals["revoked"].rpartition("/")[2], newStatus="REVOKED")
+        iot.update_certificate(certificateId=principals["inactive"].rpartition("/")[2], newStatus="INACTIVE")
+        iot.detach_thing_principal(thingName="detached", principal=principals["detached"])
+        for name in ("revoked", "inactive", "detached"):
+            assert connected[name].disconnected.wait(CUT_OFF_WITHIN), f"{name} still on the other node"
+        assert not connected["bystander"].disconnected.is_set()
+        for node in (first, second):
+            for name in ("revoked", "inactive", "detached"):
+                again = _device(node, bundles[name], name)
+                try:
+                    if name == "revoked":
+                        assert not again.connect(timeout=3), f"{name} admitted by {node.name}"
+                    elif again.connect(timeout=3):
+                        assert _gets_nothing(cast(RunningServer, node), again, name), (name, node.name)
+                finally:
+                    again.close()
+    finally:
+        for device in connected.values():
+            device.close()
+
+
+@pytest.mark.slow
+def test_losing_a_serve_process_in_the_middle_of_a_1000_device_rollout(nodes: Nodes, tmp_path: Path) -> None:
+    rollout_losing_a_node(nodes, tmp_path, 1000, _kill_process, image_size=256 * 1024, device_processes=2,
+                          timeout=600)
+
+
+def test_the_documented_haproxy_configuration_is_the_one_tested() -> None:
+    example = haproxy_config("0.0.0.0:8883", [("node-1", "10.0.1.11:8883"), ("node-2", "10.0.1.12:8883")])
+    assert f"```\n{example}```" in DOCS.read_text()
