@@ -15,7 +15,9 @@ CHUNK = 64 * 1024
 
 
 class Relay:
-    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
+    def __init__(self, target: tuple[str, int] | None, port: int = 0) -> None:
+        """`target` None: listen now (the port is taken, so nothing else picks it) and set
+        `target` before the first client connects."""
         self.target = target
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = int(self._listener.getsockname()[1])
@@ -68,6 +70,8 @@ class Relay:
             except OSError:
                 return
             try:
+                if self.target is None:  # not set yet: refused as an unreachable target would be
+                    raise ConnectionRefusedError("the relay's target is not set")
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError:
                 client.close()

@@ -39,7 +39,7 @@ from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 from tests.e2e.ota_helpers import FINISHED, wait_for
-from tests.server_harness import RunningServer, free_port, running_server
+from tests.server_harness import RunningServer, running_server
 from tests.tcp_relay import Relay
 
 BUCKET = "firmware"
@@ -57,19 +57,22 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("large")
-    public_port = free_port()
-    toml = f'download_public_url = "https://localhost:{public_port}"'
-    with running_server(tmp / "server", settings_toml=toml) as srv:
-        s3 = srv.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        downloads = Relay(("127.0.0.1", srv.settings.download_port), port=public_port)
-        mqtt = Relay(("127.0.0.1", srv.settings.mqtt_port))
-        try:
-            yield Site(srv, mqtt, downloads, tmp)
-        finally:
-            mqtt.close()
-            downloads.close()
+    # Bound before the server picks its ports, so that it cannot pick this one.
+    downloads = Relay(None)
+    toml = f'download_public_url = "https://localhost:{downloads.port}"'
+    try:
+        with running_server(tmp / "server", settings_toml=toml) as srv:
+            s3 = srv.client("s3")
+            s3.create_bucket(Bucket=BUCKET)
+            s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+            downloads.target = ("127.0.0.1", srv.settings.download_port)
+            mqtt = Relay(("127.0.0.1", srv.settings.mqtt_port))
+            try:
+                yield Site(srv, mqtt, downloads, tmp)
+            finally:
+                mqtt.close()
+    finally:
+        downloads.close()
 
 
 def _agent_bundle(site: Site, name: str, block_size: int) -> Path:

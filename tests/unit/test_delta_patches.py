@@ -74,3 +74,13 @@ def test_a_body_whose_sizes_lie_is_refused_by_the_structure_check() -> None:
     body = varint(0) + varint(0) + varint(0) + varint(0)
     with pytest.raises(delta.DeltaError, match="writes nothing"):
         _apply(b"\x01" + varint(100) + lzma.compress(body, format=lzma.FORMAT_ALONE), 100)
+
+
+def test_an_offer_of_an_empty_patch_is_not_understood() -> None:
+    """An empty patch cannot exist; taking the offer would make the agent verify a
+    download it never made. The agent then takes the full image."""
+    from overair.core.delta_offer import OFFER_KEY, parse_offer
+    offer = {"fileid": 7, "filesize": 0, "sha256": "1" * 64, "sourceVersion": "1.0.0",
+             "sourceSha256": "2" * 64}
+    assert parse_offer({OFFER_KEY: offer}) is None
+    assert parse_offer({OFFER_KEY: {**offer, "filesize": 1}}) is not None

@@ -65,7 +65,9 @@ def parse_offer(entry: Any, limits: Limits = DEFAULT_LIMITS) -> DeltaOffer | Non
     sha, source_sha = _digest(obj.get("sha256")), _digest(obj.get("sourceSha256"))
     text = obj.get("sourceVersion")
     url = obj.get("update_data_url")
-    if file_id is None or size is None or sha is None or source_sha is None or not isinstance(text, str) \
+    # An empty patch does not exist (every patch has a header): 0 would make the agent
+    # "finish" a download it never made (found by tests/fuzz/test_fuzz_agent_machine.py).
+    if file_id is None or not size or sha is None or source_sha is None or not isinstance(text, str) \
             or len(text) > 64 or (url is not None and (not isinstance(url, str)
                                                       or len(url) > limits.agent_max_job_text_length)):
         return None
