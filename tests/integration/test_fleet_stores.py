@@ -15,7 +15,8 @@ from overair.server.api.contract import ApiError
 from overair.server.gateway.presence import PresenceEvent
 from overair.server.jobs.service import JobService
 from overair.server.jobs.templates import JobTemplates, job_from_template
-from overair.server.registry.connectivity import Connectivity
+from overair.server.jobs.claims import claims_for
+from overair.server.registry.connectivity import NODE_CLAIM, Connectivity
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
@@ -74,6 +75,40 @@ def test_connectivity_follows_client_ids_and_restarts(stores: Stores) -> None:
     assert row is not None
     assert (row.connected, row.disconnect_reason) == (False, "SERVER_INITIATED_DISCONNECT")
     assert connectivity.get("ghost") is None  # not a thing of this registry
+
+
+def _connected(connectivity: Connectivity, thing: str) -> tuple[bool, str, str]:
+    row = connectivity.get(thing)
+    assert row is not None
+    return row.connected, row.node, row.disconnect_reason
+
+
+def test_each_broker_node_changes_only_the_connectivity_it_recorded(stores: Stores, database_url: str) -> None:
+    """Two server processes, each with its own broker node: a device that moved to the
+    other node stays connected through the late end of its old connection, its old
+    node's restart, and the leader's sweep while the other node's process lives; once
+    that process is gone (its claim free), the sweep disconnects its things."""
+    for thing in ("dev-1", "dev-2"):
+        stores.registry.create_thing(thing)
+    node_a = Connectivity(stores.db, stores.clock, node="host:1")
+    node_b = Connectivity(stores.db, stores.clock, node="host:2")
+    node_a.apply([PresenceEvent("dev-1", True), PresenceEvent("dev-2", True)])
+    node_b.apply([PresenceEvent("dev-1", True)])  # dev-1 reconnected through the balancer to B
+    node_a.apply([PresenceEvent("dev-1", False, "MQTT_KEEP_ALIVE_TIMEOUT")])  # A notices late
+    assert _connected(node_a, "dev-1") == (True, "host:2", "")
+    node_a.restarted()
+    assert _connected(node_a, "dev-1") == (True, "host:2", "")
+    assert _connected(node_a, "dev-2") == (False, "host:1", "SERVER_INITIATED_DISCONNECT")
+
+    claims = claims_for(database_url)
+    process_b = claims.take(NODE_CLAIM, "host:2")
+    assert process_b is not None
+    assert node_a.sweep_dead_nodes(claims) == []
+    assert _connected(node_a, "dev-1") == (True, "host:2", "")
+    process_b.release()  # B's process died
+    assert node_a.sweep_dead_nodes(claims) == ["host:2"]
+    assert _connected(node_a, "dev-1") == (False, "host:2", "SERVER_INITIATED_DISCONNECT")
+    assert node_a.sweep_dead_nodes(claims) == []  # nothing connected through B any more
 
 
 def test_templates_from_documents_and_jobs(stores: Stores) -> None:

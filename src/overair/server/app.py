@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -82,7 +83,7 @@ from overair.server.iam.principals import PrincipalBinder, PrincipalDirectory
 from overair.server.iam.roles import RoleStore
 from overair.server.jobs import api as jobs_api
 from overair.server.jobs import steering_api
-from overair.server.jobs.claims import RESCAN_SECONDS, claims_for
+from overair.server.jobs.claims import RESCAN_SECONDS, Claim, claims_for
 from overair.server.jobs.documents import JobDocuments
 from overair.server.jobs.fanout import ANY_ACCESS, fanout_for
 from overair.server.jobs.leader import leadership_for
@@ -107,7 +108,7 @@ from overair.server.provisioning.templates import ProvisioningTemplates
 from overair.server.registry import api as registry_api
 from overair.server.registry import bulk_api, tags_api
 from overair.server.registry.bulk import BulkRegistrar
-from overair.server.registry.connectivity import Connectivity
+from overair.server.registry.connectivity import NODE_CLAIM, Connectivity
 from overair.server.registry.registration_tasks import RegistrationTasks
 from overair.server.registry.service import Registry
 from overair.server.registry.tags import GroupTags
@@ -130,6 +131,9 @@ from overair.server.streams import api as streams_api
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
+# A restarted process may find its node's claim still held by its predecessor's dying
+# session for a moment (on a vanished host, until the leader's keepalive bound).
+NODE_CLAIM_ATTEMPTS, NODE_CLAIM_WAIT_SECONDS = 30, 1.0
 
 
 
@@ -294,7 +298,10 @@ class Server:
         catalog = Catalog(self.db, settings, clock)
         events_api.register(self.table, self.event_config, self.event_readers)
         packages_api.register(self.table, catalog)
-        self.connectivity = Connectivity(self.db, clock)
+        # This process's broker node, for the connectivity rows its broker's events set
+        # (registry/connectivity.py): stable across restarts of the same node.
+        self.connectivity = Connectivity(self.db, clock, node=f"{socket.gethostname()}:{settings.mqtt_port}")
+        self._node_claim: Claim | None = None
         # One thread applies the broker's connection events in order, off the event loop.
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
@@ -590,12 +597,33 @@ class Server:
 
     def _take_over_orphans(self) -> None:
         """As leader: OTA updates still pending and registration tasks still running
-        whose process died (nobody holds their claim) are taken up here."""
+        whose process died (nobody holds their claim) are taken up here, and the things
+        recorded as connected through a dead process's broker are disconnected."""
         try:
             self._resume_pending_updates()
             self.registration_tasks.interrupted_by_restart()
+            dead = self.presence_worker.submit(self.connectivity.sweep_dead_nodes, self.work_claims).result()
+            if dead:
+                log.warning("broker nodes gone with their server process: %s; their things are "
+                            "recorded as disconnected", ", ".join(dead))
         except OverairError as exc:
             log.warning("work left by stopped server processes not checked now: %s", exc.message)
+        except psycopg.Error as exc:
+            log.warning("broker nodes of stopped server processes not checked now: %s", exc)
+
+    def _claim_node(self) -> None:
+        """Hold this process's broker node for as long as it runs, so that the leader
+        knows its connectivity rows are alive. Two live processes on one node (same host
+        name and MQTT port) would each take the other's connections for their own."""
+        node = self.connectivity.node
+        for _ in range(NODE_CLAIM_ATTEMPTS):
+            self._node_claim = self.work_claims.take(NODE_CLAIM, node)
+            if self._node_claim is not None:
+                return
+            # A previous process of this node may be dying: its session ends with it.
+            time.sleep(NODE_CLAIM_WAIT_SECONDS)
+        raise MisuseError(f"another server process runs as broker node {node} (same host name and "
+                          "mqtt_port) on this database: give each process its own mqtt_port or host")
 
     def _access_changed(self, principals: Sequence[str] = ()) -> None:
         """A registry change of these certificates' access (none named: anything may have
@@ -863,6 +891,7 @@ class Server:
         witness = self.witness = AclWitness(self.fleet_ca, paths.fleet_ca_cert, host, port)
         self.session_closer = SessionCloser(self.fleet_ca, paths.fleet_ca_cert, host, port)
         if settings.external_broker is None:
+            await asyncio.to_thread(self._claim_node)
             await asyncio.to_thread(self.connectivity.restarted)
             broker = self.broker = Broker(paths.broker, settings.mosquitto_binary, host, port,
                                           on_refused=RefusedConnectionRecorder(self.audit),
@@ -1014,6 +1043,8 @@ class Server:
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()
         self.leadership.close()  # another process may lead from its next tick
+        if self._node_claim is not None:
+            self._node_claim.release()
         self.fanout.stop()
 
 

@@ -500,6 +500,9 @@ class ThingConnectivity(Base):
     connected: Mapped[bool] = mapped_column(Boolean)
     changed_at: Mapped[float] = mapped_column(Float)
     disconnect_reason: Mapped[str] = mapped_column(String(64), default="")
+    # The broker node whose events set this row (registry/connectivity.py; migration
+    # 0019): with several server processes, only that node's events and restart change it.
+    node: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class OtaUpdate(Base):
