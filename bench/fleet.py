@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.server_harness import RunningServer, free_port, running_server
 
-from bench import fleet_devices, lean_devices
+from bench import fleet_agents, fleet_devices, lean_devices
 from bench.stream_throughput import (
     Profile,
     RawBroker,
@@ -218,6 +218,7 @@ class RolloutResult:
     service_calls: dict[str, list[float]] = field(default_factory=dict)
     profile: Profile | None = None
     notify_batches_done: list[float] = field(default_factory=list)  # server side, perf_counter
+    agents: fleet_agents.AgentResult | None = None  # the share of full overair agents (--agents)
 
 
 class DeviceProcesses:
@@ -263,7 +264,8 @@ class DeviceProcesses:
 
 def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
                   timeout: float, database_url: str, py_spy: str | None,
-                  protocol: str = "MQTT", bulk: bool = True) -> RolloutResult:
+                  protocol: str = "MQTT", bulk: bool = True, agents: int = 0,
+                  agent_processes: int = 1) -> RolloutResult:
     with running_server(root / "server", database_url=database_url) as srv:
         iot, s3 = srv.client("iot"), srv.client("s3")
         s3.create_bucket(Bucket=BUCKET)
@@ -285,6 +287,9 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         fleet.wait_ready(timeout)
         print(f"{devices} devices connected and subscribed in {time.perf_counter() - connecting:.1f} s",
               flush=True)
+        agent_share = fleet_agents.AgentShare(srv, root / "agents", agents, agent_processes, GROUP,
+                                              OLD_VERSION, size)
+        targets = devices + agents
         time.sleep(1.0)  # the answers to their first $next/get land before t0
         broker = srv.server.broker
         broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
@@ -296,6 +301,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         timer.arm()
         profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
+        agent_share.arm()
         t0 = time.perf_counter()
         iot.create_ota_update(
             otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=[protocol],
@@ -320,11 +326,11 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                 continue
             statuses = {key.removeprefix("numberOf").removesuffix("Things"): value
                         for key, value in details.items() if key.startswith("numberOf")}
-            if statuses.get("Succeeded", 0) >= devices:
+            if statuses.get("Succeeded", 0) >= targets:
                 all_succeeded = time.perf_counter() - t0
                 break
             if sum(v for k, v in statuses.items() if k not in ("Queued", "InProgress", "Succeeded")) \
-                    + statuses.get("Succeeded", 0) >= devices:
+                    + statuses.get("Succeeded", 0) >= targets:
                 break  # every execution ended, not all of them well
         elapsed = time.perf_counter() - t0
         cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
@@ -332,11 +338,12 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         hwm_broker = _vm(broker_pid, "VmHWM") if broker_pid else 0
         profile = stop_py_spy(profiler) if profiler else None
         results, hwm_devices = fleet.results(timeout)
+        agent_result = agent_share.finish(job_id)
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
-                         list(timer.notify_batches_done))
+                         list(timer.notify_batches_done), agent_result)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -538,8 +545,11 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
               f"{goodput / raw_rate:.3f}")
         total = rollout.all_succeeded_api_s
         if total:
+            images = n + (rollout.agents.count if rollout.agents is not None else 0)
             print(f"ratio end-to-end (image bytes / (t0 -> all SUCCEEDED)) / the limit: "
-                  f"{size * n / MIB / total / raw_rate:.3f}")
+                  f"{size * images / MIB / total / raw_rate:.3f}")
+    if rollout.agents is not None:
+        fleet_agents.report(rollout.agents, t0, wall)
     if rollout.profile is not None:
         print_profile(rollout.profile)
 
@@ -562,13 +572,17 @@ def main() -> None:
                         help="register the things with one StartThingRegistrationTask (default) or "
                         "with CreateThing, CreateKeysAndCertificate, AttachThingPrincipal, "
                         "AddThingToThingGroup per thing")
+    parser.add_argument("--agents", type=int, default=0,
+                        help="also update this many full overair agents (bench/fleet_agents.py), in the same "
+                        "thing group and rollout")
+    parser.add_argument("--agent-processes", type=int, default=1)
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
     with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
         root = Path(tmp)
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
                                 args.timeout, args.database_url, args.py_spy, args.protocol,
-                                args.provision == "bulk")
+                                args.provision == "bulk", args.agents, args.agent_processes)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         if args.protocol == "HTTP":
             limit = nginx_phase(root, args.devices, image, args.device_processes, args.timeout)

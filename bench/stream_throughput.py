@@ -411,7 +411,7 @@ class StreamResult:
 
 
 def _provision_all(srv: RunningServer, root: Path, names: list[str], factory: Path,
-                   workers: int = 8) -> list[Path]:
+                   workers: int = 8, group: str = GROUP) -> list[Path]:
     """Provision in parallel, one boto3 client per worker (a boto3 session must not
     create clients from several threads, so they are made here first). The broker
     reloads its ACL once per burst of attachments (AccessSync), not once per thing."""
@@ -424,7 +424,7 @@ def _provision_all(srv: RunningServer, root: Path, names: list[str], factory: Pa
     def provision(client: Any, chunk: list[str]) -> list[Path]:
         return [provision_thing(client, name, root / name, fleet_ca_pem=fleet_ca,
                                 code_signing_roots_pem=roots, revocation_signer_pem=revocation_signer,
-                                mqtt_host="127.0.0.1", mqtt_port=srv.settings.mqtt_port, group=GROUP,
+                                mqtt_host="127.0.0.1", mqtt_port=srv.settings.mqtt_port, group=group,
                                 factory_image=factory).parent
                 for name in chunk]
 
