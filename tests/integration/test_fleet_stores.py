@@ -13,9 +13,9 @@ import pytest
 from overair.server import pki
 from overair.server.api.contract import ApiError
 from overair.server.gateway.presence import PresenceEvent
+from overair.server.jobs.claims import claims_for
 from overair.server.jobs.service import JobService
 from overair.server.jobs.templates import JobTemplates, job_from_template
-from overair.server.jobs.claims import claims_for
 from overair.server.registry.connectivity import NODE_CLAIM, Connectivity
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -83,7 +83,8 @@ def _connected(connectivity: Connectivity, thing: str) -> tuple[bool, str, str]:
     return row.connected, row.node, row.disconnect_reason
 
 
-def test_each_broker_node_changes_only_the_connectivity_it_recorded(stores: Stores, database_url: str) -> None:
+def test_each_broker_node_changes_only_the_connectivity_it_recorded(stores: Stores,
+                                                                   database_url: str) -> None:
     """Two server processes, each with its own broker node: a device that moved to the
     other node stays connected through the late end of its old connection, its old
     node's restart, and the leader's sweep while the other node's process lives; once
