@@ -48,6 +48,7 @@ from tests.server_harness import RunningServer, running_server
 from overair.core.versions import Version
 from overair.server.api.contract import ApiError
 from overair.server.bootstrap import DEV_PROFILE
+from overair.server.gateway.mqtt_driver import NOTIFY_BATCH
 from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroupMember
 from overair.sim.firmware import make_firmware
 
@@ -131,6 +132,7 @@ class Creation:
     maxrss_after_kib: int
     gc_pauses: list[float]  # full collections between the call and the executions visible
     traced_peak: int | None = None  # bytes, when run under tracemalloc
+    t0: float = 0.0  # perf_counter() at the call
 
 
 def _maxrss_kib() -> int:
@@ -220,30 +222,52 @@ def create_rollout(srv: RunningServer, iot: Any, ota_id: str, version_id: str, t
     # The executions are visible once create_job commits, a little before the background
     # processing returns: let it finish so that the breakdown is complete.
     _wait_until(lambda: "OtaManager.process" in watch.snapshot(), timeout)
-    return Creation(seconds, api_return, watch.snapshot(), before, after, gc_watch.pauses, peak)
+    return Creation(seconds, api_return, watch.snapshot(), before, after, gc_watch.pauses, peak, t0)
 
 
 @contextlib.contextmanager
-def _counting_notifications(srv: RunningServer) -> Iterator[Callable[[], int]]:
-    """After the job exists, the server pushes notify-next to each of the N things (in
-    the background). Counted, so that the next measurement starts when it is over."""
+def _counting_notifications(srv: RunningServer) -> Iterator[Notified]:
+    """After the job exists, the server pushes notify-next (and notify) to each of the N
+    things in batches (DeviceService.notify_next_many, in the MQTT driver's notify
+    worker; each batch is published as soon as it returns). Counted and timed, so that
+    the report says when the last batch was ready and the next measurement starts when
+    it is over."""
     devices = srv.server.devices
-    original = devices.notify_next
-    count = [0]
-    lock = threading.Lock()
+    original = devices.notify_next_many
+    notified = Notified()
 
-    def counted(thing: str) -> Any:
+    def counted(things: list[str]) -> Any:
+        started = time.perf_counter()
         try:
-            return original(thing)
+            return original(things)
         finally:
-            with lock:
-                count[0] += 1
+            notified.batch_done(len(things), started, time.perf_counter())
 
-    devices.notify_next = counted  # type: ignore[method-assign]
+    devices.notify_next_many = counted  # type: ignore[method-assign]
     try:
-        yield lambda: count[0]
+        yield notified
     finally:
-        devices.notify_next = original  # type: ignore[method-assign]
+        devices.notify_next_many = original  # type: ignore[method-assign]
+
+
+class Notified:
+    """Things notified so far, when the last batch was ready, and the batches' own time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last_done = 0.0
+        self.batch_seconds: list[float] = []
+
+    def batch_done(self, things: int, started: float, done: float) -> None:
+        with self._lock:
+            self.count += things
+            self.last_done = done
+            self.batch_seconds.append(done - started)
+
+    def __call__(self) -> int:
+        with self._lock:
+            return self.count
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float) -> float | None:
@@ -312,7 +336,8 @@ def main() -> None:
         with _counting_notifications(srv) as notified:
             first = create_rollout(srv, iot, "bench-rollout-1", version_id, args.things, watch, args.timeout)
             fan_out = _wait_until(lambda: notified() >= args.things, args.timeout)
-            fan_out_s = None if fan_out is None or first.seconds is None else first.seconds + fan_out
+            fan_out_s = None if fan_out is None else notified.last_done - first.t0
+            batches = list(notified.batch_seconds)
             limit = bulk_insert_limit(srv, "AFR_OTA-bench-rollout-1", names)
             traced = None
             if not args.no_tracemalloc:
@@ -323,11 +348,11 @@ def main() -> None:
                                         args.timeout, trace=True)
                 _wait_until(lambda: notified() >= 2 * args.things, args.timeout)
         url = srv.settings.db_url
-    report(args.things, len(image), url, setup, first, fan_out_s, limit, traced)
+    report(args.things, len(image), url, setup, first, fan_out_s, batches, limit, traced)
 
 
 def report(things: int, image_size: int, db_url: str, setup: float, first: Creation, fan_out_s: float | None,
-           limit: list[float], traced: Creation | None) -> None:
+           batches: list[float], limit: list[float], traced: Creation | None) -> None:
     database = db_url.split(":", 1)[0]
     print(f"things: {things} in one thing group (setup {setup:.1f} s), image {image_size / MIB:.2f} MiB "
           f"signed with {DEV_PROFILE}, database {database}")
@@ -343,8 +368,13 @@ def report(things: int, image_size: int, db_url: str, setup: float, first: Creat
     if first.gc_pauses:
         print(f"  full garbage collections in that time: {len(first.gc_pauses)}, "
               f"{1000 * sum(first.gc_pauses):.0f} ms (every thread stops)")
-    if fan_out_s is not None:
-        print(f"  (notify-next pushed to all {things} things {fan_out_s:.2f} s after the call; not measured)")
+    if fan_out_s is not None and batches:
+        # The things have no devices: the server publishes to the broker all the same.
+        print(f"CreateOTAUpdate -> notify-next and notify ready for all {things} things: {fan_out_s:.2f} s "
+              f"(target 2 s); {len(batches)} batches of up to {NOTIFY_BATCH}, each read and encoded in "
+              f"{1000 * statistics.fmean(batches):.0f} ms mean, {1000 * sum(batches):.0f} ms in all")
+    else:
+        print("notify-next: NOT all things notified within the timeout")
     grown = first.maxrss_after_kib - first.maxrss_before_kib
     print(f"peak RSS of the process (ru_maxrss): {first.maxrss_before_kib / 1024:.0f} MiB before, "
           f"{first.maxrss_after_kib / 1024:.0f} MiB after (+{grown / 1024:.1f} MiB)")
