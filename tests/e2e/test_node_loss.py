@@ -3,7 +3,9 @@ node"): two `overair serve` processes, each with its Mosquitto, on one PostgreSQ
 S3 bucket (SeaweedFS), HAProxy in front of the two brokers; FreeRTOS-shaped devices
 (bench/fleet_devices.py, each its own mutual-TLS connection and certificate) connect
 through HAProxy only and reconnect by themselves. In the middle of the rollout one node
-is lost: the whole serve process with its broker (SIGKILL). The rollout completes: every execution
+is lost: the whole serve process with its broker (SIGKILL), or separately the broker
+alone (its supervisor starts it again; the service re-notifies devices once it hears
+them again). The rollout completes: every execution
 SUCCEEDED exactly once, as the database rows and the API say.
 
 The 1,000-device version runs in `scripts/dev slow`."""
