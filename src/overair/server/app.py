@@ -933,6 +933,7 @@ class Server:
         # Retained messages do not survive a broker restart: publish the list anew
         # each time the service (re)connects.
         connection.on_connected = self._republish_retained
+        connection.connected_things = self.connectivity.connected_now
         connection.claims = self.claim_service if self._claims_served() else None
         await connection.start()
         # What the other processes announce from now on; after a lost connection, this

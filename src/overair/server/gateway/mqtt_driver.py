@@ -71,6 +71,11 @@ class ServiceConnection:
         self.losses = 0
         self._connected = False
         self._renotify_mid: int | None = None
+        # Things connected to the broker now (server/app.py: its presence events): told
+        # again too, a pending job or not. A device whose SUCCEEDED the server recorded
+        # but whose PUBACK the dying broker never sent asks `$next/get` to see it
+        # recorded, and without a pending job it would not be in the list above.
+        self.connected_things: Callable[[], Iterable[str]] = lambda: ()
         # Called on the event loop after every (re)connect, e.g. to republish what the
         # broker lost in a restart (server/app.py: the retained revocation list).
         self.on_connected: Callable[[], None] | None = None
@@ -127,7 +132,8 @@ class ServiceConnection:
             # and wait for an answer they will never get: the node-loss test saw 3 of
             # 10 devices wait until their timeout. Once the SUBACK says the service
             # hears them, each thing with a pending job is told it on notify-next, the
-            # answer it waited for (a device asking later is heard: it is after the SUBACK).
+            # answer it waited for (a device asking later is heard: it is after the SUBACK);
+            # so is every thing connected now (`connected_things`), pending job or not.
             self._renotify_mid = int(mid)
             log.warning("service reconnected to the broker (connection %d); subscribing again", self.connects)
         if self.on_connected is not None:
@@ -149,8 +155,9 @@ class ServiceConnection:
     async def _renotify(self) -> None:
         assert self._loop is not None
         try:
-            things = await self._loop.run_in_executor(self._notify_executor,
-                                                      self._service.things_with_pending)
+            pending = await self._loop.run_in_executor(self._notify_executor,
+                                                       self._service.things_with_pending)
+            things = sorted({*pending, *self.connected_things()})
             await self.notify_next(things)
         except Exception:
             log.exception("telling devices their jobs again after the reconnect failed")
