@@ -632,6 +632,10 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
     def reboot(device: FleetDevice) -> None:
         device.link.flush()  # the self_test report goes out before the "power cycle"
         close(device)
+        # A rebooted device has a new clean session: if the job comes back without
+        # self_test (the report lost with a node) it must subscribe to the stream again,
+        # or it asks for blocks it never receives (node-loss test: stuck until timeout).
+        device.stream = ""
         try:
             device.link = connect(device, [(f"{device.base}/jobs/notify-next", 1)])
         except OSError as exc:

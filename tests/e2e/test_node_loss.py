@@ -3,7 +3,9 @@ node"): two `overair serve` processes, each with its Mosquitto, on one PostgreSQ
 S3 bucket (SeaweedFS), HAProxy in front of the two brokers; FreeRTOS-shaped devices
 (bench/fleet_devices.py, each its own mutual-TLS connection and certificate) connect
 through HAProxy only and reconnect by themselves. In the middle of the rollout one node
-is lost: the whole serve process with its broker (SIGKILL). The rollout completes: every execution
+is lost: the whole serve process with its broker (SIGKILL), or separately the broker
+alone (its supervisor starts it again; the service re-notifies devices once it hears
+them again). The rollout completes: every execution
 SUCCEEDED exactly once, as the database rows and the API say.
 
 The 1,000-device version runs in `scripts/dev slow`."""
@@ -11,6 +13,9 @@ The 1,000-device version runs in `scripts/dev slow`."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -58,6 +63,14 @@ def nodes(tmp_path: Path, postgres: PostgresCluster, seaweedfs: SeaweedS3) -> It
 
 def _kill_process(node: ServerProcess) -> None:
     node.kill()
+
+
+def _kill_broker(node: ServerProcess) -> None:
+    """SIGKILL to the node's Mosquitto only (a child of the serve process)."""
+    pids = subprocess.run(["pgrep", "-P", str(node.process.pid), "-x", "mosquitto"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), signal.SIGKILL)
 
 
 def rollout_losing_a_node(nodes: Nodes, root: Path, devices: int, lose: Callable[[ServerProcess], None],
@@ -108,6 +121,12 @@ def test_losing_a_serve_process_and_its_broker_in_the_middle_of_a_rollout(nodes:
     rollout_losing_a_node(nodes, tmp_path, 20, _kill_process, image_size=2 * 1024 * 1024)
     second = nodes.servers[1]
     assert "scheduler leadership taken" in second.log.read_text(errors="replace")  # the first led
+
+
+def test_losing_one_broker_in_the_middle_of_a_rollout(nodes: Nodes, tmp_path: Path) -> None:
+    rollout_losing_a_node(nodes, tmp_path, 20, _kill_broker, image_size=2 * 1024 * 1024)
+    log = nodes.servers[0].log.read_text(errors="replace")
+    assert "mosquitto is back (restart 1)" in log
 
 
 def _device(node: ServerProcess, bundle: Path, thing: str) -> Device:

@@ -213,3 +213,34 @@ def test_access_change_answers_503_when_the_broker_cannot_confirm_it(srv: Runnin
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_service_connection_lost_and_regained_with_a_broker_restart_re_notifies_pending_things(
+        srv: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The service's own broker connection after a SIGKILLed broker: lost and regained
+    (logged, counted), subscribed again, and once subscribed every thing with a pending
+    job is told it on notify-next, for devices whose `$next/get` reached the restarted
+    broker before the service did (docs/scaling.md, "Losing one broker only")."""
+    caplog.set_level(logging.INFO, logger="overair.devices")
+    iot = srv.client("iot")
+    for thing in ("pending-device", "idle-device"):
+        iot.create_thing(thingName=thing)
+    arn = iot.describe_thing(thingName="pending-device")["thingArn"]
+    iot.create_job(jobId="reconnect-job", targets=[arn], document=json.dumps({"op": "x"}))
+    before = srv.server.broker_metrics()
+    assert before["overair_service_broker_connects_total"] == 1.0
+    assert before["overair_service_broker_connection_losses_total"] == 0.0
+    broker = srv.server.broker
+    assert broker is not None
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while "told 1 thing(s) their next job again" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "service lost its broker connection (loss 1); reconnecting" in caplog.text
+    assert "service reconnected to the broker (connection 2)" in caplog.text
+    assert "told 1 thing(s) their next job again" in caplog.text  # the idle thing is not told
+    after = srv.server.broker_metrics()
+    assert after["overair_service_broker_connects_total"] == 2.0
+    assert after["overair_service_broker_connection_losses_total"] == 1.0
+    assert after["overair_service_broker_connected"] == 1.0

@@ -806,9 +806,11 @@ class Server:
 
     def broker_metrics(self) -> dict[str, float]:
         """Counters for a metrics endpoint (broker up, restarts, exits)."""
+        service = self.connection.metrics() if self.connection is not None else {}
         if self.supervisor is not None:
-            return self.supervisor.metrics()
-        return {"overair_broker_up": 1.0 if self.witness is not None and self.witness.connected else 0.0}
+            return {**self.supervisor.metrics(), **service}
+        up = self.witness is not None and self.witness.connected
+        return {**service, "overair_broker_up": 1.0 if up else 0.0}
 
     def _health(self, _request: Request) -> JSONResponse:
         """Ok only when the broker is up and the database answers (a bounded read of the
@@ -931,6 +933,7 @@ class Server:
         # Retained messages do not survive a broker restart: publish the list anew
         # each time the service (re)connects.
         connection.on_connected = self._republish_retained
+        connection.connected_things = self.connectivity.connected_now
         connection.claims = self.claim_service if self._claims_served() else None
         await connection.start()
         # What the other processes announce from now on; after a lost connection, this

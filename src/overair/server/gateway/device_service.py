@@ -308,6 +308,11 @@ class DeviceService:
                                 wire.encode(wire.notify_pending(found.in_progress, found.queued, now))))
         return out
 
+    def things_with_pending(self) -> list[str]:
+        """Things to tell their next job again after the service's subscriptions were
+        lost (gateway/mqtt_driver.py, a broker restart)."""
+        return self._jobs.things_with_pending()
+
     def notify_pending(self, thing: str) -> list[Outgoing]:
         """`notify` for a thing whose list of pending executions changed. FreeRTOS agents
         do not subscribe to it, so it never disturbs a download."""

@@ -577,6 +577,12 @@ class JobService:
                              .order_by(JobExecution.queued_at, JobExecution.id)).all()
         return _pending_summaries(rows)
 
+    def things_with_pending(self) -> list[str]:
+        """Every thing with a released QUEUED or IN_PROGRESS execution."""
+        with self._db.reading() as s:
+            pending = select(JobExecution.thing_name).where(RELEASED, JobExecution.status.in_(ACTIVE))
+            return list(s.scalars(pending.distinct().order_by(JobExecution.thing_name)))
+
     def next_and_pending(self, things: Sequence[str]) -> dict[str, NextAndPending]:
         """For each thing: its next execution (as `next_execution`) and its pending
         summaries (as `pending_for_device`), read with one query for all of them: what a

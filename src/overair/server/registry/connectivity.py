@@ -49,6 +49,11 @@ class Connectivity:
         self._live.clear()
         self._disconnect_node(self.node, include_unattributed=True)
 
+    def connected_now(self) -> list[str]:
+        """Things with a connection to this node's broker, as its events last said (any
+        thread: a snapshot of the presence worker's map)."""
+        return [thing for thing, ids in list(self._live.items()) if ids]
+
     def sweep_dead_nodes(self, claims: Claims) -> list[str]:
         """As scheduler leader: the nodes still named by connected rows whose process no
         longer holds their claim are dead; their rows are disconnected. Returns them."""
