@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, or_, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -89,6 +89,7 @@ _LIVE_OF_THINGS = (select(JobExecution.thing_name, JobExecution.job_id, JobExecu
                    .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)), RELEASED,
                           JobExecution.status.in_(ACTIVE))
                    .order_by(JobExecution.thing_name, JobExecution.queued_at, JobExecution.id))
+_EXECUTIONS: Table = JobExecution.__table__  # type: ignore[assignment]
 _JOBS_BY_ID = select(Job).where(Job.job_id.in_(bindparam("jobs", expanding=True)))
 # Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
 HTTP_FILES = "http_files"
@@ -216,7 +217,9 @@ class JobService:
             released_at = None if staged or not plan.releasing(now) else now
             had_next = self._things_with_active(s, things) if released_at is not None else set(things)
             if things:
-                s.execute(insert(JobExecution), [
+                # Core INSERT on the table: the ORM's bulk insert of the same rows took
+                # 0.78 of 1.34 s for 10,000 targets (bench/rollout_create.py).
+                s.execute(insert(_EXECUTIONS), [
                     {"job_id": job_id, "thing_name": t, "status": ExecStatus.QUEUED.value,
                      "status_details": {}, "queued_at": now, "last_updated_at": now,
                      "version_number": 1, "execution_number": 1, "released_at": released_at}
