@@ -59,6 +59,7 @@ from cryptography.x509.oid import NameOID
 from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_agents, fleet_devices, lean_devices
+from bench.memory_sampler import MemorySample, MemorySampler
 from bench.stream_throughput import (
     Profile,
     RawBroker,
@@ -219,6 +220,7 @@ class RolloutResult:
     profile: Profile | None = None
     notify_batches_done: list[float] = field(default_factory=list)  # server side, perf_counter
     agents: fleet_agents.AgentResult | None = None  # the share of full overair agents (--agents)
+    memory_peak: MemorySample | None = None  # what the server held at its largest sampled RSS
 
 
 class DeviceProcesses:
@@ -303,6 +305,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
         agent_share.arm()
         t0 = time.perf_counter()
+        sampler = MemorySampler(srv.server.connection, t0).start()
         iot.create_ota_update(
             otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=[protocol],
             targetSelection="SNAPSHOT",
@@ -333,6 +336,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                     + statuses.get("Succeeded", 0) >= targets:
                 break  # every execution ended, not all of them well
         elapsed = time.perf_counter() - t0
+        memory_peak = sampler.stop()
         cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
         cpu_devices = fleet.cpu() - devices0
         hwm_broker = _vm(broker_pid, "VmHWM") if broker_pid else 0
@@ -343,7 +347,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
-                         list(timer.notify_batches_done), agent_result)
+                         list(timer.notify_batches_done), agent_result, memory_peak)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -524,6 +528,8 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
           f"{rollout.hwm_server_before / MIB:.0f} MiB); "
           f"Mosquitto peak from t0 {rollout.hwm_broker / MIB:.0f} MiB; "
           f"device processes peak {rollout.hwm_devices / MIB:.0f} MiB in all")
+    if rollout.memory_peak is not None:
+        print(f"server at its largest sampled RSS (every 0.5 s) {rollout.memory_peak.describe()}")
     for kind, durations in sorted(rollout.service_calls.items()):
         ordered = sorted(durations)
         p99 = ordered[int(0.99 * (len(ordered) - 1))]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from overair.core import jobs_wire as wire
 from overair.core.errors import DecodeError
@@ -140,3 +142,35 @@ def test_a_freertos_token_with_any_other_field_is_not_the_librarys_request() -> 
     assert not wire.is_freertos_next_request({"clientToken": "1:dev-1", "includeJobDocument": True}, "dev-1")
     assert not wire.is_freertos_next_request({}, "dev-1")
     assert not wire.is_freertos_next_request({"clientToken": 1}, "dev-1")
+
+
+_DOCUMENTS = st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                          lambda inner: (st.lists(inner, max_size=3)
+                                         | st.dictionaries(st.text(), inner, max_size=3)),
+                          max_leaves=12)
+
+
+@given(document=st.none() | st.dictionaries(st.text(), _DOCUMENTS, max_size=4),
+       details=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+       started=st.none() | st.integers(0, 2**40), now=st.integers(0, 2**40))
+def test_a_notify_next_encoded_with_shared_documents_is_the_same_bytes(
+        document: dict[str, object] | None, details: dict[str, str], started: int | None, now: int) -> None:
+    """notify-next for a job's targets encodes each shared document once per batch
+    (`encode_notify_next`): the bytes must be those of encoding each message whole, for
+    the first thing of a batch, for the next ones sharing the document, and after a
+    different document with the same id slot."""
+    encoded: wire.EncodedDocuments = {}
+    for thing in ("thing-1", "thing-é"):
+        view = wire.ExecutionView(job_id="job-1", thing_name=thing, status=ExecStatus.QUEUED,
+                                  status_details=details, queued_at=1, started_at=started,
+                                  last_updated_at=2, version_number=1, execution_number=1,
+                                  job_document=document)
+        assert wire.encode_notify_next(view, now, encoded) == wire.encode(wire.notify_next(view, now))
+    assert wire.encode_notify_next(None, now, encoded) == wire.encode(wire.notify_next(None, now))
+    # A stale entry under the id of another object is not used for it.
+    other = {"other": [1, 2]}
+    encoded[id(other)] = ({"stale": True}, b'{"stale":true}')
+    view = wire.ExecutionView(job_id="j", thing_name="t", status=ExecStatus.IN_PROGRESS, status_details={},
+                              queued_at=1, started_at=None, last_updated_at=2, version_number=3,
+                              execution_number=1, job_document=other)
+    assert json.loads(wire.encode_notify_next(view, now, encoded))["execution"]["jobDocument"] == other

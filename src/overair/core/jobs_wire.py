@@ -299,3 +299,25 @@ def notify_pending(in_progress: list[dict[str, Any]], queued: list[dict[str, Any
 
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# Documents already encoded for one batch of notifications: id -> (the document, its JSON).
+# The document is held with its bytes, so its id cannot be reused by another meanwhile.
+EncodedDocuments = dict[int, tuple[dict[str, Any], bytes]]
+
+
+def encode_notify_next(execution: ExecutionView | None, now: int, encoded: EncodedDocuments) -> bytes:
+    """`encode(notify_next(execution, now))`, byte for byte, with each job document object
+    encoded once per batch: a job's targets mostly share one rendered document (the
+    job's own, when nothing in it is per thing), and encoding it again for each of 10,000
+    things was a fifth of notifying them."""
+    document = None if execution is None else execution.job_document
+    if execution is None or document is None:
+        return encode(notify_next(execution, now))
+    cached = encoded.get(id(document))
+    if cached is None or cached[0] is not document:
+        cached = encoded[id(document)] = (document, encode(document))
+    # The document is the last member of the execution, the execution the last member of
+    # the message: the rest, encoded, ends with "}}".
+    head = encode({"timestamp": now, "execution": execution.to_json_obj(include_document=False)})
+    return b"".join((head[:-2], b',"jobDocument":', cached[1], b"}}"))

@@ -301,9 +301,10 @@ class DeviceService:
         """`notify_next` for many things from one database read (a job's creation)."""
         now = self._now()
         out: list[Outgoing] = []
+        encoded: wire.EncodedDocuments = {}
         for thing, found in self._jobs.next_and_pending(things).items():
             out.append(Outgoing(topics.notify_next_topic(thing),
-                                wire.encode(wire.notify_next(found.next, now))))
+                                wire.encode_notify_next(found.next, now, encoded)))
             out.append(Outgoing(topics.notify_topic(thing),
                                 wire.encode(wire.notify_pending(found.in_progress, found.queued, now))))
         return out

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, object_session
 
 from overair.core import jobs_wire as wire
@@ -49,6 +49,12 @@ _SELF_TEST_DETAILS = {"self_test": "ready", "updatedBy": "0xffffffff"}
 _WIDE_NUMBER = 99_999
 _WIDE_TIME = 9_999_999_999
 _QOS = 1  # job messages are QoS 1 (gateway/device_service.py)
+# What a profile is resolved from, for a chunk of things. Built once (expanding IN): a
+# statement built and compiled per chunk was a third of resolving 10,000 things.
+_THINGS = (select(Thing.name, Thing.attributes, Thing.thing_type_name)
+           .where(Thing.name.in_(bindparam("things", expanding=True))))
+_MEMBERSHIPS = (select(ThingGroupMember.thing_name, ThingGroupMember.group_name)
+                .where(ThingGroupMember.thing_name.in_(bindparam("things", expanding=True))))
 
 
 class DeviceProfiles:
@@ -67,11 +73,9 @@ class DeviceProfiles:
         found: dict[str, Resolution] = {}
         for i in range(0, len(things), _CHUNK):
             chunk = list(things[i:i + _CHUNK])
-            rows = s.execute(select(Thing.name, Thing.attributes, Thing.thing_type_name)
-                             .where(Thing.name.in_(chunk))).all()
+            rows = s.execute(_THINGS, {"things": chunk}).all()
             groups: dict[str, list[str]] = {}
-            for thing, group in s.execute(select(ThingGroupMember.thing_name, ThingGroupMember.group_name)
-                                          .where(ThingGroupMember.thing_name.in_(chunk))):
+            for thing, group in s.execute(_MEMBERSHIPS, {"things": chunk}):
                 groups.setdefault(thing, []).append(group)
             for name, attributes, thing_type in rows:
                 found[name] = self.config.resolve(name, attributes or {}, thing_type, groups.get(name, ()))
