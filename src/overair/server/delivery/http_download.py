@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -45,6 +46,7 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.nginx_front import AUTH_PREFIX, MESSAGE_HEADER, STATUS_HEADER
 from overair.server.delivery.policy import Decision
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
 from overair.server.storage.objects import ObjectStore
@@ -124,7 +126,49 @@ class HttpDelivery:
 
     # The HTTPS endpoint -------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
-        return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
+        return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"]),
+                Route(AUTH_PREFIX + presign.PATH_PREFIX + "{bucket}/{key:path}", self._decision,
+                      methods=["GET", "HEAD"])]
+
+    async def _decision(self, request: Request) -> Response:
+        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+        return await run_in_threadpool(self.authorize, bucket, key, dict(request.query_params))
+
+    def authorize(self, bucket: str, key: str, query: dict[str, str]) -> Response:
+        """The download front's question (delivery/nginx_front.py): may this URL be
+        served now? The same checks as a download, refusals audited alike; 204 yes.
+        nginx's auth_request passes on only 401/403, so a refusal is a 403 whose headers
+        carry the status, code, message and Retry-After the Python path would answer."""
+        answer = self._answering(lambda: self._decide(bucket, key, query))
+        assert answer is not None
+        if answer.status_code < 300:
+            return answer
+        code, _, message = bytes(answer.body).decode("utf-8", "replace").partition(": ")
+        headers = {STATUS_HEADER: str(answer.status_code), "x-amzn-ErrorType": code,
+                   MESSAGE_HEADER: "".join(c if " " <= c <= "~" else "?" for c in message.strip())[:200]}
+        for name in ("retry-after", RETRY_AFTER_MS):
+            if name in answer.headers:
+                headers[name] = answer.headers[name]
+        return Response(b"", 403, headers=headers)
+
+    def _decide(self, bucket: str, key: str, query: dict[str, str]) -> Response:
+        grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        self._check_access(grant)
+        size = self._size(grant)
+        if self.gate is not None:
+            # The front reuses a decision for at most a second and serves the bytes itself:
+            # the policy admits the device (its slot, until its lease runs out) here, and
+            # its bytes are not counted per request (docs/scaling.md, "HTTPS delivery").
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
+            if not decision.admitted:
+                raise PolicyRefusal(decision)
+        return Response(b"", 204, headers={"x-overair-size": str(size), "Cache-Control": "no-store"})
+
+    def _size(self, grant: presign.Grant) -> int:
+        cached = self._cache.get(("http", grant.bucket, grant.key, grant.version))
+        if cached is not None:
+            return len(cached)
+        return self._objects.head_object(grant.bucket, grant.key, grant.version).size
 
     async def _download(self, request: Request) -> Response:
         bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
@@ -166,8 +210,12 @@ class HttpDelivery:
         """The answer to a download request, refusals included. `memory_only`: None
         instead if answering needs the database or the object store (nothing was
         consumed: the caller asks again without it)."""
+        return self._answering(lambda: self._serve(method, bucket, key, query, range_header, memory_only))
+
+    def _answering(self, serve: Callable[[], Response | None]) -> Response | None:
+        """`serve`'s answer, or the client error its refusal or failure translates to."""
         try:
-            return self._serve(method, bucket, key, query, range_header, memory_only)
+            return serve()
         except PolicyRefusal as exc:
             decision = exc.decision
             headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
@@ -192,16 +240,7 @@ class HttpDelivery:
         grant = presign.verify(self._secret, bucket, key, query, self._clock())
         if memory_only and not self._in_memory(grant):
             return None  # before the budget is spent: the full path spends it once
-        # The thing is authenticated from here on (the URL's signature binds it).
-        if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
-            self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
-                                  resource=f"thing/{grant.thing}")
-            raise presign.UrlRefused("download rate exceeds the device's budget", code="ThrottlingException")
-        if not self._may_read(grant):
-            self.events.refused(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
-                                resource=f"s3://{bucket}/{key}?versionId={grant.version}", decision="DENY",
-                                reason="no live execution delivers this file")
-            raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
+        self._check_access(grant)
         data = self._file(grant)
         span = presign.parse_range(range_header, len(data))
         if self.gate is not None and method != "HEAD":
@@ -223,6 +262,19 @@ class HttpDelivery:
             metrics.BYTES_SERVED.labels("https").inc(len(body))
         return Response(b"" if method == "HEAD" else body, status, headers=headers,
                         media_type="application/octet-stream")
+
+    def _check_access(self, grant: presign.Grant) -> None:
+        """The device's budget, then N4. The thing is authenticated from here on (the
+        URL's signature binds it)."""
+        if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
+            self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
+                                  resource=f"thing/{grant.thing}")
+            raise presign.UrlRefused("download rate exceeds the device's budget", code="ThrottlingException")
+        if not self._may_read(grant):
+            self.events.refused(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
+                                resource=f"s3://{grant.bucket}/{grant.key}?versionId={grant.version}",
+                                decision="DENY", reason="no live execution delivers this file")
+            raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
 
     def _in_memory(self, grant: presign.Grant) -> bool:
         """Are this grant's access decision (allowed) and file bytes cached?"""
