@@ -23,7 +23,8 @@ from tests.e2e.conftest import ShiftableClock, _with_bucket
 from tests.e2e.test_http_delivery import IMAGE, HttpJob, _get, _url, _with_query, http_job
 from tests.server_harness import RunningServer, free_port, running_server
 
-pytestmark = pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="scripts/dev test installs nginx")
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(),
+                                reason="scripts/dev test installs nginx")
 __all__ = ["http_job"]  # the fixture, shared with the Python endpoint's tests
 BURST = 40  # the device download budget here: enough for IMAGE's 13 blocks, little enough to exceed
 
@@ -33,7 +34,8 @@ def clocked_srv(tmp_path_factory: pytest.TempPathFactory, clock: ShiftableClock)
     """The server of tests/e2e/test_http_delivery.py's fixtures, with the front on."""
     toml = f'download_front = "nginx"\ndownload_front_port = {free_port()}'
     with running_server(tmp_path_factory.mktemp("front"), clock=clock, settings_toml=toml,
-                        limits={"device_downloads_burst": BURST, "device_downloads_per_second": 20.0}) as running:
+                        limits={"device_downloads_burst": BURST,
+                                "device_downloads_per_second": 20.0}) as running:
         yield _with_bucket(running)
 
 
@@ -54,7 +56,8 @@ def _blocks(srv: RunningServer, url: str, size: int, block: int = 4096) -> tuple
             body = response.read()
             statuses.append(response.status)
             if response.status == 206:
-                assert response.getheader("content-range") == f"bytes {first}-{first + len(body) - 1}/{len(IMAGE)}"
+                last = first + len(body) - 1
+                assert response.getheader("content-range") == f"bytes {first}-{last}/{len(IMAGE)}"
                 data += body
     finally:
         connection.close()
@@ -70,7 +73,7 @@ def test_device_downloads_the_whole_image_through_the_front(clocked_srv: Running
     data, statuses = _blocks(clocked_srv, url, len(IMAGE))
     assert set(statuses) == {206}
     assert hashlib.sha256(data).hexdigest() == hashlib.sha256(IMAGE).hexdigest()
-    status, headers, body = _get(clocked_srv, url)
+    status, _, body = _get(clocked_srv, url)
     assert (status, body) == (200, IMAGE)
     assert (settings.paths.download_front / "nginx.conf").exists()  # generated in the data directory
 
@@ -119,7 +122,8 @@ def test_n4_front_stops_downloads_within_a_second_of_the_execution_ending(clocke
     # The bound: a decision is reused only within the second it was made, so nothing
     # asked for a second after the cancel was served.
     late = [status for after, status in answers if after >= 1.0]
-    assert late and set(late) == {403}, answers
+    assert late, answers
+    assert set(late) == {403}, answers
     assert (headers.get("x-amzn-errortype"), body.split(b":")[0]) == ("AccessDenied", b"AccessDenied")
 
 
@@ -127,7 +131,8 @@ def test_device_over_its_budget_gets_429_with_retry_after(clocked_srv: RunningSe
                                                           http_job: HttpJob) -> None:
     url = _url(http_job)
     _, statuses = _blocks(clocked_srv, url, 3 * BURST * 16, block=16)  # 3 x the burst, at once
-    assert 429 in statuses and 206 in statuses
+    assert 429 in statuses
+    assert 206 in statuses
     status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-9"})
     while status != 429:  # the bucket may have refilled meanwhile: empty it again
         _, statuses = _blocks(clocked_srv, url, 2 * BURST * 16, block=16)
