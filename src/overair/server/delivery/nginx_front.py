@@ -84,7 +84,6 @@ worker_processes auto;
 daemon off;
 pid {w / 'nginx.pid'};
 error_log {w / 'error.log'} warn;
-worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
@@ -98,7 +97,7 @@ http {{
     proxy_cache_path {w / 'objects'} levels=1:2 keys_zone=overair_objects:16m
                      max_size={OBJECT_CACHE_BYTES} inactive=10m use_temp_path=off;
     proxy_cache_path {w / 'decisions'} levels=1:2 keys_zone=overair_decisions:32m
-                     max_size=256m inactive=5s use_temp_path=off;
+                     max_size=256m inactive=30s use_temp_path=off;
     # A device's request budget, keyed on its URL's signature (which only its holder has).
     limit_req_zone $arg_signature zone=overair_devices:32m rate={rate}r/s;
     limit_req_status 429;
@@ -108,7 +107,7 @@ http {{
     map $http_range $overair_bad_range {{ "" 0; "~^bytes=[0-9]{{0,18}}-[0-9]{{0,18}}$" 0; default 1; }}
     upstream overair_device_endpoint {{
         server {config.upstream_host}:{config.upstream_port};
-        keepalive 32;
+        keepalive 512;  # every connection to overair is a TLS handshake there
     }}
     server {{
         listen {config.listen_host}:{config.listen_port} ssl;
