@@ -267,8 +267,10 @@ class DeviceProcesses:
 def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
                   timeout: float, database_url: str, py_spy: str | None,
                   protocol: str = "MQTT", bulk: bool = True, agents: int = 0,
-                  agent_processes: int = 1) -> RolloutResult:
-    with running_server(root / "server", database_url=database_url) as srv:
+                  agent_processes: int = 1, front: str = "") -> RolloutResult:
+    # --front nginx: devices download through the nginx download front (delivery/nginx_front.py).
+    toml = f'download_front = "{front}"\ndownload_front_port = {free_port()}' if front else ""
+    with running_server(root / "server", database_url=database_url, settings_toml=toml) as srv:
         iot, s3 = srv.client("iot"), srv.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -284,7 +286,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
         fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
                                 srv.settings.mqtt_port, hashlib.sha256(image).hexdigest(), connect_rate,
-                                timeout, srv.settings.download_port if protocol == "HTTP" else 0)
+                                timeout, 0 if protocol != "HTTP" else
+                                srv.settings.download_front_port if front else srv.settings.download_port)
         connecting = time.perf_counter()
         fleet.wait_ready(timeout)
         print(f"{devices} devices connected and subscribed in {time.perf_counter() - connecting:.1f} s",
@@ -582,19 +585,25 @@ def main() -> None:
                         help="also update this many full overair agents (bench/fleet_agents.py), in the same "
                         "thing group and rollout")
     parser.add_argument("--agent-processes", type=int, default=1)
+    parser.add_argument("--front", choices=("none", "nginx"), default="none",
+                        help="with --protocol HTTP: devices download through overair's nginx download front "
+                        "(download_front = \"nginx\"; its nginx's CPU is not in the server's figure)")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
     with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
         root = Path(tmp)
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
                                 args.timeout, args.database_url, args.py_spy, args.protocol,
-                                args.provision == "bulk", args.agents, args.agent_processes)
+                                args.provision == "bulk", args.agents, args.agent_processes,
+                                "" if args.front == "none" else args.front)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         if args.protocol == "HTTP":
             limit = nginx_phase(root, args.devices, image, args.device_processes, args.timeout)
         else:
             limit = raw_phase(root, [r.thing for r in rollout.results], rollout.stream_id or "ota-0123456789",
                               image, args.device_processes, args.timeout)
+    if args.front != "none":
+        print(f"devices downloaded through the {args.front} download front")
     report(rollout, limit, args.device_processes, args.protocol)
 
 

@@ -73,6 +73,10 @@ class Limits:
     # by another server process. At 2 s, a fleet downloading for half a minute re-decided
     # every device's access 15 times: a third of the server's time (bench/fleet.py).
     device_access_cache_seconds: float = 10.0
+    # Files up to this size are held whole in the HTTPS download cache; larger ones are
+    # served by range from the object store, their SHA-256 checked once by a streamed read
+    # (delivery/http_download.py), so a large image never sits whole in memory.
+    http_whole_file_bytes: int = 16 * 1024 * 1024
     device_access_cache_entries: int = 100_000
     # CBOR from devices (core/wirecbor.py) and the Jobs API's stepTimeoutInMinutes (AWS: 1-10080).
     max_cbor_depth: int = 8

@@ -43,6 +43,7 @@ from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.download_gate import DownloadGate
 from overair.server.delivery.download_server import DownloadEndpoint
 from overair.server.delivery.http_download import HttpDelivery
+from overair.server.delivery.nginx_front import FrontConfig, NginxFront, upstream_host, uses_root
 from overair.server.delivery.policy import DownloadPolicy
 from overair.server.delivery.tls_peer import FastPeerCertificateProtocol
 from overair.server.events import api as events_api
@@ -218,6 +219,7 @@ class Server:
         changes in both cases. Set at start (run)."""
         self.broker: Broker | None = None
         self.supervisor: BrokerSupervisor | None = None
+        self.download_front: NginxFront | None = None  # delivery/nginx_front.py, when configured
         self.witness: AclWitness | None = None
         self.reload: ConfirmedReload | None = None
         self.connection: ServiceConnection | None = None
@@ -885,6 +887,20 @@ class Server:
         return serving
 
     # Running -------------------------------------------------------------------------
+    async def _start_download_front(self) -> None:
+        """nginx in front of the device endpoint when configured (delivery/nginx_front.py):
+        pre-signed URLs then name it (settings.download_base_url)."""
+        settings, paths = self.settings, self.settings.paths
+        if settings.download_front != "nginx":
+            return
+        check_port_free(settings.mqtt_host, settings.download_front_port)
+        config = FrontConfig(paths.download_front, settings.mqtt_host, settings.download_front_port,
+                             paths.broker_cert, paths.broker_key, upstream_host(settings.mqtt_host),
+                             settings.download_port, settings.device_host, paths.fleet_ca_cert,
+                             settings.limits, uses_root())
+        self.download_front = NginxFront(settings.nginx_binary, config)
+        await self.download_front.start()
+
     async def _start_broker(self, service_tls: ssl.SSLContext, host: str, port: int) -> None:
         """Start the broker overair runs under its supervisor, or check the external one
         (gateway/broker_probe.py); either way access changes are then confirmed by the
@@ -961,6 +977,7 @@ class Server:
             await self._start_broker(service_tls, mqtt_host, mqtt_port)
             await self._connect_service(service_tls, mqtt_host, mqtt_port)
             serving = self._start_http(servers)
+            await self._start_download_front()
             tasks.append(asyncio.create_task(self._run_scheduler()))
             tasks.append(asyncio.create_task(self._run_health()))
             while not all(server.started for server in servers):
@@ -995,6 +1012,8 @@ class Server:
         for task in serving:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
+        if self.download_front is not None:
+            await self.download_front.stop()
         if self.connection is not None:
             await self.connection.stop()
         if self.witness is not None:

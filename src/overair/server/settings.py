@@ -45,6 +45,7 @@ class DataDir:
     objects = property(lambda self: self.root / "objects")
     pki = property(lambda self: self.root / "pki")
     broker = property(lambda self: self.root / "broker")
+    download_front = property(lambda self: self.root / "download-front")  # nginx: config, cache, logs
     fleet_ca_cert = property(lambda self: self.pki / "fleet-ca.pem")
     fleet_ca_key = property(lambda self: self.pki / "fleet-ca.key")
     broker_cert = property(lambda self: self.pki / "broker.pem")
@@ -82,6 +83,13 @@ class Settings:
     # of 443 is left out: FreeRTOS HTTP devices connect to 443 of everything between
     # `://` and the first `/` (core/presign.py; README, "HTTP delivery").
     download_public_url: str = ""
+    # "nginx": Debian's nginx serves the downloads in front of the device endpoint, every
+    # access still decided by overair (delivery/nginx_front.py, docs/scaling.md "HTTPS
+    # delivery"); it listens on <mqtt_host>:<download_front_port> and pre-signed URLs name
+    # it. "": devices download from the Python endpoint (download_port).
+    download_front: str = ""
+    download_front_port: int = 0
+    nginx_binary: str = "/usr/sbin/nginx"
     # What each kind of device takes, and which things are which kind (server/ota/
     # profile_config.py; `[device_profiles]` in overair.toml).
     device_profiles: DeviceProfileConfig = field(default_factory=DeviceProfileConfig)
@@ -154,7 +162,8 @@ class Settings:
     def download_base_url(self) -> str:
         """What every pre-signed download URL starts with (no port when it is 443)."""
         host = f"[{self.device_host}]" if ":" in self.device_host else self.device_host
-        given = self.download_public_url or f"https://{host}:{self.download_port}"
+        port = self.download_front_port if self.download_front else self.download_port
+        given = self.download_public_url or f"https://{host}:{port}"
         try:
             return presign.base_url(given)
         except ValueError as exc:
@@ -191,7 +200,12 @@ class Settings:
             raise MisuseError(
                 f"HTTP on {self.http_host} needs TLS (--tls-cert/--tls-key): plain HTTP is only "
                 "allowed on loopback")
-        for port in (self.http_port, self.mqtt_port, self.download_port, self.metrics_port):
+        if self.download_front not in ("", "nginx"):
+            raise MisuseError(f"download_front must be \"nginx\" or \"\", got {self.download_front[:40]!r}")
+        if self.download_front and not 0 < self.download_front_port <= 65535:
+            raise MisuseError("download_front = \"nginx\" needs download_front_port (1 to 65535)")
+        for port in (self.http_port, self.mqtt_port, self.download_port, self.metrics_port,
+                     self.download_front_port):
             if not 0 <= port <= 65535:
                 raise MisuseError(f"port {port} is out of range")
         for proxy in self.trusted_proxies:
@@ -261,7 +275,8 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
 _KINDS: dict[str, str] = {
     "account_id": "str", "region": "str", "partition": "str", "hostnames": "strings", "http_host": "str",
     "http_port": "int", "mqtt_host": "str", "mqtt_port": "int", "download_port": "int", "metrics_port": "int",
-    "download_public_url": "str", "database_url": "str", "database_password_file": "str",
+    "download_public_url": "str", "download_front": "str", "download_front_port": "int",
+    "nginx_binary": "str", "database_url": "str", "database_password_file": "str",
     "broker_url": "str", "broker_reload_command": "strings", "mosquitto_binary": "str",
     "mqtt_session_expiry_hours": "int", "mqtt_max_queued_messages": "int", "http_tls_cert": "str",
     "http_tls_key": "str", "dev_mode": "bool", "allow_self_signed_code_signing": "bool",

@@ -26,12 +26,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,9 +46,11 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.nginx_front import AUTH_PREFIX, MESSAGE_HEADER, STATUS_HEADER
 from overair.server.delivery.policy import Decision
+from overair.server.delivery.ranged_files import RangedFiles
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
-from overair.server.storage.objects import ObjectStore
+from overair.server.storage.objects import ObjectStore, StoredObject
 from overair.server.storage.schema import Job
 from overair.server.streams.access import AccessCache
 from overair.server.streams.service import FileCache
@@ -59,6 +62,8 @@ _REFUSAL_STATUS = {"MalformedUrl": 400, "InvalidRange": 416, "ThrottlingExceptio
 # overair's refusals also say when to come back to the millisecond (Retry-After has whole
 # seconds: a device whose fair share allows it back in 1.2 s would wait 2).
 RETRY_AFTER_MS = "x-overair-retry-after-ms"
+DECISION_PREFIX = AUTH_PREFIX + presign.PATH_PREFIX
+MAX_SIZES = 4096
 
 
 class HttpDelivery:
@@ -72,6 +77,9 @@ class HttpDelivery:
         self._audit = audit
         self._clock = clock
         self._cache = FileCache(cache_bytes)
+        self._ranged = RangedFiles(objects)
+        self._sizes: dict[tuple[str, str, str], int] = {}  # object versions' sizes, for the front
+        self._whole_file_bytes = limits.http_whole_file_bytes
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
         self._budgets = DeviceBudgets(limits)
         self.gate = gate
@@ -124,7 +132,62 @@ class HttpDelivery:
 
     # The HTTPS endpoint -------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
-        return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"])]
+        return [Route(presign.PATH_PREFIX + "{bucket}/{key:path}", self._download, methods=["GET", "HEAD"]),
+                Route(DECISION_PREFIX + "{bucket}/{key:path}", self._decision,
+                      methods=["GET", "HEAD"])]
+
+    async def _decision(self, request: Request) -> Response:
+        bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
+        answer = await run_in_threadpool(self.authorize, bucket, key, dict(request.query_params))
+        assert answer is not None  # not memory_only: always an answer
+        return answer
+
+    def authorize(self, bucket: str, key: str, query: dict[str, str], *,
+                  memory_only: bool = False) -> Response | None:
+        """The download front's question (delivery/nginx_front.py): may this URL be
+        served now? The same checks as a download, refusals audited alike; 204 yes.
+        nginx's auth_request passes on only 401/403, so a refusal is a 403 whose headers
+        carry the status, code, message and Retry-After the Python path would answer."""
+        answer = self._answering(lambda: self._decide(bucket, key, query, memory_only))
+        if answer is None or answer.status_code < 300:
+            return answer
+        code, _, message = bytes(answer.body).decode("utf-8", "replace").partition(": ")
+        headers = {STATUS_HEADER: str(answer.status_code), "x-amzn-ErrorType": code,
+                   MESSAGE_HEADER: "".join(c if " " <= c <= "~" else "?" for c in message.strip())[:200]}
+        for name in ("retry-after", RETRY_AFTER_MS):
+            if name in answer.headers:
+                headers[name] = answer.headers[name]
+        return Response(b"", 403, headers=headers)
+
+    def _decide(self, bucket: str, key: str, query: dict[str, str], memory_only: bool) -> Response | None:
+        grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        if memory_only and not (self._access.get(grant.thing, (grant.bucket, grant.key, grant.version),
+                                                 self._clock()) and self._known_size(grant) is not None):
+            return None  # the full path, in a worker thread: it needs the database
+        self._check_access(grant)
+        size = self._size(grant)
+        if self.gate is not None:
+            # The front reuses a decision for at most a second and serves the bytes itself:
+            # the policy admits the device (its slot, until its lease runs out) here, and
+            # its bytes are not counted per request (docs/scaling.md, "HTTPS delivery").
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
+            if not decision.admitted:
+                raise PolicyRefusal(decision)
+        return Response(b"", 204, headers={"x-overair-size": str(size), "Cache-Control": "no-store"})
+
+    def _size(self, grant: presign.Grant) -> int:
+        size = self._known_size(grant)
+        if size is None:
+            size = self._objects.head_object(grant.bucket, grant.key, grant.version).size
+            if len(self._sizes) >= MAX_SIZES:
+                self._sizes.clear()  # versions never change size: forgetting only costs a read
+            self._sizes[(grant.bucket, grant.key, grant.version)] = size
+        return size
+
+    def _known_size(self, grant: presign.Grant) -> int | None:
+        item = (grant.bucket, grant.key, grant.version)
+        cached = self._cache.get(("http", *item))
+        return len(cached) if cached is not None else self._sizes.get(item)
 
     async def _download(self, request: Request) -> Response:
         bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
@@ -144,15 +207,21 @@ class HttpDelivery:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             path = scope.get("path", "") if scope["type"] == "http" else ""
+            decision = path.startswith(DECISION_PREFIX)
+            if decision:
+                path = path[len(AUTH_PREFIX):]
             if path.startswith(presign.PATH_PREFIX) and scope["method"] in ("GET", "HEAD"):
                 bucket, slash, key = path[len(presign.PATH_PREFIX):].partition("/")
                 if bucket and slash:
                     query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                            keep_blank_values=True))
-                    range_header = next((v.decode("latin-1") for k, v in scope.get("headers", ())
-                                         if k == b"range"), None)
-                    response = self.respond(scope["method"], unquote(bucket), unquote(key), query,
-                                            range_header, memory_only=True)
+                    if decision:
+                        response = self.authorize(unquote(bucket), unquote(key), query, memory_only=True)
+                    else:
+                        range_header = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                                             if k == b"range"), None)
+                        response = self.respond(scope["method"], unquote(bucket), unquote(key), query,
+                                                range_header, memory_only=True)
                     if response is not None:
                         self.answered[response.status_code] += 1
                         await response(scope, receive, send)
@@ -166,8 +235,12 @@ class HttpDelivery:
         """The answer to a download request, refusals included. `memory_only`: None
         instead if answering needs the database or the object store (nothing was
         consumed: the caller asks again without it)."""
+        return self._answering(lambda: self._serve(method, bucket, key, query, range_header, memory_only))
+
+    def _answering(self, serve: Callable[[], Response | None]) -> Response | None:
+        """`serve`'s answer, or the client error its refusal or failure translates to."""
         try:
-            return self._serve(method, bucket, key, query, range_header, memory_only)
+            return serve()
         except PolicyRefusal as exc:
             decision = exc.decision
             headers = {"Retry-After": str(decision.retry_after_seconds), "x-amzn-ErrorType": decision.code,
@@ -192,37 +265,43 @@ class HttpDelivery:
         grant = presign.verify(self._secret, bucket, key, query, self._clock())
         if memory_only and not self._in_memory(grant):
             return None  # before the budget is spent: the full path spends it once
-        # The thing is authenticated from here on (the URL's signature binds it).
+        self._check_access(grant)
+        source = self._file(grant)
+        size = len(source) if isinstance(source, bytes) else source.size
+        span = presign.parse_range(range_header, size)
+        if self.gate is not None and method != "HEAD":
+            final = span is None or span[1] == size - 1
+            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version,
+                                            size if span is None else span[1] - span[0] + 1, final=final)
+            if not decision.admitted:
+                raise PolicyRefusal(decision)
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        first, last = (0, size - 1) if span is None else span
+        if span is not None:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(last + 1 - first)
+        status = 200 if span is None else 206
+        if method == "HEAD":
+            return Response(b"", status, headers=headers, media_type="application/octet-stream")
+        metrics.BYTES_SERVED.labels("https").inc(last + 1 - first)
+        if isinstance(source, bytes):
+            body = source if span is None else source[first:last + 1]
+            return Response(body, status, headers=headers, media_type="application/octet-stream")
+        return StreamingResponse(iterate_in_threadpool(self._ranged.read(source, first, last)), status,
+                                 headers=headers, media_type="application/octet-stream")
+
+    def _check_access(self, grant: presign.Grant) -> None:
+        """The device's budget, then N4. The thing is authenticated from here on (the
+        URL's signature binds it)."""
         if not self._budgets.take(grant.thing, Kind.DOWNLOAD, self._clock()):
             self.events.throttled(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
                                   resource=f"thing/{grant.thing}")
             raise presign.UrlRefused("download rate exceeds the device's budget", code="ThrottlingException")
         if not self._may_read(grant):
             self.events.refused(principal=f"thing/{grant.thing}", action=DOWNLOAD_ACTION,
-                                resource=f"s3://{bucket}/{key}?versionId={grant.version}", decision="DENY",
-                                reason="no live execution delivers this file")
+                                resource=f"s3://{grant.bucket}/{grant.key}?versionId={grant.version}",
+                                decision="DENY", reason="no live execution delivers this file")
             raise presign.UrlRefused("no live job of this thing delivers this file", code="AccessDenied")
-        data = self._file(grant)
-        span = presign.parse_range(range_header, len(data))
-        if self.gate is not None and method != "HEAD":
-            size = len(data) if span is None else span[1] - span[0] + 1
-            final = span is None or span[1] == len(data) - 1
-            decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, size,
-                                            final=final)
-            if not decision.admitted:
-                raise PolicyRefusal(decision)
-        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
-        if span is None:
-            body, status = data, 200
-        else:
-            first, last = span
-            body, status = data[first:last + 1], 206
-            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-        headers["Content-Length"] = str(len(body))
-        if method != "HEAD":
-            metrics.BYTES_SERVED.labels("https").inc(len(body))
-        return Response(b"" if method == "HEAD" else body, status, headers=headers,
-                        media_type="application/octet-stream")
 
     def _in_memory(self, grant: presign.Grant) -> bool:
         """Are this grant's access decision (allowed) and file bytes cached?"""
@@ -242,17 +321,30 @@ class HttpDelivery:
         self._access.put(grant.thing, item, allowed, self._clock(), generation)
         return allowed
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of files held whole in memory (tests: large files never are)."""
+        return self._cache.bytes_held
+
     def forget_access(self) -> None:
         self._access.clear()
 
     def forget_file(self, bucket: str, key: str) -> None:
         """An object's bytes were deleted: never serve them from the cache again."""
         self._cache.drop_where(lambda k: k[1:3] == (bucket, key))
+        self._ranged.forget(bucket, key)
+        for item in [i for i in self._sizes if i[:2] == (bucket, key)]:
+            self._sizes.pop(item, None)
 
-    def _file(self, grant: presign.Grant) -> bytes:
+    def _file(self, grant: presign.Grant) -> bytes | StoredObject:
+        """The file's bytes (cached), or for a file above `http_whole_file_bytes` its
+        verified version, to be read by range (delivery/ranged_files.py)."""
         cache_key = ("http", grant.bucket, grant.key, grant.version)
         data = self._cache.get(cache_key)
         if data is None:
+            obj = self._objects.head_object(grant.bucket, grant.key, grant.version)
+            if obj.size > self._whole_file_bytes:
+                return self._ranged.verified(obj)
             _, data = self._objects.get_object(grant.bucket, grant.key, grant.version)
             self._cache.put(cache_key, data)
         return data

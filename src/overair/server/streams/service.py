@@ -65,6 +65,10 @@ class FileCache:
             for key in [k for k in self._items if doomed(k)]:
                 self._size -= len(self._items.pop(key))
 
+    @property
+    def bytes_held(self) -> int:
+        return self._size
+
     def drop_stream(self, stream_id: str) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == stream_id]:

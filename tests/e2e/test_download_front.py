@@ -1,0 +1,164 @@
+"""Downloads through the nginx download front (`download_front = "nginx"`,
+server/delivery/nginx_front.py): real Debian nginx, real server, a device's job document
+and its pre-signed URL. nginx serves the bytes; overair decides every access (N4: another
+thing's, a forged or an expired URL; an ended execution stops downloads within 1 s), the
+device's budget holds (429 with Retry-After), and hostile requests get clear 4xx answers.
+The Python endpoint without the front is tests/e2e/test_http_delivery.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.conftest import ShiftableClock, _with_bucket
+from tests.e2e.test_http_delivery import IMAGE, HttpJob, _get, _url, _with_query, http_job
+from tests.server_harness import RunningServer, free_port, running_server
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(),
+                                reason="scripts/dev test installs nginx")
+__all__ = ["http_job"]  # the fixture, shared with the Python endpoint's tests
+BURST = 40  # the device download budget here: enough for IMAGE's 13 blocks, little enough to exceed
+
+
+@pytest.fixture(scope="module")
+def clocked_srv(tmp_path_factory: pytest.TempPathFactory, clock: ShiftableClock) -> Iterator[RunningServer]:
+    """The server of tests/e2e/test_http_delivery.py's fixtures, with the front on."""
+    toml = f'download_front = "nginx"\ndownload_front_port = {free_port()}'
+    with running_server(tmp_path_factory.mktemp("front"), clock=clock, settings_toml=toml,
+                        limits={"device_downloads_burst": BURST,
+                                "device_downloads_per_second": 20.0}) as running:
+        yield _with_bucket(running)
+
+
+def _blocks(srv: RunningServer, url: str, size: int, block: int = 4096) -> tuple[bytes, list[int]]:
+    """Fetch the first `size` bytes of `url` (IMAGE's) as a FreeRTOS device does: one
+    Range GET per block on one keep-alive TLS connection. Returns the bytes and statuses."""
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cafile=str(srv.settings.paths.fleet_ca_cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context, timeout=10)
+    connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", parts.port), timeout=10),
+                                          server_hostname=parts.hostname)
+    data, statuses = bytearray(), []
+    try:
+        for first in range(0, size, block):
+            connection.request("GET", f"{parts.path}?{parts.query}",
+                               headers={"Range": f"bytes={first}-{min(size, first + block) - 1}"})
+            response = connection.getresponse()
+            body = response.read()
+            statuses.append(response.status)
+            if response.status == 206:
+                last = first + len(body) - 1
+                assert response.getheader("content-range") == f"bytes {first}-{last}/{len(IMAGE)}"
+                data += body
+    finally:
+        connection.close()
+    return bytes(data), statuses
+
+
+def test_device_downloads_the_whole_image_through_the_front(clocked_srv: RunningServer,
+                                                            http_job: HttpJob) -> None:
+    url = _url(http_job)
+    settings = clocked_srv.settings
+    # The job document names the front, not the Python endpoint.
+    assert url.startswith(f"https://localhost:{settings.download_front_port}/ota/")
+    data, statuses = _blocks(clocked_srv, url, len(IMAGE))
+    assert set(statuses) == {206}
+    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(IMAGE).hexdigest()
+    status, _, body = _get(clocked_srv, url)
+    assert (status, body) == (200, IMAGE)
+    assert (settings.paths.download_front / "nginx.conf").exists()  # generated in the data directory
+
+
+def test_n4_front_refuses_another_things_forged_and_altered_urls(clocked_srv: RunningServer,
+                                                                 http_job: HttpJob) -> None:
+    url = _url(http_job)
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206
+    for altered in (
+        _with_query(url, thing="someone-else"),  # another thing's name on this URL
+        _with_query(url, expires=str(int(time.time()) + 86_400)),
+        _with_query(url, version="another-version"),
+        _with_query(url, signature="0" * 64),  # forged
+        url.replace(f"/{http_job.thing}.bin", "/other.bin"),
+    ):
+        status, headers, body = _get(clocked_srv, altered, {"Range": "bytes=0-99"})
+        assert (status, headers.get("x-amzn-errortype")) == (403, "SignatureDoesNotMatch"), (altered, body)
+        assert body.startswith(b"SignatureDoesNotMatch: ")
+
+
+def test_n4_front_refuses_an_expired_url(clocked_srv: RunningServer, http_job: HttpJob,
+                                         clock: ShiftableClock) -> None:
+    url = _url(http_job)  # never asked for before it expires: no decision to reuse
+    try:
+        clock.offset += 301
+        status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-99"})
+        assert (status, headers.get("x-amzn-errortype")) == (403, "ExpiredUrl"), body
+        fresh = _url(http_job)
+        assert _get(clocked_srv, fresh, {"Range": "bytes=0-99"})[:3:2] == (206, IMAGE[:100])
+    finally:
+        clock.offset = 0.0
+
+
+def test_n4_front_stops_downloads_within_a_second_of_the_execution_ending(clocked_srv: RunningServer,
+                                                                          http_job: HttpJob) -> None:
+    url = _url(http_job)
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206
+    clocked_srv.client("iot").cancel_job(jobId=http_job.job_id, force=True)
+    canceled = time.monotonic()
+    answers: list[tuple[float, int]] = []
+    while time.monotonic() < canceled + 3:
+        started = time.monotonic()
+        status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-9"})
+        answers.append((started - canceled, status))
+        time.sleep(0.05)
+    # The bound: a decision is reused only within the second it was made, so nothing
+    # asked for a second after the cancel was served.
+    late = [status for after, status in answers if after >= 1.0]
+    assert late, answers
+    assert set(late) == {403}, answers
+    assert (headers.get("x-amzn-errortype"), body.split(b":")[0]) == ("AccessDenied", b"AccessDenied")
+
+
+def test_device_over_its_budget_gets_429_with_retry_after(clocked_srv: RunningServer,
+                                                          http_job: HttpJob) -> None:
+    url = _url(http_job)
+    _, statuses = _blocks(clocked_srv, url, 3 * BURST * 16, block=16)  # 3 x the burst, at once
+    assert 429 in statuses
+    assert 206 in statuses
+    status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-9"})
+    while status != 429:  # the bucket may have refilled meanwhile: empty it again
+        _, statuses = _blocks(clocked_srv, url, 2 * BURST * 16, block=16)
+        status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-9"})
+    assert headers["retry-after"] == "1"
+    assert body.startswith(b"ThrottlingException: ")
+
+
+def test_front_answers_hostile_requests_with_clear_client_errors(clocked_srv: RunningServer,
+                                                                 http_job: HttpJob) -> None:
+    url = _url(http_job)
+    parts = urlsplit(url)
+    cases: list[tuple[str, dict[str, str], int, bytes]] = [
+        (url, {"Range": "bytes=0-1,5-9"}, 416, b"InvalidRange"),
+        (url, {"Range": "bytes=" + "9" * 5000 + "-"}, 416, b"InvalidRange"),
+        (url, {"Range": "bytes=+1-2"}, 416, b"InvalidRange"),
+        (url, {"Range": "items=0-9"}, 416, b"InvalidRange"),
+        (url, {"Range": f"bytes={len(IMAGE) + 10}-{len(IMAGE) + 20}"}, 416, b""),
+        (url, {"X-Huge": "a" * 20_000}, 400, b""),
+        (_with_query(url, expires="9" * 5000), {}, 400, b"MalformedUrl"),
+        (_with_query(url, thing=http_job.thing + "\n"), {}, 400, b"MalformedUrl"),
+        (url.replace(parts.path, "/ota/firmware"), {}, 404, b""),
+        (url.replace("/ota/", "/elsewhere/"), {}, 404, b"NotFound"),
+    ]
+    for target, headers, status, code in cases:
+        answered, _, body = _get(clocked_srv, target, headers)
+        assert (answered, code in body) == (status, True), (target[-60:], list(headers), answered, body[:200])
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])  # still serving
+
