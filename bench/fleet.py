@@ -221,6 +221,9 @@ class RolloutResult:
     notify_batches_done: list[float] = field(default_factory=list)  # server side, perf_counter
     agents: fleet_agents.AgentResult | None = None  # the share of full overair agents (--agents)
     memory_peak: MemorySample | None = None  # what the server held at its largest sampled RSS
+    # The device endpoint's answers by status (HTTPS): with the download front, its 204s are
+    # the access decisions nginx asked for and its 206s the slices it filled.
+    http_answers: dict[int, int] = field(default_factory=dict)
 
 
 class DeviceProcesses:
@@ -347,10 +350,11 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         results, hwm_devices = fleet.results(timeout)
         agent_result = agent_share.finish(job_id)
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
+        http_answers = dict(sorted(srv.server.delivery.answered.items()))
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
-                         list(timer.notify_batches_done), agent_result, memory_peak)
+                         list(timer.notify_batches_done), agent_result, memory_peak, http_answers)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -503,6 +507,8 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
           f"HTTPS answers 429/503 (asked again when told): {sum(r.throttled for r in results)}")
     print(f"status updates sent: {sum(r.status_updates for r in results)}; "
           f"block requests: {sum(r.requests for r in results)}")
+    if rollout.http_answers:
+        print(f"device endpoint answers by status: {rollout.http_answers}")
     notified = [r.notified for r in results if r.notified]
     batches = rollout.notify_batches_done
     if batches:
