@@ -46,7 +46,12 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
-from overair.server.delivery.nginx_front import AUTH_PREFIX, MESSAGE_HEADER, STATUS_HEADER
+from overair.server.delivery.nginx_front import (
+    AUTH_PREFIX,
+    MESSAGE_HEADER,
+    STATUS_HEADER,
+    decision_cache_control,
+)
 from overair.server.delivery.policy import Decision
 from overair.server.delivery.ranged_files import RangedFiles
 from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
@@ -157,6 +162,7 @@ class HttpDelivery:
         for name in ("retry-after", RETRY_AFTER_MS):
             if name in answer.headers:
                 headers[name] = answer.headers[name]
+        headers["Cache-Control"] = decision_cache_control(granted=False)
         return Response(b"", 403, headers=headers)
 
     def _decide(self, bucket: str, key: str, query: dict[str, str], memory_only: bool) -> Response | None:
@@ -173,7 +179,8 @@ class HttpDelivery:
             decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
             if not decision.admitted:
                 raise PolicyRefusal(decision)
-        return Response(b"", 204, headers={"x-overair-size": str(size), "Cache-Control": "no-store"})
+        return Response(b"", 204, headers={"x-overair-size": str(size),
+                                           "Cache-Control": decision_cache_control(granted=True)})
 
     def _size(self, grant: presign.Grant) -> int:
         size = self._known_size(grant)
