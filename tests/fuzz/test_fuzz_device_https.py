@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from overair.server.delivery.nginx_front import AUTH_PREFIX
 from tests.fuzz.device_strategies import HOSTILE_TEXT, JSON_VALUES, job_messages, json_bytes, json_payloads
 from tests.fuzz.device_world import JOB, OTHER_THING, THING, DeviceWorld, build, call_asgi
 
@@ -65,6 +66,32 @@ def test_fuzz_download_endpoint_answers_only_documented_statuses(
     target = _ascii_target(target_path, urlencode(query, encoding="utf-8", errors="surrogatepass"))
     status, _ = call_asgi(world.app, method, target, headers, b"", None)
     assert status in DOWNLOAD_STATUSES, (target, range_header, status)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["version", "thing", "expires", "signature"]) | HOSTILE_TEXT, HOSTILE_TEXT, max_size=4
+    ),
+    st.one_of(st.none(), HOSTILE_TEXT),
+    st.sampled_from(["GET", "HEAD"]),
+)
+def test_fuzz_download_front_decision_route_answers_only_204_or_403(
+    world: DeviceWorld, changes: dict[str, str], path: str | None, method: str
+) -> None:
+    # The download front's auth_request question (`/auth/ota/...`): nginx passes on only
+    # 2xx and 401/403, so every refusal must be a 403 (its real status in a header), never
+    # a 500 nginx would turn into "unavailable" for a hostile URL.
+    query = {**world.url_query, **changes}
+    target_path = AUTH_PREFIX + (world.url_path if path is None else "/ota/" + path)
+    target = _ascii_target(target_path, urlencode(query, encoding="utf-8", errors="surrogatepass"))
+    status, _ = call_asgi(world.app, method, target, [], b"", None)
+    assert status in {204, 403, 307, 404}, (target, status)  # 307/404: the router's, for no key
+
+
+def test_the_download_front_decision_route_grants_a_valid_url(world: DeviceWorld) -> None:
+    status, _ = call_asgi(world.app, "GET", _ascii_target(AUTH_PREFIX + world.url_path, world.url_query),
+                          [], b"", None)
+    assert status == 204
 
 
 def test_the_download_world_serves_a_valid_url(world: DeviceWorld) -> None:
