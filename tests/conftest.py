@@ -6,6 +6,7 @@ store's bytes in a local directory and once in an S3 bucket of a SeaweedFS serve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,3 +68,17 @@ def blob_backend(request: pytest.FixtureRequest) -> BlobFactory:
     server: SeaweedS3 = request.getfixturevalue("seaweedfs")
     bucket = server.new_bucket()
     return lambda _root: S3Blobs(server.location(bucket, prefix="objects/"))
+
+
+@pytest.fixture(autouse=True)
+def _cli_log_handlers_removed_after_the_test() -> Iterator[None]:
+    """A CLI command run in-process (cli/logs.py configure_logging, `overair db`) points
+    the root logger at this test's captured stderr; a server of a module-scoped fixture
+    that outlives the test then logs into a closed stream ("--- Logging error ---" in the
+    output). pytest's own handlers are subclasses and stay."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
