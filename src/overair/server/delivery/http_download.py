@@ -173,7 +173,7 @@ class HttpDelivery:
         self._check_access(grant)
         size = self._size(grant)
         if self.gate is not None:
-            # The front reuses a decision for at most a second and serves the bytes itself:
+            # The front reuses a decision for at most 2 s and serves the bytes itself:
             # the policy admits the device (its slot, until its lease runs out) here, and
             # its bytes are not counted per request (docs/scaling.md, "HTTPS delivery").
             decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
