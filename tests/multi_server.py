@@ -84,8 +84,13 @@ class ServerProcess:
 
 
 def _with_ports(config: str) -> str:
-    for key in ("http_port", "mqtt_port", "download_port"):
-        config = re.sub(rf"^{key} = \d+$", f"{key} = {free_port()}", config, flags=re.MULTILINE)
+    # free_port() only finds a port free now: two calls may return the same one (CI saw
+    # the API and broker given one port), so the three are drawn until distinct.
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    for key, port in zip(("http_port", "mqtt_port", "download_port"), sorted(ports), strict=True):
+        config = re.sub(rf"^{key} = \d+$", f"{key} = {port}", config, flags=re.MULTILINE)
     return config
 
 
