@@ -32,6 +32,7 @@ from overair.server.storage.schema import Thing, ThingConnectivity
 
 NODE_CLAIM = "broker-node"  # the claim kind a process holds on its node while it runs
 RESTARTED = "SERVER_INITIATED_DISCONNECT"
+IN_CHUNK = 500  # names per IN (...) query
 
 
 class Connectivity:
@@ -107,12 +108,21 @@ class Connectivity:
 
     def _write(self, changes: dict[str, tuple[bool, str]]) -> None:
         now = self._clock()
+        names = list(changes)
         with self._db.session() as s:
-            known = set(s.scalars(select(Thing.name).where(Thing.name.in_(list(changes)))))
+            known: set[str] = set()
+            rows: dict[str, ThingConnectivity] = {}
+            # A burst of reboots is one batch (server/serial_batches.py): its rows are
+            # read IN_CHUNK names per query, within SQLite's bound-parameter limit.
+            for start in range(0, len(names), IN_CHUNK):
+                part = names[start:start + IN_CHUNK]
+                known.update(s.scalars(select(Thing.name).where(Thing.name.in_(part))))
+                rows.update((row.thing_name, row) for row in s.scalars(
+                    select(ThingConnectivity).where(ThingConnectivity.thing_name.in_(part))))
             for thing, (connected, reason) in changes.items():
                 if thing not in known:
                     continue  # not a thing of this registry (or deleted meanwhile)
-                row = s.get(ThingConnectivity, thing)
+                row = rows.get(thing)
                 if row is None:
                     row = ThingConnectivity(thing_name=thing)
                     s.add(row)
