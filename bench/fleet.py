@@ -73,7 +73,7 @@ from bench.stream_throughput import (
 from overair.cli.provisioning import create_keys_and_certificate_for
 from overair.core import streamcodec, topics
 from overair.core.versions import Version
-from overair.server import pki
+from overair.server import app, pki
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 
@@ -594,8 +594,13 @@ def main() -> None:
     parser.add_argument("--front", choices=("none", "nginx"), default="none",
                         help="with --protocol HTTP: devices download through overair's nginx download front "
                         "(download_front = \"nginx\"; its nginx's CPU is not in the server's figure)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.0,
+                        help="the interpreter's thread switch interval the server sets when it starts "
+                        f"(default: the server's, {app.SWITCH_INTERVAL_SECONDS * 1000:g} ms; CPython's: 5)")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
+    if args.switch_interval_ms:
+        app.SWITCH_INTERVAL_SECONDS = args.switch_interval_ms / 1000
     with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
         root = Path(tmp)
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,

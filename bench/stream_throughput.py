@@ -237,6 +237,11 @@ def _all_connected(snaps: dict[str, AgentSnapshot]) -> bool:
 
 # --- timings inside the server --------------------------------------------------------------
 
+def _run_size(n: int) -> str:
+    """A run's size class for the table: 2-4, 5-16, 17+ messages."""
+    return "2-4" if n <= 4 else "5-16" if n <= 16 else "17+"
+
+
 class ServiceTimer:
     """Times every call the MQTT driver makes into the device service, by kind. It
     replaces `handle` and `notify_next` on the DeviceService instance (the driver looks
@@ -249,6 +254,7 @@ class ServiceTimer:
         # When each batch of a job's notifications was ready to publish (perf_counter).
         self.notify_batches_done: list[float] = []
         handle, notify_next, notify_many = devices.handle, devices.notify_next, devices.notify_next_many
+        handle_updates = devices.handle_updates
 
         def timed_handle(topic: str, payload: bytes) -> list[Outgoing]:
             started = time.perf_counter()
@@ -258,6 +264,16 @@ class ServiceTimer:
                 kind = ("GetStream" if "/streams/" in topic
                         else "job execution update" if topic.endswith("/update") else "other Jobs request")
                 self._record(kind, time.perf_counter() - started)
+
+        def timed_handle_updates(messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
+            # A run of job updates handled together (gateway/thing_workers.py): one entry
+            # per run; an update in it that is not a plain progress report also shows as
+            # a "job execution update" call.
+            started = time.perf_counter()
+            try:
+                return handle_updates(messages)
+            finally:
+                self._record(f"job update run of {_run_size(len(messages))}", time.perf_counter() - started)
 
         def timed_notify_next(thing: str) -> list[Outgoing]:
             started = time.perf_counter()
@@ -275,6 +291,7 @@ class ServiceTimer:
                         self.notify_batches_done.append(time.perf_counter())
 
         devices.handle = timed_handle  # type: ignore[method-assign]
+        devices.handle_updates = timed_handle_updates  # type: ignore[method-assign]
         devices.notify_next = timed_notify_next  # type: ignore[method-assign]
         devices.notify_next_many = timed_notify_many  # type: ignore[method-assign]
 

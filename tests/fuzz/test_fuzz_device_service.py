@@ -168,3 +168,18 @@ def test_fuzz_device_service_hostile_topics_never_raise(
     devices.handle_from_cache(topic, payload)
     for reply in devices.handle(topic, payload):
         _check_reply(topic, reply)
+
+
+@given(st.lists(st.tuples(st.one_of(st.sampled_from(JOB_TOPICS), HOSTILE_TOPICS),
+                          st.one_of(json_payloads(job_messages()), st.binary(max_size=100))),
+                min_size=1, max_size=4))
+def test_fuzz_device_service_a_run_of_updates_gets_one_answer_per_message(
+    jobs_world: DeviceWorld, messages: list[tuple[str, bytes]]
+) -> None:
+    """`handle_updates` (a worker's run of job updates) never raises, answers each
+    message, and each answer goes only to that message's thing, as `handle` would."""
+    answers = jobs_world.server.devices.handle_updates(messages)
+    assert len(answers) == len(messages)
+    for (topic, _), replies in zip(messages, answers, strict=True):
+        for reply in replies:
+            _check_reply(topic, reply)

@@ -14,10 +14,11 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,6 +115,7 @@ from overair.server.registry.registration_tasks import RegistrationTasks
 from overair.server.registry.service import Registry
 from overair.server.registry.tags import GroupTags
 from overair.server.sealing import Sealer
+from overair.server.serial_batches import SerialBatches
 from overair.server.settings import Settings
 from overair.server.shadow import api as shadow_api
 from overair.server.shadow.device_api import DeviceShadowApi
@@ -132,16 +134,14 @@ from overair.server.streams import api as streams_api
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
+# The interpreter's thread switch interval while a server runs (see Server.run).
+SWITCH_INTERVAL_SECONDS = 0.001
 # A restarted process may find its node's claim still held by its predecessor's dying
 # session for a moment (on a vanished host, until the leader's keepalive bound).
 NODE_CLAIM_ATTEMPTS, NODE_CLAIM_WAIT_SECONDS = 30, 1.0
 
 
 
-def _log_presence_failure(future: Future[None]) -> None:
-    exc = future.exception() if not future.cancelled() else None
-    if exc is not None:
-        log.error("recording a device connection event failed: %s", exc)
 
 class Server:
     # overair's access plugin in the broker it runs (gateway/broker_plugin.py); None for
@@ -306,6 +306,8 @@ class Server:
         self._node_claim: Claim | None = None
         # One thread applies the broker's connection events in order, off the event loop.
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
+        self.presence_events: SerialBatches[PresenceEvent] = SerialBatches(
+            self.presence_worker, self.connectivity.apply, "device connection events")
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
         self._register_fleet_index(settings, clock)
         self._register_bulk_registration(settings, clock)
@@ -487,8 +489,7 @@ class Server:
     def _presence_event(self, event: PresenceEvent) -> None:
         """On the event loop: hand the event to the presence worker (never waits)."""
         self.event_publisher.presence(event)
-        future = self.presence_worker.submit(self.connectivity.apply, [event])
-        future.add_done_callback(_log_presence_failure)
+        self.presence_events.add(event)
 
     def _notify_threadsafe(self, things: list[str]) -> None:
         self._notify_here(things)
@@ -604,7 +605,8 @@ class Server:
         try:
             self._resume_pending_updates()
             self.registration_tasks.interrupted_by_restart()
-            dead = self.presence_worker.submit(self.connectivity.sweep_dead_nodes, self.work_claims).result()
+            dead = self.presence_events.submit_after(
+                lambda: self.connectivity.sweep_dead_nodes(self.work_claims)).result()
             if dead:
                 log.warning("broker nodes gone with their server process: %s; their things are "
                             "recorded as disconnected", ", ".join(dead))
@@ -759,7 +761,7 @@ class Server:
         self.access.exclusively(lambda: self.write_broker_access(fresh_broker=True))
         # The broker died with its connections, logging none of their ends: after the
         # events it did log (same worker, so in order), every thing is disconnected.
-        self.presence_worker.submit(self.connectivity.restarted).result()
+        self.presence_events.submit_after(self.connectivity.restarted).result()
 
     def broker_health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, what /health shows about the broker)."""
@@ -957,6 +959,12 @@ class Server:
         self.fanout.start(self._on_fanout, on_reconnect=self._access_changed_here)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # A device worker's transaction gives the interpreter up at every SQLite call
+        # and, while the event loop and the block workers are busy, waits up to the
+        # switch interval to get it back, each time, holding SQLite's one write lock all
+        # along: at CPython's 5 ms a status update took 55-118 ms in a 1,000-10,000
+        # device rollout (bench/fleet.py). A shorter interval bounds each of those waits.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         settings = self.settings
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)

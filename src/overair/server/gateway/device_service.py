@@ -265,6 +265,57 @@ class DeviceService:
             out.append(Outgoing(topics.notify_next_topic(thing), reply))
         return out
 
+    @staticmethod
+    def is_job_update(topic: str) -> bool:
+        """An UpdateJobExecution topic (`$aws/things/T/jobs/J/update`), by its shape only:
+        what `handle_updates` may take in a batch (it checks everything else)."""
+        return topic.endswith("/update") and "/jobs/" in topic
+
+    def handle_updates(self, messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
+        """`handle` for a run of messages (gateway/thing_workers.py batches): each group of
+        consecutive plain progress reports is written in one transaction; any other
+        message, and a report that did not apply, goes through `handle`, in order."""
+        answers: list[list[Outgoing]] = [[] for _ in messages]
+        group: list[tuple[int, str, bytes, str, str, wire.UpdateRequest]] = []
+        for index, (topic, payload) in enumerate(messages):
+            report = self._plain_progress(topic, payload)
+            if report is not None:
+                group.append((index, topic, payload, *report))
+                continue
+            self._write_progress(group, answers)
+            group = []
+            answers[index] = self.handle(topic, payload)
+        self._write_progress(group, answers)
+        return answers
+
+    def _plain_progress(self, topic: str, payload: bytes) -> tuple[str, str, wire.UpdateRequest] | None:
+        """(thing, job id, request) of a plain progress report; None for anything else,
+        including anything malformed (`handle` answers it)."""
+        try:
+            parsed = topics.parse_request_topic(topic)
+            if not isinstance(parsed, JobsTopic) or parsed.request is not JobsRequest.UPDATE \
+                    or not parsed.job_id:
+                return None
+            update = wire.parse_update(wire.load_request(payload, self._limits), self._limits)
+        except Exception:
+            return None
+        return (parsed.thing_name, parsed.job_id, update) if self._jobs.is_plain_progress(update) else None
+
+    def _write_progress(self, group: list[tuple[int, str, bytes, str, str, wire.UpdateRequest]],
+                        answers: list[list[Outgoing]]) -> None:
+        if not group:
+            return
+        try:
+            applied = self._jobs.report_progress_many([(thing, job, update)
+                                                       for _, _, _, thing, job, update in group])
+        except Exception as exc:  # answered one by one below, each with its own error
+            log.warning("a batch of %d progress reports failed (%s); handling them one by one",
+                        len(group), exc)
+            applied = [False] * len(group)
+        for (index, topic, payload, _thing, _job, update), done in zip(group, applied, strict=True):
+            answers[index] = self.handle(topic, payload) if not done else [
+                self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
+
     def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
         thing = parsed.thing_name
         update = wire.parse_update(request, self._limits)

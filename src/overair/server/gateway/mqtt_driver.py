@@ -35,6 +35,10 @@ from overair.server.shadow import mqtt as shadow_mqtt
 log = logging.getLogger("overair.devices")
 DRAIN_POLL_SECONDS = 0.005  # how often held block requests look at the backlog again
 NOTIFY_BATCH = 500  # things per notify-next database read (within SQLite's 999 bound parameters)
+# While a job's notifications go out to more than one batch of things, device messages
+# wait (at most this long) instead of taking the interpreter from the fan-out.
+FANOUT_HOLD_SECONDS = 2.0
+REPLAY_CHUNK = 500  # held messages handed on per event-loop turn once a fan-out ends
 
 
 class ClaimHandler(Protocol):
@@ -53,6 +57,10 @@ class ServiceConnection:
         self._ssl = ssl_context
         self._service = service
         self._workers: ThingWorkers[list[Outgoing]] = ThingWorkers("devices", workers)
+        # Job status updates waiting one behind the other are handled together (their
+        # progress reports in one transaction). One function object, so the workers see
+        # consecutive updates as one batch (each `obj.method` access makes a new one).
+        self._update_batches = self._handle_updates
         # Block requests read only caches and never wait behind a job update's database
         # write: they have workers of their own (still one per thing, so in order).
         self._stream_workers: ThingWorkers[list[Outgoing]] = ThingWorkers("streams", workers)
@@ -89,6 +97,17 @@ class ServiceConnection:
         self._held: dict[str, int] = {}
         self._backlog_limit = service.limits.service_write_backlog_bytes
         self._drain_scheduled = False
+        # Device messages held while a large notification fan-out runs (event loop only),
+        # in arrival order; counted in `_held` like the block requests above. 10,000
+        # devices: the first ones notified sent `$next/get`, status updates and block
+        # requests, and eight device workers shared the interpreter with the one notify
+        # worker, so the last notification left 11.2 s after CreateOTAUpdate instead of
+        # the fan-out's own 1.6 s (bench/fleet.py). A device gains nothing from an answer
+        # before the rest of the fleet has heard of the job.
+        self._fanouts = 0
+        self._hold_until = 0.0
+        self._fanout_held: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._replay_scheduled = False
         # Fleet provisioning by claim (server/provisioning/device.py), when wired: the
         # requests the access plugin moves to the service, in a worker of their own
         # (minting a key takes milliseconds; jobs traffic must not wait behind it).
@@ -200,6 +219,46 @@ class ServiceConnection:
         if refusal is not None:
             self.publish(refusal)
             return
+        if self._holding():
+            self._held[thing] = self._held.get(thing, 0) + 1
+            self._fanout_held.append((thing, topic, bytes(payload)))
+            return
+        self._route(thing, topic, payload)
+
+    def _holding(self) -> bool:
+        """Device messages wait: a large fan-out is running (for at most
+        FANOUT_HOLD_SECONDS), or messages held by one are still being handed on (a new
+        message goes behind them, in order)."""
+        assert self._loop is not None
+        return bool(self._fanout_held) or (self._fanouts > 0 and self._loop.time() < self._hold_until)
+
+    def _replay(self) -> None:
+        """Hand the messages held during a fan-out on, REPLAY_CHUNK per loop turn (device
+        traffic and broker pings go on between chunks), once the fan-out has ended or
+        its hold has run out."""
+        assert self._loop is not None
+        self._replay_scheduled = False
+        if self._fanouts > 0 and self._loop.time() < self._hold_until:
+            return  # the fan-out's end or its deadline calls again
+        for _ in range(min(REPLAY_CHUNK, len(self._fanout_held))):
+            thing, topic, payload = self._fanout_held.popleft()
+            _count_down(self._held, thing)
+            try:
+                self._route(thing, topic, payload)
+            except Exception:
+                log.exception("dropped a held device message on %r", topic[:200])
+        if self._fanout_held:
+            self._schedule_replay()
+
+    def _schedule_replay(self, delay: float = 0.0) -> None:
+        assert self._loop is not None
+        if delay > 0:
+            self._loop.call_later(delay, self._replay)
+        elif not self._replay_scheduled:
+            self._replay_scheduled = True
+            self._loop.call_soon(self._replay)
+
+    def _route(self, thing: str, topic: str, payload: bytes) -> None:
         if self._is_stream(topic) and (self._deferred or self._write_backlog() > self._backlog_limit):
             # An answer is 8 blocks of 4 KiB; a request ~100 bytes. When the broker takes
             # our output slower than devices ask (a fleet starting its download at once),
@@ -221,8 +280,14 @@ class ServiceConnection:
                 self.publish(answer)
                 return
         self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
-        workers = self._stream_workers if self._is_stream(topic) else self._workers
-        workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
+        if self._is_stream(topic):
+            self._stream_workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
+            return
+        self._workers.submit(thing, self._service.handle, topic, bytes(payload), self._published,
+                             self._update_batches if self._service.is_job_update(topic) else None)
+
+    def _handle_updates(self, messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
+        return self._service.handle_updates(messages)
 
     def _claim_answered(self, future: asyncio.Future[list[Outgoing]]) -> None:
         self._tasks.discard(future)
@@ -258,7 +323,8 @@ class ServiceConnection:
 
     def waiting(self) -> int:
         """Device messages waiting for a worker or held back by the backlog."""
-        return self._workers.waiting() + self._stream_workers.waiting() + len(self._deferred)
+        return (self._workers.waiting() + self._stream_workers.waiting() + len(self._deferred)
+                + len(self._fanout_held))
 
     def _published(self, thing: str, answer: list[Outgoing] | None, error: BaseException | None) -> None:
         _count_down(self._in_worker, thing)
@@ -343,10 +409,22 @@ class ServiceConnection:
         loop = self._loop
         pending = list(things)
         batches = [pending[i:i + NOTIFY_BATCH] for i in range(0, len(pending), NOTIFY_BATCH)]
-        # One batch at a time: bounded memory, and each batch goes out as soon as it is read.
-        for batch in batches:
-            self.publish(await loop.run_in_executor(self._notify_executor,
-                                                    self._service.notify_next_many, batch))
+        hold = len(batches) > 1  # one batch is one read and one write: nothing to win
+        if hold:
+            self._fanouts += 1
+            if self._fanouts == 1:
+                self._hold_until = loop.time() + FANOUT_HOLD_SECONDS
+                self._schedule_replay(FANOUT_HOLD_SECONDS)
+        try:
+            # One batch at a time: bounded memory, and each batch goes out as soon as it is read.
+            for batch in batches:
+                self.publish(await loop.run_in_executor(self._notify_executor,
+                                                        self._service.notify_next_many, batch))
+        finally:
+            if hold:
+                self._fanouts -= 1
+                if self._fanouts == 0:
+                    self._schedule_replay()
 
     def notify_next_threadsafe(self, things: list[str]) -> None:
         if self._loop is not None and things:

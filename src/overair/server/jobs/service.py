@@ -639,27 +639,41 @@ class JobService:
                     row.status_details = details
             return self._view(s, row)
 
+    @staticmethod
+    def is_plain_progress(request: UpdateRequest) -> bool:
+        """The common update of a rollout: IN_PROGRESS staying IN_PROGRESS (a FreeRTOS
+        device's `receive` every 25 blocks, a self-test report) with no expectedVersion,
+        no step timeout and nothing asked back (`report_progress`)."""
+        return (request.status is ExecStatus.IN_PROGRESS and request.expected_version is None
+                and request.step_timeout_minutes is None and not request.include_job_execution_state
+                and not request.include_job_document)
+
     def report_progress(self, thing: str, job_id: str, request: UpdateRequest) -> bool:
-        """The common update of a rollout, made cheap: an IN_PROGRESS execution staying
-        IN_PROGRESS (a FreeRTOS device's `receive` every 25 blocks, a self-test report)
-        with no expectedVersion, no step timeout and nothing asked back. One UPDATE
-        statement with the same effect as `update_execution` (details replaced, version
-        and last-update time moved on, timers untouched); no row read, no view built.
-        False if it did not apply (another case, or no such IN_PROGRESS execution): the
-        caller then goes through `update_execution`, which answers every error."""
-        if (request.status is not ExecStatus.IN_PROGRESS or request.expected_version is not None
-                or request.step_timeout_minutes is not None or request.include_job_execution_state
-                or request.include_job_document):
-            return False
-        params: dict[str, Any] = {"job": job_id, "thing": thing, "now": self._clock(),
-                                  "number": request.execution_number}
-        statement = _PROGRESS_KEEP_DETAILS
-        if request.status_details is not None:
-            params["details"] = request.status_details
-            statement = _PROGRESS
+        """A plain progress report made cheap: one UPDATE statement with the same effect
+        as `update_execution` (details replaced, version and last-update time moved on,
+        timers untouched); no row read, no view built. False if it did not apply (not a
+        plain progress report, or no such IN_PROGRESS execution): the caller then goes
+        through `update_execution`, which answers every error."""
+        return self.is_plain_progress(request) and self.report_progress_many([(thing, job_id, request)])[0]
+
+    def report_progress_many(self, reports: list[tuple[str, str, UpdateRequest]]) -> list[bool]:
+        """`report_progress` for several plain progress reports (thing, job id, request),
+        applied in order in one transaction: a burst of reports from many devices costs
+        one commit (gateway/thing_workers.py batches). One flag each: applied or not."""
+        now = self._clock()
+        applied: list[bool] = []
         with self._db.session() as s:
-            result = s.connection().execute(statement, params)
-            return bool(getattr(result, "rowcount", 0) == 1)
+            connection = s.connection()
+            for thing, job_id, request in reports:
+                params: dict[str, Any] = {"job": job_id, "thing": thing, "now": now,
+                                          "number": request.execution_number}
+                statement = _PROGRESS_KEEP_DETAILS
+                if request.status_details is not None:
+                    params["details"] = request.status_details
+                    statement = _PROGRESS
+                result = connection.execute(statement, params)
+                applied.append(getattr(result, "rowcount", 0) == 1)
+        return applied
 
     def update_execution(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome:
         now = self._clock()

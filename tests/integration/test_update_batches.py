@@ -1,0 +1,114 @@
+"""A run of job status updates handled together (`DeviceService.handle_updates`, fed by
+gateway/thing_workers.py batches) answers and records exactly what handling them one by
+one does: plain progress reports are written in one transaction, and every other update
+(a start from QUEUED, a self-test report asking for its state back, SUCCEEDED, a
+malformed payload, another job, an update after the end) goes through `handle` in order.
+Two identical worlds (the real server's device side on SQLite, tests/fuzz/device_world.py)
+get the same messages, one batched and one not; replies (timestamps aside) and the stored
+execution must match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from overair.server.gateway.device_service import Outgoing
+from overair.server.storage.schema import JobExecution
+from tests.fuzz.device_world import JOB, OTHER_THING, THING, DeviceWorld, build
+
+UPDATE = f"$aws/things/{THING}/jobs/{JOB}/update"
+
+
+def _update(status: str, details: dict[str, str] | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"status": status, **extra}
+    if details is not None:
+        body["statusDetails"] = details
+    return json.dumps(body).encode()
+
+
+MESSAGES: list[tuple[str, bytes]] = [
+    (UPDATE, _update("IN_PROGRESS", {"receive": "0/256"})),  # QUEUED: not plain progress any more
+    (UPDATE, _update("IN_PROGRESS", {"receive": "25/256"}, clientToken="p1")),
+    (UPDATE, _update("IN_PROGRESS", {"receive": "50/256"}, clientToken="p2")),
+    (UPDATE, b"{not json"),
+    (f"$aws/things/{THING}/jobs/other-job/update", _update("IN_PROGRESS", {"receive": "1/2"})),
+    (UPDATE, _update("IN_PROGRESS", {"self_test": "ready"}, includeJobExecutionState=True)),
+    (UPDATE, _update("IN_PROGRESS", {"receive": "75/256"}, expectedVersion=1)),  # a stale version
+    (UPDATE, _update("IN_PROGRESS", {"self_test": "active"})),
+    (UPDATE, _update("SUCCEEDED", {"reason": "accepted"})),
+    (UPDATE, _update("IN_PROGRESS", {"receive": "after the end"})),
+]
+
+
+def _normal(answers: list[list[Outgoing]]) -> list[list[tuple[str, Any, int]]]:
+    def body(payload: bytes) -> Any:
+        data = json.loads(payload)
+        data.pop("timestamp", None)
+        return data
+    return [[(m.topic, body(m.payload), m.qos) for m in answer] for answer in answers]
+
+
+def _execution(world: DeviceWorld) -> tuple[Any, ...]:
+    with world.server.db.reading() as s:
+        row = s.scalars(select(JobExecution).where(JobExecution.thing_name == THING)).one()
+        return row.status, row.status_details, row.version_number, row.execution_number
+
+
+@pytest.fixture
+def worlds(tmp_path: Path) -> Any:
+    built = [build(tmp_path / "one-by-one"), build(tmp_path / "batched")]
+    yield built
+    for world in built:
+        world.server.devices.close()
+        world.server.db.close()
+
+
+def test_a_batch_of_updates_answers_and_records_what_one_by_one_does(worlds: list[DeviceWorld]) -> None:
+    one_by_one, batched = worlds
+    expected = [one_by_one.server.devices.handle(topic, payload) for topic, payload in MESSAGES]
+    got = batched.server.devices.handle_updates(MESSAGES)
+    assert _normal(got) == _normal(expected)
+    assert _execution(batched) == _execution(one_by_one)
+    assert _execution(batched)[:1] == ("SUCCEEDED",)
+    # The plain progress reports were accepted in the batch, with their tokens.
+    assert [json.loads(m.payload).get("clientToken") for m in got[1] + got[2]] == ["p1", "p2"]
+
+
+def test_progress_reports_of_several_things_in_one_batch(worlds: list[DeviceWorld]) -> None:
+    """Reports of a thing without an execution are rejected as handle rejects them, and do
+    not disturb the other thing's reports in the same transaction."""
+    one_by_one, batched = worlds
+    other = f"$aws/things/{OTHER_THING}/jobs/{JOB}/update"
+    messages = [MESSAGES[0], (other, _update("IN_PROGRESS", {"receive": "1"})), MESSAGES[1],
+                (other, _update("IN_PROGRESS", {"receive": "2"})), MESSAGES[2]]
+    expected = [one_by_one.server.devices.handle(topic, payload) for topic, payload in messages]
+    got = batched.server.devices.handle_updates(messages)
+    assert _normal(got) == _normal(expected)
+    assert [topic.rsplit("/", 1)[1] for answer in got for topic in [answer[0].topic]] == \
+        ["accepted", "rejected", "accepted", "rejected", "accepted"]
+    assert _execution(batched) == _execution(one_by_one)
+
+
+def test_consecutive_progress_reports_are_written_in_one_transaction(worlds: list[DeviceWorld],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, batched = worlds
+    devices = batched.server.devices
+    devices.handle(*MESSAGES[0])  # started: IN_PROGRESS
+    db = batched.server.db
+    opened = []
+    session = db.session
+
+    def counted() -> Any:
+        opened.append(1)
+        return session()
+
+    monkeypatch.setattr(db, "session", counted)
+    reports = [(UPDATE, _update("IN_PROGRESS", {"receive": f"{25 * n}/256"})) for n in range(1, 9)]
+    answers = devices.handle_updates(reports)
+    assert [answer[0].topic for answer in answers] == [f"{UPDATE}/accepted"] * 8
+    assert len(opened) == 1
+    assert _execution(batched)[1:3] == ({"receive": "200/256"}, 10)
