@@ -238,6 +238,13 @@ def test_losing_a_serve_process_in_the_middle_of_a_1000_device_rollout(nodes: No
                           timeout=600)
 
 
+@pytest.mark.slow
+def test_losing_one_broker_in_the_middle_of_a_1000_device_rollout(nodes: Nodes, tmp_path: Path) -> None:
+    rollout_losing_a_node(nodes, tmp_path, 1000, _kill_broker, image_size=256 * 1024, device_processes=2,
+                          timeout=600)
+    assert "mosquitto is back (restart 1)" in nodes.servers[0].log.read_text(errors="replace")
+
+
 def test_the_documented_haproxy_configuration_is_the_one_tested() -> None:
     nodes = [("node-1", "10.0.1.11"), ("node-2", "10.0.1.12")]
     example = haproxy_config("0.0.0.0:8883", [(name, f"{host}:8883") for name, host in nodes],
