@@ -12,25 +12,25 @@ The 1,000-device version runs in `scripts/dev slow`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from bench.fleet import BUCKET, GROUP, DeviceProcesses, provision_bulk
+from bench.fleet import BUCKET, GROUP
 from bench.fleet_devices import FleetDeviceResult
 
 from overair.core.versions import Version
 from overair.server.jobs.leader import postgres_conninfo
 from overair.sim.firmware import make_firmware
-from tests.e2e.ota_helpers import create_ota, wait_for
+from tests.e2e.loss_rollout import Site, rollout_losing
+from tests.e2e.ota_helpers import create_ota
 from tests.e2e.test_device_cutoff import CUT_OFF_WITHIN, _gets_nothing
 from tests.e2e.test_http_delivery import _get
 from tests.e2e.test_s3_backend import s3_settings
@@ -87,48 +87,24 @@ def _kill_broker(node: ServerProcess) -> None:
 def rollout_losing_a_node(nodes: Nodes, root: Path, devices: int, lose: Callable[[ServerProcess], None],
                           *, image_size: int, device_processes: int = 1, timeout: float = 240,
                           protocol: str = "MQTT") -> list[FleetDeviceResult]:
-    """`protocol` MQTT: the image in MQTT stream blocks; HTTP: in Range GETs of the
-    pre-signed URL, through the balancer's HTTPS frontend (status updates stay on MQTT)."""
+    """The first node registers the devices and creates the update, then is lost; the
+    second node's API counts. `protocol` HTTP: downloads through the balancer's HTTPS
+    frontend."""
     first, second = nodes.servers
-    # Registered through the first node (bulk registration); the second node's broker
-    # admits them through the fan-out of access changes.
-    specs = provision_bulk(cast(RunningServer, first), root / "devices", devices).specs
-    image = make_firmware(Version(1, 1, 0), image_size, seed="node-loss")
-    fleet = DeviceProcesses(specs, device_processes, first.settings.paths.fleet_ca_cert, nodes.balancer_port,
-                            hashlib.sha256(image).hexdigest(), connect_rate=500, timeout=timeout,
-                            http_port=nodes.download_port if protocol == "HTTP" else 0, reconnect=True)
-    fleet.wait_ready(120)
-    group_arn = first.client("iot").describe_thing_group(thingGroupName=GROUP)["thingGroupArn"]
-    info = create_ota(cast(RunningServer, first), "node-loss", [group_arn], image, protocols=(protocol,))
-    assert info["otaUpdateStatus"] == "CREATE_COMPLETE", info.get("errorInfo")
-    iot = second.client("iot")
-    job = "AFR_OTA-node-loss"
-
-    def counts() -> dict[str, Any]:
-        return dict(iot.describe_job(jobId=job)["job"]["jobProcessDetails"])
-
-    # The middle of the rollout: a quarter of the devices are updating and none has
-    # finished; then the node is lost.
-    at_loss = wait_for(lambda: (c := counts())["numberOfInProgressThings"] >= max(1, devices // 4) and c,
-                       120, "the rollout to be under way")
-    lose(first)
-    assert at_loss["numberOfSucceededThings"] < devices  # work was in flight on both nodes
-    results, _ = fleet.results(timeout + 60)
-    assert [r.error for r in results if r.error] == []
-    assert sum(r.reconnects for r in results) > 0  # devices of the lost node came back by themselves
-    done = wait_for(lambda: (c := counts())["numberOfSucceededThings"] == devices and c, 60,
-                    "every execution SUCCEEDED")
-    assert {k: v for k, v in done.items() if k != "numberOfSucceededThings" and v} == {}
-    # Exactly once: one execution per thing, number 1, SUCCEEDED, in the shared database.
     conninfo = postgres_conninfo(nodes.database_url)
     assert conninfo is not None
-    with psycopg.connect(conninfo) as connection:
-        rows = connection.execute("SELECT thing_name, status, execution_number FROM job_executions "
-                                  "WHERE job_id = %s", (job,)).fetchall()
-    assert sorted(rows) == sorted((spec.thing, "SUCCEEDED", 1) for spec in specs)
-    listed = iot.list_job_executions_for_job(jobId=job, maxResults=250)
-    assert len(listed["executionSummaries"]) == min(devices, 250)
-    return results
+
+    def executions(job: str) -> list[tuple[str, str, int]]:
+        with psycopg.connect(conninfo) as connection:
+            return connection.execute("SELECT thing_name, status, execution_number FROM job_executions "
+                                      "WHERE job_id = %s", (job,)).fetchall()
+
+    # The second node's broker admits the devices registered through the first through
+    # the fan-out of access changes.
+    site = Site(cast(RunningServer, first), second.client("iot"), nodes.balancer_port, nodes.download_port,
+                executions)
+    return rollout_losing(site, root, devices, lambda: lose(first), image_size=image_size,
+                          device_processes=device_processes, timeout=timeout, protocol=protocol)
 
 
 def test_losing_a_serve_process_and_its_broker_in_the_middle_of_a_rollout(nodes: Nodes,
