@@ -1,14 +1,16 @@
 """Losing a node in the middle of a rollout (issue 17 item 5, docs/scaling.md "Losing a
 node"): two `overair serve` processes, each with its Mosquitto, on one PostgreSQL and one
-S3 bucket (SeaweedFS), HAProxy in front of the two brokers; FreeRTOS-shaped devices
+S3 bucket (SeaweedFS), HAProxy in front of the two brokers and of the two download
+endpoints (every node's pre-signed URLs name HAProxy); FreeRTOS-shaped devices
 (bench/fleet_devices.py, each its own mutual-TLS connection and certificate) connect
 through HAProxy only and reconnect by themselves. In the middle of the rollout one node
 is lost: the whole serve process with its broker (SIGKILL), or separately the broker
 alone (its supervisor starts it again; the service re-notifies devices once it hears
-them again). The rollout completes: every execution
-SUCCEEDED exactly once, as the database rows and the API say.
+them again); the image goes in MQTT stream blocks or, in one test, in HTTPS Range GETs.
+The rollout completes: every execution SUCCEEDED exactly once, as the database rows and
+the API say (tests/e2e/loss_rollout.py).
 
-The 1,000-device version runs in `scripts/dev slow`."""
+The 1,000-device versions (a process, a broker) run in `scripts/dev slow`."""
 
 from __future__ import annotations
 
