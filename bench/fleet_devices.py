@@ -25,7 +25,12 @@ MQTT agent does, and asks `$next/get` again: a download in progress starts over 
 block 0 when the job comes back; a device that had sent `self_test: ready` or SUCCEEDED
 looks at the job again and repeats what the server has not recorded (a QoS 1 PUBACK
 comes from the broker, not from the server: a node lost after it may have lost the
-update), so SUCCEEDED counts only once the job is gone from `$next/get`.
+update), so SUCCEEDED counts only once the job is gone from `$next/get`. Over HTTPS, a
+lost MQTT connection ends the download too (it starts over when the job comes back), and
+a download connection that drops (its node lost behind the balancer) is made again to
+the URL's address and asks for the block it was waiting for: the FreeRTOS HTTP demo
+closes the connection on a failed request and its request timer asks again (10 s);
+here after the reconnect delay, so that the time measured is the server's.
 
 What a device skips: the ECDSA signature check (one verification, ~0.1 ms of C per
 device), flash writes, the real reboot's seconds. No `expectedVersion` is sent: the
@@ -61,6 +66,7 @@ BLOCK_SIZE = 4096
 BLOCKS_PER_REQUEST = 8
 RECEIVE_EVERY = 25  # the library's progress interval (blocks)
 RECONNECT_DELAY, RECONNECT_MAX_DELAY = 0.5, 4.0  # seconds, with `reconnect`
+HTTP_RECONNECTS = 32  # per device: the library gives up after 32 requests without a block
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class FleetDeviceResult:
     restarts: int = 0
     throttled: int = 0  # HTTPS answers 429/503 with Retry-After (asked again when told)
     reconnects: int = 0  # connections lost and made again (with `reconnect`)
+    http_reconnects: int = 0  # HTTPS download connections lost and made again (with `reconnect`)
     verified: bool = False
     error: str = ""
 
@@ -224,15 +231,20 @@ class HttpDownload(_TlsConnection):
     each block, `on_error` a refusal (the library asks for the job again on 400/403/404)."""
 
     def __init__(self, context: ssl.SSLContext, host: str, port: int, url: str, size: int,
-                 on_block: Callable[[int, bytes], None], on_error: Callable[[str], None]) -> None:
+                 on_block: Callable[[int, bytes], None], on_error: Callable[[str], None],
+                 next_block: int = 0) -> None:
         rest = url.split("://", 1)[-1]
         authority, _, path = rest.partition("/")
-        super().__init__(context, host, port, authority.split(":")[0])
-        self.host = authority.split(":")[0]
+        name, _, url_port = authority.partition(":")
+        # The port the URL names (the node's endpoint, a front, or a balancer: the test
+        # fails if it is the wrong one), else `port` (where this run's 443 is).
+        super().__init__(context, host, int(url_port) if url_port.isdigit() else port, name)
+        self.url = url
+        self.host = name
         self.path = "/" + path
         self.size = size
         self.total = block_count(size, BLOCK_SIZE)
-        self.next_block = 0
+        self.next_block = next_block  # a connection made again continues where the last stopped
         self.on_block, self.on_error = on_block, on_error
         self.buffer = bytearray()
         self.requests = 0
@@ -546,6 +558,8 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
     selector = selectors.DefaultSelector()
     links: dict[FleetDevice, _Link] = {}
     retry_at: dict[FleetDevice, tuple[float, float]] = {}  # device: (when, next delay)
+    # (`reconnect`) downloads whose connection dropped: device: (when, next delay, the download)
+    http_retry_at: dict[FleetDevice, tuple[float, float, HttpDownload]] = {}
 
     def connect(device: FleetDevice, subscriptions: list[tuple[str, int]]) -> _Link:
         link = _Link(_context(ca, device.spec.cert, device.spec.key), host, port, device.spec.thing,
@@ -556,11 +570,36 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
 
     http_context = ssl.create_default_context(cafile=str(ca))
 
-    def fetch(device: FleetDevice, url: str, size: int) -> HttpDownload:
+    def fetch(device: FleetDevice, url: str, size: int, next_block: int = 0) -> HttpDownload:
+        drop_http(device)  # a download started over (the job came again) leaves its old connection
         download = HttpDownload(http_context, host, http_port, url, size, device.on_http_block,
-                                device.on_http_error)
+                                device.on_http_error, next_block)
         selector.register(download.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("http", device))
         return download
+
+    def drop_http(device: FleetDevice) -> None:
+        http_retry_at.pop(device, None)
+        if device.http is not None:
+            selector.unregister(device.http.sock)
+            device.http.close()
+            device.http = None
+
+    def http_lost(device: FleetDevice, download: HttpDownload, why: str, delay: float) -> None:
+        drop_http(device)
+        if not reconnect or device.result.http_reconnects >= HTTP_RECONNECTS:
+            device.fail(why)
+            return
+        device.result.http_reconnects += 1
+        http_retry_at[device] = (time.perf_counter() + delay, min(delay * 2, RECONNECT_MAX_DELAY), download)
+
+    def http_reconnect_due(now: float) -> None:
+        for device, (when, delay, old) in list(http_retry_at.items()):
+            if when <= now:
+                del http_retry_at[device]
+                try:
+                    device.http = fetch(device, old.url, old.size, old.next_block)
+                except OSError as exc:  # the TCP connect (the handshake's errors come later)
+                    http_lost(device, old, f"HTTP {type(exc).__name__}: {exc}", delay)
 
     def service_http(device: FleetDevice) -> None:
         download = device.http
@@ -568,13 +607,13 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
             return
         try:
             download.advance()
-        except (OSError, ConnectionError, ValueError) as exc:
+        except (ValueError, ssl.SSLCertVerificationError) as exc:  # no retry makes these good
             device.fail(f"HTTP {type(exc).__name__}: {exc}")
+        except (OSError, ConnectionError) as exc:
+            http_lost(device, download, f"HTTP {type(exc).__name__}: {exc}", RECONNECT_DELAY)
         if download.done or device.phase is Phase.DONE:
-            selector.unregister(download.sock)
-            download.close()
-            device.http = None
-        else:
+            drop_http(device)
+        elif device.http is download:
             selector.modify(download.sock,
                             selectors.EVENT_READ | (selectors.EVENT_WRITE if download.wants_write() else 0),
                             ("http", device))
@@ -614,6 +653,7 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
 
     def lost(device: FleetDevice, why: str, delay: float = RECONNECT_DELAY) -> None:
         close(device)
+        drop_http(device)  # the download starts over when the job comes back
         if not reconnect:
             device.fail(why)
             return
@@ -647,6 +687,8 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
             seconds = min(seconds, min(d.http.retry_at for d in waiting if d.http) - time.perf_counter())
         if retry_at:
             seconds = min(seconds, min(when for when, _ in retry_at.values()) - time.perf_counter())
+        if http_retry_at:
+            seconds = min(seconds, min(when for when, _, _ in http_retry_at.values()) - time.perf_counter())
         for key, _ in selector.select(timeout=max(0.0, seconds)):
             if isinstance(key.data, tuple):
                 service_http(key.data[1])
@@ -657,6 +699,7 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
             if device.http is not None and device.http.retry_if_due(now):
                 service_http(device)
         reconnect_due(now)
+        http_reconnect_due(now)
 
     devices: list[FleetDevice] = []
     pace = 1.0 / connect_rate if connect_rate > 0 else 0.0

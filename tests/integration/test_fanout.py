@@ -4,9 +4,12 @@ payload limit, and never comes back to its sender; SQLite has nobody to tell."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from pathlib import Path
+
+import pytest
 
 from overair.server.jobs.fanout import NoFanout, PostgresFanout, fanout_for
 from tests.postgres_harness import PostgresCluster
@@ -70,6 +73,29 @@ def test_announcements_reach_the_other_processes_only(postgres: PostgresCluster)
         assert from_c.get(timeout=10) == ("deleted", ["firmware/app.bin"])
         time.sleep(0.2)
         assert from_a.empty()
+        assert from_b.empty()
+    finally:
+        for fanout in (a, b, c):
+            fanout.stop()
+
+
+def test_a_process_stopping_tells_the_others_nothing(postgres: PostgresCluster,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """stop() wakes its own listener on a channel of its own: the others hear nothing
+    (a wake-up on the shared channel made each of them warn of a malformed message)."""
+    url = postgres.new_database()
+    a, b, c = _postgres_fanout(url), _postgres_fanout(url), _postgres_fanout(url)
+    try:
+        _receiver(a)
+        from_b = _receiver(b)
+        _drain_until_listening(c, [from_b])
+        with caplog.at_level(logging.WARNING, logger="overair.fanout"):
+            a.stop()
+            # NOTIFYs reach a listener in commit order: once c's marker is in, b has
+            # read whatever a's stop sent before it.
+            c.announce("pending", ["marker"])
+            assert from_b.get(timeout=10) == ("pending", ["marker"])
+        assert [r.getMessage() for r in caplog.records if r.name == "overair.fanout"] == []
         assert from_b.empty()
     finally:
         for fanout in (a, b, c):

@@ -106,6 +106,9 @@ class PostgresFanout:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self.origin = secrets.token_hex(8)  # this process; its own messages are skipped
+        # stop() wakes the listener on a channel of its own: a wake-up on CHANNEL reached
+        # every other process, which warned of a malformed message each time one stopped.
+        self._wake_channel = f"{CHANNEL}_wake_{self.origin}"
         self._send: psycopg.Connection[Any] | None = None
         self._send_lock = threading.Lock()
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="fanout-send")  # in order
@@ -149,13 +152,15 @@ class PostgresFanout:
             try:
                 connection = self._listening = self._connect()
                 connection.execute(f"LISTEN {CHANNEL}")
+                connection.execute(f"LISTEN {self._wake_channel}")
                 if not first:
                     on_reconnect()  # what was announced while we were away is lost
                 first = False
                 for notice in connection.notifies():
                     if self._stopping.is_set():
                         break
-                    self._deliver(notice.payload, handler)
+                    if notice.channel == CHANNEL:
+                        self._deliver(notice.payload, handler)
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     return
@@ -187,7 +192,7 @@ class PostgresFanout:
         if listening is not None:
             # Wakes notifies(): a NOTIFY to ourselves ends the wait.
             with contextlib.suppress(psycopg.Error), self._connect() as waker:
-                waker.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "{}"))
+                waker.execute("SELECT pg_notify(%s, '')", (self._wake_channel,))
         if self._listener is not None:
             self._listener.join(10)
         with self._send_lock:
