@@ -14,6 +14,14 @@ Each call is its own transaction, as in the server. Progress is measured once fr
 thread and once from `--threads` threads at a time (the server's device workers), as
 updates per second.
 
+Then the same updates while `--busy` threads keep the interpreter busy, as the event
+loop and the block workers do during a rollout (their work is plain Python, standing in
+for MQTT parsing and block encoding): progress reports per second from `--threads`
+threads, one transaction each, at CPython's 5 ms thread switch interval and at the 1 ms
+the server sets (server/app.py), and in runs of 16 per transaction
+(`report_progress_many`, what the device workers do with reports waiting in a queue).
+The busy threads' own progress is printed beside it, so what the updates cost them shows.
+
 The limit, in the same run and database: the same row change as a progress report
 written by the database driver alone (one UPDATE by primary key and a COMMIT per
 update, no SQLAlchemy). PostgreSQL runs in a throw-away cluster
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import tempfile
 import threading
 import time
@@ -77,6 +86,50 @@ def _rate(threads: int, work: list[Callable[[], object]]) -> float:
     return len(work) / (time.perf_counter() - start)
 
 
+def _spin(stop: threading.Event, counter: list[int]) -> None:
+    while not stop.is_set():
+        sum(range(200))  # a few microseconds of bytecode, like parsing or encoding a message
+        counter[0] += 1
+
+
+@contextmanager
+def _busy(threads: int) -> Iterator[list[list[int]]]:
+    stop = threading.Event()
+    counters = [[0] for _ in range(threads)]
+    spinners = [threading.Thread(target=_spin, args=(stop, c), daemon=True) for c in counters]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        yield counters
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join()
+
+
+def contention(jobs: JobService, names: list[str], threads: int, busy: int) -> dict[str, float]:
+    """Progress reports/s from `threads` threads beside `busy` spinning threads: one per
+    transaction at 5 ms and 1 ms switch intervals, and 16 per transaction at 1 ms; and the
+    spinners' iterations/s in each case."""
+    out: dict[str, float] = {}
+    report = _update(ExecStatus.IN_PROGRESS, {"receive": "busy"})
+    before = sys.getswitchinterval()
+    try:
+        for label, interval, run in (("5ms", 0.005, 1), ("1ms", 0.001, 1), ("1ms_runs", 0.001, 16)):
+            sys.setswitchinterval(interval)
+            work: list[Callable[[], object]] = [
+                partial(jobs.report_progress_many, [(n, JOB, report) for n in names[i:i + run]])
+                for i in range(0, len(names), run)]
+            with _busy(busy) as counters:
+                start = time.perf_counter()
+                rate = _rate(threads, work) * run
+                spun = sum(c[0] for c in counters) / (time.perf_counter() - start)
+            out[label], out[f"{label}_spin"] = rate, spun
+    finally:
+        sys.setswitchinterval(before)
+    return out
+
+
 def _raw_update_us(db: Database, ids: list[int], placeholder: str) -> float:
     """One UPDATE by primary key and one COMMIT per row, through the driver only."""
     connection: Any = db.engine.raw_connection()
@@ -94,7 +147,7 @@ def _raw_update_us(db: Database, ids: list[int], placeholder: str) -> float:
         connection.close()
 
 
-def measure(url: str, data_dir: Path, things: int, threads: int) -> dict[str, float]:
+def measure(url: str, data_dir: Path, things: int, threads: int, busy: int) -> dict[str, float]:
     db = Database(url)
     try:
         migrate(db.engine)
@@ -113,6 +166,7 @@ def measure(url: str, data_dir: Path, things: int, threads: int) -> dict[str, fl
         out["progress_rate"] = _rate(1, [partial(jobs.report_progress, n, JOB, progress[1]) for n in names])
         out["progress_rate_threads"] = _rate(threads, [partial(jobs.report_progress, n, JOB, progress[0])
                                                        for n in names])
+        out.update({f"busy_{k}": v for k, v in contention(jobs, names, threads, busy).items()})
         with db.reading() as s:
             ids = [int(i) for i in s.execute(text("SELECT id FROM job_executions")).scalars()]
         out["raw"] = _raw_update_us(db, ids, "%s" if url.startswith("postgresql") else "?")
@@ -138,7 +192,7 @@ def _postgres() -> Iterator[str | None]:
         cluster.stop()
 
 
-def report(name: str, figures: dict[str, float], threads: int) -> None:
+def report(name: str, figures: dict[str, float], threads: int, busy: int) -> None:
     raw = figures["raw"]
     print(f"{name}:")
     for kind in ("start", "progress", "end"):
@@ -147,20 +201,28 @@ def report(name: str, figures: dict[str, float], threads: int) -> None:
     print(f"  progress reports/s: 1 thread {figures['progress_rate']:.0f}, {threads} threads "
           f"{figures['progress_rate_threads']:.0f}; raw limit {1e6 / raw:.0f}/s "
           f"(ratio {figures['progress_rate'] * raw / 1e6:.2f})")
+    print(f"  with {busy} busy threads, progress reports/s from {threads} threads (busy threads' "
+          f"iterations/s): 5 ms switch interval {figures['busy_5ms']:.0f} ({figures['busy_5ms_spin']:.0f}), "
+          f"1 ms {figures['busy_1ms']:.0f} ({figures['busy_1ms_spin']:.0f}), "
+          f"1 ms and 16 per transaction {figures['busy_1ms_runs']:.0f} ({figures['busy_1ms_runs_spin']:.0f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--things", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4, help="device workers (the server has 4)")
+    parser.add_argument("--busy", type=int, default=2,
+                        help="threads spinning in Python beside them in the contention figures")
     args = parser.parse_args()
     print(f"{args.things} things, one execution each; every update its own transaction")
     with tempfile.TemporaryDirectory() as tmp:
         report("SQLite (WAL, synchronous=NORMAL)",
-               measure(f"sqlite:///{tmp}/bench.db", Path(tmp), args.things, args.threads), args.threads)
+               measure(f"sqlite:///{tmp}/bench.db", Path(tmp), args.things, args.threads, args.busy),
+               args.threads, args.busy)
     with _postgres() as url, tempfile.TemporaryDirectory() as tmp:
         if url is not None:
-            report("PostgreSQL", measure(url, Path(tmp), args.things, args.threads), args.threads)
+            report("PostgreSQL", measure(url, Path(tmp), args.things, args.threads, args.busy), args.threads,
+                   args.busy)
 
 
 if __name__ == "__main__":
