@@ -17,8 +17,8 @@ updates per second.
 Then the same updates while `--busy` threads keep the interpreter busy, as the event
 loop and the block workers do during a rollout (their work is plain Python, standing in
 for MQTT parsing and block encoding): progress reports per second from `--threads`
-threads, one transaction each, at CPython's 5 ms thread switch interval and at the 1 ms
-the server sets (server/app.py), and in runs of 16 per transaction
+threads, one transaction each, at CPython's 5 ms thread switch interval and at 1 ms,
+and in runs of 16 per transaction
 (`report_progress_many`, what the device workers do with reports waiting in a queue).
 The busy threads' own progress is printed beside it, so what the updates cost them shows.
 

@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -134,8 +133,6 @@ from overair.server.streams import api as streams_api
 from overair.server.streams.service import StreamService
 
 log = logging.getLogger("overair.server")
-# The interpreter's thread switch interval while a server runs (see Server.run).
-SWITCH_INTERVAL_SECONDS = 0.001
 # A restarted process may find its node's claim still held by its predecessor's dying
 # session for a moment (on a vanished host, until the leader's keepalive bound).
 NODE_CLAIM_ATTEMPTS, NODE_CLAIM_WAIT_SECONDS = 30, 1.0
@@ -959,12 +956,6 @@ class Server:
         self.fanout.start(self._on_fanout, on_reconnect=self._access_changed_here)
 
     async def run(self, stop: asyncio.Event) -> None:
-        # A device worker's transaction gives the interpreter up at every SQLite call
-        # and, while the event loop and the block workers are busy, waits up to the
-        # switch interval to get it back, each time, holding SQLite's one write lock all
-        # along: at CPython's 5 ms a status update took 55-118 ms in a 1,000-10,000
-        # device rollout (bench/fleet.py). A shorter interval bounds each of those waits.
-        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         settings = self.settings
         paths = settings.paths
         check_port_free(settings.http_host, settings.http_port)
