@@ -90,6 +90,8 @@ class ServiceConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Messages per thing handed to a worker and not answered yet (event loop only).
         self._in_worker: dict[str, int] = {}
+        # Of those, block requests in a stream worker (event loop only).
+        self._streams_in_worker: dict[str, int] = {}
         # Block requests held back while the service's unsent output is over the limit
         # (event loop only), oldest first, and how many per thing: they count against the
         # thing's in-flight bound like messages in a worker.
@@ -272,17 +274,26 @@ class ServiceConnection:
         self._handle_admitted(thing, topic, payload)
 
     def _handle_admitted(self, thing: str, topic: str, payload: bytes) -> None:
-        # A block request answerable from memory is answered here, on the loop, unless
-        # an earlier message of the same thing is still in a worker (order per thing).
-        if not self._in_worker.get(thing):
-            answer = self._service.handle_from_cache(topic, bytes(payload))
-            if answer is not None:
-                self.publish(answer)
-                return
-        self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
         if self._is_stream(topic):
-            self._stream_workers.submit(thing, self._service.handle, topic, bytes(payload), self._published)
+            # A block request answerable from memory is answered here, on the loop, unless
+            # an earlier block request of the same thing is still in a stream worker (a
+            # device's block requests are answered in order). The thing's job updates do
+            # not hold it back: they run in other workers and were never ordered with its
+            # block requests, which only read caches (an execution that ends drops its
+            # cached access at once, N4). Waiting for them sent 318,000 of 320,000 block
+            # requests of a 10,000-device rollout through the stream workers, behind
+            # progress reports queued for seconds (bench/fleet.py).
+            if not self._streams_in_worker.get(thing):
+                answer = self._service.handle_from_cache(topic, bytes(payload))
+                if answer is not None:
+                    self.publish(answer)
+                    return
+            self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
+            self._streams_in_worker[thing] = self._streams_in_worker.get(thing, 0) + 1
+            self._stream_workers.submit(thing, self._service.handle, topic, bytes(payload),
+                                        self._stream_published)
             return
+        self._in_worker[thing] = self._in_worker.get(thing, 0) + 1
         self._workers.submit(thing, self._service.handle, topic, bytes(payload), self._published,
                              self._update_batches if self._service.is_job_update(topic) else None)
 
@@ -325,6 +336,11 @@ class ServiceConnection:
         """Device messages waiting for a worker or held back by the backlog."""
         return (self._workers.waiting() + self._stream_workers.waiting() + len(self._deferred)
                 + len(self._fanout_held))
+
+    def _stream_published(self, thing: str, answer: list[Outgoing] | None,
+                          error: BaseException | None) -> None:
+        _count_down(self._streams_in_worker, thing)
+        self._published(thing, answer, error)
 
     def _published(self, thing: str, answer: list[Outgoing] | None, error: BaseException | None) -> None:
         _count_down(self._in_worker, thing)
