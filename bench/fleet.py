@@ -61,6 +61,7 @@ from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_agents, fleet_devices, lean_devices
 from bench.memory_sampler import MemorySample, MemorySampler
+from bench.postgres import throwaway_postgres
 from bench.stream_throughput import (
     Profile,
     RawBroker,
@@ -579,6 +580,9 @@ def main() -> None:
                         help="new device connections per second, fleet-wide, before the rollout")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://... (default SQLite)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run the server on a throw-away PostgreSQL cluster (Debian's postgresql, "
+                        "as the tests start it) instead of SQLite")
     parser.add_argument("--py-spy", metavar="PATH", help="profile the server from t0 with this py-spy binary "
                         "(.venv/bin/py-spy)")
     parser.add_argument("--protocol", choices=("MQTT", "HTTP"), default="MQTT",
@@ -603,10 +607,15 @@ def main() -> None:
     size = int(args.size_mib * MIB)
     if args.switch_interval_ms:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
-    with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="overair-fleet-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
+        database_url = args.database_url
+        if args.postgres:
+            database_url = stack.enter_context(throwaway_postgres()) or ""
+            if not database_url:
+                raise SystemExit("--postgres: no PostgreSQL to start (install Debian's postgresql)")
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
-                                args.timeout, args.database_url, args.py_spy, args.protocol,
+                                args.timeout, database_url, args.py_spy, args.protocol,
                                 args.provision == "bulk", args.agents, args.agent_processes,
                                 "" if args.front == "none" else args.front)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")

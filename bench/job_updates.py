@@ -45,6 +45,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from bench.postgres import throwaway_postgres
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
 from overair.server import pki
@@ -177,21 +178,6 @@ def measure(url: str, data_dir: Path, things: int, threads: int, busy: int) -> d
         db.close()
 
 
-@contextmanager
-def _postgres() -> Iterator[str | None]:
-    try:
-        from tests.postgres_harness import PostgresCluster
-        cluster = PostgresCluster.start()
-    except RuntimeError as exc:
-        print(f"PostgreSQL left out: {exc}")
-        yield None
-        return
-    try:
-        yield cluster.new_database().replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        cluster.stop()
-
-
 def report(name: str, figures: dict[str, float], threads: int, busy: int) -> None:
     raw = figures["raw"]
     print(f"{name}:")
@@ -219,7 +205,7 @@ def main() -> None:
         report("SQLite (WAL, synchronous=NORMAL)",
                measure(f"sqlite:///{tmp}/bench.db", Path(tmp), args.things, args.threads, args.busy),
                args.threads, args.busy)
-    with _postgres() as url, tempfile.TemporaryDirectory() as tmp:
+    with throwaway_postgres() as url, tempfile.TemporaryDirectory() as tmp:
         if url is not None:
             report("PostgreSQL", measure(url, Path(tmp), args.things, args.threads, args.busy), args.threads,
                    args.busy)
