@@ -243,12 +243,7 @@ class ServiceConnection:
         if self._fanouts > 0 and self._loop.time() < self._hold_until:
             return  # the fan-out's end or its deadline calls again
         for _ in range(min(REPLAY_CHUNK, len(self._fanout_held))):
-            thing, topic, payload = self._fanout_held.popleft()
-            _count_down(self._held, thing)
-            try:
-                self._route(thing, topic, payload)
-            except Exception:
-                log.exception("dropped a held device message on %r", topic[:200])
+            self._hand_on(self._fanout_held, self._route)
         if self._fanout_held:
             self._schedule_replay()
 
@@ -323,14 +318,19 @@ class ServiceConnection:
         the limit; look again shortly if some are left."""
         self._drain_scheduled = False
         while self._deferred and self._write_backlog() <= self._backlog_limit // 2:
-            thing, topic, payload = self._deferred.popleft()
-            _count_down(self._held, thing)
-            try:
-                self._handle_admitted(thing, topic, payload)
-            except Exception:
-                log.exception("dropped a held device message on %r", topic[:200])
+            self._hand_on(self._deferred, self._handle_admitted)
         if self._deferred:
             self._schedule_drain()
+
+    def _hand_on(self, held: collections.deque[tuple[str, str, bytes]],
+                 to: Callable[[str, str, bytes], None]) -> None:
+        """The oldest held message goes on to `to`; it no longer counts as held."""
+        thing, topic, payload = held.popleft()
+        _count_down(self._held, thing)
+        try:
+            to(thing, topic, payload)
+        except Exception:
+            log.exception("dropped a held device message on %r", topic[:200])
 
     def waiting(self) -> int:
         """Device messages waiting for a worker or held back by the backlog."""
