@@ -80,3 +80,39 @@ def test_racing_updates_on_one_version_let_exactly_one_through(world: tuple[Regi
         thread.join()
     assert sorted(outcomes) == [200, 409, 409, 409]
     assert shadows.get("t2", CLASSIC, None)["version"] == 2
+
+
+def test_a_burst_of_updates_in_one_transaction_answers_each_as_alone(
+        world: tuple[Registry, ShadowService]) -> None:
+    """`update_many` (the $package reports of many devices ending at once): a refused
+    update (unknown thing, stale version, malformed) is answered alone and leaves the
+    others written; two updates of one shadow follow each other."""
+    registry, shadows = world
+    for thing in ("a", "b"):
+        registry.create_thing(thing)
+    changed: list[str] = []
+    shadows.on_change = changed.append
+    opened = 0
+    session = shadows._db.session
+
+    def counted() -> object:
+        nonlocal opened
+        opened += 1
+        return session()
+
+    shadows._db.session = counted  # type: ignore[method-assign,assignment]
+    results = shadows.update_many([
+        ("a", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
+        ("ghost", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
+        ("b", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}, "version": 7}),
+        ("b", CLASSIC, {"nostate": 1}),
+        ("a", "$package", {"state": {"reported": {"fw": {"version": "1.1.0"}}}}),
+        ("b", "$package", {"state": {"reported": {"fw": {"version": "2.0.0"}}}})])
+    assert opened == 1
+    refused = [r.status for r in results if isinstance(r, ShadowError)]
+    assert refused == [404, 409, 400]
+    versions = [r[0].body["version"] for r in results if not isinstance(r, ShadowError)]
+    assert versions == [1, 2, 1]
+    assert changed == ["a", "a", "b"]
+    assert shadows.get("a", "$package", None)["state"]["reported"] == {"fw": {"version": "1.1.0"}}
+    assert shadows.get("b", "$package", None)["version"] == 1

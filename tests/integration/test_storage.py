@@ -56,9 +56,9 @@ def registry(db: Database, settings: Settings) -> Registry:
 
 
 def _update(status: ExecStatus, expected_version: int | None = None,
-            details: dict[str, str] | None = None) -> UpdateRequest:
+            details: dict[str, str] | None = None, execution_number: int | None = None) -> UpdateRequest:
     return UpdateRequest(status=status, status_details=details, expected_version=expected_version,
-                         execution_number=None, include_job_execution_state=False,
+                         execution_number=execution_number, include_job_execution_state=False,
                          include_job_document=False, step_timeout_minutes=None, client_token="")
 
 
@@ -282,3 +282,64 @@ def test_access_keys_are_sealed_and_audit_entries_kept(db: Database, settings: S
     audit.record(principal="user/alice", action="iot:CreateJob", resource="job/j1", decision="ALLOW")
     with db.engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 1
+
+
+def test_a_run_of_progress_reports_from_many_things_is_one_statement_with_one_by_ones_effect(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """jobs/progress.py: reports of several things, and several of one execution, written
+    by one UPDATE; each flag and each execution as applying them one at a time gives."""
+    things = ["a", "b", "c", "twin-a", "twin-b", "twin-c"]
+    jobs = _jobs(db, settings, registry, [*things, "queued"])
+    for thing in things:
+        jobs.update_execution(thing, "job-1", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}))
+    run = [("a", _update(ExecStatus.IN_PROGRESS, None, {"receive": "2/9"})),
+           ("b", _update(ExecStatus.IN_PROGRESS)),  # no details: kept
+           ("a", _update(ExecStatus.IN_PROGRESS, None, {"receive": "3/9"})),
+           ("queued", _update(ExecStatus.IN_PROGRESS, None, {"receive": "2/9"})),  # QUEUED: not applied
+           ("c", _update(ExecStatus.IN_PROGRESS, None, {"receive": "4/9"}, execution_number=1)),
+           ("a", _update(ExecStatus.IN_PROGRESS))]
+    one_by_one = [jobs.report_progress(f"twin-{thing}" if thing != "queued" else thing, "job-1", request)
+                  for thing, request in run]
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        applied = jobs.report_progress_many([(thing, "job-1", request) for thing, request in run])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert applied == one_by_one == [True, True, True, False, True, True]
+    assert len([s for s in statements if s.lstrip().upper().startswith(("UPDATE", "WITH"))]) == 1, statements
+    for thing in ("a", "b", "c"):
+        mine = jobs.describe_execution("job-1", thing)
+        twin = jobs.describe_execution("job-1", f"twin-{thing}")
+        assert (mine.status_details, mine.version_number) == (twin.status_details, twin.version_number)
+    a = jobs.describe_execution("job-1", "a")
+    assert (a.status_details, a.version_number) == ({"receive": "3/9"}, 5)
+    assert jobs.describe_execution("job-1", "b").status_details == {"receive": "1/9"}
+    assert jobs.describe_execution("job-1", "queued").version_number == 1
+    # One execution addressed with and without a number in one run: each report on its own.
+    mixed = jobs.report_progress_many([("b", "job-1", _update(ExecStatus.IN_PROGRESS, None, {"k": "1"})),
+                                       ("b", "job-1", _update(ExecStatus.IN_PROGRESS, None, {"k": "2"},
+                                                              execution_number=7))])
+    assert mixed == [True, False]
+    assert jobs.describe_execution("job-1", "b").status_details == {"k": "1"}
+
+
+def test_ending_an_execution_changes_the_next_job_only_when_it_was_next(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`update_execution` tells from one read of the thing's live executions whether its
+    next job (the oldest IN_PROGRESS, else the oldest QUEUED) changed."""
+    jobs = _jobs(db, settings, registry, ["dev-1"])
+    jobs.create_job("job-2", [registry.thing_arn("dev-1")], {"operation": "y"})
+    jobs.create_job("job-3", [registry.thing_arn("dev-1")], {"operation": "z"})
+    for job in ("job-2", "job-1"):
+        jobs.update_execution("dev-1", job, _update(ExecStatus.IN_PROGRESS))
+    assert jobs.next_job_id("dev-1") == "job-1"  # both IN_PROGRESS: the older one
+    assert not jobs.update_execution("dev-1", "job-2", _update(ExecStatus.SUCCEEDED)).next_changed
+    assert jobs.update_execution("dev-1", "job-1", _update(ExecStatus.FAILED)).next_changed
+    assert jobs.next_job_id("dev-1") == "job-3"  # QUEUED, next now
+    assert jobs.update_execution("dev-1", "job-3", _update(ExecStatus.REJECTED)).next_changed
+    assert jobs.next_job_id("dev-1") is None

@@ -112,3 +112,55 @@ def test_consecutive_progress_reports_are_written_in_one_transaction(worlds: lis
     assert [answer[0].topic for answer in answers] == [f"{UPDATE}/accepted"] * 8
     assert len(opened) == 1
     assert _execution(batched)[1:3] == ({"receive": "200/256"}, 10)
+
+
+def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes(
+        worlds: list[DeviceWorld], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run mixing two things' starts, progress reports, self-test reports and ends: each
+    thing's reports before its next other message are written in one statement with the
+    other thing's (phases), and replies and executions are what one by one gives."""
+    for world in worlds:
+        world.server.jobs.create_job("second-job", [world.server.registry.thing_arn(OTHER_THING)],
+                                     {"operation": "x"})
+    one_by_one, batched = worlds
+    other = f"$aws/things/{OTHER_THING}/jobs/second-job/update"
+    messages = [
+        (UPDATE, _update("IN_PROGRESS", {"receive": "1/256"})),  # starts: not plain progress
+        (other, _update("IN_PROGRESS", {"receive": "1/9"})),
+        (UPDATE, _update("IN_PROGRESS", {"receive": "25/256"})),
+        (other, _update("IN_PROGRESS", {"receive": "2/9"})),
+        (UPDATE, _update("IN_PROGRESS", {"self_test": "ready"}, includeJobExecutionState=True)),
+        (other, _update("IN_PROGRESS", {"receive": "3/9"})),
+        (UPDATE, _update("IN_PROGRESS", {"receive": "50/256"})),
+        (other, _update("SUCCEEDED", {"reason": "ok"})),
+        (UPDATE, _update("IN_PROGRESS", {"receive": "75/256"})),
+        (other, _update("IN_PROGRESS", {"receive": "after the end"})),
+    ]
+    for topic, payload in messages[:2]:  # both started, one by one in both worlds
+        for world in worlds:
+            world.server.devices.handle(topic, payload)
+    expected = [one_by_one.server.devices.handle(topic, payload) for topic, payload in messages[2:]]
+    db = batched.server.db
+    opened = []
+    session = db.session
+
+    def counted() -> Any:
+        opened.append(1)
+        return session()
+
+    monkeypatch.setattr(db, "session", counted)
+    got = batched.server.devices.handle_updates(messages[2:])
+    assert _normal(got) == _normal(expected)
+    assert [answer[0].topic.rsplit("/", 1)[1] for answer in got] == ["accepted"] * 7 + ["rejected"]
+
+    def executions(world: DeviceWorld) -> list[tuple[Any, ...]]:
+        with world.server.db.reading() as s:
+            return [(row.thing_name, row.status, row.status_details, row.version_number)
+                    for row in s.scalars(select(JobExecution).order_by(JobExecution.thing_name))]
+    assert executions(batched) == executions(one_by_one)
+    # Phase 0: THING's first report and OTHER_THING's two (one write), then THING's
+    # self-test report asking for its state (one) and OTHER_THING's SUCCEEDED (three: the
+    # execution, its audit entry, its $package shadow); phase 1: THING's two last reports
+    # and the report after the end (one write; that one did not apply) and then its full
+    # update (one). Cut at every other message, as before phases, the run took 9.
+    assert len(opened) == 7, len(opened)

@@ -308,9 +308,10 @@ class Server:
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
         self._register_fleet_index(settings, clock)
         self._register_bulk_registration(settings, clock)
+        self.package_shadow_worker = ThreadPoolExecutor(1, thread_name_prefix="package-shadow")
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
-            lambda: catalog.configuration().jobs_update_versions).installed
+            lambda: catalog.configuration().jobs_update_versions, self.package_shadow_worker).installed
         templates = JobTemplates(self.db, settings, clock)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
@@ -1060,6 +1061,7 @@ class Server:
     def _stop_workers(self) -> None:
         self.background.shutdown(wait=True, cancel_futures=True)
         self.presence_worker.shutdown(wait=True)
+        self.package_shadow_worker.shutdown(wait=True)
         self.event_publisher.stop()
         self.dynamic_groups.stop()
         self.registration_tasks.shutdown()

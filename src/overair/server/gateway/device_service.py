@@ -51,6 +51,8 @@ from overair.server.streams.service import StreamService
 log = logging.getLogger("overair.devices")
 
 QOS_CONTROL = 1
+# A plain progress report of a run: (index in the run, topic, payload, thing, job id, request).
+_Report = tuple[int, str, bytes, str, str, wire.UpdateRequest]
 QOS_BLOCKS = 0  # blocks are re-requested by the device's bitmap; QoS 1 would only add round trips
 QOS_THROTTLED = 0  # a refusal for a flood: never worth a PUBACK round trip
 # What each kind of request is called in the audit log.
@@ -153,7 +155,9 @@ class DeviceService:
             return Kind.JOB_UPDATE
         return Kind.JOB_READ
 
-    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+    def handle(self, topic: str, payload: bytes, *, progress_tried: bool = False) -> list[Outgoing]:
+        """Answer one device message. `progress_tried`: it is a plain progress report
+        already tried as one (`handle_updates`) that did not apply."""
         shadow = parse_topic(topic) if self.shadows is not None else None
         if shadow is not None and self.shadows is not None:
             try:
@@ -174,7 +178,7 @@ class DeviceService:
             return []
         try:
             if isinstance(parsed, JobsTopic):
-                return self._handle_jobs(topic, parsed, payload)
+                return self._handle_jobs(topic, parsed, payload, progress_tried)
             return self._handle_stream(parsed, payload)
         except Exception:
             # A defect, not the device's input: never let it take the service down;
@@ -206,7 +210,8 @@ class DeviceService:
     def _accepted(self, topic: str, body: dict[str, Any]) -> Outgoing:
         return Outgoing(topics.jobs_reply_topic(topic, accepted=True), wire.encode(body))
 
-    def _handle_jobs(self, topic: str, parsed: JobsTopic, payload: bytes) -> list[Outgoing]:
+    def _handle_jobs(self, topic: str, parsed: JobsTopic, payload: bytes,
+                     progress_tried: bool = False) -> list[Outgoing]:
         token = ""
         try:
             request = wire.load_request(payload, self._limits)
@@ -222,7 +227,7 @@ class DeviceService:
                 start = wire.parse_start_next(request, self._limits)
                 execution = self._jobs.start_next(thing, start.status_details, start.step_timeout_minutes)
                 return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
-            return self._update(topic, parsed, request)
+            return self._update(topic, parsed, request, progress_tried)
         except PeerInputError as exc:  # JobsMqttError, DecodeError and the rest of the device's faults
             code = exc.code if exc.code in _JOBS_CODES else wire.INVALID_REQUEST
             log.info("jobs request %s rejected: %s %s", topic, code, exc.message)
@@ -272,20 +277,33 @@ class DeviceService:
         return topic.endswith("/update") and "/jobs/" in topic
 
     def handle_updates(self, messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
-        """`handle` for a run of messages (gateway/thing_workers.py batches): each group of
-        consecutive plain progress reports is written in one transaction; any other
-        message, and a report that did not apply, goes through `handle`, in order."""
+        """`handle` for a run of messages (gateway/thing_workers.py batches), with the
+        plain progress reports written together. Only each thing's own messages must keep
+        their order, so the run is cut in phases: phase k holds, for every thing, its
+        reports after k other messages of its own, and then its (k+1)th other message.
+        Each phase's reports are written in one statement (jobs/progress.py), then its
+        other messages go through `handle`, in order; a report that did not apply goes
+        through `handle` too, which answers it as one by one would."""
         answers: list[list[Outgoing]] = [[] for _ in messages]
-        group: list[tuple[int, str, bytes, str, str, wire.UpdateRequest]] = []
+        reports: list[list[_Report]] = []  # by phase
+        others: list[list[int]] = []  # by phase: indexes of the other messages
+        phase_of: dict[str, int] = {}  # thing -> its phase so far
         for index, (topic, payload) in enumerate(messages):
             report = self._plain_progress(topic, payload)
+            thing = report[0] if report is not None else (topics.jobs_request_thing(topic) or "")
+            phase = phase_of.get(thing, 0)
+            if phase == len(reports):
+                reports.append([])
+                others.append([])
             if report is not None:
-                group.append((index, topic, payload, *report))
-                continue
+                reports[phase].append((index, topic, payload, *report))
+            else:
+                others[phase].append(index)
+                phase_of[thing] = phase + 1
+        for group, indexes in zip(reports, others, strict=True):
             self._write_progress(group, answers)
-            group = []
-            answers[index] = self.handle(topic, payload)
-        self._write_progress(group, answers)
+            for index in indexes:
+                answers[index] = self.handle(*messages[index])
         return answers
 
     def _plain_progress(self, topic: str, payload: bytes) -> tuple[str, str, wire.UpdateRequest] | None:
@@ -301,27 +319,31 @@ class DeviceService:
             return None
         return (parsed.thing_name, parsed.job_id, update) if self._jobs.is_plain_progress(update) else None
 
-    def _write_progress(self, group: list[tuple[int, str, bytes, str, str, wire.UpdateRequest]],
-                        answers: list[list[Outgoing]]) -> None:
+    def _write_progress(self, group: list[_Report], answers: list[list[Outgoing]]) -> None:
         if not group:
             return
+        tried = True
         try:
             applied = self._jobs.report_progress_many([(thing, job, update)
                                                        for _, _, _, thing, job, update in group])
         except Exception as exc:  # answered one by one below, each with its own error
             log.warning("a batch of %d progress reports failed (%s); handling them one by one",
                         len(group), exc)
-            applied = [False] * len(group)
+            applied, tried = [False] * len(group), False
         for (index, topic, payload, _thing, _job, update), done in zip(group, applied, strict=True):
-            answers[index] = self.handle(topic, payload) if not done else [
+            # A report that did not apply (a start from QUEUED, most often) needs the full
+            # update; trying it as a plain report again would only cost a transaction.
+            answers[index] = self.handle(topic, payload, progress_tried=tried) if not done else [
                 self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
 
-    def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any]) -> list[Outgoing]:
+    def _update(self, topic: str, parsed: JobsTopic, request: dict[str, Any],
+                progress_tried: bool = False) -> list[Outgoing]:
         thing = parsed.thing_name
         update = wire.parse_update(request, self._limits)
-        if self._jobs.report_progress(thing, parsed.job_id or "", update):
+        outcome = self._jobs.update_execution(thing, parsed.job_id or "", update) if progress_tried \
+            else self._jobs.device_update(thing, parsed.job_id or "", update)
+        if outcome is None:  # a plain progress report, applied
             return [self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
-        outcome = self._jobs.update_execution(thing, parsed.job_id or "", update)
         if update.status.terminal:
             # Once per execution: an execution ends once, whatever a device sends.
             self._audit.record_status_update(thing, self._jobs.job_arn(parsed.job_id or ""), "Accepted",

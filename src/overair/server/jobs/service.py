@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, select, update
 
 from overair.core import jobs_wire as wire
 from overair.core import presign, rollout
@@ -29,6 +29,7 @@ from overair.core.versions import Version
 from overair.server.api.contract import ApiError, already_exists, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
+from overair.server.jobs import progress
 from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -44,26 +45,6 @@ ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
 RELEASED = JobExecution.released_at.is_not(None)
 
 
-def _progress_statement(*, details: bool) -> Any:
-    """`report_progress`'s UPDATE, built once: building and keying a statement per call
-    was most of a progress report's cost (one thread, SQLite: 407 -> 231 us per report;
-    a SUCCEEDED update with the statements below 1,590 -> 1,100 us).
-    The execution a request without executionNumber addresses is the latest; an
-    IN_PROGRESS one is always the latest (a retry is created only after the previous
-    execution ended), so matching IN_PROGRESS finds exactly it."""
-    number = bindparam("number", type_=JobExecution.execution_number.type)
-    values: dict[str, Any] = {"last_updated_at": bindparam("now", type_=JobExecution.last_updated_at.type),
-                              "version_number": JobExecution.version_number + 1}
-    if details:
-        values["status_details"] = bindparam("details", type_=JobExecution.status_details.type)
-    return (update(JobExecution)
-            .where(JobExecution.job_id == bindparam("job"), JobExecution.thing_name == bindparam("thing"),
-                   RELEASED, JobExecution.status == ExecStatus.IN_PROGRESS.value,
-                   or_(number.is_(None), JobExecution.execution_number == number))
-            .values(**values))
-
-
-_PROGRESS = _progress_statement(details=True)
 # The execution an update without executionNumber addresses: the latest released one
 # (`_addressed`), locked for the update.
 _LATEST_FOR_UPDATE = (select(JobExecution)
@@ -79,7 +60,12 @@ _NEXT_ROW = (select(JobExecution)
              .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
                     JobExecution.status == bindparam("status"))
              .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
-_PROGRESS_KEEP_DETAILS = _progress_statement(details=False)
+# A thing's live released executions, for `update_execution` to tell whether ending one
+# changes the thing's next job with one read instead of `_next_row` before and after (up
+# to four statements, each a wait for the interpreter while SQLite's write lock is held).
+_LIVE_OF_THING = (select(JobExecution.id, JobExecution.status, JobExecution.queued_at)
+                  .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
+                         JobExecution.status.in_(ACTIVE)))
 # `next_and_pending`: the live released executions of many things, as rows (expanding
 # IN: one statement compiled once for any number of things).
 _LIVE_OF_THINGS = (select(JobExecution.thing_name, JobExecution.job_id, JobExecution.status,
@@ -661,23 +647,28 @@ class JobService:
         applied in order in one transaction: a burst of reports from many devices costs
         one commit (gateway/thing_workers.py batches). One flag each: applied or not."""
         now = self._clock()
-        applied: list[bool] = []
         with self._db.session() as s:
-            connection = s.connection()
-            for thing, job_id, request in reports:
-                params: dict[str, Any] = {"job": job_id, "thing": thing, "now": now,
-                                          "number": request.execution_number}
-                statement = _PROGRESS_KEEP_DETAILS
-                if request.status_details is not None:
-                    params["details"] = request.status_details
-                    statement = _PROGRESS
-                result = connection.execute(statement, params)
-                applied.append(getattr(result, "rowcount", 0) == 1)
-        return applied
+            return progress.apply(s.connection(), reports, now)
 
     def update_execution(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome:
+        """A status update of an execution (device or Jobs HTTPS API): every check, every
+        effect (timers, installed versions, retries, job completion, next job)."""
+        outcome = self._update(thing, job_id, request, progress_first=False)
+        assert outcome is not None  # only the short path answers None
+        return outcome
+
+    def device_update(self, thing: str, job_id: str, request: UpdateRequest) -> UpdateOutcome | None:
+        """`update_execution`, but a plain progress report is first tried by the short path
+        in the same transaction (a device's first report, which starts its execution, then
+        costs one transaction, not two): None when it applied that way."""
+        return self._update(thing, job_id, request, progress_first=self.is_plain_progress(request))
+
+    def _update(self, thing: str, job_id: str, request: UpdateRequest, *,
+                progress_first: bool) -> UpdateOutcome | None:
         now = self._clock()
         with self._db.session() as s:
+            if progress_first and progress.apply(s.connection(), [(thing, job_id, request)], now)[0]:
+                return None
             # An executionNumber addresses that execution (after a retry, #1 is still #1);
             # without one, the latest.
             row = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing}) \
@@ -703,8 +694,8 @@ class JobService:
                 raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
                                     f"cannot go from {current.value} to {request.status.value}", state)
             # Only an execution that ends can change the thing's next job: progress reports
-            # (most updates) skip the two lookups.
-            before = self._next_row(s, thing) if request.status.terminal else None
+            # (most updates) skip the lookup.
+            live = s.execute(_LIVE_OF_THING, {"thing": thing}).all() if request.status.terminal else []
             row.status = request.status.value
             if request.status_details is not None:
                 row.status_details = request.status_details
@@ -725,14 +716,18 @@ class JobService:
             installed: list[Installed] = []
             if request.status.terminal:
                 job = s.get(Job, job_id)
+                retried = False
                 if job is not None:
                     installed = self._record_installed(s, job, row, now)
-                    self.retry_if_allowed(s, job, row, now)
+                    retried = self.retry_if_allowed(s, job, row, now)
                     job.last_updated_at = now
                     self.maybe_complete(s, job)
                 s.flush()
-                after = self._next_row(s, thing)
-                next_changed = (before.id if before else None) != (after.id if after else None)
+                # The next job after: the same live rows but this one, unless a retry was
+                # queued (rare; then read as before).
+                after = _next_of([r for r in live if r.id != row.id]) if not retried else (
+                    getattr(self._next_row(s, thing), "id", None))
+                next_changed = _next_of(live) != after
             outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
                                     next_changed)
         if request.status.terminal:
@@ -853,6 +848,14 @@ class JobService:
                     Job.status == JobStatus.IN_PROGRESS.value)).all()
         return any(isinstance(document.get("afr_ota"), dict)
                    and document["afr_ota"].get("streamname") == stream_id for document in documents)
+
+
+def _next_of(live: Sequence[Any]) -> int | None:
+    """The id of the thing's next execution among its live rows (id, status, queued_at):
+    as `_next_row`, the oldest IN_PROGRESS, else the oldest QUEUED."""
+    ranked = min(live, default=None,
+                 key=lambda r: (r.status != ExecStatus.IN_PROGRESS.value, r.queued_at, r.id))
+    return None if ranked is None else int(ranked.id)
 
 
 def _log_ended(thing: str, job_id: str, number: int | None, request: UpdateRequest) -> None:

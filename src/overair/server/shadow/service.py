@@ -82,29 +82,61 @@ class ShadowService:
     def update(self, thing: str, name: str, request: dict[str, Any]) -> list[Published]:
         """An accepted update: update/accepted, update/documents and (when desired and
         reported differ after it) update/delta, in that order."""
-        update = doc.parse_update(request, self._limits)
+        (result,) = self.update_many([(thing, name, request)])
+        if isinstance(result, ShadowError):
+            raise result
+        return result
+
+    def update_many(self, updates: list[tuple[str, str, dict[str, Any]]]
+                    ) -> list[list[Published] | ShadowError]:
+        """`update` for several (thing, shadow name, request), in order and in one
+        transaction (packages/shadow_sync.py reports a burst of installs this way): each
+        answered with its messages or with the ShadowError that refused it alone."""
+        parsed: list[doc.UpdateRequest | ShadowError] = []
+        for _thing, _name, request in updates:
+            try:
+                parsed.append(doc.parse_update(request, self._limits))
+            except ShadowError as exc:
+                parsed.append(exc)
         now = self._now()
+        results: list[list[Published] | ShadowError] = []
         with self._db.session() as s:
-            self._check(s.get(Thing, thing) is not None, name)
-            row = s.get(ThingShadow, (thing, name), with_for_update=True)
-            if row is None and name != CLASSIC:
-                count = s.scalar(select(func.count()).select_from(ThingShadow).where(
-                    ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC)) or 0
-                if count >= self._limits.max_named_shadows_per_thing:
-                    raise ShadowError(400, f"a thing has at most {self._limits.max_named_shadows_per_thing} "
-                                           "named shadows (overair's bound)")
-            current = _shadow(row) if row is not None and row.present else None
-            applied = doc.apply_update(current, (row.version if row is not None else 0) + 1, update, now,
-                                       self._limits)
-            new = applied.current
-            if name == health.SHADOW_NAME:
-                _check_health(new.reported, self._limits)
-            if row is None:
-                row = ThingShadow(thing_name=thing, shadow_name=name)
-                s.add(row)
-            row.desired, row.reported, row.metadata_ = new.desired, new.reported, new.metadata
-            row.version, row.present, row.updated_at = new.version, True, self._clock()
-        self.on_change(thing)
+            for (thing, name, _request), update in zip(updates, parsed, strict=True):
+                try:
+                    if isinstance(update, ShadowError):
+                        raise update
+                    results.append(self._write_update(s, thing, name, update, now))
+                except ShadowError as exc:  # raised before this update changed anything
+                    results.append(exc)
+        for (thing, _name, _request), result in zip(updates, results, strict=True):
+            if not isinstance(result, ShadowError):
+                self.on_change(thing)
+        return results
+
+    def _write_update(self, s: Any, thing: str, name: str, update: doc.UpdateRequest,
+                      now: int) -> list[Published]:
+        """One update in the caller's transaction. Every refusal is raised before any row
+        changes, so the transaction stays good for the updates after it."""
+        self._check(s.get(Thing, thing) is not None, name)
+        row = s.get(ThingShadow, (thing, name), with_for_update=True)
+        if row is None and name != CLASSIC:
+            count = s.scalar(select(func.count()).select_from(ThingShadow).where(
+                ThingShadow.thing_name == thing, ThingShadow.shadow_name != CLASSIC)) or 0
+            if count >= self._limits.max_named_shadows_per_thing:
+                raise ShadowError(400, f"a thing has at most {self._limits.max_named_shadows_per_thing} "
+                                       "named shadows (overair's bound)")
+        current = _shadow(row) if row is not None and row.present else None
+        applied = doc.apply_update(current, (row.version if row is not None else 0) + 1, update, now,
+                                   self._limits)
+        new = applied.current
+        if name == health.SHADOW_NAME:
+            _check_health(new.reported, self._limits)
+        if row is None:
+            row = ThingShadow(thing_name=thing, shadow_name=name)
+            s.add(row)
+        row.desired, row.reported, row.metadata_ = new.desired, new.reported, new.metadata
+        row.version, row.present, row.updated_at = new.version, True, self._clock()
+        s.flush()  # a later update of the same shadow in this transaction reads this one
         token = update.client_token
         accepted = {**applied.accepted, "timestamp": now, **({"clientToken": token} if token else {})}
         out = [Published("update/accepted", accepted),
