@@ -57,6 +57,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import Engine, event
 from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_agents, fleet_devices, lean_devices
@@ -105,6 +106,30 @@ def _reset_peak(pid: int | str) -> int:
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
     return before
+
+
+class StatementCounter:
+    """Counts the SQL statements and commits the server sends on its read-write engine
+    from `arm()` on. On SQLite each one is a wait for the interpreter while the database's
+    one write lock is held, so statements per device measure what paces the status
+    updates without depending on how loaded the machine is (docs/scaling.md)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.statements = self.commits = 0
+        self._armed = False
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def _statement(self, *_args: object) -> None:
+        if self._armed:
+            self.statements += 1  # `+=` on an int under the GIL: close enough for a count
+
+    def _commit(self, *_args: object) -> None:
+        if self._armed:
+            self.commits += 1
 
 
 @dataclass
@@ -226,6 +251,8 @@ class RolloutResult:
     # The device endpoint's answers by status (HTTPS): with the download front, its 204s are
     # the access decisions nginx asked for and its 206s the slices it filled.
     http_answers: dict[int, int] = field(default_factory=dict)
+    # (statements, commits) on the server's read-write engine from t0 (StatementCounter).
+    written: tuple[int, int] = (0, 0)
 
 
 class DeviceProcesses:
@@ -309,6 +336,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
             _reset_peak(broker_pid)
         timer = ServiceTimer(srv.server.devices)
         timer.arm()
+        statements = StatementCounter(srv.server.db.engine)
+        statements.arm()
         profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
         agent_share.arm()
@@ -353,10 +382,11 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         agent_result = agent_share.finish(job_id)
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
         http_answers = dict(sorted(srv.server.delivery.answered.items()))
+        written = (statements.statements, statements.commits)
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
-                         list(timer.notify_batches_done), agent_result, memory_peak, http_answers)
+                         list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -541,6 +571,9 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
           f"device processes peak {rollout.hwm_devices / MIB:.0f} MiB in all")
     if rollout.memory_peak is not None:
         print(f"server at its largest sampled RSS (every 0.5 s) {rollout.memory_peak.describe()}")
+    statements, commits = rollout.written
+    print(f"server read-write database engine from t0: {statements:,} statements, {commits:,} commits "
+          f"({statements / max(1, n):.1f} and {commits / max(1, n):.1f} per device)")
     for kind, durations in sorted(rollout.service_calls.items()):
         ordered = sorted(durations)
         p99 = ordered[int(0.99 * (len(ordered) - 1))]

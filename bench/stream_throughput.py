@@ -256,10 +256,10 @@ class ServiceTimer:
         handle, notify_next, notify_many = devices.handle, devices.notify_next, devices.notify_next_many
         handle_updates = devices.handle_updates
 
-        def timed_handle(topic: str, payload: bytes) -> list[Outgoing]:
+        def timed_handle(topic: str, payload: bytes, **options: bool) -> list[Outgoing]:
             started = time.perf_counter()
             try:
-                return handle(topic, payload)
+                return handle(topic, payload, **options)
             finally:
                 kind = ("GetStream" if "/streams/" in topic
                         else "job execution update" if topic.endswith("/update") else "other Jobs request")

@@ -21,23 +21,12 @@ statusDetails are those of the last one that had any.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Connection,
-    Integer,
-    String,
-    Table,
-    bindparam,
-    cast,
-    column,
-    func,
-    or_,
-    update,
-    values,
-)
+from sqlalchemy import Connection, Table, TextClause, bindparam, or_, text, update
 
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
@@ -69,10 +58,10 @@ def _one_statement(*, details: bool) -> Any:
 
 _ONE_WITH_DETAILS = _one_statement(details=True)
 _ONE_KEEPING_DETAILS = _one_statement(details=False)
-# VALUES columns of the run statement. NULL details (no report of the execution carried
-# any) must stay SQL NULL for the COALESCE, not become the JSON text 'null'.
-_VALUE_COLUMNS = (column("job", String), column("thing", String), column("number", Integer),
-                  column("details", JSON(none_as_null=True)), column("count", Integer))
+# Rows of VALUES per statement: statements are cached by row count (SQLAlchemy's own
+# VALUES construct was compiled afresh at every call: 13 ms for 30 rows, against 2.5 ms
+# for 30 single-row statements, all of it holding the interpreter).
+_MAX_ROWS = 64
 
 
 def apply(connection: Connection, reports: Sequence[Report], now: float) -> list[bool]:
@@ -81,19 +70,39 @@ def apply(connection: Connection, reports: Sequence[Report], now: float) -> list
     rows = _merged(reports)
     if len(reports) == 1 or rows is None:
         return [_apply_one(connection, report, now) for report in reports]
-    run = values(*_VALUE_COLUMNS, name="reports").data(rows).cte("reports")
-    statement = (update(_EXECUTIONS)
-                 .where(_EXECUTIONS.c.job_id == run.c.job, _EXECUTIONS.c.thing_name == run.c.thing,
-                        _RELEASED, _IN_PROGRESS,
-                        # The cast: on PostgreSQL a VALUES column of NULLs only is text.
-                        or_(run.c.number.is_(None),
-                            _EXECUTIONS.c.execution_number == cast(run.c.number, Integer)))
-                 .values(version_number=_EXECUTIONS.c.version_number + run.c.count,
-                         status_details=func.coalesce(run.c.details, _EXECUTIONS.c.status_details),
-                         last_updated_at=bindparam("now", type_=_EXECUTIONS.c.last_updated_at.type))
-                 .returning(_EXECUTIONS.c.job_id, _EXECUTIONS.c.thing_name))
-    written = {(job, thing) for job, thing in connection.execute(statement, {"now": now})}
+    dialect = connection.dialect.name
+    written: set[tuple[str, str]] = set()
+    for start in range(0, len(rows), _MAX_ROWS):
+        chunk = rows[start:start + _MAX_ROWS]
+        params: dict[str, Any] = {"now": now}
+        for i, (job, thing, number, details, count) in enumerate(chunk):
+            params.update({f"j{i}": job, f"t{i}": thing, f"n{i}": number, f"c{i}": count,
+                           f"d{i}": None if details is None else json.dumps(details)})
+        result = connection.execute(_run_statement(dialect, len(chunk)), params)
+        written.update((str(job), str(thing)) for job, thing in result)
     return [(job, thing) in written for thing, job, _request in reports]
+
+
+@functools.cache
+def _run_statement(dialect: str, rows: int) -> TextClause:
+    """`rows` executions' reports in one UPDATE: VALUES (job, thing, number, details as
+    JSON text or NULL, count), joined on the execution; the executions written come back.
+    PostgreSQL needs the VALUES columns typed (a column of NULLs would be text)."""
+    def typed(name: str, sql_type: str) -> str:
+        return f"CAST(:{name} AS {sql_type})" if dialect == "postgresql" else f":{name}"
+    listed = ", ".join(f"(:j{i}, :t{i}, {typed(f'n{i}', 'INTEGER')}, {typed(f'd{i}', 'JSON')}, "
+                       f"{typed(f'c{i}', 'INTEGER')})" for i in range(rows))
+    # Only placeholders and a constant are formatted in; every value is a bound parameter.
+    sql = (f"WITH reports(job, thing, number, details, count) AS (VALUES {listed}) "  # noqa: S608
+           "UPDATE job_executions SET version_number = job_executions.version_number + reports.count, "
+           "status_details = COALESCE(reports.details, job_executions.status_details), "
+           "last_updated_at = :now "
+           "FROM reports WHERE job_executions.job_id = reports.job "
+           "AND job_executions.thing_name = reports.thing AND job_executions.released_at IS NOT NULL "
+           f"AND job_executions.status = '{ExecStatus.IN_PROGRESS.value}' "
+           "AND (reports.number IS NULL OR job_executions.execution_number = reports.number) "
+           "RETURNING job_id, thing_name")
+    return text(sql)
 
 
 # (job, thing, execution number, statusDetails, count of reports)
