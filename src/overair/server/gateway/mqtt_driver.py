@@ -432,10 +432,19 @@ class ServiceConnection:
                 self._hold_until = loop.time() + FANOUT_HOLD_SECONDS
                 self._schedule_replay(FANOUT_HOLD_SECONDS)
         try:
-            # One batch at a time: bounded memory, and each batch goes out as soon as it is read.
-            for batch in batches:
-                self.publish(await loop.run_in_executor(self._notify_executor,
-                                                        self._service.notify_next_many, batch))
+            # Each batch goes out as soon as it is read, while the worker reads the next
+            # one (its database steps overlap the loop's writes): two batches at most in
+            # memory.
+            def read(batch: list[str]) -> asyncio.Future[list[Outgoing]]:
+                return loop.run_in_executor(self._notify_executor, self._service.notify_next_many, batch)
+
+            read_so_far = 0
+            reading = read(batches[0]) if batches else None
+            while reading is not None:
+                ready = await reading
+                read_so_far += 1
+                reading = read(batches[read_so_far]) if read_so_far < len(batches) else None
+                self.publish(ready)
         finally:
             if hold:
                 self._fanouts -= 1
