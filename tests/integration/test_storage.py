@@ -196,14 +196,28 @@ def test_a_progress_report_takes_the_short_path_with_the_same_effect_as_a_full_u
     assert (short.status, short.status_details, short.version_number, short.timeout_at) == (
         full.status, full.status_details, full.version_number, full.timeout_at)
     assert short.version_number == 3
-    # Declined: a version check, a state change, a QUEUED execution, an unknown job.
+    # Declined: a version check, a state change, an unknown job.
     assert not jobs.report_progress("short", "job-1", _update(ExecStatus.IN_PROGRESS, 3, {"receive": "x"}))
     assert not jobs.report_progress("short", "job-1", _update(ExecStatus.SUCCEEDED, None, {"reason": "ok"}))
-    registry.create_thing("queued")
-    jobs.create_job("job-q", [registry.thing_arn("queued")], {"operation": "x"})
-    assert not jobs.report_progress("queued", "job-q", progress)
     assert not jobs.report_progress("short", "no-such-job", progress)
     assert jobs.describe_execution("job-1", "short").version_number == 3
+    # A QUEUED execution is started by the short path as by the full update: IN_PROGRESS,
+    # started now, timed by the job's in-progress timeout.
+    for thing in ("queued-short", "queued-full"):
+        registry.create_thing(thing)
+    jobs.create_job("job-q", [registry.thing_arn("queued-short"), registry.thing_arn("queued-full")],
+                    {"operation": "x"}, config={"timeoutConfig": {"inProgressTimeoutInMinutes": 5}})
+    assert jobs.report_progress("queued-short", "job-q", progress)
+    jobs.update_execution("queued-full", "job-q", progress)
+    short = jobs.describe_execution("job-q", "queued-short")
+    full = jobs.describe_execution("job-q", "queued-full")
+    assert (short.status, short.status_details, short.version_number) == (
+        "IN_PROGRESS", {"receive": "25/9"}, 2)
+    assert (short.status, short.status_details, short.version_number) == (
+        full.status, full.status_details, full.version_number)
+    for row in (short, full):
+        assert row.started_at is not None
+        assert row.timeout_at == pytest.approx(row.started_at + 300, abs=2)
 
 
 def test_concurrent_updates_with_the_same_expected_version_have_exactly_one_winner(
@@ -287,19 +301,23 @@ def test_access_keys_are_sealed_and_audit_entries_kept(db: Database, settings: S
 def test_a_run_of_progress_reports_from_many_things_is_one_statement_with_one_by_ones_effect(
         db: Database, settings: Settings, registry: Registry) -> None:
     """jobs/progress.py: reports of several things, and several of one execution, written
-    by one UPDATE; each flag and each execution as applying them one at a time gives."""
-    things = ["a", "b", "c", "twin-a", "twin-b", "twin-c"]
-    jobs = _jobs(db, settings, registry, [*things, "queued"])
-    for thing in things:
+    by one UPDATE for the running executions and one (after one read of the jobs) for the
+    QUEUED ones they start; each flag and each execution as applying them one at a time
+    gives. Each thing has a twin that gets the same reports one by one."""
+    started = ["a", "b", "c"]
+    queued = ["q", "r"]
+    jobs = _jobs(db, settings, registry, [*started, *queued, *(f"twin-{t}" for t in (*started, *queued))])
+    for thing in (*started, *(f"twin-{t}" for t in started)):
         jobs.update_execution(thing, "job-1", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}))
     run = [("a", _update(ExecStatus.IN_PROGRESS, None, {"receive": "2/9"})),
            ("b", _update(ExecStatus.IN_PROGRESS)),  # no details: kept
+           ("q", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"})),  # QUEUED: started
            ("a", _update(ExecStatus.IN_PROGRESS, None, {"receive": "3/9"})),
-           ("queued", _update(ExecStatus.IN_PROGRESS, None, {"receive": "2/9"})),  # QUEUED: not applied
            ("c", _update(ExecStatus.IN_PROGRESS, None, {"receive": "4/9"}, execution_number=1)),
+           ("q", _update(ExecStatus.IN_PROGRESS, None, {"receive": "2/9"})),
+           ("r", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}, execution_number=2)),  # no such
            ("a", _update(ExecStatus.IN_PROGRESS))]
-    one_by_one = [jobs.report_progress(f"twin-{thing}" if thing != "queued" else thing, "job-1", request)
-                  for thing, request in run]
+    one_by_one = [jobs.report_progress(f"twin-{thing}", "job-1", request) for thing, request in run]
     statements: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -310,16 +328,20 @@ def test_a_run_of_progress_reports_from_many_things_is_one_statement_with_one_by
         applied = jobs.report_progress_many([(thing, "job-1", request) for thing, request in run])
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
-    assert applied == one_by_one == [True, True, True, False, True, True]
-    assert len([s for s in statements if s.lstrip().upper().startswith(("UPDATE", "WITH"))]) == 1, statements
-    for thing in ("a", "b", "c"):
+    assert applied == one_by_one == [True, True, True, True, True, True, False, True]
+    assert len([s for s in statements if s.lstrip().upper().startswith(("UPDATE", "WITH"))]) == 2, statements
+    for thing in (*started, *queued):
         mine = jobs.describe_execution("job-1", thing)
         twin = jobs.describe_execution("job-1", f"twin-{thing}")
-        assert (mine.status_details, mine.version_number) == (twin.status_details, twin.version_number)
+        assert (mine.status, mine.status_details, mine.version_number, mine.timeout_at) == (
+            twin.status, twin.status_details, twin.version_number, twin.timeout_at)
     a = jobs.describe_execution("job-1", "a")
     assert (a.status_details, a.version_number) == ({"receive": "3/9"}, 5)
     assert jobs.describe_execution("job-1", "b").status_details == {"receive": "1/9"}
-    assert jobs.describe_execution("job-1", "queued").version_number == 1
+    q = jobs.describe_execution("job-1", "q")
+    assert (q.status, q.status_details, q.version_number) == ("IN_PROGRESS", {"receive": "2/9"}, 3)
+    assert q.started_at is not None
+    assert jobs.describe_execution("job-1", "r").status == "QUEUED"
     # One execution addressed with and without a number in one run: each report on its own.
     mixed = jobs.report_progress_many([("b", "job-1", _update(ExecStatus.IN_PROGRESS, None, {"k": "1"})),
                                        ("b", "job-1", _update(ExecStatus.IN_PROGRESS, None, {"k": "2"},

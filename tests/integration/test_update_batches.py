@@ -31,7 +31,7 @@ def _update(status: str, details: dict[str, str] | None = None, **extra: Any) ->
 
 
 MESSAGES: list[tuple[str, bytes]] = [
-    (UPDATE, _update("IN_PROGRESS", {"receive": "0/256"})),  # QUEUED: not plain progress any more
+    (UPDATE, _update("IN_PROGRESS", {"receive": "0/256"})),  # QUEUED: started by the short path
     (UPDATE, _update("IN_PROGRESS", {"receive": "25/256"}, clientToken="p1")),
     (UPDATE, _update("IN_PROGRESS", {"receive": "50/256"}, clientToken="p2")),
     (UPDATE, b"{not json"),
@@ -125,7 +125,7 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
     one_by_one, batched = worlds
     other = f"$aws/things/{OTHER_THING}/jobs/second-job/update"
     messages = [
-        (UPDATE, _update("IN_PROGRESS", {"receive": "1/256"})),  # starts: not plain progress
+        (UPDATE, _update("IN_PROGRESS", {"receive": "1/256"})),  # starts its execution
         (other, _update("IN_PROGRESS", {"receive": "1/9"})),
         (UPDATE, _update("IN_PROGRESS", {"receive": "25/256"})),
         (other, _update("IN_PROGRESS", {"receive": "2/9"})),

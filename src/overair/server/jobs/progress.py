@@ -1,10 +1,14 @@
 """Plain progress reports written to the database: one statement for a whole run.
 
-A plain progress report (`JobService.is_plain_progress`: IN_PROGRESS staying IN_PROGRESS,
-nothing asked back) replaces the execution's statusDetails, bumps its versionNumber and
-its last-update time, and touches nothing else. Most of a rollout's status updates are
-such reports (a FreeRTOS device sends one every 25 blocks), and a device worker hands
-them over in runs (gateway/thing_workers.py).
+A plain progress report (`JobService.is_plain_progress`: IN_PROGRESS, no expectedVersion
+or step timeout, nothing asked back) replaces the execution's statusDetails, bumps its
+versionNumber and its last-update time, and touches nothing else; sent to a QUEUED
+execution it also starts it (IN_PROGRESS, started now, the job's in-progress timer), as
+the full update would. Most of a rollout's status updates are such reports (a FreeRTOS
+device starts its execution with the first and sends one every 25 blocks), and a device
+worker hands them over in runs (gateway/thing_workers.py). A run costs one statement for
+the running executions and, if some reports found none, one read of their jobs and one
+statement for the QUEUED ones.
 
 Why one statement for the run and not one per report: on SQLite every statement step
 gives up the interpreter lock while the transaction holds the database's one write lock,
@@ -26,11 +30,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, TextClause, bindparam, or_, text, update
+from sqlalchemy import Connection, Table, TextClause, bindparam, or_, select, text, update
 
+from overair.core import rollout
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
-from overair.server.storage.schema import JobExecution
+from overair.server.storage.schema import Job, JobExecution
 
 _EXECUTIONS: Table = JobExecution.__table__  # type: ignore[assignment]
 _RELEASED = _EXECUTIONS.c.released_at.is_not(None)
@@ -47,7 +52,8 @@ def _one_statement(*, details: bool) -> Any:
     previous execution ended), so matching IN_PROGRESS finds exactly it."""
     number = bindparam("number", type_=_EXECUTIONS.c.execution_number.type)
     changes: dict[str, Any] = {"last_updated_at": bindparam("now", type_=_EXECUTIONS.c.last_updated_at.type),
-                               "version_number": _EXECUTIONS.c.version_number + 1}
+                               "version_number": _EXECUTIONS.c.version_number
+                               + bindparam("count", type_=_EXECUTIONS.c.version_number.type)}
     if details:
         changes["status_details"] = bindparam("details", type_=_EXECUTIONS.c.status_details.type)
     return (update(_EXECUTIONS)
@@ -66,10 +72,35 @@ _MAX_ROWS = 64
 
 def apply(connection: Connection, reports: Sequence[Report], now: float) -> list[bool]:
     """Write `reports` in the caller's transaction, in order; one flag each: applied, or
-    not (no released IN_PROGRESS execution of that job, with that number if given)."""
+    not (no released live execution of that job, with that number if given; the caller
+    then takes the full path, which answers every error). A report to a QUEUED execution
+    starts it, as `JobService.update_execution` would: IN_PROGRESS, started now, timed
+    by the job's in-progress timeout."""
     rows = _merged(reports)
-    if len(reports) == 1 or rows is None:
-        return [_apply_one(connection, report, now) for report in reports]
+    if rows is None:  # an execution addressed two ways: one report at a time
+        return [bool(_write(connection, _merged([report]) or [], now)) for report in reports]
+    written = _write(connection, rows, now)
+    return [(job, thing) in written for thing, job, _request in reports]
+
+
+def _write(connection: Connection, rows: list[_Row], now: float) -> set[tuple[str, str]]:
+    """The (job, thing) of the rows written: running executions first (one statement),
+    then the QUEUED ones among the rest (their jobs' timeouts read, one more)."""
+    if len(rows) == 1:
+        job, thing, number, details, count = rows[0]
+        written = {(job, thing)} if _apply_one(connection, job, thing, number, details, count, now) else set()
+    else:
+        written = _run(connection, _RUNNING, rows, now, {})
+    rest = [row for row in rows if (row[0], row[1]) not in written]
+    if rest:
+        limits = {job: rollout.in_progress_timeout((config or {}).get("timeoutConfig"))
+                  for job, config in connection.execute(_JOB_CONFIGS, {"jobs": sorted({r[0] for r in rest})})}
+        written |= _run(connection, _STARTING, rest, now, limits)
+    return written
+
+
+def _run(connection: Connection, kind: str, rows: list[_Row], now: float,
+         limits: dict[str, float | None]) -> set[tuple[str, str]]:
     dialect = connection.dialect.name
     written: set[tuple[str, str]] = set()
     for start in range(0, len(rows), _MAX_ROWS):
@@ -78,28 +109,45 @@ def apply(connection: Connection, reports: Sequence[Report], now: float) -> list
         for i, (job, thing, number, details, count) in enumerate(chunk):
             params.update({f"j{i}": job, f"t{i}": thing, f"n{i}": number, f"c{i}": count,
                            f"d{i}": None if details is None else json.dumps(details)})
-        result = connection.execute(_run_statement(dialect, len(chunk)), params)
+            if kind == _STARTING:
+                limit = limits.get(job)
+                params[f"e{i}"] = None if limit is None else now + limit
+        result = connection.execute(_run_statement(dialect, kind, len(chunk)), params)
         written.update((str(job), str(thing)) for job, thing in result)
-    return [(job, thing) in written for thing, job, _request in reports]
+    return written
+
+
+_RUNNING, _STARTING = "running", "starting"
+_JOB_CONFIGS = select(Job.job_id, Job.config).where(Job.job_id.in_(bindparam("jobs", expanding=True)))
 
 
 @functools.cache
-def _run_statement(dialect: str, rows: int) -> TextClause:
+def _run_statement(dialect: str, kind: str, rows: int) -> TextClause:
     """`rows` executions' reports in one UPDATE: VALUES (job, thing, number, details as
-    JSON text or NULL, count), joined on the execution; the executions written come back.
+    JSON text or NULL, count[, deadline]), joined on the execution; the executions written
+    come back. `_RUNNING`: IN_PROGRESS ones. `_STARTING`: QUEUED ones, which become
+    IN_PROGRESS, started now, with the deadline given (the job's in-progress timeout).
     PostgreSQL needs the VALUES columns typed (a column of NULLs would be text)."""
     def typed(name: str, sql_type: str) -> str:
         return f"CAST(:{name} AS {sql_type})" if dialect == "postgresql" else f":{name}"
+    starting = kind == _STARTING
+    columns = "job, thing, number, details, count" + (", deadline" if starting else "")
     listed = ", ".join(f"(:j{i}, :t{i}, {typed(f'n{i}', 'INTEGER')}, {typed(f'd{i}', 'JSON')}, "
-                       f"{typed(f'c{i}', 'INTEGER')})" for i in range(rows))
-    # Only placeholders and a constant are formatted in; every value is a bound parameter.
-    sql = (f"WITH reports(job, thing, number, details, count) AS (VALUES {listed}) "  # noqa: S608
-           "UPDATE job_executions SET version_number = job_executions.version_number + reports.count, "
+                       f"{typed(f'c{i}', 'INTEGER')}"
+                       + (f", {typed(f'e{i}', 'DOUBLE PRECISION')}" if starting else "") + ")"
+                       for i in range(rows))
+    start = (f"status = '{ExecStatus.IN_PROGRESS.value}', started_at = :now, timeout_at = reports.deadline, "
+             if starting else "")
+    status = ExecStatus.QUEUED.value if starting else ExecStatus.IN_PROGRESS.value
+    # Only placeholders and constants are formatted in; every value is a bound parameter.
+    sql = (f"WITH reports({columns}) AS (VALUES {listed}) "  # noqa: S608
+           f"UPDATE job_executions SET {start}"
+           "version_number = job_executions.version_number + reports.count, "
            "status_details = COALESCE(reports.details, job_executions.status_details), "
            "last_updated_at = :now "
            "FROM reports WHERE job_executions.job_id = reports.job "
            "AND job_executions.thing_name = reports.thing AND job_executions.released_at IS NOT NULL "
-           f"AND job_executions.status = '{ExecStatus.IN_PROGRESS.value}' "
+           f"AND job_executions.status = '{status}' "
            "AND (reports.number IS NULL OR job_executions.execution_number = reports.number) "
            "RETURNING job_id, thing_name")
     return text(sql)
@@ -127,11 +175,13 @@ def _merged(reports: Sequence[Report]) -> list[_Row] | None:
     return [tuple(row) for row in merged.values()]
 
 
-def _apply_one(connection: Connection, report: Report, now: float) -> bool:
-    thing, job, request = report
-    params: dict[str, Any] = {"job": job, "thing": thing, "now": now, "number": request.execution_number}
+def _apply_one(connection: Connection, job: str, thing: str, number: int | None,
+               details: dict[str, Any] | None, count: int, now: float) -> bool:
+    """One running execution's reports, by a statement built once (the common case of a
+    run of one: a device's single report)."""
+    params: dict[str, Any] = {"job": job, "thing": thing, "now": now, "number": number, "count": count}
     statement = _ONE_KEEPING_DETAILS
-    if request.status_details is not None:
-        params["details"] = request.status_details
+    if details is not None:
+        params["details"] = details
         statement = _ONE_WITH_DETAILS
     return getattr(connection.execute(statement, params), "rowcount", 0) == 1

@@ -627,19 +627,21 @@ class JobService:
 
     @staticmethod
     def is_plain_progress(request: UpdateRequest) -> bool:
-        """The common update of a rollout: IN_PROGRESS staying IN_PROGRESS (a FreeRTOS
-        device's `receive` every 25 blocks, a self-test report) with no expectedVersion,
-        no step timeout and nothing asked back (`report_progress`)."""
+        """The common update of a rollout: IN_PROGRESS (a FreeRTOS device's first `receive`,
+        which starts its execution, and the one every 25 blocks after it, a self-test
+        report) with no expectedVersion, no step timeout and nothing asked back
+        (`report_progress`)."""
         return (request.status is ExecStatus.IN_PROGRESS and request.expected_version is None
                 and request.step_timeout_minutes is None and not request.include_job_execution_state
                 and not request.include_job_document)
 
     def report_progress(self, thing: str, job_id: str, request: UpdateRequest) -> bool:
-        """A plain progress report made cheap: one UPDATE statement with the same effect
-        as `update_execution` (details replaced, version and last-update time moved on,
-        timers untouched); no row read, no view built. False if it did not apply (not a
-        plain progress report, or no such IN_PROGRESS execution): the caller then goes
-        through `update_execution`, which answers every error."""
+        """A plain progress report made cheap (jobs/progress.py): an UPDATE with the same
+        effect as `update_execution` (details replaced, version and last-update time moved
+        on; a QUEUED execution started, with the job's in-progress timer); no row read, no
+        view built. False if it did not apply (not a plain progress report, or no such
+        live execution): the caller then goes through `update_execution`, which answers
+        every error."""
         return self.is_plain_progress(request) and self.report_progress_many([(thing, job_id, request)])[0]
 
     def report_progress_many(self, reports: list[tuple[str, str, UpdateRequest]]) -> list[bool]:
