@@ -149,6 +149,28 @@ def test_recorded_fields_read_back_exactly(db: Database) -> None:
     assert verify_log(db).ok
 
 
+def test_status_updates_of_a_run_are_one_append_in_their_order(db: Database,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`record_status_updates` (a device worker's run of ended executions): one
+    transaction, the entries in the order given, the chain valid."""
+    audit = AuditLog(db, lambda: 1_700_000_000.0)
+    opened = []
+    session = db.session
+
+    def counted() -> object:
+        opened.append(1)
+        return session()
+
+    monkeypatch.setattr(db, "session", counted)
+    audit.record_status_updates([(f"dev-{i}", "arn:aws:iot:us-east-1:123456789012:job/j", "Accepted",
+                                  {"status": "SUCCEEDED", "i": i}) for i in range(5)])
+    assert len(opened) == 1
+    entries = list(list_entries(db, Query()))
+    assert [(e.fields.principal, e.fields.action, e.fields.detail["i"]) for e in entries] == [
+        (f"thing/dev-{i}", "iot:UpdateJobExecution", i) for i in range(5)]
+    assert verify_log(db).ok
+
+
 def test_old_callers_without_statement_still_work(db: Database) -> None:
     AuditLog(db, time.time).record(principal="user/alice", action="iot:CreateJob", resource="job/j1",
                                    decision="ALLOW")

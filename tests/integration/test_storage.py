@@ -365,3 +365,49 @@ def test_ending_an_execution_changes_the_next_job_only_when_it_was_next(
     assert jobs.next_job_id("dev-1") == "job-3"  # QUEUED, next now
     assert jobs.update_execution("dev-1", "job-3", _update(ExecStatus.REJECTED)).next_changed
     assert jobs.next_job_id("dev-1") is None
+
+
+def test_updates_of_many_things_in_one_transaction_do_what_one_by_one_does(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`update_many` (a run's ends and other full updates): each update as alone, a refused
+    one answered alone with the others written, the job completed once all ended, and one
+    transaction in all. Each thing has a twin updated one by one."""
+    things = ["a", "b", "c", "d"]
+    jobs = _jobs(db, settings, registry, [*things, *(f"twin-{t}" for t in things)])
+    for thing in (*things, *(f"twin-{t}" for t in things)):
+        jobs.update_execution(thing, "job-1", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}))
+    run = [("a", _update(ExecStatus.SUCCEEDED, None, {"reason": "ok"})),
+           ("b", _update(ExecStatus.IN_PROGRESS, 7, {"stale": "1"})),  # VersionMismatch
+           ("c", _update(ExecStatus.FAILED, 2, {"reason": "bad"})),
+           ("d", _update(ExecStatus.SUCCEEDED))]
+    twins: list[object] = []
+    for thing, request in run:
+        try:
+            twins.append(jobs.update_execution(f"twin-{thing}", "job-1", request).next_changed)
+        except JobsMqttError as exc:
+            twins.append(exc.code)
+    opened = []
+    session = db.session
+
+    def counted() -> object:
+        opened.append(1)
+        return session()
+
+    db.session = counted  # type: ignore[method-assign,assignment]
+    try:
+        results = jobs.update_many([(thing, "job-1", request) for thing, request in run])
+    finally:
+        db.session = session  # type: ignore[method-assign]
+    assert len(opened) == 1
+    assert [r.code if isinstance(r, JobsMqttError) else r.next_changed for r in results] == twins
+    assert twins == [True, "VersionMismatch", True, True]
+    for thing in things:
+        mine = jobs.describe_execution("job-1", thing)
+        twin = jobs.describe_execution("job-1", f"twin-{thing}")
+        assert (mine.status, mine.status_details, mine.version_number) == (
+            twin.status, twin.status_details, twin.version_number)
+    assert jobs.describe_job("job-1")[0].status == "IN_PROGRESS"  # b and twin-b still run
+    for thing in ("b", "twin-b"):
+        jobs.update_many([(thing, "job-1", _update(ExecStatus.SUCCEEDED))])
+    job, counts = jobs.describe_job("job-1")
+    assert (job.status, counts) == ("COMPLETED", {"SUCCEEDED": 6, "FAILED": 2})

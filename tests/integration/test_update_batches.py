@@ -134,6 +134,8 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
         (UPDATE, _update("IN_PROGRESS", {"receive": "50/256"})),
         (other, _update("SUCCEEDED", {"reason": "ok"})),
         (UPDATE, _update("IN_PROGRESS", {"receive": "75/256"})),
+        (UPDATE, _update("IN_PROGRESS", {"receive": "stale"}, expectedVersion=1)),  # VersionMismatch
+        (other, _update("FAILED", {"reason": "after the end"})),  # InvalidStateTransition
         (other, _update("IN_PROGRESS", {"receive": "after the end"})),
     ]
     for topic, payload in messages[:2]:  # both started, one by one in both worlds
@@ -151,7 +153,7 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
     monkeypatch.setattr(db, "session", counted)
     got = batched.server.devices.handle_updates(messages[2:])
     assert _normal(got) == _normal(expected)
-    assert [answer[0].topic.rsplit("/", 1)[1] for answer in got] == ["accepted"] * 7 + ["rejected"]
+    assert [answer[0].topic.rsplit("/", 1)[1] for answer in got] == ["accepted"] * 7 + ["rejected"] * 3
 
     def executions(world: DeviceWorld) -> list[tuple[Any, ...]]:
         with world.server.db.reading() as s:
@@ -159,8 +161,11 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
                     for row in s.scalars(select(JobExecution).order_by(JobExecution.thing_name))]
     assert executions(batched) == executions(one_by_one)
     # Phase 0: THING's first report and OTHER_THING's two (one write), then THING's
-    # self-test report asking for its state (one) and OTHER_THING's SUCCEEDED (three: the
-    # execution, its audit entry, its $package shadow); phase 1: THING's two last reports
-    # and the report after the end (one write; that one did not apply) and then its full
-    # update (one). Cut at every other message, as before phases, the run took 9.
-    assert len(opened) == 7, len(opened)
+    # self-test report asking for its state and OTHER_THING's SUCCEEDED (one write for
+    # both, and one audit append). Phase 1: THING's next two reports (one write), then its
+    # stale update and OTHER_THING's FAILED after the end (one transaction, both refused;
+    # each refusal audited). Phase 2: the report after the end (one write, which does not
+    # apply), then its full update, refused (its audit entry is a repeat of the thing's
+    # refusal, counted for later by server/audit/device_events.py). Handled one message at
+    # a time the run would open a transaction for nearly every message.
+    assert len(opened) == 9, len(opened)

@@ -59,31 +59,51 @@ class AuditLog:
         record only rejected updates and those that end an execution: IN_PROGRESS progress
         reports arrive every few seconds per device and would drown the log. The update
         stands even if the audit write fails; that is logged loudly instead."""
+        self.record_status_updates([(thing, job_arn, decision, detail)])
+
+    def record_status_updates(self, updates: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """`record_status_update` for several (thing, job ARN, decision, detail), in one
+        append (a device worker's run of updates that ended executions)."""
+        if not updates:
+            return
+        entries = [self._fields(principal=f"thing/{thing}", action="iot:UpdateJobExecution", resource=job_arn,
+                                decision=decision, detail=detail)
+                   for thing, job_arn, decision, detail in updates]
         try:
-            self.record(principal=f"thing/{thing}", action="iot:UpdateJobExecution", resource=job_arn,
-                        decision=decision, detail=detail)
+            self._append_all(entries)
         except UnavailableError as exc:
-            log.error("could not audit a status update from %s: %s", thing, exc.message)
+            for thing, _arn, _decision, _detail in updates:
+                log.error("could not audit a status update from %s: %s", thing, exc.message)
 
     def record(self, *, principal: str, action: str, resource: str, decision: str,
                source: str = "", detail: dict[str, Any] | None = None, statement: str = "") -> None:
         """Append one entry; returns once it is committed. `statement` is the policy
         statement that decided (e.g. "OverairOTAOperator#AllowJobs"); `detail` any
         JSON-compatible facts. Raises UnavailableError if the database cannot be written."""
+        self._append_all([self._fields(principal=principal, action=action, resource=resource,
+                                       decision=decision, source=source, detail=detail, statement=statement)])
+
+    @staticmethod
+    def _fields(*, principal: str, action: str, resource: str, decision: str, source: str = "",
+                detail: dict[str, Any] | None = None, statement: str = "") -> tuple[Any, ...]:
         log.debug("audit %s %s %s %s", decision, principal, action, resource)
+        return (clean_text(principal, 256), clean_text(action, 128), clean_text(resource),
+                clean_text(decision, 16), clean_text(statement), clean_text(source, 128),
+                clean_detail(detail))
+
+    def _append_all(self, entries: list[tuple[Any, ...]]) -> None:
+        """Append cleaned entries in this order; returns once they are committed. Callers
+        at the same time share one append (group commit)."""
         if _inside_write_transaction(self._db):
             raise MisuseError("AuditLog.record was called inside an open Database.session(): record "
                               "after that transaction ends (on SQLite this would wait forever)")
-        cleaned = (clean_text(principal, 256), clean_text(action, 128), clean_text(resource),
-                   clean_text(decision, 16), clean_text(statement), clean_text(source, 128),
-                   clean_detail(detail))
         with self._lock:
             # Time is taken under the lock so that seq order is time order.
-            fields = chain.EntryFields(float(self._clock()), *cleaned)
+            now = float(self._clock())
             batch = self._open
             if batch is None:
                 batch = self._open = _Batch()
-            batch.entries.append(fields)
+            batch.entries.extend(chain.EntryFields(now, *cleaned) for cleaned in entries)
             while not batch.done:
                 if self._writing:
                     self._lock.wait()

@@ -43,7 +43,7 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
-from overair.server.jobs.service import JobService, JobsMqttError
+from overair.server.jobs.service import JobService, JobsMqttError, UpdateOutcome
 from overair.server.shadow.mqtt import ShadowMqtt, ShadowTopic, ShadowVerb, parse_topic
 from overair.server.streams.access import AccessCache
 from overair.server.streams.service import StreamService
@@ -229,12 +229,7 @@ class DeviceService:
                 return [self._accepted(topic, wire.execution_reply(execution, token, self._now()))]
             return self._update(topic, parsed, request, progress_tried)
         except PeerInputError as exc:  # JobsMqttError, DecodeError and the rest of the device's faults
-            code = exc.code if exc.code in _JOBS_CODES else wire.INVALID_REQUEST
-            log.info("jobs request %s rejected: %s %s", topic, code, exc.message)
-            if parsed.request is JobsRequest.UPDATE:
-                self._audit_rejected_update(parsed, code, exc.message)
-            state = exc.execution_state if isinstance(exc, JobsMqttError) else None
-            return [self._jobs_error(topic, code, exc.message, token, state)]
+            return self._jobs_refusal(topic, parsed, exc, token)
         except ApiError as exc:  # a domain error of the job service, by its HTTP status
             if exc.status >= 500:
                 log.error("jobs request %s failed: %s", topic, exc.message)
@@ -244,6 +239,16 @@ class DeviceService:
         except UnavailableError as exc:
             log.error("jobs request %s failed: %s", topic, exc.message)
             return [self._jobs_error(topic, wire.INTERNAL_ERROR, "service unavailable, try again", token)]
+
+    def _jobs_refusal(self, topic: str, parsed: JobsTopic, exc: PeerInputError, token: str) -> list[Outgoing]:
+        """The device's request refused: its error reply (with the execution's state when
+        the refusal has it), logged, and audited if it was an update."""
+        code = exc.code if exc.code in _JOBS_CODES else wire.INVALID_REQUEST
+        log.info("jobs request %s rejected: %s %s", topic, code, exc.message)
+        if parsed.request is JobsRequest.UPDATE:
+            self._audit_rejected_update(parsed, code, exc.message)
+        state = exc.execution_state if isinstance(exc, JobsMqttError) else None
+        return [self._jobs_error(topic, code, exc.message, token, state)]
 
     def _audit_rejected_update(self, parsed: JobsTopic, code: str, message: str) -> None:
         self.events.refused(principal=f"thing/{parsed.thing_name}", action="iot:UpdateJobExecution",
@@ -302,22 +307,62 @@ class DeviceService:
                 phase_of[thing] = phase + 1
         for group, indexes in zip(reports, others, strict=True):
             self._write_progress(group, answers)
-            for index in indexes:
-                answers[index] = self.handle(*messages[index])
+            self._write_others(indexes, messages, answers)
         return answers
 
-    def _plain_progress(self, topic: str, payload: bytes) -> tuple[str, str, wire.UpdateRequest] | None:
-        """(thing, job id, request) of a plain progress report; None for anything else,
-        including anything malformed (`handle` answers it)."""
+    def _write_others(self, indexes: list[int], messages: list[tuple[str, bytes]],
+                      answers: list[list[Outgoing]]) -> None:
+        """A phase's other messages (one per thing at most). The status updates among them
+        that parse are applied in one transaction (`JobService.update_many`; the ends of
+        a rollout's devices arrive together), and audited in one append; anything else,
+        and all of them if that transaction fails, goes through `handle`."""
+        updates: list[tuple[int, JobsTopic, wire.UpdateRequest]] = []
+        for index in indexes:
+            found = self._parsed_update(*messages[index])
+            if found is None:
+                answers[index] = self.handle(*messages[index])
+            else:
+                updates.append((index, *found))
+        if len(updates) < 2:
+            for index, _parsed, _update in updates:
+                answers[index] = self.handle(*messages[index])
+            return
+        try:
+            results = self._jobs.update_many([(p.thing_name, p.job_id or "", u) for _, p, u in updates])
+        except Exception as exc:  # nothing was written: each is answered on its own
+            log.warning("a batch of %d job updates failed (%s); handling them one by one", len(updates), exc)
+            for index, _parsed, _update in updates:
+                answers[index] = self.handle(*messages[index])
+            return
+        answered = list(zip(updates, results, strict=True))
+        self._audit.record_status_updates([
+            self._ended_entry(topic, update) for (_, topic, update), result in answered
+            if update.status.terminal and not isinstance(result, JobsMqttError)])
+        for (index, parsed, update), result in answered:
+            topic = messages[index][0]
+            if isinstance(result, JobsMqttError):
+                answers[index] = self._jobs_refusal(topic, parsed, result, update.client_token)
+            else:
+                answers[index] = self._update_reply(topic, parsed, update, result)
+
+    def _parsed_update(self, topic: str, payload: bytes) -> tuple[JobsTopic, wire.UpdateRequest] | None:
+        """A well-formed UpdateJobExecution (topic and request); None for anything else."""
         try:
             parsed = topics.parse_request_topic(topic)
             if not isinstance(parsed, JobsTopic) or parsed.request is not JobsRequest.UPDATE \
                     or not parsed.job_id:
                 return None
-            update = wire.parse_update(wire.load_request(payload, self._limits), self._limits)
+            return parsed, wire.parse_update(wire.load_request(payload, self._limits), self._limits)
         except Exception:
             return None
-        return (parsed.thing_name, parsed.job_id, update) if self._jobs.is_plain_progress(update) else None
+
+    def _plain_progress(self, topic: str, payload: bytes) -> tuple[str, str, wire.UpdateRequest] | None:
+        """(thing, job id, request) of a plain progress report; None for anything else,
+        including anything malformed (`handle` answers it)."""
+        found = self._parsed_update(topic, payload)
+        if found is None or not self._jobs.is_plain_progress(found[1]):
+            return None
+        return found[0].thing_name, found[0].job_id or "", found[1]
 
     def _write_progress(self, group: list[_Report], answers: list[list[Outgoing]]) -> None:
         if not group:
@@ -346,9 +391,20 @@ class DeviceService:
             return [self._accepted(topic, {"clientToken": update.client_token, "timestamp": self._now()})]
         if update.status.terminal:
             # Once per execution: an execution ends once, whatever a device sends.
-            self._audit.record_status_update(thing, self._jobs.job_arn(parsed.job_id or ""), "Accepted",
-                                             {"status": update.status.value,
-                                              "statusDetails": update.status_details})
+            self._audit.record_status_update(*self._ended_entry(parsed, update))
+        return self._update_reply(topic, parsed, update, outcome)
+
+    def _ended_entry(self, parsed: JobsTopic,
+                     update: wire.UpdateRequest) -> tuple[str, str, str, dict[str, Any]]:
+        """The audit entry of an accepted update that ended an execution."""
+        return (parsed.thing_name, self._jobs.job_arn(parsed.job_id or ""), "Accepted",
+                {"status": update.status.value, "statusDetails": update.status_details})
+
+    def _update_reply(self, topic: str, parsed: JobsTopic, update: wire.UpdateRequest,
+                      outcome: UpdateOutcome) -> list[Outgoing]:
+        """update/accepted, with what the request asked back, and notify-next when the
+        thing's next job changed."""
+        thing = parsed.thing_name
         body: dict[str, Any] = {"clientToken": update.client_token, "timestamp": self._now()}
         if update.include_job_execution_state:
             view = outcome.execution

@@ -113,6 +113,18 @@ class UpdateOutcome:
     next_changed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One applied update, for what follows its commit (`JobService._after`)."""
+
+    thing: str
+    job_id: str
+    request: UpdateRequest
+    outcome: UpdateOutcome
+    installed: list[Installed]
+    job: Job | None  # its job, when the update ended the execution
+
+
 def _ts(value: float | None) -> int | None:
     return None if value is None else int(value)
 
@@ -671,73 +683,115 @@ class JobService:
         with self._db.session() as s:
             if progress_first and progress.apply(s.connection(), [(thing, job_id, request)], now)[0]:
                 return None
-            # An executionNumber addresses that execution (after a retry, #1 is still #1);
-            # without one, the latest.
-            row = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing}) \
-                if request.execution_number is None else \
-                s.scalar(self._numbered(job_id, thing, request.execution_number).with_for_update())
-            if row is None:
-                number = "" if request.execution_number is None else f" number {request.execution_number}"
-                raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
-            current = ExecStatus(row.status)
-            state = {"status": row.status, "statusDetails": dict(row.status_details),
-                     "versionNumber": row.version_number}
-            if request.expected_version is not None and request.expected_version != row.version_number:
-                raise JobsMqttError(wire.VERSION_MISMATCH,
-                                    f"expected version {request.expected_version}, "
-                                    f"current is {row.version_number}", state)
-            if current.terminal:
-                # AWS: InvalidStateTransition, "for example, an attempt to change a request
-                # in state SUCCEEDED to state IN_PROGRESS", with executionState (Jobs
-                # device API, ErrorResponse); TerminalStateReached is for describing.
-                raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
-                                    f"execution is already {current.value}", state)
-            if not can_transition(current, request.status, Actor.DEVICE):
-                raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
-                                    f"cannot go from {current.value} to {request.status.value}", state)
-            # Only an execution that ends can change the thing's next job: progress reports
-            # (most updates) skip the lookup.
-            live = s.execute(_LIVE_OF_THING, {"thing": thing}).all() if request.status.terminal else []
-            row.status = request.status.value
-            if request.status_details is not None:
-                row.status_details = request.status_details
-            if row.started_at is None and request.status is not ExecStatus.QUEUED:
-                row.started_at = now
-            row.last_updated_at = now
-            row.version_number += 1
-            if request.status is ExecStatus.IN_PROGRESS and (
-                    current is not ExecStatus.IN_PROGRESS or request.step_timeout_minutes is not None):
-                # The clock starts when the execution enters IN_PROGRESS; a step timeout
-                # (re)starts the step timer, -1 cancels it. Progress reports without one
-                # leave both timers alone and cost no Job read.
-                row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
-            elif request.status.terminal:
-                row.timeout_at = None
-            s.flush()
-            next_changed = False
-            installed: list[Installed] = []
-            if request.status.terminal:
-                job = s.get(Job, job_id)
-                retried = False
-                if job is not None:
-                    installed = self._record_installed(s, job, row, now)
-                    retried = self.retry_if_allowed(s, job, row, now)
-                    job.last_updated_at = now
-                    self.maybe_complete(s, job)
-                s.flush()
-                # The next job after: the same live rows but this one, unless a retry was
-                # queued (rare; then read as before).
-                after = _next_of([r for r in live if r.id != row.id]) if not retried else (
-                    getattr(self._next_row(s, thing), "id", None))
-                next_changed = _next_of(live) != after
-            outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document),
-                                    next_changed)
+            change = self._change(s, thing, job_id, request, now, complete=True)
+        self._after([change])
+        return change.outcome
+
+    def update_many(self, updates: list[tuple[str, str, UpdateRequest]]
+                    ) -> list[UpdateOutcome | JobsMqttError]:
+        """`update_execution` for several (thing, job id, request) of different things, in
+        order and in one transaction (gateway/thing_workers.py runs: a rollout's devices
+        end within seconds of each other): each answered with its outcome or with the
+        JobsMqttError that refused it alone (refusals come before any change). Any other
+        failure fails them all, with nothing written."""
+        now = self._clock()
+        results: list[UpdateOutcome | JobsMqttError] = []
+        changes: list[_Change] = []
+        with self._db.session() as s:
+            for thing, job_id, request in updates:
+                try:
+                    change = self._change(s, thing, job_id, request, now, complete=False)
+                except JobsMqttError as exc:
+                    results.append(exc)
+                    continue
+                results.append(change.outcome)
+                changes.append(change)
+            # Whether a job is complete once, after all of them (one read per job).
+            for job in {id(c.job): c.job for c in changes if c.job is not None}.values():
+                self.maybe_complete(s, job)
+        self._after(changes)
+        return results
+
+    def _change(self, s: Any, thing: str, job_id: str, request: UpdateRequest, now: float, *,
+                complete: bool) -> _Change:
+        """One update in the caller's transaction. Every JobsMqttError is raised before
+        anything changed. `complete`: also complete the job if this was its last live
+        execution (else the caller does, once for many)."""
+        # An executionNumber addresses that execution (after a retry, #1 is still #1);
+        # without one, the latest.
+        row = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing}) \
+            if request.execution_number is None else \
+            s.scalar(self._numbered(job_id, thing, request.execution_number).with_for_update())
+        if row is None:
+            number = "" if request.execution_number is None else f" number {request.execution_number}"
+            raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
+        current = ExecStatus(row.status)
+        state = {"status": row.status, "statusDetails": dict(row.status_details),
+                 "versionNumber": row.version_number}
+        if request.expected_version is not None and request.expected_version != row.version_number:
+            raise JobsMqttError(wire.VERSION_MISMATCH,
+                                f"expected version {request.expected_version}, "
+                                f"current is {row.version_number}", state)
+        if current.terminal:
+            # AWS: InvalidStateTransition, "for example, an attempt to change a request
+            # in state SUCCEEDED to state IN_PROGRESS", with executionState (Jobs
+            # device API, ErrorResponse); TerminalStateReached is for describing.
+            raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
+                                f"execution is already {current.value}", state)
+        if not can_transition(current, request.status, Actor.DEVICE):
+            raise JobsMqttError(wire.INVALID_STATE_TRANSITION,
+                                f"cannot go from {current.value} to {request.status.value}", state)
+        # Only an execution that ends can change the thing's next job: progress reports
+        # (most updates) skip the lookup.
+        live = s.execute(_LIVE_OF_THING, {"thing": thing}).all() if request.status.terminal else []
+        row.status = request.status.value
+        if request.status_details is not None:
+            row.status_details = request.status_details
+        if row.started_at is None and request.status is not ExecStatus.QUEUED:
+            row.started_at = now
+        row.last_updated_at = now
+        row.version_number += 1
+        if request.status is ExecStatus.IN_PROGRESS and (
+                current is not ExecStatus.IN_PROGRESS or request.step_timeout_minutes is not None):
+            # The clock starts when the execution enters IN_PROGRESS; a step timeout
+            # (re)starts the step timer, -1 cancels it. Progress reports without one
+            # leave both timers alone and cost no Job read.
+            row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
+        elif request.status.terminal:
+            row.timeout_at = None
+        s.flush()
+        next_changed = False
+        installed: list[Installed] = []
+        job: Job | None = None
         if request.status.terminal:
-            _log_ended(thing, job_id, outcome.execution.execution_number, request)
-            self.executions_changed([thing])
-        for change in installed:
-            self.on_installed(change)
-        return outcome
+            job = s.get(Job, job_id)
+            retried = False
+            if job is not None:
+                installed = self._record_installed(s, job, row, now)
+                retried = self.retry_if_allowed(s, job, row, now)
+                job.last_updated_at = now
+                if complete:
+                    self.maybe_complete(s, job)
+            s.flush()
+            # The next job after: the same live rows but this one, unless a retry was
+            # queued (rare; then read as before).
+            after = _next_of([r for r in live if r.id != row.id]) if not retried else (
+                getattr(self._next_row(s, thing), "id", None))
+            next_changed = _next_of(live) != after
+        outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document), next_changed)
+        return _Change(thing, job_id, request, outcome, installed, job)
+
+    def _after(self, changes: list[_Change]) -> None:
+        """What follows committed updates: ended executions logged, their things' access
+        decisions dropped, installs reported."""
+        ended = [c for c in changes if c.request.status.terminal]
+        for c in ended:
+            _log_ended(c.thing, c.job_id, c.outcome.execution.execution_number, c.request)
+        if ended:
+            self.executions_changed([c.thing for c in ended])
+        for c in changes:
+            for installed in c.installed:
+                self.on_installed(installed)
 
     @staticmethod
     def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> list[Installed]:
