@@ -1,15 +1,17 @@
 """Counting the rows a request reads, for tests that a listing reads one page, not the
-table (tests/e2e/test_registry_paging.py, tests/e2e/test_listing_paging.py)."""
+table (tests/e2e/test_registry_paging.py, tests/e2e/test_listing_paging.py), and the
+transactions a batched write opens."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Result, Select, event
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from overair.server.storage.db import Database
 from overair.server.storage.schema import Base
 
 
@@ -48,3 +50,21 @@ def returned(model: type[Base]) -> Iterator[list[int]]:
         yield count
     finally:
         event.remove(Session, "do_orm_execute", execute)
+
+
+@contextmanager
+def transactions(db: Database) -> Iterator[list[int]]:
+    """Counts the read-write transactions (`Database.session()`) opened meanwhile, on any
+    thread: what a batched write saves (tests/integration/test_update_batches.py)."""
+    count = [0]
+    session = db.session
+
+    def counted() -> AbstractContextManager[Session]:
+        count[0] += 1
+        return session()
+
+    db.session = counted  # type: ignore[method-assign,assignment]
+    try:
+        yield count
+    finally:
+        db.session = session  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ from overair.server.gateway.broker_log import RefusedConnection
 from overair.server.storage.db import MIGRATIONS_DIR, Database, migrate
 from overair.server.storage.schema import AuditHead
 from tests.pki_helpers import issue, make_ca
+from tests.row_counting import transactions
 from tests.server_harness import RunningServer, running_server
 
 ACCOUNT = "123456789012"
@@ -149,22 +150,14 @@ def test_recorded_fields_read_back_exactly(db: Database) -> None:
     assert verify_log(db).ok
 
 
-def test_status_updates_of_a_run_are_one_append_in_their_order(db: Database,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_updates_of_a_run_are_one_append_in_their_order(db: Database) -> None:
     """`record_status_updates` (a device worker's run of ended executions): one
     transaction, the entries in the order given, the chain valid."""
     audit = AuditLog(db, lambda: 1_700_000_000.0)
-    opened = []
-    session = db.session
-
-    def counted() -> object:
-        opened.append(1)
-        return session()
-
-    monkeypatch.setattr(db, "session", counted)
-    audit.record_status_updates([(f"dev-{i}", "arn:aws:iot:us-east-1:123456789012:job/j", "Accepted",
-                                  {"status": "SUCCEEDED", "i": i}) for i in range(5)])
-    assert len(opened) == 1
+    with transactions(db) as opened:
+        audit.record_status_updates([(f"dev-{i}", "arn:aws:iot:us-east-1:123456789012:job/j", "Accepted",
+                                      {"status": "SUCCEEDED", "i": i}) for i in range(5)])
+    assert opened == [1]
     entries = list(list_entries(db, Query()))
     assert [(e.fields.principal, e.fields.action, e.fields.detail["i"]) for e in entries] == [
         (f"thing/dev-{i}", "iot:UpdateJobExecution", i) for i in range(5)]

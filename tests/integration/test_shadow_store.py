@@ -18,17 +18,23 @@ from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.shadow.service import CLASSIC, ShadowService
 from overair.server.storage.db import Database, migrate
+from tests.row_counting import transactions
 
 CA = pki.make_root_ca("shadow test CA", dt.datetime.now(dt.UTC))
 
 
 @pytest.fixture
-def world(database_url: str, tmp_path: Path) -> Iterator[tuple[Registry, ShadowService]]:
-    db = Database(database_url)
-    migrate(db.engine)
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    migrate(database.engine)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def world(db: Database, database_url: str, tmp_path: Path) -> tuple[Registry, ShadowService]:
     settings = Settings(data_dir=tmp_path, account_id="123456789012", database_url=database_url)
-    yield Registry(db, settings, CA, lambda: 1_000.0), ShadowService(db, DEFAULT_LIMITS, lambda: 1_000.0)
-    db.close()
+    return Registry(db, settings, CA, lambda: 1_000.0), ShadowService(db, DEFAULT_LIMITS, lambda: 1_000.0)
 
 
 def _update(shadows: ShadowService, thing: str, name: str = CLASSIC, **request: object) -> int:
@@ -83,7 +89,7 @@ def test_racing_updates_on_one_version_let_exactly_one_through(world: tuple[Regi
 
 
 def test_a_burst_of_updates_in_one_transaction_answers_each_as_alone(
-        world: tuple[Registry, ShadowService]) -> None:
+        world: tuple[Registry, ShadowService], db: Database) -> None:
     """`update_many` (the $package reports of many devices ending at once): a refused
     update (unknown thing, stale version, malformed) is answered alone and leaves the
     others written; two updates of one shadow follow each other."""
@@ -92,23 +98,15 @@ def test_a_burst_of_updates_in_one_transaction_answers_each_as_alone(
         registry.create_thing(thing)
     changed: list[str] = []
     shadows.on_change = changed.append
-    opened = 0
-    session = shadows._db.session
-
-    def counted() -> object:
-        nonlocal opened
-        opened += 1
-        return session()
-
-    shadows._db.session = counted  # type: ignore[method-assign,assignment]
-    results = shadows.update_many([
-        ("a", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
-        ("ghost", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
-        ("b", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}, "version": 7}),
-        ("b", CLASSIC, {"nostate": 1}),
-        ("a", "$package", {"state": {"reported": {"fw": {"version": "1.1.0"}}}}),
-        ("b", "$package", {"state": {"reported": {"fw": {"version": "2.0.0"}}}})])
-    assert opened == 1
+    with transactions(db) as opened:
+        results = shadows.update_many([
+            ("a", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
+            ("ghost", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}}),
+            ("b", "$package", {"state": {"reported": {"fw": {"version": "1.0.0"}}}, "version": 7}),
+            ("b", CLASSIC, {"nostate": 1}),
+            ("a", "$package", {"state": {"reported": {"fw": {"version": "1.1.0"}}}}),
+            ("b", "$package", {"state": {"reported": {"fw": {"version": "2.0.0"}}}})])
+    assert opened == [1]
     refused = [r.status for r in results if isinstance(r, ShadowError)]
     assert refused == [404, 409, 400]
     versions = [r[0].body["version"] for r in results if not isinstance(r, ShadowError)]

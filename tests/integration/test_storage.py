@@ -33,6 +33,7 @@ from overair.server.storage.db import Database, migrate
 from overair.server.storage.objects import ObjectStore
 from tests.blob_helpers import read_stored, stored_names, write_stored
 from tests.conftest import BlobFactory
+from tests.row_counting import transactions
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -386,19 +387,9 @@ def test_updates_of_many_things_in_one_transaction_do_what_one_by_one_does(
             twins.append(jobs.update_execution(f"twin-{thing}", "job-1", request).next_changed)
         except JobsMqttError as exc:
             twins.append(exc.code)
-    opened = []
-    session = db.session
-
-    def counted() -> object:
-        opened.append(1)
-        return session()
-
-    db.session = counted  # type: ignore[method-assign,assignment]
-    try:
+    with transactions(db) as opened:
         results = jobs.update_many([(thing, "job-1", request) for thing, request in run])
-    finally:
-        db.session = session  # type: ignore[method-assign]
-    assert len(opened) == 1
+    assert opened == [1]
     assert [r.code if isinstance(r, JobsMqttError) else r.next_changed for r in results] == twins
     assert twins == [True, "VersionMismatch", True, True]
     for thing in things:

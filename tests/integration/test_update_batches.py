@@ -19,6 +19,7 @@ from sqlalchemy import select
 from overair.server.gateway.device_service import Outgoing
 from overair.server.storage.schema import JobExecution
 from tests.fuzz.device_world import JOB, OTHER_THING, THING, DeviceWorld, build
+from tests.row_counting import transactions
 
 UPDATE = f"$aws/things/{THING}/jobs/{JOB}/update"
 
@@ -93,29 +94,20 @@ def test_progress_reports_of_several_things_in_one_batch(worlds: list[DeviceWorl
     assert _execution(batched) == _execution(one_by_one)
 
 
-def test_consecutive_progress_reports_are_written_in_one_transaction(worlds: list[DeviceWorld],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_consecutive_progress_reports_are_written_in_one_transaction(worlds: list[DeviceWorld]) -> None:
     _, batched = worlds
     devices = batched.server.devices
     devices.handle(*MESSAGES[0])  # started: IN_PROGRESS
-    db = batched.server.db
-    opened = []
-    session = db.session
-
-    def counted() -> Any:
-        opened.append(1)
-        return session()
-
-    monkeypatch.setattr(db, "session", counted)
     reports = [(UPDATE, _update("IN_PROGRESS", {"receive": f"{25 * n}/256"})) for n in range(1, 9)]
-    answers = devices.handle_updates(reports)
+    with transactions(batched.server.db) as opened:
+        answers = devices.handle_updates(reports)
     assert [answer[0].topic for answer in answers] == [f"{UPDATE}/accepted"] * 8
-    assert len(opened) == 1
+    assert opened == [1]
     assert _execution(batched)[1:3] == ({"receive": "200/256"}, 10)
 
 
 def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes(
-        worlds: list[DeviceWorld], monkeypatch: pytest.MonkeyPatch) -> None:
+        worlds: list[DeviceWorld]) -> None:
     """A run mixing two things' starts, progress reports, self-test reports and ends: each
     thing's reports before its next other message are written in one statement with the
     other thing's (phases), and replies and executions are what one by one gives."""
@@ -142,16 +134,8 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
         for world in worlds:
             world.server.devices.handle(topic, payload)
     expected = [one_by_one.server.devices.handle(topic, payload) for topic, payload in messages[2:]]
-    db = batched.server.db
-    opened = []
-    session = db.session
-
-    def counted() -> Any:
-        opened.append(1)
-        return session()
-
-    monkeypatch.setattr(db, "session", counted)
-    got = batched.server.devices.handle_updates(messages[2:])
+    with transactions(batched.server.db) as opened:
+        got = batched.server.devices.handle_updates(messages[2:])
     assert _normal(got) == _normal(expected)
     assert [answer[0].topic.rsplit("/", 1)[1] for answer in got] == ["accepted"] * 7 + ["rejected"] * 3
 
@@ -168,4 +152,4 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
     # apply), then its full update, refused (its audit entry is a repeat of the thing's
     # refusal, counted for later by server/audit/device_events.py). Handled one message at
     # a time the run would open a transaction for nearly every message.
-    assert len(opened) == 9, len(opened)
+    assert opened == [9]
