@@ -36,14 +36,6 @@ ACCOUNT = "123456789012"
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database.engine)
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def data_dir(tmp_path: Path, database_url: str) -> Path:
     """A data directory as far as `overair audit` needs one: the settings naming the database."""
     root = tmp_path / "data"

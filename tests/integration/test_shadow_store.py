@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,10 @@ from overair.server import pki
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.shadow.service import CLASSIC, ShadowService
-from overair.server.storage.db import Database, migrate
+from overair.server.storage.db import Database
 from tests.row_counting import transactions
 
 CA = pki.make_root_ca("shadow test CA", dt.datetime.now(dt.UTC))
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database.engine)
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,14 +35,6 @@ from tests.conftest import BlobFactory
 from tests.row_counting import transactions
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database.engine)
-    yield database
-    database.close()
 
 
 @pytest.fixture
