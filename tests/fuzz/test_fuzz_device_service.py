@@ -172,7 +172,7 @@ def test_fuzz_device_service_hostile_topics_never_raise(
 
 @given(st.lists(st.tuples(st.one_of(st.sampled_from(JOB_TOPICS), HOSTILE_TOPICS),
                           st.one_of(json_payloads(job_messages()), st.binary(max_size=100))),
-                min_size=1, max_size=4))
+                min_size=1, max_size=8))
 def test_fuzz_device_service_a_run_of_updates_gets_one_answer_per_message(
     jobs_world: DeviceWorld, messages: list[tuple[str, bytes]]
 ) -> None:
