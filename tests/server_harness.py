@@ -10,7 +10,6 @@ returns a boto3 client with the administrator key from the data directory's
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,14 +22,12 @@ from overair.cli.provisioning import provision_thing
 from overair.server.app import Server, ServerThread
 from overair.server.bootstrap import initialize
 from overair.server.settings import Settings, load_settings
+from tests.ports import free_port
+
+# free_port is re-exported: tests and bench/ import it from here.
+__all__ = ["MOSQUITTO", "RunningServer", "free_port", "running_server"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

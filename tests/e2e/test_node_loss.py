@@ -59,6 +59,7 @@ def nodes(tmp_path: Path, postgres: PostgresCluster, seaweedfs: SeaweedS3) -> It
     database_url = postgres.new_database()
     # Every node's pre-signed URLs name the balancer (127.0.0.1 is in the endpoint
     # certificate's names, as `init` makes it), so a URL outlives the node that rendered it.
+    # Drawn before the nodes' own ports, which free_port() then never hands out again.
     download_port = free_port()
     toml = (f'download_public_url = "https://127.0.0.1:{download_port}"\n'
             + s3_settings(seaweedfs, seaweedfs.new_bucket(), tmp_path / "s3.secret"))

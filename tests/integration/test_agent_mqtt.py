@@ -37,6 +37,7 @@ from overair.core.versions import Version
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.pki_helpers import Issued, issue, make_ca, make_signer, sign_file
+from tests.ports import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 V0_9 = Version(0, 9, 0)
@@ -45,12 +46,6 @@ V2 = Version(1, 1, 0)
 BLOCK = 1024
 IMAGE_SIZE = 60 * BLOCK - 100  # 60 blocks, the last one short
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -69,7 +64,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerEnv]:
     server = issue(ca, "broker", server_names=("localhost", "127.0.0.1"))
     server.write(root / "server.crt", root / "server.key")
     (root / "ca.pem").write_bytes(ca.cert_pem)
-    port = _free_port()
+    port = free_port()
     (root / "mosquitto.conf").write_text(
         f"user root\npersistence false\nlog_dest file {root}/mosquitto.log\n"
         f"listener {port} 127.0.0.1\ncafile {root}/ca.pem\ncertfile {root}/server.crt\n"

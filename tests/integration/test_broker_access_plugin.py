@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import os
 import secrets
-import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from overair.server.gateway.broker_plugin import build_plugin
 from overair.server.gateway.ephemeral import client_context
 from overair.server.gateway.tls import client_ssl_context
 from tests.mqtt_peer import WAIT
+from tests.ports import free_port
 
 NOW = dt.datetime.now(dt.UTC)
 V311, V5 = MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5
@@ -133,12 +133,6 @@ class Env:
         return name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     ca = pki.make_root_ca("access plugin test CA", NOW)
@@ -158,7 +152,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
              "controller": pki.issue_client_cert(ca, "overair.controller", NOW)}
     write_atomic(tmp_path / "service.pem", certs["service"].cert_pem)
     write_atomic(tmp_path / "service.key", certs["service"].key_pem, mode=0o600)
-    port = _free_port()
+    port = free_port()
     broker = Broker(tmp_path / "broker", "/usr/sbin/mosquitto", "127.0.0.1", port)
     plugin = build_plugin(broker.workdir)
     assert plugin.path is not None, plugin.reason

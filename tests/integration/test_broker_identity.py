@@ -14,7 +14,6 @@ import asyncio
 import datetime as dt
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,14 +36,9 @@ from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.schema import DeviceCertificate
 from tests.mqtt_peer import MqttPeer
+from tests.ports import free_port
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Peer(MqttPeer):
@@ -98,7 +92,7 @@ def _run_broker(root: Path, *, with_acl: bool) -> Iterator[Env]:
     service = pki.issue_client_cert(ca, pki.SERVICE_IDENTITY, NOW)
     write_atomic(root / "service.pem", service.cert_pem)
     write_atomic(root / "service.key", service.key_pem, mode=0o600)
-    port = _free_port()
+    port = free_port()
     broker = Broker(root / "broker", "/usr/sbin/mosquitto", "127.0.0.1", port)
     witness = AclWitness(ca, root / "ca.pem", "127.0.0.1", port)
 

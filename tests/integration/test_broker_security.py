@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import socket
 import ssl
 import threading
 import time
@@ -22,21 +21,16 @@ from overair.server.files import write_atomic, write_private
 from overair.server.gateway.broker import Broker, render_acl, render_config
 from overair.server.gateway.broker_plugin import build_plugin
 from overair.server.gateway.tls import client_ssl_context
+from tests.ports import free_port
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BrokerEnv:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ca = pki.make_root_ca("test fleet CA", NOW)
-        self.port = _free_port()
+        self.port = free_port()
         write_atomic(root / "ca.pem", self.ca.cert_pem)
         server = pki.issue_server_cert(self.ca, ("localhost", "127.0.0.1"), NOW)
         write_atomic(root / "server.pem", server.cert_pem)

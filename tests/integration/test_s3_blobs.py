@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -25,6 +24,7 @@ from overair.server.storage.s3_blobs import S3Blobs
 from tests.api_harness import running_api
 from tests.blob_helpers import stored_names, write_stored
 from tests.conftest import BlobFactory
+from tests.ports import free_port
 from tests.postgres_harness import PostgresCluster
 from tests.seaweedfs_harness import SeaweedS3
 
@@ -42,10 +42,8 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 def _unreachable(seaweedfs: SeaweedS3) -> S3Blobs:
-    """An S3 endpoint where nothing listens (a port bound and closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    """An S3 endpoint where nothing listens."""
+    port = free_port()  # this process's own, so nothing else binds it meanwhile
     location = replace(seaweedfs.location("firmware"), endpoint_url=f"http://127.0.0.1:{port}",
                        max_attempts=1, connect_timeout=1.0, read_timeout=1.0)
     return S3Blobs(location)

@@ -16,6 +16,11 @@ that is not a CA, wherever it stands.
 The text comes from an API caller, so it is bounded (length, number of certificates)
 and anything unreadable raises `DecodeError` (code `BadCertificateChain`) and nothing
 else (fuzzed: tests/fuzz/test_fuzz_certchain.py).
+
+A certificate whose serial number is not positive is refused the same way: RFC 5280
+(4.1.2.2) forbids it, `cryptography` loads one today with a deprecation warning and will
+refuse to load it in a future release (or now, when warnings are errors), and either way
+the caller sees the one stable refusal.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ PEM_MARK = "-----BEGIN"
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _SEQUENCE = 0x30
 _OID = 0x06
+_INTEGER = 0x02
+_VERSION_TAG = 0xA0  # [0] EXPLICIT Version, before the serial number
+# A load refused: unreadable bytes, or a warning of cryptography's raised as an error
+# (when warnings are made errors): a non-positive serial number, a PKCS#7 bundle read
+# only through its BER fallback; both are what a future cryptography says it will raise.
+_REFUSED = (*UNREADABLE, Warning)
 
 
 def parse_chain_document(text: str, *, max_certificates: int) -> list[x509.Certificate]:
@@ -59,6 +70,10 @@ def parse_chain_document(text: str, *, max_certificates: int) -> list[x509.Certi
     if len(certs) > max_certificates:
         raise DecodeError(f"the certificate chain holds {len(certs)} certificates; at most "
                           f"{max_certificates} are accepted", code=CODE)
+    for position, cert in enumerate(certs):
+        if not _serial_is_positive(cert):
+            raise DecodeError(f"certificate {position + 1} of the chain has a serial number that is not "
+                              "positive (RFC 5280 4.1.2.2)", code=CODE)
     return signer_first(certs)
 
 
@@ -82,10 +97,37 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def _serial_is_positive(cert: x509.Certificate) -> bool:
+    """Read from the TBSCertificate's DER, which cryptography has already parsed: its
+    `serial_number` would warn again about the very value being checked."""
+    tbs = cert.tbs_certificate_bytes
+    offset = _content_start(tbs, 0)
+    if tbs[offset] == _VERSION_TAG:
+        offset = _content_start(tbs, offset) + _content_length(tbs, offset)
+    if tbs[offset] != _INTEGER:
+        return False
+    start = _content_start(tbs, offset)
+    length = _content_length(tbs, offset)
+    serial = tbs[start:start + length]
+    return bool(serial) and serial[0] & 0x80 == 0 and any(serial)
+
+
+def _content_start(der: bytes, offset: int) -> int:
+    first = der[offset + 1]
+    return offset + 2 + (first - 0x80 if first & 0x80 else 0)
+
+
+def _content_length(der: bytes, offset: int) -> int:
+    first = der[offset + 1]
+    if first & 0x80 == 0:
+        return first
+    return int.from_bytes(der[offset + 2:_content_start(der, offset)], "big")
+
+
 def _pem(data: bytes) -> list[x509.Certificate]:
     try:
         return list(x509.load_pem_x509_certificates(data))
-    except UNREADABLE as exc:
+    except _REFUSED as exc:
         raise DecodeError(f"the certificate chain is not readable PEM: {exc}", code=CODE) from None
 
 
@@ -95,13 +137,13 @@ def _der(data: bytes) -> list[x509.Certificate]:
     if len(elements) == 1 and _is_pkcs7(elements[0]):
         try:
             return list(pkcs7.load_der_pkcs7_certificates(elements[0]))
-        except UNREADABLE as exc:
+        except _REFUSED as exc:
             raise DecodeError(f"the PKCS#7 certificate bundle is not readable: {exc}", code=CODE) from None
     certs = []
     for position, element in enumerate(elements):
         try:
             certs.append(x509.load_der_x509_certificate(element))
-        except UNREADABLE as exc:
+        except _REFUSED as exc:
             raise DecodeError(f"certificate {position + 1} of the chain is not readable DER: {exc}",
                               code=CODE) from None
     return certs
