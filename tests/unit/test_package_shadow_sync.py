@@ -3,6 +3,7 @@ path, the ones waiting for the worker written together, each refusal logged alon
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -37,6 +38,7 @@ def _installed(thing: str, catalog: bool = False) -> Installed:
 
 
 def test_installs_waiting_for_the_worker_are_written_in_one_call(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="overair.packages")  # whatever other tests set on "overair"
     shadows = RecordingShadows()
     published: list[list[tuple[str, bytes]]] = []
     worker = ThreadPoolExecutor(1)
@@ -57,6 +59,7 @@ def test_installs_waiting_for_the_worker_are_written_in_one_call(caplog: pytest.
 
 def test_a_database_failure_is_logged_for_each_install_and_the_worker_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="overair.packages")
     shadows = RecordingShadows()
     shadows.fail_with = UnavailableError("the database is locked")
     published: list[list[tuple[str, bytes]]] = []
