@@ -53,6 +53,8 @@ log = logging.getLogger("overair.devices")
 QOS_CONTROL = 1
 # A plain progress report of a run: (index in the run, topic, payload, thing, job id, request).
 _Report = tuple[int, str, bytes, str, str, wire.UpdateRequest]
+# A well-formed UpdateJobExecution: its topic and its request (`_parsed_update`).
+_Parsed = tuple[JobsTopic, wire.UpdateRequest]
 QOS_BLOCKS = 0  # blocks are re-requested by the device's bitmap; QoS 1 would only add round trips
 QOS_THROTTLED = 0  # a refusal for a flood: never worth a PUBACK round trip
 # What each kind of request is called in the audit log.
@@ -282,43 +284,43 @@ class DeviceService:
         return topic.endswith("/update") and "/jobs/" in topic
 
     def handle_updates(self, messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
-        """`handle` for a run of messages (gateway/thing_workers.py batches), with the
-        plain progress reports written together. Only each thing's own messages must keep
-        their order, so the run is cut in phases: phase k holds, for every thing, its
-        reports after k other messages of its own, and then its (k+1)th other message.
-        Each phase's reports are written in one statement (jobs/progress.py), then its
-        other messages go through `handle`, in order; a report that did not apply goes
-        through `handle` too, which answers it as one by one would."""
+        """`handle` for a run of messages (gateway/thing_workers.py batches), with their
+        writes shared. Only each thing's own messages must keep their order, so the run is
+        cut in phases: phase k holds, for every thing, its plain progress reports after k
+        other messages of its own, and then its (k+1)th other message. Each phase's reports
+        are written in one statement (jobs/progress.py), then its other messages in one
+        transaction (`_write_others`); whatever did not apply or did not parse goes
+        through `handle`, which answers it as one by one would."""
         answers: list[list[Outgoing]] = [[] for _ in messages]
         reports: list[list[_Report]] = []  # by phase
-        others: list[list[int]] = []  # by phase: indexes of the other messages
+        others: list[list[tuple[int, _Parsed | None]]] = []  # by phase: (index, parsed update or None)
         phase_of: dict[str, int] = {}  # thing -> its phase so far
         for index, (topic, payload) in enumerate(messages):
-            report = self._plain_progress(topic, payload)
-            thing = report[0] if report is not None else (topics.jobs_request_thing(topic) or "")
+            found = self._parsed_update(topic, payload)
+            plain = found is not None and self._jobs.is_plain_progress(found[1])
+            thing = found[0].thing_name if found is not None else (topics.jobs_request_thing(topic) or "")
             phase = phase_of.get(thing, 0)
             if phase == len(reports):
                 reports.append([])
                 others.append([])
-            if report is not None:
-                reports[phase].append((index, topic, payload, *report))
+            if found is not None and plain:
+                reports[phase].append((index, topic, payload, thing, found[0].job_id or "", found[1]))
             else:
-                others[phase].append(index)
+                others[phase].append((index, found))
                 phase_of[thing] = phase + 1
-        for group, indexes in zip(reports, others, strict=True):
+        for group, parsed_others in zip(reports, others, strict=True):
             self._write_progress(group, answers)
-            self._write_others(indexes, messages, answers)
+            self._write_others(parsed_others, messages, answers)
         return answers
 
-    def _write_others(self, indexes: list[int], messages: list[tuple[str, bytes]],
+    def _write_others(self, others: list[tuple[int, _Parsed | None]], messages: list[tuple[str, bytes]],
                       answers: list[list[Outgoing]]) -> None:
         """A phase's other messages (one per thing at most). The status updates among them
         that parse are applied in one transaction (`JobService.update_many`; the ends of
         a rollout's devices arrive together), and audited in one append; anything else,
         and all of them if that transaction fails, goes through `handle`."""
         updates: list[tuple[int, JobsTopic, wire.UpdateRequest]] = []
-        for index in indexes:
-            found = self._parsed_update(*messages[index])
+        for index, found in others:
             if found is None:
                 answers[index] = self.handle(*messages[index])
             else:
@@ -355,14 +357,6 @@ class DeviceService:
             return parsed, wire.parse_update(wire.load_request(payload, self._limits), self._limits)
         except Exception:
             return None
-
-    def _plain_progress(self, topic: str, payload: bytes) -> tuple[str, str, wire.UpdateRequest] | None:
-        """(thing, job id, request) of a plain progress report; None for anything else,
-        including anything malformed (`handle` answers it)."""
-        found = self._parsed_update(topic, payload)
-        if found is None or not self._jobs.is_plain_progress(found[1]):
-            return None
-        return found[0].thing_name, found[0].job_id or "", found[1]
 
     def _write_progress(self, group: list[_Report], answers: list[list[Outgoing]]) -> None:
         if not group:
