@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -130,6 +131,34 @@ class StatementCounter:
     def _commit(self, *_args: object) -> None:
         if self._armed:
             self.commits += 1
+
+
+class GcTimer:
+    """Time the server process spends in Python's cyclic garbage collector from `arm()`
+    on, per generation: a full collection walks every tracked object, and at 10,000
+    connected devices those are many (docs/scaling.md)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        self._armed = False
+        gc.callbacks.append(self._callback)
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def stop(self) -> None:
+        self._armed = False
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._armed:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._started
+            self.collections[generation] += 1
 
 
 @dataclass
@@ -253,6 +282,7 @@ class RolloutResult:
     http_answers: dict[int, int] = field(default_factory=dict)
     # (statements, commits) on the server's read-write engine from t0 (StatementCounter).
     written: tuple[int, int] = (0, 0)
+    collector: GcTimer | None = None
 
 
 class DeviceProcesses:
@@ -338,6 +368,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         timer.arm()
         statements = StatementCounter(srv.server.db.engine)
         statements.arm()
+        collector = GcTimer()
+        collector.arm()
         profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
         agent_share.arm()
@@ -383,10 +415,12 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         stream_id = srv.server.ota.get(OTA_ID).stream_id or ""
         http_answers = dict(sorted(srv.server.delivery.answered.items()))
         written = (statements.statements, statements.commits)
+        collector.stop()
     return RolloutResult(devices, size, provisioned.seconds, results, t0, all_succeeded, statuses,
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
-                         list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written)
+                         list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written,
+                         collector)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -574,6 +608,10 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
     statements, commits = rollout.written
     print(f"server read-write database engine from t0: {statements:,} statements, {commits:,} commits "
           f"({statements / max(1, n):.1f} and {commits / max(1, n):.1f} per device)")
+    if rollout.collector is not None:
+        gcs = rollout.collector
+        print("server garbage collector from t0: " + ", ".join(
+            f"generation {g}: {gcs.collections[g]} runs, {gcs.seconds[g]:.2f} s" for g in range(3)))
     for kind, durations in sorted(rollout.service_calls.items()):
         ordered = sorted(durations)
         p99 = ordered[int(0.99 * (len(ordered) - 1))]

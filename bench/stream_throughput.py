@@ -730,7 +730,7 @@ COMPONENTS = (
 def stop_py_spy(profiler: _Profiler) -> Profile | None:
     profiler.process.send_signal(signal.SIGINT)
     try:
-        profiler.process.wait(30)
+        profiler.process.wait(300)  # at 10,000 devices py-spy needs minutes to write its samples
     except subprocess.TimeoutExpired:
         profiler.process.kill()
         profiler.process.wait()

@@ -42,7 +42,7 @@ def test_installs_waiting_for_the_worker_are_written_in_one_call(caplog: pytest.
     shadows = RecordingShadows()
     published: list[list[tuple[str, bytes]]] = []
     worker = ThreadPoolExecutor(1)
-    sync = PackageShadowSync(cast(ShadowService, shadows), published.append, lambda: False, worker)
+    sync = PackageShadowSync(cast(ShadowService, shadows), published.append, lambda: False, worker, 500)
     gate = threading.Event()
     worker.submit(gate.wait)  # the worker busy: the installs below wait together
     for thing in ("a", "ghost", "b"):
@@ -64,7 +64,7 @@ def test_a_database_failure_is_logged_for_each_install_and_the_worker_goes_on(
     shadows.fail_with = UnavailableError("the database is locked")
     published: list[list[tuple[str, bytes]]] = []
     worker = ThreadPoolExecutor(1)
-    sync = PackageShadowSync(cast(ShadowService, shadows), published.append, lambda: True, worker)
+    sync = PackageShadowSync(cast(ShadowService, shadows), published.append, lambda: True, worker, 500)
     sync.installed(_installed("a"))
     worker.submit(lambda: None).result()
     shadows.fail_with = None

@@ -27,7 +27,7 @@ def test_items_added_while_the_worker_is_busy_are_applied_as_one_batch() -> None
     applied: list[list[int]] = []
     with ThreadPoolExecutor(1) as worker:
         release = _occupy(worker)
-        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers")
+        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers", 100)
         for n in range(5):
             batches.add(n)
         release.set()
@@ -35,11 +35,23 @@ def test_items_added_while_the_worker_is_busy_are_applied_as_one_batch() -> None
     assert applied == [[0, 1, 2, 3, 4]]
 
 
+def test_a_burst_longer_than_max_batch_is_applied_in_batches_of_at_most_max_batch_in_order() -> None:
+    applied: list[list[int]] = []
+    with ThreadPoolExecutor(1) as worker:
+        release = _occupy(worker)
+        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers", 3)
+        for n in range(7):
+            batches.add(n)
+        release.set()
+        batches.submit_after(lambda: None).result(5)
+    assert applied == [[0, 1, 2], [3, 4, 5], [6]]
+
+
 def test_work_submitted_after_items_runs_between_the_items_before_and_after_it() -> None:
     seen: list[str] = []
     with ThreadPoolExecutor(1) as worker:
         release = _occupy(worker)
-        batches: SerialBatches[str] = SerialBatches(worker, seen.extend, "events")
+        batches: SerialBatches[str] = SerialBatches(worker, seen.extend, "events", 100)
         batches.add("connected before the restart")
         done = batches.submit_after(lambda: seen.append("RESTART"))
         batches.add("connected after the restart")
@@ -58,7 +70,7 @@ def test_a_failing_batch_is_logged_and_later_items_are_still_applied() -> None:
         applied.append(items)
 
     with ThreadPoolExecutor(1) as worker:
-        batches: SerialBatches[int] = SerialBatches(worker, apply, "numbers")
+        batches: SerialBatches[int] = SerialBatches(worker, apply, "numbers", 100)
         batches.add(1)
         batches.submit_after(lambda: None).result(5)
         batches.add(2)

@@ -78,6 +78,9 @@ class Limits:
     # (delivery/http_download.py), so a large image never sits whole in memory.
     http_whole_file_bytes: int = 16 * 1024 * 1024
     device_access_cache_entries: int = 100_000
+    # Jobs whose deliveries (stream, HTTP objects: fixed at creation) are kept in memory
+    # for those decisions (jobs/deliveries.py); past this they are read again.
+    delivery_jobs_kept: int = 10_000
     # CBOR from devices (core/wirecbor.py) and the Jobs API's stepTimeoutInMinutes (AWS: 1-10080).
     max_cbor_depth: int = 8
     max_cbor_items: int = 256
@@ -138,6 +141,10 @@ class Limits:
     # Lines per transaction and per broker access change: 500 identities with 128-character
     # thing names render to 242 KiB, well inside the access plugin's 1 MiB control message.
     registration_batch: int = 500
+    # Items per transaction of the serial batch workers (server/serial_batches.py: device
+    # connection events, $package shadow reports): a burst waiting for its worker is
+    # written in transactions of at most this many.
+    serial_batch: int = 500
     # Event messages (server/events/publisher.py) waiting to be published; past this they
     # are dropped and counted, never making a device's request or an API call wait.
     max_queued_events: int = 10_000

@@ -304,14 +304,16 @@ class Server:
         # One thread applies the broker's connection events in order, off the event loop.
         self.presence_worker = ThreadPoolExecutor(1, thread_name_prefix="presence")
         self.presence_events: SerialBatches[PresenceEvent] = SerialBatches(
-            self.presence_worker, self.connectivity.apply, "device connection events")
+            self.presence_worker, self.connectivity.apply, "device connection events",
+            settings.limits.serial_batch)
         registry_api.register_connectivity(self.table, self.registry, self.connectivity)
         self._register_fleet_index(settings, clock)
         self._register_bulk_registration(settings, clock)
         self.package_shadow_worker = ThreadPoolExecutor(1, thread_name_prefix="package-shadow")
         self.jobs.on_installed = PackageShadowSync(
             self.shadows, self._publish_threadsafe,
-            lambda: catalog.configuration().jobs_update_versions, self.package_shadow_worker).installed
+            lambda: catalog.configuration().jobs_update_versions, self.package_shadow_worker,
+            settings.limits.serial_batch).installed
         templates = JobTemplates(self.db, settings, clock)
         jobs_api.register(self.table, self.jobs, self.registry.thing_arn, self._notify_threadsafe,
                           self.objects, settings.limits.max_job_document_bytes, self._caller_may_read,
@@ -554,6 +556,17 @@ class Server:
         while True:
             await asyncio.to_thread(self.health.tick)
             await asyncio.sleep(TICK_SECONDS)
+
+    async def _run_access_renewal(self, ttl: float) -> None:
+        """N4 decisions of the devices downloading now, decided again every third of their
+        lifetime (streams/access.py `renew`), so that none expires while its device works."""
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await asyncio.to_thread(self.devices.renew_access)
+                await asyncio.to_thread(self.delivery.renew_access)
+            except Exception:  # the loop goes on: decisions not renewed expire and are asked again
+                log.exception("renewing device access decisions failed")
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:
         self._notify_pending_here(things)
@@ -980,6 +993,7 @@ class Server:
             await self._start_download_front()
             tasks.append(asyncio.create_task(self._run_scheduler()))
             tasks.append(asyncio.create_task(self._run_health()))
+            tasks.append(asyncio.create_task(self._run_access_renewal(settings.limits.device_access_cache_seconds)))
             while not all(server.started for server in servers):
                 for task in serving:
                     if task.done():

@@ -4,7 +4,9 @@ The broker's connection events arrive one by one on the event loop; writing each
 transaction of its own cost a thousand devices' reboots 2 s of the server's interpreter
 (bench/fleet.py profile: `Connectivity.apply`, 6.8%). Here an item joins the batch still
 waiting for the worker, so a burst becomes one transaction; a batch is closed once the
-worker takes it, so nothing joins a batch being applied.
+worker takes it, so nothing joins a batch being applied, and once it holds `max_batch`
+items (`Limits.serial_batch`), so that one transaction stays bounded however long the
+worker was held up; the next item opens the next batch.
 
 Order: batches and the other work handed to the same one-thread executor through
 `submit_after` run in the order they were handed over; an item added after a
@@ -27,8 +29,10 @@ log = logging.getLogger("overair.server")
 
 
 class SerialBatches(Generic[T]):
-    def __init__(self, executor: ThreadPoolExecutor, apply: Callable[[list[T]], None], what: str) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, apply: Callable[[list[T]], None], what: str,
+                 max_batch: int) -> None:
         self._executor = executor
+        self._max_batch = max_batch
         self._apply = apply
         self._what = what  # for the log line of a failed batch
         self._lock = threading.Lock()
@@ -37,7 +41,7 @@ class SerialBatches(Generic[T]):
     def add(self, item: T) -> None:
         """Any thread; never waits for the worker."""
         with self._lock:
-            if self._open is not None:
+            if self._open is not None and len(self._open) < self._max_batch:
                 self._open.append(item)
                 return
             batch = self._open = [item]

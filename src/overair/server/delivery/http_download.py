@@ -323,10 +323,16 @@ class HttpDelivery:
         if cached is not None:
             return cached
         generation = self._access.generation(grant.thing)
-        jobs = self._jobs.jobs_delivering_object(grant.bucket, grant.key, grant.version)
-        allowed = self._jobs.live_execution_references(grant.thing, jobs)
+        allowed = item in self._jobs.deliveries.of_things([grant.thing])[grant.thing].objects
         self._access.put(grant.thing, item, allowed, self._clock(), generation)
         return allowed
+
+    def renew_access(self) -> int:
+        """Decide again the access of the devices downloading now (streams/access.py
+        `renew`): one read per 500 of them. Returns how many were renewed."""
+        return self._access.renew(lambda things: {thing: delivered.objects for thing, delivered
+                                                  in self._jobs.deliveries.of_things(things).items()},
+                                  self._clock)
 
     @property
     def cached_bytes(self) -> int:

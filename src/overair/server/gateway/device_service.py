@@ -462,6 +462,13 @@ class DeviceService:
         self._access.put(thing, stream_id, allowed, self._clock(), generation)
         return allowed
 
+    def renew_access(self) -> int:
+        """Decide again the stream access of the devices downloading now (streams/access.py
+        `renew`): one read per 500 of them. Returns how many were renewed."""
+        return self._access.renew(lambda things: {thing: delivered.streams for thing, delivered
+                                                  in self._jobs.deliveries.of_things(things).items()},
+                                  self._clock)
+
     def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
         """Answer a block request from what is already in memory, or return None.
 

@@ -30,6 +30,7 @@ from overair.server.api.contract import ApiError, already_exists, invalid, not_f
 from overair.server.clock import Clock
 from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
 from overair.server.jobs import progress
+from overair.server.jobs.deliveries import Deliveries
 from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -54,21 +55,19 @@ _LATEST_FOR_UPDATE = (select(JobExecution)
 # Is any execution of a job still live (`maybe_complete`, once per ended execution)?
 _ANY_LIVE = (select(JobExecution.id)
              .where(JobExecution.job_id == bindparam("job"), JobExecution.status.in_(ACTIVE)).limit(1))
-# A thing's oldest released execution in one status (`_next_row`), built once for the
-# same reason.
-_NEXT_ROW = (select(JobExecution)
-             .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
-                    JobExecution.status == bindparam("status"))
-             .order_by(JobExecution.queued_at, JobExecution.id).limit(1))
-# A thing's live released executions, for `update_execution` to tell whether ending one
-# changes the thing's next job with one read instead of `_next_row` before and after (up
-# to four statements, each a wait for the interpreter while SQLite's write lock is held).
+# A thing's live released executions (`_next_row` picks by `_next_key`), built once for
+# the same reason: one read, where a statement per status was two.
+_LIVE_ROWS_OF_THING = select(JobExecution).where(JobExecution.thing_name == bindparam("thing"), RELEASED,
+                                                 JobExecution.status.in_(ACTIVE))
+# The same as (id, status, queued_at), for `update_execution` to tell whether ending one
+# changes the thing's next job with one read instead of `_next_row` before and after (each
+# statement a wait for the interpreter while SQLite's write lock is held).
 _LIVE_OF_THING = (select(JobExecution.id, JobExecution.status, JobExecution.queued_at)
                   .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
                          JobExecution.status.in_(ACTIVE)))
 # `next_and_pending`: the live released executions of many things, as rows (expanding
 # IN: one statement compiled once for any number of things).
-_LIVE_OF_THINGS = (select(JobExecution.thing_name, JobExecution.job_id, JobExecution.status,
+_LIVE_OF_THINGS = (select(JobExecution.id, JobExecution.thing_name, JobExecution.job_id, JobExecution.status,
                           JobExecution.status_details, JobExecution.queued_at, JobExecution.started_at,
                           JobExecution.last_updated_at, JobExecution.version_number,
                           JobExecution.execution_number)
@@ -135,6 +134,8 @@ class JobService:
         self._settings = settings
         self._registry = registry
         self._clock = clock
+        # N4: what each thing may fetch now (streams, HTTP objects), for the access caches.
+        self.deliveries = Deliveries(db, settings.limits.delivery_jobs_kept)
         self.render_document: DocumentRenderer = lambda job, _thing: job.document
         # Called with a session and the things whose documents are about to be rendered in
         # it, so that the renderer can read what it needs for all of them at once.
@@ -531,11 +532,9 @@ class JobService:
         return _execution_view(row, document)
 
     def _next_row(self, s: Any, thing: str) -> JobExecution | None:
-        for status in (ExecStatus.IN_PROGRESS.value, ExecStatus.QUEUED.value):
-            row: JobExecution | None = s.scalar(_NEXT_ROW, {"thing": thing, "status": status})
-            if row is not None:
-                return row
-        return None
+        row: JobExecution | None = min(s.scalars(_LIVE_ROWS_OF_THING, {"thing": thing}), key=_next_key,
+                                       default=None)
+        return row
 
     def next_execution(self, thing: str, include_document: bool = True) -> ExecutionView | None:
         with self._db.reading() as s:
@@ -606,14 +605,12 @@ class JobService:
             jobs = {job.job_id: job for job in held}
             out = {}
             for thing, mine in by_thing.items():
-                # As `_next_row`: the oldest IN_PROGRESS, else the oldest QUEUED.
-                running = [row for row in mine if row.status == ExecStatus.IN_PROGRESS.value]
-                first = (running or mine)[:1]
+                first = min(mine, key=_next_key, default=None)
                 view = None
-                if first:
-                    job = jobs.get(first[0].job_id)
+                if first is not None:
+                    job = jobs.get(first.job_id)
                     document = self.render_document(job, thing) if job is not None else None
-                    view = _execution_view(first[0], document)
+                    view = _execution_view(first, document)
                 out[thing] = NextAndPending(view, *_pending_summaries(mine))
         return out
 
@@ -873,44 +870,24 @@ class JobService:
         when an OTA job last changed it (packages/inventory.py)."""
         return Inventory(self._db).running_versions(things)
 
-    def jobs_delivering_object(self, bucket: str, key: str, version: str) -> list[str]:
-        """Jobs still running that deliver this object version over HTTP: an OTA job's
-        file, or a plain job's pre-signed URL placeholder."""
-        wanted = {"bucket": bucket, "key": key, "version": version}
-        with self._db.reading() as s:
-            jobs = s.scalars(select(Job).where(Job.status == JobStatus.IN_PROGRESS.value)).all()
-            return [job.job_id for job in jobs
-                    if any({k: f.get(k) for k in wanted} == wanted
-                           for key in (HTTP_FILES, PRESIGNED_OBJECTS) for f in job.config.get(key, []))]
-
-    def live_execution_references(self, thing: str, job_ids: list[str]) -> bool:
-        """True if the thing has a non-terminal execution of one of these jobs."""
-        if not job_ids:
-            return False
-        with self._db.reading() as s:
-            count = s.scalar(select(func.count()).select_from(JobExecution).where(
-                JobExecution.thing_name == thing, JobExecution.job_id.in_(job_ids), RELEASED,
-                JobExecution.status.in_(ACTIVE)))
-            return bool(count)
-
     def may_read_stream(self, thing: str, stream_id: str) -> bool:
         """N4: the thing has a live execution of a running job whose OTA document delivers
-        this stream. One indexed read of the thing's own live executions (a device has one
-        or two): scanning every running job's document per lookup grew with the jobs."""
-        with self._db.reading() as s:
-            documents = s.scalars(
-                select(Job.document).join(JobExecution, JobExecution.job_id == Job.job_id).where(
-                    JobExecution.thing_name == thing, RELEASED, JobExecution.status.in_(ACTIVE),
-                    Job.status == JobStatus.IN_PROGRESS.value)).all()
-        return any(isinstance(document.get("afr_ota"), dict)
-                   and document["afr_ota"].get("streamname") == stream_id for document in documents)
+        this stream (jobs/deliveries.py: one indexed read of the thing's live executions)."""
+        return stream_id in self.deliveries.of_things([thing])[thing].streams
+
+
+def _next_key(row: Any) -> tuple[bool, float, int]:
+    """Which of a thing's live executions (rows with id, status, queued_at) is its next
+    job, the smallest key: the oldest IN_PROGRESS, else the oldest QUEUED (AWS Jobs:
+    `$next` is the in-progress execution, else the earliest queued). The one place this
+    order is stated: `$next/get`, StartNext, notify-next and the next-job change all rank
+    by it."""
+    return (row.status != ExecStatus.IN_PROGRESS.value, row.queued_at, row.id)
 
 
 def _next_of(live: Sequence[Any]) -> int | None:
-    """The id of the thing's next execution among its live rows (id, status, queued_at):
-    as `_next_row`, the oldest IN_PROGRESS, else the oldest QUEUED."""
-    ranked = min(live, default=None,
-                 key=lambda r: (r.status != ExecStatus.IN_PROGRESS.value, r.queued_at, r.id))
+    """The id of the thing's next execution among its live rows."""
+    ranked = min(live, key=_next_key, default=None)
     return None if ranked is None else int(ranked.id)
 
 

@@ -34,15 +34,15 @@ Publish = Callable[[list[tuple[str, bytes]]], None]
 
 class PackageShadowSync:
     def __init__(self, shadows: ShadowService, publish: Publish,
-                 catalog_reporting: Callable[[], bool], worker: ThreadPoolExecutor) -> None:
+                 catalog_reporting: Callable[[], bool], worker: ThreadPoolExecutor, max_batch: int) -> None:
         self._shadows = shadows
         self._publish = publish
         # AWS reports a job's destinationPackageVersions only while the package
         # configuration's versionUpdateByJobsConfig is enabled (UpdatePackageConfiguration).
         # The firmware an OTA update installed is overair's own record: always reported.
         self._catalog_reporting = catalog_reporting
-        self._batches: SerialBatches[Installed] = SerialBatches(worker, self._write,
-                                                                "$package shadow reports")
+        self._batches: SerialBatches[Installed] = SerialBatches(
+            worker, self._write, "$package shadow reports", max_batch)
 
     def installed(self, installed: Installed) -> None:
         """Any thread; never waits for the write."""
