@@ -130,7 +130,7 @@ from overair.server.storage.blob_config import make_blobs
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
 from overair.server.streams import api as streams_api
-from overair.server.streams.service import StreamService
+from overair.server.streams.service import STREAM_ROW_TTL, StreamService
 
 log = logging.getLogger("overair.server")
 # A restarted process may find its node's claim still held by its predecessor's dying
@@ -557,16 +557,22 @@ class Server:
             await asyncio.to_thread(self.health.tick)
             await asyncio.sleep(TICK_SECONDS)
 
-    async def _run_access_renewal(self, ttl: float) -> None:
-        """N4 decisions of the devices downloading now, decided again every third of their
-        lifetime (streams/access.py `renew`), so that none expires while its device works."""
+    async def _run_renewals(self, access_ttl: float) -> None:
+        """What block requests are answered from without the database, read again before it
+        expires, so that the event loop's fast path keeps answering them: the stream rows
+        asked for (every second; they live STREAM_ROW_TTL) and the N4 decisions of the
+        devices downloading (every third of their lifetime: streams/access.py `renew`)."""
+        access_renewed = time.monotonic()
         while True:
-            await asyncio.sleep(ttl / 3)
+            await asyncio.sleep(min(1.0, STREAM_ROW_TTL / 2))
             try:
-                await asyncio.to_thread(self.devices.renew_access)
-                await asyncio.to_thread(self.delivery.renew_access)
-            except Exception:  # the loop goes on: decisions not renewed expire and are asked again
-                log.exception("renewing device access decisions failed")
+                await asyncio.to_thread(self.streams.renew_rows)
+                if time.monotonic() - access_renewed >= access_ttl / 3:
+                    access_renewed = time.monotonic()
+                    await asyncio.to_thread(self.devices.renew_access)
+                    await asyncio.to_thread(self.delivery.renew_access)
+            except Exception:  # the loop goes on: what was not renewed expires and is read again
+                log.exception("renewing cached stream rows or device access decisions failed")
 
     def _notify_pending_threadsafe(self, things: list[str]) -> None:
         self._notify_pending_here(things)
@@ -993,7 +999,7 @@ class Server:
             await self._start_download_front()
             tasks.append(asyncio.create_task(self._run_scheduler()))
             tasks.append(asyncio.create_task(self._run_health()))
-            tasks.append(asyncio.create_task(self._run_access_renewal(settings.limits.device_access_cache_seconds)))
+            tasks.append(asyncio.create_task(self._run_renewals(settings.limits.device_access_cache_seconds)))
             while not all(server.started for server in servers):
                 for task in serving:
                     if task.done():

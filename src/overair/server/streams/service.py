@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from overair.core import streamcodec, topics
 from overair.core.streamplan import block_bytes
@@ -25,6 +25,7 @@ from overair.server.storage.keyset import page_query, split
 from overair.server.storage.schema import Stream
 
 STREAM_ROW_TTL = 2.0
+_STREAMS_BY_ID = select(Stream).where(Stream.stream_id.in_(bindparam("ids", expanding=True)))
 
 
 class ObjectReader(Protocol):
@@ -88,6 +89,8 @@ class StreamService:
         self.blocks = FileCache(cache_bytes // 2)
         self._rows: dict[str, tuple[Stream, float]] = {}
         self._rows_lock = threading.Lock()
+        self._rows_asked: set[str] = set()  # rows asked for since the last `renew_rows`
+        self._rows_dropped = 0  # bumped by `_forget_row`: a renewal read before it stores nothing
 
     def stream_arn(self, stream_id: str) -> str:
         return self._settings.arn("iot", f"stream/{stream_id}")
@@ -136,6 +139,7 @@ class StreamService:
         now = time.monotonic()
         with self._rows_lock:
             cached = self._rows.get(stream_id)
+            self._rows_asked.add(stream_id)
             if cached is not None and cached[1] > now:
                 return cached[0]
         stream = self.describe_stream(stream_id)
@@ -149,7 +153,33 @@ class StreamService:
         """The stream row if it is cached and fresh; never reads the database."""
         with self._rows_lock:
             cached = self._rows.get(stream_id)
+            self._rows_asked.add(stream_id)
         return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+    def renew_rows(self) -> int:
+        """Read again the cached rows asked for since the last call (a deleted stream's is
+        dropped), so that the event loop's fast path (`cached_stream`) keeps finding them
+        fresh: an expired row sent the block requests arriving before a worker had read
+        it again to the workers, each a thread hand-off (bench/fleet.py). Returns how many
+        rows were read."""
+        with self._rows_lock:
+            wanted = sorted(self._rows_asked & self._rows.keys())
+            self._rows_asked.clear()
+            dropped = self._rows_dropped
+        if not wanted:
+            return 0
+        now = time.monotonic()
+        with self._db.reading() as s:
+            rows = {row.stream_id: row for row in s.scalars(_STREAMS_BY_ID, {"ids": wanted})}
+        with self._rows_lock:
+            if dropped != self._rows_dropped:
+                return 0  # UpdateStream or DeleteStream here meanwhile: read when next asked
+            for stream_id in wanted:
+                if stream_id in rows:
+                    self._rows[stream_id] = (rows[stream_id], now + STREAM_ROW_TTL)
+                else:
+                    self._rows.pop(stream_id, None)
+        return len(wanted)
 
     def cached_file_bytes(self, stream: Stream, file_id: int) -> bytes | None:
         """The file's bytes if they are cached; never reads the object store."""
@@ -158,6 +188,7 @@ class StreamService:
     def _forget_row(self, stream_id: str) -> None:
         with self._rows_lock:
             self._rows.pop(stream_id, None)
+            self._rows_dropped += 1
 
     def list_streams(self) -> list[Stream]:
         with self._db.reading() as s:
