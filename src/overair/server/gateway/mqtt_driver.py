@@ -36,8 +36,11 @@ log = logging.getLogger("overair.devices")
 DRAIN_POLL_SECONDS = 0.005  # how often held block requests look at the backlog again
 NOTIFY_BATCH = 500  # things per notify-next database read (within SQLite's 999 bound parameters)
 # While a job's notifications go out to more than one batch of things, device messages
-# wait (at most this long) instead of taking the interpreter from the fan-out.
-FANOUT_HOLD_SECONDS = 2.0
+# wait (at most this long) instead of taking the interpreter from the fan-out. 10,000
+# things take ~3.5 s alone (20 batches); at 2 s the devices notified first took the
+# interpreter for the rest, and the last batch left 10.8-13.5 s after CreateOTAUpdate
+# (3.8 s at 5 s, the rollout as long: bench/fleet.py, docs/scaling.md).
+FANOUT_HOLD_SECONDS = 5.0
 REPLAY_CHUNK = 500  # held messages handed on per event-loop turn once a fan-out ends
 
 
