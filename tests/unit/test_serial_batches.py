@@ -23,28 +23,25 @@ def _occupy(worker: ThreadPoolExecutor) -> threading.Event:
     return release
 
 
-def test_items_added_while_the_worker_is_busy_are_applied_as_one_batch() -> None:
+def _burst(items: int, max_batch: int) -> list[list[int]]:
+    """The batches applied when `items` are added while the worker is busy."""
     applied: list[list[int]] = []
     with ThreadPoolExecutor(1) as worker:
         release = _occupy(worker)
-        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers", 100)
-        for n in range(5):
+        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers", max_batch)
+        for n in range(items):
             batches.add(n)
         release.set()
         batches.submit_after(lambda: None).result(5)
-    assert applied == [[0, 1, 2, 3, 4]]
+    return applied
+
+
+def test_items_added_while_the_worker_is_busy_are_applied_as_one_batch() -> None:
+    assert _burst(5, max_batch=100) == [[0, 1, 2, 3, 4]]
 
 
 def test_a_burst_longer_than_max_batch_is_applied_in_batches_of_at_most_max_batch_in_order() -> None:
-    applied: list[list[int]] = []
-    with ThreadPoolExecutor(1) as worker:
-        release = _occupy(worker)
-        batches: SerialBatches[int] = SerialBatches(worker, applied.append, "numbers", 3)
-        for n in range(7):
-            batches.add(n)
-        release.set()
-        batches.submit_after(lambda: None).result(5)
-    assert applied == [[0, 1, 2], [3, 4, 5], [6]]
+    assert _burst(7, max_batch=3) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_work_submitted_after_items_runs_between_the_items_before_and_after_it() -> None:
