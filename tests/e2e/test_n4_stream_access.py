@@ -6,8 +6,10 @@ moves, so a cached decision never expires by itself: a device that was served, a
 whose execution then ended, is refused on its very next request only because the end
 of the execution dropped the cached decision (the job service's hook); and when an
 execution ends where no hook runs (another server process sharing the database), the
-refusal comes once the clock passes `Limits.device_access_cache_seconds`, the backstop.
-Either test fails if the cache is never invalidated or never expires.
+refusal comes once the clock passes `Limits.device_access_cache_seconds`, the backstop,
+or sooner, when the server decides the access of the devices at work again (every third
+of that lifetime). Each test fails if the cache is never invalidated, never expires or
+is never renewed.
 """
 
 from __future__ import annotations
@@ -212,6 +214,26 @@ def test_n4_stream_access_expires_after_its_bound_when_no_hook_runs(world: World
         kind, payload = sd.request("after")
         assert kind == "rejected", "the cached access outlived its bound"
         assert decode_rejection(payload, "cbor")[0] == "ResourceNotFound"
+        assert _denials(world.srv, sd.name)[-1].detail["reason"] == "no live execution references this stream"
+    finally:
+        sd.device.close()
+
+
+def test_n4_stream_access_is_decided_again_within_its_bound_when_no_hook_runs(world: World) -> None:
+    (sd,), _ = _stream_devices(world, "renewal", 1)
+    try:
+        assert sd.request("before")[0] == "data"
+        with world.srv.server.db.session() as s:  # another server process ends the execution
+            s.execute(
+                update(JobExecution)
+                .where(JobExecution.job_id == sd.job_id, JobExecution.thing_name == sd.name)
+                .values(status="CANCELED")
+            )
+        # Half the decision's lifetime on the server's clock, which then stands still: the
+        # cached yes never expires, so only the server's renewal (every third of the
+        # lifetime, in real time) can refuse the device's next requests.
+        world.clock.advance(world.srv.settings.limits.device_access_cache_seconds / 2)
+        wait_for(lambda: sd.request("asking again")[0] == "rejected", 15, "the renewal to refuse the device")
         assert _denials(world.srv, sd.name)[-1].detail["reason"] == "no live execution references this stream"
     finally:
         sd.device.close()
