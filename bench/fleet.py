@@ -352,8 +352,8 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                                 srv.settings.download_front_port if front else srv.settings.download_port)
         connecting = time.perf_counter()
         fleet.wait_ready(timeout)
-        print(f"{devices} devices connected and subscribed in {time.perf_counter() - connecting:.1f} s",
-              flush=True)
+        print(f"{devices} devices connected, subscribed and answered in "
+              f"{time.perf_counter() - connecting:.1f} s", flush=True)
         agent_share = fleet_agents.AgentShare(srv, root / "agents", agents, agent_processes, GROUP,
                                               OLD_VERSION, size)
         targets = devices + agents

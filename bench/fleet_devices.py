@@ -340,6 +340,8 @@ class FleetDevice:
         self._fetch = fetch
         self.http: HttpDownload | None = None
         self.phase = Phase.CONNECTING
+        # The answer to the first `$next/get` arrived (on notify-next: the FreeRTOS quirk).
+        self.answered = False
         self.tokens = 0
         self.packet_id = 0
         self.job_id = ""
@@ -425,6 +427,7 @@ class FleetDevice:
             self._on_job(json.loads(payload))
 
     def _on_job(self, message: dict[str, object]) -> None:
+        self.answered = True
         execution = message.get("execution")
         if not isinstance(execution, dict):
             if self.resilient and self.phase is Phase.TESTING and self.result.succeeded:
@@ -552,7 +555,8 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
                    http_port: int = 0, reconnect: bool = False) -> None:
     """Child process: connect every device (at most `connect_rate` new connections per
     second, as a fleet powering up would), report "ready" once all are subscribed and
-    have asked for their next job, run every update to its end, send the results.
+    have the answer to their first `$next/get`, run every update to its end, send the
+    results.
     `reconnect`: devices whose connection drops connect again (module docstring)."""
     _raise_fd_limit()
     selector = selectors.DefaultSelector()
@@ -712,7 +716,10 @@ def device_process(specs: list[DeviceSpec], ca: Path, host: str, port: int, imag
     ready_sent = False
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline and any(d.phase is not Phase.DONE for d in devices):
-        if not ready_sent and all(d.phase is not Phase.CONNECTING for d in devices):
+        # Ready once every device has its first answer: an answer given after the job's
+        # creation carries the job and is followed by the fan-out's notify-next, which
+        # restarts the download (seen on PostgreSQL at 10,000 devices: 1,165 restarts).
+        if not ready_sent and all(d.phase is not Phase.CONNECTING and d.answered for d in devices):
             conn.send("ready")
             ready_sent = True
         run_for(0.5)
