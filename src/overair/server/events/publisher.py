@@ -35,6 +35,7 @@ log = logging.getLogger("overair.events")
 # A certificate's serial as the broker logs its subject (server/pki.py issue_client_cert).
 _SERIAL = re.compile(r"(?:^|,)serialNumber=([0-9a-f]{1,64})(?:,|$)")
 _STOP = object()
+_CERTIFICATE_IDS_KEPT = 100_000  # past this the kept ones are dropped and read again
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,10 @@ class EventPublisher:
         # id's session identifier, and each client id's last version number.
         self._sessions: dict[str, str] = {}
         self._versions: dict[str, int] = {}
+        # Certificate serial -> certificate id (fixed once issued): a fleet's reconnect
+        # wave is one event per connection, and a read per event on PostgreSQL under
+        # load (tens of ms each) filled the queue at 10,000 devices (bench/fleet.py).
+        self._certificate_ids: dict[str, str] = {}
         self._thread: threading.Thread | None = None
 
     # Producers (any thread; never wait) ----------------------------------------------
@@ -141,10 +146,19 @@ class EventPublisher:
         found = _SERIAL.search(username)
         if found is None:
             return None
+        serial = found[1]
+        known = self._certificate_ids.get(serial)
+        if known is not None:
+            return known
         with self._db.reading() as s:
-            return s.scalar(select(DeviceCertificate.certificate_id).where(
-                DeviceCertificate.serial == found[1]).limit(1)) or s.scalar(
-                select(EventReader.certificate_id).where(EventReader.serial == found[1]).limit(1))
+            certificate_id: str | None = s.scalar(select(DeviceCertificate.certificate_id).where(
+                DeviceCertificate.serial == serial).limit(1)) or s.scalar(
+                select(EventReader.certificate_id).where(EventReader.serial == serial).limit(1))
+        if certificate_id is not None:
+            if len(self._certificate_ids) >= _CERTIFICATE_IDS_KEPT:
+                self._certificate_ids.clear()
+            self._certificate_ids[serial] = certificate_id
+        return certificate_id
 
     def _change_messages(self, change: Change, now: float) -> list[tuple[str, dict[str, Any]]]:
         facts = change.facts
