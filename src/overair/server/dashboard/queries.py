@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from overair.core.jobstates import ExecStatus
 from overair.server.audit.reader import _decision_condition, _glob_condition
-from overair.server.jobs.service import IMAGE_VERSION, RELEASED
+from overair.server.jobs.live import RELEASED
+from overair.server.jobs.service import IMAGE_VERSION
 from overair.server.packages.inventory import DEFAULT_PACKAGE
 from overair.server.storage.db import Database
 from overair.server.storage.schema import (

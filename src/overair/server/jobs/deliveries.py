@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
-from overair.core.jobstates import ExecStatus, JobStatus
+from overair.core.jobstates import JobStatus
+from overair.server.jobs.live import ACTIVE, RELEASED
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Job, JobExecution
 
@@ -71,10 +72,8 @@ def delivered_by(document: Mapping[str, Any], config: Mapping[str, Any]) -> Deli
 _LIVE_JOBS_OF_THINGS = (
     select(JobExecution.thing_name, Job.job_id, Job.created_at)
     .join(Job, Job.job_id == JobExecution.job_id)
-    .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)),
-           JobExecution.released_at.is_not(None),
-           JobExecution.status.in_((ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)),
-           Job.status == JobStatus.IN_PROGRESS.value))
+    .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)), RELEASED,
+           JobExecution.status.in_(ACTIVE), Job.status == JobStatus.IN_PROGRESS.value))
 _JOBS = select(Job.job_id, Job.created_at, Job.document, Job.config).where(
     Job.job_id.in_(bindparam("jobs", expanding=True)))
 

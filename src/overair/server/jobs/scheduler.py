@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from overair.core import rollout
 from overair.core.jobstates import ExecStatus, JobStatus
 from overair.server.clock import Clock
-from overair.server.jobs.service import ACTIVE, RELEASED, JobService
+from overair.server.jobs.live import ACTIVE, RELEASED
+from overair.server.jobs.service import JobService
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Job, JobExecution
 

@@ -31,6 +31,7 @@ from overair.server.clock import Clock
 from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
 from overair.server.jobs import progress
 from overair.server.jobs.deliveries import Deliveries
+from overair.server.jobs.live import ACTIVE, RELEASED
 from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
@@ -41,9 +42,6 @@ from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroupMe
 log = logging.getLogger("overair.jobs")
 
 JOB_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-ACTIVE = (ExecStatus.QUEUED.value, ExecStatus.IN_PROGRESS.value)
-# Executions a staged rollout has not released yet exist only for the scheduler.
-RELEASED = JobExecution.released_at.is_not(None)
 
 
 # The execution an update without executionNumber addresses: the latest released one
@@ -57,14 +55,12 @@ _ANY_LIVE = (select(JobExecution.id)
              .where(JobExecution.job_id == bindparam("job"), JobExecution.status.in_(ACTIVE)).limit(1))
 # A thing's live released executions (`_next_row` picks by `_next_key`), built once for
 # the same reason: one read, where a statement per status was two.
-_LIVE_ROWS_OF_THING = select(JobExecution).where(JobExecution.thing_name == bindparam("thing"), RELEASED,
-                                                 JobExecution.status.in_(ACTIVE))
+_THING_LIVE = (JobExecution.thing_name == bindparam("thing"), RELEASED, JobExecution.status.in_(ACTIVE))
+_LIVE_ROWS_OF_THING = select(JobExecution).where(*_THING_LIVE)
 # The same as (id, status, queued_at), for `update_execution` to tell whether ending one
 # changes the thing's next job with one read instead of `_next_row` before and after (each
 # statement a wait for the interpreter while SQLite's write lock is held).
-_LIVE_OF_THING = (select(JobExecution.id, JobExecution.status, JobExecution.queued_at)
-                  .where(JobExecution.thing_name == bindparam("thing"), RELEASED,
-                         JobExecution.status.in_(ACTIVE)))
+_LIVE_OF_THING = select(JobExecution.id, JobExecution.status, JobExecution.queued_at).where(*_THING_LIVE)
 # `next_and_pending`: the live released executions of many things, as rows (expanding
 # IN: one statement compiled once for any number of things).
 _LIVE_OF_THINGS = (select(JobExecution.id, JobExecution.thing_name, JobExecution.job_id, JobExecution.status,
