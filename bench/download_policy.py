@@ -36,7 +36,7 @@ from overair.agent.runtime import AgentSnapshot
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE
 from overair.server.delivery.budgets import Kind
-from overair.server.jobs.service import HTTP_FILES
+from overair.server.jobs.deliveries import HTTP_FILES
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 

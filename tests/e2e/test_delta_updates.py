@@ -23,7 +23,7 @@ from overair.core import delta as patches
 from overair.core.delta_offer import OFFER_KEY
 from overair.core.image import build_image
 from overair.core.versions import Version
-from overair.server.jobs.service import HTTP_FILES
+from overair.server.jobs.deliveries import HTTP_FILES
 from overair.server.ota import delta
 from overair.server.storage.schema import Job
 from overair.sim.firmware import make_firmware

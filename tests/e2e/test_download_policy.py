@@ -31,7 +31,7 @@ from overair.core.versions import Version
 from overair.server.bootstrap import DEV_CERT_PATH_ON_DEVICE, DEV_PROFILE
 from overair.server.delivery.budgets import Kind
 from overair.server.delivery.policy import DEVICE_RATE, SLOTS_FULL
-from overair.server.jobs.service import HTTP_FILES
+from overair.server.jobs.deliveries import HTTP_FILES
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
 from tests.e2e.ota_helpers import create_ota, wait_for

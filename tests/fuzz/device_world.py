@@ -29,7 +29,7 @@ from starlette.types import ASGIApp
 
 from overair.server.app import Server
 from overair.server.bootstrap import initialize
-from overair.server.jobs.service import HTTP_FILES
+from overair.server.jobs.deliveries import HTTP_FILES
 from overair.server.settings import load_settings
 
 THING = "fuzz-device"

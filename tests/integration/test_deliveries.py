@@ -16,8 +16,8 @@ from sqlalchemy import Engine, event
 from overair.core.jobs_wire import UpdateRequest
 from overair.core.jobstates import ExecStatus
 from overair.server import pki
-from overair.server.jobs.deliveries import NOTHING, Delivered, delivered_by
-from overair.server.jobs.service import HTTP_FILES, JobService
+from overair.server.jobs.deliveries import HTTP_FILES, NOTHING, Delivered, delivered_by
+from overair.server.jobs.service import JobService
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database

@@ -26,7 +26,8 @@ from overair.server.delivery.policy import (
     DownloadPolicy,
     parse_job_config,
 )
-from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.deliveries import HTTP_FILES, PRESIGNED_OBJECTS
+from overair.server.jobs.service import JobService
 from overair.server.storage.schema import Job
 
 LOOKUP_SECONDS = 2.0

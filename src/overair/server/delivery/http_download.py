@@ -54,7 +54,8 @@ from overair.server.delivery.nginx_front import (
 )
 from overair.server.delivery.policy import Decision
 from overair.server.delivery.ranged_files import RangedFiles
-from overair.server.jobs.service import HTTP_FILES, PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.deliveries import HTTP_FILES, PRESIGNED_OBJECTS
+from overair.server.jobs.service import JobService
 from overair.server.storage.objects import ObjectStore, StoredObject
 from overair.server.storage.schema import Job
 from overair.server.streams.access import AccessCache

@@ -18,8 +18,9 @@ from overair.core.jobstates import ExecStatus
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable, invalid
 from overair.server.api.paging import key_after, key_token, page_out, page_size
 from overair.server.api.unsupported import refusing
+from overair.server.jobs.deliveries import PRESIGNED_OBJECTS
 from overair.server.jobs.documents import JobDocuments, ReadCheck
-from overair.server.jobs.service import PACKAGE_VERSIONS, PRESIGNED_OBJECTS, JobService
+from overair.server.jobs.service import PACKAGE_VERSIONS, JobService
 from overair.server.jobs.templates import JobTemplates, job_from_template
 from overair.server.storage.objects import ObjectStore
 from overair.server.storage.schema import Job, JobExecution

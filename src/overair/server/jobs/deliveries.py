@@ -28,9 +28,13 @@ from overair.server.storage.schema import Job, JobExecution
 # An object version a job delivers over HTTP: (bucket, key, version).
 ObjectVersion = tuple[str, str, str]
 
-# Job config keys of the objects a job delivers over HTTP (jobs/service.py says what they
-# hold): each entry names a bucket, key and version.
-_OBJECT_KEYS = ("http_files", "presigned_objects")
+# Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
+HTTP_FILES = "http_files"
+# Job config key of the objects a plain job's pre-signed URL placeholders name, pinned to
+# a version at creation: [{"placeholder": "${aws:iot:s3-presigned-url:...}", "bucket",
+# "key", "version"}] (server/jobs/documents.py).
+PRESIGNED_OBJECTS = "presigned_objects"
+_OBJECT_KEYS = (HTTP_FILES, PRESIGNED_OBJECTS)  # each entry names a bucket, key and version
 # Things per statement: an expanding IN of this many names stays well inside SQLite's
 # and PostgreSQL's parameter limits.
 _THINGS_PER_READ = 500

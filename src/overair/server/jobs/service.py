@@ -72,12 +72,6 @@ _LIVE_OF_THINGS = (select(JobExecution.id, JobExecution.thing_name, JobExecution
                    .order_by(JobExecution.thing_name, JobExecution.queued_at, JobExecution.id))
 _EXECUTIONS: Table = JobExecution.__table__  # type: ignore[assignment]
 _JOBS_BY_ID = select(Job).where(Job.job_id.in_(bindparam("jobs", expanding=True)))
-# Job config key of the files a job delivers over HTTP: [{"fileId", "bucket", "key", "version"}].
-HTTP_FILES = "http_files"
-# Job config key of the objects a plain job's pre-signed URL placeholders name, pinned to
-# a version at creation: [{"placeholder": "${aws:iot:s3-presigned-url:...}", "bucket",
-# "key", "version"}] (server/jobs/documents.py).
-PRESIGNED_OBJECTS = "presigned_objects"
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
 IMAGE_VERSION = "image_version"
 # Job config key of the package that version belongs to (packages/inventory.py; default

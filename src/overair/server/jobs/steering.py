@@ -18,7 +18,8 @@ from overair.core.jobstates import ExecStatus, JobStatus
 from overair.server.api.contract import ApiError, invalid, not_found
 from overair.server.clock import Clock
 from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
-from overair.server.jobs.service import PRESIGNED_OBJECTS, SKIPPED_THINGS, JobService
+from overair.server.jobs.deliveries import PRESIGNED_OBJECTS
+from overair.server.jobs.service import SKIPPED_THINGS, JobService
 from overair.server.registry.service import Registry
 from overair.server.storage.db import Database
 from overair.server.storage.schema import Job, JobExecution

@@ -28,7 +28,8 @@ from typing import Any
 from overair.core.deployment import BUNDLE_SOURCE_PREFIX
 from overair.core.jobstates import ExecStatus
 from overair.server.api.contract import ApiError, ApiRequest, OperationTable
-from overair.server.jobs.service import HTTP_FILES, JobService
+from overair.server.jobs.deliveries import HTTP_FILES
+from overair.server.jobs.service import JobService
 from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner
 from overair.server.ota.manager import OtaManager
 from overair.server.ota.profiles import OVERAIR_EXTENSION

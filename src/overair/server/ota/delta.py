@@ -37,7 +37,8 @@ from overair.core import delta as patches
 from overair.core.delta_offer import OFFER_KEY, DeltaOffer
 from overair.core.limits import Limits
 from overair.core.versions import Version
-from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, PACKAGE_NAME
+from overair.server.jobs.deliveries import HTTP_FILES
+from overair.server.jobs.service import IMAGE_VERSION, PACKAGE_NAME
 from overair.server.packages.inventory import DEFAULT_PACKAGE
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore

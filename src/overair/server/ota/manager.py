@@ -46,7 +46,8 @@ from overair.server.api.contract import ApiError, already_exists, invalid, not_f
 from overair.server.clock import Clock
 from overair.server.delivery import policy as download_policy
 from overair.server.health import gates as health_gates
-from overair.server.jobs.service import HTTP_FILES, IMAGE_VERSION, SKIPPED_THINGS, JobService
+from overair.server.jobs.deliveries import HTTP_FILES
+from overair.server.jobs.service import IMAGE_VERSION, SKIPPED_THINGS, JobService
 from overair.server.ota import delta
 from overair.server.ota.delta import Patch
 from overair.server.ota.deployment import DEPLOYMENT_FILES, DeploymentSigner, describe_file
