@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -19,9 +20,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from overair.core.versions import Version
+from overair.server.bootstrap import DEV_PROFILE
 from overair.server.delivery import nginx_front
+from overair.sim.firmware import make_firmware
 from tests.e2e.conftest import ShiftableClock, _with_bucket
 from tests.e2e.test_http_delivery import IMAGE, HttpJob, _get, _url, _with_query, http_job
+from tests.e2e.test_server_security import Device
 from tests.server_harness import RunningServer, free_port, running_server
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(),
@@ -183,3 +188,89 @@ def test_front_answers_hostile_requests_with_clear_client_errors(clocked_srv: Ru
         assert (answered, code in body) == (status, True), (target[-60:], list(headers), answered, body[:200])
     assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])  # still serving
 
+
+
+def _delivery(srv: RunningServer, tmp_path: Path, name: str, bucket: str, key: str,
+              version: str | None) -> tuple[HttpJob, str]:
+    """An OTA update over HTTP of `bucket`/`key` (at `version`, or the current one of an
+    unversioned bucket) to a new thing `name`: its job and the URL its device is given."""
+    bundle = srv.provision(name, tmp_path / name)
+    iot = srv.client("iot")
+    location = {"bucket": bucket, "key": key} | ({"version": version} if version else {})
+    iot.create_ota_update(
+        otaUpdateId=name, targets=[iot.describe_thing(thingName=name)["thingArn"]], protocols=["HTTP"],
+        roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",
+        files=[{"fileName": "/fw.bin", "fileLocation": {"s3Location": location},
+                "codeSigning": {"startSigningJobParameter": {"signingProfileName": DEV_PROFILE}}}])
+    deadline = time.monotonic() + 30
+    while (info := iot.get_ota_update(otaUpdateId=name)["otaUpdateInfo"])["otaUpdateStatus"] \
+            != "CREATE_COMPLETE":
+        assert info["otaUpdateStatus"] != "CREATE_FAILED", info
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+    device = Device(srv, bundle, name)
+    assert device.connect()
+    device.subscribe(f"$aws/things/{name}/jobs/#")
+    time.sleep(0.2)
+    job = HttpJob(name, f"AFR_OTA-{name}", device)
+    return job, _url(job)
+
+
+def test_n4_front_serves_each_thing_the_object_version_overair_granted_it(clocked_srv: RunningServer,
+                                                                           tmp_path: Path) -> None:
+    # Two objects nginx's own reading of a URL cannot tell apart: "fw.bin" and "/fw.bin"
+    # (nginx merges the slashes of /ota/b//fw.bin) in a bucket without versions (both
+    # "null"). Keyed on that reading, the first device's fetch filled the cache the second
+    # device was then served from: another image. The key is now overair's grant.
+    bucket, s3 = "front-unversioned", clocked_srv.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    clocked_srv.client("iam").put_role_policy(
+        RoleName="overair-ota", PolicyName="FrontUnversioned", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+                           "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    images = {key: make_firmware(Version(3, 0, n), len(IMAGE), seed=f"front-{n}")
+              for n, key in enumerate(("/fw.bin", "fw.bin"))}
+    for key, image in images.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=image)
+    jobs = []
+    for n, (key, image) in enumerate(images.items()):
+        job, url = _delivery(clocked_srv, tmp_path, f"front-object-{n}", bucket, key, None)
+        jobs.append(job)
+        data, statuses = _blocks(clocked_srv, url, len(image))
+        assert set(statuses) == {206}
+        assert data == image, f"{key}: served another object's bytes"
+    for job in jobs:
+        job.device.close()
+
+
+def test_n4_front_refuses_urls_whose_query_nginx_and_overair_would_read_differently(
+        clocked_srv: RunningServer, tmp_path: Path) -> None:
+    # Python keeps the last of a repeated field, nginx the first; nginx matches names in
+    # any case, Python decodes %xx in them. Taken, `?version=B&...&version=A` was granted
+    # for A and cached as B (another thing's image served to B's devices), and
+    # `?signature=junk&...` put the device's request budget on a key of the caller's choosing.
+    s3 = clocked_srv.client("s3")
+    key = "front-two-versions.bin"
+    old, new = (make_firmware(Version(4, 0, n), len(IMAGE), seed=f"front-v{n}") for n in (0, 1))
+    old_version = s3.put_object(Bucket="firmware", Key=key, Body=old)["VersionId"]
+    new_version = s3.put_object(Bucket="firmware", Key=key, Body=new)["VersionId"]
+    attacker, attacker_url = _delivery(clocked_srv, tmp_path, "front-query-old", "firmware", key, old_version)
+    victim, victim_url = _delivery(clocked_srv, tmp_path, "front-query-new", "firmware", key, new_version)
+    path, _, query = attacker_url.partition("?")
+    polluted = [
+        f"{path}?version={new_version}&{query}",  # version twice: first B, last A
+        f"{path}?signature={'0' * 64}&{query}",  # signature twice
+        f"{path}?VERSION={new_version}&{query}",  # another case
+        attacker_url.replace("version=", "versio%6E="),  # an encoded name
+        f"{attacker_url}&x-id=GetObject",  # a field not signed
+    ]
+    for url in polluted:
+        status, headers, body = _get(clocked_srv, url, {"Range": "bytes=0-262143"})
+        assert (status, headers.get("x-amzn-errortype")) == (400, "MalformedUrl"), (url[-80:], body[:100])
+    data, statuses = _blocks(clocked_srv, victim_url, len(new))
+    assert set(statuses) == {206}
+    assert data == new
+    assert _blocks(clocked_srv, attacker_url, len(old))[0] == old
+    attacker.device.close()
+    victim.device.close()

@@ -39,6 +39,19 @@ def test_fuzz_presigned_query_raises_only_url_refused(
             assert presign.verify(SECRET, b, k, query, now=0) == GRANT
 
 
+@given(st.lists(st.tuples(st.sampled_from(FIELDS) | HOSTILE_TEXT, HOSTILE_TEXT), max_size=6), st.booleans())
+def test_fuzz_raw_query_raises_only_url_refused_and_keeps_one_reading(pairs: list[tuple[str, str]],
+                                                                     start_valid: bool) -> None:
+    # Whatever the device sends, `parse_query` either refuses it or yields the one reading
+    # nginx's first-match `$arg_` would give (so the front and overair agree).
+    given_pairs = (list(VALID.items()) if start_valid else []) + pairs
+    raw = "&".join(f"{k}={v}" for k, v in given_pairs)
+    with contextlib.suppress(presign.UrlRefused):
+        fields = presign.parse_query(raw)
+        names = [part.partition("=")[0] for part in raw.split("&")]
+        assert sorted(names) == sorted(FIELDS) == sorted(fields)
+
+
 _RANGE_TEXT = st.text(alphabet="bytes=0123456789-, \u0661\u00b2+_x", max_size=30)
 
 

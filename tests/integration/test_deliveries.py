@@ -82,8 +82,7 @@ def test_n4_a_thing_may_fetch_what_its_live_executions_jobs_deliver_and_nothing_
     assert found == {"dev-1": Delivered(frozenset({"stream-1"}), frozenset({IMAGE})),
                      "dev-2": NOTHING,  # its execution ended
                      "dev-3": NOTHING}  # never a target
-    assert jobs.may_read_stream("dev-1", "stream-1")
-    assert not jobs.may_read_stream("dev-1", "stream-2")
+    assert "stream-2" not in found["dev-1"].streams
     jobs.cancel_job("ota-1", force=True)
     assert jobs.deliveries.of_things(["dev-1"]) == {"dev-1": NOTHING}
 

@@ -17,6 +17,33 @@ def _query(url: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url).query))
 
 
+def test_signed_query_parses_to_its_fields() -> None:
+    url = presign.sign(SECRET, "https://h", presign.Grant("firmware", "k", "v+1=", "dev-1", 2_000))
+    fields = presign.parse_query(urlsplit(url).query)
+    assert fields == _query(url)
+    assert fields["version"] == "v+1="
+    assert presign.verify(SECRET, "firmware", "k", fields, now=0).version == "v+1="
+
+
+@pytest.mark.parametrize("change", [
+    lambda q: "version=other&" + q,  # repeated: nginx reads the first, Python the last
+    lambda q: q + "&signature=" + "0" * 64,
+    lambda q: "VERSION=other&" + q,  # nginx matches names in any case
+    lambda q: q.replace("thing=", "thin%67="),  # Python decodes names
+    lambda q: q + "&x-id=GetObject",  # a field the signature does not cover
+    lambda q: q + "&",
+    lambda q: q.partition("&")[2],  # one missing
+    lambda q: "",
+    lambda q: q + "&version=" + "v" * presign.MAX_QUERY_LENGTH,
+])
+def test_n4_query_not_in_the_signed_form_is_refused(change: object) -> None:
+    assert callable(change)
+    query = urlsplit(presign.sign(SECRET, "https://h", GRANT)).query
+    with pytest.raises(presign.UrlRefused) as refused:
+        presign.parse_query(change(query))
+    assert refused.value.code == "MalformedUrl"
+
+
 def test_signed_url_verifies_and_names_its_object() -> None:
     url = presign.sign(SECRET, "https://ota.example:8443", GRANT)
     assert url.startswith("https://ota.example:8443/ota/firmware/app/v2.bin?")

@@ -21,7 +21,13 @@ Everything in a URL and its `Range` header is hostile until checked, and reaches
 before any authentication: each field is matched whole against an ASCII pattern with a
 length bound before it is used (never `int()` on raw text, which takes Unicode digits,
 signs, spaces and underscores; never `hmac.compare_digest` on `str`, which raises
-TypeError on non-ASCII text). `verify` and `parse_range` raise only `UrlRefused`.
+TypeError on non-ASCII text). `parse_query`, `verify` and `parse_range` raise only `UrlRefused`.
+
+A query is taken only in the form `sign` writes it: the four fields once each, their
+names as written (threat N4). Parsers disagree on anything else: Python's keeps the last
+of a repeated field and decodes `%xx` in names, nginx's `$arg_` takes the first and
+matches names in any case, so `?signature=junk&...&signature=S` would let the download
+front key a device's budget on junk while overair checked S.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 
 from overair.core.asciinum import parse_uint
 from overair.core.errors import PeerInputError
@@ -108,6 +114,27 @@ def sign(secret: bytes, base_url: str, grant: Grant) -> str:
     query = urlencode({"version": grant.version, "thing": grant.thing, "expires": grant.expires,
                        "signature": _mac(secret, grant)})
     return f"{base_url}{PATH_PREFIX}{quote(grant.bucket, safe='')}/{quote(grant.key, safe='/')}?{query}"
+
+
+QUERY_FIELDS = ("version", "thing", "expires", "signature")
+MAX_QUERY_LENGTH = 4096
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """The fields of a download URL's raw query string: exactly `QUERY_FIELDS`, each
+    once, names exactly as `sign` writes them (never percent-encoded or in another case),
+    values percent-decoded as `parse_qsl` does."""
+    parts = raw.split("&") if len(raw) <= MAX_QUERY_LENGTH else []
+    fields: dict[str, str] = {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        if name not in QUERY_FIELDS or name in fields:
+            break
+        fields[name] = unquote_plus(value)
+    if len(fields) != len(QUERY_FIELDS) or len(parts) != len(QUERY_FIELDS):
+        raise UrlRefused("the URL's query must carry version, thing, expires and signature once each, "
+                         "as signed", code="MalformedUrl")
+    return fields
 
 
 def verify(secret: bytes, bucket: str, key: str, query: Mapping[str, str], now: float) -> Grant:

@@ -28,7 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
@@ -49,12 +49,15 @@ from overair.server.delivery.download_gate import DownloadGate
 from overair.server.delivery.nginx_front import (
     AUTH_PREFIX,
     MESSAGE_HEADER,
+    OBJECT_HEADER,
     STATUS_HEADER,
     decision_cache_control,
+    object_token,
 )
 from overair.server.delivery.policy import Decision
 from overair.server.delivery.ranged_files import RangedFiles
-from overair.server.jobs.deliveries import HTTP_FILES, PRESIGNED_OBJECTS
+from overair.server.jobs.coalesced_reads import CoalescedReads
+from overair.server.jobs.deliveries import HTTP_FILES, PRESIGNED_OBJECTS, THINGS_PER_READ, ObjectVersion
 from overair.server.jobs.service import JobService
 from overair.server.storage.objects import ObjectStore, StoredObject
 from overair.server.storage.schema import Job
@@ -87,6 +90,8 @@ class HttpDelivery:
         self._sizes: dict[tuple[str, str, str], int] = {}  # object versions' sizes, for the front
         self._whole_file_bytes = limits.http_whole_file_bytes
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
+        # A rollout's first requests all miss the access cache at once: read them together.
+        self._delivered = CoalescedReads(self._objects_delivered, THINGS_PER_READ)
         self._budgets = DeviceBudgets(limits)
         self.gate = gate
         self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
@@ -144,11 +149,11 @@ class HttpDelivery:
 
     async def _decision(self, request: Request) -> Response:
         bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
-        answer = await run_in_threadpool(self.authorize, bucket, key, dict(request.query_params))
+        answer = await run_in_threadpool(self.authorize, bucket, key, request.url.query)
         assert answer is not None  # not memory_only: always an answer
         return answer
 
-    def authorize(self, bucket: str, key: str, query: dict[str, str], *,
+    def authorize(self, bucket: str, key: str, query: str, *,
                   memory_only: bool = False) -> Response | None:
         """The download front's question (delivery/nginx_front.py): may this URL be
         served now? The same checks as a download, refusals audited alike; 204 yes.
@@ -166,8 +171,8 @@ class HttpDelivery:
         headers["Cache-Control"] = decision_cache_control(granted=False)
         return Response(b"", 403, headers=headers)
 
-    def _decide(self, bucket: str, key: str, query: dict[str, str], memory_only: bool) -> Response | None:
-        grant = presign.verify(self._secret, bucket, key, query, self._clock())
+    def _decide(self, bucket: str, key: str, query: str, memory_only: bool) -> Response | None:
+        grant = presign.verify(self._secret, bucket, key, presign.parse_query(query), self._clock())
         if memory_only and not (self._access.get(grant.thing, (grant.bucket, grant.key, grant.version),
                                                  self._clock()) and self._known_size(grant) is not None):
             return None  # the full path, in a worker thread: it needs the database
@@ -180,7 +185,8 @@ class HttpDelivery:
             decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
             if not decision.admitted:
                 raise PolicyRefusal(decision)
-        return Response(b"", 204, headers={"x-overair-size": str(size),
+        token = object_token(grant.bucket, grant.key, grant.version)
+        return Response(b"", 204, headers={"x-overair-size": str(size), OBJECT_HEADER: token,
                                            "Cache-Control": decision_cache_control(granted=True)})
 
     def _size(self, grant: presign.Grant) -> int:
@@ -200,7 +206,7 @@ class HttpDelivery:
     async def _download(self, request: Request) -> Response:
         bucket, key = unquote(request.path_params["bucket"]), unquote(request.path_params["key"])
         response = await run_in_threadpool(self.respond, request.method, bucket, key,
-                                           dict(request.query_params), request.headers.get("range"))
+                                           request.url.query, request.headers.get("range"))
         assert response is not None  # not memory_only: always an answer
         self.answered[response.status_code] += 1  # on the event loop: no lock needed
         return response
@@ -221,8 +227,7 @@ class HttpDelivery:
             if path.startswith(presign.PATH_PREFIX) and scope["method"] in ("GET", "HEAD"):
                 bucket, slash, key = path[len(presign.PATH_PREFIX):].partition("/")
                 if bucket and slash:
-                    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                           keep_blank_values=True))
+                    query = scope.get("query_string", b"").decode("latin-1")
                     if decision:
                         response = self.authorize(unquote(bucket), unquote(key), query, memory_only=True)
                     else:
@@ -238,7 +243,7 @@ class HttpDelivery:
 
         return app
 
-    def respond(self, method: str, bucket: str, key: str, query: dict[str, str], range_header: str | None,
+    def respond(self, method: str, bucket: str, key: str, query: str, range_header: str | None,
                 *, memory_only: bool = False) -> Response | None:
         """The answer to a download request, refusals included. `memory_only`: None
         instead if answering needs the database or the object store (nothing was
@@ -268,9 +273,9 @@ class HttpDelivery:
             log.error("download failed: %s", exc.message)
             return _text(503, "ServiceUnavailable", "file unavailable, try again")
 
-    def _serve(self, method: str, bucket: str, key: str, query: dict[str, str],
+    def _serve(self, method: str, bucket: str, key: str, query: str,
                range_header: str | None, memory_only: bool = False) -> Response | None:
-        grant = presign.verify(self._secret, bucket, key, query, self._clock())
+        grant = presign.verify(self._secret, bucket, key, presign.parse_query(query), self._clock())
         if memory_only and not self._in_memory(grant):
             return None  # before the budget is spent: the full path spends it once
         self._check_access(grant)
@@ -324,16 +329,18 @@ class HttpDelivery:
         if cached is not None:
             return cached
         generation = self._access.generation(grant.thing)
-        allowed = item in self._jobs.deliveries.of_things([grant.thing])[grant.thing].objects
+        allowed = item in self._delivered.get(grant.thing)  # read after `generation` was noted
         self._access.put(grant.thing, item, allowed, self._clock(), generation)
         return allowed
+
+    def _objects_delivered(self, things: list[str]) -> dict[str, frozenset[ObjectVersion]]:
+        delivered = self._jobs.deliveries.of_things(things)
+        return {thing: of_thing.objects for thing, of_thing in delivered.items()}
 
     def renew_access(self) -> int:
         """Decide again the access of the devices downloading now (streams/access.py
         `renew`): one read per 500 of them. Returns how many were renewed."""
-        return self._access.renew(lambda things: {thing: delivered.objects for thing, delivered
-                                                  in self._jobs.deliveries.of_things(things).items()},
-                                  self._clock)
+        return self._access.renew(self._objects_delivered, self._clock)
 
     @property
     def cached_bytes(self) -> int:

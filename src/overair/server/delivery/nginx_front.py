@@ -19,8 +19,10 @@ work in C while overair still makes every access decision:
   set the pace (65,891 decisions for 256,000 requests, download 107 s vs nginx 8.3 s).
 - Object bytes are cached by nginx in slices (slice module + proxy_cache), filled by
   ranged GETs through overair's own endpoint with the device's URL (so the fill passes
-  the same checks and works with either object store). The key holds the object
-  version, which never changes.
+  the same checks and works with either object store). The cache key is the object
+  version overair's decision names (`OBJECT_HEADER`), never nginx's own reading of the
+  URL: what nginx serves is what overair granted (threat N4; a URL whose query nginx
+  and overair would read differently is refused, core/presign.py `parse_query`).
 - A device's request rate is bounded by `limit_req` keyed on the URL's signature (an
   HMAC over the thing, object and expiry: no one can spend another thing's budget
   without its URL), at the rate and burst of Limits' device download budget.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -54,6 +57,7 @@ AUTH_PREFIX = "/auth"  # overair's decision route: AUTH_PREFIX + the download pa
 # tells 401/403 from success, so overair answers 403 and names the real one here.
 REFUSAL_STATUSES = (400, 403, 404, 416, 429, 503)
 STATUS_HEADER = "x-overair-status"
+OBJECT_HEADER = "x-overair-object"  # a grant's object version, as `object_token` names it
 MESSAGE_HEADER = "x-overair-message"
 SLICE_BYTES = 256 * 1024
 # How long nginx reuses an access decision, and how much longer it may answer from an
@@ -111,6 +115,8 @@ http {{
     limit_req_status 429;
     # Only what overair's parser takes (core/presign.py parse_range): a single bytes=a-b.
     map $http_range $overair_bad_range {{ "" 0; "~^bytes=[0-9]{{0,18}}-[0-9]{{0,18}}$" 0; default 1; }}
+    # A grant always names its object version; should one not, its bytes go uncached.
+    map $overair_object $overair_uncached {{ "" 1; default 0; }}
     upstream overair_device_endpoint {{
         server {config.upstream_host}:{config.upstream_port};
         keepalive 512;  # every connection to overair is a TLS handshake there
@@ -137,6 +143,7 @@ http {{
             limit_req zone=overair_devices burst={limits.device_downloads_burst} nodelay;
             auth_request /_overair_decision;
             auth_request_set $overair_status $upstream_http_{STATUS_HEADER.replace('-', '_')};
+            auth_request_set $overair_object $upstream_http_{OBJECT_HEADER.replace('-', '_')};
             auth_request_set $overair_code $upstream_http_x_amzn_errortype;
             auth_request_set $overair_message $upstream_http_{MESSAGE_HEADER.replace('-', '_')};
             auth_request_set $overair_retry $upstream_http_retry_after;
@@ -146,7 +153,9 @@ http {{
             error_page 500 502 504 = /_overair_unavailable;
             slice {SLICE_BYTES};
             proxy_cache overair_objects;
-            proxy_cache_key "$uri $arg_version $slice_range";
+            proxy_cache_key "$overair_object $slice_range";
+            proxy_no_cache $overair_uncached;
+            proxy_cache_bypass $overair_uncached;
             proxy_cache_valid 200 206 10m;
             proxy_cache_lock on;
             proxy_cache_lock_timeout 10s;
@@ -189,6 +198,12 @@ http {{
 """
 
 
+def object_token(bucket: str, key: str, version: str) -> str:
+    """The name of one object version in the front's cache: a digest, so that it is
+    fixed-length and safe in a cache key or a file name whatever the key holds."""
+    return hashlib.sha256("\n".join((bucket, key, version)).encode()).hexdigest()
+
+
 def decision_cache_control(granted: bool) -> str:
     """The Cache-Control of overair's answer to the front's question: a grant may be
     reused while fresh and, during its refresh, a little longer; a refusal only while
@@ -221,6 +236,11 @@ class NginxFront:
         self._process: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        """The nginx master's process id while it runs (its workers are its children)."""
+        return self._process.pid if self.up and self._process is not None else None
 
     @property
     def up(self) -> bool:

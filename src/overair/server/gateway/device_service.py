@@ -43,6 +43,8 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
+from overair.server.jobs.coalesced_reads import CoalescedReads
+from overair.server.jobs.deliveries import THINGS_PER_READ
 from overair.server.jobs.service import JobService, JobsMqttError, UpdateOutcome
 from overair.server.shadow.mqtt import ShadowMqtt, ShadowTopic, ShadowVerb, parse_topic
 from overair.server.streams.access import AccessCache
@@ -83,6 +85,8 @@ class DeviceService:
         self._limits = limits
         self._clock = clock
         self._access = AccessCache(limits.device_access_cache_seconds, limits.device_access_cache_entries)
+        # A rollout's first block requests all miss the access cache at once: read them together.
+        self._delivered_streams = CoalescedReads(self._streams_delivered, THINGS_PER_READ)
         self._budgets = DeviceBudgets(limits)
         self._gate = gate  # the fleet download policy (delivery/policy.py)
         self.requests: Counter[Kind] = Counter()  # device requests by kind (tests, bench)
@@ -458,16 +462,18 @@ class DeviceService:
         if cached is not None:
             return cached
         generation = self._access.generation(thing)
-        allowed = self._jobs.may_read_stream(thing, stream_id)
+        allowed = stream_id in self._delivered_streams.get(thing)  # read after `generation` was noted
         self._access.put(thing, stream_id, allowed, self._clock(), generation)
         return allowed
+
+    def _streams_delivered(self, things: list[str]) -> dict[str, frozenset[str]]:
+        delivered = self._jobs.deliveries.of_things(things)
+        return {thing: of_thing.streams for thing, of_thing in delivered.items()}
 
     def renew_access(self) -> int:
         """Decide again the stream access of the devices downloading now (streams/access.py
         `renew`): one read per 500 of them. Returns how many were renewed."""
-        return self._access.renew(lambda things: {thing: delivered.streams for thing, delivered
-                                                  in self._jobs.deliveries.of_things(things).items()},
-                                  self._clock)
+        return self._access.renew(self._streams_delivered, self._clock)
 
     def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
         """Answer a block request from what is already in memory, or return None.

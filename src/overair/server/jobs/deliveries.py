@@ -37,7 +37,7 @@ PRESIGNED_OBJECTS = "presigned_objects"
 _OBJECT_KEYS = (HTTP_FILES, PRESIGNED_OBJECTS)  # each entry names a bucket, key and version
 # Things per statement: an expanding IN of this many names stays well inside SQLite's
 # and PostgreSQL's parameter limits.
-_THINGS_PER_READ = 500
+THINGS_PER_READ = 500
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ class Deliveries:
     def of_things(self, things: Sequence[str]) -> dict[str, Delivered]:
         """For each of `things`: what it may fetch now (NOTHING if it has no live job)."""
         out = dict.fromkeys(things, NOTHING)
-        for start in range(0, len(things), _THINGS_PER_READ):
-            chunk = list(things[start:start + _THINGS_PER_READ])
+        for start in range(0, len(things), THINGS_PER_READ):
+            chunk = list(things[start:start + THINGS_PER_READ])
             with self._db.reading() as s:
                 rows = [(thing, (job_id, created)) for thing, job_id, created
                         in s.execute(_LIVE_JOBS_OF_THINGS, {"things": chunk})]

@@ -860,11 +860,6 @@ class JobService:
         when an OTA job last changed it (packages/inventory.py)."""
         return Inventory(self._db).running_versions(things)
 
-    def may_read_stream(self, thing: str, stream_id: str) -> bool:
-        """N4: the thing has a live execution of a running job whose OTA document delivers
-        this stream (jobs/deliveries.py: one indexed read of the thing's live executions)."""
-        return stream_id in self.deliveries.of_things([thing])[thing].streams
-
 
 def _next_key(row: Any) -> tuple[bool, float, int]:
     """Which of a thing's live executions (rows with id, status, queued_at) is its next
