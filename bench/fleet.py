@@ -33,15 +33,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import gc
 import hashlib
 import json
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,7 +58,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, event
 from tests.server_harness import RunningServer, free_port, running_server
 
-from bench import fleet_agents, fleet_devices, lean_devices
+from bench import fleet_agents, fleet_devices, fleet_https, lean_devices
 from bench.memory_sampler import MemorySample, MemorySampler
 from bench.postgres import throwaway_postgres
 from bench.stream_throughput import (
@@ -77,7 +74,6 @@ from bench.stream_throughput import (
 from overair.cli.provisioning import create_keys_and_certificate_for
 from overair.core import streamcodec, topics
 from overair.core.versions import Version
-from overair.server import pki
 from overair.server.bootstrap import DEV_PROFILE
 from overair.sim.firmware import make_firmware
 
@@ -283,6 +279,8 @@ class RolloutResult:
     # (statements, commits) on the server's read-write engine from t0 (StatementCounter).
     written: tuple[int, int] = (0, 0)
     collector: GcTimer | None = None
+    cpu_front_s: float = 0.0  # the nginx download front's processes, from t0 (--front nginx)
+    endpoint: fleet_https.HttpsRun | None = None  # the download endpoint alone, before t0 (HTTP)
 
 
 class DeviceProcesses:
@@ -346,6 +344,12 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         print(f"provisioned {devices} things ({how}) in {provisioned.seconds:.1f} s", flush=True)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
+        endpoint = None
+        if protocol == "HTTP":
+            things = [spec.thing for spec in provisioned.specs]
+            endpoint = fleet_https.endpoint_phase(srv, group["thingGroupArn"], things, BUCKET,
+                                                  "app/firmware.bin", version, image, processes, timeout)
+            print(f"download endpoint alone, before the rollout: {endpoint.seconds:.2f} s", flush=True)
         fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
                                 srv.settings.mqtt_port, hashlib.sha256(image).hexdigest(), connect_rate,
                                 timeout, 0 if protocol != "HTTP" else
@@ -371,7 +375,10 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         collector = GcTimer()
         collector.arm()
         profiler = start_py_spy(py_spy, root / "profile.txt") if py_spy else None
+        download_front = srv.server.download_front
+        front_pid = download_front.pid if download_front is not None else None
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
+        front0 = fleet_https.nginx_cpu(front_pid)
         agent_share.arm()
         t0 = time.perf_counter()
         sampler = MemorySampler(srv.server.connection, t0).start()
@@ -408,6 +415,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         memory_peak = sampler.stop()
         cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
         cpu_devices = fleet.cpu() - devices0
+        cpu_front = fleet_https.nginx_cpu(front_pid) - front0
         hwm_broker = _vm(broker_pid, "VmHWM") if broker_pid else 0
         profile = stop_py_spy(profiler) if profiler else None
         results, hwm_devices = fleet.results(timeout)
@@ -420,7 +428,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
                          list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written,
-                         collector)
+                         collector, cpu_front, endpoint)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -478,75 +486,6 @@ def raw_phase(root: Path, things: list[str], stream_id: str, image: bytes, proce
     return RawRun(last - started, complete, len(image) * len(things), cpu_broker)
 
 
-NGINX = "/usr/sbin/nginx"
-
-
-def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout: float) -> RawRun:
-    """The HTTPS limit: nginx (Debian's, its default worker count) serving the same image
-    over TLS 1.2+ with a certificate of its own, fetched by the same number of devices
-    with the same client code (one Range GET per 4 KiB block, keep-alive), same run."""
-    workdir = root / "nginx"
-    (workdir / "files").mkdir(parents=True)
-    (workdir / "files" / "firmware.bin").write_bytes(image)
-    now = dt.datetime.now(dt.UTC)
-    ca = pki.make_root_ca("bench nginx CA", now)
-    server = pki.issue_server_cert(ca, ("localhost", "127.0.0.1"), now)
-    (workdir / "ca.pem").write_bytes(ca.cert_pem)
-    (workdir / "server.crt").write_bytes(server.cert_pem)
-    (workdir / "server.key").write_bytes(server.key_pem)
-    port = free_port()
-    temp = "".join(f"{kind}_temp_path {workdir / kind};\n    "
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (workdir / "nginx.conf").write_text(
-        ("user root;\n" if os.geteuid() == 0 else "")
-        + f"worker_processes auto;\ndaemon off;\npid {workdir / 'nginx.pid'};\nerror_log stderr error;\n"
-        "worker_rlimit_nofile 65536;\nevents { worker_connections 65536; }\n"
-        f"http {{\n    access_log off;\n    {temp}keepalive_requests 1000000;\n"
-        f"    server {{\n        listen 127.0.0.1:{port} ssl;\n"
-        f"        ssl_certificate {workdir / 'server.crt'};\n"
-        f"        ssl_certificate_key {workdir / 'server.key'};\n"
-        f"        root {workdir / 'files'};\n    }}\n}}\n")
-    process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("nginx did not start") from None
-                time.sleep(0.05)
-        context = multiprocessing.get_context("spawn")
-        pipes, procs = [], []
-        sha = hashlib.sha256(image).hexdigest()
-        for i in range(processes):
-            parent, child = context.Pipe()
-            count = len(range(i, devices, processes))
-            proc = context.Process(target=fleet_devices.http_fetch_process, daemon=True, args=(
-                count, workdir / "ca.pem", "127.0.0.1", port, f"https://127.0.0.1:{port}/firmware.bin",
-                len(image), sha, timeout, child))
-            proc.start()
-            pipes.append(parent)
-            procs.append(proc)
-        for pipe in pipes:
-            if not pipe.poll(60) or pipe.recv() != "ready":
-                raise RuntimeError("the nginx clients did not start")
-        for pipe in pipes:
-            pipe.send("go")
-        results: list[fleet_devices.HttpFetchResult] = [pipe.recv() for pipe in pipes if pipe.poll(timeout)]
-        for proc in procs:
-            proc.join(10)
-    finally:
-        process.terminate()
-        process.wait(10)
-    complete = len(results) == processes and sum(r.verified for r in results) == devices
-    first = min((r.first for r in results), default=0.0)
-    last = max((r.last for r in results), default=first)
-    return RawRun(last - first, complete, len(image) * devices, 0.0)
-
-
 # --- report --------------------------------------------------------------------------------
 
 def _span(values: list[float], t0: float) -> str:
@@ -555,7 +494,8 @@ def _span(values: list[float], t0: float) -> str:
     return f"first {min(values) - t0:7.2f} s, last {max(values) - t0:7.2f} s"
 
 
-def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = "MQTT") -> None:
+def report(rollout: RolloutResult, raw: RawRun | fleet_https.HttpsRun, processes: int,
+           protocol: str = "MQTT") -> None:
     n, size, t0 = rollout.devices, rollout.file_size, rollout.t0
     results = rollout.results
     print(f"\ndevices: {n} FreeRTOS-shaped (MQTT, mutual TLS 1.2, own certificate each) in {processes} "
@@ -597,7 +537,8 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
     print(f"CPU from t0 to the end ({wall:.1f} s): server process {rollout.cpu_server_s:.1f} s "
           f"({100 * rollout.cpu_server_s / wall:.0f}% of one core), "
           f"its Mosquitto {rollout.cpu_broker_s:.1f} s "
-          f"({100 * rollout.cpu_broker_s / wall:.0f}%), devices {rollout.cpu_devices_s:.1f} s")
+          f"({100 * rollout.cpu_broker_s / wall:.0f}%), devices {rollout.cpu_devices_s:.1f} s"
+          + (f", its nginx download front {rollout.cpu_front_s:.1f} s" if rollout.cpu_front_s else ""))
     print(f"memory: server RSS with every device connected {rollout.rss_server_connected / MIB:.0f} MiB, "
           f"peak from t0 {rollout.hwm_server / MIB:.0f} MiB (before t0: "
           f"{rollout.hwm_server_before / MIB:.0f} MiB); "
@@ -622,9 +563,22 @@ def report(rollout: RolloutResult, raw: RawRun, processes: int, protocol: str = 
     raw_rate = raw.image_bytes / MIB / raw.seconds if raw.seconds > 0 else 0.0
     print(f"download phase (first block request -> last image complete): {download_s:.2f} s, "
           f"{goodput:.1f} MiB/s of image")
-    if protocol == "HTTP":
+    if isinstance(raw, fleet_https.HttpsRun):
         print(f"nginx serving the same file over TLS to the same number of clients: {raw.seconds:.2f} s, "
-              f"{raw_rate:.1f} MiB/s{'' if raw.complete else '  <-- not every image verified'}")
+              f"{raw_rate:.1f} MiB/s (nginx CPU {raw.cpu_server_s:.1f} s, clients {raw.cpu_clients_s:.1f} s)"
+              f"{'' if raw.complete else '  <-- not every image verified'}")
+        alone = rollout.endpoint
+        if alone is not None and alone.seconds > 0 and raw_rate:
+            rate = alone.image_bytes / MIB / alone.seconds
+            # The same clients as the limit's, each with its own pre-signed URL of a live
+            # job: every request passes overair's access decision; no status updates.
+            print(f"download endpoint alone (same clients, own URLs, before the rollout): "
+                  f"{alone.seconds:.2f} s, {rate:.1f} MiB/s (CPU: overair {alone.cpu_overair_s:.1f} s, "
+                  f"its front {alone.cpu_server_s - alone.cpu_overair_s:.1f} s, clients "
+                  f"{alone.cpu_clients_s:.1f} s; {alone.decisions} access decisions)"
+                  f"{'' if alone.complete else '  <-- not every image verified'}"
+                  f"{f' failures: {alone.failures[:3]}' if alone.failures else ''}")
+            print(f"ratio download endpoint alone / nginx: {rate / raw_rate:.3f}")
     else:
         print(f"raw Mosquitto forwarding of the same messages: {raw.seconds:.2f} s, {raw_rate:.1f} MiB/s "
               f"(Mosquitto CPU {raw.cpu_broker_s:.1f} s){'' if raw.complete else '  <-- messages lost'}")
@@ -691,7 +645,8 @@ def main() -> None:
                                 "" if args.front == "none" else args.front)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         if args.protocol == "HTTP":
-            limit = nginx_phase(root, args.devices, image, args.device_processes, args.timeout)
+            limit: RawRun | fleet_https.HttpsRun = fleet_https.nginx_phase(
+                root, args.devices, image, args.device_processes, args.timeout)
         else:
             limit = raw_phase(root, [r.thing for r in rollout.results], rollout.stream_id or "ota-0123456789",
                               image, args.device_processes, args.timeout)

@@ -802,28 +802,28 @@ class HttpFetchResult:
     last: float = 0.0
 
 
-def http_fetch_process(count: int, ca: Path, host: str, port: int, url: str, size: int, image_sha256: str,
+def http_fetch_process(urls: list[str], ca: Path, host: str, port: int, size: int, image_sha256: str,
                        timeout: float, conn: Connection) -> None:
-    """Child process of the HTTPS limit run: `count` devices each fetching `url` block by
-    block with the same HttpDownload as the rollout's devices; reports when the first
-    request went out and when the last image was complete."""
+    """Child process of the HTTPS runs (bench/fleet_https.py): one device per URL, each
+    fetching it block by block with the same HttpDownload as the rollout's devices;
+    reports when the first request went out and when the last image was complete."""
     _raise_fd_limit()
     context = ssl.create_default_context(cafile=str(ca))
     selector = selectors.DefaultSelector()
     result = HttpFetchResult()
-    images = [bytearray(size) for _ in range(count)]
+    images = [bytearray(size) for _ in urls]
     downloads: list[HttpDownload] = []
     conn.send("ready")
     conn.recv()
     result.first = time.perf_counter()
-    for i in range(count):
+    for i, url in enumerate(urls):
         def store(index: int, data: bytes, image: bytearray = images[i]) -> None:
             image[index * BLOCK_SIZE:index * BLOCK_SIZE + len(data)] = data
 
         download = HttpDownload(context, host, port, url, size, store, result.failed.append)
         downloads.append(download)
         selector.register(download.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
-    open_count = count
+    open_count = len(urls)
     deadline = time.perf_counter() + timeout
     while open_count and time.perf_counter() < deadline:
         for key, _ in selector.select(timeout=0.5):

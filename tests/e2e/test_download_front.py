@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -274,3 +274,37 @@ def test_n4_front_refuses_urls_whose_query_nginx_and_overair_would_read_differen
     assert _blocks(clocked_srv, attacker_url, len(old))[0] == old
     attacker.device.close()
     victim.device.close()
+
+
+def test_front_serves_a_granted_version_from_its_checked_copy_until_the_object_is_deleted(
+        clocked_srv: RunningServer, http_job: HttpJob) -> None:
+    # A 4 KiB Range GET served from nginx's slice cache cost it a second cache lookup
+    # per request; the granted version's checked copy is a static file (front_files.py).
+    url = _url(http_job)
+    assert _blocks(clocked_srv, url, len(IMAGE))[0] == IMAGE  # from slices; the copy starts
+    version = dict(parse_qsl(urlsplit(url).query))["version"]
+    key = f"{http_job.thing}.bin"
+    copy = clocked_srv.settings.paths.download_front / "files" / (
+        nginx_front.FILE_PREFIX + nginx_front.object_token("firmware", key, version))
+    deadline = time.monotonic() + 10
+    while not copy.exists():
+        assert time.monotonic() < deadline, "the granted version was never copied for serving"
+        time.sleep(0.05)
+    assert copy.read_bytes() == IMAGE
+    # The decision nginx holds is renewed within 2 s, now naming the copy: nginx's static
+    # answers carry Last-Modified (overair's through the slices do not).
+    deadline = time.monotonic() + 5
+    while "last-modified" not in (answer := _get(clocked_srv, url, {"Range": "bytes=4096-8191"}))[1]:
+        assert time.monotonic() < deadline, answer[1]
+        time.sleep(0.1)
+    assert answer[0] == 206
+    assert answer[2] == IMAGE[4096:8192]
+    assert answer[1]["content-range"] == f"bytes 4096-8191/{len(IMAGE)}"
+    assert _blocks(clocked_srv, url, len(IMAGE))[0] == IMAGE
+    clocked_srv.client("s3").delete_object(Bucket="firmware", Key=key, VersionId=version)
+    assert not copy.exists()  # removed with the object
+    deadline = time.monotonic() + nginx_front.DECISION_FRESH_SECONDS + nginx_front.DECISION_STALE_SECONDS + 1
+    while (status := _get(clocked_srv, url, {"Range": "bytes=0-9"})[0]) == 206:
+        assert time.monotonic() < deadline, "a deleted object is still served"
+        time.sleep(0.1)
+    assert status == 404

@@ -78,6 +78,9 @@ class Limits:
     # (delivery/http_download.py), so a large image never sits whole in memory.
     http_whole_file_bytes: int = 16 * 1024 * 1024
     device_access_cache_entries: int = 100_000
+    # Disk the nginx download front may fill with checked copies of the object versions
+    # it serves (delivery/front_files.py); past it, the least recently granted go.
+    download_front_files_bytes: int = 2 * 1024 * MIB
     # Jobs whose deliveries (stream, HTTP objects: fixed at creation) are kept in memory
     # for those decisions (jobs/deliveries.py); past this they are read again.
     delivery_jobs_kept: int = 10_000

@@ -42,8 +42,15 @@ from overair.server.dashboard.routes import build_dashboard
 from overair.server.delivery.device_jobs_api import DeviceJobsApi
 from overair.server.delivery.download_gate import DownloadGate
 from overair.server.delivery.download_server import DownloadEndpoint
+from overair.server.delivery.front_files import FrontFiles
 from overair.server.delivery.http_download import HttpDelivery
-from overair.server.delivery.nginx_front import FrontConfig, NginxFront, upstream_host, uses_root
+from overair.server.delivery.nginx_front import (
+    UPSTREAM_IDLE_SECONDS,
+    FrontConfig,
+    NginxFront,
+    upstream_host,
+    uses_root,
+)
 from overair.server.delivery.policy import DownloadPolicy
 from overair.server.delivery.tls_peer import FastPeerCertificateProtocol
 from overair.server.events import api as events_api
@@ -885,7 +892,8 @@ class Server:
             # Downloads need no client certificate (the URL is the grant); the Jobs API
             # does, and checks it against the registry.
             ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
-            http=FastPeerCertificateProtocol, loop="none")
+            http=FastPeerCertificateProtocol, loop="none",
+            timeout_keep_alive=UPSTREAM_IDLE_SECONDS if settings.download_front == "nginx" else 5)
         if settings.metrics_port:
             collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
             servers.append(uvicorn.Server(uvicorn.Config(
@@ -917,6 +925,8 @@ class Server:
                              paths.broker_cert, paths.broker_key, upstream_host(settings.mqtt_host),
                              settings.download_port, settings.device_host, paths.fleet_ca_cert,
                              settings.limits, uses_root())
+        self.delivery.front_files = FrontFiles(paths.download_front / "files", self.objects,
+                                               settings.limits.download_front_files_bytes)
         self.download_front = NginxFront(settings.nginx_binary, config)
         await self.download_front.start()
 
@@ -1034,6 +1044,8 @@ class Server:
                 await asyncio.wait_for(task, 10)
         if self.download_front is not None:
             await self.download_front.stop()
+        if self.delivery.front_files is not None:
+            self.delivery.front_files.close()
         if self.connection is not None:
             await self.connection.stop()
         if self.witness is not None:

@@ -46,8 +46,10 @@ from overair.server.audit.log import AuditLog
 from overair.server.clock import Clock
 from overair.server.delivery.budgets import DeviceBudgets, Kind
 from overair.server.delivery.download_gate import DownloadGate
+from overair.server.delivery.front_files import FrontFiles
 from overair.server.delivery.nginx_front import (
     AUTH_PREFIX,
+    FILE_HEADER,
     MESSAGE_HEADER,
     OBJECT_HEADER,
     STATUS_HEADER,
@@ -94,6 +96,8 @@ class HttpDelivery:
         self._delivered = CoalescedReads(self._objects_delivered, THINGS_PER_READ)
         self._budgets = DeviceBudgets(limits)
         self.gate = gate
+        # With the nginx download front: the granted versions it serves from its own disk.
+        self.front_files: FrontFiles | None = None
         self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
         # N4: a URL stops working the moment its thing's execution ends.
@@ -185,9 +189,13 @@ class HttpDelivery:
             decision = self.gate.for_object(grant.thing, grant.bucket, grant.key, grant.version, 0)
             if not decision.admitted:
                 raise PolicyRefusal(decision)
-        token = object_token(grant.bucket, grant.key, grant.version)
-        return Response(b"", 204, headers={"x-overair-size": str(size), OBJECT_HEADER: token,
-                                           "Cache-Control": decision_cache_control(granted=True)})
+        bucket, key, version = grant.bucket, grant.key, grant.version
+        headers = {"x-overair-size": str(size), OBJECT_HEADER: object_token(bucket, key, version),
+                   "Cache-Control": decision_cache_control(granted=True)}
+        file = self.front_files.name(bucket, key, version, size) if self.front_files is not None else None
+        if file is not None:
+            headers[FILE_HEADER] = file
+        return Response(b"", 204, headers=headers)
 
     def _size(self, grant: presign.Grant) -> int:
         size = self._known_size(grant)
@@ -354,6 +362,8 @@ class HttpDelivery:
         """An object's bytes were deleted: never serve them from the cache again."""
         self._cache.drop_where(lambda k: k[1:3] == (bucket, key))
         self._ranged.forget(bucket, key)
+        if self.front_files is not None:
+            self.front_files.forget(bucket, key)
         for item in [i for i in self._sizes if i[:2] == (bucket, key)]:
             self._sizes.pop(item, None)
 

@@ -58,6 +58,8 @@ AUTH_PREFIX = "/auth"  # overair's decision route: AUTH_PREFIX + the download pa
 REFUSAL_STATUSES = (400, 403, 404, 416, 429, 503)
 STATUS_HEADER = "x-overair-status"
 OBJECT_HEADER = "x-overair-object"  # a grant's object version, as `object_token` names it
+FILE_HEADER = "x-overair-file"  # a grant's file in the front's files directory (front_files.py)
+FILE_PREFIX = "v-"  # what those files' names start with (an empty FILE_HEADER names none)
 MESSAGE_HEADER = "x-overair-message"
 SLICE_BYTES = 256 * 1024
 # How long nginx reuses an access decision, and how much longer it may answer from an
@@ -66,6 +68,10 @@ DECISION_FRESH_SECONDS = 1
 DECISION_STALE_SECONDS = 1
 HEADER_BUFFER = "8k"  # a header line longer than this is refused (400), as by the Python endpoint
 OBJECT_CACHE_BYTES = 1024 * 1024 * 1024
+# How long overair's device endpoint keeps an idle connection when the front is on
+# (uvicorn's default, 5 s, closed nginx's kept connections between a device's decisions,
+# and each new one was a TLS handshake on both sides: a third of overair's CPU there).
+UPSTREAM_IDLE_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,9 @@ http {{
     upstream overair_device_endpoint {{
         server {config.upstream_host}:{config.upstream_port};
         keepalive 512;  # every connection to overair is a TLS handshake there
+        # nginx lets an idle connection go before overair would (UPSTREAM_IDLE_SECONDS):
+        # one overair closed while nginx sent on it would fail that request.
+        keepalive_timeout {UPSTREAM_IDLE_SECONDS - 5}s;
     }}
     server {{
         listen {config.listen_host}:{config.listen_port} ssl;
@@ -148,8 +157,22 @@ http {{
             auth_request_set $overair_message $upstream_http_{MESSAGE_HEADER.replace('-', '_')};
             auth_request_set $overair_retry $upstream_http_retry_after;
             auth_request_set $overair_retry_ms $upstream_http_x_overair_retry_after_ms;
+            auth_request_set $overair_file $upstream_http_{FILE_HEADER.replace('-', '_')};
             error_page 403 = /_overair_refused/$overair_status;
             error_page 429 = /_overair_throttled;
+            error_page 500 502 504 = /_overair_unavailable;
+            # The granted version's checked copy (delivery/front_files.py), if the decision
+            # names one; else its slices, filled through overair.
+            root {w / 'files'};
+            default_type application/octet-stream;
+            open_file_cache max=1024 inactive=60s;
+            open_file_cache_valid 10s;
+            etag off;
+            if_modified_since off;
+            add_header Cache-Control no-store;
+            try_files /{FILE_PREFIX}$overair_file @overair_slices;
+        }}
+        location @overair_slices {{
             error_page 500 502 504 = /_overair_unavailable;
             slice {SLICE_BYTES};
             proxy_cache overair_objects;
