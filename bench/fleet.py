@@ -575,7 +575,8 @@ def report(rollout: RolloutResult, raw: RawRun | fleet_https.HttpsRun, processes
             print(f"download endpoint alone (same clients, own URLs, before the rollout): "
                   f"{alone.seconds:.2f} s, {rate:.1f} MiB/s (CPU: overair {alone.cpu_overair_s:.1f} s, "
                   f"its front {alone.cpu_server_s - alone.cpu_overair_s:.1f} s, clients "
-                  f"{alone.cpu_clients_s:.1f} s; {alone.decisions} access decisions)"
+                  f"{alone.cpu_clients_s:.1f} s; {alone.decisions} access decisions, {alone.throttled} "
+                  "answers 429/503 asked again when told)"
                   f"{'' if alone.complete else '  <-- not every image verified'}"
                   f"{f' failures: {alone.failures[:3]}' if alone.failures else ''}")
             print(f"ratio download endpoint alone / nginx: {rate / raw_rate:.3f}")

@@ -798,6 +798,7 @@ def raw_receiver_process(topics: list[str], ca: Path, cert: Path, key: Path, hos
 class HttpFetchResult:
     verified: int = 0
     failed: list[str] = field(default_factory=list)
+    throttled: int = 0  # answers 429/503 with Retry-After (asked again when told)
     first: float = 0.0
     last: float = 0.0
 
@@ -825,21 +826,35 @@ def http_fetch_process(urls: list[str], ca: Path, host: str, port: int, size: in
         selector.register(download.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
     open_count = len(urls)
     deadline = time.perf_counter() + timeout
+
+    def service(index: int) -> None:
+        nonlocal open_count
+        download = downloads[index]
+        try:
+            download.advance()
+        except (OSError, ConnectionError, ValueError) as exc:
+            result.failed.append(f"{type(exc).__name__}: {exc}")
+            download.done = True
+        if download.done:
+            selector.unregister(download.sock)
+            download.close()
+            open_count -= 1
+            result.last = time.perf_counter()
+        else:
+            selector.modify(download.sock, selectors.EVENT_READ
+                            | (selectors.EVENT_WRITE if download.wants_write() else 0), index)
+
     while open_count and time.perf_counter() < deadline:
-        for key, _ in selector.select(timeout=0.5):
-            download = downloads[key.data]
-            try:
-                download.advance()
-            except (OSError, ConnectionError, ValueError) as exc:
-                result.failed.append(f"{type(exc).__name__}: {exc}")
-                download.done = True
-            if download.done:
-                selector.unregister(download.sock)
-                download.close()
-                open_count -= 1
-                result.last = time.perf_counter()
-            else:
-                selector.modify(download.sock, selectors.EVENT_READ
-                                | (selectors.EVENT_WRITE if download.wants_write() else 0), key.data)
+        # Told to come back later (429/503 with Retry-After, the device's budget): ask
+        # again when told, as the rollout's devices do.
+        waiting = [i for i, d in enumerate(downloads) if d.retry_at and not d.done]
+        wait = min((downloads[i].retry_at for i in waiting), default=time.perf_counter() + 0.5)
+        for key, _ in selector.select(timeout=min(0.5, max(0.0, wait - time.perf_counter()))):
+            service(key.data)
+        now = time.perf_counter()
+        for i in waiting:
+            if downloads[i].retry_if_due(now):
+                service(i)
+    result.throttled = sum(d.throttled for d in downloads)
     result.verified = sum(1 for image in images if hashlib.sha256(image).hexdigest() == image_sha256)
     conn.send(result)

@@ -46,6 +46,7 @@ class HttpsRun:
     failures: tuple[str, ...] = ()
     cpu_overair_s: float = 0.0  # of cpu_server_s, overair's process (the endpoint run)
     decisions: int = 0  # access decisions overair answered its front (the endpoint run)
+    throttled: int = 0  # answers 429/503 with Retry-After, asked again when told
 
 
 def nginx_cpu(master_pid: int | None) -> float:
@@ -86,7 +87,8 @@ def fetch(ca: Path, port: int, urls: list[str], size: int, image_sha256: str, pr
     first = min((r.first for r in results), default=0.0)
     last = max((r.last for r in results), default=first)
     failures = tuple(f for r in results for f in r.failed)
-    return HttpsRun(last - first, complete, size * len(urls), cpu, clients, failures)
+    return HttpsRun(last - first, complete, size * len(urls), cpu, clients, failures,
+                    throttled=sum(r.throttled for r in results))
 
 
 def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout: float) -> HttpsRun:
@@ -135,13 +137,13 @@ def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout:
 
 
 def endpoint_phase(srv: RunningServer, group_arn: str, things: list[str], bucket: str, key: str,
-                   version: str, image: bytes, processes: int, timeout: float) -> HttpsRun:
+                   version: str, image: bytes, processes: int, timeout: float,
+                   ota_id: str = "bench-endpoint-alone") -> HttpsRun:
     """The download endpoint (or front) alone: an OTA update over HTTP to the group whose
     devices are not connected yet, each thing's own pre-signed URL as its job document
     carries it, fetched by the limit's client code; then the job is canceled, so the
     rollout that follows starts from nothing. Counts overair's CPU and its front's."""
     iot = srv.client("iot")
-    ota_id = "bench-endpoint-alone"
     iot.create_ota_update(
         otaUpdateId=ota_id, targets=[group_arn], protocols=["HTTP"], targetSelection="SNAPSHOT",
         roleArn=f"arn:aws:iam::{srv.settings.account_id}:role/overair-ota",

@@ -45,10 +45,10 @@ from overair.server.delivery.download_server import DownloadEndpoint
 from overair.server.delivery.front_files import FrontFiles
 from overair.server.delivery.http_download import HttpDelivery
 from overair.server.delivery.nginx_front import (
+    SOCKET_NAME,
     UPSTREAM_IDLE_SECONDS,
     FrontConfig,
     NginxFront,
-    upstream_host,
     uses_root,
 )
 from overair.server.delivery.policy import DownloadPolicy
@@ -892,8 +892,7 @@ class Server:
             # Downloads need no client certificate (the URL is the grant); the Jobs API
             # does, and checks it against the registry.
             ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(paths.fleet_ca_cert),
-            http=FastPeerCertificateProtocol, loop="none",
-            timeout_keep_alive=UPSTREAM_IDLE_SECONDS if settings.download_front == "nginx" else 5)
+            http=FastPeerCertificateProtocol, loop="none")
         if settings.metrics_port:
             collector = ServerCollector(self.db, self.broker_metrics, self._broker_load, self.clock)
             servers.append(uvicorn.Server(uvicorn.Config(
@@ -911,7 +910,24 @@ class Server:
         serving: list[asyncio.Task[object]] = [asyncio.create_task(server.serve()) for server in api_servers]
         endpoint.start()
         serving.append(asyncio.create_task(endpoint.serve_until_stopped()))
+        if self.settings.download_front == "nginx":
+            front_side = self._front_side()
+            servers.append(front_side.server)
+            front_side.start()
+            serving.append(asyncio.create_task(front_side.serve_until_stopped()))
         return serving
+
+    def _front_side(self) -> DownloadEndpoint:
+        """What the nginx download front asks (delivery/nginx_front.py): the downloads
+        app alone (access decisions, slice fills), on a Unix socket in the front's
+        directory, on a thread and loop of its own. Plain HTTP: the socket is inside the
+        data directory, which only the overair user (and root) may enter."""
+        directory = self.settings.paths.download_front
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return DownloadEndpoint(uvicorn.Config(
+            self.delivery.fast_app(Starlette(routes=self.delivery.routes())),
+            uds=str(directory / SOCKET_NAME), log_level="warning", lifespan="off", proxy_headers=False,
+            loop="none", http="httptools", timeout_keep_alive=UPSTREAM_IDLE_SECONDS))
 
     # Running -------------------------------------------------------------------------
     async def _start_download_front(self) -> None:
@@ -922,9 +938,7 @@ class Server:
             return
         check_port_free(settings.mqtt_host, settings.download_front_port)
         config = FrontConfig(paths.download_front, settings.mqtt_host, settings.download_front_port,
-                             paths.broker_cert, paths.broker_key, upstream_host(settings.mqtt_host),
-                             settings.download_port, settings.device_host, paths.fleet_ca_cert,
-                             settings.limits, uses_root())
+                             paths.broker_cert, paths.broker_key, settings.limits, uses_root())
         self.delivery.front_files = FrontFiles(paths.download_front / "files", self.objects,
                                                settings.limits.download_front_files_bytes)
         self.download_front = NginxFront(settings.nginx_binary, config)

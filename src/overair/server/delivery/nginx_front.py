@@ -17,12 +17,18 @@ work in C while overair still makes every access decision:
   second instead made each device wait for a fresh decision every second: with 1,000
   devices and the Python side busy with their status updates, that wait, not the bytes,
   set the pace (65,891 decisions for 256,000 requests, download 107 s vs nginx 8.3 s).
-- Object bytes are cached by nginx in slices (slice module + proxy_cache), filled by
-  ranged GETs through overair's own endpoint with the device's URL (so the fill passes
-  the same checks and works with either object store). The cache key is the object
-  version overair's decision names (`OBJECT_HEADER`), never nginx's own reading of the
-  URL: what nginx serves is what overair granted (threat N4; a URL whose query nginx
-  and overair would read differently is refused, core/presign.py `parse_query`).
+- Object bytes: a granted version's checked copy, served as a static file
+  (front_files.py, named by the decision's `FILE_HEADER`); until the copy is in, slices
+  cached by nginx (slice module + proxy_cache), filled by ranged GETs through overair's
+  endpoint with the device's URL (so the fill passes the same checks and works with
+  either object store). Both are named by the object version overair's decision names
+  (`OBJECT_HEADER`), never by nginx's own reading of the URL: what nginx serves is what
+  overair granted (threat N4; a URL whose query nginx and overair would read
+  differently is refused, core/presign.py `parse_query`).
+- nginx reaches overair on a Unix socket in the front's directory (`SOCKET_NAME`; the
+  data directory is the overair user's alone), plain HTTP: the same app as the device
+  endpoint's downloads, without the TLS that made a third of overair's CPU there
+  (handshakes on both sides, records for every 204).
 - A device's request rate is bounded by `limit_req` keyed on the URL's signature (an
   HMAC over the thing, object and expiry: no one can spend another thing's budget
   without its URL), at the rate and burst of Limits' device download budget.
@@ -68,10 +74,10 @@ DECISION_FRESH_SECONDS = 1
 DECISION_STALE_SECONDS = 1
 HEADER_BUFFER = "8k"  # a header line longer than this is refused (400), as by the Python endpoint
 OBJECT_CACHE_BYTES = 1024 * 1024 * 1024
-# How long overair's device endpoint keeps an idle connection when the front is on
-# (uvicorn's default, 5 s, closed nginx's kept connections between a device's decisions,
-# and each new one was a TLS handshake on both sides: a third of overair's CPU there).
+# How long overair keeps nginx's idle connections (uvicorn's default, 5 s, closed them
+# between a device's decisions, and nginx opened new ones at once).
 UPSTREAM_IDLE_SECONDS = 60
+SOCKET_NAME = "overair.sock"  # in the front's directory: where overair answers nginx
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +87,6 @@ class FrontConfig:
     listen_port: int
     cert: Path
     key: Path
-    upstream_host: str  # overair's device endpoint
-    upstream_port: int
-    upstream_name: str  # the name its certificate carries
-    fleet_ca: Path
     limits: Limits
     run_as_root: bool
 
@@ -123,9 +125,9 @@ http {{
     map $http_range $overair_bad_range {{ "" 0; "~^bytes=[0-9]{{0,18}}-[0-9]{{0,18}}$" 0; default 1; }}
     # A grant always names its object version; should one not, its bytes go uncached.
     map $overair_object $overair_uncached {{ "" 1; default 0; }}
-    upstream overair_device_endpoint {{
-        server {config.upstream_host}:{config.upstream_port};
-        keepalive 512;  # every connection to overair is a TLS handshake there
+    upstream overair {{
+        server unix:{w / SOCKET_NAME};  # overair's downloads app (app.py `_start_front_side`)
+        keepalive 512;
         # nginx lets an idle connection go before overair would (UPSTREAM_IDLE_SECONDS):
         # one overair closed while nginx sent on it would fail that request.
         keepalive_timeout {UPSTREAM_IDLE_SECONDS - 5}s;
@@ -139,11 +141,6 @@ http {{
         default_type text/plain;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        proxy_ssl_trusted_certificate {config.fleet_ca};
-        proxy_ssl_verify on;
-        proxy_ssl_name {config.upstream_name};
-        proxy_ssl_server_name on;
-        proxy_ssl_session_reuse on;
         location ~ "^/ota/[^/]+/." {{  # /ota/<bucket>/<key>: anything else is a 404 below
             if ($overair_bad_range) {{
                 add_header x-amzn-ErrorType InvalidRange always;
@@ -184,11 +181,11 @@ http {{
             proxy_cache_lock_timeout 10s;
             proxy_ignore_headers Cache-Control Expires Set-Cookie X-Accel-Expires;
             proxy_set_header Range $slice_range;
-            proxy_pass https://overair_device_endpoint;
+            proxy_pass http://overair;
         }}
         location = /_overair_decision {{
             internal;
-            proxy_pass https://overair_device_endpoint{AUTH_PREFIX}$request_uri;
+            proxy_pass http://overair{AUTH_PREFIX}$request_uri;
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header Range "";
@@ -347,11 +344,6 @@ def _tail(path: Path, lines: int = 3) -> str:
         return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(no log)"
     except OSError:
         return "(no log)"
-
-
-def upstream_host(host: str) -> str:
-    """Where nginx reaches overair's device endpoint bound to `host`."""
-    return _connect_host(host)
 
 
 def uses_root() -> bool:
