@@ -927,7 +927,10 @@ class Server:
         return DownloadEndpoint(uvicorn.Config(
             self.delivery.fast_app(Starlette(routes=self.delivery.routes())),
             uds=str(directory / SOCKET_NAME), log_level="warning", lifespan="off", proxy_headers=False,
-            loop="none", http="httptools", timeout_keep_alive=UPSTREAM_IDLE_SECONDS))
+            loop="none", http="httptools", timeout_keep_alive=UPSTREAM_IDLE_SECONDS,
+            # nginx reads a cached decision's headers at every request it serves: only
+            # those it uses.
+            server_header=False, date_header=False))
 
     # Running -------------------------------------------------------------------------
     async def _start_download_front(self) -> None:

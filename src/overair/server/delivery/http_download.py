@@ -190,7 +190,7 @@ class HttpDelivery:
             if not decision.admitted:
                 raise PolicyRefusal(decision)
         bucket, key, version = grant.bucket, grant.key, grant.version
-        headers = {"x-overair-size": str(size), OBJECT_HEADER: object_token(bucket, key, version),
+        headers = {OBJECT_HEADER: object_token(bucket, key, version),
                    "Cache-Control": decision_cache_control(granted=True)}
         file = self.front_files.name(bucket, key, version, size) if self.front_files is not None else None
         if file is not None:
