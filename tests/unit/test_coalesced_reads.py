@@ -72,8 +72,11 @@ def test_a_failed_read_fails_its_callers_and_the_next_read_goes_on() -> None:
     with pytest.raises(RuntimeError, match="database unavailable"):
         reads.get("a")
     assert reads.get("a") == 7
-    with pytest.raises(KeyError):
-        CoalescedReads(lambda keys: {}, max_batch=5).get("missing")
+    def read_nothing(keys: list[str]) -> dict[str, int]:
+        return {}
+
+    with pytest.raises(KeyError):  # a key the read left out
+        CoalescedReads(read_nothing, max_batch=5).get("missing")
 
 
 def test_batches_hold_at_most_max_batch_keys() -> None:
