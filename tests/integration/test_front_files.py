@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from overair.server.delivery.front_files import FrontFiles
+from overair.server.delivery.front_files import RETRY_SECONDS, FrontFiles
 from overair.server.delivery.nginx_front import FILE_PREFIX, object_token
 from overair.server.storage.db import Database
 from overair.server.storage.objects import ObjectStore
@@ -24,13 +24,14 @@ def _store(db: Database, tmp_path: Path, blob_backend: BlobFactory) -> ObjectSto
 
 
 def _settled(files: FrontFiles, bucket: str, key: str, version: str, size: int) -> str | None:
-    """Ask until the copy started by the first ask has ended (it runs in the background)."""
-    deadline = time.monotonic() + 10
-    while (name := files.name(bucket, key, version, size)) is None and time.monotonic() < deadline:
-        if not files._copying:  # ended without a file
-            return files.name(bucket, key, version, size)
+    """Grant once, wait for the copy that started (it runs in the background), grant again."""
+    if (name := files.name(bucket, key, version, size)) is not None:
+        return name
+    deadline = time.monotonic() + 30
+    while not files.settled(bucket, key, version):
+        assert time.monotonic() < deadline, "the copy did not end"
         time.sleep(0.02)
-    return name
+    return files.name(bucket, key, version, size)
 
 
 def test_a_granted_version_is_served_from_its_checked_copy(db: Database, tmp_path: Path,
@@ -61,9 +62,17 @@ def test_corrupted_bytes_are_never_copied_for_serving(db: Database, tmp_path: Pa
     [blob] = [name for name in stored_names(objects.blobs, "data/")
               if read_stored(objects.blobs, name).startswith(b"firmware")]
     write_stored(objects.blobs, blob, b"firmwarE image " * 1000)  # bit rot or tampering in storage
-    files = FrontFiles(tmp_path / "front", objects, max_bytes=1 << 20)
+    now = [0.0]
+    files = FrontFiles(tmp_path / "front", objects, max_bytes=1 << 20, clock=lambda: now[0])
     assert _settled(files, "firmware", "app.bin", stored.version_id, 15_000) is None
     assert list((tmp_path / "front").iterdir()) == []  # the partial copy went too
+    # Every grant would otherwise read the whole object from the store again.
+    assert files.name("firmware", "app.bin", stored.version_id, 15_000) is None
+    assert files.settled("firmware", "app.bin", stored.version_id)  # no copy started
+    now[0] += RETRY_SECONDS
+    assert files.name("firmware", "app.bin", stored.version_id, 15_000) is None
+    assert not files.settled("firmware", "app.bin", stored.version_id)  # tried again
+    assert _settled(files, "firmware", "app.bin", stored.version_id, 15_000) is None
     files.close()
 
 
@@ -81,5 +90,5 @@ def test_the_disk_bound_drops_the_least_recently_granted(db: Database, tmp_path:
     assert held == {FILE_PREFIX + object_token("firmware", *v) for v in (first, third)}
     assert files.bytes_held == 2000
     assert files.name("firmware", "big.bin", "v", 2501) is None  # larger than the bound: never copied
-    assert not files._copying
+    assert files.settled("firmware", "big.bin", "v")
     files.close()

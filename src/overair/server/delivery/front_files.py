@@ -14,7 +14,10 @@ serves a file only after overair's decision granted the URL and named that file.
 Files are named by `object_token` (a digest of bucket, key and version), so a name says
 nothing of the object and cannot be steered by a URL. The directory is emptied at start
 (only what this process checked is served), held under `max_bytes` by dropping the
-files granted least recently, and a deleted object's files are removed at once.
+files granted least recently, and a deleted object's files are removed at once. A
+version whose copy failed (its bytes did not check out, the store did not answer) is not
+copied again for `RETRY_SECONDS`: every grant of it would otherwise read the whole object
+from the store again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,8 @@ from overair.server.storage.objects import ObjectStore
 log = logging.getLogger("overair.download_front")
 
 _PARTIAL = ".partial"
+RETRY_SECONDS = 60.0
+_FAILED_KEPT = 1024  # failed versions remembered; each costs a token and a float
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +52,17 @@ class _File:
 
 
 class FrontFiles:
-    def __init__(self, directory: Path, objects: ObjectStore, max_bytes: int) -> None:
+    def __init__(self, directory: Path, objects: ObjectStore, max_bytes: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self._objects = objects
         self._max_bytes = max_bytes
+        self._clock = clock
         self._lock = threading.Lock()
         self._ready: OrderedDict[str, _File] = OrderedDict()  # token -> file, least recently granted first
         self._copying: dict[str, tuple[str, str]] = {}  # token -> (bucket, key)
         self._deleted: set[str] = set()  # copies under way whose object was deleted meanwhile
+        self._failed: dict[str, float] = {}  # token -> when its copy may be tried again
         self._bytes = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="front-files")
         directory.mkdir(parents=True, exist_ok=True)
@@ -68,11 +78,16 @@ class FrontFiles:
             if token in self._ready:
                 self._ready.move_to_end(token)
                 return token
-            if token in self._copying or size > self._max_bytes:
+            if token in self._copying or size > self._max_bytes or self._failed_recently(token):
                 return None
             self._copying[token] = (bucket, key)
         self._writer.submit(self._copy, token, bucket, key, version)
         return None
+
+    def settled(self, bucket: str, key: str, version: str) -> bool:
+        """No copy of this version is under way (it is in, failed, or was never started)."""
+        with self._lock:
+            return object_token(bucket, key, version) not in self._copying
 
     @property
     def bytes_held(self) -> int:
@@ -109,10 +124,24 @@ class FrontFiles:
             log.warning("download front: %s/%s (%s) not copied for serving: %s", bucket, key, version, exc)
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
+            with self._lock:
+                if len(self._failed) >= _FAILED_KEPT:  # many failing versions: forget the oldest
+                    del self._failed[next(iter(self._failed))]
+                self._failed[token] = self._clock() + RETRY_SECONDS
         finally:
             with self._lock:
                 self._copying.pop(token, None)
                 self._deleted.discard(token)
+
+    def _failed_recently(self, token: str) -> bool:
+        """Under the lock."""
+        retry_at = self._failed.get(token)
+        if retry_at is None:
+            return False
+        if self._clock() < retry_at:
+            return True
+        del self._failed[token]
+        return False
 
     def _drop(self, token: str) -> None:
         """Under the lock. nginx may hold it open a moment longer (open_file_cache): the
