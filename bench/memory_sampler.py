@@ -6,7 +6,12 @@ and the queues of the service's broker connection (device messages waiting for a
 worker or held back, bytes written to the broker and not sent yet, QoS 1 messages
 waiting for their PUBACK). The sample with the largest RSS is the one reported, so
 that the peak can be told apart: Python objects and buffers (in use) from allocator
-fragmentation (free but not returned to the system).
+fragmentation (free but not returned to the system). At each new peak it also reads
+SQLite's own allocations (`sqlite3_memory_used` and its high-water mark, from the library
+the sqlite3 module uses) and the process's anonymous mappings grouped by size with their
+resident bytes (/proc/self/smaps; the kernel merges adjacent ones, so a size is a hint:
+glibc's per-thread heaps are at most 64 MiB, thread stacks 8 MiB, CPython's small-object
+arenas 1 MiB each, the main heap is "[heap]").
 """
 
 from __future__ import annotations
@@ -38,6 +43,43 @@ def _mallinfo2() -> tuple[int, int, int]:
     return int(info.uordblks), int(info.fordblks), int(info.hblkhd)
 
 
+def _sqlite_memory() -> tuple[int, int]:
+    """(bytes SQLite has allocated now, the most it had at once); zeros if unknown."""
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0")
+        library.sqlite3_memory_used.restype = ctypes.c_int64
+        library.sqlite3_memory_highwater.restype = ctypes.c_int64
+        return int(library.sqlite3_memory_used()), int(library.sqlite3_memory_highwater(0))
+    except (OSError, AttributeError):
+        return 0, 0
+
+
+def anonymous_mappings(smaps: str) -> dict[int, tuple[int, int]]:
+    """Anonymous mappings of an smaps text by size in KiB -> (count, resident KiB); the
+    main heap counts as anonymous, its size given as -1."""
+    groups: dict[int, tuple[int, int]] = {}
+    size, anonymous = 0, False
+    for line in smaps.splitlines():
+        head = line.split(None, 1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):  # a mapping's header line
+            fields = line.split()
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            size, anonymous = (end - start) // 1024, len(fields) < 6 or fields[5] == "[heap]"
+            if len(fields) >= 6 and fields[5] == "[heap]":
+                size = -1
+        elif head == "Rss:" and anonymous:
+            count, resident = groups.get(size, (0, 0))
+            groups[size] = (count + 1, resident + int(line.split()[1]))
+    return groups
+
+
+def _describe_mappings(groups: dict[int, tuple[int, int]], top: int = 6) -> str:
+    largest = sorted(groups.items(), key=lambda item: -item[1][1])[:top]
+    return ", ".join(
+        f"{'[heap]' if size < 0 else f'{count} x {size / 1024:.2f} MiB'}: {resident / 1024:.0f} MiB resident"
+        for size, (count, resident) in largest)
+
+
 def _rss() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -56,13 +98,19 @@ class MemorySample:
     held: int  # of those, block requests held back by the write backlog
     write_backlog: int  # bytes written to the broker connection, not sent yet
     unacked_qos1: int  # QoS 1 publishes waiting for their PUBACK (gmqtt keeps each packet)
+    sqlite: int = 0  # bytes SQLite has allocated (read at a new peak)
+    sqlite_peak: int = 0  # the most SQLite had allocated at once, up to this sample
+    threads: int = 0
+    mappings: str = ""  # the anonymous mappings holding the most, by size (read at a new peak)
 
     def describe(self) -> str:
         return (f"at {self.at:.1f} s: RSS {self.rss / MIB:.0f} MiB; glibc heap in use "
                 f"{self.heap_in_use / MIB:.0f} MiB, free but kept {self.heap_free / MIB:.0f} MiB, "
                 f"mmapped {self.heap_mmapped / MIB:.0f} MiB; device messages waiting {self.waiting} "
                 f"(held back {self.held}), unsent to the broker {self.write_backlog / MIB:.1f} MiB, "
-                f"QoS 1 awaiting PUBACK {self.unacked_qos1}")
+                f"QoS 1 awaiting PUBACK {self.unacked_qos1}; SQLite {self.sqlite / MIB:.1f} MiB "
+                f"(its peak so far {self.sqlite_peak / MIB:.1f} MiB); "
+                f"{self.threads} threads; anonymous mappings: {self.mappings}")
 
 
 class MemorySampler:
@@ -99,4 +147,11 @@ class MemorySampler:
         while not self._stop.wait(self._every):
             sample = self._sample()
             if self.peak is None or sample.rss > self.peak.rss:
+                sample.sqlite, sample.sqlite_peak = _sqlite_memory()
+                sample.threads = threading.active_count()
+                if self.peak is None or sample.rss > self.peak.rss * 1.05:  # smaps costs a few ms
+                    sample.mappings = _describe_mappings(anonymous_mappings(
+                        Path("/proc/self/smaps").read_text()))
+                else:
+                    sample.mappings = self.peak.mappings + " (read at a slightly lower peak)"
                 self.peak = sample
