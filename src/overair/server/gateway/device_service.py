@@ -581,6 +581,6 @@ class DeviceService:
         metrics.BLOCKS_SERVED.inc(len(blocks))
         metrics.BYTES_SERVED.labels("mqtt").inc(nbytes)
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
-        return [Outgoing(topic, self._streams.data_block(stream, request.file_id, data, request.block_size,
-                                                         block, parsed.fmt), QOS_BLOCKS)
-                for block in blocks]
+        encoded = self._streams.data_blocks(stream, request.file_id, data, request.block_size, blocks,
+                                            parsed.fmt)
+        return [Outgoing(topic, payload, QOS_BLOCKS) for payload in encoded]

@@ -379,7 +379,7 @@ class ServiceConnection:
             for message in batch:
                 self._client.publish(message.topic, message.payload, qos=0)
             return
-        connection.send_package(b"".join(qos0_publish_packet(m.topic, m.payload) for m in batch))
+        connection.send_package(qos0_publish_packets(batch))
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish from the event loop, retained at QoS 1 (every later subscriber gets it)."""
@@ -479,15 +479,35 @@ def _count_down(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)
 
 
-def qos0_publish_packet(topic: str, payload: bytes) -> bytes:
-    """An MQTT 3.1.1 PUBLISH at QoS 0, not retained: fixed header, remaining length,
-    topic, payload (no packet id at QoS 0)."""
+def qos0_publish_header(topic: str, payload_length: int) -> bytes:
+    """An MQTT 3.1.1 PUBLISH at QoS 0, not retained, up to its payload: fixed header,
+    remaining length, topic (no packet id at QoS 0)."""
     name = topic.encode()
-    remaining = 2 + len(name) + len(payload)
+    remaining = 2 + len(name) + payload_length
     length = bytearray()
     while True:
         byte, remaining = remaining % 128, remaining // 128
         length.append(byte | (0x80 if remaining else 0))
         if not remaining:
             break
-    return b"".join((b"\x30", bytes(length), len(name).to_bytes(2, "big"), name, payload))
+    return b"".join((b"\x30", bytes(length), len(name).to_bytes(2, "big"), name))
+
+
+def qos0_publish_packet(topic: str, payload: bytes) -> bytes:
+    return qos0_publish_header(topic, len(payload)) + payload
+
+
+def qos0_publish_packets(messages: list[Outgoing]) -> bytes:
+    """The PUBLISH packets of `messages`, one after the other. A GetStream answer is 8
+    blocks to one topic, all but maybe the last of one size: their header is made once
+    (made per block, it was 4% of the server's interpreter time at 10,000 devices)."""
+    headers: dict[tuple[str, int], bytes] = {}
+    parts: list[bytes] = []
+    for message in messages:
+        key = (message.topic, len(message.payload))
+        header = headers.get(key)
+        if header is None:
+            header = headers[key] = qos0_publish_header(*key)
+        parts.append(header)
+        parts.append(message.payload)
+    return b"".join(parts)
