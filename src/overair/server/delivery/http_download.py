@@ -304,7 +304,7 @@ class HttpDelivery:
         status = 200 if span is None else 206
         if method == "HEAD":
             return Response(b"", status, headers=headers, media_type="application/octet-stream")
-        metrics.BYTES_SERVED.labels("https").inc(last + 1 - first)
+        metrics.BYTES_SERVED_HTTPS.inc(last + 1 - first)
         if isinstance(source, bytes):
             body = source if span is None else source[first:last + 1]
             return Response(body, status, headers=headers, media_type="application/octet-stream")

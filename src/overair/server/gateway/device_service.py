@@ -579,7 +579,7 @@ class DeviceService:
                 return [self._stream_error(parsed, wire.REQUEST_THROTTLED, message, request.client_token,
                                            QOS_THROTTLED)]
         metrics.BLOCKS_SERVED.inc(len(blocks))
-        metrics.BYTES_SERVED.labels("mqtt").inc(nbytes)
+        metrics.BYTES_SERVED_MQTT.inc(nbytes)
         topic = topics.stream_data_topic(parsed.thing_name, parsed.stream_id, parsed.fmt)
         encoded = self._streams.data_blocks(stream, request.file_id, data, request.block_size, blocks,
                                             parsed.fmt)
