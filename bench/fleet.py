@@ -59,7 +59,7 @@ from sqlalchemy import Engine, event
 from tests.server_harness import RunningServer, free_port, running_server
 
 from bench import fleet_agents, fleet_devices, fleet_https, lean_devices
-from bench.memory_sampler import MemorySample, MemorySampler
+from bench.memory_sampler import MemorySample, MemorySampler, PeakBetweenSamples
 from bench.postgres import throwaway_postgres
 from bench.stream_throughput import (
     Profile,
@@ -281,6 +281,7 @@ class RolloutResult:
     collector: GcTimer | None = None
     cpu_front_s: float = 0.0  # the nginx download front's processes, from t0 (--front nginx)
     endpoint: fleet_https.HttpsRun | None = None  # the download endpoint alone, before t0 (HTTP)
+    memory_between: PeakBetweenSamples | None = None  # the server's peak RSS, if between samples
 
 
 class DeviceProcesses:
@@ -428,7 +429,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
                          list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written,
-                         collector, cpu_front, endpoint)
+                         collector, cpu_front, endpoint, sampler.between)
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -546,6 +547,8 @@ def report(rollout: RolloutResult, raw: RawRun | fleet_https.HttpsRun, processes
           f"device processes peak {rollout.hwm_devices / MIB:.0f} MiB in all")
     if rollout.memory_peak is not None:
         print(f"server at its largest sampled RSS (every 0.5 s) {rollout.memory_peak.describe()}")
+    if rollout.memory_between is not None:
+        print(f"server {rollout.memory_between.describe()}")
     statements, commits = rollout.written
     print(f"server read-write database engine from t0: {statements:,} statements, {commits:,} commits "
           f"({statements / max(1, n):.1f} and {commits / max(1, n):.1f} per device)")

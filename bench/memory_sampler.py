@@ -80,11 +80,15 @@ def _describe_mappings(groups: dict[int, tuple[int, int]], top: int = 6) -> str:
         for size, (count, resident) in largest)
 
 
-def _rss() -> int:
+def _status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _rss() -> int:
+    return _status("VmRSS")
 
 
 @dataclass
@@ -102,6 +106,7 @@ class MemorySample:
     sqlite_peak: int = 0  # the most SQLite had allocated at once, up to this sample
     threads: int = 0
     mappings: str = ""  # the anonymous mappings holding the most, by size (read at a new peak)
+    mappings_at: float = 0.0  # when they were read (the peak they were read at)
 
     def describe(self) -> str:
         return (f"at {self.at:.1f} s: RSS {self.rss / MIB:.0f} MiB; glibc heap in use "
@@ -110,7 +115,24 @@ class MemorySample:
                 f"(held back {self.held}), unsent to the broker {self.write_backlog / MIB:.1f} MiB, "
                 f"QoS 1 awaiting PUBACK {self.unacked_qos1}; SQLite {self.sqlite / MIB:.1f} MiB "
                 f"(its peak so far {self.sqlite_peak / MIB:.1f} MiB); "
-                f"{self.threads} threads; anonymous mappings: {self.mappings}")
+                f"{self.threads} threads; anonymous mappings (read at {self.mappings_at:.1f} s): "
+                f"{self.mappings}")
+
+
+@dataclass(frozen=True)
+class PeakBetweenSamples:
+    """The process's peak RSS (VmHWM) rose past every sample: when, and around what."""
+
+    hwm: int
+    before: MemorySample
+    after: MemorySample
+
+    def describe(self) -> str:
+        return (f"peak RSS (VmHWM) {self.hwm / MIB:.0f} MiB reached between samples at "
+                f"{self.before.at:.1f} and {self.after.at:.1f} s (RSS {self.before.rss / MIB:.0f} -> "
+                f"{self.after.rss / MIB:.0f} MiB, device messages waiting {self.before.waiting} -> "
+                f"{self.after.waiting}, unsent to the broker {self.before.write_backlog / MIB:.1f} -> "
+                f"{self.after.write_backlog / MIB:.1f} MiB)")
 
 
 class MemorySampler:
@@ -120,6 +142,9 @@ class MemorySampler:
         self._every = every
         self._stop = threading.Event()
         self.peak: MemorySample | None = None
+        # The last rise of VmHWM above the sampled RSS: a peak shorter than a sample's
+        # interval (the largest sample can be far below the process's peak).
+        self.between: PeakBetweenSamples | None = None
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def start(self) -> MemorySampler:
@@ -144,14 +169,22 @@ class MemorySampler:
                             len(getattr(storage, "_messages", ())))
 
     def _run(self) -> None:
+        previous: MemorySample | None = None
+        hwm = _status("VmHWM")
         while not self._stop.wait(self._every):
             sample = self._sample()
+            now_hwm = _status("VmHWM")
+            # Past both samples by more than the RSS moves within a read (a few pages).
+            if previous is not None and now_hwm > hwm and now_hwm > max(previous.rss, sample.rss) + 4 * MIB:
+                self.between = PeakBetweenSamples(now_hwm, previous, sample)
+            hwm, previous = now_hwm, sample
             if self.peak is None or sample.rss > self.peak.rss:
                 sample.sqlite, sample.sqlite_peak = _sqlite_memory()
                 sample.threads = threading.active_count()
                 if self.peak is None or sample.rss > self.peak.rss * 1.05:  # smaps costs a few ms
                     sample.mappings = _describe_mappings(anonymous_mappings(
                         Path("/proc/self/smaps").read_text()))
+                    sample.mappings_at = sample.at
                 else:
-                    sample.mappings = self.peak.mappings + " (read at a slightly lower peak)"
+                    sample.mappings, sample.mappings_at = self.peak.mappings, self.peak.mappings_at
                 self.peak = sample
