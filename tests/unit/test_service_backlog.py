@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from typing import Any
 
 from overair.core.limits import Limits
@@ -28,7 +29,7 @@ class _Service:
         self.in_flight_seen.append(in_flight)
         return None
 
-    def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing]:
+    def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
         return [Outgoing(f"{topic}/answer", payload, 0)]
 
 
@@ -94,3 +95,53 @@ def test_a_request_behind_held_ones_waits_even_when_the_backlog_is_low() -> None
 
     asyncio.run(run())
     assert [a.payload for a in published] == [b"1", b"2"]
+
+
+class _MissingService(_Service):
+    """Answers no block request from memory: each goes to a stream worker, which holds it
+    until `release` is set."""
+
+    limits = Limits(service_write_backlog_bytes=LIMIT, max_bytes_per_stream_request=400)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.handled: list[bytes] = []
+
+    def handle_from_cache(self, topic: str, payload: bytes) -> list[Outgoing] | None:
+        return None
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        self.release.wait(5)
+        self.handled.append(payload)
+        return [Outgoing(f"{topic}/answer", payload, 0)]
+
+
+def test_block_requests_in_the_workers_count_as_their_answers_to_come() -> None:
+    """A worker's answer is written without a look at the backlog, so the requests in the
+    workers count at `max_bytes_per_stream_request` each: 400 + 400 is under the limit of
+    1,000, a third goes in (1,200), the rest wait as requests until the answers are out."""
+    published: list[Outgoing] = []
+    backlog = [0]
+    states: dict[str, Any] = {}
+
+    async def run() -> None:
+        service = _MissingService()
+        connection = _connection(service, published, backlog)
+        connection._stream_workers.start(asyncio.get_running_loop())
+        for n in range(5):
+            connection._dispatch(*_request(f"t{n}", n))
+        states["while held"] = (connection._streams_in_workers, len(connection._deferred))
+        service.release.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(published) == 5:
+                break
+        states["answered"] = sorted(a.payload for a in published)
+        states["after"] = (connection._streams_in_workers, len(connection._deferred), connection.waiting())
+        connection._stream_workers.stop()
+
+    asyncio.run(run())
+    assert states["while held"] == (3, 2)
+    assert states["answered"] == [str(n).encode() for n in range(5)]
+    assert states["after"] == (0, 0, 0)
