@@ -61,9 +61,11 @@ class Limits:
     device_downloads_burst: int = 100
     device_downloads_per_second: float = 50.0
     device_messages_in_flight: int = 64  # one thing's MQTT messages waiting for a worker
-    # Bytes the service may have written to the broker and not yet sent; above it, block
-    # requests wait (as requests, ~100 bytes each) until the backlog halves
-    # (gateway/mqtt_driver.py). Bounds the server's memory when a fleet downloads at once.
+    # Bytes the service may have written to the broker and not yet sent, block requests
+    # in its workers counted at max_bytes_per_stream_request each (their answers to come);
+    # above it, block requests wait (as requests, ~100 bytes each) until the backlog
+    # halves (gateway/mqtt_driver.py). Bounds the server's memory when a fleet downloads
+    # at once.
     service_write_backlog_bytes: int = 8 * 1024 * 1024
     device_budgets_tracked: int = 100_000  # devices whose buckets are kept in memory
     device_audit_interval_seconds: float = 60.0  # repeated device refusals: one row per interval
