@@ -116,24 +116,32 @@ def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout:
         f"        ssl_certificate {workdir / 'server.crt'};\n"
         f"        ssl_certificate_key {workdir / 'server.key'};\n"
         f"        root {workdir / 'files'};\n    }}\n}}\n")
-    process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = start_nginx(workdir, port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("nginx did not start") from None
-                time.sleep(0.05)
         url = f"https://127.0.0.1:{port}/firmware.bin"
         return fetch(workdir / "ca.pem", port, [url] * devices, len(image), hashlib.sha256(image).hexdigest(),
                      processes, timeout, lambda: nginx_cpu(process.pid))
     finally:
         process.terminate()
         process.wait(10)
+
+
+def start_nginx(workdir: Path, port: int, failure: Callable[[], str] = lambda: "") -> subprocess.Popen[bytes]:
+    """nginx on `workdir`/nginx.conf, once it accepts connections on `port` (else stopped,
+    and `failure()` says why in the error)."""
+    process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.terminate()
+                process.wait(10)
+                raise RuntimeError(f"nginx did not start {failure()}") from None
+            time.sleep(0.05)
 
 
 def endpoint_phase(srv: RunningServer, group_arn: str, things: list[str], bucket: str, key: str,

@@ -24,10 +24,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.server_harness import free_port
@@ -110,18 +107,8 @@ http {{
     }}
 }}
 """)
-    process = subprocess.Popen([fleet_https.NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = fleet_https.start_nginx(root, port, lambda: _tail(root / "error.log"))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {_tail(root / 'error.log')}") from None
-                time.sleep(0.05)
         urls = [f"https://127.0.0.1:{port}/ota/firmware/app.bin?device={i}" for i in range(devices)]
         return fleet_https.fetch(root / "ca.pem", port, urls, size, hashlib.sha256(image).hexdigest(),
                                  processes, 300.0, lambda: fleet_https.nginx_cpu(process.pid))
