@@ -96,14 +96,7 @@ def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout:
     over TLS 1.2+ with a certificate of its own, fetched by the same number of devices
     with the same client code (one Range GET per 4 KiB block, keep-alive), same run."""
     workdir = root / "nginx"
-    (workdir / "files").mkdir(parents=True)
-    (workdir / "files" / "firmware.bin").write_bytes(image)
-    now = dt.datetime.now(dt.UTC)
-    ca = pki.make_root_ca("bench nginx CA", now)
-    server = pki.issue_server_cert(ca, ("localhost", "127.0.0.1"), now)
-    (workdir / "ca.pem").write_bytes(ca.cert_pem)
-    (workdir / "server.crt").write_bytes(server.cert_pem)
-    (workdir / "server.key").write_bytes(server.key_pem)
+    nginx_workdir(workdir, image, "bench nginx CA")
     port = free_port()
     temp = "".join(f"{kind}_temp_path {workdir / kind};\n    "
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -124,6 +117,19 @@ def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def nginx_workdir(workdir: Path, image: bytes, ca_name: str) -> None:
+    """`workdir` for an nginx serving `image` as files/firmware.bin over TLS: its own CA
+    (ca.pem, for the clients) and server certificate (server.crt, server.key)."""
+    (workdir / "files").mkdir(parents=True)
+    (workdir / "files" / "firmware.bin").write_bytes(image)
+    now = dt.datetime.now(dt.UTC)
+    ca = pki.make_root_ca(ca_name, now)
+    server = pki.issue_server_cert(ca, ("localhost", "127.0.0.1"), now)
+    (workdir / "ca.pem").write_bytes(ca.cert_pem)
+    (workdir / "server.crt").write_bytes(server.cert_pem)
+    (workdir / "server.key").write_bytes(server.key_pem)
 
 
 def start_nginx(workdir: Path, port: int, failure: Callable[[], str] = lambda: "") -> subprocess.Popen[bytes]:

@@ -21,7 +21,6 @@ It prints each run's time and nginx's CPU. What it leaves out: overair's decisio
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import os
 import tempfile
@@ -30,7 +29,6 @@ from pathlib import Path
 from tests.server_harness import free_port
 
 from bench import fleet_https
-from overair.server import pki
 
 LAYERS = ("plain", "decision+file", "decision+slices")
 DECISION = """
@@ -62,14 +60,7 @@ def _location(layer: str, files: Path) -> str:
 def run(layer: str, devices: int, processes: int, size: int) -> fleet_https.HttpsRun:
     root = Path(tempfile.mkdtemp(prefix=f"front-layers-{layer.replace('+', '-')}-"))
     image = os.urandom(size)
-    (root / "files").mkdir()
-    (root / "files" / "firmware.bin").write_bytes(image)
-    now = dt.datetime.now(dt.UTC)
-    ca = pki.make_root_ca("bench front layers CA", now)
-    server = pki.issue_server_cert(ca, ("localhost", "127.0.0.1"), now)
-    (root / "ca.pem").write_bytes(ca.cert_pem)
-    (root / "server.crt").write_bytes(server.cert_pem)
-    (root / "server.key").write_bytes(server.key_pem)
+    fleet_https.nginx_workdir(root, image, "bench front layers CA")
     for sub in ("tmp", "slices", "decisions"):
         (root / sub).mkdir()
     port = free_port()
