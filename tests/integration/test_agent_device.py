@@ -128,8 +128,12 @@ def test_factory_reset_command_boots_the_factory_image_and_keeps_the_device(
     assert after["last_result"] == before["last_result"]  # replay protection stays
     assert after["current_job"] is None
 
+    gets = service.next_gets.get(thing, 0)
     runtime = start_agent(bundle, runtimes)  # same identity: it connects and runs the factory image
     assert runtime.wait(lambda s: s.connected and s.version == "1.0.0", 10)
+    # Its `$next/get` follows its SUBSCRIBE on the one connection: once the service has it,
+    # a replayed job message reaches the agent (connected alone did not promise that).
+    assert service.wait_until(lambda: service.next_gets.get(thing, 0) > gets, 10)
     # The finished job, offered again, is still not applied (N3).
     ex = service.executions[thing]
     seen = len(ex.updates)
