@@ -247,6 +247,32 @@ def test_a_publish_outside_the_devices_topics_is_answered_0x87_on_mqtt5(env: Env
     assert all(payload != b"forged" for _, payload in service.messages())
 
 
+def test_the_services_own_replies_reach_the_device_and_not_the_service(env: Env) -> None:
+    """`topic noread` (topics.SERVICE_REPLY_FILTERS): the service reads every topic under
+    a thing's jobs/, and without the rule each notification and accepted/rejected reply
+    it published came back to it."""
+    service = env.connect("service", SERVICE_CLIENT_ID)
+    assert not service.connack.is_failure
+    assert service.subscribe("$aws/things/+/jobs/#").value == 1
+    device = env.connect("dev-1", "dev-1")
+    assert not device.connack.is_failure
+    assert device.subscribe("$aws/things/dev-1/jobs/#").value == 1
+    replies = [f"$aws/things/dev-1/jobs/{tail}" for tail in (
+        "notify", "notify-next", "get/accepted", "start-next/rejected", "$next/get/accepted",
+        "job-1/update/accepted", "job-1/get/rejected")]
+    for topic in replies:
+        service.publish(topic, b"reply")
+    for topic in replies:
+        device.wait_message(topic, b"reply")
+    device.publish("$aws/things/dev-1/jobs/job-1/update", b"request")  # requests still arrive
+    service.wait_message("$aws/things/dev-1/jobs/job-1/update", b"request")
+    device.publish("$aws/things/dev-1/jobs/job-1/describe", b"no such api")  # answered InvalidTopic
+    service.wait_message("$aws/things/dev-1/jobs/job-1/describe", b"no such api")
+    service.publish("$aws/things/echo/jobs/mark", b"mark")  # routed to the service after the replies
+    service.wait_message("$aws/things/echo/jobs/mark", b"mark")
+    assert [topic for topic, _ in service.messages() if topic in replies] == []
+
+
 @PROTOCOLS
 def test_one_certificate_holds_several_client_ids_of_its_things_and_a_duplicate_takes_over(
         env: Env, protocol: MQTTProtocolVersion) -> None:

@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from overair.core.errors import MisuseError
 from overair.core.revocation import REVOCATIONS_TOPIC
+from overair.core.topics import SERVICE_REPLY_FILTERS
 from overair.core.trustlist import TRUST_TOPIC
 from overair.server import pki
 from overair.server.gateway.broker import AclRule, render_acl, render_config
@@ -107,18 +108,20 @@ def test_n4_access_plugin_file_names_each_devices_things_and_reserves_the_server
                      for_plugin=True)
     assert _acl_lines(acl) == [
         f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}",
-        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#", "topic write $aws/events/#",
+        "user CN=overair.service,O=overair", "topic readwrite $aws/things/#",
+        *(f"topic noread {topic}" for topic in SERVICE_REPLY_FILTERS), "topic write $aws/events/#",
         f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
         "topic read $overair/claim/v1/#", "topic write $CONTROL/overair-claim/v1", "clientid overair.service",
         "user serialNumber=3,CN=overair.witness,O=overair", "topic read overair/x/#", "clientid w",
         "user serialNumber=1,CN=a,O=overair",
         "topic readwrite $aws/things/a/#", "topic readwrite $aws/things/b/#", "thing a", "thing b",
     ]
-    # Mosquitto's own ACL file (no plugin) has neither kind of line: it would refuse them.
+    # Mosquitto's own ACL file (no plugin) has none of these lines: it would refuse them.
     plain = render_acl(service="CN=overair.service,O=overair",
                        devices={"serialNumber=1,CN=a,O=overair": ["a"]},
                        client_ids={"CN=overair.service,O=overair": ["overair.service"]})
-    assert not [line for line in _acl_lines(plain) if line.split(" ")[0] in ("thing", "clientid")]
+    assert not [line for line in _acl_lines(plain)
+                if line.split(" ")[0] in ("thing", "clientid") or line.startswith("topic noread ")]
 
 
 def test_n4_access_plugin_file_refuses_a_client_id_that_would_change_its_meaning() -> None:

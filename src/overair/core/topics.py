@@ -97,7 +97,9 @@ def stream_get_topic(thing: str, stream_id: str, fmt: str) -> str:
 # a leading wildcard, so each is spelled out. Every topic under a thing's `jobs/` is
 # taken, because AWS answers a request on one that maps to no API with InvalidTopic
 # (Jobs device API, ErrorResponse); our own replies under `jobs/` (accepted, rejected,
-# notify, notify-next) loop back with it and are dropped unanswered (`jobs_request_thing`).
+# notify, notify-next) would loop back with it: the access plugin keeps those from the
+# service (`SERVICE_REPLY_FILTERS`); without the plugin they do, and are dropped
+# unanswered (`jobs_request_thing`).
 # Filters must not overlap: Mosquitto delivers a message once per matching subscription.
 # The streams filters match none of our replies (data, description, rejected), the bulk
 # of the traffic, which so never loops back.
@@ -107,6 +109,24 @@ SERVICE_SUBSCRIPTIONS = (
     "$aws/things/+/streams/+/get/json",
     "$aws/things/+/streams/+/describe/cbor",
     "$aws/things/+/streams/+/describe/json",
+)
+
+
+# What the service publishes under a thing's `jobs/` (notifications, and the accepted
+# and rejected replies to each request topic): with overair's access plugin the broker
+# does not deliver these back to the service (`topic noread`, plugin/overair_access.c).
+# They looped back through `jobs/#`, one for each job request of a device and two per
+# notified thing (a 10,000-device rollout: the replies to 140,000 status updates alone),
+# each sent by the broker and decrypted, parsed and dropped by the service. A reply to a
+# request topic of another depth (an InvalidTopic answer) still loops back and is
+# dropped by `jobs_request_thing`.
+SERVICE_REPLY_FILTERS = (
+    "$aws/things/+/jobs/notify",
+    "$aws/things/+/jobs/notify-next",
+    "$aws/things/+/jobs/+/accepted",
+    "$aws/things/+/jobs/+/rejected",
+    "$aws/things/+/jobs/+/+/accepted",
+    "$aws/things/+/jobs/+/+/rejected",
 )
 
 

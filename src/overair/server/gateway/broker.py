@@ -61,7 +61,7 @@ from overair.core.claimwire import claim_grants
 from overair.core.errors import MisuseError, UnavailableError
 from overair.core.events import EVENTS_TOPIC_FILTER
 from overair.core.revocation import REVOCATIONS_TOPIC
-from overair.core.topics import THING_NAME_RE
+from overair.core.topics import SERVICE_REPLY_FILTERS, THING_NAME_RE
 from overair.core.trustlist import TRUST_TOPIC
 from overair.server.files import write_atomic
 from overair.server.gateway.broker_log import BrokerLogParser, RefusedConnection, dropping_client
@@ -117,6 +117,9 @@ def render_acl(*, service: str, devices: Mapping[str, Iterable[str]],
              # (tests/e2e/test_n4_identity.py, tests/e2e/test_key_rotation.py).
              f"pattern read {REVOCATIONS_TOPIC}", f"pattern read {TRUST_TOPIC}", "",
              f"user {service}", "topic readwrite $aws/things/#",
+             # Its own replies and notifications are not routed back to it (plugin only:
+             # Mosquitto's own ACL file has no such rule).
+             *((f"topic noread {topic}" for topic in SERVICE_REPLY_FILTERS) if for_plugin else ()),
              # The service publishes event messages (server/events/); it alone may.
              f"topic write {EVENTS_TOPIC_FILTER}",
              f"topic readwrite {REVOCATIONS_TOPIC}", f"topic readwrite {TRUST_TOPIC}",
