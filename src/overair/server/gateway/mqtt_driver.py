@@ -370,18 +370,46 @@ class ServiceConnection:
             log.exception("publishing a reply to %s failed", thing)
 
     def publish(self, messages: Iterable[Outgoing]) -> None:
-        """Publish in order. Consecutive QoS 0 messages (a GetStream answer is 8 or more
-        data blocks) go out as one write: one TLS record run and one send instead of one
-        per block, which is most of the service's cost per block (bench/stream_throughput)."""
+        """Publish in order. Consecutive messages of one QoS go out as one write: one TLS
+        record run and one send instead of one per message. For QoS 0 (a GetStream answer
+        is 8 or more data blocks) that was most of the service's cost per block
+        (bench/stream_throughput); for QoS 1, a job's notifications (two per thing)
+        published one by one through gmqtt were a fifth of notifying 10,000 things."""
         batch: list[Outgoing] = []
         for message in messages:
-            if message.qos == 0:
-                batch.append(message)
-                continue
+            if batch and message.qos != batch[0].qos:
+                self._write(batch)
+                batch = []
+            batch.append(message)
+        self._write(batch)
+
+    def _write(self, batch: list[Outgoing]) -> None:
+        if batch and batch[0].qos == 0:
             self._write_qos0(batch)
-            batch = []
-            self._client.publish(message.topic, message.payload, qos=message.qos)
-        self._write_qos0(batch)
+        elif batch and batch[0].qos == 1:
+            self._write_qos1(batch)
+        else:
+            for message in batch:
+                self._client.publish(message.topic, message.payload, qos=message.qos)
+
+    def _write_qos1(self, batch: list[Outgoing]) -> None:
+        """QoS 1 messages framed here, each with a packet id from gmqtt's allocator and
+        kept in its store of unacknowledged messages, as its `publish` does: its PUBACK
+        handling frees both, and a reconnect sends them again."""
+        connection = getattr(self._client, "_connection", None)
+        ids = getattr(getattr(connection, "_protocol", None), "id_generator", None)
+        unacknowledged = getattr(self._client, "_persistent_storage", None)
+        if connection is None or ids is None or unacknowledged is None or len(batch) == 1:
+            for message in batch:
+                self._client.publish(message.topic, message.payload, qos=1)
+            return
+        packets = []
+        for message in batch:
+            packet_id = ids.next_id()
+            packet = qos1_publish_packet(message.topic, packet_id, message.payload)
+            unacknowledged.push_message(packet_id, packet)
+            packets.append(packet)
+        connection.send_package(b"".join(packets))
 
     def _write_qos0(self, batch: list[Outgoing]) -> None:
         if not batch:
@@ -509,6 +537,13 @@ def qos0_publish_header(topic: str, payload_length: int) -> bytes:
 
 def qos0_publish_packet(topic: str, payload: bytes) -> bytes:
     return qos0_publish_header(topic, len(payload)) + payload
+
+
+def qos1_publish_packet(topic: str, packet_id: int, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 PUBLISH at QoS 1, not retained, not a duplicate: the QoS 0 framing
+    with the QoS bits set and the packet id after the topic."""
+    header = qos0_publish_header(topic, len(payload) + 2)
+    return b"".join((b"\x32", header[1:], packet_id.to_bytes(2, "big"), payload))
 
 
 def qos0_publish_packets(messages: list[Outgoing]) -> bytes:

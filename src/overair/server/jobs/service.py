@@ -161,9 +161,11 @@ class JobService:
     # Operator side ----------------------------------------------------------------
     def create_job(self, job_id: str, targets: list[str], document: dict[str, Any], *,
                    description: str = "", target_selection: str = "SNAPSHOT",
-                   config: dict[str, Any] | None = None) -> tuple[Job, list[str]]:
+                   config: dict[str, Any] | None = None,
+                   things: list[str] | None = None) -> tuple[Job, list[str]]:
         """Create the job and one QUEUED execution per target thing. Returns the job
-        and the things whose next job changed (to be notified)."""
+        and the things whose next job changed (to be notified). `things`: the targets
+        already resolved by the caller (else they are resolved here)."""
         if JOB_ID_RE.fullmatch(job_id) is None:
             raise invalid("jobId must be 1-64 characters of [a-zA-Z0-9_-]")
         if not targets:
@@ -186,7 +188,8 @@ class JobService:
             raise invalid(f"job document is {len(encoded)} bytes; the limit is "
                           f"{self._settings.limits.max_job_document_bytes}")
         skipped = set(config.get(SKIPPED_THINGS, []))
-        things = [t for t in self._registry.resolve_targets(targets) if t not in skipped]
+        resolved = self._registry.resolve_targets(targets) if things is None else things
+        things = [t for t in resolved if t not in skipped]
         now = self._clock()
         with self._db.session() as s:
             if s.get(Job, job_id) is not None:
@@ -838,13 +841,13 @@ class JobService:
             log.info("job %s completed", job.job_id, extra={"job": job.job_id, "jobStatus": job.status})
 
     def installed_versions(self, targets: list[str]) -> dict[str, str]:
-        """For each thing among `targets` (thing or group ARNs): the highest firmware
-        version an OTA job of this server installed on it (SUCCEEDED), if any."""
-        things = set(self._registry.resolve_targets(targets))
+        """For each of the things `targets` (names): the highest firmware version an OTA
+        job of this server installed on it (SUCCEEDED), if any."""
+        things = set(targets)
         best: dict[str, Version] = {}
         with self._db.reading() as s:
-            jobs = {job.job_id: job.config[IMAGE_VERSION] for job in s.scalars(select(Job))
-                    if job.config.get(IMAGE_VERSION)}
+            configs = s.execute(select(Job.job_id, Job.config))
+            jobs = {job_id: config[IMAGE_VERSION] for job_id, config in configs if config.get(IMAGE_VERSION)}
             if not jobs or not things:
                 return {}
             rows = s.execute(select(JobExecution.thing_name, JobExecution.job_id).where(

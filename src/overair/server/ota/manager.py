@@ -252,7 +252,10 @@ class OtaManager:
         (errorInfo code, message)."""
         request = row.request
         protocols = tuple(request.get("protocols") or ["MQTT"])
-        profiles = self._target_profiles(list(request["targets"]))
+        # The targets resolved once: every check below and the job itself are about the
+        # same things (each resolution of a 10,000-thing group took ~45 ms).
+        targets = self._resolve_targets(list(request["targets"]))
+        profiles = self._target_profiles(list(request["targets"]), targets)
         existing = self._existing_stream(request["files"])
         stream_id = existing or row.stream_id or self._new_stream_id()
         self._set(row.ota_update_id, stream_id=stream_id)
@@ -278,7 +281,7 @@ class OtaManager:
             self._verify(data, signed)
             version = image_version(data, spec.get("fileVersion"))
             if index == 0 and version is not None:
-                running = self._refuse_downgrade(request, version)
+                running = self._refuse_downgrade(request, version, targets)
                 image_versions.append(version)
                 first = (data, version, {"bucket": location["bucket"], "key": location["key"],
                                          "version": stored.version_id})
@@ -294,7 +297,8 @@ class OtaManager:
             http_files.append({"fileId": file_id, "bucket": location["bucket"], "key": location["key"],
                                "version": stored.version_id})
         # An existing stream is left as it is: no patch can be added to it.
-        deltas = self._make_deltas(request, first if existing is None else None, stream_files, http_files)
+        deltas = self._make_deltas(request, first if existing is None else None, stream_files, http_files,
+                                   targets)
         if "MQTT" in protocols:
             self._ensure_stream(stream_id, stream_files, row, gate)
         # AWS's document; the chain goes to overair agents only, at delivery.
@@ -313,7 +317,7 @@ class OtaManager:
                 job_id, list(request["targets"]), document,
                 description=request.get("description", ""),
                 target_selection=request.get("targetSelection", "SNAPSHOT"),
-                config=config)
+                config=config, things=targets)
         except ApiError as exc:
             if exc.code != "ResourceAlreadyExistsException":
                 raise
@@ -321,12 +325,12 @@ class OtaManager:
         return notify, warnings
 
     def _make_deltas(self, request: dict[str, Any], first: tuple[bytes, Version, dict[str, Any]] | None,
-                     stream_files: list[dict[str, Any]], http_files: list[dict[str, Any]]) -> list[Patch]:
+                     stream_files: list[dict[str, Any]], http_files: list[dict[str, Any]],
+                     things: list[str]) -> list[Patch]:
         """The patches asked for (server/ota/delta.py), added to the files delivered."""
         if first is None or not delta.requested(request):
             return []
         data, version, image_object = first
-        things = self._resolve_targets(list(request["targets"]))
         deltas = self._deltas.make(data, version, image_object, self._jobs.running_versions(things))
         for patch in deltas:  # delivered like the update's own files
             stream_files.append({"fileId": patch.file_id, "s3Location": {
@@ -344,12 +348,12 @@ class OtaManager:
             self._streams.create_stream(stream_id, files, f"OTA update {row.ota_update_id}",
                                         row.request.get("roleArn", ""))
 
-    def _target_profiles(self, targets: list[str]) -> dict[DeviceProfile, list[str]]:
+    def _target_profiles(self, targets: list[str], things: list[str]) -> dict[DeviceProfile, list[str]]:
         """The device profiles among the targets, each with its things (sorted). A group
         target given a profile in overair.toml counts with that profile even while empty
         (a CONTINUOUS job reaches its later members); with no thing at all, the default
-        profile counts (the things that join later are most likely of that kind)."""
-        things = self._resolve_targets(targets)
+        profile counts (the things that join later are most likely of that kind).
+        `things`: the targets resolved."""
         resolved = self.profiles.resolve(things)
         unknown = sorted((thing, r.unknown) for thing, r in resolved.items() if r.unknown)
         if unknown:
@@ -488,7 +492,7 @@ class OtaManager:
         raise OtaFailure("each file needs codeSigning: startSigningJobParameter, awsSignerJobId or "
                          "customCodeSigning", code="InvalidRequestException")
 
-    def _refuse_downgrade(self, request: dict[str, Any], version: Version) -> list[str]:
+    def _refuse_downgrade(self, request: dict[str, Any], version: Version, things: list[str]) -> list[str]:
         """Threat N1 at the source: an image older than what this server already
         installed on a target is refused, unless additionalParameters says
         `overair:allowDowngrade` = "true" (devices refuse it anyway: anti-rollback).
@@ -498,7 +502,7 @@ class OtaManager:
         allowed = (request.get("additionalParameters") or {}).get(ALLOW_DOWNGRADE, "").lower() == "true"
         if allowed:
             return []
-        installed = self._jobs.installed_versions(list(request["targets"]))
+        installed = self._jobs.installed_versions(things)
         # What a target runs now (a later, allowed downgrade may have replaced the highest).
         now_running = {**installed, **self._jobs.running_versions(list(installed))} if installed else {}
         running = sorted(t for t, v in now_running.items() if Version.parse(v) == version)
