@@ -13,6 +13,7 @@ import ssl
 import threading
 from typing import Any
 
+from overair.core import topics
 from overair.core.limits import Limits
 from overair.server.gateway import mqtt_driver
 from overair.server.gateway.device_service import Outgoing
@@ -35,7 +36,9 @@ class _Service:
 
     def notify_next_many(self, things: list[str]) -> list[Outgoing]:
         assert self.batch_may_go.wait(10)
-        return [Outgoing(f"notify/{thing}", b"") for thing in things]
+        return [message for thing in things
+                for message in (Outgoing(topics.notify_next_topic(thing), b"next"),
+                                Outgoing(topics.notify_topic(thing), b"pending"))]
 
 
 def _connection(service: _Service, published: list[Outgoing]) -> ServiceConnection:
@@ -78,11 +81,11 @@ def test_device_messages_wait_for_a_large_fanout_then_go_in_order() -> None:
     assert states["admitted with"] == [0, 0, 1]  # held messages count against the bound
     assert states["held"] == ([], 3, {"t1": 2, "t2": 1})
     answers, waiting, held = states["after"]
-    notified = [a.topic for a in answers if a.topic.startswith("notify/")]
-    assert notified == [f"notify/{t}" for t in _things(2 * NOTIFY_BATCH + 1)]
-    replies = [a.payload for a in answers if not a.topic.startswith("notify/")]
-    assert replies == [b"1", b"2", b"3", b"4"]
-    assert answers.index(next(a for a in answers if a.payload == b"1")) > len(notified) - 1
+    things = _things(2 * NOTIFY_BATCH + 1)
+    # Every thing's notify-next, then every thing's pending list, then the held messages.
+    assert [a.topic for a in answers[:2 * len(things)]] == [
+        *(topics.notify_next_topic(t) for t in things), *(topics.notify_topic(t) for t in things)]
+    assert [a.payload for a in answers[2 * len(things):]] == [b"1", b"2", b"3", b"4"]
     assert (waiting, held) == (0, {})
 
 
@@ -129,3 +132,6 @@ def test_one_batch_of_notifications_holds_nothing() -> None:
 
     asyncio.run(run())
     assert [a.payload for a in states["answered"]] == [b"1"]
+    # One batch: each thing's two messages together, as read.
+    assert [a.topic for a in published[1:]] == [topic for t in _things(NOTIFY_BATCH) for topic in (
+        topics.notify_next_topic(t), topics.notify_topic(t))]

@@ -476,10 +476,15 @@ class ServiceConnection:
             if self._fanouts == 1:
                 self._hold_until = loop.time() + FANOUT_HOLD_SECONDS
                 self._schedule_replay(FANOUT_HOLD_SECONDS)
+        # With several batches, each thing's `notify` (its pending list, which FreeRTOS
+        # devices do not even subscribe to) waits until every thing has its notify-next:
+        # half the messages, their PUBACKs and the broker's routing of them no longer
+        # delay the last notify-next (10,000 things: ~200 bytes each, 2 MiB kept).
+        pending_lists: list[Outgoing] = []
         try:
             # Each batch goes out as soon as it is read, while the worker reads the next
             # one (its database steps overlap the loop's writes): two batches at most in
-            # memory.
+            # memory, with the pending lists.
             def read(batch: list[str]) -> asyncio.Future[list[Outgoing]]:
                 return loop.run_in_executor(self._notify_executor, self._service.notify_next_many, batch)
 
@@ -489,8 +494,12 @@ class ServiceConnection:
                 ready = await reading
                 read_so_far += 1
                 reading = read(batches[read_so_far]) if read_so_far < len(batches) else None
+                if hold:
+                    pending_lists.extend(m for m in ready if not topics.is_notify_next_topic(m.topic))
+                    ready = [m for m in ready if topics.is_notify_next_topic(m.topic)]
                 self.publish(ready)
         finally:
+            self.publish(pending_lists)
             if hold:
                 self._fanouts -= 1
                 if self._fanouts == 0:
