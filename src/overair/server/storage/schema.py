@@ -398,6 +398,7 @@ class JobExecution(Base):
         UniqueConstraint("job_id", "thing_name", "execution_number"),
         Index("ix_job_executions_thing_status", "thing_name", "status"),
         Index("ix_job_executions_job_released", "job_id", "released_at"),
+        Index("ix_job_executions_job_status", "job_id", "status"),  # (0020) maybe_complete
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), index=True)
