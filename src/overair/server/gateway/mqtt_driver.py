@@ -384,9 +384,12 @@ class ServiceConnection:
         self._write(batch)
 
     def _write(self, batch: list[Outgoing]) -> None:
-        if batch and batch[0].qos == 0:
+        """One run of messages of one QoS."""
+        if not batch:
+            return
+        if batch[0].qos == 0:
             self._write_qos0(batch)
-        elif batch and batch[0].qos == 1:
+        elif batch[0].qos == 1:
             self._write_qos1(batch)
         else:
             for message in batch:
@@ -412,8 +415,6 @@ class ServiceConnection:
         connection.send_package(b"".join(packets))
 
     def _write_qos0(self, batch: list[Outgoing]) -> None:
-        if not batch:
-            return
         # gmqtt (pinned) has no batch publish; its connection's send_package writes raw
         # bytes. Without a live connection, publish one by one (gmqtt then reports it).
         connection = getattr(self._client, "_connection", None)

@@ -79,6 +79,13 @@ class DeviceProfileConfig:
     things: Mapping[str, str] = field(default_factory=dict)
     thing_types: Mapping[str, str] = field(default_factory=dict)
     groups: tuple[tuple[str, str], ...] = ()  # (group, profile) in file order
+    # The resolution of every thing no rule names (most of a fleet), made once: a new one
+    # per thing was a visible share of notifying 10,000 things (docs/scaling.md).
+    _default: Resolution | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.default in self.profiles:
+            object.__setattr__(self, "_default", Resolution(self.profiles[self.default], "default"))
 
     def resolve(self, thing: str, attributes: Mapping[str, Any], thing_type: str | None,
                 groups: Iterable[str]) -> Resolution:
@@ -98,6 +105,8 @@ class DeviceProfileConfig:
         for group, profile in self.groups:
             if group in member:
                 return Resolution(self.profiles[profile], f"group {group}", unknown)
+        if unknown is None and self._default is not None:
+            return self._default
         return Resolution(self.profiles[self.default], "default", unknown)
 
     def group_profile(self, group: str) -> DeviceProfile | None:

@@ -79,8 +79,6 @@ class DeviceProfiles:
 
     def _resolve_in(self, s: Session, things: Sequence[str]) -> dict[str, Resolution]:
         found: dict[str, Resolution] = {}
-        # What a thing no rule names resolves to: one object shared by all such things.
-        default = self.config.resolve("", {}, None, ()) if "" not in self.config.things else None
         for i in range(0, len(things), _CHUNK):
             chunk = list(things[i:i + _CHUNK])
             rows = s.execute(_THINGS, {"things": chunk}).all()
@@ -89,10 +87,6 @@ class DeviceProfiles:
                 for thing, group in s.execute(_MEMBERSHIPS, {"things": chunk}):
                     groups.setdefault(thing, []).append(group)
             for name, named, thing_type in rows:
-                if named is None and default is not None and name not in self.config.things \
-                        and thing_type not in self.config.thing_types and name not in groups:
-                    found[name] = default  # no rule names this thing (most of a fleet)
-                    continue
                 attributes = {} if named is None else {PROFILE_ATTRIBUTE: named}
                 found[name] = self.config.resolve(name, attributes, thing_type, groups.get(name, ()))
         return found
