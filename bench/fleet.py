@@ -282,6 +282,8 @@ class RolloutResult:
     cpu_front_s: float = 0.0  # the nginx download front's processes, from t0 (--front nginx)
     endpoint: fleet_https.HttpsRun | None = None  # the download endpoint alone, before t0 (HTTP)
     memory_between: PeakBetweenSamples | None = None  # the server's peak RSS, if between samples
+    # t0 -> each SUCCEEDED as the server recorded it (the executions' lastUpdatedAt, wall clock)
+    recorded_s: list[float] = field(default_factory=list)
 
 
 class DeviceProcesses:
@@ -381,7 +383,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         cpu0, broker0, devices0 = _self_cpu(), _proc_cpu(broker_pid), fleet.cpu()
         front0 = fleet_https.nginx_cpu(front_pid)
         agent_share.arm()
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         sampler = MemorySampler(srv.server.connection, t0).start()
         iot.create_ota_update(
             otaUpdateId=OTA_ID, targets=[group["thingGroupArn"]], protocols=[protocol],
@@ -414,6 +416,7 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                 break  # every execution ended, not all of them well
         elapsed = time.perf_counter() - t0
         memory_peak = sampler.stop()
+        recorded = [when - wall0 for when in succeeded_recorded(iot, job_id)]
         cpu_server, cpu_broker = _self_cpu() - cpu0, _proc_cpu(broker_pid) - broker0
         cpu_devices = fleet.cpu() - devices0
         cpu_front = fleet_https.nginx_cpu(front_pid) - front0
@@ -429,7 +432,17 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
                          cpu_server, cpu_broker, cpu_devices, rss_connected, hwm_before, _vm("self", "VmHWM"),
                          hwm_broker, hwm_devices, stream_id, elapsed, timer.calls, profile,
                          list(timer.notify_batches_done), agent_result, memory_peak, http_answers, written,
-                         collector, cpu_front, endpoint, sampler.between)
+                         collector, cpu_front, endpoint, sampler.between, recorded)
+
+
+def succeeded_recorded(iot: Any, job_id: str) -> list[float]:
+    """When the server recorded each SUCCEEDED execution of the job (epoch seconds, its
+    lastUpdatedAt), read through ListJobExecutionsForJob after the run: beside the
+    devices' send times it shows how far the server's writes fell behind."""
+    pages = iot.get_paginator("list_job_executions_for_job").paginate(
+        jobId=job_id, status="SUCCEEDED", PaginationConfig={"PageSize": 250})
+    return [e["jobExecutionSummary"]["lastUpdatedAt"].timestamp()
+            for page in pages for e in page.get("executionSummaries", [])]
 
 
 # --- the limit -----------------------------------------------------------------------------
@@ -534,10 +547,15 @@ def report(rollout: RolloutResult, raw: RawRun | fleet_https.HttpsRun, processes
         print(f"CreateOTAUpdate -> notify-next published by the server: first batch "
               f"{min(batches) - t0:6.2f} s, last {max(batches) - t0:6.2f} s ({len(batches)} batches)")
     print(f"CreateOTAUpdate -> notify-next at the devices:   {_span(notified, t0)}{_shares(notified, t0)}")
-    print(f"CreateOTAUpdate -> image downloaded and checked: "
-          f"{_span([r.downloaded for r in results if r.downloaded], t0)}")
-    print(f"CreateOTAUpdate -> SUCCEEDED sent by the devices: "
-          f"{_span([r.succeeded for r in results if r.succeeded], t0)}")
+    downloaded = [r.downloaded for r in results if r.downloaded]
+    sent = [r.succeeded for r in results if r.succeeded]
+    print(f"CreateOTAUpdate -> image downloaded and checked: {_span(downloaded, t0)}"
+          f"{_shares(downloaded, t0)}")
+    print(f"CreateOTAUpdate -> SUCCEEDED sent by the devices: {_span(sent, t0)}{_shares(sent, t0)}")
+    if rollout.recorded_s:
+        print(f"CreateOTAUpdate -> SUCCEEDED recorded by the server (lastUpdatedAt): first "
+              f"{min(rollout.recorded_s):7.2f} s, last {max(rollout.recorded_s):7.2f} s"
+              f"{_shares(rollout.recorded_s, 0.0)}")
     api = "never (see the executions above)" if rollout.all_succeeded_api_s is None \
         else f"{rollout.all_succeeded_api_s:.2f} s (0.5 s poll)"
     print(f"CreateOTAUpdate -> every execution SUCCEEDED per the API: {api}")
