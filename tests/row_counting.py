@@ -68,3 +68,19 @@ def transactions(db: Database) -> Iterator[list[int]]:
         yield count
     finally:
         db.session = session  # type: ignore[method-assign]
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """The SQL statements sent to the database meanwhile, on any thread, in order (a
+    batched write must not send one per item)."""
+    sent: list[str] = []
+
+    def before(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        sent.append(sql.strip())
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        yield sent
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)

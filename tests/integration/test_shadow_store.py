@@ -4,6 +4,7 @@ exactly one through, and a deleted thing takes its shadows with it."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.shadow.service import CLASSIC, ShadowService
 from overair.server.storage.db import Database
-from tests.row_counting import transactions
+from tests.row_counting import statements, transactions
 
 CA = pki.make_root_ca("shadow test CA", dt.datetime.now(dt.UTC))
 
@@ -105,3 +106,39 @@ def test_a_burst_of_updates_in_one_transaction_answers_each_as_alone(
     assert changed == ["a", "a", "b"]
     assert shadows.get("a", "$package", None)["state"]["reported"] == {"fw": {"version": "1.1.0"}}
     assert shadows.get("b", "$package", None)["version"] == 1
+
+
+def test_the_named_shadow_bound_holds_within_one_burst(db: Database, database_url: str,
+                                                       tmp_path: Path) -> None:
+    """New named shadows written in one `update_many` count against the thing's bound as
+    they are made (the batch is read once, not flushed per update)."""
+    settings = Settings(data_dir=tmp_path, account_id="123456789012", database_url=database_url)
+    registry = Registry(db, settings, CA, lambda: 1_000.0)
+    shadows = ShadowService(db, dataclasses.replace(DEFAULT_LIMITS, max_named_shadows_per_thing=2),
+                            lambda: 1_000.0)
+    registry.create_thing("t")
+    _update(shadows, "t", "first")
+    reported = {"state": {"reported": {"n": 1}}}
+    results = shadows.update_many([("t", "second", reported), ("t", CLASSIC, reported),
+                                   ("t", "third", reported), ("t", "first", reported)])
+    outcomes = [r.status if isinstance(r, ShadowError) else r[0].body["version"] for r in results]
+    assert outcomes == [1, 1, 400, 2]
+    assert shadows.named_shadows("t") == ["first", "second"]
+
+
+def test_a_burst_reads_its_rows_in_a_fixed_number_of_statements(
+        world: tuple[Registry, ShadowService], db: Database) -> None:
+    """A burst of $package reports (a rollout's devices ending together) reads the things,
+    their shadows and their named-shadow counts once for the batch, whatever its size."""
+    registry, shadows = world
+    counts = []
+    for size in (4, 40):
+        things = [f"burst-{size}-{i}" for i in range(size)]
+        for thing in things:
+            registry.create_thing(thing)
+        with statements(db) as seen:
+            report = {"state": {"reported": {"fw": {"version": "2"}}}}
+            results = shadows.update_many([(thing, "$package", report) for thing in things])
+        assert all(not isinstance(r, ShadowError) for r in results)
+        counts.append([sql.split()[0] for sql in seen if sql.split()[0] == "SELECT"])
+    assert counts[0] == counts[1] == ["SELECT"] * 3, counts

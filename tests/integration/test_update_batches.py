@@ -153,3 +153,41 @@ def test_interleaved_things_keep_each_things_order_and_share_the_progress_writes
     # refusal, counted for later by server/audit/device_events.py). Handled one message at
     # a time the run would open a transaction for nearly every message.
     assert opened == [9]
+
+
+def test_things_ending_together_are_told_their_next_job_from_one_read(worlds: list[DeviceWorld]) -> None:
+    """SUCCEEDED of several things in one run (a rollout's devices ending together): each
+    gets its accepted reply, notify-next and notify as one by one, and what they are told
+    is read once for all of them (two reads per thing made a rollout's tail longer)."""
+    for world in worlds:
+        world.server.jobs.create_job("second-job", [world.server.registry.thing_arn(OTHER_THING)],
+                                     {"operation": "x"})
+        world.server.jobs.create_job("later-job", [world.server.registry.thing_arn(OTHER_THING)],
+                                     {"operation": "y"})
+    one_by_one, batched = worlds
+    other = f"$aws/things/{OTHER_THING}/jobs/second-job/update"
+    for topic, payload in [MESSAGES[0], (other, _update("IN_PROGRESS", {"receive": "1/9"}))]:
+        for world in worlds:
+            world.server.devices.handle(topic, payload)
+    messages = [(UPDATE, _update("SUCCEEDED", {"reason": "accepted"})),
+                (other, _update("SUCCEEDED", {"reason": "ok"}))]
+    expected = [one_by_one.server.devices.handle(topic, payload) for topic, payload in messages]
+    db = batched.server.db
+    reading = db.reading
+    reads = [0]
+
+    def counted() -> Any:
+        reads[0] += 1
+        return reading()
+
+    db.reading = counted  # type: ignore[method-assign]
+    try:
+        got = batched.server.devices.handle_updates(messages)
+    finally:
+        db.reading = reading  # type: ignore[method-assign]
+    assert _normal(got) == _normal(expected)
+    assert [[m.topic.rsplit("/", 1)[1] for m in answer] for answer in got] == \
+        [["accepted", "notify-next", "notify"]] * 2
+    # OTHER_THING is told its next job: later-job.
+    assert json.loads(got[1][1].payload)["execution"]["jobId"] == "later-job"
+    assert reads == [1]

@@ -344,12 +344,17 @@ class DeviceService:
         self._audit.record_status_updates([
             self._ended_entry(topic, update) for (_, topic, update), result in answered
             if update.status.terminal and not isinstance(result, JobsMqttError)])
+        # The things whose next job changed (most of a burst: their job ended) are told it
+        # from one read for all of them, not two per thing (bench/fleet.py, the tail).
+        told = self._notifications([parsed.thing_name for (_, parsed, _), result in answered
+                                    if not isinstance(result, JobsMqttError) and result.next_changed])
         for (index, parsed, update), result in answered:
             topic = messages[index][0]
             if isinstance(result, JobsMqttError):
                 answers[index] = self._jobs_refusal(topic, parsed, result, update.client_token)
             else:
-                answers[index] = self._update_reply(topic, parsed, update, result)
+                answers[index] = self._update_reply(topic, parsed, update, result,
+                                                    told.get(parsed.thing_name))
 
     def _parsed_update(self, topic: str, payload: bytes) -> tuple[JobsTopic, wire.UpdateRequest] | None:
         """A well-formed UpdateJobExecution (topic and request); None for anything else."""
@@ -399,9 +404,9 @@ class DeviceService:
                 {"status": update.status.value, "statusDetails": update.status_details})
 
     def _update_reply(self, topic: str, parsed: JobsTopic, update: wire.UpdateRequest,
-                      outcome: UpdateOutcome) -> list[Outgoing]:
+                      outcome: UpdateOutcome, notifications: list[Outgoing] | None = None) -> list[Outgoing]:
         """update/accepted, with what the request asked back, and notify-next when the
-        thing's next job changed."""
+        thing's next job changed (`notifications` if the caller read them already)."""
         thing = parsed.thing_name
         body: dict[str, Any] = {"clientToken": update.client_token, "timestamp": self._now()}
         if update.include_job_execution_state:
@@ -413,7 +418,7 @@ class DeviceService:
             body["jobDocument"] = outcome.execution.job_document
         out = [self._accepted(topic, body)]
         if outcome.next_changed:
-            out.extend(self.notify_next(thing))
+            out.extend(self.notify_next(thing) if notifications is None else notifications)
         return out
 
     def notify_next(self, thing: str) -> list[Outgoing]:
@@ -426,15 +431,19 @@ class DeviceService:
 
     def notify_next_many(self, things: list[str]) -> list[Outgoing]:
         """`notify_next` for many things from one database read (a job's creation)."""
+        return [message for told in self._notifications(things).values() for message in told]
+
+    def _notifications(self, things: list[str]) -> dict[str, list[Outgoing]]:
+        """Per thing, what `notify_next` publishes for it, read for all of them at once."""
+        if not things:
+            return {}
         now = self._now()
-        out: list[Outgoing] = []
         encoded: wire.EncodedDocuments = {}
-        for thing, found in self._jobs.next_and_pending(things).items():
-            out.append(Outgoing(topics.notify_next_topic(thing),
-                                wire.encode_notify_next(found.next, now, encoded)))
-            out.append(Outgoing(topics.notify_topic(thing),
-                                wire.encode(wire.notify_pending(found.in_progress, found.queued, now))))
-        return out
+        return {thing: [
+            Outgoing(topics.notify_next_topic(thing), wire.encode_notify_next(found.next, now, encoded)),
+            Outgoing(topics.notify_topic(thing),
+                     wire.encode(wire.notify_pending(found.in_progress, found.queued, now)))]
+            for thing, found in self._jobs.next_and_pending(things).items()}
 
     def things_with_pending(self) -> list[str]:
         """Things to tell their next job again after the service's subscriptions were
