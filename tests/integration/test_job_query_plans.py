@@ -11,16 +11,23 @@ a wrong pick walks every execution of the job at each use:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 
+from overair.core.jobs_wire import UpdateRequest
+from overair.core.jobstates import ExecStatus
+from overair.server import pki
 from overair.server.jobs import progress
-from overair.server.jobs.service import _ANY_LIVE
+from overair.server.jobs.service import _ANY_LIVE, JobService, UpdateOutcome
+from overair.server.registry.service import Registry
+from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
 from overair.server.storage.schema import Job, JobExecution
 
@@ -65,3 +72,43 @@ def test_the_live_execution_check_reads_the_job_status_index(db: Database) -> No
                                                       compile_kwargs={"literal_binds": True})
     plan = _plan(db, str(statement), {})
     assert "COVERING INDEX ix_job_executions_job_status" in plan, plan
+
+
+def _plans_while(db: Database, run: Callable[[], object]) -> list[tuple[str, str]]:
+    """(statement, SQLite's plan) of every SELECT sent while `run` runs."""
+    sent: list[tuple[str, Any]] = []
+
+    def before(_conn: object, _cursor: object, sql: str, parameters: Any, *_args: object) -> None:
+        if sql.lstrip().upper().startswith("SELECT"):
+            sent.append((sql, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        run()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+    with db.engine.connect() as connection:
+        return [(sql, " | ".join(str(row[-1]) for row in connection.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {sql}", parameters).all())) for sql, parameters in sent]
+
+
+def test_a_run_of_ends_reads_each_execution_by_its_thing(db: Database, tmp_path: Path) -> None:
+    """`JobService.update_many` (a run of SUCCEEDED from devices ending together) reads
+    what it needs for the whole run; none of those reads may walk the job's executions
+    (a (job, thing) IN list made SQLite scan the table)."""
+    settings = Settings(data_dir=tmp_path, account_id="123456789012", database_url=str(db.engine.url))
+    ca = pki.make_root_ca("plans CA", dt.datetime.now(dt.UTC))
+    jobs = JobService(db, settings, Registry(db, settings, ca, time.time), time.time)
+    done = UpdateRequest(status=ExecStatus.SUCCEEDED, status_details={"reason": "ok"}, expected_version=None,
+                         execution_number=None, include_job_execution_state=False, include_job_document=False,
+                         step_timeout_minutes=None, client_token="")
+    results: list[object] = []
+    plans = _plans_while(db, lambda: results.extend(
+        jobs.update_many([(f"thing-{i * 7}", "job-1", done) for i in range(32)])))
+    assert all(isinstance(result, UpdateOutcome) for result in results), results
+    # The executions of the run's things (whether the job still has a live execution is
+    # answered from the (job, status) index: the test above).
+    executions = [plan for sql, plan in plans if "FROM job_executions" in sql and "thing_name IN" in sql]
+    assert len(executions) == 2, plans  # the addressed executions, the live ones of the things ending
+    for plan in executions:
+        assert "ix_job_executions_thing_status (thing_name=?" in plan, plan

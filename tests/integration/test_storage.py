@@ -24,7 +24,7 @@ from overair.server import pki
 from overair.server.api.contract import ApiError
 from overair.server.audit.log import AuditLog
 from overair.server.iam.identity import IdentityStore
-from overair.server.jobs.service import JobService, JobsMqttError
+from overair.server.jobs.service import IMAGE_VERSION, JobService, JobsMqttError
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import Settings
@@ -393,3 +393,50 @@ def test_updates_of_many_things_in_one_transaction_do_what_one_by_one_does(
         jobs.update_many([(thing, "job-1", _update(ExecStatus.SUCCEEDED))])
     job, counts = jobs.describe_job("job-1")
     assert (job.status, counts) == ("COMPLETED", {"SUCCEEDED": 6, "FAILED": 2})
+
+
+def test_a_run_naming_a_thing_twice_and_one_installing_firmware(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`update_many` reads a run's executions once; a thing updated twice in the run sees
+    its first update (read again, not from the run's reads), a retry's new execution is
+    next, and a SUCCEEDED OTA job records the version the thing now runs. Each with a twin
+    updated one by one."""
+    things = ["e", "f", "twin-e", "twin-f"]
+    for thing in things:
+        registry.create_thing(thing)
+    jobs = JobService(db, settings, registry, time.time)
+    jobs.create_job("ota", [registry.thing_arn(t) for t in things], {"operation": "x"}, config={
+        IMAGE_VERSION: "2.1.0",
+        "jobExecutionsRetryConfig": {"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]}})
+    for thing in things:
+        jobs.update_execution(thing, "ota", _update(ExecStatus.IN_PROGRESS, None, {"receive": "1/9"}))
+    run = [("e", _update(ExecStatus.IN_PROGRESS, 2, {"self_test": "ready"})),
+           ("f", _update(ExecStatus.FAILED, None, {"reason": "flash"})),
+           ("e", _update(ExecStatus.SUCCEEDED, 3, {"reason": "ok"})),
+           ("e", _update(ExecStatus.SUCCEEDED))]  # after its end: refused
+    twins: list[object] = []
+    for thing, request in run:
+        try:
+            twins.append(jobs.update_execution(f"twin-{thing}", "ota", request).next_changed)
+        except JobsMqttError as exc:
+            twins.append(exc.code)
+    results = jobs.update_many([(thing, "ota", request) for thing, request in run])
+    assert [r.code if isinstance(r, JobsMqttError) else r.next_changed for r in results] == twins
+    assert twins == [False, True, True, "InvalidStateTransition"]
+    for thing in ("e", "f"):
+        mine, twin = jobs.describe_execution("ota", thing), jobs.describe_execution("ota", f"twin-{thing}")
+        assert (mine.status, mine.status_details, mine.version_number, mine.execution_number) == (
+            twin.status, twin.status_details, twin.version_number, twin.execution_number)
+    assert jobs.next_job_id("f") == "ota"  # its retry, queued
+    assert jobs.running_versions(["e", "f", "twin-e"]) == {"e": "2.1.0", "twin-e": "2.1.0"}
+    # Two jobs of one thing ending in one run, its next job first: the second sees the
+    # first ended (its next job then changes from the second to none).
+    jobs.create_job("other", [registry.thing_arn("e"), registry.thing_arn("twin-e")], {"operation": "y"})
+    for thing in ("e", "twin-e"):
+        jobs.update_execution(thing, "other", _update(ExecStatus.IN_PROGRESS))
+    jobs.create_job("third", [registry.thing_arn("e")], {"operation": "z"})
+    jobs.update_execution("e", "third", _update(ExecStatus.IN_PROGRESS))
+    assert jobs.next_job_id("e") == "other"
+    results = jobs.update_many([("e", "other", _update(ExecStatus.SUCCEEDED)),
+                                ("e", "third", _update(ExecStatus.SUCCEEDED))])
+    assert [r.next_changed for r in results if not isinstance(r, JobsMqttError)] == [True, True]

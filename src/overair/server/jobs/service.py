@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +33,18 @@ from overair.server.health.gates import JOB_CONFIG_KEY as HEALTH_GATES
 from overair.server.jobs import progress
 from overair.server.jobs.deliveries import Deliveries
 from overair.server.jobs.live import ACTIVE, RELEASED
-from overair.server.packages.inventory import DEFAULT_PACKAGE, Installed, Inventory, record_installed
+from overair.server.packages.inventory import (
+    DEFAULT_PACKAGE,
+    Installed,
+    Inventory,
+    read_installed,
+    record_installed,
+)
 from overair.server.registry.service import Registry
 from overair.server.settings import Settings
 from overair.server.storage.db import Database
 from overair.server.storage.keyset import page_query, split
-from overair.server.storage.schema import Job, JobExecution, Thing, ThingGroupMember
+from overair.server.storage.schema import InstalledSoftware, Job, JobExecution, Thing, ThingGroupMember
 
 log = logging.getLogger("overair.jobs")
 
@@ -70,6 +77,11 @@ _LIVE_OF_THINGS = (select(JobExecution.id, JobExecution.thing_name, JobExecution
                    .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)), RELEASED,
                           JobExecution.status.in_(ACTIVE))
                    .order_by(JobExecution.thing_name, JobExecution.queued_at, JobExecution.id))
+# `update_many`: the live released executions of the things it updates, as `_LIVE_OF_THING`.
+_LIVE_OF_THINGS_BRIEF = (
+    select(JobExecution.id, JobExecution.status, JobExecution.queued_at, JobExecution.thing_name)
+    .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)), RELEASED,
+           JobExecution.status.in_(ACTIVE)))
 _EXECUTIONS: Table = JobExecution.__table__  # type: ignore[assignment]
 _JOBS_BY_ID = select(Job).where(Job.job_id.in_(bindparam("jobs", expanding=True)))
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
@@ -112,6 +124,53 @@ class _Change:
     outcome: UpdateOutcome
     installed: list[Installed]
     job: Job | None  # its job, when the update ended the execution
+
+
+@dataclass(slots=True)
+class _Reads:
+    """What `update_many` reads for a run of updates at once, instead of per update: the
+    addressed executions (locked), the things' live executions, which things exist and
+    what they have installed. Only for things updated once in the run and updates naming
+    no execution number (a thing's second update in a run must see its first one, and
+    goes through the per-update reads). 10,000 devices ending within a minute: the reads
+    and flushes per update were most of a rollout's tail (bench/fleet.py)."""
+
+    covers: set[str]  # the things read for
+    latest: dict[tuple[str, str], JobExecution]  # (job, thing) -> its latest released execution
+    live: dict[str, list[Any]]  # thing ending an execution -> its live released executions
+    things: set[str]  # things succeeding that exist
+    installed: dict[tuple[str, str], InstalledSoftware]  # every row of those things
+
+    @classmethod
+    def read(cls, s: Any, updates: list[tuple[str, str, UpdateRequest]]) -> _Reads:
+        counts = Counter(thing for thing, _, _ in updates)
+        covered = [(thing, job_id, request) for thing, job_id, request in updates
+                   if counts[thing] == 1 and request.execution_number is None]
+        reads = cls({thing for thing, _, _ in covered}, {}, {}, set(), {})
+        if not covered:
+            return reads
+        pairs = {(job_id, thing) for thing, job_id, _ in covered}
+        # Searched by thing: `job_id || ''` keeps SQLite (no statistics) off the job's
+        # indexes, which walk every execution of a 10,000-thing job (a (job, thing) IN
+        # list scanned the table); tests/integration/test_job_query_plans.py.
+        for row in s.scalars(select(JobExecution).where(
+                JobExecution.thing_name.in_(sorted(reads.covers)),
+                JobExecution.job_id.concat("").in_(sorted({job_id for job_id, _ in pairs})), RELEASED)
+                .order_by(JobExecution.id).with_for_update()):
+            key = (row.job_id, row.thing_name)
+            if key in pairs and (key not in reads.latest
+                                 or row.execution_number > reads.latest[key].execution_number):
+                reads.latest[key] = row
+        ending = sorted(thing for thing, _, request in covered if request.status.terminal)
+        if ending:
+            reads.live = {thing: [] for thing in ending}
+            for row in s.execute(_LIVE_OF_THINGS_BRIEF, {"things": ending}):
+                reads.live[row.thing_name].append(row)
+        succeeding = [thing for thing, _, request in covered if request.status is ExecStatus.SUCCEEDED]
+        if succeeding:
+            reads.things = set(s.scalars(select(Thing.name).where(Thing.name.in_(succeeding))))
+            reads.installed = read_installed(s, sorted(reads.things))
+        return reads
 
 
 def _ts(value: float | None) -> int | None:
@@ -688,9 +747,10 @@ class JobService:
         results: list[UpdateOutcome | JobsMqttError] = []
         changes: list[_Change] = []
         with self._db.session() as s:
+            reads = _Reads.read(s, updates)
             for thing, job_id, request in updates:
                 try:
-                    change = self._change(s, thing, job_id, request, now, complete=False)
+                    change = self._change(s, thing, job_id, request, now, complete=False, reads=reads)
                 except JobsMqttError as exc:
                     results.append(exc)
                     continue
@@ -703,15 +763,15 @@ class JobService:
         return results
 
     def _change(self, s: Any, thing: str, job_id: str, request: UpdateRequest, now: float, *,
-                complete: bool) -> _Change:
+                complete: bool, reads: _Reads | None = None) -> _Change:
         """One update in the caller's transaction. Every JobsMqttError is raised before
         anything changed. `complete`: also complete the job if this was its last live
-        execution (else the caller does, once for many)."""
-        # An executionNumber addresses that execution (after a retry, #1 is still #1);
-        # without one, the latest.
-        row = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing}) \
-            if request.execution_number is None else \
-            s.scalar(self._numbered(job_id, thing, request.execution_number).with_for_update())
+        execution (else the caller does, once for many). `reads`: what the caller read for
+        a run of updates (used where it covers this one; nothing flushed before commit)."""
+        covered = reads if reads is not None and thing in reads.covers and request.execution_number is None \
+            else None
+        read = covered is not None
+        row = self._addressed_row(s, thing, job_id, request.execution_number, covered)
         if row is None:
             number = "" if request.execution_number is None else f" number {request.execution_number}"
             raise JobsMqttError(wire.RESOURCE_NOT_FOUND, f"no execution{number} of {job_id} for {thing}")
@@ -733,7 +793,10 @@ class JobService:
                                 f"cannot go from {current.value} to {request.status.value}", state)
         # Only an execution that ends can change the thing's next job: progress reports
         # (most updates) skip the lookup.
-        live = s.execute(_LIVE_OF_THING, {"thing": thing}).all() if request.status.terminal else []
+        live: Sequence[Any] = []
+        if request.status.terminal:
+            live = covered.live[thing] if covered is not None else \
+                s.execute(_LIVE_OF_THING, {"thing": thing}).all()
         row.status = request.status.value
         if request.status_details is not None:
             row.status_details = request.status_details
@@ -749,7 +812,8 @@ class JobService:
             row.timeout_at = self._deadline(s, row, request.step_timeout_minutes, now)
         elif request.status.terminal:
             row.timeout_at = None
-        s.flush()
+        if not read:
+            s.flush()
         next_changed = False
         installed: list[Installed] = []
         job: Job | None = None
@@ -757,12 +821,13 @@ class JobService:
             job = s.get(Job, job_id)
             retried = False
             if job is not None:
-                installed = self._record_installed(s, job, row, now)
+                installed = self._record_installed(s, job, row, now, covered)
                 retried = self.retry_if_allowed(s, job, row, now)
                 job.last_updated_at = now
                 if complete:
                     self.maybe_complete(s, job)
-            s.flush()
+            if not read:
+                s.flush()
             # The next job after: the same live rows but this one, unless a retry was
             # queued (rare; then read as before).
             after = _next_of([r for r in live if r.id != row.id]) if not retried else (
@@ -770,6 +835,20 @@ class JobService:
             next_changed = _next_of(live) != after
         outcome = UpdateOutcome(self._view(s, row, with_document=request.include_job_document), next_changed)
         return _Change(thing, job_id, request, outcome, installed, job)
+
+    def _addressed_row(self, s: Any, thing: str, job_id: str, execution_number: int | None,
+                       covered: _Reads | None) -> JobExecution | None:
+        """The execution an update addresses, locked: with an executionNumber that one
+        (after a retry, #1 is still #1); without one, the latest (read for the run if
+        `covered`)."""
+        if covered is not None:
+            return covered.latest.get((job_id, thing))
+        if execution_number is None:
+            row: JobExecution | None = s.scalar(_LATEST_FOR_UPDATE, {"job": job_id, "thing": thing})
+            return row
+        statement = self._numbered(job_id, thing, execution_number).with_for_update()
+        numbered: JobExecution | None = s.scalar(statement)
+        return numbered
 
     def _after(self, changes: list[_Change]) -> None:
         """What follows committed updates: ended executions logged, their things' access
@@ -784,19 +863,23 @@ class JobService:
                 self.on_installed(installed)
 
     @staticmethod
-    def _record_installed(s: Any, job: Job, row: JobExecution, now: float) -> list[Installed]:
+    def _record_installed(s: Any, job: Job, row: JobExecution, now: float,
+                          reads: _Reads | None = None) -> list[Installed]:
         """A job that SUCCEEDED on a thing: from now, the thing runs the image version of
         an OTA job and the package versions the job names (packages/inventory.py), in
         this transaction. Only the changes are returned."""
-        if row.status != ExecStatus.SUCCEEDED.value or s.get(Thing, row.thing_name) is None:
+        if row.status != ExecStatus.SUCCEEDED.value:
+            return []
+        if row.thing_name not in reads.things if reads is not None else s.get(Thing, row.thing_name) is None:
             return []
         installs: list[tuple[str, str, bool]] = [(str(p), str(v), True)
                                                  for p, v in job.config.get(PACKAGE_VERSIONS, [])]
         version = job.config.get(IMAGE_VERSION)
         if version:
             installs.append((str(job.config.get(PACKAGE_NAME) or DEFAULT_PACKAGE), str(version), False))
-        changes = [record_installed(s, row.thing_name, package, v, job.job_id, now, catalog=catalog)
-                   for package, v, catalog in installs]
+        known = reads.installed if reads is not None else None
+        changes = [record_installed(s, row.thing_name, package, v, job.job_id, now, catalog=catalog,
+                                    known=known) for package, v, catalog in installs]
         return [change for change in changes if change is not None]
 
     @staticmethod

@@ -38,17 +38,30 @@ class Installed:
 
 
 def record_installed(s: Any, thing: str, package: str, version: str, job_id: str,
-                     now: float, *, catalog: bool = False) -> Installed | None:
+                     now: float, *, catalog: bool = False,
+                     known: dict[tuple[str, str], InstalledSoftware] | None = None) -> Installed | None:
     """In the caller's transaction: `thing` runs `version` of `package` from `now`.
-    None when it already ran exactly that version (nothing changed; `since` stays)."""
-    row = s.get(InstalledSoftware, (thing, package))
+    None when it already ran exactly that version (nothing changed; `since` stays).
+    `known`: every row of the thing, read by the caller (`read_installed`), kept up to date here."""
+    row = s.get(InstalledSoftware, (thing, package)) if known is None else known.get((thing, package))
     if row is None:
-        s.add(InstalledSoftware(thing_name=thing, package=package, version=version, since=now, job_id=job_id))
+        row = InstalledSoftware(thing_name=thing, package=package, version=version, since=now, job_id=job_id)
+        s.add(row)
+        if known is not None:
+            known[(thing, package)] = row
     elif row.version != version:
         row.version, row.since, row.job_id = version, now, job_id
     else:
         return None
     return Installed(thing, package, version, now, job_id, catalog)
+
+
+def read_installed(s: Any, things: list[str]) -> dict[tuple[str, str], InstalledSoftware]:
+    """Every (thing, package) row of `things`, in one statement (for `record_installed`)."""
+    if not things:
+        return {}
+    rows = s.scalars(select(InstalledSoftware).where(InstalledSoftware.thing_name.in_(things)))
+    return {(row.thing_name, row.package): row for row in rows}
 
 
 class Inventory:

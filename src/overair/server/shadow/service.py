@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 
 from overair.core import health
 from overair.core import shadow as doc
@@ -64,10 +64,12 @@ class _Batch:
     def read(cls, s: Any, keys: list[tuple[str, str]]) -> _Batch:
         names = sorted({thing for thing, _ in keys})
         things = set(s.scalars(select(Thing.name).where(Thing.name.in_(names))))
-        wanted = sorted(set(keys))
+        wanted = set(keys)
+        # Two IN lists, not a (thing, shadow) IN list: SQLite scanned the table for that.
         rows = {(row.thing_name, row.shadow_name): row for row in s.scalars(
-            select(ThingShadow).where(tuple_(ThingShadow.thing_name, ThingShadow.shadow_name).in_(wanted))
-            .with_for_update())}
+            select(ThingShadow).where(ThingShadow.thing_name.in_(names),
+                                      ThingShadow.shadow_name.in_(sorted({name for _, name in keys})))
+            .with_for_update()) if (row.thing_name, row.shadow_name) in wanted}
         named: dict[str, int] = {}
         if any(name != CLASSIC for _, name in keys):
             named = dict(s.execute(
