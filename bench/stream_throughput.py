@@ -282,9 +282,9 @@ class ServiceTimer:
             finally:
                 self._record("notify-next", time.perf_counter() - started)
 
-        def timed_notify_many(things: list[str]) -> list[Outgoing]:
+        def timed_notify_many(things: list[str], pending: bool = True) -> list[Outgoing]:
             try:
-                return notify_many(things)
+                return notify_many(things, pending)
             finally:
                 with self._lock:
                     if self._armed:

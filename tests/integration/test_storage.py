@@ -440,3 +440,18 @@ def test_a_run_naming_a_thing_twice_and_one_installing_firmware(
     results = jobs.update_many([("e", "other", _update(ExecStatus.SUCCEEDED)),
                                 ("e", "third", _update(ExecStatus.SUCCEEDED))])
     assert [r.next_changed for r in results if not isinstance(r, JobsMqttError)] == [True, True]
+
+
+def test_pending_lists_of_many_things_are_each_things_own(
+        db: Database, settings: Settings, registry: Registry) -> None:
+    """`pending_of` (the pending lists a large fan-out sends after every notify-next) reads
+    for many things what `pending_for_device` reads for one."""
+    jobs = _jobs(db, settings, registry, ["p1", "p2", "p3"])
+    jobs.create_job("job-2", [registry.thing_arn("p1")], {"operation": "y"})
+    jobs.update_execution("p1", "job-2", _update(ExecStatus.IN_PROGRESS))
+    jobs.update_execution("p2", "job-1", _update(ExecStatus.SUCCEEDED))
+    registry.create_thing("p4")  # no execution at all
+    lists = jobs.pending_of(["p1", "p2", "p3", "p4"])
+    assert lists == {thing: jobs.pending_for_device(thing) for thing in ("p1", "p2", "p3", "p4")}
+    assert [[s["jobId"] for s in part] for part in lists["p1"]] == [["job-2"], ["job-1"]]
+    assert lists["p2"] == ([], [])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -116,6 +117,7 @@ class ServiceConnection:
         self._fanouts = 0
         self._hold_until = 0.0
         self._fanout_held: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._pending_lists: set[asyncio.Task[None]] = set()  # read and sent after a fan-out
         self._replay_scheduled = False
         # Fleet provisioning by claim (server/provisioning/device.py), when wired: the
         # requests the access plugin moves to the service, in a worker of their own
@@ -478,33 +480,50 @@ class ServiceConnection:
                 self._hold_until = loop.time() + FANOUT_HOLD_SECONDS
                 self._schedule_replay(FANOUT_HOLD_SECONDS)
         # With several batches, each thing's `notify` (its pending list, which FreeRTOS
-        # devices do not even subscribe to) waits until every thing has its notify-next:
-        # half the messages, their PUBACKs and the broker's routing of them no longer
-        # delay the last notify-next (10,000 things: ~200 bytes each, 2 MiB kept).
-        pending_lists: list[Outgoing] = []
+        # devices do not even subscribe to) is read and sent once every thing has its
+        # notify-next, and after the hold: half the messages, their PUBACKs, the broker's
+        # routing of them and the building of the lists (a fifth of a batch's time) no
+        # longer delay the last notify-next.
+        notified: list[str] = []
         try:
             # Each batch goes out as soon as it is read, while the worker reads the next
             # one (its database steps overlap the loop's writes): two batches at most in
-            # memory, with the pending lists.
+            # memory.
             def read(batch: list[str]) -> asyncio.Future[list[Outgoing]]:
-                return loop.run_in_executor(self._notify_executor, self._service.notify_next_many, batch)
+                return loop.run_in_executor(self._notify_executor, functools.partial(
+                    self._service.notify_next_many, batch, pending=not hold))
 
             read_so_far = 0
             reading = read(batches[0]) if batches else None
             while reading is not None:
                 ready = await reading
+                done = batches[read_so_far]
                 read_so_far += 1
                 reading = read(batches[read_so_far]) if read_so_far < len(batches) else None
-                if hold:
-                    pending_lists.extend(m for m in ready if not topics.is_notify_next_topic(m.topic))
-                    ready = [m for m in ready if topics.is_notify_next_topic(m.topic)]
                 self.publish(ready)
+                notified.extend(done)
         finally:
-            self.publish(pending_lists)
             if hold:
                 self._fanouts -= 1
                 if self._fanouts == 0:
                     self._schedule_replay()
+                if notified:
+                    task = loop.create_task(self._publish_pending_lists(notified))
+                    self._pending_lists.add(task)  # the loop keeps only a weak reference
+                    task.add_done_callback(self._pending_lists.discard)
+
+    async def _publish_pending_lists(self, things: list[str]) -> None:
+        """Each thing's `notify` after a large fan-out, NOTIFY_BATCH things per read."""
+        assert self._loop is not None
+        for i in range(0, len(things), NOTIFY_BATCH):
+            batch = things[i:i + NOTIFY_BATCH]
+            try:
+                lists = await self._loop.run_in_executor(
+                    self._notify_executor, self._service.notify_pending_many, batch)
+            except Exception:  # the notify-next went out; the lists are informational
+                log.exception("could not read the pending lists of %d things", len(batch))
+                continue
+            self.publish(lists)
 
     def notify_next_threadsafe(self, things: list[str]) -> None:
         if self._loop is not None and things:
@@ -516,6 +535,8 @@ class ServiceConnection:
             await asyncio.wait_for(self._client.disconnect(), 5)
         except (TimeoutError, OSError):
             log.warning("broker did not acknowledge the disconnect")
+        for task in list(self._pending_lists):
+            task.cancel()
         self._workers.stop()
         self._stream_workers.stop()
         for executor in (self._notify_executor, self._claim_executor):

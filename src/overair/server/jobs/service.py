@@ -82,6 +82,8 @@ _LIVE_OF_THINGS_BRIEF = (
     select(JobExecution.id, JobExecution.status, JobExecution.queued_at, JobExecution.thing_name)
     .where(JobExecution.thing_name.in_(bindparam("things", expanding=True)), RELEASED,
            JobExecution.status.in_(ACTIVE)))
+# A thing's pending executions: (inProgressJobs, queuedJobs) summaries.
+Pending = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 _EXECUTIONS: Table = JobExecution.__table__  # type: ignore[assignment]
 _JOBS_BY_ID = select(Job).where(Job.job_id.in_(bindparam("jobs", expanding=True)))
 # Job config key of the firmware version an OTA job installs (MAJOR.MINOR.BUILD), when known.
@@ -640,13 +642,23 @@ class JobService:
             pending = select(JobExecution.thing_name).where(RELEASED, JobExecution.status.in_(ACTIVE))
             return list(s.scalars(pending.distinct().order_by(JobExecution.thing_name)))
 
-    def next_and_pending(self, things: Sequence[str]) -> dict[str, NextAndPending]:
+    def pending_of(self, things: Sequence[str]) -> dict[str, Pending]:
+        """`pending_for_device` for many things, from one read."""
+        with self._db.reading() as s:
+            rows = s.execute(_LIVE_OF_THINGS, {"things": list(things)}).all()
+        by_thing: dict[str, list[Any]] = {thing: [] for thing in things}
+        for row in rows:
+            by_thing[row.thing_name].append(row)
+        return {thing: _pending_summaries(mine) for thing, mine in by_thing.items()}
+
+    def next_and_pending(self, things: Sequence[str], pending: bool = True) -> dict[str, NextAndPending]:
         """For each thing: its next execution (as `next_execution`) and its pending
-        summaries (as `pending_for_device`), read with one query for all of them: what a
-        job's creation must tell every target (a per-thing lookup made notifying 10,000
-        devices take 17 s). The executions are read as plain rows by a statement built
-        once, and each job once per call (ORM objects, a statement built per call and a
-        job lookup per thing were 60% of notifying 10,000 devices: bench/fleet.py)."""
+        summaries (as `pending_for_device`; left empty if not `pending`), read with one
+        query for all of them: what a job's creation must tell every target (a per-thing
+        lookup made notifying 10,000 devices take 17 s). The executions are read as plain
+        rows by a statement built once, and each job once per call (ORM objects, a
+        statement built per call and a job lookup per thing were 60% of notifying 10,000
+        devices: bench/fleet.py)."""
         with self._db.reading() as s:
             rows = s.execute(_LIVE_OF_THINGS, {"things": list(things)}).all()
             by_thing: dict[str, list[Any]] = {thing: [] for thing in things}
@@ -663,7 +675,7 @@ class JobService:
                     job = jobs.get(first.job_id)
                     document = self.render_document(job, thing) if job is not None else None
                     view = _execution_view(first, document)
-                out[thing] = NextAndPending(view, *_pending_summaries(mine))
+                out[thing] = NextAndPending(view, *(_pending_summaries(mine) if pending else ([], [])))
         return out
 
     def start_next(self, thing: str, details: dict[str, str] | None,
@@ -989,7 +1001,7 @@ def _execution_view(row: Any, document: dict[str, Any] | None) -> ExecutionView:
                          execution_number=row.execution_number, job_document=document)
 
 
-def _pending_summaries(rows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _pending_summaries(rows: Sequence[Any]) -> Pending:
     """(inProgressJobs, queuedJobs) of `$aws/things/T/jobs/get`, from one thing's live
     executions in queue order."""
     summaries: dict[str, list[dict[str, Any]]] = {status: [] for status in ACTIVE}
