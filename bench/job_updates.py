@@ -9,7 +9,9 @@ JSON: those are the device service's and are measured by bench/fleet.py):
 - progress: IN_PROGRESS -> IN_PROGRESS with new statusDetails (`report_progress`, the
   `receive` report every 25 blocks and the self-test reports: most of a rollout's updates),
 - end: IN_PROGRESS -> SUCCEEDED (`update_execution`: also records the installed version,
-  checks retries and job completion, and compares the thing's next job before/after).
+  checks retries and job completion, and compares the thing's next job before/after),
+  for half of the things one by one and for the other half in runs of 32 through
+  `update_many` (what the device workers do with the ends of a rollout's tail).
 Each call is its own transaction, as in the server. Progress is measured once from one
 thread and once from `--threads` threads at a time (the server's device workers), as
 updates per second.
@@ -55,6 +57,7 @@ from overair.server.settings import Settings
 from overair.server.storage.db import Database, migrate
 
 JOB = "bench-job"
+END_RUN = 32  # SUCCEEDED updates per `update_many` run
 
 
 def _update(status: ExecStatus, details: dict[str, str]) -> UpdateRequest:
@@ -172,7 +175,13 @@ def measure(url: str, data_dir: Path, things: int, threads: int, busy: int) -> d
             ids = [int(i) for i in s.execute(text("SELECT id FROM job_executions")).scalars()]
         out["raw"] = _raw_update_us(db, ids, "%s" if url.startswith("postgresql") else "?")
         done = _update(ExecStatus.SUCCEEDED, {"reason": "accepted"})
-        out["end"] = _per_call_us([partial(jobs.update_execution, n, JOB, done) for n in names])
+        half = len(names) // 2
+        out["end"] = _per_call_us([partial(jobs.update_execution, n, JOB, done) for n in names[:half]])
+        # The device workers' runs: many things' ends in one transaction (`update_many`).
+        runs: list[Callable[[], object]] = [
+            partial(jobs.update_many, [(n, JOB, done) for n in names[i:i + END_RUN]])
+            for i in range(half, len(names), END_RUN)]
+        out["end_runs"] = _per_call_us(runs) / END_RUN
         return out
     finally:
         db.close()
@@ -183,6 +192,9 @@ def report(name: str, figures: dict[str, float], threads: int, busy: int) -> Non
     print(f"{name}:")
     for kind in ("start", "progress", "end"):
         print(f"  {kind:<9} {figures[kind]:8.0f} us per update ({figures[kind] / raw:5.1f}x the raw UPDATE)")
+    runs = figures["end_runs"]
+    print(f"  end in runs of {END_RUN} (update_many, one transaction a run): {runs:.0f} us per update "
+          f"({runs / raw:5.1f}x the raw UPDATE)")
     print(f"  raw UPDATE + COMMIT by the driver alone (the limit): {raw:.0f} us")
     print(f"  progress reports/s: 1 thread {figures['progress_rate']:.0f}, {threads} threads "
           f"{figures['progress_rate_threads']:.0f}; raw limit {1e6 / raw:.0f}/s "
