@@ -24,7 +24,7 @@ from overair.server import pki
 from overair.server.api.contract import ApiError
 from overair.server.audit.log import AuditLog
 from overair.server.iam.identity import IdentityStore
-from overair.server.jobs.service import IMAGE_VERSION, JobService, JobsMqttError
+from overair.server.jobs.service import IMAGE_VERSION, JobService, JobsMqttError, UpdateOutcome
 from overair.server.registry.service import Registry
 from overair.server.sealing import Sealer, create_master_key
 from overair.server.settings import Settings
@@ -359,6 +359,23 @@ def test_ending_an_execution_changes_the_next_job_only_when_it_was_next(
     assert jobs.next_job_id("dev-1") is None
 
 
+def _outcome(result: UpdateOutcome | JobsMqttError) -> object:
+    """What a test compares of an update's result: whether the next job changed, or the
+    refusal's code."""
+    return result.code if isinstance(result, JobsMqttError) else result.next_changed
+
+
+def _one_by_one(jobs: JobService, job: str, run: list[tuple[str, UpdateRequest]]) -> list[object]:
+    """`_outcome` of each update applied alone (`update_execution`), in order."""
+    outcomes: list[object] = []
+    for thing, request in run:
+        try:
+            outcomes.append(_outcome(jobs.update_execution(thing, job, request)))
+        except JobsMqttError as exc:
+            outcomes.append(_outcome(exc))
+    return outcomes
+
+
 def test_updates_of_many_things_in_one_transaction_do_what_one_by_one_does(
         db: Database, settings: Settings, registry: Registry) -> None:
     """`update_many` (a run's ends and other full updates): each update as alone, a refused
@@ -372,16 +389,11 @@ def test_updates_of_many_things_in_one_transaction_do_what_one_by_one_does(
            ("b", _update(ExecStatus.IN_PROGRESS, 7, {"stale": "1"})),  # VersionMismatch
            ("c", _update(ExecStatus.FAILED, 2, {"reason": "bad"})),
            ("d", _update(ExecStatus.SUCCEEDED))]
-    twins: list[object] = []
-    for thing, request in run:
-        try:
-            twins.append(jobs.update_execution(f"twin-{thing}", "job-1", request).next_changed)
-        except JobsMqttError as exc:
-            twins.append(exc.code)
+    twins = _one_by_one(jobs, "job-1", [(f"twin-{thing}", request) for thing, request in run])
     with transactions(db) as opened:
         results = jobs.update_many([(thing, "job-1", request) for thing, request in run])
     assert opened == [1]
-    assert [r.code if isinstance(r, JobsMqttError) else r.next_changed for r in results] == twins
+    assert [_outcome(r) for r in results] == twins
     assert twins == [True, "VersionMismatch", True, True]
     for thing in things:
         mine = jobs.describe_execution("job-1", thing)
@@ -414,14 +426,9 @@ def test_a_run_naming_a_thing_twice_and_one_installing_firmware(
            ("f", _update(ExecStatus.FAILED, None, {"reason": "flash"})),
            ("e", _update(ExecStatus.SUCCEEDED, 3, {"reason": "ok"})),
            ("e", _update(ExecStatus.SUCCEEDED))]  # after its end: refused
-    twins: list[object] = []
-    for thing, request in run:
-        try:
-            twins.append(jobs.update_execution(f"twin-{thing}", "ota", request).next_changed)
-        except JobsMqttError as exc:
-            twins.append(exc.code)
+    twins = _one_by_one(jobs, "ota", [(f"twin-{thing}", request) for thing, request in run])
     results = jobs.update_many([(thing, "ota", request) for thing, request in run])
-    assert [r.code if isinstance(r, JobsMqttError) else r.next_changed for r in results] == twins
+    assert [_outcome(r) for r in results] == twins
     assert twins == [False, True, True, "InvalidStateTransition"]
     for thing in ("e", "f"):
         mine, twin = jobs.describe_execution("ota", thing), jobs.describe_execution("ota", f"twin-{thing}")

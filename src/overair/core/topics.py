@@ -69,10 +69,6 @@ def notify_next_topic(thing: str) -> str:
     return f"{jobs_prefix(thing)}/notify-next"
 
 
-def is_notify_next_topic(topic: str) -> bool:
-    return topic.startswith("$aws/things/") and topic.endswith("/jobs/notify-next")
-
-
 def notify_topic(thing: str) -> str:
     return f"{jobs_prefix(thing)}/notify"
 
