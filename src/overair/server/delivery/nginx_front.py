@@ -181,6 +181,9 @@ http {{
             proxy_cache_lock_timeout 10s;
             proxy_ignore_headers Cache-Control Expires Set-Cookie X-Accel-Expires;
             proxy_set_header Range $slice_range;
+            # A location that sets headers inherits none of the server's: without this
+            # line nginx sends `Connection: close` and opens a connection per request.
+            proxy_set_header Connection "";
             proxy_pass http://overair;
         }}
         location = /_overair_decision {{
@@ -189,8 +192,12 @@ http {{
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header Range "";
+            proxy_set_header Connection "";  # keep-alive to overair (as in the slices)
             proxy_cache overair_decisions;
             proxy_cache_key "$request_uri";
+            # nginx reads a cached decision from its file at every request: kept open, not
+            # opened per request. A refreshed decision is a new file (nginx compares inodes).
+            open_file_cache max=16384 inactive=10s;
             # overair's Cache-Control says how long (decision_cache_control); these are
             # the fallback. A stale decision is used only while the background refresh runs.
             proxy_cache_valid 204 403 {DECISION_FRESH_SECONDS}s;
