@@ -280,7 +280,8 @@ class RolloutResult:
     written: tuple[int, int] = (0, 0)
     collector: GcTimer | None = None
     cpu_front_s: float = 0.0  # the nginx download front's processes, from t0 (--front nginx)
-    endpoint: fleet_https.HttpsRun | None = None  # the download endpoint alone, before t0 (HTTP)
+    # HTTP: rounds of nginx alone, then the download endpoint alone, before t0
+    endpoint: list[fleet_https.Pair] = field(default_factory=list)
     memory_between: PeakBetweenSamples | None = None  # the server's peak RSS, if between samples
     # t0 -> each SUCCEEDED as the server recorded it (the executions' lastUpdatedAt, wall clock)
     recorded_s: list[float] = field(default_factory=list)
@@ -330,7 +331,7 @@ class DeviceProcesses:
 def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_rate: float,
                   timeout: float, database_url: str, py_spy: str | None,
                   protocol: str = "MQTT", bulk: bool = True, agents: int = 0,
-                  agent_processes: int = 1, front: str = "") -> RolloutResult:
+                  agent_processes: int = 1, front: str = "", https_rounds: int = 3) -> RolloutResult:
     # --front nginx: devices download through the nginx download front (delivery/nginx_front.py).
     toml = f'download_front = "{front}"\ndownload_front_port = {free_port()}' if front else ""
     with running_server(root / "server", database_url=database_url, settings_toml=toml) as srv:
@@ -347,12 +348,15 @@ def rollout_phase(root: Path, devices: int, size: int, processes: int, connect_r
         print(f"provisioned {devices} things ({how}) in {provisioned.seconds:.1f} s", flush=True)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         version = s3.put_object(Bucket=BUCKET, Key="app/firmware.bin", Body=image)["VersionId"]
-        endpoint = None
+        endpoint: list[fleet_https.Pair] = []
         if protocol == "HTTP":
             things = [spec.thing for spec in provisioned.specs]
-            endpoint = fleet_https.endpoint_phase(srv, group["thingGroupArn"], things, BUCKET,
-                                                  "app/firmware.bin", version, image, processes, timeout)
-            print(f"download endpoint alone, before the rollout: {endpoint.seconds:.2f} s", flush=True)
+            endpoint = fleet_https.compare(srv, root, group["thingGroupArn"], things, BUCKET,
+                                           "app/firmware.bin", version, image, processes, timeout,
+                                           https_rounds)
+            print("download endpoint alone, before the rollout: " + ", ".join(
+                f"{pair.endpoint.seconds:.2f} s (nginx {pair.nginx.seconds:.2f} s)" for pair in endpoint),
+                flush=True)
         fleet = DeviceProcesses(provisioned.specs, processes, srv.settings.paths.fleet_ca_cert,
                                 srv.settings.mqtt_port, hashlib.sha256(image).hexdigest(), connect_rate,
                                 timeout, 0 if protocol != "HTTP" else
@@ -598,19 +602,24 @@ def report(rollout: RolloutResult, raw: RawRun | fleet_https.HttpsRun, processes
         print(f"nginx serving the same file over TLS to the same number of clients: {raw.seconds:.2f} s, "
               f"{raw_rate:.1f} MiB/s (nginx CPU {raw.cpu_server_s:.1f} s, clients {raw.cpu_clients_s:.1f} s)"
               f"{'' if raw.complete else '  <-- not every image verified'}")
-        alone = rollout.endpoint
-        if alone is not None and alone.seconds > 0 and raw_rate:
-            rate = alone.image_bytes / MIB / alone.seconds
+        for i, pair in enumerate(rollout.endpoint, 1):
+            alone, limit = pair.endpoint, pair.nginx
             # The same clients as the limit's, each with its own pre-signed URL of a live
             # job: every request passes overair's access decision; no status updates.
-            print(f"download endpoint alone (same clients, own URLs, before the rollout): "
-                  f"{alone.seconds:.2f} s, {rate:.1f} MiB/s (CPU: overair {alone.cpu_overair_s:.1f} s, "
-                  f"its front {alone.cpu_server_s - alone.cpu_overair_s:.1f} s, clients "
-                  f"{alone.cpu_clients_s:.1f} s; {alone.decisions} access decisions, {alone.throttled} "
-                  "answers 429/503 asked again when told)"
-                  f"{'' if alone.complete else '  <-- not every image verified'}"
+            print(f"round {i}: nginx alone {limit.seconds:.2f} s (nginx CPU {limit.cpu_server_s:.1f} s, "
+                  f"clients {limit.cpu_clients_s:.1f} s, idle overair {pair.overair_idle_cpu_s:.1f} s), "
+                  "then the download endpoint alone "
+                  "(same clients, own URLs) "
+                  f"{alone.seconds:.2f} s (CPU: overair {alone.cpu_overair_s:.1f} s, its front "
+                  f"{alone.cpu_server_s - alone.cpu_overair_s:.1f} s, clients {alone.cpu_clients_s:.1f} s; "
+                  f"{alone.decisions} access decisions, {alone.throttled} answers 429/503 asked again when "
+                  f"told): ratio {pair.ratio:.3f}"
+                  f"{'' if alone.complete and limit.complete else '  <-- not every image verified'}"
                   f"{f' failures: {alone.failures[:3]}' if alone.failures else ''}")
-            print(f"ratio download endpoint alone / nginx: {rate / raw_rate:.3f}")
+        if rollout.endpoint:
+            ratios = [pair.ratio for pair in rollout.endpoint]
+            print("ratio download endpoint alone / nginx (the rounds' median): "
+                  f"{statistics.median(ratios):.3f} (rounds {', '.join(f'{r:.3f}' for r in ratios)})")
     else:
         print(f"raw Mosquitto forwarding of the same messages: {raw.seconds:.2f} s, {raw_rate:.1f} MiB/s "
               f"(Mosquitto CPU {raw.cpu_broker_s:.1f} s){'' if raw.complete else '  <-- messages lost'}")
@@ -653,6 +662,9 @@ def main() -> None:
                         help="also update this many full overair agents (bench/fleet_agents.py), in the same "
                         "thing group and rollout")
     parser.add_argument("--agent-processes", type=int, default=1)
+    parser.add_argument("--https-rounds", type=int, default=3,
+                        help="--protocol HTTP: rounds of nginx alone then the download endpoint alone, "
+                        "before the rollout (the ratio is their median)")
     parser.add_argument("--front", choices=("none", "nginx"), default="none",
                         help="with --protocol HTTP: devices download through overair's nginx download front "
                         "(download_front = \"nginx\"; its nginx's CPU is not in the server's figure)")
@@ -674,7 +686,7 @@ def main() -> None:
         rollout = rollout_phase(root, args.devices, size, args.device_processes, args.connect_rate,
                                 args.timeout, database_url, args.py_spy, args.protocol,
                                 args.provision == "bulk", args.agents, args.agent_processes,
-                                "" if args.front == "none" else args.front)
+                                "" if args.front == "none" else args.front, args.https_rounds)
         image = make_firmware(NEW_VERSION, size, seed="bench-fleet")
         if args.protocol == "HTTP":
             limit: RawRun | fleet_https.HttpsRun = fleet_https.nginx_phase(

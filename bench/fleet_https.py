@@ -91,11 +91,13 @@ def fetch(ca: Path, port: int, urls: list[str], size: int, image_sha256: str, pr
                     throttled=sum(r.throttled for r in results))
 
 
-def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout: float) -> HttpsRun:
+def nginx_phase(root: Path, devices: int, image: bytes, processes: int, timeout: float,
+                name: str = "nginx") -> HttpsRun:
     """The HTTPS limit: nginx (Debian's, its default worker count) serving the same image
     over TLS 1.2+ with a certificate of its own, fetched by the same number of devices
-    with the same client code (one Range GET per 4 KiB block, keep-alive), same run."""
-    workdir = root / "nginx"
+    with the same client code (one Range GET per 4 KiB block, keep-alive), same run.
+    `name`: its directory under `root` (new for each call)."""
+    workdir = root / name
     nginx_workdir(workdir, image, "bench nginx CA")
     port = free_port()
     temp = "".join(f"{kind}_temp_path {workdir / kind};\n    "
@@ -148,6 +150,35 @@ def start_nginx(workdir: Path, port: int, failure: Callable[[], str] = lambda: "
                 process.wait(10)
                 raise RuntimeError(f"nginx did not start {failure()}") from None
             time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One round of the comparison: the limit, then the endpoint, one after the other."""
+    nginx: HttpsRun
+    endpoint: HttpsRun
+    overair_idle_cpu_s: float  # overair's CPU while nginx alone ran (what it took from the limit)
+
+    @property
+    def ratio(self) -> float:
+        return self.nginx.seconds / self.endpoint.seconds if self.endpoint.seconds > 0 else 0.0
+
+
+def compare(srv: RunningServer, root: Path, group_arn: str, things: list[str], bucket: str, key: str,
+            version: str, image: bytes, processes: int, timeout: float, rounds: int) -> list[Pair]:
+    """`rounds` x (the limit, then the endpoint alone), back to back: this machine's speed
+    drifts by a fifth from one minute to the next (nginx alone took 6.9-8.5 s for the
+    same 1,000 clients within ten minutes), so each ratio is of two runs a few seconds
+    apart, and the median of the rounds is the figure."""
+    pairs = []
+    for i in range(rounds):
+        idle = _self_cpu()
+        limit = nginx_phase(root, len(things), image, processes, timeout, name=f"nginx-{i}")
+        idle = _self_cpu() - idle
+        alone = endpoint_phase(srv, group_arn, things, bucket, key, version, image, processes, timeout,
+                               ota_id=f"bench-endpoint-alone-{i}")
+        pairs.append(Pair(limit, alone, idle))
+    return pairs
 
 
 def endpoint_phase(srv: RunningServer, group_arn: str, things: list[str], bucket: str, key: str,

@@ -38,8 +38,10 @@ DECISION = """
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header Range "";
+            proxy_set_header Connection "";
             proxy_cache decisions;
             proxy_cache_key "$request_uri";
+            open_file_cache max=16384 inactive=10s;
             proxy_cache_valid 204 1s;
             proxy_cache_background_update on;
             proxy_cache_lock on;
@@ -54,7 +56,8 @@ def _location(layer: str, files: Path) -> str:
                 f"root {files}; try_files /firmware.bin =404; }}" + DECISION)
     return ("location /ota/ { auth_request /_decision; slice 262144; proxy_cache slices; "
             'proxy_cache_key "$uri $slice_range"; proxy_cache_valid 200 206 10m; proxy_cache_lock on; '
-            "proxy_set_header Range $slice_range; proxy_pass http://answers; }" + DECISION)
+            "proxy_set_header Range $slice_range; proxy_set_header Connection \"\"; "
+            "proxy_pass http://answers; }" + DECISION)
 
 
 def run(layer: str, devices: int, processes: int, size: int) -> fleet_https.HttpsRun:

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import ssl
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -132,8 +133,29 @@ def test_the_front_keeps_decisions_it_reuses_open_instead_of_opening_them_per_re
     # closing that file was a sixth of the front's CPU at 1,000 devices (open_file_cache).
     url = _url(http_job)
     assert set(_blocks(clocked_srv, url, len(IMAGE))[1]) == {206}
-    decisions = clocked_srv.settings.paths.download_front / "decisions"
+    front = clocked_srv.server.download_front
+    decisions = front.decisions if front is not None else None
+    assert decisions is not None
     assert any(Path(target).is_relative_to(decisions) for target in _files_open_in_front(clocked_srv))
+
+
+def test_the_front_caches_decisions_in_a_private_directory_in_memory_removed_at_stop(
+        tmp_path: Path) -> None:
+    # Written to the data directory's disk, each refreshed decision (one per device per
+    # 2 s) cost nginx more than serving the bytes as the fleet grew (docs/scaling.md).
+    toml = f'download_front = "nginx"\ndownload_front_port = {free_port()}'
+    with running_server(tmp_path / "server", settings_toml=toml) as srv:
+        front = srv.server.download_front
+        decisions = front.decisions if front is not None else None
+        assert decisions is not None
+        assert decisions.parent == nginx_front.SHARED_MEMORY
+        info = decisions.lstat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.geteuid())
+        conf = (srv.settings.paths.download_front / "nginx.conf").read_text()
+        assert f"proxy_cache_path {decisions} " in conf
+    assert not decisions.exists()
+
+
 
 
 def _connections_to_overair(srv: RunningServer) -> set[int]:

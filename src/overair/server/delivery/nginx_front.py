@@ -47,8 +47,11 @@ import hashlib
 import ipaddress
 import logging
 import os
+import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +81,16 @@ OBJECT_CACHE_BYTES = 1024 * 1024 * 1024
 # between a device's decisions, and nginx opened new ones at once).
 UPSTREAM_IDLE_SECONDS = 60
 SOCKET_NAME = "overair.sock"  # in the front's directory: where overair answers nginx
+# nginx writes each decision it caches to a file (a new one at every refresh, about one
+# per downloading device per 2 s). On the data directory's file system (ext4 here) those
+# writes, renames and evictions cost nginx more CPU than serving the bytes as the fleet
+# grew; in memory they do not (docs/scaling.md, "HTTPS delivery"). So they go to a fresh
+# private directory in /dev/shm when there is one; its path is recorded in the front's
+# directory so the next start removes it should overair not have stopped cleanly.
+SHARED_MEMORY = Path("/dev/shm")  # noqa: S108 - only through mkdtemp (0700, unguessable)
+DECISIONS_PREFIX = "overair-decisions-"
+DECISIONS_RECORD = "decisions-dir"
+DECISIONS_MAX_SIZE = "128m"  # a page each: 32,768 decisions, far more than are fresh at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +104,9 @@ class FrontConfig:
     run_as_root: bool
 
 
-def render(config: FrontConfig) -> str:
-    """The nginx.conf that makes nginx overair's download front."""
+def render(config: FrontConfig, decisions: Path) -> str:
+    """The nginx.conf that makes nginx overair's download front; `decisions`: the
+    directory of its cached decisions (`decision_directory`)."""
     w, limits = config.workdir, config.limits
     temp = "".join(f"    {kind}_temp_path {w / 'tmp' / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -116,8 +130,8 @@ http {{
     client_body_buffer_size 1k;
     proxy_cache_path {w / 'objects'} levels=1:2 keys_zone=overair_objects:16m
                      max_size={OBJECT_CACHE_BYTES} inactive=10m use_temp_path=off;
-    proxy_cache_path {w / 'decisions'} levels=1:2 keys_zone=overair_decisions:32m
-                     max_size=256m inactive=30s use_temp_path=off;
+    proxy_cache_path {decisions} levels=1:2 keys_zone=overair_decisions:32m
+                     max_size={DECISIONS_MAX_SIZE} inactive=30s use_temp_path=off;
     # A device's request budget, keyed on its URL's signature (which only its holder has).
     limit_req_zone $arg_signature zone=overair_devices:32m rate={rate}r/s;
     limit_req_status 429;
@@ -263,6 +277,7 @@ class NginxFront:
         self._process: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._decisions: Path | None = None
 
     @property
     def pid(self) -> int | None:
@@ -275,10 +290,12 @@ class NginxFront:
 
     def _launch(self) -> None:
         w = self.config.workdir
-        for sub in ("tmp", "objects", "decisions"):
+        for sub in ("tmp", "objects"):
             (w / sub).mkdir(parents=True, exist_ok=True)
+        if self._decisions is None:  # restarts keep the directory (nginx reads it back)
+            self._decisions = decision_directory(w)
         conf = w / "nginx.conf"
-        conf.write_text(render(self.config))
+        conf.write_text(render(self.config, self._decisions))
         self._process = subprocess.Popen([self.binary, "-c", str(conf), "-p", str(w)],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
@@ -327,12 +344,49 @@ class NginxFront:
                 self._process.kill()
                 self._process.wait()
 
+    @property
+    def decisions(self) -> Path | None:
+        """Where nginx caches overair's decisions (`decision_directory`), once started."""
+        return self._decisions
+
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.to_thread(self._kill)
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 10)
+        await asyncio.to_thread(remove_recorded_decisions, self.config.workdir)
+
+
+def decision_directory(workdir: Path) -> Path:
+    """A new directory for the front's cached decisions: private (0700, a name no one can
+    choose for us: another local user able to write there could forge grants) in
+    /dev/shm when it is there and writable, else `workdir`/decisions. The one a previous
+    start recorded is removed first."""
+    remove_recorded_decisions(workdir)
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        path = Path(tempfile.mkdtemp(prefix=DECISIONS_PREFIX, dir=SHARED_MEMORY))
+        (workdir / DECISIONS_RECORD).write_text(str(path))
+        return path
+    path = workdir / "decisions"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def remove_recorded_decisions(workdir: Path) -> None:
+    """Remove the decisions directory `decision_directory` recorded in `workdir`, if it
+    is still what was made there: ours, a directory, named as we name them."""
+    record = workdir / DECISIONS_RECORD
+    try:
+        path = Path(record.read_text().strip())
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        info = path.lstat()
+        if path.parent == SHARED_MEMORY and path.name.startswith(DECISIONS_PREFIX) \
+                and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            shutil.rmtree(path)
+    record.unlink(missing_ok=True)
 
 
 def _connect_host(host: str) -> str:
