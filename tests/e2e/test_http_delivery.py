@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import ssl
 import time
@@ -250,3 +251,32 @@ def test_no_500_hostile_urls_and_ranges_get_client_errors(clocked_srv: RunningSe
         answered, _, body = _get(clocked_srv, target, headers)
         assert (answered, code in body) == (status, True), (target[-80:], headers, answered, body[:200])
     assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206  # still serving
+
+
+def test_a_flood_of_forged_urls_is_refused_and_logged_within_a_bound(
+        clocked_srv: RunningServer, http_job: HttpJob, caplog: pytest.LogCaptureFixture) -> None:
+    # Anyone who can open TLS may send a forged URL as often as they like: every refusal
+    # is answered, but the log takes at most Limits.device_log_lines of them per interval.
+    url = _url(http_job)
+    bound = clocked_srv.settings.limits.device_log_lines
+    sent = bound + 50
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cafile=str(clocked_srv.settings.paths.fleet_ca_cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context, timeout=10)
+    connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", parts.port), timeout=10),
+                                          server_hostname=parts.hostname)
+    statuses = []
+    with caplog.at_level(logging.INFO, logger="overair.delivery"):
+        try:
+            for i in range(sent):
+                forged = urlsplit(_with_query(url, signature=f"{i:064x}"))
+                connection.request("GET", f"{forged.path}?{forged.query}", headers={"Range": "bytes=0-9"})
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+        finally:
+            connection.close()
+    assert set(statuses) == {403}
+    logged = [r for r in caplog.records if r.getMessage().startswith("download refused: SignatureDoes")]
+    assert 0 < len(logged) <= bound
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206  # the device's own URL still works

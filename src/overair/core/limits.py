@@ -70,6 +70,7 @@ class Limits:
     device_budgets_tracked: int = 100_000  # devices whose buckets are kept in memory
     device_audit_interval_seconds: float = 60.0  # repeated device refusals: one row per interval
     device_audit_keys: int = 10_000  # (device, action, outcome) counters kept per interval
+    device_log_lines: int = 100  # refusal log lines per kind and interval (the rest counted)
     # How long a device's stream or download access may be cached (N4); the job service
     # also drops it at once when an execution ends: this is the backstop, for changes made
     # by another server process. At 2 s, a fleet downloading for half a minute re-decided

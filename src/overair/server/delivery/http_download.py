@@ -61,6 +61,7 @@ from overair.server.delivery.ranged_files import RangedFiles
 from overair.server.jobs.coalesced_reads import CoalescedReads
 from overair.server.jobs.deliveries import HTTP_FILES, PRESIGNED_OBJECTS, THINGS_PER_READ, ObjectVersion
 from overair.server.jobs.service import JobService
+from overair.server.log_bounds import BoundedLog
 from overair.server.storage.objects import ObjectStore, StoredObject
 from overair.server.storage.schema import Job
 from overair.server.streams.access import AccessCache
@@ -100,6 +101,7 @@ class HttpDelivery:
         self.front_files: FrontFiles | None = None
         self.answered: Counter[int] = Counter()  # requests by the status answered (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
+        self._refusals_log = BoundedLog(log, limits)  # a stranger decides how many there are
         # N4: a URL stops working the moment its thing's execution ends.
         jobs.watch_executions(self._access.forget_things)
 
@@ -268,7 +270,7 @@ class HttpDelivery:
                        RETRY_AFTER_MS: str(decision.retry_after_ms)}
             return _text(429 if decision.own_rate else 503, decision.code, decision.message, headers)
         except presign.UrlRefused as exc:
-            log.info("download refused: %s %s", exc.code, exc.message)
+            self._refusals_log.info("download refused", "download refused: %s %s", exc.code, exc.message)
             status = _REFUSAL_STATUS.get(exc.code, 403)
             # Over its budget a device may ask again as soon as its bucket refills (RFC 9110).
             return _text(status, exc.code, exc.message, {"Retry-After": "1"} if status == 429 else None)

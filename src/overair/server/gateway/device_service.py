@@ -46,6 +46,7 @@ from overair.server.delivery.download_gate import DownloadGate
 from overair.server.jobs.coalesced_reads import CoalescedReads
 from overair.server.jobs.deliveries import THINGS_PER_READ
 from overair.server.jobs.service import JobService, JobsMqttError, UpdateOutcome
+from overair.server.log_bounds import BoundedLog
 from overair.server.shadow.mqtt import ShadowMqtt, ShadowTopic, ShadowVerb, parse_topic
 from overair.server.streams.access import AccessCache
 from overair.server.streams.service import StreamService
@@ -91,6 +92,7 @@ class DeviceService:
         self._gate = gate  # the fleet download policy (delivery/policy.py)
         self.requests: Counter[Kind] = Counter()  # device requests by kind (tests, bench)
         self.events = DeviceEventRecorder(audit, clock, limits)
+        self._refusals_log = BoundedLog(log, limits)  # a device decides how many there are
         # N4: a thing's cached stream access goes the moment its executions change.
         jobs.watch_executions(self._access.forget_things)
         # The Device Shadow service's topics (server/shadow/mqtt.py), when wired.
@@ -250,7 +252,8 @@ class DeviceService:
         """The device's request refused: its error reply (with the execution's state when
         the refusal has it), logged, and audited if it was an update."""
         code = exc.code if exc.code in _JOBS_CODES else wire.INVALID_REQUEST
-        log.info("jobs request %s rejected: %s %s", topic, code, exc.message)
+        self._refusals_log.info("jobs request rejected", "jobs request %s rejected: %s %s", topic, code,
+                                exc.message)
         if parsed.request is JobsRequest.UPDATE:
             self._audit_rejected_update(parsed, code, exc.message)
         state = exc.execution_state if isinstance(exc, JobsMqttError) else None
@@ -566,7 +569,8 @@ class DeviceService:
                 return [self._stream_error(parsed, "InternalError", "file unavailable", token)]
             return [self._stream_error(parsed, "ResourceNotFound", exc.message, token)]
         except PeerInputError as exc:
-            log.info("stream request from %s rejected: %s %s", parsed.thing_name, exc.code, exc.message)
+            self._refusals_log.info("stream request rejected", "stream request from %s rejected: %s %s",
+                                    parsed.thing_name, exc.code, exc.message)
             return [self._stream_error(parsed, exc.code, exc.message, token)]
         except OverairError as exc:
             log.error("stream %s unavailable: %s", parsed.stream_id, exc.message)
