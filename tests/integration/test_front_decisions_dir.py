@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from overair.core.limits import Limits
 from overair.server.delivery import nginx_front
 
 
@@ -87,3 +88,29 @@ def test_without_shared_memory_decisions_stay_in_the_fronts_directory(
     workdir = _workdir(tmp_path)
     assert nginx_front.decision_directory(workdir) == workdir / "decisions"
     assert stat.S_IMODE((workdir / "decisions").stat().st_mode) == 0o700
+
+
+def test_decisions_take_at_most_a_quarter_of_shared_memory(tmp_path: Path, shm: Path) -> None:
+    # /dev/shm is shared (Docker's is 64 MiB; PostgreSQL's dynamic shared memory lives
+    # there): the front's cache must not fill it.
+    made = nginx_front.decision_directory(_workdir(tmp_path))
+    size = os.statvfs(shm).f_blocks * os.statvfs(shm).f_frsize
+    assert nginx_front.decisions_bound(made) == max(nginx_front.DECISIONS_MIN_BYTES,
+                                                   min(nginx_front.DECISIONS_MAX_BYTES, size // 4))
+    assert nginx_front.decisions_bound(tmp_path / "front" / "decisions") == nginx_front.DECISIONS_MAX_BYTES
+
+
+def test_a_small_shared_memory_is_left_alone(tmp_path: Path, shm: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nginx_front, "DECISIONS_MIN_BYTES", 2 ** 62)  # more than any /dev/shm
+    workdir = _workdir(tmp_path)
+    assert nginx_front.decision_directory(workdir) == workdir / "decisions"
+    assert list(shm.iterdir()) == []
+
+
+def test_the_bound_reaches_nginx(tmp_path: Path) -> None:
+    config = nginx_front.FrontConfig(tmp_path, "127.0.0.1", 8443, tmp_path / "c", tmp_path / "k", Limits(),
+                                     run_as_root=False)
+    text = nginx_front.render(config, tmp_path / "d", 32 * 1024 * 1024)
+    assert f"proxy_cache_path {tmp_path / 'd'} levels=1:2 keys_zone=overair_decisions:32m" in text
+    assert "max_size=32768k inactive=10s" in text

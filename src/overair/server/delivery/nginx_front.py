@@ -90,7 +90,13 @@ SOCKET_NAME = "overair.sock"  # in the front's directory: where overair answers 
 SHARED_MEMORY = Path("/dev/shm")  # noqa: S108 - only through mkdtemp (0700, unguessable)
 DECISIONS_PREFIX = "overair-decisions-"
 DECISIONS_RECORD = "decisions-dir"
-DECISIONS_MAX_SIZE = "128m"  # a page each: 32,768 decisions, far more than are fresh at once
+# At most this much of it, and at most a quarter of /dev/shm (Docker's is 64 MiB, and
+# others use it: PostgreSQL's dynamic shared memory): a page each, 32,768 decisions at
+# 128 MiB; one per downloading device is fresh at a time, and nginx drops one unused for
+# DECISIONS_INACTIVE (a decision is of no use 2 s after it was made).
+DECISIONS_MAX_BYTES = 128 * 1024 * 1024
+DECISIONS_MIN_BYTES = 8 * 1024 * 1024  # less /dev/shm than 4x this: the front's directory
+DECISIONS_INACTIVE = "10s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +110,9 @@ class FrontConfig:
     run_as_root: bool
 
 
-def render(config: FrontConfig, decisions: Path) -> str:
+def render(config: FrontConfig, decisions: Path, decisions_bytes: int = DECISIONS_MAX_BYTES) -> str:
     """The nginx.conf that makes nginx overair's download front; `decisions`: the
-    directory of its cached decisions (`decision_directory`)."""
+    directory of its cached decisions (`decision_directory`), at most `decisions_bytes`."""
     w, limits = config.workdir, config.limits
     temp = "".join(f"    {kind}_temp_path {w / 'tmp' / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -131,7 +137,7 @@ http {{
     proxy_cache_path {w / 'objects'} levels=1:2 keys_zone=overair_objects:16m
                      max_size={OBJECT_CACHE_BYTES} inactive=10m use_temp_path=off;
     proxy_cache_path {decisions} levels=1:2 keys_zone=overair_decisions:32m
-                     max_size={DECISIONS_MAX_SIZE} inactive=30s use_temp_path=off;
+                     max_size={decisions_bytes // 1024}k inactive={DECISIONS_INACTIVE} use_temp_path=off;
     # A device's request budget, keyed on its URL's signature (which only its holder has).
     limit_req_zone $arg_signature zone=overair_devices:32m rate={rate}r/s;
     limit_req_status 429;
@@ -295,7 +301,7 @@ class NginxFront:
         if self._decisions is None:  # restarts keep the directory (nginx reads it back)
             self._decisions = decision_directory(w)
         conf = w / "nginx.conf"
-        conf.write_text(render(self.config, self._decisions))
+        conf.write_text(render(self.config, self._decisions, decisions_bound(self._decisions)))
         self._process = subprocess.Popen([self.binary, "-c", str(conf), "-p", str(w)],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
@@ -364,13 +370,30 @@ def decision_directory(workdir: Path) -> Path:
     /dev/shm when it is there and writable, else `workdir`/decisions. The one a previous
     start recorded is removed first."""
     remove_recorded_decisions(workdir)
-    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK) \
+            and _size(SHARED_MEMORY) // 4 >= DECISIONS_MIN_BYTES:
         path = Path(tempfile.mkdtemp(prefix=DECISIONS_PREFIX, dir=SHARED_MEMORY))
         (workdir / DECISIONS_RECORD).write_text(str(path))
         return path
     path = workdir / "decisions"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def decisions_bound(directory: Path) -> int:
+    """How much nginx may keep in `directory`: DECISIONS_MAX_BYTES, and in /dev/shm at
+    most a quarter of it."""
+    if directory.parent != SHARED_MEMORY:
+        return DECISIONS_MAX_BYTES
+    return max(DECISIONS_MIN_BYTES, min(DECISIONS_MAX_BYTES, _size(SHARED_MEMORY) // 4))
+
+
+def _size(path: Path) -> int:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return 0
+    return info.f_blocks * info.f_frsize
 
 
 def remove_recorded_decisions(workdir: Path) -> None:
