@@ -32,10 +32,12 @@ def _workdir(tmp_path: Path) -> Path:
 
 def test_decisions_go_to_a_new_private_directory_in_shared_memory(tmp_path: Path, shm: Path) -> None:
     workdir = _workdir(tmp_path)
+    (workdir / "decisions" / "a").mkdir(parents=True)  # where earlier versions kept them
     first = nginx_front.decision_directory(workdir)
     info = first.lstat()
     assert (first.parent, stat.S_IMODE(info.st_mode), info.st_uid) == (shm, 0o700, os.geteuid())
     assert first.name.startswith(nginx_front.DECISIONS_PREFIX)
+    assert not (workdir / "decisions").exists()
     (first / "a").write_text("a decision")
     second = nginx_front.decision_directory(workdir)  # the next start: the last one is gone
     assert second != first

@@ -374,6 +374,8 @@ def decision_directory(workdir: Path) -> Path:
             and _size(SHARED_MEMORY) // 4 >= DECISIONS_MIN_BYTES:
         path = Path(tempfile.mkdtemp(prefix=DECISIONS_PREFIX, dir=SHARED_MEMORY))
         (workdir / DECISIONS_RECORD).write_text(str(path))
+        # Decisions an earlier version (or a start without /dev/shm) kept on disk.
+        shutil.rmtree(workdir / "decisions", ignore_errors=True)
         return path
     path = workdir / "decisions"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
