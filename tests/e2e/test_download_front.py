@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -156,6 +157,31 @@ def test_the_front_caches_decisions_in_a_private_directory_in_memory_removed_at_
     assert not decisions.exists()
 
 
+
+
+def test_a_front_that_dies_is_started_again_with_its_decisions_directory(clocked_srv: RunningServer,
+                                                                         http_job: HttpJob) -> None:
+    # nginx killed whole (master and workers, as by the OOM killer): overair's supervisor
+    # starts it again on the same port and the same private decisions directory.
+    front = clocked_srv.server.download_front
+    assert front is not None
+    master, restarts, decisions = front.pid, front.restarts, front.decisions
+    assert master is not None
+    url = _url(http_job)
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[0] == 206
+    workers = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    for pid in (master, *workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while front.restarts == restarts or not front.up:
+        assert time.monotonic() < deadline, "the front was not started again"
+        time.sleep(0.05)
+    assert front.pid != master
+    assert front.decisions == decisions
+    assert decisions is not None
+    assert decisions.is_dir()
+    assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])
 
 
 def _connections_to_overair(srv: RunningServer) -> set[int]:
