@@ -184,6 +184,37 @@ def test_a_front_that_dies_is_started_again_with_its_decisions_directory(clocked
     assert _get(clocked_srv, url, {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])
 
 
+def test_the_workers_of_a_front_master_that_died_go_with_it(clocked_srv: RunningServer,
+                                                            http_job: HttpJob) -> None:
+    # Its workers outlive a killed master and keep its port: the master started again
+    # could not bind it (and the old workers served on with the old configuration).
+    front = clocked_srv.server.download_front
+    assert front is not None
+    master, restarts = front.pid, front.restarts
+    assert master is not None
+    workers = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    os.kill(master, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while front.restarts == restarts or not front.up:
+        assert time.monotonic() < deadline, "the front was not started again"
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]
+    new_master = front.pid
+    assert new_master is not None
+    assert Path(f"/proc/{new_master}/task/{new_master}/children").read_text().split()
+    assert _get(clocked_srv, _url(http_job), {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])
+    time.sleep(1)
+    assert front.restarts == restarts + 1  # started once and stays up
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _connections_to_overair(srv: RunningServer) -> set[int]:
     """The open connections accepted on overair's socket for the front (/proc/net/unix:
     an accepted socket carries its listener's path; St 03 is connected)."""

@@ -21,6 +21,7 @@ from overair.cli.client import ApiClients
 from overair.cli.provisioning import provision_thing
 from overair.core.versions import Version
 from overair.server.bootstrap import DEV_PROFILE, initialize
+from overair.server.delivery import nginx_front
 from overair.server.settings import load_settings
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
@@ -175,3 +176,51 @@ def test_server_killed_mid_rollout_and_restarted_loses_nothing(serve: ServeProce
         assert execution["executionNumber"] == 1  # one execution per device, never a second
     details = iot.describe_job(jobId="AFR_OTA-durable-1")["job"]["jobProcessDetails"]
     assert details["numberOfSucceededThings"] == 3
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="scripts/dev test installs nginx")
+def test_a_killed_server_takes_its_download_front_down_and_starts_it_again(tmp_path: Path) -> None:
+    # nginx outliving a SIGKILLed server kept the front's port: the restarted server could
+    # not start its front (and the old nginx served on with a stale configuration).
+    http_port, front_port = free_port(), free_port()
+    data_dir = tmp_path / "server"
+    initialize(data_dir, http_port=http_port, mqtt_port=free_port(), download_port=free_port())
+    config = data_dir / "overair.toml"
+    config.write_text(f'download_front = "nginx"\ndownload_front_port = {front_port}\n' + config.read_text())
+    serve = ServeProcess(data_dir, http_port)
+    serve.start()
+    try:
+        front = data_dir / "download-front"
+        decisions = Path((front / nginx_front.DECISIONS_RECORD).read_text())
+        assert decisions.is_dir()
+        processes = _front_processes(front)
+        assert len(processes) > 1  # the master and its workers
+        serve.kill()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, processes)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in processes if _alive(pid)], "nginx outlived the killed server"
+        assert _port_free(front_port)
+        serve.start()
+        assert not decisions.exists()  # the killed server's decisions, removed at the start
+        assert _front_processes(front)
+    finally:
+        serve.stop()
+
+
+def _front_processes(front: Path) -> set[int]:
+    """The master of the nginx front in `front` (its pid file) and its children, if alive."""
+    try:
+        master = int((front / "nginx.pid").read_text())
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except (OSError, ValueError):
+        return set()
+    return {master, *map(int, children)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -36,7 +36,10 @@ work in C while overair still makes every access decision:
   get clear 4xx answers with overair's stable codes (x-amzn-ErrorType, Retry-After).
 
 The supervisor starts nginx with a configuration generated into the data directory and
-restarts it (with a back-off) if it exits without being asked to.
+restarts it (with a back-off) if it exits without being asked to, killing what is left
+of its process group first (a killed master's workers keep its port). nginx dies with
+the server (`setpriv --pdeathsig`, as the broker), so a server restarted after a SIGKILL
+finds the front's port free.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -302,9 +306,16 @@ class NginxFront:
             self._decisions = decision_directory(w)
         conf = w / "nginx.conf"
         conf.write_text(render(self.config, self._decisions, decisions_bound(self._decisions)))
-        self._process = subprocess.Popen([self.binary, "-c", str(conf), "-p", str(w)],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+        command = [self.binary, "-c", str(conf), "-p", str(w)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # As the broker (gateway/broker.py): a server killed without stopping nginx
+            # takes it down too, so its restart finds the front's port free.
+            command = [setpriv, "--pdeathsig", "TERM", *command]
+        # Its own process group: the workers of a master that died are killed with it
+        # (`_kill_group`), or they would keep the port and the new master could not bind.
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError):
@@ -330,6 +341,7 @@ class NginxFront:
             code = await asyncio.to_thread(process.wait)
             if self._stopping:
                 return
+            _kill_group(process)
             log.error("the download front (nginx) exited with %s: %s; restarting in %.1f s", code,
                       _tail(self.config.workdir / "error.log"), backoff)
             await asyncio.sleep(backoff)
@@ -349,6 +361,8 @@ class NginxFront:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._process is not None:
+            _kill_group(self._process)
 
     @property
     def decisions(self) -> Path | None:
@@ -412,6 +426,12 @@ def remove_recorded_decisions(workdir: Path) -> None:
                 and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
             shutil.rmtree(path)
     record.unlink(missing_ok=True)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of an nginx that exited: its workers, in its process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _connect_host(host: str) -> str:
