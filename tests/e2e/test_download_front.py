@@ -32,6 +32,7 @@ from overair.sim.firmware import make_firmware
 from tests.e2e.conftest import ShiftableClock, _with_bucket
 from tests.e2e.test_http_delivery import IMAGE, HttpJob, _get, _url, _with_query, http_job
 from tests.e2e.test_server_security import Device
+from tests.processes import alive
 from tests.server_harness import RunningServer, free_port, running_server
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(),
@@ -198,21 +199,13 @@ def test_the_workers_of_a_front_master_that_died_go_with_it(clocked_srv: Running
     while front.restarts == restarts or not front.up:
         assert time.monotonic() < deadline, "the front was not started again"
         time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)]
+    assert not [pid for pid in workers if alive(pid)]
     new_master = front.pid
     assert new_master is not None
     assert Path(f"/proc/{new_master}/task/{new_master}/children").read_text().split()
     assert _get(clocked_srv, _url(http_job), {"Range": "bytes=0-9"})[:3:2] == (206, IMAGE[:10])
     time.sleep(1)
     assert front.restarts == restarts + 1  # started once and stays up
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _connections_to_overair(srv: RunningServer) -> set[int]:

@@ -25,6 +25,7 @@ from overair.server.delivery import nginx_front
 from overair.server.settings import load_settings
 from overair.sim.firmware import make_firmware
 from overair.sim.fleet import Fleet
+from tests.processes import alive
 from tests.server_harness import free_port
 
 OVERAIR = str(Path(sys.executable).parent / "overair")
@@ -197,9 +198,9 @@ def test_a_killed_server_takes_its_download_front_down_and_starts_it_again(tmp_p
         assert len(processes) > 1  # the master and its workers
         serve.kill()
         deadline = time.monotonic() + 10
-        while any(map(_alive, processes)) and time.monotonic() < deadline:
+        while any(map(alive, processes)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in processes if _alive(pid)], "nginx outlived the killed server"
+        assert not [pid for pid in processes if alive(pid)], "nginx outlived the killed server"
         assert _port_free(front_port)
         serve.start()
         assert not decisions.exists()  # the killed server's decisions, removed at the start
@@ -216,11 +217,3 @@ def _front_processes(front: Path) -> set[int]:
     except (OSError, ValueError):
         return set()
     return {master, *map(int, children)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
